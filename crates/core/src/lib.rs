@@ -1,0 +1,13 @@
+//! pgfm's domain: newtypes, the committed cluster state, observations, and the pure
+//! decision engine. Nothing in this crate does I/O, reads a clock or draws randomness.
+
+pub mod decide;
+pub mod model;
+pub mod types;
+
+pub use decide::{decide, Action, Decision};
+pub use model::{
+    ClusterState, Command, CommandError, DataDirState, DbRole, Member, NodeKind, NodeReport,
+    ReplicaInfo,
+};
+pub use types::{Generation, Lsn, LsnParseError, NodeId, Timeline};

@@ -1,0 +1,273 @@
+//! The cluster model: the committed state kept in the Raft log (intent) and the reports
+//! agents make about their PostgreSQL (observations).
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::types::{Generation, Lsn, NodeId, Timeline};
+
+/// What a node is: a data node runs PostgreSQL, a witness only votes and reports.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum NodeKind {
+    Data,
+    Witness,
+}
+
+/// A member of the cluster as committed in the Raft log.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Member {
+    pub name: String,
+    pub kind: NodeKind,
+    /// The agent's HTTP address, `host:port`.
+    pub address: String,
+    /// Where other nodes reach this node's PostgreSQL (data nodes only).
+    pub pg_host: Option<String>,
+    pub pg_port: Option<u16>,
+    /// Higher is preferred at failover; 0 never promotes.
+    pub priority: u32,
+    pub promotable: bool,
+}
+
+impl Member {
+    pub fn id(&self) -> NodeId {
+        NodeId::from_name(&self.name)
+    }
+}
+
+/// A change to the committed state. Every command is checked against the state it applies
+/// to, so that a stale coordinator's proposal is refused rather than applied twice.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum Command {
+    /// An agent records (or updates) how to reach it and its failover settings.
+    Register { member: Member },
+    /// The first primary of the cluster, generation 1.
+    Bootstrap {
+        primary: String,
+        generation: Generation,
+    },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+pub enum CommandError {
+    #[error("the cluster already has primary {primary} at generation {generation}")]
+    AlreadyBootstrapped {
+        primary: String,
+        generation: Generation,
+    },
+    #[error("generation {proposed} proposed, but the next generation is {expected}")]
+    WrongGeneration {
+        proposed: Generation,
+        expected: Generation,
+    },
+    #[error("node {0} is not a registered data node")]
+    NotADataNode(String),
+}
+
+/// The committed cluster state: what the cluster intends. Only changed by applying
+/// commands from the Raft log, in order.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClusterState {
+    pub members: BTreeMap<String, Member>,
+    pub primary: Option<String>,
+    pub generation: Generation,
+}
+
+impl ClusterState {
+    pub fn apply(&mut self, command: &Command) -> Result<(), CommandError> {
+        match command {
+            Command::Register { member } => {
+                self.members.insert(member.name.clone(), member.clone());
+                Ok(())
+            }
+            Command::Bootstrap {
+                primary,
+                generation,
+            } => {
+                if let Some(current) = &self.primary {
+                    return Err(CommandError::AlreadyBootstrapped {
+                        primary: current.clone(),
+                        generation: self.generation,
+                    });
+                }
+                if *generation != self.generation.next() {
+                    return Err(CommandError::WrongGeneration {
+                        proposed: *generation,
+                        expected: self.generation.next(),
+                    });
+                }
+                match self.members.get(primary) {
+                    Some(m) if m.kind == NodeKind::Data => {}
+                    _ => return Err(CommandError::NotADataNode(primary.clone())),
+                }
+                self.primary = Some(primary.clone());
+                self.generation = *generation;
+                Ok(())
+            }
+        }
+    }
+
+    pub fn data_members(&self) -> impl Iterator<Item = &Member> {
+        self.members.values().filter(|m| m.kind == NodeKind::Data)
+    }
+}
+
+/// What PostgreSQL said about its role when probed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DbRole {
+    Primary,
+    Standby,
+}
+
+/// What is in a data node's data directory, read without starting PostgreSQL.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DataDirState {
+    /// Missing or empty: the node must be cloned from the primary.
+    Empty,
+    /// A cluster without `standby.signal`: started as is, it would accept writes.
+    Primary,
+    /// A cluster with `standby.signal`: started as is, it would be a standby.
+    Standby,
+}
+
+/// One walsender as the primary sees it in `pg_stat_replication`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReplicaInfo {
+    pub application_name: String,
+    pub state: String,
+    pub sync_state: String,
+    pub replay_lsn: Option<Lsn>,
+    pub flush_lsn: Option<Lsn>,
+}
+
+/// One agent's report about itself, made every probe interval.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeReport {
+    pub name: String,
+    pub kind: NodeKind,
+    /// Whether PostgreSQL answered the probe (always false for a witness).
+    pub db_up: bool,
+    pub role: Option<DbRole>,
+    pub data_dir: Option<DataDirState>,
+    /// `pg_current_wal_lsn()` on a primary.
+    pub current_lsn: Option<Lsn>,
+    /// `pg_last_wal_receive_lsn()` / `pg_last_wal_replay_lsn()` on a standby.
+    pub received_lsn: Option<Lsn>,
+    pub replayed_lsn: Option<Lsn>,
+    pub timeline: Option<Timeline>,
+    /// The WAL receiver's status on a standby (`streaming`, ...), None when not receiving.
+    pub receiver: Option<String>,
+    /// The WAL receiver's upstream `host:port`.
+    pub upstream: Option<String>,
+    /// Walsenders on a primary.
+    pub replicas: Vec<ReplicaInfo>,
+    /// What the agent is doing or waiting for, or the last probe error.
+    pub info: String,
+}
+
+impl NodeReport {
+    pub fn new(name: &str, kind: NodeKind) -> NodeReport {
+        NodeReport {
+            name: name.to_string(),
+            kind,
+            db_up: false,
+            role: None,
+            data_dir: None,
+            current_lsn: None,
+            received_lsn: None,
+            replayed_lsn: None,
+            timeline: None,
+            receiver: None,
+            upstream: None,
+            replicas: Vec::new(),
+            info: String::new(),
+        }
+    }
+
+    /// The newest WAL position this node holds, whatever its role.
+    pub fn wal_position(&self) -> Option<Lsn> {
+        match self.role {
+            Some(DbRole::Primary) => self.current_lsn,
+            Some(DbRole::Standby) => self.received_lsn.max(self.replayed_lsn),
+            None => None,
+        }
+    }
+
+    /// Whether this node, as found, would take writes: running as a primary, or stopped with
+    /// a data directory that has no `standby.signal`.
+    pub fn would_accept_writes(&self) -> bool {
+        if self.db_up {
+            self.role == Some(DbRole::Primary)
+        } else {
+            self.data_dir == Some(DataDirState::Primary)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    pub(crate) fn member(name: &str, kind: NodeKind) -> Member {
+        Member {
+            name: name.into(),
+            kind,
+            address: format!("127.0.0.1:{}", 7000 + name.len()),
+            pg_host: (kind == NodeKind::Data).then(|| "127.0.0.1".into()),
+            pg_port: (kind == NodeKind::Data).then_some(5432),
+            priority: 1,
+            promotable: true,
+        }
+    }
+
+    fn check(commands: &[Command], expected: Result<(Option<&str>, u64), CommandError>) {
+        let mut state = ClusterState::default();
+        let mut result = Ok(());
+        for command in commands {
+            result = state.apply(command);
+        }
+        let got = result.map(|()| (state.primary.as_deref(), state.generation.0));
+        assert_eq!(got, expected, "applying {commands:?}");
+    }
+
+    #[test]
+    fn bootstrap_is_checked_against_the_state() {
+        let pg1 = Command::Register {
+            member: member("pg1", NodeKind::Data),
+        };
+        let witness = Command::Register {
+            member: member("witness", NodeKind::Witness),
+        };
+        let boot = |name: &str, g| Command::Bootstrap {
+            primary: name.into(),
+            generation: Generation(g),
+        };
+        check(&[pg1.clone(), boot("pg1", 1)], Ok((Some("pg1"), 1)));
+        check(
+            &[pg1.clone(), boot("pg1", 2)],
+            Err(CommandError::WrongGeneration {
+                proposed: Generation(2),
+                expected: Generation(1),
+            }),
+        );
+        check(
+            &[pg1.clone(), boot("pg1", 1), boot("pg1", 1)],
+            Err(CommandError::AlreadyBootstrapped {
+                primary: "pg1".into(),
+                generation: Generation(1),
+            }),
+        );
+        check(
+            &[witness, boot("witness", 1)],
+            Err(CommandError::NotADataNode("witness".into())),
+        );
+        check(
+            &[boot("pg9", 1)],
+            Err(CommandError::NotADataNode("pg9".into())),
+        );
+    }
+}
