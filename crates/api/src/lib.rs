@@ -1,1 +1,15 @@
-//! placeholder
+//! pgfm's HTTP API: the wire types (the JSON schema documented in the README), the routes
+//! the agent serves, authentication by cluster token, and the client used by the CLI and
+//! by agents.
+//!
+//! **Architecture invariant:** only this crate (and the Raft transport in `coord`) knows
+//! how pgfm talks over HTTP.
+
+pub mod auth;
+pub mod client;
+pub mod routes;
+pub mod types;
+
+pub use client::{ApiClient, ApiError};
+pub use routes::{router, AgentApi, ReportOutcome};
+pub use types::*;

@@ -1,1 +1,50 @@
-//! placeholder
+//! pgfm's coordination layer: the `Coordinator` trait the agent talks to, and the embedded
+//! Raft backend (openraft) that implements it with crash-safe files and HTTP transport.
+
+pub mod durable;
+pub mod embedded;
+pub mod http;
+pub mod log_store;
+pub mod network;
+pub mod state_machine;
+pub mod types;
+
+use std::future::Future;
+
+use pgfm_core::{ClusterState, Command, CommandError};
+
+pub use embedded::{EmbeddedRaft, RaftSettings};
+pub use types::{RaftNode, TypeConfig};
+
+/// Why a proposal did not reach a decision (as opposed to being refused by the state
+/// machine, which is a `CommandError`).
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum ProposeError {
+    #[error("no coordinator is elected (no majority of agents reachable)")]
+    NoCoordinator,
+    #[error("coordinator {leader} at {address} did not answer: {cause}")]
+    Unreachable {
+        leader: String,
+        address: String,
+        cause: String,
+    },
+    #[error("consensus error: {0}")]
+    Raft(String),
+}
+
+/// What the agent needs from the cluster's consensus, whatever the backend.
+pub trait Coordinator: Send + Sync + 'static {
+    /// The committed state as applied on this agent.
+    fn state(&self) -> ClusterState;
+    /// The name of the current coordinator (Raft leader), if one is known.
+    fn coordinator(&self) -> Option<String>;
+    /// Whether this agent is the coordinator.
+    fn is_coordinator(&self) -> bool;
+    /// Every voting member: `(name, agent address)`.
+    fn voters(&self) -> Vec<(String, String)>;
+    /// Commit a command, forwarding it to the coordinator when this agent is not it.
+    fn propose(
+        &self,
+        command: Command,
+    ) -> impl Future<Output = Result<Result<(), CommandError>, ProposeError>> + Send;
+}

@@ -67,8 +67,11 @@ pub enum Action {
         upstream: String,
         generation: Generation,
     },
-    /// Do nothing for now, for the reason given (shown in status and logged once).
+    /// This node does nothing for now, for the reason given (shown in its info, logged once).
     Hold { reason: String },
+    /// The coordinator holds the cluster back, for the reason given (shown in status
+    /// problems, logged once).
+    ClusterHold { reason: String },
 }
 
 /// The engine's answer, with a short name for the log.
@@ -98,7 +101,7 @@ fn coordinate(cluster: &ClusterView, now_ms: u64) -> Vec<Action> {
         .map(String::as_str)
         .collect();
     if !unregistered.is_empty() {
-        return vec![hold(format!(
+        return vec![cluster_hold(format!(
             "bootstrap waits for the agents of {} to start",
             unregistered.join(", ")
         ))];
@@ -113,13 +116,13 @@ fn coordinate(cluster: &ClusterView, now_ms: u64) -> Vec<Action> {
         }
     }
     if !silent.is_empty() {
-        return vec![hold(format!(
+        return vec![cluster_hold(format!(
             "bootstrap waits for reports from {}",
             silent.join(", ")
         ))];
     }
     match candidates.as_slice() {
-        [] => vec![hold(
+        [] => vec![cluster_hold(
             "no data node holds a database that can become the primary: initialise one \
              (initdb) or remove standby.signal from the one that should lead"
                 .to_string(),
@@ -128,7 +131,7 @@ fn coordinate(cluster: &ClusterView, now_ms: u64) -> Vec<Action> {
             primary: only.to_string(),
             generation: state.generation.next(),
         })],
-        several => vec![hold(format!(
+        several => vec![cluster_hold(format!(
             "refusing to choose a primary: {} are all not in recovery; leave exactly one \
              (give the others a standby.signal or an empty data_dir)",
             several.join(" and ")
@@ -192,6 +195,10 @@ fn reconcile_local(cluster: &ClusterView, local: &LocalView, now_ms: u64) -> Vec
 
 fn hold(reason: String) -> Action {
     Action::Hold { reason }
+}
+
+fn cluster_hold(reason: String) -> Action {
+    Action::ClusterHold { reason }
 }
 
 #[cfg(test)]
@@ -300,6 +307,7 @@ mod tests {
                     generation,
                 } => format!("clone {upstream} g{generation}"),
                 Action::Hold { reason } => format!("hold: {reason}"),
+                Action::ClusterHold { reason } => format!("cluster hold: {reason}"),
             })
             .collect();
         assert_eq!(got, expected);
@@ -367,7 +375,7 @@ mod tests {
             "pg2",
             true,
             &[
-                "hold: refusing to choose a primary: pg1 and pg2 are all not in recovery; leave \
+                "cluster hold: refusing to choose a primary: pg1 and pg2 are all not in recovery; leave \
                  exactly one (give the others a standby.signal or an empty data_dir)",
                 "hold: bootstrap candidate: waiting for the coordinator to choose the first primary",
             ],
@@ -388,7 +396,7 @@ mod tests {
             &v,
             "witness",
             true,
-            &["hold: bootstrap waits for reports from pg2"],
+            &["cluster hold: bootstrap waits for reports from pg2"],
         );
         let mut v = v;
         v.state.members.remove("pg2");
@@ -396,7 +404,7 @@ mod tests {
             &v,
             "witness",
             true,
-            &["hold: bootstrap waits for the agents of pg2 to start"],
+            &["cluster hold: bootstrap waits for the agents of pg2 to start"],
         );
     }
 
@@ -411,7 +419,7 @@ mod tests {
             "pg1",
             true,
             &[
-                "hold: no data node holds a database that can become the primary: initialise \
+                "cluster hold: no data node holds a database that can become the primary: initialise \
                  one (initdb) or remove standby.signal from the one that should lead",
                 "hold: standby: waiting for the cluster to have a primary",
             ],
@@ -427,7 +435,7 @@ mod tests {
         v.reports.get_mut("pg2").unwrap().received_at_ms = 0;
         v.report_ttl_ms = 500;
         v.reports.get_mut("pg1").unwrap().received_at_ms = 1_900;
-        check(&v, "pg1", true, &["hold: bootstrap waits for reports from pg2", "hold: bootstrap candidate: waiting for the coordinator to choose the first primary"]);
+        check(&v, "pg1", true, &["cluster hold: bootstrap waits for reports from pg2", "hold: bootstrap candidate: waiting for the coordinator to choose the first primary"]);
     }
 
     #[test]

@@ -1,1 +1,140 @@
-fn main() {}
+//! The `pgfm` binary: the agent, the operator commands and the lab.
+
+mod agent;
+mod config;
+mod lab;
+mod status_text;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand};
+
+use crate::config::{Config, DEFAULT_CONFIG};
+
+#[derive(Parser)]
+#[command(name = "pgfm", version, about = "PostgreSQL failover manager")]
+struct Cli {
+    #[command(subcommand)]
+    command: Commands,
+}
+
+#[derive(Subcommand)]
+enum Commands {
+    /// Run this node's agent (one per node).
+    Agent {
+        #[arg(short, long, default_value = DEFAULT_CONFIG)]
+        config: PathBuf,
+    },
+    /// Validate a config file without starting anything.
+    CheckConfig {
+        #[arg(short, long, default_value = DEFAULT_CONFIG)]
+        config: PathBuf,
+    },
+    /// Show the cluster: members, roles, WAL positions, whether it is safe to promote.
+    /// Exits 1 when a member is down, there is no primary or no standby is in sync, and 2
+    /// when no agent answered.
+    ClusterStatus {
+        #[arg(short, long, default_value = DEFAULT_CONFIG)]
+        config: PathBuf,
+        /// Print the status as JSON (schema in the README).
+        #[arg(long)]
+        json: bool,
+    },
+    /// A real cluster on this machine, for trying pgfm out and for tests.
+    Lab {
+        #[command(subcommand)]
+        command: lab::LabCommand,
+    },
+}
+
+fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("PGFM_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,openraft=warn"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?)
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    if !matches!(cli.command, Commands::Agent { .. }) {
+        // A command piped into `head` should end quietly, not panic on a closed stdout.
+        // SAFETY: called before any thread starts; SIG_DFL has no handler to race with.
+        unsafe {
+            let _ = nix::sys::signal::signal(
+                nix::sys::signal::Signal::SIGPIPE,
+                nix::sys::signal::SigHandler::SigDfl,
+            );
+        }
+    }
+    match run(cli) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("pgfm: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    match cli.command {
+        Commands::Agent { config } => {
+            init_logging();
+            let config = Config::load(&config)?;
+            let span = tracing::info_span!("agent", node = %config.name);
+            let _entered = span.enter();
+            runtime()?.block_on(agent::run(config))?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Commands::CheckConfig { config } => {
+            let config = Config::load(&config)?;
+            for warning in config.warnings() {
+                eprintln!("warning: {warning}");
+            }
+            println!(
+                "config {}: valid ({} node {} of cluster {}, {} peers)",
+                config.file.display(),
+                match config.kind {
+                    pgfm_core::NodeKind::Data => "data",
+                    pgfm_core::NodeKind::Witness => "witness",
+                },
+                config.name,
+                config.cluster,
+                config.peers.len()
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Commands::ClusterStatus { config, json } => {
+            let config = Config::load_static(&config)?;
+            let token = config.read_token()?;
+            let client = pgfm_api::ApiClient::new(
+                &config.listen.to_string(),
+                &token,
+                Duration::from_secs(5),
+            );
+            let status = runtime()?.block_on(client.status())?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&status)?);
+            } else {
+                print!("{}", status_text::render(&status));
+            }
+            Ok(if status.healthy() {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(1)
+            })
+        }
+        Commands::Lab { command } => lab::run(command),
+    }
+}

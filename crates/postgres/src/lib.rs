@@ -1,1 +1,16 @@
-//! placeholder
+//! pgfm's hands on PostgreSQL: find the binaries, run them as the configured OS user, read
+//! the data directory, probe a running server, and control it (start, stop, clone, render
+//! the settings pgfm owns).
+
+pub mod binaries;
+pub mod control;
+pub mod datadir;
+pub mod passfile;
+pub mod probe;
+pub mod run_as;
+
+pub use binaries::find_bin_dir;
+pub use control::{Postgres, PostgresSettings, Upstream};
+pub use datadir::inspect_data_dir;
+pub use probe::Prober;
+pub use run_as::OsUser;

@@ -1,0 +1,98 @@
+//! The HTTP client for the agent API, used by the CLI and by agents talking to each other.
+
+use std::time::Duration;
+
+use pgfm_core::NodeReport;
+
+use crate::types::{ClusterStatus, ErrorBody, ReportAck};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error("cannot reach the agent at {url}: {cause}")]
+    Unreachable { url: String, cause: String },
+    #[error("the agent at {url} refused the cluster token (401): check token_file")]
+    Unauthorized { url: String },
+    #[error("the agent at {url} answered {status}: {message}")]
+    Failed {
+        url: String,
+        status: u16,
+        message: String,
+    },
+}
+
+#[derive(Clone)]
+pub struct ApiClient {
+    base: String,
+    token: String,
+    http: reqwest::Client,
+}
+
+impl ApiClient {
+    /// A client for the agent at `address` (`host:port` or a full `http://` URL).
+    pub fn new(address: &str, token: &str, timeout: Duration) -> ApiClient {
+        let base = if address.starts_with("http://") || address.starts_with("https://") {
+            address.trim_end_matches('/').to_string()
+        } else {
+            format!("http://{address}")
+        };
+        let http = reqwest::Client::builder()
+            .connect_timeout(timeout.min(Duration::from_secs(1)))
+            .timeout(timeout)
+            .build()
+            .unwrap_or_default();
+        ApiClient {
+            base,
+            token: token.to_string(),
+            http,
+        }
+    }
+
+    pub fn base(&self) -> &str {
+        &self.base
+    }
+
+    async fn send<T: serde::de::DeserializeOwned>(
+        &self,
+        request: reqwest::RequestBuilder,
+        url: String,
+    ) -> Result<T, ApiError> {
+        let response = request
+            .header("authorization", format!("Bearer {}", self.token))
+            .send()
+            .await
+            .map_err(|e| ApiError::Unreachable {
+                url: url.clone(),
+                cause: e.to_string(),
+            })?;
+        let status = response.status();
+        if status == reqwest::StatusCode::UNAUTHORIZED {
+            return Err(ApiError::Unauthorized { url });
+        }
+        if !status.is_success() {
+            let message = match response.json::<ErrorBody>().await {
+                Ok(body) => body.error,
+                Err(_) => status.canonical_reason().unwrap_or("error").to_string(),
+            };
+            return Err(ApiError::Failed {
+                url,
+                status: status.as_u16(),
+                message,
+            });
+        }
+        response.json().await.map_err(|e| ApiError::Failed {
+            url,
+            status: status.as_u16(),
+            message: format!("unreadable answer: {e}"),
+        })
+    }
+
+    pub async fn status(&self) -> Result<ClusterStatus, ApiError> {
+        let url = format!("{}/v1/status", self.base);
+        self.send(self.http.get(&url), url).await
+    }
+
+    pub async fn report(&self, report: &NodeReport) -> Result<ReportAck, ApiError> {
+        let url = format!("{}/v1/report", self.base);
+        self.send(self.http.post(&url).json(report), url).await
+    }
+}

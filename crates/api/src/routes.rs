@@ -1,0 +1,60 @@
+//! The agent's routes. The agent implements `AgentApi`; this module only translates
+//! between HTTP and those calls.
+
+use std::future::Future;
+use std::sync::Arc;
+
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+
+use pgfm_core::NodeReport;
+
+use crate::types::{ClusterStatus, ErrorBody, ReportAck};
+
+/// What happened to a report sent to this agent.
+pub enum ReportOutcome {
+    /// Accepted by the coordinator, which answers with every fresh report it holds.
+    Accepted(Vec<NodeReport>),
+    NotCoordinator(Option<String>),
+}
+
+/// The agent behind the routes.
+pub trait AgentApi: Send + Sync + 'static {
+    fn status(&self) -> impl Future<Output = Result<ClusterStatus, String>> + Send;
+    fn report(&self, report: NodeReport) -> impl Future<Output = ReportOutcome> + Send;
+}
+
+pub fn router<A: AgentApi>(agent: Arc<A>) -> Router {
+    Router::new()
+        .route("/v1/status", get(status::<A>))
+        .route("/v1/report", post(report::<A>))
+        .with_state(agent)
+}
+
+async fn status<A: AgentApi>(State(agent): State<Arc<A>>) -> Response {
+    match agent.status().await {
+        Ok(status) => Json(status).into_response(),
+        Err(error) => (StatusCode::SERVICE_UNAVAILABLE, Json(ErrorBody { error })).into_response(),
+    }
+}
+
+async fn report<A: AgentApi>(
+    State(agent): State<Arc<A>>,
+    Json(report): Json<NodeReport>,
+) -> Json<ReportAck> {
+    Json(match agent.report(report).await {
+        ReportOutcome::Accepted(reports) => ReportAck {
+            accepted: true,
+            coordinator: None,
+            reports,
+        },
+        ReportOutcome::NotCoordinator(coordinator) => ReportAck {
+            accepted: false,
+            coordinator,
+            reports: Vec::new(),
+        },
+    })
+}

@@ -1,0 +1,112 @@
+//! The JSON the API speaks. `ClusterStatus` is the schema of `cluster-status --json`,
+//! documented in the README: change both together.
+
+use serde::{Deserialize, Serialize};
+
+use pgfm_core::{Lsn, NodeReport, Timeline};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum NodeKindStatus {
+    Primary,
+    Standby,
+    Witness,
+    Idle,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Up {
+    Up,
+    Down,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum DbStatus {
+    #[serde(rename = "up")]
+    Up,
+    #[serde(rename = "down")]
+    Down,
+    #[serde(rename = "n/a")]
+    NotApplicable,
+}
+
+/// One member of the cluster as `cluster-status` shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeStatus {
+    pub name: String,
+    pub kind: NodeKindStatus,
+    pub agent: Up,
+    pub db: DbStatus,
+    /// The node's host (where its agent and PostgreSQL listen).
+    pub address: String,
+    pub agent_port: u16,
+    pub pg_port: Option<u16>,
+    /// The newest WAL position on the node: current on a primary, received on a standby.
+    pub lsn: Option<Lsn>,
+    pub replayed_lsn: Option<Lsn>,
+    pub timeline: Option<Timeline>,
+    /// How far this standby's replay is behind the primary, in bytes.
+    pub lag_bytes: Option<u64>,
+    /// Streaming and within `max_lag` of the primary.
+    pub in_sync: Option<bool>,
+    pub priority: Option<u32>,
+    pub promotable: Option<bool>,
+    /// What the node is doing or waiting for.
+    pub info: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PromoteStatus {
+    pub safe: bool,
+    pub message: String,
+}
+
+/// The answer to `GET /v1/status` and the output of `pgfm cluster-status --json`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClusterStatus {
+    pub cluster: String,
+    /// The agent that coordinates (the Raft leader), if one is elected.
+    pub coordinator: Option<String>,
+    /// The agent that answered.
+    pub answered_by: String,
+    pub generation: u64,
+    pub primary: Option<String>,
+    pub max_lag_bytes: u64,
+    pub nodes: Vec<NodeStatus>,
+    /// The allowed node list: every voting member.
+    pub allowed: Vec<String>,
+    /// Promotable standbys, most preferred first.
+    pub priority_list: Vec<String>,
+    pub promote_status: PromoteStatus,
+    /// Things an operator should look at (bootstrap refused, a node in the wrong role, ...).
+    pub problems: Vec<String>,
+}
+
+impl ClusterStatus {
+    /// Whether everything is as it should be: every member up, a primary, a standby in
+    /// sync. `cluster-status` exits non-zero otherwise.
+    pub fn healthy(&self) -> bool {
+        let all_up = self
+            .nodes
+            .iter()
+            .all(|n| n.agent == Up::Up && n.db != DbStatus::Down && n.kind != NodeKindStatus::Idle);
+        all_up && self.primary.is_some() && self.promote_status.safe
+    }
+}
+
+/// The answer to `POST /v1/report`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReportAck {
+    /// False when the receiver is not the coordinator; `coordinator` says who is.
+    pub accepted: bool,
+    pub coordinator: Option<String>,
+    /// The coordinator's fresh reports from every agent, so that each agent sees the cluster.
+    pub reports: Vec<NodeReport>,
+}
+
+/// The body of every error the API returns.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ErrorBody {
+    pub error: String,
+}

@@ -1,0 +1,237 @@
+//! The embedded Raft backend: starts openraft over the durable log store, state machine and
+//! HTTP transport, initialises the cluster once from the configured peers, and implements
+//! `Coordinator` (proposals are forwarded to the coordinator when needed).
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use openraft::error::{ClientWriteError, RaftError};
+use openraft::{Config, ServerState, SnapshotPolicy};
+use tokio::sync::watch;
+
+use pgfm_core::{ClusterState, Command, CommandError, NodeId};
+
+use crate::http::ProposeReply;
+use crate::log_store::LogStore;
+use crate::network::{bearer, HttpNetwork};
+use crate::state_machine::{Applied, StateMachine};
+use crate::types::{Raft, RaftNode};
+use crate::{Coordinator, ProposeError};
+
+/// Raft timing and log retention.
+#[derive(Debug, Clone)]
+pub struct RaftSettings {
+    pub heartbeat: Duration,
+    pub election_timeout_min: Duration,
+    pub election_timeout_max: Duration,
+    /// Build a snapshot (and purge the log) after this many entries.
+    pub snapshot_every: u64,
+}
+
+impl Default for RaftSettings {
+    fn default() -> RaftSettings {
+        RaftSettings {
+            heartbeat: Duration::from_millis(250),
+            election_timeout_min: Duration::from_millis(1000),
+            election_timeout_max: Duration::from_millis(2000),
+            snapshot_every: 1000,
+        }
+    }
+}
+
+struct Inner {
+    raft: Raft,
+    id: u64,
+    applied: watch::Receiver<Applied>,
+    client: reqwest::Client,
+    token: Arc<str>,
+}
+
+#[derive(Clone)]
+pub struct EmbeddedRaft {
+    inner: Arc<Inner>,
+}
+
+impl EmbeddedRaft {
+    /// Open the Raft state under `dir` and start the node. When the log is empty the cluster
+    /// is initialised from `peers` (`(name, agent address)`); every agent of a new cluster
+    /// does so with the same list, which openraft accepts, so no agent has to go first.
+    pub async fn start(
+        name: &str,
+        dir: &Path,
+        peers: &[(String, String)],
+        token: Arc<str>,
+        settings: &RaftSettings,
+    ) -> anyhow::Result<EmbeddedRaft> {
+        std::fs::create_dir_all(dir)
+            .with_context(|| format!("creating the Raft directory {}", dir.display()))?;
+        let log = LogStore::open(dir)
+            .with_context(|| format!("opening the Raft log in {}", dir.display()))?;
+        let (sm, applied) = StateMachine::open(dir)
+            .with_context(|| format!("opening the Raft state in {}", dir.display()))?;
+        let config = Config {
+            cluster_name: "pgfm".to_string(),
+            heartbeat_interval: settings.heartbeat.as_millis() as u64,
+            election_timeout_min: settings.election_timeout_min.as_millis() as u64,
+            election_timeout_max: settings.election_timeout_max.as_millis() as u64,
+            snapshot_policy: SnapshotPolicy::LogsSinceLast(settings.snapshot_every),
+            max_in_snapshot_log_to_keep: 100,
+            ..Default::default()
+        }
+        .validate()
+        .context("validating the Raft settings")?;
+        let id = NodeId::from_name(name).0;
+        let network = HttpNetwork::new(token.clone());
+        let raft = Raft::new(id, Arc::new(config), network, log, sm)
+            .await
+            .context("starting Raft")?;
+        if !raft.is_initialized().await.context("reading Raft state")? {
+            let members: BTreeMap<u64, RaftNode> = peers
+                .iter()
+                .map(|(name, address)| {
+                    let node = RaftNode {
+                        name: name.clone(),
+                        address: address.clone(),
+                    };
+                    (NodeId::from_name(name).0, node)
+                })
+                .collect();
+            match raft.initialize(members).await {
+                Ok(()) => tracing::info!(peers = peers.len(), "initialised a new cluster"),
+                // Another agent's initialisation reached us first: nothing to do.
+                Err(e) => tracing::info!(%e, "cluster already initialised"),
+            }
+        }
+        let client = reqwest::Client::builder()
+            .connect_timeout(Duration::from_millis(500))
+            .timeout(Duration::from_secs(5))
+            .build()
+            .context("building the HTTP client")?;
+        let inner = Inner {
+            raft,
+            id,
+            applied,
+            client,
+            token,
+        };
+        Ok(EmbeddedRaft {
+            inner: Arc::new(inner),
+        })
+    }
+
+    pub fn raft(&self) -> &Raft {
+        &self.inner.raft
+    }
+
+    /// Commit `command` through this node, which must be the coordinator.
+    pub async fn propose_local(&self, command: Command) -> ProposeReply {
+        match self.inner.raft.client_write(command).await {
+            Ok(response) => ProposeReply::Applied(response.data),
+            Err(RaftError::APIError(ClientWriteError::ForwardToLeader(_))) => {
+                ProposeReply::NotCoordinator
+            }
+            Err(e) => ProposeReply::Failed(e.to_string()),
+        }
+    }
+
+    fn node(&self, id: u64) -> Option<RaftNode> {
+        let metrics = self.inner.raft.metrics();
+        let metrics = metrics.borrow();
+        metrics
+            .membership_config
+            .membership()
+            .get_node(&id)
+            .cloned()
+    }
+
+    fn leader(&self) -> Option<(u64, RaftNode)> {
+        let leader = self.inner.raft.metrics().borrow().current_leader?;
+        Some((leader, self.node(leader)?))
+    }
+
+    async fn forward(
+        &self,
+        node: &RaftNode,
+        command: &Command,
+    ) -> Result<ProposeReply, ProposeError> {
+        let unreachable = |cause: String| ProposeError::Unreachable {
+            leader: node.name.clone(),
+            address: node.address.clone(),
+            cause,
+        };
+        let response = self
+            .inner
+            .client
+            .post(format!("http://{}/raft/propose", node.address))
+            .header("authorization", bearer(&self.inner.token))
+            .json(command)
+            .send()
+            .await
+            .map_err(|e| unreachable(e.to_string()))?;
+        if !response.status().is_success() {
+            return Err(unreachable(format!("HTTP {}", response.status())));
+        }
+        response
+            .json()
+            .await
+            .map_err(|e| unreachable(e.to_string()))
+    }
+
+    pub async fn shutdown(&self) {
+        if let Err(e) = self.inner.raft.shutdown().await {
+            tracing::warn!(%e, "Raft did not shut down cleanly");
+        }
+    }
+}
+
+impl Coordinator for EmbeddedRaft {
+    fn state(&self) -> ClusterState {
+        self.inner.applied.borrow().state.clone()
+    }
+
+    fn coordinator(&self) -> Option<String> {
+        self.leader().map(|(_, node)| node.name)
+    }
+
+    fn is_coordinator(&self) -> bool {
+        let metrics = self.inner.raft.metrics();
+        let metrics = metrics.borrow();
+        metrics.state == ServerState::Leader && metrics.current_leader == Some(self.inner.id)
+    }
+
+    fn voters(&self) -> Vec<(String, String)> {
+        let metrics = self.inner.raft.metrics();
+        let metrics = metrics.borrow();
+        let membership = metrics.membership_config.membership();
+        membership
+            .voter_ids()
+            .filter_map(|id| membership.get_node(&id))
+            .map(|n| (n.name.clone(), n.address.clone()))
+            .collect()
+    }
+
+    async fn propose(&self, command: Command) -> Result<Result<(), CommandError>, ProposeError> {
+        // A leadership change can race with the proposal: try a few times, then report.
+        for _ in 0..3 {
+            let Some((leader, node)) = self.leader() else {
+                return Err(ProposeError::NoCoordinator);
+            };
+            let reply = if leader == self.inner.id {
+                self.propose_local(command.clone()).await
+            } else {
+                self.forward(&node, &command).await?
+            };
+            match reply {
+                ProposeReply::Applied(outcome) => return Ok(outcome),
+                ProposeReply::Failed(e) => return Err(ProposeError::Raft(e)),
+                ProposeReply::NotCoordinator => {
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            }
+        }
+        Err(ProposeError::NoCoordinator)
+    }
+}

@@ -1,0 +1,726 @@
+//! The agent's configuration: one TOML file per node. Parsed into a raw form (unknown keys
+//! rejected), then validated into a `Config` whose types rule out bad states. Every error
+//! names the file, the key, what is wrong and how to fix it.
+
+use std::collections::BTreeSet;
+use std::fmt;
+use std::net::SocketAddr;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use pgfm_core::NodeKind;
+use pgfm_postgres::binaries;
+use pgfm_postgres::OsUser;
+
+/// The default place of the config file.
+pub const DEFAULT_CONFIG: &str = "/etc/pgfm/pgfm.toml";
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    pub file: PathBuf,
+    pub key: String,
+    pub message: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.key.is_empty() {
+            write!(f, "config {}: {}", self.file.display(), self.message)
+        } else {
+            write!(
+                f,
+                "config {}: {} {}",
+                self.file.display(),
+                self.key,
+                self.message
+            )
+        }
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+// ---- raw form: exactly what the file says ----
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    cluster: Option<String>,
+    token_file: Option<PathBuf>,
+    node: Option<RawNode>,
+    #[serde(default)]
+    peers: Vec<RawPeer>,
+    postgres: Option<RawPostgres>,
+    #[serde(default)]
+    timing: RawTiming,
+    #[serde(default)]
+    failover: RawFailover,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawNode {
+    name: Option<String>,
+    kind: Option<String>,
+    listen: Option<String>,
+    state_dir: Option<PathBuf>,
+    priority: Option<u32>,
+    promotable: Option<bool>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPeer {
+    name: Option<String>,
+    address: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPostgres {
+    bin_dir: Option<PathBuf>,
+    data_dir: Option<PathBuf>,
+    host: Option<String>,
+    port: Option<u16>,
+    listen_addresses: Option<String>,
+    socket_dir: Option<PathBuf>,
+    os_user: Option<String>,
+    superuser: Option<String>,
+    replication_user: Option<String>,
+    passfile: Option<PathBuf>,
+    log_file: Option<PathBuf>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTiming {
+    #[serde(default, with = "humantime_serde")]
+    probe_interval: Option<Duration>,
+    #[serde(default, with = "humantime_serde")]
+    probe_timeout: Option<Duration>,
+    #[serde(default, with = "humantime_serde")]
+    report_ttl: Option<Duration>,
+    #[serde(default, with = "humantime_serde")]
+    start_timeout: Option<Duration>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawFailover {
+    max_lag: Option<u64>,
+}
+
+// ---- validated form ----
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Peer {
+    pub name: String,
+    pub address: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PostgresConfig {
+    pub bin_dir: Option<PathBuf>,
+    pub data_dir: PathBuf,
+    pub host: String,
+    pub port: u16,
+    pub listen_addresses: String,
+    pub socket_dir: Option<PathBuf>,
+    pub os_user: String,
+    pub superuser: String,
+    pub replication_user: String,
+    pub passfile: Option<PathBuf>,
+    pub log_file: PathBuf,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Timing {
+    pub probe_interval: Duration,
+    pub probe_timeout: Duration,
+    pub report_ttl: Duration,
+    pub start_timeout: Duration,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Config {
+    pub file: PathBuf,
+    pub cluster: String,
+    pub token_file: PathBuf,
+    pub name: String,
+    pub kind: NodeKind,
+    pub listen: SocketAddr,
+    pub state_dir: PathBuf,
+    pub priority: u32,
+    pub promotable: bool,
+    pub peers: Vec<Peer>,
+    /// Present exactly when `kind` is `Data`.
+    pub postgres: Option<PostgresConfig>,
+    pub timing: Timing,
+    pub max_lag: u64,
+}
+
+/// Names are used as Raft identities, slot names and file names: keep them plain.
+fn valid_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 63
+        && name
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '_')
+}
+
+struct Check<'a> {
+    file: &'a Path,
+}
+
+impl Check<'_> {
+    fn err(&self, key: &str, message: impl Into<String>) -> ConfigError {
+        ConfigError {
+            file: self.file.to_path_buf(),
+            key: key.to_string(),
+            message: message.into(),
+        }
+    }
+
+    fn required<T>(&self, value: Option<T>, key: &str, hint: &str) -> Result<T, ConfigError> {
+        value.ok_or_else(|| self.err(key, format!("is missing ({hint})")))
+    }
+
+    fn name(&self, value: Option<String>, key: &str) -> Result<String, ConfigError> {
+        let name = self.required(value, key, "add a name such as \"pg1\"")?;
+        if !valid_name(&name) {
+            return Err(self.err(
+                key,
+                format!("{name:?} is not a valid name (use 1-63 of a-z, 0-9, '-' and '_')"),
+            ));
+        }
+        Ok(name)
+    }
+
+    fn absolute(&self, path: PathBuf, key: &str) -> Result<PathBuf, ConfigError> {
+        if path.is_absolute() {
+            Ok(path)
+        } else {
+            Err(self.err(
+                key,
+                format!("{:?} is not an absolute path (write it from /)", path),
+            ))
+        }
+    }
+}
+
+impl Config {
+    /// Read and validate `file`, including what it names on this machine (token file,
+    /// PostgreSQL binaries, OS user, passfile).
+    pub fn load(file: &Path) -> Result<Config, ConfigError> {
+        let config = Config::load_static(file)?;
+        config.check_environment()?;
+        Ok(config)
+    }
+
+    /// Read and validate `file` without looking at anything else on the machine.
+    pub fn load_static(file: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(file).map_err(|e| ConfigError {
+            file: file.to_path_buf(),
+            key: String::new(),
+            message: format!("cannot be read: {e} (pass the right file with -c)"),
+        })?;
+        Config::parse(file, &text)
+    }
+
+    /// Parse and validate config text; `file` is used in error messages.
+    pub fn parse(file: &Path, text: &str) -> Result<Config, ConfigError> {
+        let check = Check { file };
+        let raw: RawConfig = toml::from_str(text).map_err(|e| {
+            let at = e
+                .span()
+                .map(|span| {
+                    let line = text[..span.start.min(text.len())].matches('\n').count() + 1;
+                    format!("line {line}: ")
+                })
+                .unwrap_or_default();
+            check.err("", format!("{at}{}", e.message().trim()))
+        })?;
+
+        let cluster = check.name(raw.cluster, "cluster")?;
+        let token_file = check.required(
+            raw.token_file,
+            "token_file",
+            "point it at a file holding the cluster's shared secret",
+        )?;
+        let token_file = check.absolute(token_file, "token_file")?;
+
+        let node = check.required(raw.node, "[node]", "add a [node] section")?;
+        let name = check.name(node.name, "node.name")?;
+        let kind = match check
+            .required(node.kind, "node.kind", "set it to \"data\" or \"witness\"")?
+            .as_str()
+        {
+            "data" => NodeKind::Data,
+            "witness" => NodeKind::Witness,
+            other => {
+                return Err(check.err(
+                    "node.kind",
+                    format!("is {other:?} (set it to \"data\" or \"witness\")"),
+                ))
+            }
+        };
+        let listen_text = check.required(node.listen, "node.listen", "set it to ip:port")?;
+        let listen: SocketAddr = listen_text.parse().map_err(|_| {
+            check.err(
+                "node.listen",
+                format!(
+                    "{listen_text:?} is not an ip:port address (for example \"10.0.0.1:7400\")"
+                ),
+            )
+        })?;
+        let state_dir = check.required(
+            node.state_dir,
+            "node.state_dir",
+            "set it to a directory the agent owns, such as /var/lib/pgfm",
+        )?;
+        let state_dir = check.absolute(state_dir, "node.state_dir")?;
+
+        let mut peers = Vec::new();
+        let mut names = BTreeSet::new();
+        let mut addresses = BTreeSet::new();
+        for (i, peer) in raw.peers.into_iter().enumerate() {
+            let key = format!("peers[{i}]");
+            let peer_name = check.name(peer.name, &format!("{key}.name"))?;
+            let address = check.required(
+                peer.address,
+                &format!("{key}.address"),
+                "set it to the peer agent's ip:port",
+            )?;
+            if address.parse::<SocketAddr>().is_err() {
+                return Err(check.err(
+                    &format!("{key}.address"),
+                    format!("{address:?} is not an ip:port address"),
+                ));
+            }
+            if !names.insert(peer_name.clone()) {
+                return Err(check.err(
+                    &format!("{key}.name"),
+                    format!("{peer_name:?} is listed twice"),
+                ));
+            }
+            if !addresses.insert(address.clone()) {
+                return Err(check.err(
+                    &format!("{key}.address"),
+                    format!("{address:?} is used by two peers"),
+                ));
+            }
+            peers.push(Peer {
+                name: peer_name,
+                address,
+            });
+        }
+        match peers.iter().find(|p| p.name == name) {
+            None => {
+                return Err(check.err(
+                    "peers",
+                    format!("do not include this node {name:?} (list every agent, this one too)"),
+                ))
+            }
+            Some(me) if me.address.parse::<SocketAddr>().ok() != Some(listen) => {
+                return Err(check.err(
+                    "peers",
+                    format!(
+                        "give {name:?} the address {} but node.listen is {listen} (make them equal)",
+                        me.address
+                    ),
+                ))
+            }
+            Some(_) => {}
+        }
+
+        let postgres = match (kind, raw.postgres) {
+            (NodeKind::Witness, Some(_)) => {
+                return Err(check.err(
+                    "[postgres]",
+                    "is set on a witness, which has no database (remove the section or set \
+                     node.kind = \"data\")",
+                ))
+            }
+            (NodeKind::Witness, None) => None,
+            (NodeKind::Data, None) => {
+                return Err(check.err(
+                    "[postgres]",
+                    "is missing; a data node needs it (at least data_dir and port)",
+                ))
+            }
+            (NodeKind::Data, Some(pg)) => {
+                let data_dir = check.required(
+                    pg.data_dir,
+                    "postgres.data_dir",
+                    "set it to the PGDATA directory",
+                )?;
+                let data_dir = check.absolute(data_dir, "postgres.data_dir")?;
+                let port = check.required(pg.port, "postgres.port", "set it, usually 5432")?;
+                if port == 0 {
+                    return Err(check.err("postgres.port", "is 0 (use a real port such as 5432)"));
+                }
+                let host = pg.host.unwrap_or_else(|| listen.ip().to_string());
+                let bin_dir = pg
+                    .bin_dir
+                    .map(|p| check.absolute(p, "postgres.bin_dir"))
+                    .transpose()?;
+                let socket_dir = pg
+                    .socket_dir
+                    .map(|p| check.absolute(p, "postgres.socket_dir"))
+                    .transpose()?;
+                let passfile = pg
+                    .passfile
+                    .map(|p| check.absolute(p, "postgres.passfile"))
+                    .transpose()?;
+                let log_file = pg
+                    .log_file
+                    .map(|p| check.absolute(p, "postgres.log_file"))
+                    .transpose()?
+                    .unwrap_or_else(|| state_dir.join("postgres.log"));
+                Some(PostgresConfig {
+                    bin_dir,
+                    data_dir,
+                    listen_addresses: pg.listen_addresses.unwrap_or_else(|| host.clone()),
+                    host,
+                    port,
+                    socket_dir,
+                    os_user: pg.os_user.unwrap_or_else(|| "postgres".to_string()),
+                    superuser: pg.superuser.unwrap_or_else(|| "postgres".to_string()),
+                    replication_user: pg
+                        .replication_user
+                        .unwrap_or_else(|| "replicator".to_string()),
+                    passfile,
+                    log_file,
+                })
+            }
+        };
+
+        let probe_interval = raw.timing.probe_interval.unwrap_or(Duration::from_secs(1));
+        let probe_timeout = raw.timing.probe_timeout.unwrap_or(Duration::from_secs(2));
+        let report_ttl = raw.timing.report_ttl.unwrap_or(probe_interval * 3);
+        let start_timeout = raw.timing.start_timeout.unwrap_or(Duration::from_secs(120));
+        if probe_interval < Duration::from_millis(100) {
+            return Err(check.err(
+                "timing.probe_interval",
+                format!("is {probe_interval:?}; use at least 100ms"),
+            ));
+        }
+        if report_ttl <= probe_interval {
+            return Err(check.err(
+                "timing.report_ttl",
+                format!(
+                    "is {report_ttl:?}, not longer than timing.probe_interval \
+                     ({probe_interval:?}); every agent would flap between up and down \
+                     (make it at least twice the probe interval)"
+                ),
+            ));
+        }
+        Ok(Config {
+            file: file.to_path_buf(),
+            cluster,
+            token_file,
+            name,
+            kind,
+            listen,
+            state_dir,
+            priority: node.priority.unwrap_or(100),
+            promotable: node.promotable.unwrap_or(true),
+            peers,
+            postgres,
+            timing: Timing {
+                probe_interval,
+                probe_timeout,
+                report_ttl,
+                start_timeout,
+            },
+            max_lag: raw.failover.max_lag.unwrap_or(1024 * 1024),
+        })
+    }
+
+    fn err(&self, key: &str, message: impl Into<String>) -> ConfigError {
+        Check { file: &self.file }.err(key, message)
+    }
+
+    /// Read the cluster token; it must be non-empty and readable by its owner only.
+    pub fn read_token(&self) -> Result<Arc<str>, ConfigError> {
+        let key = "token_file";
+        let path = &self.token_file;
+        let meta = std::fs::metadata(path).map_err(|e| {
+            self.err(
+                key,
+                format!(
+                    "{}: {e} (create it with a random secret, mode 600)",
+                    path.display()
+                ),
+            )
+        })?;
+        if meta.permissions().mode() & 0o077 != 0 {
+            return Err(self.err(
+                key,
+                format!(
+                    "{} can be read by other users (chmod 600 {})",
+                    path.display(),
+                    path.display()
+                ),
+            ));
+        }
+        let token = std::fs::read_to_string(path)
+            .map_err(|e| self.err(key, format!("{}: {e}", path.display())))?;
+        let token = token.trim();
+        if token.len() < 16 {
+            return Err(self.err(
+                key,
+                format!(
+                    "{} holds {} characters; use a random secret of at least 16",
+                    path.display(),
+                    token.len()
+                ),
+            ));
+        }
+        Ok(Arc::from(token))
+    }
+
+    /// The PostgreSQL bin directory: configured, else detected.
+    pub fn bin_dir(&self) -> Result<Option<PathBuf>, ConfigError> {
+        let Some(pg) = &self.postgres else {
+            return Ok(None);
+        };
+        match &pg.bin_dir {
+            Some(dir) => match binaries::missing_program(dir) {
+                None => Ok(Some(dir.clone())),
+                Some(program) => Err(self.err(
+                    "postgres.bin_dir",
+                    format!(
+                        "{:?} has no {program} (set bin_dir to the PostgreSQL server's bin \
+                         directory or install postgresql)",
+                        dir.display().to_string()
+                    ),
+                )),
+            },
+            None => binaries::find_bin_dir().map(Some).ok_or_else(|| {
+                self.err(
+                    "postgres.bin_dir",
+                    "is not set and no PostgreSQL server binaries were found (install \
+                     postgresql or set bin_dir)",
+                )
+            }),
+        }
+    }
+
+    /// Check what the config names on this machine.
+    pub fn check_environment(&self) -> Result<(), ConfigError> {
+        self.read_token()?;
+        if let Some(pg) = &self.postgres {
+            self.bin_dir()?;
+            OsUser::lookup(&pg.os_user).map_err(|e| self.err("postgres.os_user", e))?;
+            if let Some(pf) = &pg.passfile {
+                let meta = std::fs::metadata(pf)
+                    .map_err(|e| self.err("postgres.passfile", format!("{}: {e}", pf.display())))?;
+                if meta.permissions().mode() & 0o077 != 0 {
+                    return Err(self.err(
+                        "postgres.passfile",
+                        format!(
+                            "{} can be read by other users; libpq ignores it (chmod 600)",
+                            pf.display()
+                        ),
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Warnings that do not stop the agent.
+    pub fn warnings(&self) -> Vec<String> {
+        let mut warnings = Vec::new();
+        if self.peers.len() < 3 {
+            warnings.push(format!(
+                "config {}: peers lists {} agent(s); a cluster needs at least three voting \
+                 agents (two data nodes and a witness) to ever fail over safely",
+                self.file.display(),
+                self.peers.len()
+            ));
+        }
+        warnings
+    }
+
+    /// `(name, address)` of every configured peer.
+    pub fn peer_list(&self) -> Vec<(String, String)> {
+        self.peers
+            .iter()
+            .map(|p| (p.name.clone(), p.address.clone()))
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = r#"
+cluster = "lab"
+token_file = "/etc/pgfm/token"
+
+[node]
+name = "pg1"
+kind = "data"
+listen = "127.0.0.1:7001"
+state_dir = "/var/lib/pgfm"
+
+[[peers]]
+name = "pg1"
+address = "127.0.0.1:7001"
+[[peers]]
+name = "pg2"
+address = "127.0.0.1:7002"
+[[peers]]
+name = "witness"
+address = "127.0.0.1:7003"
+
+[postgres]
+data_dir = "/var/lib/postgresql/15/main"
+port = 5432
+"#;
+
+    /// Apply `edit` (a replacement of one line or a suffix) to GOOD and check the error.
+    fn check(from: &str, to: &str, expected: &str) {
+        assert!(GOOD.contains(from), "test edit {from:?} does not apply");
+        let text = GOOD.replacen(from, to, 1);
+        let got = match Config::parse(Path::new("pg1.toml"), &text) {
+            Ok(_) => "ok".to_string(),
+            Err(e) => e.to_string(),
+        };
+        assert_eq!(got, expected, "after replacing {from:?} with {to:?}");
+    }
+
+    #[test]
+    fn a_good_config_validates_with_defaults() {
+        let config = Config::parse(Path::new("pg1.toml"), GOOD).unwrap();
+        let pg = config.postgres.as_ref().unwrap();
+        assert_eq!(pg.host, "127.0.0.1");
+        assert_eq!(pg.os_user, "postgres");
+        assert_eq!(pg.log_file, PathBuf::from("/var/lib/pgfm/postgres.log"));
+        assert_eq!(config.timing.report_ttl, Duration::from_secs(3));
+        assert_eq!(config.priority, 100);
+        assert!(config.warnings().is_empty());
+    }
+
+    #[test]
+    fn each_mistake_has_its_message() {
+        check(
+            "cluster = \"lab\"",
+            "",
+            "config pg1.toml: cluster is missing (add a name such as \"pg1\")",
+        );
+        check("cluster = \"lab\"", "cluster = \"Lab 1\"", "config pg1.toml: cluster \"Lab 1\" is not a valid name (use 1-63 of a-z, 0-9, '-' and '_')");
+        check(
+            "token_file = \"/etc/pgfm/token\"",
+            "token_file = \"token\"",
+            "config pg1.toml: token_file \"token\" is not an absolute path (write it from /)",
+        );
+        check(
+            "kind = \"data\"",
+            "kind = \"database\"",
+            "config pg1.toml: node.kind is \"database\" (set it to \"data\" or \"witness\")",
+        );
+        check("listen = \"127.0.0.1:7001\"", "listen = \"localhost\"", "config pg1.toml: node.listen \"localhost\" is not an ip:port address (for example \"10.0.0.1:7400\")");
+        check("state_dir = \"/var/lib/pgfm\"", "", "config pg1.toml: node.state_dir is missing (set it to a directory the agent owns, such as /var/lib/pgfm)");
+        check(
+            "name = \"pg2\"",
+            "name = \"pg1\"",
+            "config pg1.toml: peers[1].name \"pg1\" is listed twice",
+        );
+        check(
+            "address = \"127.0.0.1:7002\"",
+            "address = \"127.0.0.1:7001\"",
+            "config pg1.toml: peers[1].address \"127.0.0.1:7001\" is used by two peers",
+        );
+        check("address = \"127.0.0.1:7001\"", "address = \"127.0.0.1:7009\"", "config pg1.toml: peers give \"pg1\" the address 127.0.0.1:7009 but node.listen is 127.0.0.1:7001 (make them equal)");
+        check("[[peers]]\nname = \"pg1\"\naddress = \"127.0.0.1:7001\"\n", "", "config pg1.toml: peers do not include this node \"pg1\" (list every agent, this one too)");
+        check(
+            "port = 5432",
+            "",
+            "config pg1.toml: postgres.port is missing (set it, usually 5432)",
+        );
+        check(
+            "port = 5432",
+            "port = 99999",
+            "config pg1.toml: line 22: invalid value: integer `99999`, expected u16",
+        );
+        check(
+            "data_dir = \"/var/lib/postgresql/15/main\"\n",
+            "",
+            "config pg1.toml: postgres.data_dir is missing (set it to the PGDATA directory)",
+        );
+        check("kind = \"data\"", "kind = \"witness\"", "config pg1.toml: [postgres] is set on a witness, which has no database (remove the section or set node.kind = \"data\")");
+        check("[postgres]\ndata_dir = \"/var/lib/postgresql/15/main\"\nport = 5432\n", "", "config pg1.toml: [postgres] is missing; a data node needs it (at least data_dir and port)");
+        check("port = 5432", "port = 5432\nprot = 1", "config pg1.toml: line 23: unknown field `prot`, expected one of `bin_dir`, `data_dir`, `host`, `port`, `listen_addresses`, `socket_dir`, `os_user`, `superuser`, `replication_user`, `passfile`, `log_file`");
+        check("port = 5432", "port = 5432\n[timing]\nprobe_interval = \"1s\"\nreport_ttl = \"1s\"", "config pg1.toml: timing.report_ttl is 1s, not longer than timing.probe_interval (1s); every agent would flap between up and down (make it at least twice the probe interval)");
+        check(
+            "port = 5432",
+            "port = 5432\n[timing]\nprobe_interval = \"soon\"",
+            "config pg1.toml: line 25: invalid value: string \"soon\", expected a duration",
+        );
+    }
+
+    #[test]
+    fn environment_errors_name_the_key_and_the_fix() {
+        let dir = std::env::temp_dir().join(format!("pgfm-config-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let token = dir.join("token");
+        let text = GOOD.replace("/etc/pgfm/token", &token.display().to_string());
+        let config = Config::parse(Path::new("pg1.toml"), &text).unwrap();
+
+        let err = config.read_token().unwrap_err().to_string();
+        assert!(
+            err.starts_with("config pg1.toml: token_file ")
+                && err.contains("create it with a random secret"),
+            "{err}"
+        );
+        std::fs::write(&token, "0123456789abcdef0123").unwrap();
+        std::fs::set_permissions(&token, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let err = config.read_token().unwrap_err().to_string();
+        assert!(
+            err.contains("can be read by other users (chmod 600"),
+            "{err}"
+        );
+        std::fs::set_permissions(&token, std::fs::Permissions::from_mode(0o600)).unwrap();
+        assert_eq!(&*config.read_token().unwrap(), "0123456789abcdef0123");
+
+        let text = text.replace("port = 5432", "port = 5432\nbin_dir = \"/nonexistent/bin\"");
+        let config = Config::parse(Path::new("pg1.toml"), &text).unwrap();
+        assert_eq!(
+            config.bin_dir().unwrap_err().to_string(),
+            "config pg1.toml: postgres.bin_dir \"/nonexistent/bin\" has no postgres (set bin_dir to the PostgreSQL server's bin directory or install postgresql)"
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn two_agents_are_warned_about() {
+        let text = GOOD.replace(
+            "[[peers]]\nname = \"witness\"\naddress = \"127.0.0.1:7003\"\n",
+            "",
+        );
+        let config = Config::parse(Path::new("pg1.toml"), &text).unwrap();
+        let warnings = config.warnings();
+        assert_eq!(warnings.len(), 1);
+        assert!(
+            warnings[0].contains("at least three voting agents"),
+            "{warnings:?}"
+        );
+    }
+
+    #[test]
+    fn the_shipped_example_is_valid() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/pgfm.toml");
+        let config = Config::load_static(&path).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(config.kind, NodeKind::Data);
+        assert_eq!(config.peers.len(), 3);
+        assert!(config.warnings().is_empty());
+    }
+}

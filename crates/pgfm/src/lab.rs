@@ -1,0 +1,714 @@
+//! `pgfm lab`: a real cluster on this machine (data nodes pg1..pgN and a witness, each with
+//! its own agent and ports on 127.0.0.1), in the layout DESIGN.md "The lab" describes.
+//! Only pg1 is initialised by initdb; the other data nodes' agents clone themselves.
+
+use std::io::Read;
+use std::net::TcpListener;
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{ExitCode, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use clap::Subcommand;
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+use serde::{Deserialize, Serialize};
+
+use pgfm_api::{ApiClient, ClusterStatus, NodeKindStatus};
+use pgfm_postgres::control::{initdb, single_user_sql};
+use pgfm_postgres::{find_bin_dir, OsUser};
+
+use crate::status_text;
+
+const DEFAULT_DIR: &str = "/tmp/pgfm-lab";
+
+#[derive(Subcommand)]
+pub enum LabCommand {
+    /// Build and start a lab; returns when every agent is up and every standby streams.
+    Up {
+        #[arg(long, default_value = DEFAULT_DIR)]
+        dir: PathBuf,
+        /// Number of data nodes (pg1..pgN), at least 2.
+        #[arg(long, default_value_t = 2)]
+        data_nodes: usize,
+        /// Print the lab status as JSON instead of the cluster status.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Stop everything the lab started and remove its directory.
+    Down {
+        #[arg(long, default_value = DEFAULT_DIR)]
+        dir: PathBuf,
+    },
+    /// SIGKILL a node: its agent and its postmaster (host death), or only one of them.
+    Kill {
+        node: String,
+        #[arg(long)]
+        dir: Option<PathBuf>,
+        /// Kill only the postmaster (a database crash; the agent lives on).
+        #[arg(long, conflicts_with = "agent_only")]
+        postgres_only: bool,
+        /// Kill only the agent (PostgreSQL keeps running).
+        #[arg(long)]
+        agent_only: bool,
+    },
+    /// Start a node's agent again (after `lab kill`).
+    Start {
+        node: String,
+        #[arg(long)]
+        dir: Option<PathBuf>,
+    },
+    /// Show the lab's nodes (ports, pids, connection strings) and the cluster status.
+    Status {
+        #[arg(long, default_value = DEFAULT_DIR)]
+        dir: PathBuf,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+/// `DIR/lab.json`: what the lab made. Scripts and tests rely on it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct LabFile {
+    pub cluster: String,
+    pub dir: PathBuf,
+    pub bin_dir: PathBuf,
+    pub os_user: String,
+    pub passfile: PathBuf,
+    pub token_file: PathBuf,
+    pub nodes: Vec<LabNode>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct LabNode {
+    pub name: String,
+    /// `data` or `witness`.
+    pub kind: String,
+    pub agent_port: u16,
+    pub pg_port: Option<u16>,
+    pub config: PathBuf,
+    pub data_dir: Option<PathBuf>,
+    pub agent_pid: Option<u32>,
+}
+
+/// `lab status --json`: lab.json's nodes with live pids and a connection string.
+#[derive(Debug, Serialize)]
+struct LabStatus {
+    cluster: String,
+    dir: PathBuf,
+    nodes: Vec<LabNodeStatus>,
+}
+
+#[derive(Debug, Serialize)]
+struct LabNodeStatus {
+    name: String,
+    kind: String,
+    /// The role the cluster gives the node right now (`primary`, `standby`, `witness`,
+    /// `idle`), or null when no agent answered.
+    role: Option<NodeKindStatus>,
+    agent_port: u16,
+    pg_port: Option<u16>,
+    agent_pid: Option<u32>,
+    agent_running: bool,
+    postgres_pid: Option<i32>,
+    dsn: Option<String>,
+    config: PathBuf,
+    agent_log: PathBuf,
+    postgres_log: Option<PathBuf>,
+}
+
+pub fn run(command: LabCommand) -> anyhow::Result<ExitCode> {
+    match command {
+        LabCommand::Up {
+            dir,
+            data_nodes,
+            json,
+        } => up(&absolute(&dir)?, data_nodes, json),
+        LabCommand::Down { dir } => down(&absolute(&dir)?),
+        LabCommand::Status { dir, json } => status(&absolute(&dir)?, json),
+        LabCommand::Kill {
+            node,
+            dir,
+            postgres_only,
+            agent_only,
+        } => kill_node(&lab_dir(dir)?, &node, !agent_only, !postgres_only),
+        LabCommand::Start { node, dir } => start_node(&lab_dir(dir)?, &node),
+    }
+}
+
+fn lab_dir(dir: Option<PathBuf>) -> anyhow::Result<PathBuf> {
+    absolute(&dir.unwrap_or_else(|| PathBuf::from(DEFAULT_DIR)))
+}
+
+fn absolute(dir: &Path) -> anyhow::Result<PathBuf> {
+    if dir.is_absolute() {
+        Ok(dir.to_path_buf())
+    } else {
+        Ok(std::env::current_dir()?.join(dir))
+    }
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?)
+}
+
+/// Free ports on 127.0.0.1, all distinct (every listener is held until all are chosen).
+fn free_ports(n: usize) -> anyhow::Result<Vec<u16>> {
+    let listeners: Vec<TcpListener> = (0..n)
+        .map(|_| TcpListener::bind("127.0.0.1:0"))
+        .collect::<Result<_, _>>()
+        .context("choosing free ports on 127.0.0.1")?;
+    listeners
+        .iter()
+        .map(|l| Ok(l.local_addr()?.port()))
+        .collect()
+}
+
+fn random_secret() -> anyhow::Result<String> {
+    let mut bytes = [0u8; 24];
+    std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| f.read_exact(&mut bytes))
+        .context("reading /dev/urandom")?;
+    Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
+}
+
+fn write_private(path: &Path, contents: &str, owner: Option<&OsUser>) -> anyhow::Result<()> {
+    std::fs::write(path, contents).with_context(|| format!("writing {}", path.display()))?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
+    if let Some(user) = owner {
+        user.own(path)?;
+    }
+    Ok(())
+}
+
+fn read_lab(dir: &Path) -> anyhow::Result<LabFile> {
+    let path = dir.join("lab.json");
+    let text = std::fs::read_to_string(&path).with_context(|| {
+        format!(
+            "no lab in {} (no lab.json; start one with pgfm lab up --dir {})",
+            dir.display(),
+            dir.display()
+        )
+    })?;
+    serde_json::from_str(&text).with_context(|| format!("reading {}", path.display()))
+}
+
+fn write_lab(lab: &LabFile) -> anyhow::Result<()> {
+    let path = lab.dir.join("lab.json");
+    std::fs::write(&path, serde_json::to_string_pretty(lab)? + "\n")
+        .with_context(|| format!("writing {}", path.display()))
+}
+
+fn node_config(lab: &LabFile, node: &LabNode, peers: &str) -> String {
+    let node_dir = lab.dir.join(&node.name);
+    let mut text = format!(
+        "# pgfm lab: agent config of {name}\n\
+         cluster = \"{cluster}\"\n\
+         token_file = \"{token}\"\n\n\
+         [node]\n\
+         name = \"{name}\"\n\
+         kind = \"{kind}\"\n\
+         listen = \"127.0.0.1:{agent_port}\"\n\
+         state_dir = \"{state}\"\n\n\
+         {peers}\n",
+        name = node.name,
+        cluster = lab.cluster,
+        token = lab.token_file.display(),
+        kind = node.kind,
+        agent_port = node.agent_port,
+        state = node_dir.join("state").display(),
+    );
+    if let (Some(port), Some(data_dir)) = (node.pg_port, &node.data_dir) {
+        text.push_str(&format!(
+            "[postgres]\n\
+             bin_dir = \"{bin}\"\n\
+             data_dir = \"{data}\"\n\
+             host = \"127.0.0.1\"\n\
+             port = {port}\n\
+             socket_dir = \"{socket}\"\n\
+             os_user = \"{user}\"\n\
+             passfile = \"{passfile}\"\n\
+             log_file = \"{log}\"\n",
+            bin = lab.bin_dir.display(),
+            data = data_dir.display(),
+            socket = node_dir.display(),
+            user = lab.os_user,
+            passfile = lab.passfile.display(),
+            log = node_dir.join("postgres.log").display(),
+        ));
+    }
+    text
+}
+
+fn up(dir: &Path, data_nodes: usize, json: bool) -> anyhow::Result<ExitCode> {
+    let started = Instant::now();
+    if dir.join("lab.json").exists() {
+        bail!(
+            "a lab already exists in {d}; see it with pgfm lab status --dir {d}, or remove it \
+             with pgfm lab down --dir {d}",
+            d = dir.display()
+        );
+    }
+    if std::fs::read_dir(dir).is_ok_and(|mut entries| entries.next().is_some()) {
+        bail!(
+            "{} exists and is not a lab (no lab.json): choose another --dir",
+            dir.display()
+        );
+    }
+    if data_nodes < 2 {
+        bail!("--data-nodes {data_nodes}: a lab needs at least 2 data nodes (and gets a witness)");
+    }
+    let root = nix::unistd::Uid::effective().is_root();
+    let os_user = if root {
+        OsUser::lookup("postgres")
+    } else {
+        OsUser::current()
+    }
+    .map_err(|e| anyhow::anyhow!("choosing the OS user for PostgreSQL: {e}"))?;
+    let bin_dir = find_bin_dir().context(
+        "no PostgreSQL server binaries found (install postgresql, e.g. apt-get install postgresql)",
+    )?;
+
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    // PostgreSQL, run as another user when we are root, must be able to reach its files.
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755))?;
+    let token_file = dir.join("token");
+    write_private(&token_file, &random_secret()?, None)?;
+    let superuser_pw = random_secret()?;
+    let replication_pw = random_secret()?;
+    let passfile = dir.join("pgpass");
+    write_private(
+        &passfile,
+        &format!("*:*:*:postgres:{superuser_pw}\n*:*:*:replicator:{replication_pw}\n"),
+        Some(&os_user),
+    )?;
+
+    let names: Vec<String> = (1..=data_nodes)
+        .map(|i| format!("pg{i}"))
+        .chain(std::iter::once("witness".to_string()))
+        .collect();
+    let ports = free_ports(names.len() + data_nodes)?;
+    let mut lab = LabFile {
+        cluster: "lab".to_string(),
+        dir: dir.to_path_buf(),
+        bin_dir: bin_dir.clone(),
+        os_user: os_user.name.clone(),
+        passfile: passfile.clone(),
+        token_file,
+        nodes: Vec::new(),
+    };
+    for (i, name) in names.iter().enumerate() {
+        let is_data = i < data_nodes;
+        let node_dir = dir.join(name);
+        std::fs::create_dir_all(&node_dir)?;
+        std::fs::set_permissions(&node_dir, std::fs::Permissions::from_mode(0o755))?;
+        os_user.own(&node_dir)?;
+        lab.nodes.push(LabNode {
+            name: name.clone(),
+            kind: if is_data { "data" } else { "witness" }.to_string(),
+            agent_port: ports[i],
+            pg_port: is_data.then(|| ports[names.len() + i]),
+            config: node_dir.join("pgfm.toml"),
+            data_dir: is_data.then(|| node_dir.join("data")),
+            agent_pid: None,
+        });
+    }
+    let peers: String = lab
+        .nodes
+        .iter()
+        .map(|n| {
+            format!(
+                "[[peers]]\nname = \"{}\"\naddress = \"127.0.0.1:{}\"\n",
+                n.name, n.agent_port
+            )
+        })
+        .collect::<Vec<_>>()
+        .join("");
+    for node in &lab.nodes {
+        std::fs::write(&node.config, node_config(&lab, node, &peers))
+            .with_context(|| format!("writing {}", node.config.display()))?;
+    }
+    write_lab(&lab)?;
+
+    // Only pg1 is initialised; the replication role is made before any agent starts.
+    let rt = runtime()?;
+    let pg1_data = lab.nodes[0]
+        .data_dir
+        .clone()
+        .context("pg1 has no data_dir")?;
+    let pwfile = dir.join("pg1").join("initdb.pw");
+    write_private(&pwfile, &superuser_pw, Some(&os_user))?;
+    let made = rt.block_on(async {
+        initdb(&bin_dir, &pg1_data, &os_user, "postgres", &pwfile).await?;
+        let sql =
+            format!("CREATE ROLE replicator WITH REPLICATION LOGIN PASSWORD '{replication_pw}';\n");
+        single_user_sql(&bin_dir, &pg1_data, &os_user, &sql).await
+    });
+    let _ = std::fs::remove_file(&pwfile);
+    made?;
+
+    let exe = std::env::current_exe().context("finding the pgfm binary")?;
+    for node in lab.nodes.iter_mut() {
+        node.agent_pid = Some(spawn_agent(&exe, dir, node)?);
+    }
+    write_lab(&lab)?;
+
+    let deadline = Instant::now() + Duration::from_secs(180);
+    let ready = rt.block_on(wait_ready(&lab, data_nodes, deadline));
+    match ready {
+        Ok(status) => {
+            if json {
+                println!("{}", serde_json::to_string_pretty(&lab_status(&lab, &rt))?);
+            } else {
+                print!("{}", status_text::render(&status));
+                println!();
+                println!(
+                    "Lab up in {:.1} s in {}. Connect to the primary with:\n  psql \"{}\"\nStop it with: pgfm lab down --dir {}",
+                    started.elapsed().as_secs_f64(),
+                    dir.display(),
+                    status
+                        .primary
+                        .as_deref()
+                        .and_then(|p| lab.nodes.iter().find(|n| n.name == p))
+                        .and_then(|n| dsn(&lab, n))
+                        .unwrap_or_default(),
+                    dir.display()
+                );
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(e) => {
+            eprintln!(
+                "pgfm: the lab in {} did not become ready: {e:#}\nSee {}/*/agent.log and \
+                 postgres.log; remove it with pgfm lab down --dir {}",
+                dir.display(),
+                dir.display(),
+                dir.display()
+            );
+            Ok(ExitCode::from(1))
+        }
+    }
+}
+
+/// Start one agent detached from this command (own session, output to agent.log).
+fn spawn_agent(exe: &Path, dir: &Path, node: &LabNode) -> anyhow::Result<u32> {
+    let node_dir = dir.join(&node.name);
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(node_dir.join("agent.log"))?;
+    let child = std::process::Command::new(exe)
+        .arg("agent")
+        .arg("-c")
+        .arg(&node.config)
+        .stdin(Stdio::null())
+        .stdout(log.try_clone()?)
+        .stderr(log)
+        .process_group(0)
+        .spawn()
+        .with_context(|| format!("starting the agent of {}", node.name))?;
+    let pid = child.id();
+    std::fs::write(node_dir.join("agent.pid"), format!("{pid}\n"))?;
+    Ok(pid)
+}
+
+fn client(lab: &LabFile, node: &LabNode) -> anyhow::Result<ApiClient> {
+    let token = std::fs::read_to_string(&lab.token_file)
+        .with_context(|| format!("reading {}", lab.token_file.display()))?;
+    Ok(ApiClient::new(
+        &format!("127.0.0.1:{}", node.agent_port),
+        token.trim(),
+        Duration::from_secs(3),
+    ))
+}
+
+/// The status from the first agent that answers.
+async fn any_status(lab: &LabFile) -> anyhow::Result<ClusterStatus> {
+    let mut last = None;
+    for node in &lab.nodes {
+        match client(lab, node)?.status().await {
+            Ok(status) => return Ok(status),
+            Err(e) => last = Some(e),
+        }
+    }
+    match last {
+        Some(e) => Err(e.into()),
+        None => bail!("the lab has no nodes"),
+    }
+}
+
+/// Wait until every agent is up, there is a primary and every standby streams in sync.
+async fn wait_ready(
+    lab: &LabFile,
+    data_nodes: usize,
+    deadline: Instant,
+) -> anyhow::Result<ClusterStatus> {
+    let mut waiting_for: String;
+    loop {
+        for node in &lab.nodes {
+            if let Some(pid) = node.agent_pid {
+                if !process_alive(pid) {
+                    bail!(
+                        "the agent of {} (pid {pid}) exited; see {}",
+                        node.name,
+                        lab.dir.join(&node.name).join("agent.log").display()
+                    );
+                }
+            }
+        }
+        match any_status(lab).await {
+            Ok(status) => {
+                let standbys = status
+                    .nodes
+                    .iter()
+                    .filter(|n| n.kind == NodeKindStatus::Standby && n.in_sync == Some(true))
+                    .count();
+                if status.healthy()
+                    && status.nodes.len() == lab.nodes.len()
+                    && standbys == data_nodes - 1
+                {
+                    return Ok(status);
+                }
+                waiting_for = status
+                    .nodes
+                    .iter()
+                    .filter(|n| !n.info.is_empty())
+                    .map(|n| format!("{}: {}", n.name, n.info))
+                    .chain(status.problems.iter().cloned())
+                    .collect::<Vec<_>>()
+                    .join("; ");
+            }
+            Err(e) => waiting_for = e.to_string(),
+        }
+        if Instant::now() > deadline {
+            bail!("timed out; last seen: {waiting_for}");
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+fn process_alive(pid: u32) -> bool {
+    // A zombie (exited, not reaped) counts as dead.
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(stat) => !stat
+            .rsplit_once(") ")
+            .is_some_and(|(_, rest)| rest.starts_with('Z')),
+        Err(_) => false,
+    }
+}
+
+/// Whether `pid` is the agent of this node (not a recycled pid of something else).
+fn is_our_agent(pid: u32, node: &LabNode) -> bool {
+    std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|cmdline| {
+        let text = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+        text.contains(" agent ") && text.contains(&node.config.display().to_string())
+    })
+}
+
+fn postmaster_pid(data_dir: &Path) -> Option<i32> {
+    let text = std::fs::read_to_string(data_dir.join("postmaster.pid")).ok()?;
+    let pid: i32 = text.lines().next()?.trim().parse().ok()?;
+    process_alive(pid as u32).then_some(pid)
+}
+
+fn dsn(lab: &LabFile, node: &LabNode) -> Option<String> {
+    node.pg_port.map(|port| {
+        format!(
+            "host=127.0.0.1 port={port} user=postgres dbname=postgres passfile={}",
+            lab.passfile.display()
+        )
+    })
+}
+
+fn lab_status(lab: &LabFile, rt: &tokio::runtime::Runtime) -> LabStatus {
+    let cluster = rt.block_on(any_status(lab)).ok();
+    let nodes = lab
+        .nodes
+        .iter()
+        .map(|node| {
+            let node_dir = lab.dir.join(&node.name);
+            let role = cluster
+                .as_ref()
+                .and_then(|c| c.nodes.iter().find(|n| n.name == node.name))
+                .map(|n| n.kind);
+            LabNodeStatus {
+                name: node.name.clone(),
+                kind: node.kind.clone(),
+                role,
+                agent_port: node.agent_port,
+                pg_port: node.pg_port,
+                agent_pid: node.agent_pid,
+                agent_running: node
+                    .agent_pid
+                    .is_some_and(|p| process_alive(p) && is_our_agent(p, node)),
+                postgres_pid: node.data_dir.as_deref().and_then(postmaster_pid),
+                dsn: dsn(lab, node),
+                config: node.config.clone(),
+                agent_log: node_dir.join("agent.log"),
+                postgres_log: node
+                    .data_dir
+                    .as_ref()
+                    .map(|_| node_dir.join("postgres.log")),
+            }
+        })
+        .collect();
+    LabStatus {
+        cluster: lab.cluster.clone(),
+        dir: lab.dir.clone(),
+        nodes,
+    }
+}
+
+fn status(dir: &Path, json: bool) -> anyhow::Result<ExitCode> {
+    let lab = read_lab(dir)?;
+    let rt = runtime()?;
+    let summary = lab_status(&lab, &rt);
+    if json {
+        println!("{}", serde_json::to_string_pretty(&summary)?);
+        return Ok(ExitCode::SUCCESS);
+    }
+    println!("Lab in {}:", lab.dir.display());
+    println!();
+    println!("\tNode      Agent port  Agent pid       PG port  Postmaster pid");
+    for n in &summary.nodes {
+        let agent = match (n.agent_pid, n.agent_running) {
+            (Some(pid), true) => pid.to_string(),
+            (Some(pid), false) => format!("{pid} (stopped)"),
+            (None, _) => "-".to_string(),
+        };
+        println!(
+            "\t{:<9} {:<11} {:<15} {:<8} {}",
+            n.name,
+            n.agent_port,
+            agent,
+            n.pg_port
+                .map(|p| p.to_string())
+                .unwrap_or_else(|| "-".into()),
+            n.postgres_pid
+                .map(|p| p.to_string())
+                .unwrap_or_else(|| "-".into())
+        );
+    }
+    println!();
+    match rt.block_on(any_status(&lab)) {
+        Ok(status) => {
+            print!("{}", status_text::render(&status));
+            Ok(if status.healthy() {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(1)
+            })
+        }
+        Err(e) => {
+            println!("No agent answered: {e:#}");
+            Ok(ExitCode::from(1))
+        }
+    }
+}
+
+fn wait_gone(pid: i32, timeout: Duration) -> bool {
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline {
+        if !process_alive(pid as u32) {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    !process_alive(pid as u32)
+}
+
+fn down(dir: &Path) -> anyhow::Result<ExitCode> {
+    let lab = read_lab(dir)?;
+    for node in &lab.nodes {
+        let Some(pid) = node.agent_pid else { continue };
+        if !(process_alive(pid) && is_our_agent(pid, node)) {
+            continue;
+        }
+        let pid = pid as i32;
+        let _ = kill(Pid::from_raw(pid), Signal::SIGTERM);
+        if !wait_gone(pid, Duration::from_secs(5)) {
+            let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
+            wait_gone(pid, Duration::from_secs(5));
+        }
+    }
+    // The agents leave PostgreSQL running when they stop: stop each postmaster (SIGQUIT is
+    // an immediate shutdown: the lab's data is thrown away next).
+    for node in &lab.nodes {
+        let Some(data_dir) = &node.data_dir else {
+            continue;
+        };
+        if let Some(pid) = postmaster_pid(data_dir) {
+            let _ = kill(Pid::from_raw(pid), Signal::SIGQUIT);
+            if !wait_gone(pid, Duration::from_secs(10)) {
+                let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
+                wait_gone(pid, Duration::from_secs(5));
+            }
+        }
+    }
+    std::fs::remove_dir_all(dir).with_context(|| format!("removing {}", dir.display()))?;
+    println!("Lab in {} stopped and removed.", dir.display());
+    Ok(ExitCode::SUCCESS)
+}
+
+fn find_node<'a>(lab: &'a mut LabFile, name: &str) -> anyhow::Result<&'a mut LabNode> {
+    let names: Vec<String> = lab.nodes.iter().map(|n| n.name.clone()).collect();
+    lab.nodes
+        .iter_mut()
+        .find(|n| n.name == name)
+        .ok_or_else(|| {
+            anyhow::anyhow!(
+                "the lab has no node {name:?} (its nodes: {})",
+                names.join(", ")
+            )
+        })
+}
+
+fn kill_node(dir: &Path, name: &str, postgres: bool, agent: bool) -> anyhow::Result<ExitCode> {
+    let mut lab = read_lab(dir)?;
+    let node = find_node(&mut lab, name)?.clone();
+    let mut killed = Vec::new();
+    if agent {
+        if let Some(pid) = node
+            .agent_pid
+            .filter(|p| process_alive(*p) && is_our_agent(*p, &node))
+        {
+            kill(Pid::from_raw(pid as i32), Signal::SIGKILL)?;
+            wait_gone(pid as i32, Duration::from_secs(5));
+            killed.push(format!("agent (pid {pid})"));
+        }
+    }
+    if postgres {
+        if let Some(pid) = node.data_dir.as_deref().and_then(postmaster_pid) {
+            kill(Pid::from_raw(pid), Signal::SIGKILL)?;
+            wait_gone(pid, Duration::from_secs(5));
+            killed.push(format!("postmaster (pid {pid})"));
+        }
+    }
+    if killed.is_empty() {
+        println!("{name}: nothing was running");
+    } else {
+        println!("{name}: killed {} with SIGKILL", killed.join(" and "));
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn start_node(dir: &Path, name: &str) -> anyhow::Result<ExitCode> {
+    let mut lab = read_lab(dir)?;
+    let exe = std::env::current_exe().context("finding the pgfm binary")?;
+    let node = find_node(&mut lab, name)?;
+    if let Some(pid) = node
+        .agent_pid
+        .filter(|p| process_alive(*p) && is_our_agent(*p, node))
+    {
+        bail!("the agent of {name} is already running (pid {pid})");
+    }
+    let pid = spawn_agent(&exe, dir, node)?;
+    node.agent_pid = Some(pid);
+    write_lab(&lab)?;
+    println!("{name}: agent started (pid {pid})");
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,252 @@
+//! The text of `cluster-status`, in the spirit of EFM's: a members table, the allowed and
+//! priority lists, the promote status, idle nodes and problems.
+
+use std::fmt::Write;
+
+use pgfm_api::{ClusterStatus, DbStatus, NodeKindStatus, NodeStatus, Up};
+
+fn kind(n: &NodeStatus) -> &'static str {
+    match n.kind {
+        NodeKindStatus::Primary => "Primary",
+        NodeKindStatus::Standby => "Standby",
+        NodeKindStatus::Witness => "Witness",
+        NodeKindStatus::Idle => "Idle",
+    }
+}
+
+fn address(n: &NodeStatus) -> String {
+    match n.pg_port {
+        Some(port) => format!("{}:{port}", n.address),
+        None => format!("{}:{}", n.address, n.agent_port),
+    }
+}
+
+fn bytes(n: u64) -> String {
+    match n {
+        n if n < 1024 => format!("{n} B"),
+        n if n < 1024 * 1024 => format!("{:.1} KiB", n as f64 / 1024.0),
+        n if n < 1024 * 1024 * 1024 => format!("{:.1} MiB", n as f64 / (1024.0 * 1024.0)),
+        n => format!("{:.1} GiB", n as f64 / (1024.0 * 1024.0 * 1024.0)),
+    }
+}
+
+fn list(names: &[String]) -> String {
+    if names.is_empty() {
+        "(List is empty.)".to_string()
+    } else {
+        names.join(" ")
+    }
+}
+
+const RULE: &str = "---------------------------------------------------------------------------";
+
+pub fn render(s: &ClusterStatus) -> String {
+    let mut out = String::new();
+    let w = &mut out;
+    let _ = writeln!(w, "Cluster Status: {}", s.cluster);
+    let _ = writeln!(
+        w,
+        "Coordinator: {}    Generation: {}    Answered by: {}",
+        s.coordinator.as_deref().unwrap_or("(none elected)"),
+        s.generation,
+        s.answered_by
+    );
+    let _ = writeln!(w);
+    let _ = writeln!(
+        w,
+        "\tAgent Type  Name        Address                Agent  DB     Info"
+    );
+    let _ = writeln!(w, "\t{RULE}");
+    for n in &s.nodes {
+        let agent = match n.agent {
+            Up::Up => "UP",
+            Up::Down => "DOWN",
+        };
+        let db = match n.db {
+            DbStatus::Up => "UP",
+            DbStatus::Down => "DOWN",
+            DbStatus::NotApplicable => "N/A",
+        };
+        let line = format!(
+            "\t{:<11} {:<11} {:<22} {:<6} {:<6} {}",
+            kind(n),
+            n.name,
+            address(n),
+            agent,
+            db,
+            n.info
+        );
+        let _ = writeln!(w, "{}", line.trim_end());
+    }
+    let _ = writeln!(w);
+    let _ = writeln!(w, "Allowed node list:");
+    let _ = writeln!(w, "\t{}", list(&s.allowed));
+    let _ = writeln!(w);
+    let _ = writeln!(w, "Standby priority list:");
+    let _ = writeln!(w, "\t{}", list(&s.priority_list));
+    let _ = writeln!(w);
+    let _ = writeln!(w, "Promote Status:");
+    let _ = writeln!(w);
+    let _ = writeln!(
+        w,
+        "\tDB Type     Name        Address                WAL Loc      Info"
+    );
+    let _ = writeln!(w, "\t{RULE}");
+    for n in s
+        .nodes
+        .iter()
+        .filter(|n| matches!(n.kind, NodeKindStatus::Primary | NodeKindStatus::Standby))
+    {
+        let info = match n.kind {
+            NodeKindStatus::Primary => n
+                .timeline
+                .map(|t| format!("timeline {t}"))
+                .unwrap_or_default(),
+            _ => {
+                let replayed = n
+                    .replayed_lsn
+                    .map(|l| format!("replayed {l}"))
+                    .unwrap_or_else(|| "replayed ?".into());
+                let lag = n
+                    .lag_bytes
+                    .map(|l| format!(", lag {}", bytes(l)))
+                    .unwrap_or_default();
+                let sync = match n.in_sync {
+                    Some(false) => ", NOT in sync",
+                    _ => "",
+                };
+                format!("{replayed}{lag}{sync}")
+            }
+        };
+        let lsn = n
+            .lsn
+            .map(|l| l.to_string())
+            .unwrap_or_else(|| "UNKNOWN".into());
+        let line = format!(
+            "\t{:<11} {:<11} {:<22} {:<12} {}",
+            kind(n),
+            n.name,
+            address(n),
+            lsn,
+            info
+        );
+        let _ = writeln!(w, "{}", line.trim_end());
+    }
+    let _ = writeln!(w);
+    let _ = writeln!(w, "\t{}", s.promote_status.message);
+
+    let idle: Vec<&NodeStatus> = s
+        .nodes
+        .iter()
+        .filter(|n| n.kind == NodeKindStatus::Idle)
+        .collect();
+    if !idle.is_empty() {
+        let _ = writeln!(w);
+        let _ = writeln!(
+            w,
+            "Idle Node Status (idle nodes are not candidates for promotion):"
+        );
+        let _ = writeln!(w);
+        let _ = writeln!(w, "\tName        Address                WAL Loc      Info");
+        let _ = writeln!(w, "\t{RULE}");
+        for n in idle {
+            let lsn = n
+                .lsn
+                .map(|l| l.to_string())
+                .unwrap_or_else(|| "UNKNOWN".into());
+            let line = format!("\t{:<11} {:<22} {:<12} {}", n.name, address(n), lsn, n.info);
+            let _ = writeln!(w, "{}", line.trim_end());
+        }
+    }
+    if !s.problems.is_empty() {
+        let _ = writeln!(w);
+        let _ = writeln!(w, "Problems:");
+        for p in &s.problems {
+            let _ = writeln!(w, "\t{p}");
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use pgfm_api::PromoteStatus;
+    use pgfm_core::{Lsn, Timeline};
+
+    fn node(name: &str, kind: NodeKindStatus, port: Option<u16>) -> NodeStatus {
+        NodeStatus {
+            name: name.into(),
+            kind,
+            agent: Up::Up,
+            db: if port.is_some() {
+                DbStatus::Up
+            } else {
+                DbStatus::NotApplicable
+            },
+            address: "127.0.0.1".into(),
+            agent_port: 7003,
+            pg_port: port,
+            lsn: port.map(|_| Lsn(0x3000060)),
+            replayed_lsn: None,
+            timeline: Some(Timeline(1)),
+            lag_bytes: None,
+            in_sync: None,
+            priority: None,
+            promotable: None,
+            info: String::new(),
+        }
+    }
+
+    fn healthy() -> ClusterStatus {
+        let mut standby = node("pg2", NodeKindStatus::Standby, Some(5433));
+        standby.replayed_lsn = Some(Lsn(0x3000060));
+        standby.lag_bytes = Some(0);
+        standby.in_sync = Some(true);
+        standby.info = "streaming from pg1".into();
+        ClusterStatus {
+            cluster: "lab".into(),
+            coordinator: Some("witness".into()),
+            answered_by: "pg1".into(),
+            generation: 1,
+            primary: Some("pg1".into()),
+            max_lag_bytes: 1048576,
+            nodes: vec![
+                node("pg1", NodeKindStatus::Primary, Some(5432)),
+                standby,
+                node("witness", NodeKindStatus::Witness, None),
+            ],
+            allowed: vec!["pg1".into(), "pg2".into(), "witness".into()],
+            priority_list: vec!["pg2".into()],
+            promote_status: PromoteStatus {
+                safe: true,
+                message: "Standby database(s) in sync with primary. It is safe to promote.".into(),
+            },
+            problems: vec![],
+        }
+    }
+
+    #[test]
+    fn healthy_cluster_text() {
+        let status = healthy();
+        assert!(status.healthy());
+        insta::assert_snapshot!(render(&status));
+    }
+
+    #[test]
+    fn degraded_cluster_text() {
+        let mut status = healthy();
+        status.nodes[1].kind = NodeKindStatus::Idle;
+        status.nodes[1].agent = Up::Down;
+        status.nodes[1].db = DbStatus::Down;
+        status.nodes[1].info = "agent stopped reporting".into();
+        status.priority_list.clear();
+        status.promote_status = PromoteStatus {
+            safe: false,
+            message: "No standby databases were found.".into(),
+        };
+        status.problems = vec!["bootstrap waits for reports from pg3".into()];
+        assert!(!status.healthy());
+        insta::assert_snapshot!(render(&status));
+    }
+}

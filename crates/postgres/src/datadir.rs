@@ -1,0 +1,67 @@
+//! Reading a data directory without starting PostgreSQL: is it empty, would it start as a
+//! primary or as a standby, is a postmaster running on it.
+
+use std::path::Path;
+
+use pgfm_core::DataDirState;
+
+/// What is in `data_dir`. An error when it holds files but no PostgreSQL cluster, because
+/// cloning into it would fail and deleting them is not ours to do.
+pub fn inspect_data_dir(data_dir: &Path) -> Result<DataDirState, String> {
+    let mut entries = match std::fs::read_dir(data_dir) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(DataDirState::Empty),
+        Err(e) => return Err(format!("reading data_dir {}: {e}", data_dir.display())),
+    };
+    if entries.next().is_none() {
+        return Ok(DataDirState::Empty);
+    }
+    if !data_dir.join("PG_VERSION").is_file() {
+        return Err(format!(
+            "data_dir {} is not empty but holds no PostgreSQL cluster (no PG_VERSION): empty it \
+             so that the node can be cloned, or fix data_dir",
+            data_dir.display()
+        ));
+    }
+    if data_dir.join("standby.signal").exists() {
+        Ok(DataDirState::Standby)
+    } else {
+        Ok(DataDirState::Primary)
+    }
+}
+
+/// The postmaster's pid from `postmaster.pid`, if that process is alive.
+pub fn running_postmaster(data_dir: &Path) -> Option<i32> {
+    let text = std::fs::read_to_string(data_dir.join("postmaster.pid")).ok()?;
+    let pid: i32 = text.lines().next()?.trim().parse().ok()?;
+    let alive = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None).is_ok();
+    alive.then_some(pid)
+}
+
+/// The postmaster's status line in `postmaster.pid` (`ready`, `standby`, `starting`, ...).
+pub fn postmaster_status(data_dir: &Path) -> Option<String> {
+    let text = std::fs::read_to_string(data_dir.join("postmaster.pid")).ok()?;
+    text.lines().nth(7).map(|s| s.trim().to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn states_of_a_data_dir() {
+        let base = std::env::temp_dir().join(format!("pgfm-datadir-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&base);
+        assert_eq!(inspect_data_dir(&base), Ok(DataDirState::Empty));
+        std::fs::create_dir_all(&base).unwrap();
+        assert_eq!(inspect_data_dir(&base), Ok(DataDirState::Empty));
+        std::fs::write(base.join("stray"), "x").unwrap();
+        let err = inspect_data_dir(&base).unwrap_err();
+        assert!(err.contains("holds no PostgreSQL cluster"), "{err}");
+        std::fs::write(base.join("PG_VERSION"), "15\n").unwrap();
+        assert_eq!(inspect_data_dir(&base), Ok(DataDirState::Primary));
+        std::fs::write(base.join("standby.signal"), "").unwrap();
+        assert_eq!(inspect_data_dir(&base), Ok(DataDirState::Standby));
+        std::fs::remove_dir_all(&base).unwrap();
+    }
+}

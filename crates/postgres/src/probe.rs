@@ -1,0 +1,188 @@
+//! Probing a PostgreSQL server: role, WAL positions, timeline, WAL receiver and walsenders,
+//! over one kept-open connection, every query under a hard timeout (tokio-postgres's
+//! `connect_timeout` covers the socket only).
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use pgfm_core::{DbRole, Lsn, NodeReport, ReplicaInfo, Timeline};
+use tokio_postgres::{Client, NoTls};
+
+/// How to reach one server.
+#[derive(Debug, Clone)]
+pub struct Target {
+    pub host: String,
+    pub port: u16,
+    pub user: String,
+    pub passfile: Option<PathBuf>,
+    pub timeout: Duration,
+}
+
+/// Open a connection to `target`'s `postgres` database, with the password from the passfile.
+pub async fn connect(target: &Target) -> Result<Client, String> {
+    let mut config = tokio_postgres::Config::new();
+    config
+        .host(&target.host)
+        .port(target.port)
+        .user(&target.user)
+        .dbname("postgres")
+        .application_name("pgfm")
+        .connect_timeout(target.timeout);
+    if let Some(path) = &target.passfile {
+        let contents = std::fs::read_to_string(path)
+            .map_err(|e| format!("reading passfile {}: {e}", path.display()))?;
+        if let Some(pw) = crate::passfile::lookup(
+            &contents,
+            &target.host,
+            target.port,
+            "postgres",
+            &target.user,
+        ) {
+            config.password(pw);
+        }
+    }
+    let connecting = config.connect(NoTls);
+    let (client, connection) = tokio::time::timeout(target.timeout, connecting)
+        .await
+        .map_err(|_| format!("no answer within {:?}", target.timeout))?
+        .map_err(|e| describe(&e))?;
+    tokio::spawn(async move {
+        // The connection task ends when the server goes away or the client is dropped.
+        let _ = connection.await;
+    });
+    Ok(client)
+}
+
+/// A database error's message (tokio-postgres's Display hides the server's text).
+pub fn describe(e: &tokio_postgres::Error) -> String {
+    match e.as_db_error() {
+        Some(db) => db.message().to_string(),
+        None => {
+            let mut text = e.to_string();
+            let mut source = std::error::Error::source(e);
+            while let Some(s) = source {
+                text = format!("{text}: {s}");
+                source = s.source();
+            }
+            text
+        }
+    }
+}
+
+pub struct Prober {
+    target: Target,
+    client: Option<Client>,
+}
+
+const ROLE_SQL: &str = "SELECT pg_is_in_recovery(), \
+     CASE WHEN pg_is_in_recovery() THEN NULL ELSE pg_current_wal_lsn()::text END, \
+     pg_last_wal_receive_lsn()::text, pg_last_wal_replay_lsn()::text, \
+     CASE WHEN pg_is_in_recovery() THEN (SELECT timeline_id FROM pg_control_checkpoint()) \
+          ELSE ('x' || substr(pg_walfile_name(pg_current_wal_lsn()), 1, 8))::bit(32)::int END";
+const RECEIVER_SQL: &str =
+    "SELECT status, sender_host, sender_port, received_tli FROM pg_stat_wal_receiver";
+const SENDERS_SQL: &str = "SELECT application_name, coalesce(state, ''), \
+     coalesce(sync_state, ''), replay_lsn::text, flush_lsn::text FROM pg_stat_replication \
+     ORDER BY application_name";
+
+impl Prober {
+    pub fn new(target: Target) -> Prober {
+        Prober {
+            target,
+            client: None,
+        }
+    }
+
+    /// Probe the server and fill `report`'s database fields. On failure the fields say the
+    /// database is down and `Err` carries why.
+    pub async fn probe(&mut self, report: &mut NodeReport) -> Result<(), String> {
+        report.db_up = false;
+        report.role = None;
+        report.current_lsn = None;
+        report.received_lsn = None;
+        report.replayed_lsn = None;
+        report.timeline = None;
+        report.receiver = None;
+        report.upstream = None;
+        report.replicas.clear();
+        let timeout = self.target.timeout;
+        let result = match tokio::time::timeout(timeout, self.probe_inner(report)).await {
+            Ok(result) => result,
+            Err(_) => Err(format!("probe got no answer within {timeout:?}")),
+        };
+        if result.is_err() {
+            // A fresh connection next time: this one may be wedged.
+            self.client = None;
+            report.db_up = false;
+            report.role = None;
+        }
+        result
+    }
+
+    async fn probe_inner(&mut self, report: &mut NodeReport) -> Result<(), String> {
+        if self.client.as_ref().is_none_or(|c| c.is_closed()) {
+            self.client = Some(connect(&self.target).await?);
+        }
+        let Some(client) = self.client.as_ref() else {
+            return Err("no connection".into());
+        };
+        let row = client
+            .query_one(ROLE_SQL, &[])
+            .await
+            .map_err(|e| describe(&e))?;
+        let in_recovery: bool = row.get(0);
+        let lsn = |i: usize| -> Result<Option<Lsn>, String> {
+            let text: Option<String> = row.get(i);
+            text.map(|t| t.parse::<Lsn>().map_err(|e| e.to_string()))
+                .transpose()
+        };
+        report.db_up = true;
+        report.role = Some(if in_recovery {
+            DbRole::Standby
+        } else {
+            DbRole::Primary
+        });
+        report.current_lsn = lsn(1)?;
+        report.received_lsn = lsn(2)?;
+        report.replayed_lsn = lsn(3)?;
+        let timeline: Option<i32> = row.get(4);
+        report.timeline = timeline.map(|t| Timeline(t as u32));
+
+        if in_recovery {
+            if let Some(row) = client
+                .query_opt(RECEIVER_SQL, &[])
+                .await
+                .map_err(|e| describe(&e))?
+            {
+                let status: Option<String> = row.get(0);
+                let host: Option<String> = row.get(1);
+                let port: Option<i32> = row.get(2);
+                let tli: Option<i32> = row.get(3);
+                report.receiver = status;
+                report.upstream = host.zip(port).map(|(h, p)| format!("{h}:{p}"));
+                if let Some(tli) = tli {
+                    report.timeline = Some(Timeline(tli as u32));
+                }
+            }
+        } else {
+            for row in client
+                .query(SENDERS_SQL, &[])
+                .await
+                .map_err(|e| describe(&e))?
+            {
+                let lsn = |i: usize| -> Option<Lsn> {
+                    let text: Option<String> = row.get(i);
+                    text.and_then(|t| t.parse().ok())
+                };
+                report.replicas.push(ReplicaInfo {
+                    application_name: row.get(0),
+                    state: row.get(1),
+                    sync_state: row.get(2),
+                    replay_lsn: lsn(3),
+                    flush_lsn: lsn(4),
+                });
+            }
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,94 @@
+//! Running PostgreSQL programs as the configured OS user. PostgreSQL refuses to run as root,
+//! so an agent running as root switches to `os_user` for every program it starts; an agent
+//! running as an ordinary user can only run them as itself.
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+
+use nix::unistd::{Gid, Uid, User};
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OsUser {
+    pub name: String,
+    pub uid: u32,
+    pub gid: u32,
+    /// Whether programs must switch to this user (the agent runs as root).
+    switch: bool,
+}
+
+impl OsUser {
+    /// Look up `name` and check that this process may run programs as that user.
+    pub fn lookup(name: &str) -> Result<OsUser, String> {
+        let user = User::from_name(name)
+            .map_err(|e| format!("looking up OS user {name:?}: {e}"))?
+            .ok_or_else(|| format!("OS user {name:?} does not exist (create it or set os_user)"))?;
+        let me = Uid::effective();
+        if user.uid.is_root() {
+            return Err(
+                "os_user is root, but PostgreSQL refuses to run as root: set os_user to \
+                 the PostgreSQL owner (usually postgres)"
+                    .to_string(),
+            );
+        }
+        if !me.is_root() && me != user.uid {
+            return Err(format!(
+                "os_user is {name:?} but the agent runs as uid {me}: run the agent as root or as \
+                 {name:?}, or set os_user to the agent's own user"
+            ));
+        }
+        Ok(OsUser {
+            name: name.to_string(),
+            uid: user.uid.as_raw(),
+            gid: user.gid.as_raw(),
+            switch: me.is_root(),
+        })
+    }
+
+    /// The OS user this process runs as (for the lab run by an ordinary user).
+    pub fn current() -> Result<OsUser, String> {
+        let uid = Uid::effective();
+        let user = User::from_uid(uid)
+            .map_err(|e| format!("looking up uid {uid}: {e}"))?
+            .ok_or_else(|| format!("uid {uid} has no user name"))?;
+        OsUser::lookup(&user.name)
+    }
+
+    /// A command that runs `program` as this user.
+    pub fn command(&self, program: impl AsRef<Path>) -> tokio::process::Command {
+        let mut cmd = tokio::process::Command::new(program.as_ref());
+        if self.switch {
+            // std drops root's supplementary groups (setgroups) before switching.
+            cmd.uid(self.uid).gid(self.gid);
+        }
+        cmd.env_remove("PGPASSWORD");
+        cmd
+    }
+
+    /// Give `path` to this user (a no-op unless the agent runs as root).
+    pub fn own(&self, path: &Path) -> std::io::Result<()> {
+        if self.switch {
+            nix::unistd::chown(
+                path,
+                Some(Uid::from_raw(self.uid)),
+                Some(Gid::from_raw(self.gid)),
+            )?;
+        }
+        Ok(())
+    }
+
+    /// Create `dir` (and parents) owned by this user with mode 0700, as PostgreSQL wants.
+    pub fn make_private_dir(&self, dir: &Path) -> std::io::Result<()> {
+        std::fs::create_dir_all(dir)?;
+        self.own(dir)?;
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+    }
+
+    /// Write a file PostgreSQL will read, owned by this user.
+    pub fn write_file(&self, path: &Path, contents: &str, mode: u32) -> std::io::Result<()> {
+        let tmp = path.with_extension("pgfm-tmp");
+        std::fs::write(&tmp, contents)?;
+        std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(mode))?;
+        self.own(&tmp)?;
+        std::fs::rename(&tmp, path)
+    }
+}
