@@ -649,7 +649,7 @@ port = 5432
         check(
             "port = 5432",
             "port = 99999",
-            "config pg1.toml: line 22: invalid value: integer `99999`, expected u16",
+            "config pg1.toml: line 23: invalid value: integer `99999`, expected u16",
         );
         check(
             "data_dir = \"/var/lib/postgresql/15/main\"\n",
@@ -658,7 +658,7 @@ port = 5432
         );
         check("kind = \"data\"", "kind = \"witness\"", "config pg1.toml: [postgres] is set on a witness, which has no database (remove the section or set node.kind = \"data\")");
         check("[postgres]\ndata_dir = \"/var/lib/postgresql/15/main\"\nport = 5432\n", "", "config pg1.toml: [postgres] is missing; a data node needs it (at least data_dir and port)");
-        check("port = 5432", "port = 5432\nprot = 1", "config pg1.toml: line 23: unknown field `prot`, expected one of `bin_dir`, `data_dir`, `host`, `port`, `listen_addresses`, `socket_dir`, `os_user`, `superuser`, `replication_user`, `passfile`, `log_file`");
+        check("port = 5432", "port = 5432\nprot = 1", "config pg1.toml: line 24: unknown field `prot`, expected one of `bin_dir`, `data_dir`, `host`, `port`, `listen_addresses`, `socket_dir`, `os_user`, `superuser`, `replication_user`, `passfile`, `log_file`");
         check("port = 5432", "port = 5432\n[timing]\nprobe_interval = \"1s\"\nreport_ttl = \"1s\"", "config pg1.toml: timing.report_ttl is 1s, not longer than timing.probe_interval (1s); every agent would flap between up and down (make it at least twice the probe interval)");
         check(
             "port = 5432",

@@ -1,0 +1,205 @@
+//! Helpers for end-to-end tests: a real lab (real PostgreSQL, real agent processes) driven
+//! through the `pgfm` binary, and polling with deadlines.
+
+#![allow(dead_code)]
+
+use std::path::PathBuf;
+use std::process::{Command, Output};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+pub fn pgfm() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_pgfm"))
+}
+
+pub fn text(output: &Output) -> String {
+    format!(
+        "exit {:?}\nstdout:\n{}\nstderr:\n{}",
+        output.status.code(),
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    )
+}
+
+/// A fresh directory under /tmp that PostgreSQL (run as another user when we are root) can
+/// reach; not created.
+pub fn scratch_dir(purpose: &str) -> PathBuf {
+    static COUNTER: AtomicUsize = AtomicUsize::new(0);
+    let n = COUNTER.fetch_add(1, Ordering::SeqCst);
+    let dir = PathBuf::from(format!(
+        "/tmp/pgfm-test-{purpose}-{}-{n}",
+        std::process::id()
+    ));
+    let _ = std::fs::remove_dir_all(&dir);
+    dir
+}
+
+/// Poll `probe` until it returns Some, or panic after `timeout` saying what we waited for
+/// and what was last seen.
+pub fn wait_for<T>(
+    what: &str,
+    timeout: Duration,
+    mut probe: impl FnMut() -> Result<T, String>,
+) -> T {
+    let deadline = Instant::now() + timeout;
+    let mut last: String;
+    loop {
+        match probe() {
+            Ok(value) => return value,
+            Err(seen) => last = seen,
+        }
+        if Instant::now() > deadline {
+            panic!("timed out after {timeout:?} waiting for {what}; last seen: {last}");
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+pub struct Lab {
+    pub dir: PathBuf,
+}
+
+impl Lab {
+    /// `pgfm lab up` with `data_nodes` data nodes and a witness.
+    pub fn up(data_nodes: usize) -> Lab {
+        let dir = scratch_dir("lab");
+        let output = pgfm()
+            .args([
+                "lab",
+                "up",
+                "--json",
+                "--data-nodes",
+                &data_nodes.to_string(),
+                "--dir",
+            ])
+            .arg(&dir)
+            .output()
+            .expect("running pgfm lab up");
+        let lab = Lab { dir };
+        assert!(output.status.success(), "lab up failed: {}", text(&output));
+        lab
+    }
+
+    pub fn run(&self, args: &[&str]) -> Output {
+        pgfm()
+            .args(args)
+            .arg("--dir")
+            .arg(&self.dir)
+            .output()
+            .expect("running pgfm")
+    }
+
+    pub fn config(&self, node: &str) -> PathBuf {
+        self.dir.join(node).join("pgfm.toml")
+    }
+
+    /// `pgfm lab status --json`.
+    pub fn lab_status(&self) -> Value {
+        let output = self.run(&["lab", "status", "--json"]);
+        assert!(
+            output.status.success(),
+            "lab status failed: {}",
+            text(&output)
+        );
+        serde_json::from_slice(&output.stdout).expect("lab status JSON")
+    }
+
+    pub fn lab_node(&self, node: &str) -> Value {
+        let status = self.lab_status();
+        status["nodes"]
+            .as_array()
+            .and_then(|nodes| nodes.iter().find(|n| n["name"] == node))
+            .cloned()
+            .unwrap_or_else(|| panic!("no node {node} in lab status {status}"))
+    }
+
+    /// `pgfm cluster-status --json` asked of `node`'s agent: the JSON and the exit code.
+    pub fn cluster_status(&self, node: &str) -> Result<(Value, i32), String> {
+        let output = pgfm()
+            .args(["cluster-status", "--json", "-c"])
+            .arg(self.config(node))
+            .output()
+            .map_err(|e| e.to_string())?;
+        let code = output.status.code().unwrap_or(-1);
+        match serde_json::from_slice(&output.stdout) {
+            Ok(json) => Ok((json, code)),
+            Err(_) => Err(text(&output)),
+        }
+    }
+
+    /// Wait until `node`'s agent reports a healthy cluster (exit 0) and return the status.
+    pub fn wait_healthy(&self, node: &str, timeout: Duration) -> Value {
+        wait_for(
+            &format!("a healthy cluster-status from {node}"),
+            timeout,
+            || match self.cluster_status(node)? {
+                (json, 0) => Ok(json),
+                (json, code) => Err(format!("exit {code}: {json}")),
+            },
+        )
+    }
+
+    pub fn dsn(&self, node: &str) -> String {
+        self.lab_node(node)["dsn"]
+            .as_str()
+            .expect("dsn")
+            .to_string()
+    }
+
+    /// Run SQL through psql on `node`; the unaligned output or the error text.
+    pub fn psql(&self, node: &str, sql: &str) -> Result<String, String> {
+        let output = Command::new("psql")
+            .arg(self.dsn(node))
+            .args(["-XAtq", "-v", "ON_ERROR_STOP=1", "-c", sql])
+            .env("PGCONNECT_TIMEOUT", "3")
+            .output()
+            .map_err(|e| format!("running psql: {e}"))?;
+        if output.status.success() {
+            Ok(String::from_utf8_lossy(&output.stdout).trim().to_string())
+        } else {
+            Err(String::from_utf8_lossy(&output.stderr).trim().to_string())
+        }
+    }
+
+    pub fn log(&self, node: &str) -> String {
+        std::fs::read_to_string(self.dir.join(node).join("agent.log")).unwrap_or_default()
+    }
+}
+
+impl Drop for Lab {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            for entry in std::fs::read_dir(&self.dir).into_iter().flatten().flatten() {
+                let log = entry.path().join("agent.log");
+                if let Ok(text) = std::fs::read_to_string(&log) {
+                    let tail: Vec<&str> = text.lines().rev().take(40).collect();
+                    eprintln!("---- {} (last 40 lines)", log.display());
+                    for line in tail.into_iter().rev() {
+                        eprintln!("{line}");
+                    }
+                }
+            }
+        }
+        if self.dir.join("lab.json").exists() {
+            let output = pgfm()
+                .args(["lab", "down", "--dir"])
+                .arg(&self.dir)
+                .output();
+            if let Ok(output) = output {
+                if !output.status.success() {
+                    eprintln!("lab down failed: {}", text(&output));
+                }
+            }
+        }
+    }
+}
+
+/// The node entry called `name` in a cluster-status JSON.
+pub fn node<'a>(status: &'a Value, name: &str) -> &'a Value {
+    status["nodes"]
+        .as_array()
+        .and_then(|nodes| nodes.iter().find(|n| n["name"] == name))
+        .unwrap_or_else(|| panic!("no node {name} in {status}"))
+}
