@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# Install what pgfm's demo and tests need on a fresh Debian 12 machine, skipping what is
+# already there: PostgreSQL's server binaries and psql. The Rust toolchain must exist.
+set -euo pipefail
+
+have_postgres() {
+    compgen -G "/usr/lib/postgresql/*/bin/pg_rewind" >/dev/null && command -v psql >/dev/null
+}
+
+if ! have_postgres; then
+    if [ "$(id -u)" -ne 0 ]; then
+        echo "PostgreSQL server binaries are missing; run this as root (or: sudo apt-get install postgresql)" >&2
+        exit 1
+    fi
+    echo "Installing PostgreSQL (server binaries only; no cluster is created or started)..."
+    # pgfm's agents start PostgreSQL themselves: keep Debian from creating and starting
+    # its own "main" cluster.
+    mkdir -p /etc/postgresql-common
+    if ! grep -qs '^create_main_cluster' /etc/postgresql-common/createcluster.conf; then
+        echo "create_main_cluster = false" >> /etc/postgresql-common/createcluster.conf
+    fi
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq
+    apt-get install -y -qq --no-install-recommends postgresql postgresql-client >/dev/null
+fi
+
+if ! command -v cargo >/dev/null; then
+    echo "cargo is missing: install Rust (https://rustup.rs) and run this again" >&2
+    exit 1
+fi
