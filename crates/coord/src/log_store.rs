@@ -218,14 +218,12 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         {
             let mut log = LogStore::open(dir.path()).unwrap();
-            let mut inner = log.lock();
             for i in 1..=5 {
                 let entry = blank(1, i);
                 let bytes = serde_json::to_vec(&entry).unwrap();
                 durable::write_file(&entry_path(dir.path(), i), &bytes).unwrap();
-                inner.entries.insert(i, entry);
+                log.lock().entries.insert(i, entry);
             }
-            drop(inner);
             log.truncate(LogId::new(CommittedLeaderId::new(1, 1), 5))
                 .await
                 .unwrap();
