@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use pgfm_core::NodeReport;
 
-use crate::types::{ClusterStatus, ErrorBody, ReportAck};
+use crate::types::{ClusterStatus, ErrorBody, Message, ReportAck};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
@@ -89,6 +89,11 @@ impl ApiClient {
     pub async fn status(&self) -> Result<ClusterStatus, ApiError> {
         let url = format!("{}/v1/status", self.base);
         self.send(self.http.get(&url), url).await
+    }
+
+    pub async fn resume(&self) -> Result<Message, ApiError> {
+        let url = format!("{}/v1/resume", self.base);
+        self.send(self.http.post(&url), url).await
     }
 
     pub async fn report(&self, report: &NodeReport) -> Result<ReportAck, ApiError> {

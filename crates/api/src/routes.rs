@@ -12,7 +12,7 @@ use axum::{Json, Router};
 
 use pgfm_core::NodeReport;
 
-use crate::types::{ClusterStatus, ErrorBody, ReportAck};
+use crate::types::{ClusterStatus, ErrorBody, Message, ReportAck};
 
 /// What happened to a report sent to this agent.
 pub enum ReportOutcome {
@@ -25,12 +25,14 @@ pub enum ReportOutcome {
 pub trait AgentApi: Send + Sync + 'static {
     fn status(&self) -> impl Future<Output = Result<ClusterStatus, String>> + Send;
     fn report(&self, report: NodeReport) -> impl Future<Output = ReportOutcome> + Send;
+    fn resume(&self) -> impl Future<Output = Result<String, String>> + Send;
 }
 
 pub fn router<A: AgentApi>(agent: Arc<A>) -> Router {
     Router::new()
         .route("/v1/status", get(status::<A>))
         .route("/v1/report", post(report::<A>))
+        .route("/v1/resume", post(resume::<A>))
         .with_state(agent)
 }
 
@@ -38,6 +40,13 @@ async fn status<A: AgentApi>(State(agent): State<Arc<A>>) -> Response {
     match agent.status().await {
         Ok(status) => Json(status).into_response(),
         Err(error) => (StatusCode::SERVICE_UNAVAILABLE, Json(ErrorBody { error })).into_response(),
+    }
+}
+
+async fn resume<A: AgentApi>(State(agent): State<Arc<A>>) -> Response {
+    match agent.resume().await {
+        Ok(message) => Json(Message { message }).into_response(),
+        Err(error) => (StatusCode::CONFLICT, Json(ErrorBody { error })).into_response(),
     }
 }
 

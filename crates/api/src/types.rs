@@ -110,3 +110,9 @@ pub struct ReportAck {
 pub struct ErrorBody {
     pub error: String,
 }
+
+/// A command's answer in words.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Message {
+    pub message: String,
+}

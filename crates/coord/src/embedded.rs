@@ -126,6 +126,11 @@ impl EmbeddedRaft {
         &self.inner.raft
     }
 
+    /// A receiver that sees every newly applied state.
+    pub fn watch(&self) -> watch::Receiver<Applied> {
+        self.inner.applied.clone()
+    }
+
     /// Commit `command` through this node, which must be the coordinator.
     pub async fn propose_local(&self, command: Command) -> ProposeReply {
         match self.inner.raft.client_write(command).await {

@@ -126,6 +126,8 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                 EntryPayload::Normal(command) => {
                     let outcome = self.applied.state.apply(&command);
                     match &outcome {
+                        // Renewals come every few hundred ms: not worth a line each.
+                        Ok(()) if matches!(command, pgfm_core::Command::RenewLease { .. }) => {}
                         Ok(()) => tracing::info!(
                             generation = %self.applied.state.generation,
                             index = entry.log_id.index,

@@ -7,6 +7,7 @@
 
 use std::collections::BTreeMap;
 
+use crate::lease::{self, LeaseSettings};
 use crate::model::{ClusterState, Command, DataDirState, DbRole, NodeKind, NodeReport};
 use crate::types::Generation;
 
@@ -17,6 +18,51 @@ pub struct Observed {
     pub received_at_ms: u64,
 }
 
+/// What a primary does when its PostgreSQL dies under it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OnCrash {
+    /// Restart in place if it is back within `crash_restart_bound_ms`, else fail over.
+    Restart,
+    /// Give up the lease at once, so that a standby takes over.
+    Failover,
+}
+
+/// How a former primary comes back.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RejoinMode {
+    Rewind,
+    RewindOrClone,
+    Manual,
+}
+
+/// Settings the engine needs (from the agent's config).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Settings {
+    pub lease: LeaseSettings,
+    /// A candidate must be within this many bytes of the best known WAL position.
+    pub max_lag: u64,
+    pub auto_failover: bool,
+    pub on_crash: OnCrash,
+    pub crash_restart_bound_ms: u64,
+    pub rejoin: RejoinMode,
+    /// A report older than this is stale: its agent counts as down.
+    pub report_ttl_ms: u64,
+}
+
+impl Default for Settings {
+    fn default() -> Settings {
+        Settings {
+            lease: LeaseSettings::default(),
+            max_lag: 1024 * 1024,
+            auto_failover: true,
+            on_crash: OnCrash::Restart,
+            crash_restart_bound_ms: 10_000,
+            rejoin: RejoinMode::RewindOrClone,
+            report_ttl_ms: 3_000,
+        }
+    }
+}
+
 /// What this agent knows about the whole cluster.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ClusterView {
@@ -25,8 +71,13 @@ pub struct ClusterView {
     pub voters: Vec<String>,
     /// The latest report from each agent, as held by the coordinator.
     pub reports: BTreeMap<String, Observed>,
-    /// A report older than this is stale: its agent counts as down.
-    pub report_ttl_ms: u64,
+    pub settings: Settings,
+    /// When this agent applied the latest lease renewal or promotion (monotonic ms).
+    pub last_renewal_seen_ms: Option<u64>,
+    /// When this agent became coordinator (monotonic ms); None when it is not.
+    pub coordinator_since_ms: Option<u64>,
+    /// Wall-clock time, only to stamp the history.
+    pub wall_clock_ms: u64,
 }
 
 impl ClusterView {
@@ -34,12 +85,12 @@ impl ClusterView {
     pub fn fresh_report(&self, name: &str, now_ms: u64) -> Option<&NodeReport> {
         self.reports
             .get(name)
-            .filter(|o| now_ms.saturating_sub(o.received_at_ms) <= self.report_ttl_ms)
+            .filter(|o| now_ms.saturating_sub(o.received_at_ms) <= self.settings.report_ttl_ms)
             .map(|o| &o.report)
     }
 }
 
-/// What this agent knows about itself.
+/// What this agent knows about itself, read this very tick.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LocalView {
     pub name: String,
@@ -47,13 +98,26 @@ pub struct LocalView {
     pub is_coordinator: bool,
     /// This agent's latest probe of its own PostgreSQL.
     pub report: NodeReport,
+    /// A postmaster is running on the data directory now.
+    pub db_running: bool,
+    /// A postmaster is running on the data directory without `standby.signal` now: it
+    /// takes (or will take) writes.
+    pub writable: bool,
+    /// This agent holds an unexpired lease for the current generation.
+    pub lease_valid: bool,
+    /// PostgreSQL died without the agent stopping it, at this time (monotonic ms).
+    pub crashed_at_ms: Option<u64>,
+    /// An operator ran `pgfm resume` on this node.
+    pub resume_requested: bool,
+    /// The last rewind against the current primary failed, with this error.
+    pub rewind_failed: Option<String>,
 }
 
 /// Something the executor should do. Each action names the generation it serves
 /// (invariant 7: logged with its generation, idempotent, retried on the next tick).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Action {
-    /// Commit a command in the Raft log (coordinator only).
+    /// Commit a command in the Raft log.
     Propose(Command),
     /// Start the local PostgreSQL as the primary of `generation`.
     StartPrimary { generation: Generation },
@@ -67,6 +131,33 @@ pub enum Action {
         upstream: String,
         generation: Generation,
     },
+    /// Replay all received WAL, then promote the local standby (already committed).
+    Promote { generation: Generation },
+    /// Point the running standby at `upstream` (reload, no restart).
+    Follow {
+        upstream: String,
+        generation: Generation,
+    },
+    /// Stop the local PostgreSQL at once: it may accept writes it must not.
+    Fence {
+        generation: Generation,
+        reason: String,
+    },
+    /// Rewind the former primary against `upstream`, then start it as a standby.
+    Rewind {
+        upstream: String,
+        generation: Generation,
+    },
+    /// Move the data directory aside and clone afresh from `upstream`.
+    Reclone {
+        upstream: String,
+        generation: Generation,
+    },
+    /// Create replication slots on the local primary.
+    EnsureSlots {
+        slots: Vec<String>,
+        generation: Generation,
+    },
     /// This node does nothing for now, for the reason given (shown in its info, logged once).
     Hold { reason: String },
     /// The coordinator holds the cluster back, for the reason given (shown in status
@@ -74,7 +165,7 @@ pub enum Action {
     ClusterHold { reason: String },
 }
 
-/// The engine's answer, with a short name for the log.
+/// The engine's answer.
 pub type Decision = Vec<Action>;
 
 pub fn decide(cluster: &ClusterView, local: &LocalView, now_ms: u64) -> Decision {
@@ -88,12 +179,17 @@ pub fn decide(cluster: &ClusterView, local: &LocalView, now_ms: u64) -> Decision
     actions
 }
 
-/// The coordinator's part: choose the first primary once every data node has reported.
+/// The coordinator's part: choose the first primary, and fail over when the primary's lease
+/// is gone.
 fn coordinate(cluster: &ClusterView, now_ms: u64) -> Vec<Action> {
-    let state = &cluster.state;
-    if state.primary.is_some() {
-        return Vec::new();
+    match &cluster.state.primary {
+        None => bootstrap(cluster, now_ms),
+        Some(primary) => failover(cluster, primary, now_ms),
     }
+}
+
+fn bootstrap(cluster: &ClusterView, now_ms: u64) -> Vec<Action> {
+    let state = &cluster.state;
     let unregistered: Vec<&str> = cluster
         .voters
         .iter()
@@ -139,12 +235,111 @@ fn coordinate(cluster: &ClusterView, now_ms: u64) -> Vec<Action> {
     }
 }
 
+fn failover(cluster: &ClusterView, primary: &str, now_ms: u64) -> Vec<Action> {
+    let state = &cluster.state;
+    let settings = &cluster.settings;
+    let Some(since) = cluster.coordinator_since_ms else {
+        return Vec::new();
+    };
+    let expires = lease::expired_at_ms(cluster.last_renewal_seen_ms, since, &settings.lease);
+    let released = state.lease_released;
+    if !released && now_ms < expires {
+        return Vec::new();
+    }
+    let why = if released {
+        format!("primary {primary} gave up its lease")
+    } else {
+        format!("the lease of primary {primary} expired")
+    };
+    // The primary's agent may be dead while its PostgreSQL still serves: promoting then
+    // would make two writable primaries. Only an agent can fence it.
+    let seen_by: Vec<&str> = cluster
+        .voters
+        .iter()
+        .filter(|v| v.as_str() != primary)
+        .filter(|v| {
+            cluster
+                .fresh_report(v, now_ms)
+                .is_some_and(|r| r.sees_primary == Some(true))
+        })
+        .map(String::as_str)
+        .collect();
+    if !released && !seen_by.is_empty() {
+        return vec![cluster_hold(format!(
+            "{why} but its database still answers {}: not promoting while it may take \
+             writes (restart its agent, or stop its PostgreSQL)",
+            seen_by.join(", ")
+        ))];
+    }
+    if !settings.auto_failover {
+        return vec![cluster_hold(format!(
+            "failover needed: {why}, and automatic failover is off (auto_failover = false)"
+        ))];
+    }
+    // The best position known anywhere, the old primary's last report included.
+    let best = cluster
+        .reports
+        .values()
+        .filter(|o| o.report.kind == NodeKind::Data)
+        .filter_map(|o| o.report.wal_position())
+        .max();
+    let mut refused = Vec::new();
+    let mut eligible = Vec::new();
+    for member in state.data_members().filter(|m| m.name != primary) {
+        let name = member.name.as_str();
+        if !member.promotable || member.priority == 0 {
+            refused.push(format!("{name} is not promotable"));
+            continue;
+        }
+        let Some(report) = cluster.fresh_report(name, now_ms) else {
+            refused.push(format!("{name}'s agent is down"));
+            continue;
+        };
+        if !(report.db_up && report.role == Some(DbRole::Standby)) {
+            refused.push(format!("{name} is not a running standby"));
+            continue;
+        }
+        let Some(position) = report.wal_position() else {
+            refused.push(format!("{name}'s WAL position is unknown"));
+            continue;
+        };
+        // Invariant 5: no lagging promotion.
+        let behind = best.map(|b| b.bytes_after(position)).unwrap_or(0);
+        if behind > settings.max_lag {
+            refused.push(format!(
+                "{name} is {behind} bytes behind the best known position (max_lag {})",
+                settings.max_lag
+            ));
+            continue;
+        }
+        eligible.push((member.priority, position, name, behind));
+    }
+    eligible.sort_by(|a, b| b.0.cmp(&a.0).then(b.1.cmp(&a.1)).then(a.2.cmp(b.2)));
+    match eligible.first() {
+        None => vec![cluster_hold(format!(
+            "failover needed: {why}, but no standby can be promoted: {}",
+            if refused.is_empty() {
+                "there are no standbys".to_string()
+            } else {
+                refused.join("; ")
+            }
+        ))],
+        Some((_, position, name, behind)) => vec![Action::Propose(Command::Promote {
+            node: name.to_string(),
+            generation: state.generation.next(),
+            from: Some(primary.to_string()),
+            reason: why,
+            lsn: Some(*position),
+            lost_bytes: Some(*behind),
+            at_unix_ms: cluster.wall_clock_ms,
+        })],
+    }
+}
+
 /// A data node's part: bring its own PostgreSQL to the role the committed state gives it.
 fn reconcile_local(cluster: &ClusterView, local: &LocalView, now_ms: u64) -> Vec<Action> {
-    let state = &cluster.state;
     let me = &local.report;
-    let generation = state.generation;
-    let Some(primary) = state.primary.as_deref() else {
+    let Some(primary) = cluster.state.primary.as_deref() else {
         let reason = match (me.db_up, me.role, me.data_dir) {
             (true, Some(DbRole::Primary), _) | (false, _, Some(DataDirState::Primary)) => {
                 "bootstrap candidate: waiting for the coordinator to choose the first primary"
@@ -156,41 +351,178 @@ fn reconcile_local(cluster: &ClusterView, local: &LocalView, now_ms: u64) -> Vec
         };
         return vec![hold(reason.to_string())];
     };
-
-    if me.db_up {
-        return match (primary == local.name, me.role) {
-            (true, Some(DbRole::Standby)) => vec![hold(format!(
-                "named primary of generation {generation} but PostgreSQL is in recovery"
-            ))],
-            (false, Some(DbRole::Primary)) => vec![hold(format!(
-                "PostgreSQL is not in recovery but the primary of generation {generation} \
-                 is {primary}"
-            ))],
-            _ => Vec::new(),
-        };
+    if primary == local.name {
+        reconcile_primary(cluster, local, now_ms)
+    } else {
+        reconcile_standby(cluster, local, primary, now_ms)
     }
+}
 
+fn reconcile_primary(cluster: &ClusterView, local: &LocalView, now_ms: u64) -> Vec<Action> {
+    let state = &cluster.state;
+    let settings = &cluster.settings;
+    let me = &local.report;
+    let generation = state.generation;
+    if local.db_running {
+        if me.db_up && me.role == Some(DbRole::Standby) {
+            // Invariant 1: the promotion is committed; the lease comes before the writes.
+            if !local.lease_valid {
+                return vec![hold(format!(
+                    "promoted in generation {generation}: waiting for the lease before pg_promote"
+                ))];
+            }
+            return vec![Action::Promote { generation }];
+        }
+        if me.db_up && me.role == Some(DbRole::Primary) {
+            let missing: Vec<String> = state
+                .data_members()
+                .filter(|m| m.name != local.name)
+                .map(|m| slot_for(&m.name))
+                .filter(|slot| !me.slots.contains(slot))
+                .collect();
+            if !missing.is_empty() {
+                return vec![Action::EnsureSlots {
+                    slots: missing,
+                    generation,
+                }];
+            }
+        }
+        return Vec::new();
+    }
+    if state.lease_released {
+        return vec![hold(format!(
+            "gave up the lease of generation {generation}: waiting for a standby to take over"
+        ))];
+    }
+    if let Some(crashed) = local.crashed_at_ms {
+        let give_up = match settings.on_crash {
+            OnCrash::Failover => true,
+            OnCrash::Restart => now_ms >= crashed + settings.crash_restart_bound_ms,
+        };
+        if give_up {
+            return vec![
+                Action::Propose(Command::ReleaseLease {
+                    node: local.name.clone(),
+                    generation,
+                }),
+                hold(format!(
+                    "PostgreSQL crashed and is not back: giving up the lease of generation \
+                     {generation}"
+                )),
+            ];
+        }
+    }
     match me.data_dir {
         None => vec![hold("data_dir could not be read".to_string())],
-        Some(DataDirState::Empty) if primary == local.name => vec![hold(format!(
+        Some(DataDirState::Empty) => vec![hold(format!(
             "named primary of generation {generation} but data_dir is empty"
         ))],
-        Some(DataDirState::Empty) => match cluster.fresh_report(primary, now_ms) {
-            Some(r) if r.db_up && r.role == Some(DbRole::Primary) => vec![Action::Clone {
-                upstream: primary.to_string(),
+        // Invariant 4: start as the primary only while holding the lease.
+        Some(_) if !local.lease_valid => vec![hold(format!(
+            "primary of generation {generation}: waiting for the lease before starting"
+        ))],
+        Some(_) => vec![Action::StartPrimary { generation }],
+    }
+}
+
+fn reconcile_standby(
+    cluster: &ClusterView,
+    local: &LocalView,
+    primary: &str,
+    now_ms: u64,
+) -> Vec<Action> {
+    let state = &cluster.state;
+    let me = &local.report;
+    let generation = state.generation;
+    let upstream = primary.to_string();
+    let primary_report = cluster
+        .fresh_report(primary, now_ms)
+        .filter(|r| r.db_up && r.role == Some(DbRole::Primary));
+    if local.db_running {
+        if local.writable {
+            return vec![Action::Fence {
+                generation,
+                reason: format!(
+                    "PostgreSQL accepts writes but the primary of generation {generation} is \
+                     {primary}"
+                ),
+            }];
+        }
+        let wanted = state
+            .members
+            .get(primary)
+            .and_then(|m| Some(format!("{}:{}", m.pg_host.as_ref()?, m.pg_port?)));
+        if me.db_up
+            && me.role == Some(DbRole::Standby)
+            && wanted.is_some()
+            && me.conninfo_upstream != wanted
+        {
+            return vec![Action::Follow {
+                upstream,
+                generation,
+            }];
+        }
+        return Vec::new();
+    }
+    match me.data_dir {
+        None => vec![hold("data_dir could not be read".to_string())],
+        Some(DataDirState::Empty) => match primary_report {
+            Some(_) => vec![Action::Clone {
+                upstream,
                 generation,
             }],
-            _ => vec![hold(format!(
+            None => vec![hold(format!(
                 "empty data_dir: waiting for primary {primary} to accept connections"
             ))],
         },
-        // Invariant 4: only the committed primary starts without standby.signal.
-        Some(_) if primary == local.name => vec![Action::StartPrimary { generation }],
-        Some(_) => vec![Action::StartStandby {
-            upstream: primary.to_string(),
+        Some(DataDirState::Primary) | Some(DataDirState::FencedPrimary) => {
+            let settings = &cluster.settings;
+            if settings.rejoin == RejoinMode::Manual && !local.resume_requested {
+                return vec![hold(format!(
+                    "former primary, rejoin = manual: run pgfm resume on this node to rejoin \
+                     {primary}"
+                ))];
+            }
+            if primary_report.is_none() {
+                return vec![hold(format!(
+                    "former primary: waiting for primary {primary} to accept connections to \
+                     rewind against it"
+                ))];
+            }
+            match (&local.rewind_failed, settings.rejoin) {
+                (None, _) => vec![Action::Rewind {
+                    upstream,
+                    generation,
+                }],
+                (Some(_), RejoinMode::RewindOrClone) => vec![Action::Reclone {
+                    upstream,
+                    generation,
+                }],
+                (Some(error), _) => vec![hold(format!(
+                    "rewind against {primary} failed ({error}); fix it, then run pgfm resume, \
+                     or set rejoin = \"rewind-or-clone\""
+                ))],
+            }
+        }
+        // Invariant 4: every node that is not the primary boots as a standby.
+        Some(DataDirState::Standby) => vec![Action::StartStandby {
+            upstream,
             generation,
         }],
     }
+}
+
+/// The replication slot name of a node (as `pgfm-postgres` makes it).
+pub fn slot_for(node: &str) -> String {
+    node.chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() {
+                c.to_ascii_lowercase()
+            } else {
+                '_'
+            }
+        })
+        .collect()
 }
 
 fn hold(reason: String) -> Action {
@@ -205,6 +537,7 @@ fn cluster_hold(reason: String) -> Action {
 mod tests {
     use super::*;
     use crate::model::Member;
+    use crate::types::Lsn;
 
     fn member(name: &str) -> Member {
         let kind = if name == "witness" {
@@ -217,9 +550,9 @@ mod tests {
             kind,
             address: "127.0.0.1:7000".into(),
             pg_host: Some("127.0.0.1".into()),
-            pg_port: Some(5432),
-            priority: 1,
-            promotable: true,
+            pg_port: Some(5000 + name.len() as u16),
+            priority: if name == "pg3" { 50 } else { 100 },
+            promotable: name != "pg9",
         }
     }
 
@@ -242,6 +575,14 @@ mod tests {
                     DbRole::Primary => DataDirState::Primary,
                     DbRole::Standby => DataDirState::Standby,
                 });
+                match role {
+                    DbRole::Primary => r.current_lsn = Some(Lsn(1_000_000)),
+                    DbRole::Standby => {
+                        r.received_lsn = Some(Lsn(1_000_000));
+                        r.replayed_lsn = Some(Lsn(1_000_000));
+                        r.conninfo_upstream = Some("127.0.0.1:5003".into());
+                    }
+                }
             }
             Seen::Stopped(dir) => r.data_dir = Some(dir),
             Seen::Silent => {}
@@ -273,29 +614,55 @@ mod tests {
             voters: nodes.iter().map(|(n, _)| n.to_string()).collect(),
             state,
             reports,
-            report_ttl_ms: 3_000,
+            settings: Settings::default(),
+            last_renewal_seen_ms: Some(0),
+            coordinator_since_ms: Some(0),
+            wall_clock_ms: 42,
         }
     }
 
-    fn check(cluster: &ClusterView, me: &str, coordinator: bool, expected: &[&str]) {
+    fn local(cluster: &ClusterView, me: &str, coordinator: bool) -> LocalView {
         let report = cluster
             .reports
             .get(me)
             .map(|o| o.report.clone())
             .unwrap_or_else(|| NodeReport::new(me, member(me).kind));
-        let local = LocalView {
+        LocalView {
             name: me.into(),
             kind: member(me).kind,
             is_coordinator: coordinator,
+            db_running: report.db_up,
+            writable: report.db_up && report.role == Some(DbRole::Primary),
             report,
-        };
-        let got: Vec<String> = decide(cluster, &local, 2_000)
+            lease_valid: true,
+            crashed_at_ms: None,
+            resume_requested: false,
+            rewind_failed: None,
+        }
+    }
+
+    fn show(actions: Vec<Action>) -> Vec<String> {
+        actions
             .iter()
             .map(|a| match a {
                 Action::Propose(Command::Bootstrap {
                     primary,
                     generation,
                 }) => format!("bootstrap {primary} g{generation}"),
+                Action::Propose(Command::Promote {
+                    node,
+                    generation,
+                    from,
+                    lost_bytes,
+                    ..
+                }) => format!(
+                    "promote {node} g{generation} from {} losing {}",
+                    from.as_deref().unwrap_or("-"),
+                    lost_bytes.unwrap_or(0)
+                ),
+                Action::Propose(Command::ReleaseLease { node, generation }) => {
+                    format!("release {node} g{generation}")
+                }
                 Action::Propose(other) => format!("propose {other:?}"),
                 Action::StartPrimary { generation } => format!("start primary g{generation}"),
                 Action::StartStandby {
@@ -306,14 +673,38 @@ mod tests {
                     upstream,
                     generation,
                 } => format!("clone {upstream} g{generation}"),
+                Action::Promote { generation } => format!("pg_promote g{generation}"),
+                Action::Follow {
+                    upstream,
+                    generation,
+                } => format!("follow {upstream} g{generation}"),
+                Action::Fence { generation, .. } => format!("fence g{generation}"),
+                Action::Rewind {
+                    upstream,
+                    generation,
+                } => format!("rewind from {upstream} g{generation}"),
+                Action::Reclone {
+                    upstream,
+                    generation,
+                } => format!("reclone from {upstream} g{generation}"),
+                Action::EnsureSlots { slots, generation } => {
+                    format!("slots {} g{generation}", slots.join(","))
+                }
                 Action::Hold { reason } => format!("hold: {reason}"),
                 Action::ClusterHold { reason } => format!("cluster hold: {reason}"),
             })
-            .collect();
-        assert_eq!(got, expected);
+            .collect()
     }
 
-    use DataDirState::{Empty, Primary as Writable, Standby as Recovering};
+    fn check_local(cluster: &ClusterView, local: &LocalView, now: u64, expected: &[&str]) {
+        assert_eq!(show(decide(cluster, local, now)), expected);
+    }
+
+    fn check(cluster: &ClusterView, me: &str, coordinator: bool, expected: &[&str]) {
+        check_local(cluster, &local(cluster, me, coordinator), 2_000, expected);
+    }
+
+    use DataDirState::{Empty, FencedPrimary, Primary as Writable, Standby as Recovering};
     use Seen::{Running, Silent, Stopped};
 
     #[test]
@@ -375,8 +766,9 @@ mod tests {
             "pg2",
             true,
             &[
-                "cluster hold: refusing to choose a primary: pg1 and pg2 are all not in recovery; leave \
-                 exactly one (give the others a standby.signal or an empty data_dir)",
+                "cluster hold: refusing to choose a primary: pg1 and pg2 are all not in \
+                 recovery; leave exactly one (give the others a standby.signal or an empty \
+                 data_dir)",
                 "hold: bootstrap candidate: waiting for the coordinator to choose the first primary",
             ],
         );
@@ -419,8 +811,8 @@ mod tests {
             "pg1",
             true,
             &[
-                "cluster hold: no data node holds a database that can become the primary: initialise \
-                 one (initdb) or remove standby.signal from the one that should lead",
+                "cluster hold: no data node holds a database that can become the primary: \
+                 initialise one (initdb) or remove standby.signal from the one that should lead",
                 "hold: standby: waiting for the cluster to have a primary",
             ],
         );
@@ -433,9 +825,17 @@ mod tests {
             &[("pg1", Stopped(Writable)), ("pg2", Stopped(Writable))],
         );
         v.reports.get_mut("pg2").unwrap().received_at_ms = 0;
-        v.report_ttl_ms = 500;
+        v.settings.report_ttl_ms = 500;
         v.reports.get_mut("pg1").unwrap().received_at_ms = 1_900;
-        check(&v, "pg1", true, &["cluster hold: bootstrap waits for reports from pg2", "hold: bootstrap candidate: waiting for the coordinator to choose the first primary"]);
+        check(
+            &v,
+            "pg1",
+            true,
+            &[
+                "cluster hold: bootstrap waits for reports from pg2",
+                "hold: bootstrap candidate: waiting for the coordinator to choose the first primary",
+            ],
+        );
     }
 
     #[test]
@@ -450,8 +850,22 @@ mod tests {
         );
         check(&v, "pg1", false, &["start primary g1"]);
         check(&v, "pg2", false, &["start standby of pg1 g1"]);
-        // Invariant 4: a node with no standby.signal that is not the primary boots as standby.
-        check(&v, "pg3", false, &["start standby of pg1 g1"]);
+        // A former primary waits for the primary to be up, then rewinds before it starts.
+        check(
+            &v,
+            "pg3",
+            false,
+            &["hold: former primary: waiting for primary pg1 to accept connections to rewind against it"],
+        );
+        // Invariant 4: without the lease, the primary does not start.
+        let mut me = local(&v, "pg1", false);
+        me.lease_valid = false;
+        check_local(
+            &v,
+            &me,
+            2_000,
+            &["hold: primary of generation 1: waiting for the lease before starting"],
+        );
     }
 
     #[test]
@@ -471,11 +885,14 @@ mod tests {
             &[("pg1", Running(DbRole::Primary)), ("pg2", Stopped(Empty))],
         );
         check(&v, "pg2", false, &["clone pg1 g1"]);
+        check(&v, "pg1", false, &["slots pg2 g1"]);
+        let mut v = v;
+        v.reports.get_mut("pg1").unwrap().report.slots = vec!["pg2".into()];
         check(&v, "pg1", false, &[]);
     }
 
     #[test]
-    fn a_running_node_in_the_wrong_role_is_reported() {
+    fn a_node_running_in_the_wrong_role_is_fenced_or_promoted() {
         let v = view(
             Some("pg1"),
             &[
@@ -483,28 +900,203 @@ mod tests {
                 ("pg2", Running(DbRole::Primary)),
             ],
         );
-        check(
+        check(&v, "pg1", false, &["pg_promote g1"]);
+        check(&v, "pg2", false, &["fence g1"]);
+        let mut me = local(&v, "pg1", false);
+        me.lease_valid = false;
+        check_local(
             &v,
-            "pg1",
-            false,
-            &["hold: named primary of generation 1 but PostgreSQL is in recovery"],
-        );
-        check(
-            &v,
-            "pg2",
-            false,
-            &["hold: PostgreSQL is not in recovery but the primary of generation 1 is pg1"],
+            &me,
+            2_000,
+            &["hold: promoted in generation 1: waiting for the lease before pg_promote"],
         );
     }
 
     #[test]
-    fn the_named_primary_with_an_empty_data_dir_holds() {
-        let v = view(Some("pg1"), &[("pg1", Stopped(Empty))]);
+    fn a_standby_follows_the_committed_primary() {
+        let mut v = view(
+            Some("pg1"),
+            &[
+                ("pg1", Running(DbRole::Primary)),
+                ("pg2", Running(DbRole::Standby)),
+            ],
+        );
+        check(&v, "pg2", false, &[]);
+        v.reports.get_mut("pg2").unwrap().report.conninfo_upstream = Some("127.0.0.1:5099".into());
+        check(&v, "pg2", false, &["follow pg1 g1"]);
+    }
+
+    fn failover_view() -> ClusterView {
+        // pg1 (the primary) is silent: its host died. pg2 and pg3 stream.
+        let mut v = view(
+            Some("pg1"),
+            &[
+                ("pg1", Running(DbRole::Primary)),
+                ("pg2", Running(DbRole::Standby)),
+                ("pg3", Running(DbRole::Standby)),
+                ("witness", Stopped(Empty)),
+            ],
+        );
+        v.reports.get_mut("pg1").unwrap().received_at_ms = 0;
+        v.settings.report_ttl_ms = 3_000;
+        for o in v.reports.values_mut() {
+            if o.report.name != "pg1" {
+                o.received_at_ms = 10_000;
+            }
+        }
+        v
+    }
+
+    fn check_coordinator(v: &ClusterView, now: u64, expected: &[&str]) {
+        let mut me = local(v, "witness", true);
+        me.kind = NodeKind::Witness;
+        check_local(v, &me, now, expected);
+    }
+
+    #[test]
+    fn failover_waits_for_the_lease_to_expire() {
+        let v = failover_view();
+        // lease 3000 + drift 500 from the last renewal seen at 0.
+        check_coordinator(&v, 3_499, &[]);
+        check_coordinator(&v, 3_500, &["promote pg2 g2 from pg1 losing 0"]);
+        // A coordinator elected at 2000 counts from there (invariant 3).
+        let mut late = v.clone();
+        late.coordinator_since_ms = Some(2_000);
+        check_coordinator(&late, 5_499, &[]);
+        check_coordinator(&late, 5_500, &["promote pg2 g2 from pg1 losing 0"]);
+        // A renewal seen later restarts the count.
+        let mut renewed = v.clone();
+        renewed.last_renewal_seen_ms = Some(3_000);
+        check_coordinator(&renewed, 6_499, &[]);
+        // A released lease needs no wait.
+        let mut released = v;
+        released.state.lease_released = true;
+        check_coordinator(&released, 100, &["promote pg2 g2 from pg1 losing 0"]);
+    }
+
+    #[test]
+    fn failover_chooses_by_priority_then_position_and_never_a_lagging_node() {
+        let mut v = failover_view();
+        // pg3 (priority 50) is further ahead; pg2 (100) still wins while within max_lag.
+        v.reports.get_mut("pg3").unwrap().report.received_lsn = Some(Lsn(1_500_000));
+        check_coordinator(&v, 9_000, &["promote pg2 g2 from pg1 losing 500000"]);
+        // pg2 lags more than max_lag behind the best known position: pg3 is chosen.
+        v.reports.get_mut("pg3").unwrap().report.received_lsn = Some(Lsn(3_000_000));
+        check_coordinator(&v, 9_000, &["promote pg3 g2 from pg1 losing 0"]);
+        // Both lag behind what the old primary last reported: nobody is promoted.
+        v.reports.get_mut("pg1").unwrap().report.current_lsn = Some(Lsn(9_000_000));
+        check_coordinator(
+            &v,
+            9_000,
+            &["cluster hold: failover needed: the lease of primary pg1 expired, but no standby can be promoted: pg2 is 8000000 bytes behind the best known position (max_lag 1048576); pg3 is 6000000 bytes behind the best known position (max_lag 1048576)"],
+        );
+    }
+
+    #[test]
+    fn failover_never_picks_a_non_promotable_or_stopped_node() {
+        let mut v = failover_view();
+        v.state.members.get_mut("pg2").unwrap().promotable = false;
+        v.reports.get_mut("pg3").unwrap().report.db_up = false;
+        check_coordinator(
+            &v,
+            9_000,
+            &["cluster hold: failover needed: the lease of primary pg1 expired, but no standby can be promoted: pg2 is not promotable; pg3 is not a running standby"],
+        );
+    }
+
+    #[test]
+    fn no_failover_while_the_primary_database_still_answers() {
+        let mut v = failover_view();
+        v.reports.get_mut("pg2").unwrap().report.sees_primary = Some(true);
+        check_coordinator(
+            &v,
+            9_000,
+            &["cluster hold: the lease of primary pg1 expired but its database still answers pg2: not promoting while it may take writes (restart its agent, or stop its PostgreSQL)"],
+        );
+    }
+
+    #[test]
+    fn no_automatic_failover_when_it_is_off() {
+        let mut v = failover_view();
+        v.settings.auto_failover = false;
+        check_coordinator(
+            &v,
+            9_000,
+            &["cluster hold: failover needed: the lease of primary pg1 expired, and automatic failover is off (auto_failover = false)"],
+        );
+    }
+
+    #[test]
+    fn a_crashed_primary_restarts_within_the_bound_then_gives_up() {
+        let v = view(
+            Some("pg1"),
+            &[
+                ("pg1", Stopped(Writable)),
+                ("pg2", Running(DbRole::Standby)),
+            ],
+        );
+        let mut me = local(&v, "pg1", false);
+        me.crashed_at_ms = Some(1_000);
+        check_local(&v, &me, 2_000, &["start primary g1"]);
+        check_local(
+            &v,
+            &me,
+            11_000,
+            &[
+                "release pg1 g1",
+                "hold: PostgreSQL crashed and is not back: giving up the lease of generation 1",
+            ],
+        );
+        let mut v2 = v.clone();
+        v2.settings.on_crash = OnCrash::Failover;
+        check_local(
+            &v2,
+            &me,
+            1_001,
+            &[
+                "release pg1 g1",
+                "hold: PostgreSQL crashed and is not back: giving up the lease of generation 1",
+            ],
+        );
+        let mut released = v;
+        released.state.lease_released = true;
+        check_local(
+            &released,
+            &me,
+            2_000,
+            &["hold: gave up the lease of generation 1: waiting for a standby to take over"],
+        );
+    }
+
+    #[test]
+    fn a_former_primary_rewinds_or_reclones_or_waits_for_resume() {
+        let mut v = view(
+            Some("pg2"),
+            &[
+                ("pg1", Stopped(FencedPrimary)),
+                ("pg2", Running(DbRole::Primary)),
+            ],
+        );
+        check(&v, "pg1", false, &["rewind from pg2 g1"]);
+        let mut me = local(&v, "pg1", false);
+        me.rewind_failed = Some("no common ancestor".into());
+        check_local(&v, &me, 2_000, &["reclone from pg2 g1"]);
+        v.settings.rejoin = RejoinMode::Rewind;
+        check_local(
+            &v,
+            &me,
+            2_000,
+            &["hold: rewind against pg2 failed (no common ancestor); fix it, then run pgfm resume, or set rejoin = \"rewind-or-clone\""],
+        );
+        v.settings.rejoin = RejoinMode::Manual;
         check(
             &v,
             "pg1",
             false,
-            &["hold: named primary of generation 1 but data_dir is empty"],
+            &["hold: former primary, rejoin = manual: run pgfm resume on this node to rejoin pg2"],
         );
+        let mut me = local(&v, "pg1", false);
+        me.resume_requested = true;
+        check_local(&v, &me, 2_000, &["rewind from pg2 g1"]);
     }
 }

@@ -48,6 +48,43 @@ pub enum Command {
         primary: String,
         generation: Generation,
     },
+    /// The primary renews its lease (invariant 2). Refused unless `node` is the primary of
+    /// `generation` and has not released its lease.
+    RenewLease {
+        node: String,
+        generation: Generation,
+    },
+    /// The primary confirms its PostgreSQL is stopped and gives up its lease, so that the
+    /// coordinator need not wait for the lease to expire (invariant 3).
+    ReleaseLease {
+        node: String,
+        generation: Generation,
+    },
+    /// Make `node` the primary of `generation` (the next one), committed before PostgreSQL
+    /// is promoted (invariant 1).
+    Promote {
+        node: String,
+        generation: Generation,
+        from: Option<String>,
+        reason: String,
+        /// The candidate's WAL position and the best position known, when chosen.
+        lsn: Option<Lsn>,
+        /// Bytes the old primary was known to have that the candidate did not.
+        lost_bytes: Option<u64>,
+        at_unix_ms: u64,
+    },
+}
+
+/// One promotion, as kept in the history.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Promotion {
+    pub generation: Generation,
+    pub at_unix_ms: u64,
+    pub from: Option<String>,
+    pub to: String,
+    pub reason: String,
+    pub lsn: Option<Lsn>,
+    pub lost_bytes: Option<u64>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
@@ -64,6 +101,13 @@ pub enum CommandError {
     },
     #[error("node {0} is not a registered data node")]
     NotADataNode(String),
+    #[error("node {node} does not hold the lease of generation {generation}")]
+    NotLeaseHolder {
+        node: String,
+        generation: Generation,
+    },
+    #[error("node {0} is not promotable")]
+    NotPromotable(String),
 }
 
 /// The committed cluster state: what the cluster intends. Only changed by applying
@@ -73,6 +117,16 @@ pub struct ClusterState {
     pub members: BTreeMap<String, Member>,
     pub primary: Option<String>,
     pub generation: Generation,
+    /// Lease renewals committed in this generation; the coordinator restarts its lease
+    /// timer whenever it sees this change.
+    #[serde(default)]
+    pub lease_renewals: u64,
+    /// The primary of this generation confirmed it is stopped and gave up its lease.
+    #[serde(default)]
+    pub lease_released: bool,
+    /// Every promotion, oldest first.
+    #[serde(default)]
+    pub history: Vec<Promotion>,
 }
 
 impl ClusterState {
@@ -104,6 +158,66 @@ impl ClusterState {
                 }
                 self.primary = Some(primary.clone());
                 self.generation = *generation;
+                self.lease_renewals = 0;
+                self.lease_released = false;
+                Ok(())
+            }
+            Command::RenewLease { node, generation }
+            | Command::ReleaseLease { node, generation } => {
+                let holds = self.primary.as_deref() == Some(node.as_str())
+                    && *generation == self.generation
+                    && !self.lease_released;
+                if !holds {
+                    return Err(CommandError::NotLeaseHolder {
+                        node: node.clone(),
+                        generation: *generation,
+                    });
+                }
+                if matches!(command, Command::RenewLease { .. }) {
+                    self.lease_renewals += 1;
+                } else {
+                    self.lease_released = true;
+                }
+                Ok(())
+            }
+            Command::Promote {
+                node,
+                generation,
+                from,
+                reason,
+                lsn,
+                lost_bytes,
+                at_unix_ms,
+            } => {
+                if *generation != self.generation.next() {
+                    return Err(CommandError::WrongGeneration {
+                        proposed: *generation,
+                        expected: self.generation.next(),
+                    });
+                }
+                match self.members.get(node) {
+                    Some(m) if m.kind != NodeKind::Data => {
+                        return Err(CommandError::NotADataNode(node.clone()))
+                    }
+                    Some(m) if !m.promotable || m.priority == 0 => {
+                        return Err(CommandError::NotPromotable(node.clone()))
+                    }
+                    Some(_) => {}
+                    None => return Err(CommandError::NotADataNode(node.clone())),
+                }
+                self.history.push(Promotion {
+                    generation: *generation,
+                    at_unix_ms: *at_unix_ms,
+                    from: from.clone(),
+                    to: node.clone(),
+                    reason: reason.clone(),
+                    lsn: *lsn,
+                    lost_bytes: *lost_bytes,
+                });
+                self.primary = Some(node.clone());
+                self.generation = *generation;
+                self.lease_renewals = 0;
+                self.lease_released = false;
                 Ok(())
             }
         }
@@ -132,6 +246,9 @@ pub enum DataDirState {
     Primary,
     /// A cluster with `standby.signal`: started as is, it would be a standby.
     Standby,
+    /// A former primary that pgfm fenced (`standby.signal` and pgfm's rewind marker): it
+    /// may have WAL the new primary lacks, so it rejoins only through a rewind.
+    FencedPrimary,
 }
 
 /// One walsender as the primary sees it in `pg_stat_replication`.
@@ -165,6 +282,16 @@ pub struct NodeReport {
     pub upstream: Option<String>,
     /// Walsenders on a primary.
     pub replicas: Vec<ReplicaInfo>,
+    /// Physical replication slots on a primary.
+    #[serde(default)]
+    pub slots: Vec<String>,
+    /// The `host:port` in this standby's `primary_conninfo`.
+    #[serde(default)]
+    pub conninfo_upstream: Option<String>,
+    /// Whether this agent could connect to the committed primary's PostgreSQL at its last
+    /// probe (None: not tried, e.g. on the primary itself).
+    #[serde(default)]
+    pub sees_primary: Option<bool>,
     /// What the agent is doing or waiting for, or the last probe error.
     pub info: String,
 }
@@ -184,6 +311,9 @@ impl NodeReport {
             receiver: None,
             upstream: None,
             replicas: Vec::new(),
+            slots: Vec::new(),
+            conninfo_upstream: None,
+            sees_primary: None,
             info: String::new(),
         }
     }

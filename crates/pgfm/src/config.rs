@@ -12,6 +12,8 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+use pgfm_core::decide::{OnCrash, RejoinMode};
+use pgfm_core::lease::LeaseSettings;
 use pgfm_core::NodeKind;
 use pgfm_postgres::binaries;
 use pgfm_postgres::OsUser;
@@ -106,12 +108,25 @@ struct RawTiming {
     report_ttl: Option<Duration>,
     #[serde(default, with = "humantime_serde")]
     start_timeout: Option<Duration>,
+    #[serde(default, with = "humantime_serde")]
+    lease: Option<Duration>,
+    #[serde(default, with = "humantime_serde")]
+    renew_interval: Option<Duration>,
+    #[serde(default, with = "humantime_serde")]
+    safety_margin: Option<Duration>,
+    #[serde(default, with = "humantime_serde")]
+    drift_margin: Option<Duration>,
 }
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawFailover {
     max_lag: Option<u64>,
+    auto_failover: Option<bool>,
+    on_crash: Option<String>,
+    #[serde(default, with = "humantime_serde")]
+    crash_restart_bound: Option<Duration>,
+    rejoin: Option<String>,
 }
 
 // ---- validated form ----
@@ -143,6 +158,16 @@ pub struct Timing {
     pub probe_timeout: Duration,
     pub report_ttl: Duration,
     pub start_timeout: Duration,
+    pub lease: LeaseSettings,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Failover {
+    pub max_lag: u64,
+    pub auto_failover: bool,
+    pub on_crash: OnCrash,
+    pub crash_restart_bound: Duration,
+    pub rejoin: RejoinMode,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -160,7 +185,7 @@ pub struct Config {
     /// Present exactly when `kind` is `Data`.
     pub postgres: Option<PostgresConfig>,
     pub timing: Timing,
-    pub max_lag: u64,
+    pub failover: Failover,
 }
 
 /// Names are used as Raft identities, slot names and file names: keep them plain.
@@ -419,6 +444,52 @@ impl Config {
                 ),
             ));
         }
+        let ms = |d: Duration| d.as_millis() as u64;
+        let defaults = LeaseSettings::default();
+        let lease = LeaseSettings {
+            lease_ms: raw.timing.lease.map(ms).unwrap_or(defaults.lease_ms),
+            renew_interval_ms: raw
+                .timing
+                .renew_interval
+                .map(ms)
+                .unwrap_or(defaults.renew_interval_ms),
+            safety_margin_ms: raw
+                .timing
+                .safety_margin
+                .map(ms)
+                .unwrap_or(defaults.safety_margin_ms),
+            drift_margin_ms: raw
+                .timing
+                .drift_margin
+                .map(ms)
+                .unwrap_or(defaults.drift_margin_ms),
+        };
+        if let Some(problem) = lease.problem() {
+            return Err(check.err("[timing]", format!("lease settings do not work: {problem}")));
+        }
+        let on_crash = match raw.failover.on_crash.as_deref() {
+            None | Some("restart") => OnCrash::Restart,
+            Some("failover") => OnCrash::Failover,
+            Some(other) => {
+                return Err(check.err(
+                    "failover.on_crash",
+                    format!("is {other:?} (set it to \"restart\" or \"failover\")"),
+                ))
+            }
+        };
+        let rejoin = match raw.failover.rejoin.as_deref() {
+            None | Some("rewind-or-clone") => RejoinMode::RewindOrClone,
+            Some("rewind") => RejoinMode::Rewind,
+            Some("manual") => RejoinMode::Manual,
+            Some(other) => {
+                return Err(check.err(
+                    "failover.rejoin",
+                    format!(
+                        "is {other:?} (set it to \"rewind\", \"rewind-or-clone\" or \"manual\")"
+                    ),
+                ))
+            }
+        };
         Ok(Config {
             file: file.to_path_buf(),
             cluster,
@@ -436,8 +507,18 @@ impl Config {
                 probe_timeout,
                 report_ttl,
                 start_timeout,
+                lease,
             },
-            max_lag: raw.failover.max_lag.unwrap_or(1024 * 1024),
+            failover: Failover {
+                max_lag: raw.failover.max_lag.unwrap_or(1024 * 1024),
+                auto_failover: raw.failover.auto_failover.unwrap_or(true),
+                on_crash,
+                crash_restart_bound: raw
+                    .failover
+                    .crash_restart_bound
+                    .unwrap_or(Duration::from_secs(10)),
+                rejoin,
+            },
         })
     }
 
@@ -665,6 +746,14 @@ port = 5432
             "port = 5432\n[timing]\nprobe_interval = \"soon\"",
             "config pg1.toml: line 25: invalid value: string \"soon\", expected a duration",
         );
+    }
+
+    #[test]
+    fn failover_and_lease_mistakes_have_their_messages() {
+        check("port = 5432", "port = 5432\n[timing]\nlease = \"1s\"", "config pg1.toml: [timing] lease settings do not work: safety_margin (1000 ms) must be shorter than lease (1000 ms)");
+        check("port = 5432", "port = 5432\n[failover]\non_crash = \"panic\"", "config pg1.toml: failover.on_crash is \"panic\" (set it to \"restart\" or \"failover\")");
+        check("port = 5432", "port = 5432\n[failover]\nrejoin = \"auto\"", "config pg1.toml: failover.rejoin is \"auto\" (set it to \"rewind\", \"rewind-or-clone\" or \"manual\")");
+        check("port = 5432", "port = 5432\n[failover]\nauto_failover = false\nrejoin = \"manual\"\non_crash = \"failover\"\ncrash_restart_bound = \"5s\"", "ok");
     }
 
     #[test]

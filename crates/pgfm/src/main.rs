@@ -42,6 +42,12 @@ enum Commands {
         #[arg(long)]
         json: bool,
     },
+    /// Let this node rejoin when it waits for the operator (rejoin = "manual", or a failed
+    /// rewind): asks the local agent.
+    Resume {
+        #[arg(short, long, default_value = DEFAULT_CONFIG)]
+        config: PathBuf,
+    },
     /// A real cluster on this machine, for trying pgfm out and for tests.
     Lab {
         #[command(subcommand)]
@@ -134,6 +140,18 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             } else {
                 ExitCode::from(1)
             })
+        }
+        Commands::Resume { config } => {
+            let config = Config::load_static(&config)?;
+            let token = config.read_token()?;
+            let client = pgfm_api::ApiClient::new(
+                &config.listen.to_string(),
+                &token,
+                Duration::from_secs(5),
+            );
+            let answer = runtime()?.block_on(client.resume())?;
+            println!("{}", answer.message);
+            Ok(ExitCode::SUCCESS)
         }
         Commands::Lab { command } => lab::run(command),
     }

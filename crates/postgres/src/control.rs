@@ -168,13 +168,204 @@ impl Postgres {
             Some(_) => user
                 .write_file(&signal, "", 0o600)
                 .with_context(|| format!("writing {}", signal.display()))?,
-            None => match std::fs::remove_file(&signal) {
-                Ok(()) => {}
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                Err(e) => return Err(e).with_context(|| format!("removing {}", signal.display())),
-            },
+            None => {
+                remove_if_present(&signal)?;
+                // The committed primary starts as it is: nothing to rewind against.
+                remove_if_present(&s.data_dir.join(datadir::REWIND_MARKER))?;
+            }
         }
         Ok(())
+    }
+
+    /// Whether PostgreSQL runs here and would take writes (no `standby.signal`).
+    pub fn writable(&self) -> bool {
+        self.running_pid().is_some() && !self.settings.data_dir.join("standby.signal").exists()
+    }
+
+    /// Stop PostgreSQL at once (immediate shutdown: every session is cut, nothing more is
+    /// committed), then mark the data directory so that it only runs again as a standby
+    /// after a rewind.
+    pub async fn fence(&self) -> anyhow::Result<()> {
+        let s = &self.settings;
+        if let Some(pid) = self.running_pid() {
+            let pid = nix::unistd::Pid::from_raw(pid);
+            let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGQUIT);
+            let deadline = Instant::now() + Duration::from_secs(2);
+            while nix::sys::signal::kill(pid, None).is_ok() && Instant::now() < deadline {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            if nix::sys::signal::kill(pid, None).is_ok() {
+                let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL);
+            }
+        }
+        let user = &s.os_user;
+        user.write_file(&s.data_dir.join("standby.signal"), "", 0o600)
+            .context("writing standby.signal")?;
+        user.write_file(
+            &s.data_dir.join(datadir::REWIND_MARKER),
+            "fenced by pgfm\n",
+            0o600,
+        )
+        .context("writing the rewind marker")?;
+        Ok(())
+    }
+
+    /// Replay all WAL received, then promote (pg_promote, waiting for it to finish), and
+    /// rewrite pgfm.conf without `primary_conninfo`.
+    pub async fn promote(&self) -> anyhow::Result<()> {
+        let client = probe::connect(&self.probe_target())
+            .await
+            .map_err(|e| anyhow::anyhow!("connecting to promote: {e}"))?;
+        // Invariant 5: the candidate replays everything it received before promoting.
+        let deadline = Instant::now() + self.settings.start_timeout;
+        loop {
+            let row = client
+                .query_one(
+                    "SELECT pg_is_in_recovery(), coalesce(pg_last_wal_replay_lsn() >= \
+                     pg_last_wal_receive_lsn(), true)",
+                    &[],
+                )
+                .await
+                .map_err(|e| anyhow::anyhow!("reading replay progress: {}", probe::describe(&e)))?;
+            let (in_recovery, caught_up): (bool, bool) = (row.get(0), row.get(1));
+            if !in_recovery {
+                return self.write_managed_conf(None);
+            }
+            if caught_up {
+                break;
+            }
+            if Instant::now() > deadline {
+                bail!(
+                    "replay did not catch up with the WAL received within {:?}",
+                    self.settings.start_timeout
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let promoted: bool = client
+            .query_one("SELECT pg_promote(true, 60)", &[])
+            .await
+            .map_err(|e| anyhow::anyhow!("pg_promote: {}", probe::describe(&e)))?
+            .get(0);
+        if !promoted {
+            bail!("pg_promote did not finish within 60 s");
+        }
+        self.write_managed_conf(None)
+    }
+
+    fn write_managed_conf(&self, upstream: Option<&Upstream>) -> anyhow::Result<()> {
+        let managed = self.settings.data_dir.join(MANAGED_CONF);
+        self.settings
+            .os_user
+            .write_file(&managed, &self.render_managed_conf(upstream), 0o600)
+            .with_context(|| format!("writing {}", managed.display()))
+    }
+
+    /// Point the running standby at `upstream`: rewrite `primary_conninfo` and reload
+    /// (PostgreSQL 13+ reconnects its WAL receiver without a restart).
+    pub async fn follow(&self, upstream: &Upstream) -> anyhow::Result<()> {
+        self.prepare(Some(upstream))?;
+        let client = probe::connect(&self.probe_target())
+            .await
+            .map_err(|e| anyhow::anyhow!("connecting to reload: {e}"))?;
+        client
+            .simple_query("SELECT pg_reload_conf()")
+            .await
+            .map_err(|e| anyhow::anyhow!("pg_reload_conf: {}", probe::describe(&e)))?;
+        Ok(())
+    }
+
+    /// Create the physical replication slots that are missing on this (primary) server.
+    pub async fn ensure_slots(&self, slots: &[String]) -> anyhow::Result<()> {
+        let client = probe::connect(&self.probe_target())
+            .await
+            .map_err(|e| anyhow::anyhow!("connecting to create slots: {e}"))?;
+        for slot in slots {
+            create_slot(&client, slot).await?;
+        }
+        Ok(())
+    }
+
+    /// Rewind this stopped former primary against `upstream`, then write its standby
+    /// settings. Forces a checkpoint on `upstream` first: right after a promotion, before
+    /// that checkpoint, pg_rewind would say "no rewind required" and do nothing.
+    pub async fn rewind(&self, upstream: &Upstream) -> anyhow::Result<()> {
+        let s = &self.settings;
+        let target = self.target_of(upstream);
+        let client = probe::connect(&target)
+            .await
+            .map_err(|e| anyhow::anyhow!("connecting to {} to checkpoint: {e}", upstream.name))?;
+        client.simple_query("CHECKPOINT").await.map_err(|e| {
+            anyhow::anyhow!("CHECKPOINT on {}: {}", upstream.name, probe::describe(&e))
+        })?;
+        drop(client);
+        let mut source = vec![
+            format!("host={}", conninfo_value(&upstream.host)),
+            format!("port={}", upstream.port),
+            format!("user={}", conninfo_value(&s.superuser)),
+            "dbname=postgres".to_string(),
+        ];
+        if let Some(pf) = &s.passfile {
+            source.push(format!(
+                "passfile={}",
+                conninfo_value(&pf.display().to_string())
+            ));
+        }
+        let output = s
+            .os_user
+            .command(s.bin_dir.join("pg_rewind"))
+            .arg("-D")
+            .arg(&s.data_dir)
+            .arg(format!("--source-server={}", source.join(" ")))
+            .stdin(Stdio::null())
+            .output()
+            .await
+            .context("running pg_rewind")?;
+        if !output.status.success() {
+            let stderr = String::from_utf8_lossy(&output.stderr);
+            let errors: Vec<&str> = stderr
+                .lines()
+                .map(str::trim)
+                .filter(|l| l.contains("error") || l.contains("FATAL"))
+                .collect();
+            let last = match errors.as_slice() {
+                [] => stderr
+                    .lines()
+                    .rev()
+                    .find(|l| !l.trim().is_empty())
+                    .unwrap_or("no output")
+                    .to_string(),
+                lines => lines.join("; "),
+            };
+            bail!("pg_rewind failed: {}", last.trim());
+        }
+        // pg_rewind copied the source's configuration files: put this node's back.
+        self.prepare(Some(upstream))?;
+        remove_if_present(&s.data_dir.join(datadir::REWIND_MARKER))?;
+        Ok(())
+    }
+
+    /// Move the data directory aside (keeping the previous copy only) and clone afresh.
+    pub async fn reclone(&self, upstream: &Upstream) -> anyhow::Result<()> {
+        let s = &self.settings;
+        let aside = PathBuf::from(format!("{}.pgfm-old", s.data_dir.display()));
+        if aside.exists() {
+            std::fs::remove_dir_all(&aside)
+                .with_context(|| format!("removing {}", aside.display()))?;
+        }
+        std::fs::rename(&s.data_dir, &aside)
+            .with_context(|| format!("moving {} aside", s.data_dir.display()))?;
+        self.clone_from(upstream).await
+    }
+
+    fn target_of(&self, upstream: &Upstream) -> Target {
+        Target {
+            host: upstream.host.clone(),
+            port: upstream.port,
+            user: self.settings.superuser.clone(),
+            passfile: self.settings.passfile.clone(),
+            timeout: self.settings.probe_timeout,
+        }
     }
 
     /// Start the postmaster as this agent's child (as `os_user`, in its own process group so
@@ -318,6 +509,26 @@ impl Postgres {
         }
         Ok(())
     }
+}
+
+fn remove_if_present(path: &Path) -> anyhow::Result<()> {
+    match std::fs::remove_file(path) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(e).with_context(|| format!("removing {}", path.display())),
+    }
+}
+
+async fn create_slot(client: &tokio_postgres::Client, slot: &str) -> anyhow::Result<()> {
+    client
+        .execute(
+            "SELECT pg_create_physical_replication_slot($1) WHERE NOT EXISTS \
+             (SELECT 1 FROM pg_replication_slots WHERE slot_name = $1)",
+            &[&slot],
+        )
+        .await
+        .map_err(|e| anyhow::anyhow!("creating slot {slot}: {}", probe::describe(&e)))?;
+    Ok(())
 }
 
 /// Run `initdb` on `data_dir` as `user` (the lab's first node), with checksums so that

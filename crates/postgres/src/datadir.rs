@@ -5,6 +5,11 @@ use std::path::Path;
 
 use pgfm_core::DataDirState;
 
+/// Written by pgfm into the data directory of a primary it fences: the node may hold WAL
+/// the next primary lacks and must be rewound before it runs again (pg_rewind replaces the
+/// directory's files, which removes the marker).
+pub const REWIND_MARKER: &str = "pgfm.rewind";
+
 /// What is in `data_dir`. An error when it holds files but no PostgreSQL cluster, because
 /// cloning into it would fail and deleting them is not ours to do.
 pub fn inspect_data_dir(data_dir: &Path) -> Result<DataDirState, String> {
@@ -23,7 +28,9 @@ pub fn inspect_data_dir(data_dir: &Path) -> Result<DataDirState, String> {
             data_dir.display()
         ));
     }
-    if data_dir.join("standby.signal").exists() {
+    if data_dir.join(REWIND_MARKER).exists() {
+        Ok(DataDirState::FencedPrimary)
+    } else if data_dir.join("standby.signal").exists() {
         Ok(DataDirState::Standby)
     } else {
         Ok(DataDirState::Primary)
@@ -62,6 +69,8 @@ mod tests {
         assert_eq!(inspect_data_dir(&base), Ok(DataDirState::Primary));
         std::fs::write(base.join("standby.signal"), "").unwrap();
         assert_eq!(inspect_data_dir(&base), Ok(DataDirState::Standby));
+        std::fs::write(base.join(REWIND_MARKER), "").unwrap();
+        assert_eq!(inspect_data_dir(&base), Ok(DataDirState::FencedPrimary));
         std::fs::remove_dir_all(&base).unwrap();
     }
 }

@@ -81,6 +81,9 @@ const ROLE_SQL: &str = "SELECT pg_is_in_recovery(), \
           ELSE ('x' || substr(pg_walfile_name(pg_current_wal_lsn()), 1, 8))::bit(32)::int END";
 const RECEIVER_SQL: &str =
     "SELECT status, sender_host, sender_port, received_tli FROM pg_stat_wal_receiver";
+const CONNINFO_SQL: &str = "SELECT current_setting('primary_conninfo')";
+const SLOTS_SQL: &str =
+    "SELECT slot_name::text FROM pg_replication_slots WHERE slot_type = 'physical' ORDER BY 1";
 const SENDERS_SQL: &str = "SELECT application_name, coalesce(state, ''), \
      coalesce(sync_state, ''), replay_lsn::text, flush_lsn::text FROM pg_stat_replication \
      ORDER BY application_name";
@@ -105,6 +108,8 @@ impl Prober {
         report.receiver = None;
         report.upstream = None;
         report.replicas.clear();
+        report.slots.clear();
+        report.conninfo_upstream = None;
         let timeout = self.target.timeout;
         let result = match tokio::time::timeout(timeout, self.probe_inner(report)).await {
             Ok(result) => result,
@@ -149,6 +154,12 @@ impl Prober {
         report.timeline = timeline.map(|t| Timeline(t as u32));
 
         if in_recovery {
+            let conninfo: String = client
+                .query_one(CONNINFO_SQL, &[])
+                .await
+                .map_err(|e| describe(&e))?
+                .get(0);
+            report.conninfo_upstream = conninfo_host_port(&conninfo);
             if let Some(row) = client
                 .query_opt(RECEIVER_SQL, &[])
                 .await
@@ -165,6 +176,13 @@ impl Prober {
                 }
             }
         } else {
+            for row in client
+                .query(SLOTS_SQL, &[])
+                .await
+                .map_err(|e| describe(&e))?
+            {
+                report.slots.push(row.get(0));
+            }
             for row in client
                 .query(SENDERS_SQL, &[])
                 .await
@@ -184,5 +202,145 @@ impl Prober {
             }
         }
         Ok(())
+    }
+}
+
+/// The `host:port` named by a libpq connection string (keyword/value form).
+pub fn conninfo_host_port(conninfo: &str) -> Option<String> {
+    let mut host = None;
+    let mut port = None;
+    let mut rest = conninfo.trim();
+    while !rest.is_empty() {
+        let (key, after) = rest.split_once('=')?;
+        let after = after.trim_start();
+        let (value, remaining) = if let Some(quoted) = after.strip_prefix('\'') {
+            let mut value = String::new();
+            let mut chars = quoted.char_indices();
+            let mut end = quoted.len();
+            while let Some((i, c)) = chars.next() {
+                match c {
+                    '\\' => {
+                        if let Some((_, next)) = chars.next() {
+                            value.push(next);
+                        }
+                    }
+                    '\'' => {
+                        end = i + 1;
+                        break;
+                    }
+                    c => value.push(c),
+                }
+            }
+            (value, &quoted[end.min(quoted.len())..])
+        } else {
+            let end = after.find(char::is_whitespace).unwrap_or(after.len());
+            (after[..end].to_string(), &after[end..])
+        };
+        match key.trim() {
+            "host" => host = Some(value),
+            "port" => port = Some(value),
+            _ => {}
+        }
+        rest = remaining.trim_start();
+    }
+    Some(format!(
+        "{}:{}",
+        host?,
+        port.unwrap_or_else(|| "5432".into())
+    ))
+}
+
+/// Whether this agent can reach another node's PostgreSQL (the primary's, to tell a dead
+/// agent from a dead database). One kept-open connection, one `SELECT 1` per check.
+pub struct RemoteCheck {
+    target: Option<Target>,
+    client: Option<Client>,
+}
+
+impl RemoteCheck {
+    pub fn new() -> RemoteCheck {
+        RemoteCheck {
+            target: None,
+            client: None,
+        }
+    }
+
+    /// Whether the server at `target` answers. A server that refuses the login (say, a
+    /// witness without credentials) still answers: it is alive and may take writes.
+    pub async fn check(&mut self, target: &Target) -> bool {
+        if self.target.as_ref().map(|t| (&t.host, t.port)) != Some((&target.host, target.port)) {
+            self.client = None;
+            self.target = Some(target.clone());
+        }
+        let attempt = async {
+            if let Some(client) = self.client.as_ref().filter(|c| !c.is_closed()) {
+                return client.simple_query("SELECT 1").await.is_ok();
+            }
+            let mut config = tokio_postgres::Config::new();
+            config
+                .host(&target.host)
+                .port(target.port)
+                .user(&target.user)
+                .dbname("postgres")
+                .application_name("pgfm-check")
+                .connect_timeout(target.timeout);
+            if let Some(pw) = target.passfile.as_ref().and_then(|path| {
+                let contents = std::fs::read_to_string(path).ok()?;
+                crate::passfile::lookup(
+                    &contents,
+                    &target.host,
+                    target.port,
+                    "postgres",
+                    &target.user,
+                )
+            }) {
+                config.password(pw);
+            }
+            match config.connect(NoTls).await {
+                Ok((client, connection)) => {
+                    tokio::spawn(async move {
+                        let _ = connection.await;
+                    });
+                    self.client = Some(client);
+                    true
+                }
+                Err(e) => e.as_db_error().is_some(),
+            }
+        };
+        let alive = tokio::time::timeout(target.timeout, attempt)
+            .await
+            .unwrap_or(false);
+        if !alive {
+            self.client = None;
+        }
+        alive
+    }
+}
+
+impl Default for RemoteCheck {
+    fn default() -> RemoteCheck {
+        RemoteCheck::new()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::conninfo_host_port;
+
+    #[test]
+    fn reads_host_and_port_from_conninfo() {
+        let check =
+            |c: &str, e: Option<&str>| assert_eq!(conninfo_host_port(c).as_deref(), e, "{c}");
+        check(
+            "host=127.0.0.1 port=5433 user=replicator",
+            Some("127.0.0.1:5433"),
+        );
+        check(
+            "user=r host='10.0.0.1' passfile='/my dir/pgpass' port=6000",
+            Some("10.0.0.1:6000"),
+        );
+        check("host=db1", Some("db1:5432"));
+        check("", None);
+        check("port=5432", None);
     }
 }

@@ -23,7 +23,12 @@ impl Agent {
                 Action::ClusterHold { reason } => coordinator_notes.push(reason),
                 Action::Propose(command) => self.propose(command).await,
                 other => {
-                    if let Err(e) = self.act(&view.state, &other).await {
+                    let result = self.act(&view.state, &other).await;
+                    // The next decision waits for a probe made after this action.
+                    self.last_action_ms
+                        .store(self.now_ms(), std::sync::atomic::Ordering::SeqCst);
+                    self.probe_now.notify_one();
+                    if let Err(e) = result {
                         let text = format!("{e:#}");
                         tracing::error!(generation = %view.state.generation, action = ?other, error = %text, "action failed");
                         notes.push(text);
@@ -81,6 +86,7 @@ impl Agent {
             anyhow::bail!("{action:?} on a node without PostgreSQL");
         };
         let set_activity = |text: Option<String>| *lock(&self.activity) = text;
+        let started = std::time::Instant::now();
         match action {
             Action::StartPrimary { generation } => {
                 tracing::info!(%generation, "starting PostgreSQL as the primary");
@@ -90,7 +96,8 @@ impl Agent {
                 let result = pg.start(None).await;
                 set_activity(None);
                 let pid = result?;
-                tracing::info!(%generation, pid, "PostgreSQL is up as the primary");
+                lock(&self.db).crashed_at_ms = None;
+                tracing::info!(%generation, pid, ms = started.elapsed().as_millis() as u64, "PostgreSQL is up as the primary");
             }
             Action::StartStandby {
                 upstream,
@@ -102,16 +109,26 @@ impl Agent {
                 let result = pg.start(Some(&up)).await;
                 set_activity(None);
                 let pid = result?;
+                lock(&self.db).crashed_at_ms = None;
                 tracing::info!(%generation, %upstream, pid, "PostgreSQL is up as a standby");
             }
             Action::Clone {
                 upstream,
                 generation,
+            }
+            | Action::Reclone {
+                upstream,
+                generation,
             } => {
                 let up = self.upstream(state, upstream)?;
-                tracing::info!(%generation, %upstream, "cloning the empty data directory");
+                let fresh = matches!(action, Action::Clone { .. });
+                tracing::info!(%generation, %upstream, "{}", if fresh { "cloning the empty data directory" } else { "rewind failed: moving the data directory aside and cloning afresh" });
                 set_activity(Some(format!("cloning from {upstream} (pg_basebackup)")));
-                let cloned = pg.clone_from(&up).await;
+                let cloned = if fresh {
+                    pg.clone_from(&up).await
+                } else {
+                    pg.reclone(&up).await
+                };
                 if cloned.is_ok() {
                     set_activity(Some(format!("starting as standby of {upstream}")));
                 }
@@ -121,7 +138,63 @@ impl Agent {
                 };
                 set_activity(None);
                 result?;
-                tracing::info!(%generation, %upstream, "cloned and streaming");
+                lock(&self.rewind_failed).take();
+                self.resume_requested
+                    .store(false, std::sync::atomic::Ordering::SeqCst);
+                tracing::info!(%generation, %upstream, ms = started.elapsed().as_millis() as u64, "cloned and streaming");
+            }
+            Action::Promote { generation } => {
+                tracing::warn!(%generation, "promoting this standby (committed in the Raft log first)");
+                set_activity(Some(format!(
+                    "promoting to primary of generation {generation}"
+                )));
+                let result = pg.promote().await;
+                set_activity(None);
+                result?;
+                tracing::warn!(%generation, ms = started.elapsed().as_millis() as u64, "promoted: this node is the primary");
+            }
+            Action::Follow {
+                upstream,
+                generation,
+            } => {
+                let up = self.upstream(state, upstream)?;
+                pg.follow(&up).await?;
+                tracing::info!(%generation, %upstream, "now following the new primary (reloaded, no restart)");
+            }
+            Action::Fence { generation, reason } => {
+                tracing::error!(%generation, %reason, "fencing PostgreSQL");
+                lock(&self.db).expect_down = true;
+                pg.fence().await?;
+                tracing::warn!(%generation, "PostgreSQL fenced (immediate shutdown)");
+            }
+            Action::Rewind {
+                upstream,
+                generation,
+            } => {
+                let up = self.upstream(state, upstream)?;
+                tracing::info!(%generation, %upstream, "rejoining: pg_rewind against the new primary");
+                set_activity(Some(format!("rewinding against {upstream}")));
+                let rewound = pg.rewind(&up).await;
+                if let Err(e) = &rewound {
+                    *lock(&self.rewind_failed) = Some((*generation, format!("{e:#}")));
+                }
+                let result = match rewound {
+                    Ok(()) => {
+                        set_activity(Some(format!("starting as standby of {upstream}")));
+                        pg.start(Some(&up)).await.map(|_| ())
+                    }
+                    Err(e) => Err(e),
+                };
+                set_activity(None);
+                result?;
+                lock(&self.db).crashed_at_ms = None;
+                self.resume_requested
+                    .store(false, std::sync::atomic::Ordering::SeqCst);
+                tracing::info!(%generation, %upstream, ms = started.elapsed().as_millis() as u64, "rewound and streaming");
+            }
+            Action::EnsureSlots { slots, generation } => {
+                pg.ensure_slots(slots).await?;
+                tracing::info!(%generation, slots = %slots.join(","), "replication slots created");
             }
             Action::Propose(_) | Action::Hold { .. } | Action::ClusterHold { .. } => {}
         }

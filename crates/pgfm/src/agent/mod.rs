@@ -1,12 +1,15 @@
 //! The agent: one per node. It runs the embedded Raft member, serves the HTTP API, probes
-//! its PostgreSQL and reports to the coordinator (the probe loop), and turns the decision
-//! engine's actions into I/O (the decide loop and the executor).
+//! its PostgreSQL and reports to the coordinator (the probe loop), keeps or gives up the
+//! primary's lease (the lease loop), and turns the decision engine's actions into I/O (the
+//! decide loop and the executor).
 
 mod executor;
+mod lease;
 pub mod status;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -17,8 +20,10 @@ use tracing::Instrument;
 
 use pgfm_api::{AgentApi, ApiClient, ClusterStatus, ReportOutcome};
 use pgfm_coord::{Coordinator, EmbeddedRaft, RaftSettings};
-use pgfm_core::decide::{ClusterView, LocalView, Observed};
-use pgfm_core::{Member, NodeReport};
+use pgfm_core::decide::{ClusterView, LocalView, Observed, Settings};
+use pgfm_core::lease::HeldLease;
+use pgfm_core::{Generation, Member, NodeReport};
+use pgfm_postgres::probe::{RemoteCheck, Target};
 use pgfm_postgres::{OsUser, Postgres, PostgresSettings, Prober};
 
 use crate::config::Config;
@@ -42,6 +47,31 @@ pub struct Agent {
     notes: Mutex<Vec<String>>,
     /// The coordinator's own reasons for holding back (bootstrap refused, ...).
     coordinator_notes: Mutex<Vec<String>>,
+    /// This node's own lease, when it is the primary.
+    lease: Mutex<HeldLease>,
+    /// When this agent last saw a renewal or a new generation applied, and what it saw.
+    renewal_seen: Mutex<(Generation, u64, u64)>,
+    /// When this agent became coordinator (None while it is not).
+    coordinator_since: Mutex<Option<u64>>,
+    /// The local PostgreSQL as the decide loop last saw it.
+    db: Mutex<DbWatch>,
+    resume_requested: AtomicBool,
+    /// Wakes the probe loop at once (after an action changed the local PostgreSQL).
+    probe_now: tokio::sync::Notify,
+    /// When the last action on the local PostgreSQL finished: decisions wait for a report
+    /// made after it, so that they never act on what the action just changed.
+    last_action_ms: std::sync::atomic::AtomicU64,
+    /// The last rewind failure, for the generation it happened in.
+    rewind_failed: Mutex<Option<(Generation, String)>>,
+}
+
+/// Whether the local postmaster died on its own (a crash) or was stopped by the agent.
+#[derive(Debug, Default)]
+struct DbWatch {
+    was_running: bool,
+    /// The agent is stopping or fencing it: its disappearance is no crash.
+    expect_down: bool,
+    crashed_at_ms: Option<u64>,
 }
 
 impl Agent {
@@ -62,12 +92,32 @@ impl Agent {
         }
     }
 
+    fn settings(&self) -> Settings {
+        let f = &self.config.failover;
+        Settings {
+            lease: self.config.timing.lease,
+            max_lag: f.max_lag,
+            auto_failover: f.auto_failover,
+            on_crash: f.on_crash,
+            crash_restart_bound_ms: f.crash_restart_bound.as_millis() as u64,
+            rejoin: f.rejoin,
+            report_ttl_ms: self.config.timing.report_ttl.as_millis() as u64,
+        }
+    }
+
     fn view(&self) -> ClusterView {
+        let wall_clock_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_millis() as u64)
+            .unwrap_or_default();
         ClusterView {
             state: self.raft.state(),
             voters: self.raft.voters().into_iter().map(|(n, _)| n).collect(),
             reports: lock(&self.reports).clone(),
-            report_ttl_ms: self.config.timing.report_ttl.as_millis() as u64,
+            settings: self.settings(),
+            last_renewal_seen_ms: Some(lock(&self.renewal_seen).2),
+            coordinator_since_ms: *lock(&self.coordinator_since),
+            wall_clock_ms,
         }
     }
 
@@ -83,9 +133,44 @@ impl Agent {
         ApiClient::new(address, &self.token, Duration::from_secs(2))
     }
 
+    /// Whether the committed primary's database answers, asked only while its agent looks
+    /// down (that is when the coordinator needs to know).
+    async fn check_primary(&self, remote: &mut RemoteCheck) -> Option<bool> {
+        let state = self.raft.state();
+        let primary = state
+            .primary
+            .as_deref()
+            .filter(|p| *p != self.config.name)?;
+        let now = self.now_ms();
+        let ttl = self.config.timing.report_ttl.as_millis() as u64;
+        let fresh = lock(&self.reports)
+            .get(primary)
+            .is_some_and(|o| now.saturating_sub(o.received_at_ms) <= ttl);
+        if fresh {
+            return None;
+        }
+        let member = state.members.get(primary)?;
+        let pg = self.config.postgres.as_ref();
+        let target = Target {
+            host: member.pg_host.clone()?,
+            port: member.pg_port?,
+            user: pg
+                .map(|p| p.superuser.clone())
+                .unwrap_or_else(|| "postgres".into()),
+            passfile: pg.and_then(|p| p.passfile.clone()),
+            timeout: self.config.timing.probe_timeout,
+        };
+        Some(remote.check(&target).await)
+    }
+
     /// Probe the local PostgreSQL (data nodes) and describe this node.
-    async fn make_report(&self, prober: &mut Option<Prober>) -> NodeReport {
+    async fn make_report(
+        &self,
+        prober: &mut Option<Prober>,
+        remote: &mut RemoteCheck,
+    ) -> NodeReport {
         let mut report = NodeReport::new(&self.config.name, self.config.kind);
+        report.sees_primary = self.check_primary(remote).await;
         let mut problem = None;
         if let (Some(pg), Some(prober)) = (&self.postgres, prober.as_mut()) {
             match pg.data_dir_state() {
@@ -132,15 +217,17 @@ impl Agent {
             .postgres
             .as_ref()
             .map(|pg| Prober::new(pg.probe_target()));
+        let mut remote = RemoteCheck::new();
         let mut ticker = tokio::time::interval(self.config.timing.probe_interval);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut last_send_error = String::new();
         loop {
             tokio::select! {
                 _ = ticker.tick() => {}
+                _ = self.probe_now.notified() => {}
                 _ = stop.changed() => return,
             }
-            let report = self.make_report(&mut prober).await;
+            let report = self.make_report(&mut prober, &mut remote).await;
             self.remember(report.clone());
             if self.raft.is_coordinator() {
                 continue;
@@ -173,9 +260,9 @@ impl Agent {
         }
     }
 
-    /// The decide loop: register, then decide and execute every probe interval.
+    /// The decide loop: register, then decide and execute, every 200 ms.
     async fn decide_loop(self: Arc<Self>, mut stop: watch::Receiver<bool>) {
-        let mut ticker = tokio::time::interval(self.config.timing.probe_interval);
+        let mut ticker = tokio::time::interval(Duration::from_millis(200));
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let me = self.me();
         loop {
@@ -183,23 +270,106 @@ impl Agent {
                 _ = ticker.tick() => {}
                 _ = stop.changed() => return,
             }
+            let now = self.now_ms();
+            let is_coordinator = self.raft.is_coordinator();
+            {
+                // Invariant 3: a new coordinator counts the lease from the moment it leads.
+                let mut since = lock(&self.coordinator_since);
+                match (is_coordinator, *since) {
+                    (true, None) => {
+                        tracing::info!(generation = %self.raft.state().generation, "this agent is now the coordinator");
+                        *since = Some(now);
+                    }
+                    (false, Some(_)) => *since = None,
+                    _ => {}
+                }
+            }
             if self.raft.state().members.get(&me.name) != Some(&me) {
                 self.register(&me).await;
                 continue;
             }
+            let db_running = self.watch_db(now);
             let view = self.view();
-            let Some(report) = view.reports.get(&me.name).map(|o| o.report.clone()) else {
+            let last_action = self.last_action_ms.load(Ordering::SeqCst);
+            let Some(report) = view
+                .reports
+                .get(&me.name)
+                .filter(|o| o.received_at_ms > last_action)
+                .map(|o| o.report.clone())
+            else {
                 continue;
             };
+            let generation = view.state.generation;
+            let rewind_failed = lock(&self.rewind_failed)
+                .clone()
+                .filter(|(g, _)| *g == generation)
+                .map(|(_, e)| e);
             let local = LocalView {
                 name: me.name.clone(),
                 kind: me.kind,
-                is_coordinator: self.raft.is_coordinator(),
+                is_coordinator,
                 report,
+                db_running,
+                writable: self.postgres.as_ref().is_some_and(|pg| pg.writable()),
+                lease_valid: lock(&self.lease).valid(now, &self.config.timing.lease)
+                    && lock(&self.lease).generation == Some(generation),
+                crashed_at_ms: lock(&self.db).crashed_at_ms,
+                resume_requested: self.resume_requested.load(Ordering::SeqCst),
+                rewind_failed,
             };
-            let actions = pgfm_core::decide(&view, &local, self.now_ms());
-            self.execute_all(&view, local.is_coordinator, actions).await;
+            let actions = pgfm_core::decide(&view, &local, now);
+            self.execute_all(&view, is_coordinator, actions).await;
         }
+    }
+
+    /// Notice the local postmaster disappearing without the agent stopping it.
+    fn watch_db(&self, now: u64) -> bool {
+        let Some(pg) = &self.postgres else {
+            return false;
+        };
+        let running = pg.running_pid().is_some();
+        let mut db = lock(&self.db);
+        if db.was_running && !running {
+            if db.expect_down {
+                db.expect_down = false;
+            } else {
+                tracing::error!(generation = %self.raft.state().generation, "PostgreSQL died without being stopped");
+                db.crashed_at_ms = Some(now);
+            }
+        }
+        db.was_running = running;
+        running
+    }
+
+    /// Keep track of when renewals and promotions are applied here (the coordinator's
+    /// lease clock).
+    async fn renewal_watch(self: Arc<Self>, mut stop: watch::Receiver<bool>) {
+        let mut applied = self.raft.watch();
+        loop {
+            tokio::select! {
+                changed = applied.changed() => if changed.is_err() { return },
+                _ = stop.changed() => return,
+            }
+            let (generation, renewals) = {
+                let a = applied.borrow_and_update();
+                (a.state.generation, a.state.lease_renewals)
+            };
+            let now = self.now_ms();
+            let mut seen = lock(&self.renewal_seen);
+            if (seen.0, seen.1) != (generation, renewals) {
+                *seen = (generation, renewals, now);
+            }
+        }
+    }
+
+    /// `pgfm resume`: let a node waiting for the operator rejoin.
+    pub fn resume(&self) -> String {
+        self.resume_requested.store(true, Ordering::SeqCst);
+        lock(&self.rewind_failed).take();
+        format!(
+            "{}: resume requested; the node rejoins at its next decision",
+            self.config.name
+        )
     }
 
     async fn register(&self, me: &Member) {
@@ -231,7 +401,7 @@ impl Agent {
             answered_by: &self.config.name,
             coordinator: coordinator.as_deref(),
             voters: &voters,
-            max_lag: self.config.max_lag,
+            max_lag: self.config.failover.max_lag,
             now_ms: self.now_ms(),
             problems,
         };
@@ -259,6 +429,10 @@ impl AgentApi for Agent {
                 self.config.name
             )])),
         }
+    }
+
+    async fn resume(&self) -> Result<String, String> {
+        Ok(Agent::resume(self))
     }
 
     async fn report(&self, report: NodeReport) -> ReportOutcome {
@@ -347,7 +521,19 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         activity: Mutex::new(None),
         notes: Mutex::new(Vec::new()),
         coordinator_notes: Mutex::new(Vec::new()),
+        lease: Mutex::new(HeldLease::default()),
+        renewal_seen: Mutex::new((Generation(0), 0, 0)),
+        coordinator_since: Mutex::new(None),
+        db: Mutex::new(DbWatch::default()),
+        resume_requested: AtomicBool::new(false),
+        probe_now: tokio::sync::Notify::new(),
+        last_action_ms: std::sync::atomic::AtomicU64::new(0),
+        rewind_failed: Mutex::new(None),
     });
+    {
+        let state = agent.raft.state();
+        *lock(&agent.renewal_seen) = (state.generation, state.lease_renewals, 0);
+    }
     tracing::info!(
         cluster = %agent.config.cluster,
         listen = %agent.config.listen,
@@ -380,7 +566,19 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             .probe_loop(stop_rx.clone())
             .instrument(span.clone()),
     );
-    let decide = tokio::spawn(agent.clone().decide_loop(stop_rx).instrument(span));
+    let decide = tokio::spawn(
+        agent
+            .clone()
+            .decide_loop(stop_rx.clone())
+            .instrument(span.clone()),
+    );
+    let renewals = tokio::spawn(
+        agent
+            .clone()
+            .renewal_watch(stop_rx.clone())
+            .instrument(span.clone()),
+    );
+    let lease = tokio::spawn(agent.clone().lease_loop(stop_rx).instrument(span));
 
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .context("installing the SIGTERM handler")?;
@@ -389,7 +587,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT: stopping the agent (PostgreSQL keeps running)"),
     }
     let _ = stop_tx.send(true);
-    let _ = tokio::join!(probe, decide);
+    let _ = tokio::join!(probe, decide, renewals, lease);
     raft.shutdown().await;
     let _ = server.await;
     Ok(())

@@ -1,0 +1,267 @@
+//! The primary's lease (invariants 2 and 3), as pure functions of monotonic times in ms.
+//!
+//! The primary renews through the Raft log every `renew_interval` and times each lease from
+//! the moment the renewal was *sent*. If it cannot renew, it fences its PostgreSQL at
+//! `lease - safety_margin`. The coordinator counts `lease + drift_margin` from the last
+//! renewal it applied, restarting from zero when it becomes coordinator, and only then
+//! may promote another node.
+
+/// Lease timing, in milliseconds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LeaseSettings {
+    pub lease_ms: u64,
+    pub renew_interval_ms: u64,
+    pub safety_margin_ms: u64,
+    pub drift_margin_ms: u64,
+}
+
+impl Default for LeaseSettings {
+    fn default() -> LeaseSettings {
+        LeaseSettings {
+            lease_ms: 3000,
+            renew_interval_ms: 500,
+            safety_margin_ms: 1000,
+            drift_margin_ms: 500,
+        }
+    }
+}
+
+impl LeaseSettings {
+    /// Why these settings cannot keep the invariants, if they cannot.
+    pub fn problem(&self) -> Option<String> {
+        if self.safety_margin_ms >= self.lease_ms {
+            return Some(format!(
+                "safety_margin ({} ms) must be shorter than lease ({} ms)",
+                self.safety_margin_ms, self.lease_ms
+            ));
+        }
+        if self.renew_interval_ms * 2 > self.lease_ms - self.safety_margin_ms {
+            return Some(format!(
+                "renew_interval ({} ms) must fit twice into lease - safety_margin ({} ms), so \
+                 that one lost renewal does not fence the primary",
+                self.renew_interval_ms,
+                self.lease_ms - self.safety_margin_ms
+            ));
+        }
+        None
+    }
+}
+
+/// What the primary's agent knows about its own lease.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct HeldLease {
+    /// The generation the lease belongs to.
+    pub generation: Option<crate::types::Generation>,
+    /// When the last successful renewal was sent, plus the lease.
+    pub valid_until_ms: Option<u64>,
+    /// When the last renewal was sent (successful or not).
+    pub last_attempt_ms: Option<u64>,
+    /// A renewal is on its way.
+    pub in_flight: bool,
+    /// When the agent started: before its first renewal, the lease it may still hold from
+    /// before a restart is assumed to run until `started + lease - safety_margin`.
+    pub started_ms: u64,
+}
+
+impl HeldLease {
+    /// The moment this agent must have fenced its PostgreSQL unless it renews first.
+    pub fn fence_at_ms(&self, s: &LeaseSettings) -> u64 {
+        let until = self.valid_until_ms.unwrap_or(self.started_ms + s.lease_ms);
+        until.saturating_sub(s.safety_margin_ms)
+    }
+
+    /// Whether the lease is valid now (with the safety margin kept).
+    pub fn valid(&self, now_ms: u64, s: &LeaseSettings) -> bool {
+        self.valid_until_ms
+            .is_some_and(|until| now_ms < until.saturating_sub(s.safety_margin_ms))
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LeaseStep {
+    /// Send a renewal now.
+    Renew,
+    /// Stop PostgreSQL now (immediate shutdown), for this reason.
+    Fence(String),
+}
+
+/// The primary side, checked every few tens of milliseconds by the agent.
+/// `is_primary`: the committed state names this node primary. `writable`: a postmaster runs
+/// on a data directory without `standby.signal`.
+pub fn primary_step(
+    now_ms: u64,
+    is_primary: bool,
+    writable: bool,
+    held: &HeldLease,
+    s: &LeaseSettings,
+) -> Vec<LeaseStep> {
+    let mut steps = Vec::new();
+    if writable && !is_primary {
+        steps.push(LeaseStep::Fence(
+            "PostgreSQL accepts writes but this node is not the committed primary".to_string(),
+        ));
+        return steps;
+    }
+    // Invariant 2: fence before the lease can expire.
+    if writable && now_ms >= held.fence_at_ms(s) {
+        steps.push(LeaseStep::Fence(format!(
+            "the lease was not renewed in time (fence deadline passed by {} ms)",
+            now_ms - held.fence_at_ms(s)
+        )));
+    }
+    let due = held
+        .last_attempt_ms
+        .is_none_or(|last| now_ms >= last + s.renew_interval_ms);
+    if is_primary && due && !held.in_flight {
+        steps.push(LeaseStep::Renew);
+    }
+    steps
+}
+
+/// The coordinator side: when the primary's lease has surely expired on this clock.
+/// `last_renewal_seen_ms`: when this agent applied the latest renewal (or the promotion that
+/// began the generation); `coordinator_since_ms`: when it became coordinator.
+pub fn expired_at_ms(
+    last_renewal_seen_ms: Option<u64>,
+    coordinator_since_ms: u64,
+    s: &LeaseSettings,
+) -> u64 {
+    // Invariant 3: counted from the later of the two, so a new coordinator starts from zero.
+    let from = last_renewal_seen_ms.unwrap_or(0).max(coordinator_since_ms);
+    from + s.lease_ms + s.drift_margin_ms
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    const S: LeaseSettings = LeaseSettings {
+        lease_ms: 3000,
+        renew_interval_ms: 500,
+        safety_margin_ms: 1000,
+        drift_margin_ms: 500,
+    };
+
+    fn check(now: u64, is_primary: bool, writable: bool, held: HeldLease, expected: &[&str]) {
+        let got: Vec<String> = primary_step(now, is_primary, writable, &held, &S)
+            .into_iter()
+            .map(|s| match s {
+                LeaseStep::Renew => "renew".to_string(),
+                LeaseStep::Fence(why) => format!("fence: {why}"),
+            })
+            .collect();
+        assert_eq!(
+            got, expected,
+            "now {now}, primary {is_primary}, writable {writable}, {held:?}"
+        );
+    }
+
+    #[test]
+    fn the_primary_renews_and_fences_on_time() {
+        let fresh = HeldLease {
+            started_ms: 0,
+            ..HeldLease::default()
+        };
+        check(0, true, true, fresh, &["renew"]);
+        let renewed = HeldLease {
+            generation: None,
+            valid_until_ms: Some(3_100),
+            last_attempt_ms: Some(100),
+            in_flight: false,
+            started_ms: 0,
+        };
+        check(400, true, true, renewed, &[]);
+        check(600, true, true, renewed, &["renew"]);
+        check(
+            2_099,
+            true,
+            true,
+            HeldLease {
+                in_flight: true,
+                ..renewed
+            },
+            &[],
+        );
+        check(
+            2_100,
+            true,
+            true,
+            HeldLease {
+                in_flight: true,
+                ..renewed
+            },
+            &["fence: the lease was not renewed in time (fence deadline passed by 0 ms)"],
+        );
+        // Not writable (already stopped, or a standby): nothing to fence.
+        check(5_000, true, false, renewed, &["renew"]);
+        check(
+            10,
+            false,
+            true,
+            renewed,
+            &["fence: PostgreSQL accepts writes but this node is not the committed primary"],
+        );
+        check(10, false, false, renewed, &[]);
+        assert_eq!(S.problem(), None);
+        let bad = LeaseSettings {
+            renew_interval_ms: 1500,
+            ..S
+        };
+        assert!(bad.problem().unwrap().contains("must fit twice"));
+    }
+
+    #[test]
+    fn a_new_coordinator_starts_its_timer_from_zero() {
+        assert_eq!(expired_at_ms(Some(1_000), 0, &S), 4_500);
+        assert_eq!(expired_at_ms(Some(1_000), 9_000, &S), 12_500);
+        assert_eq!(expired_at_ms(None, 200, &S), 3_700);
+    }
+
+    proptest! {
+        /// Whatever happens to renewals, a writable primary is fenced (by the step that
+        /// runs every `tick` ms) before any coordinator can count its lease as expired.
+        #[test]
+        fn a_primary_that_cannot_renew_is_fenced_before_expiry(
+            renew_ok in proptest::collection::vec(any::<bool>(), 1..60),
+            tick in 10u64..100,
+            commit_delay in 0u64..400,
+        ) {
+            let mut held = HeldLease { started_ms: 0, ..HeldLease::default() };
+            // The coordinator's view: when it applied the newest renewal.
+            let mut applied: Option<u64> = None;
+            let mut pending: Option<(u64, bool)> = None; // (sent at, will succeed)
+            let mut outcomes = renew_ok.into_iter();
+            let mut fenced_at = None;
+            let mut now = 0;
+            while now < 60_000 && fenced_at.is_none() {
+                if let Some((sent, ok)) = pending {
+                    if now >= sent + commit_delay {
+                        pending = None;
+                        held.in_flight = false;
+                        if ok {
+                            held.valid_until_ms = Some(sent + S.lease_ms);
+                            applied = Some(now);
+                        }
+                    }
+                }
+                for step in primary_step(now, true, true, &held, &S) {
+                    match step {
+                        LeaseStep::Fence(_) => fenced_at = Some(now),
+                        LeaseStep::Renew => {
+                            let ok = outcomes.next().unwrap_or(false);
+                            held.last_attempt_ms = Some(now);
+                            held.in_flight = true;
+                            pending = Some((now, ok));
+                        }
+                    }
+                }
+                now += tick;
+            }
+            let fenced_at = fenced_at.expect("renewals stopped succeeding, so it must fence");
+            // The coordinator's earliest expiry: it may have become coordinator at 0.
+            let expiry = expired_at_ms(applied, 0, &S);
+            prop_assert!(fenced_at + tick < expiry, "fenced at {fenced_at}, expiry {expiry}");
+        }
+    }
+}

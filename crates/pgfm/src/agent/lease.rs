@@ -1,0 +1,108 @@
+//! The lease loop: on the primary, renew the lease through the Raft log every
+//! `renew_interval`, timing it from the moment the renewal was sent; on any node, fence
+//! PostgreSQL the moment it may take writes it must not (invariant 2). It runs apart from
+//! the decide loop so that a long action (a clone, a start) never delays a fence.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::watch;
+
+use pgfm_coord::Coordinator;
+use pgfm_core::lease::{primary_step, LeaseStep};
+use pgfm_core::Command;
+
+use super::{lock, Agent};
+
+impl Agent {
+    pub(super) async fn lease_loop(self: Arc<Self>, mut stop: watch::Receiver<bool>) {
+        let Some(pg) = &self.postgres else { return };
+        let settings = self.config.timing.lease;
+        {
+            let mut held = lock(&self.lease);
+            held.started_ms = self.now_ms();
+        }
+        let mut ticker = tokio::time::interval(Duration::from_millis(25));
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+        loop {
+            tokio::select! {
+                _ = ticker.tick() => {}
+                _ = stop.changed() => return,
+            }
+            let state = self.raft.state();
+            let is_primary = state.primary.as_deref() == Some(self.config.name.as_str());
+            let now = self.now_ms();
+            let held = {
+                let mut held = lock(&self.lease);
+                if held.generation != Some(state.generation) {
+                    // A new generation: whatever was held belonged to the previous one.
+                    held.generation = Some(state.generation);
+                    held.valid_until_ms = None;
+                    held.last_attempt_ms = None;
+                }
+                *held
+            };
+            for step in primary_step(now, is_primary, pg.writable(), &held, &settings) {
+                match step {
+                    LeaseStep::Fence(reason) => {
+                        tracing::error!(generation = %state.generation, %reason, "fencing PostgreSQL");
+                        lock(&self.db).expect_down = true;
+                        match pg.fence().await {
+                            Ok(()) => {
+                                tracing::warn!(generation = %state.generation, "PostgreSQL fenced (immediate shutdown)")
+                            }
+                            Err(e) => {
+                                tracing::error!(generation = %state.generation, error = %format!("{e:#}"), "fencing failed")
+                            }
+                        }
+                    }
+                    LeaseStep::Renew => {
+                        {
+                            let mut held = lock(&self.lease);
+                            held.in_flight = true;
+                            held.last_attempt_ms = Some(now);
+                        }
+                        let agent = self.clone();
+                        let generation = state.generation;
+                        tokio::spawn(async move { agent.renew(generation, now).await });
+                    }
+                }
+            }
+        }
+    }
+
+    /// One renewal, sent at `sent_ms`; the lease it buys runs from then.
+    async fn renew(self: Arc<Self>, generation: pgfm_core::Generation, sent_ms: u64) {
+        let settings = self.config.timing.lease;
+        let command = Command::RenewLease {
+            node: self.config.name.clone(),
+            generation,
+        };
+        let budget = Duration::from_millis(settings.lease_ms - settings.safety_margin_ms);
+        let outcome = tokio::time::timeout(budget, self.raft.propose(command)).await;
+        let mut held = lock(&self.lease);
+        held.in_flight = false;
+        if held.generation != Some(generation) {
+            return;
+        }
+        match outcome {
+            Ok(Ok(Ok(()))) => {
+                let until = sent_ms + settings.lease_ms;
+                if held.valid_until_ms.is_none() {
+                    tracing::info!(%generation, "holding the primary lease");
+                }
+                held.valid_until_ms = Some(held.valid_until_ms.map_or(until, |u| u.max(until)));
+            }
+            Ok(Ok(Err(refused))) => {
+                if held.valid_until_ms.is_some() {
+                    tracing::warn!(%generation, %refused, "lease renewal refused: fencing");
+                }
+                // The committed state says this node no longer holds the lease.
+                held.valid_until_ms = None;
+                held.started_ms = 0;
+            }
+            Ok(Err(e)) => tracing::debug!(%generation, error = %e, "lease renewal not committed"),
+            Err(_) => tracing::debug!(%generation, "lease renewal timed out"),
+        }
+    }
+}
