@@ -12,12 +12,12 @@ use axum::{Json, Router};
 
 use pgfm_core::NodeReport;
 
-use crate::types::{ClusterStatus, ErrorBody, Message, ReportAck};
+use crate::types::{AgedReport, ClusterStatus, ErrorBody, Message, ReportAck};
 
 /// What happened to a report sent to this agent.
 pub enum ReportOutcome {
     /// Accepted by the coordinator, which answers with every fresh report it holds.
-    Accepted(Vec<NodeReport>),
+    Accepted(Vec<AgedReport>),
     NotCoordinator(Option<String>),
 }
 

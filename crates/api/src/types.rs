@@ -102,7 +102,14 @@ pub struct ReportAck {
     pub accepted: bool,
     pub coordinator: Option<String>,
     /// The coordinator's fresh reports from every agent, so that each agent sees the cluster.
-    pub reports: Vec<NodeReport>,
+    pub reports: Vec<AgedReport>,
+}
+
+/// A report relayed by the coordinator, with how long ago it received it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AgedReport {
+    pub report: NodeReport,
+    pub age_ms: u64,
 }
 
 /// The body of every error the API returns.

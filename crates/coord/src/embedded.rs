@@ -34,9 +34,13 @@ pub struct RaftSettings {
 impl Default for RaftSettings {
     fn default() -> RaftSettings {
         RaftSettings {
-            heartbeat: Duration::from_millis(250),
-            election_timeout_min: Duration::from_millis(1000),
-            election_timeout_max: Duration::from_millis(2000),
+            // An election must fit well inside the primary's lease budget (lease -
+            // safety_margin, 2 s by default), or losing the coordinator fences the primary.
+            // openraft 0.9 followers wait election_timeout_max (its leader lease) plus a
+            // random election timeout before they campaign: at most 1.2 s here.
+            heartbeat: Duration::from_millis(100),
+            election_timeout_min: Duration::from_millis(300),
+            election_timeout_max: Duration::from_millis(600),
             snapshot_every: 1000,
         }
     }

@@ -252,23 +252,34 @@ fn failover(cluster: &ClusterView, primary: &str, now_ms: u64) -> Vec<Action> {
         format!("the lease of primary {primary} expired")
     };
     // The primary's agent may be dead while its PostgreSQL still serves: promoting then
-    // would make two writable primaries. Only an agent can fence it.
-    let seen_by: Vec<&str> = cluster
+    // would make two writable primaries, and only an agent can fence it. So, unless the
+    // primary gave its lease up, some other agent must have found its database down, and
+    // none may have found it answering.
+    let checks: Vec<(&str, Option<bool>)> = cluster
         .voters
         .iter()
         .filter(|v| v.as_str() != primary)
-        .filter(|v| {
+        .filter_map(|v| {
             cluster
                 .fresh_report(v, now_ms)
-                .is_some_and(|r| r.sees_primary == Some(true))
+                .map(|r| (v.as_str(), r.sees_primary))
         })
-        .map(String::as_str)
+        .collect();
+    let seen_by: Vec<&str> = checks
+        .iter()
+        .filter(|(_, s)| *s == Some(true))
+        .map(|(v, _)| *v)
         .collect();
     if !released && !seen_by.is_empty() {
         return vec![cluster_hold(format!(
             "{why} but its database still answers {}: not promoting while it may take \
              writes (restart its agent, or stop its PostgreSQL)",
             seen_by.join(", ")
+        ))];
+    }
+    if !released && !checks.iter().any(|(_, s)| *s == Some(false)) {
+        return vec![cluster_hold(format!(
+            "{why}: waiting for another agent to find its database down before promoting"
         ))];
     }
     if !settings.auto_failover {
@@ -942,6 +953,7 @@ mod tests {
         for o in v.reports.values_mut() {
             if o.report.name != "pg1" {
                 o.received_at_ms = 10_000;
+                o.report.sees_primary = Some(false);
             }
         }
         v
@@ -1013,6 +1025,21 @@ mod tests {
             9_000,
             &["cluster hold: the lease of primary pg1 expired but its database still answers pg2: not promoting while it may take writes (restart its agent, or stop its PostgreSQL)"],
         );
+    }
+
+    #[test]
+    fn no_failover_before_another_agent_found_the_primary_database_down() {
+        let mut v = failover_view();
+        for o in v.reports.values_mut() {
+            o.report.sees_primary = None;
+        }
+        check_coordinator(
+            &v,
+            9_000,
+            &["cluster hold: the lease of primary pg1 expired: waiting for another agent to find its database down before promoting"],
+        );
+        v.reports.get_mut("witness").unwrap().report.sees_primary = Some(false);
+        check_coordinator(&v, 9_000, &["promote pg2 g2 from pg1 losing 0"]);
     }
 
     #[test]

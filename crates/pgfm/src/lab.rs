@@ -36,6 +36,10 @@ pub enum LabCommand {
         /// Print the lab status as JSON instead of the cluster status.
         #[arg(long)]
         json: bool,
+        /// A setting for every agent's config, as SECTION.KEY=TOML-VALUE; repeatable.
+        /// Example: --set failover.auto_failover=false --set 'failover.rejoin="manual"'
+        #[arg(long = "set", value_name = "SECTION.KEY=VALUE")]
+        settings: Vec<String>,
     },
     /// Stop everything the lab started and remove its directory.
     Down {
@@ -125,7 +129,13 @@ pub fn run(command: LabCommand) -> anyhow::Result<ExitCode> {
             dir,
             data_nodes,
             json,
-        } => up(&absolute(&dir)?, data_nodes, json),
+            settings,
+        } => up(
+            &absolute(&dir)?,
+            data_nodes,
+            json,
+            &parse_settings(&settings)?,
+        ),
         LabCommand::Down { dir } => down(&absolute(&dir)?),
         LabCommand::Status { dir, json } => status(&absolute(&dir)?, json),
         LabCommand::Kill {
@@ -203,7 +213,34 @@ fn write_lab(lab: &LabFile) -> anyhow::Result<()> {
         .with_context(|| format!("writing {}", path.display()))
 }
 
-fn node_config(lab: &LabFile, node: &LabNode, peers: &str) -> String {
+/// `--set` settings grouped by section: `[(section, [(key, value)])]`.
+type Extra = Vec<(String, Vec<(String, String)>)>;
+
+fn parse_settings(settings: &[String]) -> anyhow::Result<Extra> {
+    let mut extra: Extra = Vec::new();
+    for setting in settings {
+        let parsed = setting
+            .split_once('=')
+            .and_then(|(path, value)| Some((path.split_once('.')?, value)));
+        let Some(((section, key), value)) = parsed else {
+            bail!("--set {setting:?}: write it as SECTION.KEY=VALUE, for example failover.auto_failover=false");
+        };
+        if !["timing", "failover"].contains(&section) {
+            bail!("--set {setting:?}: the lab only sets keys of [timing] and [failover]");
+        }
+        let entry = match extra.iter_mut().find(|(s, _)| s == section) {
+            Some(entry) => entry,
+            None => {
+                extra.push((section.to_string(), Vec::new()));
+                extra.last_mut().context("just pushed")?
+            }
+        };
+        entry.1.push((key.to_string(), value.to_string()));
+    }
+    Ok(extra)
+}
+
+fn node_config(lab: &LabFile, node: &LabNode, peers: &str, extra: &Extra) -> String {
     let node_dir = lab.dir.join(&node.name);
     let mut text = format!(
         "# pgfm lab: agent config of {name}\n\
@@ -241,10 +278,26 @@ fn node_config(lab: &LabFile, node: &LabNode, peers: &str) -> String {
             log = node_dir.join("postgres.log").display(),
         ));
     }
+    for (section, keys) in extra {
+        text.push_str(&format!("\n[{section}]\n"));
+        for (key, value) in keys {
+            text.push_str(&format!("{key} = {value}\n"));
+        }
+    }
     text
 }
 
-fn up(dir: &Path, data_nodes: usize, json: bool) -> anyhow::Result<ExitCode> {
+fn up(dir: &Path, data_nodes: usize, json: bool, extra: &Extra) -> anyhow::Result<ExitCode> {
+    let fresh = !dir.exists();
+    let result = build(dir, data_nodes, json, extra);
+    // A lab that failed before any agent started leaves nothing behind.
+    if result.is_err() && fresh && !dir.join("lab.json").exists() {
+        let _ = std::fs::remove_dir_all(dir);
+    }
+    result
+}
+
+fn build(dir: &Path, data_nodes: usize, json: bool, extra: &Extra) -> anyhow::Result<ExitCode> {
     let started = Instant::now();
     if dir.join("lab.json").exists() {
         bail!(
@@ -329,8 +382,11 @@ fn up(dir: &Path, data_nodes: usize, json: bool) -> anyhow::Result<ExitCode> {
         .collect::<Vec<_>>()
         .join("");
     for node in &lab.nodes {
-        std::fs::write(&node.config, node_config(&lab, node, &peers))
+        std::fs::write(&node.config, node_config(&lab, node, &peers, extra))
             .with_context(|| format!("writing {}", node.config.display()))?;
+    }
+    for node in &lab.nodes {
+        crate::config::Config::load_static(&node.config)?;
     }
     write_lab(&lab)?;
 

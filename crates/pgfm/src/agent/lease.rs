@@ -78,7 +78,10 @@ impl Agent {
             node: self.config.name.clone(),
             generation,
         };
-        let budget = Duration::from_millis(settings.lease_ms - settings.safety_margin_ms);
+        // A renewal stuck on an unreachable coordinator must not block the next attempts.
+        let budget = Duration::from_millis(
+            (settings.lease_ms - settings.safety_margin_ms).min(2 * settings.renew_interval_ms),
+        );
         let outcome = tokio::time::timeout(budget, self.raft.propose(command)).await;
         let mut held = lock(&self.lease);
         held.in_flight = false;

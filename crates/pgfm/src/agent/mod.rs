@@ -18,7 +18,7 @@ use nix::fcntl::{Flock, FlockArg};
 use tokio::sync::watch;
 use tracing::Instrument;
 
-use pgfm_api::{AgentApi, ApiClient, ClusterStatus, ReportOutcome};
+use pgfm_api::{AgedReport, AgentApi, ApiClient, ClusterStatus, ReportOutcome};
 use pgfm_coord::{Coordinator, EmbeddedRaft, RaftSettings};
 use pgfm_core::decide::{ClusterView, LocalView, Observed, Settings};
 use pgfm_core::lease::HeldLease;
@@ -142,11 +142,13 @@ impl Agent {
             .as_deref()
             .filter(|p| *p != self.config.name)?;
         let now = self.now_ms();
-        let ttl = self.config.timing.report_ttl.as_millis() as u64;
-        let fresh = lock(&self.reports)
+        // Check as soon as one report is late: the answer must be in before the lease runs
+        // out, or the coordinator cannot fail over.
+        let late_after = self.config.timing.probe_interval.as_millis() as u64 * 3 / 2;
+        let recent = lock(&self.reports)
             .get(primary)
-            .is_some_and(|o| now.saturating_sub(o.received_at_ms) <= ttl);
-        if fresh {
+            .is_some_and(|o| now.saturating_sub(o.received_at_ms) <= late_after);
+        if recent {
             return None;
         }
         let member = state.members.get(primary)?;
@@ -192,22 +194,33 @@ impl Agent {
         report
     }
 
-    fn remember(&self, report: NodeReport) {
-        let now = self.now_ms();
+    /// Keep `report`, received `age_ms` ago (by the coordinator, for relayed reports).
+    fn remember(&self, report: NodeReport, age_ms: u64) {
+        let received_at_ms = self.now_ms().saturating_sub(age_ms);
+        let mut reports = lock(&self.reports);
+        if reports
+            .get(&report.name)
+            .is_some_and(|o| o.received_at_ms > received_at_ms)
+        {
+            return;
+        }
         let observed = Observed {
             report,
-            received_at_ms: now,
+            received_at_ms,
         };
-        lock(&self.reports).insert(observed.report.name.clone(), observed);
+        reports.insert(observed.report.name.clone(), observed);
     }
 
-    fn fresh_reports(&self) -> Vec<NodeReport> {
+    fn fresh_reports(&self) -> Vec<AgedReport> {
         let now = self.now_ms();
         let ttl = self.config.timing.report_ttl.as_millis() as u64;
         lock(&self.reports)
             .values()
             .filter(|o| now.saturating_sub(o.received_at_ms) <= ttl)
-            .map(|o| o.report.clone())
+            .map(|o| AgedReport {
+                report: o.report.clone(),
+                age_ms: now.saturating_sub(o.received_at_ms),
+            })
             .collect()
     }
 
@@ -228,7 +241,7 @@ impl Agent {
                 _ = stop.changed() => return,
             }
             let report = self.make_report(&mut prober, &mut remote).await;
-            self.remember(report.clone());
+            self.remember(report.clone(), 0);
             if self.raft.is_coordinator() {
                 continue;
             }
@@ -241,12 +254,12 @@ impl Agent {
             match self.client(&address).report(&report).await {
                 Ok(ack) => {
                     last_send_error.clear();
-                    for r in ack
+                    for aged in ack
                         .reports
                         .into_iter()
-                        .filter(|r| r.name != self.config.name)
+                        .filter(|a| a.report.name != self.config.name)
                     {
-                        self.remember(r);
+                        self.remember(aged.report, aged.age_ms);
                     }
                 }
                 Err(e) => {
@@ -443,7 +456,7 @@ impl AgentApi for Agent {
             tracing::warn!(node = %report.name, "ignored a report from an agent that is not a member");
             return ReportOutcome::NotCoordinator(self.raft.coordinator());
         }
-        self.remember(report);
+        self.remember(report, 0);
         ReportOutcome::Accepted(self.fresh_reports())
     }
 }

@@ -64,19 +64,26 @@ pub struct Lab {
 impl Lab {
     /// `pgfm lab up` with `data_nodes` data nodes and a witness.
     pub fn up(data_nodes: usize) -> Lab {
+        Lab::up_with(data_nodes, &[])
+    }
+
+    /// `pgfm lab up` with `--set` settings for every agent.
+    pub fn up_with(data_nodes: usize, settings: &[&str]) -> Lab {
         let dir = scratch_dir("lab");
-        let output = pgfm()
-            .args([
-                "lab",
-                "up",
-                "--json",
-                "--data-nodes",
-                &data_nodes.to_string(),
-                "--dir",
-            ])
-            .arg(&dir)
-            .output()
-            .expect("running pgfm lab up");
+        let mut command = pgfm();
+        command.args([
+            "lab",
+            "up",
+            "--json",
+            "--data-nodes",
+            &data_nodes.to_string(),
+            "--dir",
+        ]);
+        command.arg(&dir);
+        for setting in settings {
+            command.args(["--set", setting]);
+        }
+        let output = command.output().expect("running pgfm lab up");
         let lab = Lab { dir };
         assert!(output.status.success(), "lab up failed: {}", text(&output));
         lab
@@ -202,4 +209,133 @@ pub fn node<'a>(status: &'a Value, name: &str) -> &'a Value {
         .as_array()
         .and_then(|nodes| nodes.iter().find(|n| n["name"] == name))
         .unwrap_or_else(|| panic!("no node {name} in {status}"))
+}
+
+impl Lab {
+    /// The address of a data node's PostgreSQL, as the lab made it.
+    pub fn target(&self, node: &str) -> pgfm_postgres::probe::Target {
+        let n = self.lab_node(node);
+        pgfm_postgres::probe::Target {
+            host: "127.0.0.1".into(),
+            port: n["pg_port"].as_u64().expect("pg_port") as u16,
+            user: "postgres".into(),
+            passfile: Some(self.dir.join("pgpass")),
+            timeout: Duration::from_secs(2),
+        }
+    }
+
+    /// The committed primary whose database is up, from `observer`'s agent.
+    pub fn primary(&self, observer: &str) -> Option<String> {
+        let (status, _) = self.cluster_status(observer).ok()?;
+        status["primary"].as_str().map(str::to_string)
+    }
+
+    /// Wait until `observer` sees `primary` as primary at `generation` and every other data
+    /// node streaming from it.
+    pub fn wait_primary(
+        &self,
+        observer: &str,
+        primary: &str,
+        generation: u64,
+        timeout: Duration,
+    ) -> Value {
+        wait_for(
+            &format!("{primary} primary of generation {generation}, others streaming"),
+            timeout,
+            || {
+                let (status, code) = self.cluster_status(observer)?;
+                let ok =
+                    status["primary"] == primary && status["generation"] == generation && code == 0;
+                if ok {
+                    Ok(status)
+                } else {
+                    Err(format!("exit {code}: {status}"))
+                }
+            },
+        )
+    }
+}
+
+/// Samples every data node's `pg_is_in_recovery()` every few tens of ms while a scenario
+/// runs, and writes one row per 10 ms through whichever node is primary; at the end it
+/// says whether two nodes ever accepted writes at overlapping moments.
+pub struct WriteWatch {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    handle: Option<std::thread::JoinHandle<Vec<(String, Instant, Instant)>>>,
+}
+
+impl WriteWatch {
+    pub fn start(lab: &Lab, nodes: &[&str]) -> WriteWatch {
+        let targets: Vec<(String, pgfm_postgres::probe::Target)> = nodes
+            .iter()
+            .map(|n| (n.to_string(), lab.target(n)))
+            .collect();
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let flag = stop.clone();
+        let handle = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(async move {
+                let mut writable = Vec::new();
+                let mut clients: Vec<Option<tokio_postgres::Client>> =
+                    targets.iter().map(|_| None).collect();
+                while !flag.load(std::sync::atomic::Ordering::SeqCst) {
+                    for (i, (name, target)) in targets.iter().enumerate() {
+                        if clients[i].as_ref().is_none_or(|c| c.is_closed()) {
+                            clients[i] = pgfm_postgres::probe::connect(target).await.ok();
+                        }
+                        let Some(client) = clients[i].as_ref() else {
+                            continue;
+                        };
+                        let before = Instant::now();
+                        let asked = tokio::time::timeout(
+                            Duration::from_millis(500),
+                            client.query_one("SELECT NOT pg_is_in_recovery()", &[]),
+                        )
+                        .await;
+                        match asked {
+                            Ok(Ok(row)) => {
+                                if row.get::<_, bool>(0) {
+                                    writable.push((name.clone(), before, Instant::now()));
+                                }
+                            }
+                            _ => clients[i] = None,
+                        }
+                    }
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+                writable
+            })
+        });
+        WriteWatch {
+            stop,
+            handle: Some(handle),
+        }
+    }
+
+    /// Stop watching; panics if two nodes were writable at overlapping moments.
+    pub fn finish(mut self) -> usize {
+        self.stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        let samples = self
+            .handle
+            .take()
+            .map(|h| h.join().unwrap())
+            .unwrap_or_default();
+        for (i, a) in samples.iter().enumerate() {
+            for b in &samples[i + 1..] {
+                if a.0 != b.0 && a.1 <= b.2 && b.1 <= a.2 {
+                    panic!("{} and {} accepted writes at the same moment", a.0, b.0);
+                }
+            }
+        }
+        samples.len()
+    }
+}
+
+impl Drop for WriteWatch {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    }
 }

@@ -1,0 +1,207 @@
+//! End-to-end failover scenarios on real PostgreSQL: each fault of issue 3, checking while
+//! it runs that no two nodes accept writes at once, that the generation goes up by exactly
+//! one per promotion, that the old primary ends streaming on the new timeline, and that rows
+//! committed well before the fault are all on the new primary.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{node, text, wait_for, Lab, WriteWatch};
+
+const SETTLE: Duration = Duration::from_secs(60);
+
+/// Write `n` rows on the primary and wait until `standby` has replayed them.
+fn committed_rows(lab: &Lab, primary: &str, standby: &str, n: u32) {
+    lab.psql(primary, &format!("CREATE TABLE IF NOT EXISTS kept (id int); INSERT INTO kept SELECT generate_series(1, {n})"))
+        .unwrap();
+    wait_for(&format!("{n} rows on {standby}"), SETTLE, || {
+        match lab.psql(standby, "SELECT count(*) FROM kept")? {
+            c if c == n.to_string() => Ok(()),
+            other => Err(other),
+        }
+    });
+}
+
+fn run(lab: &Lab, args: &[&str]) {
+    let output = lab.run(args);
+    assert!(output.status.success(), "{args:?}: {}", text(&output));
+}
+
+/// The primary's host dies (agent and postmaster SIGKILLed): the standby takes over as the
+/// primary of generation 2, and the old primary, started again, rewinds and streams from it
+/// on the new timeline.
+#[test]
+fn host_death_of_primary_fails_over_and_rejoins() {
+    let lab = Lab::up(2);
+    lab.wait_healthy("witness", SETTLE);
+    committed_rows(&lab, "pg1", "pg2", 1000);
+    let watch = WriteWatch::start(&lab, &["pg1", "pg2"]);
+
+    run(&lab, &["lab", "kill", "pg1"]);
+    let status = wait_for("pg2 promoted in generation 2", SETTLE, || {
+        let (status, _) = lab.cluster_status("witness")?;
+        match (status["primary"].as_str(), status["generation"].as_u64()) {
+            (Some("pg2"), Some(2)) => Ok(status),
+            (_, Some(g)) if g > 2 => panic!("generation jumped to {g}: {status}"),
+            _ => Err(status.to_string()),
+        }
+    });
+    assert_eq!(node(&status, "pg1")["agent"], "down");
+    assert_eq!(
+        lab.psql("pg2", "SELECT count(*) FROM kept").unwrap(),
+        "1000"
+    );
+    lab.psql("pg2", "INSERT INTO kept VALUES (1001)").unwrap();
+
+    run(&lab, &["lab", "start", "pg1"]);
+    let status = lab.wait_primary("witness", "pg2", 2, SETTLE);
+    let old = node(&status, "pg1");
+    assert_eq!(old["kind"], "standby", "{status}");
+    assert_eq!(old["timeline"], 2, "{status}");
+    assert_eq!(old["in_sync"], true, "{status}");
+    wait_for("row 1001 on the old primary", SETTLE, || {
+        match lab.psql("pg1", "SELECT count(*) FROM kept")?.as_str() {
+            "1001" => Ok(()),
+            other => Err(other.to_string()),
+        }
+    });
+    assert!(
+        lab.log("pg1").contains("rewound and streaming"),
+        "{}",
+        lab.log("pg1")
+    );
+    assert!(
+        watch.finish() > 0,
+        "the watch saw no writable primary at all"
+    );
+}
+
+/// The primary's postmaster crashes while its agent lives: the agent, its parent, restarts
+/// it in place; no failover happens and the generation stays 1.
+#[test]
+fn postmaster_crash_restarts_in_place() {
+    let lab = Lab::up(2);
+    lab.wait_healthy("witness", SETTLE);
+    committed_rows(&lab, "pg1", "pg2", 100);
+    let watch = WriteWatch::start(&lab, &["pg1", "pg2"]);
+    run(&lab, &["lab", "kill", "pg1", "--postgres-only"]);
+    wait_for("pg1 writable again", SETTLE, || {
+        lab.psql("pg1", "INSERT INTO kept VALUES (101)")
+    });
+    let status = lab.wait_healthy("witness", SETTLE);
+    assert_eq!(status["generation"], 1, "{status}");
+    assert_eq!(status["primary"], "pg1");
+    assert!(lab
+        .log("pg1")
+        .contains("PostgreSQL died without being stopped"));
+    watch.finish();
+}
+
+/// With `on_crash = "failover"`, a postmaster crash makes the primary give up its lease at
+/// once and the standby takes over without waiting for the lease to expire.
+#[test]
+fn postmaster_crash_with_on_crash_failover_fails_over() {
+    let lab = Lab::up_with(2, &["failover.on_crash=\"failover\""]);
+    lab.wait_healthy("witness", SETTLE);
+    committed_rows(&lab, "pg1", "pg2", 100);
+    let watch = WriteWatch::start(&lab, &["pg1", "pg2"]);
+    run(&lab, &["lab", "kill", "pg1", "--postgres-only"]);
+    let status = lab.wait_primary("witness", "pg2", 2, SETTLE);
+    assert_eq!(node(&status, "pg1")["kind"], "standby", "{status}");
+    assert_eq!(lab.psql("pg2", "SELECT count(*) FROM kept").unwrap(), "100");
+    assert!(
+        lab.log("witness").contains("gave up its lease")
+            || lab.log("pg1").contains("gave up its lease")
+            || lab.log("pg2").contains("gave up its lease")
+    );
+    watch.finish();
+}
+
+/// The primary's agent dies while PostgreSQL keeps running: other agents still reach the
+/// database, so nothing is promoted (Agent DOWN, DB UP, the reason under Problems); when the
+/// agent comes back it takes the lease back, still generation 1.
+#[test]
+fn primary_agent_death_does_not_promote_while_its_database_answers() {
+    let lab = Lab::up(2);
+    lab.wait_healthy("witness", SETTLE);
+    let watch = WriteWatch::start(&lab, &["pg1", "pg2"]);
+    run(&lab, &["lab", "kill", "pg1", "--agent-only"]);
+    let status = wait_for("the coordinator to refuse the promotion", SETTLE, || {
+        let (status, _) = lab.cluster_status("pg2")?;
+        let refused = status["problems"].as_array().is_some_and(|p| {
+            p.iter()
+                .any(|p| p.as_str().is_some_and(|p| p.contains("still answers")))
+        });
+        if refused {
+            Ok(status)
+        } else {
+            Err(status.to_string())
+        }
+    });
+    assert_eq!(status["generation"], 1, "{status}");
+    assert_eq!(node(&status, "pg1")["agent"], "down");
+    lab.psql("pg1", "SELECT 1")
+        .expect("pg1's database keeps running");
+    run(&lab, &["lab", "start", "pg1"]);
+    let status = lab.wait_primary("witness", "pg1", 1, SETTLE);
+    assert_eq!(node(&status, "pg2")["kind"], "standby");
+    watch.finish();
+}
+
+/// A standby's host and the witness (the coordinator, or not) die in turn: no failover, and
+/// the primary keeps taking writes throughout.
+#[test]
+fn standby_or_witness_death_causes_no_failover_and_no_write_outage() {
+    let lab = Lab::up(2);
+    lab.wait_healthy("witness", SETTLE);
+    lab.psql("pg1", "CREATE TABLE ticks (at timestamptz)")
+        .unwrap();
+    for victim in ["pg2", "witness"] {
+        run(&lab, &["lab", "kill", victim]);
+        // Well past lease + drift margin: a failover would have happened by now.
+        let until = std::time::Instant::now() + Duration::from_secs(6);
+        while std::time::Instant::now() < until {
+            let started = std::time::Instant::now();
+            lab.psql("pg1", "INSERT INTO ticks VALUES (now())")
+                .unwrap_or_else(|e| panic!("write refused while {victim} was down: {e}"));
+            assert!(
+                started.elapsed() < Duration::from_secs(2),
+                "a write took {:?}",
+                started.elapsed()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        run(&lab, &["lab", "start", victim]);
+        let status = lab.wait_primary(victim, "pg1", 1, SETTLE);
+        assert_eq!(status["generation"], 1);
+    }
+}
+
+/// With automatic failover off, a dead primary is not replaced: status says a failover is
+/// needed and nothing is promoted.
+#[test]
+fn with_auto_failover_off_nothing_is_promoted() {
+    let lab = Lab::up_with(2, &["failover.auto_failover=false"]);
+    lab.wait_healthy("witness", SETTLE);
+    run(&lab, &["lab", "kill", "pg1"]);
+    let status = wait_for("status to say a failover is needed", SETTLE, || {
+        let (status, code) = lab.cluster_status("witness")?;
+        let says = status["problems"].as_array().is_some_and(|p| {
+            p.iter().any(|p| {
+                p.as_str()
+                    .is_some_and(|p| p.contains("automatic failover is off"))
+            })
+        });
+        if says && code != 0 {
+            Ok(status)
+        } else {
+            Err(status.to_string())
+        }
+    });
+    assert_eq!(status["generation"], 1);
+    assert!(
+        lab.psql("pg2", "SELECT pg_is_in_recovery()").unwrap() == "t",
+        "pg2 was promoted"
+    );
+}
