@@ -152,7 +152,7 @@ fn lab_dir(dir: Option<PathBuf>) -> anyhow::Result<PathBuf> {
     absolute(&dir.unwrap_or_else(|| PathBuf::from(DEFAULT_DIR)))
 }
 
-fn absolute(dir: &Path) -> anyhow::Result<PathBuf> {
+pub(crate) fn absolute(dir: &Path) -> anyhow::Result<PathBuf> {
     if dir.is_absolute() {
         Ok(dir.to_path_buf())
     } else {
@@ -160,7 +160,7 @@ fn absolute(dir: &Path) -> anyhow::Result<PathBuf> {
     }
 }
 
-fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+pub(crate) fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
     Ok(tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?)
@@ -195,7 +195,7 @@ fn write_private(path: &Path, contents: &str, owner: Option<&OsUser>) -> anyhow:
     Ok(())
 }
 
-fn read_lab(dir: &Path) -> anyhow::Result<LabFile> {
+pub(crate) fn read_lab(dir: &Path) -> anyhow::Result<LabFile> {
     let path = dir.join("lab.json");
     let text = std::fs::read_to_string(&path).with_context(|| {
         format!(
@@ -483,7 +483,7 @@ fn client(lab: &LabFile, node: &LabNode) -> anyhow::Result<ApiClient> {
 }
 
 /// The status from the first agent that answers.
-async fn any_status(lab: &LabFile) -> anyhow::Result<ClusterStatus> {
+pub(crate) async fn any_status(lab: &LabFile) -> anyhow::Result<ClusterStatus> {
     let mut last = None;
     for node in &lab.nodes {
         match client(lab, node)?.status().await {

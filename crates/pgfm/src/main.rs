@@ -1,7 +1,10 @@
 //! The `pgfm` binary: the agent, the operator commands and the lab.
 
 mod agent;
+mod bench;
 mod config;
+mod demo;
+mod drive;
 mod lab;
 mod status_text;
 
@@ -48,11 +51,30 @@ enum Commands {
         #[arg(short, long, default_value = DEFAULT_CONFIG)]
         config: PathBuf,
     },
+    /// A guided tour on a throw-away lab: fail over, rejoin, with timings.
+    Demo {
+        #[arg(long, default_value = "/tmp/pgfm-demo")]
+        dir: PathBuf,
+        /// Leave the lab running at the end.
+        #[arg(long)]
+        keep: bool,
+    },
+    /// Measure failover under a neutral writer.
+    Bench {
+        #[command(subcommand)]
+        command: BenchCommand,
+    },
     /// A real cluster on this machine, for trying pgfm out and for tests.
     Lab {
         #[command(subcommand)]
         command: lab::LabCommand,
     },
+}
+
+#[derive(Subcommand)]
+enum BenchCommand {
+    /// Host death and postmaster crash of the primary, several runs each.
+    Failover(bench::FailoverBench),
 }
 
 fn init_logging() {
@@ -154,5 +176,9 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Commands::Lab { command } => lab::run(command),
+        Commands::Demo { dir, keep } => demo::run(&dir, keep),
+        Commands::Bench {
+            command: BenchCommand::Failover(args),
+        } => bench::failover(args),
     }
 }

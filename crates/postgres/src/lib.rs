@@ -8,6 +8,7 @@ pub mod datadir;
 pub mod passfile;
 pub mod probe;
 pub mod run_as;
+pub mod writers;
 
 pub use binaries::find_bin_dir;
 pub use control::{Postgres, PostgresSettings, Upstream};

@@ -256,79 +256,37 @@ impl Lab {
     }
 }
 
-/// Samples every data node's `pg_is_in_recovery()` every few tens of ms while a scenario
-/// runs, and writes one row per 10 ms through whichever node is primary; at the end it
+/// Samples every data node's `pg_is_in_recovery()` while a scenario runs; at the end it
 /// says whether two nodes ever accepted writes at overlapping moments.
 pub struct WriteWatch {
     stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
-    handle: Option<std::thread::JoinHandle<Vec<(String, Instant, Instant)>>>,
+    handle: Option<std::thread::JoinHandle<Vec<pgfm_postgres::writers::Writable>>>,
 }
 
 impl WriteWatch {
     pub fn start(lab: &Lab, nodes: &[&str]) -> WriteWatch {
-        let targets: Vec<(String, pgfm_postgres::probe::Target)> = nodes
-            .iter()
-            .map(|n| (n.to_string(), lab.target(n)))
-            .collect();
+        let targets: Vec<(String, pgfm_postgres::probe::Target)> =
+            nodes.iter().map(|n| (n.to_string(), lab.target(n))).collect();
         let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
         let flag = stop.clone();
         let handle = std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .unwrap();
-            rt.block_on(async move {
-                let mut writable = Vec::new();
-                let mut clients: Vec<Option<tokio_postgres::Client>> =
-                    targets.iter().map(|_| None).collect();
-                while !flag.load(std::sync::atomic::Ordering::SeqCst) {
-                    for (i, (name, target)) in targets.iter().enumerate() {
-                        if clients[i].as_ref().is_none_or(|c| c.is_closed()) {
-                            clients[i] = pgfm_postgres::probe::connect(target).await.ok();
-                        }
-                        let Some(client) = clients[i].as_ref() else {
-                            continue;
-                        };
-                        let before = Instant::now();
-                        let asked = tokio::time::timeout(
-                            Duration::from_millis(500),
-                            client.query_one("SELECT NOT pg_is_in_recovery()", &[]),
-                        )
-                        .await;
-                        match asked {
-                            Ok(Ok(row)) => {
-                                if row.get::<_, bool>(0) {
-                                    writable.push((name.clone(), before, Instant::now()));
-                                }
-                            }
-                            _ => clients[i] = None,
-                        }
-                    }
-                    tokio::time::sleep(Duration::from_millis(20)).await;
-                }
-                writable
-            })
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+            rt.block_on(pgfm_postgres::writers::sample_writable(
+                targets,
+                flag,
+                Duration::from_millis(20),
+            ))
         });
-        WriteWatch {
-            stop,
-            handle: Some(handle),
-        }
+        WriteWatch { stop, handle: Some(handle) }
     }
 
-    /// Stop watching; panics if two nodes were writable at overlapping moments.
+    /// Stop watching; panics if two nodes were writable at overlapping moments. Returns
+    /// how many writable samples were seen.
     pub fn finish(mut self) -> usize {
         self.stop.store(true, std::sync::atomic::Ordering::SeqCst);
-        let samples = self
-            .handle
-            .take()
-            .map(|h| h.join().unwrap())
-            .unwrap_or_default();
-        for (i, a) in samples.iter().enumerate() {
-            for b in &samples[i + 1..] {
-                if a.0 != b.0 && a.1 <= b.2 && b.1 <= a.2 {
-                    panic!("{} and {} accepted writes at the same moment", a.0, b.0);
-                }
-            }
+        let samples = self.handle.take().map(|h| h.join().unwrap()).unwrap_or_default();
+        if let Some((a, b)) = pgfm_postgres::writers::overlaps(&samples).first() {
+            panic!("{} and {} accepted writes at the same moment", a.node, b.node);
         }
         samples.len()
     }

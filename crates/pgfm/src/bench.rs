@@ -1,0 +1,333 @@
+//! `pgfm bench failover`: a neutral writer against a lab while faults are injected.
+//!
+//! The writer commits one INSERT of a sequential id per transaction every 10 ms through a
+//! multi-host connection string with `target_session_attrs=read-write`, reconnecting at
+//! once on error. Per run we measure the write downtime (the longest gap between two
+//! acknowledged writes), acknowledged writes missing afterwards, moments when two nodes
+//! accepted writes, and the old primary's rejoin time.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use clap::{Args, ValueEnum};
+use serde::Serialize;
+use tokio_postgres::config::TargetSessionAttrs;
+
+use pgfm_api::{ClusterStatus, NodeKindStatus};
+use pgfm_postgres::writers::{overlaps, sample_writable};
+
+use crate::drive::LabDriver;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Scenario {
+    /// The primary's agent and postmaster are SIGKILLed (its host dies).
+    HostDeath,
+    /// Only the primary's postmaster is SIGKILLed (its agent lives).
+    PostmasterCrash,
+}
+
+#[derive(Debug, Args)]
+pub struct FailoverBench {
+    /// Runs per scenario.
+    #[arg(long, default_value_t = 5)]
+    runs: usize,
+    /// Scenarios to run (default: both).
+    #[arg(long, value_enum)]
+    scenario: Vec<Scenario>,
+    /// Where to build the lab (removed at the end).
+    #[arg(long, default_value = "/tmp/pgfm-bench")]
+    dir: std::path::PathBuf,
+    /// One JSON line per run instead of the summary table.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Debug, Clone, Serialize)]
+struct RunResult {
+    scenario: Scenario,
+    run: usize,
+    old_primary: String,
+    new_primary: String,
+    generation: u64,
+    downtime_ms: u64,
+    acknowledged: usize,
+    lost: usize,
+    two_writer_moments: usize,
+    rejoin_ms: Option<u64>,
+}
+
+/// The acknowledged ids and when each was acknowledged.
+type Acks = Arc<Mutex<Vec<(i64, Instant)>>>;
+
+fn writer_config(driver: &LabDriver) -> anyhow::Result<tokio_postgres::Config> {
+    let lab = driver.lab()?;
+    let mut config = tokio_postgres::Config::new();
+    for (_, port) in driver.data_nodes()? {
+        config.host("127.0.0.1").port(port);
+    }
+    let passfile = std::fs::read_to_string(&lab.passfile).context("reading the lab passfile")?;
+    let password = pgfm_postgres::passfile::lookup(&passfile, "127.0.0.1", 0, "postgres", "postgres")
+        .context("no password for postgres in the lab passfile")?;
+    config
+        .user("postgres")
+        .password(password)
+        .dbname("postgres")
+        .application_name("pgfm-bench-writer")
+        .connect_timeout(Duration::from_secs(1))
+        .target_session_attrs(TargetSessionAttrs::ReadWrite);
+    Ok(config)
+}
+
+/// The neutral writer: runs until `stop`, starting at id `first`.
+async fn write(config: tokio_postgres::Config, first: i64, acks: Acks, stop: Arc<AtomicBool>) {
+    let mut next = first;
+    let mut client: Option<tokio_postgres::Client> = None;
+    let mut ticker = tokio::time::interval(Duration::from_millis(10));
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    while !stop.load(Ordering::SeqCst) {
+        if client.as_ref().is_none_or(|c| c.is_closed()) {
+            // Reconnect at once: no pause between attempts beyond the connect itself.
+            client = match tokio::time::timeout(Duration::from_secs(2), config.connect(tokio_postgres::NoTls)).await {
+                Ok(Ok((c, connection))) => {
+                    tokio::spawn(async move {
+                        let _ = connection.await;
+                    });
+                    Some(c)
+                }
+                _ => None,
+            };
+            continue;
+        }
+        ticker.tick().await;
+        let Some(c) = client.as_ref() else { continue };
+        let id = next;
+        let params: [&(dyn tokio_postgres::types::ToSql + Sync); 1] = [&id];
+        let insert = c.execute("INSERT INTO bench (id) VALUES ($1)", &params);
+        match tokio::time::timeout(Duration::from_secs(2), insert).await {
+            Ok(Ok(_)) => {
+                if let Ok(mut acks) = acks.lock() {
+                    acks.push((next, Instant::now()));
+                }
+                next += 1;
+            }
+            _ => client = None,
+        }
+    }
+}
+
+fn node_kind(status: &ClusterStatus, name: &str) -> Option<NodeKindStatus> {
+    status.nodes.iter().find(|n| n.name == name).map(|n| n.kind)
+}
+
+fn healthy(status: &ClusterStatus) -> Option<ClusterStatus> {
+    let standbys_in_sync = status
+        .nodes
+        .iter()
+        .filter(|n| n.kind == NodeKindStatus::Standby)
+        .all(|n| n.in_sync == Some(true));
+    (status.healthy() && standbys_in_sync).then(|| status.clone())
+}
+
+async fn one_run(
+    driver: &LabDriver,
+    scenario: Scenario,
+    run: usize,
+    first_id: i64,
+) -> anyhow::Result<(RunResult, i64)> {
+    let settle = Duration::from_secs(90);
+    let before = driver.wait("a healthy cluster", settle, healthy).await?;
+    let old = before.primary.clone().context("no primary")?;
+    let generation = before.generation;
+
+    let acks: Acks = Arc::new(Mutex::new(Vec::new()));
+    let stop = Arc::new(AtomicBool::new(false));
+    let writer = tokio::spawn(write(writer_config(driver)?, first_id, acks.clone(), stop.clone()));
+    let targets = driver
+        .data_nodes()?
+        .into_iter()
+        .map(|(name, _)| Ok((name.clone(), driver.target(&name)?)))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let watch_stop = Arc::new(AtomicBool::new(false));
+    let watcher = tokio::spawn(sample_writable(targets, watch_stop.clone(), Duration::from_millis(10)));
+
+    // Warm up: the writer must be writing before the fault.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while acks.lock().map(|a| a.len()).unwrap_or(0) < 50 {
+        if Instant::now() > deadline {
+            bail!("the writer could not write before the fault");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    let fault = Instant::now();
+    driver.kill(&old, scenario == Scenario::PostmasterCrash)?;
+    let acked_after_fault = |acks: &Acks| {
+        acks.lock()
+            .map(|a| a.last().is_some_and(|(_, at)| *at > fault))
+            .unwrap_or(false)
+    };
+    let deadline = Instant::now() + settle;
+    while !acked_after_fault(&acks) {
+        if Instant::now() > deadline {
+            bail!("no write was acknowledged within {settle:?} of the fault");
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    stop.store(true, Ordering::SeqCst);
+    let _ = writer.await;
+
+    let after = driver
+        .wait("a primary after the fault", settle, |s| s.primary.as_ref().map(|_| s.clone()))
+        .await?;
+    let new = after.primary.clone().context("no primary")?;
+    let mut rejoin_ms = None;
+    if scenario == Scenario::HostDeath {
+        let started = Instant::now();
+        driver.start(&old)?;
+        driver
+            .wait("the old primary to stream again", settle, |s| {
+                let n = s.nodes.iter().find(|n| n.name == old)?;
+                (node_kind(s, &old) == Some(NodeKindStatus::Standby) && n.in_sync == Some(true)).then_some(())
+            })
+            .await?;
+        rejoin_ms = Some(started.elapsed().as_millis() as u64);
+    }
+    watch_stop.store(true, Ordering::SeqCst);
+    let samples = watcher.await.unwrap_or_default();
+
+    let acks = acks.lock().map(|a| a.clone()).unwrap_or_default();
+    let last_before = acks.iter().filter(|(_, at)| *at <= fault).map(|(_, at)| *at).last().unwrap_or(fault);
+    let downtime = acks
+        .iter()
+        .filter(|(_, at)| *at > last_before)
+        .scan(last_before, |prev, (_, at)| {
+            let gap = at.duration_since(*prev);
+            *prev = *at;
+            Some(gap)
+        })
+        .max()
+        .unwrap_or_default();
+    let ids: Vec<i64> = acks.iter().map(|(id, _)| *id).collect();
+    let client = pgfm_postgres::probe::connect(&driver.target(&new)?)
+        .await
+        .map_err(|e| anyhow::anyhow!("connecting to {new}: {e}"))?;
+    let found: i64 = client
+        .query_one("SELECT count(*) FROM bench WHERE id = ANY($1)", &[&ids])
+        .await
+        .context("counting acknowledged rows")?
+        .get(0);
+    let next_id = ids.last().map_or(first_id, |last| last + 1);
+    Ok((
+        RunResult {
+            scenario,
+            run,
+            old_primary: old,
+            new_primary: new,
+            generation: after.generation.max(generation),
+            downtime_ms: downtime.as_millis() as u64,
+            acknowledged: ids.len(),
+            lost: ids.len().saturating_sub(found as usize),
+            two_writer_moments: overlaps(&samples).len(),
+            rejoin_ms,
+        },
+        next_id,
+    ))
+}
+
+fn median(values: &mut [u64]) -> Option<u64> {
+    values.sort_unstable();
+    match values.len() {
+        0 => None,
+        n if n % 2 == 1 => Some(values[n / 2]),
+        n => Some((values[n / 2 - 1] + values[n / 2]) / 2),
+    }
+}
+
+pub fn failover(args: FailoverBench) -> anyhow::Result<std::process::ExitCode> {
+    let scenarios = if args.scenario.is_empty() {
+        vec![Scenario::HostDeath, Scenario::PostmasterCrash]
+    } else {
+        args.scenario.clone()
+    };
+    let rt = crate::lab::runtime()?;
+    let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+    if !args.json {
+        println!(
+            "pgfm bench failover: {} run(s) per scenario; lab of 2 data nodes + witness on this machine ({cores} cores), default settings (lease 3 s, renew 500 ms, safety margin 1 s, drift margin 500 ms, probe 1 s); writer: one INSERT per transaction every 10 ms, multi-host, target_session_attrs=read-write",
+            args.runs
+        );
+    }
+    let mut all = Vec::new();
+    for scenario in scenarios {
+        let (driver, _) = LabDriver::up(&args.dir, 2, &[])?;
+        let result = rt.block_on(async {
+            let client = pgfm_postgres::probe::connect(&driver.target("pg1")?)
+                .await
+                .map_err(|e| anyhow::anyhow!("connecting to pg1: {e}"))?;
+            client
+                .simple_query("CREATE TABLE IF NOT EXISTS bench (id bigint PRIMARY KEY, at timestamptz DEFAULT now())")
+                .await
+                .context("creating the bench table")?;
+            let mut next = 1;
+            let mut results = Vec::new();
+            for run in 1..=args.runs {
+                let (result, after) = one_run(&driver, scenario, run, next).await?;
+                next = after;
+                if args.json {
+                    println!("{}", serde_json::to_string(&result)?);
+                } else {
+                    println!(
+                        "  {:?} run {run}: {} -> {} (generation {}), downtime {} ms, {} acknowledged, {} lost, {} two-writer moments{}",
+                        scenario,
+                        result.old_primary,
+                        result.new_primary,
+                        result.generation,
+                        result.downtime_ms,
+                        result.acknowledged,
+                        result.lost,
+                        result.two_writer_moments,
+                        result.rejoin_ms.map(|r| format!(", rejoined in {r} ms")).unwrap_or_default()
+                    );
+                }
+                results.push(result);
+            }
+            anyhow::Ok(results)
+        });
+        let down = driver.down();
+        let results = result?;
+        down?;
+        all.extend(results);
+    }
+    if !args.json {
+        println!();
+        println!("scenario          runs  downtime median  max      lost  two-writer moments  rejoin median");
+        for scenario in [Scenario::HostDeath, Scenario::PostmasterCrash] {
+            let runs: Vec<&RunResult> = all.iter().filter(|r| r.scenario == scenario).collect();
+            if runs.is_empty() {
+                continue;
+            }
+            let mut downtimes: Vec<u64> = runs.iter().map(|r| r.downtime_ms).collect();
+            let mut rejoins: Vec<u64> = runs.iter().filter_map(|r| r.rejoin_ms).collect();
+            println!(
+                "{:<17} {:<5} {:<16} {:<8} {:<5} {:<19} {}",
+                format!("{scenario:?}"),
+                runs.len(),
+                format!("{} ms", median(&mut downtimes).unwrap_or(0)),
+                format!("{} ms", downtimes.iter().max().unwrap_or(&0)),
+                runs.iter().map(|r| r.lost).sum::<usize>(),
+                runs.iter().map(|r| r.two_writer_moments).sum::<usize>(),
+                median(&mut rejoins).map(|m| format!("{m} ms")).unwrap_or_else(|| "n/a".into())
+            );
+        }
+    }
+    let unsafe_runs = all.iter().any(|r| r.lost > 0 || r.two_writer_moments > 0);
+    Ok(if unsafe_runs {
+        std::process::ExitCode::from(1)
+    } else {
+        std::process::ExitCode::SUCCESS
+    })
+}

@@ -1,0 +1,126 @@
+//! Driving a lab from inside pgfm (the demo and the bench): the lab commands run as
+//! subprocesses of this same binary, the status comes from the agents' API.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+
+use pgfm_api::ClusterStatus;
+use pgfm_postgres::probe::Target;
+
+use crate::lab::{self, LabFile};
+
+pub struct LabDriver {
+    pub dir: PathBuf,
+    exe: PathBuf,
+}
+
+impl LabDriver {
+    /// `pgfm lab up`; returns the driver and what lab up printed.
+    pub fn up(dir: &Path, data_nodes: usize, settings: &[String]) -> anyhow::Result<(LabDriver, String)> {
+        let driver = LabDriver {
+            dir: lab::absolute(dir)?,
+            exe: std::env::current_exe().context("finding the pgfm binary")?,
+        };
+        let mut args = vec!["lab".to_string(), "up".into(), "--data-nodes".into(), data_nodes.to_string()];
+        for setting in settings {
+            args.push("--set".into());
+            args.push(setting.clone());
+        }
+        let printed = driver.pgfm(&args)?;
+        Ok((driver, printed))
+    }
+
+    /// Run `pgfm ARGS --dir DIR`; its standard output, or an error with its standard error.
+    pub fn pgfm<S: AsRef<str>>(&self, args: &[S]) -> anyhow::Result<String> {
+        let output = std::process::Command::new(&self.exe)
+            .args(args.iter().map(|a| a.as_ref()))
+            .arg("--dir")
+            .arg(&self.dir)
+            .output()
+            .context("running pgfm")?;
+        if !output.status.success() {
+            bail!(
+                "pgfm {} failed: {}{}",
+                args.iter().map(|a| a.as_ref()).collect::<Vec<_>>().join(" "),
+                String::from_utf8_lossy(&output.stdout).trim(),
+                String::from_utf8_lossy(&output.stderr).trim()
+            );
+        }
+        Ok(String::from_utf8_lossy(&output.stdout).into_owned())
+    }
+
+    pub fn kill(&self, node: &str, postgres_only: bool) -> anyhow::Result<()> {
+        let mut args = vec!["lab", "kill", node];
+        if postgres_only {
+            args.push("--postgres-only");
+        }
+        self.pgfm(&args).map(|_| ())
+    }
+
+    pub fn start(&self, node: &str) -> anyhow::Result<()> {
+        self.pgfm(&["lab", "start", node]).map(|_| ())
+    }
+
+    pub fn down(&self) -> anyhow::Result<()> {
+        self.pgfm(&["lab", "down"]).map(|_| ())
+    }
+
+    pub fn lab(&self) -> anyhow::Result<LabFile> {
+        lab::read_lab(&self.dir)
+    }
+
+    pub async fn status(&self) -> anyhow::Result<ClusterStatus> {
+        lab::any_status(&self.lab()?).await
+    }
+
+    /// Poll the status every 50 ms until `check` returns Some, or fail after `timeout`
+    /// saying what we waited for.
+    pub async fn wait<T>(
+        &self,
+        what: &str,
+        timeout: Duration,
+        mut check: impl FnMut(&ClusterStatus) -> Option<T>,
+    ) -> anyhow::Result<T> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Ok(status) = self.status().await {
+                if let Some(found) = check(&status) {
+                    return Ok(found);
+                }
+            }
+            if Instant::now() > deadline {
+                bail!("timed out after {timeout:?} waiting for {what}");
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// How to reach a data node's PostgreSQL as the lab's superuser.
+    pub fn target(&self, node: &str) -> anyhow::Result<Target> {
+        let lab = self.lab()?;
+        let n = lab
+            .nodes
+            .iter()
+            .find(|n| n.name == node)
+            .with_context(|| format!("the lab has no node {node}"))?;
+        Ok(Target {
+            host: "127.0.0.1".into(),
+            port: n.pg_port.with_context(|| format!("{node} has no database"))?,
+            user: "postgres".into(),
+            passfile: Some(lab.passfile.clone()),
+            timeout: Duration::from_secs(1),
+        })
+    }
+
+    /// Every data node's name and PostgreSQL port.
+    pub fn data_nodes(&self) -> anyhow::Result<Vec<(String, u16)>> {
+        Ok(self
+            .lab()?
+            .nodes
+            .iter()
+            .filter_map(|n| Some((n.name.clone(), n.pg_port?)))
+            .collect())
+    }
+}

@@ -1,0 +1,84 @@
+//! Watching which servers accept writes: samples every server's `pg_is_in_recovery()` in
+//! turn and keeps the moments each one answered "not in recovery". Two servers writable at
+//! overlapping moments is split brain; the tests and the bench look for it.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crate::probe::{connect, Target};
+
+/// One server found writable between `from` and `to` (the query's start and end).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Writable {
+    pub node: String,
+    pub from: Instant,
+    pub to: Instant,
+}
+
+/// Sample `targets` until `stop` is set, pausing `every` between rounds.
+pub async fn sample_writable(
+    targets: Vec<(String, Target)>,
+    stop: Arc<AtomicBool>,
+    every: Duration,
+) -> Vec<Writable> {
+    let mut seen = Vec::new();
+    let mut clients: Vec<Option<tokio_postgres::Client>> = targets.iter().map(|_| None).collect();
+    while !stop.load(Ordering::SeqCst) {
+        for (i, (node, target)) in targets.iter().enumerate() {
+            if clients[i].as_ref().is_none_or(|c| c.is_closed()) {
+                clients[i] = connect(target).await.ok();
+            }
+            let Some(client) = clients[i].as_ref() else {
+                continue;
+            };
+            let from = Instant::now();
+            let asked = tokio::time::timeout(
+                target.timeout,
+                client.query_one("SELECT NOT pg_is_in_recovery()", &[]),
+            )
+            .await;
+            match asked {
+                Ok(Ok(row)) if row.get::<_, bool>(0) => seen.push(Writable {
+                    node: node.clone(),
+                    from,
+                    to: Instant::now(),
+                }),
+                Ok(Ok(_)) => {}
+                _ => clients[i] = None,
+            }
+        }
+        tokio::time::sleep(every).await;
+    }
+    seen
+}
+
+/// Pairs of samples where two different servers were writable at overlapping moments.
+pub fn overlaps(samples: &[Writable]) -> Vec<(&Writable, &Writable)> {
+    let mut found = Vec::new();
+    for (i, a) in samples.iter().enumerate() {
+        for b in &samples[i + 1..] {
+            if a.node != b.node && a.from <= b.to && b.from <= a.to {
+                found.push((a, b));
+            }
+        }
+    }
+    found
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn finds_overlapping_writers_only() {
+        let t = Instant::now();
+        let ms = |n| t + Duration::from_millis(n);
+        let w = |node: &str, a, b| Writable { node: node.into(), from: ms(a), to: ms(b) };
+        let samples = vec![w("pg1", 0, 10), w("pg1", 20, 30), w("pg2", 40, 50), w("pg2", 5, 6)];
+        let found = overlaps(&samples);
+        assert_eq!(found.len(), 1);
+        assert_eq!((found[0].0.node.as_str(), found[0].1.node.as_str()), ("pg1", "pg2"));
+        assert!(overlaps(&samples[1..3]).is_empty());
+    }
+}
