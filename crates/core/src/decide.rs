@@ -244,6 +244,13 @@ fn failover(cluster: &ClusterView, primary: &str, now_ms: u64) -> Vec<Action> {
     let expires = lease::expired_at_ms(cluster.last_renewal_seen_ms, since, &settings.lease);
     let released = state.lease_released;
     if !released && now_ms < expires {
+        if cluster.fresh_report(primary, now_ms).is_none() {
+            return vec![cluster_hold(format!(
+                "primary {primary} is not reporting: its lease runs out in {} ms, then a \
+                 standby may be promoted",
+                expires - now_ms
+            ))];
+        }
         return Vec::new();
     }
     let why = if released {
@@ -969,16 +976,19 @@ mod tests {
     fn failover_waits_for_the_lease_to_expire() {
         let v = failover_view();
         // lease 3000 + drift 500 from the last renewal seen at 0.
-        check_coordinator(&v, 3_499, &[]);
+        check_coordinator(&v, 3_499, &["cluster hold: primary pg1 is not reporting: its lease runs out in 1 ms, then a standby may be promoted"]);
         check_coordinator(&v, 3_500, &["promote pg2 g2 from pg1 losing 0"]);
         // A coordinator elected at 2000 counts from there (invariant 3).
         let mut late = v.clone();
         late.coordinator_since_ms = Some(2_000);
-        check_coordinator(&late, 5_499, &[]);
+        check_coordinator(&late, 5_499, &["cluster hold: primary pg1 is not reporting: its lease runs out in 1 ms, then a standby may be promoted"]);
         check_coordinator(&late, 5_500, &["promote pg2 g2 from pg1 losing 0"]);
         // A renewal seen later restarts the count.
         let mut renewed = v.clone();
         renewed.last_renewal_seen_ms = Some(3_000);
+        check_coordinator(&renewed, 6_499, &["cluster hold: primary pg1 is not reporting: its lease runs out in 1 ms, then a standby may be promoted"]);
+        // While the primary reports, nothing is said.
+        renewed.reports.get_mut("pg1").unwrap().received_at_ms = 6_000;
         check_coordinator(&renewed, 6_499, &[]);
         // A released lease needs no wait.
         let mut released = v;
@@ -1125,5 +1135,106 @@ mod tests {
         let mut me = local(&v, "pg1", false);
         me.resume_requested = true;
         check_local(&v, &me, 2_000, &["rewind from pg2 g1"]);
+    }
+
+    mod properties {
+        use super::*;
+        use proptest::prelude::*;
+
+        /// One step of a random history: what each of pg1..pg3 reports (or not), how far
+        /// their WAL got, and how much time passes.
+        #[derive(Debug, Clone)]
+        struct Step {
+            nodes: Vec<(bool, bool, bool, u64, Option<bool>)>, // fresh, db_up, standby, lsn, sees_primary
+            advance_ms: u64,
+        }
+
+        fn step() -> impl Strategy<Value = Step> {
+            (
+                proptest::collection::vec(
+                    (
+                        any::<bool>(),
+                        any::<bool>(),
+                        any::<bool>(),
+                        0u64..4_000_000,
+                        proptest::option::of(any::<bool>()),
+                    ),
+                    3,
+                ),
+                0u64..3_000,
+            )
+                .prop_map(|(nodes, advance_ms)| Step { nodes, advance_ms })
+        }
+
+        proptest! {
+            /// Over random sequences of views, the coordinator promotes at most once per
+            /// generation, never a non-promotable, stopped or lagging node, and never while
+            /// no other agent found the primary's database down.
+            #[test]
+            fn promotions_are_single_eligible_and_justified(
+                promotable in proptest::collection::vec(any::<bool>(), 3),
+                steps in proptest::collection::vec(step(), 1..40),
+            ) {
+                let names = ["pg1", "pg2", "pg3"];
+                let mut v = view(Some("pg1"), &[("pg1", Running(DbRole::Primary)), ("pg2", Running(DbRole::Standby)), ("pg3", Running(DbRole::Standby)), ("witness", Stopped(Empty))]);
+                for (name, p) in names.iter().zip(&promotable) {
+                    v.state.members.get_mut(*name).unwrap().promotable = *p;
+                }
+                let mut now = 0;
+                for step in steps {
+                    now += step.advance_ms;
+                    let primary = v.state.primary.clone().unwrap();
+                    for (name, (fresh, up, standby, lsn, sees)) in names.iter().zip(&step.nodes) {
+                        let o = v.reports.get_mut(*name).unwrap();
+                        if *fresh {
+                            o.received_at_ms = now;
+                        }
+                        let r = &mut o.report;
+                        r.db_up = *up;
+                        let role = if **name == primary { DbRole::Primary } else if *standby { DbRole::Standby } else { DbRole::Primary };
+                        r.role = Some(role);
+                        r.current_lsn = Some(Lsn(*lsn));
+                        r.received_lsn = Some(Lsn(*lsn));
+                        r.replayed_lsn = Some(Lsn(*lsn));
+                        r.sees_primary = if **name == primary { None } else { *sees };
+                    }
+                    let w = v.reports.get_mut("witness").unwrap();
+                    w.received_at_ms = now;
+                    w.report.sees_primary = step.nodes[0].4;
+                    let before = v.clone();
+                    let mut me = local(&v, "witness", true);
+                    me.kind = NodeKind::Witness;
+                    let proposals: Vec<Command> = decide(&v, &me, now)
+                        .into_iter()
+                        .filter_map(|a| match a { Action::Propose(c) => Some(c), _ => None })
+                        .collect();
+                    let promotions = proposals.iter().filter(|c| matches!(c, Command::Promote { .. })).count();
+                    prop_assert!(promotions <= 1, "{promotions} promotions in one decision");
+                    for command in proposals {
+                        if let Command::Promote { node, .. } = &command {
+                            let m = &before.state.members[node];
+                            prop_assert!(m.promotable && m.priority > 0, "promoted non-promotable {node}");
+                            let r = before.fresh_report(node, now).expect("promoted a node without a fresh report");
+                            prop_assert!(r.db_up && r.role == Some(DbRole::Standby), "promoted {node}, not a running standby");
+                            let best = before.reports.values().filter_map(|o| o.report.wal_position()).max().unwrap();
+                            prop_assert!(best.bytes_after(r.wal_position().unwrap()) <= before.settings.max_lag, "promoted lagging {node}");
+                            let down_seen = before.voters.iter().filter(|n| **n != primary).filter_map(|n| before.fresh_report(n, now)).any(|r| r.sees_primary == Some(false));
+                            let up_seen = before.voters.iter().filter(|n| **n != primary).filter_map(|n| before.fresh_report(n, now)).any(|r| r.sees_primary == Some(true));
+                            prop_assert!(before.state.lease_released || (down_seen && !up_seen), "promoted without evidence the primary is down");
+                            prop_assert!(now >= lease::expired_at_ms(before.last_renewal_seen_ms, 0, &before.settings.lease), "promoted before the lease expired");
+                        }
+                        let generation = v.state.generation;
+                        if v.state.apply(&command).is_ok() && matches!(command, Command::Promote { .. }) {
+                            prop_assert_eq!(v.state.generation, generation.next());
+                            // The new primary's lease starts now, as the agent would see it.
+                            v.last_renewal_seen_ms = Some(now);
+                        }
+                    }
+                }
+                let generations: Vec<u64> = v.state.history.iter().map(|p| p.generation.0).collect();
+                let expected: Vec<u64> = (2..2 + generations.len() as u64).collect();
+                prop_assert_eq!(generations, expected, "one promotion per generation, in order");
+            }
+        }
     }
 }

@@ -69,8 +69,9 @@ fn writer_config(driver: &LabDriver) -> anyhow::Result<tokio_postgres::Config> {
         config.host("127.0.0.1").port(port);
     }
     let passfile = std::fs::read_to_string(&lab.passfile).context("reading the lab passfile")?;
-    let password = pgfm_postgres::passfile::lookup(&passfile, "127.0.0.1", 0, "postgres", "postgres")
-        .context("no password for postgres in the lab passfile")?;
+    let password =
+        pgfm_postgres::passfile::lookup(&passfile, "127.0.0.1", 0, "postgres", "postgres")
+            .context("no password for postgres in the lab passfile")?;
     config
         .user("postgres")
         .password(password)
@@ -90,7 +91,12 @@ async fn write(config: tokio_postgres::Config, first: i64, acks: Acks, stop: Arc
     while !stop.load(Ordering::SeqCst) {
         if client.as_ref().is_none_or(|c| c.is_closed()) {
             // Reconnect at once: no pause between attempts beyond the connect itself.
-            client = match tokio::time::timeout(Duration::from_secs(2), config.connect(tokio_postgres::NoTls)).await {
+            client = match tokio::time::timeout(
+                Duration::from_secs(2),
+                config.connect(tokio_postgres::NoTls),
+            )
+            .await
+            {
                 Ok(Ok((c, connection))) => {
                     tokio::spawn(async move {
                         let _ = connection.await;
@@ -144,14 +150,23 @@ async fn one_run(
 
     let acks: Acks = Arc::new(Mutex::new(Vec::new()));
     let stop = Arc::new(AtomicBool::new(false));
-    let writer = tokio::spawn(write(writer_config(driver)?, first_id, acks.clone(), stop.clone()));
+    let writer = tokio::spawn(write(
+        writer_config(driver)?,
+        first_id,
+        acks.clone(),
+        stop.clone(),
+    ));
     let targets = driver
         .data_nodes()?
         .into_iter()
         .map(|(name, _)| Ok((name.clone(), driver.target(&name)?)))
         .collect::<anyhow::Result<Vec<_>>>()?;
     let watch_stop = Arc::new(AtomicBool::new(false));
-    let watcher = tokio::spawn(sample_writable(targets, watch_stop.clone(), Duration::from_millis(10)));
+    let watcher = tokio::spawn(sample_writable(
+        targets,
+        watch_stop.clone(),
+        Duration::from_millis(10),
+    ));
 
     // Warm up: the writer must be writing before the fault.
     let deadline = Instant::now() + Duration::from_secs(30);
@@ -181,7 +196,9 @@ async fn one_run(
     let _ = writer.await;
 
     let after = driver
-        .wait("a primary after the fault", settle, |s| s.primary.as_ref().map(|_| s.clone()))
+        .wait("a primary after the fault", settle, |s| {
+            s.primary.as_ref().map(|_| s.clone())
+        })
         .await?;
     let new = after.primary.clone().context("no primary")?;
     let mut rejoin_ms = None;
@@ -191,7 +208,8 @@ async fn one_run(
         driver
             .wait("the old primary to stream again", settle, |s| {
                 let n = s.nodes.iter().find(|n| n.name == old)?;
-                (node_kind(s, &old) == Some(NodeKindStatus::Standby) && n.in_sync == Some(true)).then_some(())
+                (node_kind(s, &old) == Some(NodeKindStatus::Standby) && n.in_sync == Some(true))
+                    .then_some(())
             })
             .await?;
         rejoin_ms = Some(started.elapsed().as_millis() as u64);
@@ -200,7 +218,12 @@ async fn one_run(
     let samples = watcher.await.unwrap_or_default();
 
     let acks = acks.lock().map(|a| a.clone()).unwrap_or_default();
-    let last_before = acks.iter().filter(|(_, at)| *at <= fault).map(|(_, at)| *at).last().unwrap_or(fault);
+    let last_before = acks
+        .iter()
+        .rev()
+        .find(|(_, at)| *at <= fault)
+        .map(|(_, at)| *at)
+        .unwrap_or(fault);
     let downtime = acks
         .iter()
         .filter(|(_, at)| *at > last_before)
@@ -254,7 +277,9 @@ pub fn failover(args: FailoverBench) -> anyhow::Result<std::process::ExitCode> {
         args.scenario.clone()
     };
     let rt = crate::lab::runtime()?;
-    let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+    let cores = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1);
     if !args.json {
         println!(
             "pgfm bench failover: {} run(s) per scenario; lab of 2 data nodes + witness on this machine ({cores} cores), default settings (lease 3 s, renew 500 ms, safety margin 1 s, drift margin 500 ms, probe 1 s); writer: one INSERT per transaction every 10 ms, multi-host, target_session_attrs=read-write",
@@ -320,7 +345,9 @@ pub fn failover(args: FailoverBench) -> anyhow::Result<std::process::ExitCode> {
                 format!("{} ms", downtimes.iter().max().unwrap_or(&0)),
                 runs.iter().map(|r| r.lost).sum::<usize>(),
                 runs.iter().map(|r| r.two_writer_moments).sum::<usize>(),
-                median(&mut rejoins).map(|m| format!("{m} ms")).unwrap_or_else(|| "n/a".into())
+                median(&mut rejoins)
+                    .map(|m| format!("{m} ms"))
+                    .unwrap_or_else(|| "n/a".into())
             );
         }
     }

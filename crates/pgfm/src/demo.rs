@@ -28,7 +28,10 @@ pub fn run(dir: &Path, keep: bool) -> anyhow::Result<ExitCode> {
     print!("{printed}");
     let outcome = tour(&driver, started);
     if keep {
-        say(&format!("The lab keeps running; remove it with: pgfm lab down --dir {}", driver.dir.display()));
+        say(&format!(
+            "The lab keeps running; remove it with: pgfm lab down --dir {}",
+            driver.dir.display()
+        ));
     } else {
         say("Tearing the lab down");
         driver.down()?;

@@ -18,12 +18,21 @@ pub struct LabDriver {
 
 impl LabDriver {
     /// `pgfm lab up`; returns the driver and what lab up printed.
-    pub fn up(dir: &Path, data_nodes: usize, settings: &[String]) -> anyhow::Result<(LabDriver, String)> {
+    pub fn up(
+        dir: &Path,
+        data_nodes: usize,
+        settings: &[String],
+    ) -> anyhow::Result<(LabDriver, String)> {
         let driver = LabDriver {
             dir: lab::absolute(dir)?,
             exe: std::env::current_exe().context("finding the pgfm binary")?,
         };
-        let mut args = vec!["lab".to_string(), "up".into(), "--data-nodes".into(), data_nodes.to_string()];
+        let mut args = vec![
+            "lab".to_string(),
+            "up".into(),
+            "--data-nodes".into(),
+            data_nodes.to_string(),
+        ];
         for setting in settings {
             args.push("--set".into());
             args.push(setting.clone());
@@ -43,7 +52,10 @@ impl LabDriver {
         if !output.status.success() {
             bail!(
                 "pgfm {} failed: {}{}",
-                args.iter().map(|a| a.as_ref()).collect::<Vec<_>>().join(" "),
+                args.iter()
+                    .map(|a| a.as_ref())
+                    .collect::<Vec<_>>()
+                    .join(" "),
                 String::from_utf8_lossy(&output.stdout).trim(),
                 String::from_utf8_lossy(&output.stderr).trim()
             );
@@ -107,7 +119,9 @@ impl LabDriver {
             .with_context(|| format!("the lab has no node {node}"))?;
         Ok(Target {
             host: "127.0.0.1".into(),
-            port: n.pg_port.with_context(|| format!("{node} has no database"))?,
+            port: n
+                .pg_port
+                .with_context(|| format!("{node} has no database"))?,
             user: "postgres".into(),
             passfile: Some(lab.passfile.clone()),
             timeout: Duration::from_secs(1),

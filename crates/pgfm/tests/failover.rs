@@ -39,14 +39,7 @@ fn host_death_of_primary_fails_over_and_rejoins() {
     let watch = WriteWatch::start(&lab, &["pg1", "pg2"]);
 
     run(&lab, &["lab", "kill", "pg1"]);
-    let status = wait_for("pg2 promoted in generation 2", SETTLE, || {
-        let (status, _) = lab.cluster_status("witness")?;
-        match (status["primary"].as_str(), status["generation"].as_u64()) {
-            (Some("pg2"), Some(2)) => Ok(status),
-            (_, Some(g)) if g > 2 => panic!("generation jumped to {g}: {status}"),
-            _ => Err(status.to_string()),
-        }
-    });
+    let status = lab.wait_for_primary_change("pg2", 2);
     assert_eq!(node(&status, "pg1")["agent"], "down");
     assert_eq!(
         lab.psql("pg2", "SELECT count(*) FROM kept").unwrap(),
@@ -204,4 +197,38 @@ fn with_auto_failover_off_nothing_is_promoted() {
         lab.psql("pg2", "SELECT pg_is_in_recovery()").unwrap() == "t",
         "pg2 was promoted"
     );
+}
+
+/// With `rejoin = "manual"` the old primary, started again, stays Idle with the reason in
+/// status until `pgfm resume` on it; then it rewinds and streams from the new primary.
+#[test]
+fn manual_rejoin_waits_for_resume() {
+    let lab = Lab::up_with(2, &["failover.rejoin=\"manual\""]);
+    lab.wait_healthy("witness", SETTLE);
+    run(&lab, &["lab", "kill", "pg1"]);
+    lab.wait_for_primary_change("pg2", 2);
+    run(&lab, &["lab", "start", "pg1"]);
+    let status = wait_for("pg1 idle, waiting for resume", SETTLE, || {
+        let (status, code) = lab.cluster_status("witness")?;
+        let n = node(&status, "pg1");
+        let waiting = n["kind"] == "idle"
+            && n["info"]
+                .as_str()
+                .is_some_and(|i| i.contains("run pgfm resume"));
+        if waiting && code != 0 {
+            Ok(status)
+        } else {
+            Err(status.to_string())
+        }
+    });
+    assert_eq!(node(&status, "pg1")["agent"], "up");
+    let output = common::pgfm()
+        .args(["resume", "-c"])
+        .arg(lab.config("pg1"))
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{}", text(&output));
+    let status = lab.wait_primary("witness", "pg2", 2, SETTLE);
+    assert_eq!(node(&status, "pg1")["kind"], "standby");
+    assert_eq!(node(&status, "pg1")["timeline"], 2);
 }

@@ -74,11 +74,23 @@ mod tests {
     fn finds_overlapping_writers_only() {
         let t = Instant::now();
         let ms = |n| t + Duration::from_millis(n);
-        let w = |node: &str, a, b| Writable { node: node.into(), from: ms(a), to: ms(b) };
-        let samples = vec![w("pg1", 0, 10), w("pg1", 20, 30), w("pg2", 40, 50), w("pg2", 5, 6)];
+        let w = |node: &str, a, b| Writable {
+            node: node.into(),
+            from: ms(a),
+            to: ms(b),
+        };
+        let samples = vec![
+            w("pg1", 0, 10),
+            w("pg1", 20, 30),
+            w("pg2", 40, 50),
+            w("pg2", 5, 6),
+        ];
         let found = overlaps(&samples);
         assert_eq!(found.len(), 1);
-        assert_eq!((found[0].0.node.as_str(), found[0].1.node.as_str()), ("pg1", "pg2"));
+        assert_eq!(
+            (found[0].0.node.as_str(), found[0].1.node.as_str()),
+            ("pg1", "pg2")
+        );
         assert!(overlaps(&samples[1..3]).is_empty());
     }
 }

@@ -230,6 +230,23 @@ impl Lab {
         status["primary"].as_str().map(str::to_string)
     }
 
+    /// Wait (asking the witness) until `primary` leads at `generation`; fails at once if the
+    /// generation goes past it (it must go up by exactly one per promotion).
+    pub fn wait_for_primary_change(&self, primary: &str, generation: u64) -> Value {
+        wait_for(
+            &format!("{primary} promoted in generation {generation}"),
+            Duration::from_secs(60),
+            || {
+                let (status, _) = self.cluster_status("witness")?;
+                match (status["primary"].as_str(), status["generation"].as_u64()) {
+                    (Some(p), Some(g)) if p == primary && g == generation => Ok(status),
+                    (_, Some(g)) if g > generation => panic!("generation jumped to {g}: {status}"),
+                    _ => Err(status.to_string()),
+                }
+            },
+        )
+    }
+
     /// Wait until `observer` sees `primary` as primary at `generation` and every other data
     /// node streaming from it.
     pub fn wait_primary(
@@ -265,28 +282,43 @@ pub struct WriteWatch {
 
 impl WriteWatch {
     pub fn start(lab: &Lab, nodes: &[&str]) -> WriteWatch {
-        let targets: Vec<(String, pgfm_postgres::probe::Target)> =
-            nodes.iter().map(|n| (n.to_string(), lab.target(n))).collect();
+        let targets: Vec<(String, pgfm_postgres::probe::Target)> = nodes
+            .iter()
+            .map(|n| (n.to_string(), lab.target(n)))
+            .collect();
         let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
         let flag = stop.clone();
         let handle = std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
             rt.block_on(pgfm_postgres::writers::sample_writable(
                 targets,
                 flag,
                 Duration::from_millis(20),
             ))
         });
-        WriteWatch { stop, handle: Some(handle) }
+        WriteWatch {
+            stop,
+            handle: Some(handle),
+        }
     }
 
     /// Stop watching; panics if two nodes were writable at overlapping moments. Returns
     /// how many writable samples were seen.
     pub fn finish(mut self) -> usize {
         self.stop.store(true, std::sync::atomic::Ordering::SeqCst);
-        let samples = self.handle.take().map(|h| h.join().unwrap()).unwrap_or_default();
+        let samples = self
+            .handle
+            .take()
+            .map(|h| h.join().unwrap())
+            .unwrap_or_default();
         if let Some((a, b)) = pgfm_postgres::writers::overlaps(&samples).first() {
-            panic!("{} and {} accepted writes at the same moment", a.node, b.node);
+            panic!(
+                "{} and {} accepted writes at the same moment",
+                a.node, b.node
+            );
         }
         samples.len()
     }
