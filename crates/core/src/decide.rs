@@ -332,7 +332,9 @@ fn failover(cluster: &ClusterView, primary: &str, now_ms: u64) -> Vec<Action> {
         }
         eligible.push((member.priority, position, name, behind));
     }
-    eligible.sort_by(|a, b| b.0.cmp(&a.0).then(b.1.cmp(&a.1)).then(a.2.cmp(b.2)));
+    // The most advanced first, as EFM does: the other standbys then hold no WAL the new
+    // primary lacks and can follow it by a reload. Priority breaks ties.
+    eligible.sort_by(|a, b| b.1.cmp(&a.1).then(b.0.cmp(&a.0)).then(a.2.cmp(b.2)));
     match eligible.first() {
         None => vec![cluster_hold(format!(
             "failover needed: {why}, but no standby can be promoted: {}",
@@ -997,14 +999,22 @@ mod tests {
     }
 
     #[test]
-    fn failover_chooses_by_priority_then_position_and_never_a_lagging_node() {
+    fn failover_chooses_by_position_then_priority_and_never_a_lagging_node() {
         let mut v = failover_view();
-        // pg3 (priority 50) is further ahead; pg2 (100) still wins while within max_lag.
+        // Equal positions: pg2 (priority 100) beats pg3 (50).
+        check_coordinator(&v, 9_000, &["promote pg2 g2 from pg1 losing 0"]);
+        // pg3 is further ahead: it wins whatever its priority.
         v.reports.get_mut("pg3").unwrap().report.received_lsn = Some(Lsn(1_500_000));
-        check_coordinator(&v, 9_000, &["promote pg2 g2 from pg1 losing 500000"]);
-        // pg2 lags more than max_lag behind the best known position: pg3 is chosen.
-        v.reports.get_mut("pg3").unwrap().report.received_lsn = Some(Lsn(3_000_000));
         check_coordinator(&v, 9_000, &["promote pg3 g2 from pg1 losing 0"]);
+        // A non-promotable node ahead of everyone only raises the bar for the others.
+        v.state.members.get_mut("pg3").unwrap().promotable = false;
+        v.reports.get_mut("pg3").unwrap().report.received_lsn = Some(Lsn(3_000_000));
+        check_coordinator(
+            &v,
+            9_000,
+            &["cluster hold: failover needed: the lease of primary pg1 expired, but no standby can be promoted: pg2 is 2000000 bytes behind the best known position (max_lag 1048576); pg3 is not promotable"],
+        );
+        v.state.members.get_mut("pg3").unwrap().promotable = true;
         // Both lag behind what the old primary last reported: nobody is promoted.
         v.reports.get_mut("pg1").unwrap().report.current_lsn = Some(Lsn(9_000_000));
         check_coordinator(

@@ -27,12 +27,24 @@ impl Default for LeaseSettings {
 }
 
 impl LeaseSettings {
+    /// The shortest `lease - safety_margin` that survives losing the coordinator: a Raft
+    /// election takes up to 1.2 s with pgfm's timing (see `coord::RaftSettings`).
+    pub const MIN_BUDGET_MS: u64 = 1500;
+
     /// Why these settings cannot keep the invariants, if they cannot.
     pub fn problem(&self) -> Option<String> {
         if self.safety_margin_ms >= self.lease_ms {
             return Some(format!(
                 "safety_margin ({} ms) must be shorter than lease ({} ms)",
                 self.safety_margin_ms, self.lease_ms
+            ));
+        }
+        if self.lease_ms - self.safety_margin_ms < Self::MIN_BUDGET_MS {
+            return Some(format!(
+                "lease - safety_margin is {} ms; it must be at least {} ms, or electing a new \
+                 coordinator would fence the primary",
+                self.lease_ms - self.safety_margin_ms,
+                Self::MIN_BUDGET_MS
             ));
         }
         if self.renew_interval_ms * 2 > self.lease_ms - self.safety_margin_ms {

@@ -459,30 +459,12 @@ impl Postgres {
     pub async fn clone_from(&self, upstream: &Upstream) -> anyhow::Result<()> {
         let s = &self.settings;
         let slot = slot_name(&s.node_name);
-        let target = Target {
-            host: upstream.host.clone(),
-            port: upstream.port,
-            user: s.superuser.clone(),
-            passfile: s.passfile.clone(),
-            timeout: s.probe_timeout,
-        };
-        let client = probe::connect(&target).await.map_err(|e| {
+        let client = probe::connect(&self.target_of(upstream)).await.map_err(|e| {
             anyhow::anyhow!("connecting to {} to create slot {slot}: {e}", upstream.name)
         })?;
-        client
-            .execute(
-                "SELECT pg_create_physical_replication_slot($1) WHERE NOT EXISTS \
-                 (SELECT 1 FROM pg_replication_slots WHERE slot_name = $1)",
-                &[&slot],
-            )
+        create_slot(&client, &slot)
             .await
-            .map_err(|e| {
-                anyhow::anyhow!(
-                    "creating slot {slot} on {}: {}",
-                    upstream.name,
-                    probe::describe(&e)
-                )
-            })?;
+            .with_context(|| format!("on {}", upstream.name))?;
         drop(client);
 
         s.os_user
@@ -522,7 +504,8 @@ fn remove_if_present(path: &Path) -> anyhow::Result<()> {
 async fn create_slot(client: &tokio_postgres::Client, slot: &str) -> anyhow::Result<()> {
     client
         .execute(
-            "SELECT pg_create_physical_replication_slot($1) WHERE NOT EXISTS \
+            // Reserve WAL from now on: a node that rejoins later finds what it needs.
+            "SELECT pg_create_physical_replication_slot($1, true) WHERE NOT EXISTS \
              (SELECT 1 FROM pg_replication_slots WHERE slot_name = $1)",
             &[&slot],
         )
