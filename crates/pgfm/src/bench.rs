@@ -179,19 +179,37 @@ async fn one_run(
 
     let fault = Instant::now();
     driver.kill(&old, scenario == Scenario::PostmasterCrash)?;
-    let acked_after_fault = |acks: &Acks| {
-        acks.lock()
-            .map(|a| a.last().is_some_and(|(_, at)| *at > fault))
-            .unwrap_or(false)
-    };
+    // Done when writes have flowed without a gap for a second (a backend that outlived its
+    // postmaster may acknowledge one more write right after the fault), and, after a host
+    // death, a new primary leads a new generation.
     let deadline = Instant::now() + settle;
-    while !acked_after_fault(&acks) {
-        if Instant::now() > deadline {
-            bail!("no write was acknowledged within {settle:?} of the fault");
+    loop {
+        let steady = acks
+            .lock()
+            .map(|a| {
+                let recent: Vec<Instant> = a.iter().map(|(_, at)| *at).filter(|at| *at > fault).collect();
+                let gap_end = recent
+                    .windows(2)
+                    .rev()
+                    .find(|w| w[1].duration_since(w[0]) > Duration::from_millis(200))
+                    .map(|w| w[1])
+                    .or(recent.first().copied());
+                gap_end.is_some_and(|end| end.elapsed() >= Duration::from_secs(1))
+            })
+            .unwrap_or(false);
+        let promoted = scenario == Scenario::PostmasterCrash
+            || driver
+                .status()
+                .await
+                .is_ok_and(|s| s.generation > generation && s.primary.as_deref().is_some_and(|p| p != old));
+        if steady && promoted {
+            break;
         }
-        tokio::time::sleep(Duration::from_millis(10)).await;
+        if Instant::now() > deadline {
+            bail!("writes did not resume steadily within {settle:?} of the fault");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    tokio::time::sleep(Duration::from_secs(1)).await;
     stop.store(true, Ordering::SeqCst);
     let _ = writer.await;
 
@@ -322,9 +340,18 @@ pub fn failover(args: FailoverBench) -> anyhow::Result<std::process::ExitCode> {
             }
             anyhow::Ok(results)
         });
-        let down = driver.down();
-        let results = result?;
-        down?;
+        let results = match result {
+            Ok(results) => results,
+            Err(e) => {
+                // Leave the lab for a post-mortem: its logs say what went wrong.
+                return Err(e.context(format!(
+                    "the lab is left in {} for inspection (pgfm lab down --dir {} removes it)",
+                    driver.dir.display(),
+                    driver.dir.display()
+                )));
+            }
+        };
+        driver.down()?;
         all.extend(results);
     }
     if !args.json {

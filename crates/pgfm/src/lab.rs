@@ -739,7 +739,16 @@ fn kill_node(dir: &Path, name: &str, postgres: bool, agent: bool) -> anyhow::Res
     }
     if postgres {
         if let Some(pid) = node.data_dir.as_deref().and_then(postmaster_pid) {
-            kill(Pid::from_raw(pid), Signal::SIGKILL)?;
+            if agent {
+                // A host dies with all its processes: the whole process group (the agent
+                // starts the postmaster as the leader of its own group, its backends
+                // inherit it), or backends could still commit after the postmaster died.
+                kill(Pid::from_raw(-pid), Signal::SIGKILL)
+                    .or_else(|_| kill(Pid::from_raw(pid), Signal::SIGKILL))?;
+            } else {
+                // A postmaster crash: only the postmaster.
+                kill(Pid::from_raw(pid), Signal::SIGKILL)?;
+            }
             wait_gone(pid, Duration::from_secs(5));
             killed.push(format!("postmaster (pid {pid})"));
         }
