@@ -37,8 +37,9 @@ impl Default for RaftSettings {
             // An election must fit well inside the primary's lease budget (lease -
             // safety_margin, 2 s by default), or losing the coordinator fences the primary.
             // openraft 0.9 followers wait election_timeout_max (its leader lease) plus a
-            // random election timeout before they campaign: at most 1.2 s here.
-            heartbeat: Duration::from_millis(100),
+            // random election timeout before they campaign: at most 1.2 s here. Heartbeats
+            // and lease renewals are most of an idle agent's CPU: keep them no faster.
+            heartbeat: Duration::from_millis(150),
             election_timeout_min: Duration::from_millis(300),
             election_timeout_max: Duration::from_millis(600),
             snapshot_every: 1000,
@@ -128,6 +129,12 @@ impl EmbeddedRaft {
 
     pub fn raft(&self) -> &Raft {
         &self.inner.raft
+    }
+
+    /// The committed primary and generation, without copying the whole state.
+    pub fn primary(&self) -> (Option<String>, pgfm_core::Generation) {
+        let applied = self.inner.applied.borrow();
+        (applied.state.primary.clone(), applied.state.generation)
     }
 
     /// A receiver that sees every newly applied state.

@@ -37,7 +37,13 @@ pub struct StateMachine {
     dir: PathBuf,
     applied: Applied,
     published: watch::Sender<Applied>,
+    /// Renewals applied since the state was last written.
+    unwritten_renewals: u64,
 }
+
+/// Lease renewals only bump a counter: the state is written at most once per this many of
+/// them (a restart re-applies the rest from the log, which is never purged that far).
+const RENEWALS_PER_WRITE: u64 = 20;
 
 fn sm_err(e: impl std::error::Error + 'static) -> StorageError {
     StorageIOError::write_state_machine(&e).into()
@@ -60,6 +66,7 @@ impl StateMachine {
             dir: dir.to_path_buf(),
             applied,
             published,
+            unwritten_renewals: 0,
         };
         Ok((sm, watch))
     }
@@ -67,6 +74,7 @@ impl StateMachine {
     fn persist(&mut self) -> Result<(), StorageError> {
         let bytes = serde_json::to_vec(&self.applied).map_err(sm_err)?;
         durable::write(&self.dir.join("state"), &bytes).map_err(sm_err)?;
+        self.unwritten_renewals = 0;
         self.published.send_replace(self.applied.clone());
         Ok(())
     }
@@ -119,8 +127,15 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         I::IntoIter: OptionalSend,
     {
         let mut outcomes = Vec::new();
+        let mut only_renewals = true;
         for entry in entries {
             self.applied.last_applied = Some(entry.log_id);
+            let renewal = matches!(
+                &entry.payload,
+                EntryPayload::Normal(pgfm_core::Command::RenewLease { .. })
+            );
+            only_renewals &= renewal;
+            self.unwritten_renewals += u64::from(renewal);
             let outcome = match entry.payload {
                 EntryPayload::Blank => Ok(()),
                 EntryPayload::Normal(command) => {
@@ -151,7 +166,11 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             };
             outcomes.push(outcome);
         }
-        self.persist()?;
+        if only_renewals && self.unwritten_renewals < RENEWALS_PER_WRITE {
+            self.published.send_replace(self.applied.clone());
+        } else {
+            self.persist()?;
+        }
         Ok(outcomes)
     }
 

@@ -634,7 +634,16 @@ mod tests {
             voters: nodes.iter().map(|(n, _)| n.to_string()).collect(),
             state,
             reports,
-            settings: Settings::default(),
+            // Fixed here, so that the numbers below do not move with the defaults.
+            settings: Settings {
+                lease: LeaseSettings {
+                    lease_ms: 3000,
+                    renew_interval_ms: 500,
+                    safety_margin_ms: 1000,
+                    drift_margin_ms: 500,
+                },
+                ..Settings::default()
+            },
             last_renewal_seen_ms: Some(0),
             coordinator_since_ms: Some(0),
             wall_clock_ms: 42,

@@ -17,8 +17,10 @@ pub struct LeaseSettings {
 
 impl Default for LeaseSettings {
     fn default() -> LeaseSettings {
+        // lease - safety_margin (2.5 s) leaves room for a Raft election (up to 1.2 s) even on
+        // a loaded machine; lease + drift_margin (4 s) is how long a dead primary is waited for.
         LeaseSettings {
-            lease_ms: 3000,
+            lease_ms: 3500,
             renew_interval_ms: 500,
             safety_margin_ms: 1000,
             drift_margin_ms: 500,
@@ -70,6 +72,8 @@ pub struct HeldLease {
     pub last_attempt_ms: Option<u64>,
     /// A renewal is on its way.
     pub in_flight: bool,
+    /// The last renewal failed (no coordinator, a timeout): retry sooner.
+    pub last_failed: bool,
     /// When the agent started: before its first renewal, the lease it may still hold from
     /// before a restart is assumed to run until `started + lease - safety_margin`.
     pub started_ms: u64,
@@ -121,9 +125,16 @@ pub fn primary_step(
             now_ms - held.fence_at_ms(s)
         )));
     }
+    // After a failure (typically: the coordinator just died) retry every 100 ms, so that the
+    // lease is renewed as soon as a new coordinator is elected.
+    let interval = if held.last_failed {
+        s.renew_interval_ms.min(100)
+    } else {
+        s.renew_interval_ms
+    };
     let due = held
         .last_attempt_ms
-        .is_none_or(|last| now_ms >= last + s.renew_interval_ms);
+        .is_none_or(|last| now_ms >= last + interval);
     if is_primary && due && !held.in_flight {
         steps.push(LeaseStep::Renew);
     }
@@ -181,10 +192,18 @@ mod tests {
             valid_until_ms: Some(3_100),
             last_attempt_ms: Some(100),
             in_flight: false,
+            last_failed: false,
             started_ms: 0,
         };
         check(400, true, true, renewed, &[]);
         check(600, true, true, renewed, &["renew"]);
+        // After a failed attempt, retry within 100 ms.
+        let failed = HeldLease {
+            last_failed: true,
+            ..renewed
+        };
+        check(199, true, true, failed, &[]);
+        check(200, true, true, failed, &["renew"]);
         check(
             2_099,
             true,
@@ -251,6 +270,7 @@ mod tests {
                     if now >= sent + commit_delay {
                         pending = None;
                         held.in_flight = false;
+                        held.last_failed = !ok;
                         if ok {
                             held.valid_until_ms = Some(sent + S.lease_ms);
                             applied = Some(now);

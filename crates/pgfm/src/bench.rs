@@ -187,7 +187,11 @@ async fn one_run(
         let steady = acks
             .lock()
             .map(|a| {
-                let recent: Vec<Instant> = a.iter().map(|(_, at)| *at).filter(|at| *at > fault).collect();
+                let recent: Vec<Instant> = a
+                    .iter()
+                    .map(|(_, at)| *at)
+                    .filter(|at| *at > fault)
+                    .collect();
                 let gap_end = recent
                     .windows(2)
                     .rev()
@@ -198,10 +202,9 @@ async fn one_run(
             })
             .unwrap_or(false);
         let promoted = scenario == Scenario::PostmasterCrash
-            || driver
-                .status()
-                .await
-                .is_ok_and(|s| s.generation > generation && s.primary.as_deref().is_some_and(|p| p != old));
+            || driver.status().await.is_ok_and(|s| {
+                s.generation > generation && s.primary.as_deref().is_some_and(|p| p != old)
+            });
         if steady && promoted {
             break;
         }
@@ -300,7 +303,7 @@ pub fn failover(args: FailoverBench) -> anyhow::Result<std::process::ExitCode> {
         .unwrap_or(1);
     if !args.json {
         println!(
-            "pgfm bench failover: {} run(s) per scenario; lab of 2 data nodes + witness on this machine ({cores} cores), default settings (lease 3 s, renew 500 ms, safety margin 1 s, drift margin 500 ms, probe 1 s); writer: one INSERT per transaction every 10 ms, multi-host, target_session_attrs=read-write",
+            "pgfm bench failover: {} run(s) per scenario; lab of 2 data nodes + witness on this machine ({cores} cores), default settings (lease 3.5 s, renew 500 ms, safety margin 1 s, drift margin 500 ms, probe 1 s); writer: one INSERT per transaction every 10 ms, multi-host, target_session_attrs=read-write",
             args.runs
         );
     }

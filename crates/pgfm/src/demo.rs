@@ -79,7 +79,7 @@ fn tour(driver: &LabDriver, started: Instant) -> anyhow::Result<()> {
         let new = after.primary.clone().context("no primary")?;
         println!(
             "{new} is the primary of generation {} {:.1} s after the kill: the coordinator waited for \
-             {old}'s lease to run out (3 s + 0.5 s margin), committed the promotion in the Raft log, \
+             {old}'s lease to run out (3.5 s + 0.5 s margin), committed the promotion in the Raft log, \
              then {new} replayed its WAL and was promoted.",
             after.generation,
             killed.elapsed().as_secs_f64()

@@ -94,6 +94,17 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
         .build()?)
 }
 
+/// A client for the agent named by a config file (its address and token).
+fn local_agent(config: &std::path::Path) -> anyhow::Result<pgfm_api::ApiClient> {
+    let config = Config::load_static(config)?;
+    let token = config.read_token()?;
+    Ok(pgfm_api::ApiClient::new(
+        &config.listen.to_string(),
+        &token,
+        Duration::from_secs(5),
+    ))
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     if !matches!(cli.command, Commands::Agent { .. }) {
@@ -144,13 +155,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Commands::ClusterStatus { config, json } => {
-            let config = Config::load_static(&config)?;
-            let token = config.read_token()?;
-            let client = pgfm_api::ApiClient::new(
-                &config.listen.to_string(),
-                &token,
-                Duration::from_secs(5),
-            );
+            let client = local_agent(&config)?;
             let status = runtime()?.block_on(client.status())?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&status)?);
@@ -164,13 +169,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             })
         }
         Commands::Resume { config } => {
-            let config = Config::load_static(&config)?;
-            let token = config.read_token()?;
-            let client = pgfm_api::ApiClient::new(
-                &config.listen.to_string(),
-                &token,
-                Duration::from_secs(5),
-            );
+            let client = local_agent(&config)?;
             let answer = runtime()?.block_on(client.resume())?;
             println!("{}", answer.message);
             Ok(ExitCode::SUCCESS)

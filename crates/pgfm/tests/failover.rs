@@ -246,21 +246,40 @@ fn the_other_standbys_follow_the_new_primary_without_restart() {
         .collect();
     let watch = WriteWatch::start(&lab, &["pg1", "pg2", "pg3"]);
     run(&lab, &["lab", "kill", "pg1"]);
-    let status = wait_for("a new primary in generation 2 with the other standby streaming from it", SETTLE, || {
-        let (status, _) = lab.cluster_status("witness")?;
-        let Some(primary) = status["primary"].as_str().map(str::to_string) else {
-            return Err(status.to_string());
-        };
-        let other = if primary == "pg2" { "pg3" } else { "pg2" };
-        let n = node(&status, other);
-        let following = n["kind"] == "standby" && n["in_sync"] == true && n["timeline"] == 2;
-        if status["generation"] == 2 && following { Ok(status) } else { Err(status.to_string()) }
-    });
+    let status = wait_for(
+        "a new primary in generation 2 with the other standby streaming from it",
+        SETTLE,
+        || {
+            let (status, _) = lab.cluster_status("witness")?;
+            let Some(primary) = status["primary"].as_str().map(str::to_string) else {
+                return Err(status.to_string());
+            };
+            let other = if primary == "pg2" { "pg3" } else { "pg2" };
+            let n = node(&status, other);
+            let following = n["kind"] == "standby" && n["in_sync"] == true && n["timeline"] == 2;
+            if status["generation"] == 2 && following {
+                Ok(status)
+            } else {
+                Err(status.to_string())
+            }
+        },
+    );
     let primary = status["primary"].as_str().unwrap().to_string();
     let other = if primary == "pg2" { "pg3" } else { "pg2" };
     let before = &pids.iter().find(|(n, _)| n == other).unwrap().1;
-    assert_eq!(&lab.lab_node(other)["postgres_pid"], before, "{other} was restarted to follow");
-    assert!(lab.log(other).contains("now following the new primary"), "{}", lab.log(other));
-    assert_eq!(lab.psql(&primary, "SELECT count(*) FROM kept").unwrap(), "500");
+    assert_eq!(
+        &lab.lab_node(other)["postgres_pid"],
+        before,
+        "{other} was restarted to follow"
+    );
+    assert!(
+        lab.log(other).contains("now following the new primary"),
+        "{}",
+        lab.log(other)
+    );
+    assert_eq!(
+        lab.psql(&primary, "SELECT count(*) FROM kept").unwrap(),
+        "500"
+    );
     watch.finish();
 }

@@ -50,15 +50,7 @@ pub struct Postgres {
 
 /// A replication slot name for a node: lower case, `[a-z0-9_]`.
 pub fn slot_name(node: &str) -> String {
-    node.chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() {
-                c.to_ascii_lowercase()
-            } else {
-                '_'
-            }
-        })
-        .collect()
+    pgfm_core::decide::slot_for(node)
 }
 
 fn quote(value: &str) -> String {
@@ -459,9 +451,11 @@ impl Postgres {
     pub async fn clone_from(&self, upstream: &Upstream) -> anyhow::Result<()> {
         let s = &self.settings;
         let slot = slot_name(&s.node_name);
-        let client = probe::connect(&self.target_of(upstream)).await.map_err(|e| {
-            anyhow::anyhow!("connecting to {} to create slot {slot}: {e}", upstream.name)
-        })?;
+        let client = probe::connect(&self.target_of(upstream))
+            .await
+            .map_err(|e| {
+                anyhow::anyhow!("connecting to {} to create slot {slot}: {e}", upstream.name)
+            })?;
         create_slot(&client, &slot)
             .await
             .with_context(|| format!("on {}", upstream.name))?;

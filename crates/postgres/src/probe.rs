@@ -18,15 +18,16 @@ pub struct Target {
     pub timeout: Duration,
 }
 
-/// Open a connection to `target`'s `postgres` database, with the password from the passfile.
-pub async fn connect(target: &Target) -> Result<Client, String> {
+/// The connection settings for `target`'s `postgres` database, with the password from the
+/// passfile (tokio-postgres does not read one).
+fn config_for(target: &Target, application: &str) -> Result<tokio_postgres::Config, String> {
     let mut config = tokio_postgres::Config::new();
     config
         .host(&target.host)
         .port(target.port)
         .user(&target.user)
         .dbname("postgres")
-        .application_name("pgfm")
+        .application_name(application)
         .connect_timeout(target.timeout);
     if let Some(path) = &target.passfile {
         let contents = std::fs::read_to_string(path)
@@ -41,6 +42,12 @@ pub async fn connect(target: &Target) -> Result<Client, String> {
             config.password(pw);
         }
     }
+    Ok(config)
+}
+
+/// Open a connection to `target`'s `postgres` database.
+pub async fn connect(target: &Target) -> Result<Client, String> {
+    let config = config_for(target, "pgfm")?;
     let connecting = config.connect(NoTls);
     let (client, connection) = tokio::time::timeout(target.timeout, connecting)
         .await
@@ -276,26 +283,9 @@ impl RemoteCheck {
             if let Some(client) = self.client.as_ref().filter(|c| !c.is_closed()) {
                 return client.simple_query("SELECT 1").await.is_ok();
             }
-            let mut config = tokio_postgres::Config::new();
-            config
-                .host(&target.host)
-                .port(target.port)
-                .user(&target.user)
-                .dbname("postgres")
-                .application_name("pgfm-check")
-                .connect_timeout(target.timeout);
-            if let Some(pw) = target.passfile.as_ref().and_then(|path| {
-                let contents = std::fs::read_to_string(path).ok()?;
-                crate::passfile::lookup(
-                    &contents,
-                    &target.host,
-                    target.port,
-                    "postgres",
-                    &target.user,
-                )
-            }) {
-                config.password(pw);
-            }
+            let Ok(config) = config_for(target, "pgfm-check") else {
+                return false;
+            };
             match config.connect(NoTls).await {
                 Ok((client, connection)) => {
                     tokio::spawn(async move {

@@ -22,21 +22,21 @@ impl Agent {
             let mut held = lock(&self.lease);
             held.started_ms = self.now_ms();
         }
-        let mut ticker = tokio::time::interval(Duration::from_millis(25));
+        let mut ticker = tokio::time::interval(Duration::from_millis(50));
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
         loop {
             tokio::select! {
                 _ = ticker.tick() => {}
                 _ = stop.changed() => return,
             }
-            let state = self.raft.state();
-            let is_primary = state.primary.as_deref() == Some(self.config.name.as_str());
+            let (primary, generation) = self.raft.primary();
+            let is_primary = primary.as_deref() == Some(self.config.name.as_str());
             let now = self.now_ms();
             let held = {
                 let mut held = lock(&self.lease);
-                if held.generation != Some(state.generation) {
+                if held.generation != Some(generation) {
                     // A new generation: whatever was held belonged to the previous one.
-                    held.generation = Some(state.generation);
+                    held.generation = Some(generation);
                     held.valid_until_ms = None;
                     held.last_attempt_ms = None;
                 }
@@ -45,14 +45,14 @@ impl Agent {
             for step in primary_step(now, is_primary, pg.writable(), &held, &settings) {
                 match step {
                     LeaseStep::Fence(reason) => {
-                        tracing::error!(generation = %state.generation, %reason, "fencing PostgreSQL");
+                        tracing::error!(generation = %generation, %reason, "fencing PostgreSQL");
                         lock(&self.db).expect_down = true;
                         match pg.fence().await {
                             Ok(()) => {
-                                tracing::warn!(generation = %state.generation, "PostgreSQL fenced (immediate shutdown)")
+                                tracing::warn!(generation = %generation, "PostgreSQL fenced (immediate shutdown)")
                             }
                             Err(e) => {
-                                tracing::error!(generation = %state.generation, error = %format!("{e:#}"), "fencing failed")
+                                tracing::error!(generation = %generation, error = %format!("{e:#}"), "fencing failed")
                             }
                         }
                     }
@@ -63,7 +63,6 @@ impl Agent {
                             held.last_attempt_ms = Some(now);
                         }
                         let agent = self.clone();
-                        let generation = state.generation;
                         tokio::spawn(async move { agent.renew(generation, now).await });
                     }
                 }
@@ -88,6 +87,7 @@ impl Agent {
         if held.generation != Some(generation) {
             return;
         }
+        held.last_failed = !matches!(outcome, Ok(Ok(Ok(()))));
         match outcome {
             Ok(Ok(Ok(()))) => {
                 let until = sent_ms + settings.lease_ms;
