@@ -13,7 +13,7 @@ dir=/tmp/pgfm-measure
 [ -f "$dir/lab.json" ] && "$pgfm" lab down --dir "$dir" >/dev/null
 
 echo "machine: $(nproc) cores, $(awk '/MemTotal/ {printf "%.0f GiB", $2/1048576}' /proc/meminfo), $(. /etc/os-release; echo "$PRETTY_NAME"), PostgreSQL $("$(ls -d /usr/lib/postgresql/*/bin | sort -V | tail -1)/postgres" --version | awk '{print $3}')"
-echo "settings: 2 data nodes + witness, defaults: probe_interval 1s, report_ttl 3s, Raft heartbeat 100ms, lease renewed every 500ms"
+echo "settings: 2 data nodes + witness, defaults: probe_interval 1s, report_ttl 3s, Raft heartbeat 150ms, lease renewed every 500ms"
 times=()
 for i in $(seq "$runs"); do
     start=$(date +%s.%N)
