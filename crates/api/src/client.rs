@@ -4,7 +4,9 @@ use std::time::Duration;
 
 use pgfm_core::NodeReport;
 
-use crate::types::{ClusterStatus, ErrorBody, Message, ReportAck};
+use crate::types::{
+    ClusterStatus, ErrorBody, Message, ReportAck, SwitchoverRequest, SwitchoverStarted,
+};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
@@ -94,6 +96,12 @@ impl ApiClient {
     pub async fn resume(&self) -> Result<Message, ApiError> {
         let url = format!("{}/v1/resume", self.base);
         self.send(self.http.post(&url), url).await
+    }
+
+    pub async fn switchover(&self, to: Option<String>) -> Result<SwitchoverStarted, ApiError> {
+        let url = format!("{}/v1/switchover", self.base);
+        let body = SwitchoverRequest { to };
+        self.send(self.http.post(&url).json(&body), url).await
     }
 
     pub async fn report(&self, report: &NodeReport) -> Result<ReportAck, ApiError> {

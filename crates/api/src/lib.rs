@@ -11,5 +11,5 @@ pub mod routes;
 pub mod types;
 
 pub use client::{ApiClient, ApiError};
-pub use routes::{router, AgentApi, ReportOutcome};
+pub use routes::{router, AgentApi, Refusal, ReportOutcome};
 pub use types::*;

@@ -12,7 +12,9 @@ use axum::{Json, Router};
 
 use pgfm_core::NodeReport;
 
-use crate::types::{AgedReport, ClusterStatus, ErrorBody, Message, ReportAck};
+use crate::types::{
+    AgedReport, ClusterStatus, ErrorBody, Message, ReportAck, SwitchoverRequest, SwitchoverStarted,
+};
 
 /// What happened to a report sent to this agent.
 pub enum ReportOutcome {
@@ -26,6 +28,18 @@ pub trait AgentApi: Send + Sync + 'static {
     fn status(&self) -> impl Future<Output = Result<ClusterStatus, String>> + Send;
     fn report(&self, report: NodeReport) -> impl Future<Output = ReportOutcome> + Send;
     fn resume(&self) -> impl Future<Output = Result<String, String>> + Send;
+    /// Start a switchover; `Err` is a refusal with its reason (nothing was changed).
+    fn switchover(
+        &self,
+        request: SwitchoverRequest,
+    ) -> impl Future<Output = Result<SwitchoverStarted, Refusal>> + Send;
+}
+
+/// Why a command was not carried out: refused (409, nothing changed) or failed (503).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Refusal {
+    Refused(String),
+    Unavailable(String),
 }
 
 pub fn router<A: AgentApi>(agent: Arc<A>) -> Router {
@@ -33,6 +47,7 @@ pub fn router<A: AgentApi>(agent: Arc<A>) -> Router {
         .route("/v1/status", get(status::<A>))
         .route("/v1/report", post(report::<A>))
         .route("/v1/resume", post(resume::<A>))
+        .route("/v1/switchover", post(switchover::<A>))
         .with_state(agent)
 }
 
@@ -47,6 +62,21 @@ async fn resume<A: AgentApi>(State(agent): State<Arc<A>>) -> Response {
     match agent.resume().await {
         Ok(message) => Json(Message { message }).into_response(),
         Err(error) => (StatusCode::CONFLICT, Json(ErrorBody { error })).into_response(),
+    }
+}
+
+async fn switchover<A: AgentApi>(
+    State(agent): State<Arc<A>>,
+    Json(request): Json<SwitchoverRequest>,
+) -> Response {
+    match agent.switchover(request).await {
+        Ok(started) => Json(started).into_response(),
+        Err(Refusal::Refused(error)) => {
+            (StatusCode::CONFLICT, Json(ErrorBody { error })).into_response()
+        }
+        Err(Refusal::Unavailable(error)) => {
+            (StatusCode::SERVICE_UNAVAILABLE, Json(ErrorBody { error })).into_response()
+        }
     }
 }
 

@@ -123,3 +123,19 @@ pub struct ErrorBody {
 pub struct Message {
     pub message: String,
 }
+
+/// The body of `POST /v1/switchover`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SwitchoverRequest {
+    /// The standby to hand over to; the most advanced in-sync standby when absent.
+    pub to: Option<String>,
+}
+
+/// The answer to an accepted switchover: it is under way (committed in the Raft log).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SwitchoverStarted {
+    pub from: String,
+    pub to: String,
+    /// The generation of `from`; the switchover ends with `to` primary of the next one.
+    pub generation: u64,
+}

@@ -8,7 +8,7 @@
 use std::collections::BTreeMap;
 
 use crate::lease::{self, LeaseSettings};
-use crate::model::{ClusterState, Command, DataDirState, DbRole, NodeKind, NodeReport};
+use crate::model::{ClusterState, Command, DataDirState, DbRole, NodeKind, NodeReport, Switchover};
 use crate::types::Generation;
 
 /// A report and when (on the receiving agent's monotonic clock, in ms) it arrived.
@@ -153,6 +153,9 @@ pub enum Action {
         upstream: String,
         generation: Generation,
     },
+    /// Switchover: stop the local primary cleanly, mark it a standby, and commit the
+    /// hand-over with its final WAL position (which releases the lease).
+    HandOver { to: String, generation: Generation },
     /// Create replication slots on the local primary.
     EnsureSlots {
         slots: Vec<String>,
@@ -241,6 +244,9 @@ fn failover(cluster: &ClusterView, primary: &str, now_ms: u64) -> Vec<Action> {
     let Some(since) = cluster.coordinator_since_ms else {
         return Vec::new();
     };
+    if let Some(sw) = &state.switchover {
+        return switchover(cluster, sw, now_ms);
+    }
     let expires = lease::expired_at_ms(cluster.last_renewal_seen_ms, since, &settings.lease);
     let released = state.lease_released;
     if !released && now_ms < expires {
@@ -356,6 +362,49 @@ fn failover(cluster: &ClusterView, primary: &str, now_ms: u64) -> Vec<Action> {
     }
 }
 
+/// The coordinator's part of a planned switchover: once the old primary has stopped and
+/// handed over, promote the target as soon as it has replayed the old primary's final
+/// record (its shutdown checkpoint), so nothing acknowledged is lost; give up if the target
+/// is gone.
+fn switchover(cluster: &ClusterView, sw: &Switchover, now_ms: u64) -> Vec<Action> {
+    let state = &cluster.state;
+    let Some(final_lsn) = sw.final_lsn.filter(|_| state.lease_released) else {
+        return vec![cluster_hold(format!(
+            "switchover from {} to {}: waiting for {} to stop cleanly",
+            sw.from, sw.to, sw.from
+        ))];
+    };
+    let target = cluster
+        .fresh_report(&sw.to, now_ms)
+        .filter(|r| r.db_up && r.role == Some(DbRole::Standby));
+    match target {
+        // The shutdown checkpoint is the last record: replaying past its start means
+        // replaying it whole.
+        Some(r) if r.replayed_lsn.is_some_and(|l| l > final_lsn) => {
+            vec![Action::Propose(Command::Promote {
+                node: sw.to.clone(),
+                generation: state.generation.next(),
+                from: Some(sw.from.clone()),
+                reason: format!("switchover from {} to {}", sw.from, sw.to),
+                lsn: r.replayed_lsn,
+                lost_bytes: Some(0),
+                at_unix_ms: cluster.wall_clock_ms,
+            })]
+        }
+        Some(r) => vec![cluster_hold(format!(
+            "switchover to {}: waiting for it to replay up to {final_lsn} (at {})",
+            sw.to,
+            r.replayed_lsn
+                .map(|l| l.to_string())
+                .unwrap_or_else(|| "?".into())
+        ))],
+        None => vec![Action::Propose(Command::CancelSwitchover {
+            generation: state.generation,
+            reason: format!("{} is no longer a running standby", sw.to),
+        })],
+    }
+}
+
 /// A data node's part: bring its own PostgreSQL to the role the committed state gives it.
 fn reconcile_local(cluster: &ClusterView, local: &LocalView, now_ms: u64) -> Vec<Action> {
     let me = &local.report;
@@ -383,6 +432,22 @@ fn reconcile_primary(cluster: &ClusterView, local: &LocalView, now_ms: u64) -> V
     let settings = &cluster.settings;
     let me = &local.report;
     let generation = state.generation;
+    if let Some(sw) = state
+        .switchover
+        .as_ref()
+        .filter(|s| s.from == local.name && s.generation == generation)
+    {
+        if state.lease_released {
+            return vec![hold(format!(
+                "switchover: handed over to {}, waiting for its promotion",
+                sw.to
+            ))];
+        }
+        return vec![Action::HandOver {
+            to: sw.to.clone(),
+            generation,
+        }];
+    }
     if local.db_running {
         if me.db_up && me.role == Some(DbRole::Standby) {
             // Invariant 1: the promotion is committed; the lease comes before the writes.
@@ -692,6 +757,9 @@ mod tests {
                 Action::Propose(Command::ReleaseLease { node, generation }) => {
                     format!("release {node} g{generation}")
                 }
+                Action::Propose(Command::CancelSwitchover { reason, .. }) => {
+                    format!("cancel switchover: {reason}")
+                }
                 Action::Propose(other) => format!("propose {other:?}"),
                 Action::StartPrimary { generation } => format!("start primary g{generation}"),
                 Action::StartStandby {
@@ -716,6 +784,7 @@ mod tests {
                     upstream,
                     generation,
                 } => format!("reclone from {upstream} g{generation}"),
+                Action::HandOver { to, generation } => format!("hand over to {to} g{generation}"),
                 Action::EnsureSlots { slots, generation } => {
                     format!("slots {} g{generation}", slots.join(","))
                 }
@@ -1069,6 +1138,47 @@ mod tests {
         );
         v.reports.get_mut("witness").unwrap().report.sees_primary = Some(false);
         check_coordinator(&v, 9_000, &["promote pg2 g2 from pg1 losing 0"]);
+    }
+
+    #[test]
+    fn a_switchover_hands_over_then_promotes_once_the_target_replayed_everything() {
+        let mut v = view(
+            Some("pg1"),
+            &[
+                ("pg1", Running(DbRole::Primary)),
+                ("pg2", Running(DbRole::Standby)),
+                ("witness", Stopped(Empty)),
+            ],
+        );
+        v.state.switchover = Some(Switchover {
+            from: "pg1".into(),
+            to: "pg2".into(),
+            generation: Generation(1),
+            final_lsn: None,
+        });
+        check(&v, "pg1", false, &["hand over to pg2 g1"]);
+        check_coordinator(
+            &v,
+            2_000,
+            &["cluster hold: switchover from pg1 to pg2: waiting for pg1 to stop cleanly"],
+        );
+        v.state.lease_released = true;
+        v.state.switchover.as_mut().unwrap().final_lsn = Some(Lsn(1_000_000));
+        check(
+            &v,
+            "pg1",
+            false,
+            &["hold: switchover: handed over to pg2, waiting for its promotion"],
+        );
+        check_coordinator(&v, 2_000, &["cluster hold: switchover to pg2: waiting for it to replay up to 0/F4240 (at 0/F4240)"]);
+        v.reports.get_mut("pg2").unwrap().report.replayed_lsn = Some(Lsn(1_000_120));
+        check_coordinator(&v, 2_000, &["promote pg2 g2 from pg1 losing 0"]);
+        v.reports.get_mut("pg2").unwrap().report.db_up = false;
+        check_coordinator(
+            &v,
+            2_000,
+            &["cancel switchover: pg2 is no longer a running standby"],
+        );
     }
 
     #[test]

@@ -60,6 +60,26 @@ pub enum Command {
         node: String,
         generation: Generation,
     },
+    /// An operator asked the primary `from` of `generation` to hand over to `to`: the
+    /// primary shuts down cleanly and releases its lease with its final WAL position.
+    RequestSwitchover {
+        from: String,
+        to: String,
+        generation: Generation,
+    },
+    /// The primary of a switchover stopped cleanly at `final_lsn` (its shutdown checkpoint)
+    /// and gives up its lease.
+    HandOver {
+        node: String,
+        generation: Generation,
+        final_lsn: Lsn,
+    },
+    /// The switchover cannot complete (its target went away): the primary takes back its
+    /// lease and restarts.
+    CancelSwitchover {
+        generation: Generation,
+        reason: String,
+    },
     /// Make `node` the primary of `generation` (the next one), committed before PostgreSQL
     /// is promoted (invariant 1).
     Promote {
@@ -108,6 +128,21 @@ pub enum CommandError {
     },
     #[error("node {0} is not promotable")]
     NotPromotable(String),
+    #[error("a switchover to {0} is already under way")]
+    SwitchoverUnderWay(String),
+    #[error("no switchover is under way in generation {0}")]
+    NoSwitchover(Generation),
+}
+
+/// A planned switchover under way.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Switchover {
+    pub from: String,
+    pub to: String,
+    /// The generation of `from`.
+    pub generation: Generation,
+    /// Where `from` stopped (its shutdown checkpoint), once it has.
+    pub final_lsn: Option<Lsn>,
 }
 
 /// The committed cluster state: what the cluster intends. Only changed by applying
@@ -127,6 +162,9 @@ pub struct ClusterState {
     /// Every promotion, oldest first.
     #[serde(default)]
     pub history: Vec<Promotion>,
+    /// A planned switchover under way, if any.
+    #[serde(default)]
+    pub switchover: Option<Switchover>,
 }
 
 impl ClusterState {
@@ -180,6 +218,69 @@ impl ClusterState {
                 }
                 Ok(())
             }
+            Command::RequestSwitchover {
+                from,
+                to,
+                generation,
+            } => {
+                if let Some(s) = &self.switchover {
+                    return Err(CommandError::SwitchoverUnderWay(s.to.clone()));
+                }
+                let holds = self.primary.as_deref() == Some(from.as_str())
+                    && *generation == self.generation
+                    && !self.lease_released;
+                if !holds {
+                    return Err(CommandError::NotLeaseHolder {
+                        node: from.clone(),
+                        generation: *generation,
+                    });
+                }
+                match self.members.get(to) {
+                    Some(m) if m.kind != NodeKind::Data || to == from => {
+                        return Err(CommandError::NotADataNode(to.clone()))
+                    }
+                    Some(m) if !m.promotable || m.priority == 0 => {
+                        return Err(CommandError::NotPromotable(to.clone()))
+                    }
+                    Some(_) => {}
+                    None => return Err(CommandError::NotADataNode(to.clone())),
+                }
+                self.switchover = Some(Switchover {
+                    from: from.clone(),
+                    to: to.clone(),
+                    generation: *generation,
+                    final_lsn: None,
+                });
+                Ok(())
+            }
+            Command::HandOver {
+                node,
+                generation,
+                final_lsn,
+            } => {
+                let under_way = self
+                    .switchover
+                    .as_ref()
+                    .is_some_and(|s| s.from == *node && s.generation == *generation);
+                if !under_way || self.lease_released || self.generation != *generation {
+                    return Err(CommandError::NoSwitchover(*generation));
+                }
+                self.lease_released = true;
+                if let Some(s) = self.switchover.as_mut() {
+                    s.final_lsn = Some(*final_lsn);
+                }
+                Ok(())
+            }
+            Command::CancelSwitchover { generation, .. } => {
+                if self.switchover.as_ref().map(|s| s.generation) != Some(*generation)
+                    || self.generation != *generation
+                {
+                    return Err(CommandError::NoSwitchover(*generation));
+                }
+                self.switchover = None;
+                self.lease_released = false;
+                Ok(())
+            }
             Command::Promote {
                 node,
                 generation,
@@ -218,6 +319,7 @@ impl ClusterState {
                 self.generation = *generation;
                 self.lease_renewals = 0;
                 self.lease_released = false;
+                self.switchover = None;
                 Ok(())
             }
         }

@@ -59,8 +59,7 @@ struct RunResult {
     rejoin_ms: Option<u64>,
 }
 
-/// The acknowledged ids and when each was acknowledged.
-type Acks = Arc<Mutex<Vec<(i64, Instant)>>>;
+use pgfm_postgres::writers::{write_sequence as write, Acks};
 
 fn writer_config(driver: &LabDriver) -> anyhow::Result<tokio_postgres::Config> {
     let lab = driver.lab()?;
@@ -80,48 +79,6 @@ fn writer_config(driver: &LabDriver) -> anyhow::Result<tokio_postgres::Config> {
         .connect_timeout(Duration::from_secs(1))
         .target_session_attrs(TargetSessionAttrs::ReadWrite);
     Ok(config)
-}
-
-/// The neutral writer: runs until `stop`, starting at id `first`.
-async fn write(config: tokio_postgres::Config, first: i64, acks: Acks, stop: Arc<AtomicBool>) {
-    let mut next = first;
-    let mut client: Option<tokio_postgres::Client> = None;
-    let mut ticker = tokio::time::interval(Duration::from_millis(10));
-    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    while !stop.load(Ordering::SeqCst) {
-        if client.as_ref().is_none_or(|c| c.is_closed()) {
-            // Reconnect at once: no pause between attempts beyond the connect itself.
-            client = match tokio::time::timeout(
-                Duration::from_secs(2),
-                config.connect(tokio_postgres::NoTls),
-            )
-            .await
-            {
-                Ok(Ok((c, connection))) => {
-                    tokio::spawn(async move {
-                        let _ = connection.await;
-                    });
-                    Some(c)
-                }
-                _ => None,
-            };
-            continue;
-        }
-        ticker.tick().await;
-        let Some(c) = client.as_ref() else { continue };
-        let id = next;
-        let params: [&(dyn tokio_postgres::types::ToSql + Sync); 1] = [&id];
-        let insert = c.execute("INSERT INTO bench (id) VALUES ($1)", &params);
-        match tokio::time::timeout(Duration::from_secs(2), insert).await {
-            Ok(Ok(_)) => {
-                if let Ok(mut acks) = acks.lock() {
-                    acks.push((next, Instant::now()));
-                }
-                next += 1;
-            }
-            _ => client = None,
-        }
-    }
 }
 
 fn node_kind(status: &ClusterStatus, name: &str) -> Option<NodeKindStatus> {

@@ -45,6 +45,16 @@ enum Commands {
         #[arg(long)]
         json: bool,
     },
+    /// Planned, lossless switchover: the primary shuts down cleanly, the target receives
+    /// everything and is promoted, the old primary streams from it. Returns when done.
+    /// Exits 1 when refused (nothing changed), 2 on errors.
+    Switchover {
+        #[arg(short, long, default_value = DEFAULT_CONFIG)]
+        config: PathBuf,
+        /// The standby to hand over to (default: the most advanced standby in sync).
+        #[arg(long)]
+        to: Option<String>,
+    },
     /// Let this node rejoin when it waits for the operator (rejoin = "manual", or a failed
     /// rewind): asks the local agent.
     Resume {
@@ -103,6 +113,68 @@ fn local_agent(config: &std::path::Path) -> anyhow::Result<pgfm_api::ApiClient> 
         &token,
         Duration::from_secs(5),
     ))
+}
+
+/// `pgfm switchover`: ask, then follow the cluster until the old primary streams from the
+/// new one.
+fn switchover(config: &std::path::Path, to: Option<String>) -> anyhow::Result<ExitCode> {
+    let client = local_agent(config)?;
+    let rt = runtime()?;
+    let started_at = std::time::Instant::now();
+    let started = match rt.block_on(client.switchover(to)) {
+        Ok(started) => started,
+        Err(pgfm_api::ApiError::Failed {
+            status: 409,
+            message,
+            ..
+        }) => {
+            eprintln!("pgfm: switchover refused, nothing was changed: {message}");
+            return Ok(ExitCode::from(1));
+        }
+        Err(e) => return Err(e.into()),
+    };
+    println!(
+        "Switchover from {} to {} under way (generation {} -> {})...",
+        started.from,
+        started.to,
+        started.generation,
+        started.generation + 1
+    );
+    let deadline = std::time::Instant::now() + Duration::from_secs(120);
+    let mut last = String::new();
+    loop {
+        if let Ok(status) = rt.block_on(client.status()) {
+            let old = status.nodes.iter().find(|n| n.name == started.from);
+            let done = status.generation == started.generation + 1
+                && status.primary.as_deref() == Some(started.to.as_str())
+                && old.is_some_and(|n| {
+                    n.kind == pgfm_api::NodeKindStatus::Standby && n.in_sync == Some(true)
+                });
+            if done {
+                println!(
+                    "Switchover complete in {:.1} s: {} is the primary of generation {}; {} streams from it.",
+                    started_at.elapsed().as_secs_f64(),
+                    started.to,
+                    status.generation,
+                    started.from
+                );
+                return Ok(ExitCode::SUCCESS);
+            }
+            if status.generation == started.generation
+                && status.primary.as_deref() == Some(started.from.as_str())
+                && !status.problems.iter().any(|p| p.contains("switchover"))
+                && started_at.elapsed() > Duration::from_secs(5)
+            {
+                eprintln!("pgfm: the switchover was cancelled: {} is still the primary; see the agents' logs", started.from);
+                return Ok(ExitCode::from(1));
+            }
+            last = status.problems.join("; ");
+        }
+        if std::time::Instant::now() > deadline {
+            anyhow::bail!("the switchover did not complete within 120 s; last seen: {last}");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
 }
 
 fn main() -> ExitCode {
@@ -168,6 +240,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 ExitCode::from(1)
             })
         }
+        Commands::Switchover { config, to } => switchover(&config, to),
         Commands::Resume { config } => {
             let client = local_agent(&config)?;
             let answer = runtime()?.block_on(client.resume())?;

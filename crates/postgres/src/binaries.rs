@@ -5,7 +5,14 @@
 use std::path::{Path, PathBuf};
 
 /// The programs pgfm runs; a `bin_dir` must hold all of them.
-pub const REQUIRED: &[&str] = &["postgres", "pg_ctl", "initdb", "pg_basebackup", "pg_rewind"];
+pub const REQUIRED: &[&str] = &[
+    "postgres",
+    "pg_ctl",
+    "initdb",
+    "pg_basebackup",
+    "pg_rewind",
+    "pg_controldata",
+];
 
 /// The first program of `REQUIRED` missing from `dir`, if any.
 pub fn missing_program(dir: &Path) -> Option<&'static str> {

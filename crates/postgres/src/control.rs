@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 
-use pgfm_core::DataDirState;
+use pgfm_core::{DataDirState, Lsn};
 
 use crate::datadir;
 use crate::probe::{self, Target};
@@ -106,6 +106,8 @@ impl Postgres {
             "max_replication_slots = 10".to_string(),
             "wal_keep_size = '512MB'".to_string(),
             "hot_standby_feedback = on".to_string(),
+            // Retry streaming quickly after a switch of primary (the default waits 5 s).
+            "wal_retrieve_retry_interval = '500ms'".to_string(),
             format!("cluster_name = {}", quote(&s.node_name)),
         ];
         if let Some(dir) = &s.socket_dir {
@@ -167,6 +169,48 @@ impl Postgres {
             }
         }
         Ok(())
+    }
+
+    /// Switchover: shut down cleanly (fast: sessions are ended, the shutdown checkpoint is
+    /// written and streamed to the standbys), mark the directory a standby, and return
+    /// where the WAL ends (the shutdown checkpoint's location).
+    pub async fn stop_for_handover(&self) -> anyhow::Result<Lsn> {
+        self.stop("fast").await?;
+        let s = &self.settings;
+        s.os_user
+            .write_file(&s.data_dir.join("standby.signal"), "", 0o600)
+            .context("writing standby.signal")?;
+        self.checkpoint_lsn().await
+    }
+
+    /// The latest checkpoint location from `pg_controldata` (the server must be stopped for
+    /// it to be the end of WAL).
+    pub async fn checkpoint_lsn(&self) -> anyhow::Result<Lsn> {
+        let s = &self.settings;
+        let output = s
+            .os_user
+            .command(s.bin_dir.join("pg_controldata"))
+            .arg("-D")
+            .arg(&s.data_dir)
+            .env("LC_ALL", "C")
+            .stdin(Stdio::null())
+            .output()
+            .await
+            .context("running pg_controldata")?;
+        if !output.status.success() {
+            bail!(
+                "pg_controldata failed: {}",
+                String::from_utf8_lossy(&output.stderr).trim()
+            );
+        }
+        let text = String::from_utf8_lossy(&output.stdout);
+        let line = text
+            .lines()
+            .find_map(|l| l.strip_prefix("Latest checkpoint location:"))
+            .context("pg_controldata printed no latest checkpoint location")?;
+        line.trim()
+            .parse::<Lsn>()
+            .map_err(|e| anyhow::anyhow!("pg_controldata: {e}"))
     }
 
     /// Whether PostgreSQL runs here and would take writes (no `standby.signal`).

@@ -3,7 +3,7 @@
 //! overlapping moments is split brain; the tests and the bench look for it.
 
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use crate::probe::{connect, Target};
@@ -51,6 +51,57 @@ pub async fn sample_writable(
         tokio::time::sleep(every).await;
     }
     seen
+}
+
+/// The acknowledged ids of a writer and when each was acknowledged.
+pub type Acks = Arc<Mutex<Vec<(i64, Instant)>>>;
+
+/// The neutral writer: one INSERT of a sequential id (from `first`) per transaction every
+/// 10 ms into `bench (id)`, reconnecting at once on any error, until `stop`.
+pub async fn write_sequence(
+    config: tokio_postgres::Config,
+    first: i64,
+    acks: Acks,
+    stop: Arc<AtomicBool>,
+) {
+    let mut next = first;
+    let mut client: Option<tokio_postgres::Client> = None;
+    let mut ticker = tokio::time::interval(Duration::from_millis(10));
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    while !stop.load(Ordering::SeqCst) {
+        if client.as_ref().is_none_or(|c| c.is_closed()) {
+            // Reconnect at once: no pause between attempts beyond the connect itself.
+            client = match tokio::time::timeout(
+                Duration::from_secs(2),
+                config.connect(tokio_postgres::NoTls),
+            )
+            .await
+            {
+                Ok(Ok((c, connection))) => {
+                    tokio::spawn(async move {
+                        let _ = connection.await;
+                    });
+                    Some(c)
+                }
+                _ => None,
+            };
+            continue;
+        }
+        ticker.tick().await;
+        let Some(c) = client.as_ref() else { continue };
+        let id = next;
+        let params: [&(dyn tokio_postgres::types::ToSql + Sync); 1] = [&id];
+        let insert = c.execute("INSERT INTO bench (id) VALUES ($1)", &params);
+        match tokio::time::timeout(Duration::from_secs(2), insert).await {
+            Ok(Ok(_)) => {
+                if let Ok(mut acks) = acks.lock() {
+                    acks.push((next, Instant::now()));
+                }
+                next += 1;
+            }
+            _ => client = None,
+        }
+    }
 }
 
 /// Pairs of samples where two different servers were writable at overlapping moments.

@@ -192,6 +192,26 @@ impl Agent {
                     .store(false, std::sync::atomic::Ordering::SeqCst);
                 tracing::info!(%generation, %upstream, ms = started.elapsed().as_millis() as u64, "rewound and streaming");
             }
+            Action::HandOver { to, generation } => {
+                tracing::warn!(%generation, %to, "switchover: stopping PostgreSQL cleanly to hand over");
+                set_activity(Some(format!("switchover: handing over to {to}")));
+                lock(&self.db).expect_down = true;
+                let stopped = pg.stop_for_handover().await;
+                set_activity(None);
+                let final_lsn = stopped?;
+                let command = Command::HandOver {
+                    node: self.config.name.clone(),
+                    generation: *generation,
+                    final_lsn,
+                };
+                match pgfm_coord::Coordinator::propose(&self.raft, command).await {
+                    Ok(Ok(())) => {
+                        tracing::warn!(%generation, %to, %final_lsn, ms = started.elapsed().as_millis() as u64, "switchover: stopped cleanly and handed over")
+                    }
+                    Ok(Err(refused)) => anyhow::bail!("hand-over refused: {refused}"),
+                    Err(e) => anyhow::bail!("hand-over not committed: {e}"),
+                }
+            }
             Action::EnsureSlots { slots, generation } => {
                 pg.ensure_slots(slots).await?;
                 tracing::info!(%generation, slots = %slots.join(","), "replication slots created");

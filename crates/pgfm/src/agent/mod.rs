@@ -3,6 +3,7 @@
 //! primary's lease (the lease loop), and turns the decision engine's actions into I/O (the
 //! decide loop and the executor).
 
+mod commands;
 mod executor;
 mod lease;
 pub mod status;
@@ -58,6 +59,8 @@ pub struct Agent {
     resume_requested: AtomicBool,
     /// Wakes the probe loop at once (after an action changed the local PostgreSQL).
     probe_now: tokio::sync::Notify,
+    /// Wakes the decide loop at once (a new report, a new committed state).
+    decide_now: tokio::sync::Notify,
     /// When the last action on the local PostgreSQL finished: decisions wait for a report
     /// made after it, so that they never act on what the action just changed.
     last_action_ms: std::sync::atomic::AtomicU64,
@@ -242,6 +245,7 @@ impl Agent {
             }
             let report = self.make_report(&mut prober, &mut remote).await;
             self.remember(report.clone(), 0);
+            self.decide_now.notify_one();
             if self.raft.is_coordinator() {
                 continue;
             }
@@ -281,6 +285,7 @@ impl Agent {
         loop {
             tokio::select! {
                 _ = ticker.tick() => {}
+                _ = self.decide_now.notified() => {}
                 _ = stop.changed() => return,
             }
             let now = self.now_ms();
@@ -358,19 +363,37 @@ impl Agent {
     /// lease clock).
     async fn renewal_watch(self: Arc<Self>, mut stop: watch::Receiver<bool>) {
         let mut applied = self.raft.watch();
+        let mut last_shape = None;
         loop {
             tokio::select! {
                 changed = applied.changed() => if changed.is_err() { return },
                 _ = stop.changed() => return,
             }
-            let (generation, renewals) = {
+            let (generation, renewals, shape) = {
                 let a = applied.borrow_and_update();
-                (a.state.generation, a.state.lease_renewals)
+                let s = &a.state;
+                let shape = (
+                    s.generation,
+                    s.primary.clone(),
+                    s.lease_released,
+                    s.switchover.clone(),
+                    s.members.len(),
+                );
+                (s.generation, s.lease_renewals, shape)
             };
             let now = self.now_ms();
-            let mut seen = lock(&self.renewal_seen);
-            if (seen.0, seen.1) != (generation, renewals) {
-                *seen = (generation, renewals, now);
+            {
+                let mut seen = lock(&self.renewal_seen);
+                if (seen.0, seen.1) != (generation, renewals) {
+                    *seen = (generation, renewals, now);
+                }
+            }
+            // Anything but a renewal changes what agents should do: probe and decide now
+            // rather than at the next tick (a switchover is a chain of such steps).
+            if last_shape.as_ref() != Some(&shape) {
+                last_shape = Some(shape);
+                self.probe_now.notify_one();
+                self.decide_now.notify_one();
             }
         }
     }
@@ -448,6 +471,13 @@ impl AgentApi for Agent {
         Ok(Agent::resume(self))
     }
 
+    async fn switchover(
+        &self,
+        request: pgfm_api::SwitchoverRequest,
+    ) -> Result<pgfm_api::SwitchoverStarted, pgfm_api::Refusal> {
+        self.start_switchover(request).await
+    }
+
     async fn report(&self, report: NodeReport) -> ReportOutcome {
         if !self.raft.is_coordinator() {
             return ReportOutcome::NotCoordinator(self.raft.coordinator());
@@ -457,6 +487,7 @@ impl AgentApi for Agent {
             return ReportOutcome::NotCoordinator(self.raft.coordinator());
         }
         self.remember(report, 0);
+        self.decide_now.notify_one();
         ReportOutcome::Accepted(self.fresh_reports())
     }
 }
@@ -540,6 +571,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         db: Mutex::new(DbWatch::default()),
         resume_requested: AtomicBool::new(false),
         probe_now: tokio::sync::Notify::new(),
+        decide_now: tokio::sync::Notify::new(),
         last_action_ms: std::sync::atomic::AtomicU64::new(0),
         rewind_failed: Mutex::new(None),
     });

@@ -329,3 +329,75 @@ impl Drop for WriteWatch {
         self.stop.store(true, std::sync::atomic::Ordering::SeqCst);
     }
 }
+
+impl Lab {
+    /// A multi-host, read-write connection to whichever data node is the primary.
+    pub fn writer_config(&self, nodes: &[&str]) -> tokio_postgres::Config {
+        let passfile = std::fs::read_to_string(self.dir.join("pgpass")).unwrap();
+        let password =
+            pgfm_postgres::passfile::lookup(&passfile, "127.0.0.1", 0, "postgres", "postgres")
+                .unwrap();
+        let mut config = tokio_postgres::Config::new();
+        for n in nodes {
+            let port = self.lab_node(n)["pg_port"].as_u64().unwrap() as u16;
+            config.host("127.0.0.1").port(port);
+        }
+        config
+            .user("postgres")
+            .password(password)
+            .dbname("postgres")
+            .connect_timeout(Duration::from_secs(1))
+            .target_session_attrs(tokio_postgres::config::TargetSessionAttrs::ReadWrite);
+        config
+    }
+}
+
+/// The neutral writer (one INSERT of a sequential id every 10 ms into `bench`) on its own
+/// thread, until `finish`.
+pub struct Writer {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    pub acks: pgfm_postgres::writers::Acks,
+    handle: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Writer {
+    pub fn start(config: tokio_postgres::Config) -> Writer {
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let acks: pgfm_postgres::writers::Acks = Default::default();
+        let (flag, sink) = (stop.clone(), acks.clone());
+        let handle = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(pgfm_postgres::writers::write_sequence(
+                config, 1, sink, flag,
+            ));
+        });
+        Writer {
+            stop,
+            acks,
+            handle: Some(handle),
+        }
+    }
+
+    pub fn count(&self) -> usize {
+        self.acks.lock().unwrap().len()
+    }
+
+    /// Stop writing; the acknowledged ids.
+    pub fn finish(mut self) -> Vec<i64> {
+        self.stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        if let Some(h) = self.handle.take() {
+            h.join().unwrap();
+        }
+        let acks = self.acks.lock().unwrap();
+        acks.iter().map(|(id, _)| *id).collect()
+    }
+}
+
+impl Drop for Writer {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+}
