@@ -345,3 +345,179 @@ pub fn failover(args: FailoverBench) -> anyhow::Result<std::process::ExitCode> {
         std::process::ExitCode::SUCCESS
     })
 }
+
+#[derive(Debug, Args)]
+pub struct SwitchoverBench {
+    /// Switchovers, back and forth.
+    #[arg(long, default_value = "10")]
+    runs: usize,
+    /// Where to build the lab (removed at the end).
+    #[arg(long, default_value = "/tmp/pgfm-bench")]
+    dir: std::path::PathBuf,
+    /// One JSON line per run instead of the summary.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Debug, Clone, Serialize)]
+struct SwitchoverRun {
+    run: usize,
+    from: String,
+    to: String,
+    generation: u64,
+    downtime_ms: u64,
+    command_ms: u64,
+    old_primary_streaming_at_return: bool,
+}
+
+/// The longest gap between consecutive acknowledged writes from the last one before
+/// `from` on.
+fn longest_gap(acks: &[(i64, Instant)], from: Instant) -> Duration {
+    let start = acks
+        .iter()
+        .rev()
+        .find(|(_, at)| *at <= from)
+        .map(|(_, at)| *at)
+        .unwrap_or(from);
+    acks.iter()
+        .filter(|(_, at)| *at > start)
+        .scan(start, |prev, (_, at)| {
+            let gap = at.duration_since(*prev);
+            *prev = *at;
+            Some(gap)
+        })
+        .max()
+        .unwrap_or_default()
+}
+
+/// `pgfm bench switchover`: N switchovers back and forth under the neutral writer.
+pub fn switchover(args: SwitchoverBench) -> anyhow::Result<std::process::ExitCode> {
+    let rt = crate::lab::runtime()?;
+    let cores = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1);
+    if !args.json {
+        println!(
+            "pgfm bench switchover: {} switchover(s) back and forth; lab of 2 data nodes + witness on this machine ({cores} cores), default settings; writer: one INSERT per transaction every 10 ms, multi-host, target_session_attrs=read-write",
+            args.runs
+        );
+    }
+    let (driver, _) = LabDriver::up(&args.dir, 2, &[])?;
+    let exe = std::env::current_exe()?;
+    let config = driver.dir.join("witness").join("pgfm.toml");
+    let outcome = rt.block_on(async {
+        let client = pgfm_postgres::probe::connect(&driver.target("pg1")?)
+            .await
+            .map_err(|e| anyhow::anyhow!("connecting to pg1: {e}"))?;
+        client
+            .simple_query("CREATE TABLE IF NOT EXISTS bench (id bigint PRIMARY KEY, at timestamptz DEFAULT now())")
+            .await
+            .context("creating the bench table")?;
+        let acks: Acks = Arc::new(Mutex::new(Vec::new()));
+        let stop = Arc::new(AtomicBool::new(false));
+        let writer = tokio::spawn(write(writer_config(&driver)?, 1, acks.clone(), stop.clone()));
+        let targets = driver
+            .data_nodes()?
+            .into_iter()
+            .map(|(name, _)| Ok((name.clone(), driver.target(&name)?)))
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        let watch_stop = Arc::new(AtomicBool::new(false));
+        let watcher = tokio::spawn(sample_writable(targets, watch_stop.clone(), Duration::from_millis(10)));
+        let mut runs = Vec::new();
+        for run in 1..=args.runs {
+            let before = driver.wait("a healthy cluster", Duration::from_secs(90), healthy).await?;
+            let from = before.primary.clone().context("no primary")?;
+            // Let the writer settle for half a second, then switch over.
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            let started = Instant::now();
+            let output = tokio::process::Command::new(&exe)
+                .args(["switchover", "-c"])
+                .arg(&config)
+                .output()
+                .await
+                .context("running pgfm switchover")?;
+            let command_ms = started.elapsed().as_millis() as u64;
+            if !output.status.success() {
+                bail!("pgfm switchover failed: {}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
+            }
+            let after = driver.status().await?;
+            let to = after.primary.clone().context("no primary after the switchover")?;
+            let streaming = after
+                .nodes
+                .iter()
+                .any(|n| n.name == from && n.kind == NodeKindStatus::Standby && n.in_sync == Some(true));
+            // Keep writing a second so that the gap after the switchover is measured whole.
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            let downtime = acks.lock().map(|a| longest_gap(&a, started)).unwrap_or_default();
+            let result = SwitchoverRun {
+                run,
+                from,
+                to,
+                generation: after.generation,
+                downtime_ms: downtime.as_millis() as u64,
+                command_ms,
+                old_primary_streaming_at_return: streaming,
+            };
+            if args.json {
+                println!("{}", serde_json::to_string(&result)?);
+            } else {
+                println!(
+                    "  run {run}: {} -> {} (generation {}), write downtime {} ms, command {} ms, old primary streaming at return: {}",
+                    result.from, result.to, result.generation, result.downtime_ms, result.command_ms, result.old_primary_streaming_at_return
+                );
+            }
+            runs.push(result);
+        }
+        stop.store(true, Ordering::SeqCst);
+        let _ = writer.await;
+        watch_stop.store(true, Ordering::SeqCst);
+        let samples = watcher.await.unwrap_or_default();
+        let ids: Vec<i64> = acks.lock().map(|a| a.iter().map(|(id, _)| *id).collect()).unwrap_or_default();
+        let primary = driver.status().await?.primary.context("no primary at the end")?;
+        let client = pgfm_postgres::probe::connect(&driver.target(&primary)?)
+            .await
+            .map_err(|e| anyhow::anyhow!("connecting to {primary}: {e}"))?;
+        let found: i64 = client
+            .query_one("SELECT count(*) FROM bench WHERE id = ANY($1)", &[&ids])
+            .await
+            .context("counting acknowledged rows")?
+            .get(0);
+        anyhow::Ok((runs, ids.len(), ids.len().saturating_sub(found as usize), overlaps(&samples).len()))
+    });
+    let (runs, acknowledged, lost, two_writers) = match outcome {
+        Ok(found) => found,
+        Err(e) => {
+            return Err(e.context(format!(
+                "the lab is left in {} for inspection (pgfm lab down --dir {} removes it)",
+                driver.dir.display(),
+                driver.dir.display()
+            )))
+        }
+    };
+    driver.down()?;
+    let mut downtimes: Vec<u64> = runs.iter().map(|r| r.downtime_ms).collect();
+    let streaming = runs
+        .iter()
+        .filter(|r| r.old_primary_streaming_at_return)
+        .count();
+    if args.json {
+        println!(
+            "{}",
+            serde_json::json!({"summary": true, "runs": runs.len(), "median_downtime_ms": median(&mut downtimes.clone()), "max_downtime_ms": downtimes.iter().max(), "acknowledged": acknowledged, "lost": lost, "two_writer_moments": two_writers, "old_primary_streaming_at_return": streaming})
+        );
+    } else {
+        println!();
+        println!(
+            "switchover: {} runs, write downtime median {} ms, max {} ms; {acknowledged} writes acknowledged, {lost} lost; {two_writers} two-writer moments; old primary streaming at return in {streaming} of {} runs",
+            runs.len(),
+            median(&mut downtimes).unwrap_or(0),
+            downtimes.iter().max().unwrap_or(&0),
+            runs.len()
+        );
+    }
+    Ok(if lost > 0 || two_writers > 0 {
+        std::process::ExitCode::from(1)
+    } else {
+        std::process::ExitCode::SUCCESS
+    })
+}

@@ -85,6 +85,8 @@ enum Commands {
 enum BenchCommand {
     /// Host death and postmaster crash of the primary, several runs each.
     Failover(bench::FailoverBench),
+    /// Switchovers back and forth.
+    Switchover(bench::SwitchoverBench),
 }
 
 fn init_logging() {
@@ -252,5 +254,8 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Commands::Bench {
             command: BenchCommand::Failover(args),
         } => bench::failover(args),
+        Commands::Bench {
+            command: BenchCommand::Switchover(args),
+        } => bench::switchover(args),
     }
 }
