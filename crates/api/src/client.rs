@@ -5,7 +5,8 @@ use std::time::Duration;
 use pgfm_core::NodeReport;
 
 use crate::types::{
-    ClusterStatus, ErrorBody, Message, ReportAck, SwitchoverRequest, SwitchoverStarted,
+    ClusterStatus, ErrorBody, Health, HistoryEntry, Message, ReportAck, SwitchoverRequest,
+    SwitchoverStarted,
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -102,6 +103,65 @@ impl ApiClient {
         let url = format!("{}/v1/switchover", self.base);
         let body = SwitchoverRequest { to };
         self.send(self.http.post(&url).json(&body), url).await
+    }
+
+    pub async fn history(&self) -> Result<Vec<HistoryEntry>, ApiError> {
+        let url = format!("{}/v1/history", self.base);
+        self.send(self.http.get(&url), url).await
+    }
+
+    /// `GET /metrics`: the Prometheus text.
+    pub async fn metrics(&self) -> Result<String, ApiError> {
+        let url = format!("{}/metrics", self.base);
+        let response = self
+            .http
+            .get(&url)
+            .header("authorization", format!("Bearer {}", self.token))
+            .send()
+            .await
+            .map_err(|e| ApiError::Unreachable {
+                url: url.clone(),
+                cause: e.to_string(),
+            })?;
+        match response.status().as_u16() {
+            200 => response.text().await.map_err(|e| ApiError::Failed {
+                url,
+                status: 200,
+                message: e.to_string(),
+            }),
+            401 => Err(ApiError::Unauthorized { url }),
+            status => Err(ApiError::Failed {
+                url,
+                status,
+                message: "no metrics".into(),
+            }),
+        }
+    }
+
+    /// GET a health endpoint (`/primary`, `/replica?max_lag=N`, `/health`): the status code
+    /// and the answer.
+    pub async fn health(&self, path: &str) -> Result<(u16, Health), ApiError> {
+        let url = format!("{}{path}", self.base);
+        let response = self
+            .http
+            .get(&url)
+            .header("authorization", format!("Bearer {}", self.token))
+            .send()
+            .await
+            .map_err(|e| ApiError::Unreachable {
+                url: url.clone(),
+                cause: e.to_string(),
+            })?;
+        let status = response.status().as_u16();
+        if status == 401 {
+            return Err(ApiError::Unauthorized { url });
+        }
+        let health = response.json().await.map_err(|e| ApiError::Failed {
+            url,
+            status,
+            message: format!("unreadable answer: {e}"),
+        })?;
+        Ok((status, health))
     }
 
     pub async fn report(&self, report: &NodeReport) -> Result<ReportAck, ApiError> {

@@ -7,9 +7,10 @@
 
 pub mod auth;
 pub mod client;
+pub mod metrics;
 pub mod routes;
 pub mod types;
 
 pub use client::{ApiClient, ApiError};
-pub use routes::{router, AgentApi, Refusal, ReportOutcome};
+pub use routes::{router, AgentApi, HealthCheck, Refusal, ReportOutcome};
 pub use types::*;

@@ -4,7 +4,7 @@
 use std::future::Future;
 use std::sync::Arc;
 
-use axum::extract::State;
+use axum::extract::{Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -13,7 +13,8 @@ use axum::{Json, Router};
 use pgfm_core::NodeReport;
 
 use crate::types::{
-    AgedReport, ClusterStatus, ErrorBody, Message, ReportAck, SwitchoverRequest, SwitchoverStarted,
+    AgedReport, ClusterStatus, ErrorBody, Health, HistoryEntry, Message, Metrics, ReportAck,
+    SwitchoverRequest, SwitchoverStarted,
 };
 
 /// What happened to a report sent to this agent.
@@ -28,11 +29,30 @@ pub trait AgentApi: Send + Sync + 'static {
     fn status(&self) -> impl Future<Output = Result<ClusterStatus, String>> + Send;
     fn report(&self, report: NodeReport) -> impl Future<Output = ReportOutcome> + Send;
     fn resume(&self) -> impl Future<Output = Result<String, String>> + Send;
+    fn health(&self, check: HealthCheck) -> impl Future<Output = Health> + Send;
+    fn metrics(&self) -> impl Future<Output = Metrics> + Send;
+    fn history(&self) -> impl Future<Output = Vec<HistoryEntry>> + Send;
     /// Start a switchover; `Err` is a refusal with its reason (nothing was changed).
     fn switchover(
         &self,
         request: SwitchoverRequest,
     ) -> impl Future<Output = Result<SwitchoverStarted, Refusal>> + Send;
+}
+
+/// The health checks a load balancer uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HealthCheck {
+    /// 200 only on the node that holds the primary lease.
+    Primary,
+    /// 200 on a streaming standby, within `max_lag` bytes when given.
+    Replica { max_lag: Option<u64> },
+    /// 200 when the agent runs and, on a data node, its PostgreSQL answers.
+    Node,
+}
+
+#[derive(Debug, serde::Deserialize)]
+struct ReplicaQuery {
+    max_lag: Option<u64>,
 }
 
 /// Why a command was not carried out: refused (409, nothing changed) or failed (503).
@@ -48,6 +68,11 @@ pub fn router<A: AgentApi>(agent: Arc<A>) -> Router {
         .route("/v1/report", post(report::<A>))
         .route("/v1/resume", post(resume::<A>))
         .route("/v1/switchover", post(switchover::<A>))
+        .route("/v1/history", get(history::<A>))
+        .route("/primary", get(primary::<A>))
+        .route("/replica", get(replica::<A>))
+        .route("/health", get(health::<A>))
+        .route("/metrics", get(metrics::<A>))
         .with_state(agent)
 }
 
@@ -63,6 +88,52 @@ async fn resume<A: AgentApi>(State(agent): State<Arc<A>>) -> Response {
         Ok(message) => Json(Message { message }).into_response(),
         Err(error) => (StatusCode::CONFLICT, Json(ErrorBody { error })).into_response(),
     }
+}
+
+fn health_response(health: Health) -> Response {
+    let code = if health.ok {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (code, Json(health)).into_response()
+}
+
+async fn primary<A: AgentApi>(State(agent): State<Arc<A>>) -> Response {
+    health_response(agent.health(HealthCheck::Primary).await)
+}
+
+async fn replica<A: AgentApi>(
+    State(agent): State<Arc<A>>,
+    Query(query): Query<ReplicaQuery>,
+) -> Response {
+    health_response(
+        agent
+            .health(HealthCheck::Replica {
+                max_lag: query.max_lag,
+            })
+            .await,
+    )
+}
+
+async fn health<A: AgentApi>(State(agent): State<Arc<A>>) -> Response {
+    health_response(agent.health(HealthCheck::Node).await)
+}
+
+async fn metrics<A: AgentApi>(State(agent): State<Arc<A>>) -> Response {
+    let text = crate::metrics::render(&agent.metrics().await);
+    (
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "text/plain; version=0.0.4",
+        )],
+        text,
+    )
+        .into_response()
+}
+
+async fn history<A: AgentApi>(State(agent): State<Arc<A>>) -> Json<Vec<HistoryEntry>> {
+    Json(agent.history().await)
 }
 
 async fn switchover<A: AgentApi>(

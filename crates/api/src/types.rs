@@ -139,3 +139,46 @@ pub struct SwitchoverStarted {
     /// The generation of `from`; the switchover ends with `to` primary of the next one.
     pub generation: u64,
 }
+
+/// What `/metrics` exposes about one agent.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Metrics {
+    pub node: String,
+    /// `primary`, `standby`, `witness` or `idle`.
+    pub role: String,
+    pub generation: u64,
+    pub is_coordinator: bool,
+    /// Milliseconds left on this node's primary lease (primary only).
+    pub lease_remaining_ms: Option<u64>,
+    pub failovers_total: u64,
+    pub switchovers_total: u64,
+    /// Duration of this agent's last probe of its PostgreSQL.
+    pub probe_latency_ms: Option<u64>,
+    /// Each standby's replay lag behind the primary, as this agent knows it.
+    pub lag_bytes: Vec<(String, u64)>,
+    /// Each member's agent up (1) or down (0), as this agent knows it.
+    pub agents_up: Vec<(String, bool)>,
+}
+
+/// One promotion in `GET /v1/history`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HistoryEntry {
+    pub generation: u64,
+    /// Milliseconds since the Unix epoch.
+    pub at_unix_ms: u64,
+    pub from: Option<String>,
+    pub to: String,
+    pub reason: String,
+    pub lsn: Option<Lsn>,
+    pub lost_bytes: Option<u64>,
+}
+
+/// A health check's answer: `ok` decides 200 or 503.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Health {
+    pub ok: bool,
+    pub node: String,
+    pub role: String,
+    pub generation: u64,
+    pub detail: String,
+}

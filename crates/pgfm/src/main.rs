@@ -55,6 +55,13 @@ enum Commands {
         #[arg(long)]
         to: Option<String>,
     },
+    /// Every promotion: generation, time, reason, from, to, data loss if any.
+    History {
+        #[arg(short, long, default_value = DEFAULT_CONFIG)]
+        config: PathBuf,
+        #[arg(long)]
+        json: bool,
+    },
     /// Let this node rejoin when it waits for the operator (rejoin = "manual", or a failed
     /// rewind): asks the local agent.
     Resume {
@@ -243,6 +250,15 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             })
         }
         Commands::Switchover { config, to } => switchover(&config, to),
+        Commands::History { config, json } => {
+            let history = runtime()?.block_on(local_agent(&config)?.history())?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&history)?);
+            } else {
+                print!("{}", status_text::history(&history));
+            }
+            Ok(ExitCode::SUCCESS)
+        }
         Commands::Resume { config } => {
             let client = local_agent(&config)?;
             let answer = runtime()?.block_on(client.resume())?;

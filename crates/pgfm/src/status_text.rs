@@ -168,6 +168,37 @@ pub fn render(s: &ClusterStatus) -> String {
     out
 }
 
+/// The text of `pgfm history`.
+pub fn history(entries: &[pgfm_api::HistoryEntry]) -> String {
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "Generation  Time (UTC)            From      To        Lost       Reason"
+    );
+    if entries.is_empty() {
+        let _ = writeln!(out, "(no promotion since the cluster was formed)");
+    }
+    for e in entries {
+        let at = std::time::UNIX_EPOCH + std::time::Duration::from_millis(e.at_unix_ms);
+        let lost = match e.lost_bytes {
+            Some(0) => "none".to_string(),
+            Some(n) => bytes(n),
+            None => "unknown".to_string(),
+        };
+        let _ = writeln!(
+            out,
+            "{:<11} {:<21} {:<9} {:<9} {:<10} {}",
+            e.generation,
+            humantime::format_rfc3339_seconds(at).to_string(),
+            e.from.as_deref().unwrap_or("-"),
+            e.to,
+            lost,
+            e.reason
+        );
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -224,6 +255,32 @@ mod tests {
             },
             problems: vec![],
         }
+    }
+
+    #[test]
+    fn history_text() {
+        let entries = vec![
+            pgfm_api::HistoryEntry {
+                generation: 2,
+                at_unix_ms: 1_795_629_345_862,
+                from: Some("pg1".into()),
+                to: "pg2".into(),
+                reason: "the lease of primary pg1 expired".into(),
+                lsn: Some(Lsn(0x3027C50)),
+                lost_bytes: Some(0),
+            },
+            pgfm_api::HistoryEntry {
+                generation: 3,
+                at_unix_ms: 1_795_629_400_000,
+                from: Some("pg2".into()),
+                to: "pg1".into(),
+                reason: "switchover from pg2 to pg1".into(),
+                lsn: None,
+                lost_bytes: Some(2048),
+            },
+        ];
+        insta::assert_snapshot!(history(&entries));
+        insta::assert_snapshot!("history_empty", history(&[]));
     }
 
     #[test]

@@ -148,3 +148,91 @@ fn switchover_refusals_change_nothing() {
         other => panic!("a switchover without the token was not refused: {other:?}"),
     }
 }
+
+/// The health endpoints load balancers use answer correctly before, during and after a
+/// failover, and metrics and history tell the story.
+#[test]
+fn health_endpoints_follow_a_failover() {
+    let lab = Lab::up(2);
+    lab.wait_healthy("witness", SETTLE);
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let token = std::fs::read_to_string(lab.dir.join("token")).unwrap();
+    let client = |n: &str| {
+        let port = lab.lab_node(n)["agent_port"].as_u64().unwrap();
+        pgfm_api::ApiClient::new(
+            &format!("127.0.0.1:{port}"),
+            token.trim(),
+            Duration::from_secs(2),
+        )
+    };
+    let code = |n: &str, path: &str| {
+        rt.block_on(client(n).health(path))
+            .map(|(c, _)| c)
+            .map_err(|e| e.to_string())
+    };
+    let expect = |n: &str, path: &str, want: u16| {
+        wait_for(
+            &format!("{path} on {n} to answer {want}"),
+            SETTLE,
+            || match code(n, path)? {
+                c if c == want => Ok(()),
+                other => Err(format!("answered {other}")),
+            },
+        )
+    };
+    expect("pg1", "/primary", 200);
+    expect("pg2", "/primary", 503);
+    expect("witness", "/primary", 503);
+    expect("pg2", "/replica", 200);
+    expect("pg2", "/replica?max_lag=1048576", 200);
+    expect("pg1", "/replica", 503);
+    for n in ["pg1", "pg2", "witness"] {
+        expect(n, "/health", 200);
+    }
+    let metrics = |n: &str| rt.block_on(client(n).metrics()).unwrap();
+    let shown = metrics("pg1");
+    assert!(
+        shown.contains("pgfm_role{node=\"pg1\",role=\"primary\"} 1"),
+        "{shown}"
+    );
+    assert!(
+        shown.contains("pgfm_lease_remaining_seconds{node=\"pg1\"}"),
+        "{shown}"
+    );
+
+    let output = lab.run(&["lab", "kill", "pg1"]);
+    assert!(output.status.success(), "{}", text(&output));
+    lab.wait_for_primary_change("pg2", 2);
+    expect("pg2", "/primary", 200);
+    expect("pg2", "/replica", 503);
+    let output = lab.run(&["lab", "start", "pg1"]);
+    assert!(output.status.success(), "{}", text(&output));
+    expect("pg1", "/replica", 200);
+    expect("pg1", "/primary", 503);
+
+    let history = rt.block_on(client("witness").history()).unwrap();
+    assert_eq!(history.len(), 1, "{history:?}");
+    assert_eq!((history[0].generation, history[0].to.as_str()), (2, "pg2"));
+    assert!(
+        history[0].reason.contains("lease of primary pg1 expired"),
+        "{history:?}"
+    );
+    let output = pgfm()
+        .args(["history", "-c"])
+        .arg(lab.config("pg1"))
+        .output()
+        .unwrap();
+    assert!(
+        text(&output).contains("the lease of primary pg1 expired"),
+        "{}",
+        text(&output)
+    );
+    let shown = metrics("pg2");
+    assert!(
+        shown.contains("pgfm_failovers_total{node=\"pg2\"} 1"),
+        "{shown}"
+    );
+}

@@ -5,6 +5,7 @@
 
 mod commands;
 mod executor;
+mod health;
 mod lease;
 pub mod status;
 
@@ -61,6 +62,8 @@ pub struct Agent {
     probe_now: tokio::sync::Notify,
     /// Wakes the decide loop at once (a new report, a new committed state).
     decide_now: tokio::sync::Notify,
+    /// The last probe's duration in ms, plus one (0: no probe yet).
+    probe_latency_ms: std::sync::atomic::AtomicU64,
     /// When the last action on the local PostgreSQL finished: decisions wait for a report
     /// made after it, so that they never act on what the action just changed.
     last_action_ms: std::sync::atomic::AtomicU64,
@@ -183,9 +186,12 @@ impl Agent {
                 Err(e) => problem = Some(e),
             }
             if pg.running_pid().is_some() {
+                let started = Instant::now();
                 if let Err(e) = prober.probe(&mut report).await {
                     problem = Some(format!("probe failed: {e}"));
                 }
+                let ms = started.elapsed().as_millis() as u64;
+                self.probe_latency_ms.store(ms + 1, Ordering::SeqCst);
             }
         }
         let activity = lock(&self.activity).clone();
@@ -471,6 +477,18 @@ impl AgentApi for Agent {
         Ok(Agent::resume(self))
     }
 
+    async fn health(&self, check: pgfm_api::HealthCheck) -> pgfm_api::Health {
+        self.check_health(check)
+    }
+
+    async fn metrics(&self) -> pgfm_api::Metrics {
+        self.collect_metrics()
+    }
+
+    async fn history(&self) -> Vec<pgfm_api::HistoryEntry> {
+        self.history_entries()
+    }
+
     async fn switchover(
         &self,
         request: pgfm_api::SwitchoverRequest,
@@ -572,6 +590,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         resume_requested: AtomicBool::new(false),
         probe_now: tokio::sync::Notify::new(),
         decide_now: tokio::sync::Notify::new(),
+        probe_latency_ms: std::sync::atomic::AtomicU64::new(0),
         last_action_ms: std::sync::atomic::AtomicU64::new(0),
         rewind_failed: Mutex::new(None),
     });

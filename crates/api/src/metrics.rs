@@ -1,0 +1,153 @@
+//! The Prometheus text format of `GET /metrics`.
+
+use std::fmt::Write;
+
+use crate::types::Metrics;
+
+fn escape(value: &str) -> String {
+    value
+        .replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}
+
+pub fn render(m: &Metrics) -> String {
+    let node = escape(&m.node);
+    let mut out = String::new();
+    let mut gauge = |name: &str, help: &str, kind: &str, lines: Vec<(String, String)>| {
+        let _ = writeln!(out, "# HELP {name} {help}");
+        let _ = writeln!(out, "# TYPE {name} {kind}");
+        for (labels, value) in lines {
+            let _ = writeln!(out, "{name}{{{labels}}} {value}");
+        }
+    };
+    let roles = ["primary", "standby", "witness", "idle"];
+    gauge(
+        "pgfm_role",
+        "1 for this node's current role.",
+        "gauge",
+        roles
+            .iter()
+            .map(|r| {
+                (
+                    format!("node=\"{node}\",role=\"{r}\""),
+                    u8::from(m.role == *r).to_string(),
+                )
+            })
+            .collect(),
+    );
+    gauge(
+        "pgfm_generation",
+        "The committed generation (promotions so far, plus one).",
+        "gauge",
+        vec![(format!("node=\"{node}\""), m.generation.to_string())],
+    );
+    gauge(
+        "pgfm_coordinator",
+        "1 when this agent is the coordinator.",
+        "gauge",
+        vec![(
+            format!("node=\"{node}\""),
+            u8::from(m.is_coordinator).to_string(),
+        )],
+    );
+    gauge(
+        "pgfm_lease_remaining_seconds",
+        "Time left on this node's primary lease (absent when it holds none).",
+        "gauge",
+        m.lease_remaining_ms
+            .map(|ms| {
+                vec![(
+                    format!("node=\"{node}\""),
+                    format!("{:.3}", ms as f64 / 1000.0),
+                )]
+            })
+            .unwrap_or_default(),
+    );
+    gauge(
+        "pgfm_failovers_total",
+        "Automatic and operator failovers committed.",
+        "counter",
+        vec![(format!("node=\"{node}\""), m.failovers_total.to_string())],
+    );
+    gauge(
+        "pgfm_switchovers_total",
+        "Planned switchovers committed.",
+        "counter",
+        vec![(format!("node=\"{node}\""), m.switchovers_total.to_string())],
+    );
+    gauge(
+        "pgfm_probe_latency_seconds",
+        "Duration of this agent's last probe of its PostgreSQL.",
+        "gauge",
+        m.probe_latency_ms
+            .map(|ms| {
+                vec![(
+                    format!("node=\"{node}\""),
+                    format!("{:.3}", ms as f64 / 1000.0),
+                )]
+            })
+            .unwrap_or_default(),
+    );
+    gauge(
+        "pgfm_standby_lag_bytes",
+        "Replay lag of each standby behind the primary.",
+        "gauge",
+        m.lag_bytes
+            .iter()
+            .map(|(s, lag)| {
+                (
+                    format!("node=\"{node}\",standby=\"{}\"", escape(s)),
+                    lag.to_string(),
+                )
+            })
+            .collect(),
+    );
+    gauge(
+        "pgfm_agent_up",
+        "1 when the member's agent reports, as this agent sees it.",
+        "gauge",
+        m.agents_up
+            .iter()
+            .map(|(a, up)| {
+                (
+                    format!("node=\"{node}\",member=\"{}\"", escape(a)),
+                    u8::from(*up).to_string(),
+                )
+            })
+            .collect(),
+    );
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_prometheus_text() {
+        let m = Metrics {
+            node: "pg1".into(),
+            role: "primary".into(),
+            generation: 3,
+            is_coordinator: false,
+            lease_remaining_ms: Some(2_750),
+            failovers_total: 1,
+            switchovers_total: 1,
+            probe_latency_ms: Some(2),
+            lag_bytes: vec![("pg2".into(), 0)],
+            agents_up: vec![("pg1".into(), true), ("pg2".into(), false)],
+        };
+        let text = render(&m);
+        assert!(
+            text.contains("pgfm_role{node=\"pg1\",role=\"primary\"} 1\n"),
+            "{text}"
+        );
+        assert!(text.contains("pgfm_role{node=\"pg1\",role=\"standby\"} 0\n"));
+        assert!(text.contains("pgfm_lease_remaining_seconds{node=\"pg1\"} 2.750\n"));
+        assert!(text.contains("pgfm_standby_lag_bytes{node=\"pg1\",standby=\"pg2\"} 0\n"));
+        assert!(text.contains("pgfm_agent_up{node=\"pg1\",member=\"pg2\"} 0\n"));
+        assert!(text.contains("# TYPE pgfm_failovers_total counter\n"));
+        assert_eq!(escape("a\"b"), "a\\\"b");
+    }
+}
