@@ -5,8 +5,8 @@ use std::time::Duration;
 use pgfm_core::NodeReport;
 
 use crate::types::{
-    ClusterStatus, ErrorBody, Health, HistoryEntry, Message, ReportAck, SwitchoverRequest,
-    SwitchoverStarted,
+    ClusterStatus, ErrorBody, Health, HistoryEntry, Message, PriorityRequest, PromoteRequest,
+    PromoteStarted, ReportAck, SwitchoverRequest, SwitchoverStarted,
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -103,6 +103,30 @@ impl ApiClient {
         let url = format!("{}/v1/switchover", self.base);
         let body = SwitchoverRequest { to };
         self.send(self.http.post(&url).json(&body), url).await
+    }
+
+    pub async fn promote(
+        &self,
+        to: Option<String>,
+        force: bool,
+    ) -> Result<PromoteStarted, ApiError> {
+        let url = format!("{}/v1/promote", self.base);
+        let body = PromoteRequest { to, force };
+        self.send(self.http.post(&url).json(&body), url).await
+    }
+
+    pub async fn set_priority(&self, node: &str, priority: u32) -> Result<Message, ApiError> {
+        let url = format!("{}/v1/priority", self.base);
+        let body = PriorityRequest {
+            node: node.to_string(),
+            priority,
+        };
+        self.send(self.http.post(&url).json(&body), url).await
+    }
+
+    pub async fn pause(&self) -> Result<Message, ApiError> {
+        let url = format!("{}/v1/pause", self.base);
+        self.send(self.http.post(&url), url).await
     }
 
     pub async fn history(&self) -> Result<Vec<HistoryEntry>, ApiError> {

@@ -13,8 +13,8 @@ use axum::{Json, Router};
 use pgfm_core::NodeReport;
 
 use crate::types::{
-    AgedReport, ClusterStatus, ErrorBody, Health, HistoryEntry, Message, Metrics, ReportAck,
-    SwitchoverRequest, SwitchoverStarted,
+    AgedReport, ClusterStatus, ErrorBody, Health, HistoryEntry, Message, Metrics, PriorityRequest,
+    PromoteRequest, PromoteStarted, ReportAck, SwitchoverRequest, SwitchoverStarted,
 };
 
 /// What happened to a report sent to this agent.
@@ -32,6 +32,15 @@ pub trait AgentApi: Send + Sync + 'static {
     fn health(&self, check: HealthCheck) -> impl Future<Output = Health> + Send;
     fn metrics(&self) -> impl Future<Output = Metrics> + Send;
     fn history(&self) -> impl Future<Output = Vec<HistoryEntry>> + Send;
+    fn promote(
+        &self,
+        request: PromoteRequest,
+    ) -> impl Future<Output = Result<PromoteStarted, Refusal>> + Send;
+    fn set_priority(
+        &self,
+        request: PriorityRequest,
+    ) -> impl Future<Output = Result<String, Refusal>> + Send;
+    fn pause(&self) -> impl Future<Output = Result<String, Refusal>> + Send;
     /// Start a switchover; `Err` is a refusal with its reason (nothing was changed).
     fn switchover(
         &self,
@@ -69,6 +78,9 @@ pub fn router<A: AgentApi>(agent: Arc<A>) -> Router {
         .route("/v1/resume", post(resume::<A>))
         .route("/v1/switchover", post(switchover::<A>))
         .route("/v1/history", get(history::<A>))
+        .route("/v1/promote", post(promote::<A>))
+        .route("/v1/priority", post(priority::<A>))
+        .route("/v1/pause", post(pause::<A>))
         .route("/primary", get(primary::<A>))
         .route("/replica", get(replica::<A>))
         .route("/health", get(health::<A>))
@@ -134,6 +146,44 @@ async fn metrics<A: AgentApi>(State(agent): State<Arc<A>>) -> Response {
 
 async fn history<A: AgentApi>(State(agent): State<Arc<A>>) -> Json<Vec<HistoryEntry>> {
     Json(agent.history().await)
+}
+
+fn refusal(refusal: Refusal) -> Response {
+    match refusal {
+        Refusal::Refused(error) => {
+            (StatusCode::CONFLICT, Json(ErrorBody { error })).into_response()
+        }
+        Refusal::Unavailable(error) => {
+            (StatusCode::SERVICE_UNAVAILABLE, Json(ErrorBody { error })).into_response()
+        }
+    }
+}
+
+async fn promote<A: AgentApi>(
+    State(agent): State<Arc<A>>,
+    Json(request): Json<PromoteRequest>,
+) -> Response {
+    match agent.promote(request).await {
+        Ok(started) => Json(started).into_response(),
+        Err(r) => refusal(r),
+    }
+}
+
+async fn priority<A: AgentApi>(
+    State(agent): State<Arc<A>>,
+    Json(request): Json<PriorityRequest>,
+) -> Response {
+    match agent.set_priority(request).await {
+        Ok(message) => Json(Message { message }).into_response(),
+        Err(r) => refusal(r),
+    }
+}
+
+async fn pause<A: AgentApi>(State(agent): State<Arc<A>>) -> Response {
+    match agent.pause().await {
+        Ok(message) => Json(Message { message }).into_response(),
+        Err(r) => refusal(r),
+    }
 }
 
 async fn switchover<A: AgentApi>(

@@ -72,6 +72,12 @@ pub struct ClusterStatus {
     pub answered_by: String,
     pub generation: u64,
     pub primary: Option<String>,
+    /// Maintenance mode (`pgfm pause`): no automatic failover.
+    #[serde(default)]
+    pub paused: bool,
+    /// The answering coordinator's `auto_failover` setting.
+    #[serde(default = "yes")]
+    pub auto_failover: bool,
     pub max_lag_bytes: u64,
     pub nodes: Vec<NodeStatus>,
     /// The allowed node list: every voting member.
@@ -93,6 +99,10 @@ impl ClusterStatus {
             .all(|n| n.agent == Up::Up && n.db != DbStatus::Down && n.kind != NodeKindStatus::Idle);
         all_up && self.primary.is_some() && self.promote_status.safe
     }
+}
+
+fn yes() -> bool {
+    true
 }
 
 /// The answer to `POST /v1/report`.
@@ -181,4 +191,33 @@ pub struct Health {
     pub role: String,
     pub generation: u64,
     pub detail: String,
+}
+
+/// The body of `POST /v1/promote`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PromoteRequest {
+    pub to: Option<String>,
+    /// Accept a target that lags (the answer says how much may be lost).
+    #[serde(default)]
+    pub force: bool,
+}
+
+/// The answer to an accepted `pgfm promote`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PromoteStarted {
+    /// The primary being replaced (None: there is none).
+    pub from: Option<String>,
+    /// The node to promote (None: the coordinator picks the best candidate).
+    pub to: Option<String>,
+    /// The generation being replaced; the promotion makes the next one.
+    pub generation: u64,
+    /// How it proceeds, in words.
+    pub how: String,
+}
+
+/// The body of `POST /v1/priority`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PriorityRequest {
+    pub node: String,
+    pub priority: u32,
 }

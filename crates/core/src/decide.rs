@@ -295,9 +295,20 @@ fn failover(cluster: &ClusterView, primary: &str, now_ms: u64) -> Vec<Action> {
             "{why}: waiting for another agent to find its database down before promoting"
         ))];
     }
-    if !settings.auto_failover {
+    let manual = state
+        .promotion_request
+        .as_ref()
+        .filter(|r| r.generation == state.generation);
+    if manual.is_none() && !settings.auto_failover {
         return vec![cluster_hold(format!(
-            "failover needed: {why}, and automatic failover is off (auto_failover = false)"
+            "failover needed: {why}, and automatic failover is off (auto_failover = false): \
+             run pgfm promote"
+        ))];
+    }
+    if manual.is_none() && state.paused {
+        return vec![cluster_hold(format!(
+            "failover needed: {why}, but the cluster is paused (maintenance mode): run pgfm \
+             resume, or pgfm promote"
         ))];
     }
     // The best position known anywhere, the old primary's last report included.
@@ -309,7 +320,12 @@ fn failover(cluster: &ClusterView, primary: &str, now_ms: u64) -> Vec<Action> {
         .max();
     let mut refused = Vec::new();
     let mut eligible = Vec::new();
-    for member in state.data_members().filter(|m| m.name != primary) {
+    let wanted = manual.and_then(|r| r.to.as_deref());
+    let force = manual.is_some_and(|r| r.force);
+    for member in state
+        .data_members()
+        .filter(|m| m.name != primary && wanted.is_none_or(|w| w == m.name))
+    {
         let name = member.name.as_str();
         if !member.promotable || member.priority == 0 {
             refused.push(format!("{name} is not promotable"));
@@ -329,7 +345,7 @@ fn failover(cluster: &ClusterView, primary: &str, now_ms: u64) -> Vec<Action> {
         };
         // Invariant 5: no lagging promotion.
         let behind = best.map(|b| b.bytes_after(position)).unwrap_or(0);
-        if behind > settings.max_lag {
+        if behind > settings.max_lag && !force {
             refused.push(format!(
                 "{name} is {behind} bytes behind the best known position (max_lag {})",
                 settings.max_lag
@@ -354,7 +370,11 @@ fn failover(cluster: &ClusterView, primary: &str, now_ms: u64) -> Vec<Action> {
             node: name.to_string(),
             generation: state.generation.next(),
             from: Some(primary.to_string()),
-            reason: why,
+            reason: match manual {
+                Some(r) if r.force => format!("pgfm promote --force: {why}"),
+                Some(_) => format!("pgfm promote: {why}"),
+                None => why,
+            },
             lsn: Some(*position),
             lost_bytes: Some(*behind),
             at_unix_ms: cluster.wall_clock_ms,
@@ -380,14 +400,24 @@ fn switchover(cluster: &ClusterView, sw: &Switchover, now_ms: u64) -> Vec<Action
     match target {
         // The shutdown checkpoint is the last record: replaying past its start means
         // replaying it whole.
-        Some(r) if r.replayed_lsn.is_some_and(|l| l > final_lsn) => {
+        Some(r) if r.replayed_lsn.is_some_and(|l| l > final_lsn) || sw.force => {
+            let replayed = r.replayed_lsn.unwrap_or_default();
+            let lost = if replayed > final_lsn {
+                0
+            } else {
+                final_lsn.bytes_after(replayed)
+            };
             vec![Action::Propose(Command::Promote {
                 node: sw.to.clone(),
                 generation: state.generation.next(),
                 from: Some(sw.from.clone()),
-                reason: format!("switchover from {} to {}", sw.from, sw.to),
+                reason: if sw.force {
+                    format!("pgfm promote --force: {} handed over to {}", sw.from, sw.to)
+                } else {
+                    format!("switchover from {} to {}", sw.from, sw.to)
+                },
                 lsn: r.replayed_lsn,
-                lost_bytes: Some(0),
+                lost_bytes: Some(lost),
                 at_unix_ms: cluster.wall_clock_ms,
             })]
         }
@@ -1153,6 +1183,7 @@ mod tests {
         v.state.switchover = Some(Switchover {
             from: "pg1".into(),
             to: "pg2".into(),
+            force: false,
             generation: Generation(1),
             final_lsn: None,
         });
@@ -1188,8 +1219,39 @@ mod tests {
         check_coordinator(
             &v,
             9_000,
-            &["cluster hold: failover needed: the lease of primary pg1 expired, and automatic failover is off (auto_failover = false)"],
+            &["cluster hold: failover needed: the lease of primary pg1 expired, and automatic failover is off (auto_failover = false): run pgfm promote"],
         );
+        // pgfm promote works with automatic failover off, and may name the node.
+        v.state.promotion_request = Some(crate::model::PromotionRequest {
+            to: Some("pg3".into()),
+            force: false,
+            generation: Generation(1),
+        });
+        check_coordinator(&v, 9_000, &["promote pg3 g2 from pg1 losing 0"]);
+    }
+
+    #[test]
+    fn paused_clusters_do_not_fail_over_but_promote_force_overrides_max_lag() {
+        let mut v = failover_view();
+        v.state.paused = true;
+        check_coordinator(
+            &v,
+            9_000,
+            &["cluster hold: failover needed: the lease of primary pg1 expired, but the cluster is paused (maintenance mode): run pgfm resume, or pgfm promote"],
+        );
+        v.reports.get_mut("pg1").unwrap().report.current_lsn = Some(Lsn(9_000_000));
+        v.state.promotion_request = Some(crate::model::PromotionRequest {
+            to: Some("pg2".into()),
+            force: false,
+            generation: Generation(1),
+        });
+        check_coordinator(
+            &v,
+            9_000,
+            &["cluster hold: failover needed: the lease of primary pg1 expired, but no standby can be promoted: pg2 is 8000000 bytes behind the best known position (max_lag 1048576)"],
+        );
+        v.state.promotion_request.as_mut().unwrap().force = true;
+        check_coordinator(&v, 9_000, &["promote pg2 g2 from pg1 losing 8000000"]);
     }
 
     #[test]

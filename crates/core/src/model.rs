@@ -66,6 +66,9 @@ pub enum Command {
         from: String,
         to: String,
         generation: Generation,
+        /// `pgfm promote --force`: promote `to` even if it has not replayed everything.
+        #[serde(default)]
+        force: bool,
     },
     /// The primary of a switchover stopped cleanly at `final_lsn` (its shutdown checkpoint)
     /// and gives up its lease.
@@ -80,6 +83,18 @@ pub enum Command {
         generation: Generation,
         reason: String,
     },
+    /// `pgfm promote` while the primary of `generation` is gone: promote `to` (or the best
+    /// candidate) once its lease has expired, even with automatic failover off or paused;
+    /// `force` accepts a candidate beyond `max_lag`.
+    RequestPromotion {
+        to: Option<String>,
+        force: bool,
+        generation: Generation,
+    },
+    /// `pgfm set-priority`: failover preference of a data node (0: never promote).
+    SetPriority { node: String, priority: u32 },
+    /// `pgfm pause` / `pgfm resume`: maintenance mode, no automatic failover.
+    SetPaused { paused: bool },
     /// Make `node` the primary of `generation` (the next one), committed before PostgreSQL
     /// is promoted (invariant 1).
     Promote {
@@ -132,6 +147,16 @@ pub enum CommandError {
     SwitchoverUnderWay(String),
     #[error("no switchover is under way in generation {0}")]
     NoSwitchover(Generation),
+    #[error("node {0} is not a member")]
+    UnknownNode(String),
+}
+
+/// An operator's `pgfm promote` while the primary is gone.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PromotionRequest {
+    pub to: Option<String>,
+    pub force: bool,
+    pub generation: Generation,
 }
 
 /// A planned switchover under way.
@@ -139,6 +164,10 @@ pub enum CommandError {
 pub struct Switchover {
     pub from: String,
     pub to: String,
+    /// `pgfm promote --force` through a live primary: promote `to` without waiting for it
+    /// to replay everything.
+    #[serde(default)]
+    pub force: bool,
     /// The generation of `from`.
     pub generation: Generation,
     /// Where `from` stopped (its shutdown checkpoint), once it has.
@@ -165,6 +194,12 @@ pub struct ClusterState {
     /// A planned switchover under way, if any.
     #[serde(default)]
     pub switchover: Option<Switchover>,
+    /// An operator's promotion waiting for the old primary's lease to expire.
+    #[serde(default)]
+    pub promotion_request: Option<PromotionRequest>,
+    /// Maintenance mode: no automatic failover.
+    #[serde(default)]
+    pub paused: bool,
 }
 
 impl ClusterState {
@@ -222,6 +257,7 @@ impl ClusterState {
                 from,
                 to,
                 generation,
+                force,
             } => {
                 if let Some(s) = &self.switchover {
                     return Err(CommandError::SwitchoverUnderWay(s.to.clone()));
@@ -248,9 +284,52 @@ impl ClusterState {
                 self.switchover = Some(Switchover {
                     from: from.clone(),
                     to: to.clone(),
+                    force: *force,
                     generation: *generation,
                     final_lsn: None,
                 });
+                Ok(())
+            }
+            Command::RequestPromotion {
+                to,
+                force,
+                generation,
+            } => {
+                if *generation != self.generation {
+                    return Err(CommandError::WrongGeneration {
+                        proposed: *generation,
+                        expected: self.generation,
+                    });
+                }
+                if let Some(to) = to {
+                    match self.members.get(to) {
+                        Some(m) if m.kind != NodeKind::Data => {
+                            return Err(CommandError::NotADataNode(to.clone()))
+                        }
+                        Some(m) if !m.promotable || m.priority == 0 => {
+                            return Err(CommandError::NotPromotable(to.clone()))
+                        }
+                        Some(_) => {}
+                        None => return Err(CommandError::UnknownNode(to.clone())),
+                    }
+                }
+                self.promotion_request = Some(PromotionRequest {
+                    to: to.clone(),
+                    force: *force,
+                    generation: *generation,
+                });
+                Ok(())
+            }
+            Command::SetPriority { node, priority } => match self.members.get_mut(node) {
+                Some(m) if m.kind == NodeKind::Data => {
+                    m.priority = *priority;
+                    Ok(())
+                }
+                Some(_) => Err(CommandError::NotADataNode(node.clone())),
+                None => Err(CommandError::UnknownNode(node.clone())),
+            },
+            Command::SetPaused { paused } => {
+                self.paused = *paused;
                 Ok(())
             }
             Command::HandOver {
@@ -320,6 +399,7 @@ impl ClusterState {
                 self.lease_renewals = 0;
                 self.lease_released = false;
                 self.switchover = None;
+                self.promotion_request = None;
                 Ok(())
             }
         }

@@ -55,6 +55,38 @@ enum Commands {
         #[arg(long)]
         to: Option<String>,
     },
+    /// Operator failover (EFM's promote): fences the old primary first (a hand-over when it
+    /// runs, its lease expiring when it does not); works with automatic failover off.
+    /// Exits 1 when refused (nothing changed).
+    Promote {
+        #[arg(short, long, default_value = DEFAULT_CONFIG)]
+        config: PathBuf,
+        /// The standby to promote (default: the best one).
+        #[arg(long)]
+        to: Option<String>,
+        /// Accept a target that lags; the refusal without it says how much could be lost.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Change a data node's failover priority, cluster-wide (0 = never promote).
+    SetPriority {
+        #[arg(short, long, default_value = DEFAULT_CONFIG)]
+        config: PathBuf,
+        node: String,
+        priority: u32,
+    },
+    /// Maintenance mode: no automatic failover anywhere until `pgfm resume`.
+    Pause {
+        #[arg(short, long, default_value = DEFAULT_CONFIG)]
+        config: PathBuf,
+    },
+    /// This node's own status; exits 1 when its database is down or it is idle.
+    NodeStatus {
+        #[arg(short, long, default_value = DEFAULT_CONFIG)]
+        config: PathBuf,
+        #[arg(long)]
+        json: bool,
+    },
     /// Every promotion: generation, time, reason, from, to, data loss if any.
     History {
         #[arg(short, long, default_value = DEFAULT_CONFIG)]
@@ -62,8 +94,8 @@ enum Commands {
         #[arg(long)]
         json: bool,
     },
-    /// Let this node rejoin when it waits for the operator (rejoin = "manual", or a failed
-    /// rewind): asks the local agent.
+    /// End maintenance mode (after `pgfm pause`), and let this node rejoin when it waits for
+    /// the operator (rejoin = "manual", or a failed rewind).
     Resume {
         #[arg(short, long, default_value = DEFAULT_CONFIG)]
         config: PathBuf,
@@ -122,6 +154,96 @@ fn local_agent(config: &std::path::Path) -> anyhow::Result<pgfm_api::ApiClient> 
         &token,
         Duration::from_secs(5),
     ))
+}
+
+/// Print a command's answer; a refusal exits 1 with its reason.
+fn refusable(answer: Result<pgfm_api::Message, pgfm_api::ApiError>) -> anyhow::Result<ExitCode> {
+    match answer {
+        Ok(m) => {
+            println!("{}", m.message);
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(pgfm_api::ApiError::Failed {
+            status: 409,
+            message,
+            ..
+        }) => {
+            eprintln!("pgfm: refused, nothing was changed: {message}");
+            Ok(ExitCode::from(1))
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+fn node_status(config: &std::path::Path, json: bool) -> anyhow::Result<ExitCode> {
+    let name = Config::load_static(config)?.name;
+    let status = runtime()?.block_on(local_agent(config)?.status())?;
+    let node = status
+        .nodes
+        .iter()
+        .find(|n| n.name == name)
+        .ok_or_else(|| anyhow::anyhow!("{name} is not in the cluster status"))?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(node)?);
+    } else {
+        print!("{}", status_text::node(node, &status));
+    }
+    let bad = node.db == pgfm_api::DbStatus::Down || node.kind == pgfm_api::NodeKindStatus::Idle;
+    Ok(if bad {
+        ExitCode::from(1)
+    } else {
+        ExitCode::SUCCESS
+    })
+}
+
+/// `pgfm promote`: ask, then follow the cluster until the new generation has a primary.
+fn promote(config: &std::path::Path, to: Option<String>, force: bool) -> anyhow::Result<ExitCode> {
+    let client = local_agent(config)?;
+    let rt = runtime()?;
+    let started_at = std::time::Instant::now();
+    let started = match rt.block_on(client.promote(to, force)) {
+        Ok(started) => started,
+        Err(pgfm_api::ApiError::Failed {
+            status: 409,
+            message,
+            ..
+        }) => {
+            eprintln!("pgfm: promote refused, nothing was changed: {message}");
+            return Ok(ExitCode::from(1));
+        }
+        Err(e) => return Err(e.into()),
+    };
+    println!("Promotion accepted: {}.", started.how);
+    let deadline = std::time::Instant::now() + Duration::from_secs(120);
+    loop {
+        if let Ok(status) = rt.block_on(client.status()) {
+            if status.generation > started.generation && status.primary.is_some() {
+                let lost = rt
+                    .block_on(client.history())
+                    .ok()
+                    .and_then(|h| h.last().and_then(|e| e.lost_bytes))
+                    .map(|b| {
+                        if b == 0 {
+                            "nothing".to_string()
+                        } else {
+                            format!("{b} bytes")
+                        }
+                    })
+                    .unwrap_or_else(|| "unknown".into());
+                println!(
+                    "{} is the primary of generation {} ({:.1} s); data lost: {lost}.",
+                    status.primary.as_deref().unwrap_or("?"),
+                    status.generation,
+                    started_at.elapsed().as_secs_f64()
+                );
+                return Ok(ExitCode::SUCCESS);
+            }
+        }
+        if std::time::Instant::now() > deadline {
+            anyhow::bail!("no new primary within 120 s: see pgfm cluster-status");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
 }
 
 /// `pgfm switchover`: ask, then follow the cluster until the old primary streams from the
@@ -250,6 +372,14 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             })
         }
         Commands::Switchover { config, to } => switchover(&config, to),
+        Commands::Promote { config, to, force } => promote(&config, to, force),
+        Commands::SetPriority {
+            config,
+            node,
+            priority,
+        } => refusable(runtime()?.block_on(local_agent(&config)?.set_priority(&node, priority))),
+        Commands::Pause { config } => refusable(runtime()?.block_on(local_agent(&config)?.pause())),
+        Commands::NodeStatus { config, json } => node_status(&config, json),
         Commands::History { config, json } => {
             let history = runtime()?.block_on(local_agent(&config)?.history())?;
             if json {

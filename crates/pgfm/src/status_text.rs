@@ -44,6 +44,14 @@ pub fn render(s: &ClusterStatus) -> String {
     let mut out = String::new();
     let w = &mut out;
     let _ = writeln!(w, "Cluster Status: {}", s.cluster);
+    if s.paused {
+        let _ = writeln!(
+            w,
+            "Automatic failover is disabled: maintenance mode (pgfm resume ends it)."
+        );
+    } else if !s.auto_failover {
+        let _ = writeln!(w, "Automatic failover is disabled (auto_failover = false).");
+    }
     let _ = writeln!(
         w,
         "Coordinator: {}    Generation: {}    Answered by: {}",
@@ -168,6 +176,59 @@ pub fn render(s: &ClusterStatus) -> String {
     out
 }
 
+/// The text of `pgfm node-status`.
+pub fn node(n: &NodeStatus, s: &ClusterStatus) -> String {
+    let mut out = String::new();
+    let w = &mut out;
+    let _ = writeln!(
+        w,
+        "Node: {} ({})    Cluster: {}    Generation: {}",
+        n.name,
+        kind(n),
+        s.cluster,
+        s.generation
+    );
+    let _ = writeln!(
+        w,
+        "Agent: {:?}    DB: {:?}    Address: {}",
+        n.agent,
+        n.db,
+        address(n)
+    );
+    if let Some(lsn) = n.lsn {
+        let _ = writeln!(
+            w,
+            "WAL: {lsn}{}",
+            n.timeline
+                .map(|t| format!(" on timeline {t}"))
+                .unwrap_or_default()
+        );
+    }
+    if let Some(lag) = n.lag_bytes {
+        let _ = writeln!(
+            w,
+            "Lag: {}{}",
+            bytes(lag),
+            if n.in_sync == Some(true) {
+                " (in sync)"
+            } else {
+                " (NOT in sync)"
+            }
+        );
+    }
+    if let (Some(p), Some(pr)) = (n.priority, n.promotable) {
+        let _ = writeln!(
+            w,
+            "Priority: {p}{}",
+            if pr { "" } else { " (not promotable)" }
+        );
+    }
+    if !n.info.is_empty() {
+        let _ = writeln!(w, "Info: {}", n.info);
+    }
+    out
+}
+
 /// The text of `pgfm history`.
 pub fn history(entries: &[pgfm_api::HistoryEntry]) -> String {
     let mut out = String::new();
@@ -241,6 +302,8 @@ mod tests {
             answered_by: "pg1".into(),
             generation: 1,
             primary: Some("pg1".into()),
+            paused: false,
+            auto_failover: true,
             max_lag_bytes: 1048576,
             nodes: vec![
                 node("pg1", NodeKindStatus::Primary, Some(5432)),
@@ -303,6 +366,7 @@ mod tests {
             message: "No standby databases were found.".into(),
         };
         status.problems = vec!["bootstrap waits for reports from pg3".into()];
+        status.paused = true;
         assert!(!status.healthy());
         insta::assert_snapshot!(render(&status));
     }

@@ -236,3 +236,66 @@ fn health_endpoints_follow_a_failover() {
         "{shown}"
     );
 }
+
+fn cli(lab: &Lab, via: &str, args: &[&str]) -> std::process::Output {
+    let mut command = pgfm();
+    command.arg(args[0]).arg("-c").arg(lab.config(via)).args(&args[1..]);
+    command.output().unwrap()
+}
+
+/// With automatic failover off, `pgfm promote` is the operator's failover: refused for a
+/// node with priority 0 (nothing changes), then, after `set-priority`, the live old primary
+/// is stopped and fenced first and the target promoted; the old primary streams from it.
+#[test]
+fn promote_fences_a_live_primary_first_and_works_with_auto_failover_off() {
+    let lab = Lab::up_with(2, &["failover.auto_failover=false"]);
+    lab.wait_healthy("witness", SETTLE);
+    let watch = WriteWatch::start(&lab, &["pg1", "pg2"]);
+    let output = cli(&lab, "pg1", &["set-priority", "pg2", "0"]);
+    assert!(output.status.success(), "{}", text(&output));
+    let output = cli(&lab, "pg1", &["promote", "--to", "pg2"]);
+    assert_eq!(output.status.code(), Some(1), "{}", text(&output));
+    assert!(text(&output).contains("pg2 is not a running, promotable standby"), "{}", text(&output));
+    assert_eq!(lab.cluster_status("pg1").unwrap().0["generation"], 1);
+
+    let output = cli(&lab, "pg2", &["set-priority", "pg2", "100"]);
+    assert!(output.status.success(), "{}", text(&output));
+    let output = cli(&lab, "witness", &["promote", "--to", "pg2"]);
+    assert!(output.status.success(), "{}", text(&output));
+    assert!(text(&output).contains("pg2 is the primary of generation 2"), "{}", text(&output));
+    assert!(text(&output).contains("data lost: nothing"), "{}", text(&output));
+    let status = lab.wait_primary("witness", "pg2", 2, SETTLE);
+    assert_eq!(node(&status, "pg1")["kind"], "standby");
+    assert_eq!(status["auto_failover"], false);
+    watch.finish();
+}
+
+/// In maintenance mode a dead primary is not replaced automatically (status says so); the
+/// operator's `pgfm promote` still works, and `pgfm resume` ends the mode.
+#[test]
+fn pause_stops_automatic_failover_until_the_operator_acts() {
+    let lab = Lab::up(2);
+    lab.wait_healthy("witness", SETTLE);
+    let output = cli(&lab, "pg2", &["pause"]);
+    assert!(output.status.success(), "{}", text(&output));
+    assert_eq!(lab.cluster_status("pg1").unwrap().0["paused"], true);
+    let output = lab.run(&["lab", "kill", "pg1"]);
+    assert!(output.status.success(), "{}", text(&output));
+    let status = wait_for("status to say the cluster is paused and a failover is needed", SETTLE, || {
+        let (status, _) = lab.cluster_status("witness")?;
+        let says = status["problems"].as_array().is_some_and(|p| {
+            p.iter().any(|p| p.as_str().is_some_and(|p| p.contains("the cluster is paused")))
+        });
+        if says { Ok(status) } else { Err(status.to_string()) }
+    });
+    assert_eq!(status["generation"], 1);
+    let output = cli(&lab, "witness", &["promote"]);
+    assert!(output.status.success(), "{}", text(&output));
+    lab.wait_for_primary_change("pg2", 2);
+    let output = cli(&lab, "pg2", &["resume"]);
+    assert!(output.status.success(), "{}", text(&output));
+    assert_eq!(lab.cluster_status("pg2").unwrap().0["paused"], false);
+    let output = cli(&lab, "pg2", &["node-status"]);
+    assert!(output.status.success(), "{}", text(&output));
+    assert!(text(&output).contains("Node: pg2 (Primary)"), "{}", text(&output));
+}

@@ -93,6 +93,7 @@ impl Agent {
             from: from.clone(),
             to: to.clone(),
             generation: state.generation,
+            force: false,
         };
         match self.raft.propose(command).await {
             Ok(Ok(())) => {
@@ -106,5 +107,180 @@ impl Agent {
             Ok(Err(refused)) => refuse(refused.to_string()),
             Err(e) => Err(Refusal::Unavailable(e.to_string())),
         }
+    }
+}
+
+impl Agent {
+    async fn commit(&self, command: Command) -> Result<(), Refusal> {
+        match self.raft.propose(command).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(refused)) => Err(Refusal::Refused(refused.to_string())),
+            Err(e) => Err(Refusal::Unavailable(e.to_string())),
+        }
+    }
+
+    /// `pgfm promote [--to NODE] [--force]`: operator failover. With a live primary it goes
+    /// through a hand-over (the old primary is stopped and fenced first); without one, the
+    /// target is promoted once the old primary's lease has expired. Works with automatic
+    /// failover off and in maintenance mode. A lagging target needs `force`.
+    pub(super) async fn start_promotion(
+        &self,
+        request: pgfm_api::PromoteRequest,
+    ) -> Result<pgfm_api::PromoteStarted, Refusal> {
+        if !self.raft.is_coordinator() {
+            let coordinator = self.raft.coordinator().ok_or_else(|| {
+                Refusal::Unavailable("no coordinator is elected: try again shortly".into())
+            })?;
+            let address = self
+                .address_of(&coordinator)
+                .ok_or_else(|| Refusal::Unavailable(format!("no address for {coordinator}")))?;
+            return self
+                .client(&address)
+                .promote(request.to, request.force)
+                .await
+                .map_err(forwarded);
+        }
+        let state = self.raft.state();
+        let status = self.local_status(Vec::new());
+        let refuse = |why: String| Err(Refusal::Refused(why));
+        if let Some(sw) = &state.switchover {
+            return refuse(format!(
+                "a switchover from {} to {} is under way",
+                sw.from, sw.to
+            ));
+        }
+        let Some(from) = state.primary.clone() else {
+            return refuse("the cluster has no primary yet".into());
+        };
+        let alive = status.primary.is_some();
+        let max_lag = self.config.failover.max_lag;
+        let best = self
+            .view()
+            .reports
+            .values()
+            .filter_map(|o| o.report.wal_position())
+            .max();
+        let standbys: Vec<&pgfm_api::NodeStatus> = status
+            .nodes
+            .iter()
+            .filter(|n| n.kind == NodeKindStatus::Standby)
+            .filter(|n| n.promotable == Some(true) && n.priority.is_some_and(|p| p > 0))
+            .collect();
+        let behind = |n: &pgfm_api::NodeStatus| -> u64 {
+            if alive {
+                n.lag_bytes.unwrap_or(u64::MAX)
+            } else {
+                best.zip(n.lsn).map(|(b, l)| b.bytes_after(l)).unwrap_or(0)
+            }
+        };
+        let target = match &request.to {
+            Some(to) => {
+                if !status.nodes.iter().any(|n| n.name == *to) {
+                    return refuse(format!(
+                        "unknown node {to:?} (the members are {})",
+                        status.allowed.join(", ")
+                    ));
+                }
+                if *to == from {
+                    return refuse(format!("{to} is already the primary"));
+                }
+                match standbys.iter().find(|n| n.name == *to) {
+                    Some(n) => Some(*n),
+                    None => return refuse(format!("{to} is not a running, promotable standby")),
+                }
+            }
+            None => standbys
+                .iter()
+                .copied()
+                .min_by_key(|n| (behind(n), std::cmp::Reverse(n.priority))),
+        };
+        if let Some(n) = target {
+            let lag = behind(n);
+            let lagging = if alive {
+                n.in_sync != Some(true)
+            } else {
+                lag > max_lag
+            };
+            if lagging && !request.force {
+                return refuse(format!(
+                    "{} is {} behind {}: promoting it could lose that much; add --force to accept",
+                    n.name,
+                    if lag == u64::MAX {
+                        "an unknown number of bytes".to_string()
+                    } else {
+                        format!("{lag} bytes")
+                    },
+                    if alive {
+                        "the primary"
+                    } else {
+                        "the best known position"
+                    },
+                ));
+            }
+        }
+        let generation = state.generation;
+        if alive {
+            let Some(to) = target.map(|n| n.name.clone()) else {
+                return refuse("no running, promotable standby to promote".into());
+            };
+            self.commit(Command::RequestSwitchover {
+                from: from.clone(),
+                to: to.clone(),
+                generation,
+                force: request.force,
+            })
+            .await?;
+            tracing::warn!(%generation, %from, %to, force = request.force, "operator promotion: hand-over requested");
+            Ok(pgfm_api::PromoteStarted {
+                from: Some(from.clone()),
+                to: Some(to.clone()),
+                generation: generation.0,
+                how: format!("{from} stops and hands over (fenced first), then {to} is promoted"),
+            })
+        } else {
+            let to = target.map(|n| n.name.clone());
+            self.commit(Command::RequestPromotion {
+                to: to.clone(),
+                force: request.force,
+                generation,
+            })
+            .await?;
+            tracing::warn!(%generation, %from, ?to, force = request.force, "operator promotion requested: primary is gone");
+            Ok(pgfm_api::PromoteStarted {
+                from: Some(from.clone()),
+                to: to.clone(),
+                generation: generation.0,
+                how: format!(
+                    "{from} is not running: {} is promoted once its lease has expired",
+                    to.as_deref().unwrap_or("the best standby")
+                ),
+            })
+        }
+    }
+
+    pub(super) async fn change_priority(
+        &self,
+        request: pgfm_api::PriorityRequest,
+    ) -> Result<String, Refusal> {
+        self.commit(Command::SetPriority {
+            node: request.node.clone(),
+            priority: request.priority,
+        })
+        .await?;
+        tracing::info!(node = %request.node, priority = request.priority, "priority changed");
+        Ok(match request.priority {
+            0 => format!("{} will never be promoted (priority 0)", request.node),
+            p => format!("{} has priority {p}", request.node),
+        })
+    }
+
+    pub(super) async fn set_paused(&self, paused: bool) -> Result<String, Refusal> {
+        self.commit(Command::SetPaused { paused }).await?;
+        tracing::warn!(paused, "maintenance mode changed");
+        Ok(if paused {
+            "cluster paused: no automatic failover until pgfm resume (fencing still protects the primary)".into()
+        } else {
+            "cluster resumed: automatic failover is back".into()
+        })
     }
 }

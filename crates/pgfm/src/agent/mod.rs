@@ -308,8 +308,19 @@ impl Agent {
                     _ => {}
                 }
             }
-            if self.raft.state().members.get(&me.name) != Some(&me) {
-                self.register(&me).await;
+            // Priority and promotable come from the config only at the first registration;
+            // afterwards `pgfm set-priority` owns them.
+            let registered = self.raft.state().members.get(&me.name).cloned();
+            let wanted = match &registered {
+                Some(m) => Member {
+                    priority: m.priority,
+                    promotable: m.promotable,
+                    ..me.clone()
+                },
+                None => me.clone(),
+            };
+            if registered.as_ref() != Some(&wanted) {
+                self.register(&wanted).await;
                 continue;
             }
             let db_running = self.watch_db(now);
@@ -444,6 +455,7 @@ impl Agent {
             coordinator: coordinator.as_deref(),
             voters: &voters,
             max_lag: self.config.failover.max_lag,
+            auto_failover: self.config.failover.auto_failover,
             now_ms: self.now_ms(),
             problems,
         };
@@ -474,7 +486,30 @@ impl AgentApi for Agent {
     }
 
     async fn resume(&self) -> Result<String, String> {
-        Ok(Agent::resume(self))
+        let mut said = Vec::new();
+        if self.raft.state().paused {
+            said.push(self.set_paused(false).await.map_err(|r| format!("{r:?}"))?);
+        }
+        said.push(Agent::resume(self));
+        Ok(said.join("; "))
+    }
+
+    async fn promote(
+        &self,
+        request: pgfm_api::PromoteRequest,
+    ) -> Result<pgfm_api::PromoteStarted, pgfm_api::Refusal> {
+        self.start_promotion(request).await
+    }
+
+    async fn set_priority(
+        &self,
+        request: pgfm_api::PriorityRequest,
+    ) -> Result<String, pgfm_api::Refusal> {
+        self.change_priority(request).await
+    }
+
+    async fn pause(&self) -> Result<String, pgfm_api::Refusal> {
+        self.set_paused(true).await
     }
 
     async fn health(&self, check: pgfm_api::HealthCheck) -> pgfm_api::Health {

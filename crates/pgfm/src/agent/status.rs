@@ -13,6 +13,7 @@ pub struct Context<'a> {
     /// `(name, agent address)` of every voter.
     pub voters: &'a [(String, String)],
     pub max_lag: u64,
+    pub auto_failover: bool,
     pub now_ms: u64,
     /// Reasons the coordinator is holding back (bootstrap refused, ...).
     pub problems: Vec<String>,
@@ -128,6 +129,8 @@ pub fn build(ctx: &Context<'_>, view: &ClusterView) -> ClusterStatus {
         answered_by: ctx.answered_by.to_string(),
         generation: state.generation.0,
         primary: state.primary.clone().filter(|_| primary_report.is_some()),
+        paused: state.paused,
+        auto_failover: ctx.auto_failover,
         max_lag_bytes: ctx.max_lag,
         nodes,
         allowed: ctx.voters.iter().map(|(n, _)| n.clone()).collect(),
