@@ -239,7 +239,11 @@ fn health_endpoints_follow_a_failover() {
 
 fn cli(lab: &Lab, via: &str, args: &[&str]) -> std::process::Output {
     let mut command = pgfm();
-    command.arg(args[0]).arg("-c").arg(lab.config(via)).args(&args[1..]);
+    command
+        .arg(args[0])
+        .arg("-c")
+        .arg(lab.config(via))
+        .args(&args[1..]);
     command.output().unwrap()
 }
 
@@ -255,15 +259,27 @@ fn promote_fences_a_live_primary_first_and_works_with_auto_failover_off() {
     assert!(output.status.success(), "{}", text(&output));
     let output = cli(&lab, "pg1", &["promote", "--to", "pg2"]);
     assert_eq!(output.status.code(), Some(1), "{}", text(&output));
-    assert!(text(&output).contains("pg2 is not a running, promotable standby"), "{}", text(&output));
+    assert!(
+        text(&output).contains("pg2 is not a running, promotable standby"),
+        "{}",
+        text(&output)
+    );
     assert_eq!(lab.cluster_status("pg1").unwrap().0["generation"], 1);
 
     let output = cli(&lab, "pg2", &["set-priority", "pg2", "100"]);
     assert!(output.status.success(), "{}", text(&output));
     let output = cli(&lab, "witness", &["promote", "--to", "pg2"]);
     assert!(output.status.success(), "{}", text(&output));
-    assert!(text(&output).contains("pg2 is the primary of generation 2"), "{}", text(&output));
-    assert!(text(&output).contains("data lost: nothing"), "{}", text(&output));
+    assert!(
+        text(&output).contains("pg2 is the primary of generation 2"),
+        "{}",
+        text(&output)
+    );
+    assert!(
+        text(&output).contains("data lost: nothing"),
+        "{}",
+        text(&output)
+    );
     let status = lab.wait_primary("witness", "pg2", 2, SETTLE);
     assert_eq!(node(&status, "pg1")["kind"], "standby");
     assert_eq!(status["auto_failover"], false);
@@ -281,13 +297,24 @@ fn pause_stops_automatic_failover_until_the_operator_acts() {
     assert_eq!(lab.cluster_status("pg1").unwrap().0["paused"], true);
     let output = lab.run(&["lab", "kill", "pg1"]);
     assert!(output.status.success(), "{}", text(&output));
-    let status = wait_for("status to say the cluster is paused and a failover is needed", SETTLE, || {
-        let (status, _) = lab.cluster_status("witness")?;
-        let says = status["problems"].as_array().is_some_and(|p| {
-            p.iter().any(|p| p.as_str().is_some_and(|p| p.contains("the cluster is paused")))
-        });
-        if says { Ok(status) } else { Err(status.to_string()) }
-    });
+    let status = wait_for(
+        "status to say the cluster is paused and a failover is needed",
+        SETTLE,
+        || {
+            let (status, _) = lab.cluster_status("witness")?;
+            let says = status["problems"].as_array().is_some_and(|p| {
+                p.iter().any(|p| {
+                    p.as_str()
+                        .is_some_and(|p| p.contains("the cluster is paused"))
+                })
+            });
+            if says {
+                Ok(status)
+            } else {
+                Err(status.to_string())
+            }
+        },
+    );
     assert_eq!(status["generation"], 1);
     let output = cli(&lab, "witness", &["promote"]);
     assert!(output.status.success(), "{}", text(&output));
@@ -297,5 +324,9 @@ fn pause_stops_automatic_failover_until_the_operator_acts() {
     assert_eq!(lab.cluster_status("pg2").unwrap().0["paused"], false);
     let output = cli(&lab, "pg2", &["node-status"]);
     assert!(output.status.success(), "{}", text(&output));
-    assert!(text(&output).contains("Node: pg2 (Primary)"), "{}", text(&output));
+    assert!(
+        text(&output).contains("Node: pg2 (Primary)"),
+        "{}",
+        text(&output)
+    );
 }

@@ -1,0 +1,147 @@
+//! The OpenAPI document in the repository (`crates/api/openapi.json`) says what the code
+//! serves: every route is documented and every documented path is served, and the main
+//! schemas list exactly the fields the JSON has.
+
+use std::collections::BTreeSet;
+
+use serde_json::Value;
+
+fn document() -> Value {
+    let text = include_str!("../openapi.json");
+    serde_json::from_str(text).expect("openapi.json is valid JSON")
+}
+
+/// `(path, method)` of every `.route("PATH", METHOD(...))` in a source file.
+fn routes_in(source: &str) -> BTreeSet<(String, String)> {
+    let mut found = BTreeSet::new();
+    for part in source.split(".route(\"").skip(1) {
+        let Some((path, rest)) = part.split_once('"') else {
+            continue;
+        };
+        let rest = rest.trim_start_matches(',').trim_start();
+        let method = rest
+            .split('(')
+            .next()
+            .unwrap_or_default()
+            .trim()
+            .to_string();
+        found.insert((path.to_string(), method));
+    }
+    found
+}
+
+#[test]
+fn every_route_is_documented_and_every_documented_path_is_served() {
+    let served: BTreeSet<(String, String)> = routes_in(include_str!("../src/routes.rs"))
+        .into_iter()
+        .chain(routes_in(include_str!("../../coord/src/http.rs")))
+        .collect();
+    assert!(
+        served.len() >= 16,
+        "the route scan found too little: {served:?}"
+    );
+    let doc = document();
+    let documented: BTreeSet<(String, String)> = doc["paths"]
+        .as_object()
+        .unwrap()
+        .iter()
+        .flat_map(|(path, ops)| {
+            ops.as_object()
+                .unwrap()
+                .keys()
+                .map(move |method| (path.clone(), method.clone()))
+        })
+        .collect();
+    assert_eq!(served, documented, "routes and openapi.json disagree");
+}
+
+fn properties(doc: &Value, schema: &str) -> BTreeSet<String> {
+    doc["components"]["schemas"][schema]["properties"]
+        .as_object()
+        .unwrap_or_else(|| panic!("no schema {schema}"))
+        .keys()
+        .cloned()
+        .collect()
+}
+
+fn keys(value: &Value) -> BTreeSet<String> {
+    value.as_object().unwrap().keys().cloned().collect()
+}
+
+#[test]
+fn schemas_match_the_json_the_code_writes() {
+    use pgfm_api::*;
+    let node = NodeStatus {
+        name: "pg1".into(),
+        kind: NodeKindStatus::Primary,
+        agent: Up::Up,
+        db: DbStatus::Up,
+        address: "127.0.0.1".into(),
+        agent_port: 7000,
+        pg_port: Some(5432),
+        lsn: None,
+        replayed_lsn: None,
+        timeline: None,
+        lag_bytes: None,
+        in_sync: None,
+        priority: None,
+        promotable: None,
+        info: String::new(),
+    };
+    let status = ClusterStatus {
+        cluster: "c".into(),
+        coordinator: None,
+        answered_by: "pg1".into(),
+        generation: 1,
+        primary: None,
+        paused: false,
+        auto_failover: true,
+        max_lag_bytes: 1,
+        nodes: vec![node.clone()],
+        allowed: vec![],
+        priority_list: vec![],
+        promote_status: PromoteStatus {
+            safe: false,
+            message: String::new(),
+        },
+        problems: vec![],
+    };
+    let doc = document();
+    let json = serde_json::to_value(&status).unwrap();
+    assert_eq!(keys(&json), properties(&doc, "ClusterStatus"));
+    assert_eq!(keys(&json["nodes"][0]), properties(&doc, "NodeStatus"));
+    let entry = HistoryEntry {
+        generation: 2,
+        at_unix_ms: 0,
+        from: None,
+        to: "pg2".into(),
+        reason: String::new(),
+        lsn: None,
+        lost_bytes: None,
+    };
+    assert_eq!(
+        keys(&serde_json::to_value(&entry).unwrap()),
+        properties(&doc, "HistoryEntry")
+    );
+    let health = Health {
+        ok: true,
+        node: "n".into(),
+        role: "primary".into(),
+        generation: 1,
+        detail: String::new(),
+    };
+    assert_eq!(
+        keys(&serde_json::to_value(&health).unwrap()),
+        properties(&doc, "Health")
+    );
+    let started = PromoteStarted {
+        from: None,
+        to: None,
+        generation: 1,
+        how: String::new(),
+    };
+    assert_eq!(
+        keys(&serde_json::to_value(&started).unwrap()),
+        properties(&doc, "PromoteStarted")
+    );
+}
