@@ -61,6 +61,18 @@ struct RawConfig {
     timing: RawTiming,
     #[serde(default)]
     failover: RawFailover,
+    #[serde(default)]
+    hooks: RawHooks,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawHooks {
+    fence: Option<String>,
+    post_promotion: Option<String>,
+    notification: Option<String>,
+    #[serde(default, with = "humantime_serde")]
+    timeout: Option<Duration>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -170,6 +182,19 @@ pub struct Failover {
     pub rejoin: RejoinMode,
 }
 
+/// Commands run on events (EFM's scripts), through `sh -c`, with the event in `PGFM_*`
+/// environment variables.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Hooks {
+    /// Run by the coordinator before it commits a promotion; a non-zero exit aborts it.
+    pub fence: Option<String>,
+    /// Run on the new primary once PostgreSQL is promoted.
+    pub post_promotion: Option<String>,
+    /// Run for every event (promotion committed, fenced, promoted).
+    pub notification: Option<String>,
+    pub timeout: Duration,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Config {
     pub file: PathBuf,
@@ -186,6 +211,7 @@ pub struct Config {
     pub postgres: Option<PostgresConfig>,
     pub timing: Timing,
     pub failover: Failover,
+    pub hooks: Hooks,
 }
 
 /// Names are used as Raft identities, slot names and file names: keep them plain.
@@ -518,6 +544,12 @@ impl Config {
                     .crash_restart_bound
                     .unwrap_or(Duration::from_secs(10)),
                 rejoin,
+            },
+            hooks: Hooks {
+                fence: raw.hooks.fence.filter(|c| !c.trim().is_empty()),
+                post_promotion: raw.hooks.post_promotion.filter(|c| !c.trim().is_empty()),
+                notification: raw.hooks.notification.filter(|c| !c.trim().is_empty()),
+                timeout: raw.hooks.timeout.unwrap_or(Duration::from_secs(30)),
             },
         })
     }

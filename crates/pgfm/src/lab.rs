@@ -225,8 +225,8 @@ fn parse_settings(settings: &[String]) -> anyhow::Result<Extra> {
         let Some(((section, key), value)) = parsed else {
             bail!("--set {setting:?}: write it as SECTION.KEY=VALUE, for example failover.auto_failover=false");
         };
-        if !["timing", "failover"].contains(&section) {
-            bail!("--set {setting:?}: the lab only sets keys of [timing] and [failover]");
+        if !["timing", "failover", "hooks"].contains(&section) {
+            bail!("--set {setting:?}: the lab only sets keys of [timing], [failover] and [hooks]");
         }
         let entry = match extra.iter_mut().find(|(s, _)| s == section) {
             Some(entry) => entry,

@@ -330,3 +330,71 @@ fn pause_stops_automatic_failover_until_the_operator_acts() {
         text(&output)
     );
 }
+
+/// A fence hook that fails aborts the promotion (status says why, nothing is promoted); once
+/// it succeeds the promotion goes ahead, the hook sees the event in PGFM_* variables, and the
+/// post-promotion hook runs on the new primary.
+#[test]
+fn hooks_gate_and_announce_a_failover() {
+    let dir = common::scratch_dir("hooks");
+    std::fs::create_dir_all(&dir).unwrap();
+    let d = dir.display();
+    std::fs::write(dir.join("fence.sh"), format!("env | grep ^PGFM_ > {d}/fence.env\necho fencing the old primary\nexit $(cat {d}/fence.exit)\n")).unwrap();
+    std::fs::write(
+        dir.join("post.sh"),
+        format!("env | grep ^PGFM_ > {d}/post.env\n"),
+    )
+    .unwrap();
+    std::fs::write(dir.join("fence.exit"), "1").unwrap();
+    let fence = format!("hooks.fence=\"sh {d}/fence.sh\"");
+    let post = format!("hooks.post_promotion=\"sh {d}/post.sh\"");
+    let lab = Lab::up_with(2, &[&fence, &post, "hooks.timeout=\"10s\""]);
+    lab.wait_healthy("witness", SETTLE);
+    let output = lab.run(&["lab", "kill", "pg1"]);
+    assert!(output.status.success(), "{}", text(&output));
+    let status = wait_for("the fence hook to hold the promotion back", SETTLE, || {
+        let (status, _) = lab.cluster_status("witness")?;
+        let held = status["problems"].as_array().is_some_and(|p| {
+            p.iter()
+                .any(|p| p.as_str().is_some_and(|p| p.contains("fence hook exited")))
+        });
+        if held {
+            Ok(status)
+        } else {
+            Err(status.to_string())
+        }
+    });
+    assert_eq!(
+        status["generation"], 1,
+        "promoted despite the fence hook: {status}"
+    );
+
+    std::fs::write(dir.join("fence.exit"), "0").unwrap();
+    lab.wait_for_primary_change("pg2", 2);
+    let fence_env = std::fs::read_to_string(dir.join("fence.env")).unwrap();
+    for want in [
+        "PGFM_EVENT=fence",
+        "PGFM_OLD_PRIMARY=pg1",
+        "PGFM_NEW_PRIMARY=pg2",
+        "PGFM_GENERATION=2",
+        "PGFM_CLUSTER=lab",
+    ] {
+        assert!(
+            fence_env.contains(want),
+            "{want} missing from the fence hook's environment:\n{fence_env}"
+        );
+    }
+    let post_env = wait_for("the post-promotion hook on pg2", SETTLE, || {
+        std::fs::read_to_string(dir.join("post.env")).map_err(|e| e.to_string())
+    });
+    assert!(
+        post_env.contains("PGFM_NODE=pg2") && post_env.contains("PGFM_EVENT=promoted"),
+        "{post_env}"
+    );
+    let logs = format!("{}{}", lab.log("witness"), lab.log("pg2"));
+    assert!(
+        logs.contains("hook output: fencing the old primary"),
+        "hook output not in the agent logs"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}

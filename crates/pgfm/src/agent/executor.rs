@@ -21,7 +21,11 @@ impl Agent {
             match action {
                 Action::Hold { reason } => notes.push(reason),
                 Action::ClusterHold { reason } => coordinator_notes.push(reason),
-                Action::Propose(command) => self.propose(command).await,
+                Action::Propose(command) => {
+                    if let Err(e) = self.propose(command).await {
+                        coordinator_notes.push(e);
+                    }
+                }
                 other => {
                     let result = self.act(&view.state, &other).await;
                     // The next decision waits for a probe made after this action.
@@ -51,15 +55,53 @@ impl Agent {
         }
     }
 
-    async fn propose(&self, command: Command) {
+    /// Commit `command`; a promotion first passes the fence hook, and a committed one is
+    /// announced to the notification hook. `Err` says why a promotion was held back.
+    async fn propose(&self, command: Command) -> Result<(), String> {
+        if let Command::Promote {
+            node,
+            generation,
+            from,
+            ..
+        } = &command
+        {
+            if let Some(hook) = self.config.hooks.fence.clone() {
+                let now = self.now_ms();
+                let recent = lock(&self.fence_hook_failed_ms).is_some_and(|at| now < at + 5_000);
+                if recent {
+                    return Err("the fence hook refused the promotion: retrying shortly".into());
+                }
+                let event = super::hooks::Event {
+                    name: "fence",
+                    old_primary: from.as_deref(),
+                    new_primary: Some(node),
+                    generation: *generation,
+                };
+                if let Err(e) = self.run_hook("fence", &hook, &event).await {
+                    *lock(&self.fence_hook_failed_ms) = Some(now);
+                    tracing::error!(%generation, "{e}: promotion of {node} aborted");
+                    return Err(format!("{e}: promotion of {node} aborted"));
+                }
+            }
+        }
         match pgfm_coord::Coordinator::propose(&self.raft, command.clone()).await {
             Ok(Ok(())) => {
                 let generation = self.raft_state().generation;
                 tracing::info!(%generation, ?command, "committed");
+                if let Command::Promote { node, from, .. } = &command {
+                    self.notify(super::hooks::Event {
+                        name: "promotion",
+                        old_primary: from.as_deref(),
+                        new_primary: Some(node),
+                        generation,
+                    })
+                    .await;
+                }
             }
             Ok(Err(refused)) => tracing::warn!(?command, %refused, "proposal refused"),
             Err(e) => tracing::warn!(?command, error = %e, "proposal not committed"),
         }
+        Ok(())
     }
 
     fn raft_state(&self) -> ClusterState {
@@ -152,6 +194,19 @@ impl Agent {
                 set_activity(None);
                 result?;
                 tracing::warn!(%generation, ms = started.elapsed().as_millis() as u64, "promoted: this node is the primary");
+                let old = state.history.last().and_then(|p| p.from.clone());
+                let event = || super::hooks::Event {
+                    name: "promoted",
+                    old_primary: old.as_deref(),
+                    new_primary: Some(&self.config.name),
+                    generation: *generation,
+                };
+                if let Some(hook) = self.config.hooks.post_promotion.clone() {
+                    if let Err(e) = self.run_hook("post_promotion", &hook, &event()).await {
+                        tracing::warn!(%generation, "{e}");
+                    }
+                }
+                self.notify(event()).await;
             }
             Action::Follow {
                 upstream,
@@ -166,6 +221,13 @@ impl Agent {
                 lock(&self.db).expect_down = true;
                 pg.fence().await?;
                 tracing::warn!(%generation, "PostgreSQL fenced (immediate shutdown)");
+                self.notify(super::hooks::Event {
+                    name: "fenced",
+                    old_primary: Some(&self.config.name),
+                    new_primary: state.primary.as_deref(),
+                    generation: *generation,
+                })
+                .await;
             }
             Action::Rewind {
                 upstream,

@@ -6,6 +6,7 @@
 mod commands;
 mod executor;
 mod health;
+mod hooks;
 mod lease;
 pub mod status;
 
@@ -67,6 +68,8 @@ pub struct Agent {
     /// When the last action on the local PostgreSQL finished: decisions wait for a report
     /// made after it, so that they never act on what the action just changed.
     last_action_ms: std::sync::atomic::AtomicU64,
+    /// When the fence hook last refused a promotion (monotonic ms): wait before retrying.
+    fence_hook_failed_ms: Mutex<Option<u64>>,
     /// The last rewind failure, for the generation it happened in.
     rewind_failed: Mutex<Option<(Generation, String)>>,
 }
@@ -628,6 +631,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         probe_latency_ms: std::sync::atomic::AtomicU64::new(0),
         last_action_ms: std::sync::atomic::AtomicU64::new(0),
         rewind_failed: Mutex::new(None),
+        fence_hook_failed_ms: Mutex::new(None),
     });
     {
         let state = agent.raft.state();
