@@ -19,9 +19,18 @@ use crate::config::{Config, DEFAULT_CONFIG};
 #[derive(Parser)]
 #[command(name = "pgfm", version, about = "PostgreSQL failover manager")]
 struct Cli {
+    /// Talk to the agent at this URL (http://host:port) instead of the one named by -c.
+    #[arg(long, global = true, env = "PGFM_AGENT")]
+    agent: Option<String>,
+    /// The cluster token file to use with --agent (default: the token_file of -c).
+    #[arg(long, global = true)]
+    token_file: Option<PathBuf>,
     #[command(subcommand)]
     command: Commands,
 }
+
+/// `--agent` and `--token-file`, for the commands that talk to an agent.
+static TARGET: std::sync::OnceLock<(Option<String>, Option<PathBuf>)> = std::sync::OnceLock::new();
 
 #[derive(Subcommand)]
 enum Commands {
@@ -147,10 +156,19 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
 
 /// A client for the agent named by a config file (its address and token).
 fn local_agent(config: &std::path::Path) -> anyhow::Result<pgfm_api::ApiClient> {
-    let config = Config::load_static(config)?;
-    let token = config.read_token()?;
+    let (agent, token_file) = TARGET.get().cloned().unwrap_or_default();
+    let token = match &token_file {
+        Some(file) => std::fs::read_to_string(file)
+            .map(|t| t.trim().to_string())
+            .map_err(|e| anyhow::anyhow!("--token-file {}: {e}", file.display()))?,
+        None => Config::load_static(config)?.read_token()?.to_string(),
+    };
+    let address = match agent {
+        Some(url) => url,
+        None => Config::load_static(config)?.listen.to_string(),
+    };
     Ok(pgfm_api::ApiClient::new(
-        &config.listen.to_string(),
+        &address,
         &token,
         Duration::from_secs(5),
     ))
@@ -310,6 +328,7 @@ fn switchover(config: &std::path::Path, to: Option<String>) -> anyhow::Result<Ex
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    let _ = TARGET.set((cli.agent.clone(), cli.token_file.clone()));
     if !matches!(cli.command, Commands::Agent { .. }) {
         // A command piped into `head` should end quietly, not panic on a closed stdout.
         // SAFETY: called before any thread starts; SIG_DFL has no handler to race with.

@@ -118,6 +118,26 @@ fn switchover_refusals_change_nothing() {
     );
     refused(Some("pg1"), "pg1 is already the primary");
     refused(Some("witness"), "witness is not a standby in sync with pg1");
+    // The same through --agent URL and --token-file, from anywhere.
+    let port = lab.lab_node("witness")["agent_port"].as_u64().unwrap();
+    let output = pgfm()
+        .args([
+            "switchover",
+            "--to",
+            "pg7",
+            "--agent",
+            &format!("http://127.0.0.1:{port}"),
+            "--token-file",
+        ])
+        .arg(lab.dir.join("token"))
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(1), "{}", text(&output));
+    assert!(
+        text(&output).contains("unknown node \"pg7\""),
+        "{}",
+        text(&output)
+    );
 
     let output = lab.run(&["lab", "kill", "pg2"]);
     assert!(output.status.success(), "{}", text(&output));
