@@ -124,6 +124,24 @@ impl ApiClient {
         self.send(self.http.post(&url).json(&body), url).await
     }
 
+    pub async fn allow_node(&self, name: &str, address: &str) -> Result<Message, ApiError> {
+        let url = format!("{}/v1/members", self.base);
+        let body = crate::types::AllowRequest {
+            name: name.to_string(),
+            address: address.to_string(),
+        };
+        self.send(self.http.post(&url).json(&body), url).await
+    }
+
+    pub async fn disallow_node(&self, name: &str, force: bool) -> Result<Message, ApiError> {
+        let url = format!("{}/v1/members/remove", self.base);
+        let body = crate::types::DisallowRequest {
+            name: name.to_string(),
+            force,
+        };
+        self.send(self.http.post(&url).json(&body), url).await
+    }
+
     pub async fn pause(&self) -> Result<Message, ApiError> {
         let url = format!("{}/v1/pause", self.base);
         self.send(self.http.post(&url), url).await

@@ -13,8 +13,9 @@ use axum::{Json, Router};
 use pgfm_core::NodeReport;
 
 use crate::types::{
-    AgedReport, ClusterStatus, ErrorBody, Health, HistoryEntry, Message, Metrics, PriorityRequest,
-    PromoteRequest, PromoteStarted, ReportAck, SwitchoverRequest, SwitchoverStarted,
+    AgedReport, AllowRequest, ClusterStatus, DisallowRequest, ErrorBody, Health, HistoryEntry,
+    Message, Metrics, PriorityRequest, PromoteRequest, PromoteStarted, ReportAck,
+    SwitchoverRequest, SwitchoverStarted,
 };
 
 /// What happened to a report sent to this agent.
@@ -41,6 +42,14 @@ pub trait AgentApi: Send + Sync + 'static {
         request: PriorityRequest,
     ) -> impl Future<Output = Result<String, Refusal>> + Send;
     fn pause(&self) -> impl Future<Output = Result<String, Refusal>> + Send;
+    fn allow_node(
+        &self,
+        request: AllowRequest,
+    ) -> impl Future<Output = Result<String, Refusal>> + Send;
+    fn disallow_node(
+        &self,
+        request: DisallowRequest,
+    ) -> impl Future<Output = Result<String, Refusal>> + Send;
     /// Start a switchover; `Err` is a refusal with its reason (nothing was changed).
     fn switchover(
         &self,
@@ -81,6 +90,8 @@ pub fn router<A: AgentApi>(agent: Arc<A>) -> Router {
         .route("/v1/promote", post(promote::<A>))
         .route("/v1/priority", post(priority::<A>))
         .route("/v1/pause", post(pause::<A>))
+        .route("/v1/members", post(allow::<A>))
+        .route("/v1/members/remove", post(disallow::<A>))
         .route("/primary", get(primary::<A>))
         .route("/replica", get(replica::<A>))
         .route("/health", get(health::<A>))
@@ -174,6 +185,26 @@ async fn priority<A: AgentApi>(
     Json(request): Json<PriorityRequest>,
 ) -> Response {
     match agent.set_priority(request).await {
+        Ok(message) => Json(Message { message }).into_response(),
+        Err(r) => refusal(r),
+    }
+}
+
+async fn allow<A: AgentApi>(
+    State(agent): State<Arc<A>>,
+    Json(request): Json<AllowRequest>,
+) -> Response {
+    match agent.allow_node(request).await {
+        Ok(message) => Json(Message { message }).into_response(),
+        Err(r) => refusal(r),
+    }
+}
+
+async fn disallow<A: AgentApi>(
+    State(agent): State<Arc<A>>,
+    Json(request): Json<DisallowRequest>,
+) -> Response {
+    match agent.disallow_node(request).await {
         Ok(message) => Json(Message { message }).into_response(),
         Err(r) => refusal(r),
     }

@@ -221,3 +221,20 @@ pub struct PriorityRequest {
     pub node: String,
     pub priority: u32,
 }
+
+/// The body of `POST /v1/members` (allow-node).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AllowRequest {
+    pub name: String,
+    /// The node's agent address, `ip:port`.
+    pub address: String,
+}
+
+/// The body of `POST /v1/members/remove` (disallow-node).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DisallowRequest {
+    pub name: String,
+    /// Also when it is the primary, or when the rest would not have a majority up.
+    #[serde(default)]
+    pub force: bool,
+}

@@ -131,6 +131,40 @@ impl EmbeddedRaft {
         &self.inner.raft
     }
 
+    /// Add `name` at `address` as a voter (this agent must be the coordinator): first as a
+    /// learner, then into the voters, both through the Raft log.
+    pub async fn add_voter(&self, name: &str, address: &str) -> Result<(), String> {
+        let id = NodeId::from_name(name).0;
+        let node = RaftNode {
+            name: name.to_string(),
+            address: address.to_string(),
+        };
+        self.inner
+            .raft
+            .add_learner(id, node, false)
+            .await
+            .map_err(|e| format!("adding {name} as a learner: {e}"))?;
+        let voters = openraft::ChangeMembers::AddVoterIds([id].into_iter().collect());
+        self.inner
+            .raft
+            .change_membership(voters, false)
+            .await
+            .map_err(|e| format!("making {name} a voter: {e}"))?;
+        Ok(())
+    }
+
+    /// Remove `name` from the voters (this agent must be the coordinator).
+    pub async fn remove_voter(&self, name: &str) -> Result<(), String> {
+        let id = NodeId::from_name(name).0;
+        let change = openraft::ChangeMembers::RemoveVoters([id].into_iter().collect());
+        self.inner
+            .raft
+            .change_membership(change, false)
+            .await
+            .map_err(|e| format!("removing {name}: {e}"))?;
+        Ok(())
+    }
+
     /// The committed primary and generation, without copying the whole state.
     pub fn primary(&self) -> (Option<String>, pgfm_core::Generation) {
         let applied = self.inner.applied.borrow();

@@ -156,6 +156,11 @@ pub enum Action {
     /// Switchover: stop the local primary cleanly, mark it a standby, and commit the
     /// hand-over with its final WAL position (which releases the lease).
     HandOver { to: String, generation: Generation },
+    /// Drop the replication slots of departed nodes on the local primary.
+    DropSlots {
+        slots: Vec<String>,
+        generation: Generation,
+    },
     /// Create replication slots on the local primary.
     EnsureSlots {
         slots: Vec<String>,
@@ -501,6 +506,18 @@ fn reconcile_primary(cluster: &ClusterView, local: &LocalView, now_ms: u64) -> V
                     generation,
                 }];
             }
+            let departed: Vec<String> = state
+                .departed
+                .iter()
+                .map(|n| slot_for(n))
+                .filter(|slot| me.slots.contains(slot))
+                .collect();
+            if !departed.is_empty() {
+                return vec![Action::DropSlots {
+                    slots: departed,
+                    generation,
+                }];
+            }
         }
         return Vec::new();
     }
@@ -818,6 +835,9 @@ mod tests {
                 Action::EnsureSlots { slots, generation } => {
                     format!("slots {} g{generation}", slots.join(","))
                 }
+                Action::DropSlots { slots, generation } => {
+                    format!("drop slots {} g{generation}", slots.join(","))
+                }
                 Action::Hold { reason } => format!("hold: {reason}"),
                 Action::ClusterHold { reason } => format!("cluster hold: {reason}"),
             })
@@ -1017,6 +1037,11 @@ mod tests {
         let mut v = v;
         v.reports.get_mut("pg1").unwrap().report.slots = vec!["pg2".into()];
         check(&v, "pg1", false, &[]);
+        // A disallowed node's slot goes; other slots (an operator's own) stay.
+        v.reports.get_mut("pg1").unwrap().report.slots =
+            vec!["pg2".into(), "pg3".into(), "backup".into()];
+        v.state.departed.insert("pg3".into());
+        check(&v, "pg1", false, &["drop slots pg3 g1"]);
     }
 
     #[test]

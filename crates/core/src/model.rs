@@ -95,6 +95,11 @@ pub enum Command {
     SetPriority { node: String, priority: u32 },
     /// `pgfm pause` / `pgfm resume`: maintenance mode, no automatic failover.
     SetPaused { paused: bool },
+    /// `pgfm disallow-node`: the node leaves; its details are forgotten and it may not
+    /// register again until `pgfm allow-node`.
+    RemoveMember { name: String },
+    /// `pgfm allow-node`: a departed name may register again.
+    Welcome { name: String },
     /// Make `node` the primary of `generation` (the next one), committed before PostgreSQL
     /// is promoted (invariant 1).
     Promote {
@@ -149,6 +154,8 @@ pub enum CommandError {
     NoSwitchover(Generation),
     #[error("node {0} is not a member")]
     UnknownNode(String),
+    #[error("node {0} was disallowed: run pgfm allow-node {0} ADDRESS on a member to let it back")]
+    Departed(String),
 }
 
 /// An operator's `pgfm promote` while the primary is gone.
@@ -200,13 +207,28 @@ pub struct ClusterState {
     /// Maintenance mode: no automatic failover.
     #[serde(default)]
     pub paused: bool,
+    /// Nodes disallowed by the operator (their replication slots are dropped).
+    #[serde(default)]
+    pub departed: std::collections::BTreeSet<String>,
 }
 
 impl ClusterState {
     pub fn apply(&mut self, command: &Command) -> Result<(), CommandError> {
         match command {
             Command::Register { member } => {
+                if self.departed.contains(&member.name) {
+                    return Err(CommandError::Departed(member.name.clone()));
+                }
                 self.members.insert(member.name.clone(), member.clone());
+                Ok(())
+            }
+            Command::RemoveMember { name } => {
+                self.members.remove(name);
+                self.departed.insert(name.clone());
+                Ok(())
+            }
+            Command::Welcome { name } => {
+                self.departed.remove(name);
                 Ok(())
             }
             Command::Bootstrap {

@@ -84,6 +84,23 @@ enum Commands {
         node: String,
         priority: u32,
     },
+    /// Let a node (back) into the cluster: it becomes a voting member.
+    AllowNode {
+        #[arg(short, long, default_value = DEFAULT_CONFIG)]
+        config: PathBuf,
+        name: String,
+        /// Its agent's address, ip:port.
+        address: String,
+    },
+    /// Remove a node from the cluster; refused for the primary or when the rest would
+    /// have no majority up, unless --force.
+    DisallowNode {
+        #[arg(short, long, default_value = DEFAULT_CONFIG)]
+        config: PathBuf,
+        name: String,
+        #[arg(long)]
+        force: bool,
+    },
     /// Maintenance mode: no automatic failover anywhere until `pgfm resume`.
     Pause {
         #[arg(short, long, default_value = DEFAULT_CONFIG)]
@@ -397,6 +414,16 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             node,
             priority,
         } => refusable(runtime()?.block_on(local_agent(&config)?.set_priority(&node, priority))),
+        Commands::AllowNode {
+            config,
+            name,
+            address,
+        } => refusable(runtime()?.block_on(local_agent(&config)?.allow_node(&name, &address))),
+        Commands::DisallowNode {
+            config,
+            name,
+            force,
+        } => refusable(runtime()?.block_on(local_agent(&config)?.disallow_node(&name, force))),
         Commands::Pause { config } => refusable(runtime()?.block_on(local_agent(&config)?.pause())),
         Commands::NodeStatus { config, json } => node_status(&config, json),
         Commands::History { config, json } => {

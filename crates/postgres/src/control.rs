@@ -322,6 +322,45 @@ impl Postgres {
         Ok(())
     }
 
+    /// Drop replication slots on this (primary) server (those of departed nodes).
+    pub async fn drop_slots(&self, slots: &[String]) -> anyhow::Result<()> {
+        let client = probe::connect(&self.probe_target())
+            .await
+            .map_err(|e| anyhow::anyhow!("connecting to drop slots: {e}"))?;
+        for slot in slots {
+            // The departed node may still stream: end its walsender, then drop the slot once
+            // it is released (a moment later).
+            client
+                .execute(
+                    "SELECT pg_terminate_backend(active_pid) FROM pg_replication_slots \
+                     WHERE slot_name = $1 AND active",
+                    &[slot],
+                )
+                .await
+                .map_err(|e| {
+                    anyhow::anyhow!("ending the walsender of {slot}: {}", probe::describe(&e))
+                })?;
+            let deadline = Instant::now() + Duration::from_secs(5);
+            loop {
+                let dropped = client
+                    .execute(
+                        "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots \
+                         WHERE slot_name = $1 AND NOT active",
+                        &[slot],
+                    )
+                    .await
+                    .map_err(|e| {
+                        anyhow::anyhow!("dropping slot {slot}: {}", probe::describe(&e))
+                    })?;
+                if dropped > 0 || Instant::now() > deadline {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+        Ok(())
+    }
+
     /// Rewind this stopped former primary against `upstream`, then write its standby
     /// settings. Forces a checkpoint on `upstream` first: right after a promotion, before
     /// that checkpoint, pg_rewind would say "no rewind required" and do nothing.

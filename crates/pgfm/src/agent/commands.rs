@@ -284,3 +284,128 @@ impl Agent {
         })
     }
 }
+
+impl Agent {
+    /// The coordinator's API, or None when this agent is the coordinator.
+    async fn coordinator_client(&self) -> Result<Option<pgfm_api::ApiClient>, Refusal> {
+        if self.raft.is_coordinator() {
+            return Ok(None);
+        }
+        let coordinator = self.raft.coordinator().ok_or_else(|| {
+            Refusal::Unavailable("no coordinator is elected: try again shortly".into())
+        })?;
+        let address = self
+            .address_of(&coordinator)
+            .ok_or_else(|| Refusal::Unavailable(format!("no address for {coordinator}")))?;
+        Ok(Some(self.client(&address)))
+    }
+
+    /// `pgfm allow-node NAME ADDRESS`: a new (or returning) agent joins the voters.
+    pub(super) async fn allow(&self, request: pgfm_api::AllowRequest) -> Result<String, Refusal> {
+        if let Some(client) = self.coordinator_client().await? {
+            return client
+                .allow_node(&request.name, &request.address)
+                .await
+                .map(|m| m.message)
+                .map_err(forwarded);
+        }
+        let refuse = |why: String| Err(Refusal::Refused(why));
+        let name = &request.name;
+        if request.address.parse::<std::net::SocketAddr>().is_err() {
+            return refuse(format!("{:?} is not an ip:port address", request.address));
+        }
+        let voters = self.raft.voters();
+        if voters.iter().any(|(n, _)| n == name) {
+            return refuse(format!("{name} is already a member"));
+        }
+        if let Some((other, _)) = voters.iter().find(|(_, a)| *a == request.address) {
+            return refuse(format!(
+                "{} is already the address of {other}",
+                request.address
+            ));
+        }
+        self.commit(Command::Welcome { name: name.clone() }).await?;
+        self.raft
+            .add_voter(name, &request.address)
+            .await
+            .map_err(Refusal::Unavailable)?;
+        tracing::warn!(node = %name, address = %request.address, "member allowed");
+        Ok(format!(
+            "{name} ({}) is a member; start its agent with a config that lists every peer",
+            request.address
+        ))
+    }
+
+    /// `pgfm disallow-node NAME [--force]`: the node leaves the voters and the cluster
+    /// forgets it; refused for the primary, or when the others would not keep a majority
+    /// up, unless forced.
+    pub(super) async fn disallow(
+        &self,
+        request: pgfm_api::DisallowRequest,
+    ) -> Result<String, Refusal> {
+        if let Some(client) = self.coordinator_client().await? {
+            return client
+                .disallow_node(&request.name, request.force)
+                .await
+                .map(|m| m.message)
+                .map_err(forwarded);
+        }
+        let refuse = |why: String| Err(Refusal::Refused(why));
+        let name = &request.name;
+        let voters = self.raft.voters();
+        if !voters.iter().any(|(n, _)| n == name) {
+            return refuse(format!(
+                "{name} is not a member (the members are {})",
+                voters
+                    .iter()
+                    .map(|(n, _)| n.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ));
+        }
+        let state = self.raft.state();
+        if state.primary.as_deref() == Some(name.as_str()) && !request.force {
+            return refuse(format!(
+                "{name} is the primary: switch over first (pgfm switchover), or add --force"
+            ));
+        }
+        let status = self.local_status(Vec::new());
+        let remaining: Vec<&str> = voters
+            .iter()
+            .map(|(n, _)| n.as_str())
+            .filter(|n| n != name)
+            .collect();
+        let up = status
+            .nodes
+            .iter()
+            .filter(|n| remaining.contains(&n.name.as_str()) && n.agent == pgfm_api::Up::Up)
+            .count();
+        if up * 2 <= remaining.len() && !request.force {
+            return refuse(format!(
+                "without {name}, only {up} of the {} remaining members are up: the cluster would \
+                 have no majority; bring members back first, or add --force",
+                remaining.len()
+            ));
+        }
+        if *name == self.config.name && !request.force {
+            return refuse(format!(
+                "{name} is the coordinator answering this request: run it on another member, or add --force"
+            ));
+        }
+        if remaining.len() < 3 {
+            tracing::warn!(node = %name, "fewer than three voting members remain: the cluster cannot fail over safely");
+        }
+        // Forget it first, while it still receives the log: its agent then learns that it
+        // was disallowed instead of carrying on as if nothing happened.
+        self.commit(Command::RemoveMember { name: name.clone() })
+            .await?;
+        self.raft
+            .remove_voter(name)
+            .await
+            .map_err(Refusal::Unavailable)?;
+        tracing::warn!(node = %name, "member disallowed");
+        Ok(format!(
+            "{name} is no longer a member; its agent is refused from now on"
+        ))
+    }
+}

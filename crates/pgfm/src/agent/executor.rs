@@ -274,6 +274,10 @@ impl Agent {
                     Err(e) => anyhow::bail!("hand-over not committed: {e}"),
                 }
             }
+            Action::DropSlots { slots, generation } => {
+                pg.drop_slots(slots).await?;
+                tracing::info!(%generation, slots = %slots.join(","), "replication slots of departed nodes dropped");
+            }
             Action::EnsureSlots { slots, generation } => {
                 pg.ensure_slots(slots).await?;
                 tracing::info!(%generation, slots = %slots.join(","), "replication slots created");

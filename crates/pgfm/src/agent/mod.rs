@@ -435,7 +435,14 @@ impl Agent {
             .await
         {
             Ok(Ok(())) => tracing::info!(node = %me.name, "registered with the cluster"),
-            Ok(Err(refused)) => tracing::error!(%refused, "registration refused"),
+            Ok(Err(refused)) => {
+                let note = format!("registration refused: {refused}");
+                let mut notes = lock(&self.notes);
+                if notes.first() != Some(&note) {
+                    tracing::error!("{note}");
+                    *notes = vec![note];
+                }
+            }
             Err(e) => tracing::debug!(%e, "registration not committed yet"),
         }
     }
@@ -515,6 +522,20 @@ impl AgentApi for Agent {
         self.set_paused(true).await
     }
 
+    async fn allow_node(
+        &self,
+        request: pgfm_api::AllowRequest,
+    ) -> Result<String, pgfm_api::Refusal> {
+        self.allow(request).await
+    }
+
+    async fn disallow_node(
+        &self,
+        request: pgfm_api::DisallowRequest,
+    ) -> Result<String, pgfm_api::Refusal> {
+        self.disallow(request).await
+    }
+
     async fn health(&self, check: pgfm_api::HealthCheck) -> pgfm_api::Health {
         self.check_health(check)
     }
@@ -539,7 +560,7 @@ impl AgentApi for Agent {
             return ReportOutcome::NotCoordinator(self.raft.coordinator());
         }
         if !self.raft.voters().iter().any(|(n, _)| *n == report.name) {
-            tracing::warn!(node = %report.name, "ignored a report from an agent that is not a member");
+            tracing::warn!(node = %report.name, "refused a report from an agent that is not a member (disallowed?)");
             return ReportOutcome::NotCoordinator(self.raft.coordinator());
         }
         self.remember(report, 0);
