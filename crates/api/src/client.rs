@@ -142,6 +142,16 @@ impl ApiClient {
         self.send(self.http.post(&url).json(&body), url).await
     }
 
+    pub async fn stop_cluster(&self) -> Result<Message, ApiError> {
+        let url = format!("{}/v1/stop-cluster", self.base);
+        self.send(self.http.post(&url), url).await
+    }
+
+    pub async fn stop_agent(&self) -> Result<Message, ApiError> {
+        let url = format!("{}/v1/stop", self.base);
+        self.send(self.http.post(&url), url).await
+    }
+
     pub async fn pause(&self) -> Result<Message, ApiError> {
         let url = format!("{}/v1/pause", self.base);
         self.send(self.http.post(&url), url).await

@@ -42,6 +42,10 @@ pub trait AgentApi: Send + Sync + 'static {
         request: PriorityRequest,
     ) -> impl Future<Output = Result<String, Refusal>> + Send;
     fn pause(&self) -> impl Future<Output = Result<String, Refusal>> + Send;
+    /// Stop every agent of the cluster (PostgreSQL keeps running).
+    fn stop_cluster(&self) -> impl Future<Output = Result<String, Refusal>> + Send;
+    /// Stop this agent (PostgreSQL keeps running).
+    fn stop_agent(&self) -> impl Future<Output = String> + Send;
     fn allow_node(
         &self,
         request: AllowRequest,
@@ -90,6 +94,8 @@ pub fn router<A: AgentApi>(agent: Arc<A>) -> Router {
         .route("/v1/promote", post(promote::<A>))
         .route("/v1/priority", post(priority::<A>))
         .route("/v1/pause", post(pause::<A>))
+        .route("/v1/stop-cluster", post(stop_cluster::<A>))
+        .route("/v1/stop", post(stop_agent::<A>))
         .route("/v1/members", post(allow::<A>))
         .route("/v1/members/remove", post(disallow::<A>))
         .route("/primary", get(primary::<A>))
@@ -208,6 +214,19 @@ async fn disallow<A: AgentApi>(
         Ok(message) => Json(Message { message }).into_response(),
         Err(r) => refusal(r),
     }
+}
+
+async fn stop_cluster<A: AgentApi>(State(agent): State<Arc<A>>) -> Response {
+    match agent.stop_cluster().await {
+        Ok(message) => Json(Message { message }).into_response(),
+        Err(r) => refusal(r),
+    }
+}
+
+async fn stop_agent<A: AgentApi>(State(agent): State<Arc<A>>) -> Json<Message> {
+    Json(Message {
+        message: agent.stop_agent().await,
+    })
 }
 
 async fn pause<A: AgentApi>(State(agent): State<Arc<A>>) -> Response {

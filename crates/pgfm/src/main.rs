@@ -101,6 +101,11 @@ enum Commands {
         #[arg(long)]
         force: bool,
     },
+    /// Stop every agent of the cluster; PostgreSQL keeps running; the cluster is left paused.
+    StopCluster {
+        #[arg(short, long, default_value = DEFAULT_CONFIG)]
+        config: PathBuf,
+    },
     /// Maintenance mode: no automatic failover anywhere until `pgfm resume`.
     Pause {
         #[arg(short, long, default_value = DEFAULT_CONFIG)]
@@ -424,6 +429,9 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             name,
             force,
         } => refusable(runtime()?.block_on(local_agent(&config)?.disallow_node(&name, force))),
+        Commands::StopCluster { config } => {
+            refusable(runtime()?.block_on(local_agent(&config)?.stop_cluster()))
+        }
         Commands::Pause { config } => refusable(runtime()?.block_on(local_agent(&config)?.pause())),
         Commands::NodeStatus { config, json } => node_status(&config, json),
         Commands::History { config, json } => {

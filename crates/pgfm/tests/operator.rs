@@ -536,3 +536,47 @@ fn membership_changes_through_raft_with_their_refusals() {
         "{status}"
     );
 }
+
+/// `stop-cluster` stops every agent and leaves PostgreSQL running and the cluster paused;
+/// the agents come back to the same primary and generation, and `resume` ends the pause.
+#[test]
+fn stop_cluster_stops_every_agent_and_keeps_the_databases() {
+    let lab = Lab::up(2);
+    lab.wait_healthy("witness", SETTLE);
+    let output = cli(&lab, "pg2", &["stop-cluster"]);
+    assert!(output.status.success(), "{}", text(&output));
+    assert!(
+        text(&output).contains("PostgreSQL keeps running"),
+        "{}",
+        text(&output)
+    );
+    wait_for("every agent to stop", SETTLE, || {
+        let status = lab.lab_status();
+        let running: Vec<String> = status["nodes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|n| n["agent_running"] == true)
+            .map(|n| n["name"].to_string())
+            .collect();
+        if running.is_empty() {
+            Ok(())
+        } else {
+            Err(running.join(","))
+        }
+    });
+    assert_eq!(
+        lab.psql("pg1", "SELECT NOT pg_is_in_recovery()").unwrap(),
+        "t"
+    );
+    assert_eq!(lab.psql("pg2", "SELECT pg_is_in_recovery()").unwrap(), "t");
+    for n in ["pg1", "pg2", "witness"] {
+        let output = lab.run(&["lab", "start", n]);
+        assert!(output.status.success(), "{}", text(&output));
+    }
+    let status = lab.wait_primary("witness", "pg1", 1, SETTLE);
+    assert_eq!(status["paused"], true);
+    let output = cli(&lab, "pg1", &["resume"]);
+    assert!(output.status.success(), "{}", text(&output));
+    assert_eq!(lab.cluster_status("pg1").unwrap().0["paused"], false);
+}

@@ -409,3 +409,47 @@ impl Agent {
         ))
     }
 }
+
+impl Agent {
+    /// `pgfm stop-cluster`: pause (so that no one fails over while the agents go), stop
+    /// every other agent, then this one. PostgreSQL keeps running everywhere.
+    pub(super) async fn stop_all(&self) -> Result<String, Refusal> {
+        if let Some(client) = self.coordinator_client().await? {
+            return client
+                .stop_cluster()
+                .await
+                .map(|m| m.message)
+                .map_err(forwarded);
+        }
+        self.commit(Command::SetPaused { paused: true }).await?;
+        let mut stopped = Vec::new();
+        let mut unreachable = Vec::new();
+        for (name, address) in self.raft.voters() {
+            if name == self.config.name {
+                continue;
+            }
+            match self.client(&address).stop_agent().await {
+                Ok(_) => stopped.push(name),
+                Err(e) => unreachable.push(format!("{name} ({e})")),
+            }
+        }
+        stopped.push(self.config.name.clone());
+        self.stop_soon();
+        tracing::warn!(stopped = %stopped.join(","), "stop-cluster");
+        let mut message = format!(
+            "stopped the agents of {}; PostgreSQL keeps running; the cluster is paused: run pgfm \
+             resume once the agents are back",
+            stopped.join(", ")
+        );
+        if !unreachable.is_empty() {
+            message.push_str(&format!("; not reached: {}", unreachable.join(", ")));
+        }
+        Ok(message)
+    }
+
+    /// Stop this agent shortly (after the HTTP answer is on its way).
+    pub(super) fn stop_soon(&self) {
+        tracing::warn!("stopping this agent on request (PostgreSQL keeps running)");
+        self.shutdown.notify_one();
+    }
+}

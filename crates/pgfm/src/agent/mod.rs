@@ -68,6 +68,8 @@ pub struct Agent {
     /// When the last action on the local PostgreSQL finished: decisions wait for a report
     /// made after it, so that they never act on what the action just changed.
     last_action_ms: std::sync::atomic::AtomicU64,
+    /// Asked to stop (stop-cluster): the run loop ends the agent.
+    shutdown: tokio::sync::Notify,
     /// When the fence hook last refused a promotion (monotonic ms): wait before retrying.
     fence_hook_failed_ms: Mutex<Option<u64>>,
     /// The last rewind failure, for the generation it happened in.
@@ -522,6 +524,15 @@ impl AgentApi for Agent {
         self.set_paused(true).await
     }
 
+    async fn stop_cluster(&self) -> Result<String, pgfm_api::Refusal> {
+        self.stop_all().await
+    }
+
+    async fn stop_agent(&self) -> String {
+        self.stop_soon();
+        format!("{}: stopping (PostgreSQL keeps running)", self.config.name)
+    }
+
     async fn allow_node(
         &self,
         request: pgfm_api::AllowRequest,
@@ -653,6 +664,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         last_action_ms: std::sync::atomic::AtomicU64::new(0),
         rewind_failed: Mutex::new(None),
         fence_hook_failed_ms: Mutex::new(None),
+        shutdown: tokio::sync::Notify::new(),
     });
     {
         let state = agent.raft.state();
@@ -709,6 +721,11 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     tokio::select! {
         _ = term.recv() => tracing::info!("SIGTERM: stopping the agent (PostgreSQL keeps running)"),
         _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT: stopping the agent (PostgreSQL keeps running)"),
+        _ = agent.shutdown.notified() => {
+            // Let the answer to the stop request leave first.
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            tracing::info!("stop requested: stopping the agent (PostgreSQL keeps running)");
+        }
     }
     let _ = stop_tx.send(true);
     let _ = tokio::join!(probe, decide, renewals, lease);
