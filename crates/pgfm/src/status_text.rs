@@ -14,6 +14,21 @@ fn kind(n: &NodeStatus) -> &'static str {
     }
 }
 
+fn agent_word(n: &NodeStatus) -> &'static str {
+    match n.agent {
+        Up::Up => "UP",
+        Up::Down => "DOWN",
+    }
+}
+
+fn db_word(n: &NodeStatus) -> &'static str {
+    match n.db {
+        DbStatus::Up => "UP",
+        DbStatus::Down => "DOWN",
+        DbStatus::NotApplicable => "N/A",
+    }
+}
+
 fn address(n: &NodeStatus) -> String {
     match n.pg_port {
         Some(port) => format!("{}:{port}", n.address),
@@ -66,15 +81,7 @@ pub fn render(s: &ClusterStatus) -> String {
     );
     let _ = writeln!(w, "\t{RULE}");
     for n in &s.nodes {
-        let agent = match n.agent {
-            Up::Up => "UP",
-            Up::Down => "DOWN",
-        };
-        let db = match n.db {
-            DbStatus::Up => "UP",
-            DbStatus::Down => "DOWN",
-            DbStatus::NotApplicable => "N/A",
-        };
+        let (agent, db) = (agent_word(n), db_word(n));
         let line = format!(
             "\t{:<11} {:<11} {:<22} {:<6} {:<6} {}",
             kind(n),
@@ -190,9 +197,9 @@ pub fn node(n: &NodeStatus, s: &ClusterStatus) -> String {
     );
     let _ = writeln!(
         w,
-        "Agent: {:?}    DB: {:?}    Address: {}",
-        n.agent,
-        n.db,
+        "Agent: {}    DB: {}    Address: {}",
+        agent_word(n),
+        db_word(n),
         address(n)
     );
     if let Some(lsn) = n.lsn {
@@ -318,6 +325,19 @@ mod tests {
             },
             problems: vec![],
         }
+    }
+
+    #[test]
+    fn node_status_text() {
+        let status = healthy();
+        insta::assert_snapshot!(
+            "node_status_standby",
+            super::node(&status.nodes[1], &status)
+        );
+        insta::assert_snapshot!(
+            "node_status_witness",
+            super::node(&status.nodes[2], &status)
+        );
     }
 
     #[test]
