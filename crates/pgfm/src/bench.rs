@@ -81,6 +81,88 @@ fn writer_config(driver: &LabDriver) -> anyhow::Result<tokio_postgres::Config> {
     Ok(config)
 }
 
+/// The neutral writer and the split-brain watch, running against a lab.
+struct Load {
+    acks: Acks,
+    stop: Arc<AtomicBool>,
+    writer: Option<tokio::task::JoinHandle<()>>,
+    watch_stop: Arc<AtomicBool>,
+    watcher: tokio::task::JoinHandle<Vec<pgfm_postgres::writers::Writable>>,
+}
+
+impl Load {
+    fn start(driver: &LabDriver, first_id: i64) -> anyhow::Result<Load> {
+        let acks: Acks = Arc::new(Mutex::new(Vec::new()));
+        let stop = Arc::new(AtomicBool::new(false));
+        let writer = tokio::spawn(write(
+            writer_config(driver)?,
+            first_id,
+            acks.clone(),
+            stop.clone(),
+        ));
+        let targets = driver
+            .data_nodes()?
+            .into_iter()
+            .map(|(name, _)| Ok((name.clone(), driver.target(&name)?)))
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        let watch_stop = Arc::new(AtomicBool::new(false));
+        let watcher = tokio::spawn(sample_writable(
+            targets,
+            watch_stop.clone(),
+            Duration::from_millis(10),
+        ));
+        Ok(Load {
+            acks,
+            stop,
+            writer: Some(writer),
+            watch_stop,
+            watcher,
+        })
+    }
+
+    fn acknowledged(&self) -> Vec<(i64, Instant)> {
+        self.acks.lock().map(|a| a.clone()).unwrap_or_default()
+    }
+
+    async fn stop_writing(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        if let Some(writer) = self.writer.take() {
+            let _ = writer.await;
+        }
+    }
+
+    /// Stop everything; the moments two nodes accepted writes.
+    async fn finish(mut self) -> usize {
+        self.stop_writing().await;
+        self.watch_stop.store(true, Ordering::SeqCst);
+        overlaps(&self.watcher.await.unwrap_or_default()).len()
+    }
+}
+
+async fn create_bench_table(driver: &LabDriver, node: &str) -> anyhow::Result<()> {
+    let client = pgfm_postgres::probe::connect(&driver.target(node)?)
+        .await
+        .map_err(|e| anyhow::anyhow!("connecting to {node}: {e}"))?;
+    client
+        .simple_query("CREATE TABLE IF NOT EXISTS bench (id bigint PRIMARY KEY, at timestamptz DEFAULT now())")
+        .await
+        .context("creating the bench table")?;
+    Ok(())
+}
+
+/// How many of `ids` (acknowledged writes) are missing on `node`.
+async fn count_lost(driver: &LabDriver, node: &str, ids: &[i64]) -> anyhow::Result<usize> {
+    let client = pgfm_postgres::probe::connect(&driver.target(node)?)
+        .await
+        .map_err(|e| anyhow::anyhow!("connecting to {node}: {e}"))?;
+    let found: i64 = client
+        .query_one("SELECT count(*) FROM bench WHERE id = ANY($1)", &[&ids])
+        .await
+        .context("counting acknowledged rows")?
+        .get(0);
+    Ok(ids.len().saturating_sub(found as usize))
+}
+
 fn node_kind(status: &ClusterStatus, name: &str) -> Option<NodeKindStatus> {
     status.nodes.iter().find(|n| n.name == name).map(|n| n.kind)
 }
@@ -105,29 +187,11 @@ async fn one_run(
     let old = before.primary.clone().context("no primary")?;
     let generation = before.generation;
 
-    let acks: Acks = Arc::new(Mutex::new(Vec::new()));
-    let stop = Arc::new(AtomicBool::new(false));
-    let writer = tokio::spawn(write(
-        writer_config(driver)?,
-        first_id,
-        acks.clone(),
-        stop.clone(),
-    ));
-    let targets = driver
-        .data_nodes()?
-        .into_iter()
-        .map(|(name, _)| Ok((name.clone(), driver.target(&name)?)))
-        .collect::<anyhow::Result<Vec<_>>>()?;
-    let watch_stop = Arc::new(AtomicBool::new(false));
-    let watcher = tokio::spawn(sample_writable(
-        targets,
-        watch_stop.clone(),
-        Duration::from_millis(10),
-    ));
+    let mut load = Load::start(driver, first_id)?;
 
     // Warm up: the writer must be writing before the fault.
     let deadline = Instant::now() + Duration::from_secs(30);
-    while acks.lock().map(|a| a.len()).unwrap_or(0) < 50 {
+    while load.acknowledged().len() < 50 {
         if Instant::now() > deadline {
             bail!("the writer could not write before the fault");
         }
@@ -141,7 +205,8 @@ async fn one_run(
     // death, a new primary leads a new generation.
     let deadline = Instant::now() + settle;
     loop {
-        let steady = acks
+        let steady = load
+            .acks
             .lock()
             .map(|a| {
                 let recent: Vec<Instant> = a
@@ -170,8 +235,7 @@ async fn one_run(
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    stop.store(true, Ordering::SeqCst);
-    let _ = writer.await;
+    load.stop_writing().await;
 
     let after = driver
         .wait("a primary after the fault", settle, |s| {
@@ -192,35 +256,11 @@ async fn one_run(
             .await?;
         rejoin_ms = Some(started.elapsed().as_millis() as u64);
     }
-    watch_stop.store(true, Ordering::SeqCst);
-    let samples = watcher.await.unwrap_or_default();
-
-    let acks = acks.lock().map(|a| a.clone()).unwrap_or_default();
-    let last_before = acks
-        .iter()
-        .rev()
-        .find(|(_, at)| *at <= fault)
-        .map(|(_, at)| *at)
-        .unwrap_or(fault);
-    let downtime = acks
-        .iter()
-        .filter(|(_, at)| *at > last_before)
-        .scan(last_before, |prev, (_, at)| {
-            let gap = at.duration_since(*prev);
-            *prev = *at;
-            Some(gap)
-        })
-        .max()
-        .unwrap_or_default();
+    let acks = load.acknowledged();
+    let two_writers = load.finish().await;
+    let downtime = longest_gap(&acks, fault);
     let ids: Vec<i64> = acks.iter().map(|(id, _)| *id).collect();
-    let client = pgfm_postgres::probe::connect(&driver.target(&new)?)
-        .await
-        .map_err(|e| anyhow::anyhow!("connecting to {new}: {e}"))?;
-    let found: i64 = client
-        .query_one("SELECT count(*) FROM bench WHERE id = ANY($1)", &[&ids])
-        .await
-        .context("counting acknowledged rows")?
-        .get(0);
+    let lost = count_lost(driver, &new, &ids).await?;
     let next_id = ids.last().map_or(first_id, |last| last + 1);
     Ok((
         RunResult {
@@ -231,8 +271,8 @@ async fn one_run(
             generation: after.generation.max(generation),
             downtime_ms: downtime.as_millis() as u64,
             acknowledged: ids.len(),
-            lost: ids.len().saturating_sub(found as usize),
-            two_writer_moments: overlaps(&samples).len(),
+            lost,
+            two_writer_moments: two_writers,
             rejoin_ms,
         },
         next_id,
@@ -268,13 +308,7 @@ pub fn failover(args: FailoverBench) -> anyhow::Result<std::process::ExitCode> {
     for scenario in scenarios {
         let (driver, _) = LabDriver::up(&args.dir, 2, &[])?;
         let result = rt.block_on(async {
-            let client = pgfm_postgres::probe::connect(&driver.target("pg1")?)
-                .await
-                .map_err(|e| anyhow::anyhow!("connecting to pg1: {e}"))?;
-            client
-                .simple_query("CREATE TABLE IF NOT EXISTS bench (id bigint PRIMARY KEY, at timestamptz DEFAULT now())")
-                .await
-                .context("creating the bench table")?;
+            create_bench_table(&driver, "pg1").await?;
             let mut next = 1;
             let mut results = Vec::new();
             for run in 1..=args.runs {
@@ -302,14 +336,7 @@ pub fn failover(args: FailoverBench) -> anyhow::Result<std::process::ExitCode> {
         });
         let results = match result {
             Ok(results) => results,
-            Err(e) => {
-                // Leave the lab for a post-mortem: its logs say what went wrong.
-                return Err(e.context(format!(
-                    "the lab is left in {} for inspection (pgfm lab down --dir {} removes it)",
-                    driver.dir.display(),
-                    driver.dir.display()
-                )));
-            }
+            Err(e) => return Err(driver.kept_for_inspection(e)),
         };
         driver.down()?;
         all.extend(results);
@@ -406,23 +433,8 @@ pub fn switchover(args: SwitchoverBench) -> anyhow::Result<std::process::ExitCod
     let exe = std::env::current_exe()?;
     let config = driver.dir.join("witness").join("pgfm.toml");
     let outcome = rt.block_on(async {
-        let client = pgfm_postgres::probe::connect(&driver.target("pg1")?)
-            .await
-            .map_err(|e| anyhow::anyhow!("connecting to pg1: {e}"))?;
-        client
-            .simple_query("CREATE TABLE IF NOT EXISTS bench (id bigint PRIMARY KEY, at timestamptz DEFAULT now())")
-            .await
-            .context("creating the bench table")?;
-        let acks: Acks = Arc::new(Mutex::new(Vec::new()));
-        let stop = Arc::new(AtomicBool::new(false));
-        let writer = tokio::spawn(write(writer_config(&driver)?, 1, acks.clone(), stop.clone()));
-        let targets = driver
-            .data_nodes()?
-            .into_iter()
-            .map(|(name, _)| Ok((name.clone(), driver.target(&name)?)))
-            .collect::<anyhow::Result<Vec<_>>>()?;
-        let watch_stop = Arc::new(AtomicBool::new(false));
-        let watcher = tokio::spawn(sample_writable(targets, watch_stop.clone(), Duration::from_millis(10)));
+        create_bench_table(&driver, "pg1").await?;
+        let load = Load::start(&driver, 1)?;
         let mut runs = Vec::new();
         for run in 1..=args.runs {
             let before = driver.wait("a healthy cluster", Duration::from_secs(90), healthy).await?;
@@ -448,7 +460,7 @@ pub fn switchover(args: SwitchoverBench) -> anyhow::Result<std::process::ExitCod
                 .any(|n| n.name == from && n.kind == NodeKindStatus::Standby && n.in_sync == Some(true));
             // Keep writing a second so that the gap after the switchover is measured whole.
             tokio::time::sleep(Duration::from_secs(1)).await;
-            let downtime = acks.lock().map(|a| longest_gap(&a, started)).unwrap_or_default();
+            let downtime = longest_gap(&load.acknowledged(), started);
             let result = SwitchoverRun {
                 run,
                 from,
@@ -468,31 +480,15 @@ pub fn switchover(args: SwitchoverBench) -> anyhow::Result<std::process::ExitCod
             }
             runs.push(result);
         }
-        stop.store(true, Ordering::SeqCst);
-        let _ = writer.await;
-        watch_stop.store(true, Ordering::SeqCst);
-        let samples = watcher.await.unwrap_or_default();
-        let ids: Vec<i64> = acks.lock().map(|a| a.iter().map(|(id, _)| *id).collect()).unwrap_or_default();
+        let ids: Vec<i64> = load.acknowledged().iter().map(|(id, _)| *id).collect();
+        let two_writers = load.finish().await;
         let primary = driver.status().await?.primary.context("no primary at the end")?;
-        let client = pgfm_postgres::probe::connect(&driver.target(&primary)?)
-            .await
-            .map_err(|e| anyhow::anyhow!("connecting to {primary}: {e}"))?;
-        let found: i64 = client
-            .query_one("SELECT count(*) FROM bench WHERE id = ANY($1)", &[&ids])
-            .await
-            .context("counting acknowledged rows")?
-            .get(0);
-        anyhow::Ok((runs, ids.len(), ids.len().saturating_sub(found as usize), overlaps(&samples).len()))
+        let lost = count_lost(&driver, &primary, &ids).await?;
+        anyhow::Ok((runs, ids.len(), lost, two_writers))
     });
     let (runs, acknowledged, lost, two_writers) = match outcome {
         Ok(found) => found,
-        Err(e) => {
-            return Err(e.context(format!(
-                "the lab is left in {} for inspection (pgfm lab down --dir {} removes it)",
-                driver.dir.display(),
-                driver.dir.display()
-            )))
-        }
+        Err(e) => return Err(driver.kept_for_inspection(e)),
     };
     driver.down()?;
     let mut downtimes: Vec<u64> = runs.iter().map(|r| r.downtime_ms).collect();

@@ -79,6 +79,15 @@ impl LabDriver {
         self.pgfm(&["lab", "down"]).map(|_| ())
     }
 
+    /// A failed run leaves its lab for a post-mortem: its logs say what went wrong.
+    pub fn kept_for_inspection(&self, e: anyhow::Error) -> anyhow::Error {
+        e.context(format!(
+            "the lab is left in {} for inspection (pgfm lab down --dir {} removes it)",
+            self.dir.display(),
+            self.dir.display()
+        ))
+    }
+
     pub fn lab(&self) -> anyhow::Result<LabFile> {
         lab::read_lab(&self.dir)
     }

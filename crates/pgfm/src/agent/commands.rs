@@ -25,18 +25,8 @@ impl Agent {
         &self,
         request: SwitchoverRequest,
     ) -> Result<SwitchoverStarted, Refusal> {
-        if !self.raft.is_coordinator() {
-            let coordinator = self.raft.coordinator().ok_or_else(|| {
-                Refusal::Unavailable("no coordinator is elected: try again shortly".into())
-            })?;
-            let address = self
-                .address_of(&coordinator)
-                .ok_or_else(|| Refusal::Unavailable(format!("no address for {coordinator}")))?;
-            return self
-                .client(&address)
-                .switchover(request.to)
-                .await
-                .map_err(forwarded);
+        if let Some(client) = self.coordinator_client().await? {
+            return client.switchover(request.to).await.map_err(forwarded);
         }
         let state = self.raft.state();
         let status = self.local_status(Vec::new());
@@ -127,15 +117,8 @@ impl Agent {
         &self,
         request: pgfm_api::PromoteRequest,
     ) -> Result<pgfm_api::PromoteStarted, Refusal> {
-        if !self.raft.is_coordinator() {
-            let coordinator = self.raft.coordinator().ok_or_else(|| {
-                Refusal::Unavailable("no coordinator is elected: try again shortly".into())
-            })?;
-            let address = self
-                .address_of(&coordinator)
-                .ok_or_else(|| Refusal::Unavailable(format!("no address for {coordinator}")))?;
-            return self
-                .client(&address)
+        if let Some(client) = self.coordinator_client().await? {
+            return client
                 .promote(request.to, request.force)
                 .await
                 .map_err(forwarded);
