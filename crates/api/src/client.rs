@@ -162,37 +162,9 @@ impl ApiClient {
         self.send(self.http.get(&url), url).await
     }
 
-    /// `GET /metrics`: the Prometheus text.
-    pub async fn metrics(&self) -> Result<String, ApiError> {
-        let url = format!("{}/metrics", self.base);
-        let response = self
-            .http
-            .get(&url)
-            .header("authorization", format!("Bearer {}", self.token))
-            .send()
-            .await
-            .map_err(|e| ApiError::Unreachable {
-                url: url.clone(),
-                cause: e.to_string(),
-            })?;
-        match response.status().as_u16() {
-            200 => response.text().await.map_err(|e| ApiError::Failed {
-                url,
-                status: 200,
-                message: e.to_string(),
-            }),
-            401 => Err(ApiError::Unauthorized { url }),
-            status => Err(ApiError::Failed {
-                url,
-                status,
-                message: "no metrics".into(),
-            }),
-        }
-    }
-
-    /// GET a health endpoint (`/primary`, `/replica?max_lag=N`, `/health`): the status code
-    /// and the answer.
-    pub async fn health(&self, path: &str) -> Result<(u16, Health), ApiError> {
+    /// GET `path` with the token; the status (401 already turned into an error) and the
+    /// response, for the routes whose non-200 answers carry a body worth reading.
+    async fn get_raw(&self, path: &str) -> Result<(u16, String, reqwest::Response), ApiError> {
         let url = format!("{}{path}", self.base);
         let response = self
             .http
@@ -204,10 +176,33 @@ impl ApiClient {
                 url: url.clone(),
                 cause: e.to_string(),
             })?;
-        let status = response.status().as_u16();
-        if status == 401 {
-            return Err(ApiError::Unauthorized { url });
+        match response.status().as_u16() {
+            401 => Err(ApiError::Unauthorized { url }),
+            status => Ok((status, url, response)),
         }
+    }
+
+    /// `GET /metrics`: the Prometheus text.
+    pub async fn metrics(&self) -> Result<String, ApiError> {
+        let (status, url, response) = self.get_raw("/metrics").await?;
+        if status != 200 {
+            return Err(ApiError::Failed {
+                url,
+                status,
+                message: "no metrics".into(),
+            });
+        }
+        response.text().await.map_err(|e| ApiError::Failed {
+            url,
+            status,
+            message: e.to_string(),
+        })
+    }
+
+    /// GET a health endpoint (`/primary`, `/replica?max_lag=N`, `/health`): the status code
+    /// and the answer.
+    pub async fn health(&self, path: &str) -> Result<(u16, Health), ApiError> {
+        let (status, url, response) = self.get_raw(path).await?;
         let health = response.json().await.map_err(|e| ApiError::Failed {
             url,
             status,
