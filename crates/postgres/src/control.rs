@@ -46,6 +46,9 @@ pub const MANAGED_CONF: &str = "pgfm.conf";
 
 pub struct Postgres {
     pub settings: PostgresSettings,
+    /// Notified when a postmaster this process started exits (it is its parent, so it
+    /// learns at once).
+    exited: std::sync::Arc<tokio::sync::Notify>,
 }
 
 /// A replication slot name for a node: lower case, `[a-z0-9_]`.
@@ -68,7 +71,10 @@ fn conninfo_value(value: &str) -> String {
 
 impl Postgres {
     pub fn new(settings: PostgresSettings) -> Postgres {
-        Postgres { settings }
+        Postgres {
+            settings,
+            exited: Default::default(),
+        }
     }
 
     pub fn data_dir_state(&self) -> Result<DataDirState, String> {
@@ -211,6 +217,11 @@ impl Postgres {
         line.trim()
             .parse::<Lsn>()
             .map_err(|e| anyhow::anyhow!("pg_controldata: {e}"))
+    }
+
+    /// Completes when a postmaster started by this process exits.
+    pub async fn exited(&self) {
+        self.exited.notified().await
     }
 
     /// Whether PostgreSQL runs here and would take writes (no `standby.signal`).
@@ -475,10 +486,12 @@ impl Postgres {
             .with_context(|| format!("starting {}", s.bin_dir.join("postgres").display()))?;
         let pid = child.id().unwrap_or_default();
         let (exited_tx, mut exited_rx) = tokio::sync::oneshot::channel();
+        let exited = self.exited.clone();
         tokio::spawn(async move {
             // Reap the postmaster whenever it ends, so that it never lingers as a zombie.
             let status = child.wait().await;
             tracing::warn!(pid, ?status, "postmaster exited");
+            exited.notify_one();
             let _ = exited_tx.send(status.map(|s| s.to_string()).unwrap_or_default());
         });
         let deadline = Instant::now() + s.start_timeout;

@@ -297,6 +297,13 @@ impl Agent {
             tokio::select! {
                 _ = ticker.tick() => {}
                 _ = self.decide_now.notified() => {}
+                // A postmaster crash is handled at once, not at the next tick.
+                _ = async {
+                    match &self.postgres {
+                        Some(pg) => pg.exited().await,
+                        None => std::future::pending().await,
+                    }
+                } => {}
                 _ = stop.changed() => return,
             }
             let now = self.now_ms();
