@@ -33,6 +33,18 @@ impl LeaseSettings {
     /// election takes up to 1.2 s with pgfm's timing (see `coord::RaftSettings`).
     pub const MIN_BUDGET_MS: u64 = 1500;
 
+    /// The settings in words, for reports: `lease 3.5 s, renew 500 ms, ...`.
+    pub fn describe(&self) -> String {
+        let secs = |ms: u64| format!("{} s", ms as f64 / 1000.0);
+        format!(
+            "lease {}, renew {} ms, safety margin {}, drift margin {} ms",
+            secs(self.lease_ms),
+            self.renew_interval_ms,
+            secs(self.safety_margin_ms),
+            self.drift_margin_ms
+        )
+    }
+
     /// Why these settings cannot keep the invariants, if they cannot.
     pub fn problem(&self) -> Option<String> {
         if self.safety_margin_ms >= self.lease_ms {
@@ -235,6 +247,10 @@ mod tests {
         );
         check(10, false, false, renewed, &[]);
         assert_eq!(S.problem(), None);
+        assert_eq!(
+            S.describe(),
+            "lease 3 s, renew 500 ms, safety margin 1 s, drift margin 500 ms"
+        );
         let bad = LeaseSettings {
             renew_interval_ms: 1500,
             ..S

@@ -462,7 +462,6 @@ pub struct ReplicaInfo {
     pub state: String,
     pub sync_state: String,
     pub replay_lsn: Option<Lsn>,
-    pub flush_lsn: Option<Lsn>,
 }
 
 /// One agent's report about itself, made every probe interval.
@@ -482,8 +481,6 @@ pub struct NodeReport {
     pub timeline: Option<Timeline>,
     /// The WAL receiver's status on a standby (`streaming`, ...), None when not receiving.
     pub receiver: Option<String>,
-    /// The WAL receiver's upstream `host:port`.
-    pub upstream: Option<String>,
     /// Walsenders on a primary.
     pub replicas: Vec<ReplicaInfo>,
     /// Physical replication slots on a primary.
@@ -513,7 +510,6 @@ impl NodeReport {
             replayed_lsn: None,
             timeline: None,
             receiver: None,
-            upstream: None,
             replicas: Vec::new(),
             slots: Vec::new(),
             conninfo_upstream: None,

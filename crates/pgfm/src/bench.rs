@@ -300,8 +300,9 @@ pub fn failover(args: FailoverBench) -> anyhow::Result<std::process::ExitCode> {
         .unwrap_or(1);
     if !args.json {
         println!(
-            "pgfm bench failover: {} run(s) per scenario; lab of 2 data nodes + witness on this machine ({cores} cores), default settings (lease 3.5 s, renew 500 ms, safety margin 1 s, drift margin 500 ms, probe 1 s); writer: one INSERT per transaction every 10 ms, multi-host, target_session_attrs=read-write",
-            args.runs
+            "pgfm bench failover: {} run(s) per scenario; lab of 2 data nodes + witness on this machine ({cores} cores), default settings ({}, probe 1 s); writer: one INSERT per transaction every 10 ms, multi-host, target_session_attrs=read-write",
+            args.runs,
+            pgfm_core::lease::LeaseSettings::default().describe()
         );
     }
     let mut all = Vec::new();

@@ -77,12 +77,15 @@ fn tour(driver: &LabDriver, started: Instant) -> anyhow::Result<()> {
             })
             .await?;
         let new = after.primary.clone().context("no primary")?;
+        let lease = pgfm_core::lease::LeaseSettings::default();
         println!(
             "{new} is the primary of generation {} {:.1} s after the kill: the coordinator waited for \
-             {old}'s lease to run out (3.5 s + 0.5 s margin), committed the promotion in the Raft log, \
+             {old}'s lease to run out ({:.1} s + {:.1} s margin), committed the promotion in the Raft log, \
              then {new} replayed its WAL and was promoted.",
             after.generation,
-            killed.elapsed().as_secs_f64()
+            killed.elapsed().as_secs_f64(),
+            lease.lease_ms as f64 / 1000.0,
+            lease.drift_margin_ms as f64 / 1000.0
         );
         print!("{}", status_text::render(&after));
 

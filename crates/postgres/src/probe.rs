@@ -86,13 +86,12 @@ const ROLE_SQL: &str = "SELECT pg_is_in_recovery(), \
      pg_last_wal_receive_lsn()::text, pg_last_wal_replay_lsn()::text, \
      CASE WHEN pg_is_in_recovery() THEN (SELECT timeline_id FROM pg_control_checkpoint()) \
           ELSE ('x' || substr(pg_walfile_name(pg_current_wal_lsn()), 1, 8))::bit(32)::int END";
-const RECEIVER_SQL: &str =
-    "SELECT status, sender_host, sender_port, received_tli FROM pg_stat_wal_receiver";
+const RECEIVER_SQL: &str = "SELECT status, received_tli FROM pg_stat_wal_receiver";
 const CONNINFO_SQL: &str = "SELECT current_setting('primary_conninfo')";
 const SLOTS_SQL: &str =
     "SELECT slot_name::text FROM pg_replication_slots WHERE slot_type = 'physical' ORDER BY 1";
 const SENDERS_SQL: &str = "SELECT application_name, coalesce(state, ''), \
-     coalesce(sync_state, ''), replay_lsn::text, flush_lsn::text FROM pg_stat_replication \
+     coalesce(sync_state, ''), replay_lsn::text FROM pg_stat_replication \
      ORDER BY application_name";
 
 impl Prober {
@@ -113,7 +112,6 @@ impl Prober {
         report.replayed_lsn = None;
         report.timeline = None;
         report.receiver = None;
-        report.upstream = None;
         report.replicas.clear();
         report.slots.clear();
         report.conninfo_upstream = None;
@@ -173,11 +171,8 @@ impl Prober {
                 .map_err(|e| describe(&e))?
             {
                 let status: Option<String> = row.get(0);
-                let host: Option<String> = row.get(1);
-                let port: Option<i32> = row.get(2);
-                let tli: Option<i32> = row.get(3);
+                let tli: Option<i32> = row.get(1);
                 report.receiver = status;
-                report.upstream = host.zip(port).map(|(h, p)| format!("{h}:{p}"));
                 if let Some(tli) = tli {
                     report.timeline = Some(Timeline(tli as u32));
                 }
@@ -204,7 +199,6 @@ impl Prober {
                     state: row.get(1),
                     sync_state: row.get(2),
                     replay_lsn: lsn(3),
-                    flush_lsn: lsn(4),
                 });
             }
         }

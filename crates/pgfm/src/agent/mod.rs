@@ -358,8 +358,11 @@ impl Agent {
                 report,
                 db_running,
                 writable: self.postgres.as_ref().is_some_and(|pg| pg.writable()),
-                lease_valid: lock(&self.lease).valid(now, &self.config.timing.lease)
-                    && lock(&self.lease).generation == Some(generation),
+                lease_valid: {
+                    let lease = lock(&self.lease);
+                    lease.generation == Some(generation)
+                        && lease.valid(now, &self.config.timing.lease)
+                },
                 crashed_at_ms: lock(&self.db).crashed_at_ms,
                 resume_requested: self.resume_requested.load(Ordering::SeqCst),
                 rewind_failed,
