@@ -47,6 +47,16 @@ impl Default for RaftSettings {
     }
 }
 
+/// Why a membership change did not happen.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum MembershipError {
+    /// Leadership moved while changing: the new coordinator must do it.
+    #[error("this agent is no longer the coordinator")]
+    NotCoordinator,
+    #[error("{0}")]
+    Failed(String),
+}
+
 struct Inner {
     raft: Raft,
     id: u64,
@@ -133,36 +143,56 @@ impl EmbeddedRaft {
 
     /// Add `name` at `address` as a voter (this agent must be the coordinator): first as a
     /// learner, then into the voters, both through the Raft log.
-    pub async fn add_voter(&self, name: &str, address: &str) -> Result<(), String> {
+    pub async fn add_voter(&self, name: &str, address: &str) -> Result<(), MembershipError> {
         let id = NodeId::from_name(name).0;
         let node = RaftNode {
             name: name.to_string(),
             address: address.to_string(),
         };
-        self.inner
-            .raft
-            .add_learner(id, node, false)
+        let learner = openraft::ChangeMembers::AddNodes([(id, node)].into_iter().collect());
+        self.change_members(&format!("adding {name} as a learner"), learner, true)
+            .await?;
+        let voter = openraft::ChangeMembers::AddVoterIds([id].into_iter().collect());
+        self.change_members(&format!("making {name} a voter"), voter, false)
             .await
-            .map_err(|e| format!("adding {name} as a learner: {e}"))?;
-        let voters = openraft::ChangeMembers::AddVoterIds([id].into_iter().collect());
-        self.inner
-            .raft
-            .change_membership(voters, false)
-            .await
-            .map_err(|e| format!("making {name} a voter: {e}"))?;
-        Ok(())
     }
 
     /// Remove `name` from the voters (this agent must be the coordinator).
-    pub async fn remove_voter(&self, name: &str) -> Result<(), String> {
+    pub async fn remove_voter(&self, name: &str) -> Result<(), MembershipError> {
         let id = NodeId::from_name(name).0;
         let change = openraft::ChangeMembers::RemoveVoters([id].into_iter().collect());
-        self.inner
-            .raft
-            .change_membership(change, false)
+        self.change_members(&format!("removing {name}"), change, false)
             .await
-            .map_err(|e| format!("removing {name}: {e}"))?;
-        Ok(())
+    }
+
+    /// One membership change, waiting out a change still in progress (a previous step's
+    /// joint configuration) for up to 5 s.
+    async fn change_members(
+        &self,
+        what: &str,
+        change: openraft::ChangeMembers<u64, RaftNode>,
+        retain: bool,
+    ) -> Result<(), MembershipError> {
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        loop {
+            match self
+                .inner
+                .raft
+                .change_membership(change.clone(), retain)
+                .await
+            {
+                Ok(_) => return Ok(()),
+                Err(RaftError::APIError(ClientWriteError::ForwardToLeader(_))) => {
+                    return Err(MembershipError::NotCoordinator)
+                }
+                Err(RaftError::APIError(ClientWriteError::ChangeMembershipError(
+                    openraft::error::ChangeMembershipError::InProgress(_),
+                ))) if std::time::Instant::now() < deadline => {
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                Err(e) => return Err(MembershipError::Failed(format!("{what}: {e}"))),
+            }
+        }
     }
 
     /// The committed primary and generation, without copying the whole state.

@@ -17,7 +17,7 @@ use std::future::Future;
 
 use pgfm_core::{ClusterState, Command, CommandError};
 
-pub use embedded::{EmbeddedRaft, RaftSettings};
+pub use embedded::{EmbeddedRaft, MembershipError, RaftSettings};
 pub use types::{RaftNode, TypeConfig};
 
 /// Why a proposal did not reach a decision (as opposed to being refused by the state

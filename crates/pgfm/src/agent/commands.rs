@@ -308,10 +308,21 @@ impl Agent {
             ));
         }
         self.commit(Command::Welcome { name: name.clone() }).await?;
-        self.raft
-            .add_voter(name, &request.address)
-            .await
-            .map_err(Refusal::Unavailable)?;
+        if let Err(e) = self.raft.add_voter(name, &request.address).await {
+            return self
+                .retry_elsewhere(e, || async {
+                    self.coordinator_client()
+                        .await?
+                        .ok_or_else(|| {
+                            Refusal::Unavailable("the coordinator changed twice".into())
+                        })?
+                        .allow_node(&request.name, &request.address)
+                        .await
+                        .map(|m| m.message)
+                        .map_err(forwarded)
+                })
+                .await;
+        }
         tracing::warn!(node = %name, address = %request.address, "member allowed");
         Ok(format!(
             "{name} ({}) is a member; start its agent with a config that lists every peer",
@@ -382,10 +393,21 @@ impl Agent {
         // was disallowed instead of carrying on as if nothing happened.
         self.commit(Command::RemoveMember { name: name.clone() })
             .await?;
-        self.raft
-            .remove_voter(name)
-            .await
-            .map_err(Refusal::Unavailable)?;
+        if let Err(e) = self.raft.remove_voter(name).await {
+            return self
+                .retry_elsewhere(e, || async {
+                    self.coordinator_client()
+                        .await?
+                        .ok_or_else(|| {
+                            Refusal::Unavailable("the coordinator changed twice".into())
+                        })?
+                        .disallow_node(&request.name, request.force)
+                        .await
+                        .map(|m| m.message)
+                        .map_err(forwarded)
+                })
+                .await;
+        }
         tracing::warn!(node = %name, "member disallowed");
         Ok(format!(
             "{name} is no longer a member; its agent is refused from now on"
@@ -434,5 +456,41 @@ impl Agent {
     pub(super) fn stop_soon(&self) {
         tracing::warn!("stopping this agent on request (PostgreSQL keeps running)");
         self.shutdown.notify_one();
+    }
+}
+
+impl Agent {
+    /// A membership change interrupted by a change of coordinator is handed to the new
+    /// coordinator (it checks the request again; every step is idempotent).
+    async fn retry_elsewhere<F, Fut>(
+        &self,
+        error: pgfm_coord::MembershipError,
+        forward: F,
+    ) -> Result<String, Refusal>
+    where
+        F: Fn() -> Fut,
+        Fut: std::future::Future<Output = Result<String, Refusal>>,
+    {
+        let pgfm_coord::MembershipError::NotCoordinator = error else {
+            return Err(Refusal::Unavailable(error.to_string()));
+        };
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        loop {
+            let elected = self
+                .raft
+                .coordinator()
+                .is_some_and(|c| c != self.config.name);
+            if elected {
+                return forward().await;
+            }
+            if std::time::Instant::now() > deadline {
+                return Err(Refusal::Unavailable(
+                    "the coordinator changed during the membership change and no new one was \
+                     elected within 5 s: run the command again"
+                        .into(),
+                ));
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
     }
 }
