@@ -52,8 +52,20 @@ pub struct NodeStatus {
     pub in_sync: Option<bool>,
     pub priority: Option<u32>,
     pub promotable: Option<bool>,
+    /// Whether the node carries the virtual IP (null: no VIP configured, or no report).
+    #[serde(default)]
+    pub vip: Option<bool>,
     /// What the node is doing or waiting for.
     pub info: String,
+}
+
+/// The virtual IP and where it is.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VipStatus {
+    /// `ADDRESS/PREFIX`.
+    pub address: String,
+    /// The nodes that carry it now (exactly the primary when all is well).
+    pub on: Vec<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -85,6 +97,9 @@ pub struct ClusterStatus {
     /// Promotable standbys, most preferred first.
     pub priority_list: Vec<String>,
     pub promote_status: PromoteStatus,
+    /// The virtual IP, when the data nodes have one configured.
+    #[serde(default)]
+    pub vip: Option<VipStatus>,
     /// Things an operator should look at (bootstrap refused, a node in the wrong role, ...).
     pub problems: Vec<String>,
 }

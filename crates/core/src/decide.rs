@@ -166,6 +166,13 @@ pub enum Action {
         slots: Vec<String>,
         generation: Generation,
     },
+    /// Add the virtual IP on this node (the serving primary) and announce it.
+    TakeVip { generation: Generation },
+    /// Remove the virtual IP from this node: it is not (or no longer) the serving primary.
+    ReleaseVip {
+        generation: Generation,
+        reason: String,
+    },
     /// This node does nothing for now, for the reason given (shown in its info, logged once).
     Hold { reason: String },
     /// The coordinator holds the cluster back, for the reason given (shown in status
@@ -182,9 +189,44 @@ pub fn decide(cluster: &ClusterView, local: &LocalView, now_ms: u64) -> Decision
         actions.extend(coordinate(cluster, now_ms));
     }
     if local.kind == NodeKind::Data {
+        // The VIP first: a release must come before a hand-over stops the database.
+        actions.extend(place_vip(cluster, local));
         actions.extend(reconcile_local(cluster, local, now_ms));
     }
     actions
+}
+
+/// The VIP follows the primary: this node carries it exactly while it is the committed
+/// primary, its PostgreSQL runs writable, it holds the lease, and it is not handing over.
+fn place_vip(cluster: &ClusterView, local: &LocalView) -> Vec<Action> {
+    let Some(vip) = &local.report.vip else {
+        return Vec::new();
+    };
+    let state = &cluster.state;
+    let generation = state.generation;
+    let not_serving = if state.primary.as_deref() != Some(local.name.as_str()) {
+        Some(match &state.primary {
+            Some(p) => format!("{p} is the primary"),
+            None => "there is no primary".to_string(),
+        })
+    } else if state
+        .switchover
+        .as_ref()
+        .is_some_and(|s| s.from == local.name)
+    {
+        Some("handing over to a new primary".to_string())
+    } else if !(local.db_running && local.writable && local.report.role == Some(DbRole::Primary)) {
+        Some("PostgreSQL is not running as the primary".to_string())
+    } else if !local.lease_valid {
+        Some("this node does not hold the primary lease".to_string())
+    } else {
+        None
+    };
+    match (not_serving, vip.held) {
+        (None, false) => vec![Action::TakeVip { generation }],
+        (Some(reason), true) => vec![Action::ReleaseVip { generation, reason }],
+        _ => Vec::new(),
+    }
 }
 
 /// The coordinator's part: choose the first primary, and fail over when the primary's lease
@@ -838,6 +880,10 @@ mod tests {
                 Action::DropSlots { slots, generation } => {
                     format!("drop slots {} g{generation}", slots.join(","))
                 }
+                Action::TakeVip { generation } => format!("take vip g{generation}"),
+                Action::ReleaseVip { generation, reason } => {
+                    format!("release vip g{generation}: {reason}")
+                }
                 Action::Hold { reason } => format!("hold: {reason}"),
                 Action::ClusterHold { reason } => format!("cluster hold: {reason}"),
             })
@@ -1235,6 +1281,72 @@ mod tests {
             2_000,
             &["cancel switchover: pg2 is no longer a running standby"],
         );
+    }
+
+    #[test]
+    fn the_vip_is_carried_only_by_the_serving_primary() {
+        let mut v = view(
+            Some("pg1"),
+            &[
+                ("pg1", Running(DbRole::Primary)),
+                ("pg2", Running(DbRole::Standby)),
+                ("witness", Stopped(Empty)),
+            ],
+        );
+        let vip = |held| {
+            Some(crate::model::VipReport {
+                address: "10.0.0.100/24".into(),
+                held,
+            })
+        };
+        for node in ["pg1", "pg2"] {
+            v.reports.get_mut(node).unwrap().report.vip = vip(false);
+        }
+        v.reports.get_mut("pg1").unwrap().report.slots = vec![slot_for("pg2")];
+        check(&v, "pg1", false, &["take vip g1"]);
+        check(&v, "pg2", false, &[]);
+        // Held where it belongs: nothing to do.
+        v.reports.get_mut("pg1").unwrap().report.vip = vip(true);
+        check(&v, "pg1", false, &[]);
+        // Without the lease the primary gives it up (the lease loop fences it too).
+        let mut me = local(&v, "pg1", false);
+        me.lease_valid = false;
+        check_local(
+            &v,
+            &me,
+            2_000,
+            &["release vip g1: this node does not hold the primary lease"],
+        );
+        // A switchover releases it before the hand-over stops the database.
+        v.state.switchover = Some(Switchover {
+            from: "pg1".into(),
+            to: "pg2".into(),
+            force: false,
+            generation: Generation(1),
+            final_lsn: None,
+        });
+        check(
+            &v,
+            "pg1",
+            false,
+            &[
+                "release vip g1: handing over to a new primary",
+                "hand over to pg2 g1",
+            ],
+        );
+        v.state.switchover = None;
+        // A standby that finds the VIP on itself (a stale address after a reboot) drops it.
+        v.reports.get_mut("pg2").unwrap().report.vip = vip(true);
+        check(&v, "pg2", false, &["release vip g1: pg1 is the primary"]);
+        // The new primary takes it only once PostgreSQL runs as the primary.
+        v.state.primary = Some("pg2".into());
+        v.state.generation = Generation(2);
+        v.reports.get_mut("pg2").unwrap().report.vip = vip(false);
+        check(&v, "pg2", false, &["pg_promote g2"]);
+        v.reports.get_mut("pg2").unwrap().report = report("pg2", Running(DbRole::Primary));
+        v.reports.get_mut("pg2").unwrap().report.vip = vip(false);
+        let actions = show(decide(&v, &local(&v, "pg2", false), 2_000));
+        assert_eq!(actions.first().map(String::as_str), Some("take vip g2"));
     }
 
     #[test]

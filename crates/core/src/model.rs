@@ -440,6 +440,15 @@ pub enum DbRole {
     Standby,
 }
 
+/// The virtual IP as one data node sees it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VipReport {
+    /// `ADDRESS/PREFIX`.
+    pub address: String,
+    /// Whether this node carries it now.
+    pub held: bool,
+}
+
 /// What is in a data node's data directory, read without starting PostgreSQL.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -493,6 +502,9 @@ pub struct NodeReport {
     /// probe (None: not tried, e.g. on the primary itself).
     #[serde(default)]
     pub sees_primary: Option<bool>,
+    /// The virtual IP, on a data node configured with one.
+    #[serde(default)]
+    pub vip: Option<VipReport>,
     /// What the agent is doing or waiting for, or the last probe error.
     pub info: String,
 }
@@ -514,6 +526,7 @@ impl NodeReport {
             slots: Vec::new(),
             conninfo_upstream: None,
             sees_primary: None,
+            vip: None,
             info: String::new(),
         }
     }

@@ -93,6 +93,9 @@ pub fn missing_capabilities() -> Vec<&'static str> {
 pub struct Vip {
     spec: VipSpec,
     handle: Handle,
+    /// One operation at a time: the kernel refuses a second dump on a netlink socket
+    /// while one is in progress (EBUSY).
+    busy: std::sync::Arc<tokio::sync::Mutex<()>>,
 }
 
 struct Link {
@@ -112,7 +115,11 @@ impl Vip {
         let (connection, handle, _) =
             rtnetlink::new_connection().map_err(|e| VipError::Netlink(e.to_string()))?;
         tokio::spawn(connection);
-        let vip = Vip { spec, handle };
+        let vip = Vip {
+            spec,
+            handle,
+            busy: Default::default(),
+        };
         let link = vip.link().await?;
         if link.mac.is_none() {
             return Err(VipError::NoHardwareAddress(vip.spec.interface.clone()));
@@ -175,6 +182,7 @@ impl Vip {
 
     /// Whether this host carries the VIP now.
     pub async fn held(&self) -> Result<bool, VipError> {
+        let _one = self.busy.lock().await;
         let link = self.link().await?;
         Ok(self.address_message(link.index).await?.is_some())
     }
@@ -182,6 +190,7 @@ impl Vip {
     /// Add the VIP (if missing) and announce it with gratuitous ARP. Returns whether it
     /// was added now.
     pub async fn acquire(&self) -> Result<bool, VipError> {
+        let _one = self.busy.lock().await;
         let link = self.link().await?;
         let added = if self.address_message(link.index).await?.is_none() {
             match self
@@ -206,6 +215,7 @@ impl Vip {
 
     /// Remove the VIP if this host carries it. Returns whether it was removed now.
     pub async fn release(&self) -> Result<bool, VipError> {
+        let _one = self.busy.lock().await;
         let link = self.link().await?;
         let Some(message) = self.address_message(link.index).await? else {
             return Ok(false);
@@ -223,6 +233,7 @@ impl Vip {
     /// `probes` times, each waiting `wait` for a reply. Returns the hardware address of the
     /// host that answered, if any.
     pub async fn who_answers(&self, probes: u32, wait: Duration) -> Result<Option<Mac>, VipError> {
+        let _one = self.busy.lock().await;
         let link = self.link().await?;
         let Some(mac) = link.mac else {
             return Err(VipError::NoHardwareAddress(self.spec.interface.clone()));

@@ -15,6 +15,7 @@ use serde::Deserialize;
 use pgfm_core::decide::{OnCrash, RejoinMode};
 use pgfm_core::lease::LeaseSettings;
 use pgfm_core::NodeKind;
+use pgfm_net::VipSpec;
 use pgfm_postgres::binaries;
 use pgfm_postgres::OsUser;
 
@@ -63,6 +64,17 @@ struct RawConfig {
     failover: RawFailover,
     #[serde(default)]
     hooks: RawHooks,
+    vip: Option<RawVip>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawVip {
+    address: Option<String>,
+    interface: Option<String>,
+    check_before_promotion: Option<bool>,
+    #[serde(default, with = "humantime_serde")]
+    check_timeout: Option<Duration>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -195,6 +207,17 @@ pub struct Hooks {
     pub timeout: Duration,
 }
 
+/// The virtual IP that follows the primary (EFM's `virtual.ip`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VipConfig {
+    pub spec: VipSpec,
+    /// Before promoting, check that no other host answers for the address (EFM's
+    /// `check.vip.before.promotion`).
+    pub check_before_promotion: bool,
+    /// How long a promotion waits for the address to fall silent before it gives up.
+    pub check_timeout: Duration,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Config {
     pub file: PathBuf,
@@ -212,6 +235,51 @@ pub struct Config {
     pub timing: Timing,
     pub failover: Failover,
     pub hooks: Hooks,
+    pub vip: Option<VipConfig>,
+}
+
+fn parse_vip(check: &Check, raw: RawVip) -> Result<VipConfig, ConfigError> {
+    let text = check.required(
+        raw.address,
+        "vip.address",
+        "write the address with its prefix, such as \"10.0.0.100/24\"",
+    )?;
+    let bad = |why: &str| {
+        check.err(
+            "vip.address",
+            format!("{text:?} {why} (write it as ADDRESS/PREFIX, such as \"10.0.0.100/24\")"),
+        )
+    };
+    let (address, prefix) = text.split_once('/').ok_or_else(|| bad("has no prefix"))?;
+    let address: std::net::IpAddr = address
+        .trim()
+        .parse()
+        .map_err(|_| bad("is not an IP address"))?;
+    let std::net::IpAddr::V4(address) = address else {
+        return Err(bad(
+            "is IPv6; pgfm moves IPv4 virtual IPs only (announced with ARP)",
+        ));
+    };
+    let prefix: u8 = prefix
+        .trim()
+        .parse()
+        .ok()
+        .filter(|p| (1..=32).contains(p))
+        .ok_or_else(|| bad("has a prefix outside 1..32"))?;
+    let interface = check.required(
+        raw.interface,
+        "vip.interface",
+        "name the interface that carries the cluster's network, such as \"eth0\"",
+    )?;
+    Ok(VipConfig {
+        spec: VipSpec {
+            address,
+            prefix,
+            interface,
+        },
+        check_before_promotion: raw.check_before_promotion.unwrap_or(true),
+        check_timeout: raw.check_timeout.unwrap_or(Duration::from_secs(5)),
+    })
 }
 
 /// Names are used as Raft identities, slot names and file names: keep them plain.
@@ -503,6 +571,15 @@ impl Config {
                 ))
             }
         };
+        let vip =
+            match raw.vip {
+                None => None,
+                Some(_) if kind == NodeKind::Witness => return Err(check.err(
+                    "vip",
+                    "is set on a witness, which never carries the virtual IP (remove the section)",
+                )),
+                Some(v) => Some(parse_vip(&check, v)?),
+            };
         let rejoin = match raw.failover.rejoin.as_deref() {
             None | Some("rewind-or-clone") => RejoinMode::RewindOrClone,
             Some("rewind") => RejoinMode::Rewind,
@@ -551,6 +628,7 @@ impl Config {
                 notification: raw.hooks.notification.filter(|c| !c.trim().is_empty()),
                 timeout: raw.hooks.timeout.unwrap_or(Duration::from_secs(30)),
             },
+            vip,
         })
     }
 
@@ -785,6 +863,10 @@ port = 5432
         check("port = 5432", "port = 5432\n[timing]\nlease = \"1s\"", "config pg1.toml: [timing] lease settings do not work: safety_margin (1000 ms) must be shorter than lease (1000 ms)");
         check("port = 5432", "port = 5432\n[failover]\non_crash = \"panic\"", "config pg1.toml: failover.on_crash is \"panic\" (set it to \"restart\" or \"failover\")");
         check("port = 5432", "port = 5432\n[failover]\nrejoin = \"auto\"", "config pg1.toml: failover.rejoin is \"auto\" (set it to \"rewind\", \"rewind-or-clone\" or \"manual\")");
+        check("port = 5432", "port = 5432\n[vip]\naddress = \"10.0.0.100\"\ninterface = \"eth0\"", "config pg1.toml: vip.address \"10.0.0.100\" has no prefix (write it as ADDRESS/PREFIX, such as \"10.0.0.100/24\")");
+        check("port = 5432", "port = 5432\n[vip]\naddress = \"fd00::1/64\"\ninterface = \"eth0\"", "config pg1.toml: vip.address \"fd00::1/64\" is IPv6; pgfm moves IPv4 virtual IPs only (announced with ARP) (write it as ADDRESS/PREFIX, such as \"10.0.0.100/24\")");
+        check("port = 5432", "port = 5432\n[vip]\naddress = \"10.0.0.100/24\"", "config pg1.toml: vip.interface is missing (name the interface that carries the cluster's network, such as \"eth0\")");
+        check("port = 5432", "port = 5432\n[vip]\naddress = \"10.0.0.100/24\"\ninterface = \"eth0\"\ncheck_timeout = \"2s\"", "ok");
         check("port = 5432", "port = 5432\n[failover]\nauto_failover = false\nrejoin = \"manual\"\non_crash = \"failover\"\ncrash_restart_bound = \"5s\"", "ok");
     }
 

@@ -74,16 +74,43 @@ pub fn render(s: &ClusterStatus) -> String {
         s.generation,
         s.answered_by
     );
+    if let Some(vip) = &s.vip {
+        let on = match vip.on.as_slice() {
+            [] => "on no node".to_string(),
+            nodes => format!("on {}", nodes.join(" and ")),
+        };
+        let _ = writeln!(w, "Virtual IP: {} {on}", vip.address);
+    }
     let _ = writeln!(w);
-    let _ = writeln!(
-        w,
-        "\tAgent Type  Name        Address                Agent  DB     Info"
-    );
+    // EFM's VIP column: the address on the node that carries it, marked with '*'.
+    let vip_column = |n: &NodeStatus| match (&s.vip, n.vip) {
+        (Some(vip), Some(true)) => {
+            let address = vip.address.split('/').next().unwrap_or_default();
+            format!("{address}*")
+        }
+        _ => String::new(),
+    };
+    if s.vip.is_some() {
+        let _ = writeln!(
+            w,
+            "\tAgent Type  Name        Address                Agent  DB     VIP              Info"
+        );
+    } else {
+        let _ = writeln!(
+            w,
+            "\tAgent Type  Name        Address                Agent  DB     Info"
+        );
+    }
     let _ = writeln!(w, "\t{RULE}");
     for n in &s.nodes {
         let (agent, db) = (agent_word(n), db_word(n));
+        let vip = if s.vip.is_some() {
+            format!("{:<16} ", vip_column(n))
+        } else {
+            String::new()
+        };
         let line = format!(
-            "\t{:<11} {:<11} {:<22} {:<6} {:<6} {}",
+            "\t{:<11} {:<11} {:<22} {:<6} {:<6} {vip}{}",
             kind(n),
             n.name,
             address(n),
@@ -293,6 +320,7 @@ mod tests {
             in_sync: None,
             priority: None,
             promotable: None,
+            vip: None,
             info: String::new(),
         }
     }
@@ -323,6 +351,7 @@ mod tests {
                 safe: true,
                 message: "Standby database(s) in sync with primary. It is safe to promote.".into(),
             },
+            vip: None,
             problems: vec![],
         }
     }
@@ -370,6 +399,18 @@ mod tests {
     fn healthy_cluster_text() {
         let status = healthy();
         assert!(status.healthy());
+        insta::assert_snapshot!(render(&status));
+    }
+
+    #[test]
+    fn vip_cluster_text() {
+        let mut status = healthy();
+        status.vip = Some(pgfm_api::VipStatus {
+            address: "10.0.0.100/24".into(),
+            on: vec!["pg1".into()],
+        });
+        status.nodes[0].vip = Some(true);
+        status.nodes[1].vip = Some(false);
         insta::assert_snapshot!(render(&status));
     }
 

@@ -397,6 +397,11 @@ impl Postgres {
                 conninfo_value(&pf.display().to_string())
             ));
         }
+        // A fenced primary stopped with an immediate shutdown: pg_rewind first runs crash
+        // recovery in single-user mode, which refuses to start with standby.signal. The
+        // fence marker still says what the directory is while the signal is away.
+        let signal = s.data_dir.join("standby.signal");
+        remove_if_present(&signal)?;
         let output = s
             .os_user
             .command(s.bin_dir.join("pg_rewind"))
@@ -406,7 +411,16 @@ impl Postgres {
             .stdin(Stdio::null())
             .output()
             .await
-            .context("running pg_rewind")?;
+            .context("running pg_rewind");
+        let output = match output {
+            Ok(output) if output.status.success() => output,
+            other => {
+                s.os_user
+                    .write_file(&signal, "", 0o600)
+                    .context("writing standby.signal back")?;
+                other?
+            }
+        };
         if !output.status.success() {
             let stderr = String::from_utf8_lossy(&output.stderr);
             let errors: Vec<&str> = stderr

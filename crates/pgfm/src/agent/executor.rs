@@ -190,7 +190,10 @@ impl Agent {
                 set_activity(Some(format!(
                     "promoting to primary of generation {generation}"
                 )));
-                let result = pg.promote().await;
+                let result = match self.wait_vip_free(*generation).await {
+                    Ok(()) => pg.promote().await,
+                    Err(e) => Err(e),
+                };
                 set_activity(None);
                 result?;
                 tracing::warn!(%generation, ms = started.elapsed().as_millis() as u64, "promoted: this node is the primary");
@@ -218,6 +221,7 @@ impl Agent {
             }
             Action::Fence { generation, reason } => {
                 tracing::error!(%generation, %reason, "fencing PostgreSQL");
+                self.release_vip(*generation, "fencing").await;
                 lock(&self.db).expect_down = true;
                 pg.fence().await?;
                 tracing::warn!(%generation, "PostgreSQL fenced (immediate shutdown)");
@@ -257,6 +261,7 @@ impl Agent {
             Action::HandOver { to, generation } => {
                 tracing::warn!(%generation, %to, "switchover: stopping PostgreSQL cleanly to hand over");
                 set_activity(Some(format!("switchover: handing over to {to}")));
+                self.release_vip(*generation, "switchover").await;
                 lock(&self.db).expect_down = true;
                 let stopped = pg.stop_for_handover().await;
                 set_activity(None);
@@ -281,6 +286,10 @@ impl Agent {
             Action::EnsureSlots { slots, generation } => {
                 pg.ensure_slots(slots).await?;
                 tracing::info!(%generation, slots = %slots.join(","), "replication slots created");
+            }
+            Action::TakeVip { generation } => self.take_vip(*generation).await?,
+            Action::ReleaseVip { generation, reason } => {
+                self.release_vip(*generation, reason).await
             }
             Action::Propose(_) | Action::Hold { .. } | Action::ClusterHold { .. } => {}
         }

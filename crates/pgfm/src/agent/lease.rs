@@ -46,6 +46,7 @@ impl Agent {
                 match step {
                     LeaseStep::Fence(reason) => {
                         tracing::error!(generation = %generation, %reason, "fencing PostgreSQL");
+                        self.release_vip(generation, "fencing").await;
                         lock(&self.db).expect_down = true;
                         match pg.fence().await {
                             Ok(()) => {

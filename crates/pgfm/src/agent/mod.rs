@@ -9,6 +9,7 @@ mod health;
 mod hooks;
 mod lease;
 pub mod status;
+mod vip;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -41,6 +42,8 @@ pub struct Agent {
     token: Arc<str>,
     raft: EmbeddedRaft,
     postgres: Option<Postgres>,
+    /// The virtual IP, when this data node has one configured.
+    vip: Option<pgfm_net::Vip>,
     started: Instant,
     /// The latest report from each agent known here (soft state, never persisted).
     reports: Mutex<BTreeMap<String, Observed>>,
@@ -184,6 +187,7 @@ impl Agent {
     ) -> NodeReport {
         let mut report = NodeReport::new(&self.config.name, self.config.kind);
         report.sees_primary = self.check_primary(remote).await;
+        report.vip = self.vip_report().await;
         let mut problem = None;
         if let (Some(pg), Some(prober)) = (&self.postgres, prober.as_mut()) {
             match pg.data_dir_state() {
@@ -642,6 +646,14 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let token = config.read_token()?;
     let _lock = lock_state_dir(&config)?;
     let postgres = postgres_for(&config)?;
+    let vip = match &config.vip {
+        Some(v) => Some(
+            pgfm_net::Vip::open(v.spec.clone())
+                .await
+                .with_context(|| format!("config {}: [vip] {}", config.file.display(), v.spec))?,
+        ),
+        None => None,
+    };
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
         .with_context(|| format!("listening on node.listen {}", config.listen))?;
@@ -658,6 +670,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         token: token.clone(),
         raft: raft.clone(),
         postgres,
+        vip,
         started: Instant::now(),
         reports: Mutex::new(BTreeMap::new()),
         activity: Mutex::new(None),
@@ -739,6 +752,10 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     }
     let _ = stop_tx.send(true);
     let _ = tokio::join!(probe, decide, renewals, lease);
+    // Clients must not keep writing to a primary no agent watches over.
+    agent
+        .release_vip(agent.raft.state().generation, "the agent is stopping")
+        .await;
     raft.shutdown().await;
     let _ = server.await;
     Ok(())

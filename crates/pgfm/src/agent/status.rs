@@ -1,7 +1,7 @@
 //! Building the cluster status (what `cluster-status` shows) from the committed state and
 //! the reports this agent holds. No I/O: the caller passes everything in.
 
-use pgfm_api::{ClusterStatus, DbStatus, NodeKindStatus, NodeStatus, PromoteStatus, Up};
+use pgfm_api::{ClusterStatus, DbStatus, NodeKindStatus, NodeStatus, PromoteStatus, Up, VipStatus};
 use pgfm_core::decide::ClusterView;
 use pgfm_core::{DbRole, NodeKind};
 
@@ -106,8 +106,19 @@ pub fn build(ctx: &Context<'_>, view: &ClusterView) -> ClusterStatus {
             promotable: member
                 .filter(|m| m.kind == NodeKind::Data)
                 .map(|m| m.promotable),
+            vip: report.and_then(|r| r.vip.as_ref()).map(|v| v.held),
             info,
         });
+    }
+
+    let mut problems = ctx.problems.clone();
+    let vip = vip_status(view, ctx.now_ms, &nodes);
+    if let Some(vip) = &vip {
+        problems.extend(vip_problems(
+            vip,
+            state.primary.as_deref(),
+            primary_report.is_some(),
+        ));
     }
 
     let mut priority_list: Vec<_> = state
@@ -136,8 +147,52 @@ pub fn build(ctx: &Context<'_>, view: &ClusterView) -> ClusterStatus {
         allowed: ctx.voters.iter().map(|(n, _)| n.clone()).collect(),
         priority_list,
         promote_status,
-        problems: ctx.problems.clone(),
+        vip,
+        problems,
     }
+}
+
+/// The VIP's address (from any data node's report) and the nodes that carry it.
+fn vip_status(view: &ClusterView, now_ms: u64, nodes: &[NodeStatus]) -> Option<VipStatus> {
+    let address = view
+        .reports
+        .keys()
+        .filter_map(|n| view.fresh_report(n, now_ms))
+        .find_map(|r| r.vip.as_ref().map(|v| v.address.clone()))?;
+    Some(VipStatus {
+        address,
+        on: nodes
+            .iter()
+            .filter(|n| n.vip == Some(true))
+            .map(|n| n.name.clone())
+            .collect(),
+    })
+}
+
+fn vip_problems(vip: &VipStatus, primary: Option<&str>, primary_up: bool) -> Vec<String> {
+    let mut problems = Vec::new();
+    let elsewhere: Vec<&str> = vip
+        .on
+        .iter()
+        .map(String::as_str)
+        .filter(|n| Some(*n) != primary)
+        .collect();
+    if !elsewhere.is_empty() {
+        problems.push(format!(
+            "the virtual IP {} is on {}, which is not the primary (its agent removes it)",
+            vip.address,
+            elsewhere.join(" and ")
+        ));
+    }
+    if let Some(p) = primary.filter(|_| primary_up) {
+        if !vip.on.iter().any(|n| n == p) {
+            problems.push(format!(
+                "the virtual IP {} is not on the primary {p} yet",
+                vip.address
+            ));
+        }
+    }
+    problems
 }
 
 fn promote_status(

@@ -1,6 +1,10 @@
 //! `pgfm lab`: a real cluster on this machine (data nodes pg1..pgN and a witness, each with
 //! its own agent and ports on 127.0.0.1), in the layout DESIGN.md "The lab" describes.
 //! Only pg1 is initialised by initdb; the other data nodes' agents clone themselves.
+//! With `--netns` (netns.rs) every node is its own host in a network namespace, with a
+//! virtual IP, and partitions are real.
+
+pub mod netns;
 
 use std::io::Read;
 use std::net::TcpListener;
@@ -40,6 +44,10 @@ pub enum LabCommand {
         /// Example: --set failover.auto_failover=false --set 'failover.rejoin="manual"'
         #[arg(long = "set", value_name = "SECTION.KEY=VALUE")]
         settings: Vec<String>,
+        /// Every node in its own network namespace on a bridge, with a virtual IP that
+        /// follows the primary and a client namespace to reach it from (root only).
+        #[arg(long)]
+        netns: bool,
     },
     /// Stop everything the lab started and remove its directory.
     Down {
@@ -64,6 +72,24 @@ pub enum LabCommand {
         #[arg(long)]
         dir: Option<PathBuf>,
     },
+    /// Cut the network between a node and other nodes (a --netns lab): frames are dropped
+    /// silently, in both directions unless --one-way. The client keeps reaching every node.
+    Partition {
+        node: String,
+        #[arg(long)]
+        dir: Option<PathBuf>,
+        /// The nodes to cut it from (comma-separated); default: every other node.
+        #[arg(long, value_delimiter = ',')]
+        from: Vec<String>,
+        /// Only the traffic towards NODE is lost: it can send but not receive.
+        #[arg(long)]
+        one_way: bool,
+    },
+    /// Undo every partition (a --netns lab).
+    Heal {
+        #[arg(long)]
+        dir: Option<PathBuf>,
+    },
     /// Show the lab's nodes (ports, pids, connection strings) and the cluster status.
     Status {
         #[arg(long, default_value = DEFAULT_DIR)]
@@ -83,6 +109,13 @@ pub struct LabFile {
     pub passfile: PathBuf,
     pub token_file: PathBuf,
     pub nodes: Vec<LabNode>,
+    /// Set when every node is its own host in a network namespace (`--netns`).
+    #[serde(default)]
+    pub netns: Option<netns::NetnsLab>,
+}
+
+fn loopback() -> String {
+    "127.0.0.1".to_string()
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -90,6 +123,9 @@ pub struct LabNode {
     pub name: String,
     /// `data` or `witness`.
     pub kind: String,
+    /// The address its agent and PostgreSQL listen on.
+    #[serde(default = "loopback")]
+    pub host: String,
     pub agent_port: u16,
     pub pg_port: Option<u16>,
     pub config: PathBuf,
@@ -112,6 +148,11 @@ struct LabNodeStatus {
     /// The role the cluster gives the node right now (`primary`, `standby`, `witness`,
     /// `idle`), or null when no agent answered.
     role: Option<NodeKindStatus>,
+    host: String,
+    /// The node's network namespace (a --netns lab).
+    netns: Option<String>,
+    /// Whether the node's kernel carries the virtual IP (a --netns lab).
+    vip: Option<bool>,
     agent_port: u16,
     pg_port: Option<u16>,
     agent_pid: Option<u32>,
@@ -130,10 +171,12 @@ pub fn run(command: LabCommand) -> anyhow::Result<ExitCode> {
             data_nodes,
             json,
             settings,
+            netns,
         } => up(
             &absolute(&dir)?,
             data_nodes,
             json,
+            netns,
             &parse_settings(&settings)?,
         ),
         LabCommand::Down { dir } => down(&absolute(&dir)?),
@@ -145,6 +188,13 @@ pub fn run(command: LabCommand) -> anyhow::Result<ExitCode> {
             agent_only,
         } => kill_node(&lab_dir(dir)?, &node, !agent_only, !postgres_only),
         LabCommand::Start { node, dir } => start_node(&lab_dir(dir)?, &node),
+        LabCommand::Partition {
+            node,
+            dir,
+            from,
+            one_way,
+        } => partition(&lab_dir(dir)?, &node, &from, one_way),
+        LabCommand::Heal { dir } => heal(&lab_dir(dir)?),
     }
 }
 
@@ -249,13 +299,14 @@ fn node_config(lab: &LabFile, node: &LabNode, peers: &str, extra: &Extra) -> Str
          [node]\n\
          name = \"{name}\"\n\
          kind = \"{kind}\"\n\
-         listen = \"127.0.0.1:{agent_port}\"\n\
+         listen = \"{host}:{agent_port}\"\n\
          state_dir = \"{state}\"\n\n\
          {peers}\n",
         name = node.name,
         cluster = lab.cluster,
         token = lab.token_file.display(),
         kind = node.kind,
+        host = node.host,
         agent_port = node.agent_port,
         state = node_dir.join("state").display(),
     );
@@ -264,7 +315,8 @@ fn node_config(lab: &LabFile, node: &LabNode, peers: &str, extra: &Extra) -> Str
             "[postgres]\n\
              bin_dir = \"{bin}\"\n\
              data_dir = \"{data}\"\n\
-             host = \"127.0.0.1\"\n\
+             host = \"{host}\"\n\
+             listen_addresses = \"{listen}\"\n\
              port = {port}\n\
              socket_dir = \"{socket}\"\n\
              os_user = \"{user}\"\n\
@@ -272,10 +324,23 @@ fn node_config(lab: &LabFile, node: &LabNode, peers: &str, extra: &Extra) -> Str
              log_file = \"{log}\"\n",
             bin = lab.bin_dir.display(),
             data = data_dir.display(),
+            host = node.host,
+            // On its own host PostgreSQL also answers on the VIP.
+            listen = if lab.netns.is_some() {
+                "*"
+            } else {
+                node.host.as_str()
+            },
             socket = node_dir.display(),
             user = lab.os_user,
             passfile = lab.passfile.display(),
             log = node_dir.join("postgres.log").display(),
+        ));
+    }
+    if let (Some(ns), Some(_)) = (&lab.netns, node.pg_port) {
+        text.push_str(&format!(
+            "\n[vip]\naddress = \"{}\"\ninterface = \"eth0\"\n",
+            ns.vip
         ));
     }
     for (section, keys) in extra {
@@ -287,9 +352,15 @@ fn node_config(lab: &LabFile, node: &LabNode, peers: &str, extra: &Extra) -> Str
     text
 }
 
-fn up(dir: &Path, data_nodes: usize, json: bool, extra: &Extra) -> anyhow::Result<ExitCode> {
+fn up(
+    dir: &Path,
+    data_nodes: usize,
+    json: bool,
+    netns: bool,
+    extra: &Extra,
+) -> anyhow::Result<ExitCode> {
     let fresh = !dir.exists();
-    let result = build(dir, data_nodes, json, extra);
+    let result = build(dir, data_nodes, json, netns, extra);
     // A lab that failed before any agent started leaves nothing behind.
     if result.is_err() && fresh && !dir.join("lab.json").exists() {
         let _ = std::fs::remove_dir_all(dir);
@@ -297,8 +368,17 @@ fn up(dir: &Path, data_nodes: usize, json: bool, extra: &Extra) -> anyhow::Resul
     result
 }
 
-fn build(dir: &Path, data_nodes: usize, json: bool, extra: &Extra) -> anyhow::Result<ExitCode> {
+fn build(
+    dir: &Path,
+    data_nodes: usize,
+    json: bool,
+    netns: bool,
+    extra: &Extra,
+) -> anyhow::Result<ExitCode> {
     let started = Instant::now();
+    if netns {
+        netns::check_can_build()?;
+    }
     if dir.join("lab.json").exists() {
         bail!(
             "a lab already exists in {d}; see it with pgfm lab status --dir {d}, or remove it \
@@ -344,7 +424,24 @@ fn build(dir: &Path, data_nodes: usize, json: bool, extra: &Extra) -> anyhow::Re
         .map(|i| format!("pg{i}"))
         .chain(std::iter::once("witness".to_string()))
         .collect();
-    let ports = free_ports(names.len() + data_nodes)?;
+    // On their own hosts every node uses the usual ports; on one host each needs its own.
+    let ports = if netns {
+        let agents = names.iter().map(|_| netns::AGENT_PORT);
+        agents
+            .chain((0..data_nodes).map(|_| netns::PG_PORT))
+            .collect()
+    } else {
+        free_ports(names.len() + data_nodes)?
+    };
+    let netns = netns.then(|| {
+        let prefix = netns::prefix_for(dir);
+        netns::NetnsLab {
+            hub: netns::namespace(&prefix, "hub"),
+            client: netns::namespace(&prefix, "client"),
+            vip: netns::VIP.to_string(),
+            prefix,
+        }
+    });
     let mut lab = LabFile {
         cluster: "lab".to_string(),
         dir: dir.to_path_buf(),
@@ -353,6 +450,7 @@ fn build(dir: &Path, data_nodes: usize, json: bool, extra: &Extra) -> anyhow::Re
         passfile: passfile.clone(),
         token_file,
         nodes: Vec::new(),
+        netns: netns.clone(),
     };
     for (i, name) in names.iter().enumerate() {
         let is_data = i < data_nodes;
@@ -363,6 +461,11 @@ fn build(dir: &Path, data_nodes: usize, json: bool, extra: &Extra) -> anyhow::Re
         lab.nodes.push(LabNode {
             name: name.clone(),
             kind: if is_data { "data" } else { "witness" }.to_string(),
+            host: if netns.is_some() {
+                netns::node_address(i)
+            } else {
+                loopback()
+            },
             agent_port: ports[i],
             pg_port: is_data.then(|| ports[names.len() + i]),
             config: node_dir.join("pgfm.toml"),
@@ -375,8 +478,8 @@ fn build(dir: &Path, data_nodes: usize, json: bool, extra: &Extra) -> anyhow::Re
         .iter()
         .map(|n| {
             format!(
-                "[[peers]]\nname = \"{}\"\naddress = \"127.0.0.1:{}\"\n",
-                n.name, n.agent_port
+                "[[peers]]\nname = \"{}\"\naddress = \"{}:{}\"\n",
+                n.name, n.host, n.agent_port
             )
         })
         .collect::<Vec<_>>()
@@ -389,6 +492,20 @@ fn build(dir: &Path, data_nodes: usize, json: bool, extra: &Extra) -> anyhow::Re
         crate::config::Config::load_static(&node.config)?;
     }
     write_lab(&lab)?;
+    if let Some(ns) = &netns {
+        // lab.json is written first: `lab down` removes what a failed build leaves.
+        netns::remove(&ns.prefix)?;
+        let hosts: Vec<(String, String)> = lab
+            .nodes
+            .iter()
+            .map(|n| (n.name.clone(), n.host.clone()))
+            .chain(std::iter::once((
+                "client".to_string(),
+                netns::CLIENT_ADDRESS.to_string(),
+            )))
+            .collect();
+        netns::build(ns, &hosts).context("building the lab's network namespaces")?;
+    }
 
     // Only pg1 is initialised; the replication role is made before any agent starts.
     let rt = runtime()?;
@@ -406,13 +523,27 @@ fn build(dir: &Path, data_nodes: usize, json: bool, extra: &Extra) -> anyhow::Re
     });
     let _ = std::fs::remove_file(&pwfile);
     made?;
+    if netns.is_some() {
+        // The other hosts (and the client) connect from the lab's subnet.
+        let hba = pg1_data.join("pg_hba.conf");
+        let mut text =
+            std::fs::read_to_string(&hba).with_context(|| format!("reading {}", hba.display()))?;
+        text.push_str(&format!(
+            "\n# pgfm lab --netns: the lab's hosts\nhost all all {subnet} scram-sha-256\nhost replication all {subnet} scram-sha-256\n",
+            subnet = netns::SUBNET
+        ));
+        std::fs::write(&hba, text).with_context(|| format!("writing {}", hba.display()))?;
+    }
 
     let exe = std::env::current_exe().context("finding the pgfm binary")?;
     for node in lab.nodes.iter_mut() {
-        node.agent_pid = Some(spawn_agent(&exe, dir, node)?);
+        node.agent_pid = Some(spawn_agent(&exe, dir, node, netns.as_ref())?);
     }
     write_lab(&lab)?;
 
+    // From here on this command talks to the lab as its client does.
+    enter_client_network(&lab)?;
+    let rt = runtime()?;
     let deadline = Instant::now() + Duration::from_secs(180);
     let ready = rt.block_on(wait_ready(&lab, data_nodes, deadline));
     match ready {
@@ -422,6 +553,23 @@ fn build(dir: &Path, data_nodes: usize, json: bool, extra: &Extra) -> anyhow::Re
             } else {
                 print!("{}", status_text::render(&status));
                 println!();
+                if let Some(ns) = &netns {
+                    let vip = ns.vip.split('/').next().unwrap_or_default();
+                    println!(
+                        "Lab up in {:.1} s in {}, every node in its own network namespace \
+                         ({}-*). Connect to the primary through the virtual IP with:\n  \
+                         ip netns exec {} psql \"host={vip} port={} user=postgres \
+                         dbname=postgres passfile={}\"\nStop it with: pgfm lab down --dir {}",
+                        started.elapsed().as_secs_f64(),
+                        dir.display(),
+                        ns.prefix,
+                        ns.client,
+                        netns::PG_PORT,
+                        lab.passfile.display(),
+                        dir.display()
+                    );
+                    return Ok(ExitCode::SUCCESS);
+                }
                 println!(
                     "Lab up in {:.1} s in {}. Connect to the primary with:\n  psql \"{}\"\nStop it with: pgfm lab down --dir {}",
                     started.elapsed().as_secs_f64(),
@@ -450,21 +598,36 @@ fn build(dir: &Path, data_nodes: usize, json: bool, extra: &Extra) -> anyhow::Re
     }
 }
 
-/// Start one agent detached from this command (own session, output to agent.log).
-fn spawn_agent(exe: &Path, dir: &Path, node: &LabNode) -> anyhow::Result<u32> {
+/// Start one agent detached from this command (own session, output to agent.log), in
+/// the node's network namespace for a --netns lab.
+fn spawn_agent(
+    exe: &Path,
+    dir: &Path,
+    node: &LabNode,
+    netns: Option<&netns::NetnsLab>,
+) -> anyhow::Result<u32> {
     let node_dir = dir.join(&node.name);
     let log = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
         .open(node_dir.join("agent.log"))?;
-    let child = std::process::Command::new(exe)
+    let mut command = std::process::Command::new(exe);
+    command
         .arg("agent")
         .arg("-c")
         .arg(&node.config)
         .stdin(Stdio::null())
         .stdout(log.try_clone()?)
         .stderr(log)
-        .process_group(0)
+        .process_group(0);
+    if let Some(ns) = netns {
+        let handle = pgfm_net::netns::Handle::open(&netns::namespace(&ns.prefix, &node.name))?;
+        // SAFETY: the closure only calls setns(2), which is async-signal-safe.
+        unsafe {
+            command.pre_exec(move || handle.enter());
+        }
+    }
+    let child = command
         .spawn()
         .with_context(|| format!("starting the agent of {}", node.name))?;
     let pid = child.id();
@@ -472,28 +635,50 @@ fn spawn_agent(exe: &Path, dir: &Path, node: &LabNode) -> anyhow::Result<u32> {
     Ok(pid)
 }
 
+/// Move the calling thread (and what it starts afterwards) into the lab's client
+/// namespace, from which a --netns lab's addresses are reachable; nothing for other labs.
+pub(crate) fn enter_client_network(lab: &LabFile) -> anyhow::Result<()> {
+    if let Some(ns) = &lab.netns {
+        pgfm_net::netns::enter(&ns.client).with_context(|| {
+            format!(
+                "this lab's nodes are reachable only from its client namespace {} (as root)",
+                ns.client
+            )
+        })?;
+    }
+    Ok(())
+}
+
 fn client(lab: &LabFile, node: &LabNode) -> anyhow::Result<ApiClient> {
     let token = std::fs::read_to_string(&lab.token_file)
         .with_context(|| format!("reading {}", lab.token_file.display()))?;
     Ok(ApiClient::new(
-        &format!("127.0.0.1:{}", node.agent_port),
+        &format!("{}:{}", node.host, node.agent_port),
         token.trim(),
         Duration::from_secs(3),
     ))
 }
 
-/// The status from the first agent that answers.
+/// The cluster status as the coordinator sees it (an agent cut off from the others can only
+/// answer with what it alone knows: that answer is the fallback).
 pub(crate) async fn any_status(lab: &LabFile) -> anyhow::Result<ClusterStatus> {
     let mut last = None;
+    let mut alone = None;
     for node in &lab.nodes {
         match client(lab, node)?.status().await {
-            Ok(status) => return Ok(status),
+            Ok(status) if status.coordinator.as_ref() == Some(&status.answered_by) => {
+                return Ok(status)
+            }
+            Ok(status) => {
+                alone.get_or_insert(status);
+            }
             Err(e) => last = Some(e),
         }
     }
-    match last {
-        Some(e) => Err(e.into()),
-        None => bail!("the lab has no nodes"),
+    match (alone, last) {
+        (Some(status), _) => Ok(status),
+        (None, Some(e)) => Err(e.into()),
+        (None, None) => bail!("the lab has no nodes"),
     }
 }
 
@@ -523,9 +708,14 @@ async fn wait_ready(
                     .iter()
                     .filter(|n| n.kind == NodeKindStatus::Standby && n.in_sync == Some(true))
                     .count();
+                let vip_placed = status
+                    .vip
+                    .as_ref()
+                    .is_none_or(|v| status.primary.as_ref().is_some_and(|p| v.on == [p.clone()]));
                 if status.healthy()
                     && status.nodes.len() == lab.nodes.len()
                     && standbys == data_nodes - 1
+                    && vip_placed
                 {
                     return Ok(status);
                 }
@@ -574,7 +764,8 @@ fn postmaster_pid(data_dir: &Path) -> Option<i32> {
 fn dsn(lab: &LabFile, node: &LabNode) -> Option<String> {
     node.pg_port.map(|port| {
         format!(
-            "host=127.0.0.1 port={port} user=postgres dbname=postgres passfile={}",
+            "host={} port={port} user=postgres dbname=postgres passfile={}",
+            node.host,
             lab.passfile.display()
         )
     })
@@ -595,6 +786,15 @@ fn lab_status(lab: &LabFile, rt: &tokio::runtime::Runtime) -> LabStatus {
                 name: node.name.clone(),
                 kind: node.kind.clone(),
                 role,
+                host: node.host.clone(),
+                netns: lab
+                    .netns
+                    .as_ref()
+                    .map(|ns| netns::namespace(&ns.prefix, &node.name)),
+                vip: lab
+                    .netns
+                    .as_ref()
+                    .and_then(|ns| netns::has_vip(ns, &node.name).ok()),
                 agent_port: node.agent_port,
                 pg_port: node.pg_port,
                 agent_pid: node.agent_pid,
@@ -621,6 +821,7 @@ fn lab_status(lab: &LabFile, rt: &tokio::runtime::Runtime) -> LabStatus {
 
 fn status(dir: &Path, json: bool) -> anyhow::Result<ExitCode> {
     let lab = read_lab(dir)?;
+    enter_client_network(&lab)?;
     let rt = runtime()?;
     let summary = lab_status(&lab, &rt);
     if json {
@@ -678,7 +879,18 @@ fn wait_gone(pid: i32, timeout: Duration) -> bool {
 }
 
 fn down(dir: &Path) -> anyhow::Result<ExitCode> {
-    let lab = read_lab(dir)?;
+    let lab = match read_lab(dir) {
+        Ok(lab) => lab,
+        Err(e) => {
+            // A --netns build that died before lab.json leaves only namespaces.
+            let removed = netns::remove(&netns::prefix_for(dir))?;
+            if removed.is_empty() {
+                return Err(e);
+            }
+            println!("Removed the network namespaces {}.", removed.join(", "));
+            return Ok(ExitCode::SUCCESS);
+        }
+    };
     for node in &lab.nodes {
         let Some(pid) = node.agent_pid else { continue };
         if !(process_alive(pid) && is_our_agent(pid, node)) {
@@ -703,6 +915,12 @@ fn down(dir: &Path) -> anyhow::Result<ExitCode> {
                 let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
                 wait_gone(pid, Duration::from_secs(5));
             }
+        }
+    }
+    if let Some(ns) = &lab.netns {
+        let removed = netns::remove(&ns.prefix)?;
+        if !removed.is_empty() {
+            println!("Removed the network namespaces {}.", removed.join(", "));
         }
     }
     std::fs::remove_dir_all(dir).with_context(|| format!("removing {}", dir.display()))?;
@@ -753,6 +971,11 @@ fn kill_node(dir: &Path, name: &str, postgres: bool, agent: bool) -> anyhow::Res
             killed.push(format!("postmaster (pid {pid})"));
         }
     }
+    if let (Some(ns), true) = (&lab.netns, agent && postgres) {
+        // The host is gone: its kernel no longer answers either (nor for the VIP).
+        netns::set_link(ns, name, false)?;
+        killed.push("its network link".to_string());
+    }
     if killed.is_empty() {
         println!("{name}: nothing was running");
     } else {
@@ -764,6 +987,7 @@ fn kill_node(dir: &Path, name: &str, postgres: bool, agent: bool) -> anyhow::Res
 fn start_node(dir: &Path, name: &str) -> anyhow::Result<ExitCode> {
     let mut lab = read_lab(dir)?;
     let exe = std::env::current_exe().context("finding the pgfm binary")?;
+    let netns_of_lab = lab.netns.clone();
     let node = find_node(&mut lab, name)?;
     if let Some(pid) = node
         .agent_pid
@@ -771,9 +995,67 @@ fn start_node(dir: &Path, name: &str) -> anyhow::Result<ExitCode> {
     {
         bail!("the agent of {name} is already running (pid {pid})");
     }
-    let pid = spawn_agent(&exe, dir, node)?;
+    if let Some(ns) = &netns_of_lab {
+        // A host that comes back has lost the addresses it did not configure at boot.
+        netns::drop_vip(ns, name)?;
+        netns::set_link(ns, name, true)?;
+    }
+    let pid = spawn_agent(&exe, dir, node, netns_of_lab.as_ref())?;
     node.agent_pid = Some(pid);
     write_lab(&lab)?;
     println!("{name}: agent started (pid {pid})");
+    Ok(ExitCode::SUCCESS)
+}
+
+fn netns_lab(lab: &LabFile, command: &str) -> anyhow::Result<netns::NetnsLab> {
+    lab.netns.clone().ok_or_else(|| {
+        anyhow::anyhow!(
+            "pgfm lab {command} needs a lab built with --netns (the lab in {} shares one host)",
+            lab.dir.display()
+        )
+    })
+}
+
+fn partition(dir: &Path, name: &str, from: &[String], one_way: bool) -> anyhow::Result<ExitCode> {
+    let mut lab = read_lab(dir)?;
+    let ns = netns_lab(&lab, "partition")?;
+    let node = find_node(&mut lab, name)?.clone();
+    let others: Vec<LabNode> = if from.is_empty() {
+        lab.nodes
+            .iter()
+            .filter(|n| n.name != name)
+            .cloned()
+            .collect()
+    } else {
+        from.iter()
+            .map(|f| find_node(&mut lab, f).map(|n| n.clone()))
+            .collect::<anyhow::Result<_>>()?
+    };
+    for other in &others {
+        // Traffic towards the node is lost; unless one-way, traffic from it too.
+        netns::cut(&ns, &other.name, &node.host)?;
+        if !one_way {
+            netns::cut(&ns, name, &other.host)?;
+        }
+    }
+    let names: Vec<&str> = others.iter().map(|n| n.name.as_str()).collect();
+    if one_way {
+        println!(
+            "{name}: cut off one way: what {} send to it is lost; it can still send",
+            names.join(", ")
+        );
+    } else {
+        println!("{name}: cut off from {}", names.join(", "));
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn heal(dir: &Path) -> anyhow::Result<ExitCode> {
+    let lab = read_lab(dir)?;
+    let ns = netns_lab(&lab, "heal")?;
+    for node in &lab.nodes {
+        netns::heal(&ns, &node.name)?;
+    }
+    println!("every partition healed");
     Ok(ExitCode::SUCCESS)
 }
