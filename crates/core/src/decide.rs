@@ -425,6 +425,7 @@ fn failover(cluster: &ClusterView, primary: &str, now_ms: u64) -> Vec<Action> {
             lsn: Some(*position),
             lost_bytes: Some(*behind),
             at_unix_ms: cluster.wall_clock_ms,
+            lease_renewals: (!released).then_some(state.lease_renewals),
         })],
     }
 }
@@ -466,6 +467,7 @@ fn switchover(cluster: &ClusterView, sw: &Switchover, now_ms: u64) -> Vec<Action
                 lsn: r.replayed_lsn,
                 lost_bytes: Some(lost),
                 at_unix_ms: cluster.wall_clock_ms,
+                lease_renewals: None,
             })]
         }
         Some(r) => vec![cluster_hold(format!(

@@ -112,6 +112,12 @@ pub enum Command {
         /// Bytes the old primary was known to have that the candidate did not.
         lost_bytes: Option<u64>,
         at_unix_ms: u64,
+        /// When the promotion rests on the old primary's lease having run out: how many
+        /// renewals of it the coordinator had applied when it judged so. The log refuses
+        /// the promotion if a renewal was applied since (a deposed coordinator's stale
+        /// judgement, forwarded after a partition healed, must not depose a live primary).
+        #[serde(default)]
+        lease_renewals: Option<u64>,
     },
 }
 
@@ -148,6 +154,15 @@ pub enum CommandError {
     },
     #[error("node {0} is not promotable")]
     NotPromotable(String),
+    #[error(
+        "the lease of generation {generation} was renewed after the promotion was decided \
+         ({seen} renewals seen, {applied} applied): the primary is alive"
+    )]
+    LeaseRenewed {
+        generation: Generation,
+        seen: u64,
+        applied: u64,
+    },
     #[error("a switchover to {0} is already under way")]
     SwitchoverUnderWay(String),
     #[error("no switchover is under way in generation {0}")]
@@ -390,12 +405,22 @@ impl ClusterState {
                 lsn,
                 lost_bytes,
                 at_unix_ms,
+                lease_renewals,
             } => {
                 if *generation != self.generation.next() {
                     return Err(CommandError::WrongGeneration {
                         proposed: *generation,
                         expected: self.generation.next(),
                     });
+                }
+                if let Some(seen) = lease_renewals {
+                    if !self.lease_released && *seen != self.lease_renewals {
+                        return Err(CommandError::LeaseRenewed {
+                            generation: self.generation,
+                            seen: *seen,
+                            applied: self.lease_renewals,
+                        });
+                    }
                 }
                 match self.members.get(node) {
                     Some(m) if m.kind != NodeKind::Data => {
@@ -612,5 +637,56 @@ mod tests {
             &[boot("pg9", 1)],
             Err(CommandError::NotADataNode("pg9".into())),
         );
+    }
+
+    /// A promotion judged on an expired lease is refused once a renewal was applied after
+    /// the judgement (a deposed coordinator's decision forwarded after a partition heals).
+    #[test]
+    fn a_promotion_on_a_stale_lease_judgement_is_refused() {
+        let register = |name: &str| Command::Register {
+            member: member(name, NodeKind::Data),
+        };
+        let promote = |seen| Command::Promote {
+            node: "pg2".into(),
+            generation: Generation(2),
+            from: Some("pg1".into()),
+            reason: "the lease of primary pg1 expired".into(),
+            lsn: None,
+            lost_bytes: None,
+            at_unix_ms: 0,
+            lease_renewals: seen,
+        };
+        let renew = Command::RenewLease {
+            node: "pg1".into(),
+            generation: Generation(1),
+        };
+        let boot = Command::Bootstrap {
+            primary: "pg1".into(),
+            generation: Generation(1),
+        };
+        let start = [register("pg1"), register("pg2"), boot];
+        let with = |tail: &[Command]| [start.as_slice(), tail].concat();
+        check(
+            &with(&[renew.clone(), promote(Some(1))]),
+            Ok((Some("pg2"), 2)),
+        );
+        check(
+            &with(&[renew.clone(), promote(Some(0))]),
+            Err(CommandError::LeaseRenewed {
+                generation: Generation(1),
+                seen: 0,
+                applied: 1,
+            }),
+        );
+        // A released lease needs no judgement; neither does a hand-over's promotion.
+        let release = Command::ReleaseLease {
+            node: "pg1".into(),
+            generation: Generation(1),
+        };
+        check(
+            &with(&[renew, release, promote(Some(0))]),
+            Ok((Some("pg2"), 2)),
+        );
+        check(&with(&[promote(None)]), Ok((Some("pg2"), 2)));
     }
 }

@@ -84,7 +84,27 @@ impl Agent {
                 }
             }
         }
-        match pgfm_coord::Coordinator::propose(&self.raft, command.clone()).await {
+        // The coordinator's own decisions rest on what it saw while it led: once it no
+        // longer leads they are dropped, never forwarded (the new coordinator decides
+        // afresh from its own view).
+        let decision = matches!(
+            command,
+            Command::Bootstrap { .. } | Command::Promote { .. } | Command::CancelSwitchover { .. }
+        );
+        let outcome = if decision {
+            match self.raft.propose_local(command.clone()).await {
+                pgfm_coord::http::ProposeReply::Applied(outcome) => Ok(outcome),
+                pgfm_coord::http::ProposeReply::NotCoordinator => {
+                    Err(pgfm_coord::ProposeError::Raft(
+                        "this agent is no longer the coordinator: decision dropped".into(),
+                    ))
+                }
+                pgfm_coord::http::ProposeReply::Failed(e) => Err(pgfm_coord::ProposeError::Raft(e)),
+            }
+        } else {
+            pgfm_coord::Coordinator::propose(&self.raft, command.clone()).await
+        };
+        match outcome {
             Ok(Ok(())) => {
                 let generation = self.raft_state().generation;
                 tracing::info!(%generation, ?command, "committed");

@@ -199,7 +199,30 @@ pub fn heal(lab: &NetnsLab, node: &str) -> anyhow::Result<()> {
     ])
 }
 
-/// Whether `node` carries the VIP (asked of its namespace's kernel, not of its agent).
+/// Whether `node`'s link to the bridge is up (down: the host is dead).
+pub fn link_up(lab: &NetnsLab, node: &str) -> anyhow::Result<bool> {
+    let output = Command::new("ip")
+        .args(["-n", &lab.hub, "-o", "link", "show", node])
+        .output()
+        .context("running ip")?;
+    if !output.status.success() {
+        bail!(
+            "ip -n {} link show {node}: {}",
+            lab.hub,
+            String::from_utf8_lossy(&output.stderr).trim()
+        );
+    }
+    let text = String::from_utf8_lossy(&output.stdout);
+    let flags = text
+        .split_once('<')
+        .and_then(|(_, rest)| rest.split_once('>'))
+        .map(|(flags, _)| flags)
+        .unwrap_or_default();
+    Ok(flags.split(',').any(|f| f == "UP"))
+}
+
+/// Whether `node` carries the VIP where others can reach it: asked of its namespace's
+/// kernel (not of its agent); a dead host (link down) carries nothing.
 pub fn has_vip(lab: &NetnsLab, node: &str) -> anyhow::Result<bool> {
     let ns = namespace(&lab.prefix, node);
     let output = Command::new("ip")
@@ -213,5 +236,5 @@ pub fn has_vip(lab: &NetnsLab, node: &str) -> anyhow::Result<bool> {
         );
     }
     let needle = format!(" {} ", lab.vip);
-    Ok(String::from_utf8_lossy(&output.stdout).contains(&needle))
+    Ok(String::from_utf8_lossy(&output.stdout).contains(&needle) && link_up(lab, node)?)
 }

@@ -216,7 +216,7 @@ impl Lab {
     pub fn target(&self, node: &str) -> pgfm_postgres::probe::Target {
         let n = self.lab_node(node);
         pgfm_postgres::probe::Target {
-            host: "127.0.0.1".into(),
+            host: n["host"].as_str().unwrap_or("127.0.0.1").to_string(),
             port: n["pg_port"].as_u64().expect("pg_port") as u16,
             user: "postgres".into(),
             passfile: Some(self.dir.join("pgpass")),
@@ -399,5 +399,186 @@ impl Writer {
 impl Drop for Writer {
     fn drop(&mut self) {
         self.stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+pub fn is_root() -> bool {
+    nix::unistd::Uid::effective().is_root()
+}
+
+/// A `--netns` lab: every node its own host, a VIP, and the calling thread moved into the
+/// lab's client namespace (threads and processes it starts afterwards are there too).
+pub struct NetnsLab {
+    pub lab: Lab,
+    pub prefix: String,
+    pub client: String,
+    pub vip: String,
+}
+
+impl std::ops::Deref for NetnsLab {
+    type Target = Lab;
+    fn deref(&self) -> &Lab {
+        &self.lab
+    }
+}
+
+impl NetnsLab {
+    /// None (after printing why) when not root: namespaces need root.
+    pub fn up(settings: &[&str]) -> Option<NetnsLab> {
+        if !is_root() {
+            println!("SKIPPED: network namespaces need root; this scenario runs as root only");
+            return None;
+        }
+        let dir = scratch_dir("netns");
+        let mut command = pgfm();
+        command.args(["lab", "up", "--netns", "--json", "--dir"]);
+        command.arg(&dir);
+        for setting in settings {
+            command.args(["--set", setting]);
+        }
+        let output = command.output().expect("running pgfm lab up --netns");
+        let lab = Lab { dir };
+        assert!(
+            output.status.success(),
+            "lab up --netns failed: {}",
+            text(&output)
+        );
+        let file: Value =
+            serde_json::from_str(&std::fs::read_to_string(lab.dir.join("lab.json")).unwrap())
+                .unwrap();
+        let ns = &file["netns"];
+        let netns = NetnsLab {
+            prefix: ns["prefix"].as_str().unwrap().to_string(),
+            client: ns["client"].as_str().unwrap().to_string(),
+            vip: ns["vip"].as_str().unwrap().to_string(),
+            lab,
+        };
+        pgfm_net::netns::enter(&netns.client).expect("entering the client namespace");
+        Some(netns)
+    }
+
+    pub fn vip_address(&self) -> String {
+        self.vip.split('/').next().unwrap().to_string()
+    }
+
+    /// A connection through the VIP only, as the lab's superuser.
+    pub fn vip_writer_config(&self) -> tokio_postgres::Config {
+        let passfile = std::fs::read_to_string(self.dir.join("pgpass")).unwrap();
+        let password =
+            pgfm_postgres::passfile::lookup(&passfile, "127.0.0.1", 0, "postgres", "postgres")
+                .unwrap();
+        let mut config = tokio_postgres::Config::new();
+        config
+            .host(&self.vip_address())
+            .port(5432)
+            .user("postgres")
+            .password(password)
+            .dbname("postgres")
+            .connect_timeout(Duration::from_secs(1))
+            .target_session_attrs(tokio_postgres::config::TargetSessionAttrs::ReadWrite);
+        config
+    }
+
+    /// The namespaces of this lab that exist now.
+    pub fn namespaces(&self) -> Vec<String> {
+        namespaces_with_prefix(&self.prefix)
+    }
+}
+
+pub fn namespaces_with_prefix(prefix: &str) -> Vec<String> {
+    let start = format!("{prefix}-");
+    std::fs::read_dir("/run/netns")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| e.file_name().into_string().ok())
+        .filter(|n| n.starts_with(&start))
+        .collect()
+}
+
+fn ip_output(args: &[&str]) -> String {
+    let output = Command::new("ip").args(args).output().expect("running ip");
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+/// The nodes whose kernel carries `vip` with their link up, asked of the kernels.
+pub fn vip_holders(prefix: &str, vip: &str, nodes: &[String]) -> Vec<String> {
+    let needle = format!(" {vip} ");
+    nodes
+        .iter()
+        .filter(|n| {
+            let addresses = ip_output(&[
+                "-n",
+                &format!("{prefix}-{n}"),
+                "-o",
+                "-4",
+                "addr",
+                "show",
+                "dev",
+                "eth0",
+            ]);
+            let link = ip_output(&["-n", &format!("{prefix}-hub"), "-o", "link", "show", n]);
+            let up = link
+                .split_once('<')
+                .and_then(|(_, r)| r.split_once('>'))
+                .is_some_and(|(flags, _)| flags.split(',').any(|f| f == "UP"));
+            addresses.contains(&needle) && up
+        })
+        .cloned()
+        .collect()
+}
+
+/// Samples, every 50 ms, which live nodes carry the VIP; at the end it says whether two
+/// ever did at once, and the sequence of holders seen.
+pub struct VipWatch {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    handle: Option<std::thread::JoinHandle<Vec<Vec<String>>>>,
+}
+
+impl VipWatch {
+    pub fn start(lab: &NetnsLab, nodes: &[&str]) -> VipWatch {
+        let (prefix, vip) = (lab.prefix.clone(), lab.vip.clone());
+        let nodes: Vec<String> = nodes.iter().map(|n| n.to_string()).collect();
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let flag = stop.clone();
+        let handle = std::thread::spawn(move || {
+            let mut seen: Vec<Vec<String>> = Vec::new();
+            while !flag.load(Ordering::SeqCst) {
+                let holders = vip_holders(&prefix, &vip, &nodes);
+                if seen.last() != Some(&holders) {
+                    seen.push(holders);
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            seen
+        });
+        VipWatch {
+            stop,
+            handle: Some(handle),
+        }
+    }
+
+    /// Stop; panics if two nodes carried the VIP at once. Returns the distinct holders in
+    /// the order seen (e.g. `[["pg1"], [], ["pg2"]]`).
+    pub fn finish(mut self) -> Vec<Vec<String>> {
+        self.stop.store(true, Ordering::SeqCst);
+        let seen = self
+            .handle
+            .take()
+            .map(|h| h.join().unwrap())
+            .unwrap_or_default();
+        if let Some(two) = seen.iter().find(|h| h.len() > 1) {
+            panic!(
+                "the VIP was on {} at once (holders seen: {seen:?})",
+                two.join(" and ")
+            );
+        }
+        seen
+    }
+}
+
+impl Drop for VipWatch {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
     }
 }

@@ -1,0 +1,235 @@
+//! Partitions and the virtual IP on a `--netns` lab: every node its own host, the client in
+//! a namespace of its own, writes through the VIP only. These need root (network
+//! namespaces); without it each test prints why it is skipped and does nothing else.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::{node, text, vip_holders, wait_for, NetnsLab, VipWatch, WriteWatch, Writer};
+
+const SETTLE: Duration = Duration::from_secs(60);
+
+fn run(lab: &NetnsLab, args: &[&str]) {
+    let output = lab.run(args);
+    assert!(output.status.success(), "{args:?}: {}", text(&output));
+}
+
+fn make_bench_table(lab: &NetnsLab) {
+    lab.psql(
+        "pg1",
+        "CREATE TABLE bench (id bigint PRIMARY KEY, at timestamptz DEFAULT now())",
+    )
+    .unwrap();
+}
+
+/// Start the neutral writer through the VIP and wait until it writes.
+fn start_writer(lab: &NetnsLab) -> Writer {
+    let writer = Writer::start(lab.vip_writer_config());
+    wait_for(
+        "the writer to write through the VIP",
+        SETTLE,
+        || match writer.count() {
+            n if n > 20 => Ok(()),
+            n => Err(n.to_string()),
+        },
+    );
+    writer
+}
+
+/// Wait until the writer has written `more` rows past what it had written so far.
+fn wait_writes_resume(writer: &Writer, more: usize) {
+    let from = writer.count();
+    wait_for("writes through the VIP to go on", SETTLE, || {
+        match writer.count() {
+            n if n >= from + more => Ok(()),
+            n => Err(format!("{} since", n - from)),
+        }
+    });
+}
+
+fn wait_vip_on(lab: &NetnsLab, expected: &[&str]) {
+    let nodes = ["pg1".to_string(), "pg2".to_string()];
+    wait_for(&format!("the VIP on exactly {expected:?}"), SETTLE, || {
+        let holders = vip_holders(&lab.prefix, &lab.vip, &nodes);
+        if holders == expected {
+            Ok(())
+        } else {
+            Err(format!("{holders:?}"))
+        }
+    });
+}
+
+/// The longest time between two acknowledged writes.
+fn longest_gap(writer: &Writer) -> Duration {
+    let acks = writer.acks.lock().unwrap();
+    acks.windows(2)
+        .map(|w| w[1].1 - w[0].1)
+        .max()
+        .unwrap_or_default()
+}
+
+/// The old primary's rejoin on the new timeline, seen by the witness.
+fn wait_rejoined(lab: &NetnsLab, old: &str, new: &str, generation: u64) {
+    let status = lab.wait_primary("witness", new, generation, SETTLE);
+    let old = node(&status, old);
+    assert_eq!(old["kind"], "standby", "{status}");
+    assert_eq!(old["timeline"], generation, "{status}");
+    assert_eq!(old["in_sync"], true, "{status}");
+}
+
+/// The primary is cut off from every other node (the client still reaches it): it fences
+/// itself before its lease can run out, the majority promotes pg2, the VIP moves, and at no
+/// moment do two nodes accept writes. Healed, the old primary rejoins on the new timeline.
+#[test]
+fn primary_cut_off_fences_itself_and_the_majority_promotes() {
+    let Some(lab) = NetnsLab::up(&[]) else { return };
+    lab.wait_healthy("witness", SETTLE);
+    make_bench_table(&lab);
+    let watch = WriteWatch::start(&lab, &["pg1", "pg2"]);
+    let vips = VipWatch::start(&lab, &["pg1", "pg2"]);
+    let writer = start_writer(&lab);
+
+    run(&lab, &["lab", "partition", "pg1"]);
+    lab.wait_for_primary_change("pg2", 2);
+    wait_vip_on(&lab, &["pg2"]);
+    wait_writes_resume(&writer, 50);
+
+    run(&lab, &["lab", "heal"]);
+    wait_rejoined(&lab, "pg1", "pg2", 2);
+    writer.finish();
+    assert!(watch.finish() > 0, "the watch saw no writable primary");
+    let seen = vips.finish();
+    assert_eq!(
+        seen,
+        vec![vec!["pg1".to_string()], vec![], vec!["pg2".to_string()]],
+        "the VIP left pg1 before it came to pg2"
+    );
+    let log = lab.log("pg1");
+    assert!(log.contains("virtual IP removed: fencing"), "{log}");
+}
+
+/// One-way loss: what the others send to the primary is lost, what it sends arrives. It
+/// cannot renew its lease, so it fences itself and pg2 is promoted, as for a full cut.
+#[test]
+fn one_way_loss_to_the_primary_fails_over() {
+    let Some(lab) = NetnsLab::up(&[]) else { return };
+    lab.wait_healthy("witness", SETTLE);
+    make_bench_table(&lab);
+    let watch = WriteWatch::start(&lab, &["pg1", "pg2"]);
+    let vips = VipWatch::start(&lab, &["pg1", "pg2"]);
+    let writer = start_writer(&lab);
+
+    run(&lab, &["lab", "partition", "pg1", "--one-way"]);
+    lab.wait_for_primary_change("pg2", 2);
+    wait_vip_on(&lab, &["pg2"]);
+    wait_writes_resume(&writer, 50);
+
+    run(&lab, &["lab", "heal"]);
+    wait_rejoined(&lab, "pg1", "pg2", 2);
+    writer.finish();
+    assert!(watch.finish() > 0, "the watch saw no writable primary");
+    vips.finish();
+}
+
+/// The witness, then the standby, cut off from the other nodes: the primary keeps its
+/// lease (a new coordinator is elected if the lost node was it), no failover happens and
+/// writes through the VIP never stop.
+#[test]
+fn witness_or_standby_cut_off_changes_nothing() {
+    let Some(lab) = NetnsLab::up(&[]) else { return };
+    lab.wait_healthy("witness", SETTLE);
+    make_bench_table(&lab);
+    let vips = VipWatch::start(&lab, &["pg1", "pg2"]);
+    let writer = start_writer(&lab);
+
+    // Longer than the lease and its drift margin (3.5 s + 0.5 s): a failover would show.
+    let window = Duration::from_secs(6);
+    // The coordinator first when it is not the primary: an isolated coordinator keeps
+    // believing it leads, and what it decides alone must never count.
+    let (status, _) = lab.cluster_status("pg1").expect("status from pg1");
+    let order = match status["coordinator"].as_str() {
+        Some("pg2") => ["pg2", "witness"],
+        _ => ["witness", "pg2"],
+    };
+    for cut in order {
+        run(&lab, &["lab", "partition", cut]);
+        let until = Instant::now() + window;
+        while Instant::now() < until {
+            let (status, _) = lab.cluster_status("pg1").expect("status from pg1");
+            assert_eq!(status["primary"], "pg1", "{cut} cut off: {status}");
+            assert_eq!(status["generation"], 1, "{cut} cut off: {status}");
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        run(&lab, &["lab", "heal"]);
+        lab.wait_primary("witness", "pg1", 1, SETTLE);
+    }
+    let gap = longest_gap(&writer);
+    writer.finish();
+    assert!(
+        gap < Duration::from_secs(1),
+        "writes through the VIP stopped for {gap:?}"
+    );
+    assert_eq!(vips.finish(), vec![vec!["pg1".to_string()]]);
+    assert!(!lab.log("pg1").contains("fencing"), "{}", lab.log("pg1"));
+}
+
+/// Host death, rejoin, switchover back, then a clean stop of the primary's agent: the VIP
+/// is added once and only on the primary each time, and leaves with the stopped agent.
+/// `lab down` then leaves no namespace behind.
+#[test]
+fn the_vip_follows_failover_and_switchover_and_leaves_with_a_stopped_agent() {
+    let Some(lab) = NetnsLab::up(&[]) else { return };
+    lab.wait_healthy("witness", SETTLE);
+    let vips = VipWatch::start(&lab, &["pg1", "pg2"]);
+
+    run(&lab, &["lab", "kill", "pg1"]);
+    lab.wait_for_primary_change("pg2", 2);
+    wait_vip_on(&lab, &["pg2"]);
+    run(&lab, &["lab", "start", "pg1"]);
+    wait_rejoined(&lab, "pg1", "pg2", 2);
+
+    let output = common::pgfm()
+        .args(["switchover", "--to", "pg1", "-c"])
+        .arg(lab.config("witness"))
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{}", text(&output));
+    wait_vip_on(&lab, &["pg1"]);
+    let status = lab.wait_primary("witness", "pg1", 3, SETTLE);
+    assert_eq!(status["vip"]["on"], serde_json::json!(["pg1"]), "{status}");
+    assert_eq!(node(&status, "pg1")["vip"], true, "{status}");
+    assert_eq!(node(&status, "pg2")["vip"], false, "{status}");
+
+    // A clean stop of the primary's agent takes the VIP away with it.
+    let pid = lab.lab_node("pg1")["agent_pid"].as_u64().unwrap() as i32;
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    wait_vip_on(&lab, &[]);
+
+    let seen = vips.finish();
+    let holders: Vec<String> = seen
+        .into_iter()
+        .filter_map(|h| h.first().cloned())
+        .collect();
+    assert_eq!(holders, ["pg1", "pg2", "pg1"], "VIP holders in order");
+    let added = |n: &str| lab.log(n).matches("virtual IP added").count();
+    assert_eq!(
+        (added("pg1"), added("pg2")),
+        (2, 1),
+        "each promotion adds it once"
+    );
+    assert!(lab
+        .log("pg1")
+        .contains("virtual IP removed: the agent is stopping"));
+
+    let prefix = lab.prefix.clone();
+    run(&lab, &["lab", "down"]);
+    assert_eq!(
+        common::namespaces_with_prefix(&prefix),
+        Vec::<String>::new()
+    );
+}
