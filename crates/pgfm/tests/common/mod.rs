@@ -469,7 +469,7 @@ impl NetnsLab {
                 .unwrap();
         let mut config = tokio_postgres::Config::new();
         config
-            .host(&self.vip_address())
+            .host(self.vip_address())
             .port(5432)
             .user("postgres")
             .password(password)
