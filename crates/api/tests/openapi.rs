@@ -86,6 +86,7 @@ fn schemas_match_the_json_the_code_writes() {
         in_sync: None,
         priority: None,
         promotable: None,
+        vip: Some(true),
         info: String::new(),
     };
     let status = ClusterStatus {
@@ -104,12 +105,17 @@ fn schemas_match_the_json_the_code_writes() {
             safe: false,
             message: String::new(),
         },
+        vip: Some(VipStatus {
+            address: "10.0.0.100/24".into(),
+            on: vec!["pg1".into()],
+        }),
         problems: vec![],
     };
     let doc = document();
     let json = serde_json::to_value(&status).unwrap();
     assert_eq!(keys(&json), properties(&doc, "ClusterStatus"));
     assert_eq!(keys(&json["nodes"][0]), properties(&doc, "NodeStatus"));
+    assert_eq!(keys(&json["vip"]), properties(&doc, "VipStatus"));
     let entry = HistoryEntry {
         generation: 2,
         at_unix_ms: 0,
