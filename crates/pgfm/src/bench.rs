@@ -27,6 +27,9 @@ pub enum Scenario {
     HostDeath,
     /// Only the primary's postmaster is SIGKILLed (its agent lives).
     PostmasterCrash,
+    /// The primary is cut off from every other node (--netns); the client still reaches
+    /// it. Healed after the failover.
+    PrimaryIsolation,
 }
 
 #[derive(Debug, Args)]
@@ -43,6 +46,10 @@ pub struct FailoverBench {
     /// One JSON line per run instead of the summary table.
     #[arg(long)]
     json: bool,
+    /// Every node its own host (a --netns lab, root only); the writer connects through the
+    /// virtual IP only. Default scenarios then: host-death and primary-isolation.
+    #[arg(long)]
+    netns: bool,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -64,8 +71,17 @@ use pgfm_postgres::writers::{write_sequence as write, Acks};
 fn writer_config(driver: &LabDriver) -> anyhow::Result<tokio_postgres::Config> {
     let lab = driver.lab()?;
     let mut config = tokio_postgres::Config::new();
-    for (_, port) in driver.data_nodes()? {
-        config.host("127.0.0.1").port(port);
+    match &lab.netns {
+        // Through the virtual IP only, as clients do in the field.
+        Some(ns) => {
+            let vip = ns.vip.split('/').next().unwrap_or_default();
+            config.host(vip).port(crate::lab::netns::PG_PORT);
+        }
+        None => {
+            for (_, port) in driver.data_nodes()? {
+                config.host("127.0.0.1").port(port);
+            }
+        }
     }
     let passfile = std::fs::read_to_string(&lab.passfile).context("reading the lab passfile")?;
     let password =
@@ -150,17 +166,20 @@ async fn create_bench_table(driver: &LabDriver, node: &str) -> anyhow::Result<()
     Ok(())
 }
 
-/// How many of `ids` (acknowledged writes) are missing on `node`.
-async fn count_lost(driver: &LabDriver, node: &str, ids: &[i64]) -> anyhow::Result<usize> {
+/// Which of `ids` (acknowledged writes) are on `node`.
+async fn kept_ids(
+    driver: &LabDriver,
+    node: &str,
+    ids: &[i64],
+) -> anyhow::Result<std::collections::BTreeSet<i64>> {
     let client = pgfm_postgres::probe::connect(&driver.target(node)?)
         .await
         .map_err(|e| anyhow::anyhow!("connecting to {node}: {e}"))?;
-    let found: i64 = client
-        .query_one("SELECT count(*) FROM bench WHERE id = ANY($1)", &[&ids])
+    let rows = client
+        .query("SELECT id FROM bench WHERE id = ANY($1)", &[&ids])
         .await
-        .context("counting acknowledged rows")?
-        .get(0);
-    Ok(ids.len().saturating_sub(found as usize))
+        .context("reading the acknowledged rows back")?;
+    Ok(rows.iter().map(|r| r.get::<_, i64>(0)).collect())
 }
 
 fn node_kind(status: &ClusterStatus, name: &str) -> Option<NodeKindStatus> {
@@ -199,11 +218,16 @@ async fn one_run(
     }
 
     let fault = Instant::now();
-    driver.kill(&old, scenario == Scenario::PostmasterCrash)?;
-    // Done when writes have flowed without a gap for a second (a backend that outlived its
-    // postmaster may acknowledge one more write right after the fault), and, after a host
-    // death, a new primary leads a new generation.
+    match scenario {
+        Scenario::PrimaryIsolation => driver.partition(&old)?,
+        _ => driver.kill(&old, scenario == Scenario::PostmasterCrash)?,
+    }
+    // Done when a new primary leads a new generation (after a host death or an isolation)
+    // and writes have then flowed without a gap for a second (a backend that outlived its
+    // postmaster may acknowledge one more write right after the fault; a cut-off primary
+    // acknowledges writes until it fences itself).
     let deadline = Instant::now() + settle;
+    let mut promoted_at = (scenario == Scenario::PostmasterCrash).then_some(fault);
     loop {
         let steady = load
             .acks
@@ -220,14 +244,23 @@ async fn one_run(
                     .find(|w| w[1].duration_since(w[0]) > Duration::from_millis(200))
                     .map(|w| w[1])
                     .or(recent.first().copied());
-                gap_end.is_some_and(|end| end.elapsed() >= Duration::from_secs(1))
+                let since_promotion = promoted_at.is_some_and(|p| {
+                    recent
+                        .last()
+                        .is_some_and(|last| *last >= p + Duration::from_secs(1))
+                });
+                since_promotion
+                    && gap_end.is_some_and(|end| end.elapsed() >= Duration::from_secs(1))
             })
             .unwrap_or(false);
-        let promoted = scenario == Scenario::PostmasterCrash
-            || driver.status().await.is_ok_and(|s| {
+        if promoted_at.is_none()
+            && driver.status().await.is_ok_and(|s| {
                 s.generation > generation && s.primary.as_deref().is_some_and(|p| p != old)
-            });
-        if steady && promoted {
+            })
+        {
+            promoted_at = Some(Instant::now());
+        }
+        if steady {
             break;
         }
         if Instant::now() > deadline {
@@ -244,9 +277,13 @@ async fn one_run(
         .await?;
     let new = after.primary.clone().context("no primary")?;
     let mut rejoin_ms = None;
-    if scenario == Scenario::HostDeath {
+    if matches!(scenario, Scenario::HostDeath | Scenario::PrimaryIsolation) {
         let started = Instant::now();
-        driver.start(&old)?;
+        if scenario == Scenario::HostDeath {
+            driver.start(&old)?;
+        } else {
+            driver.heal()?;
+        }
         driver
             .wait("the old primary to stream again", settle, |s| {
                 let n = s.nodes.iter().find(|n| n.name == old)?;
@@ -258,9 +295,17 @@ async fn one_run(
     }
     let acks = load.acknowledged();
     let two_writers = load.finish().await;
-    let downtime = longest_gap(&acks, fault);
     let ids: Vec<i64> = acks.iter().map(|(id, _)| *id).collect();
-    let lost = count_lost(driver, &new, &ids).await?;
+    let kept = kept_ids(driver, &new, &ids).await?;
+    let lost = ids.len() - kept.len();
+    // Downtime counts only writes that survived: a write acknowledged and then lost is no
+    // write at all.
+    let surviving: Vec<(i64, Instant)> = acks
+        .iter()
+        .filter(|(id, _)| kept.contains(id))
+        .copied()
+        .collect();
+    let downtime = longest_gap(&surviving, fault);
     let next_id = ids.last().map_or(first_id, |last| last + 1);
     Ok((
         RunResult {
@@ -289,25 +334,34 @@ fn median(values: &mut [u64]) -> Option<u64> {
 }
 
 pub fn failover(args: FailoverBench) -> anyhow::Result<std::process::ExitCode> {
-    let scenarios = if args.scenario.is_empty() {
-        vec![Scenario::HostDeath, Scenario::PostmasterCrash]
-    } else {
-        args.scenario.clone()
+    let scenarios = match (args.scenario.is_empty(), args.netns) {
+        (true, false) => vec![Scenario::HostDeath, Scenario::PostmasterCrash],
+        (true, true) => vec![Scenario::HostDeath, Scenario::PrimaryIsolation],
+        (false, _) => args.scenario.clone(),
     };
+    if scenarios.contains(&Scenario::PrimaryIsolation) && !args.netns {
+        bail!("--scenario primary-isolation needs --netns (a partition needs separate hosts)");
+    }
     let rt = crate::lab::runtime()?;
     let cores = std::thread::available_parallelism()
         .map(|n| n.get())
         .unwrap_or(1);
     if !args.json {
         println!(
-            "pgfm bench failover: {} run(s) per scenario; lab of 2 data nodes + witness on this machine ({cores} cores), default settings ({}, probe 1 s); writer: one INSERT per transaction every 10 ms, multi-host, target_session_attrs=read-write",
+            "pgfm bench failover: {} run(s) per scenario; lab of 2 data nodes + witness on this machine ({cores} cores){}, default settings ({}, probe 1 s); writer: one INSERT per transaction every 10 ms, {}, reconnecting at once",
             args.runs,
-            pgfm_core::lease::LeaseSettings::default().describe()
+            if args.netns { ", each node in its own network namespace" } else { "" },
+            pgfm_core::lease::LeaseSettings::default().describe(),
+            if args.netns {
+                "through the virtual IP only"
+            } else {
+                "multi-host, target_session_attrs=read-write"
+            }
         );
     }
     let mut all = Vec::new();
     for scenario in scenarios {
-        let (driver, _) = LabDriver::up(&args.dir, 2, &[])?;
+        let (driver, _) = LabDriver::up(&args.dir, 2, &[], args.netns)?;
         let result = rt.block_on(async {
             create_bench_table(&driver, "pg1").await?;
             let mut next = 1;
@@ -345,7 +399,11 @@ pub fn failover(args: FailoverBench) -> anyhow::Result<std::process::ExitCode> {
     if !args.json {
         println!();
         println!("scenario          runs  downtime median  max      lost  two-writer moments  rejoin median");
-        for scenario in [Scenario::HostDeath, Scenario::PostmasterCrash] {
+        for scenario in [
+            Scenario::HostDeath,
+            Scenario::PostmasterCrash,
+            Scenario::PrimaryIsolation,
+        ] {
             let runs: Vec<&RunResult> = all.iter().filter(|r| r.scenario == scenario).collect();
             if runs.is_empty() {
                 continue;
@@ -366,7 +424,19 @@ pub fn failover(args: FailoverBench) -> anyhow::Result<std::process::ExitCode> {
             );
         }
     }
-    let unsafe_runs = all.iter().any(|r| r.lost > 0 || r.two_writer_moments > 0);
+    // A primary cut off from its standbys keeps acknowledging commits until it fences
+    // itself; with asynchronous replication those are lost by design (synchronous
+    // replication is what prevents it). Two writers are never acceptable.
+    let async_loss = |r: &RunResult| r.scenario == Scenario::PrimaryIsolation;
+    if !args.json && all.iter().any(|r| async_loss(r) && r.lost > 0) {
+        println!(
+            "\nprimary-isolation: the writes lost were acknowledged by the cut-off primary \
+             before it fenced itself, and never reached a standby (asynchronous replication)."
+        );
+    }
+    let unsafe_runs = all
+        .iter()
+        .any(|r| (r.lost > 0 && !async_loss(r)) || r.two_writer_moments > 0);
     Ok(if unsafe_runs {
         std::process::ExitCode::from(1)
     } else {
@@ -430,7 +500,7 @@ pub fn switchover(args: SwitchoverBench) -> anyhow::Result<std::process::ExitCod
             args.runs
         );
     }
-    let (driver, _) = LabDriver::up(&args.dir, 2, &[])?;
+    let (driver, _) = LabDriver::up(&args.dir, 2, &[], false)?;
     let exe = std::env::current_exe()?;
     let config = driver.dir.join("witness").join("pgfm.toml");
     let outcome = rt.block_on(async {
@@ -484,7 +554,7 @@ pub fn switchover(args: SwitchoverBench) -> anyhow::Result<std::process::ExitCod
         let ids: Vec<i64> = load.acknowledged().iter().map(|(id, _)| *id).collect();
         let two_writers = load.finish().await;
         let primary = driver.status().await?.primary.context("no primary at the end")?;
-        let lost = count_lost(&driver, &primary, &ids).await?;
+        let lost = ids.len() - kept_ids(&driver, &primary, &ids).await?.len();
         anyhow::Ok((runs, ids.len(), lost, two_writers))
     });
     let (runs, acknowledged, lost, two_writers) = match outcome {

@@ -24,7 +24,7 @@ pub fn run(dir: &Path, keep: bool) -> anyhow::Result<ExitCode> {
         dir.display()
     ));
     let started = Instant::now();
-    let (driver, printed) = LabDriver::up(dir, 2, &[])?;
+    let (driver, printed) = LabDriver::up(dir, 2, &[], false)?;
     print!("{printed}");
     let outcome = tour(&driver, started);
     if keep {

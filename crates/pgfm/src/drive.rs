@@ -17,11 +17,13 @@ pub struct LabDriver {
 }
 
 impl LabDriver {
-    /// `pgfm lab up`; returns the driver and what lab up printed.
+    /// `pgfm lab up`; returns the driver and what lab up printed. With `netns`, every node
+    /// is its own host, and this thread moves into the lab's client namespace.
     pub fn up(
         dir: &Path,
         data_nodes: usize,
         settings: &[String],
+        netns: bool,
     ) -> anyhow::Result<(LabDriver, String)> {
         let driver = LabDriver {
             dir: lab::absolute(dir)?,
@@ -37,7 +39,11 @@ impl LabDriver {
             args.push("--set".into());
             args.push(setting.clone());
         }
+        if netns {
+            args.push("--netns".into());
+        }
         let printed = driver.pgfm(&args)?;
+        lab::enter_client_network(&driver.lab()?)?;
         Ok((driver, printed))
     }
 
@@ -73,6 +79,15 @@ impl LabDriver {
 
     pub fn start(&self, node: &str) -> anyhow::Result<()> {
         self.pgfm(&["lab", "start", node]).map(|_| ())
+    }
+
+    /// Cut `node` off from the other nodes (a --netns lab).
+    pub fn partition(&self, node: &str) -> anyhow::Result<()> {
+        self.pgfm(&["lab", "partition", node]).map(|_| ())
+    }
+
+    pub fn heal(&self) -> anyhow::Result<()> {
+        self.pgfm(&["lab", "heal"]).map(|_| ())
     }
 
     pub fn down(&self) -> anyhow::Result<()> {
@@ -127,7 +142,7 @@ impl LabDriver {
             .find(|n| n.name == node)
             .with_context(|| format!("the lab has no node {node}"))?;
         Ok(Target {
-            host: "127.0.0.1".into(),
+            host: n.host.clone(),
             port: n
                 .pg_port
                 .with_context(|| format!("{node} has no database"))?,

@@ -217,6 +217,10 @@ impl Agent {
                 set_activity(None);
                 result?;
                 tracing::warn!(%generation, ms = started.elapsed().as_millis() as u64, "promoted: this node is the primary");
+                // Clients wait for the VIP: take it now rather than at the next decision.
+                if let Err(e) = self.take_vip(*generation).await {
+                    tracing::error!(%generation, error = %format!("{e:#}"), "adding the virtual IP failed (retried at the next decision)");
+                }
                 let old = state.history.last().and_then(|p| p.from.clone());
                 let event = || super::hooks::Event {
                     name: "promoted",

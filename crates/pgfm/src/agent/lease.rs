@@ -94,6 +94,8 @@ impl Agent {
                 let until = sent_ms + settings.lease_ms;
                 if held.valid_until_ms.is_none() {
                     tracing::info!(%generation, "holding the primary lease");
+                    // A promotion (or a start) waits for the lease: decide now.
+                    self.decide_now.notify_one();
                 }
                 held.valid_until_ms = Some(held.valid_until_ms.map_or(until, |u| u.max(until)));
             }
