@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Install what pgfm's demo and tests need on a fresh Debian 12 machine, skipping what is
-# already there: PostgreSQL's server binaries and psql. The Rust toolchain must exist.
+# already there: PostgreSQL's server binaries and psql, and (as root) iproute2. The Rust
+# toolchain must exist.
 set -euo pipefail
 
 have_postgres() {
@@ -22,6 +23,15 @@ if ! have_postgres; then
     export DEBIAN_FRONTEND=noninteractive
     apt-get update -qq
     apt-get install -y -qq --no-install-recommends postgresql postgresql-client >/dev/null
+fi
+
+# The network-namespace lab (pgfm lab up --netns, the partition tests, run as root) needs
+# the ip command.
+if ! command -v ip >/dev/null && [ "$(id -u)" -eq 0 ]; then
+    echo "Installing iproute2 (the ip command, for the network-namespace lab)..."
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq
+    apt-get install -y -qq --no-install-recommends iproute2 >/dev/null
 fi
 
 if ! command -v cargo >/dev/null; then

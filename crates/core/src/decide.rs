@@ -1497,6 +1497,45 @@ mod tests {
         }
 
         proptest! {
+            /// Whatever a data node sees, it takes the VIP only as the committed, running,
+            /// lease-holding primary that is not handing over, never in the same decision
+            /// as a fence or a hand-over, and releases it only when it carries it.
+            #[test]
+            fn the_vip_is_taken_only_by_the_serving_primary(
+                me in 0usize..2,
+                primary in proptest::option::of(0usize..2),
+                up in any::<bool>(),
+                standby in any::<bool>(),
+                writable in any::<bool>(),
+                lease_valid in any::<bool>(),
+                handing_over in any::<bool>(),
+                held in any::<bool>(),
+            ) {
+                let names = ["pg1", "pg2"];
+                let role = if standby { DbRole::Standby } else { DbRole::Primary };
+                let seen = if up { Running(role) } else { Stopped(Writable) };
+                let mut v = view(primary.map(|p| names[p]), &[(names[me], seen), (names[1 - me], Running(DbRole::Standby)), ("witness", Stopped(Empty))]);
+                if handing_over {
+                    v.state.switchover = Some(Switchover { from: names[me].into(), to: names[1 - me].into(), force: false, generation: v.state.generation, final_lsn: None });
+                }
+                v.reports.get_mut(names[me]).unwrap().report.vip = Some(crate::model::VipReport { address: "10.0.0.100/24".into(), held });
+                let mut local = local(&v, names[me], false);
+                local.writable = writable;
+                local.lease_valid = lease_valid;
+                let actions = decide(&v, &local, 2_000);
+                let takes = actions.iter().filter(|a| matches!(a, Action::TakeVip { .. })).count();
+                let releases = actions.iter().filter(|a| matches!(a, Action::ReleaseVip { .. })).count();
+                prop_assert!(takes + releases <= 1, "{actions:?}");
+                if takes == 1 {
+                    let serving = primary == Some(me) && up && !standby && writable && lease_valid && !handing_over;
+                    prop_assert!(serving && !held, "took the VIP while not serving: {actions:?}");
+                    prop_assert!(!actions.iter().any(|a| matches!(a, Action::Fence { .. } | Action::HandOver { .. })), "{actions:?}");
+                }
+                if releases == 1 {
+                    prop_assert!(held, "{actions:?}");
+                }
+            }
+
             /// Over random sequences of views, the coordinator promotes at most once per
             /// generation, never a non-promotable, stopped or lagging node, and never while
             /// no other agent found the primary's database down.

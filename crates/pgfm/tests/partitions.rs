@@ -233,3 +233,88 @@ fn the_vip_follows_failover_and_switchover_and_leaves_with_a_stopped_agent() {
         Vec::<String>::new()
     );
 }
+
+/// `lab up --netns` as an ordinary user is refused, saying why, and leaves nothing.
+#[test]
+fn netns_lab_is_refused_without_root() {
+    let dir = common::scratch_dir("netns-user");
+    let mut command = if common::is_root() {
+        // Drop to an ordinary user for this one command.
+        let mut c = std::process::Command::new("setpriv");
+        c.args([
+            "--reuid=postgres",
+            "--regid=postgres",
+            "--clear-groups",
+            "--",
+        ]);
+        c.arg(env!("CARGO_BIN_EXE_pgfm"));
+        c
+    } else {
+        common::pgfm()
+    };
+    let output = command
+        .args(["lab", "up", "--netns", "--dir"])
+        .arg(&dir)
+        .output()
+        .expect("running pgfm lab up --netns");
+    assert!(!output.status.success(), "{}", text(&output));
+    assert!(
+        String::from_utf8_lossy(&output.stderr).contains("--netns needs root"),
+        "{}",
+        text(&output)
+    );
+    assert!(!dir.exists(), "a refused lab left {}", dir.display());
+}
+
+/// `lab up --netns` killed half-way (namespaces made, agents starting): `lab down` removes
+/// every namespace and process it left.
+#[test]
+fn lab_down_cleans_up_after_a_crashed_lab_up() {
+    if !common::is_root() {
+        println!("SKIPPED: network namespaces need root; this scenario runs as root only");
+        return;
+    }
+    let dir = common::scratch_dir("netns-crash");
+    let mut up = common::pgfm()
+        .args(["lab", "up", "--netns", "--dir"])
+        .arg(&dir)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("starting pgfm lab up --netns");
+    let prefix = wait_for("the lab's namespaces", SETTLE, || {
+        let file = std::fs::read_to_string(dir.join("lab.json")).map_err(|e| e.to_string())?;
+        let lab: serde_json::Value = serde_json::from_str(&file).map_err(|e| e.to_string())?;
+        let prefix = lab["netns"]["prefix"]
+            .as_str()
+            .ok_or("no prefix yet")?
+            .to_string();
+        let agent = lab["nodes"][0]["agent_pid"]
+            .as_u64()
+            .ok_or("no agent yet")?;
+        match common::namespaces_with_prefix(&prefix).len() {
+            0 => Err("no namespace yet".to_string()),
+            _ => Ok((prefix, agent as i32)),
+        }
+    });
+    let (prefix, agent) = prefix;
+    up.kill().unwrap();
+    up.wait().unwrap();
+    let output = common::pgfm()
+        .args(["lab", "down", "--dir"])
+        .arg(&dir)
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{}", text(&output));
+    assert_eq!(
+        common::namespaces_with_prefix(&prefix),
+        Vec::<String>::new()
+    );
+    assert!(!dir.exists());
+    // Gone, or a zombie waiting for its new parent (init) to reap it.
+    let state = std::fs::read_to_string(format!("/proc/{agent}/stat")).unwrap_or_default();
+    let running = state
+        .rsplit_once(") ")
+        .is_some_and(|(_, rest)| !rest.starts_with('Z'));
+    assert!(!running, "the agent {agent} outlived lab down: {state}");
+}

@@ -536,10 +536,11 @@ fn build(
     }
 
     let exe = std::env::current_exe().context("finding the pgfm binary")?;
-    for node in lab.nodes.iter_mut() {
-        node.agent_pid = Some(spawn_agent(&exe, dir, node, netns.as_ref())?);
+    for i in 0..lab.nodes.len() {
+        lab.nodes[i].agent_pid = Some(spawn_agent(&exe, dir, &lab.nodes[i], netns.as_ref())?);
+        // Recorded at once: `lab down` after a crash here must find every agent.
+        write_lab(&lab)?;
     }
-    write_lab(&lab)?;
 
     // From here on this command talks to the lab as its client does.
     enter_client_network(&lab)?;
