@@ -163,3 +163,48 @@ async fn reqwest_like_post(address: &str, path: &str, token: &str) -> u16 {
         .and_then(|c| c.parse().ok())
         .unwrap_or(0)
 }
+
+/// An agent whose `[vip]` cannot work refuses to start and says why: as root, the interface
+/// that does not exist (and those that do); as an ordinary user, the missing capabilities.
+#[test]
+fn an_unusable_vip_stops_the_agent_at_start_up() {
+    let dir = scratch_dir("badvip");
+    std::fs::create_dir_all(dir.join("data")).unwrap();
+    let token = dir.join("token");
+    std::fs::write(&token, "0123456789abcdef0123456789abcdef").unwrap();
+    std::fs::set_permissions(&token, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let port = free_port();
+    let file = dir.join("pgfm.toml");
+    let config = format!(
+        "cluster = \"t\"\ntoken_file = \"{dir}/token\"\n\n[node]\nname = \"pg1\"\nkind = \"data\"\n\
+         listen = \"127.0.0.1:{port}\"\nstate_dir = \"{dir}/state\"\n\n\
+         [[peers]]\nname = \"pg1\"\naddress = \"127.0.0.1:{port}\"\n\
+         [[peers]]\nname = \"pg2\"\naddress = \"127.0.0.1:1\"\n\
+         [[peers]]\nname = \"witness\"\naddress = \"127.0.0.1:2\"\n\n\
+         [postgres]\ndata_dir = \"{dir}/data\"\nport = {pg}\n\n\
+         [vip]\naddress = \"10.254.9.100/24\"\ninterface = \"pgfm-none0\"\n",
+        dir = dir.display(),
+        pg = free_port(),
+    );
+    std::fs::write(&file, config).unwrap();
+    let output = pgfm()
+        .args(["agent", "-c"])
+        .arg(&file)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(2), "{}", text(&output));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    let expected = if common::is_root() {
+        "vip.interface \"pgfm-none0\" does not exist on this host (interfaces here: lo"
+    } else {
+        "no permission to manage the virtual IP: the agent lacks CAP_NET_ADMIN"
+    };
+    assert!(stderr.contains(expected), "{}", text(&output));
+    assert!(
+        stderr.contains("[vip] 10.254.9.100/24 on pgfm-none0"),
+        "{}",
+        text(&output)
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
