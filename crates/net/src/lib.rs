@@ -213,6 +213,20 @@ impl Vip {
         Ok(added)
     }
 
+    /// Announce the VIP again (gratuitous ARP), if this host carries it: a frame lost on
+    /// the way, or a switch slow to learn, is covered by a repeat.
+    pub async fn announce(&self) -> Result<(), VipError> {
+        let _one = self.busy.lock().await;
+        let link = self.link().await?;
+        if self.address_message(link.index).await?.is_none() {
+            return Ok(());
+        }
+        if let Some(mac) = link.mac {
+            self.arp(move |socket| socket.announce(mac)).await?;
+        }
+        Ok(())
+    }
+
     /// Remove the VIP if this host carries it. Returns whether it was removed now.
     pub async fn release(&self) -> Result<bool, VipError> {
         let _one = self.busy.lock().await;

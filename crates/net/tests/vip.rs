@@ -107,6 +107,7 @@ fn acquire_announce_probe_release() {
     let said = vip_in(&pair.a, spec.clone(), async |vip| {
         let first = vip.acquire().await.unwrap();
         let again = vip.acquire().await.unwrap();
+        vip.announce().await.unwrap();
         format!("{first} {again} {}", vip.held().await.unwrap())
     });
     assert_eq!(said, "true false true", "added once, then found in place");

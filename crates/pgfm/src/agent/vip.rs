@@ -31,6 +31,16 @@ impl Agent {
         let Some(vip) = &self.vip else { return Ok(()) };
         if vip.acquire().await? {
             tracing::warn!(%generation, vip = %vip.spec(), "virtual IP added and announced (gratuitous ARP)");
+            // Repeat the announcement, as keepalived does, for caches that missed it.
+            let vip = vip.clone();
+            tokio::spawn(async move {
+                for pause in [250, 1000] {
+                    tokio::time::sleep(Duration::from_millis(pause)).await;
+                    if let Err(e) = vip.announce().await {
+                        tracing::warn!(%generation, error = %e, "repeating the gratuitous ARP failed");
+                    }
+                }
+            });
         }
         Ok(())
     }
