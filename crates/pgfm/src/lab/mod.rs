@@ -660,25 +660,35 @@ fn client(lab: &LabFile, node: &LabNode) -> anyhow::Result<ApiClient> {
     ))
 }
 
-/// The cluster status as the coordinator sees it (an agent cut off from the others can only
-/// answer with what it alone knows: that answer is the fallback).
+/// The cluster status as the majority sees it. Every agent is asked at once; an agent cut
+/// off from the others answers with what it alone knows (and an isolated coordinator
+/// still believes it leads), so the answer with the newest generation wins, one built by
+/// the coordinator itself first among equals.
 pub(crate) async fn any_status(lab: &LabFile) -> anyhow::Result<ClusterStatus> {
-    let mut last = None;
-    let mut alone = None;
+    let mut asked = tokio::task::JoinSet::new();
     for node in &lab.nodes {
-        match client(lab, node)?.status().await {
-            Ok(status) if status.coordinator.as_ref() == Some(&status.answered_by) => {
-                return Ok(status)
+        let client = client(lab, node)?;
+        asked.spawn(async move { client.status().await });
+    }
+    let mut best: Option<ClusterStatus> = None;
+    let mut last = None;
+    while let Some(answer) = asked.join_next().await {
+        match answer {
+            Ok(Ok(status)) => {
+                let rank = |s: &ClusterStatus| {
+                    (s.generation, s.coordinator.as_ref() == Some(&s.answered_by))
+                };
+                if best.as_ref().is_none_or(|b| rank(&status) > rank(b)) {
+                    best = Some(status);
+                }
             }
-            Ok(status) => {
-                alone.get_or_insert(status);
-            }
-            Err(e) => last = Some(e),
+            Ok(Err(e)) => last = Some(anyhow::Error::from(e)),
+            Err(e) => last = Some(anyhow::Error::from(e)),
         }
     }
-    match (alone, last) {
+    match (best, last) {
         (Some(status), _) => Ok(status),
-        (None, Some(e)) => Err(e.into()),
+        (None, Some(e)) => Err(e),
         (None, None) => bail!("the lab has no nodes"),
     }
 }
