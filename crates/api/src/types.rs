@@ -55,8 +55,27 @@ pub struct NodeStatus {
     /// Whether the node carries the virtual IP (null: no VIP configured, or no report).
     #[serde(default)]
     pub vip: Option<bool>,
+    /// Standbys: `sync_state` in the primary's `pg_stat_replication` (`sync`, `potential`,
+    /// `async`).
+    #[serde(default)]
+    pub sync_state: Option<String>,
     /// What the node is doing or waiting for.
     pub info: String,
+}
+
+/// Synchronous replication as configured and as committed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SyncStatus {
+    /// How many standbys every commit waits for.
+    pub standbys: usize,
+    pub strict: bool,
+    /// The committed synchronous set: the only standbys a failover may promote.
+    pub committed: Vec<String>,
+    /// The standbys the primary's `synchronous_standby_names` names now.
+    pub waiting_for: Vec<String>,
+    /// Fewer synchronous standbys than asked (none: asynchronous); acknowledged commits may
+    /// then exist only on the primary.
+    pub degraded: bool,
 }
 
 /// The virtual IP and where it is.
@@ -100,6 +119,9 @@ pub struct ClusterStatus {
     /// The virtual IP, when the data nodes have one configured.
     #[serde(default)]
     pub vip: Option<VipStatus>,
+    /// Synchronous replication, when the answering agent has it on (null: asynchronous).
+    #[serde(default)]
+    pub synchronous: Option<SyncStatus>,
     /// Things an operator should look at (bootstrap refused, a node in the wrong role, ...).
     pub problems: Vec<String>,
 }

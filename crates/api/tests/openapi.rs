@@ -87,6 +87,7 @@ fn schemas_match_the_json_the_code_writes() {
         priority: None,
         promotable: None,
         vip: Some(true),
+        sync_state: Some("sync".into()),
         info: String::new(),
     };
     let status = ClusterStatus {
@@ -109,6 +110,13 @@ fn schemas_match_the_json_the_code_writes() {
             address: "10.0.0.100/24".into(),
             on: vec!["pg1".into()],
         }),
+        synchronous: Some(SyncStatus {
+            standbys: 1,
+            strict: false,
+            committed: vec!["pg2".into()],
+            waiting_for: vec!["pg2".into()],
+            degraded: false,
+        }),
         problems: vec![],
     };
     let doc = document();
@@ -116,6 +124,7 @@ fn schemas_match_the_json_the_code_writes() {
     assert_eq!(keys(&json), properties(&doc, "ClusterStatus"));
     assert_eq!(keys(&json["nodes"][0]), properties(&doc, "NodeStatus"));
     assert_eq!(keys(&json["vip"]), properties(&doc, "VipStatus"));
+    assert_eq!(keys(&json["synchronous"]), properties(&doc, "SyncStatus"));
     let entry = HistoryEntry {
         generation: 2,
         at_unix_ms: 0,

@@ -5,7 +5,7 @@
 //! towards the other, and every refusal comes back as an action carrying its reason, so
 //! that the executor can log it and `cluster-status` can show it.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use crate::lease::{self, LeaseSettings};
 use crate::model::{ClusterState, Command, DataDirState, DbRole, NodeKind, NodeReport, Switchover};
@@ -39,6 +39,8 @@ pub enum RejoinMode {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Settings {
     pub lease: LeaseSettings,
+    /// Synchronous replication, as the primary manages it.
+    pub sync: SyncSettings,
     /// A candidate must be within this many bytes of the best known WAL position.
     pub max_lag: u64,
     pub auto_failover: bool,
@@ -49,10 +51,33 @@ pub struct Settings {
     pub report_ttl_ms: u64,
 }
 
+/// `[replication]`: how the primary names its synchronous standbys.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SyncSettings {
+    /// Off: asynchronous. On: `FIRST standbys (...)`, every commit waits for that many
+    /// standbys.
+    pub on: bool,
+    pub standbys: usize,
+    /// With fewer streaming standbys than `standbys`: keep waiting (no acknowledged commit
+    /// without its copies) rather than name fewer, down to none (asynchronous).
+    pub strict: bool,
+}
+
+impl Default for SyncSettings {
+    fn default() -> SyncSettings {
+        SyncSettings {
+            on: false,
+            standbys: 1,
+            strict: false,
+        }
+    }
+}
+
 impl Default for Settings {
     fn default() -> Settings {
         Settings {
             lease: LeaseSettings::default(),
+            sync: SyncSettings::default(),
             max_lag: 1024 * 1024,
             auto_failover: true,
             on_crash: OnCrash::Restart,
@@ -166,6 +191,13 @@ pub enum Action {
         slots: Vec<String>,
         generation: Generation,
     },
+    /// Set the local primary's `synchronous_standby_names` to `FIRST count (names)` (empty:
+    /// asynchronous) and reload; then note the WAL position.
+    SetSyncStandbys {
+        names: Vec<String>,
+        count: usize,
+        generation: Generation,
+    },
     /// Add the virtual IP on this node (the serving primary) and announce it.
     TakeVip { generation: Generation },
     /// Remove the virtual IP from this node: it is not (or no longer) the serving primary.
@@ -191,6 +223,7 @@ pub fn decide(cluster: &ClusterView, local: &LocalView, now_ms: u64) -> Decision
     if local.kind == NodeKind::Data {
         // The VIP first: a release must come before a hand-over stops the database.
         actions.extend(place_vip(cluster, local));
+        actions.extend(manage_sync(cluster, local, now_ms));
         actions.extend(reconcile_local(cluster, local, now_ms));
     }
     actions
@@ -202,9 +235,19 @@ fn place_vip(cluster: &ClusterView, local: &LocalView) -> Vec<Action> {
     let Some(vip) = &local.report.vip else {
         return Vec::new();
     };
+    let generation = cluster.state.generation;
+    match (not_serving(cluster, local), vip.held) {
+        (None, false) => vec![Action::TakeVip { generation }],
+        (Some(reason), true) => vec![Action::ReleaseVip { generation, reason }],
+        _ => Vec::new(),
+    }
+}
+
+/// Why this node is not the serving primary (None: it is — the committed primary, running
+/// writable, holding the lease, not handing over).
+fn not_serving(cluster: &ClusterView, local: &LocalView) -> Option<String> {
     let state = &cluster.state;
-    let generation = state.generation;
-    let not_serving = if state.primary.as_deref() != Some(local.name.as_str()) {
+    if state.primary.as_deref() != Some(local.name.as_str()) {
         Some(match &state.primary {
             Some(p) => format!("{p} is the primary"),
             None => "there is no primary".to_string(),
@@ -221,12 +264,140 @@ fn place_vip(cluster: &ClusterView, local: &LocalView) -> Vec<Action> {
         Some("this node does not hold the primary lease".to_string())
     } else {
         None
-    };
-    match (not_serving, vip.held) {
-        (None, false) => vec![Action::TakeVip { generation }],
-        (Some(reason), true) => vec![Action::ReleaseVip { generation, reason }],
-        _ => Vec::new(),
     }
+}
+
+/// Synchronous replication on the serving primary, one step per decision: widen the
+/// committed sync set first, then `synchronous_standby_names`; narrow PostgreSQL first,
+/// then the committed set once the remaining standbys have flushed past the switch.
+fn manage_sync(cluster: &ClusterView, local: &LocalView, now_ms: u64) -> Vec<Action> {
+    if not_serving(cluster, local).is_some() {
+        return Vec::new();
+    }
+    let Some(current) = &local.report.sync_names else {
+        return Vec::new();
+    };
+    let state = &cluster.state;
+    let generation = state.generation;
+    let committed = &state.sync_set;
+    let desired = desired_sync(cluster, local, current, now_ms);
+    let current: BTreeSet<String> = current.iter().cloned().collect();
+    if !desired.is_subset(committed) {
+        return vec![Action::Propose(Command::SetSyncSet {
+            node: local.name.clone(),
+            generation,
+            members: committed.union(&desired).cloned().collect(),
+        })];
+    }
+    let set_names = || Action::SetSyncStandbys {
+        names: desired.iter().cloned().collect(),
+        count: cluster.settings.sync.standbys.min(desired.len()),
+        generation,
+    };
+    if current != desired {
+        return vec![set_names()];
+    }
+    if *committed == desired {
+        return Vec::new();
+    }
+    // Narrowing: every commit acknowledged under the old setting is before the switch
+    // position; the remaining standbys must have it all.
+    let Some(switch) = local.report.sync_switch_lsn else {
+        // An agent restarted since: set the same names again to learn a switch position.
+        return vec![set_names()];
+    };
+    let caught_up = desired.iter().all(|name| {
+        local
+            .report
+            .replicas
+            .iter()
+            .any(|r| r.application_name == *name && r.flush_lsn.is_some_and(|f| f >= switch))
+    });
+    if caught_up {
+        return vec![Action::Propose(Command::SetSyncSet {
+            node: local.name.clone(),
+            generation,
+            members: desired,
+        })];
+    }
+    Vec::new()
+}
+
+/// The standbys the primary should wait for: streaming, promotable members, the current
+/// ones first (no churn), then by priority. A named standby that stopped streaming keeps
+/// its role while its agent still reports it running (a reconnect, not a loss): that is the
+/// bound before a non-strict primary names fewer, down to none (asynchronous) — at most
+/// `report_ttl` after its host died. Strict mode never names fewer than asked: it keeps the
+/// lost ones (commits wait for them) or names members that are not there yet.
+fn desired_sync(
+    cluster: &ClusterView,
+    local: &LocalView,
+    current: &[String],
+    now_ms: u64,
+) -> BTreeSet<String> {
+    let sync = &cluster.settings.sync;
+    if !sync.on {
+        return BTreeSet::new();
+    }
+    let state = &cluster.state;
+    let candidate = |name: &str| {
+        name != local.name
+            && state
+                .members
+                .get(name)
+                .is_some_and(|m| m.kind == NodeKind::Data && m.promotable && m.priority > 0)
+    };
+    let streaming: BTreeSet<&str> = local
+        .report
+        .replicas
+        .iter()
+        .filter(|r| r.state == "streaming" && candidate(&r.application_name))
+        .map(|r| r.application_name.as_str())
+        .collect();
+    let priority = |name: &str| state.members.get(name).map_or(0, |m| m.priority);
+    let mut order: Vec<&str> = streaming.iter().copied().collect();
+    order.sort_by_key(|n| {
+        (
+            !state.sync_set.contains(*n),
+            std::cmp::Reverse(priority(n)),
+            *n,
+        )
+    });
+    let mut desired: BTreeSet<String> = order
+        .into_iter()
+        .take(sync.standbys)
+        .map(str::to_string)
+        .collect();
+    for name in current.iter().filter(|n| candidate(n)) {
+        let alive = cluster
+            .fresh_report(name, now_ms)
+            .is_some_and(|r| r.db_up && r.role == Some(DbRole::Standby));
+        if desired.len() < sync.standbys && alive {
+            desired.insert(name.clone());
+        }
+    }
+    if sync.strict && desired.len() < sync.standbys {
+        let mut others: Vec<&str> = current
+            .iter()
+            .map(String::as_str)
+            .chain(state.sync_set.iter().map(String::as_str))
+            .filter(|n| candidate(n))
+            .collect();
+        let mut rest: Vec<&str> = state
+            .data_members()
+            .map(|m| m.name.as_str())
+            .filter(|n| candidate(n))
+            .collect();
+        rest.sort_by_key(|n| (std::cmp::Reverse(priority(n)), *n));
+        others.extend(rest);
+        for name in others {
+            if desired.len() >= sync.standbys {
+                break;
+            }
+            desired.insert(name.to_string());
+        }
+    }
+    desired
 }
 
 /// The coordinator's part: choose the first primary, and fail over when the primary's lease
@@ -378,6 +549,20 @@ fn failover(cluster: &ClusterView, primary: &str, now_ms: u64) -> Vec<Action> {
             refused.push(format!("{name} is not promotable"));
             continue;
         }
+        // Synchronous replication: only the committed sync set may hold every commit the
+        // old primary acknowledged.
+        if !state.sync_set.is_empty() && !state.sync_set.contains(name) && !force {
+            refused.push(format!(
+                "{name} is not a synchronous standby (the synchronous set is {})",
+                state
+                    .sync_set
+                    .iter()
+                    .cloned()
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ));
+            continue;
+        }
         let Some(report) = cluster.fresh_report(name, now_ms) else {
             refused.push(format!("{name}'s agent is down"));
             continue;
@@ -404,6 +589,31 @@ fn failover(cluster: &ClusterView, primary: &str, now_ms: u64) -> Vec<Action> {
     // The most advanced first, as EFM does: the other standbys then hold no WAL the new
     // primary lacks and can follow it by a reload. Priority breaks ties.
     eligible.sort_by(|a, b| b.1.cmp(&a.1).then(b.0.cmp(&a.0)).then(a.2.cmp(b.2)));
+    // While the sync set changes it holds two generations of standbys: the candidate must
+    // be at least as advanced as every member was last seen (a member never seen at all
+    // blocks the failover: it may hold commits nobody else has).
+    if !state.sync_set.is_empty() && !force {
+        for member in &state.sync_set {
+            let last = cluster
+                .reports
+                .get(member)
+                .and_then(|o| o.report.wal_position());
+            match last {
+                None => {
+                    return vec![cluster_hold(format!(
+                        "failover needed: {why}, but the position of synchronous standby \
+                         {member} is unknown: it may hold acknowledged commits no other node has"
+                    ))]
+                }
+                Some(last) => eligible.retain(|(_, position, name, _)| {
+                    *position >= last || {
+                        refused.push(format!("{name} is behind synchronous standby {member}"));
+                        false
+                    }
+                }),
+            }
+        }
+    }
     match eligible.first() {
         None => vec![cluster_hold(format!(
             "failover needed: {why}, but no standby can be promoted: {}",
@@ -851,6 +1061,14 @@ mod tests {
                 Action::Propose(Command::CancelSwitchover { reason, .. }) => {
                     format!("cancel switchover: {reason}")
                 }
+                Action::Propose(Command::SetSyncSet {
+                    members,
+                    generation,
+                    ..
+                }) => format!(
+                    "commit sync set {{{}}} g{generation}",
+                    members.iter().cloned().collect::<Vec<_>>().join(",")
+                ),
                 Action::Propose(other) => format!("propose {other:?}"),
                 Action::StartPrimary { generation } => format!("start primary g{generation}"),
                 Action::StartStandby {
@@ -882,6 +1100,11 @@ mod tests {
                 Action::DropSlots { slots, generation } => {
                     format!("drop slots {} g{generation}", slots.join(","))
                 }
+                Action::SetSyncStandbys {
+                    names,
+                    count,
+                    generation,
+                } => format!("sync FIRST {count} ({}) g{generation}", names.join(",")),
                 Action::TakeVip { generation } => format!("take vip g{generation}"),
                 Action::ReleaseVip { generation, reason } => {
                     format!("release vip g{generation}: {reason}")
@@ -1349,6 +1572,114 @@ mod tests {
         v.reports.get_mut("pg2").unwrap().report.vip = vip(false);
         let actions = show(decide(&v, &local(&v, "pg2", false), 2_000));
         assert_eq!(actions.first().map(String::as_str), Some("take vip g2"));
+    }
+
+    fn streaming(name: &str, flush: u64) -> crate::model::ReplicaInfo {
+        crate::model::ReplicaInfo {
+            application_name: name.into(),
+            state: "streaming".into(),
+            sync_state: "async".into(),
+            replay_lsn: Some(Lsn(flush)),
+            flush_lsn: Some(Lsn(flush)),
+        }
+    }
+
+    #[test]
+    fn synchronous_standbys_are_committed_before_postgres_widens_and_after_it_narrows() {
+        let mut v = view(
+            Some("pg1"),
+            &[
+                ("pg1", Running(DbRole::Primary)),
+                ("pg2", Running(DbRole::Standby)),
+                ("witness", Stopped(Empty)),
+            ],
+        );
+        v.settings.sync.on = true;
+        {
+            let r = &mut v.reports.get_mut("pg1").unwrap().report;
+            r.slots = vec![slot_for("pg2")];
+            r.replicas = vec![streaming("pg2", 900_000)];
+            r.sync_names = Some(vec![]);
+        }
+        // Widen: the set is committed first, then PostgreSQL waits for pg2.
+        check(&v, "pg1", false, &["commit sync set {pg2} g1"]);
+        v.state.sync_set = ["pg2".to_string()].into();
+        check(&v, "pg1", false, &["sync FIRST 1 (pg2) g1"]);
+        v.reports.get_mut("pg1").unwrap().report.sync_names = Some(vec!["pg2".into()]);
+        check(&v, "pg1", false, &[]);
+
+        // pg2 stops streaming but its agent says it runs: a reconnect, keep waiting.
+        v.reports.get_mut("pg1").unwrap().report.replicas.clear();
+        check(&v, "pg1", false, &[]);
+        // Its host died (no fresh report). Strict: keep waiting for it.
+        v.reports.get_mut("pg2").unwrap().received_at_ms = 0;
+        v.settings.sync.strict = true;
+        check_local(&v, &local(&v, "pg1", false), 10_000, &[]);
+        // Not strict: PostgreSQL stops waiting first, then the set is emptied
+        // (asynchronous: no standby is known to hold every commit).
+        v.settings.sync.strict = false;
+        let me = |v: &ClusterView| {
+            let mut l = local(v, "pg1", false);
+            l.report = v.reports["pg1"].report.clone();
+            l
+        };
+        v.reports.get_mut("pg1").unwrap().received_at_ms = 10_000;
+        check_local(&v, &me(&v), 10_000, &["sync FIRST 0 () g1"]);
+        v.reports.get_mut("pg1").unwrap().report.sync_names = Some(vec![]);
+        v.reports.get_mut("pg1").unwrap().report.sync_switch_lsn = Some(Lsn(1_000_000));
+        check_local(&v, &me(&v), 10_000, &["commit sync set {} g1"]);
+    }
+
+    #[test]
+    fn a_sync_role_moves_only_once_the_new_standby_has_caught_up() {
+        let mut v = view(
+            Some("pg1"),
+            &[
+                ("pg1", Running(DbRole::Primary)),
+                ("pg2", Running(DbRole::Standby)),
+                ("pg3", Running(DbRole::Standby)),
+                ("witness", Stopped(Empty)),
+            ],
+        );
+        v.settings.sync.on = true;
+        v.state.sync_set = ["pg2".to_string()].into();
+        {
+            let r = &mut v.reports.get_mut("pg1").unwrap().report;
+            r.slots = vec![slot_for("pg2"), slot_for("pg3")];
+            // pg2 is gone; pg3 streams.
+            r.replicas = vec![streaming("pg3", 900_000)];
+            r.sync_names = Some(vec!["pg2".into()]);
+        }
+        check(&v, "pg1", false, &["commit sync set {pg2,pg3} g1"]);
+        v.state.sync_set = ["pg2".to_string(), "pg3".to_string()].into();
+        check(&v, "pg1", false, &["sync FIRST 1 (pg3) g1"]);
+        {
+            let r = &mut v.reports.get_mut("pg1").unwrap().report;
+            r.sync_names = Some(vec!["pg3".into()]);
+            r.sync_switch_lsn = Some(Lsn(950_000));
+        }
+        // pg3 has not flushed past the switch yet: pg2 stays a candidate.
+        check(&v, "pg1", false, &[]);
+        v.reports.get_mut("pg1").unwrap().report.replicas = vec![streaming("pg3", 960_000)];
+        check(&v, "pg1", false, &["commit sync set {pg3} g1"]);
+    }
+
+    #[test]
+    fn failover_promotes_only_a_synchronous_standby() {
+        let mut v = failover_view();
+        v.state.sync_set = ["pg3".to_string()].into();
+        // pg2 is more advanced, but only pg3 may hold every acknowledged commit.
+        v.reports.get_mut("pg2").unwrap().report.received_lsn = Some(Lsn(1_000_500));
+        v.reports.get_mut("pg2").unwrap().report.replayed_lsn = Some(Lsn(1_000_500));
+        check_coordinator(&v, 10_000, &["promote pg3 g2 from pg1 losing 500"]);
+        // The synchronous standby is gone: nobody else is promoted.
+        v.reports.get_mut("pg3").unwrap().report.db_up = false;
+        let actions = show(decide(&v, &local(&v, "witness", true), 10_000));
+        assert!(
+            actions[0].contains("no standby can be promoted")
+                && actions[0].contains("pg2 is not a synchronous standby"),
+            "{actions:?}"
+        );
     }
 
     #[test]

@@ -95,6 +95,13 @@ pub enum Command {
     SetPriority { node: String, priority: u32 },
     /// `pgfm pause` / `pgfm resume`: maintenance mode, no automatic failover.
     SetPaused { paused: bool },
+    /// The primary of `generation` sets the synchronous standby set (see
+    /// `ClusterState::sync_set`).
+    SetSyncSet {
+        node: String,
+        generation: Generation,
+        members: std::collections::BTreeSet<String>,
+    },
     /// `pgfm disallow-node`: the node leaves; its details are forgotten and it may not
     /// register again until `pgfm allow-node`.
     RemoveMember { name: String },
@@ -225,6 +232,13 @@ pub struct ClusterState {
     /// Nodes disallowed by the operator (their replication slots are dropped).
     #[serde(default)]
     pub departed: std::collections::BTreeSet<String>,
+    /// Synchronous replication: the standbys that may hold a commit the primary of this
+    /// generation acknowledged. Widened here before the primary's
+    /// `synchronous_standby_names` widens, narrowed only after it narrowed and the remaining
+    /// standbys caught up; a failover promotes only from this set while it is not empty.
+    /// Empty: asynchronous (or not set up yet in this generation).
+    #[serde(default)]
+    pub sync_set: std::collections::BTreeSet<String>,
 }
 
 impl ClusterState {
@@ -369,6 +383,29 @@ impl ClusterState {
                 self.paused = *paused;
                 Ok(())
             }
+            Command::SetSyncSet {
+                node,
+                generation,
+                members,
+            } => {
+                if *generation != self.generation || self.primary.as_ref() != Some(node) {
+                    return Err(CommandError::NotLeaseHolder {
+                        node: node.clone(),
+                        generation: *generation,
+                    });
+                }
+                if let Some(bad) = members.iter().find(|m| {
+                    *m == node
+                        || self
+                            .members
+                            .get(*m)
+                            .is_none_or(|member| member.kind != NodeKind::Data)
+                }) {
+                    return Err(CommandError::NotADataNode(bad.clone()));
+                }
+                self.sync_set = members.clone();
+                Ok(())
+            }
             Command::HandOver {
                 node,
                 generation,
@@ -447,6 +484,8 @@ impl ClusterState {
                 self.lease_released = false;
                 self.switchover = None;
                 self.promotion_request = None;
+                // Every acknowledged commit is on the new primary; it sets up its own set.
+                self.sync_set.clear();
                 Ok(())
             }
         }
@@ -496,6 +535,9 @@ pub struct ReplicaInfo {
     pub state: String,
     pub sync_state: String,
     pub replay_lsn: Option<Lsn>,
+    /// What the standby has made durable: a synchronous commit waits for this.
+    #[serde(default)]
+    pub flush_lsn: Option<Lsn>,
 }
 
 /// One agent's report about itself, made every probe interval.
@@ -530,6 +572,15 @@ pub struct NodeReport {
     /// The virtual IP, on a data node configured with one.
     #[serde(default)]
     pub vip: Option<VipReport>,
+    /// On a primary: the standbys named in `synchronous_standby_names` (empty:
+    /// asynchronous).
+    #[serde(default)]
+    pub sync_names: Option<Vec<String>>,
+    /// On a primary: its WAL position once its agent last changed
+    /// `synchronous_standby_names` (every commit acknowledged under the old setting is
+    /// before it).
+    #[serde(default)]
+    pub sync_switch_lsn: Option<Lsn>,
     /// What the agent is doing or waiting for, or the last probe error.
     pub info: String,
 }
@@ -552,6 +603,8 @@ impl NodeReport {
             conninfo_upstream: None,
             sees_primary: None,
             vip: None,
+            sync_names: None,
+            sync_switch_lsn: None,
             info: String::new(),
         }
     }

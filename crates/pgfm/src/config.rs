@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use pgfm_core::decide::{OnCrash, RejoinMode};
+use pgfm_core::decide::{OnCrash, RejoinMode, SyncSettings};
 use pgfm_core::lease::LeaseSettings;
 use pgfm_core::NodeKind;
 use pgfm_net::VipSpec;
@@ -65,6 +65,16 @@ struct RawConfig {
     #[serde(default)]
     hooks: RawHooks,
     vip: Option<RawVip>,
+    #[serde(default)]
+    replication: RawReplication,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawReplication {
+    synchronous: Option<String>,
+    sync_standbys: Option<usize>,
+    strict: Option<bool>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -236,6 +246,8 @@ pub struct Config {
     pub failover: Failover,
     pub hooks: Hooks,
     pub vip: Option<VipConfig>,
+    /// `[replication]`: synchronous replication.
+    pub sync: SyncSettings,
 }
 
 fn parse_vip(check: &Check, raw: RawVip) -> Result<VipConfig, ConfigError> {
@@ -580,6 +592,35 @@ impl Config {
                 )),
                 Some(v) => Some(parse_vip(&check, v)?),
             };
+        let on = match raw.replication.synchronous.as_deref() {
+            None | Some("off") => false,
+            Some("on") => true,
+            Some("quorum") => {
+                return Err(check.err(
+                    "replication.synchronous",
+                    "is \"quorum\", which this version does not implement yet (use \"on\": \
+                     every commit waits for sync_standbys named standbys)",
+                ))
+            }
+            Some(other) => {
+                return Err(check.err(
+                    "replication.synchronous",
+                    format!("is {other:?} (set it to \"off\" or \"on\")"),
+                ))
+            }
+        };
+        let sync_standbys = raw.replication.sync_standbys.unwrap_or(1);
+        if sync_standbys == 0 {
+            return Err(check.err(
+                "replication.sync_standbys",
+                "is 0 (at least 1; for no synchronous standby set synchronous = \"off\")",
+            ));
+        }
+        let sync = SyncSettings {
+            on,
+            standbys: sync_standbys,
+            strict: raw.replication.strict.unwrap_or(false),
+        };
         let rejoin = match raw.failover.rejoin.as_deref() {
             None | Some("rewind-or-clone") => RejoinMode::RewindOrClone,
             Some("rewind") => RejoinMode::Rewind,
@@ -629,6 +670,7 @@ impl Config {
                 timeout: raw.hooks.timeout.unwrap_or(Duration::from_secs(30)),
             },
             vip,
+            sync,
         })
     }
 
@@ -867,6 +909,17 @@ port = 5432
         check("port = 5432", "port = 5432\n[vip]\naddress = \"fd00::1/64\"\ninterface = \"eth0\"", "config pg1.toml: vip.address \"fd00::1/64\" is IPv6; pgfm moves IPv4 virtual IPs only (announced with ARP) (write it as ADDRESS/PREFIX, such as \"10.0.0.100/24\")");
         check("port = 5432", "port = 5432\n[vip]\naddress = \"10.0.0.100/24\"", "config pg1.toml: vip.interface is missing (name the interface that carries the cluster's network, such as \"eth0\")");
         check("port = 5432", "port = 5432\n[vip]\naddress = \"10.0.0.100/24\"\ninterface = \"eth0\"\ncheck_timeout = \"2s\"", "ok");
+        check(
+            "port = 5432",
+            "port = 5432\n[replication]\nsynchronous = \"yes\"",
+            "config pg1.toml: replication.synchronous is \"yes\" (set it to \"off\" or \"on\")",
+        );
+        check("port = 5432", "port = 5432\n[replication]\nsynchronous = \"on\"\nsync_standbys = 0", "config pg1.toml: replication.sync_standbys is 0 (at least 1; for no synchronous standby set synchronous = \"off\")");
+        check(
+            "port = 5432",
+            "port = 5432\n[replication]\nsynchronous = \"on\"\nstrict = true",
+            "ok",
+        );
         check("port = 5432", "port = 5432\n[failover]\nauto_failover = false\nrejoin = \"manual\"\non_crash = \"failover\"\ncrash_restart_bound = \"5s\"", "ok");
     }
 

@@ -81,6 +81,32 @@ pub fn render(s: &ClusterStatus) -> String {
         };
         let _ = writeln!(w, "Virtual IP: {} {on}", vip.address);
     }
+    if let Some(sync) = &s.synchronous {
+        let mode = if sync.strict { "on, strict" } else { "on" };
+        let now = if sync.waiting_for.is_empty() {
+            "DEGRADED: commits wait for no standby (asynchronous)".to_string()
+        } else {
+            format!(
+                "commits wait for {}{}",
+                sync.waiting_for.join(", "),
+                if sync.degraded {
+                    format!(" (fewer than the {} asked)", sync.standbys)
+                } else {
+                    String::new()
+                }
+            )
+        };
+        let committed = if sync.committed.is_empty() {
+            "none".to_string()
+        } else {
+            sync.committed.join(", ")
+        };
+        let _ = writeln!(
+            w,
+            "Synchronous replication ({mode}, {} standby(s)): {now}; failover candidates: {committed}",
+            sync.standbys
+        );
+    }
     let _ = writeln!(w);
     // EFM's VIP column: the address on the node that carries it, marked with '*'.
     let vip_column = |n: &NodeStatus| match (&s.vip, n.vip) {
@@ -321,6 +347,7 @@ mod tests {
             priority: None,
             promotable: None,
             vip: None,
+            sync_state: None,
             info: String::new(),
         }
     }
@@ -352,6 +379,7 @@ mod tests {
                 message: "Standby database(s) in sync with primary. It is safe to promote.".into(),
             },
             vip: None,
+            synchronous: None,
             problems: vec![],
         }
     }
@@ -411,6 +439,13 @@ mod tests {
         });
         status.nodes[0].vip = Some(true);
         status.nodes[1].vip = Some(false);
+        status.synchronous = Some(pgfm_api::SyncStatus {
+            standbys: 1,
+            strict: false,
+            committed: vec!["pg2".into()],
+            waiting_for: vec!["pg2".into()],
+            degraded: false,
+        });
         insta::assert_snapshot!(render(&status));
     }
 

@@ -43,6 +43,9 @@ pub struct Upstream {
 
 /// The file pgfm owns inside the data directory, included from `postgresql.conf`.
 pub const MANAGED_CONF: &str = "pgfm.conf";
+/// `synchronous_standby_names`, written by the primary's agent while it runs and removed
+/// at every start (a node starts asynchronous; its agent, as primary, names the standbys).
+pub const SYNC_CONF: &str = "pgfm-sync.conf";
 
 pub struct Postgres {
     pub settings: PostgresSettings,
@@ -115,6 +118,7 @@ impl Postgres {
             // Retry streaming quickly after a switch of primary (the default waits 5 s).
             "wal_retrieve_retry_interval = '500ms'".to_string(),
             format!("cluster_name = {}", quote(&s.node_name)),
+            format!("include_if_exists = {}", quote(SYNC_CONF)),
         ];
         if let Some(dir) = &s.socket_dir {
             lines.push(format!(
@@ -163,6 +167,7 @@ impl Postgres {
         let managed = s.data_dir.join(MANAGED_CONF);
         user.write_file(&managed, &self.render_managed_conf(upstream), 0o600)
             .with_context(|| format!("writing {}", managed.display()))?;
+        remove_if_present(&s.data_dir.join(SYNC_CONF))?;
         let signal = s.data_dir.join("standby.signal");
         match upstream {
             Some(_) => user
@@ -259,6 +264,64 @@ impl Postgres {
 
     /// Replay all WAL received, then promote (pg_promote, waiting for it to finish), and
     /// rewrite pgfm.conf without `primary_conninfo`.
+    /// Synchronous replication on the running primary: commits wait for `count` of `names`
+    /// (none: asynchronous). Returns the WAL position once the new setting is in force:
+    /// every commit acknowledged under the old one is before it.
+    pub async fn set_sync_standbys(&self, names: &[String], count: usize) -> anyhow::Result<Lsn> {
+        let s = &self.settings;
+        let value = if names.is_empty() {
+            String::new()
+        } else {
+            let quoted: Vec<String> = names.iter().map(|n| format!("\"{n}\"")).collect();
+            format!("FIRST {count} ({})", quoted.join(", "))
+        };
+        let path = s.data_dir.join(SYNC_CONF);
+        let text = format!(
+            "# Written by the pgfm agent of the primary; removed at every start.\n\
+             synchronous_standby_names = {}\n",
+            quote(&value)
+        );
+        s.os_user
+            .write_file(&path, &text, 0o600)
+            .with_context(|| format!("writing {}", path.display()))?;
+        let client = probe::connect(&self.probe_target())
+            .await
+            .map_err(|e| anyhow::anyhow!("connecting to reload: {e}"))?;
+        client
+            .simple_query("SELECT pg_reload_conf()")
+            .await
+            .map_err(|e| anyhow::anyhow!("pg_reload_conf(): {}", probe::describe(&e)))?;
+        // The postmaster rereads the file, then each process (the walsenders that release
+        // waiting commits among them) on its next wake-up: wait until a new session sees
+        // the value, and a little longer for the walsenders.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let fresh = probe::connect(&self.probe_target())
+                .await
+                .map_err(|e| anyhow::anyhow!("connecting to check the reload: {e}"))?;
+            let seen: String = fresh
+                .query_one("SHOW synchronous_standby_names", &[])
+                .await
+                .map_err(|e| anyhow::anyhow!("reading the setting: {}", probe::describe(&e)))?
+                .get(0);
+            if seen == value {
+                break;
+            }
+            if Instant::now() > deadline {
+                bail!("synchronous_standby_names is still {seen:?} 10 s after the reload");
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let lsn: String = client
+            .query_one("SELECT pg_current_wal_lsn()::text", &[])
+            .await
+            .map_err(|e| anyhow::anyhow!("reading the WAL position: {}", probe::describe(&e)))?
+            .get(0);
+        lsn.parse::<Lsn>()
+            .map_err(|e| anyhow::anyhow!("pg_current_wal_lsn(): {e}"))
+    }
+
     pub async fn promote(&self) -> anyhow::Result<()> {
         let client = probe::connect(&self.probe_target())
             .await

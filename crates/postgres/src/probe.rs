@@ -91,7 +91,7 @@ const CONNINFO_SQL: &str = "SELECT current_setting('primary_conninfo')";
 const SLOTS_SQL: &str =
     "SELECT slot_name::text FROM pg_replication_slots WHERE slot_type = 'physical' ORDER BY 1";
 const SENDERS_SQL: &str = "SELECT application_name, coalesce(state, ''), \
-     coalesce(sync_state, ''), replay_lsn::text FROM pg_stat_replication \
+     coalesce(sync_state, ''), replay_lsn::text, flush_lsn::text FROM pg_stat_replication \
      ORDER BY application_name";
 
 impl Prober {
@@ -115,6 +115,7 @@ impl Prober {
         report.replicas.clear();
         report.slots.clear();
         report.conninfo_upstream = None;
+        report.sync_names = None;
         let timeout = self.target.timeout;
         let result = match tokio::time::timeout(timeout, self.probe_inner(report)).await {
             Ok(result) => result,
@@ -199,11 +200,31 @@ impl Prober {
                     state: row.get(1),
                     sync_state: row.get(2),
                     replay_lsn: lsn(3),
+                    flush_lsn: lsn(4),
                 });
             }
+            let names: String = client
+                .query_one("SHOW synchronous_standby_names", &[])
+                .await
+                .map_err(|e| describe(&e))?
+                .get(0);
+            report.sync_names = Some(sync_standby_names(&names));
         }
         Ok(())
     }
+}
+
+/// The standby names in a `synchronous_standby_names` value: `FIRST 1 ("a", b)`,
+/// `ANY 2 (a, b)`, `2 (a, b)` or a plain list `a, b`; `*` stays `*`.
+pub fn sync_standby_names(value: &str) -> Vec<String> {
+    let list = match (value.find('('), value.rfind(')')) {
+        (Some(open), Some(close)) if open < close => &value[open + 1..close],
+        _ => value,
+    };
+    list.split(',')
+        .map(|n| n.trim().trim_matches('"').to_string())
+        .filter(|n| !n.is_empty())
+        .collect()
 }
 
 /// The `host:port` named by a libpq connection string (keyword/value form).
@@ -309,7 +330,16 @@ impl Default for RemoteCheck {
 
 #[cfg(test)]
 mod tests {
-    use super::conninfo_host_port;
+    use super::{conninfo_host_port, sync_standby_names};
+
+    #[test]
+    fn sync_standby_names_are_read_in_every_form() {
+        assert_eq!(sync_standby_names(""), Vec::<String>::new());
+        assert_eq!(sync_standby_names("FIRST 1 (\"pg2\")"), ["pg2"]);
+        assert_eq!(sync_standby_names("ANY 2 (pg2, \"pg3\")"), ["pg2", "pg3"]);
+        assert_eq!(sync_standby_names("pg2,pg3"), ["pg2", "pg3"]);
+        assert_eq!(sync_standby_names("*"), ["*"]);
+    }
 
     #[test]
     fn reads_host_and_port_from_conninfo() {

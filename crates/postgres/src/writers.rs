@@ -99,7 +99,13 @@ pub async fn write_sequence(
                 }
                 next += 1;
             }
-            _ => client = None,
+            _ => {
+                // Unacknowledged is not undone: the row may have committed (a commit that
+                // timed out waiting for a synchronous standby is kept locally). The id is
+                // in doubt; the next write uses a new one.
+                next += 1;
+                client = None;
+            }
         }
     }
 }

@@ -311,6 +311,19 @@ impl Agent {
                 pg.ensure_slots(slots).await?;
                 tracing::info!(%generation, slots = %slots.join(","), "replication slots created");
             }
+            Action::SetSyncStandbys {
+                names,
+                count,
+                generation,
+            } => {
+                let lsn = pg.set_sync_standbys(names, *count).await?;
+                *lock(&self.sync_switch) = Some((*generation, lsn));
+                if names.is_empty() {
+                    tracing::warn!(%generation, %lsn, "synchronous replication off: commits no longer wait for a standby");
+                } else {
+                    tracing::warn!(%generation, %lsn, standbys = %names.join(","), count, "synchronous standbys set: commits wait for them");
+                }
+            }
             Action::TakeVip { generation } => self.take_vip(*generation).await?,
             Action::ReleaseVip { generation, reason } => {
                 self.release_vip(*generation, reason).await

@@ -77,6 +77,9 @@ pub struct Agent {
     fence_hook_failed_ms: Mutex<Option<u64>>,
     /// The last rewind failure, for the generation it happened in.
     rewind_failed: Mutex<Option<(Generation, String)>>,
+    /// Where the WAL was when this agent, as primary, last changed
+    /// `synchronous_standby_names`, and in which generation.
+    sync_switch: Mutex<Option<(Generation, pgfm_core::Lsn)>>,
 }
 
 /// Whether the local postmaster died on its own (a crash) or was stopped by the agent.
@@ -110,6 +113,7 @@ impl Agent {
         let f = &self.config.failover;
         Settings {
             lease: self.config.timing.lease,
+            sync: self.config.sync,
             max_lag: f.max_lag,
             auto_failover: f.auto_failover,
             on_crash: f.on_crash,
@@ -188,6 +192,10 @@ impl Agent {
         let mut report = NodeReport::new(&self.config.name, self.config.kind);
         report.sees_primary = self.check_primary(remote).await;
         report.vip = self.vip_report().await;
+        let generation = self.raft.state().generation;
+        report.sync_switch_lsn = lock(&self.sync_switch)
+            .filter(|(g, _)| *g == generation)
+            .map(|(_, lsn)| lsn);
         let mut problem = None;
         if let (Some(pg), Some(prober)) = (&self.postgres, prober.as_mut()) {
             match pg.data_dir_state() {
@@ -482,6 +490,7 @@ impl Agent {
             voters: &voters,
             max_lag: self.config.failover.max_lag,
             auto_failover: self.config.failover.auto_failover,
+            sync: self.config.sync,
             now_ms: self.now_ms(),
             problems,
         };
@@ -686,6 +695,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         probe_latency_ms: std::sync::atomic::AtomicU64::new(0),
         last_action_ms: std::sync::atomic::AtomicU64::new(0),
         rewind_failed: Mutex::new(None),
+        sync_switch: Mutex::new(None),
         fence_hook_failed_ms: Mutex::new(None),
         shutdown: tokio::sync::Notify::new(),
     });

@@ -1,8 +1,11 @@
 //! Building the cluster status (what `cluster-status` shows) from the committed state and
 //! the reports this agent holds. No I/O: the caller passes everything in.
 
-use pgfm_api::{ClusterStatus, DbStatus, NodeKindStatus, NodeStatus, PromoteStatus, Up, VipStatus};
+use pgfm_api::{
+    ClusterStatus, DbStatus, NodeKindStatus, NodeStatus, PromoteStatus, SyncStatus, Up, VipStatus,
+};
 use pgfm_core::decide::ClusterView;
+use pgfm_core::decide::SyncSettings;
 use pgfm_core::{DbRole, NodeKind};
 
 /// Who is asking and who coordinates, for the header of the status.
@@ -14,6 +17,7 @@ pub struct Context<'a> {
     pub voters: &'a [(String, String)],
     pub max_lag: u64,
     pub auto_failover: bool,
+    pub sync: SyncSettings,
     pub now_ms: u64,
     /// Reasons the coordinator is holding back (bootstrap refused, ...).
     pub problems: Vec<String>,
@@ -107,6 +111,9 @@ pub fn build(ctx: &Context<'_>, view: &ClusterView) -> ClusterStatus {
                 .filter(|m| m.kind == NodeKind::Data)
                 .map(|m| m.promotable),
             vip: report.and_then(|r| r.vip.as_ref()).map(|v| v.held),
+            sync_state: sender
+                .filter(|_| kind == NodeKindStatus::Standby)
+                .map(|s| s.sync_state.clone()),
             info,
         });
     }
@@ -148,6 +155,19 @@ pub fn build(ctx: &Context<'_>, view: &ClusterView) -> ClusterStatus {
         priority_list,
         promote_status,
         vip,
+        synchronous: ctx.sync.on.then(|| {
+            let committed: Vec<String> = state.sync_set.iter().cloned().collect();
+            let waiting_for = primary_report
+                .and_then(|r| r.sync_names.clone())
+                .unwrap_or_default();
+            SyncStatus {
+                standbys: ctx.sync.standbys,
+                strict: ctx.sync.strict,
+                degraded: waiting_for.len() < ctx.sync.standbys,
+                committed,
+                waiting_for,
+            }
+        }),
         problems,
     }
 }

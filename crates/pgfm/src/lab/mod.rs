@@ -48,6 +48,10 @@ pub enum LabCommand {
         /// follows the primary and a client namespace to reach it from (root only).
         #[arg(long)]
         netns: bool,
+        /// Synchronous replication for the whole lab (`[replication] synchronous`);
+        /// `--set replication.strict=true` and `--set replication.sync_standbys=N` refine it.
+        #[arg(long, value_name = "off|on")]
+        synchronous: Option<String>,
     },
     /// Stop everything the lab started and remove its directory.
     Down {
@@ -172,13 +176,20 @@ pub fn run(command: LabCommand) -> anyhow::Result<ExitCode> {
             json,
             settings,
             netns,
-        } => up(
-            &absolute(&dir)?,
-            data_nodes,
-            json,
-            netns,
-            &parse_settings(&settings)?,
-        ),
+            synchronous,
+        } => {
+            let mut settings = settings;
+            if let Some(mode) = synchronous {
+                settings.push(format!("replication.synchronous=\"{mode}\""));
+            }
+            up(
+                &absolute(&dir)?,
+                data_nodes,
+                json,
+                netns,
+                &parse_settings(&settings)?,
+            )
+        }
         LabCommand::Down { dir } => down(&absolute(&dir)?),
         LabCommand::Status { dir, json } => status(&absolute(&dir)?, json),
         LabCommand::Kill {
@@ -275,8 +286,8 @@ fn parse_settings(settings: &[String]) -> anyhow::Result<Extra> {
         let Some(((section, key), value)) = parsed else {
             bail!("--set {setting:?}: write it as SECTION.KEY=VALUE, for example failover.auto_failover=false");
         };
-        if !["timing", "failover", "hooks"].contains(&section) {
-            bail!("--set {setting:?}: the lab only sets keys of [timing], [failover] and [hooks]");
+        if !["timing", "failover", "hooks", "replication"].contains(&section) {
+            bail!("--set {setting:?}: the lab only sets keys of [timing], [failover], [hooks] and [replication]");
         }
         let entry = match extra.iter_mut().find(|(s, _)| s == section) {
             Some(entry) => entry,
@@ -723,10 +734,15 @@ async fn wait_ready(
                     .vip
                     .as_ref()
                     .is_none_or(|v| status.primary.as_ref().is_some_and(|p| v.on == [p.clone()]));
+                let sync_settled = status
+                    .synchronous
+                    .as_ref()
+                    .is_none_or(|s| !s.degraded && s.committed == s.waiting_for);
                 if status.healthy()
                     && status.nodes.len() == lab.nodes.len()
                     && standbys == data_nodes - 1
                     && vip_placed
+                    && sync_settled
                 {
                     return Ok(status);
                 }
