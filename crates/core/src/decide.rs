@@ -282,6 +282,15 @@ fn manage_sync(cluster: &ClusterView, local: &LocalView, now_ms: u64) -> Vec<Act
     let committed = &state.sync_set;
     let desired = desired_sync(cluster, local, current, now_ms);
     let current: BTreeSet<String> = current.iter().cloned().collect();
+    // Degrading to asynchronous is committed first: a primary cut off from the majority
+    // cannot, so it keeps waiting rather than acknowledge commits a failover would lose.
+    if desired.is_empty() && !committed.is_empty() {
+        return vec![Action::Propose(Command::SetSyncSet {
+            node: local.name.clone(),
+            generation,
+            members: BTreeSet::new(),
+        })];
+    }
     if !desired.is_subset(committed) {
         return vec![Action::Propose(Command::SetSyncSet {
             node: local.name.clone(),
@@ -1615,8 +1624,8 @@ mod tests {
         v.reports.get_mut("pg2").unwrap().received_at_ms = 0;
         v.settings.sync.strict = true;
         check_local(&v, &local(&v, "pg1", false), 10_000, &[]);
-        // Not strict: PostgreSQL stops waiting first, then the set is emptied
-        // (asynchronous: no standby is known to hold every commit).
+        // Not strict: the degradation is committed first (a primary cut off from the
+        // majority cannot, so it keeps waiting), then PostgreSQL stops waiting.
         v.settings.sync.strict = false;
         let me = |v: &ClusterView| {
             let mut l = local(v, "pg1", false);
@@ -1624,10 +1633,11 @@ mod tests {
             l
         };
         v.reports.get_mut("pg1").unwrap().received_at_ms = 10_000;
+        check_local(&v, &me(&v), 10_000, &["commit sync set {} g1"]);
+        v.state.sync_set.clear();
         check_local(&v, &me(&v), 10_000, &["sync FIRST 0 () g1"]);
         v.reports.get_mut("pg1").unwrap().report.sync_names = Some(vec![]);
-        v.reports.get_mut("pg1").unwrap().report.sync_switch_lsn = Some(Lsn(1_000_000));
-        check_local(&v, &me(&v), 10_000, &["commit sync set {} g1"]);
+        check_local(&v, &me(&v), 10_000, &[]);
     }
 
     #[test]
