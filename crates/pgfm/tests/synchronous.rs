@@ -143,6 +143,21 @@ fn strict_mode_waits_for_a_lost_synchronous_standby() {
         (vec!["pg2".into()], vec!["pg2".into()], false)
     );
 
+    // The primary's postmaster crashes and its agent restarts it: it comes back waiting
+    // for pg2, not asynchronous.
+    run(&lab, &["lab", "kill", "pg1", "--postgres-only"]);
+    wait_for("pg1 restarted in place", SETTLE, || {
+        lab.psql("pg1", "SELECT pg_is_in_recovery()").and_then(|r| {
+            if r == "f" {
+                Ok(())
+            } else {
+                Err(r)
+            }
+        })
+    });
+    let refused = commit_one(&lab, "pg1").expect_err("acknowledged after a restart without pg2");
+    assert!(refused.contains("synchronous standby"), "{refused}");
+
     run(&lab, &["lab", "start", "pg2"]);
     wait_for("commits to be acknowledged again", SETTLE, || {
         commit_one(&lab, "pg1")

@@ -167,7 +167,10 @@ impl Postgres {
         let managed = s.data_dir.join(MANAGED_CONF);
         user.write_file(&managed, &self.render_managed_conf(upstream), 0o600)
             .with_context(|| format!("writing {}", managed.display()))?;
-        remove_if_present(&s.data_dir.join(SYNC_CONF))?;
+        if upstream.is_some() {
+            // A standby starts asynchronous; as primary its agent names the standbys.
+            remove_if_present(&s.data_dir.join(SYNC_CONF))?;
+        }
         let signal = s.data_dir.join("standby.signal");
         match upstream {
             Some(_) => user
@@ -268,22 +271,7 @@ impl Postgres {
     /// (none: asynchronous). Returns the WAL position once the new setting is in force:
     /// every commit acknowledged under the old one is before it.
     pub async fn set_sync_standbys(&self, names: &[String], count: usize) -> anyhow::Result<Lsn> {
-        let s = &self.settings;
-        let value = if names.is_empty() {
-            String::new()
-        } else {
-            let quoted: Vec<String> = names.iter().map(|n| format!("\"{n}\"")).collect();
-            format!("FIRST {count} ({})", quoted.join(", "))
-        };
-        let path = s.data_dir.join(SYNC_CONF);
-        let text = format!(
-            "# Written by the pgfm agent of the primary; removed at every start.\n\
-             synchronous_standby_names = {}\n",
-            quote(&value)
-        );
-        s.os_user
-            .write_file(&path, &text, 0o600)
-            .with_context(|| format!("writing {}", path.display()))?;
+        let value = self.write_sync_conf(names, count)?;
         let client = probe::connect(&self.probe_target())
             .await
             .map_err(|e| anyhow::anyhow!("connecting to reload: {e}"))?;
@@ -320,6 +308,28 @@ impl Postgres {
             .get(0);
         lsn.parse::<Lsn>()
             .map_err(|e| anyhow::anyhow!("pg_current_wal_lsn(): {e}"))
+    }
+
+    /// Write `synchronous_standby_names` (`FIRST count (names)`, or empty) for the next
+    /// start or reload; the value written.
+    pub fn write_sync_conf(&self, names: &[String], count: usize) -> anyhow::Result<String> {
+        let s = &self.settings;
+        let value = if names.is_empty() {
+            String::new()
+        } else {
+            let quoted: Vec<String> = names.iter().map(|n| format!("\"{n}\"")).collect();
+            format!("FIRST {count} ({})", quoted.join(", "))
+        };
+        let path = s.data_dir.join(SYNC_CONF);
+        let text = format!(
+            "# Written by the pgfm agent of the primary; removed when it starts as a standby.\n\
+             synchronous_standby_names = {}\n",
+            quote(&value)
+        );
+        s.os_user
+            .write_file(&path, &text, 0o600)
+            .with_context(|| format!("writing {}", path.display()))?;
+        Ok(value)
     }
 
     pub async fn promote(&self) -> anyhow::Result<()> {

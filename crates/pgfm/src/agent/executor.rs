@@ -155,6 +155,11 @@ impl Agent {
                 set_activity(Some(format!(
                     "starting as primary of generation {generation}"
                 )));
+                // A primary (re)starts waiting for the committed synchronous standbys: an
+                // asynchronous start would acknowledge commits a failover to them loses.
+                let names: Vec<String> = state.sync_set.iter().cloned().collect();
+                let count = self.config.sync.standbys.min(names.len());
+                pg.write_sync_conf(&names, count)?;
                 let result = pg.start(None).await;
                 set_activity(None);
                 let pid = result?;
