@@ -136,6 +136,14 @@ impl ClusterStatus {
             .all(|n| n.agent == Up::Up && n.db != DbStatus::Down && n.kind != NodeKindStatus::Idle);
         all_up && self.primary.is_some() && self.promote_status.safe
     }
+
+    /// Whether the primary waits for exactly its committed synchronous standbys, as many as
+    /// asked (true when synchronous replication is off).
+    pub fn sync_settled(&self) -> bool {
+        self.synchronous
+            .as_ref()
+            .is_none_or(|s| !s.degraded && s.committed == s.waiting_for)
+    }
 }
 
 fn yes() -> bool {

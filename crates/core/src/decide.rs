@@ -1025,6 +1025,26 @@ mod tests {
         }
     }
 
+    /// pg1 the running primary of generation 1, `standbys` running standbys, a witness.
+    fn primary_with(standbys: &[&str]) -> ClusterView {
+        let nodes: Vec<(&str, Seen)> = std::iter::once(("pg1", Running(DbRole::Primary)))
+            .chain(standbys.iter().map(|n| (*n, Running(DbRole::Standby))))
+            .chain(std::iter::once(("witness", Stopped(Empty))))
+            .collect();
+        view(Some("pg1"), &nodes)
+    }
+
+    /// A switchover from pg1 to pg2 asked in generation 1, pg1 not stopped yet.
+    fn switchover_pg1_to_pg2() -> Switchover {
+        Switchover {
+            from: "pg1".into(),
+            to: "pg2".into(),
+            force: false,
+            generation: Generation(1),
+            final_lsn: None,
+        }
+    }
+
     fn local(cluster: &ClusterView, me: &str, coordinator: bool) -> LocalView {
         let report = cluster
             .reports
@@ -1361,15 +1381,7 @@ mod tests {
 
     fn failover_view() -> ClusterView {
         // pg1 (the primary) is silent: its host died. pg2 and pg3 stream.
-        let mut v = view(
-            Some("pg1"),
-            &[
-                ("pg1", Running(DbRole::Primary)),
-                ("pg2", Running(DbRole::Standby)),
-                ("pg3", Running(DbRole::Standby)),
-                ("witness", Stopped(Empty)),
-            ],
-        );
+        let mut v = primary_with(&["pg2", "pg3"]);
         v.reports.get_mut("pg1").unwrap().received_at_ms = 0;
         v.settings.report_ttl_ms = 3_000;
         for o in v.reports.values_mut() {
@@ -1477,21 +1489,8 @@ mod tests {
 
     #[test]
     fn a_switchover_hands_over_then_promotes_once_the_target_replayed_everything() {
-        let mut v = view(
-            Some("pg1"),
-            &[
-                ("pg1", Running(DbRole::Primary)),
-                ("pg2", Running(DbRole::Standby)),
-                ("witness", Stopped(Empty)),
-            ],
-        );
-        v.state.switchover = Some(Switchover {
-            from: "pg1".into(),
-            to: "pg2".into(),
-            force: false,
-            generation: Generation(1),
-            final_lsn: None,
-        });
+        let mut v = primary_with(&["pg2"]);
+        v.state.switchover = Some(switchover_pg1_to_pg2());
         check(&v, "pg1", false, &["hand over to pg2 g1"]);
         check_coordinator(
             &v,
@@ -1519,14 +1518,7 @@ mod tests {
 
     #[test]
     fn the_vip_is_carried_only_by_the_serving_primary() {
-        let mut v = view(
-            Some("pg1"),
-            &[
-                ("pg1", Running(DbRole::Primary)),
-                ("pg2", Running(DbRole::Standby)),
-                ("witness", Stopped(Empty)),
-            ],
-        );
+        let mut v = primary_with(&["pg2"]);
         let vip = |held| {
             Some(crate::model::VipReport {
                 address: "10.0.0.100/24".into(),
@@ -1552,13 +1544,7 @@ mod tests {
             &["release vip g1: this node does not hold the primary lease"],
         );
         // A switchover releases it before the hand-over stops the database.
-        v.state.switchover = Some(Switchover {
-            from: "pg1".into(),
-            to: "pg2".into(),
-            force: false,
-            generation: Generation(1),
-            final_lsn: None,
-        });
+        v.state.switchover = Some(switchover_pg1_to_pg2());
         check(
             &v,
             "pg1",
@@ -1595,14 +1581,7 @@ mod tests {
 
     #[test]
     fn synchronous_standbys_are_committed_before_postgres_widens_and_after_it_narrows() {
-        let mut v = view(
-            Some("pg1"),
-            &[
-                ("pg1", Running(DbRole::Primary)),
-                ("pg2", Running(DbRole::Standby)),
-                ("witness", Stopped(Empty)),
-            ],
-        );
+        let mut v = primary_with(&["pg2"]);
         v.settings.sync.on = true;
         {
             let r = &mut v.reports.get_mut("pg1").unwrap().report;
@@ -1642,15 +1621,7 @@ mod tests {
 
     #[test]
     fn a_sync_role_moves_only_once_the_new_standby_has_caught_up() {
-        let mut v = view(
-            Some("pg1"),
-            &[
-                ("pg1", Running(DbRole::Primary)),
-                ("pg2", Running(DbRole::Standby)),
-                ("pg3", Running(DbRole::Standby)),
-                ("witness", Stopped(Empty)),
-            ],
-        );
+        let mut v = primary_with(&["pg2", "pg3"]);
         v.settings.sync.on = true;
         v.state.sync_set = ["pg2".to_string()].into();
         {

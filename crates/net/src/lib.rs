@@ -208,7 +208,8 @@ impl Vip {
             false
         };
         if let Some(mac) = link.mac {
-            self.arp(move |socket| socket.announce(mac)).await?;
+            self.arp(link.index, move |socket| socket.announce(mac))
+                .await?;
         }
         Ok(added)
     }
@@ -222,7 +223,8 @@ impl Vip {
             return Ok(());
         }
         if let Some(mac) = link.mac {
-            self.arp(move |socket| socket.announce(mac)).await?;
+            self.arp(link.index, move |socket| socket.announce(mac))
+                .await?;
         }
         Ok(())
     }
@@ -252,7 +254,7 @@ impl Vip {
         let Some(mac) = link.mac else {
             return Err(VipError::NoHardwareAddress(self.spec.interface.clone()));
         };
-        self.arp(move |socket| {
+        self.arp(link.index, move |socket| {
             for _ in 0..probes {
                 if let Some(answer) = socket.probe(mac, wait)? {
                     return Ok(Some(answer));
@@ -263,15 +265,16 @@ impl Vip {
         .await
     }
 
+    /// Run `work` on an ARP socket bound to the interface with index `index`.
     async fn arp<T: Send + 'static>(
         &self,
+        index: u32,
         work: impl FnOnce(&arp::ArpSocket) -> std::io::Result<T> + Send + 'static,
     ) -> Result<T, VipError> {
         let interface = self.spec.interface.clone();
-        let link = self.link().await?;
         let address = self.spec.address;
         let outcome = tokio::task::spawn_blocking(move || {
-            let socket = arp::ArpSocket::open(link.index, address)?;
+            let socket = arp::ArpSocket::open(index, address)?;
             work(&socket)
         })
         .await

@@ -198,11 +198,7 @@ fn healthy(status: &ClusterStatus) -> Option<ClusterStatus> {
         .all(|n| n.in_sync == Some(true));
     // With synchronous replication, a run starts only once the primary waits for its
     // standby again (right after a rejoin it is still asynchronous for a moment).
-    let sync_settled = status
-        .synchronous
-        .as_ref()
-        .is_none_or(|s| !s.degraded && s.committed == s.waiting_for);
-    (status.healthy() && standbys_in_sync && sync_settled).then(|| status.clone())
+    (status.healthy() && standbys_in_sync && status.sync_settled()).then(|| status.clone())
 }
 
 async fn one_run(

@@ -26,26 +26,8 @@ fn make_bench_table(lab: &NetnsLab) {
 /// Start the neutral writer through the VIP and wait until it writes.
 fn start_writer(lab: &NetnsLab) -> Writer {
     let writer = Writer::start(lab.vip_writer_config());
-    wait_for(
-        "the writer to write through the VIP",
-        SETTLE,
-        || match writer.count() {
-            n if n > 20 => Ok(()),
-            n => Err(n.to_string()),
-        },
-    );
+    writer.wait_more(21, "the writer to write through the VIP");
     writer
-}
-
-/// Wait until the writer has written `more` rows past what it had written so far.
-fn wait_writes_resume(writer: &Writer, more: usize) {
-    let from = writer.count();
-    wait_for("writes through the VIP to go on", SETTLE, || {
-        match writer.count() {
-            n if n >= from + more => Ok(()),
-            n => Err(format!("{} since", n - from)),
-        }
-    });
 }
 
 fn wait_vip_on(lab: &NetnsLab, expected: &[&str]) {
@@ -78,28 +60,40 @@ fn wait_rejoined(lab: &NetnsLab, old: &str, new: &str, generation: u64) {
     assert_eq!(old["in_sync"], true, "{status}");
 }
 
+/// Cut pg1 off (`partition` adds to `lab partition pg1`) under the writer: pg2 is
+/// promoted, the VIP moves, writes go on through it; healed, pg1 rejoins on timeline 2.
+/// Checks that no two nodes were writable at once; returns the VIP holders seen.
+fn cut_the_primary_off(lab: &NetnsLab, partition: &[&str]) -> Vec<Vec<String>> {
+    lab.wait_healthy("witness", SETTLE);
+    make_bench_table(lab);
+    let watch = WriteWatch::start(lab, &["pg1", "pg2"]);
+    let vips = VipWatch::start(lab, &["pg1", "pg2"]);
+    let writer = start_writer(lab);
+
+    let args: Vec<&str> = ["lab", "partition", "pg1"]
+        .iter()
+        .chain(partition)
+        .copied()
+        .collect();
+    run(lab, &args);
+    lab.wait_for_primary_change("pg2", 2);
+    wait_vip_on(lab, &["pg2"]);
+    writer.wait_more(50, "writes through the VIP to go on");
+
+    run(lab, &["lab", "heal"]);
+    wait_rejoined(lab, "pg1", "pg2", 2);
+    writer.finish();
+    assert!(watch.finish() > 0, "the watch saw no writable primary");
+    vips.finish()
+}
+
 /// The primary is cut off from every other node (the client still reaches it): it fences
 /// itself before its lease can run out, the majority promotes pg2, the VIP moves, and at no
 /// moment do two nodes accept writes. Healed, the old primary rejoins on the new timeline.
 #[test]
 fn primary_cut_off_fences_itself_and_the_majority_promotes() {
     let Some(lab) = NetnsLab::up(&[]) else { return };
-    lab.wait_healthy("witness", SETTLE);
-    make_bench_table(&lab);
-    let watch = WriteWatch::start(&lab, &["pg1", "pg2"]);
-    let vips = VipWatch::start(&lab, &["pg1", "pg2"]);
-    let writer = start_writer(&lab);
-
-    run(&lab, &["lab", "partition", "pg1"]);
-    lab.wait_for_primary_change("pg2", 2);
-    wait_vip_on(&lab, &["pg2"]);
-    wait_writes_resume(&writer, 50);
-
-    run(&lab, &["lab", "heal"]);
-    wait_rejoined(&lab, "pg1", "pg2", 2);
-    writer.finish();
-    assert!(watch.finish() > 0, "the watch saw no writable primary");
-    let seen = vips.finish();
+    let seen = cut_the_primary_off(&lab, &[]);
     assert_eq!(
         seen,
         vec![vec!["pg1".to_string()], vec![], vec!["pg2".to_string()]],
@@ -114,22 +108,7 @@ fn primary_cut_off_fences_itself_and_the_majority_promotes() {
 #[test]
 fn one_way_loss_to_the_primary_fails_over() {
     let Some(lab) = NetnsLab::up(&[]) else { return };
-    lab.wait_healthy("witness", SETTLE);
-    make_bench_table(&lab);
-    let watch = WriteWatch::start(&lab, &["pg1", "pg2"]);
-    let vips = VipWatch::start(&lab, &["pg1", "pg2"]);
-    let writer = start_writer(&lab);
-
-    run(&lab, &["lab", "partition", "pg1", "--one-way"]);
-    lab.wait_for_primary_change("pg2", 2);
-    wait_vip_on(&lab, &["pg2"]);
-    wait_writes_resume(&writer, 50);
-
-    run(&lab, &["lab", "heal"]);
-    wait_rejoined(&lab, "pg1", "pg2", 2);
-    writer.finish();
-    assert!(watch.finish() > 0, "the watch saw no writable primary");
-    vips.finish();
+    cut_the_primary_off(&lab, &["--one-way"]);
 }
 
 /// The witness, then the standby, cut off from the other nodes: the primary keeps its

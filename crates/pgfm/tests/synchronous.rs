@@ -206,19 +206,10 @@ fn failover_promotes_the_synchronous_standby_and_loses_nothing() {
     .unwrap();
     let watch = WriteWatch::start(&lab, &["pg1", "pg2", "pg3"]);
     let writer = Writer::start(lab.writer_config(&["pg1", "pg2", "pg3"]));
-    wait_for("the writer to write", SETTLE, || match writer.count() {
-        n if n > 50 => Ok(()),
-        n => Err(n.to_string()),
-    });
+    writer.wait_more(51, "the writer to write");
     run(&lab, &["lab", "kill", "pg1"]);
     lab.wait_for_primary_change(&sync, 2);
-    let before = writer.count();
-    wait_for("writes on the new primary", SETTLE, || {
-        match writer.count() {
-            n if n > before + 20 => Ok(()),
-            n => Err(n.to_string()),
-        }
-    });
+    writer.wait_more(21, "writes on the new primary");
     let ids = writer.finish();
     let found = lab.psql(&sync, &count_of(&ids)).unwrap();
     assert_eq!(found, ids.len().to_string(), "acknowledged writes lost");
@@ -243,19 +234,10 @@ fn a_cut_off_primary_acknowledges_nothing_that_is_lost() {
     let watch = WriteWatch::start(&lab, &["pg1", "pg2"]);
     let vips = VipWatch::start(&lab, &["pg1", "pg2"]);
     let writer = Writer::start(lab.vip_writer_config());
-    wait_for("the writer to write", SETTLE, || match writer.count() {
-        n if n > 50 => Ok(()),
-        n => Err(n.to_string()),
-    });
+    writer.wait_more(51, "the writer to write");
     run(&lab, &["lab", "partition", "pg1"]);
     lab.wait_for_primary_change("pg2", 2);
-    let before = writer.count();
-    wait_for("writes through the VIP on pg2", SETTLE, || {
-        match writer.count() {
-            n if n > before + 20 => Ok(()),
-            n => Err(n.to_string()),
-        }
-    });
+    writer.wait_more(21, "writes through the VIP on pg2");
     let ids = writer.finish();
     let found = lab.psql("pg2", &count_of(&ids)).unwrap();
     assert_eq!(found, ids.len().to_string(), "acknowledged writes lost");

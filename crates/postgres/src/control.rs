@@ -272,13 +272,7 @@ impl Postgres {
     /// every commit acknowledged under the old one is before it.
     pub async fn set_sync_standbys(&self, names: &[String], count: usize) -> anyhow::Result<Lsn> {
         let value = self.write_sync_conf(names, count)?;
-        let client = probe::connect(&self.probe_target())
-            .await
-            .map_err(|e| anyhow::anyhow!("connecting to reload: {e}"))?;
-        client
-            .simple_query("SELECT pg_reload_conf()")
-            .await
-            .map_err(|e| anyhow::anyhow!("pg_reload_conf(): {}", probe::describe(&e)))?;
+        let client = self.reload().await?;
         // The postmaster rereads the file, then each process (the walsenders that release
         // waiting commits among them) on its next wake-up: wait until a new session sees
         // the value, and a little longer for the walsenders.
@@ -385,14 +379,19 @@ impl Postgres {
     /// (PostgreSQL 13+ reconnects its WAL receiver without a restart).
     pub async fn follow(&self, upstream: &Upstream) -> anyhow::Result<()> {
         self.prepare(Some(upstream))?;
+        self.reload().await.map(|_| ())
+    }
+
+    /// `pg_reload_conf()` on the running server; the connection it used.
+    async fn reload(&self) -> anyhow::Result<tokio_postgres::Client> {
         let client = probe::connect(&self.probe_target())
             .await
             .map_err(|e| anyhow::anyhow!("connecting to reload: {e}"))?;
         client
             .simple_query("SELECT pg_reload_conf()")
             .await
-            .map_err(|e| anyhow::anyhow!("pg_reload_conf: {}", probe::describe(&e)))?;
-        Ok(())
+            .map_err(|e| anyhow::anyhow!("pg_reload_conf(): {}", probe::describe(&e)))?;
+        Ok(client)
     }
 
     /// Create the physical replication slots that are missing on this (primary) server.

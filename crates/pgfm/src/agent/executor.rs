@@ -249,11 +249,7 @@ impl Agent {
                 tracing::info!(%generation, %upstream, "now following the new primary (reloaded, no restart)");
             }
             Action::Fence { generation, reason } => {
-                tracing::error!(%generation, %reason, "fencing PostgreSQL");
-                self.release_vip(*generation, "fencing").await;
-                lock(&self.db).expect_down = true;
-                pg.fence().await?;
-                tracing::warn!(%generation, "PostgreSQL fenced (immediate shutdown)");
+                self.fence_now(pg, *generation, reason).await?;
                 self.notify(super::hooks::Event {
                     name: "fenced",
                     old_primary: Some(&self.config.name),

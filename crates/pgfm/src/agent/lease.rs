@@ -45,16 +45,8 @@ impl Agent {
             for step in primary_step(now, is_primary, pg.writable(), &held, &settings) {
                 match step {
                     LeaseStep::Fence(reason) => {
-                        tracing::error!(generation = %generation, %reason, "fencing PostgreSQL");
-                        self.release_vip(generation, "fencing").await;
-                        lock(&self.db).expect_down = true;
-                        match pg.fence().await {
-                            Ok(()) => {
-                                tracing::warn!(generation = %generation, "PostgreSQL fenced (immediate shutdown)")
-                            }
-                            Err(e) => {
-                                tracing::error!(generation = %generation, error = %format!("{e:#}"), "fencing failed")
-                            }
+                        if let Err(e) = self.fence_now(pg, generation, &reason).await {
+                            tracing::error!(generation = %generation, error = %format!("{e:#}"), "fencing failed")
                         }
                     }
                     LeaseStep::Renew => {
@@ -69,6 +61,22 @@ impl Agent {
                 }
             }
         }
+    }
+
+    /// Stop the local PostgreSQL at once (invariant 2), the VIP gone first: the lease
+    /// loop's and the executor's fence alike.
+    pub(super) async fn fence_now(
+        &self,
+        pg: &pgfm_postgres::Postgres,
+        generation: pgfm_core::Generation,
+        reason: &str,
+    ) -> anyhow::Result<()> {
+        tracing::error!(%generation, %reason, "fencing PostgreSQL");
+        self.release_vip(generation, "fencing").await;
+        lock(&self.db).expect_down = true;
+        pg.fence().await?;
+        tracing::warn!(%generation, "PostgreSQL fenced (immediate shutdown)");
+        Ok(())
     }
 
     /// One renewal, sent at `sent_ms`; the lease it buys runs from then.

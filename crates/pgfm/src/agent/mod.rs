@@ -192,7 +192,7 @@ impl Agent {
         let mut report = NodeReport::new(&self.config.name, self.config.kind);
         report.sees_primary = self.check_primary(remote).await;
         report.vip = self.vip_report().await;
-        let generation = self.raft.state().generation;
+        let (_, generation) = self.raft.primary();
         report.sync_switch_lsn = lock(&self.sync_switch)
             .filter(|(g, _)| *g == generation)
             .map(|(_, lsn)| lsn);

@@ -681,14 +681,12 @@ pub(crate) async fn any_status(lab: &LabFile) -> anyhow::Result<ClusterStatus> {
         let client = client(lab, node)?;
         asked.spawn(async move { client.status().await });
     }
+    let rank = |s: &ClusterStatus| (s.generation, s.coordinator.as_ref() == Some(&s.answered_by));
     let mut best: Option<ClusterStatus> = None;
     let mut last = None;
     while let Some(answer) = asked.join_next().await {
         match answer {
             Ok(Ok(status)) => {
-                let rank = |s: &ClusterStatus| {
-                    (s.generation, s.coordinator.as_ref() == Some(&s.answered_by))
-                };
                 if best.as_ref().is_none_or(|b| rank(&status) > rank(b)) {
                     best = Some(status);
                 }
@@ -734,15 +732,11 @@ async fn wait_ready(
                     .vip
                     .as_ref()
                     .is_none_or(|v| status.primary.as_ref().is_some_and(|p| v.on == [p.clone()]));
-                let sync_settled = status
-                    .synchronous
-                    .as_ref()
-                    .is_none_or(|s| !s.degraded && s.committed == s.waiting_for);
                 if status.healthy()
                     && status.nodes.len() == lab.nodes.len()
                     && standbys == data_nodes - 1
                     && vip_placed
-                    && sync_settled
+                    && status.sync_settled()
                 {
                     return Ok(status);
                 }

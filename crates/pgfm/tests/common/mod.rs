@@ -333,15 +333,21 @@ impl Drop for WriteWatch {
 impl Lab {
     /// A multi-host, read-write connection to whichever data node is the primary.
     pub fn writer_config(&self, nodes: &[&str]) -> tokio_postgres::Config {
+        let mut config = self.read_write_config();
+        for n in nodes {
+            let port = self.lab_node(n)["pg_port"].as_u64().unwrap() as u16;
+            config.host("127.0.0.1").port(port);
+        }
+        config
+    }
+
+    /// The lab's superuser, a read-write session, a 1 s connect timeout; no host yet.
+    pub fn read_write_config(&self) -> tokio_postgres::Config {
         let passfile = std::fs::read_to_string(self.dir.join("pgpass")).unwrap();
         let password =
             pgfm_postgres::passfile::lookup(&passfile, "127.0.0.1", 0, "postgres", "postgres")
                 .unwrap();
         let mut config = tokio_postgres::Config::new();
-        for n in nodes {
-            let port = self.lab_node(n)["pg_port"].as_u64().unwrap() as u16;
-            config.host("127.0.0.1").port(port);
-        }
         config
             .user("postgres")
             .password(password)
@@ -383,6 +389,15 @@ impl Writer {
 
     pub fn count(&self) -> usize {
         self.acks.lock().unwrap().len()
+    }
+
+    /// Wait until `more` writes past the ones acknowledged so far are acknowledged.
+    pub fn wait_more(&self, more: usize, what: &str) {
+        let from = self.count();
+        wait_for(what, Duration::from_secs(60), || match self.count() {
+            n if n >= from + more => Ok(()),
+            n => Err(format!("{} since", n - from)),
+        });
     }
 
     /// Stop writing; the acknowledged ids.
@@ -463,19 +478,8 @@ impl NetnsLab {
 
     /// A connection through the VIP only, as the lab's superuser.
     pub fn vip_writer_config(&self) -> tokio_postgres::Config {
-        let passfile = std::fs::read_to_string(self.dir.join("pgpass")).unwrap();
-        let password =
-            pgfm_postgres::passfile::lookup(&passfile, "127.0.0.1", 0, "postgres", "postgres")
-                .unwrap();
-        let mut config = tokio_postgres::Config::new();
-        config
-            .host(self.vip_address())
-            .port(5432)
-            .user("postgres")
-            .password(password)
-            .dbname("postgres")
-            .connect_timeout(Duration::from_secs(1))
-            .target_session_attrs(tokio_postgres::config::TargetSessionAttrs::ReadWrite);
+        let mut config = self.read_write_config();
+        config.host(self.vip_address()).port(5432);
         config
     }
 
