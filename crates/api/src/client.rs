@@ -124,6 +124,14 @@ impl ApiClient {
         self.send(self.http.post(&url).json(&body), url).await
     }
 
+    pub async fn set_synchronous(
+        &self,
+        request: &crate::types::SynchronousRequest,
+    ) -> Result<Message, ApiError> {
+        let url = format!("{}/v1/synchronous", self.base);
+        self.send(self.http.post(&url).json(request), url).await
+    }
+
     pub async fn allow_node(&self, name: &str, address: &str) -> Result<Message, ApiError> {
         let url = format!("{}/v1/members", self.base);
         let body = crate::types::AllowRequest {
@@ -155,6 +163,11 @@ impl ApiClient {
     pub async fn pause(&self) -> Result<Message, ApiError> {
         let url = format!("{}/v1/pause", self.base);
         self.send(self.http.post(&url), url).await
+    }
+
+    pub async fn wal_position(&self) -> Result<crate::types::WalPosition, ApiError> {
+        let url = format!("{}/v1/wal-position", self.base);
+        self.send(self.http.get(&url), url).await
     }
 
     pub async fn history(&self) -> Result<Vec<HistoryEntry>, ApiError> {

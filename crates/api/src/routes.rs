@@ -15,7 +15,7 @@ use pgfm_core::NodeReport;
 use crate::types::{
     AgedReport, AllowRequest, ClusterStatus, DisallowRequest, ErrorBody, Health, HistoryEntry,
     Message, Metrics, PriorityRequest, PromoteRequest, PromoteStarted, ReportAck,
-    SwitchoverRequest, SwitchoverStarted,
+    SwitchoverRequest, SwitchoverStarted, SynchronousRequest, WalPosition,
 };
 
 /// What happened to a report sent to this agent.
@@ -33,6 +33,8 @@ pub trait AgentApi: Send + Sync + 'static {
     fn health(&self, check: HealthCheck) -> impl Future<Output = Health> + Send;
     fn metrics(&self) -> impl Future<Output = Metrics> + Send;
     fn history(&self) -> impl Future<Output = Vec<HistoryEntry>> + Send;
+    /// This node's WAL position, read from its PostgreSQL now.
+    fn wal_position(&self) -> impl Future<Output = Result<WalPosition, Refusal>> + Send;
     fn promote(
         &self,
         request: PromoteRequest,
@@ -40,6 +42,10 @@ pub trait AgentApi: Send + Sync + 'static {
     fn set_priority(
         &self,
         request: PriorityRequest,
+    ) -> impl Future<Output = Result<String, Refusal>> + Send;
+    fn set_synchronous(
+        &self,
+        request: SynchronousRequest,
     ) -> impl Future<Output = Result<String, Refusal>> + Send;
     fn pause(&self) -> impl Future<Output = Result<String, Refusal>> + Send;
     /// Stop every agent of the cluster (PostgreSQL keeps running).
@@ -91,8 +97,10 @@ pub fn router<A: AgentApi>(agent: Arc<A>) -> Router {
         .route("/v1/resume", post(resume::<A>))
         .route("/v1/switchover", post(switchover::<A>))
         .route("/v1/history", get(history::<A>))
+        .route("/v1/wal-position", get(wal_position::<A>))
         .route("/v1/promote", post(promote::<A>))
         .route("/v1/priority", post(priority::<A>))
+        .route("/v1/synchronous", post(synchronous::<A>))
         .route("/v1/pause", post(pause::<A>))
         .route("/v1/stop-cluster", post(stop_cluster::<A>))
         .route("/v1/stop", post(stop_agent::<A>))
@@ -165,6 +173,13 @@ async fn history<A: AgentApi>(State(agent): State<Arc<A>>) -> Json<Vec<HistoryEn
     Json(agent.history().await)
 }
 
+async fn wal_position<A: AgentApi>(State(agent): State<Arc<A>>) -> Response {
+    match agent.wal_position().await {
+        Ok(position) => Json(position).into_response(),
+        Err(r) => refusal(r),
+    }
+}
+
 fn refusal(refusal: Refusal) -> Response {
     match refusal {
         Refusal::Refused(error) => {
@@ -191,6 +206,16 @@ async fn priority<A: AgentApi>(
     Json(request): Json<PriorityRequest>,
 ) -> Response {
     match agent.set_priority(request).await {
+        Ok(message) => Json(Message { message }).into_response(),
+        Err(r) => refusal(r),
+    }
+}
+
+async fn synchronous<A: AgentApi>(
+    State(agent): State<Arc<A>>,
+    Json(request): Json<SynchronousRequest>,
+) -> Response {
+    match agent.set_synchronous(request).await {
         Ok(message) => Json(Message { message }).into_response(),
         Err(r) => refusal(r),
     }

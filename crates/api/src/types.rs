@@ -66,13 +66,26 @@ pub struct NodeStatus {
 /// Synchronous replication as configured and as committed.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SyncStatus {
+    /// `on` (`FIRST n`), `quorum` (`ANY n`), or `off` while a change to asynchronous is
+    /// still under way.
+    pub mode: String,
     /// How many standbys every commit waits for.
     pub standbys: usize,
+    /// The fewest standbys the primary names when standbys are lost (then commits wait).
+    pub minimum: usize,
+    /// `minimum` is `standbys`: commits wait rather than have fewer copies.
     pub strict: bool,
+    /// Where the settings come from: `config` (each agent's `[replication]`) or
+    /// `set-synchronous` (committed at run time).
+    pub source: String,
     /// The committed synchronous set: the only standbys a failover may promote.
     pub committed: Vec<String>,
+    /// How many of `committed` hold every acknowledged commit (all of them with `on`).
+    pub committed_quorum: usize,
     /// The standbys the primary's `synchronous_standby_names` names now.
     pub waiting_for: Vec<String>,
+    /// How many of `waiting_for` each commit waits for.
+    pub waiting_count: usize,
     /// Fewer synchronous standbys than asked (none: asynchronous); acknowledged commits may
     /// then exist only on the primary.
     pub degraded: bool,
@@ -140,9 +153,12 @@ impl ClusterStatus {
     /// Whether the primary waits for exactly its committed synchronous standbys, as many as
     /// asked (true when synchronous replication is off).
     pub fn sync_settled(&self) -> bool {
-        self.synchronous
-            .as_ref()
-            .is_none_or(|s| !s.degraded && s.committed == s.waiting_for)
+        self.synchronous.as_ref().is_none_or(|s| {
+            !s.degraded
+                && s.mode != "off"
+                && s.committed == s.waiting_for
+                && s.committed_quorum == s.waiting_count
+        })
     }
 }
 
@@ -265,6 +281,29 @@ pub struct PromoteStarted {
 pub struct PriorityRequest {
     pub node: String,
     pub priority: u32,
+}
+
+/// The answer to `GET /v1/wal-position`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WalPosition {
+    pub in_recovery: bool,
+    /// As a standby: the newest WAL received or replayed.
+    pub position: Option<pgfm_core::Lsn>,
+}
+
+/// The body of `POST /v1/synchronous` (set-synchronous). Absent numbers keep the value in
+/// force.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SynchronousRequest {
+    /// `off`, `on` or `quorum`.
+    pub mode: String,
+    #[serde(default)]
+    pub standbys: Option<usize>,
+    #[serde(default)]
+    pub minimum: Option<usize>,
+    /// `minimum` = `standbys`.
+    #[serde(default)]
+    pub strict: bool,
 }
 
 /// The body of `POST /v1/members` (allow-node).

@@ -111,10 +111,15 @@ fn schemas_match_the_json_the_code_writes() {
             on: vec!["pg1".into()],
         }),
         synchronous: Some(SyncStatus {
+            mode: "on".into(),
             standbys: 1,
+            minimum: 0,
             strict: false,
+            source: "config".into(),
             committed: vec!["pg2".into()],
+            committed_quorum: 1,
             waiting_for: vec!["pg2".into()],
+            waiting_count: 1,
             degraded: false,
         }),
         problems: vec![],
@@ -158,5 +163,15 @@ fn schemas_match_the_json_the_code_writes() {
     assert_eq!(
         keys(&serde_json::to_value(&started).unwrap()),
         properties(&doc, "PromoteStarted")
+    );
+    let set = SynchronousRequest {
+        mode: "quorum".into(),
+        standbys: Some(1),
+        minimum: None,
+        strict: false,
+    };
+    assert_eq!(
+        keys(&serde_json::to_value(&set).unwrap()),
+        properties(&doc, "SynchronousRequest")
     );
 }

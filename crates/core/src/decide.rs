@@ -8,8 +8,11 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use crate::lease::{self, LeaseSettings};
-use crate::model::{ClusterState, Command, DataDirState, DbRole, NodeKind, NodeReport, Switchover};
-use crate::types::Generation;
+use crate::model::{
+    ClusterState, Command, DataDirState, DbRole, NodeKind, NodeReport, Switchover, SyncMode,
+    SyncRule, SyncSettings,
+};
+use crate::types::{Generation, Lsn};
 
 /// A report and when (on the receiving agent's monotonic clock, in ms) it arrived.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -39,7 +42,8 @@ pub enum RejoinMode {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Settings {
     pub lease: LeaseSettings,
-    /// Synchronous replication, as the primary manages it.
+    /// Synchronous replication from this agent's config (`ClusterState::replication`, once
+    /// set at run time, wins: see `ClusterView::sync_settings`).
     pub sync: SyncSettings,
     /// A candidate must be within this many bytes of the best known WAL position.
     pub max_lag: u64,
@@ -49,28 +53,6 @@ pub struct Settings {
     pub rejoin: RejoinMode,
     /// A report older than this is stale: its agent counts as down.
     pub report_ttl_ms: u64,
-}
-
-/// `[replication]`: how the primary names its synchronous standbys.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct SyncSettings {
-    /// Off: asynchronous. On: `FIRST standbys (...)`, every commit waits for that many
-    /// standbys.
-    pub on: bool,
-    pub standbys: usize,
-    /// With fewer streaming standbys than `standbys`: keep waiting (no acknowledged commit
-    /// without its copies) rather than name fewer, down to none (asynchronous).
-    pub strict: bool,
-}
-
-impl Default for SyncSettings {
-    fn default() -> SyncSettings {
-        SyncSettings {
-            on: false,
-            standbys: 1,
-            strict: false,
-        }
-    }
 }
 
 impl Default for Settings {
@@ -103,6 +85,17 @@ pub struct ClusterView {
     pub coordinator_since_ms: Option<u64>,
     /// Wall-clock time, only to stamp the history.
     pub wall_clock_ms: u64,
+    /// WAL positions this agent measured on other nodes' PostgreSQL (`Action::MeasureWal`).
+    pub measured: BTreeMap<String, Measured>,
+}
+
+/// A WAL position read straight from a node's PostgreSQL.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Measured {
+    /// When the query was sent (monotonic ms): the position is at least as new.
+    pub at_ms: u64,
+    /// The newest WAL the node holds as a standby; None: it did not answer as a standby.
+    pub position: Option<Lsn>,
 }
 
 impl ClusterView {
@@ -112,6 +105,16 @@ impl ClusterView {
             .get(name)
             .filter(|o| now_ms.saturating_sub(o.received_at_ms) <= self.settings.report_ttl_ms)
             .map(|o| &o.report)
+    }
+
+    /// The synchronous replication settings in force: set at run time, else from config.
+    pub fn sync_settings(&self) -> SyncSettings {
+        self.state.replication.unwrap_or(self.settings.sync)
+    }
+
+    /// The committed synchronous rule: `sync_quorum` of `sync_set`.
+    pub fn committed_sync(&self) -> SyncRule {
+        SyncRule::new(self.state.sync_quorum, self.state.sync_set.clone())
     }
 }
 
@@ -191,11 +194,16 @@ pub enum Action {
         slots: Vec<String>,
         generation: Generation,
     },
-    /// Set the local primary's `synchronous_standby_names` to `FIRST count (names)` (empty:
-    /// asynchronous) and reload; then note the WAL position.
+    /// Set the local primary's `synchronous_standby_names` to `rule` and reload; then note
+    /// the WAL position.
     SetSyncStandbys {
-        names: Vec<String>,
-        count: usize,
+        rule: SyncRule,
+        generation: Generation,
+    },
+    /// Read the WAL position of these nodes' PostgreSQL now (the coordinator, before a
+    /// failover that must find the most advanced of a synchronous quorum).
+    MeasureWal {
+        members: Vec<String>,
         generation: Generation,
     },
     /// Add the virtual IP on this node (the serving primary) and announce it.
@@ -267,87 +275,104 @@ fn not_serving(cluster: &ClusterView, local: &LocalView) -> Option<String> {
     }
 }
 
-/// Synchronous replication on the serving primary, one step per decision: widen the
-/// committed sync set first, then `synchronous_standby_names`; narrow PostgreSQL first,
-/// then the committed set once the remaining standbys have flushed past the switch.
+/// Synchronous replication on the serving primary, one step per decision. The committed
+/// rule must hold for every commit acknowledged under PostgreSQL's setting, old and new: it
+/// is widened first (more members, a smaller quorum), then `synchronous_standby_names`
+/// changes, and the committed rule narrows once enough of the new members have flushed past
+/// the WAL position where the new setting took over.
 fn manage_sync(cluster: &ClusterView, local: &LocalView, now_ms: u64) -> Vec<Action> {
     if not_serving(cluster, local).is_some() {
         return Vec::new();
     }
-    let Some(current) = &local.report.sync_names else {
+    let Some(current) = &local.report.sync else {
         return Vec::new();
     };
-    let state = &cluster.state;
-    let generation = state.generation;
-    let committed = &state.sync_set;
+    let generation = cluster.state.generation;
+    let committed = cluster.committed_sync();
     let desired = desired_sync(cluster, local, current, now_ms);
-    let current: BTreeSet<String> = current.iter().cloned().collect();
-    // Degrading to asynchronous is committed first: a primary cut off from the majority
-    // cannot, so it keeps waiting rather than acknowledge commits a failover would lose.
-    if desired.is_empty() && !committed.is_empty() {
-        return vec![Action::Propose(Command::SetSyncSet {
+    let commit = |rule: SyncRule| {
+        vec![Action::Propose(Command::SetSyncSet {
             node: local.name.clone(),
             generation,
-            members: BTreeSet::new(),
-        })];
-    }
-    if !desired.is_subset(committed) {
-        return vec![Action::Propose(Command::SetSyncSet {
-            node: local.name.clone(),
-            generation,
-            members: committed.union(&desired).cloned().collect(),
-        })];
-    }
-    let set_names = || Action::SetSyncStandbys {
-        names: desired.iter().cloned().collect(),
-        count: cluster.settings.sync.standbys.min(desired.len()),
-        generation,
+            members: rule.names,
+            quorum: rule.count,
+        })]
     };
-    if current != desired {
-        return vec![set_names()];
+    if desired.is_async() {
+        // Degrading to asynchronous is committed first: a primary cut off from the majority
+        // cannot, so it keeps waiting rather than acknowledge commits a failover would lose.
+        if !committed.is_async() {
+            return commit(SyncRule::default());
+        }
+    } else if !covers(&committed, &desired) {
+        return commit(if committed.is_async() {
+            desired
+        } else {
+            SyncRule::new(
+                committed.count.min(desired.count),
+                committed.names.union(&desired.names).cloned().collect(),
+            )
+        });
     }
-    if *committed == desired {
+    let set = || {
+        vec![Action::SetSyncStandbys {
+            rule: desired.clone(),
+            generation,
+        }]
+    };
+    if *current != desired {
+        return set();
+    }
+    if committed == desired {
         return Vec::new();
     }
     // Narrowing: every commit acknowledged under the old setting is before the switch
-    // position; the remaining standbys must have it all.
+    // position; `desired.count` of the new members must have it all.
     let Some(switch) = local.report.sync_switch_lsn else {
-        // An agent restarted since: set the same names again to learn a switch position.
-        return vec![set_names()];
+        // An agent restarted since: set the same rule again to learn a switch position.
+        return set();
     };
-    let caught_up = desired.iter().all(|name| {
-        local
-            .report
-            .replicas
+    let caught_up =
+        desired
+            .names
             .iter()
-            .any(|r| r.application_name == *name && r.flush_lsn.is_some_and(|f| f >= switch))
-    });
-    if caught_up {
-        return vec![Action::Propose(Command::SetSyncSet {
-            node: local.name.clone(),
-            generation,
-            members: desired,
-        })];
+            .filter(|name| {
+                local.report.replicas.iter().any(|r| {
+                    r.application_name == **name && r.flush_lsn.is_some_and(|f| f >= switch)
+                })
+            })
+            .count();
+    if caught_up >= desired.count {
+        return commit(desired);
     }
     Vec::new()
 }
 
-/// The standbys the primary should wait for: streaming, promotable members, the current
-/// ones first (no churn), then by priority. A named standby that stopped streaming keeps
-/// its role while its agent still reports it running (a reconnect, not a loss): that is the
-/// bound before a non-strict primary names fewer, down to none (asynchronous) — at most
-/// `report_ttl` after its host died. Strict mode never names fewer than asked: it keeps the
-/// lost ones (commits wait for them) or names members that are not there yet.
+/// Whether every commit acknowledged under the synchronous `rule` is on `committed.count`
+/// members of `committed`.
+fn covers(committed: &SyncRule, rule: &SyncRule) -> bool {
+    !committed.is_async() && rule.names.is_subset(&committed.names) && committed.count <= rule.count
+}
+
+/// What the primary's commits should wait for. `on`: the first `standbys` streaming,
+/// promotable standbys (the current ones first: no churn, then by priority), each of them;
+/// `quorum`: any `standbys` of every streaming, promotable standby. A named standby that
+/// stopped streaming keeps its place while its agent still reports it running (a
+/// reconnect, not a loss): that is the bound before the primary names fewer — at most
+/// `report_ttl` after its host died. It never names fewer than `minimum`: it keeps the lost
+/// ones (commits wait for them) or names members that are not there yet.
 fn desired_sync(
     cluster: &ClusterView,
     local: &LocalView,
-    current: &[String],
+    current: &SyncRule,
     now_ms: u64,
-) -> BTreeSet<String> {
-    let sync = &cluster.settings.sync;
-    if !sync.on {
-        return BTreeSet::new();
-    }
+) -> SyncRule {
+    let sync = cluster.sync_settings();
+    let limit = match sync.mode {
+        SyncMode::Off => return SyncRule::default(),
+        SyncMode::On => sync.standbys,
+        SyncMode::Quorum => usize::MAX,
+    };
     let state = &cluster.state;
     let candidate = |name: &str| {
         name != local.name
@@ -372,21 +397,18 @@ fn desired_sync(
             *n,
         )
     });
-    let mut desired: BTreeSet<String> = order
-        .into_iter()
-        .take(sync.standbys)
-        .map(str::to_string)
-        .collect();
-    for name in current.iter().filter(|n| candidate(n)) {
+    let mut names: BTreeSet<String> = order.into_iter().take(limit).map(str::to_string).collect();
+    for name in current.names.iter().filter(|n| candidate(n)) {
         let alive = cluster
             .fresh_report(name, now_ms)
             .is_some_and(|r| r.db_up && r.role == Some(DbRole::Standby));
-        if desired.len() < sync.standbys && alive {
-            desired.insert(name.clone());
+        if names.len() < limit && alive {
+            names.insert(name.clone());
         }
     }
-    if sync.strict && desired.len() < sync.standbys {
+    if names.len() < sync.minimum {
         let mut others: Vec<&str> = current
+            .names
             .iter()
             .map(String::as_str)
             .chain(state.sync_set.iter().map(String::as_str))
@@ -400,13 +422,17 @@ fn desired_sync(
         rest.sort_by_key(|n| (std::cmp::Reverse(priority(n)), *n));
         others.extend(rest);
         for name in others {
-            if desired.len() >= sync.standbys {
+            if names.len() >= sync.minimum {
                 break;
             }
-            desired.insert(name.to_string());
+            names.insert(name.to_string());
         }
     }
-    desired
+    let count = match sync.mode {
+        SyncMode::Quorum => sync.standbys,
+        _ => names.len(),
+    };
+    SyncRule::new(count, names)
 }
 
 /// The coordinator's part: choose the first primary, and fail over when the primary's lease
@@ -598,30 +624,72 @@ fn failover(cluster: &ClusterView, primary: &str, now_ms: u64) -> Vec<Action> {
     // The most advanced first, as EFM does: the other standbys then hold no WAL the new
     // primary lacks and can follow it by a reload. Priority breaks ties.
     eligible.sort_by(|a, b| b.1.cmp(&a.1).then(b.0.cmp(&a.0)).then(a.2.cmp(b.2)));
-    // While the sync set changes it holds two generations of standbys: the candidate must
-    // be at least as advanced as every member was last seen (a member never seen at all
-    // blocks the failover: it may hold commits nobody else has).
-    if !state.sync_set.is_empty() && !force {
-        for member in &state.sync_set {
-            let last = cluster
-                .reports
-                .get(member)
-                .and_then(|o| o.report.wal_position());
-            match last {
-                None => {
-                    return vec![cluster_hold(format!(
-                        "failover needed: {why}, but the position of synchronous standby \
-                         {member} is unknown: it may hold acknowledged commits no other node has"
-                    ))]
+    // Quorum (and a sync set that is changing members): every acknowledged commit is on
+    // `quorum` of the set, so `len - quorum + 1` members reached after the old primary
+    // stopped include one that has them all; the candidate must be as advanced as any of them.
+    let committed = cluster.committed_sync();
+    if !committed.is_async() && committed.count < committed.names.len() && !force {
+        let need = committed.names.len() - committed.count + 1;
+        // No commit was acknowledged after this moment (the lease ran out, or it was given up).
+        let stopped = if released {
+            cluster.last_renewal_seen_ms.unwrap_or(0)
+        } else {
+            expires
+        };
+        let reached: BTreeMap<&str, Lsn> = committed
+            .names
+            .iter()
+            .filter_map(|m| {
+                let measured = cluster.measured.get(m).filter(|w| w.at_ms >= stopped)?;
+                Some((m.as_str(), measured.position?))
+            })
+            .collect();
+        if reached.len() < need {
+            let list = |names: Vec<&str>| {
+                if names.is_empty() {
+                    "none".to_string()
+                } else {
+                    names.join(", ")
                 }
-                Some(last) => eligible.retain(|(_, position, name, _)| {
-                    *position >= last || {
-                        refused.push(format!("{name} is behind synchronous standby {member}"));
-                        false
-                    }
-                }),
-            }
+            };
+            return vec![
+                Action::MeasureWal {
+                    members: committed.names.iter().cloned().collect(),
+                    generation: state.generation,
+                },
+                cluster_hold(format!(
+                    "failover needed: {why}; every acknowledged commit is on {} of the \
+                     synchronous standbys {}: waiting to reach {need} of them (reached: {})",
+                    committed.count,
+                    list(committed.names.iter().map(String::as_str).collect()),
+                    list(reached.keys().copied().collect()),
+                )),
+            ];
         }
+        let (top_name, top) = reached
+            .iter()
+            .max_by_key(|(name, position)| (**position, std::cmp::Reverse(**name)))
+            .map(|(n, p)| (*n, *p))
+            .expect("need is at least 1");
+        eligible.retain_mut(|(_, position, name, behind)| {
+            match reached.get(name).filter(|p| **p >= top) {
+                Some(measured) => {
+                    // The measured position is the final one; reports may predate it.
+                    *position = *measured;
+                    *behind = best
+                        .map(|b| b.max(top))
+                        .unwrap_or(top)
+                        .bytes_after(*measured);
+                    true
+                }
+                None => {
+                    refused.push(format!(
+                        "{name} is behind synchronous standby {top_name} ({top})"
+                    ));
+                    false
+                }
+            }
+        });
     }
     match eligible.first() {
         None => vec![cluster_hold(format!(
@@ -1022,6 +1090,7 @@ mod tests {
             last_renewal_seen_ms: Some(0),
             coordinator_since_ms: Some(0),
             wall_clock_ms: 42,
+            measured: BTreeMap::new(),
         }
     }
 
@@ -1093,10 +1162,11 @@ mod tests {
                 Action::Propose(Command::SetSyncSet {
                     members,
                     generation,
+                    quorum,
                     ..
                 }) => format!(
-                    "commit sync set {{{}}} g{generation}",
-                    members.iter().cloned().collect::<Vec<_>>().join(",")
+                    "commit sync {} g{generation}",
+                    SyncRule::new(*quorum, members.clone())
                 ),
                 Action::Propose(other) => format!("propose {other:?}"),
                 Action::StartPrimary { generation } => format!("start primary g{generation}"),
@@ -1129,11 +1199,13 @@ mod tests {
                 Action::DropSlots { slots, generation } => {
                     format!("drop slots {} g{generation}", slots.join(","))
                 }
-                Action::SetSyncStandbys {
-                    names,
-                    count,
+                Action::SetSyncStandbys { rule, generation } => {
+                    format!("sync {rule} g{generation}")
+                }
+                Action::MeasureWal {
+                    members,
                     generation,
-                } => format!("sync FIRST {count} ({}) g{generation}", names.join(",")),
+                } => format!("measure {} g{generation}", members.join(",")),
                 Action::TakeVip { generation } => format!("take vip g{generation}"),
                 Action::ReleaseVip { generation, reason } => {
                     format!("release vip g{generation}: {reason}")
@@ -1582,18 +1654,19 @@ mod tests {
     #[test]
     fn synchronous_standbys_are_committed_before_postgres_widens_and_after_it_narrows() {
         let mut v = primary_with(&["pg2"]);
-        v.settings.sync.on = true;
+        v.settings.sync.mode = SyncMode::On;
         {
             let r = &mut v.reports.get_mut("pg1").unwrap().report;
             r.slots = vec![slot_for("pg2")];
             r.replicas = vec![streaming("pg2", 900_000)];
-            r.sync_names = Some(vec![]);
+            r.sync = Some(SyncRule::default());
         }
         // Widen: the set is committed first, then PostgreSQL waits for pg2.
-        check(&v, "pg1", false, &["commit sync set {pg2} g1"]);
+        check(&v, "pg1", false, &["commit sync FIRST 1 (pg2) g1"]);
         v.state.sync_set = ["pg2".to_string()].into();
+        v.state.sync_quorum = 1;
         check(&v, "pg1", false, &["sync FIRST 1 (pg2) g1"]);
-        v.reports.get_mut("pg1").unwrap().report.sync_names = Some(vec!["pg2".into()]);
+        v.reports.get_mut("pg1").unwrap().report.sync = Some(rule(1, &["pg2"]));
         check(&v, "pg1", false, &[]);
 
         // pg2 stops streaming but its agent says it runs: a reconnect, keep waiting.
@@ -1601,54 +1674,62 @@ mod tests {
         check(&v, "pg1", false, &[]);
         // Its host died (no fresh report). Strict: keep waiting for it.
         v.reports.get_mut("pg2").unwrap().received_at_ms = 0;
-        v.settings.sync.strict = true;
+        v.settings.sync.minimum = 1;
         check_local(&v, &local(&v, "pg1", false), 10_000, &[]);
         // Not strict: the degradation is committed first (a primary cut off from the
         // majority cannot, so it keeps waiting), then PostgreSQL stops waiting.
-        v.settings.sync.strict = false;
+        v.settings.sync.minimum = 0;
         let me = |v: &ClusterView| {
             let mut l = local(v, "pg1", false);
             l.report = v.reports["pg1"].report.clone();
             l
         };
         v.reports.get_mut("pg1").unwrap().received_at_ms = 10_000;
-        check_local(&v, &me(&v), 10_000, &["commit sync set {} g1"]);
+        check_local(&v, &me(&v), 10_000, &["commit sync asynchronous g1"]);
         v.state.sync_set.clear();
-        check_local(&v, &me(&v), 10_000, &["sync FIRST 0 () g1"]);
-        v.reports.get_mut("pg1").unwrap().report.sync_names = Some(vec![]);
+        v.state.sync_quorum = 0;
+        check_local(&v, &me(&v), 10_000, &["sync asynchronous g1"]);
+        v.reports.get_mut("pg1").unwrap().report.sync = Some(SyncRule::default());
         check_local(&v, &me(&v), 10_000, &[]);
     }
 
     #[test]
     fn a_sync_role_moves_only_once_the_new_standby_has_caught_up() {
         let mut v = primary_with(&["pg2", "pg3"]);
-        v.settings.sync.on = true;
+        v.settings.sync.mode = SyncMode::On;
         v.state.sync_set = ["pg2".to_string()].into();
+        v.state.sync_quorum = 1;
         {
             let r = &mut v.reports.get_mut("pg1").unwrap().report;
             r.slots = vec![slot_for("pg2"), slot_for("pg3")];
             // pg2 is gone; pg3 streams.
             r.replicas = vec![streaming("pg3", 900_000)];
-            r.sync_names = Some(vec!["pg2".into()]);
+            r.sync = Some(rule(1, &["pg2"]));
         }
-        check(&v, "pg1", false, &["commit sync set {pg2,pg3} g1"]);
+        check(&v, "pg1", false, &["commit sync ANY 1 (pg2,pg3) g1"]);
         v.state.sync_set = ["pg2".to_string(), "pg3".to_string()].into();
+        v.state.sync_quorum = 1;
         check(&v, "pg1", false, &["sync FIRST 1 (pg3) g1"]);
         {
             let r = &mut v.reports.get_mut("pg1").unwrap().report;
-            r.sync_names = Some(vec!["pg3".into()]);
+            r.sync = Some(rule(1, &["pg3"]));
             r.sync_switch_lsn = Some(Lsn(950_000));
         }
         // pg3 has not flushed past the switch yet: pg2 stays a candidate.
         check(&v, "pg1", false, &[]);
         v.reports.get_mut("pg1").unwrap().report.replicas = vec![streaming("pg3", 960_000)];
-        check(&v, "pg1", false, &["commit sync set {pg3} g1"]);
+        check(&v, "pg1", false, &["commit sync FIRST 1 (pg3) g1"]);
+    }
+
+    fn rule(count: usize, names: &[&str]) -> SyncRule {
+        SyncRule::new(count, names.iter().map(|n| n.to_string()).collect())
     }
 
     #[test]
     fn failover_promotes_only_a_synchronous_standby() {
         let mut v = failover_view();
         v.state.sync_set = ["pg3".to_string()].into();
+        v.state.sync_quorum = 1;
         // pg2 is more advanced, but only pg3 may hold every acknowledged commit.
         v.reports.get_mut("pg2").unwrap().report.received_lsn = Some(Lsn(1_000_500));
         v.reports.get_mut("pg2").unwrap().report.replayed_lsn = Some(Lsn(1_000_500));
@@ -1661,6 +1742,123 @@ mod tests {
                 && actions[0].contains("pg2 is not a synchronous standby"),
             "{actions:?}"
         );
+    }
+
+    #[test]
+    fn quorum_waits_for_any_n_of_every_streaming_standby_and_narrows_after_catch_up() {
+        let mut v = primary_with(&["pg2", "pg3"]);
+        v.settings.sync.mode = SyncMode::Quorum;
+        let me = |v: &ClusterView| {
+            let mut l = local(v, "pg1", false);
+            l.report = v.reports["pg1"].report.clone();
+            l
+        };
+        {
+            let r = &mut v.reports.get_mut("pg1").unwrap().report;
+            r.slots = vec![slot_for("pg2"), slot_for("pg3")];
+            r.replicas = vec![streaming("pg2", 900_000), streaming("pg3", 900_000)];
+            r.sync = Some(SyncRule::default());
+        }
+        check(&v, "pg1", false, &["commit sync ANY 1 (pg2,pg3) g1"]);
+        v.state.sync_set = ["pg2".to_string(), "pg3".to_string()].into();
+        v.state.sync_quorum = 1;
+        check(&v, "pg1", false, &["sync ANY 1 (pg2,pg3) g1"]);
+        v.reports.get_mut("pg1").unwrap().report.sync = Some(rule(1, &["pg2", "pg3"]));
+        check(&v, "pg1", false, &[]);
+        // pg3's host dies: once its report is stale, PostgreSQL stops listing it (the
+        // committed set already covers the smaller rule), and the set narrows only when pg2
+        // has every commit acknowledged before the switch (some may be on pg3 alone).
+        v.reports.get_mut("pg3").unwrap().received_at_ms = 0;
+        v.reports.get_mut("pg1").unwrap().received_at_ms = 10_000;
+        v.reports.get_mut("pg1").unwrap().report.replicas = vec![streaming("pg2", 900_000)];
+        check_local(&v, &me(&v), 10_000, &["sync FIRST 1 (pg2) g1"]);
+        {
+            let r = &mut v.reports.get_mut("pg1").unwrap().report;
+            r.sync = Some(rule(1, &["pg2"]));
+            r.sync_switch_lsn = Some(Lsn(950_000));
+        }
+        check_local(&v, &me(&v), 10_000, &[]);
+        v.reports.get_mut("pg1").unwrap().report.replicas = vec![streaming("pg2", 950_000)];
+        check_local(&v, &me(&v), 10_000, &["commit sync FIRST 1 (pg2) g1"]);
+        // With a floor of two standbys it keeps waiting for pg3 instead.
+        v.settings.sync.standbys = 2;
+        v.settings.sync.minimum = 2;
+        v.state.sync_set = ["pg2".to_string(), "pg3".to_string()].into();
+        v.state.sync_quorum = 2;
+        v.reports.get_mut("pg1").unwrap().report.sync = Some(rule(2, &["pg2", "pg3"]));
+        check_local(&v, &me(&v), 10_000, &[]);
+        // A floor of one: it names pg2 alone, once the committed quorum says that commits
+        // are on one of the two.
+        v.settings.sync.minimum = 1;
+        check_local(&v, &me(&v), 10_000, &["commit sync ANY 1 (pg2,pg3) g1"]);
+        v.state.sync_quorum = 1;
+        check_local(&v, &me(&v), 10_000, &["sync FIRST 1 (pg2) g1"]);
+    }
+
+    #[test]
+    fn settings_set_at_run_time_win_over_the_config() {
+        let mut v = primary_with(&["pg2"]);
+        {
+            let r = &mut v.reports.get_mut("pg1").unwrap().report;
+            r.slots = vec![slot_for("pg2")];
+            r.replicas = vec![streaming("pg2", 900_000)];
+            r.sync = Some(SyncRule::default());
+        }
+        check(&v, "pg1", false, &[]);
+        v.state.replication = Some(SyncSettings {
+            mode: SyncMode::On,
+            ..SyncSettings::default()
+        });
+        check(&v, "pg1", false, &["commit sync FIRST 1 (pg2) g1"]);
+        // Turned off again: PostgreSQL stops waiting only after the set is committed empty.
+        v.state.sync_set = ["pg2".to_string()].into();
+        v.state.sync_quorum = 1;
+        v.reports.get_mut("pg1").unwrap().report.sync = Some(rule(1, &["pg2"]));
+        v.settings.sync.mode = SyncMode::On;
+        v.state.replication = Some(SyncSettings::default());
+        check(&v, "pg1", false, &["commit sync asynchronous g1"]);
+    }
+
+    #[test]
+    fn a_quorum_failover_promotes_the_most_advanced_of_the_members_it_reached() {
+        let mut v = failover_view();
+        v.state.sync_set = ["pg2".to_string(), "pg3".to_string()].into();
+        v.state.sync_quorum = 1;
+        // Reports say pg2 is ahead; they may be older than the last commits.
+        v.reports.get_mut("pg2").unwrap().report.received_lsn = Some(Lsn(1_000_500));
+        let waiting = "cluster hold: failover needed: the lease of primary pg1 expired; every \
+             acknowledged commit is on 1 of the synchronous standbys pg2, pg3: waiting to reach \
+             2 of them";
+        check_coordinator(
+            &v,
+            10_000,
+            &["measure pg2,pg3 g1", &format!("{waiting} (reached: none)")],
+        );
+        // Positions read before the lease ran out do not count.
+        let at = |at_ms, lsn| Measured {
+            at_ms,
+            position: Some(Lsn(lsn)),
+        };
+        v.measured.insert("pg2".into(), at(3_000, 1_000_500));
+        v.measured.insert("pg3".into(), at(9_000, 1_000_700));
+        check_coordinator(
+            &v,
+            10_000,
+            &["measure pg2,pg3 g1", &format!("{waiting} (reached: pg3)")],
+        );
+        v.measured.insert("pg2".into(), at(9_000, 1_000_500));
+        check_coordinator(&v, 10_000, &["promote pg3 g2 from pg1 losing 0"]);
+        // The most advanced cannot be promoted (its agent is down): nobody is.
+        v.reports.get_mut("pg3").unwrap().received_at_ms = 0;
+        let actions = show(decide(&v, &local(&v, "witness", true), 10_000));
+        assert!(
+            actions[0].contains("pg2 is behind synchronous standby pg3"),
+            "{actions:?}"
+        );
+        // With two copies of each commit (ANY 2 of 2), any one member is enough.
+        v.state.sync_quorum = 2;
+        v.measured.clear();
+        check_coordinator(&v, 10_000, &["promote pg2 g2 from pg1 losing 0"]);
     }
 
     #[test]

@@ -9,6 +9,6 @@ pub mod types;
 pub use decide::{decide, Action, Decision};
 pub use model::{
     ClusterState, Command, CommandError, DataDirState, DbRole, Member, NodeKind, NodeReport,
-    ReplicaInfo, VipReport,
+    ReplicaInfo, SyncMode, SyncRule, SyncSettings, VipReport,
 };
 pub use types::{Generation, Lsn, LsnParseError, NodeId, Timeline};

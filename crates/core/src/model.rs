@@ -95,13 +95,19 @@ pub enum Command {
     SetPriority { node: String, priority: u32 },
     /// `pgfm pause` / `pgfm resume`: maintenance mode, no automatic failover.
     SetPaused { paused: bool },
-    /// The primary of `generation` sets the synchronous standby set (see
+    /// The primary of `generation` sets the synchronous standby set and its quorum (see
     /// `ClusterState::sync_set`).
     SetSyncSet {
         node: String,
         generation: Generation,
         members: std::collections::BTreeSet<String>,
+        /// How many members hold every acknowledged commit (at most `members.len()`).
+        #[serde(default)]
+        quorum: usize,
     },
+    /// `pgfm set-synchronous`: the synchronous replication settings of the whole cluster,
+    /// in force from now on instead of each agent's `[replication]` section.
+    SetReplication { settings: SyncSettings },
     /// `pgfm disallow-node`: the node leaves; its details are forgotten and it may not
     /// register again until `pgfm allow-node`.
     RemoveMember { name: String },
@@ -170,6 +176,8 @@ pub enum CommandError {
         seen: u64,
         applied: u64,
     },
+    #[error("{0}")]
+    BadSettings(String),
     #[error("a switchover to {0} is already under way")]
     SwitchoverUnderWay(String),
     #[error("no switchover is under way in generation {0}")]
@@ -239,6 +247,118 @@ pub struct ClusterState {
     /// Empty: asynchronous (or not set up yet in this generation).
     #[serde(default)]
     pub sync_set: std::collections::BTreeSet<String>,
+    /// How many members of `sync_set` hold every acknowledged commit: all of them in
+    /// `synchronous = "on"` (`FIRST n`), `n` of them in quorum mode (`ANY n`), and fewer
+    /// than all while a change of members is under way. A failover must reach
+    /// `sync_set.len() - sync_quorum + 1` members and promote the most advanced of them.
+    #[serde(default)]
+    pub sync_quorum: usize,
+    /// Synchronous replication settings set at run time (`pgfm set-synchronous`); None: each
+    /// agent's `[replication]` section.
+    #[serde(default)]
+    pub replication: Option<SyncSettings>,
+}
+
+/// What a primary's commits wait for: `count` of the standbys `names` (`FIRST count` when
+/// that is all of them, else `ANY count`). No names: asynchronous.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct SyncRule {
+    pub count: usize,
+    pub names: std::collections::BTreeSet<String>,
+}
+
+impl SyncRule {
+    pub fn new(count: usize, names: std::collections::BTreeSet<String>) -> SyncRule {
+        SyncRule {
+            count: count.min(names.len()),
+            names,
+        }
+    }
+
+    pub fn is_async(&self) -> bool {
+        self.names.is_empty() || self.count == 0
+    }
+}
+
+impl std::fmt::Display for SyncRule {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.is_async() {
+            return f.write_str("asynchronous");
+        }
+        let names: Vec<&str> = self.names.iter().map(String::as_str).collect();
+        let method = if self.count == self.names.len() {
+            "FIRST"
+        } else {
+            "ANY"
+        };
+        write!(f, "{method} {} ({})", self.count, names.join(","))
+    }
+}
+
+/// How the primary waits for standbys.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum SyncMode {
+    /// Asynchronous.
+    #[default]
+    Off,
+    /// `FIRST n (...)`: every commit waits for each of `n` named standbys.
+    On,
+    /// `ANY n (...)` over every eligible standby: every commit waits for any `n` of them.
+    Quorum,
+}
+
+impl std::fmt::Display for SyncMode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            SyncMode::Off => "off",
+            SyncMode::On => "on",
+            SyncMode::Quorum => "quorum",
+        })
+    }
+}
+
+/// `[replication]` (or `pgfm set-synchronous`): how the primary names its synchronous
+/// standbys.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SyncSettings {
+    pub mode: SyncMode,
+    /// How many standbys each commit waits for.
+    pub standbys: usize,
+    /// With fewer streaming standbys than `standbys`, the primary names fewer, down to this
+    /// many, then keeps waiting for absent ones (no acknowledged commit without that many
+    /// copies). 0: it may end up asynchronous; `standbys`: strict.
+    pub minimum: usize,
+}
+
+impl Default for SyncSettings {
+    fn default() -> SyncSettings {
+        SyncSettings {
+            mode: SyncMode::Off,
+            standbys: 1,
+            minimum: 0,
+        }
+    }
+}
+
+impl SyncSettings {
+    pub fn strict(&self) -> bool {
+        self.minimum >= self.standbys
+    }
+
+    /// Why these settings cannot be used, if they cannot.
+    pub fn problem(&self) -> Option<String> {
+        if self.standbys == 0 {
+            Some("sync_standbys must be at least 1".into())
+        } else if self.minimum > self.standbys {
+            Some(format!(
+                "minimum_standbys ({}) is more than sync_standbys ({})",
+                self.minimum, self.standbys
+            ))
+        } else {
+            None
+        }
+    }
 }
 
 impl ClusterState {
@@ -383,10 +503,18 @@ impl ClusterState {
                 self.paused = *paused;
                 Ok(())
             }
+            Command::SetReplication { settings } => {
+                if let Some(problem) = settings.problem() {
+                    return Err(CommandError::BadSettings(problem));
+                }
+                self.replication = Some(*settings);
+                Ok(())
+            }
             Command::SetSyncSet {
                 node,
                 generation,
                 members,
+                quorum,
             } => {
                 if *generation != self.generation || self.primary.as_ref() != Some(node) {
                     return Err(CommandError::NotLeaseHolder {
@@ -403,7 +531,14 @@ impl ClusterState {
                 }) {
                     return Err(CommandError::NotADataNode(bad.clone()));
                 }
+                if *quorum > members.len() || (*quorum == 0 && !members.is_empty()) {
+                    return Err(CommandError::BadSettings(format!(
+                        "a synchronous quorum of {quorum} out of {} standbys",
+                        members.len()
+                    )));
+                }
                 self.sync_set = members.clone();
+                self.sync_quorum = *quorum;
                 Ok(())
             }
             Command::HandOver {
@@ -486,6 +621,7 @@ impl ClusterState {
                 self.promotion_request = None;
                 // Every acknowledged commit is on the new primary; it sets up its own set.
                 self.sync_set.clear();
+                self.sync_quorum = 0;
                 Ok(())
             }
         }
@@ -572,10 +708,9 @@ pub struct NodeReport {
     /// The virtual IP, on a data node configured with one.
     #[serde(default)]
     pub vip: Option<VipReport>,
-    /// On a primary: the standbys named in `synchronous_standby_names` (empty:
-    /// asynchronous).
+    /// On a primary: what `synchronous_standby_names` asks for (no names: asynchronous).
     #[serde(default)]
-    pub sync_names: Option<Vec<String>>,
+    pub sync: Option<SyncRule>,
     /// On a primary: its WAL position once its agent last changed
     /// `synchronous_standby_names` (every commit acknowledged under the old setting is
     /// before it).
@@ -603,7 +738,7 @@ impl NodeReport {
             conninfo_upstream: None,
             sees_primary: None,
             vip: None,
-            sync_names: None,
+            sync: None,
             sync_switch_lsn: None,
             info: String::new(),
         }

@@ -50,10 +50,40 @@ pub struct FailoverBench {
     /// virtual IP only. Default scenarios then: host-death and primary-isolation.
     #[arg(long)]
     netns: bool,
-    /// Synchronous replication in the lab (`[replication] synchronous = "on"`): then no
-    /// acknowledged write may be lost in any scenario.
+    /// Synchronous replication in the lab (`[replication] synchronous`; `--synchronous`
+    /// alone: on): then no acknowledged write may be lost in any scenario.
+    #[arg(long, value_name = "off|on|quorum", num_args = 0..=1, default_missing_value = "on",
+          value_parser = ["off", "on", "quorum"])]
+    synchronous: Option<String>,
+    /// Data nodes in the lab (a quorum needs 3: two standbys).
+    #[arg(long, default_value_t = 2)]
+    data_nodes: usize,
+    /// One lab for every run, each run's fault drawn from the scenarios by a generator
+    /// seeded with this (the same seed, the same sequence); --runs is then the total.
     #[arg(long)]
-    synchronous: bool,
+    seed: Option<u64>,
+}
+
+impl FailoverBench {
+    fn synchronous(&self) -> bool {
+        self.synchronous.as_deref().is_some_and(|m| m != "off")
+    }
+}
+
+/// The faults of a seeded run: `runs` draws from `scenarios` (splitmix64), so that a
+/// failing sequence can be replayed.
+pub fn seeded_sequence(scenarios: &[Scenario], runs: usize, seed: u64) -> Vec<Scenario> {
+    let mut state = seed;
+    (0..runs)
+        .map(|_| {
+            state = state.wrapping_add(0x9e37_79b9_7f4a_7c15);
+            let mut z = state;
+            z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+            z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+            z ^= z >> 31;
+            scenarios[(z % scenarios.len() as u64) as usize]
+        })
+        .collect()
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -356,10 +386,17 @@ pub fn failover(args: FailoverBench) -> anyhow::Result<std::process::ExitCode> {
         .unwrap_or(1);
     if !args.json {
         println!(
-            "pgfm bench failover: {} run(s) per scenario; lab of 2 data nodes + witness on this machine ({cores} cores){}{}, default settings ({}, probe 1 s); writer: one INSERT per transaction every 10 ms, {}, reconnecting at once",
-            args.runs,
+            "pgfm bench failover: {}; lab of {} data nodes + witness on this machine ({cores} cores){}{}, default settings ({}, probe 1 s); writer: one INSERT per transaction every 10 ms, {}, reconnecting at once",
+            match args.seed {
+                Some(seed) => format!("{} run(s) in all, faults drawn with seed {seed}", args.runs),
+                None => format!("{} run(s) per scenario", args.runs),
+            },
+            args.data_nodes,
             if args.netns { ", each node in its own network namespace" } else { "" },
-            if args.synchronous { ", synchronous replication on" } else { "" },
+            match args.synchronous.as_deref() {
+                Some(mode) if mode != "off" => format!(", synchronous replication {mode}"),
+                _ => String::new(),
+            },
             pgfm_core::lease::LeaseSettings::default().describe(),
             if args.netns {
                 "through the virtual IP only"
@@ -368,19 +405,30 @@ pub fn failover(args: FailoverBench) -> anyhow::Result<std::process::ExitCode> {
             }
         );
     }
+    if args.data_nodes < 2 {
+        bail!(
+            "--data-nodes {} leaves no standby to fail over to (at least 2)",
+            args.data_nodes
+        );
+    }
+    // One lab per scenario, or one lab for a seeded sequence of them.
+    let labs: Vec<Vec<Scenario>> = match args.seed {
+        Some(seed) => vec![seeded_sequence(&scenarios, args.runs, seed)],
+        None => scenarios.iter().map(|s| vec![*s; args.runs]).collect(),
+    };
     let mut all = Vec::new();
-    for scenario in scenarios {
-        let settings: Vec<String> = if args.synchronous {
-            vec!["replication.synchronous=\"on\"".to_string()]
-        } else {
-            Vec::new()
-        };
-        let (driver, _) = LabDriver::up(&args.dir, 2, &settings, args.netns)?;
+    for sequence in labs {
+        let settings: Vec<String> = args
+            .synchronous
+            .iter()
+            .map(|mode| format!("replication.synchronous=\"{mode}\""))
+            .collect();
+        let (driver, _) = LabDriver::up(&args.dir, args.data_nodes, &settings, args.netns)?;
         let result = rt.block_on(async {
             create_bench_table(&driver, "pg1").await?;
             let mut next = 1;
             let mut results = Vec::new();
-            for run in 1..=args.runs {
+            for (run, scenario) in (1..).zip(sequence) {
                 let (result, after) = one_run(&driver, scenario, run, next).await?;
                 next = after;
                 if args.json {
@@ -441,7 +489,8 @@ pub fn failover(args: FailoverBench) -> anyhow::Result<std::process::ExitCode> {
     // A primary cut off from its standbys keeps acknowledging commits until it fences
     // itself; with asynchronous replication those are lost by design (synchronous
     // replication is what prevents it). Two writers are never acceptable.
-    let async_loss = |r: &RunResult| r.scenario == Scenario::PrimaryIsolation && !args.synchronous;
+    let async_loss =
+        |r: &RunResult| r.scenario == Scenario::PrimaryIsolation && !args.synchronous();
     if !args.json && all.iter().any(|r| async_loss(r) && r.lost > 0) {
         println!(
             "\nprimary-isolation: the writes lost were acknowledged by the cut-off primary \

@@ -12,9 +12,10 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use pgfm_core::decide::{OnCrash, RejoinMode, SyncSettings};
+use pgfm_core::decide::{OnCrash, RejoinMode};
 use pgfm_core::lease::LeaseSettings;
 use pgfm_core::NodeKind;
+use pgfm_core::{SyncMode, SyncSettings};
 use pgfm_net::VipSpec;
 use pgfm_postgres::binaries;
 use pgfm_postgres::OsUser;
@@ -75,6 +76,7 @@ struct RawReplication {
     synchronous: Option<String>,
     sync_standbys: Option<usize>,
     strict: Option<bool>,
+    minimum_standbys: Option<usize>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -592,20 +594,14 @@ impl Config {
                 )),
                 Some(v) => Some(parse_vip(&check, v)?),
             };
-        let on = match raw.replication.synchronous.as_deref() {
-            None | Some("off") => false,
-            Some("on") => true,
-            Some("quorum") => {
-                return Err(check.err(
-                    "replication.synchronous",
-                    "is \"quorum\", which this version does not implement yet (use \"on\": \
-                     every commit waits for sync_standbys named standbys)",
-                ))
-            }
+        let mode = match raw.replication.synchronous.as_deref() {
+            None | Some("off") => SyncMode::Off,
+            Some("on") => SyncMode::On,
+            Some("quorum") => SyncMode::Quorum,
             Some(other) => {
                 return Err(check.err(
                     "replication.synchronous",
-                    format!("is {other:?} (set it to \"off\" or \"on\")"),
+                    format!("is {other:?} (set it to \"off\", \"on\" or \"quorum\")"),
                 ))
             }
         };
@@ -616,10 +612,34 @@ impl Config {
                 "is 0 (at least 1; for no synchronous standby set synchronous = \"off\")",
             ));
         }
+        let strict = raw.replication.strict.unwrap_or(false);
+        let minimum = match raw.replication.minimum_standbys {
+            Some(m) if m > sync_standbys => {
+                return Err(check.err(
+                    "replication.minimum_standbys",
+                    format!(
+                        "is {m}, more than sync_standbys ({sync_standbys}) (at most \
+                         sync_standbys; that many is what strict = true means)"
+                    ),
+                ))
+            }
+            Some(m) if strict && m != sync_standbys => {
+                return Err(check.err(
+                    "replication.minimum_standbys",
+                    format!(
+                        "is {m} with strict = true, which means minimum_standbys = \
+                         sync_standbys ({sync_standbys}) (set one of them, not both)"
+                    ),
+                ))
+            }
+            Some(m) => m,
+            None if strict => sync_standbys,
+            None => 0,
+        };
         let sync = SyncSettings {
-            on,
+            mode,
             standbys: sync_standbys,
-            strict: raw.replication.strict.unwrap_or(false),
+            minimum,
         };
         let rejoin = match raw.failover.rejoin.as_deref() {
             None | Some("rewind-or-clone") => RejoinMode::RewindOrClone,
@@ -912,7 +932,7 @@ port = 5432
         check(
             "port = 5432",
             "port = 5432\n[replication]\nsynchronous = \"yes\"",
-            "config pg1.toml: replication.synchronous is \"yes\" (set it to \"off\" or \"on\")",
+            "config pg1.toml: replication.synchronous is \"yes\" (set it to \"off\", \"on\" or \"quorum\")",
         );
         check("port = 5432", "port = 5432\n[replication]\nsynchronous = \"on\"\nsync_standbys = 0", "config pg1.toml: replication.sync_standbys is 0 (at least 1; for no synchronous standby set synchronous = \"off\")");
         check(
@@ -920,6 +940,13 @@ port = 5432
             "port = 5432\n[replication]\nsynchronous = \"on\"\nstrict = true",
             "ok",
         );
+        check(
+            "port = 5432",
+            "port = 5432\n[replication]\nsynchronous = \"quorum\"\nsync_standbys = 2\nminimum_standbys = 1",
+            "ok",
+        );
+        check("port = 5432", "port = 5432\n[replication]\nsynchronous = \"quorum\"\nminimum_standbys = 2", "config pg1.toml: replication.minimum_standbys is 2, more than sync_standbys (1) (at most sync_standbys; that many is what strict = true means)");
+        check("port = 5432", "port = 5432\n[replication]\nsynchronous = \"on\"\nsync_standbys = 2\nminimum_standbys = 1\nstrict = true", "config pg1.toml: replication.minimum_standbys is 1 with strict = true, which means minimum_standbys = sync_standbys (2) (set one of them, not both)");
         check("port = 5432", "port = 5432\n[failover]\nauto_failover = false\nrejoin = \"manual\"\non_crash = \"failover\"\ncrash_restart_bound = \"5s\"", "ok");
     }
 

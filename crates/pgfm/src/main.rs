@@ -84,6 +84,25 @@ enum Commands {
         node: String,
         priority: u32,
     },
+    /// Synchronous replication for the whole cluster, at run time: off, on (each of N
+    /// standbys confirms every commit) or quorum (any N of the streaming standbys). It is
+    /// committed and overrides every agent's [replication] from then on.
+    SetSynchronous {
+        #[arg(short, long, default_value = DEFAULT_CONFIG)]
+        config: PathBuf,
+        #[arg(value_parser = ["off", "on", "quorum"])]
+        mode: String,
+        /// How many standbys each commit waits for (default: unchanged).
+        #[arg(long)]
+        standbys: Option<usize>,
+        /// The fewest standbys named when standbys are lost; then commits wait (default:
+        /// unchanged).
+        #[arg(long)]
+        minimum: Option<usize>,
+        /// Never fewer than --standbys: commits wait rather than have fewer copies.
+        #[arg(long)]
+        strict: bool,
+    },
     /// Let a node (back) into the cluster: it becomes a voting member.
     AllowNode {
         #[arg(short, long, default_value = DEFAULT_CONFIG)]
@@ -419,6 +438,21 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             node,
             priority,
         } => refusable(runtime()?.block_on(local_agent(&config)?.set_priority(&node, priority))),
+        Commands::SetSynchronous {
+            config,
+            mode,
+            standbys,
+            minimum,
+            strict,
+        } => {
+            let request = pgfm_api::SynchronousRequest {
+                mode,
+                standbys,
+                minimum,
+                strict,
+            };
+            refusable(runtime()?.block_on(local_agent(&config)?.set_synchronous(&request)))
+        }
         Commands::AllowNode {
             config,
             name,

@@ -82,30 +82,7 @@ pub fn render(s: &ClusterStatus) -> String {
         let _ = writeln!(w, "Virtual IP: {} {on}", vip.address);
     }
     if let Some(sync) = &s.synchronous {
-        let mode = if sync.strict { "on, strict" } else { "on" };
-        let now = if sync.waiting_for.is_empty() {
-            "DEGRADED: commits wait for no standby (asynchronous)".to_string()
-        } else {
-            format!(
-                "commits wait for {}{}",
-                sync.waiting_for.join(", "),
-                if sync.degraded {
-                    format!(" (fewer than the {} asked)", sync.standbys)
-                } else {
-                    String::new()
-                }
-            )
-        };
-        let committed = if sync.committed.is_empty() {
-            "none".to_string()
-        } else {
-            sync.committed.join(", ")
-        };
-        let _ = writeln!(
-            w,
-            "Synchronous replication ({mode}, {} standby(s)): {now}; failover candidates: {committed}",
-            sync.standbys
-        );
+        let _ = writeln!(w, "{}", sync_line(sync));
     }
     let _ = writeln!(w);
     // EFM's VIP column: the address on the node that carries it, marked with '*'.
@@ -320,6 +297,62 @@ pub fn history(entries: &[pgfm_api::HistoryEntry]) -> String {
     out
 }
 
+/// `Synchronous replication (quorum, 1 of 2 standbys): commits wait for any 1 of pg2, pg3;
+/// failover candidates: ...`
+fn sync_line(sync: &pgfm_api::SyncStatus) -> String {
+    let mut mode = vec![sync.mode.clone()];
+    if sync.mode != "off" {
+        mode.push(format!("{} standby(s)", sync.standbys));
+        if sync.strict {
+            mode.push("strict".into());
+        } else if sync.minimum > 0 {
+            mode.push(format!("at least {}", sync.minimum));
+        }
+    }
+    if sync.source == "set-synchronous" {
+        mode.push("set by pgfm set-synchronous".into());
+    }
+    let any = |count: usize, names: &[String]| {
+        if count < names.len() {
+            format!("any {count} of {}", names.join(", "))
+        } else {
+            names.join(", ")
+        }
+    };
+    let now = if sync.waiting_for.is_empty() || sync.waiting_count == 0 {
+        if sync.mode == "off" {
+            "commits wait for no standby".to_string()
+        } else {
+            "DEGRADED: commits wait for no standby (asynchronous)".to_string()
+        }
+    } else {
+        format!(
+            "commits wait for {}{}",
+            any(sync.waiting_count, &sync.waiting_for),
+            if sync.degraded {
+                format!(" (fewer than the {} asked)", sync.standbys)
+            } else {
+                String::new()
+            }
+        )
+    };
+    let candidates = if sync.committed.is_empty() {
+        "any standby (nothing is committed as synchronous)".to_string()
+    } else if sync.committed_quorum < sync.committed.len() {
+        format!(
+            "the most advanced of {} that answer ({} of them must)",
+            sync.committed.join(", "),
+            sync.committed.len() - sync.committed_quorum + 1
+        )
+    } else {
+        sync.committed.join(", ")
+    };
+    format!(
+        "Synchronous replication ({}): {now}; failover candidates: {candidates}",
+        mode.join(", ")
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -440,13 +473,50 @@ mod tests {
         status.nodes[0].vip = Some(true);
         status.nodes[1].vip = Some(false);
         status.synchronous = Some(pgfm_api::SyncStatus {
+            mode: "on".into(),
             standbys: 1,
+            minimum: 0,
             strict: false,
+            source: "config".into(),
             committed: vec!["pg2".into()],
+            committed_quorum: 1,
             waiting_for: vec!["pg2".into()],
+            waiting_count: 1,
             degraded: false,
         });
         insta::assert_snapshot!(render(&status));
+    }
+
+    #[test]
+    fn synchronous_replication_lines() {
+        let sync =
+            |mode: &str, standbys, minimum, committed: &[&str], quorum, waiting: &[&str], count| {
+                let names = |n: &[&str]| n.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+                pgfm_api::SyncStatus {
+                    mode: mode.into(),
+                    standbys,
+                    minimum,
+                    strict: minimum >= standbys,
+                    source: "set-synchronous".into(),
+                    committed: names(committed),
+                    committed_quorum: quorum,
+                    waiting_for: names(waiting),
+                    waiting_count: count,
+                    degraded: mode != "off" && count < standbys,
+                }
+            };
+        let lines = [
+            sync("quorum", 1, 0, &["pg2", "pg3"], 1, &["pg2", "pg3"], 1),
+            sync("on", 2, 1, &["pg2"], 1, &["pg2"], 1),
+            sync("on", 1, 1, &["pg2"], 1, &["pg2"], 1),
+            sync("on", 1, 0, &[], 0, &[], 0),
+            sync("off", 1, 0, &["pg2"], 1, &[], 0),
+        ]
+        .iter()
+        .map(super::sync_line)
+        .collect::<Vec<_>>()
+        .join("\n");
+        insta::assert_snapshot!(lines);
     }
 
     #[test]

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 
-use pgfm_core::{DataDirState, Lsn};
+use pgfm_core::{DataDirState, Lsn, SyncRule};
 
 use crate::datadir;
 use crate::probe::{self, Target};
@@ -265,13 +265,11 @@ impl Postgres {
         Ok(())
     }
 
-    /// Replay all WAL received, then promote (pg_promote, waiting for it to finish), and
-    /// rewrite pgfm.conf without `primary_conninfo`.
-    /// Synchronous replication on the running primary: commits wait for `count` of `names`
-    /// (none: asynchronous). Returns the WAL position once the new setting is in force:
-    /// every commit acknowledged under the old one is before it.
-    pub async fn set_sync_standbys(&self, names: &[String], count: usize) -> anyhow::Result<Lsn> {
-        let value = self.write_sync_conf(names, count)?;
+    /// Synchronous replication on the running primary: commits wait as `rule` says. Returns
+    /// the WAL position once the new setting is in force: every commit acknowledged under
+    /// the old one is before it.
+    pub async fn set_sync_standbys(&self, rule: &SyncRule) -> anyhow::Result<Lsn> {
+        let value = self.write_sync_conf(rule)?;
         let client = self.reload().await?;
         // The postmaster rereads the file, then each process (the walsenders that release
         // waiting commits among them) on its next wake-up: wait until a new session sees
@@ -304,16 +302,11 @@ impl Postgres {
             .map_err(|e| anyhow::anyhow!("pg_current_wal_lsn(): {e}"))
     }
 
-    /// Write `synchronous_standby_names` (`FIRST count (names)`, or empty) for the next
-    /// start or reload; the value written.
-    pub fn write_sync_conf(&self, names: &[String], count: usize) -> anyhow::Result<String> {
+    /// Write `synchronous_standby_names` for `rule` for the next start or reload; the value
+    /// written.
+    pub fn write_sync_conf(&self, rule: &SyncRule) -> anyhow::Result<String> {
         let s = &self.settings;
-        let value = if names.is_empty() {
-            String::new()
-        } else {
-            let quoted: Vec<String> = names.iter().map(|n| format!("\"{n}\"")).collect();
-            format!("FIRST {count} ({})", quoted.join(", "))
-        };
+        let value = probe::sync_setting(rule);
         let path = s.data_dir.join(SYNC_CONF);
         let text = format!(
             "# Written by the pgfm agent of the primary; removed when it starts as a standby.\n\
@@ -326,6 +319,8 @@ impl Postgres {
         Ok(value)
     }
 
+    /// Replay all WAL received, then promote (pg_promote, waiting for it to finish), and
+    /// rewrite pgfm.conf without `primary_conninfo`.
     pub async fn promote(&self) -> anyhow::Result<()> {
         let client = probe::connect(&self.probe_target())
             .await

@@ -5,7 +5,7 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use pgfm_core::{DbRole, Lsn, NodeReport, ReplicaInfo, Timeline};
+use pgfm_core::{DbRole, Lsn, NodeReport, ReplicaInfo, SyncRule, Timeline};
 use tokio_postgres::{Client, NoTls};
 
 /// How to reach one server.
@@ -115,7 +115,7 @@ impl Prober {
         report.replicas.clear();
         report.slots.clear();
         report.conninfo_upstream = None;
-        report.sync_names = None;
+        report.sync = None;
         let timeout = self.target.timeout;
         let result = match tokio::time::timeout(timeout, self.probe_inner(report)).await {
             Ok(result) => result,
@@ -208,23 +208,68 @@ impl Prober {
                 .await
                 .map_err(|e| describe(&e))?
                 .get(0);
-            report.sync_names = Some(sync_standby_names(&names));
+            report.sync = Some(sync_rule(&names));
         }
         Ok(())
     }
 }
 
-/// The standby names in a `synchronous_standby_names` value: `FIRST 1 ("a", b)`,
-/// `ANY 2 (a, b)`, `2 (a, b)` or a plain list `a, b`; `*` stays `*`.
-pub fn sync_standby_names(value: &str) -> Vec<String> {
-    let list = match (value.find('('), value.rfind(')')) {
-        (Some(open), Some(close)) if open < close => &value[open + 1..close],
-        _ => value,
+/// What a `synchronous_standby_names` value asks for: `FIRST 1 ("a", b)`, `ANY 2 (a, b)`,
+/// `2 (a, b)` or a plain list `a, b` (one of them); `*` stays a name. For what a failover
+/// may rely on, `FIRST k` of more than `k` names is `k` of them, as `ANY k` is.
+pub fn sync_rule(value: &str) -> SyncRule {
+    let (head, list) = match (value.find('('), value.rfind(')')) {
+        (Some(open), Some(close)) if open < close => (&value[..open], &value[open + 1..close]),
+        _ => ("", value),
     };
-    list.split(',')
+    let names: std::collections::BTreeSet<String> = list
+        .split(',')
         .map(|n| n.trim().trim_matches('"').to_string())
         .filter(|n| !n.is_empty())
-        .collect()
+        .collect();
+    let count = head
+        .split_whitespace()
+        .last()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(1);
+    SyncRule::new(count, names)
+}
+
+/// The `synchronous_standby_names` value for `rule`: `FIRST n` when each named standby must
+/// confirm (pg_stat_replication then says `sync`), `ANY n` for a quorum, empty for none.
+pub fn sync_setting(rule: &SyncRule) -> String {
+    if rule.is_async() {
+        return String::new();
+    }
+    let quoted: Vec<String> = rule.names.iter().map(|n| format!("\"{n}\"")).collect();
+    let method = if rule.count == rule.names.len() {
+        "FIRST"
+    } else {
+        "ANY"
+    };
+    format!("{method} {} ({})", rule.count, quoted.join(", "))
+}
+
+/// The newest WAL position `target` holds as a standby (received or replayed), read now;
+/// None when it runs as a primary.
+pub async fn standby_wal_position(target: &Target) -> Result<Option<Lsn>, String> {
+    let client = connect(target).await?;
+    let row = client
+        .query_one(
+            "SELECT pg_is_in_recovery(), pg_last_wal_receive_lsn()::text, \
+             pg_last_wal_replay_lsn()::text",
+            &[],
+        )
+        .await
+        .map_err(|e| describe(&e))?;
+    if !row.get::<_, bool>(0) {
+        return Ok(None);
+    }
+    let lsn = |i: usize| {
+        row.get::<_, Option<String>>(i)
+            .and_then(|t| t.parse::<Lsn>().ok())
+    };
+    Ok(lsn(1).max(lsn(2)))
 }
 
 /// The `host:port` named by a libpq connection string (keyword/value form).
@@ -330,15 +375,40 @@ impl Default for RemoteCheck {
 
 #[cfg(test)]
 mod tests {
-    use super::{conninfo_host_port, sync_standby_names};
+    use super::{conninfo_host_port, sync_rule, sync_setting};
+    use pgfm_core::SyncRule;
 
     #[test]
     fn sync_standby_names_are_read_in_every_form() {
-        assert_eq!(sync_standby_names(""), Vec::<String>::new());
-        assert_eq!(sync_standby_names("FIRST 1 (\"pg2\")"), ["pg2"]);
-        assert_eq!(sync_standby_names("ANY 2 (pg2, \"pg3\")"), ["pg2", "pg3"]);
-        assert_eq!(sync_standby_names("pg2,pg3"), ["pg2", "pg3"]);
-        assert_eq!(sync_standby_names("*"), ["*"]);
+        let rule = |count: usize, names: &[&str]| {
+            SyncRule::new(count, names.iter().map(|n| n.to_string()).collect())
+        };
+        assert_eq!(sync_rule(""), SyncRule::default());
+        assert_eq!(sync_rule("FIRST 1 (\"pg2\")"), rule(1, &["pg2"]));
+        assert_eq!(
+            sync_rule("ANY 2 (pg2, \"pg3\", pg4)"),
+            rule(2, &["pg2", "pg3", "pg4"])
+        );
+        assert_eq!(sync_rule("2 (pg2, pg3)"), rule(2, &["pg2", "pg3"]));
+        assert_eq!(sync_rule("pg2,pg3"), rule(1, &["pg2", "pg3"]));
+        assert_eq!(sync_rule("*"), rule(1, &["*"]));
+        // What pgfm writes reads back the same.
+        for r in [
+            rule(0, &[]),
+            rule(1, &["pg2"]),
+            rule(2, &["pg2", "pg3"]),
+            rule(1, &["pg2", "pg3"]),
+        ] {
+            assert_eq!(sync_rule(&sync_setting(&r)), r, "{}", sync_setting(&r));
+        }
+        assert_eq!(
+            sync_setting(&rule(1, &["pg2", "pg3"])),
+            "ANY 1 (\"pg2\", \"pg3\")"
+        );
+        assert_eq!(
+            sync_setting(&rule(2, &["pg2", "pg3"])),
+            "FIRST 2 (\"pg2\", \"pg3\")"
+        );
     }
 
     #[test]

@@ -5,7 +5,7 @@
 
 use pgfm_api::{ApiError, NodeKindStatus, Refusal, SwitchoverRequest, SwitchoverStarted};
 use pgfm_coord::Coordinator;
-use pgfm_core::Command;
+use pgfm_core::{Command, SyncMode, SyncSettings};
 
 use super::Agent;
 
@@ -257,6 +257,78 @@ impl Agent {
         })
     }
 
+    /// `pgfm set-synchronous`: synchronous replication for the whole cluster, committed so
+    /// that every agent (and the next coordinator) uses it; numbers left out keep their value.
+    pub(super) async fn change_synchronous(
+        &self,
+        request: pgfm_api::SynchronousRequest,
+    ) -> Result<String, Refusal> {
+        let state = self.raft.state();
+        let current = state.replication.unwrap_or(self.config.sync);
+        let mode = match request.mode.as_str() {
+            "off" => SyncMode::Off,
+            "on" => SyncMode::On,
+            "quorum" => SyncMode::Quorum,
+            other => {
+                return Err(Refusal::Refused(format!(
+                    "unknown mode {other:?} (use off, on or quorum)"
+                )))
+            }
+        };
+        let standbys = request.standbys.unwrap_or(current.standbys);
+        let minimum = match (request.strict, request.minimum) {
+            (true, Some(m)) if m != standbys => {
+                return Err(Refusal::Refused(format!(
+                    "--strict means --minimum {standbys} (the standbys asked); give one of them"
+                )))
+            }
+            (true, _) => standbys,
+            (false, Some(m)) => m,
+            // Strict stays strict when only the count changes.
+            (false, None) if current.strict() => standbys,
+            (false, None) => current.minimum.min(standbys),
+        };
+        let settings = SyncSettings {
+            mode,
+            standbys,
+            minimum,
+        };
+        if let Some(problem) = settings.problem() {
+            return Err(Refusal::Refused(
+                problem
+                    .replace("sync_standbys", "--standbys")
+                    .replace("minimum_standbys", "--minimum"),
+            ));
+        }
+        let eligible = state
+            .data_members()
+            .filter(|m| m.promotable && m.priority > 0 && state.primary.as_ref() != Some(&m.name))
+            .count();
+        if mode != SyncMode::Off && minimum > eligible {
+            return Err(Refusal::Refused(format!(
+                "--minimum {minimum} needs that many promotable standbys and the cluster has \
+                 {eligible}: every commit would wait forever (lower --minimum, or add standbys)"
+            )));
+        }
+        self.commit(Command::SetReplication { settings }).await?;
+        tracing::warn!(generation = %state.generation, %mode, standbys, minimum, "synchronous replication set for the cluster");
+        let what = match mode {
+            SyncMode::Off => "off: commits will not wait for standbys".to_string(),
+            SyncMode::On => format!(
+                "on: every commit will wait for each of {standbys} standby(s){}",
+                floor(minimum, standbys)
+            ),
+            SyncMode::Quorum => format!(
+                "quorum: every commit will wait for any {standbys} of the streaming standbys{}",
+                floor(minimum, standbys)
+            ),
+        };
+        Ok(format!(
+            "synchronous replication {what}; the primary applies it now (pgfm cluster-status \
+             shows when it waits)"
+        ))
+    }
+
     pub(super) async fn set_paused(&self, paused: bool) -> Result<String, Refusal> {
         self.commit(Command::SetPaused { paused }).await?;
         tracing::warn!(paused, "maintenance mode changed");
@@ -492,5 +564,16 @@ impl Agent {
             }
             tokio::time::sleep(std::time::Duration::from_millis(100)).await;
         }
+    }
+}
+
+/// How a lost standby is handled, for messages.
+fn floor(minimum: usize, standbys: usize) -> String {
+    if minimum >= standbys {
+        " (strict: never fewer)".to_string()
+    } else if minimum == 0 {
+        " (fewer when standbys are lost, down to none)".to_string()
+    } else {
+        format!(" (fewer when standbys are lost, down to {minimum})")
     }
 }

@@ -3,7 +3,7 @@
 //! and its failure becomes part of this node's report.
 
 use pgfm_core::decide::{Action, ClusterView};
-use pgfm_core::{ClusterState, Command};
+use pgfm_core::{ClusterState, Command, Generation};
 use pgfm_postgres::Upstream;
 
 use super::{lock, Agent};
@@ -26,6 +26,10 @@ impl Agent {
                         coordinator_notes.push(e);
                     }
                 }
+                Action::MeasureWal {
+                    members,
+                    generation,
+                } => self.measure_wal(&view.state, &members, generation).await,
                 other => {
                     let result = self.act(&view.state, &other).await;
                     // The next decision waits for a probe made after this action.
@@ -157,9 +161,8 @@ impl Agent {
                 )));
                 // A primary (re)starts waiting for the committed synchronous standbys: an
                 // asynchronous start would acknowledge commits a failover to them loses.
-                let names: Vec<String> = state.sync_set.iter().cloned().collect();
-                let count = self.config.sync.standbys.min(names.len());
-                pg.write_sync_conf(&names, count)?;
+                let committed = pgfm_core::SyncRule::new(state.sync_quorum, state.sync_set.clone());
+                pg.write_sync_conf(&committed)?;
                 let result = pg.start(None).await;
                 set_activity(None);
                 let pid = result?;
@@ -312,25 +315,60 @@ impl Agent {
                 pg.ensure_slots(slots).await?;
                 tracing::info!(%generation, slots = %slots.join(","), "replication slots created");
             }
-            Action::SetSyncStandbys {
-                names,
-                count,
-                generation,
-            } => {
-                let lsn = pg.set_sync_standbys(names, *count).await?;
+            Action::SetSyncStandbys { rule, generation } => {
+                let lsn = pg.set_sync_standbys(rule).await?;
                 *lock(&self.sync_switch) = Some((*generation, lsn));
-                if names.is_empty() {
+                if rule.is_async() {
                     tracing::warn!(%generation, %lsn, "synchronous replication off: commits no longer wait for a standby");
                 } else {
-                    tracing::warn!(%generation, %lsn, standbys = %names.join(","), count, "synchronous standbys set: commits wait for them");
+                    tracing::warn!(%generation, %lsn, %rule, "synchronous standbys set: commits wait for them");
                 }
             }
             Action::TakeVip { generation } => self.take_vip(*generation).await?,
             Action::ReleaseVip { generation, reason } => {
                 self.release_vip(*generation, reason).await
             }
-            Action::Propose(_) | Action::Hold { .. } | Action::ClusterHold { .. } => {}
+            Action::Propose(_)
+            | Action::MeasureWal { .. }
+            | Action::Hold { .. }
+            | Action::ClusterHold { .. } => {}
         }
         Ok(())
+    }
+
+    /// Ask the agents of `members` for their WAL position, read from their PostgreSQL now
+    /// (all at once, each within 2 s); kept for the next decisions with the time the
+    /// question was sent. A node whose agent or database does not answer is not reached.
+    async fn measure_wal(&self, state: &ClusterState, members: &[String], generation: Generation) {
+        let started = self.now_ms();
+        let mut readings = tokio::task::JoinSet::new();
+        for name in members {
+            let Some(member) = state.members.get(name) else {
+                continue;
+            };
+            let client = self.client(&member.address);
+            let name = name.clone();
+            readings.spawn(async move { (name, client.wal_position().await) });
+        }
+        let readings = readings.join_all().await;
+        let mut measured = lock(&self.measured);
+        for (name, read) in readings {
+            match read {
+                Ok(answer) => {
+                    let position = answer.position.filter(|_| answer.in_recovery);
+                    tracing::info!(%generation, node = %name, position = ?position, "WAL position measured");
+                    measured.insert(
+                        name,
+                        pgfm_core::decide::Measured {
+                            at_ms: started,
+                            position,
+                        },
+                    );
+                }
+                Err(e) => {
+                    tracing::debug!(%generation, node = %name, error = %e, "WAL position not measured");
+                }
+            }
+        }
     }
 }

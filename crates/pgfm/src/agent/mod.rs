@@ -55,8 +55,9 @@ pub struct Agent {
     coordinator_notes: Mutex<Vec<String>>,
     /// This node's own lease, when it is the primary.
     lease: Mutex<HeldLease>,
-    /// When this agent last saw a renewal or a new generation applied, and what it saw.
-    renewal_seen: Mutex<(Generation, u64, u64)>,
+    /// When this agent last saw a renewal, a release or a new generation applied, and what
+    /// it saw (generation, renewals, released, when).
+    renewal_seen: Mutex<(Generation, u64, bool, u64)>,
     /// When this agent became coordinator (None while it is not).
     coordinator_since: Mutex<Option<u64>>,
     /// The local PostgreSQL as the decide loop last saw it.
@@ -80,6 +81,8 @@ pub struct Agent {
     /// Where the WAL was when this agent, as primary, last changed
     /// `synchronous_standby_names`, and in which generation.
     sync_switch: Mutex<Option<(Generation, pgfm_core::Lsn)>>,
+    /// WAL positions read from other nodes' PostgreSQL for a quorum failover.
+    measured: Mutex<BTreeMap<String, pgfm_core::decide::Measured>>,
 }
 
 /// Whether the local postmaster died on its own (a crash) or was stopped by the agent.
@@ -133,9 +136,10 @@ impl Agent {
             voters: self.raft.voters().into_iter().map(|(n, _)| n).collect(),
             reports: lock(&self.reports).clone(),
             settings: self.settings(),
-            last_renewal_seen_ms: Some(lock(&self.renewal_seen).2),
+            last_renewal_seen_ms: Some(lock(&self.renewal_seen).3),
             coordinator_since_ms: *lock(&self.coordinator_since),
             wall_clock_ms,
+            measured: lock(&self.measured).clone(),
         }
     }
 
@@ -413,7 +417,7 @@ impl Agent {
                 changed = applied.changed() => if changed.is_err() { return },
                 _ = stop.changed() => return,
             }
-            let (generation, renewals, shape) = {
+            let (generation, renewals, released, shape) = {
                 let a = applied.borrow_and_update();
                 let s = &a.state;
                 let shape = (
@@ -423,13 +427,13 @@ impl Agent {
                     s.switchover.clone(),
                     s.members.len(),
                 );
-                (s.generation, s.lease_renewals, shape)
+                (s.generation, s.lease_renewals, s.lease_released, shape)
             };
             let now = self.now_ms();
             {
                 let mut seen = lock(&self.renewal_seen);
-                if (seen.0, seen.1) != (generation, renewals) {
-                    *seen = (generation, renewals, now);
+                if (seen.0, seen.1, seen.2) != (generation, renewals, released) {
+                    *seen = (generation, renewals, released, now);
                 }
             }
             // Anything but a renewal changes what agents should do: probe and decide now
@@ -490,7 +494,6 @@ impl Agent {
             voters: &voters,
             max_lag: self.config.failover.max_lag,
             auto_failover: self.config.failover.auto_failover,
-            sync: self.config.sync,
             now_ms: self.now_ms(),
             problems,
         };
@@ -543,6 +546,13 @@ impl AgentApi for Agent {
         self.change_priority(request).await
     }
 
+    async fn set_synchronous(
+        &self,
+        request: pgfm_api::SynchronousRequest,
+    ) -> Result<String, pgfm_api::Refusal> {
+        self.change_synchronous(request).await
+    }
+
     async fn pause(&self) -> Result<String, pgfm_api::Refusal> {
         self.set_paused(true).await
     }
@@ -580,6 +590,25 @@ impl AgentApi for Agent {
 
     async fn history(&self) -> Vec<pgfm_api::HistoryEntry> {
         self.history_entries()
+    }
+
+    async fn wal_position(&self) -> Result<pgfm_api::WalPosition, pgfm_api::Refusal> {
+        let Some(pg) = &self.postgres else {
+            return Err(pgfm_api::Refusal::Refused(format!(
+                "{} is a witness: it holds no WAL",
+                self.config.name
+            )));
+        };
+        match pgfm_postgres::probe::standby_wal_position(&pg.probe_target()).await {
+            Ok(position) => Ok(pgfm_api::WalPosition {
+                in_recovery: position.is_some(),
+                position,
+            }),
+            Err(e) => Err(pgfm_api::Refusal::Refused(format!(
+                "PostgreSQL on {} does not answer: {e}",
+                self.config.name
+            ))),
+        }
     }
 
     async fn switchover(
@@ -686,7 +715,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         notes: Mutex::new(Vec::new()),
         coordinator_notes: Mutex::new(Vec::new()),
         lease: Mutex::new(HeldLease::default()),
-        renewal_seen: Mutex::new((Generation(0), 0, 0)),
+        renewal_seen: Mutex::new((Generation(0), 0, false, 0)),
         coordinator_since: Mutex::new(None),
         db: Mutex::new(DbWatch::default()),
         resume_requested: AtomicBool::new(false),
@@ -696,12 +725,18 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         last_action_ms: std::sync::atomic::AtomicU64::new(0),
         rewind_failed: Mutex::new(None),
         sync_switch: Mutex::new(None),
+        measured: Mutex::new(BTreeMap::new()),
         fence_hook_failed_ms: Mutex::new(None),
         shutdown: tokio::sync::Notify::new(),
     });
     {
         let state = agent.raft.state();
-        *lock(&agent.renewal_seen) = (state.generation, state.lease_renewals, 0);
+        *lock(&agent.renewal_seen) = (
+            state.generation,
+            state.lease_renewals,
+            state.lease_released,
+            0,
+        );
     }
     tracing::info!(
         cluster = %agent.config.cluster,

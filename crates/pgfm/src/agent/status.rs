@@ -5,8 +5,7 @@ use pgfm_api::{
     ClusterStatus, DbStatus, NodeKindStatus, NodeStatus, PromoteStatus, SyncStatus, Up, VipStatus,
 };
 use pgfm_core::decide::ClusterView;
-use pgfm_core::decide::SyncSettings;
-use pgfm_core::{DbRole, NodeKind};
+use pgfm_core::{DbRole, NodeKind, SyncMode};
 
 /// Who is asking and who coordinates, for the header of the status.
 pub struct Context<'a> {
@@ -17,7 +16,6 @@ pub struct Context<'a> {
     pub voters: &'a [(String, String)],
     pub max_lag: u64,
     pub auto_failover: bool,
-    pub sync: SyncSettings,
     pub now_ms: u64,
     /// Reasons the coordinator is holding back (bootstrap refused, ...).
     pub problems: Vec<String>,
@@ -155,21 +153,37 @@ pub fn build(ctx: &Context<'_>, view: &ClusterView) -> ClusterStatus {
         priority_list,
         promote_status,
         vip,
-        synchronous: ctx.sync.on.then(|| {
-            let committed: Vec<String> = state.sync_set.iter().cloned().collect();
-            let waiting_for = primary_report
-                .and_then(|r| r.sync_names.clone())
-                .unwrap_or_default();
-            SyncStatus {
-                standbys: ctx.sync.standbys,
-                strict: ctx.sync.strict,
-                degraded: waiting_for.len() < ctx.sync.standbys,
-                committed,
-                waiting_for,
-            }
-        }),
+        synchronous: sync_status(view, primary_report),
         problems,
     }
+}
+
+/// Synchronous replication as set, as committed and as the primary does it (None when it
+/// is off and nothing is left to undo).
+fn sync_status(view: &ClusterView, primary: Option<&pgfm_core::NodeReport>) -> Option<SyncStatus> {
+    let sync = view.sync_settings();
+    let committed = view.committed_sync();
+    if sync.mode == SyncMode::Off && committed.is_async() {
+        return None;
+    }
+    let waiting = primary.and_then(|r| r.sync.clone()).unwrap_or_default();
+    Some(SyncStatus {
+        mode: sync.mode.to_string(),
+        standbys: sync.standbys,
+        minimum: sync.minimum,
+        strict: sync.strict(),
+        source: if view.state.replication.is_some() {
+            "set-synchronous"
+        } else {
+            "config"
+        }
+        .to_string(),
+        degraded: sync.mode != SyncMode::Off && waiting.count < sync.standbys,
+        committed: committed.names.into_iter().collect(),
+        committed_quorum: committed.count,
+        waiting_count: waiting.count,
+        waiting_for: waiting.names.into_iter().collect(),
+    })
 }
 
 /// The VIP's address (from any data node's report) and the nodes that carry it.

@@ -49,8 +49,9 @@ pub enum LabCommand {
         #[arg(long)]
         netns: bool,
         /// Synchronous replication for the whole lab (`[replication] synchronous`);
-        /// `--set replication.strict=true` and `--set replication.sync_standbys=N` refine it.
-        #[arg(long, value_name = "off|on")]
+        /// `--set replication.sync_standbys=N`, `--set replication.minimum_standbys=M` and
+        /// `--set replication.strict=true` refine it.
+        #[arg(long, value_name = "off|on|quorum", value_parser = ["off", "on", "quorum"])]
         synchronous: Option<String>,
     },
     /// Stop everything the lab started and remove its directory.
