@@ -163,10 +163,10 @@ pub fn build(ctx: &Context<'_>, view: &ClusterView) -> ClusterStatus {
 fn sync_status(view: &ClusterView, primary: Option<&pgfm_core::NodeReport>) -> Option<SyncStatus> {
     let sync = view.sync_settings();
     let committed = view.committed_sync();
-    if sync.mode == SyncMode::Off && committed.is_async() {
+    let waiting = primary.and_then(|r| r.sync.clone()).unwrap_or_default();
+    if sync.mode == SyncMode::Off && committed.is_async() && waiting.is_async() {
         return None;
     }
-    let waiting = primary.and_then(|r| r.sync.clone()).unwrap_or_default();
     Some(SyncStatus {
         mode: sync.mode.to_string(),
         standbys: sync.standbys,
