@@ -2046,6 +2046,53 @@ mod tests {
                 }
             }
 
+            /// Quorum: every acknowledged commit is on `quorum` of the members of the sync
+            /// set; whichever members answer and whatever stale positions the reports
+            /// carry, a promoted node holds that commit.
+            #[test]
+            fn a_quorum_failover_never_loses_an_acknowledged_commit(
+                quorum in 1usize..=3,
+                positions in proptest::collection::vec(0u64..2_000, 3),
+                acked_by in proptest::collection::vec(any::<bool>(), 3),
+                answers in proptest::collection::vec(any::<bool>(), 3),
+                stale in proptest::collection::vec(0u64..2_000, 3),
+            ) {
+                let members = ["pg2", "pg3", "pg4"];
+                let mut v = view(Some("pg1"), &[("pg1", Silent), ("pg2", Running(DbRole::Standby)), ("pg3", Running(DbRole::Standby)), ("pg4", Running(DbRole::Standby)), ("witness", Stopped(Empty))]);
+                v.settings.max_lag = u64::MAX;
+                v.state.sync_set = members.iter().map(|m| m.to_string()).collect();
+                v.state.sync_quorum = quorum;
+                // The last acknowledged commit ends at `acked`: `quorum` members hold it (the
+                // ones drawn first, then others as needed), the rest may or may not.
+                let acked = 1_001_000;
+                let mut holders: Vec<usize> = (0..3).filter(|i| acked_by[*i]).collect();
+                holders.extend((0..3).filter(|i| !acked_by[*i]));
+                holders.truncate(quorum);
+                let truth: Vec<u64> = (0..3)
+                    .map(|i| if holders.contains(&i) { acked + positions[i] } else { 1_000_000 + positions[i] })
+                    .collect();
+                for (i, name) in members.iter().enumerate() {
+                    let o = v.reports.get_mut(*name).unwrap();
+                    o.received_at_ms = 10_000;
+                    o.report.sees_primary = Some(false);
+                    // A report may predate the last commits it received.
+                    let reported = Lsn(truth[i].saturating_sub(stale[i]));
+                    o.report.received_lsn = Some(reported);
+                    o.report.replayed_lsn = Some(reported);
+                    if answers[i] {
+                        v.measured.insert(name.to_string(), Measured { at_ms: 9_000, position: Some(Lsn(truth[i])) });
+                    }
+                }
+                let mut me = local(&v, "witness", true);
+                me.kind = NodeKind::Witness;
+                for action in decide(&v, &me, 10_000) {
+                    if let Action::Propose(Command::Promote { node, .. }) = action {
+                        let i = members.iter().position(|m| *m == node).expect("promoted a member");
+                        prop_assert!(truth[i] >= acked, "promoted {node} at {}, acknowledged up to {acked}", truth[i]);
+                    }
+                }
+            }
+
             /// Over random sequences of views, the coordinator promotes at most once per
             /// generation, never a non-promotable, stopped or lagging node, and never while
             /// no other agent found the primary's database down.

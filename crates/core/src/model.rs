@@ -827,6 +827,73 @@ mod tests {
         );
     }
 
+    /// The synchronous rule is set by the primary of the generation only, never with a
+    /// quorum larger than its members; settings set at run time are checked; a promotion
+    /// clears the rule (the new primary has every acknowledged commit).
+    #[test]
+    fn the_synchronous_rule_and_settings_are_checked() {
+        let mut state = ClusterState::default();
+        for c in [
+            Command::Register {
+                member: member("pg1", NodeKind::Data),
+            },
+            Command::Register {
+                member: member("pg2", NodeKind::Data),
+            },
+            Command::Register {
+                member: member("pg3", NodeKind::Data),
+            },
+            Command::Bootstrap {
+                primary: "pg1".into(),
+                generation: Generation(1),
+            },
+        ] {
+            state.apply(&c).unwrap();
+        }
+        let set = |node: &str, members: &[&str], quorum| Command::SetSyncSet {
+            node: node.into(),
+            generation: Generation(1),
+            members: members.iter().map(|m| m.to_string()).collect(),
+            quorum,
+        };
+        assert!(state.apply(&set("pg2", &["pg3"], 1)).is_err());
+        assert!(state.apply(&set("pg1", &["pg2"], 2)).is_err());
+        assert!(state.apply(&set("pg1", &["pg2", "pg3"], 0)).is_err());
+        assert!(state.apply(&set("pg1", &["pg1"], 1)).is_err());
+        state.apply(&set("pg1", &["pg2", "pg3"], 1)).unwrap();
+        assert_eq!((state.sync_set.len(), state.sync_quorum), (2, 1));
+        let bad = SyncSettings {
+            mode: SyncMode::Quorum,
+            standbys: 1,
+            minimum: 2,
+        };
+        assert!(state.apply(&Command::SetReplication { settings: bad }).is_err());
+        assert_eq!(state.replication, None);
+        let good = SyncSettings { minimum: 1, ..bad };
+        state.apply(&Command::SetReplication { settings: good }).unwrap();
+        assert_eq!(state.replication, Some(good));
+        state
+            .apply(&Command::ReleaseLease {
+                node: "pg1".into(),
+                generation: Generation(1),
+            })
+            .unwrap();
+        state
+            .apply(&Command::Promote {
+                node: "pg2".into(),
+                generation: Generation(2),
+                from: Some("pg1".into()),
+                reason: "test".into(),
+                lsn: None,
+                lost_bytes: None,
+                at_unix_ms: 0,
+                lease_renewals: None,
+            })
+            .unwrap();
+        assert!(state.sync_set.is_empty() && state.sync_quorum == 0);
+        assert_eq!(state.replication, Some(good), "settings outlive a promotion");
+    }
+
     /// A promotion judged on an expired lease is refused once a renewal was applied after
     /// the judgement (a deposed coordinator's decision forwarded after a partition heals).
     #[test]
