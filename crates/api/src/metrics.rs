@@ -117,6 +117,24 @@ pub fn render(m: &Metrics) -> String {
             })
             .collect(),
     );
+    gauge(
+        "pgfm_sync_standbys",
+        "How many standbys each commit waits for now (synchronous replication only).",
+        "gauge",
+        m.sync_waiting
+            .iter()
+            .map(|(n, _)| (format!("node=\"{node}\""), n.to_string()))
+            .collect(),
+    );
+    gauge(
+        "pgfm_sync_degraded",
+        "1 when commits wait for fewer standbys than asked (synchronous replication only).",
+        "gauge",
+        m.sync_waiting
+            .iter()
+            .map(|(_, d)| (format!("node=\"{node}\""), u8::from(*d).to_string()))
+            .collect(),
+    );
     out
 }
 
@@ -137,6 +155,7 @@ mod tests {
             probe_latency_ms: Some(2),
             lag_bytes: vec![("pg2".into(), 0)],
             agents_up: vec![("pg1".into(), true), ("pg2".into(), false)],
+            sync_waiting: Some((1, false)),
         };
         let text = render(&m);
         assert!(
@@ -148,6 +167,8 @@ mod tests {
         assert!(text.contains("pgfm_standby_lag_bytes{node=\"pg1\",standby=\"pg2\"} 0\n"));
         assert!(text.contains("pgfm_agent_up{node=\"pg1\",member=\"pg2\"} 0\n"));
         assert!(text.contains("# TYPE pgfm_failovers_total counter\n"));
+        assert!(text.contains("pgfm_sync_standbys{node=\"pg1\"} 1\n"));
+        assert!(text.contains("pgfm_sync_degraded{node=\"pg1\"} 0\n"));
         assert_eq!(escape("a\"b"), "a\\\"b");
     }
 }

@@ -229,6 +229,9 @@ pub struct Metrics {
     pub lag_bytes: Vec<(String, u64)>,
     /// Each member's agent up (1) or down (0), as this agent knows it.
     pub agents_up: Vec<(String, bool)>,
+    /// With synchronous replication: how many standbys each commit waits for now, and
+    /// whether that is fewer than asked.
+    pub sync_waiting: Option<(usize, bool)>,
 }
 
 /// One promotion in `GET /v1/history`.

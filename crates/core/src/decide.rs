@@ -230,25 +230,44 @@ pub fn decide(cluster: &ClusterView, local: &LocalView, now_ms: u64) -> Decision
     }
     if local.kind == NodeKind::Data {
         // The VIP first: a release must come before a hand-over stops the database.
-        actions.extend(place_vip(cluster, local));
+        actions.extend(place_vip(cluster, local, now_ms));
         actions.extend(manage_sync(cluster, local, now_ms));
         actions.extend(reconcile_local(cluster, local, now_ms));
     }
     actions
 }
 
-/// The VIP follows the primary: this node carries it exactly while it is the committed
-/// primary, its PostgreSQL runs writable, it holds the lease, and it is not handing over.
-fn place_vip(cluster: &ClusterView, local: &LocalView) -> Vec<Action> {
+/// The VIP follows the primary: this node takes it only while it is the committed primary,
+/// its PostgreSQL runs writable, it holds the lease, and it is not handing over; it keeps it
+/// only so long, or while its crashed PostgreSQL is being restarted in place.
+fn place_vip(cluster: &ClusterView, local: &LocalView, now_ms: u64) -> Vec<Action> {
     let Some(vip) = &local.report.vip else {
         return Vec::new();
     };
     let generation = cluster.state.generation;
     match (not_serving(cluster, local), vip.held) {
         (None, false) => vec![Action::TakeVip { generation }],
+        (Some(_), true) if restarting_in_place(cluster, local, now_ms) => Vec::new(),
         (Some(reason), true) => vec![Action::ReleaseVip { generation, reason }],
         _ => Vec::new(),
     }
+}
+
+/// The committed primary's PostgreSQL crashed and its agent restarts it in place: it holds
+/// the lease (no other node can be promoted) and is within `crash_restart_bound`. Clients of
+/// the VIP then get "connection refused" at once and reconnect as soon as it is back, rather
+/// than wait out a connect timeout on an address nobody answers.
+fn restarting_in_place(cluster: &ClusterView, local: &LocalView, now_ms: u64) -> bool {
+    let state = &cluster.state;
+    let settings = &cluster.settings;
+    state.primary.as_deref() == Some(local.name.as_str())
+        && !state.lease_released
+        && state.switchover.is_none()
+        && local.lease_valid
+        && settings.on_crash == OnCrash::Restart
+        && local
+            .crashed_at_ms
+            .is_some_and(|c| now_ms < c + settings.crash_restart_bound_ms)
 }
 
 /// Why this node is not the serving primary (None: it is — the committed primary, running
@@ -1615,6 +1634,34 @@ mod tests {
             2_000,
             &["release vip g1: this node does not hold the primary lease"],
         );
+        // PostgreSQL crashed and is restarted in place: the VIP stays (clients are refused
+        // at once, nobody else can be promoted while the lease holds); past the bound, it
+        // goes before the lease is given up.
+        v.reports.get_mut("pg1").unwrap().report.db_up = false;
+        let mut me = local(&v, "pg1", false);
+        me.crashed_at_ms = Some(1_000);
+        check_local(&v, &me, 2_000, &["start primary g1"]);
+        check_local(
+            &v,
+            &me,
+            11_000,
+            &[
+                "release vip g1: PostgreSQL is not running as the primary",
+                "release pg1 g1",
+                "hold: PostgreSQL crashed and is not back: giving up the lease of generation 1",
+            ],
+        );
+        me.lease_valid = false;
+        check_local(
+            &v,
+            &me,
+            2_000,
+            &[
+                "release vip g1: PostgreSQL is not running as the primary",
+                "hold: primary of generation 1: waiting for the lease before starting",
+            ],
+        );
+        v.reports.get_mut("pg1").unwrap().report.db_up = true;
         // A switchover releases it before the hand-over stops the database.
         v.state.switchover = Some(switchover_pg1_to_pg2());
         check(

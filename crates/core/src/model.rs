@@ -867,10 +867,14 @@ mod tests {
             standbys: 1,
             minimum: 2,
         };
-        assert!(state.apply(&Command::SetReplication { settings: bad }).is_err());
+        assert!(state
+            .apply(&Command::SetReplication { settings: bad })
+            .is_err());
         assert_eq!(state.replication, None);
         let good = SyncSettings { minimum: 1, ..bad };
-        state.apply(&Command::SetReplication { settings: good }).unwrap();
+        state
+            .apply(&Command::SetReplication { settings: good })
+            .unwrap();
         assert_eq!(state.replication, Some(good));
         state
             .apply(&Command::ReleaseLease {
@@ -891,7 +895,11 @@ mod tests {
             })
             .unwrap();
         assert!(state.sync_set.is_empty() && state.sync_quorum == 0);
-        assert_eq!(state.replication, Some(good), "settings outlive a promotion");
+        assert_eq!(
+            state.replication,
+            Some(good),
+            "settings outlive a promotion"
+        );
     }
 
     /// A promotion judged on an expired lease is refused once a renewal was applied after

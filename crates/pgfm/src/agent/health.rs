@@ -129,6 +129,10 @@ impl Agent {
                 .iter()
                 .map(|n| (n.name.clone(), n.agent == pgfm_api::Up::Up))
                 .collect(),
+            sync_waiting: status
+                .synchronous
+                .as_ref()
+                .map(|s| (s.waiting_count, s.degraded)),
         }
     }
 
