@@ -160,7 +160,15 @@ pub fn render(s: &ClusterStatus) -> String {
                     Some(false) => ", NOT in sync",
                     _ => "",
                 };
-                format!("{replayed}{lag}{sync}")
+                // With synchronous replication: what the primary's pg_stat_replication says.
+                let role = match (&s.synchronous, n.sync_state.as_deref()) {
+                    (Some(_), Some("sync")) => ", synchronous",
+                    (Some(_), Some("quorum")) => ", in the synchronous quorum",
+                    (Some(_), Some("potential")) => ", potential synchronous",
+                    (Some(_), Some("async")) => ", asynchronous",
+                    _ => "",
+                };
+                format!("{replayed}{lag}{sync}{role}")
             }
         };
         let lsn = n
@@ -472,6 +480,7 @@ mod tests {
         });
         status.nodes[0].vip = Some(true);
         status.nodes[1].vip = Some(false);
+        status.nodes[1].sync_state = Some("sync".into());
         status.synchronous = Some(pgfm_api::SyncStatus {
             mode: "on".into(),
             standbys: 1,
