@@ -76,6 +76,9 @@ pub enum HealthCheck {
     Replica { max_lag: Option<u64> },
     /// 200 when the agent runs and, on a data node, its PostgreSQL answers.
     Node,
+    /// 200 on a streaming standby in the committed synchronous set (`sync`) or outside it
+    /// (`async`).
+    Synchronous { member: bool },
 }
 
 #[derive(Debug, serde::Deserialize)]
@@ -109,6 +112,8 @@ pub fn router<A: AgentApi>(agent: Arc<A>) -> Router {
         .route("/primary", get(primary::<A>))
         .route("/replica", get(replica::<A>))
         .route("/health", get(health::<A>))
+        .route("/sync", get(sync::<A>))
+        .route("/async", get(not_sync::<A>))
         .route("/metrics", get(metrics::<A>))
         .with_state(agent)
 }
@@ -149,6 +154,22 @@ async fn replica<A: AgentApi>(
             .health(HealthCheck::Replica {
                 max_lag: query.max_lag,
             })
+            .await,
+    )
+}
+
+async fn sync<A: AgentApi>(State(agent): State<Arc<A>>) -> Response {
+    health_response(
+        agent
+            .health(HealthCheck::Synchronous { member: true })
+            .await,
+    )
+}
+
+async fn not_sync<A: AgentApi>(State(agent): State<Arc<A>>) -> Response {
+    health_response(
+        agent
+            .health(HealthCheck::Synchronous { member: false })
             .await,
     )
 }

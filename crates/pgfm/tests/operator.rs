@@ -179,30 +179,8 @@ fn health_endpoints_follow_a_failover() {
         .enable_all()
         .build()
         .unwrap();
-    let token = std::fs::read_to_string(lab.dir.join("token")).unwrap();
-    let client = |n: &str| {
-        let port = lab.lab_node(n)["agent_port"].as_u64().unwrap();
-        pgfm_api::ApiClient::new(
-            &format!("127.0.0.1:{port}"),
-            token.trim(),
-            Duration::from_secs(2),
-        )
-    };
-    let code = |n: &str, path: &str| {
-        rt.block_on(client(n).health(path))
-            .map(|(c, _)| c)
-            .map_err(|e| e.to_string())
-    };
-    let expect = |n: &str, path: &str, want: u16| {
-        wait_for(
-            &format!("{path} on {n} to answer {want}"),
-            SETTLE,
-            || match code(n, path)? {
-                c if c == want => Ok(()),
-                other => Err(format!("answered {other}")),
-            },
-        )
-    };
+    let client = |n: &str| lab.client(n);
+    let expect = |n: &str, path: &str, want: u16| lab.expect_health(n, path, want);
     expect("pg1", "/primary", 200);
     expect("pg2", "/primary", 503);
     expect("witness", "/primary", 503);

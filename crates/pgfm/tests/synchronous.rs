@@ -276,6 +276,12 @@ fn the_mode_changes_at_run_time() {
         }
     });
     wait_sync_state(&lab, &sync, "sync");
+    let other = if sync == "pg2" { "pg3" } else { "pg2" };
+    lab.expect_health(&sync, "/sync", 200);
+    lab.expect_health(&sync, "/async", 503);
+    lab.expect_health(other, "/async", 200);
+    lab.expect_health(other, "/sync", 503);
+    lab.expect_health("pg1", "/sync", 503);
     let (status, _) = lab.cluster_status("pg1").unwrap();
     assert_eq!(
         status["synchronous"]["source"], "set-synchronous",
@@ -289,6 +295,7 @@ fn the_mode_changes_at_run_time() {
     wait_sync(&lab, &["pg2", "pg3"], &["pg2", "pg3"]);
     wait_sync_state(&lab, "pg2", "quorum");
     wait_sync_state(&lab, "pg3", "quorum");
+    lab.expect_health(other, "/sync", 200);
     assert_eq!(
         lab.psql("pg1", "SHOW synchronous_standby_names").unwrap(),
         "ANY 1 (\"pg2\", \"pg3\")"

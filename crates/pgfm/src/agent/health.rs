@@ -86,6 +86,29 @@ impl Agent {
                     (Some(_), None) => answer(false, "streaming, but the lag is unknown".into()),
                 }
             }
+            HealthCheck::Synchronous { member } => {
+                let streaming =
+                    me.as_ref().and_then(|r| r.receiver.as_deref()) == Some("streaming");
+                if !(db_up && role == Some(DbRole::Standby) && streaming) {
+                    return answer(false, "not a streaming standby".into());
+                }
+                let synchronous = state.sync_set.contains(&self.config.name);
+                let what = if synchronous {
+                    format!(
+                        "a synchronous standby (each commit is on {} of {})",
+                        state.sync_quorum,
+                        state
+                            .sync_set
+                            .iter()
+                            .cloned()
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    )
+                } else {
+                    "an asynchronous standby".to_string()
+                };
+                answer(synchronous == member, format!("streaming, {what}"))
+            }
             HealthCheck::Node => match self.postgres {
                 None => answer(true, "witness agent up".into()),
                 Some(_) if db_up => answer(true, "agent and PostgreSQL up".into()),

@@ -62,6 +62,36 @@ pub struct Lab {
 }
 
 impl Lab {
+    /// A client of `node`'s agent API, with the lab's token.
+    pub fn client(&self, node: &str) -> pgfm_api::ApiClient {
+        let token = std::fs::read_to_string(self.dir.join("token")).expect("the lab's token");
+        let port = self.lab_node(node)["agent_port"]
+            .as_u64()
+            .expect("agent_port");
+        pgfm_api::ApiClient::new(
+            &format!("127.0.0.1:{port}"),
+            token.trim(),
+            Duration::from_secs(2),
+        )
+    }
+
+    /// Wait until the health endpoint `path` on `node` answers `want`.
+    pub fn expect_health(&self, node: &str, path: &str, want: u16) {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("a runtime");
+        wait_for(
+            &format!("{path} on {node} to answer {want}"),
+            Duration::from_secs(60),
+            || match rt.block_on(self.client(node).health(path)) {
+                Ok((c, _)) if c == want => Ok(()),
+                Ok((other, body)) => Err(format!("answered {other}: {body:?}")),
+                Err(e) => Err(e.to_string()),
+            },
+        )
+    }
+
     /// `pgfm lab up` with `data_nodes` data nodes and a witness.
     pub fn up(data_nodes: usize) -> Lab {
         Lab::up_with(data_nodes, &[])
