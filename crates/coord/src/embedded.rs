@@ -282,6 +282,13 @@ impl Coordinator for EmbeddedRaft {
         metrics.state == ServerState::Leader && metrics.current_leader == Some(self.inner.id)
     }
 
+    fn leading_term(&self) -> Option<u64> {
+        let metrics = self.inner.raft.metrics();
+        let metrics = metrics.borrow();
+        (metrics.state == ServerState::Leader && metrics.current_leader == Some(self.inner.id))
+            .then_some(metrics.current_term)
+    }
+
     fn voters(&self) -> Vec<(String, String)> {
         let metrics = self.inner.raft.metrics();
         let metrics = metrics.borrow();

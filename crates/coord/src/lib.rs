@@ -44,6 +44,9 @@ pub trait Coordinator: Send + Sync + 'static {
     fn coordinator(&self) -> Option<String>;
     /// Whether this agent is the coordinator.
     fn is_coordinator(&self) -> bool;
+    /// The Raft term this agent leads, when it is the coordinator. Once it has applied an
+    /// entry of that term, it has applied everything committed before it led.
+    fn leading_term(&self) -> Option<u64>;
     /// Every voting member: `(name, agent address)`.
     fn voters(&self) -> Vec<(String, String)>;
     /// Commit a command, forwarding it to the coordinator when this agent is not it.

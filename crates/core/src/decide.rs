@@ -79,9 +79,10 @@ pub struct ClusterView {
     /// The latest report from each agent, as held by the coordinator.
     pub reports: BTreeMap<String, Observed>,
     pub settings: Settings,
-    /// When this agent applied the latest lease renewal or promotion (monotonic ms).
+    /// When this agent applied the latest lease renewal, release or promotion (monotonic ms).
     pub last_renewal_seen_ms: Option<u64>,
-    /// When this agent became coordinator (monotonic ms); None when it is not.
+    /// When this agent became a coordinator that has applied an entry of its own term
+    /// (monotonic ms); None when it is not.
     pub coordinator_since_ms: Option<u64>,
     /// Wall-clock time, only to stamp the history.
     pub wall_clock_ms: u64,
@@ -513,13 +514,13 @@ fn bootstrap(cluster: &ClusterView, now_ms: u64) -> Vec<Action> {
 fn failover(cluster: &ClusterView, primary: &str, now_ms: u64) -> Vec<Action> {
     let state = &cluster.state;
     let settings = &cluster.settings;
-    let Some(since) = cluster.coordinator_since_ms else {
+    if cluster.coordinator_since_ms.is_none() {
         return Vec::new();
-    };
+    }
     if let Some(sw) = &state.switchover {
         return switchover(cluster, sw, now_ms);
     }
-    let expires = lease::expired_at_ms(cluster.last_renewal_seen_ms, since, &settings.lease);
+    let expires = lease::expired_at_ms(cluster.last_renewal_seen_ms, &settings.lease);
     let released = state.lease_released;
     if !released && now_ms < expires {
         if cluster.fresh_report(primary, now_ms).is_none() {
@@ -1496,11 +1497,14 @@ mod tests {
         // lease 3000 + drift 500 from the last renewal seen at 0.
         check_coordinator(&v, 3_499, &["cluster hold: primary pg1 is not reporting: its lease runs out in 1 ms, then a standby may be promoted"]);
         check_coordinator(&v, 3_500, &["promote pg2 g2 from pg1 losing 0"]);
-        // A coordinator elected at 2000 counts from there (invariant 3).
+        // A coordinator elected at 2000 counts from the last renewal it applied, not from
+        // its election (the agent makes it wait until it has applied its own term's entry);
+        // one that has not caught up yet decides nothing.
         let mut late = v.clone();
         late.coordinator_since_ms = Some(2_000);
-        check_coordinator(&late, 5_499, &["cluster hold: primary pg1 is not reporting: its lease runs out in 1 ms, then a standby may be promoted"]);
-        check_coordinator(&late, 5_500, &["promote pg2 g2 from pg1 losing 0"]);
+        check_coordinator(&late, 3_500, &["promote pg2 g2 from pg1 losing 0"]);
+        late.coordinator_since_ms = None;
+        check_coordinator(&late, 9_000, &[]);
         // A renewal seen later restarts the count.
         let mut renewed = v.clone();
         renewed.last_renewal_seen_ms = Some(3_000);
@@ -2194,7 +2198,7 @@ mod tests {
                             let down_seen = before.voters.iter().filter(|n| **n != primary).filter_map(|n| before.fresh_report(n, now)).any(|r| r.sees_primary == Some(false));
                             let up_seen = before.voters.iter().filter(|n| **n != primary).filter_map(|n| before.fresh_report(n, now)).any(|r| r.sees_primary == Some(true));
                             prop_assert!(before.state.lease_released || (down_seen && !up_seen), "promoted without evidence the primary is down");
-                            prop_assert!(now >= lease::expired_at_ms(before.last_renewal_seen_ms, 0, &before.settings.lease), "promoted before the lease expired");
+                            prop_assert!(now >= lease::expired_at_ms(before.last_renewal_seen_ms, &before.settings.lease), "promoted before the lease expired");
                         }
                         let generation = v.state.generation;
                         if v.state.apply(&command).is_ok() && matches!(command, Command::Promote { .. }) {

@@ -3,8 +3,9 @@
 //! The primary renews through the Raft log every `renew_interval` and times each lease from
 //! the moment the renewal was *sent*. If it cannot renew, it fences its PostgreSQL at
 //! `lease - safety_margin`. The coordinator counts `lease + drift_margin` from the last
-//! renewal it applied, restarting from zero when it becomes coordinator, and only then
-//! may promote another node.
+//! renewal it applied, and only then may promote another node. A new coordinator counts so
+//! only once it has applied an entry of the term it leads (the agent's part): by then it has
+//! applied every renewal committed before it led, each no earlier than it was sent.
 
 /// Lease timing, in milliseconds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -154,16 +155,11 @@ pub fn primary_step(
 }
 
 /// The coordinator side: when the primary's lease has surely expired on this clock.
-/// `last_renewal_seen_ms`: when this agent applied the latest renewal (or the promotion that
-/// began the generation); `coordinator_since_ms`: when it became coordinator.
-pub fn expired_at_ms(
-    last_renewal_seen_ms: Option<u64>,
-    coordinator_since_ms: u64,
-    s: &LeaseSettings,
-) -> u64 {
-    // Invariant 3: counted from the later of the two, so a new coordinator starts from zero.
-    let from = last_renewal_seen_ms.unwrap_or(0).max(coordinator_since_ms);
-    from + s.lease_ms + s.drift_margin_ms
+/// `last_renewal_seen_ms`: when this agent applied the latest renewal, release or promotion
+/// (None: at its start, 0). Applied is after sent, so this is never before the primary's
+/// own expiry (plus the drift margin for clock rates).
+pub fn expired_at_ms(last_renewal_seen_ms: Option<u64>, s: &LeaseSettings) -> u64 {
+    last_renewal_seen_ms.unwrap_or(0) + s.lease_ms + s.drift_margin_ms
 }
 
 #[cfg(test)]
@@ -259,10 +255,9 @@ mod tests {
     }
 
     #[test]
-    fn a_new_coordinator_starts_its_timer_from_zero() {
-        assert_eq!(expired_at_ms(Some(1_000), 0, &S), 4_500);
-        assert_eq!(expired_at_ms(Some(1_000), 9_000, &S), 12_500);
-        assert_eq!(expired_at_ms(None, 200, &S), 3_700);
+    fn the_coordinator_counts_from_the_last_renewal_it_applied() {
+        assert_eq!(expired_at_ms(Some(1_000), &S), 4_500);
+        assert_eq!(expired_at_ms(None, &S), 3_500);
     }
 
     proptest! {
@@ -307,8 +302,8 @@ mod tests {
                 now += tick;
             }
             let fenced_at = fenced_at.expect("renewals stopped succeeding, so it must fence");
-            // The coordinator's earliest expiry: it may have become coordinator at 0.
-            let expiry = expired_at_ms(applied, 0, &S);
+            // The coordinator's expiry, counted from the last renewal it applied.
+            let expiry = expired_at_ms(applied, &S);
             prop_assert!(fenced_at + tick < expiry, "fenced at {fenced_at}, expiry {expiry}");
         }
     }

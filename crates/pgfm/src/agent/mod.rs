@@ -37,6 +37,17 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
+/// What the coordinator's lease clock rests on (see `renewal_watch`).
+#[derive(Debug, Default)]
+struct RenewalSeen {
+    /// (generation, renewals, released) as last applied here.
+    lease: (Generation, u64, bool),
+    /// When that changed (monotonic ms; 0: this agent's start).
+    at_ms: u64,
+    /// The Raft term of the last applied entry taken into account.
+    applied_term: u64,
+}
+
 pub struct Agent {
     config: Config,
     token: Arc<str>,
@@ -55,9 +66,9 @@ pub struct Agent {
     coordinator_notes: Mutex<Vec<String>>,
     /// This node's own lease, when it is the primary.
     lease: Mutex<HeldLease>,
-    /// When this agent last saw a renewal, a release or a new generation applied, and what
-    /// it saw (generation, renewals, released, when).
-    renewal_seen: Mutex<(Generation, u64, bool, u64)>,
+    /// When this agent last saw a renewal, a release or a new generation applied (the
+    /// coordinator's lease clock), and the term of the last entry it has taken into account.
+    renewal_seen: Mutex<RenewalSeen>,
     /// When this agent became coordinator (None while it is not).
     coordinator_since: Mutex<Option<u64>>,
     /// The local PostgreSQL as the decide loop last saw it.
@@ -136,7 +147,7 @@ impl Agent {
             voters: self.raft.voters().into_iter().map(|(n, _)| n).collect(),
             reports: lock(&self.reports).clone(),
             settings: self.settings(),
-            last_renewal_seen_ms: Some(lock(&self.renewal_seen).3),
+            last_renewal_seen_ms: Some(lock(&self.renewal_seen).at_ms),
             coordinator_since_ms: *lock(&self.coordinator_since),
             wall_clock_ms,
             measured: lock(&self.measured).clone(),
@@ -323,9 +334,15 @@ impl Agent {
                 _ = stop.changed() => return,
             }
             let now = self.now_ms();
-            let is_coordinator = self.raft.is_coordinator();
+            // Invariant 3: a coordinator decides once it has taken into account an entry of
+            // the term it leads — then every renewal committed before it led has been applied
+            // here, each timed no earlier than it was sent, and the lease can be counted from
+            // the last one.
+            let is_coordinator = self
+                .raft
+                .leading_term()
+                .is_some_and(|term| lock(&self.renewal_seen).applied_term == term);
             {
-                // Invariant 3: a new coordinator counts the lease from the moment it leads.
                 let mut since = lock(&self.coordinator_since);
                 match (is_coordinator, *since) {
                     (true, None) => {
@@ -417,7 +434,7 @@ impl Agent {
                 changed = applied.changed() => if changed.is_err() { return },
                 _ = stop.changed() => return,
             }
-            let (generation, renewals, released, shape) = {
+            let (lease, term, shape) = {
                 let a = applied.borrow_and_update();
                 let s = &a.state;
                 let shape = (
@@ -427,14 +444,17 @@ impl Agent {
                     s.switchover.clone(),
                     s.members.len(),
                 );
-                (s.generation, s.lease_renewals, s.lease_released, shape)
+                let lease = (s.generation, s.lease_renewals, s.lease_released);
+                (lease, a.last_applied.map_or(0, |l| l.leader_id.term), shape)
             };
             let now = self.now_ms();
             {
                 let mut seen = lock(&self.renewal_seen);
-                if (seen.0, seen.1, seen.2) != (generation, renewals, released) {
-                    *seen = (generation, renewals, released, now);
+                if seen.lease != lease {
+                    seen.lease = lease;
+                    seen.at_ms = now;
                 }
+                seen.applied_term = term;
             }
             // Anything but a renewal changes what agents should do: probe and decide now
             // rather than at the next tick (a switchover is a chain of such steps).
@@ -715,7 +735,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         notes: Mutex::new(Vec::new()),
         coordinator_notes: Mutex::new(Vec::new()),
         lease: Mutex::new(HeldLease::default()),
-        renewal_seen: Mutex::new((Generation(0), 0, false, 0)),
+        renewal_seen: Mutex::new(RenewalSeen::default()),
         coordinator_since: Mutex::new(None),
         db: Mutex::new(DbWatch::default()),
         resume_requested: AtomicBool::new(false),
@@ -731,12 +751,9 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     });
     {
         let state = agent.raft.state();
-        *lock(&agent.renewal_seen) = (
-            state.generation,
-            state.lease_renewals,
-            state.lease_released,
-            0,
-        );
+        // As if just applied: this agent counts any lease from its own start.
+        lock(&agent.renewal_seen).lease =
+            (state.generation, state.lease_renewals, state.lease_released);
     }
     tracing::info!(
         cluster = %agent.config.cluster,

@@ -229,15 +229,42 @@ pub(crate) fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
 }
 
 /// Free ports on 127.0.0.1, all distinct (every listener is held until all are chosen).
+/// `n` distinct ports free on 127.0.0.1, drawn below the kernel's ephemeral range
+/// (`ip_local_port_range`, 32768 and up here): a port from that range may be taken by any
+/// outgoing connection between the moment it is chosen and the moment a server binds it.
 fn free_ports(n: usize) -> anyhow::Result<Vec<u16>> {
-    let listeners: Vec<TcpListener> = (0..n)
-        .map(|_| TcpListener::bind("127.0.0.1:0"))
-        .collect::<Result<_, _>>()
-        .context("choosing free ports on 127.0.0.1")?;
-    listeners
-        .iter()
-        .map(|l| Ok(l.local_addr()?.port()))
-        .collect()
+    let (low, high) = (10_000u32, ephemeral_start().clamp(10_500, 32_768));
+    let mut seed = [0u8; 4];
+    std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| f.read_exact(&mut seed))
+        .context("reading /dev/urandom")?;
+    let mut draw = u32::from_le_bytes(seed);
+    let mut held = Vec::new();
+    for _ in 0..(n * 200) {
+        if held.len() == n {
+            break;
+        }
+        draw = draw.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
+        let port = (low + draw % (high - low)) as u16;
+        if let Ok(listener) = TcpListener::bind(("127.0.0.1", port)) {
+            held.push(listener);
+        }
+    }
+    if held.len() < n {
+        bail!(
+            "found only {} free ports on 127.0.0.1 in {low}..{high}",
+            held.len()
+        );
+    }
+    held.iter().map(|l| Ok(l.local_addr()?.port())).collect()
+}
+
+/// The first port of the kernel's ephemeral range (32768 when it cannot be read).
+fn ephemeral_start() -> u32 {
+    std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|t| t.split_whitespace().next()?.parse().ok())
+        .unwrap_or(32_768)
 }
 
 fn random_secret() -> anyhow::Result<String> {
