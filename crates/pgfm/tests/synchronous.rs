@@ -98,6 +98,20 @@ fn wait_sync(lab: &Lab, committed: &[&str], waiting_for: &[&str]) -> serde_json:
     )
 }
 
+/// The `bench` table on pg1, a watch that no two of `nodes` are writable at once, and the
+/// neutral writer through a multi-host connection string, already writing.
+fn start_writing(lab: &Lab, nodes: &[&str]) -> (WriteWatch, Writer) {
+    lab.psql(
+        "pg1",
+        "CREATE TABLE bench (id bigint PRIMARY KEY, at timestamptz DEFAULT now())",
+    )
+    .unwrap();
+    let watch = WriteWatch::start(lab, nodes);
+    let writer = Writer::start(lab.writer_config(nodes));
+    writer.wait_more(51, "the writer to write");
+    (watch, writer)
+}
+
 /// Wait until the primary's pg_stat_replication shows `standby` in `state`.
 fn wait_sync_state(lab: &Lab, standby: &str, state: &str) {
     wait_for(&format!("{standby} {state} on the primary"), SETTLE, || {
@@ -199,14 +213,7 @@ fn failover_promotes_the_synchronous_standby_and_loses_nothing() {
     let other = if sync == "pg2" { "pg3" } else { "pg2" };
     wait_sync_state(&lab, &sync, "sync");
     wait_sync_state(&lab, other, "async");
-    lab.psql(
-        "pg1",
-        "CREATE TABLE bench (id bigint PRIMARY KEY, at timestamptz DEFAULT now())",
-    )
-    .unwrap();
-    let watch = WriteWatch::start(&lab, &["pg1", "pg2", "pg3"]);
-    let writer = Writer::start(lab.writer_config(&["pg1", "pg2", "pg3"]));
-    writer.wait_more(51, "the writer to write");
+    let (watch, writer) = start_writing(&lab, &["pg1", "pg2", "pg3"]);
     run(&lab, &["lab", "kill", "pg1"]);
     lab.wait_for_primary_change(&sync, 2);
     writer.wait_more(21, "writes on the new primary");
@@ -349,14 +356,7 @@ fn the_mode_changes_at_run_time() {
 fn a_quorum_failover_promotes_the_most_advanced_and_loses_nothing() {
     let lab = Lab::up_with(3, &["replication.synchronous=\"quorum\""]);
     wait_sync(&lab, &["pg2", "pg3"], &["pg2", "pg3"]);
-    lab.psql(
-        "pg1",
-        "CREATE TABLE bench (id bigint PRIMARY KEY, at timestamptz DEFAULT now())",
-    )
-    .unwrap();
-    let watch = WriteWatch::start(&lab, &["pg1", "pg2", "pg3"]);
-    let writer = Writer::start(lab.writer_config(&["pg1", "pg2", "pg3"]));
-    writer.wait_more(51, "the writer to write");
+    let (watch, writer) = start_writing(&lab, &["pg1", "pg2", "pg3"]);
     run(&lab, &["lab", "kill", "pg1"]);
     let new = wait_for("a new primary", SETTLE, || {
         let (status, _) = lab.cluster_status("witness")?;

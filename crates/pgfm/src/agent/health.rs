@@ -94,16 +94,8 @@ impl Agent {
                 }
                 let synchronous = state.sync_set.contains(&self.config.name);
                 let what = if synchronous {
-                    format!(
-                        "a synchronous standby (each commit is on {} of {})",
-                        state.sync_quorum,
-                        state
-                            .sync_set
-                            .iter()
-                            .cloned()
-                            .collect::<Vec<_>>()
-                            .join(", ")
-                    )
+                    let rule = pgfm_core::SyncRule::new(state.sync_quorum, state.sync_set.clone());
+                    format!("a synchronous standby (committed: {rule})")
                 } else {
                     "an asynchronous standby".to_string()
                 };
