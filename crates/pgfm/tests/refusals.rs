@@ -7,15 +7,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::process::Stdio;
 use std::time::Duration;
 
-use common::{pgfm, scratch_dir, text, wait_for};
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
+use common::{free_port, pgfm, scratch_dir, text, wait_for};
 
 fn witness_config(dir: &std::path::Path, port: u16) -> String {
     format!(

@@ -25,6 +25,20 @@ pub fn text(output: &Output) -> String {
 
 /// A fresh directory under /tmp that PostgreSQL (run as another user when we are root) can
 /// reach; not created.
+/// A port free on 127.0.0.1 now, below the kernel's ephemeral range (from 32768 here), so
+/// that no outgoing connection takes it before the test's server binds it.
+pub fn free_port() -> u16 {
+    static NEXT: AtomicUsize = AtomicUsize::new(0);
+    let start = 10_000 + (std::process::id() as usize * 7919) % 20_000;
+    loop {
+        let port = (start + NEXT.fetch_add(1, Ordering::SeqCst) % 20_000) as u16;
+        let port = if port >= 32_000 { port - 20_000 } else { port };
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+}
+
 pub fn scratch_dir(purpose: &str) -> PathBuf {
     static COUNTER: AtomicUsize = AtomicUsize::new(0);
     let n = COUNTER.fetch_add(1, Ordering::SeqCst);
