@@ -99,8 +99,15 @@ fn primary_cut_off_fences_itself_and_the_majority_promotes() {
         vec![vec!["pg1".to_string()], vec![], vec!["pg2".to_string()]],
         "the VIP left pg1 before it came to pg2"
     );
+    // The VIP goes before PostgreSQL is stopped: removed by the fence itself, or a moment
+    // earlier by the decide loop that found the lease gone (the two are serialised).
     let log = lab.log("pg1");
-    assert!(log.contains("virtual IP removed: fencing"), "{log}");
+    let removed = log.find("virtual IP removed");
+    let fenced = log.find("PostgreSQL fenced");
+    assert!(
+        removed.is_some() && fenced.is_some() && removed < fenced,
+        "{log}"
+    );
 }
 
 /// One-way loss: what the others send to the primary is lost, what it sends arrives. It
