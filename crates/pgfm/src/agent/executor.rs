@@ -2,6 +2,8 @@
 //! logged with the generation it serves, can be retried (the next decision round does so),
 //! and its failure becomes part of this node's report.
 
+use std::time::Duration;
+
 use pgfm_core::decide::{Action, ClusterView};
 use pgfm_core::{ClusterState, Command, Generation};
 use pgfm_postgres::Upstream;
@@ -337,8 +339,9 @@ impl Agent {
     }
 
     /// Ask the agents of `members` for their WAL position, read from their PostgreSQL now
-    /// (all at once, each within 2 s); kept for the next decisions with the time the
-    /// question was sent. A node whose agent or database does not answer is not reached.
+    /// (all at once, each within 500 ms: a local query; a host that is gone must not hold
+    /// the failover up for long), kept for the next decisions with the time the question was
+    /// sent. A node whose agent or database does not answer is not reached this round.
     async fn measure_wal(&self, state: &ClusterState, members: &[String], generation: Generation) {
         let started = self.now_ms();
         let mut readings = tokio::task::JoinSet::new();
@@ -346,7 +349,8 @@ impl Agent {
             let Some(member) = state.members.get(name) else {
                 continue;
             };
-            let client = self.client(&member.address);
+            let client =
+                pgfm_api::ApiClient::new(&member.address, &self.token, Duration::from_millis(500));
             let name = name.clone();
             readings.spawn(async move { (name, client.wal_position().await) });
         }
