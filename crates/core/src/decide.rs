@@ -112,11 +112,6 @@ impl ClusterView {
     pub fn sync_settings(&self) -> SyncSettings {
         self.state.replication.unwrap_or(self.settings.sync)
     }
-
-    /// The committed synchronous rule: `sync_quorum` of `sync_set`.
-    pub fn committed_sync(&self) -> SyncRule {
-        SyncRule::new(self.state.sync_quorum, self.state.sync_set.clone())
-    }
 }
 
 /// What this agent knows about itself, read this very tick.
@@ -308,7 +303,7 @@ fn manage_sync(cluster: &ClusterView, local: &LocalView, now_ms: u64) -> Vec<Act
         return Vec::new();
     };
     let generation = cluster.state.generation;
-    let committed = cluster.committed_sync();
+    let committed = cluster.state.committed_sync();
     let desired = desired_sync(cluster, local, current, now_ms);
     let commit = |rule: SyncRule| {
         vec![Action::Propose(Command::SetSyncSet {
@@ -647,7 +642,7 @@ fn failover(cluster: &ClusterView, primary: &str, now_ms: u64) -> Vec<Action> {
     // Quorum (and a sync set that is changing members): every acknowledged commit is on
     // `quorum` of the set, so `len - quorum + 1` members reached after the old primary
     // stopped include one that has them all; the candidate must be as advanced as any of them.
-    let committed = cluster.committed_sync();
+    let committed = cluster.state.committed_sync();
     if !committed.is_async() && committed.count < committed.names.len() && !force {
         let need = committed.names.len() - committed.count + 1;
         // No commit was acknowledged after this moment (the lease ran out, or it was given up).

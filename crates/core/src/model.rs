@@ -346,13 +346,14 @@ impl SyncSettings {
         self.minimum >= self.standbys
     }
 
-    /// Why these settings cannot be used, if they cannot.
-    pub fn problem(&self) -> Option<String> {
+    /// Why these settings cannot be used, if they cannot, naming the two numbers as the
+    /// caller's user knows them (config keys, command-line flags).
+    pub fn problem(&self, standbys: &str, minimum: &str) -> Option<String> {
         if self.standbys == 0 {
-            Some("sync_standbys must be at least 1".into())
+            Some(format!("{standbys} must be at least 1"))
         } else if self.minimum > self.standbys {
             Some(format!(
-                "minimum_standbys ({}) is more than sync_standbys ({})",
+                "{minimum} ({}) is more than {standbys} ({})",
                 self.minimum, self.standbys
             ))
         } else {
@@ -362,6 +363,11 @@ impl SyncSettings {
 }
 
 impl ClusterState {
+    /// The committed synchronous rule: `sync_quorum` of `sync_set`.
+    pub fn committed_sync(&self) -> SyncRule {
+        SyncRule::new(self.sync_quorum, self.sync_set.clone())
+    }
+
     pub fn apply(&mut self, command: &Command) -> Result<(), CommandError> {
         match command {
             Command::Register { member } => {
@@ -504,7 +510,7 @@ impl ClusterState {
                 Ok(())
             }
             Command::SetReplication { settings } => {
-                if let Some(problem) = settings.problem() {
+                if let Some(problem) = settings.problem("sync_standbys", "minimum_standbys") {
                     return Err(CommandError::BadSettings(problem));
                 }
                 self.replication = Some(*settings);

@@ -293,12 +293,8 @@ impl Agent {
             standbys,
             minimum,
         };
-        if let Some(problem) = settings.problem() {
-            return Err(Refusal::Refused(
-                problem
-                    .replace("sync_standbys", "--standbys")
-                    .replace("minimum_standbys", "--minimum"),
-            ));
+        if let Some(problem) = settings.problem("--standbys", "--minimum") {
+            return Err(Refusal::Refused(problem));
         }
         let eligible = state
             .data_members()

@@ -163,8 +163,7 @@ impl Agent {
                 )));
                 // A primary (re)starts waiting for the committed synchronous standbys: an
                 // asynchronous start would acknowledge commits a failover to them loses.
-                let committed = pgfm_core::SyncRule::new(state.sync_quorum, state.sync_set.clone());
-                pg.write_sync_conf(&committed)?;
+                pg.write_sync_conf(&state.committed_sync())?;
                 let result = pg.start(None).await;
                 set_activity(None);
                 let pid = result?;

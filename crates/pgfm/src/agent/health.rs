@@ -27,6 +27,9 @@ impl Agent {
             .map(|o| o.report.clone());
         let db_up = me.as_ref().is_some_and(|r| r.db_up);
         let role = me.as_ref().and_then(|r| r.role);
+        let streaming_standby = db_up
+            && role == Some(DbRole::Standby)
+            && me.as_ref().and_then(|r| r.receiver.as_deref()) == Some("streaming");
         let answer = |ok: bool, detail: String| Health {
             ok,
             node: self.config.name.clone(),
@@ -54,12 +57,10 @@ impl Agent {
                     ),
                 }
             }
+            HealthCheck::Replica { .. } | HealthCheck::Synchronous { .. } if !streaming_standby => {
+                answer(false, "not a streaming standby".into())
+            }
             HealthCheck::Replica { max_lag } => {
-                let streaming =
-                    me.as_ref().and_then(|r| r.receiver.as_deref()) == Some("streaming");
-                if !(db_up && role == Some(DbRole::Standby) && streaming) {
-                    return answer(false, "not a streaming standby".into());
-                }
                 let primary_lsn = state.primary.as_deref().and_then(|p| {
                     lock(&self.reports)
                         .get(p)
@@ -87,15 +88,12 @@ impl Agent {
                 }
             }
             HealthCheck::Synchronous { member } => {
-                let streaming =
-                    me.as_ref().and_then(|r| r.receiver.as_deref()) == Some("streaming");
-                if !(db_up && role == Some(DbRole::Standby) && streaming) {
-                    return answer(false, "not a streaming standby".into());
-                }
                 let synchronous = state.sync_set.contains(&self.config.name);
                 let what = if synchronous {
-                    let rule = pgfm_core::SyncRule::new(state.sync_quorum, state.sync_set.clone());
-                    format!("a synchronous standby (committed: {rule})")
+                    format!(
+                        "a synchronous standby (committed: {})",
+                        state.committed_sync()
+                    )
                 } else {
                     "an asynchronous standby".to_string()
                 };

@@ -162,7 +162,7 @@ pub fn build(ctx: &Context<'_>, view: &ClusterView) -> ClusterStatus {
 /// is off and nothing is left to undo).
 fn sync_status(view: &ClusterView, primary: Option<&pgfm_core::NodeReport>) -> Option<SyncStatus> {
     let sync = view.sync_settings();
-    let committed = view.committed_sync();
+    let committed = view.state.committed_sync();
     let waiting = primary.and_then(|r| r.sync.clone()).unwrap_or_default();
     if sync.mode == SyncMode::Off && committed.is_async() && waiting.is_async() {
         return None;

@@ -95,10 +95,12 @@ impl Lab {
             .enable_all()
             .build()
             .expect("a runtime");
+        // One client: building it runs `pgfm lab status`.
+        let client = self.client(node);
         wait_for(
             &format!("{path} on {node} to answer {want}"),
             Duration::from_secs(60),
-            || match rt.block_on(self.client(node).health(path)) {
+            || match rt.block_on(client.health(path)) {
                 Ok((c, _)) if c == want => Ok(()),
                 Ok((other, body)) => Err(format!("answered {other}: {body:?}")),
                 Err(e) => Err(e.to_string()),
