@@ -160,6 +160,11 @@ impl ApiClient {
         self.send(self.http.post(&url), url).await
     }
 
+    pub async fn cancel_switchover(&self) -> Result<Message, ApiError> {
+        let url = format!("{}/v1/switchover/cancel", self.base);
+        self.send(self.http.post(&url), url).await
+    }
+
     pub async fn pause(&self) -> Result<Message, ApiError> {
         let url = format!("{}/v1/pause", self.base);
         self.send(self.http.post(&url), url).await

@@ -48,6 +48,10 @@ pub trait AgentApi: Send + Sync + 'static {
         request: SynchronousRequest,
     ) -> impl Future<Output = Result<String, Refusal>> + Send;
     fn pause(&self) -> impl Future<Output = Result<String, Refusal>> + Send;
+
+    /// `pgfm switchover --cancel`: end the switchover under way; the old primary stays (or
+    /// starts again as) the primary.
+    fn cancel_switchover(&self) -> impl Future<Output = Result<String, Refusal>> + Send;
     /// Stop every agent of the cluster (PostgreSQL keeps running).
     fn stop_cluster(&self) -> impl Future<Output = Result<String, Refusal>> + Send;
     /// Stop this agent (PostgreSQL keeps running).
@@ -105,6 +109,7 @@ pub fn router<A: AgentApi>(agent: Arc<A>) -> Router {
         .route("/v1/priority", post(priority::<A>))
         .route("/v1/synchronous", post(synchronous::<A>))
         .route("/v1/pause", post(pause::<A>))
+        .route("/v1/switchover/cancel", post(cancel_switchover::<A>))
         .route("/v1/stop-cluster", post(stop_cluster::<A>))
         .route("/v1/stop", post(stop_agent::<A>))
         .route("/v1/members", post(allow::<A>))
@@ -273,6 +278,13 @@ async fn stop_agent<A: AgentApi>(State(agent): State<Arc<A>>) -> Json<Message> {
     Json(Message {
         message: agent.stop_agent().await,
     })
+}
+
+async fn cancel_switchover<A: AgentApi>(State(agent): State<Arc<A>>) -> Response {
+    match agent.cancel_switchover().await {
+        Ok(message) => Json(Message { message }).into_response(),
+        Err(r) => refusal(r),
+    }
 }
 
 async fn pause<A: AgentApi>(State(agent): State<Arc<A>>) -> Response {

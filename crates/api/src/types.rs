@@ -3,7 +3,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use pgfm_core::{Lsn, NodeReport, Timeline};
+use pgfm_core::{Lsn, NodeReport, Timeline, WatchdogMode};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -59,8 +59,25 @@ pub struct NodeStatus {
     /// `async`).
     #[serde(default)]
     pub sync_state: Option<String>,
+    /// Data nodes: the host watchdog (null: a witness, or no report).
+    #[serde(default)]
+    pub watchdog: Option<WatchdogStatus>,
     /// What the node is doing or waiting for.
     pub info: String,
+}
+
+/// A data node's host watchdog (`[watchdog]`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WatchdogStatus {
+    /// `off`, `automatic` or `required`.
+    pub mode: WatchdogMode,
+    /// Armed now: the node is the primary and holds the lease.
+    pub armed: bool,
+    /// The timeout the answering agent's lease settings give, in seconds (null: none fits).
+    pub timeout_s: Option<u64>,
+    /// Why the node cannot use it (null: it can, as far as its agent can tell without
+    /// arming it).
+    pub problem: Option<String>,
 }
 
 /// Synchronous replication as configured and as committed.
@@ -244,7 +261,16 @@ pub struct HistoryEntry {
     pub to: String,
     pub reason: String,
     pub lsn: Option<Lsn>,
+    /// WAL the old primary had that the new one lacks, as far as known (None: unknown).
     pub lost_bytes: Option<u64>,
+    /// `lost_bytes` is a lower bound: the old primary's lease ran out, so it may have
+    /// written more after its last report.
+    #[serde(default)]
+    pub lost_at_least: bool,
+    /// A switchover that did not happen (rolled back or cancelled, `reason` says why):
+    /// `to` was not promoted, `from` stayed the primary of `generation`.
+    #[serde(default)]
+    pub cancelled: bool,
 }
 
 /// A health check's answer: `ok` decides 200 or 503.

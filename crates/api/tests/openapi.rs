@@ -88,6 +88,12 @@ fn schemas_match_the_json_the_code_writes() {
         promotable: None,
         vip: Some(true),
         sync_state: Some("sync".into()),
+        watchdog: Some(WatchdogStatus {
+            mode: pgfm_core::WatchdogMode::Required,
+            armed: true,
+            timeout_s: Some(1),
+            problem: None,
+        }),
         info: String::new(),
     };
     let status = ClusterStatus {
@@ -128,6 +134,11 @@ fn schemas_match_the_json_the_code_writes() {
     let json = serde_json::to_value(&status).unwrap();
     assert_eq!(keys(&json), properties(&doc, "ClusterStatus"));
     assert_eq!(keys(&json["nodes"][0]), properties(&doc, "NodeStatus"));
+    assert_eq!(
+        keys(&json["nodes"][0]["watchdog"]),
+        properties(&doc, "WatchdogStatus")
+    );
+    assert_eq!(json["nodes"][0]["watchdog"]["mode"], "required");
     assert_eq!(keys(&json["vip"]), properties(&doc, "VipStatus"));
     assert_eq!(keys(&json["synchronous"]), properties(&doc, "SyncStatus"));
     let entry = HistoryEntry {
@@ -138,6 +149,8 @@ fn schemas_match_the_json_the_code_writes() {
         reason: String::new(),
         lsn: None,
         lost_bytes: None,
+        lost_at_least: false,
+        cancelled: false,
     };
     assert_eq!(
         keys(&serde_json::to_value(&entry).unwrap()),

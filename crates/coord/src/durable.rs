@@ -8,14 +8,51 @@ use std::path::Path;
 
 const MAGIC: &str = "pgfm-durable-v1";
 
+/// Run blocking file work (an fsync can take seconds on a stalled disk) so that it never
+/// holds up the async workers: on a multi-threaded runtime the worker hands its other
+/// tasks to another thread first (invariant 8: durable writes never run on the threads that
+/// time the lease).
+fn blocking<T>(work: impl FnOnce() -> T) -> T {
+    match tokio::runtime::Handle::try_current() {
+        Ok(h) if h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => {
+            tokio::task::block_in_place(work)
+        }
+        _ => work(),
+    }
+}
+
+/// The lab's "stalled disk" fault: when the agent runs with `PGFM_LAB_DISK_STALL` naming a
+/// file, every fsync first waits the milliseconds written in it (nothing when it is absent
+/// or empty). Production agents never set it.
+fn lab_disk_stall() {
+    static FILE: std::sync::OnceLock<Option<std::path::PathBuf>> = std::sync::OnceLock::new();
+    let Some(file) = FILE.get_or_init(|| std::env::var_os("PGFM_LAB_DISK_STALL").map(Into::into))
+    else {
+        return;
+    };
+    let ms = fs::read_to_string(file)
+        .ok()
+        .and_then(|t| t.trim().parse::<u64>().ok())
+        .unwrap_or(0);
+    if ms > 0 {
+        std::thread::sleep(std::time::Duration::from_millis(ms));
+    }
+}
+
 /// Write `payload` to `path` atomically and durably, including the directory entry.
 pub fn write(path: &Path, payload: &[u8]) -> io::Result<()> {
-    write_file(path, payload)?;
-    sync_parent(path)
+    blocking(|| {
+        write_file_now(path, payload)?;
+        sync_parent(path)
+    })
 }
 
 /// Write and rename without syncing the directory; call `sync_dir` once after a batch.
 pub fn write_file(path: &Path, payload: &[u8]) -> io::Result<()> {
+    blocking(|| write_file_now(path, payload))
+}
+
+fn write_file_now(path: &Path, payload: &[u8]) -> io::Result<()> {
     let tmp = path.with_extension("tmp");
     let mut file = File::create(&tmp)?;
     let header = format!(
@@ -25,13 +62,14 @@ pub fn write_file(path: &Path, payload: &[u8]) -> io::Result<()> {
     );
     file.write_all(header.as_bytes())?;
     file.write_all(payload)?;
+    lab_disk_stall();
     file.sync_all()?;
     drop(file);
     fs::rename(&tmp, path)
 }
 
 pub fn sync_dir(dir: &Path) -> io::Result<()> {
-    File::open(dir)?.sync_all()
+    blocking(|| File::open(dir)?.sync_all())
 }
 
 fn sync_parent(path: &Path) -> io::Result<()> {

@@ -63,6 +63,13 @@ struct Inner {
     applied: watch::Receiver<Applied>,
     client: reqwest::Client,
     token: Arc<str>,
+    settings: RaftSettings,
+    /// When this agent last accepted entries (or a heartbeat) from a leader, in ms since
+    /// `started` (0: never).
+    leader_contact_ms: std::sync::atomic::AtomicU64,
+    started: std::time::Instant,
+    /// The pre-vote task (`election_gate`), stopped with the node.
+    gate: std::sync::Mutex<Option<tokio::task::JoinHandle<()>>>,
 }
 
 #[derive(Clone)]
@@ -131,10 +138,46 @@ impl EmbeddedRaft {
             applied,
             client,
             token,
+            settings: settings.clone(),
+            leader_contact_ms: std::sync::atomic::AtomicU64::new(0),
+            started: std::time::Instant::now(),
+            gate: std::sync::Mutex::new(None),
         };
-        Ok(EmbeddedRaft {
+        let raft = EmbeddedRaft {
             inner: Arc::new(inner),
-        })
+        };
+        let gate = tokio::spawn(election_gate(Arc::downgrade(&raft.inner)));
+        if let Ok(mut slot) = raft.inner.gate.lock() {
+            *slot = Some(gate);
+        }
+        Ok(raft)
+    }
+
+    /// Called by the transport when this agent accepted a leader's entries.
+    pub fn heard_from_leader(&self) {
+        let ms = self.inner.started.elapsed().as_millis() as u64;
+        self.inner
+            .leader_contact_ms
+            .store(ms.max(1), std::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// This agent leads with a quorum that answered recently, or heard from a leader within
+    /// the shortest election timeout: a vote now would depose a working coordinator.
+    pub fn leader_recent(&self) -> bool {
+        let recent = self.inner.settings.election_timeout_min.as_millis() as u64;
+        let metrics = self.inner.raft.metrics();
+        let metrics = metrics.borrow();
+        if metrics.state == ServerState::Leader {
+            return metrics.millis_since_quorum_ack.is_some_and(|ms| {
+                ms < self.inner.settings.election_timeout_max.as_millis() as u64
+            });
+        }
+        let contact = self
+            .inner
+            .leader_contact_ms
+            .load(std::sync::atomic::Ordering::SeqCst);
+        let now = self.inner.started.elapsed().as_millis() as u64;
+        contact > 0 && now.saturating_sub(contact) < recent
     }
 
     pub fn raft(&self) -> &Raft {
@@ -261,9 +304,90 @@ impl EmbeddedRaft {
     }
 
     pub async fn shutdown(&self) {
+        if let Some(gate) = self.inner.gate.lock().ok().and_then(|mut g| g.take()) {
+            gate.abort();
+        }
         if let Err(e) = self.inner.raft.shutdown().await {
             tracing::warn!(%e, "Raft did not shut down cleanly");
         }
+    }
+}
+
+/// Pre-vote, which openraft 0.9 lacks. A candidate raises its term before it asks for
+/// votes, and a node cut off from the others keeps doing so; when the partition heals, its
+/// higher term (in its answer to the leader's first heartbeat) deposes a working coordinator
+/// — over a second without one, against the primary's 2.5 s fence deadline. So an agent may
+/// campaign only while a majority of the voters, itself included, is reachable and has not
+/// heard from a leader recently. Checked every heartbeat by pinging the other voters (each
+/// answers from its HTTP server, `leader_recent`). The gate only closes openraft's own
+/// election timer; it opens again within a heartbeat of a real leader's death (its
+/// followers stop hearing from it after `election_timeout_min`), well before that timer
+/// (`election_timeout_max` + a random election timeout) fires.
+async fn election_gate(inner: std::sync::Weak<Inner>) {
+    let mut open = true;
+    loop {
+        let Some(strong) = inner.upgrade() else {
+            return;
+        };
+        let raft = EmbeddedRaft { inner: strong };
+        let heartbeat = raft.inner.settings.heartbeat;
+        let voters: Vec<(u64, RaftNode)> = {
+            let metrics = raft.inner.raft.metrics();
+            let metrics = metrics.borrow();
+            let membership = metrics.membership_config.membership();
+            membership
+                .voter_ids()
+                .filter_map(|id| membership.get_node(&id).map(|n| (id, n.clone())))
+                .collect()
+        };
+        let mut pings = tokio::task::JoinSet::new();
+        for (id, node) in voters.iter().filter(|(id, _)| *id != raft.inner.id) {
+            let client = raft.inner.client.clone();
+            let url = format!("http://{}/raft/ping", node.address);
+            let auth = bearer(&raft.inner.token);
+            let id = *id;
+            pings.spawn(async move {
+                let answer = async {
+                    let response = client
+                        .post(url)
+                        .header("authorization", auth)
+                        .send()
+                        .await
+                        .ok()?;
+                    response.json::<crate::http::Ping>().await.ok()
+                };
+                (
+                    id,
+                    tokio::time::timeout(heartbeat, answer).await.ok().flatten(),
+                )
+            });
+        }
+        let mut willing = usize::from(!raft.leader_recent());
+        for (_, answer) in pings.join_all().await {
+            if answer.is_some_and(|p| !p.leader_recent) {
+                willing += 1;
+            }
+        }
+        let allow = voters.is_empty() || willing > voters.len() / 2;
+        if allow != open {
+            open = allow;
+            raft.inner.raft.runtime_config().elect(allow);
+            if allow {
+                tracing::info!(
+                    willing,
+                    voters = voters.len(),
+                    "elections allowed: a majority hears no coordinator"
+                );
+            } else {
+                tracing::debug!(
+                    willing,
+                    voters = voters.len(),
+                    "elections held back: no majority without a coordinator"
+                );
+            }
+        }
+        drop(raft);
+        tokio::time::sleep(heartbeat).await;
     }
 }
 

@@ -31,14 +31,41 @@ pub fn router(raft: EmbeddedRaft) -> Router {
         .route("/raft/vote", post(vote))
         .route("/raft/snapshot", post(snapshot))
         .route("/raft/propose", post(propose))
+        .route("/raft/ping", post(ping))
         .with_state(raft)
+}
+
+/// The answer to `/raft/ping`: the pre-vote check (see `EmbeddedRaft::election_gate`).
+#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
+pub struct Ping {
+    /// This agent leads, or heard from a leader within the election timeout.
+    pub leader_recent: bool,
 }
 
 async fn append(
     State(raft): State<EmbeddedRaft>,
     Json(req): Json<AppendEntriesRequest<TypeConfig>>,
 ) -> Json<Result<AppendEntriesResponse<u64>, RaftError<u64>>> {
-    Json(raft.raft().append_entries(req).await)
+    let response = raft.raft().append_entries(req).await;
+    // Accepted (even in part, or with a log to repair): a leader at least as new as what
+    // this agent has seen is alive and reaches it.
+    if matches!(
+        response,
+        Ok(AppendEntriesResponse::Success
+            | AppendEntriesResponse::PartialSuccess(_)
+            | AppendEntriesResponse::Conflict)
+    ) {
+        raft.heard_from_leader();
+    }
+    Json(response)
+}
+
+/// Answered here, never by a call into the Raft core: a stuck core must not look like a
+/// partition.
+async fn ping(State(raft): State<EmbeddedRaft>) -> Json<Ping> {
+    Json(Ping {
+        leader_recent: raft.leader_recent(),
+    })
 }
 
 async fn vote(

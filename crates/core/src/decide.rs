@@ -53,6 +53,12 @@ pub struct Settings {
     pub rejoin: RejoinMode,
     /// A report older than this is stale: its agent counts as down.
     pub report_ttl_ms: u64,
+    /// Invariant 9: a switchover step (the hand-over, the target's replay) that takes longer
+    /// than this is rolled back.
+    pub switchover_timeout_ms: u64,
+    /// A standby whose PostgreSQL fails to start this many times in a row is re-cloned
+    /// (`rejoin = "rewind-or-clone"`) or held for the operator; a primary gives up its lease.
+    pub start_attempts: u32,
 }
 
 impl Default for Settings {
@@ -66,6 +72,8 @@ impl Default for Settings {
             crash_restart_bound_ms: 10_000,
             rejoin: RejoinMode::RewindOrClone,
             report_ttl_ms: 3_000,
+            switchover_timeout_ms: 5_000,
+            start_attempts: 3,
         }
     }
 }
@@ -88,6 +96,9 @@ pub struct ClusterView {
     pub wall_clock_ms: u64,
     /// WAL positions this agent measured on other nodes' PostgreSQL (`Action::MeasureWal`).
     pub measured: BTreeMap<String, Measured>,
+    /// When this agent applied the current switchover's latest step (its request, its
+    /// hand-over, a force), monotonic ms: `switchover_timeout` counts from it.
+    pub switchover_step_ms: Option<u64>,
 }
 
 /// A WAL position read straight from a node's PostgreSQL.
@@ -135,6 +146,10 @@ pub struct LocalView {
     pub resume_requested: bool,
     /// The last rewind against the current primary failed, with this error.
     pub rewind_failed: Option<String>,
+    /// PostgreSQL failed to start this many times in a row (0: the last start worked), and
+    /// the last error.
+    pub start_failures: u32,
+    pub start_error: Option<String>,
 }
 
 /// Something the executor should do. Each action names the generation it serves
@@ -164,6 +179,12 @@ pub enum Action {
     },
     /// Stop the local PostgreSQL at once: it may accept writes it must not.
     Fence {
+        generation: Generation,
+        reason: String,
+    },
+    /// Stop the local standby (fast) and mark its data directory for a rewind: it holds WAL
+    /// the primary's timeline does not have, and can never stream as it is.
+    StopToRewind {
         generation: Generation,
         reason: String,
     },
@@ -224,13 +245,47 @@ pub fn decide(cluster: &ClusterView, local: &LocalView, now_ms: u64) -> Decision
     if local.is_coordinator {
         actions.extend(coordinate(cluster, now_ms));
     }
+    actions.extend(reconcile(cluster, local, now_ms));
+    actions
+}
+
+/// A data node's own part: its VIP, its synchronous standbys and timeline when it is the
+/// primary, its PostgreSQL's role. The agent runs it apart from `coordinate`, so that a
+/// long local action (a clone, a start) never holds up a failover (invariant 9).
+pub fn reconcile(cluster: &ClusterView, local: &LocalView, now_ms: u64) -> Decision {
+    let mut actions = Vec::new();
     if local.kind == NodeKind::Data {
         // The VIP first: a release must come before a hand-over stops the database.
         actions.extend(place_vip(cluster, local, now_ms));
         actions.extend(manage_sync(cluster, local, now_ms));
+        actions.extend(record_timeline(cluster, local));
         actions.extend(reconcile_local(cluster, local, now_ms));
     }
     actions
+}
+
+/// The serving primary commits the timeline it runs on and its history, so that every node
+/// can tell a standby that diverged from it (invariant 5), even once it is gone.
+fn record_timeline(cluster: &ClusterView, local: &LocalView) -> Vec<Action> {
+    if not_serving(cluster, local).is_some() {
+        return Vec::new();
+    }
+    let state = &cluster.state;
+    let me = &local.report;
+    let Some(timeline) = me.timeline else {
+        return Vec::new();
+    };
+    // A history that could not be read is not recorded as empty.
+    let known = timeline.0 == 1 || !me.forks.is_empty();
+    if !known || (state.timeline == Some(timeline) && state.forks == me.forks) {
+        return Vec::new();
+    }
+    vec![Action::Propose(Command::SetTimeline {
+        node: local.name.clone(),
+        generation: state.generation,
+        timeline,
+        forks: me.forks.clone(),
+    })]
 }
 
 /// The VIP follows the primary: this node takes it only while it is the committed primary,
@@ -451,8 +506,8 @@ fn desired_sync(
 }
 
 /// The coordinator's part: choose the first primary, and fail over when the primary's lease
-/// is gone.
-fn coordinate(cluster: &ClusterView, now_ms: u64) -> Vec<Action> {
+/// is gone. Only `Propose`, `MeasureWal` and `ClusterHold`: quick, never local work.
+pub fn coordinate(cluster: &ClusterView, now_ms: u64) -> Decision {
     match &cluster.state.primary {
         None => bootstrap(cluster, now_ms),
         Some(primary) => failover(cluster, primary, now_ms),
@@ -536,33 +591,48 @@ fn failover(cluster: &ClusterView, primary: &str, now_ms: u64) -> Vec<Action> {
     // would make two writable primaries, and only an agent can fence it. So, unless the
     // primary gave its lease up, some other agent must have found its database down, and
     // none may have found it answering.
-    let checks: Vec<(&str, Option<bool>)> = cluster
+    // Invariant 10: only an agent able to judge says "down"; one whose probe failed on its
+    // own side reports no verdict ("cannot tell") and does not count.
+    let checks: Vec<(&str, &NodeReport)> = cluster
         .voters
         .iter()
         .filter(|v| v.as_str() != primary)
-        .filter_map(|v| {
-            cluster
-                .fresh_report(v, now_ms)
-                .map(|r| (v.as_str(), r.sees_primary))
-        })
+        .filter_map(|v| cluster.fresh_report(v, now_ms).map(|r| (v.as_str(), r)))
         .collect();
+    let evidence = checks
+        .iter()
+        .map(|(v, r)| match (&r.sees_primary, &r.primary_check) {
+            (_, Some(how)) => format!("{v}: {how}"),
+            (Some(true), None) => format!("{v}: answering"),
+            (Some(false), None) => format!("{v}: down"),
+            (None, None) => format!("{v}: not checked"),
+        })
+        .collect::<Vec<_>>()
+        .join("; ");
     let seen_by: Vec<&str> = checks
         .iter()
-        .filter(|(_, s)| *s == Some(true))
+        .filter(|(_, r)| r.sees_primary == Some(true))
         .map(|(v, _)| *v)
         .collect();
     if !released && !seen_by.is_empty() {
         return vec![cluster_hold(format!(
             "{why} but its database still answers {}: not promoting while it may take \
-             writes (restart its agent, or stop its PostgreSQL)",
+             writes (restart its agent, or stop its PostgreSQL) [{evidence}]",
             seen_by.join(", ")
         ))];
     }
-    if !released && !checks.iter().any(|(_, s)| *s == Some(false)) {
+    if !released && !checks.iter().any(|(_, r)| r.sees_primary == Some(false)) {
         return vec![cluster_hold(format!(
-            "{why}: waiting for another agent to find its database down before promoting"
+            "{why}: waiting for another agent to find its database down before promoting \
+             [{evidence}]"
         ))];
     }
+    // The history says who judged the old primary down, and how.
+    let judged = if released {
+        why.clone()
+    } else {
+        format!("{why} (its database: {evidence})")
+    };
     let manual = state
         .promotion_request
         .as_ref()
@@ -617,6 +687,18 @@ fn failover(cluster: &ClusterView, primary: &str, now_ms: u64) -> Vec<Action> {
             refused.push(format!("{name}'s agent is down"));
             continue;
         };
+        // Invariant 10: `[watchdog] mode = "required"` never makes a primary without one.
+        if let Some(problem) = report
+            .watchdog
+            .as_ref()
+            .filter(|w| !w.allows_primary())
+            .and_then(|w| w.problem.as_deref())
+        {
+            refused.push(format!(
+                "{name} requires a watchdog and has none ({problem})"
+            ));
+            continue;
+        }
         if !(report.db_up && report.role == Some(DbRole::Standby)) {
             refused.push(format!("{name} is not a running standby"));
             continue;
@@ -625,6 +707,20 @@ fn failover(cluster: &ClusterView, primary: &str, now_ms: u64) -> Vec<Action> {
             refused.push(format!("{name}'s WAL position is unknown"));
             continue;
         };
+        // Invariant 5: a candidate is on the primary's timeline; WAL compared across
+        // timelines says nothing about who holds the acknowledged commits.
+        if let Some(why) = state.divergence(report) {
+            refused.push(format!("{name} {why}"));
+            continue;
+        }
+        if let (Some(theirs), Some(current)) = (report.timeline, state.timeline) {
+            if theirs != current {
+                refused.push(format!(
+                    "{name} is on timeline {theirs}, the primary was on timeline {current}"
+                ));
+                continue;
+            }
+        }
         // Invariant 5: no lagging promotion.
         let behind = best.map(|b| b.bytes_after(position)).unwrap_or(0);
         if behind > settings.max_lag && !force {
@@ -720,27 +816,54 @@ fn failover(cluster: &ClusterView, primary: &str, now_ms: u64) -> Vec<Action> {
             generation: state.generation.next(),
             from: Some(primary.to_string()),
             reason: match manual {
-                Some(r) if r.force => format!("pgfm promote --force: {why}"),
-                Some(_) => format!("pgfm promote: {why}"),
-                None => why,
+                Some(r) if r.force => format!("pgfm promote --force: {judged}"),
+                Some(_) => format!("pgfm promote: {judged}"),
+                None => judged,
             },
             lsn: Some(*position),
-            lost_bytes: Some(*behind),
+            // What the old primary last reported is all that is known of what it wrote
+            // (nothing: unknown); one whose lease ran out may have written more after it.
+            lost_bytes: cluster
+                .reports
+                .get(primary)
+                .and_then(|o| o.report.wal_position())
+                .map(|_| *behind),
             at_unix_ms: cluster.wall_clock_ms,
             lease_renewals: (!released).then_some(state.lease_renewals),
+            handover: None,
+            lost_at_least: !released,
         })],
     }
 }
 
 /// The coordinator's part of a planned switchover: once the old primary has stopped and
 /// handed over, promote the target as soon as it has replayed the old primary's final
-/// record (its shutdown checkpoint), so nothing acknowledged is lost; give up if the target
-/// is gone.
+/// record (its shutdown checkpoint), so nothing acknowledged is lost; roll back — the old
+/// primary, which holds every commit and whose generation never changed, starts again as
+/// primary — if the target is gone or a step overran `switchover_timeout` (invariant 9).
 fn switchover(cluster: &ClusterView, sw: &Switchover, now_ms: u64) -> Vec<Action> {
     let state = &cluster.state;
+    let timeout = cluster.settings.switchover_timeout_ms;
+    let overdue = cluster
+        .switchover_step_ms
+        .is_some_and(|at| now_ms >= at + timeout);
+    let limit = format!("switchover_timeout ({} s)", timeout as f64 / 1000.0);
+    let cancel = |why: String| {
+        vec![Action::Propose(Command::CancelSwitchover {
+            generation: state.generation,
+            at_unix_ms: cluster.wall_clock_ms,
+            reason: format!(
+                "switchover from {} to {} rolled back: {why}; {} stays the primary of generation {}",
+                sw.from, sw.to, sw.from, state.generation
+            ),
+        })]
+    };
     let Some(final_lsn) = sw.final_lsn.filter(|_| state.lease_released) else {
+        if overdue {
+            return cancel(format!("{} did not hand over within {limit}", sw.from));
+        }
         return vec![cluster_hold(format!(
-            "switchover from {} to {}: waiting for {} to stop cleanly",
+            "switchover from {} to {}: waiting for {} to stop cleanly and hand over",
             sw.from, sw.to, sw.from
         ))];
     };
@@ -770,19 +893,28 @@ fn switchover(cluster: &ClusterView, sw: &Switchover, now_ms: u64) -> Vec<Action
                 lost_bytes: Some(lost),
                 at_unix_ms: cluster.wall_clock_ms,
                 lease_renewals: None,
+                handover: Some(final_lsn),
+                lost_at_least: false,
             })]
         }
-        Some(r) => vec![cluster_hold(format!(
-            "switchover to {}: waiting for it to replay up to {final_lsn} (at {})",
-            sw.to,
-            r.replayed_lsn
+        Some(r) => {
+            let at = r
+                .replayed_lsn
                 .map(|l| l.to_string())
-                .unwrap_or_else(|| "?".into())
-        ))],
-        None => vec![Action::Propose(Command::CancelSwitchover {
-            generation: state.generation,
-            reason: format!("{} is no longer a running standby", sw.to),
-        })],
+                .unwrap_or_else(|| "?".into());
+            if overdue {
+                return cancel(format!(
+                    "{} did not replay up to {final_lsn} within {limit} (at {at})",
+                    sw.to
+                ));
+            }
+            vec![cluster_hold(format!(
+                "switchover to {}: waiting for it to replay up to {final_lsn} (at {at}; rolled \
+                 back after {limit})",
+                sw.to
+            ))]
+        }
+        None => cancel(format!("{} is no longer a running standby", sw.to)),
     }
 }
 
@@ -821,6 +953,18 @@ fn reconcile_primary(cluster: &ClusterView, local: &LocalView, now_ms: u64) -> V
         if state.lease_released {
             return vec![hold(format!(
                 "switchover: handed over to {}, waiting for its promotion",
+                sw.to
+            ))];
+        }
+        // The target must take the final WAL from this primary: a target that does not
+        // stream now would wait for the shutdown checkpoint for ever.
+        let streaming = me
+            .replicas
+            .iter()
+            .any(|r| r.application_name == sw.to && r.state == "streaming");
+        if local.db_running && me.db_up && !streaming && !sw.force {
+            return vec![hold(format!(
+                "switchover: waiting for {} to stream from this primary before handing over",
                 sw.to
             ))];
         }
@@ -890,6 +1034,18 @@ fn reconcile_primary(cluster: &ClusterView, local: &LocalView, now_ms: u64) -> V
             ];
         }
     }
+    if local.start_failures >= settings.start_attempts {
+        return vec![
+            Action::Propose(Command::ReleaseLease {
+                node: local.name.clone(),
+                generation,
+            }),
+            hold(format!(
+                "{}: giving up the lease of generation {generation}",
+                start_failures(local)
+            )),
+        ];
+    }
     match me.data_dir {
         None => vec![hold("data_dir could not be read".to_string())],
         Some(DataDirState::Empty) => vec![hold(format!(
@@ -924,6 +1080,14 @@ fn reconcile_standby(
                     "PostgreSQL accepts writes but the primary of generation {generation} is \
                      {primary}"
                 ),
+            }];
+        }
+        // Invariant 5: WAL the primary's timeline lacks can never be streamed over; it is
+        // rewound away (or the node re-cloned) before the node may stream or be promoted.
+        if let Some(why) = state.divergence(me).filter(|_| me.db_up) {
+            return vec![Action::StopToRewind {
+                generation,
+                reason: format!("diverged from primary {primary}: this standby {why}"),
             }];
         }
         let wanted = state
@@ -982,12 +1146,38 @@ fn reconcile_standby(
                 ))],
             }
         }
+        Some(DataDirState::Standby) if local.start_failures >= cluster.settings.start_attempts => {
+            let why = start_failures(local);
+            match (cluster.settings.rejoin, primary_report) {
+                (RejoinMode::RewindOrClone, Some(_)) => vec![Action::Reclone {
+                    upstream,
+                    generation,
+                }],
+                (RejoinMode::RewindOrClone, None) => vec![hold(format!(
+                    "{why}: waiting for primary {primary} to accept connections to re-clone \
+                     from it"
+                ))],
+                _ => vec![hold(format!(
+                    "{why}: fix the data directory, then run pgfm resume on this node (or set \
+                     rejoin = \"rewind-or-clone\" to re-clone it)"
+                ))],
+            }
+        }
         // Invariant 4: every node that is not the primary boots as a standby.
         Some(DataDirState::Standby) => vec![Action::StartStandby {
             upstream,
             generation,
         }],
     }
+}
+
+/// "PostgreSQL failed to start 3 times in a row (last: ...)".
+fn start_failures(local: &LocalView) -> String {
+    format!(
+        "PostgreSQL failed to start {} times in a row (last: {})",
+        local.start_failures,
+        local.start_error.as_deref().unwrap_or("unknown error")
+    )
 }
 
 /// The replication slot name of a node (as `pgfm-postgres` makes it).
@@ -1014,8 +1204,8 @@ fn cluster_hold(reason: String) -> Action {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::Member;
-    use crate::types::Lsn;
+    use crate::model::{Member, ReplicaInfo};
+    use crate::types::{Lsn, Timeline};
 
     fn member(name: &str) -> Member {
         let kind = if name == "witness" {
@@ -1087,7 +1277,25 @@ mod tests {
                 };
                 (name.to_string(), observed)
             })
+            .collect::<BTreeMap<String, Observed>>();
+        // The running primary sees every running standby stream from it.
+        let streaming: Vec<ReplicaInfo> = nodes
+            .iter()
+            .filter(|(_, seen)| matches!(seen, Seen::Running(DbRole::Standby)))
+            .map(|(name, _)| ReplicaInfo {
+                application_name: name.to_string(),
+                state: "streaming".into(),
+                sync_state: "async".into(),
+                replay_lsn: Some(Lsn(1_000_000)),
+                flush_lsn: Some(Lsn(1_000_000)),
+            })
             .collect();
+        let mut reports = reports;
+        for o in reports.values_mut() {
+            if o.report.role == Some(DbRole::Primary) {
+                o.report.replicas = streaming.clone();
+            }
+        }
         ClusterView {
             voters: nodes.iter().map(|(n, _)| n.to_string()).collect(),
             state,
@@ -1106,6 +1314,7 @@ mod tests {
             coordinator_since_ms: Some(0),
             wall_clock_ms: 42,
             measured: BTreeMap::new(),
+            switchover_step_ms: Some(1_000),
         }
     }
 
@@ -1146,6 +1355,8 @@ mod tests {
             crashed_at_ms: None,
             resume_requested: false,
             rewind_failed: None,
+            start_failures: 0,
+            start_error: None,
         }
     }
 
@@ -1199,6 +1410,9 @@ mod tests {
                     generation,
                 } => format!("follow {upstream} g{generation}"),
                 Action::Fence { generation, .. } => format!("fence g{generation}"),
+                Action::StopToRewind { generation, reason } => {
+                    format!("stop to rewind g{generation}: {reason}")
+                }
                 Action::Rewind {
                     upstream,
                     generation,
@@ -1468,7 +1682,11 @@ mod tests {
 
     fn failover_view() -> ClusterView {
         // pg1 (the primary) is silent: its host died. pg2 and pg3 stream.
-        let mut v = primary_with(&["pg2", "pg3"]);
+        expired(primary_with(&["pg2", "pg3"]))
+    }
+
+    /// `v` with pg1's host dead since 0 and the other agents finding its database down.
+    fn expired(mut v: ClusterView) -> ClusterView {
         v.reports.get_mut("pg1").unwrap().received_at_ms = 0;
         v.settings.report_ttl_ms = 3_000;
         for o in v.reports.values_mut() {
@@ -1549,6 +1767,14 @@ mod tests {
             9_000,
             &["cluster hold: failover needed: the lease of primary pg1 expired, but no standby can be promoted: pg2 is not promotable; pg3 is not a running standby"],
         );
+        // `[watchdog] mode = "required"` without a usable watchdog: never the new primary.
+        let mut v = failover_view();
+        v.reports.get_mut("pg2").unwrap().report.watchdog = Some(crate::model::WatchdogReport {
+            mode: crate::model::WatchdogMode::Required,
+            armed: false,
+            problem: Some("/dev/watchdog: No such file or directory".into()),
+        });
+        check_coordinator(&v, 9_000, &["promote pg3 g2 from pg1 losing 0"]);
     }
 
     #[test]
@@ -1558,7 +1784,7 @@ mod tests {
         check_coordinator(
             &v,
             9_000,
-            &["cluster hold: the lease of primary pg1 expired but its database still answers pg2: not promoting while it may take writes (restart its agent, or stop its PostgreSQL)"],
+            &["cluster hold: the lease of primary pg1 expired but its database still answers pg2: not promoting while it may take writes (restart its agent, or stop its PostgreSQL) [pg2: answering; pg3: down; witness: down]"],
         );
     }
 
@@ -1571,7 +1797,7 @@ mod tests {
         check_coordinator(
             &v,
             9_000,
-            &["cluster hold: the lease of primary pg1 expired: waiting for another agent to find its database down before promoting"],
+            &["cluster hold: the lease of primary pg1 expired: waiting for another agent to find its database down before promoting [pg2: not checked; pg3: not checked; witness: not checked]"],
         );
         v.reports.get_mut("witness").unwrap().report.sees_primary = Some(false);
         check_coordinator(&v, 9_000, &["promote pg2 g2 from pg1 losing 0"]);
@@ -1585,7 +1811,7 @@ mod tests {
         check_coordinator(
             &v,
             2_000,
-            &["cluster hold: switchover from pg1 to pg2: waiting for pg1 to stop cleanly"],
+            &["cluster hold: switchover from pg1 to pg2: waiting for pg1 to stop cleanly and hand over"],
         );
         v.state.lease_released = true;
         v.state.switchover.as_mut().unwrap().final_lsn = Some(Lsn(1_000_000));
@@ -1595,15 +1821,129 @@ mod tests {
             false,
             &["hold: switchover: handed over to pg2, waiting for its promotion"],
         );
-        check_coordinator(&v, 2_000, &["cluster hold: switchover to pg2: waiting for it to replay up to 0/F4240 (at 0/F4240)"]);
+        check_coordinator(&v, 2_000, &["cluster hold: switchover to pg2: waiting for it to replay up to 0/F4240 (at 0/F4240; rolled back after switchover_timeout (5 s))"]);
         v.reports.get_mut("pg2").unwrap().report.replayed_lsn = Some(Lsn(1_000_120));
         check_coordinator(&v, 2_000, &["promote pg2 g2 from pg1 losing 0"]);
         v.reports.get_mut("pg2").unwrap().report.db_up = false;
         check_coordinator(
             &v,
             2_000,
-            &["cancel switchover: pg2 is no longer a running standby"],
+            &["cancel switchover: switchover from pg1 to pg2 rolled back: pg2 is no longer a running standby; pg1 stays the primary of generation 1"],
         );
+    }
+
+    /// Issue 11, case 1: a target that does not stream is waited for before the hand-over,
+    /// and every step of a switchover ends within `switchover_timeout`: rolled back, the old
+    /// primary (generation unchanged) takes over again; `promote --force` skips the waits.
+    #[test]
+    fn a_switchover_that_cannot_finish_is_rolled_back_in_time() {
+        let mut v = primary_with(&["pg2"]);
+        v.state.switchover = Some(switchover_pg1_to_pg2());
+        v.reports.get_mut("pg1").unwrap().report.replicas.clear();
+        check(
+            &v,
+            "pg1",
+            false,
+            &["hold: switchover: waiting for pg2 to stream from this primary before handing over"],
+        );
+        // The step started at 1 s; 5 s later the coordinator gives up.
+        check_coordinator(&v, 6_000, &["cancel switchover: switchover from pg1 to pg2 rolled back: pg1 did not hand over within switchover_timeout (5 s); pg1 stays the primary of generation 1"]);
+        v.state.switchover.as_mut().unwrap().force = true;
+        check(&v, "pg1", false, &["hand over to pg2 g1"]);
+        // Handed over, but the target never gets the shutdown checkpoint.
+        for o in v.reports.values_mut() {
+            o.received_at_ms = 5_000;
+        }
+        v.state.switchover.as_mut().unwrap().force = false;
+        v.state.lease_released = true;
+        v.state.switchover.as_mut().unwrap().final_lsn = Some(Lsn(1_000_000));
+        check_coordinator(&v, 5_999, &["cluster hold: switchover to pg2: waiting for it to replay up to 0/F4240 (at 0/F4240; rolled back after switchover_timeout (5 s))"]);
+        check_coordinator(&v, 6_000, &["cancel switchover: switchover from pg1 to pg2 rolled back: pg2 did not replay up to 0/F4240 within switchover_timeout (5 s) (at 0/F4240); pg1 stays the primary of generation 1"]);
+        // pgfm promote --force: the target is promoted, the final record lost.
+        v.state.switchover.as_mut().unwrap().force = true;
+        check_coordinator(&v, 6_000, &["promote pg2 g2 from pg1 losing 0"]);
+    }
+
+    /// Issue 11, case 5: a standby that stayed with a cut-off primary holds WAL past the point
+    /// where the new primary's timeline forked; it is stopped to be rewound, never followed
+    /// as it is, and never promoted. A standby behind the fork point follows as usual.
+    #[test]
+    fn a_diverged_standby_is_rewound_and_never_promoted() {
+        let mut v = primary_with(&["pg2", "pg3"]);
+        v.state.timeline = Some(Timeline(2));
+        v.state.forks = vec![crate::model::TimelineFork {
+            timeline: Timeline(1),
+            ended_at: Lsn(900_000),
+        }];
+        for node in ["pg1", "pg2"] {
+            v.reports.get_mut(node).unwrap().report.timeline = Some(Timeline(2));
+        }
+        let pg3 = &mut v.reports.get_mut("pg3").unwrap().report;
+        pg3.timeline = Some(Timeline(1));
+        check(&v, "pg3", false, &["stop to rewind g1: diverged from primary pg1: this standby holds WAL up to 0/F4240 on timeline 1, past 0/DBBA0 where the primary's timeline 2 forked off it"]);
+        // Behind the fork point: it can follow the new timeline.
+        let pg3 = &mut v.reports.get_mut("pg3").unwrap().report;
+        pg3.received_lsn = Some(Lsn(800_000));
+        pg3.replayed_lsn = Some(Lsn(800_000));
+        check(&v, "pg3", false, &[]);
+        // A timeline the primary's history does not have.
+        v.reports.get_mut("pg3").unwrap().report.timeline = Some(Timeline(3));
+        check(&v, "pg3", false, &["stop to rewind g1: diverged from primary pg1: this standby is on timeline 3, which is not in the history of the primary's timeline 2"]);
+        // At a failover neither is a candidate; pg2, on the primary's timeline, is.
+        let mut v = expired(v);
+        let pg3 = &mut v.reports.get_mut("pg3").unwrap().report;
+        pg3.timeline = Some(Timeline(1));
+        pg3.received_lsn = Some(Lsn(2_000_000));
+        v.state.members.get_mut("pg2").unwrap().promotable = false;
+        check_coordinator(&v, 10_000, &["cluster hold: failover needed: the lease of primary pg1 expired, but no standby can be promoted: pg2 is not promotable; pg3 holds WAL up to 0/1E8480 on timeline 1, past 0/DBBA0 where the primary's timeline 2 forked off it"]);
+    }
+
+    /// The serving primary commits its timeline and history once; one whose history file
+    /// could not be read (timeline above 1, no forks) records nothing.
+    #[test]
+    fn the_primary_records_its_timeline() {
+        let mut v = primary_with(&["pg2"]);
+        v.reports.get_mut("pg1").unwrap().report.slots = vec![slot_for("pg2")];
+        v.reports.get_mut("pg1").unwrap().report.timeline = Some(Timeline(1));
+        check(&v, "pg1", false, &["propose SetTimeline { node: \"pg1\", generation: Generation(1), timeline: Timeline(1), forks: [] }"]);
+        v.state.timeline = Some(Timeline(1));
+        check(&v, "pg1", false, &[]);
+        v.reports.get_mut("pg1").unwrap().report.timeline = Some(Timeline(2));
+        check(&v, "pg1", false, &[]);
+    }
+
+    /// Issue 11, case 2: a PostgreSQL that keeps failing to start is re-cloned under
+    /// `rewind-or-clone`, held with the fix otherwise; a primary gives up its lease.
+    #[test]
+    fn repeated_start_failures_end_in_a_reclone_or_a_hold() {
+        let v = view(
+            Some("pg1"),
+            &[
+                ("pg1", Running(DbRole::Primary)),
+                ("pg2", Stopped(Recovering)),
+                ("witness", Stopped(Empty)),
+            ],
+        );
+        let mut me = local(&v, "pg2", false);
+        me.start_failures = 2;
+        check_local(&v, &me, 2_000, &["start standby of pg1 g1"]);
+        me.start_failures = 3;
+        me.start_error = Some("PANIC: could not locate a valid checkpoint record".into());
+        check_local(&v, &me, 2_000, &["reclone from pg1 g1"]);
+        let mut manual = v.clone();
+        manual.settings.rejoin = RejoinMode::Rewind;
+        check_local(&manual, &me, 2_000, &["hold: PostgreSQL failed to start 3 times in a row (last: PANIC: could not locate a valid checkpoint record): fix the data directory, then run pgfm resume on this node (or set rejoin = \"rewind-or-clone\" to re-clone it)"]);
+        let v = view(
+            Some("pg1"),
+            &[
+                ("pg1", Stopped(Writable)),
+                ("pg2", Running(DbRole::Standby)),
+                ("witness", Stopped(Empty)),
+            ],
+        );
+        let mut me = local(&v, "pg1", false);
+        me.start_failures = 3;
+        check_local(&v, &me, 2_000, &["release pg1 g1", "hold: PostgreSQL failed to start 3 times in a row (last: unknown error): giving up the lease of generation 1"]);
     }
 
     #[test]

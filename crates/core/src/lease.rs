@@ -34,6 +34,21 @@ impl LeaseSettings {
     /// election takes up to 1.2 s with pgfm's timing (see `coord::RaftSettings`).
     pub const MIN_BUDGET_MS: u64 = 1500;
 
+    /// Time a host reset needs, kept between the watchdog firing and the earliest moment a
+    /// coordinator may promote another node.
+    pub const WATCHDOG_RESET_MS: u64 = 250;
+
+    /// The host watchdog's timeout, in whole seconds (the kernel's unit), for these settings:
+    /// the primary feeds it only while its lease is valid, so the last feed is at most at its
+    /// fence deadline (`sent + lease - safety_margin`) and the host resets by `fence deadline
+    /// + timeout`, which must come before the coordinator's `sent + lease + drift_margin`
+    /// (invariant 10). None: `safety_margin + drift_margin` leaves no whole second.
+    pub fn watchdog_timeout_s(&self) -> Option<u64> {
+        let budget =
+            (self.safety_margin_ms + self.drift_margin_ms).checked_sub(Self::WATCHDOG_RESET_MS)?;
+        Some(budget / 1000).filter(|s| *s >= 1)
+    }
+
     /// The settings in words, for reports: `lease 3.5 s, renew 500 ms, ...`.
     pub fn describe(&self) -> String {
         let secs = |ms: u64| format!("{} s", ms as f64 / 1000.0);
@@ -166,6 +181,31 @@ pub fn expired_at_ms(last_renewal_seen_ms: Option<u64>, s: &LeaseSettings) -> u6
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    /// The watchdog resets the host before any coordinator may promote, and is refused when
+    /// the margins leave it no whole second.
+    #[test]
+    fn the_watchdog_fires_before_a_promotion() {
+        for (safety, drift, expected) in [
+            (1000, 500, Some(1)),
+            (1000, 200, None),
+            (2000, 500, Some(2)),
+        ] {
+            let s = LeaseSettings {
+                safety_margin_ms: safety,
+                drift_margin_ms: drift,
+                ..LeaseSettings::default()
+            };
+            assert_eq!(s.watchdog_timeout_s(), expected, "{s:?}");
+            if let Some(t) = expected {
+                let fence_at = s.lease_ms - s.safety_margin_ms;
+                assert!(
+                    fence_at + t * 1000 + LeaseSettings::WATCHDOG_RESET_MS
+                        <= s.lease_ms + s.drift_margin_ms
+                );
+            }
+        }
+    }
 
     const S: LeaseSettings = LeaseSettings {
         lease_ms: 3000,

@@ -9,6 +9,7 @@ pub mod types;
 pub use decide::{decide, Action, Decision};
 pub use model::{
     ClusterState, Command, CommandError, DataDirState, DbRole, Member, NodeKind, NodeReport,
-    ReplicaInfo, SyncMode, SyncRule, SyncSettings, VipReport,
+    ReplicaInfo, SyncMode, SyncRule, SyncSettings, TimelineFork, VipReport, WatchdogMode,
+    WatchdogReport,
 };
 pub use types::{Generation, Lsn, LsnParseError, NodeId, Timeline};

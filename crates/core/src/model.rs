@@ -77,11 +77,27 @@ pub enum Command {
         generation: Generation,
         final_lsn: Lsn,
     },
-    /// The switchover cannot complete (its target went away): the primary takes back its
-    /// lease and restarts.
+    /// The switchover cannot complete (its target went away, it ran past
+    /// `switchover_timeout`, or an operator cancelled it): the old primary, which holds every
+    /// commit and whose generation never changed, takes back its lease and restarts.
     CancelSwitchover {
         generation: Generation,
         reason: String,
+        /// Wall-clock time of the decision, for the history.
+        #[serde(default)]
+        at_unix_ms: u64,
+    },
+    /// `pgfm promote --force` during a switchover of `generation`: the primary hands over
+    /// without waiting for the target to stream, and the target is promoted without
+    /// waiting for it to replay the final position.
+    ForceSwitchover { generation: Generation },
+    /// The primary of `generation` runs on `timeline`; `forks` is its timeline history:
+    /// where each earlier timeline ended (and the next one began).
+    SetTimeline {
+        node: String,
+        generation: Generation,
+        timeline: Timeline,
+        forks: Vec<TimelineFork>,
     },
     /// `pgfm promote` while the primary of `generation` is gone: promote `to` (or the best
     /// candidate) once its lease has expired, even with automatic failover off or paused;
@@ -131,7 +147,24 @@ pub enum Command {
         /// judgement, forwarded after a partition healed, must not depose a live primary).
         #[serde(default)]
         lease_renewals: Option<u64>,
+        /// When the promotion ends a switchover: the old primary's final position. The log
+        /// refuses it unless that hand-over is still the committed one (a switchover rolled
+        /// back, its old primary writing again, must never see its target promoted).
+        #[serde(default)]
+        handover: Option<Lsn>,
+        /// `lost_bytes` is a lower bound: the old primary was not stopped cleanly and may
+        /// have written more after its last report.
+        #[serde(default)]
+        lost_at_least: bool,
     },
+}
+
+/// Where a timeline of the current primary's history ended: the next timeline began at
+/// `ended_at`. A node on `timeline` holding WAL past it has diverged from the cluster.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TimelineFork {
+    pub timeline: Timeline,
+    pub ended_at: Lsn,
 }
 
 /// One promotion, as kept in the history.
@@ -144,6 +177,9 @@ pub struct Promotion {
     pub reason: String,
     pub lsn: Option<Lsn>,
     pub lost_bytes: Option<u64>,
+    /// `lost_bytes` is a lower bound (see `Command::Promote`).
+    #[serde(default)]
+    pub lost_at_least: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
@@ -182,6 +218,11 @@ pub enum CommandError {
     SwitchoverUnderWay(String),
     #[error("no switchover is under way in generation {0}")]
     NoSwitchover(Generation),
+    #[error(
+        "the hand-over at {0} this promotion rests on is no longer committed (the switchover \
+         was cancelled or rolled back)"
+    )]
+    HandOverGone(Lsn),
     #[error("node {0} is not a member")]
     UnknownNode(String),
     #[error("node {0} was disallowed: run pgfm allow-node {0} ADDRESS on a member to let it back")]
@@ -194,6 +235,16 @@ pub struct PromotionRequest {
     pub to: Option<String>,
     pub force: bool,
     pub generation: Generation,
+}
+
+/// A switchover that did not happen, as kept in the history: the old primary stayed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CancelledSwitchover {
+    pub generation: Generation,
+    pub at_unix_ms: u64,
+    pub from: String,
+    pub to: String,
+    pub reason: String,
 }
 
 /// A planned switchover under way.
@@ -231,6 +282,9 @@ pub struct ClusterState {
     /// A planned switchover under way, if any.
     #[serde(default)]
     pub switchover: Option<Switchover>,
+    /// Switchovers rolled back or cancelled, oldest first.
+    #[serde(default)]
+    pub cancelled_switchovers: Vec<CancelledSwitchover>,
     /// An operator's promotion waiting for the old primary's lease to expire.
     #[serde(default)]
     pub promotion_request: Option<PromotionRequest>,
@@ -257,6 +311,13 @@ pub struct ClusterState {
     /// agent's `[replication]` section.
     #[serde(default)]
     pub replication: Option<SyncSettings>,
+    /// The timeline the primary of this generation runs on, once it said so (None right
+    /// after a promotion).
+    #[serde(default)]
+    pub timeline: Option<Timeline>,
+    /// The primary's timeline history: where each earlier timeline ended.
+    #[serde(default)]
+    pub forks: Vec<TimelineFork>,
 }
 
 /// What a primary's commits wait for: `count` of the standbys `names` (`FIRST count` when
@@ -565,12 +626,48 @@ impl ClusterState {
                 }
                 Ok(())
             }
-            Command::CancelSwitchover { generation, .. } => {
-                if self.switchover.as_ref().map(|s| s.generation) != Some(*generation)
-                    || self.generation != *generation
-                {
-                    return Err(CommandError::NoSwitchover(*generation));
+            Command::ForceSwitchover { generation } => match self.switchover.as_mut() {
+                Some(s) if s.generation == *generation && self.generation == *generation => {
+                    s.force = true;
+                    Ok(())
                 }
+                _ => Err(CommandError::NoSwitchover(*generation)),
+            },
+            Command::SetTimeline {
+                node,
+                generation,
+                timeline,
+                forks,
+            } => {
+                if *generation != self.generation || self.primary.as_ref() != Some(node) {
+                    return Err(CommandError::NotLeaseHolder {
+                        node: node.clone(),
+                        generation: *generation,
+                    });
+                }
+                self.timeline = Some(*timeline);
+                self.forks = forks.clone();
+                Ok(())
+            }
+            Command::CancelSwitchover {
+                generation,
+                reason,
+                at_unix_ms,
+            } => {
+                let Some(sw) = self
+                    .switchover
+                    .as_ref()
+                    .filter(|s| s.generation == *generation && self.generation == *generation)
+                else {
+                    return Err(CommandError::NoSwitchover(*generation));
+                };
+                self.cancelled_switchovers.push(CancelledSwitchover {
+                    generation: *generation,
+                    at_unix_ms: *at_unix_ms,
+                    from: sw.from.clone(),
+                    to: sw.to.clone(),
+                    reason: reason.clone(),
+                });
                 self.switchover = None;
                 self.lease_released = false;
                 Ok(())
@@ -584,6 +681,8 @@ impl ClusterState {
                 lost_bytes,
                 at_unix_ms,
                 lease_renewals,
+                handover,
+                lost_at_least,
             } => {
                 if *generation != self.generation.next() {
                     return Err(CommandError::WrongGeneration {
@@ -598,6 +697,17 @@ impl ClusterState {
                             seen: *seen,
                             applied: self.lease_renewals,
                         });
+                    }
+                }
+                if let Some(final_lsn) = handover {
+                    let committed = self.lease_released
+                        && self.switchover.as_ref().is_some_and(|s| {
+                            s.to == *node
+                                && s.generation == self.generation
+                                && s.final_lsn == Some(*final_lsn)
+                        });
+                    if !committed {
+                        return Err(CommandError::HandOverGone(*final_lsn));
                     }
                 }
                 match self.members.get(node) {
@@ -618,6 +728,7 @@ impl ClusterState {
                     reason: reason.clone(),
                     lsn: *lsn,
                     lost_bytes: *lost_bytes,
+                    lost_at_least: *lost_at_least,
                 });
                 self.primary = Some(node.clone());
                 self.generation = *generation;
@@ -628,8 +739,35 @@ impl ClusterState {
                 // Every acknowledged commit is on the new primary; it sets up its own set.
                 self.sync_set.clear();
                 self.sync_quorum = 0;
+                // The new primary says which timeline it starts once it has.
+                self.timeline = None;
                 Ok(())
             }
+        }
+    }
+
+    /// Why `report`'s node cannot stream from the primary as it is: it holds WAL past the
+    /// point where the primary's timeline forked off its own (it stayed with a cut-off
+    /// primary, or was ahead of the promoted standby), or it is on a timeline the primary's
+    /// history does not have. None: it can follow (or nothing is known to say otherwise).
+    pub fn divergence(&self, report: &NodeReport) -> Option<String> {
+        let current = self.timeline?;
+        let theirs = report.timeline?;
+        if theirs == current {
+            return None;
+        }
+        let position = report.wal_position()?;
+        match self.forks.iter().find(|f| f.timeline == theirs) {
+            Some(fork) if position > fork.ended_at => Some(format!(
+                "holds WAL up to {position} on timeline {theirs}, past {} where the primary's \
+                 timeline {current} forked off it",
+                fork.ended_at
+            )),
+            Some(_) => None,
+            None => Some(format!(
+                "is on timeline {theirs}, which is not in the history of the primary's \
+                 timeline {current}"
+            )),
         }
     }
 
@@ -653,6 +791,50 @@ pub struct VipReport {
     pub address: String,
     /// Whether this node carries it now.
     pub held: bool,
+}
+
+/// `[watchdog] mode`: whether the primary's agent arms the host watchdog while it holds
+/// the lease (Patroni's three modes).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum WatchdogMode {
+    /// Never armed.
+    #[default]
+    Off,
+    /// Armed when the device can be opened; without one the node still becomes primary.
+    Automatic,
+    /// The node never becomes primary without an armed watchdog.
+    Required,
+}
+
+impl std::fmt::Display for WatchdogMode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            WatchdogMode::Off => "off",
+            WatchdogMode::Automatic => "automatic",
+            WatchdogMode::Required => "required",
+        })
+    }
+}
+
+/// The host watchdog as a data node's agent sees it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WatchdogReport {
+    pub mode: WatchdogMode,
+    /// Armed now (this node is the primary and holds the lease).
+    pub armed: bool,
+    /// Why the watchdog cannot be used (the device cannot be opened, the timeout is not
+    /// accepted); None when it can.
+    #[serde(default)]
+    pub problem: Option<String>,
+}
+
+impl WatchdogReport {
+    /// Whether this node may become the primary as far as its watchdog goes: `required`
+    /// needs a usable one.
+    pub fn allows_primary(&self) -> bool {
+        self.mode != WatchdogMode::Required || self.problem.is_none()
+    }
 }
 
 /// What is in a data node's data directory, read without starting PostgreSQL.
@@ -722,6 +904,16 @@ pub struct NodeReport {
     /// before it).
     #[serde(default)]
     pub sync_switch_lsn: Option<Lsn>,
+    /// On a primary: its timeline history (where each earlier timeline ended).
+    #[serde(default)]
+    pub forks: Vec<TimelineFork>,
+    /// How this agent's last check of the committed primary's database went, in words
+    /// ("refused the connection", "cannot tell: ..."), when it checked.
+    #[serde(default)]
+    pub primary_check: Option<String>,
+    /// The host watchdog, on a data node (None: a witness, or an agent that predates it).
+    #[serde(default)]
+    pub watchdog: Option<WatchdogReport>,
     /// What the agent is doing or waiting for, or the last probe error.
     pub info: String,
 }
@@ -746,6 +938,9 @@ impl NodeReport {
             vip: None,
             sync: None,
             sync_switch_lsn: None,
+            forks: Vec::new(),
+            primary_check: None,
+            watchdog: None,
             info: String::new(),
         }
     }
@@ -898,6 +1093,8 @@ mod tests {
                 lost_bytes: None,
                 at_unix_ms: 0,
                 lease_renewals: None,
+                handover: None,
+                lost_at_least: false,
             })
             .unwrap();
         assert!(state.sync_set.is_empty() && state.sync_quorum == 0);
@@ -906,6 +1103,69 @@ mod tests {
             Some(good),
             "settings outlive a promotion"
         );
+    }
+
+    /// A switchover's promotion rests on its hand-over: once the switchover was rolled back
+    /// (the old primary writing again in the same generation) the log refuses it.
+    #[test]
+    fn a_switchover_promotion_after_its_rollback_is_refused() {
+        let mut state = ClusterState::default();
+        let handover = Command::HandOver {
+            node: "pg1".into(),
+            generation: Generation(1),
+            final_lsn: Lsn(100),
+        };
+        let promote = Command::Promote {
+            node: "pg2".into(),
+            generation: Generation(2),
+            from: Some("pg1".into()),
+            reason: "switchover from pg1 to pg2".into(),
+            lsn: None,
+            lost_bytes: Some(0),
+            at_unix_ms: 0,
+            lease_renewals: None,
+            handover: Some(Lsn(100)),
+            lost_at_least: false,
+        };
+        for c in [
+            Command::Register {
+                member: member("pg1", NodeKind::Data),
+            },
+            Command::Register {
+                member: member("pg2", NodeKind::Data),
+            },
+            Command::Bootstrap {
+                primary: "pg1".into(),
+                generation: Generation(1),
+            },
+            Command::RequestSwitchover {
+                from: "pg1".into(),
+                to: "pg2".into(),
+                generation: Generation(1),
+                force: false,
+            },
+            Command::ForceSwitchover {
+                generation: Generation(1),
+            },
+            handover.clone(),
+            Command::CancelSwitchover {
+                generation: Generation(1),
+                reason: "test".into(),
+                at_unix_ms: 0,
+            },
+        ] {
+            state.apply(&c).unwrap();
+        }
+        assert_eq!(
+            state.apply(&promote),
+            Err(CommandError::HandOverGone(Lsn(100)))
+        );
+        assert_eq!(state.primary.as_deref(), Some("pg1"));
+        assert!(state
+            .apply(&Command::ForceSwitchover {
+                generation: Generation(1)
+            })
+            .is_err());
     }
 
     /// A promotion judged on an expired lease is refused once a renewal was applied after
@@ -924,6 +1184,8 @@ mod tests {
             lost_bytes: None,
             at_unix_ms: 0,
             lease_renewals: seen,
+            handover: None,
+            lost_at_least: false,
         };
         let renew = Command::RenewLease {
             node: "pg1".into(),

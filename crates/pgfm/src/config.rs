@@ -15,7 +15,7 @@ use serde::Deserialize;
 use pgfm_core::decide::{OnCrash, RejoinMode};
 use pgfm_core::lease::LeaseSettings;
 use pgfm_core::NodeKind;
-use pgfm_core::{SyncMode, SyncSettings};
+use pgfm_core::{SyncMode, SyncSettings, WatchdogMode};
 use pgfm_net::VipSpec;
 use pgfm_postgres::binaries;
 use pgfm_postgres::OsUser;
@@ -68,6 +68,14 @@ struct RawConfig {
     vip: Option<RawVip>,
     #[serde(default)]
     replication: RawReplication,
+    watchdog: Option<RawWatchdog>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawWatchdog {
+    mode: Option<String>,
+    device: Option<PathBuf>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -163,6 +171,9 @@ struct RawFailover {
     #[serde(default, with = "humantime_serde")]
     crash_restart_bound: Option<Duration>,
     rejoin: Option<String>,
+    #[serde(default, with = "humantime_serde")]
+    switchover_timeout: Option<Duration>,
+    start_attempts: Option<u32>,
 }
 
 // ---- validated form ----
@@ -204,6 +215,11 @@ pub struct Failover {
     pub on_crash: OnCrash,
     pub crash_restart_bound: Duration,
     pub rejoin: RejoinMode,
+    /// A switchover step (hand-over, the target's replay) longer than this is rolled back.
+    pub switchover_timeout: Duration,
+    /// Failed starts of PostgreSQL in a row before a standby is re-cloned (or held) and a
+    /// primary gives up its lease.
+    pub start_attempts: u32,
 }
 
 /// Commands run on events (EFM's scripts), through `sh -c`, with the event in `PGFM_*`
@@ -217,6 +233,17 @@ pub struct Hooks {
     /// Run for every event (promotion committed, fenced, promoted).
     pub notification: Option<String>,
     pub timeout: Duration,
+}
+
+/// `[watchdog]`: the host watchdog the primary's agent arms while it holds the lease, so
+/// that a primary whose agent hangs or dies is reset before another node may be promoted
+/// (invariant 10).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WatchdogConfig {
+    pub mode: WatchdogMode,
+    /// A character device (the kernel's watchdog API, `/dev/watchdog`) or a FIFO (the
+    /// lab's stand-in, `pgfm lab watchdog-driver`).
+    pub device: PathBuf,
 }
 
 /// The virtual IP that follows the primary (EFM's `virtual.ip`).
@@ -250,6 +277,65 @@ pub struct Config {
     pub vip: Option<VipConfig>,
     /// `[replication]`: synchronous replication.
     pub sync: SyncSettings,
+    pub watchdog: WatchdogConfig,
+}
+
+fn parse_watchdog(
+    check: &Check,
+    raw: Option<RawWatchdog>,
+    kind: NodeKind,
+    lease: &LeaseSettings,
+) -> Result<WatchdogConfig, ConfigError> {
+    let raw = raw.unwrap_or(RawWatchdog {
+        mode: None,
+        device: None,
+    });
+    let mode = match raw.mode.as_deref() {
+        None | Some("off") => WatchdogMode::Off,
+        Some("automatic") => WatchdogMode::Automatic,
+        Some("required") => WatchdogMode::Required,
+        Some(other) => {
+            return Err(check.err(
+                "watchdog.mode",
+                format!("is {other:?} (set it to \"off\", \"automatic\" or \"required\")"),
+            ))
+        }
+    };
+    let device = raw
+        .device
+        .map(|p| check.absolute(p, "watchdog.device"))
+        .transpose()?
+        .unwrap_or_else(|| PathBuf::from("/dev/watchdog"));
+    if mode == WatchdogMode::Off {
+        return Ok(WatchdogConfig { mode, device });
+    }
+    // An error rather than a warning, as for [vip]: a witness never holds the lease, so a
+    // watchdog there protects nothing, and the file was likely meant for a data node.
+    if kind == NodeKind::Witness {
+        return Err(check.err(
+            "watchdog.mode",
+            format!(
+                "is \"{mode}\" on a witness, which holds no lease and runs no database (remove \
+                 the section or set mode = \"off\")"
+            ),
+        ));
+    }
+    if lease.watchdog_timeout_s().is_none() {
+        return Err(check.err(
+            "[watchdog]",
+            format!(
+                "needs safety_margin + drift_margin of at least {} s (they are {} ms + {} ms): \
+                 the host must reset, in whole seconds, after the fence deadline and {} ms \
+                 before another node may be promoted (raise timing.safety_margin or \
+                 timing.drift_margin, or set mode = \"off\")",
+                (1000 + LeaseSettings::WATCHDOG_RESET_MS) as f64 / 1000.0,
+                lease.safety_margin_ms,
+                lease.drift_margin_ms,
+                LeaseSettings::WATCHDOG_RESET_MS
+            ),
+        ));
+    }
+    Ok(WatchdogConfig { mode, device })
 }
 
 fn parse_vip(check: &Check, raw: RawVip) -> Result<VipConfig, ConfigError> {
@@ -641,6 +727,7 @@ impl Config {
             standbys: sync_standbys,
             minimum,
         };
+        let watchdog = parse_watchdog(&check, raw.watchdog, kind, &lease)?;
         let rejoin = match raw.failover.rejoin.as_deref() {
             None | Some("rewind-or-clone") => RejoinMode::RewindOrClone,
             Some("rewind") => RejoinMode::Rewind,
@@ -654,6 +741,27 @@ impl Config {
                 ))
             }
         };
+        let switchover_timeout = raw
+            .failover
+            .switchover_timeout
+            .unwrap_or(Duration::from_secs(5));
+        if switchover_timeout < Duration::from_secs(1) {
+            return Err(check.err(
+                "failover.switchover_timeout",
+                format!(
+                    "is {} (a clean shutdown and the target's replay need at least 1s; the \
+                     default is 5s)",
+                    humantime::format_duration(switchover_timeout)
+                ),
+            ));
+        }
+        let start_attempts = raw.failover.start_attempts.unwrap_or(3);
+        if start_attempts == 0 {
+            return Err(check.err(
+                "failover.start_attempts",
+                "is 0 (set it to at least 1; the default is 3)".to_string(),
+            ));
+        }
         Ok(Config {
             file: file.to_path_buf(),
             cluster,
@@ -682,6 +790,8 @@ impl Config {
                     .crash_restart_bound
                     .unwrap_or(Duration::from_secs(10)),
                 rejoin,
+                switchover_timeout,
+                start_attempts,
             },
             hooks: Hooks {
                 fence: raw.hooks.fence.filter(|c| !c.trim().is_empty()),
@@ -691,6 +801,7 @@ impl Config {
             },
             vip,
             sync,
+            watchdog,
         })
     }
 
@@ -925,6 +1036,8 @@ port = 5432
         check("port = 5432", "port = 5432\n[timing]\nlease = \"1s\"", "config pg1.toml: [timing] lease settings do not work: safety_margin (1000 ms) must be shorter than lease (1000 ms)");
         check("port = 5432", "port = 5432\n[failover]\non_crash = \"panic\"", "config pg1.toml: failover.on_crash is \"panic\" (set it to \"restart\" or \"failover\")");
         check("port = 5432", "port = 5432\n[failover]\nrejoin = \"auto\"", "config pg1.toml: failover.rejoin is \"auto\" (set it to \"rewind\", \"rewind-or-clone\" or \"manual\")");
+        check("port = 5432", "port = 5432\n[failover]\nswitchover_timeout = \"200ms\"", "config pg1.toml: failover.switchover_timeout is 200ms (a clean shutdown and the target's replay need at least 1s; the default is 5s)");
+        check("port = 5432", "port = 5432\n[failover]\nstart_attempts = 0", "config pg1.toml: failover.start_attempts is 0 (set it to at least 1; the default is 3)");
         check("port = 5432", "port = 5432\n[vip]\naddress = \"10.0.0.100\"\ninterface = \"eth0\"", "config pg1.toml: vip.address \"10.0.0.100\" has no prefix (write it as ADDRESS/PREFIX, such as \"10.0.0.100/24\")");
         check("port = 5432", "port = 5432\n[vip]\naddress = \"fd00::1/64\"\ninterface = \"eth0\"", "config pg1.toml: vip.address \"fd00::1/64\" is IPv6; pgfm moves IPv4 virtual IPs only (announced with ARP) (write it as ADDRESS/PREFIX, such as \"10.0.0.100/24\")");
         check("port = 5432", "port = 5432\n[vip]\naddress = \"10.0.0.100/24\"", "config pg1.toml: vip.interface is missing (name the interface that carries the cluster's network, such as \"eth0\")");
@@ -948,6 +1061,56 @@ port = 5432
         check("port = 5432", "port = 5432\n[replication]\nsynchronous = \"quorum\"\nminimum_standbys = 2", "config pg1.toml: replication.minimum_standbys is 2, more than sync_standbys (1) (at most sync_standbys; that many is what strict = true means)");
         check("port = 5432", "port = 5432\n[replication]\nsynchronous = \"on\"\nsync_standbys = 2\nminimum_standbys = 1\nstrict = true", "config pg1.toml: replication.minimum_standbys is 1 with strict = true, which means minimum_standbys = sync_standbys (2) (set one of them, not both)");
         check("port = 5432", "port = 5432\n[failover]\nauto_failover = false\nrejoin = \"manual\"\non_crash = \"failover\"\ncrash_restart_bound = \"5s\"", "ok");
+    }
+
+    #[test]
+    fn watchdog_mistakes_have_their_messages() {
+        let config = Config::parse(Path::new("pg1.toml"), GOOD).unwrap();
+        assert_eq!(
+            config.watchdog,
+            WatchdogConfig {
+                mode: WatchdogMode::Off,
+                device: PathBuf::from("/dev/watchdog"),
+            }
+        );
+        let with = |section: &str| format!("port = 5432\n[watchdog]\n{section}");
+        check("port = 5432", &with("mode = \"required\""), "ok");
+        check(
+            "port = 5432",
+            &with("mode = \"automatic\"\ndevice = \"/tmp/lab/pg1/watchdog\""),
+            "ok",
+        );
+        check("port = 5432", &with("mode = \"on\""), "config pg1.toml: watchdog.mode is \"on\" (set it to \"off\", \"automatic\" or \"required\")");
+        check("port = 5432", &with("mode = \"required\"\ndevice = \"watchdog\""), "config pg1.toml: watchdog.device \"watchdog\" is not an absolute path (write it from /)");
+        check(
+            "port = 5432",
+            &with("mode = \"required\"\ntimeout = 5"),
+            "config pg1.toml: line 26: unknown field `timeout`, expected `mode` or `device`",
+        );
+        // 1 s + 200 ms leaves 950 ms after the reset time: no whole second.
+        check("port = 5432", "port = 5432\n[timing]\ndrift_margin = \"200ms\"\n[watchdog]\nmode = \"automatic\"", "config pg1.toml: [watchdog] needs safety_margin + drift_margin of at least 1.25 s (they are 1000 ms + 200 ms): the host must reset, in whole seconds, after the fence deadline and 250 ms before another node may be promoted (raise timing.safety_margin or timing.drift_margin, or set mode = \"off\")");
+        check(
+            "port = 5432",
+            "port = 5432\n[timing]\ndrift_margin = \"200ms\"\n[watchdog]\nmode = \"off\"",
+            "ok",
+        );
+        let witness = GOOD
+            .replace("kind = \"data\"", "kind = \"witness\"")
+            .replace(
+                "[postgres]\ndata_dir = \"/var/lib/postgresql/15/main\"\nport = 5432\n",
+                "",
+            );
+        for (section, expected) in [
+            ("mode = \"off\"", "ok".to_string()),
+            ("mode = \"required\"", "config witness.toml: watchdog.mode is \"required\" on a witness, which holds no lease and runs no database (remove the section or set mode = \"off\")".to_string()),
+        ] {
+            let text = format!("{witness}\n[watchdog]\n{section}\n");
+            let got = match Config::parse(Path::new("witness.toml"), &text) {
+                Ok(_) => "ok".to_string(),
+                Err(e) => e.to_string(),
+            };
+            assert_eq!(got, expected, "{section}");
+        }
     }
 
     #[test]

@@ -61,8 +61,12 @@ enum Commands {
         #[arg(short, long, default_value = DEFAULT_CONFIG)]
         config: PathBuf,
         /// The standby to hand over to (default: the most advanced standby in sync).
-        #[arg(long)]
+        #[arg(long, conflicts_with = "cancel")]
         to: Option<String>,
+        /// Cancel the switchover under way: the old primary stays, or starts again as, the
+        /// primary (nothing is lost: its generation never changed).
+        #[arg(long)]
+        cancel: bool,
     },
     /// Operator failover (EFM's promote): fences the old primary first (a hand-over when it
     /// runs, its lease expiring when it does not); works with automatic failover off.
@@ -280,14 +284,7 @@ fn promote(config: &std::path::Path, to: Option<String>, force: bool) -> anyhow:
                 let lost = rt
                     .block_on(client.history())
                     .ok()
-                    .and_then(|h| h.last().and_then(|e| e.lost_bytes))
-                    .map(|b| {
-                        if b == 0 {
-                            "nothing".to_string()
-                        } else {
-                            format!("{b} bytes")
-                        }
-                    })
+                    .and_then(|h| h.last().map(status_text::lost_text))
                     .unwrap_or_else(|| "unknown".into());
                 println!(
                     "{} is the primary of generation {} ({:.1} s); data lost: {lost}.",
@@ -305,12 +302,43 @@ fn promote(config: &std::path::Path, to: Option<String>, force: bool) -> anyhow:
     }
 }
 
+/// `pgfm switchover --cancel`.
+fn cancel_switchover(config: &std::path::Path) -> anyhow::Result<ExitCode> {
+    let client = local_agent(config)?;
+    match runtime()?.block_on(client.cancel_switchover()) {
+        Ok(m) => {
+            println!("{}", m.message);
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(pgfm_api::ApiError::Failed {
+            status: 409,
+            message,
+            ..
+        }) => {
+            eprintln!("pgfm: cancel refused: {message}");
+            Ok(ExitCode::from(1))
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
 /// `pgfm switchover`: ask, then follow the cluster until the old primary streams from the
 /// new one.
 fn switchover(config: &std::path::Path, to: Option<String>) -> anyhow::Result<ExitCode> {
     let client = local_agent(config)?;
     let rt = runtime()?;
     let started_at = std::time::Instant::now();
+    let cancelled_of = |generation: u64| {
+        rt.block_on(client.history())
+            .unwrap_or_default()
+            .iter()
+            .filter(|e| e.cancelled && e.generation == generation)
+            .count()
+    };
+    let before = rt
+        .block_on(client.status())
+        .map(|s| (s.generation, cancelled_of(s.generation)))
+        .ok();
     let started = match rt.block_on(client.switchover(to)) {
         Ok(started) => started,
         Err(pgfm_api::ApiError::Failed {
@@ -330,6 +358,11 @@ fn switchover(config: &std::path::Path, to: Option<String>) -> anyhow::Result<Ex
         started.generation,
         started.generation + 1
     );
+    // Cancellations of this generation from before this switchover are not its own.
+    let cancelled_before = match before {
+        Some((g, n)) if g == started.generation => n,
+        _ => 0,
+    };
     let deadline = std::time::Instant::now() + Duration::from_secs(120);
     let mut last = String::new();
     loop {
@@ -350,13 +383,20 @@ fn switchover(config: &std::path::Path, to: Option<String>) -> anyhow::Result<Ex
                 );
                 return Ok(ExitCode::SUCCESS);
             }
-            if status.generation == started.generation
-                && status.primary.as_deref() == Some(started.from.as_str())
-                && !status.problems.iter().any(|p| p.contains("switchover"))
-                && started_at.elapsed() > Duration::from_secs(5)
-            {
-                eprintln!("pgfm: the switchover was cancelled: {} is still the primary; see the agents' logs", started.from);
-                return Ok(ExitCode::from(1));
+            if status.generation == started.generation {
+                // Rolled back or cancelled: the history says why.
+                let cancelled: Vec<pgfm_api::HistoryEntry> = rt
+                    .block_on(client.history())
+                    .unwrap_or_default()
+                    .into_iter()
+                    .filter(|e| e.cancelled && e.generation == started.generation)
+                    .collect();
+                if cancelled.len() > cancelled_before {
+                    if let Some(e) = cancelled.last() {
+                        eprintln!("pgfm: {}", e.reason);
+                    }
+                    return Ok(ExitCode::from(1));
+                }
             }
             last = status.problems.join("; ");
         }
@@ -431,7 +471,12 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 ExitCode::from(1)
             })
         }
-        Commands::Switchover { config, to } => switchover(&config, to),
+        Commands::Switchover {
+            config,
+            cancel: true,
+            ..
+        } => cancel_switchover(&config),
+        Commands::Switchover { config, to, .. } => switchover(&config, to),
         Commands::Promote { config, to, force } => promote(&config, to, force),
         Commands::SetPriority {
             config,

@@ -84,6 +84,9 @@ pub fn render(s: &ClusterStatus) -> String {
     if let Some(sync) = &s.synchronous {
         let _ = writeln!(w, "{}", sync_line(sync));
     }
+    if let Some(line) = watchdog_line(&s.nodes) {
+        let _ = writeln!(w, "{line}");
+    }
     let _ = writeln!(w);
     // EFM's VIP column: the address on the node that carries it, marked with '*'.
     let vip_column = |n: &NodeStatus| match (&s.vip, n.vip) {
@@ -268,10 +271,42 @@ pub fn node(n: &NodeStatus, s: &ClusterStatus) -> String {
             if pr { "" } else { " (not promotable)" }
         );
     }
+    if let Some(watchdog) = &n.watchdog {
+        let _ = writeln!(w, "Watchdog: {}", watchdog_text(watchdog));
+    }
     if !n.info.is_empty() {
         let _ = writeln!(w, "Info: {}", n.info);
     }
     out
+}
+
+/// `required, armed (1 s)`, `required`, `automatic, unavailable: ...`.
+fn watchdog_text(w: &pgfm_api::WatchdogStatus) -> String {
+    match (w.armed, &w.problem, w.timeout_s) {
+        (true, _, Some(t)) => format!("{}, armed ({t} s)", w.mode),
+        (true, _, None) => format!("{}, armed", w.mode),
+        (false, Some(problem), _) => format!("{}, unavailable: {problem}", w.mode),
+        (false, None, _) => w.mode.to_string(),
+    }
+}
+
+/// `Watchdog: pg1 required, armed (1 s); pg2 required`, unless no data node uses one.
+fn watchdog_line(nodes: &[NodeStatus]) -> Option<String> {
+    let reported: Vec<(&str, &pgfm_api::WatchdogStatus)> = nodes
+        .iter()
+        .filter_map(|n| Some((n.name.as_str(), n.watchdog.as_ref()?)))
+        .collect();
+    let used = reported
+        .iter()
+        .any(|(_, w)| w.mode != pgfm_core::WatchdogMode::Off);
+    if !used {
+        return None;
+    }
+    let each: Vec<String> = reported
+        .iter()
+        .map(|(name, w)| format!("{name} {}", watchdog_text(w)))
+        .collect();
+    Some(format!("Watchdog: {}", each.join("; ")))
 }
 
 /// The text of `pgfm history`.
@@ -286,11 +321,7 @@ pub fn history(entries: &[pgfm_api::HistoryEntry]) -> String {
     }
     for e in entries {
         let at = std::time::UNIX_EPOCH + std::time::Duration::from_millis(e.at_unix_ms);
-        let lost = match e.lost_bytes {
-            Some(0) => "none".to_string(),
-            Some(n) => bytes(n),
-            None => "unknown".to_string(),
-        };
+        let lost = lost_text(e);
         let _ = writeln!(
             out,
             "{:<11} {:<21} {:<9} {:<9} {:<10} {}",
@@ -361,6 +392,21 @@ fn sync_line(sync: &pgfm_api::SyncStatus) -> String {
     )
 }
 
+/// What a promotion lost, as known: "none", "2.0 KiB", ">= 8.0 KiB" (the old primary's
+/// lease ran out: it may have written more after its last report), "unknown" (nothing
+/// known, or a lower bound of nothing). Never "none" for a primary that was not stopped.
+pub fn lost_text(e: &pgfm_api::HistoryEntry) -> String {
+    if e.cancelled {
+        return "-".to_string();
+    }
+    match (e.lost_bytes, e.lost_at_least) {
+        (Some(0), false) => "none".to_string(),
+        (Some(n), false) => bytes(n),
+        (Some(n), true) if n > 0 => format!(">= {}", bytes(n)),
+        _ => "unknown".to_string(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -389,6 +435,7 @@ mod tests {
             promotable: None,
             vip: None,
             sync_state: None,
+            watchdog: None,
             info: String::new(),
         }
     }
@@ -449,15 +496,41 @@ mod tests {
                 reason: "the lease of primary pg1 expired".into(),
                 lsn: Some(Lsn(0x3027C50)),
                 lost_bytes: Some(0),
+                lost_at_least: false,
+                cancelled: false,
             },
             pgfm_api::HistoryEntry {
                 generation: 3,
-                at_unix_ms: 1_795_629_400_000,
+                at_unix_ms: 1_795_629_372_000,
                 from: Some("pg2".into()),
+                to: "pg3".into(),
+                reason: "the lease of primary pg2 expired".into(),
+                lsn: Some(Lsn(0x3037C50)),
+                lost_bytes: Some(8192),
+                lost_at_least: true,
+                cancelled: false,
+            },
+            pgfm_api::HistoryEntry {
+                generation: 4,
+                at_unix_ms: 1_795_629_400_000,
+                from: Some("pg3".into()),
                 to: "pg1".into(),
-                reason: "switchover from pg2 to pg1".into(),
+                reason: "the lease of primary pg3 expired".into(),
                 lsn: None,
-                lost_bytes: Some(2048),
+                lost_bytes: Some(0),
+                lost_at_least: true,
+                cancelled: false,
+            },
+            pgfm_api::HistoryEntry {
+                generation: 4,
+                at_unix_ms: 1_795_629_500_000,
+                from: Some("pg1".into()),
+                to: "pg2".into(),
+                reason: "switchover from pg1 to pg2 rolled back: pg2 did not replay up to 0/3037E68 within switchover_timeout (5 s) (at 0/3037DB0); pg1 stays the primary of generation 4".into(),
+                lsn: None,
+                lost_bytes: Some(0),
+                lost_at_least: false,
+                cancelled: true,
             },
         ];
         insta::assert_snapshot!(history(&entries));
@@ -526,6 +599,38 @@ mod tests {
         .collect::<Vec<_>>()
         .join("\n");
         insta::assert_snapshot!(lines);
+    }
+
+    /// The primary's watchdog is armed; a standby's cannot be used.
+    #[test]
+    fn watchdog_cluster_text() {
+        let mut status = healthy();
+        let watchdog = |armed, problem: Option<&str>| pgfm_api::WatchdogStatus {
+            mode: pgfm_core::WatchdogMode::Required,
+            armed,
+            timeout_s: Some(1),
+            problem: problem.map(str::to_string),
+        };
+        status.nodes[0].watchdog = Some(watchdog(true, None));
+        status.nodes[1].watchdog = Some(watchdog(
+            false,
+            Some("the watchdog driver is not running (nothing reads /tmp/pgfm-lab/pg2/watchdog)"),
+        ));
+        insta::assert_snapshot!(render(&status));
+        insta::assert_snapshot!(
+            "node_status_primary_watchdog",
+            super::node(&status.nodes[0], &status)
+        );
+        // Every node off: no line.
+        for n in &mut status.nodes[..2] {
+            n.watchdog = Some(pgfm_api::WatchdogStatus {
+                mode: pgfm_core::WatchdogMode::Off,
+                armed: false,
+                timeout_s: Some(1),
+                problem: None,
+            });
+        }
+        assert_eq!(watchdog_line(&status.nodes), None);
     }
 
     #[test]

@@ -85,10 +85,11 @@ fn a_lab_forms_and_replicates() {
 
 /// Each agent in turn is killed with SIGKILL and started again: it comes back with its Raft
 /// state (no new cluster, same primary and generation) and the cluster is healthy again;
-/// a standby whose whole host died comes back streaming.
+/// a standby whose whole host died comes back streaming. Without a watchdog, which would
+/// reset the primary's host when its agent dies (see `safety.rs`).
 #[test]
 fn agents_killed_with_sigkill_rejoin_with_their_state() {
-    let lab = Lab::up(2);
+    let lab = Lab::up_with(2, &["watchdog.mode=\"off\""]);
     lab.wait_healthy("witness", SETTLE);
     lab.psql(
         "pg1",

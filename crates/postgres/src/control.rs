@@ -187,13 +187,28 @@ impl Postgres {
 
     /// Switchover: shut down cleanly (fast: sessions are ended, the shutdown checkpoint is
     /// written and streamed to the standbys), mark the directory a standby, and return
-    /// where the WAL ends (the shutdown checkpoint's location).
-    pub async fn stop_for_handover(&self) -> anyhow::Result<Lsn> {
-        self.stop("fast").await?;
+    /// where the WAL ends (the shutdown checkpoint's location). A clean shutdown waits for
+    /// the walsenders to pass the final WAL on: a standby that does not answer would hold
+    /// it up for `wal_sender_timeout`, so after `limit` it is stopped at once instead and
+    /// the hand-over fails (invariant 9: the switchover is then rolled back; its WAL end is
+    /// not known after an immediate stop).
+    pub async fn stop_for_handover(&self, limit: Duration) -> anyhow::Result<Lsn> {
         let s = &self.settings;
+        let clean = self.stop_within("fast", limit).await;
+        if clean.is_err() {
+            self.stop("immediate").await?;
+        }
+        // A standby's directory from now on: it starts again as the primary only if the
+        // switchover is rolled back and the committed state says so (invariant 4).
         s.os_user
             .write_file(&s.data_dir.join("standby.signal"), "", 0o600)
             .context("writing standby.signal")?;
+        if let Err(clean) = clean {
+            bail!(
+                "the clean shutdown did not finish within {limit:?} ({clean:#}): stopped \
+                 immediately; nothing is handed over"
+            );
+        }
         self.checkpoint_lsn().await
     }
 
@@ -240,17 +255,47 @@ impl Postgres {
     /// Stop PostgreSQL at once (immediate shutdown: every session is cut, nothing more is
     /// committed), then mark the data directory so that it only runs again as a standby
     /// after a rewind.
+    ///
+    /// Invariant 10: the fence leaves no process of the old postmaster alive, whatever its
+    /// process group (backends call setsid(), and one whose postmaster died can still
+    /// commit). Its processes are named (pid and start time) before any signal; SIGQUIT
+    /// asks for an immediate shutdown; a postmaster still there after 2 s, or stopped
+    /// (SIGSTOP: a SIGQUIT stays pending, a SIGKILL does not), is frozen with its whole tree
+    /// and killed; then every process named is SIGKILLed if still alive. An error when one
+    /// survives that, after the data directory is marked.
     pub async fn fence(&self) -> anyhow::Result<()> {
+        use crate::procs;
+        use nix::sys::signal::Signal;
         let s = &self.settings;
-        if let Some(pid) = self.running_pid() {
-            let pid = nix::unistd::Pid::from_raw(pid);
-            let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGQUIT);
+        let mut left = Vec::new();
+        if let Some(root) = self.running_pid().and_then(procs::identify) {
+            // Named now: once the postmaster is gone no parent pid leads to them.
+            let mut tree = procs::descendants(root);
+            root.signal(Signal::SIGQUIT);
             let deadline = Instant::now() + Duration::from_secs(2);
-            while nix::sys::signal::kill(pid, None).is_ok() && Instant::now() < deadline {
+            while root.alive() && !root.stopped() && Instant::now() < deadline {
                 tokio::time::sleep(Duration::from_millis(5)).await;
             }
-            if nix::sys::signal::kill(pid, None).is_ok() {
-                let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL);
+            if root.alive() {
+                // Hung or stopped: freeze the tree so that nothing forks, then kill it.
+                let frozen = tokio::task::spawn_blocking(move || procs::freeze_tree(root))
+                    .await
+                    .unwrap_or_default();
+                tree.extend(frozen);
+            }
+            tree.push(root);
+            tree.sort();
+            tree.dedup();
+            for p in &tree {
+                p.signal(Signal::SIGKILL);
+            }
+            let deadline = Instant::now() + Duration::from_secs(2);
+            loop {
+                left = procs::survivors(&tree);
+                if left.is_empty() || Instant::now() >= deadline {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(5)).await;
             }
         }
         let user = &s.os_user;
@@ -262,6 +307,13 @@ impl Postgres {
             0o600,
         )
         .context("writing the rewind marker")?;
+        if !left.is_empty() {
+            let pids: Vec<String> = left.iter().map(|p| p.to_string()).collect();
+            bail!(
+                "processes of the fenced postmaster survived SIGKILL: pids {}",
+                pids.join(", ")
+            );
+        }
         Ok(())
     }
 
@@ -464,9 +516,13 @@ impl Postgres {
                 conninfo_value(&pf.display().to_string())
             ));
         }
+        // The directory is a former primary's until the rewind has succeeded: the marker says
+        // so through every step, so that a failed rewind (whatever it left) is never taken
+        // for a standby's directory and started as one (it is rewound again or re-cloned).
+        self.mark_for_rewind()?;
         // A fenced primary stopped with an immediate shutdown: pg_rewind first runs crash
         // recovery in single-user mode, which refuses to start with standby.signal. The
-        // fence marker still says what the directory is while the signal is away.
+        // marker still says what the directory is while the signal is away.
         let signal = s.data_dir.join("standby.signal");
         remove_if_present(&signal)?;
         let output = s
@@ -485,6 +541,8 @@ impl Postgres {
                 s.os_user
                     .write_file(&signal, "", 0o600)
                     .context("writing standby.signal back")?;
+                // pg_rewind may have removed the marker with the files it replaced.
+                self.mark_for_rewind()?;
                 other?
             }
         };
@@ -512,10 +570,57 @@ impl Postgres {
         Ok(())
     }
 
+    /// Mark the data directory as one that must be rewound (or re-cloned) before it runs
+    /// again: a former primary's, or a standby's that diverged from the primary.
+    pub fn mark_for_rewind(&self) -> anyhow::Result<()> {
+        let s = &self.settings;
+        s.os_user
+            .write_file(
+                &s.data_dir.join(datadir::REWIND_MARKER),
+                "must be rewound before it runs again (pgfm)\n",
+                0o600,
+            )
+            .context("writing the rewind marker")
+    }
+
+    /// A standby holding WAL the primary's timeline lacks: stop it (fast) and mark it for a
+    /// rewind, so that it rejoins as a former primary does.
+    pub async fn stop_to_rewind(&self) -> anyhow::Result<()> {
+        self.stop("fast").await?;
+        let s = &self.settings;
+        s.os_user
+            .write_file(&s.data_dir.join("standby.signal"), "", 0o600)
+            .context("writing standby.signal")?;
+        self.mark_for_rewind()
+    }
+
     /// Move the data directory aside (keeping the previous copy only) and clone afresh.
+    /// Refused, changing nothing, when the file system cannot hold the old copy and a new
+    /// one of about the same size.
     pub async fn reclone(&self, upstream: &Upstream) -> anyhow::Result<()> {
         let s = &self.settings;
         let aside = PathBuf::from(format!("{}.pgfm-old", s.data_dir.display()));
+        let needed = datadir::size_on_disk(&s.data_dir);
+        let parent = s.data_dir.parent().unwrap_or(Path::new("/"));
+        let stat = nix::sys::statvfs::statvfs(parent)
+            .with_context(|| format!("reading the free space of {}", parent.display()))?;
+        let free = stat.blocks_available() as u64 * stat.fragment_size() as u64
+            + if aside.exists() {
+                datadir::size_on_disk(&aside)
+            } else {
+                0
+            };
+        if free < needed {
+            bail!(
+                "not enough disk space to re-clone: {} holds {} MB and is kept aside, {} MB \
+                 are free in {}; free some space (or remove {} yourself)",
+                s.data_dir.display(),
+                needed / 1_000_000,
+                free / 1_000_000,
+                parent.display(),
+                s.data_dir.display()
+            );
+        }
         if aside.exists() {
             std::fs::remove_dir_all(&aside)
                 .with_context(|| format!("removing {}", aside.display()))?;
@@ -600,14 +705,20 @@ impl Postgres {
 
     /// Stop the server with `pg_ctl stop -m MODE` (`fast` or `immediate`).
     pub async fn stop(&self, mode: &str) -> anyhow::Result<()> {
+        self.stop_within(mode, Duration::from_secs(60)).await
+    }
+
+    /// `pg_ctl stop -m MODE`, waiting at most `limit` (whole seconds, at least one).
+    pub async fn stop_within(&self, mode: &str, limit: Duration) -> anyhow::Result<()> {
         let s = &self.settings;
         if self.running_pid().is_none() {
             return Ok(());
         }
+        let seconds = limit.as_secs().max(1).to_string();
         let output = s
             .os_user
             .command(s.bin_dir.join("pg_ctl"))
-            .args(["stop", "-w", "-t", "60", "-m", mode, "-D"])
+            .args(["stop", "-w", "-t", &seconds, "-m", mode, "-D"])
             .arg(&s.data_dir)
             .stdin(Stdio::null())
             .output()

@@ -37,6 +37,21 @@ pub fn inspect_data_dir(data_dir: &Path) -> Result<DataDirState, String> {
     }
 }
 
+/// Bytes the files under `path` take (0 when it cannot be read).
+pub fn size_on_disk(path: &Path) -> u64 {
+    let Ok(entries) = std::fs::read_dir(path) else {
+        return 0;
+    };
+    entries
+        .flatten()
+        .map(|entry| match entry.metadata() {
+            Ok(m) if m.is_dir() => size_on_disk(&entry.path()),
+            Ok(m) => m.len(),
+            Err(_) => 0,
+        })
+        .sum()
+}
+
 /// The postmaster's pid from `postmaster.pid`, if that process is alive.
 pub fn running_postmaster(data_dir: &Path) -> Option<i32> {
     let text = std::fs::read_to_string(data_dir.join("postmaster.pid")).ok()?;

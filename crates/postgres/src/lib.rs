@@ -7,6 +7,7 @@ pub mod control;
 pub mod datadir;
 pub mod passfile;
 pub mod probe;
+pub mod procs;
 pub mod run_as;
 pub mod writers;
 

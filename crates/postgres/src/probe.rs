@@ -5,7 +5,7 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use pgfm_core::{DbRole, Lsn, NodeReport, ReplicaInfo, SyncRule, Timeline};
+use pgfm_core::{DbRole, Lsn, NodeReport, ReplicaInfo, SyncRule, Timeline, TimelineFork};
 use tokio_postgres::{Client, NoTls};
 
 /// How to reach one server.
@@ -81,10 +81,16 @@ pub struct Prober {
     client: Option<Client>,
 }
 
+// A standby's timeline: the newest one it holds WAL of. The checkpoint's timeline lags
+// (it moves at restartpoints) and the WAL receiver's is gone while it reconnects — at a
+// failover, exactly when it matters — so the names of the WAL segments in pg_wal say it.
 const ROLE_SQL: &str = "SELECT pg_is_in_recovery(), \
      CASE WHEN pg_is_in_recovery() THEN NULL ELSE pg_current_wal_lsn()::text END, \
      pg_last_wal_receive_lsn()::text, pg_last_wal_replay_lsn()::text, \
-     CASE WHEN pg_is_in_recovery() THEN (SELECT timeline_id FROM pg_control_checkpoint()) \
+     CASE WHEN pg_is_in_recovery() THEN greatest( \
+              (SELECT timeline_id FROM pg_control_checkpoint()), \
+              (SELECT max(('x' || substr(name, 1, 8))::bit(32)::int) FROM pg_ls_waldir() \
+               WHERE name ~ '^[0-9A-F]{24}$')) \
           ELSE ('x' || substr(pg_walfile_name(pg_current_wal_lsn()), 1, 8))::bit(32)::int END";
 const RECEIVER_SQL: &str = "SELECT status, received_tli FROM pg_stat_wal_receiver";
 const CONNINFO_SQL: &str = "SELECT current_setting('primary_conninfo')";
@@ -116,6 +122,7 @@ impl Prober {
         report.slots.clear();
         report.conninfo_upstream = None;
         report.sync = None;
+        report.forks.clear();
         let timeout = self.target.timeout;
         let result = match tokio::time::timeout(timeout, self.probe_inner(report)).await {
             Ok(result) => result,
@@ -209,9 +216,31 @@ impl Prober {
                 .map_err(|e| describe(&e))?
                 .get(0);
             report.sync = Some(sync_rule(&names));
+            if let Some(timeline) = report.timeline.filter(|t| t.0 > 1) {
+                // Unreadable: left empty, which the engine never records as the history.
+                let file = format!("pg_wal/{:08X}.history", timeline.0);
+                if let Ok(row) = client.query_one("SELECT pg_read_file($1)", &[&file]).await {
+                    report.forks = timeline_history(&row.get::<_, String>(0));
+                }
+            }
         }
         Ok(())
     }
+}
+
+/// The forks in a timeline history file: one line per earlier timeline, `parent
+/// switchpoint reason`, tab-separated; comments and blank lines skipped.
+pub fn timeline_history(text: &str) -> Vec<TimelineFork> {
+    text.lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        .filter_map(|l| {
+            let mut fields = l.split_whitespace();
+            let timeline = fields.next()?.parse().ok().map(Timeline)?;
+            let ended_at = fields.next()?.parse::<Lsn>().ok()?;
+            Some(TimelineFork { timeline, ended_at })
+        })
+        .collect()
 }
 
 /// What a `synchronous_standby_names` value asks for: `FIRST 1 ("a", b)`, `ANY 2 (a, b)`,
@@ -317,6 +346,68 @@ pub fn conninfo_host_port(conninfo: &str) -> Option<String> {
     ))
 }
 
+/// What a check of another node's PostgreSQL found (invariant 10: only an observer able
+/// to judge says "down").
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Verdict {
+    /// The server answered: a query, a login refused, a password asked for.
+    Answering(String),
+    /// Nothing answers: connection refused, reset, no answer in time.
+    Down(String),
+    /// The check failed on this side (no passfile, a client error): it says nothing.
+    CannotTell(String),
+}
+
+impl Verdict {
+    /// `Some(true)` answering, `Some(false)` down, None cannot tell.
+    pub fn answering(&self) -> Option<bool> {
+        match self {
+            Verdict::Answering(_) => Some(true),
+            Verdict::Down(_) => Some(false),
+            Verdict::CannotTell(_) => None,
+        }
+    }
+
+    pub fn describe(&self) -> String {
+        match self {
+            Verdict::Answering(how) => format!("answering ({how})"),
+            Verdict::Down(how) => format!("down ({how})"),
+            Verdict::CannotTell(why) => format!("cannot tell ({why})"),
+        }
+    }
+}
+
+/// Judge a failed connection attempt: the server's own answer (an error it sent, a password
+/// it asked for) means it is alive; a socket error means nothing answers; anything else
+/// happened on this side.
+fn judge(e: &tokio_postgres::Error) -> Verdict {
+    if let Some(db) = e.as_db_error() {
+        return Verdict::Answering(format!("it answered: {}", db.message()));
+    }
+    // The whole chain: tokio-postgres puts the detail ("password missing") in the source.
+    let mut text = e.to_string();
+    let mut cause = std::error::Error::source(e);
+    while let Some(c) = cause {
+        text = format!("{text}: {c}");
+        cause = c.source();
+    }
+    // tokio-postgres says so only once the server asked for a password.
+    if text.contains("password missing") {
+        return Verdict::Answering("it asked for a password".into());
+    }
+    let mut source = std::error::Error::source(e);
+    while let Some(cause) = source {
+        if let Some(io) = cause.downcast_ref::<std::io::Error>() {
+            return Verdict::Down(io.to_string());
+        }
+        source = cause.source();
+    }
+    if e.is_closed() || text.contains("closed") || text.contains("unexpected EOF") {
+        return Verdict::Down(text);
+    }
+    Verdict::CannotTell(text)
+}
+
 /// Whether this agent can reach another node's PostgreSQL (the primary's, to tell a dead
 /// agent from a dead database). One kept-open connection, one `SELECT 1` per check.
 pub struct RemoteCheck {
@@ -334,17 +425,21 @@ impl RemoteCheck {
 
     /// Whether the server at `target` answers. A server that refuses the login (say, a
     /// witness without credentials) still answers: it is alive and may take writes.
-    pub async fn check(&mut self, target: &Target) -> bool {
+    pub async fn check(&mut self, target: &Target) -> Verdict {
         if self.target.as_ref().map(|t| (&t.host, t.port)) != Some((&target.host, target.port)) {
             self.client = None;
             self.target = Some(target.clone());
         }
         let attempt = async {
             if let Some(client) = self.client.as_ref().filter(|c| !c.is_closed()) {
-                return client.simple_query("SELECT 1").await.is_ok();
+                return match client.simple_query("SELECT 1").await {
+                    Ok(_) => Verdict::Answering("it answered a query".into()),
+                    Err(e) => judge(&e),
+                };
             }
-            let Ok(config) = config_for(target, "pgfm-check") else {
-                return false;
+            let config = match config_for(target, "pgfm-check") {
+                Ok(config) => config,
+                Err(e) => return Verdict::CannotTell(e),
             };
             match config.connect(NoTls).await {
                 Ok((client, connection)) => {
@@ -352,18 +447,18 @@ impl RemoteCheck {
                         let _ = connection.await;
                     });
                     self.client = Some(client);
-                    true
+                    Verdict::Answering("it accepted a connection".into())
                 }
-                Err(e) => e.as_db_error().is_some(),
+                Err(e) => judge(&e),
             }
         };
-        let alive = tokio::time::timeout(target.timeout, attempt)
+        let verdict = tokio::time::timeout(target.timeout, attempt)
             .await
-            .unwrap_or(false);
-        if !alive {
+            .unwrap_or_else(|_| Verdict::Down(format!("no answer within {:?}", target.timeout)));
+        if verdict.answering() != Some(true) {
             self.client = None;
         }
-        alive
+        verdict
     }
 }
 
@@ -408,6 +503,52 @@ mod tests {
         assert_eq!(
             sync_setting(&rule(2, &["pg2", "pg3"])),
             "FIRST 2 (\"pg2\", \"pg3\")"
+        );
+    }
+
+    #[test]
+    fn reads_a_timeline_history_file() {
+        let text = "1\t0/3000148\tno recovery target specified\n\n\
+                    # comment\n2\t0/5000000\tat restore point\n";
+        assert_eq!(
+            super::timeline_history(text),
+            vec![
+                pgfm_core::TimelineFork {
+                    timeline: pgfm_core::Timeline(1),
+                    ended_at: pgfm_core::Lsn(0x3000148),
+                },
+                pgfm_core::TimelineFork {
+                    timeline: pgfm_core::Timeline(2),
+                    ended_at: pgfm_core::Lsn(0x5000000),
+                },
+            ]
+        );
+    }
+
+    /// Invariant 10: a check that fails on its own side says nothing; a refused connection
+    /// says down.
+    #[tokio::test]
+    async fn a_check_judges_only_what_it_can() {
+        use super::{RemoteCheck, Target, Verdict};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        drop(listener);
+        let target = |passfile: Option<&str>| Target {
+            host: "127.0.0.1".into(),
+            port,
+            user: "postgres".into(),
+            passfile: passfile.map(Into::into),
+            timeout: std::time::Duration::from_secs(2),
+        };
+        let mut check = RemoteCheck::new();
+        let refused = check.check(&target(None)).await;
+        assert!(matches!(refused, Verdict::Down(_)), "{refused:?}");
+        let no_passfile = check
+            .check(&target(Some("/nonexistent/pgfm-test-passfile")))
+            .await;
+        assert!(
+            matches!(no_passfile, Verdict::CannotTell(_)),
+            "{no_passfile:?}"
         );
     }
 

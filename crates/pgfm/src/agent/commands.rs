@@ -101,6 +101,61 @@ impl Agent {
 }
 
 impl Agent {
+    /// `pgfm switchover --cancel`: works in every state of a switchover. Before the
+    /// hand-over the primary simply keeps (or takes back) its lease; after it, the old
+    /// primary starts again as the primary — its generation never changed, it holds every
+    /// commit — and the log refuses the target's promotion from then on
+    /// (`Command::Promote::handover`). Once the target is promoted there is nothing to
+    /// cancel: switch over back instead.
+    pub(super) async fn cancel_switchover(&self) -> Result<String, Refusal> {
+        if let Some(client) = self.coordinator_client().await? {
+            return client
+                .cancel_switchover()
+                .await
+                .map(|m| m.message)
+                .map_err(forwarded);
+        }
+        let state = self.raft.state();
+        let Some(sw) = state.switchover.clone() else {
+            return Err(Refusal::Refused(match state.history.last() {
+                Some(p) if p.generation == state.generation => format!(
+                    "no switchover is under way: {} is the primary of generation {} ({}); to go \
+                     back, run pgfm switchover --to {}",
+                    p.to,
+                    state.generation,
+                    p.reason,
+                    p.from.as_deref().unwrap_or("the old primary")
+                ),
+                _ => "no switchover is under way".to_string(),
+            }));
+        };
+        self.commit(Command::CancelSwitchover {
+            generation: sw.generation,
+            at_unix_ms: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_millis() as u64)
+                .unwrap_or_default(),
+            reason: format!(
+                "pgfm switchover --cancel: switchover from {} to {} cancelled",
+                sw.from, sw.to
+            ),
+        })
+        .await?;
+        tracing::warn!(generation = %sw.generation, from = %sw.from, to = %sw.to, "switchover cancelled by the operator");
+        Ok(format!(
+            "switchover from {} to {} cancelled: {} stays the primary of generation {}{}",
+            sw.from,
+            sw.to,
+            sw.from,
+            sw.generation,
+            if sw.final_lsn.is_some() {
+                " (it had stopped; it starts again)"
+            } else {
+                ""
+            }
+        ))
+    }
+
     async fn commit(&self, command: Command) -> Result<(), Refusal> {
         match self.raft.propose(command).await {
             Ok(Ok(())) => Ok(()),
@@ -127,10 +182,31 @@ impl Agent {
         let status = self.local_status(Vec::new());
         let refuse = |why: String| Err(Refusal::Refused(why));
         if let Some(sw) = &state.switchover {
-            return refuse(format!(
-                "a switchover from {} to {} is under way",
-                sw.from, sw.to
-            ));
+            // --force finishes the switchover under way whatever step it is at: the primary
+            // hands over without waiting for the target to stream, and the target is
+            // promoted without waiting for the final record.
+            if !request.force || request.to.as_ref().is_some_and(|to| *to != sw.to) {
+                return refuse(format!(
+                    "a switchover from {} to {} is under way: wait for it, cancel it (pgfm \
+                     switchover --cancel), or finish it at once (pgfm promote --to {} --force)",
+                    sw.from, sw.to, sw.to
+                ));
+            }
+            self.commit(Command::ForceSwitchover {
+                generation: sw.generation,
+            })
+            .await?;
+            tracing::warn!(generation = %sw.generation, from = %sw.from, to = %sw.to, "operator forced the switchover under way");
+            return Ok(pgfm_api::PromoteStarted {
+                from: Some(sw.from.clone()),
+                to: Some(sw.to.clone()),
+                generation: sw.generation.0,
+                how: format!(
+                    "the switchover from {} to {} is forced: {} is promoted without waiting \
+                     for the old primary's final WAL",
+                    sw.from, sw.to, sw.to
+                ),
+            });
         }
         let Some(from) = state.primary.clone() else {
             return refuse("the cluster has no primary yet".into());

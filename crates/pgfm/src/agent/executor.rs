@@ -10,22 +10,23 @@ use pgfm_postgres::Upstream;
 
 use super::{lock, Agent};
 
+/// Which loop's decisions are being carried out: each keeps its own notes (this node's
+/// info, the coordinator's problems).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Part {
+    Local,
+    Coordinator,
+}
+
 impl Agent {
-    pub(super) async fn execute_all(
-        &self,
-        view: &ClusterView,
-        is_coordinator: bool,
-        actions: Vec<Action>,
-    ) {
+    pub(super) async fn execute_all(&self, view: &ClusterView, part: Part, actions: Vec<Action>) {
         let mut notes = Vec::new();
-        let mut coordinator_notes = Vec::new();
         for action in actions {
             match action {
-                Action::Hold { reason } => notes.push(reason),
-                Action::ClusterHold { reason } => coordinator_notes.push(reason),
+                Action::Hold { reason } | Action::ClusterHold { reason } => notes.push(reason),
                 Action::Propose(command) => {
                     if let Err(e) = self.propose(command).await {
-                        coordinator_notes.push(e);
+                        notes.push(e);
                     }
                 }
                 Action::MeasureWal {
@@ -34,6 +35,7 @@ impl Agent {
                 } => self.measure_wal(&view.state, &members, generation).await,
                 other => {
                     let result = self.act(&view.state, &other).await;
+                    self.count_start(&other, &result);
                     // The next decision waits for a probe made after this action.
                     self.last_action_ms
                         .store(self.now_ms(), std::sync::atomic::Ordering::SeqCst);
@@ -46,18 +48,44 @@ impl Agent {
                 }
             }
         }
-        let changed =
-            *lock(&self.notes) != notes || *lock(&self.coordinator_notes) != coordinator_notes;
-        if changed {
-            for note in notes.iter().chain(&coordinator_notes) {
+        let kept = match part {
+            Part::Local => &self.notes,
+            Part::Coordinator => &self.coordinator_notes,
+        };
+        let mut kept = lock(kept);
+        if *kept != notes {
+            for note in &notes {
                 tracing::info!(generation = %view.state.generation, "holding: {note}");
             }
         }
-        *lock(&self.notes) = notes;
-        if is_coordinator {
-            *lock(&self.coordinator_notes) = coordinator_notes;
-        } else {
-            lock(&self.coordinator_notes).clear();
+        *kept = notes;
+    }
+
+    /// Fold a start's outcome into the count of failed starts in a row (the engine
+    /// re-clones or gives up after `start_attempts`): a start action that failed counts,
+    /// any action that left PostgreSQL started resets it.
+    fn count_start(&self, action: &Action, result: &anyhow::Result<()>) {
+        let starts = matches!(
+            action,
+            Action::StartPrimary { .. }
+                | Action::StartStandby { .. }
+                | Action::Clone { .. }
+                | Action::Reclone { .. }
+                | Action::Rewind { .. }
+        );
+        let mut record = lock(&self.starts);
+        match result {
+            Ok(()) if starts => *record = super::StartRecord::default(),
+            Err(e)
+                if matches!(
+                    action,
+                    Action::StartPrimary { .. } | Action::StartStandby { .. }
+                ) =>
+            {
+                record.failures += 1;
+                record.last_error = Some(format!("{e:#}"));
+            }
+            _ => {}
         }
     }
 
@@ -262,6 +290,15 @@ impl Agent {
                 })
                 .await;
             }
+            Action::StopToRewind { generation, reason } => {
+                tracing::error!(%generation, %reason, "stopping this standby to rewind it");
+                set_activity(Some(format!("stopping to rewind: {reason}")));
+                lock(&self.db).expect_down = true;
+                let stopped = pg.stop_to_rewind().await;
+                set_activity(None);
+                stopped?;
+                tracing::warn!(%generation, "stopped and marked for a rewind");
+            }
             Action::Rewind {
                 upstream,
                 generation,
@@ -292,7 +329,9 @@ impl Agent {
                 set_activity(Some(format!("switchover: handing over to {to}")));
                 self.release_vip(*generation, "switchover").await;
                 lock(&self.db).expect_down = true;
-                let stopped = pg.stop_for_handover().await;
+                let stopped = pg
+                    .stop_for_handover(self.config.failover.switchover_timeout)
+                    .await;
                 set_activity(None);
                 let final_lsn = stopped?;
                 let command = Command::HandOver {

@@ -149,20 +149,37 @@ impl Agent {
         }
     }
 
+    /// Promotions and switchovers that did not happen, oldest first.
     pub(super) fn history_entries(&self) -> Vec<HistoryEntry> {
-        self.raft
-            .state()
-            .history
+        let state = self.raft.state();
+        let promotions = state.history.into_iter().map(|p| HistoryEntry {
+            generation: p.generation.0,
+            at_unix_ms: p.at_unix_ms,
+            from: p.from,
+            to: p.to,
+            reason: p.reason,
+            lsn: p.lsn,
+            lost_bytes: p.lost_bytes,
+            lost_at_least: p.lost_at_least,
+            cancelled: false,
+        });
+        let cancelled = state
+            .cancelled_switchovers
             .into_iter()
-            .map(|p| HistoryEntry {
-                generation: p.generation.0,
-                at_unix_ms: p.at_unix_ms,
-                from: p.from,
-                to: p.to,
-                reason: p.reason,
-                lsn: p.lsn,
-                lost_bytes: p.lost_bytes,
-            })
-            .collect()
+            .map(|c| HistoryEntry {
+                generation: c.generation.0,
+                at_unix_ms: c.at_unix_ms,
+                from: Some(c.from),
+                to: c.to,
+                reason: c.reason,
+                lsn: None,
+                lost_bytes: Some(0),
+                lost_at_least: false,
+                cancelled: true,
+            });
+        let mut entries: Vec<HistoryEntry> = promotions.chain(cancelled).collect();
+        // A cancelled switchover of generation g comes before the promotion to g + 1.
+        entries.sort_by_key(|e| (e.generation + u64::from(!e.cancelled), e.at_unix_ms));
+        entries
     }
 }

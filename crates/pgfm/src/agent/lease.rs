@@ -42,13 +42,32 @@ impl Agent {
                 }
                 *held
             };
-            for step in primary_step(now, is_primary, pg.writable(), &held, &settings) {
+            let writable = pg.writable();
+            let steps = primary_step(now, is_primary, writable, &held, &settings);
+            // The host watchdog, inline (quick syscalls): armed before the renewal it guards,
+            // fed while the lease is valid (invariant 10).
+            let may_renew = lock(&self.watchdog).tick(
+                generation,
+                is_primary,
+                writable,
+                held.valid(now, &settings),
+                steps.contains(&LeaseStep::Renew),
+                now,
+            );
+            for step in steps {
                 match step {
                     LeaseStep::Fence(reason) => {
-                        if let Err(e) = self.fence_now(pg, generation, &reason).await {
-                            tracing::error!(generation = %generation, error = %format!("{e:#}"), "fencing failed")
+                        match self.fence_now(pg, generation, &reason).await {
+                            // PostgreSQL is stopped: nothing left for the watchdog to guard.
+                            Ok(()) => lock(&self.watchdog).fenced(generation),
+                            // Not disarmed: the host reset is the fence of last resort.
+                            Err(e) => {
+                                tracing::error!(generation = %generation, error = %format!("{e:#}"), "fencing failed")
+                            }
                         }
                     }
+                    // `required` and not armed: the lease is not taken (the watchdog logs why).
+                    LeaseStep::Renew if !may_renew => {}
                     LeaseStep::Renew => {
                         {
                             let mut held = lock(&self.lease);
@@ -103,7 +122,7 @@ impl Agent {
                 if held.valid_until_ms.is_none() {
                     tracing::info!(%generation, "holding the primary lease");
                     // A promotion (or a start) waits for the lease: decide now.
-                    self.decide_now.notify_one();
+                    self.wake_decisions();
                 }
                 held.valid_until_ms = Some(held.valid_until_ms.map_or(until, |u| u.max(until)));
             }

@@ -10,6 +10,7 @@ mod hooks;
 mod lease;
 pub mod status;
 mod vip;
+mod watchdog;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -27,7 +28,7 @@ use pgfm_coord::{Coordinator, EmbeddedRaft, RaftSettings};
 use pgfm_core::decide::{ClusterView, LocalView, Observed, Settings};
 use pgfm_core::lease::HeldLease;
 use pgfm_core::{Generation, Member, NodeReport};
-use pgfm_postgres::probe::{RemoteCheck, Target};
+use pgfm_postgres::probe::{RemoteCheck, Target, Verdict};
 use pgfm_postgres::{OsUser, Postgres, PostgresSettings, Prober};
 
 use crate::config::Config;
@@ -46,6 +47,18 @@ struct RenewalSeen {
     at_ms: u64,
     /// The Raft term of the last applied entry taken into account.
     applied_term: u64,
+    /// The switchover under way as last applied here, and when it last changed (a step:
+    /// requested, handed over, forced): `switchover_timeout` counts from then.
+    switchover: Option<pgfm_core::model::Switchover>,
+    switchover_at_ms: u64,
+}
+
+/// PostgreSQL's failed starts in a row (an outcome of the executor's start actions, folded
+/// into the next `LocalView`).
+#[derive(Debug, Default, Clone)]
+struct StartRecord {
+    failures: u32,
+    last_error: Option<String>,
 }
 
 pub struct Agent {
@@ -78,6 +91,8 @@ pub struct Agent {
     probe_now: tokio::sync::Notify,
     /// Wakes the decide loop at once (a new report, a new committed state).
     decide_now: tokio::sync::Notify,
+    /// Wakes the coordinate loop at once.
+    coordinate_now: tokio::sync::Notify,
     /// The last probe's duration in ms, plus one (0: no probe yet).
     probe_latency_ms: std::sync::atomic::AtomicU64,
     /// When the last action on the local PostgreSQL finished: decisions wait for a report
@@ -89,11 +104,16 @@ pub struct Agent {
     fence_hook_failed_ms: Mutex<Option<u64>>,
     /// The last rewind failure, for the generation it happened in.
     rewind_failed: Mutex<Option<(Generation, String)>>,
+    /// Failed starts of the local PostgreSQL in a row.
+    starts: Mutex<StartRecord>,
     /// Where the WAL was when this agent, as primary, last changed
     /// `synchronous_standby_names`, and in which generation.
     sync_switch: Mutex<Option<(Generation, pgfm_core::Lsn)>>,
     /// WAL positions read from other nodes' PostgreSQL for a quorum failover.
     measured: Mutex<BTreeMap<String, pgfm_core::decide::Measured>>,
+    /// The host watchdog (data nodes; its mode is off on a witness), armed by the lease
+    /// loop while this node holds the lease.
+    watchdog: Mutex<watchdog::HostWatchdog>,
 }
 
 /// Whether the local postmaster died on its own (a crash) or was stopped by the agent.
@@ -134,6 +154,8 @@ impl Agent {
             crash_restart_bound_ms: f.crash_restart_bound.as_millis() as u64,
             rejoin: f.rejoin,
             report_ttl_ms: self.config.timing.report_ttl.as_millis() as u64,
+            switchover_timeout_ms: f.switchover_timeout.as_millis() as u64,
+            start_attempts: f.start_attempts,
         }
     }
 
@@ -142,12 +164,20 @@ impl Agent {
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_millis() as u64)
             .unwrap_or_default();
+        let (last_renewal_seen_ms, switchover_step_ms) = {
+            let seen = lock(&self.renewal_seen);
+            (
+                seen.at_ms,
+                seen.switchover.as_ref().map(|_| seen.switchover_at_ms),
+            )
+        };
         ClusterView {
             state: self.raft.state(),
             voters: self.raft.voters().into_iter().map(|(n, _)| n).collect(),
             reports: lock(&self.reports).clone(),
             settings: self.settings(),
-            last_renewal_seen_ms: Some(lock(&self.renewal_seen).at_ms),
+            last_renewal_seen_ms: Some(last_renewal_seen_ms),
+            switchover_step_ms,
             coordinator_since_ms: *lock(&self.coordinator_since),
             wall_clock_ms,
             measured: lock(&self.measured).clone(),
@@ -168,7 +198,7 @@ impl Agent {
 
     /// Whether the committed primary's database answers, asked only while its agent looks
     /// down (that is when the coordinator needs to know).
-    async fn check_primary(&self, remote: &mut RemoteCheck) -> Option<bool> {
+    async fn check_primary(&self, remote: &mut RemoteCheck) -> Option<Verdict> {
         let state = self.raft.state();
         let primary = state
             .primary
@@ -205,8 +235,15 @@ impl Agent {
         remote: &mut RemoteCheck,
     ) -> NodeReport {
         let mut report = NodeReport::new(&self.config.name, self.config.kind);
-        report.sees_primary = self.check_primary(remote).await;
+        if let Some(verdict) = self.check_primary(remote).await {
+            report.sees_primary = verdict.answering();
+            report.primary_check = Some(verdict.describe());
+        }
         report.vip = self.vip_report().await;
+        report.watchdog = self
+            .postgres
+            .is_some()
+            .then(|| lock(&self.watchdog).report());
         let (_, generation) = self.raft.primary();
         report.sync_switch_lsn = lock(&self.sync_switch)
             .filter(|(g, _)| *g == generation)
@@ -283,7 +320,7 @@ impl Agent {
             }
             let report = self.make_report(&mut prober, &mut remote).await;
             self.remember(report.clone(), 0);
-            self.decide_now.notify_one();
+            self.wake_decisions();
             if self.raft.is_coordinator() {
                 continue;
             }
@@ -315,22 +352,23 @@ impl Agent {
         }
     }
 
-    /// The decide loop: register, then decide and execute, every 200 ms.
-    async fn decide_loop(self: Arc<Self>, mut stop: watch::Receiver<bool>) {
+    /// Wake the decide and coordinate loops at once (a new report, a committed change).
+    fn wake_decisions(&self) {
+        self.decide_now.notify_one();
+        self.coordinate_now.notify_one();
+    }
+
+    /// The coordinate loop: while this agent leads, make the cluster's decisions (bootstrap,
+    /// failover, switchover) every 200 ms and at once on news. It runs apart from the decide
+    /// loop so that a long local action (a clone, a start, a rewind) never holds up a
+    /// failover (invariant 9); its actions are proposals and quick reads only.
+    async fn coordinate_loop(self: Arc<Self>, mut stop: watch::Receiver<bool>) {
         let mut ticker = tokio::time::interval(Duration::from_millis(200));
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let me = self.me();
         loop {
             tokio::select! {
                 _ = ticker.tick() => {}
-                _ = self.decide_now.notified() => {}
-                // A postmaster crash is handled at once, not at the next tick.
-                _ = async {
-                    match &self.postgres {
-                        Some(pg) => pg.exited().await,
-                        None => std::future::pending().await,
-                    }
-                } => {}
+                _ = self.coordinate_now.notified() => {}
                 _ = stop.changed() => return,
             }
             let now = self.now_ms();
@@ -353,6 +391,37 @@ impl Agent {
                     _ => {}
                 }
             }
+            if !is_coordinator {
+                lock(&self.coordinator_notes).clear();
+                continue;
+            }
+            let view = self.view();
+            let actions = pgfm_core::decide::coordinate(&view, now);
+            self.execute_all(&view, executor::Part::Coordinator, actions)
+                .await;
+        }
+    }
+
+    /// The decide loop: register, then reconcile this node's own PostgreSQL, every 200 ms
+    /// and at once on news.
+    async fn decide_loop(self: Arc<Self>, mut stop: watch::Receiver<bool>) {
+        let mut ticker = tokio::time::interval(Duration::from_millis(200));
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let me = self.me();
+        loop {
+            tokio::select! {
+                _ = ticker.tick() => {}
+                _ = self.decide_now.notified() => {}
+                // A postmaster crash is handled at once, not at the next tick.
+                _ = async {
+                    match &self.postgres {
+                        Some(pg) => pg.exited().await,
+                        None => std::future::pending().await,
+                    }
+                } => {}
+                _ = stop.changed() => return,
+            }
+            let now = self.now_ms();
             // Priority and promotable come from the config only at the first registration;
             // afterwards `pgfm set-priority` owns them.
             let registered = self.raft.state().members.get(&me.name).cloned();
@@ -384,10 +453,11 @@ impl Agent {
                 .clone()
                 .filter(|(g, _)| *g == generation)
                 .map(|(_, e)| e);
+            let starts = lock(&self.starts).clone();
             let local = LocalView {
                 name: me.name.clone(),
                 kind: me.kind,
-                is_coordinator,
+                is_coordinator: false,
                 report,
                 db_running,
                 writable: self.postgres.as_ref().is_some_and(|pg| pg.writable()),
@@ -399,9 +469,12 @@ impl Agent {
                 crashed_at_ms: lock(&self.db).crashed_at_ms,
                 resume_requested: self.resume_requested.load(Ordering::SeqCst),
                 rewind_failed,
+                start_failures: starts.failures,
+                start_error: starts.last_error,
             };
-            let actions = pgfm_core::decide(&view, &local, now);
-            self.execute_all(&view, is_coordinator, actions).await;
+            let actions = pgfm_core::decide::reconcile(&view, &local, now);
+            self.execute_all(&view, executor::Part::Local, actions)
+                .await;
         }
     }
 
@@ -434,9 +507,10 @@ impl Agent {
                 changed = applied.changed() => if changed.is_err() { return },
                 _ = stop.changed() => return,
             }
-            let (lease, term, shape) = {
+            let (lease, term, shape, switchover) = {
                 let a = applied.borrow_and_update();
                 let s = &a.state;
+                let switchover = s.switchover.clone();
                 let shape = (
                     s.generation,
                     s.primary.clone(),
@@ -445,7 +519,12 @@ impl Agent {
                     s.members.len(),
                 );
                 let lease = (s.generation, s.lease_renewals, s.lease_released);
-                (lease, a.last_applied.map_or(0, |l| l.leader_id.term), shape)
+                (
+                    lease,
+                    a.last_applied.map_or(0, |l| l.leader_id.term),
+                    shape,
+                    switchover,
+                )
             };
             let now = self.now_ms();
             {
@@ -454,6 +533,10 @@ impl Agent {
                     seen.lease = lease;
                     seen.at_ms = now;
                 }
+                if seen.switchover != switchover {
+                    seen.switchover = switchover;
+                    seen.switchover_at_ms = now;
+                }
                 seen.applied_term = term;
             }
             // Anything but a renewal changes what agents should do: probe and decide now
@@ -461,7 +544,7 @@ impl Agent {
             if last_shape.as_ref() != Some(&shape) {
                 last_shape = Some(shape);
                 self.probe_now.notify_one();
-                self.decide_now.notify_one();
+                self.wake_decisions();
             }
         }
     }
@@ -470,6 +553,7 @@ impl Agent {
     pub fn resume(&self) -> String {
         self.resume_requested.store(true, Ordering::SeqCst);
         lock(&self.rewind_failed).take();
+        *lock(&self.starts) = StartRecord::default();
         format!(
             "{}: resume requested; the node rejoins at its next decision",
             self.config.name
@@ -577,6 +661,10 @@ impl AgentApi for Agent {
         self.set_paused(true).await
     }
 
+    async fn cancel_switchover(&self) -> Result<String, pgfm_api::Refusal> {
+        Agent::cancel_switchover(self).await
+    }
+
     async fn stop_cluster(&self) -> Result<String, pgfm_api::Refusal> {
         self.stop_all().await
     }
@@ -647,7 +735,7 @@ impl AgentApi for Agent {
             return ReportOutcome::NotCoordinator(self.raft.coordinator());
         }
         self.remember(report, 0);
-        self.decide_now.notify_one();
+        self.wake_decisions();
         ReportOutcome::Accepted(self.fresh_reports())
     }
 }
@@ -723,6 +811,11 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         &RaftSettings::default(),
     )
     .await?;
+    let host_watchdog = watchdog::HostWatchdog::new(
+        config.watchdog.mode,
+        config.watchdog.device.clone(),
+        config.timing.lease.watchdog_timeout_s(),
+    );
     let agent = Arc::new(Agent {
         config,
         token: token.clone(),
@@ -741,19 +834,24 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         resume_requested: AtomicBool::new(false),
         probe_now: tokio::sync::Notify::new(),
         decide_now: tokio::sync::Notify::new(),
+        coordinate_now: tokio::sync::Notify::new(),
         probe_latency_ms: std::sync::atomic::AtomicU64::new(0),
         last_action_ms: std::sync::atomic::AtomicU64::new(0),
         rewind_failed: Mutex::new(None),
+        starts: Mutex::new(StartRecord::default()),
         sync_switch: Mutex::new(None),
         measured: Mutex::new(BTreeMap::new()),
         fence_hook_failed_ms: Mutex::new(None),
         shutdown: tokio::sync::Notify::new(),
+        watchdog: Mutex::new(host_watchdog),
     });
     {
         let state = agent.raft.state();
-        // As if just applied: this agent counts any lease from its own start.
-        lock(&agent.renewal_seen).lease =
-            (state.generation, state.lease_renewals, state.lease_released);
+        // As if just applied: this agent counts any lease (and switchover step) from its own
+        // start.
+        let mut seen = lock(&agent.renewal_seen);
+        seen.lease = (state.generation, state.lease_renewals, state.lease_released);
+        seen.switchover = state.switchover.clone();
     }
     tracing::info!(
         cluster = %agent.config.cluster,
@@ -793,6 +891,12 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             .decide_loop(stop_rx.clone())
             .instrument(span.clone()),
     );
+    let coordinate = tokio::spawn(
+        agent
+            .clone()
+            .coordinate_loop(stop_rx.clone())
+            .instrument(span.clone()),
+    );
     let renewals = tokio::spawn(
         agent
             .clone()
@@ -813,7 +917,9 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         }
     }
     let _ = stop_tx.send(true);
-    let _ = tokio::join!(probe, decide, renewals, lease);
+    let _ = tokio::join!(probe, decide, coordinate, renewals, lease);
+    // PostgreSQL keeps running: a graceful stop must not reset the host.
+    lock(&agent.watchdog).stop(agent.raft.state().generation);
     // Clients must not keep writing to a primary no agent watches over.
     agent
         .release_vip(agent.raft.state().generation, "the agent is stopping")

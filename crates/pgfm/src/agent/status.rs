@@ -3,6 +3,7 @@
 
 use pgfm_api::{
     ClusterStatus, DbStatus, NodeKindStatus, NodeStatus, PromoteStatus, SyncStatus, Up, VipStatus,
+    WatchdogStatus,
 };
 use pgfm_core::decide::ClusterView;
 use pgfm_core::{DbRole, NodeKind, SyncMode};
@@ -112,6 +113,14 @@ pub fn build(ctx: &Context<'_>, view: &ClusterView) -> ClusterStatus {
             sync_state: sender
                 .filter(|_| kind == NodeKindStatus::Standby)
                 .map(|s| s.sync_state.clone()),
+            watchdog: report
+                .and_then(|r| r.watchdog.as_ref())
+                .map(|w| WatchdogStatus {
+                    mode: w.mode,
+                    armed: w.armed,
+                    timeout_s: view.settings.lease.watchdog_timeout_s(),
+                    problem: w.problem.clone(),
+                }),
             info,
         });
     }

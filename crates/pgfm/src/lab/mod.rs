@@ -3,7 +3,18 @@
 //! Only pg1 is initialised by initdb; the other data nodes' agents clone themselves.
 //! With `--netns` (netns.rs) every node is its own host in a network namespace, with a
 //! virtual IP, and partitions are real.
+//!
+//! Each data node also has a hardware watchdog, played by `pgfm lab watchdog-driver`
+//! (host.rs; `lab up --watchdog off` leaves it out). Besides DESIGN's layout, a data node's
+//! directory holds:
+//!
+//! ```text
+//! DIR/<node>/watchdog          the FIFO its agent arms ([watchdog] device; mode 600)
+//! DIR/<node>/watchdog.pid      the driver's pid
+//! DIR/<node>/watchdog.log      arm, disarm, and what it killed when it fired
+//! ```
 
+mod host;
 pub mod netns;
 
 use std::io::Read;
@@ -53,6 +64,15 @@ pub enum LabCommand {
         /// `--set replication.strict=true` refine it.
         #[arg(long, value_name = "off|on|quorum", value_parser = ["off", "on", "quorum"])]
         synchronous: Option<String>,
+        /// Every data node's `[watchdog] mode`, its device the FIFO of the node's watchdog
+        /// driver (started with the lab); `off` leaves both out.
+        #[arg(
+            long,
+            default_value = "required",
+            value_name = "required|automatic|off",
+            value_parser = ["required", "automatic", "off"]
+        )]
+        watchdog: String,
     },
     /// Stop everything the lab started and remove its directory.
     Down {
@@ -71,11 +91,31 @@ pub enum LabCommand {
         #[arg(long)]
         agent_only: bool,
     },
-    /// Start a node's agent again (after `lab kill`).
+    /// Start a node's agent again (after `lab kill`), and its watchdog driver if it has none.
     Start {
         node: String,
         #[arg(long)]
         dir: Option<PathBuf>,
+    },
+    /// Freeze a node's host: SIGSTOP its agent, its postmaster and all its children (not its
+    /// watchdog driver, which keeps counting).
+    Freeze {
+        node: String,
+        #[arg(long)]
+        dir: Option<PathBuf>,
+    },
+    /// Undo `lab freeze`: SIGCONT every process of the node.
+    Thaw {
+        node: String,
+        #[arg(long)]
+        dir: Option<PathBuf>,
+    },
+    /// A data node's watchdog (started by `lab up` and `lab start`; see host.rs).
+    #[command(hide = true)]
+    WatchdogDriver {
+        node: String,
+        #[arg(long)]
+        dir: PathBuf,
     },
     /// Cut the network between a node and other nodes (a --netns lab): frames are dropped
     /// silently, in both directions unless --one-way. The client keeps reaching every node.
@@ -117,6 +157,9 @@ pub struct LabFile {
     /// Set when every node is its own host in a network namespace (`--netns`).
     #[serde(default)]
     pub netns: Option<netns::NetnsLab>,
+    /// Every data node has a watchdog driver (`lab up --watchdog required|automatic`).
+    #[serde(default)]
+    pub watchdog: bool,
 }
 
 fn loopback() -> String {
@@ -136,6 +179,9 @@ pub struct LabNode {
     pub config: PathBuf,
     pub data_dir: Option<PathBuf>,
     pub agent_pid: Option<u32>,
+    /// The pid of its watchdog driver (data nodes of a lab with a watchdog).
+    #[serde(default)]
+    pub watchdog_pid: Option<u32>,
 }
 
 /// `lab status --json`: lab.json's nodes with live pids and a connection string.
@@ -163,6 +209,8 @@ struct LabNodeStatus {
     agent_pid: Option<u32>,
     agent_running: bool,
     postgres_pid: Option<i32>,
+    /// The node's watchdog driver, if it runs.
+    watchdog_pid: Option<u32>,
     dsn: Option<String>,
     config: PathBuf,
     agent_log: PathBuf,
@@ -178,18 +226,17 @@ pub fn run(command: LabCommand) -> anyhow::Result<ExitCode> {
             settings,
             netns,
             synchronous,
+            watchdog,
         } => {
             let mut settings = settings;
             if let Some(mode) = synchronous {
                 settings.push(format!("replication.synchronous=\"{mode}\""));
             }
-            up(
-                &absolute(&dir)?,
-                data_nodes,
-                json,
-                netns,
-                &parse_settings(&settings)?,
-            )
+            let mut extra = parse_settings(&settings)?;
+            if watchdog != "off" {
+                add_watchdog(&mut extra, &watchdog);
+            }
+            up(&absolute(&dir)?, data_nodes, json, netns, &extra)
         }
         LabCommand::Down { dir } => down(&absolute(&dir)?),
         LabCommand::Status { dir, json } => status(&absolute(&dir)?, json),
@@ -200,6 +247,9 @@ pub fn run(command: LabCommand) -> anyhow::Result<ExitCode> {
             agent_only,
         } => kill_node(&lab_dir(dir)?, &node, !agent_only, !postgres_only),
         LabCommand::Start { node, dir } => start_node(&lab_dir(dir)?, &node),
+        LabCommand::Freeze { node, dir } => freeze_node(&lab_dir(dir)?, &node, true),
+        LabCommand::Thaw { node, dir } => freeze_node(&lab_dir(dir)?, &node, false),
+        LabCommand::WatchdogDriver { node, dir } => host::run_driver(&absolute(&dir)?, &node),
         LabCommand::Partition {
             node,
             dir,
@@ -314,8 +364,8 @@ fn parse_settings(settings: &[String]) -> anyhow::Result<Extra> {
         let Some(((section, key), value)) = parsed else {
             bail!("--set {setting:?}: write it as SECTION.KEY=VALUE, for example failover.auto_failover=false");
         };
-        if !["timing", "failover", "hooks", "replication"].contains(&section) {
-            bail!("--set {setting:?}: the lab only sets keys of [timing], [failover], [hooks] and [replication]");
+        if !["timing", "failover", "hooks", "replication", "watchdog"].contains(&section) {
+            bail!("--set {setting:?}: the lab only sets keys of [timing], [failover], [hooks], [replication] and [watchdog]");
         }
         let entry = match extra.iter_mut().find(|(s, _)| s == section) {
             Some(entry) => entry,
@@ -327,6 +377,34 @@ fn parse_settings(settings: &[String]) -> anyhow::Result<Extra> {
         entry.1.push((key.to_string(), value.to_string()));
     }
     Ok(extra)
+}
+
+/// `lab up --watchdog MODE`: `[watchdog] mode` for every data node, unless `--set` says
+/// otherwise (its keys win); the device is each node's own FIFO (see `node_config`).
+fn add_watchdog(extra: &mut Extra, mode: &str) {
+    let entry = match extra.iter_mut().position(|(s, _)| s == "watchdog") {
+        Some(i) => &mut extra[i],
+        None => {
+            extra.push(("watchdog".to_string(), Vec::new()));
+            let last = extra.len() - 1;
+            &mut extra[last]
+        }
+    };
+    if !entry.1.iter().any(|(k, _)| k == "mode") {
+        entry
+            .1
+            .insert(0, ("mode".to_string(), format!("\"{mode}\"")));
+    }
+}
+
+/// Whether the data nodes' configs ask for a watchdog (then each gets a driver).
+fn wants_watchdog(extra: &Extra) -> bool {
+    extra.iter().any(|(section, keys)| {
+        section == "watchdog"
+            && keys
+                .iter()
+                .any(|(k, v)| k == "mode" && v.trim_matches('"') != "off")
+    })
 }
 
 fn node_config(lab: &LabFile, node: &LabNode, peers: &str, extra: &Extra) -> String {
@@ -383,8 +461,19 @@ fn node_config(lab: &LabFile, node: &LabNode, peers: &str, extra: &Extra) -> Str
         ));
     }
     for (section, keys) in extra {
+        let mut keys = keys.clone();
+        if section == "watchdog" {
+            // A witness holds no lease: no watchdog.
+            if node.pg_port.is_none() {
+                continue;
+            }
+            if lab.watchdog && !keys.iter().any(|(k, _)| k == "device") {
+                let fifo = host::watchdog_fifo(&lab.dir, &node.name);
+                keys.push(("device".to_string(), format!("\"{}\"", fifo.display())));
+            }
+        }
         text.push_str(&format!("\n[{section}]\n"));
-        for (key, value) in keys {
+        for (key, value) in &keys {
             text.push_str(&format!("{key} = {value}\n"));
         }
     }
@@ -490,6 +579,7 @@ fn build(
         token_file,
         nodes: Vec::new(),
         netns: netns.clone(),
+        watchdog: wants_watchdog(extra),
     };
     for (i, name) in names.iter().enumerate() {
         let is_data = i < data_nodes;
@@ -510,6 +600,7 @@ fn build(
             config: node_dir.join("pgfm.toml"),
             data_dir: is_data.then(|| node_dir.join("data")),
             agent_pid: None,
+            watchdog_pid: None,
         });
     }
     let peers: String = lab
@@ -575,6 +666,12 @@ fn build(
     }
 
     let exe = std::env::current_exe().context("finding the pgfm binary")?;
+    if lab.watchdog {
+        // Before the agents: an agent arms its watchdog before it takes the lease.
+        let started = host::start_drivers(&exe, &mut lab);
+        write_lab(&lab)?;
+        started?;
+    }
     for i in 0..lab.nodes.len() {
         lab.nodes[i].agent_pid = Some(spawn_agent(&exe, dir, &lab.nodes[i], netns.as_ref())?);
         // Recorded at once: `lab down` after a crash here must find every agent.
@@ -851,6 +948,7 @@ fn lab_status(lab: &LabFile, rt: &tokio::runtime::Runtime) -> LabStatus {
                     .agent_pid
                     .is_some_and(|p| process_alive(p) && is_our_agent(p, node)),
                 postgres_pid: node.data_dir.as_deref().and_then(postmaster_pid),
+                watchdog_pid: host::driver_pid(&lab.dir, node),
                 dsn: dsn(lab, node),
                 config: node.config.clone(),
                 agent_log: node_dir.join("agent.log"),
@@ -879,15 +977,15 @@ fn status(dir: &Path, json: bool) -> anyhow::Result<ExitCode> {
     }
     println!("Lab in {}:", lab.dir.display());
     println!();
-    println!("\tNode      Agent port  Agent pid       PG port  Postmaster pid");
+    println!("\tNode      Agent port  Agent pid       PG port  Postmaster pid  Watchdog pid");
     for n in &summary.nodes {
         let agent = match (n.agent_pid, n.agent_running) {
             (Some(pid), true) => pid.to_string(),
             (Some(pid), false) => format!("{pid} (stopped)"),
             (None, _) => "-".to_string(),
         };
-        println!(
-            "\t{:<9} {:<11} {:<15} {:<8} {}",
+        let line = format!(
+            "\t{:<9} {:<11} {:<15} {:<8} {:<15} {}",
             n.name,
             n.agent_port,
             agent,
@@ -896,8 +994,12 @@ fn status(dir: &Path, json: bool) -> anyhow::Result<ExitCode> {
                 .unwrap_or_else(|| "-".into()),
             n.postgres_pid
                 .map(|p| p.to_string())
+                .unwrap_or_else(|| "-".into()),
+            n.watchdog_pid
+                .map(|p| p.to_string())
                 .unwrap_or_else(|| "-".into())
         );
+        println!("{}", line.trim_end());
     }
     println!();
     match rt.block_on(any_status(&lab)) {
@@ -952,6 +1054,11 @@ fn down(dir: &Path) -> anyhow::Result<ExitCode> {
             wait_gone(pid, Duration::from_secs(5));
         }
     }
+    // Stopped agents disarmed their watchdogs (killed ones did not): the drivers go next,
+    // before they reset anything.
+    for node in &lab.nodes {
+        host::stop_driver(dir, node);
+    }
     // The agents leave PostgreSQL running when they stop: stop each postmaster (SIGQUIT is
     // an immediate shutdown: the lab's data is thrown away next).
     for node in &lab.nodes {
@@ -961,8 +1068,8 @@ fn down(dir: &Path) -> anyhow::Result<ExitCode> {
         if let Some(pid) = postmaster_pid(data_dir) {
             let _ = kill(Pid::from_raw(pid), Signal::SIGQUIT);
             if !wait_gone(pid, Duration::from_secs(10)) {
-                let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
-                wait_gone(pid, Duration::from_secs(5));
+                // Hung or frozen (`lab freeze`): the postmaster and all its children.
+                host::kill_processes(dir, node, false, true);
             }
         }
     }
@@ -994,7 +1101,15 @@ fn kill_node(dir: &Path, name: &str, postgres: bool, agent: bool) -> anyhow::Res
     let mut lab = read_lab(dir)?;
     let node = find_node(&mut lab, name)?.clone();
     let mut killed = Vec::new();
-    if agent {
+    let mut driver = None;
+    if agent && postgres {
+        // A host dies with all its processes: the agent and what it started, the postmaster
+        // and every child (backends call setsid(): the postmaster's process group misses
+        // them, and a backend whose postmaster died can still commit). Its watchdog goes
+        // first, so that a stale deadline cannot kill the node after `lab start`.
+        driver = host::stop_driver(dir, &node);
+        killed.extend(host::kill_processes(dir, &node, true, true));
+    } else if agent {
         if let Some(pid) = node
             .agent_pid
             .filter(|p| process_alive(*p) && is_our_agent(*p, &node))
@@ -1003,22 +1118,11 @@ fn kill_node(dir: &Path, name: &str, postgres: bool, agent: bool) -> anyhow::Res
             wait_gone(pid as i32, Duration::from_secs(5));
             killed.push(format!("agent (pid {pid})"));
         }
-    }
-    if postgres {
-        if let Some(pid) = node.data_dir.as_deref().and_then(postmaster_pid) {
-            if agent {
-                // A host dies with all its processes: the whole process group (the agent
-                // starts the postmaster as the leader of its own group, its backends
-                // inherit it), or backends could still commit after the postmaster died.
-                kill(Pid::from_raw(-pid), Signal::SIGKILL)
-                    .or_else(|_| kill(Pid::from_raw(pid), Signal::SIGKILL))?;
-            } else {
-                // A postmaster crash: only the postmaster.
-                kill(Pid::from_raw(pid), Signal::SIGKILL)?;
-            }
-            wait_gone(pid, Duration::from_secs(5));
-            killed.push(format!("postmaster (pid {pid})"));
-        }
+    } else if let Some(pid) = node.data_dir.as_deref().and_then(postmaster_pid) {
+        // A postmaster crash: only the postmaster.
+        kill(Pid::from_raw(pid), Signal::SIGKILL)?;
+        wait_gone(pid, Duration::from_secs(5));
+        killed.push(format!("postmaster (pid {pid})"));
     }
     if let (Some(ns), true) = (&lab.netns, agent && postgres) {
         // The host is gone: its kernel no longer answers either (nor for the VIP).
@@ -1028,7 +1132,10 @@ fn kill_node(dir: &Path, name: &str, postgres: bool, agent: bool) -> anyhow::Res
     if killed.is_empty() {
         println!("{name}: nothing was running");
     } else {
-        println!("{name}: killed {} with SIGKILL", killed.join(" and "));
+        println!("{name}: killed {} with SIGKILL", killed.join("; "));
+    }
+    if let Some(pid) = driver {
+        println!("{name}: its watchdog driver (pid {pid}) is gone too; lab start starts a new one");
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -1037,6 +1144,7 @@ fn start_node(dir: &Path, name: &str) -> anyhow::Result<ExitCode> {
     let mut lab = read_lab(dir)?;
     let exe = std::env::current_exe().context("finding the pgfm binary")?;
     let netns_of_lab = lab.netns.clone();
+    let with_watchdog = lab.watchdog;
     let node = find_node(&mut lab, name)?;
     if let Some(pid) = node
         .agent_pid
@@ -1049,10 +1157,48 @@ fn start_node(dir: &Path, name: &str) -> anyhow::Result<ExitCode> {
         netns::drop_vip(ns, name)?;
         netns::set_link(ns, name, true)?;
     }
+    // After a host death the node boots with a fresh watchdog (after an agent's death the
+    // old one keeps its timer, as the kernel's does).
+    let mut driver = None;
+    if with_watchdog && node.data_dir.is_some() && host::driver_pid(dir, node).is_none() {
+        let pid = host::spawn_driver(&exe, dir, node)?;
+        node.watchdog_pid = Some(pid);
+        driver = Some(pid);
+    }
     let pid = spawn_agent(&exe, dir, node, netns_of_lab.as_ref())?;
     node.agent_pid = Some(pid);
     write_lab(&lab)?;
-    println!("{name}: agent started (pid {pid})");
+    match driver {
+        Some(driver) => {
+            println!("{name}: agent started (pid {pid}), watchdog driver (pid {driver})")
+        }
+        None => println!("{name}: agent started (pid {pid})"),
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `lab freeze` / `lab thaw`: a host that stops running (a hung VM, a long pause) and goes
+/// on again. The watchdog driver is not part of it and keeps counting.
+fn freeze_node(dir: &Path, name: &str, freeze: bool) -> anyhow::Result<ExitCode> {
+    let mut lab = read_lab(dir)?;
+    let node = find_node(&mut lab, name)?.clone();
+    let signal = if freeze {
+        Signal::SIGSTOP
+    } else {
+        Signal::SIGCONT
+    };
+    let done = host::signal_processes(dir, &node, signal);
+    let verb = if freeze { "froze" } else { "thawed" };
+    if done.is_empty() {
+        println!("{name}: nothing was running");
+    } else {
+        println!("{name}: {verb} {}", done.join("; "));
+    }
+    if freeze {
+        if let Some(pid) = host::driver_pid(dir, &node) {
+            println!("{name}: its watchdog driver (pid {pid}) keeps counting");
+        }
+    }
     Ok(ExitCode::SUCCESS)
 }
 

@@ -152,15 +152,38 @@ pub fn set_link(lab: &NetnsLab, node: &str, up: bool) -> anyhow::Result<()> {
     ])
 }
 
+/// Whether `node`'s `eth0` has the VIP configured (whatever the state of its link).
+fn vip_configured(lab: &NetnsLab, node: &str) -> anyhow::Result<bool> {
+    let ns = namespace(&lab.prefix, node);
+    let output = Command::new("ip")
+        .args(["-n", &ns, "-o", "-4", "addr", "show", "dev", "eth0"])
+        .output()
+        .context("running ip")?;
+    if !output.status.success() {
+        bail!(
+            "ip -n {ns} addr show: {}",
+            String::from_utf8_lossy(&output.stderr).trim()
+        );
+    }
+    let needle = format!(" {} ", lab.vip);
+    Ok(String::from_utf8_lossy(&output.stdout).contains(&needle))
+}
+
 /// A restarted host has lost the addresses it did not configure at boot: the VIP.
 pub fn drop_vip(lab: &NetnsLab, node: &str) -> anyhow::Result<()> {
+    if !vip_configured(lab, node)? {
+        return Ok(());
+    }
     let ns = namespace(&lab.prefix, node);
     let output = Command::new("ip")
         .args(["-n", &ns, "addr", "del", &lab.vip, "dev", "eth0"])
         .output()
         .context("running ip")?;
     let said = String::from_utf8_lossy(&output.stderr);
-    if !output.status.success() && !said.contains("Cannot assign") {
+    // Gone meanwhile (the agent removed it): iproute2 says "Cannot assign requested
+    // address" in older versions, "Address not found" in newer ones.
+    let absent = said.contains("Cannot assign") || said.contains("Address not found");
+    if !output.status.success() && !absent {
         bail!("removing {} from {node}: {}", lab.vip, said.trim());
     }
     Ok(())
@@ -224,17 +247,5 @@ pub fn link_up(lab: &NetnsLab, node: &str) -> anyhow::Result<bool> {
 /// Whether `node` carries the VIP where others can reach it: asked of its namespace's
 /// kernel (not of its agent); a dead host (link down) carries nothing.
 pub fn has_vip(lab: &NetnsLab, node: &str) -> anyhow::Result<bool> {
-    let ns = namespace(&lab.prefix, node);
-    let output = Command::new("ip")
-        .args(["-n", &ns, "-o", "-4", "addr", "show", "dev", "eth0"])
-        .output()
-        .context("running ip")?;
-    if !output.status.success() {
-        bail!(
-            "ip -n {ns} addr show: {}",
-            String::from_utf8_lossy(&output.stderr).trim()
-        );
-    }
-    let needle = format!(" {} ", lab.vip);
-    Ok(String::from_utf8_lossy(&output.stdout).contains(&needle) && link_up(lab, node)?)
+    Ok(vip_configured(lab, node)? && link_up(lab, node)?)
 }

@@ -486,13 +486,19 @@ impl std::ops::Deref for NetnsLab {
 impl NetnsLab {
     /// None (after printing why) when not root: namespaces need root.
     pub fn up(settings: &[&str]) -> Option<NetnsLab> {
+        NetnsLab::up_with(2, settings)
+    }
+
+    /// A `--netns` lab with `data_nodes` data nodes and a witness.
+    pub fn up_with(data_nodes: usize, settings: &[&str]) -> Option<NetnsLab> {
         if !is_root() {
             println!("SKIPPED: network namespaces need root; this scenario runs as root only");
             return None;
         }
         let dir = scratch_dir("netns");
         let mut command = pgfm();
-        command.args(["lab", "up", "--netns", "--json", "--dir"]);
+        command.args(["lab", "up", "--netns", "--json", "--data-nodes"]);
+        command.arg(data_nodes.to_string()).arg("--dir");
         command.arg(&dir);
         for setting in settings {
             command.args(["--set", setting]);

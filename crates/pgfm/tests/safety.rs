@@ -1,0 +1,405 @@
+//! The safety edges of issue 11, each reproduced on a real lab: a switchover that could
+//! never end, a former primary whose rewind fails, a frozen primary host, a primary whose
+//! agent died, and a standby that stayed with a cut-off primary. Each test states the fault,
+//! then checks what a DBA needs: a writable primary within a bound, nothing acknowledged
+//! lost, never two writers, and every node streaming again.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::{node, text, wait_for, Lab, NetnsLab, WriteWatch};
+
+const SETTLE: Duration = Duration::from_secs(60);
+
+fn run(lab: &Lab, args: &[&str]) {
+    let output = lab.run(args);
+    assert!(output.status.success(), "{args:?}: {}", text(&output));
+}
+
+/// `pgfm ARGS -c <witness's config>`: an operator command, asked of the witness's agent.
+fn cli(lab: &Lab, args: &[&str]) -> std::process::Output {
+    common::pgfm()
+        .args(args)
+        .arg("-c")
+        .arg(lab.config("witness"))
+        .output()
+        .expect("running pgfm")
+}
+
+/// Write `n` rows on the primary and wait until `standby` has replayed them.
+fn committed_rows(lab: &Lab, primary: &str, standby: &str, n: u32) {
+    lab.psql(
+        primary,
+        &format!("CREATE TABLE IF NOT EXISTS kept (id int); INSERT INTO kept SELECT generate_series(1, {n})"),
+    )
+    .unwrap();
+    wait_for(&format!("{n} rows on {standby}"), SETTLE, || {
+        match lab.psql(standby, "SELECT count(*) FROM kept")? {
+            c if c == n.to_string() => Ok(()),
+            other => Err(other),
+        }
+    });
+}
+
+fn wait_in_sync(lab: &Lab, standby: &str) {
+    wait_for(&format!("{standby} to stream in sync"), SETTLE, || {
+        let (status, _) = lab.cluster_status("witness")?;
+        match common::node(&status, standby)["in_sync"].as_bool() {
+            Some(true) => Ok(()),
+            _ => Err(status.to_string()),
+        }
+    });
+}
+
+/// SIGSTOP / SIGCONT `node`'s WAL receiver: a standby that hangs (its connection stays
+/// open, nothing it receives is confirmed).
+fn signal_receiver(lab: &Lab, node: &str, signal: nix::sys::signal::Signal) -> i32 {
+    let pid = receiver_pid(lab, node);
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), signal).unwrap();
+    pid
+}
+
+/// The pid of `node`'s WAL receiver.
+fn receiver_pid(lab: &Lab, node: &str) -> i32 {
+    wait_for(&format!("{node}'s WAL receiver"), SETTLE, || {
+        lab.psql(node, "SELECT pid FROM pg_stat_wal_receiver")?
+            .parse::<i32>()
+            .map_err(|e| e.to_string())
+    })
+}
+
+/// `pgfm switchover ARGS` in the background; its output when it ends.
+fn switchover_in_background(
+    lab: &Lab,
+    args: &[&str],
+) -> std::thread::JoinHandle<std::process::Output> {
+    let mut command = common::pgfm();
+    command
+        .arg("switchover")
+        .args(args)
+        .arg("-c")
+        .arg(lab.config("witness"));
+    std::thread::spawn(move || command.output().expect("running pgfm switchover"))
+}
+
+/// Wait until `primary` takes writes again (as the primary of `generation`).
+fn writable_again(lab: &Lab, primary: &str, generation: u64) {
+    lab.wait_primary("witness", primary, generation, SETTLE);
+    wait_for(&format!("{primary} to take writes"), SETTLE, || {
+        lab.psql(primary, "INSERT INTO kept VALUES (0)")
+    });
+}
+
+/// Case 1. A switchover whose target cannot take the old primary's final WAL must end
+/// within `switchover_timeout`, never leave the cluster without a primary: rolled back — the
+/// old primary writable again in the same generation, the history saying why — or ended at
+/// once by `pgfm switchover --cancel`. Here the target's WAL receiver hangs (SIGSTOP) as the
+/// switchover starts, so the old primary's clean shutdown waits for it: the wait is bounded
+/// (then an immediate stop) and the switchover rolled back. Once the target streams, a
+/// switchover works. Never two writers, nothing acknowledged lost.
+#[test]
+fn a_switchover_whose_target_hangs_is_rolled_back_in_time() {
+    use nix::sys::signal::Signal::{SIGCONT, SIGSTOP};
+    let lab = Lab::up(2);
+    lab.wait_healthy("witness", SETTLE);
+    committed_rows(&lab, "pg1", "pg2", 100);
+    let watch = WriteWatch::start(&lab, &["pg1", "pg2"]);
+
+    // The operator cancels while the old primary waits for the hung target.
+    let receiver = signal_receiver(&lab, "pg2", SIGSTOP);
+    let waiting = switchover_in_background(&lab, &["--to", "pg2"]);
+    wait_for("the switchover to be under way", SETTLE, || {
+        let (status, _) = lab.cluster_status("witness")?;
+        let problems = status["problems"].to_string();
+        if problems.contains("switchover") {
+            Ok(())
+        } else {
+            Err(problems)
+        }
+    });
+    let cancel = cli(&lab, &["switchover", "--cancel"]);
+    let cancel_text = text(&cancel);
+    let ended = waiting.join().unwrap();
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(receiver), SIGCONT).unwrap();
+    let ended_text = text(&ended);
+    assert_eq!(ended.status.code(), Some(1), "{ended_text}");
+    if cancel.status.success() {
+        assert!(cancel_text.contains("cancelled"), "{cancel_text}");
+        assert!(ended_text.contains("cancelled"), "{ended_text}");
+    } else {
+        // The coordinator's deadline came first.
+        assert!(
+            cancel_text.contains("no switchover is under way"),
+            "{cancel_text}"
+        );
+        assert!(ended_text.contains("rolled back"), "{ended_text}");
+    }
+    writable_again(&lab, "pg1", 1);
+    wait_in_sync(&lab, "pg2");
+
+    // Left alone, the hand-over is cut short and the switchover rolled back.
+    let receiver = signal_receiver(&lab, "pg2", SIGSTOP);
+    let started = Instant::now();
+    let output = cli(&lab, &["switchover", "--to", "pg2"]);
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(receiver), SIGCONT).unwrap();
+    let said = text(&output);
+    assert_eq!(output.status.code(), Some(1), "{said}");
+    assert!(said.contains("rolled back"), "{said}");
+    assert!(
+        started.elapsed() < Duration::from_secs(40),
+        "the switchover took {:?} to end",
+        started.elapsed()
+    );
+    writable_again(&lab, "pg1", 1);
+    let log = lab.log("pg1");
+    assert!(
+        log.contains("the clean shutdown did not finish within"),
+        "{log}"
+    );
+    let history = text(&cli(&lab, &["history"]));
+    assert!(history.contains("rolled back"), "{history}");
+
+    // The target streams again: the switchover goes through, nothing lost.
+    wait_in_sync(&lab, "pg2");
+    let output = cli(&lab, &["switchover", "--to", "pg2"]);
+    assert!(output.status.success(), "{}", text(&output));
+    let status = lab.wait_primary("witness", "pg2", 2, SETTLE);
+    assert_eq!(node(&status, "pg1")["kind"], "standby", "{status}");
+    let kept = lab
+        .psql("pg2", "SELECT count(*) FROM kept WHERE id > 0")
+        .unwrap();
+    assert_eq!(kept, "100");
+    assert!(watch.finish() > 0, "the watch saw no writable primary");
+}
+
+/// Case 2. The old primary's host dies; after the failover its WAL segments are deleted, so
+/// pg_rewind cannot work ("could not find previous WAL record"). Under
+/// `rejoin = "rewind-or-clone"` it must re-clone (the old directory kept aside) and stream
+/// on the new timeline, never loop starting a broken directory as a standby.
+#[test]
+fn a_former_primary_whose_rewind_fails_is_recloned() {
+    let lab = Lab::up(2);
+    lab.wait_healthy("witness", SETTLE);
+    committed_rows(&lab, "pg1", "pg2", 100);
+    run(&lab, &["lab", "kill", "pg1"]);
+    lab.wait_for_primary_change("pg2", 2);
+    lab.psql("pg2", "INSERT INTO kept VALUES (101)").unwrap();
+
+    let data_dir = lab.dir.join("pg1").join("data");
+    let mut removed = 0;
+    for entry in std::fs::read_dir(data_dir.join("pg_wal"))
+        .unwrap()
+        .flatten()
+    {
+        let name = entry.file_name().to_string_lossy().to_string();
+        if name.len() == 24 && name.chars().all(|c| c.is_ascii_hexdigit()) {
+            std::fs::remove_file(entry.path()).unwrap();
+            removed += 1;
+        }
+    }
+    assert!(removed > 0, "no WAL segment in {}", data_dir.display());
+
+    run(&lab, &["lab", "start", "pg1"]);
+    let status = lab.wait_primary("witness", "pg2", 2, SETTLE);
+    wait_for("pg1 to stream from pg2 on timeline 2", SETTLE, || {
+        let (status, _) = lab.cluster_status("witness")?;
+        let old = node(&status, "pg1");
+        if old["kind"] == "standby" && old["timeline"] == 2 && old["in_sync"] == true {
+            Ok(())
+        } else {
+            Err(old.to_string())
+        }
+    });
+    wait_for("row 101 on pg1", SETTLE, || {
+        match lab.psql("pg1", "SELECT count(*) FROM kept")?.as_str() {
+            "101" => Ok(()),
+            other => Err(other.to_string()),
+        }
+    });
+    let log = lab.log("pg1");
+    assert!(log.contains("pg_rewind failed"), "{log}");
+    assert!(log.contains("cloned and streaming"), "{log}");
+    let aside = format!("{}.pgfm-old", data_dir.display());
+    assert!(
+        std::path::Path::new(&aside).join("PG_VERSION").exists(),
+        "the old directory was not kept aside at {aside}"
+    );
+    assert_eq!(status["generation"], 2, "{status}");
+}
+
+/// Every id the writer saw acknowledged is on `primary` now: nothing acknowledged was lost.
+fn all_acknowledged_on(lab: &Lab, primary: &str, acked: &[i64]) {
+    let present: std::collections::BTreeSet<i64> = lab
+        .psql(primary, "SELECT id FROM bench")
+        .unwrap()
+        .lines()
+        .filter_map(|l| l.trim().parse().ok())
+        .collect();
+    let lost: Vec<i64> = acked
+        .iter()
+        .copied()
+        .filter(|id| !present.contains(id))
+        .collect();
+    assert!(
+        lost.is_empty(),
+        "{} acknowledged writes are not on {primary}: {lost:?}",
+        lost.len()
+    );
+}
+
+/// A writer with one session on pg1 (it reconnects to whichever node takes writes), after
+/// the bench table exists.
+fn writer_on_pg1(lab: &Lab) -> common::Writer {
+    lab.psql(
+        "pg1",
+        "CREATE TABLE bench (id bigint PRIMARY KEY, at timestamptz DEFAULT now())",
+    )
+    .unwrap();
+    wait_in_sync(lab, "pg2");
+    let writer = common::Writer::start(lab.writer_config(&["pg1", "pg2"]));
+    writer.wait_more(20, "the writer to write on pg1");
+    writer
+}
+
+/// Case 3. Every process of the primary's host is frozen (SIGSTOP: agent, postmaster, every
+/// backend) for 8 s. Nothing inside the host can fence it, so the lab's watchdog — outside
+/// the host and still counting, as the kernel's timer is — resets it before pg2 may be
+/// promoted: at the thaw no commit in flight on pg1 completes, nothing acknowledged is lost
+/// and no two nodes take writes. Started again, pg1 rejoins as a standby.
+#[test]
+fn a_frozen_primary_host_is_reset_by_its_watchdog_before_the_failover() {
+    let lab = Lab::up(2);
+    lab.wait_healthy("witness", SETTLE);
+    let watch = WriteWatch::start(&lab, &["pg1", "pg2"]);
+    let writer = writer_on_pg1(&lab);
+
+    run(&lab, &["lab", "freeze", "pg1"]);
+    let frozen = Instant::now();
+    lab.wait_for_primary_change("pg2", 2);
+    let wait = Duration::from_secs(8).saturating_sub(frozen.elapsed());
+    std::thread::sleep(wait); // the fault's length, not a wait for a state
+    let _ = lab.run(&["lab", "thaw", "pg1"]);
+    writer.wait_more(20, "the writer to write on pg2");
+    let acked = writer.finish();
+    all_acknowledged_on(&lab, "pg2", &acked);
+    assert!(watch.finish() > 0, "the watch saw no writable primary");
+    let fired =
+        std::fs::read_to_string(lab.dir.join("pg1").join("watchdog.log")).unwrap_or_default();
+    assert!(
+        fired.contains("FIRED"),
+        "pg1's watchdog did not fire: {fired}"
+    );
+
+    run(&lab, &["lab", "start", "pg1"]);
+    wait_for("pg1 to stream from pg2", SETTLE, || {
+        let (status, _) = lab.cluster_status("witness")?;
+        let old = node(&status, "pg1");
+        if old["kind"] == "standby" && old["timeline"] == 2 && old["in_sync"] == true {
+            Ok(())
+        } else {
+            Err(old.to_string())
+        }
+    });
+}
+
+/// Case 4. The primary's agent dies, then its postmaster stops taking new sessions
+/// (SIGSTOP on the postmaster alone) while the open sessions keep committing. The other
+/// agents find its database down and pg2 is promoted — but first the watchdog, no longer
+/// fed, resets pg1's host: its open sessions end before pg2 takes writes, nothing
+/// acknowledged is lost.
+#[test]
+fn a_primary_whose_agent_died_is_reset_by_its_watchdog_before_the_failover() {
+    let lab = Lab::up(2);
+    lab.wait_healthy("witness", SETTLE);
+    let watch = WriteWatch::start(&lab, &["pg1", "pg2"]);
+    let writer = writer_on_pg1(&lab);
+    let postmaster = lab.lab_node("pg1")["postgres_pid"]
+        .as_i64()
+        .expect("pg1's postmaster pid") as i32;
+
+    run(&lab, &["lab", "kill", "pg1", "--agent-only"]);
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(postmaster),
+        nix::sys::signal::Signal::SIGSTOP,
+    )
+    .unwrap();
+    lab.wait_for_primary_change("pg2", 2);
+    writer.wait_more(20, "the writer to write on pg2");
+    let acked = writer.finish();
+    all_acknowledged_on(&lab, "pg2", &acked);
+    assert!(watch.finish() > 0, "the watch saw no writable primary");
+    let fired =
+        std::fs::read_to_string(lab.dir.join("pg1").join("watchdog.log")).unwrap_or_default();
+    assert!(
+        fired.contains("FIRED"),
+        "pg1's watchdog did not fire: {fired}"
+    );
+    // The reason names who judged pg1's database down, and how.
+    // The reason names who judged pg1's database down, and how: the witness too, without
+    // credentials (the server's request for a password is an answer; a refused
+    // connection is "down").
+    let history = text(&cli(&lab, &["history", "--json"]));
+    assert!(history.contains("its database:"), "{history}");
+    assert!(history.contains("witness: down"), "{history}");
+}
+
+/// Case 5. Four data nodes; the primary pg1 and the standby pg3 are cut off together from
+/// the others. pg1 acknowledges writes until it fences itself and streams them to pg3; the
+/// majority promotes pg2 (timeline 2). Healed, pg3 holds WAL past the point where timeline 2
+/// forked: it must be stopped and rewound (it could never stream as it is), must not keep
+/// the writes the cluster lost, and is never a candidate meanwhile.
+#[test]
+fn a_standby_that_stayed_with_a_cut_off_primary_is_rewound() {
+    let Some(lab) = NetnsLab::up_with(4, &[]) else {
+        return;
+    };
+    lab.wait_healthy("witness", SETTLE);
+    lab.psql(
+        "pg1",
+        "CREATE TABLE bench (id bigint PRIMARY KEY, at timestamptz DEFAULT now())",
+    )
+    .unwrap();
+    let writer = common::Writer::start(lab.vip_writer_config());
+    writer.wait_more(20, "the writer to write through the VIP");
+
+    for cut in ["pg1", "pg3"] {
+        run(
+            &lab,
+            &["lab", "partition", cut, "--from", "pg2,pg4,witness"],
+        );
+    }
+    lab.wait_for_primary_change("pg2", 2);
+    let acked = writer.finish();
+    run(&lab, &["lab", "heal"]);
+
+    wait_for("pg3 to stream from pg2 on timeline 2", SETTLE, || {
+        let (status, _) = lab.cluster_status("witness")?;
+        let pg3 = node(&status, "pg3");
+        if pg3["kind"] == "standby" && pg3["timeline"] == 2 && pg3["in_sync"] == true {
+            Ok(())
+        } else {
+            Err(pg3.to_string())
+        }
+    });
+    let log = lab.log("pg3");
+    assert!(log.contains("stopping this standby to rewind it"), "{log}");
+    assert!(log.contains("rewound and streaming"), "{log}");
+    // pg3 holds exactly what the new primary holds: none of the writes pg2 never had.
+    let on_pg2 = lab.psql("pg2", "SELECT count(*) FROM bench").unwrap();
+    wait_for("pg3 to hold what pg2 holds", SETTLE, || {
+        match lab.psql("pg3", "SELECT count(*) FROM bench") {
+            Ok(n) if n == on_pg2 => Ok(()),
+            other => Err(format!("{other:?} against {on_pg2} on pg2")),
+        }
+    });
+    let status = lab.wait_primary("witness", "pg2", 2, SETTLE);
+    assert_eq!(status["generation"], 2, "exactly one promotion: {status}");
+    // The history does not claim that nothing was lost.
+    let history = text(&cli(&lab, &["history", "--json"]));
+    assert!(
+        history.contains("\"lost_at_least\":true") || history.contains("\"lost_at_least\": true"),
+        "{history}"
+    );
+    assert!(!acked.is_empty());
+}
