@@ -331,6 +331,9 @@ async fn election_gate(inner: std::sync::Weak<Inner>) {
         };
         let raft = EmbeddedRaft { inner: strong };
         let heartbeat = raft.inner.settings.heartbeat;
+        // A peer that answers late on a loaded machine must still count: as long as the
+        // shortest election timeout, the gate then opens within it of a coordinator's death.
+        let patience = raft.inner.settings.election_timeout_min;
         let voters: Vec<(u64, RaftNode)> = {
             let metrics = raft.inner.raft.metrics();
             let metrics = metrics.borrow();
@@ -358,7 +361,7 @@ async fn election_gate(inner: std::sync::Weak<Inner>) {
                 };
                 (
                     id,
-                    tokio::time::timeout(heartbeat, answer).await.ok().flatten(),
+                    tokio::time::timeout(patience, answer).await.ok().flatten(),
                 )
             });
         }

@@ -146,10 +146,12 @@ pub struct LocalView {
     pub resume_requested: bool,
     /// The last rewind against the current primary failed, with this error.
     pub rewind_failed: Option<String>,
-    /// PostgreSQL failed to start this many times in a row (0: the last start worked), and
-    /// the last error.
+    /// PostgreSQL failed to start this many times in a row (0: it has run since), and the
+    /// last error.
     pub start_failures: u32,
     pub start_error: Option<String>,
+    /// A re-clone was tried in this streak of failed starts: another would not help.
+    pub start_recloned: bool,
 }
 
 /// Something the executor should do. Each action names the generation it serves
@@ -713,7 +715,7 @@ fn failover(cluster: &ClusterView, primary: &str, now_ms: u64) -> Vec<Action> {
             refused.push(format!("{name} {why}"));
             continue;
         }
-        if let (Some(theirs), Some(current)) = (report.timeline, state.timeline) {
+        if let (Some(theirs), Some(current), false) = (report.timeline, state.timeline, force) {
             if theirs != current {
                 refused.push(format!(
                     "{name} is on timeline {theirs}, the primary was on timeline {current}"
@@ -1149,6 +1151,10 @@ fn reconcile_standby(
         Some(DataDirState::Standby) if local.start_failures >= cluster.settings.start_attempts => {
             let why = start_failures(local);
             match (cluster.settings.rejoin, primary_report) {
+                _ if local.start_recloned => vec![hold(format!(
+                    "{why}, also after a fresh clone: the cause is outside the data directory \
+                     (settings, port, memory): fix it, then run pgfm resume on this node"
+                ))],
                 (RejoinMode::RewindOrClone, Some(_)) => vec![Action::Reclone {
                     upstream,
                     generation,
@@ -1357,6 +1363,7 @@ mod tests {
             rewind_failed: None,
             start_failures: 0,
             start_error: None,
+            start_recloned: false,
         }
     }
 
@@ -1880,11 +1887,15 @@ mod tests {
         }
         let pg3 = &mut v.reports.get_mut("pg3").unwrap().report;
         pg3.timeline = Some(Timeline(1));
-        check(&v, "pg3", false, &["stop to rewind g1: diverged from primary pg1: this standby holds WAL up to 0/F4240 on timeline 1, past 0/DBBA0 where the primary's timeline 2 forked off it"]);
+        check(&v, "pg3", false, &["stop to rewind g1: diverged from primary pg1: this standby has replayed WAL up to 0/F4240 on timeline 1, past 0/DBBA0 where the primary's timeline 2 forked off it"]);
         // Behind the fork point: it can follow the new timeline.
         let pg3 = &mut v.reports.get_mut("pg3").unwrap().report;
         pg3.received_lsn = Some(Lsn(800_000));
         pg3.replayed_lsn = Some(Lsn(800_000));
+        check(&v, "pg3", false, &[]);
+        // Received past it but not replayed (a torn record after the old primary died):
+        // PostgreSQL follows the new timeline, so does pgfm.
+        v.reports.get_mut("pg3").unwrap().report.received_lsn = Some(Lsn(950_000));
         check(&v, "pg3", false, &[]);
         // A timeline the primary's history does not have.
         v.reports.get_mut("pg3").unwrap().report.timeline = Some(Timeline(3));
@@ -1894,8 +1905,9 @@ mod tests {
         let pg3 = &mut v.reports.get_mut("pg3").unwrap().report;
         pg3.timeline = Some(Timeline(1));
         pg3.received_lsn = Some(Lsn(2_000_000));
+        pg3.replayed_lsn = Some(Lsn(2_000_000));
         v.state.members.get_mut("pg2").unwrap().promotable = false;
-        check_coordinator(&v, 10_000, &["cluster hold: failover needed: the lease of primary pg1 expired, but no standby can be promoted: pg2 is not promotable; pg3 holds WAL up to 0/1E8480 on timeline 1, past 0/DBBA0 where the primary's timeline 2 forked off it"]);
+        check_coordinator(&v, 10_000, &["cluster hold: failover needed: the lease of primary pg1 expired, but no standby can be promoted: pg2 is not promotable; pg3 has replayed WAL up to 0/1E8480 on timeline 1, past 0/DBBA0 where the primary's timeline 2 forked off it"]);
     }
 
     /// The serving primary commits its timeline and history once; one whose history file
@@ -1930,6 +1942,10 @@ mod tests {
         me.start_failures = 3;
         me.start_error = Some("PANIC: could not locate a valid checkpoint record".into());
         check_local(&v, &me, 2_000, &["reclone from pg1 g1"]);
+        // Once only: a start that fails after a fresh clone has another cause.
+        let mut again = me.clone();
+        again.start_recloned = true;
+        check_local(&v, &again, 2_000, &["hold: PostgreSQL failed to start 3 times in a row (last: PANIC: could not locate a valid checkpoint record), also after a fresh clone: the cause is outside the data directory (settings, port, memory): fix it, then run pgfm resume on this node"]);
         let mut manual = v.clone();
         manual.settings.rejoin = RejoinMode::Rewind;
         check_local(&manual, &me, 2_000, &["hold: PostgreSQL failed to start 3 times in a row (last: PANIC: could not locate a valid checkpoint record): fix the data directory, then run pgfm resume on this node (or set rejoin = \"rewind-or-clone\" to re-clone it)"]);

@@ -756,11 +756,16 @@ impl ClusterState {
         if theirs == current {
             return None;
         }
-        let position = report.wal_position()?;
+        // Replayed, as PostgreSQL judges it: WAL received but not replayed (a torn record's
+        // tail after the old primary died) is simply replaced by the new timeline's.
+        let position = match report.role {
+            Some(DbRole::Primary) => report.current_lsn?,
+            _ => report.replayed_lsn?,
+        };
         match self.forks.iter().find(|f| f.timeline == theirs) {
             Some(fork) if position > fork.ended_at => Some(format!(
-                "holds WAL up to {position} on timeline {theirs}, past {} where the primary's \
-                 timeline {current} forked off it",
+                "has replayed WAL up to {position} on timeline {theirs}, past {} where the \
+                 primary's timeline {current} forked off it",
                 fork.ended_at
             )),
             Some(_) => None,

@@ -97,8 +97,16 @@ fn tour(driver: &LabDriver, started: Instant) -> anyhow::Result<()> {
         driver.start(&old)?;
         let rejoined = driver
             .wait(&format!("{old} to stream from {new}"), settle, |s| {
+                // Streaming as its own agent reports it, on the new primary's timeline: the
+                // primary's walsender alone may say so a moment before the standby's report.
                 let n = s.nodes.iter().find(|n| n.name == old)?;
-                (n.kind == NodeKindStatus::Standby && n.in_sync == Some(true)).then(|| s.clone())
+                let timeline = s.nodes.iter().find(|n| n.name == new)?.timeline;
+                let streams = n.kind == NodeKindStatus::Standby
+                    && n.in_sync == Some(true)
+                    && n.timeline.is_some()
+                    && n.timeline == timeline
+                    && n.info.starts_with("streaming");
+                streams.then(|| s.clone())
             })
             .await?;
         println!(

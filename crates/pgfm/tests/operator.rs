@@ -274,7 +274,7 @@ fn promote_fences_a_live_primary_first_and_works_with_auto_failover_off() {
         text(&output)
     );
     assert!(
-        text(&output).contains("data lost: nothing"),
+        text(&output).contains("data lost: none"),
         "{}",
         text(&output)
     );

@@ -304,3 +304,50 @@ fn lab_down_cleans_up_after_a_crashed_lab_up() {
         .is_some_and(|(_, rest)| !rest.starts_with('Z'));
     assert!(!running, "the agent {agent} outlived lab down: {state}");
 }
+
+/// Pre-vote: a node cut off for many election timeouts comes back without deposing the
+/// working coordinator (openraft alone would let its risen term end the coordinator's
+/// term: over a second without one). No agent becomes coordinator after the heal.
+#[test]
+fn a_healed_node_does_not_depose_the_coordinator() {
+    let Some(lab) = NetnsLab::up(&[]) else { return };
+    let status = lab.wait_healthy("witness", SETTLE);
+    let coordinator = status["coordinator"].as_str().unwrap().to_string();
+    let victim = ["pg2", "witness"]
+        .into_iter()
+        .find(|n| *n != coordinator)
+        .unwrap();
+    let elected = |lab: &NetnsLab| -> usize {
+        ["pg1", "pg2", "witness"]
+            .iter()
+            .map(|n| {
+                lab.log(n)
+                    .matches("this agent is now the coordinator")
+                    .count()
+            })
+            .sum()
+    };
+    let before = elected(&lab);
+    run(&lab, &["lab", "partition", victim]);
+    // Many election timeouts (0.9-1.2 s each) cut off: the fault's length.
+    std::thread::sleep(Duration::from_secs(6));
+    run(&lab, &["lab", "heal"]);
+    let healed = Instant::now();
+    let status = lab.wait_healthy("witness", SETTLE);
+    // Long enough for the healed node's answer to the first heartbeats.
+    while healed.elapsed() < Duration::from_secs(3) {
+        let (status, _) = lab.cluster_status("witness").unwrap();
+        assert_eq!(
+            status["coordinator"].as_str(),
+            Some(coordinator.as_str()),
+            "the coordinator changed after the heal: {status}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert_eq!(
+        elected(&lab),
+        before,
+        "an agent was elected coordinator after {victim} was cut off and healed"
+    );
+    assert_eq!(status["generation"], 1, "{status}");
+}

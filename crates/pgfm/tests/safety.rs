@@ -369,31 +369,48 @@ fn a_standby_that_stayed_with_a_cut_off_primary_is_rewound() {
             &["lab", "partition", cut, "--from", "pg2,pg4,witness"],
         );
     }
-    lab.wait_for_primary_change("pg2", 2);
+    // The majority promotes pg2 or pg4 (the most advanced).
+    let new = wait_for(
+        "a primary of generation 2 on the majority side",
+        SETTLE,
+        || {
+            let (status, _) = lab.cluster_status("witness")?;
+            match (status["generation"].as_u64(), status["primary"].as_str()) {
+                (Some(2), Some(p)) if p == "pg2" || p == "pg4" => Ok(p.to_string()),
+                _ => Err(status.to_string()),
+            }
+        },
+    );
     let acked = writer.finish();
     run(&lab, &["lab", "heal"]);
 
-    wait_for("pg3 to stream from pg2 on timeline 2", SETTLE, || {
-        let (status, _) = lab.cluster_status("witness")?;
-        let pg3 = node(&status, "pg3");
-        if pg3["kind"] == "standby" && pg3["timeline"] == 2 && pg3["in_sync"] == true {
-            Ok(())
-        } else {
-            Err(pg3.to_string())
-        }
-    });
+    wait_for(
+        &format!("pg3 to stream from {new} on timeline 2"),
+        SETTLE,
+        || {
+            let (status, _) = lab.cluster_status("witness")?;
+            let pg3 = node(&status, "pg3");
+            if pg3["kind"] == "standby" && pg3["timeline"] == 2 && pg3["in_sync"] == true {
+                Ok(())
+            } else {
+                Err(pg3.to_string())
+            }
+        },
+    );
     let log = lab.log("pg3");
     assert!(log.contains("stopping this standby to rewind it"), "{log}");
     assert!(log.contains("rewound and streaming"), "{log}");
-    // pg3 holds exactly what the new primary holds: none of the writes pg2 never had.
-    let on_pg2 = lab.psql("pg2", "SELECT count(*) FROM bench").unwrap();
-    wait_for("pg3 to hold what pg2 holds", SETTLE, || {
-        match lab.psql("pg3", "SELECT count(*) FROM bench") {
-            Ok(n) if n == on_pg2 => Ok(()),
-            other => Err(format!("{other:?} against {on_pg2} on pg2")),
-        }
-    });
-    let status = lab.wait_primary("witness", "pg2", 2, SETTLE);
+    // pg3 holds exactly what the new primary holds: none of the writes it never had.
+    let on_new = lab.psql(&new, "SELECT count(*) FROM bench").unwrap();
+    wait_for(
+        &format!("pg3 to hold what {new} holds"),
+        SETTLE,
+        || match lab.psql("pg3", "SELECT count(*) FROM bench") {
+            Ok(n) if n == on_new => Ok(()),
+            other => Err(format!("{other:?} against {on_new} on {new}")),
+        },
+    );
+    let status = lab.wait_primary("witness", &new, 2, SETTLE);
     assert_eq!(status["generation"], 2, "exactly one promotion: {status}");
     // The history does not claim that nothing was lost.
     let history = text(&cli(&lab, &["history", "--json"]));
@@ -402,4 +419,26 @@ fn a_standby_that_stayed_with_a_cut_off_primary_is_rewound() {
         "{history}"
     );
     assert!(!acked.is_empty());
+}
+
+/// A disk that stalls on the primary's host: every fsync of its agent's Raft files takes
+/// 2 s for 10 s. Durable writes never run on the threads that time the lease, so the
+/// primary renews or fences in time: never two writers, and afterwards the cluster has a
+/// writable primary again with everything acknowledged.
+#[test]
+fn a_stalled_disk_on_the_primary_host_never_makes_two_writers() {
+    let lab = Lab::up(2);
+    lab.wait_healthy("witness", SETTLE);
+    let watch = WriteWatch::start(&lab, &["pg1", "pg2"]);
+    let writer = writer_on_pg1(&lab);
+    let stall = lab.dir.join("pg1").join("disk-stall");
+    std::fs::write(&stall, "2000").unwrap();
+    std::thread::sleep(Duration::from_secs(10)); // the fault's length, not a wait for a state
+    std::fs::remove_file(&stall).unwrap();
+    let status = lab.wait_healthy("witness", SETTLE);
+    let primary = status["primary"].as_str().expect("a primary").to_string();
+    writer.wait_more(20, "the writer to write after the stall");
+    let acked = writer.finish();
+    all_acknowledged_on(&lab, &primary, &acked);
+    assert!(watch.finish() > 0, "the watch saw no writable primary");
 }

@@ -209,12 +209,22 @@ impl Postgres {
                  immediately; nothing is handed over"
             );
         }
-        self.checkpoint_lsn().await
+        // The final position is the end of WAL only after a clean shutdown; a directory
+        // left by a crash or an immediate stop (a retried hand-over) has WAL past its last
+        // checkpoint, which a promotion resting on it would lose.
+        let (state, lsn) = self.control_data().await?;
+        if state != "shut down" {
+            bail!(
+                "PostgreSQL was not shut down cleanly (pg_controldata: {state:?}): its final \
+                 WAL position is not known; nothing is handed over"
+            );
+        }
+        Ok(lsn)
     }
 
-    /// The latest checkpoint location from `pg_controldata` (the server must be stopped for
-    /// it to be the end of WAL).
-    pub async fn checkpoint_lsn(&self) -> anyhow::Result<Lsn> {
+    /// `Database cluster state` and `Latest checkpoint location` from `pg_controldata` (the
+    /// server must be stopped for the checkpoint to be the end of WAL).
+    async fn control_data(&self) -> anyhow::Result<(String, Lsn)> {
         let s = &self.settings;
         let output = s
             .os_user
@@ -237,9 +247,15 @@ impl Postgres {
             .lines()
             .find_map(|l| l.strip_prefix("Latest checkpoint location:"))
             .context("pg_controldata printed no latest checkpoint location")?;
-        line.trim()
+        let state = text
+            .lines()
+            .find_map(|l| l.strip_prefix("Database cluster state:"))
+            .context("pg_controldata printed no cluster state")?;
+        let lsn = line
+            .trim()
             .parse::<Lsn>()
-            .map_err(|e| anyhow::anyhow!("pg_controldata: {e}"))
+            .map_err(|e| anyhow::anyhow!("pg_controldata: {e}"))?;
+        Ok((state.trim().to_string(), lsn))
     }
 
     /// Completes when a postmaster started by this process exits.

@@ -377,9 +377,11 @@ impl Verdict {
     }
 }
 
-/// Judge a failed connection attempt: the server's own answer (an error it sent, a password
-/// it asked for) means it is alive; a socket error means nothing answers; anything else
-/// happened on this side.
+/// Judge a failed attempt once the TCP connection was made: the server's own answer (an
+/// error it sent, a password it asked for) means it is alive; the connection refused or cut
+/// by the other side means nothing serves there; anything else — this side's errors, or no
+/// answer on an open connection (a postmaster that hangs, whose open sessions may still
+/// commit) — says nothing.
 fn judge(e: &tokio_postgres::Error) -> Verdict {
     if let Some(db) = e.as_db_error() {
         return Verdict::Answering(format!("it answered: {}", db.message()));
@@ -387,25 +389,53 @@ fn judge(e: &tokio_postgres::Error) -> Verdict {
     // The whole chain: tokio-postgres puts the detail ("password missing") in the source.
     let mut text = e.to_string();
     let mut cause = std::error::Error::source(e);
+    let mut io_kind = None;
     while let Some(c) = cause {
         text = format!("{text}: {c}");
+        if let Some(io) = c.downcast_ref::<std::io::Error>() {
+            io_kind = io_kind.or(Some(io.kind()));
+        }
         cause = c.source();
     }
     // tokio-postgres says so only once the server asked for a password.
     if text.contains("password missing") {
         return Verdict::Answering("it asked for a password".into());
     }
-    let mut source = std::error::Error::source(e);
-    while let Some(cause) = source {
-        if let Some(io) = cause.downcast_ref::<std::io::Error>() {
-            return Verdict::Down(io.to_string());
-        }
-        source = cause.source();
+    match io_kind {
+        Some(kind) if gone(kind) => Verdict::Down(text),
+        _ => Verdict::CannotTell(text),
     }
-    if e.is_closed() || text.contains("closed") || text.contains("unexpected EOF") {
-        return Verdict::Down(text);
+}
+
+/// Socket errors that only the other side (or the network to it) causes.
+fn gone(kind: std::io::ErrorKind) -> bool {
+    use std::io::ErrorKind::*;
+    matches!(
+        kind,
+        ConnectionRefused
+            | ConnectionReset
+            | ConnectionAborted
+            | HostUnreachable
+            | NetworkUnreachable
+            | TimedOut
+            | UnexpectedEof
+            | BrokenPipe
+    )
+}
+
+/// Whether anything accepts TCP connections at `target` (invariant 10: "down" only when the
+/// connection is refused, unreachable or not made in time; this side's errors say nothing).
+async fn tcp_verdict(target: &Target) -> Option<Verdict> {
+    let address = format!("{}:{}", target.host, target.port);
+    match tokio::time::timeout(target.timeout, tokio::net::TcpStream::connect(&address)).await {
+        Err(_) => Some(Verdict::Down(format!(
+            "no TCP connection to {address} within {:?}",
+            target.timeout
+        ))),
+        Ok(Err(e)) if gone(e.kind()) => Some(Verdict::Down(format!("{address}: {e}"))),
+        Ok(Err(e)) => Some(Verdict::CannotTell(format!("connecting to {address}: {e}"))),
+        Ok(Ok(_)) => None,
     }
-    Verdict::CannotTell(text)
 }
 
 /// Whether this agent can reach another node's PostgreSQL (the primary's, to tell a dead
@@ -430,6 +460,10 @@ impl RemoteCheck {
             self.client = None;
             self.target = Some(target.clone());
         }
+        let config = match config_for(target, "pgfm-check") {
+            Ok(config) => config,
+            Err(e) => return Verdict::CannotTell(e),
+        };
         let attempt = async {
             if let Some(client) = self.client.as_ref().filter(|c| !c.is_closed()) {
                 return match client.simple_query("SELECT 1").await {
@@ -437,10 +471,9 @@ impl RemoteCheck {
                     Err(e) => judge(&e),
                 };
             }
-            let config = match config_for(target, "pgfm-check") {
-                Ok(config) => config,
-                Err(e) => return Verdict::CannotTell(e),
-            };
+            if let Some(verdict) = tcp_verdict(target).await {
+                return verdict;
+            }
             match config.connect(NoTls).await {
                 Ok((client, connection)) => {
                     tokio::spawn(async move {
@@ -452,9 +485,17 @@ impl RemoteCheck {
                 Err(e) => judge(&e),
             }
         };
-        let verdict = tokio::time::timeout(target.timeout, attempt)
+        // The TCP connection has its own deadline (a timeout there is "down"); once it is
+        // made, no answer in time says nothing: the postmaster may hang while its open
+        // sessions commit.
+        let verdict = tokio::time::timeout(target.timeout * 2, attempt)
             .await
-            .unwrap_or_else(|_| Verdict::Down(format!("no answer within {:?}", target.timeout)));
+            .unwrap_or_else(|_| {
+                Verdict::CannotTell(format!(
+                    "connected, but no answer within {:?}",
+                    target.timeout
+                ))
+            });
         if verdict.answering() != Some(true) {
             self.client = None;
         }

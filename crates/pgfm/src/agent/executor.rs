@@ -62,30 +62,26 @@ impl Agent {
     }
 
     /// Fold a start's outcome into the count of failed starts in a row (the engine
-    /// re-clones or gives up after `start_attempts`): a start action that failed counts,
-    /// any action that left PostgreSQL started resets it.
+    /// re-clones, once, or gives up after `start_attempts`). A start counts as failed only
+    /// when the postmaster is gone (it exited during start-up): one still recovering past
+    /// `start_timeout` is no failure. The decide loop resets the count once PostgreSQL
+    /// answers.
     fn count_start(&self, action: &Action, result: &anyhow::Result<()>) {
-        let starts = matches!(
-            action,
-            Action::StartPrimary { .. }
-                | Action::StartStandby { .. }
-                | Action::Clone { .. }
-                | Action::Reclone { .. }
-                | Action::Rewind { .. }
-        );
         let mut record = lock(&self.starts);
-        match result {
-            Ok(()) if starts => *record = super::StartRecord::default(),
-            Err(e)
-                if matches!(
-                    action,
-                    Action::StartPrimary { .. } | Action::StartStandby { .. }
-                ) =>
-            {
-                record.failures += 1;
-                record.last_error = Some(format!("{e:#}"));
-            }
-            _ => {}
+        if matches!(action, Action::Reclone { .. }) {
+            record.recloned = true;
+        }
+        let start = matches!(
+            action,
+            Action::StartPrimary { .. } | Action::StartStandby { .. }
+        );
+        let exited = self
+            .postgres
+            .as_ref()
+            .is_some_and(|pg| pg.running_pid().is_none());
+        if let (true, true, Err(e)) = (start, exited, result) {
+            record.failures += 1;
+            record.last_error = Some(format!("{e:#}"));
         }
     }
 

@@ -45,12 +45,14 @@ impl Agent {
             let writable = pg.writable();
             let steps = primary_step(now, is_primary, writable, &held, &settings);
             // The host watchdog, inline (quick syscalls): armed before the renewal it guards,
-            // fed while the lease is valid (invariant 10).
+            // fed until the fence deadline — the lease's, or after a restart the one assumed
+            // from the agent's start (invariant 10).
+            let now = self.now_ms();
             let may_renew = lock(&self.watchdog).tick(
                 generation,
                 is_primary,
                 writable,
-                held.valid(now, &settings),
+                now < held.fence_at_ms(&settings),
                 steps.contains(&LeaseStep::Renew),
                 now,
             );

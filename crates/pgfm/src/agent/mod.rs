@@ -59,6 +59,8 @@ struct RenewalSeen {
 struct StartRecord {
     failures: u32,
     last_error: Option<String>,
+    /// A re-clone was tried during this streak.
+    recloned: bool,
 }
 
 pub struct Agent {
@@ -453,7 +455,14 @@ impl Agent {
                 .clone()
                 .filter(|(g, _)| *g == generation)
                 .map(|(_, e)| e);
-            let starts = lock(&self.starts).clone();
+            let starts = {
+                let mut starts = lock(&self.starts);
+                // PostgreSQL answered: whatever failed before, it runs now.
+                if report.db_up {
+                    *starts = StartRecord::default();
+                }
+                starts.clone()
+            };
             let local = LocalView {
                 name: me.name.clone(),
                 kind: me.kind,
@@ -471,6 +480,7 @@ impl Agent {
                 rewind_failed,
                 start_failures: starts.failures,
                 start_error: starts.last_error,
+                start_recloned: starts.recloned,
             };
             let actions = pgfm_core::decide::reconcile(&view, &local, now);
             self.execute_all(&view, executor::Part::Local, actions)
@@ -917,9 +927,12 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         }
     }
     let _ = stop_tx.send(true);
-    let _ = tokio::join!(probe, decide, coordinate, renewals, lease);
-    // PostgreSQL keeps running: a graceful stop must not reset the host.
+    // PostgreSQL keeps running: a graceful stop must not reset the host, however long the
+    // other loops take to end their current action. The lease loop, the only feeder, ends
+    // first.
+    let _ = lease.await;
     lock(&agent.watchdog).stop(agent.raft.state().generation);
+    let _ = tokio::join!(probe, decide, coordinate, renewals);
     // Clients must not keep writing to a primary no agent watches over.
     agent
         .release_vip(agent.raft.state().generation, "the agent is stopping")

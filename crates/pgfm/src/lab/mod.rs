@@ -756,6 +756,9 @@ fn spawn_agent(
         .stdin(Stdio::null())
         .stdout(log.try_clone()?)
         .stderr(log)
+        // The lab's stalled-disk fault: milliseconds written to DIR/<node>/disk-stall
+        // delay every fsync of the agent's Raft files (see coord's durable.rs).
+        .env("PGFM_LAB_DISK_STALL", node_dir.join("disk-stall"))
         .process_group(0);
     if let Some(ns) = netns {
         let handle = pgfm_net::netns::Handle::open(&netns::namespace(&ns.prefix, &node.name))?;
