@@ -442,3 +442,129 @@ fn a_stalled_disk_on_the_primary_host_never_makes_two_writers() {
     all_acknowledged_on(&lab, &primary, &acked);
     assert!(watch.finish() > 0, "the watch saw no writable primary");
 }
+
+/// The pid of a running `pg_basebackup` writing into `data_dir`, if any.
+fn basebackup_into(data_dir: &std::path::Path) -> Option<i32> {
+    let wanted = data_dir.to_string_lossy().to_string();
+    std::fs::read_dir("/proc")
+        .ok()?
+        .flatten()
+        .find_map(|entry| {
+            let pid: i32 = entry.file_name().to_str()?.parse().ok()?;
+            let cmdline = std::fs::read(entry.path().join("cmdline")).ok()?;
+            let args: Vec<String> = cmdline
+                .split(|b| *b == 0)
+                .map(|a| String::from_utf8_lossy(a).to_string())
+                .collect();
+            let ours =
+                args.first()?.ends_with("pg_basebackup") && args.iter().any(|a| *a == wanted);
+            ours.then_some(pid)
+        })
+}
+
+/// Invariant 9: the coordinator's decisions never wait for its own node's long actions.
+/// The coordinator is a standby; its database is lost and it clones afresh, its
+/// pg_basebackup hanging (SIGSTOP). Then the primary's host dies: the coordinator still
+/// fails over in seconds while its own clone is stuck. Released, the clone fails (its
+/// source is gone) and the node clones from the new primary.
+#[test]
+fn a_coordinator_busy_cloning_still_fails_over() {
+    use nix::sys::signal::Signal::{SIGCONT, SIGSTOP};
+    // Without a watchdog: agents are restarted below to move the coordinator.
+    let lab = Lab::up_with(3, &["watchdog.mode=\"off\""]);
+    lab.wait_healthy("witness", SETTLE);
+    committed_rows(&lab, "pg1", "pg2", 100);
+
+    // The coordinator must be a standby: restart whichever other agent leads.
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let coordinator = loop {
+        let coordinator = wait_for("a coordinator", SETTLE, || {
+            let (status, _) = lab.cluster_status("witness")?;
+            status["coordinator"]
+                .as_str()
+                .map(str::to_string)
+                .ok_or_else(|| status.to_string())
+        });
+        if coordinator == "pg2" || coordinator == "pg3" {
+            break coordinator;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no standby became the coordinator"
+        );
+        // Another is elected while it is away (restarted at once, a leader resumes).
+        run(&lab, &["lab", "kill", &coordinator, "--agent-only"]);
+        let observer = if coordinator == "pg1" { "pg2" } else { "pg1" };
+        wait_for("another coordinator", SETTLE, || {
+            let (status, _) = lab.cluster_status(observer)?;
+            match status["coordinator"].as_str() {
+                Some(c) if c != coordinator => Ok(()),
+                other => Err(format!("{other:?}")),
+            }
+        });
+        run(&lab, &["lab", "start", &coordinator]);
+        lab.wait_healthy("witness", SETTLE);
+    };
+    let survivor = if coordinator == "pg2" { "pg3" } else { "pg2" };
+
+    // Its database is lost: the agent clones afresh, and the clone hangs.
+    let data = lab.dir.join(&coordinator).join("data");
+    let basebackup = wait_for(&format!("{coordinator}'s pg_basebackup"), SETTLE, || {
+        if let Some(pid) = basebackup_into(&data) {
+            return Ok(pid);
+        }
+        let _ = lab.run(&["lab", "kill", &coordinator, "--postgres-only"]);
+        if data.join("PG_VERSION").exists() {
+            std::fs::remove_dir_all(&data).map_err(|e| e.to_string())?;
+        }
+        Err("not cloning yet".to_string())
+    });
+    let basebackup = nix::unistd::Pid::from_raw(basebackup);
+    nix::sys::signal::kill(basebackup, SIGSTOP).unwrap();
+    let (status, _) = lab.cluster_status("witness").unwrap();
+    assert_eq!(
+        status["coordinator"].as_str(),
+        Some(coordinator.as_str()),
+        "{status}"
+    );
+
+    run(&lab, &["lab", "kill", "pg1"]);
+    let killed = Instant::now();
+    let status = wait_for("a new primary", SETTLE, || {
+        let (status, _) = lab.cluster_status("witness")?;
+        match (status["generation"].as_u64(), status["primary"].as_str()) {
+            (Some(2), Some(p)) if p == survivor => Ok(status),
+            _ => Err(status.to_string()),
+        }
+    });
+    let took = killed.elapsed();
+    assert!(
+        basebackup_into(&data).is_some(),
+        "the clone ended before the failover: the test proves nothing"
+    );
+    assert!(
+        lab.log(&coordinator)
+            .contains("committed generation=2 command=Promote"),
+        "{coordinator} (the coordinator) did not commit the promotion: {status}"
+    );
+    assert!(took < Duration::from_secs(30), "the failover took {took:?}");
+
+    nix::sys::signal::kill(basebackup, SIGCONT).unwrap();
+    wait_for(
+        &format!("{coordinator} to stream from {survivor}"),
+        SETTLE,
+        || {
+            let (status, _) = lab.cluster_status("witness")?;
+            let n = node(&status, &coordinator);
+            if n["kind"] == "standby" && n["in_sync"] == true {
+                Ok(())
+            } else {
+                Err(n.to_string())
+            }
+        },
+    );
+    assert_eq!(
+        lab.psql(&coordinator, "SELECT count(*) FROM kept").unwrap(),
+        "100"
+    );
+}
