@@ -456,8 +456,7 @@ fn basebackup_into(data_dir: &std::path::Path) -> Option<i32> {
                 .split(|b| *b == 0)
                 .map(|a| String::from_utf8_lossy(a).to_string())
                 .collect();
-            let ours =
-                args.first()?.ends_with("pg_basebackup") && args.iter().any(|a| *a == wanted);
+            let ours = args.first()?.ends_with("pg_basebackup") && args.contains(&wanted);
             ours.then_some(pid)
         })
 }
