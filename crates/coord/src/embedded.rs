@@ -334,6 +334,15 @@ async fn election_gate(inner: std::sync::Weak<Inner>) {
         // A peer that answers late on a loaded machine must still count: as long as the
         // shortest election timeout, the gate then opens within it of a coordinator's death.
         let patience = raft.inner.settings.election_timeout_min;
+        // While it leads or hears from a coordinator, openraft's own timer keeps it from
+        // campaigning anyway: no pings then (they would be most of an idle agent's CPU).
+        // The gate decides again within a heartbeat of the coordinator going quiet, well
+        // before that timer can fire.
+        if raft.leader_recent() {
+            drop(raft);
+            tokio::time::sleep(heartbeat).await;
+            continue;
+        }
         let voters: Vec<(u64, RaftNode)> = {
             let metrics = raft.inner.raft.metrics();
             let metrics = metrics.borrow();
