@@ -305,21 +305,7 @@ fn promote(config: &std::path::Path, to: Option<String>, force: bool) -> anyhow:
 /// `pgfm switchover --cancel`.
 fn cancel_switchover(config: &std::path::Path) -> anyhow::Result<ExitCode> {
     let client = local_agent(config)?;
-    match runtime()?.block_on(client.cancel_switchover()) {
-        Ok(m) => {
-            println!("{}", m.message);
-            Ok(ExitCode::SUCCESS)
-        }
-        Err(pgfm_api::ApiError::Failed {
-            status: 409,
-            message,
-            ..
-        }) => {
-            eprintln!("pgfm: cancel refused: {message}");
-            Ok(ExitCode::from(1))
-        }
-        Err(e) => Err(e.into()),
-    }
+    refusable(runtime()?.block_on(client.cancel_switchover()))
 }
 
 /// `pgfm switchover`: ask, then follow the cluster until the old primary streams from the

@@ -42,6 +42,32 @@ fn committed_rows(lab: &Lab, primary: &str, standby: &str, n: u32) {
     });
 }
 
+/// Wait until `standby` streams in sync on `timeline`, as the witness sees it.
+fn streams_on(lab: &Lab, standby: &str, timeline: u64) {
+    wait_for(
+        &format!("{standby} to stream on timeline {timeline}"),
+        SETTLE,
+        || {
+            let (status, _) = lab.cluster_status("witness")?;
+            let n = node(&status, standby);
+            if n["kind"] == "standby" && n["timeline"] == timeline && n["in_sync"] == true {
+                Ok(())
+            } else {
+                Err(n.to_string())
+            }
+        },
+    );
+}
+
+/// `node`'s lab watchdog reset its host.
+fn watchdog_fired(lab: &Lab, node: &str) {
+    let log = std::fs::read_to_string(lab.dir.join(node).join("watchdog.log")).unwrap_or_default();
+    assert!(
+        log.contains("FIRED"),
+        "{node}'s watchdog did not fire: {log}"
+    );
+}
+
 fn wait_in_sync(lab: &Lab, standby: &str) {
     wait_for(&format!("{standby} to stream in sync"), SETTLE, || {
         let (status, _) = lab.cluster_status("witness")?;
@@ -202,15 +228,7 @@ fn a_former_primary_whose_rewind_fails_is_recloned() {
 
     run(&lab, &["lab", "start", "pg1"]);
     let status = lab.wait_primary("witness", "pg2", 2, SETTLE);
-    wait_for("pg1 to stream from pg2 on timeline 2", SETTLE, || {
-        let (status, _) = lab.cluster_status("witness")?;
-        let old = node(&status, "pg1");
-        if old["kind"] == "standby" && old["timeline"] == 2 && old["in_sync"] == true {
-            Ok(())
-        } else {
-            Err(old.to_string())
-        }
-    });
+    streams_on(&lab, "pg1", 2);
     wait_for("row 101 on pg1", SETTLE, || {
         match lab.psql("pg1", "SELECT count(*) FROM kept")?.as_str() {
             "101" => Ok(()),
@@ -284,23 +302,10 @@ fn a_frozen_primary_host_is_reset_by_its_watchdog_before_the_failover() {
     let acked = writer.finish();
     all_acknowledged_on(&lab, "pg2", &acked);
     assert!(watch.finish() > 0, "the watch saw no writable primary");
-    let fired =
-        std::fs::read_to_string(lab.dir.join("pg1").join("watchdog.log")).unwrap_or_default();
-    assert!(
-        fired.contains("FIRED"),
-        "pg1's watchdog did not fire: {fired}"
-    );
+    watchdog_fired(&lab, "pg1");
 
     run(&lab, &["lab", "start", "pg1"]);
-    wait_for("pg1 to stream from pg2", SETTLE, || {
-        let (status, _) = lab.cluster_status("witness")?;
-        let old = node(&status, "pg1");
-        if old["kind"] == "standby" && old["timeline"] == 2 && old["in_sync"] == true {
-            Ok(())
-        } else {
-            Err(old.to_string())
-        }
-    });
+    streams_on(&lab, "pg1", 2);
 }
 
 /// Case 4. The primary's agent dies, then its postmaster stops taking new sessions
@@ -329,13 +334,7 @@ fn a_primary_whose_agent_died_is_reset_by_its_watchdog_before_the_failover() {
     let acked = writer.finish();
     all_acknowledged_on(&lab, "pg2", &acked);
     assert!(watch.finish() > 0, "the watch saw no writable primary");
-    let fired =
-        std::fs::read_to_string(lab.dir.join("pg1").join("watchdog.log")).unwrap_or_default();
-    assert!(
-        fired.contains("FIRED"),
-        "pg1's watchdog did not fire: {fired}"
-    );
-    // The reason names who judged pg1's database down, and how.
+    watchdog_fired(&lab, "pg1");
     // The reason names who judged pg1's database down, and how: the witness too, without
     // credentials (the server's request for a password is an answer; a refused
     // connection is "down").
