@@ -202,7 +202,12 @@ pub enum Action {
     },
     /// Switchover: stop the local primary cleanly, mark it a standby, and commit the
     /// hand-over with its final WAL position (which releases the lease).
-    HandOver { to: String, generation: Generation },
+    HandOver {
+        to: String,
+        generation: Generation,
+        /// The switchover it ends (`Switchover::seq`).
+        seq: u64,
+    },
     /// Drop the replication slots of departed nodes on the local primary.
     DropSlots {
         slots: Vec<String>,
@@ -973,6 +978,7 @@ fn reconcile_primary(cluster: &ClusterView, local: &LocalView, now_ms: u64) -> V
         return vec![Action::HandOver {
             to: sw.to.clone(),
             generation,
+            seq: sw.seq,
         }];
     }
     if local.db_running {
@@ -1341,6 +1347,7 @@ mod tests {
             force: false,
             generation: Generation(1),
             final_lsn: None,
+            seq: 1,
         }
     }
 
@@ -1428,7 +1435,9 @@ mod tests {
                     upstream,
                     generation,
                 } => format!("reclone from {upstream} g{generation}"),
-                Action::HandOver { to, generation } => format!("hand over to {to} g{generation}"),
+                Action::HandOver { to, generation, .. } => {
+                    format!("hand over to {to} g{generation}")
+                }
                 Action::EnsureSlots { slots, generation } => {
                     format!("slots {} g{generation}", slots.join(","))
                 }
@@ -2428,7 +2437,7 @@ mod tests {
                 let seen = if up { Running(role) } else { Stopped(Writable) };
                 let mut v = view(primary.map(|p| names[p]), &[(names[me], seen), (names[1 - me], Running(DbRole::Standby)), ("witness", Stopped(Empty))]);
                 if handing_over {
-                    v.state.switchover = Some(Switchover { from: names[me].into(), to: names[1 - me].into(), force: false, generation: v.state.generation, final_lsn: None });
+                    v.state.switchover = Some(Switchover { seq: 1, from: names[me].into(), to: names[1 - me].into(), force: false, generation: v.state.generation, final_lsn: None });
                 }
                 v.reports.get_mut(names[me]).unwrap().report.vip = Some(crate::model::VipReport { address: "10.0.0.100/24".into(), held });
                 let mut local = local(&v, names[me], false);

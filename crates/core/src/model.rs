@@ -76,6 +76,10 @@ pub enum Command {
         node: String,
         generation: Generation,
         final_lsn: Lsn,
+        /// The switchover it ends (`Switchover::seq`): a hand-over delayed past a rollback
+        /// must never end a later switchover of the same primary, whose WAL has moved on.
+        #[serde(default)]
+        seq: u64,
     },
     /// The switchover cannot complete (its target went away, it ran past
     /// `switchover_timeout`, or an operator cancelled it): the old primary, which holds every
@@ -260,6 +264,9 @@ pub struct Switchover {
     pub generation: Generation,
     /// Where `from` stopped (its shutdown checkpoint), once it has.
     pub final_lsn: Option<Lsn>,
+    /// Which switchover of the cluster this is (`ClusterState::switchover_seq`).
+    #[serde(default)]
+    pub seq: u64,
 }
 
 /// The committed cluster state: what the cluster intends. Only changed by applying
@@ -285,6 +292,9 @@ pub struct ClusterState {
     /// Switchovers rolled back or cancelled, oldest first.
     #[serde(default)]
     pub cancelled_switchovers: Vec<CancelledSwitchover>,
+    /// How many switchovers were requested: each one's `seq`.
+    #[serde(default)]
+    pub switchover_seq: u64,
     /// An operator's promotion waiting for the old primary's lease to expire.
     #[serde(default)]
     pub promotion_request: Option<PromotionRequest>,
@@ -519,12 +529,14 @@ impl ClusterState {
                     Some(_) => {}
                     None => return Err(CommandError::NotADataNode(to.clone())),
                 }
+                self.switchover_seq += 1;
                 self.switchover = Some(Switchover {
                     from: from.clone(),
                     to: to.clone(),
                     force: *force,
                     generation: *generation,
                     final_lsn: None,
+                    seq: self.switchover_seq,
                 });
                 Ok(())
             }
@@ -612,11 +624,11 @@ impl ClusterState {
                 node,
                 generation,
                 final_lsn,
+                seq,
             } => {
-                let under_way = self
-                    .switchover
-                    .as_ref()
-                    .is_some_and(|s| s.from == *node && s.generation == *generation);
+                let under_way = self.switchover.as_ref().is_some_and(|s| {
+                    s.from == *node && s.generation == *generation && s.seq == *seq
+                });
                 if !under_way || self.lease_released || self.generation != *generation {
                     return Err(CommandError::NoSwitchover(*generation));
                 }
@@ -1119,6 +1131,7 @@ mod tests {
             node: "pg1".into(),
             generation: Generation(1),
             final_lsn: Lsn(100),
+            seq: 1,
         };
         let promote = Command::Promote {
             node: "pg2".into(),
@@ -1171,6 +1184,21 @@ mod tests {
                 generation: Generation(1)
             })
             .is_err());
+        // A hand-over of the rolled-back switchover, delayed in the network, never ends the
+        // next one (the primary has written past its final position since).
+        state
+            .apply(&Command::RequestSwitchover {
+                from: "pg1".into(),
+                to: "pg2".into(),
+                generation: Generation(1),
+                force: false,
+            })
+            .unwrap();
+        assert_eq!(
+            state.apply(&handover),
+            Err(CommandError::NoSwitchover(Generation(1)))
+        );
+        assert!(!state.lease_released);
     }
 
     /// A promotion judged on an expired lease is refused once a renewal was applied after

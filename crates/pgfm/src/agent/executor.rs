@@ -320,7 +320,11 @@ impl Agent {
                     .store(false, std::sync::atomic::Ordering::SeqCst);
                 tracing::info!(%generation, %upstream, ms = started.elapsed().as_millis() as u64, "rewound and streaming");
             }
-            Action::HandOver { to, generation } => {
+            Action::HandOver {
+                to,
+                generation,
+                seq,
+            } => {
                 tracing::warn!(%generation, %to, "switchover: stopping PostgreSQL cleanly to hand over");
                 set_activity(Some(format!("switchover: handing over to {to}")));
                 self.release_vip(*generation, "switchover").await;
@@ -334,6 +338,7 @@ impl Agent {
                     node: self.config.name.clone(),
                     generation: *generation,
                     final_lsn,
+                    seq: *seq,
                 };
                 match pgfm_coord::Coordinator::propose(&self.raft, command).await {
                     Ok(Ok(())) => {
