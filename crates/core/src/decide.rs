@@ -207,6 +207,8 @@ pub enum Action {
         generation: Generation,
         /// The switchover it ends (`Switchover::seq`).
         seq: u64,
+        /// `pgfm promote --force`: hand over even when the clean shutdown does not finish.
+        force: bool,
     },
     /// Drop the replication slots of departed nodes on the local primary.
     DropSlots {
@@ -851,6 +853,9 @@ fn failover(cluster: &ClusterView, primary: &str, now_ms: u64) -> Vec<Action> {
 fn switchover(cluster: &ClusterView, sw: &Switchover, now_ms: u64) -> Vec<Action> {
     let state = &cluster.state;
     let timeout = cluster.settings.switchover_timeout_ms;
+    // A forced hand-over may wait out a whole clean shutdown before it stops immediately:
+    // it gets twice as long.
+    let timeout = if sw.force { 2 * timeout } else { timeout };
     let overdue = cluster
         .switchover_step_ms
         .is_some_and(|at| now_ms >= at + timeout);
@@ -891,13 +896,20 @@ fn switchover(cluster: &ClusterView, sw: &Switchover, now_ms: u64) -> Vec<Action
                 node: sw.to.clone(),
                 generation: state.generation.next(),
                 from: Some(sw.from.clone()),
-                reason: if sw.force {
+                reason: if sw.unclean {
+                    format!(
+                        "pgfm promote --force: {} could not stop cleanly; {} promoted with what \
+                         it had received",
+                        sw.from, sw.to
+                    )
+                } else if sw.force {
                     format!("pgfm promote --force: {} handed over to {}", sw.from, sw.to)
                 } else {
                     format!("switchover from {} to {}", sw.from, sw.to)
                 },
                 lsn: r.replayed_lsn,
-                lost_bytes: Some(lost),
+                // After an unclean stop the old primary's end of WAL is not known.
+                lost_bytes: (!sw.unclean).then_some(lost),
                 at_unix_ms: cluster.wall_clock_ms,
                 lease_renewals: None,
                 handover: Some(final_lsn),
@@ -979,6 +991,7 @@ fn reconcile_primary(cluster: &ClusterView, local: &LocalView, now_ms: u64) -> V
             to: sw.to.clone(),
             generation,
             seq: sw.seq,
+            force: sw.force,
         }];
     }
     if local.db_running {
@@ -1348,6 +1361,7 @@ mod tests {
             generation: Generation(1),
             final_lsn: None,
             seq: 1,
+            unclean: false,
         }
     }
 
@@ -1878,6 +1892,17 @@ mod tests {
         // pgfm promote --force: the target is promoted, the final record lost.
         v.state.switchover.as_mut().unwrap().force = true;
         check_coordinator(&v, 6_000, &["promote pg2 g2 from pg1 losing 0"]);
+        // Forced through an unclean stop: what was lost is not known, and the history says so.
+        v.state.switchover.as_mut().unwrap().unclean = true;
+        let promoted = coordinate(&v, 6_000);
+        assert!(
+            matches!(
+                promoted.as_slice(),
+                [Action::Propose(Command::Promote { lost_bytes: None, handover: Some(_), reason, .. })]
+                    if reason.contains("pg1 could not stop cleanly")
+            ),
+            "{promoted:?}"
+        );
     }
 
     /// Issue 11, case 5: a standby that stayed with a cut-off primary holds WAL past the point
@@ -2437,7 +2462,7 @@ mod tests {
                 let seen = if up { Running(role) } else { Stopped(Writable) };
                 let mut v = view(primary.map(|p| names[p]), &[(names[me], seen), (names[1 - me], Running(DbRole::Standby)), ("witness", Stopped(Empty))]);
                 if handing_over {
-                    v.state.switchover = Some(Switchover { seq: 1, from: names[me].into(), to: names[1 - me].into(), force: false, generation: v.state.generation, final_lsn: None });
+                    v.state.switchover = Some(Switchover { seq: 1, unclean: false, from: names[me].into(), to: names[1 - me].into(), force: false, generation: v.state.generation, final_lsn: None });
                 }
                 v.reports.get_mut(names[me]).unwrap().report.vip = Some(crate::model::VipReport { address: "10.0.0.100/24".into(), held });
                 let mut local = local(&v, names[me], false);

@@ -80,6 +80,10 @@ pub enum Command {
         /// must never end a later switchover of the same primary, whose WAL has moved on.
         #[serde(default)]
         seq: u64,
+        /// A forced switchover whose primary could not stop cleanly: `final_lsn` is only
+        /// its last checkpoint, what came after it may be lost.
+        #[serde(default)]
+        unclean: bool,
     },
     /// The switchover cannot complete (its target went away, it ran past
     /// `switchover_timeout`, or an operator cancelled it): the old primary, which holds every
@@ -267,6 +271,9 @@ pub struct Switchover {
     /// Which switchover of the cluster this is (`ClusterState::switchover_seq`).
     #[serde(default)]
     pub seq: u64,
+    /// Forced, its primary could not stop cleanly (see `Command::HandOver`).
+    #[serde(default)]
+    pub unclean: bool,
 }
 
 /// The committed cluster state: what the cluster intends. Only changed by applying
@@ -537,6 +544,7 @@ impl ClusterState {
                     generation: *generation,
                     final_lsn: None,
                     seq: self.switchover_seq,
+                    unclean: false,
                 });
                 Ok(())
             }
@@ -625,6 +633,7 @@ impl ClusterState {
                 generation,
                 final_lsn,
                 seq,
+                unclean,
             } => {
                 let under_way = self.switchover.as_ref().is_some_and(|s| {
                     s.from == *node && s.generation == *generation && s.seq == *seq
@@ -635,6 +644,7 @@ impl ClusterState {
                 self.lease_released = true;
                 if let Some(s) = self.switchover.as_mut() {
                     s.final_lsn = Some(*final_lsn);
+                    s.unclean = *unclean;
                 }
                 Ok(())
             }
@@ -1132,6 +1142,7 @@ mod tests {
             generation: Generation(1),
             final_lsn: Lsn(100),
             seq: 1,
+            unclean: false,
         };
         let promote = Command::Promote {
             node: "pg2".into(),

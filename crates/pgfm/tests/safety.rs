@@ -196,6 +196,56 @@ fn a_switchover_whose_target_hangs_is_rolled_back_in_time() {
         .psql("pg2", "SELECT count(*) FROM kept WHERE id > 0")
         .unwrap();
     assert_eq!(kept, "100");
+
+    // `pgfm promote --force` finishes a switchover that cannot end: pg2's clean shutdown
+    // waits for pg1's hung receiver, is cut short (its shutdown checkpoint, the end of WAL,
+    // is written), pg2 hands over, and pg1 is promoted without that last record; pg2
+    // streams from it.
+    wait_in_sync(&lab, "pg1");
+    let receiver = signal_receiver(&lab, "pg1", SIGSTOP);
+    let waiting = switchover_in_background(&lab, &["--to", "pg1"]);
+    wait_for("the switchover to pg1 to be under way", SETTLE, || {
+        let (status, _) = lab.cluster_status("witness")?;
+        let problems = status["problems"].to_string();
+        if problems.contains("switchover") {
+            Ok(())
+        } else {
+            Err(problems)
+        }
+    });
+    // In the background: it returns once pg1 is promoted, which needs its receiver back.
+    let forced = {
+        let mut command = common::pgfm();
+        command
+            .args(["promote", "--to", "pg1", "--force", "-c"])
+            .arg(lab.config("witness"));
+        std::thread::spawn(move || command.output().expect("running pgfm promote"))
+    };
+    wait_for("pg2 to hand over", SETTLE, || {
+        if lab.log("pg2").contains("handed over") {
+            Ok(())
+        } else {
+            Err("not yet".to_string())
+        }
+    });
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(receiver), SIGCONT).unwrap();
+    let forced = forced.join().unwrap();
+    let forced_text = text(&forced);
+    assert!(forced.status.success(), "{forced_text}");
+    let ended = waiting.join().unwrap();
+    assert!(ended.status.success(), "{}", text(&ended));
+    let status = lab.wait_primary("witness", "pg1", 3, SETTLE);
+    assert_eq!(node(&status, "pg2")["kind"], "standby", "{status}");
+    let history = text(&cli(&lab, &["history"]));
+    assert!(
+        history.contains("pgfm promote --force: pg2 handed over to pg1"),
+        "{history}"
+    );
+    assert_eq!(
+        lab.psql("pg1", "SELECT count(*) FROM kept WHERE id > 0")
+            .unwrap(),
+        "100"
+    );
     assert!(watch.finish() > 0, "the watch saw no writable primary");
 }
 

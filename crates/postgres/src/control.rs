@@ -72,6 +72,14 @@ fn conninfo_value(value: &str) -> String {
     }
 }
 
+/// How a switchover's stop went (`Postgres::stop_for_handover`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HandOverStop {
+    /// The end of WAL after a clean shutdown; the last checkpoint otherwise.
+    pub final_lsn: Lsn,
+    pub clean: bool,
+}
+
 impl Postgres {
     pub fn new(settings: PostgresSettings) -> Postgres {
         Postgres {
@@ -189,10 +197,18 @@ impl Postgres {
     /// written and streamed to the standbys), mark the directory a standby, and return
     /// where the WAL ends (the shutdown checkpoint's location). A clean shutdown waits for
     /// the walsenders to pass the final WAL on: a standby that does not answer would hold
-    /// it up for `wal_sender_timeout`, so after `limit` it is stopped at once instead and
-    /// the hand-over fails (invariant 9: the switchover is then rolled back; its WAL end is
-    /// not known after an immediate stop).
-    pub async fn stop_for_handover(&self, limit: Duration) -> anyhow::Result<Lsn> {
+    /// it up for `wal_sender_timeout`, so after `limit` it is stopped at once instead
+    /// (invariant 9). The end of WAL is known whenever the shutdown checkpoint was written
+    /// (`pg_controldata` says "shut down"; the target may still lack it, and the
+    /// coordinator then rolls back); otherwise nothing is handed over — unless `force`
+    /// (`pgfm promote --force`): then the directory is marked for a rewind (it may hold WAL
+    /// the target never gets) and the stop reported unclean, its last checkpoint standing
+    /// in for the unknown end.
+    pub async fn stop_for_handover(
+        &self,
+        limit: Duration,
+        force: bool,
+    ) -> anyhow::Result<HandOverStop> {
         let s = &self.settings;
         let clean = self.stop_within("fast", limit).await;
         if clean.is_err() {
@@ -203,23 +219,38 @@ impl Postgres {
         s.os_user
             .write_file(&s.data_dir.join("standby.signal"), "", 0o600)
             .context("writing standby.signal")?;
-        if let Err(clean) = clean {
-            bail!(
-                "the clean shutdown did not finish within {limit:?} ({clean:#}): stopped \
-                 immediately; nothing is handed over"
-            );
-        }
         // The final position is the end of WAL only after a clean shutdown; a directory
         // left by a crash or an immediate stop (a retried hand-over) has WAL past its last
         // checkpoint, which a promotion resting on it would lose.
-        let (state, lsn) = self.control_data().await?;
-        if state != "shut down" {
-            bail!(
-                "PostgreSQL was not shut down cleanly (pg_controldata: {state:?}): its final \
-                 WAL position is not known; nothing is handed over"
+        if let Err(e) = &clean {
+            // Typically the walsenders wait for a standby that does not answer, after the
+            // shutdown checkpoint was written: the end of WAL is still known (below).
+            tracing::warn!(
+                "the clean shutdown did not finish within {limit:?} ({e:#}): stopped immediately"
             );
         }
-        Ok(lsn)
+        let (state, final_lsn) = self.control_data().await?;
+        let why = (state != "shut down").then(|| {
+            format!(
+                "PostgreSQL was not shut down cleanly (pg_controldata: {state:?}): its final WAL \
+                 position is not known"
+            )
+        });
+        match why {
+            None => Ok(HandOverStop {
+                final_lsn,
+                clean: true,
+            }),
+            Some(why) if force => {
+                self.mark_for_rewind()?;
+                tracing::warn!("{why}; handing over anyway (pgfm promote --force)");
+                Ok(HandOverStop {
+                    final_lsn,
+                    clean: false,
+                })
+            }
+            Some(why) => bail!("{why}; nothing is handed over"),
+        }
     }
 
     /// `Database cluster state` and `Latest checkpoint location` from `pg_controldata` (the

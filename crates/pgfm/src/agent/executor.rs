@@ -324,21 +324,24 @@ impl Agent {
                 to,
                 generation,
                 seq,
+                force,
             } => {
                 tracing::warn!(%generation, %to, "switchover: stopping PostgreSQL cleanly to hand over");
                 set_activity(Some(format!("switchover: handing over to {to}")));
                 self.release_vip(*generation, "switchover").await;
                 lock(&self.db).expect_down = true;
                 let stopped = pg
-                    .stop_for_handover(self.config.failover.switchover_timeout)
+                    .stop_for_handover(self.config.failover.switchover_timeout, *force)
                     .await;
                 set_activity(None);
-                let final_lsn = stopped?;
+                let stop = stopped?;
+                let final_lsn = stop.final_lsn;
                 let command = Command::HandOver {
                     node: self.config.name.clone(),
                     generation: *generation,
                     final_lsn,
                     seq: *seq,
+                    unclean: !stop.clean,
                 };
                 match pgfm_coord::Coordinator::propose(&self.raft, command).await {
                     Ok(Ok(())) => {
