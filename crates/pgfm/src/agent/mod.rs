@@ -166,15 +166,26 @@ impl Agent {
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_millis() as u64)
             .unwrap_or_default();
+        let state = self.raft.state();
+        // Invariant 3: the lease clock must belong to the state it is judged with. The
+        // renewal watch may not have taken the latest applied change into account yet (a
+        // promotion this agent just committed): then that change was applied just now, and
+        // the lease it starts is counted from now — never from the previous generation's
+        // last renewal, which would expire the new primary's lease at once.
+        let now = self.now_ms();
         let (last_renewal_seen_ms, switchover_step_ms) = {
             let seen = lock(&self.renewal_seen);
-            (
-                seen.at_ms,
-                seen.switchover.as_ref().map(|_| seen.switchover_at_ms),
-            )
+            let lease = (state.generation, state.lease_renewals, state.lease_released);
+            let renewal = if seen.lease == lease { seen.at_ms } else { now };
+            let step = if seen.switchover == state.switchover {
+                seen.switchover_at_ms
+            } else {
+                now
+            };
+            (renewal, state.switchover.as_ref().map(|_| step))
         };
         ClusterView {
-            state: self.raft.state(),
+            state,
             voters: self.raft.voters().into_iter().map(|(n, _)| n).collect(),
             reports: lock(&self.reports).clone(),
             settings: self.settings(),
