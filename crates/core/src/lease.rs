@@ -169,6 +169,24 @@ pub fn primary_step(
     steps
 }
 
+/// What the coordinator's lease clock counts from, for the state it judges: when the lease
+/// (generation, renewals, released) it last timed is the state's, the moment it timed it;
+/// otherwise the state holds a change not timed yet (applied a moment ago, a promotion this
+/// agent just committed): now. Never the previous generation's last renewal, which would
+/// expire a new primary's lease at once (invariant 3).
+pub fn renewal_clock(
+    timed: (crate::types::Generation, u64, bool),
+    timed_at_ms: u64,
+    state: (crate::types::Generation, u64, bool),
+    now_ms: u64,
+) -> u64 {
+    if timed == state {
+        timed_at_ms
+    } else {
+        now_ms
+    }
+}
+
 /// The coordinator side: when the primary's lease has surely expired on this clock.
 /// `last_renewal_seen_ms`: when this agent applied the latest renewal, release or promotion
 /// (None: at its start, 0). Applied is after sent, so this is never before the primary's
@@ -181,6 +199,20 @@ pub fn expired_at_ms(last_renewal_seen_ms: Option<u64>, s: &LeaseSettings) -> u6
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    /// A promotion the coordinator has applied but not timed yet restarts the lease clock
+    /// now (found by CI: a second promotion 44 ms after the first, judged on the old
+    /// generation's last renewal).
+    #[test]
+    fn the_lease_clock_belongs_to_the_state_it_judges() {
+        use crate::types::Generation;
+        let timed = (Generation(1), 7, false);
+        assert_eq!(renewal_clock(timed, 1_000, timed, 9_000), 1_000);
+        let promoted = (Generation(2), 0, false);
+        assert_eq!(renewal_clock(timed, 1_000, promoted, 9_000), 9_000);
+        let s = LeaseSettings::default();
+        assert!(expired_at_ms(Some(renewal_clock(timed, 1_000, promoted, 9_000)), &s) > 9_000);
+    }
 
     /// The watchdog resets the host before any coordinator may promote, and is refused when
     /// the margins leave it no whole second.

@@ -176,7 +176,7 @@ impl Agent {
         let (last_renewal_seen_ms, switchover_step_ms) = {
             let seen = lock(&self.renewal_seen);
             let lease = (state.generation, state.lease_renewals, state.lease_released);
-            let renewal = if seen.lease == lease { seen.at_ms } else { now };
+            let renewal = pgfm_core::lease::renewal_clock(seen.lease, seen.at_ms, lease, now);
             let step = if seen.switchover == state.switchover {
                 seen.switchover_at_ms
             } else {
