@@ -330,7 +330,7 @@ fn a_healed_node_does_not_depose_the_coordinator() {
     let before = elected(&lab);
     run(&lab, &["lab", "partition", victim]);
     // Many election timeouts (0.9-1.2 s each) cut off: the fault's length.
-    std::thread::sleep(Duration::from_secs(6));
+    std::thread::sleep(Duration::from_secs(6)); // the fault's length, not a wait for a state
     run(&lab, &["lab", "heal"]);
     let healed = Instant::now();
     let status = lab.wait_healthy("witness", SETTLE);

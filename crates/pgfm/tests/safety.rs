@@ -19,12 +19,32 @@ fn run(lab: &Lab, args: &[&str]) {
 
 /// `pgfm ARGS -c <witness's config>`: an operator command, asked of the witness's agent.
 fn cli(lab: &Lab, args: &[&str]) -> std::process::Output {
-    common::pgfm()
-        .args(args)
-        .arg("-c")
-        .arg(lab.config("witness"))
-        .output()
-        .expect("running pgfm")
+    cli_command(lab, args).output().expect("running pgfm")
+}
+
+fn cli_command(lab: &Lab, args: &[&str]) -> std::process::Command {
+    let mut command = common::pgfm();
+    command.args(args).arg("-c").arg(lab.config("witness"));
+    command
+}
+
+/// `cli` in the background (a command that returns only once the cluster changed).
+fn cli_in_background(lab: &Lab, args: &[&str]) -> std::thread::JoinHandle<std::process::Output> {
+    let mut command = cli_command(lab, args);
+    std::thread::spawn(move || command.output().expect("running pgfm"))
+}
+
+/// Wait until the coordinator reports a switchover under way.
+fn switchover_under_way(lab: &Lab) {
+    wait_for("the switchover to be under way", SETTLE, || {
+        let (status, _) = lab.cluster_status("witness")?;
+        let problems = status["problems"].to_string();
+        if problems.contains("switchover") {
+            Ok(())
+        } else {
+            Err(problems)
+        }
+    });
 }
 
 /// Write `n` rows on the primary and wait until `standby` has replayed them.
@@ -95,20 +115,6 @@ fn receiver_pid(lab: &Lab, node: &str) -> i32 {
     })
 }
 
-/// `pgfm switchover ARGS` in the background; its output when it ends.
-fn switchover_in_background(
-    lab: &Lab,
-    args: &[&str],
-) -> std::thread::JoinHandle<std::process::Output> {
-    let mut command = common::pgfm();
-    command
-        .arg("switchover")
-        .args(args)
-        .arg("-c")
-        .arg(lab.config("witness"));
-    std::thread::spawn(move || command.output().expect("running pgfm switchover"))
-}
-
 /// Wait until `primary` takes writes again (as the primary of `generation`).
 fn writable_again(lab: &Lab, primary: &str, generation: u64) {
     lab.wait_primary("witness", primary, generation, SETTLE);
@@ -134,16 +140,8 @@ fn a_switchover_whose_target_hangs_is_rolled_back_in_time() {
 
     // The operator cancels while the old primary waits for the hung target.
     let receiver = signal_receiver(&lab, "pg2", SIGSTOP);
-    let waiting = switchover_in_background(&lab, &["--to", "pg2"]);
-    wait_for("the switchover to be under way", SETTLE, || {
-        let (status, _) = lab.cluster_status("witness")?;
-        let problems = status["problems"].to_string();
-        if problems.contains("switchover") {
-            Ok(())
-        } else {
-            Err(problems)
-        }
-    });
+    let waiting = cli_in_background(&lab, &["switchover", "--to", "pg2"]);
+    switchover_under_way(&lab);
     let cancel = cli(&lab, &["switchover", "--cancel"]);
     let cancel_text = text(&cancel);
     let ended = waiting.join().unwrap();
@@ -203,24 +201,10 @@ fn a_switchover_whose_target_hangs_is_rolled_back_in_time() {
     // streams from it.
     wait_in_sync(&lab, "pg1");
     let receiver = signal_receiver(&lab, "pg1", SIGSTOP);
-    let waiting = switchover_in_background(&lab, &["--to", "pg1"]);
-    wait_for("the switchover to pg1 to be under way", SETTLE, || {
-        let (status, _) = lab.cluster_status("witness")?;
-        let problems = status["problems"].to_string();
-        if problems.contains("switchover") {
-            Ok(())
-        } else {
-            Err(problems)
-        }
-    });
+    let waiting = cli_in_background(&lab, &["switchover", "--to", "pg1"]);
+    switchover_under_way(&lab);
     // In the background: it returns once pg1 is promoted, which needs its receiver back.
-    let forced = {
-        let mut command = common::pgfm();
-        command
-            .args(["promote", "--to", "pg1", "--force", "-c"])
-            .arg(lab.config("witness"));
-        std::thread::spawn(move || command.output().expect("running pgfm promote"))
-    };
+    let forced = cli_in_background(&lab, &["promote", "--to", "pg1", "--force"]);
     wait_for("pg2 to hand over", SETTLE, || {
         if lab.log("pg2").contains("handed over") {
             Ok(())

@@ -460,10 +460,6 @@ impl RemoteCheck {
             self.client = None;
             self.target = Some(target.clone());
         }
-        let config = match config_for(target, "pgfm-check") {
-            Ok(config) => config,
-            Err(e) => return Verdict::CannotTell(e),
-        };
         let attempt = async {
             if let Some(client) = self.client.as_ref().filter(|c| !c.is_closed()) {
                 return match client.simple_query("SELECT 1").await {
@@ -471,6 +467,10 @@ impl RemoteCheck {
                     Err(e) => judge(&e),
                 };
             }
+            let config = match config_for(target, "pgfm-check") {
+                Ok(config) => config,
+                Err(e) => return Verdict::CannotTell(e),
+            };
             if let Some(verdict) = tcp_verdict(target).await {
                 return verdict;
             }

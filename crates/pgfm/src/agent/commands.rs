@@ -131,10 +131,7 @@ impl Agent {
         };
         self.commit(Command::CancelSwitchover {
             generation: sw.generation,
-            at_unix_ms: std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map(|d| d.as_millis() as u64)
-                .unwrap_or_default(),
+            at_unix_ms: Agent::wall_clock_ms(),
             reason: format!(
                 "pgfm switchover --cancel: switchover from {} to {} cancelled",
                 sw.from, sw.to

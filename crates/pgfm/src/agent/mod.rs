@@ -161,11 +161,16 @@ impl Agent {
         }
     }
 
-    fn view(&self) -> ClusterView {
-        let wall_clock_ms = std::time::SystemTime::now()
+    /// Wall-clock time, only to stamp the history.
+    fn wall_clock_ms() -> u64 {
+        std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_millis() as u64)
-            .unwrap_or_default();
+            .unwrap_or_default()
+    }
+
+    fn view(&self) -> ClusterView {
+        let wall_clock_ms = Agent::wall_clock_ms();
         let state = self.raft.state();
         // Invariant 3: the lease clock must belong to the state it is judged with. The
         // renewal watch may not have taken the latest applied change into account yet (a
