@@ -539,18 +539,31 @@ fn a_coordinator_busy_cloning_still_fails_over() {
     };
     let survivor = if coordinator == "pg2" { "pg3" } else { "pg2" };
 
-    // Its database is lost: the agent clones afresh, and the clone hangs.
+    // Its database is lost: the agent clones afresh, and the clone hangs. About 100 MB
+    // make the clone last long enough to be caught; polled every 10 ms, not every 200.
+    lab.psql(
+        "pg1",
+        "CREATE TABLE pad AS SELECT repeat('x', 1000) AS x FROM generate_series(1, 100000)",
+    )
+    .unwrap();
     let data = lab.dir.join(&coordinator).join("data");
-    let basebackup = wait_for(&format!("{coordinator}'s pg_basebackup"), SETTLE, || {
+    let deadline = Instant::now() + SETTLE;
+    let mut wiped_at: Option<Instant> = None;
+    let basebackup = loop {
         if let Some(pid) = basebackup_into(&data) {
-            return Ok(pid);
+            break pid;
         }
-        let _ = lab.run(&["lab", "kill", &coordinator, "--postgres-only"]);
-        if data.join("PG_VERSION").exists() {
-            std::fs::remove_dir_all(&data).map_err(|e| e.to_string())?;
+        assert!(Instant::now() < deadline, "{coordinator} never cloned");
+        if wiped_at.is_none_or(|at| at.elapsed() > Duration::from_secs(2)) {
+            let _ = lab.run(&["lab", "kill", &coordinator, "--postgres-only"]);
+            // Whatever is there (a restarted postmaster may be writing): all of it.
+            while data.exists() && std::fs::remove_dir_all(&data).is_err() {
+                let _ = lab.run(&["lab", "kill", &coordinator, "--postgres-only"]);
+            }
+            wiped_at = Some(Instant::now());
         }
-        Err("not cloning yet".to_string())
-    });
+        std::thread::sleep(Duration::from_millis(10)); // polling, with the deadline above
+    };
     let basebackup = nix::unistd::Pid::from_raw(basebackup);
     nix::sys::signal::kill(basebackup, SIGSTOP).unwrap();
     let (status, _) = lab.cluster_status("witness").unwrap();
