@@ -1,6 +1,6 @@
 //! pgfm's HTTP API: the wire types (the JSON schema documented in the README), the routes
 //! the agent serves, authentication by cluster token, and the client used by the CLI and
-//! by agents.
+//! by agents, and the text the CLI renders them as (`status_text`).
 //!
 //! **Architecture invariant:** only this crate (and the Raft transport in `coord`) knows
 //! how pgfm talks over HTTP.
@@ -9,6 +9,7 @@ pub mod auth;
 pub mod client;
 pub mod metrics;
 pub mod routes;
+pub mod status_text;
 pub mod types;
 
 pub use client::{ApiClient, ApiError};

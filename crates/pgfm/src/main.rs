@@ -1,12 +1,5 @@
-//! The `pgfm` binary: the agent, the operator commands and the lab.
-
-mod agent;
-mod bench;
-mod config;
-mod demo;
-mod drive;
-mod lab;
-mod status_text;
+//! The `pgfm` binary: the command line over the agent (`pgfm_agent`), the API client
+//! (`pgfm_api`) and the lab (`pgfm_lab`) — parsing, dispatch, exit codes.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -14,7 +7,9 @@ use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 
-use crate::config::{Config, DEFAULT_CONFIG};
+use pgfm_agent::config::{Config, DEFAULT_CONFIG};
+use pgfm_api::status_text;
+use pgfm_lab::{bench, demo};
 
 #[derive(Parser)]
 #[command(name = "pgfm", version, about = "PostgreSQL failover manager")]
@@ -170,7 +165,7 @@ enum Commands {
     /// A real cluster on this machine, for trying pgfm out and for tests.
     Lab {
         #[command(subcommand)]
-        command: lab::LabCommand,
+        command: pgfm_lab::LabCommand,
     },
 }
 
@@ -422,7 +417,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let config = Config::load(&config)?;
             let span = tracing::info_span!("agent", node = %config.name);
             let _entered = span.enter();
-            runtime()?.block_on(agent::run(config))?;
+            runtime()?.block_on(pgfm_agent::run(config))?;
             Ok(ExitCode::SUCCESS)
         }
         Commands::CheckConfig { config } => {
@@ -514,7 +509,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             println!("{}", answer.message);
             Ok(ExitCode::SUCCESS)
         }
-        Commands::Lab { command } => lab::run(command),
+        Commands::Lab { command } => pgfm_lab::run(command),
         Commands::Demo { dir, keep } => demo::run(&dir, keep),
         Commands::Bench {
             command: BenchCommand::Failover(args),

@@ -9,7 +9,6 @@ pub mod passfile;
 pub mod probe;
 pub mod procs;
 pub mod run_as;
-pub mod writers;
 
 pub use binaries::find_bin_dir;
 pub use control::{Postgres, PostgresSettings, Upstream};

@@ -4,6 +4,7 @@
 //! decide loop and the executor).
 
 mod commands;
+pub mod config;
 mod executor;
 mod health;
 mod hooks;

@@ -2,11 +2,12 @@
 //! a namespace of its own, writes through the VIP only. These need root (network
 //! namespaces); without it each test prints why it is skipped and does nothing else.
 
-mod common;
-
 use std::time::{Duration, Instant};
 
-use common::{node, text, vip_holders, wait_for, NetnsLab, VipWatch, WriteWatch, Writer};
+use pgfm_lab::harness::{node, text, wait_for, NetnsLab, SplitBrainWatch, VipWatch, WaitForWrites};
+use pgfm_lab::writers::{longest_gap, Writer, BENCH_TABLE};
+
+use crate::PGFM;
 
 const SETTLE: Duration = Duration::from_secs(60);
 
@@ -16,39 +17,25 @@ fn run(lab: &NetnsLab, args: &[&str]) {
 }
 
 fn make_bench_table(lab: &NetnsLab) {
-    lab.psql(
-        "pg1",
-        "CREATE TABLE bench (id bigint PRIMARY KEY, at timestamptz DEFAULT now())",
-    )
-    .unwrap();
+    lab.psql("pg1", BENCH_TABLE).unwrap();
 }
 
 /// Start the neutral writer through the VIP and wait until it writes.
 fn start_writer(lab: &NetnsLab) -> Writer {
-    let writer = Writer::start(lab.vip_writer_config());
+    let writer = Writer::start(lab.vip_writer_config(), 1);
     writer.wait_more(21, "the writer to write through the VIP");
     writer
 }
 
 fn wait_vip_on(lab: &NetnsLab, expected: &[&str]) {
-    let nodes = ["pg1".to_string(), "pg2".to_string()];
     wait_for(&format!("the VIP on exactly {expected:?}"), SETTLE, || {
-        let holders = vip_holders(&lab.prefix, &lab.vip, &nodes);
+        let holders = lab.vip_holders(&["pg1", "pg2"]);
         if holders == expected {
             Ok(())
         } else {
             Err(format!("{holders:?}"))
         }
     });
-}
-
-/// The longest time between two acknowledged writes.
-fn longest_gap(writer: &Writer) -> Duration {
-    let acks = writer.acks.lock().unwrap();
-    acks.windows(2)
-        .map(|w| w[1].1 - w[0].1)
-        .max()
-        .unwrap_or_default()
 }
 
 /// The old primary's rejoin on the new timeline, seen by the witness.
@@ -66,7 +53,7 @@ fn wait_rejoined(lab: &NetnsLab, old: &str, new: &str, generation: u64) {
 fn cut_the_primary_off(lab: &NetnsLab, partition: &[&str]) -> Vec<Vec<String>> {
     lab.wait_healthy("witness", SETTLE);
     make_bench_table(lab);
-    let watch = WriteWatch::start(lab, &["pg1", "pg2"]);
+    let watch = SplitBrainWatch::start(lab, &["pg1", "pg2"]);
     let vips = VipWatch::start(lab, &["pg1", "pg2"]);
     let writer = start_writer(lab);
 
@@ -92,7 +79,9 @@ fn cut_the_primary_off(lab: &NetnsLab, partition: &[&str]) -> Vec<Vec<String>> {
 /// moment do two nodes accept writes. Healed, the old primary rejoins on the new timeline.
 #[test]
 fn primary_cut_off_fences_itself_and_the_majority_promotes() {
-    let Some(lab) = NetnsLab::up(&[]) else { return };
+    let Some(lab) = NetnsLab::up(PGFM, &[]) else {
+        return;
+    };
     let seen = cut_the_primary_off(&lab, &[]);
     assert_eq!(
         seen,
@@ -114,7 +103,9 @@ fn primary_cut_off_fences_itself_and_the_majority_promotes() {
 /// cannot renew its lease, so it fences itself and pg2 is promoted, as for a full cut.
 #[test]
 fn one_way_loss_to_the_primary_fails_over() {
-    let Some(lab) = NetnsLab::up(&[]) else { return };
+    let Some(lab) = NetnsLab::up(PGFM, &[]) else {
+        return;
+    };
     cut_the_primary_off(&lab, &["--one-way"]);
 }
 
@@ -123,7 +114,9 @@ fn one_way_loss_to_the_primary_fails_over() {
 /// writes through the VIP never stop.
 #[test]
 fn witness_or_standby_cut_off_changes_nothing() {
-    let Some(lab) = NetnsLab::up(&[]) else { return };
+    let Some(lab) = NetnsLab::up(PGFM, &[]) else {
+        return;
+    };
     lab.wait_healthy("witness", SETTLE);
     make_bench_table(&lab);
     let vips = VipWatch::start(&lab, &["pg1", "pg2"]);
@@ -150,8 +143,8 @@ fn witness_or_standby_cut_off_changes_nothing() {
         run(&lab, &["lab", "heal"]);
         lab.wait_primary("witness", "pg1", 1, SETTLE);
     }
-    let gap = longest_gap(&writer);
-    writer.finish();
+    let acks = writer.finish();
+    let gap = longest_gap(&acks, acks[0].1);
     assert!(
         gap < Duration::from_secs(1),
         "writes through the VIP stopped for {gap:?}"
@@ -165,7 +158,9 @@ fn witness_or_standby_cut_off_changes_nothing() {
 /// `lab down` then leaves no namespace behind.
 #[test]
 fn the_vip_follows_failover_and_switchover_and_leaves_with_a_stopped_agent() {
-    let Some(lab) = NetnsLab::up(&[]) else { return };
+    let Some(lab) = NetnsLab::up(PGFM, &[]) else {
+        return;
+    };
     lab.wait_healthy("witness", SETTLE);
     let vips = VipWatch::start(&lab, &["pg1", "pg2"]);
 
@@ -175,7 +170,7 @@ fn the_vip_follows_failover_and_switchover_and_leaves_with_a_stopped_agent() {
     run(&lab, &["lab", "start", "pg1"]);
     wait_rejoined(&lab, "pg1", "pg2", 2);
 
-    let output = common::pgfm()
+    let output = crate::pgfm()
         .args(["switchover", "--to", "pg1", "-c"])
         .arg(lab.config("witness"))
         .output()
@@ -188,7 +183,7 @@ fn the_vip_follows_failover_and_switchover_and_leaves_with_a_stopped_agent() {
     assert_eq!(node(&status, "pg2")["vip"], false, "{status}");
 
     // A clean stop of the primary's agent takes the VIP away with it.
-    let pid = lab.lab_node("pg1")["agent_pid"].as_u64().unwrap() as i32;
+    let pid = lab.lab_node("pg1").agent_pid.unwrap() as i32;
     nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(pid),
         nix::sys::signal::Signal::SIGTERM,
@@ -212,19 +207,16 @@ fn the_vip_follows_failover_and_switchover_and_leaves_with_a_stopped_agent() {
         .log("pg1")
         .contains("virtual IP removed: the agent is stopping"));
 
-    let prefix = lab.prefix.clone();
+    let prefix = lab.ns.prefix.clone();
     run(&lab, &["lab", "down"]);
-    assert_eq!(
-        common::namespaces_with_prefix(&prefix),
-        Vec::<String>::new()
-    );
+    assert_eq!(pgfm_lab::netns::existing(&prefix), Vec::<String>::new());
 }
 
 /// `lab up --netns` as an ordinary user is refused, saying why, and leaves nothing.
 #[test]
 fn netns_lab_is_refused_without_root() {
-    let dir = common::scratch_dir("netns-user");
-    let mut command = if common::is_root() {
+    let dir = pgfm_lab::harness::scratch_dir("netns-user");
+    let mut command = if pgfm_lab::harness::is_root() {
         // Drop to an ordinary user for this one command.
         let mut c = std::process::Command::new("setpriv");
         c.args([
@@ -236,7 +228,7 @@ fn netns_lab_is_refused_without_root() {
         c.arg(env!("CARGO_BIN_EXE_pgfm"));
         c
     } else {
-        common::pgfm()
+        crate::pgfm()
     };
     let output = command
         .args(["lab", "up", "--netns", "--dir"])
@@ -256,12 +248,12 @@ fn netns_lab_is_refused_without_root() {
 /// every namespace and process it left.
 #[test]
 fn lab_down_cleans_up_after_a_crashed_lab_up() {
-    if !common::is_root() {
+    if !pgfm_lab::harness::is_root() {
         println!("SKIPPED: network namespaces need root; this scenario runs as root only");
         return;
     }
-    let dir = common::scratch_dir("netns-crash");
-    let mut up = common::pgfm()
+    let dir = pgfm_lab::harness::scratch_dir("netns-crash");
+    let mut up = crate::pgfm()
         .args(["lab", "up", "--netns", "--dir"])
         .arg(&dir)
         .stdout(std::process::Stdio::null())
@@ -278,7 +270,7 @@ fn lab_down_cleans_up_after_a_crashed_lab_up() {
         let agent = lab["nodes"][0]["agent_pid"]
             .as_u64()
             .ok_or("no agent yet")?;
-        match common::namespaces_with_prefix(&prefix).len() {
+        match pgfm_lab::netns::existing(&prefix).len() {
             0 => Err("no namespace yet".to_string()),
             _ => Ok((prefix, agent as i32)),
         }
@@ -286,16 +278,13 @@ fn lab_down_cleans_up_after_a_crashed_lab_up() {
     let (prefix, agent) = prefix;
     up.kill().unwrap();
     up.wait().unwrap();
-    let output = common::pgfm()
+    let output = crate::pgfm()
         .args(["lab", "down", "--dir"])
         .arg(&dir)
         .output()
         .unwrap();
     assert!(output.status.success(), "{}", text(&output));
-    assert_eq!(
-        common::namespaces_with_prefix(&prefix),
-        Vec::<String>::new()
-    );
+    assert_eq!(pgfm_lab::netns::existing(&prefix), Vec::<String>::new());
     assert!(!dir.exists());
     // Gone, or a zombie waiting for its new parent (init) to reap it.
     let state = std::fs::read_to_string(format!("/proc/{agent}/stat")).unwrap_or_default();
@@ -310,7 +299,9 @@ fn lab_down_cleans_up_after_a_crashed_lab_up() {
 /// term: over a second without one). No agent becomes coordinator after the heal.
 #[test]
 fn a_healed_node_does_not_depose_the_coordinator() {
-    let Some(lab) = NetnsLab::up(&[]) else { return };
+    let Some(lab) = NetnsLab::up(PGFM, &[]) else {
+        return;
+    };
     let status = lab.wait_healthy("witness", SETTLE);
     let coordinator = status["coordinator"].as_str().unwrap().to_string();
     let victim = ["pg2", "witness"]

@@ -3,12 +3,15 @@
 //! dropped (asynchronous, said in status) otherwise, and — on the netns lab — a primary cut
 //! off from its standby acknowledges nothing that a failover then loses.
 
-mod common;
-
 use std::process::Command;
 use std::time::Duration;
 
-use common::{node, text, wait_for, Lab, NetnsLab, VipWatch, WriteWatch, Writer};
+use pgfm_lab::harness::{
+    node, text, wait_for, Lab, NetnsLab, SplitBrainWatch, VipWatch, WaitForWrites,
+};
+use pgfm_lab::writers::{ids, Writer, BENCH_TABLE};
+
+use crate::PGFM;
 
 const SETTLE: Duration = Duration::from_secs(60);
 
@@ -100,14 +103,10 @@ fn wait_sync(lab: &Lab, committed: &[&str], waiting_for: &[&str]) -> serde_json:
 
 /// The `bench` table on pg1, a watch that no two of `nodes` are writable at once, and the
 /// neutral writer through a multi-host connection string, already writing.
-fn start_writing(lab: &Lab, nodes: &[&str]) -> (WriteWatch, Writer) {
-    lab.psql(
-        "pg1",
-        "CREATE TABLE bench (id bigint PRIMARY KEY, at timestamptz DEFAULT now())",
-    )
-    .unwrap();
-    let watch = WriteWatch::start(lab, nodes);
-    let writer = Writer::start(lab.writer_config(nodes));
+fn start_writing(lab: &Lab, nodes: &[&str]) -> (SplitBrainWatch, Writer) {
+    lab.psql("pg1", BENCH_TABLE).unwrap();
+    let watch = SplitBrainWatch::start(lab, nodes);
+    let writer = Writer::start(lab.writer_config(nodes), 1);
     writer.wait_more(51, "the writer to write");
     (watch, writer)
 }
@@ -129,6 +128,7 @@ fn wait_sync_state(lab: &Lab, standby: &str, state: &str) {
 #[test]
 fn strict_mode_waits_for_a_lost_synchronous_standby() {
     let lab = Lab::up_with(
+        PGFM,
         2,
         &["replication.synchronous=\"on\"", "replication.strict=true"],
     );
@@ -183,7 +183,7 @@ fn strict_mode_waits_for_a_lost_synchronous_standby() {
 /// emptied; the standby comes back and is synchronous again.
 #[test]
 fn non_strict_mode_degrades_then_recovers() {
-    let lab = Lab::up_with(2, &["replication.synchronous=\"on\""]);
+    let lab = Lab::up_with(PGFM, 2, &["replication.synchronous=\"on\""]);
     wait_sync(&lab, &["pg2"], &["pg2"]);
 
     run(&lab, &["lab", "kill", "pg2"]);
@@ -201,7 +201,7 @@ fn non_strict_mode_degrades_then_recovers() {
 /// standby may be promoted, and no acknowledged write is lost.
 #[test]
 fn failover_promotes_the_synchronous_standby_and_loses_nothing() {
-    let lab = Lab::up_with(3, &["replication.synchronous=\"on\""]);
+    let lab = Lab::up_with(PGFM, 3, &["replication.synchronous=\"on\""]);
     // Whichever standby streamed first is the synchronous one.
     let sync = wait_for("one synchronous standby", SETTLE, || {
         let (status, _) = lab.cluster_status("witness")?;
@@ -217,7 +217,7 @@ fn failover_promotes_the_synchronous_standby_and_loses_nothing() {
     run(&lab, &["lab", "kill", "pg1"]);
     lab.wait_for_primary_change(&sync, 2);
     writer.wait_more(21, "writes on the new primary");
-    let ids = writer.finish();
+    let ids = ids(&writer.finish());
     let found = lab.psql(&sync, &count_of(&ids)).unwrap();
     assert_eq!(found, ids.len().to_string(), "acknowledged writes lost");
     assert!(watch.finish() > 0);
@@ -229,23 +229,19 @@ fn failover_promotes_the_synchronous_standby_and_loses_nothing() {
 /// acknowledged by its synchronous standby, so the failover that follows loses nothing.
 #[test]
 fn a_cut_off_primary_acknowledges_nothing_that_is_lost() {
-    let Some(lab) = NetnsLab::up(&["replication.synchronous=\"on\""]) else {
+    let Some(lab) = NetnsLab::up(PGFM, &["replication.synchronous=\"on\""]) else {
         return;
     };
     wait_sync(&lab, &["pg2"], &["pg2"]);
-    lab.psql(
-        "pg1",
-        "CREATE TABLE bench (id bigint PRIMARY KEY, at timestamptz DEFAULT now())",
-    )
-    .unwrap();
-    let watch = WriteWatch::start(&lab, &["pg1", "pg2"]);
+    lab.psql("pg1", BENCH_TABLE).unwrap();
+    let watch = SplitBrainWatch::start(&lab, &["pg1", "pg2"]);
     let vips = VipWatch::start(&lab, &["pg1", "pg2"]);
-    let writer = Writer::start(lab.vip_writer_config());
+    let writer = Writer::start(lab.vip_writer_config(), 1);
     writer.wait_more(51, "the writer to write");
     run(&lab, &["lab", "partition", "pg1"]);
     lab.wait_for_primary_change("pg2", 2);
     writer.wait_more(21, "writes through the VIP on pg2");
-    let ids = writer.finish();
+    let ids = ids(&writer.finish());
     let found = lab.psql("pg2", &count_of(&ids)).unwrap();
     assert_eq!(found, ids.len().to_string(), "acknowledged writes lost");
     assert!(watch.finish() > 0);
@@ -260,9 +256,9 @@ fn a_cut_off_primary_acknowledges_nothing_that_is_lost() {
 /// done by the primary without a restart.
 #[test]
 fn the_mode_changes_at_run_time() {
-    let lab = Lab::up(3);
+    let lab = Lab::up(PGFM, 3);
     let set = |args: &[&str]| {
-        common::pgfm()
+        crate::pgfm()
             .arg("set-synchronous")
             .arg("-c")
             .arg(lab.config("pg3"))
@@ -354,7 +350,7 @@ fn the_mode_changes_at_run_time() {
 /// no acknowledged write is lost. The old primary comes back into the quorum.
 #[test]
 fn a_quorum_failover_promotes_the_most_advanced_and_loses_nothing() {
-    let lab = Lab::up_with(3, &["replication.synchronous=\"quorum\""]);
+    let lab = Lab::up_with(PGFM, 3, &["replication.synchronous=\"quorum\""]);
     wait_sync(&lab, &["pg2", "pg3"], &["pg2", "pg3"]);
     let (watch, writer) = start_writing(&lab, &["pg1", "pg2", "pg3"]);
     run(&lab, &["lab", "kill", "pg1"]);
@@ -366,7 +362,7 @@ fn a_quorum_failover_promotes_the_most_advanced_and_loses_nothing() {
         }
     });
     writer.wait_more(21, "writes on the new primary");
-    let ids = writer.finish();
+    let ids = ids(&writer.finish());
     let found = lab.psql(&new, &count_of(&ids)).unwrap();
     assert_eq!(found, ids.len().to_string(), "acknowledged writes lost");
     assert!(watch.finish() > 0);
@@ -386,18 +382,18 @@ fn a_quorum_failover_promotes_the_most_advanced_and_loses_nothing() {
 /// write is lost and there are never two writers (the bench exits non-zero otherwise).
 #[test]
 fn seeded_fault_runs_lose_no_acknowledged_write() {
-    let dir = common::scratch_dir("bench");
-    let mut command = common::pgfm();
+    let dir = pgfm_lab::harness::scratch_dir("bench");
+    let mut command = crate::pgfm();
     command.args(["bench", "failover", "--synchronous", "on", "--seed", "1"]);
     command.args(["--runs", "3", "--json", "--dir"]).arg(&dir);
     command.args(["--scenario", "host-death", "--scenario", "postmaster-crash"]);
-    if common::is_root() {
+    if pgfm_lab::harness::is_root() {
         command.args(["--netns", "--scenario", "primary-isolation"]);
     }
     let output = command.output().expect("running pgfm bench failover");
     if dir.exists() {
         // A failed bench keeps its lab for inspection: a test removes it.
-        let _ = common::pgfm()
+        let _ = crate::pgfm()
             .args(["lab", "down", "--dir"])
             .arg(&dir)
             .output();

@@ -14,9 +14,6 @@
 //! DIR/<node>/watchdog.log      arm, disarm, and what it killed when it fired
 //! ```
 
-mod host;
-pub mod netns;
-
 use std::io::Read;
 use std::net::TcpListener;
 use std::os::unix::fs::PermissionsExt;
@@ -35,7 +32,9 @@ use pgfm_api::{ApiClient, ClusterStatus, NodeKindStatus};
 use pgfm_postgres::control::{initdb, single_user_sql};
 use pgfm_postgres::{find_bin_dir, OsUser};
 
-use crate::status_text;
+use pgfm_api::status_text;
+
+use crate::{host, netns};
 
 const DEFAULT_DIR: &str = "/tmp/pgfm-lab";
 
@@ -162,6 +161,59 @@ pub struct LabFile {
     pub watchdog: bool,
 }
 
+impl LabFile {
+    /// A read-write session as the lab's superuser (1 s connect timeout), to no host yet.
+    pub fn superuser_config(
+        &self,
+        application_name: &str,
+    ) -> anyhow::Result<tokio_postgres::Config> {
+        let passfile = std::fs::read_to_string(&self.passfile)
+            .with_context(|| format!("reading {}", self.passfile.display()))?;
+        let password =
+            pgfm_postgres::passfile::lookup(&passfile, "127.0.0.1", 0, "postgres", "postgres")
+                .with_context(|| {
+                    format!("no password for postgres in {}", self.passfile.display())
+                })?;
+        let mut config = tokio_postgres::Config::new();
+        config
+            .user("postgres")
+            .password(password)
+            .dbname("postgres")
+            .application_name(application_name)
+            .connect_timeout(Duration::from_secs(1))
+            .target_session_attrs(tokio_postgres::config::TargetSessionAttrs::ReadWrite);
+        Ok(config)
+    }
+
+    /// Where clients write: through the virtual IP only in a --netns lab (as clients do in
+    /// the field), to every data node (multi-host, the writable one wins) otherwise.
+    pub fn writer_config(&self, application_name: &str) -> anyhow::Result<tokio_postgres::Config> {
+        let mut config = self.superuser_config(application_name)?;
+        match &self.netns {
+            Some(ns) => {
+                let vip = ns.vip.split('/').next().unwrap_or_default();
+                config.host(vip).port(netns::PG_PORT);
+            }
+            None => {
+                for node in &self.nodes {
+                    if let Some(port) = node.pg_port {
+                        config.host(&node.host).port(port);
+                    }
+                }
+            }
+        }
+        Ok(config)
+    }
+
+    /// The node called `name`.
+    pub fn node(&self, name: &str) -> anyhow::Result<&LabNode> {
+        self.nodes
+            .iter()
+            .find(|n| n.name == name)
+            .with_context(|| format!("the lab has no node {name}"))
+    }
+}
+
 fn loopback() -> String {
     "127.0.0.1".to_string()
 }
@@ -185,36 +237,36 @@ pub struct LabNode {
 }
 
 /// `lab status --json`: lab.json's nodes with live pids and a connection string.
-#[derive(Debug, Serialize)]
-struct LabStatus {
-    cluster: String,
-    dir: PathBuf,
-    nodes: Vec<LabNodeStatus>,
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct LabStatus {
+    pub cluster: String,
+    pub dir: PathBuf,
+    pub nodes: Vec<LabNodeStatus>,
 }
 
-#[derive(Debug, Serialize)]
-struct LabNodeStatus {
-    name: String,
-    kind: String,
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct LabNodeStatus {
+    pub name: String,
+    pub kind: String,
     /// The role the cluster gives the node right now (`primary`, `standby`, `witness`,
     /// `idle`), or null when no agent answered.
-    role: Option<NodeKindStatus>,
-    host: String,
+    pub role: Option<NodeKindStatus>,
+    pub host: String,
     /// The node's network namespace (a --netns lab).
-    netns: Option<String>,
+    pub netns: Option<String>,
     /// Whether the node's kernel carries the virtual IP (a --netns lab).
-    vip: Option<bool>,
-    agent_port: u16,
-    pg_port: Option<u16>,
-    agent_pid: Option<u32>,
-    agent_running: bool,
-    postgres_pid: Option<i32>,
+    pub vip: Option<bool>,
+    pub agent_port: u16,
+    pub pg_port: Option<u16>,
+    pub agent_pid: Option<u32>,
+    pub agent_running: bool,
+    pub postgres_pid: Option<i32>,
     /// The node's watchdog driver, if it runs.
-    watchdog_pid: Option<u32>,
-    dsn: Option<String>,
-    config: PathBuf,
-    agent_log: PathBuf,
-    postgres_log: Option<PathBuf>,
+    pub watchdog_pid: Option<u32>,
+    pub dsn: Option<String>,
+    pub config: PathBuf,
+    pub agent_log: PathBuf,
+    pub postgres_log: Option<PathBuf>,
 }
 
 pub fn run(command: LabCommand) -> anyhow::Result<ExitCode> {
@@ -264,7 +316,7 @@ fn lab_dir(dir: Option<PathBuf>) -> anyhow::Result<PathBuf> {
     absolute(&dir.unwrap_or_else(|| PathBuf::from(DEFAULT_DIR)))
 }
 
-pub(crate) fn absolute(dir: &Path) -> anyhow::Result<PathBuf> {
+pub fn absolute(dir: &Path) -> anyhow::Result<PathBuf> {
     if dir.is_absolute() {
         Ok(dir.to_path_buf())
     } else {
@@ -272,7 +324,7 @@ pub(crate) fn absolute(dir: &Path) -> anyhow::Result<PathBuf> {
     }
 }
 
-pub(crate) fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+pub fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
     Ok(tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?)
@@ -334,7 +386,7 @@ fn write_private(path: &Path, contents: &str, owner: Option<&OsUser>) -> anyhow:
     Ok(())
 }
 
-pub(crate) fn read_lab(dir: &Path) -> anyhow::Result<LabFile> {
+pub fn read_lab(dir: &Path) -> anyhow::Result<LabFile> {
     let path = dir.join("lab.json");
     let text = std::fs::read_to_string(&path).with_context(|| {
         format!(
@@ -355,7 +407,7 @@ fn write_lab(lab: &LabFile) -> anyhow::Result<()> {
 /// `--set` settings grouped by section: `[(section, [(key, value)])]`.
 type Extra = Vec<(String, Vec<(String, String)>)>;
 
-fn parse_settings(settings: &[String]) -> anyhow::Result<Extra> {
+pub(crate) fn parse_settings(settings: &[String]) -> anyhow::Result<Extra> {
     let mut extra: Extra = Vec::new();
     for setting in settings {
         let parsed = setting
@@ -381,7 +433,7 @@ fn parse_settings(settings: &[String]) -> anyhow::Result<Extra> {
 
 /// `lab up --watchdog MODE`: `[watchdog] mode` for every data node, unless `--set` says
 /// otherwise (its keys win); the device is each node's own FIFO (see `node_config`).
-fn add_watchdog(extra: &mut Extra, mode: &str) {
+pub(crate) fn add_watchdog(extra: &mut Extra, mode: &str) {
     let entry = match extra.iter_mut().position(|(s, _)| s == "watchdog") {
         Some(i) => &mut extra[i],
         None => {
@@ -398,7 +450,7 @@ fn add_watchdog(extra: &mut Extra, mode: &str) {
 }
 
 /// Whether the data nodes' configs ask for a watchdog (then each gets a driver).
-fn wants_watchdog(extra: &Extra) -> bool {
+pub(crate) fn wants_watchdog(extra: &Extra) -> bool {
     extra.iter().any(|(section, keys)| {
         section == "watchdog"
             && keys
@@ -407,7 +459,7 @@ fn wants_watchdog(extra: &Extra) -> bool {
     })
 }
 
-fn node_config(lab: &LabFile, node: &LabNode, peers: &str, extra: &Extra) -> String {
+pub(crate) fn node_config(lab: &LabFile, node: &LabNode, peers: &str, extra: &Extra) -> String {
     let node_dir = lab.dir.join(&node.name);
     let mut text = format!(
         "# pgfm lab: agent config of {name}\n\
@@ -619,7 +671,7 @@ fn build(
             .with_context(|| format!("writing {}", node.config.display()))?;
     }
     for node in &lab.nodes {
-        crate::config::Config::load_static(&node.config)?;
+        pgfm_agent::config::Config::load_static(&node.config)?;
     }
     write_lab(&lab)?;
     if let Some(ns) = &netns {
@@ -777,7 +829,7 @@ fn spawn_agent(
 
 /// Move the calling thread (and what it starts afterwards) into the lab's client
 /// namespace, from which a --netns lab's addresses are reachable; nothing for other labs.
-pub(crate) fn enter_client_network(lab: &LabFile) -> anyhow::Result<()> {
+pub fn enter_client_network(lab: &LabFile) -> anyhow::Result<()> {
     if let Some(ns) = &lab.netns {
         pgfm_net::netns::enter(&ns.client).with_context(|| {
             format!(
@@ -803,7 +855,7 @@ fn client(lab: &LabFile, node: &LabNode) -> anyhow::Result<ApiClient> {
 /// off from the others answers with what it alone knows (and an isolated coordinator
 /// still believes it leads), so the answer with the newest generation wins, one built by
 /// the coordinator itself first among equals.
-pub(crate) async fn any_status(lab: &LabFile) -> anyhow::Result<ClusterStatus> {
+pub async fn any_status(lab: &LabFile) -> anyhow::Result<ClusterStatus> {
     let mut asked = tokio::task::JoinSet::new();
     for node in &lab.nodes {
         let client = client(lab, node)?;
@@ -886,7 +938,7 @@ async fn wait_ready(
     }
 }
 
-fn process_alive(pid: u32) -> bool {
+pub(crate) fn process_alive(pid: u32) -> bool {
     // A zombie (exited, not reaped) counts as dead.
     match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
         Ok(stat) => !stat
@@ -897,14 +949,14 @@ fn process_alive(pid: u32) -> bool {
 }
 
 /// Whether `pid` is the agent of this node (not a recycled pid of something else).
-fn is_our_agent(pid: u32, node: &LabNode) -> bool {
+pub(crate) fn is_our_agent(pid: u32, node: &LabNode) -> bool {
     std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|cmdline| {
         let text = String::from_utf8_lossy(&cmdline).replace('\0', " ");
         text.contains(" agent ") && text.contains(&node.config.display().to_string())
     })
 }
 
-fn postmaster_pid(data_dir: &Path) -> Option<i32> {
+pub(crate) fn postmaster_pid(data_dir: &Path) -> Option<i32> {
     let text = std::fs::read_to_string(data_dir.join("postmaster.pid")).ok()?;
     let pid: i32 = text.lines().next()?.trim().parse().ok()?;
     process_alive(pid as u32).then_some(pid)
@@ -920,7 +972,8 @@ fn dsn(lab: &LabFile, node: &LabNode) -> Option<String> {
     })
 }
 
-fn lab_status(lab: &LabFile, rt: &tokio::runtime::Runtime) -> LabStatus {
+/// What `lab status` shows: lab.json with live pids, roles and connection strings.
+pub fn lab_status(lab: &LabFile, rt: &tokio::runtime::Runtime) -> LabStatus {
     let cluster = rt.block_on(any_status(lab)).ok();
     let nodes = lab
         .nodes
@@ -1087,7 +1140,7 @@ fn down(dir: &Path) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-fn find_node<'a>(lab: &'a mut LabFile, name: &str) -> anyhow::Result<&'a mut LabNode> {
+pub(crate) fn find_node<'a>(lab: &'a mut LabFile, name: &str) -> anyhow::Result<&'a mut LabNode> {
     let names: Vec<String> = lab.nodes.iter().map(|n| n.name.clone()).collect();
     lab.nodes
         .iter_mut()

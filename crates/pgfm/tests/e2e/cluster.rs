@@ -1,10 +1,10 @@
 //! End-to-end: a real cluster forms, replicates, and survives its agents being killed.
 
-mod common;
-
 use std::time::Duration;
 
-use common::{node, text, wait_for, Lab};
+use pgfm_lab::harness::{node, text, wait_for, Lab};
+
+use crate::PGFM;
 
 const SETTLE: Duration = Duration::from_secs(60);
 
@@ -13,7 +13,7 @@ const SETTLE: Duration = Duration::from_secs(60);
 /// written on the primary is read on the standby.
 #[test]
 fn a_lab_forms_and_replicates() {
-    let lab = Lab::up(2);
+    let lab = Lab::up(PGFM, 2);
     let status = lab.wait_healthy("pg2", SETTLE);
     assert_eq!(status["cluster"], "lab");
     assert_eq!(status["generation"], 1);
@@ -35,7 +35,7 @@ fn a_lab_forms_and_replicates() {
         .is_some_and(|l| l.contains('/')));
     assert_eq!(node(&status, "pg1")["timeline"], 1);
 
-    let output = common::pgfm()
+    let output = crate::pgfm()
         .args(["cluster-status", "-c"])
         .arg(lab.config("witness"))
         .output()
@@ -89,7 +89,7 @@ fn a_lab_forms_and_replicates() {
 /// reset the primary's host when its agent dies (see `safety.rs`).
 #[test]
 fn agents_killed_with_sigkill_rejoin_with_their_state() {
-    let lab = Lab::up_with(2, &["watchdog.mode=\"off\""]);
+    let lab = Lab::up_with(PGFM, 2, &["watchdog.mode=\"off\""]);
     lab.wait_healthy("witness", SETTLE);
     lab.psql(
         "pg1",
@@ -126,7 +126,7 @@ fn agents_killed_with_sigkill_rejoin_with_their_state() {
     // The standby's host dies: agent and postmaster. Started again, it streams again.
     let killed = lab.run(&["lab", "kill", "pg2"]);
     assert!(killed.status.success(), "{}", text(&killed));
-    assert!(lab.lab_node("pg2")["postgres_pid"].is_null());
+    assert!(lab.lab_node("pg2").postgres_pid.is_none());
     let started = lab.run(&["lab", "start", "pg2"]);
     assert!(started.status.success(), "{}", text(&started));
     let status = lab.wait_healthy("pg2", SETTLE);

@@ -1,13 +1,12 @@
 //! End-to-end refusals that need no database: a bad config stops the agent before it
 //! starts, and a request without the cluster token is refused and logged.
 
-mod common;
-
 use std::os::unix::fs::PermissionsExt;
 use std::process::Stdio;
 use std::time::Duration;
 
-use common::{free_port, pgfm, scratch_dir, text, wait_for};
+use crate::pgfm;
+use pgfm_lab::harness::{free_port, scratch_dir, text, wait_for};
 
 fn witness_config(dir: &std::path::Path, port: u16) -> String {
     format!(
@@ -187,7 +186,7 @@ fn an_unusable_vip_stops_the_agent_at_start_up() {
         .unwrap();
     assert_eq!(output.status.code(), Some(2), "{}", text(&output));
     let stderr = String::from_utf8_lossy(&output.stderr);
-    let expected = if common::is_root() {
+    let expected = if pgfm_lab::harness::is_root() {
         "vip.interface \"pgfm-none0\" does not exist on this host (interfaces here: lo"
     } else {
         "no permission to manage the virtual IP: the agent lacks CAP_NET_ADMIN"

@@ -4,11 +4,12 @@
 //! then checks what a DBA needs: a writable primary within a bound, nothing acknowledged
 //! lost, never two writers, and every node streaming again.
 
-mod common;
-
 use std::time::{Duration, Instant};
 
-use common::{node, text, wait_for, Lab, NetnsLab, WriteWatch};
+use pgfm_lab::harness::{node, text, wait_for, Lab, NetnsLab, SplitBrainWatch, WaitForWrites};
+use pgfm_lab::writers::{ids, Writer, BENCH_TABLE};
+
+use crate::PGFM;
 
 const SETTLE: Duration = Duration::from_secs(60);
 
@@ -23,7 +24,7 @@ fn cli(lab: &Lab, args: &[&str]) -> std::process::Output {
 }
 
 fn cli_command(lab: &Lab, args: &[&str]) -> std::process::Command {
-    let mut command = common::pgfm();
+    let mut command = crate::pgfm();
     command.args(args).arg("-c").arg(lab.config("witness"));
     command
 }
@@ -91,7 +92,7 @@ fn watchdog_fired(lab: &Lab, node: &str) {
 fn wait_in_sync(lab: &Lab, standby: &str) {
     wait_for(&format!("{standby} to stream in sync"), SETTLE, || {
         let (status, _) = lab.cluster_status("witness")?;
-        match common::node(&status, standby)["in_sync"].as_bool() {
+        match pgfm_lab::harness::node(&status, standby)["in_sync"].as_bool() {
             Some(true) => Ok(()),
             _ => Err(status.to_string()),
         }
@@ -133,10 +134,10 @@ fn writable_again(lab: &Lab, primary: &str, generation: u64) {
 #[test]
 fn a_switchover_whose_target_hangs_is_rolled_back_in_time() {
     use nix::sys::signal::Signal::{SIGCONT, SIGSTOP};
-    let lab = Lab::up(2);
+    let lab = Lab::up(PGFM, 2);
     lab.wait_healthy("witness", SETTLE);
     committed_rows(&lab, "pg1", "pg2", 100);
-    let watch = WriteWatch::start(&lab, &["pg1", "pg2"]);
+    let watch = SplitBrainWatch::start(&lab, &["pg1", "pg2"]);
 
     // The operator cancels while the old primary waits for the hung target.
     let receiver = signal_receiver(&lab, "pg2", SIGSTOP);
@@ -239,7 +240,7 @@ fn a_switchover_whose_target_hangs_is_rolled_back_in_time() {
 /// on the new timeline, never loop starting a broken directory as a standby.
 #[test]
 fn a_former_primary_whose_rewind_fails_is_recloned() {
-    let lab = Lab::up(2);
+    let lab = Lab::up(PGFM, 2);
     lab.wait_healthy("witness", SETTLE);
     committed_rows(&lab, "pg1", "pg2", 100);
     run(&lab, &["lab", "kill", "pg1"]);
@@ -302,14 +303,10 @@ fn all_acknowledged_on(lab: &Lab, primary: &str, acked: &[i64]) {
 
 /// A writer with one session on pg1 (it reconnects to whichever node takes writes), after
 /// the bench table exists.
-fn writer_on_pg1(lab: &Lab) -> common::Writer {
-    lab.psql(
-        "pg1",
-        "CREATE TABLE bench (id bigint PRIMARY KEY, at timestamptz DEFAULT now())",
-    )
-    .unwrap();
+fn writer_on_pg1(lab: &Lab) -> Writer {
+    lab.psql("pg1", BENCH_TABLE).unwrap();
     wait_in_sync(lab, "pg2");
-    let writer = common::Writer::start(lab.writer_config(&["pg1", "pg2"]));
+    let writer = Writer::start(lab.writer_config(&["pg1", "pg2"]), 1);
     writer.wait_more(20, "the writer to write on pg1");
     writer
 }
@@ -321,9 +318,9 @@ fn writer_on_pg1(lab: &Lab) -> common::Writer {
 /// and no two nodes take writes. Started again, pg1 rejoins as a standby.
 #[test]
 fn a_frozen_primary_host_is_reset_by_its_watchdog_before_the_failover() {
-    let lab = Lab::up(2);
+    let lab = Lab::up(PGFM, 2);
     lab.wait_healthy("witness", SETTLE);
-    let watch = WriteWatch::start(&lab, &["pg1", "pg2"]);
+    let watch = SplitBrainWatch::start(&lab, &["pg1", "pg2"]);
     let writer = writer_on_pg1(&lab);
 
     run(&lab, &["lab", "freeze", "pg1"]);
@@ -333,7 +330,7 @@ fn a_frozen_primary_host_is_reset_by_its_watchdog_before_the_failover() {
     std::thread::sleep(wait); // the fault's length, not a wait for a state
     let _ = lab.run(&["lab", "thaw", "pg1"]);
     writer.wait_more(20, "the writer to write on pg2");
-    let acked = writer.finish();
+    let acked = ids(&writer.finish());
     all_acknowledged_on(&lab, "pg2", &acked);
     assert!(watch.finish() > 0, "the watch saw no writable primary");
     watchdog_fired(&lab, "pg1");
@@ -349,13 +346,14 @@ fn a_frozen_primary_host_is_reset_by_its_watchdog_before_the_failover() {
 /// acknowledged is lost.
 #[test]
 fn a_primary_whose_agent_died_is_reset_by_its_watchdog_before_the_failover() {
-    let lab = Lab::up(2);
+    let lab = Lab::up(PGFM, 2);
     lab.wait_healthy("witness", SETTLE);
-    let watch = WriteWatch::start(&lab, &["pg1", "pg2"]);
+    let watch = SplitBrainWatch::start(&lab, &["pg1", "pg2"]);
     let writer = writer_on_pg1(&lab);
-    let postmaster = lab.lab_node("pg1")["postgres_pid"]
-        .as_i64()
-        .expect("pg1's postmaster pid") as i32;
+    let postmaster = lab
+        .lab_node("pg1")
+        .postgres_pid
+        .expect("pg1's postmaster pid");
 
     run(&lab, &["lab", "kill", "pg1", "--agent-only"]);
     nix::sys::signal::kill(
@@ -365,7 +363,7 @@ fn a_primary_whose_agent_died_is_reset_by_its_watchdog_before_the_failover() {
     .unwrap();
     lab.wait_for_primary_change("pg2", 2);
     writer.wait_more(20, "the writer to write on pg2");
-    let acked = writer.finish();
+    let acked = ids(&writer.finish());
     all_acknowledged_on(&lab, "pg2", &acked);
     assert!(watch.finish() > 0, "the watch saw no writable primary");
     watchdog_fired(&lab, "pg1");
@@ -384,16 +382,12 @@ fn a_primary_whose_agent_died_is_reset_by_its_watchdog_before_the_failover() {
 /// the writes the cluster lost, and is never a candidate meanwhile.
 #[test]
 fn a_standby_that_stayed_with_a_cut_off_primary_is_rewound() {
-    let Some(lab) = NetnsLab::up_with(4, &[]) else {
+    let Some(lab) = NetnsLab::up_with(PGFM, 4, &[]) else {
         return;
     };
     lab.wait_healthy("witness", SETTLE);
-    lab.psql(
-        "pg1",
-        "CREATE TABLE bench (id bigint PRIMARY KEY, at timestamptz DEFAULT now())",
-    )
-    .unwrap();
-    let writer = common::Writer::start(lab.vip_writer_config());
+    lab.psql("pg1", BENCH_TABLE).unwrap();
+    let writer = Writer::start(lab.vip_writer_config(), 1);
     writer.wait_more(20, "the writer to write through the VIP");
 
     for cut in ["pg1", "pg3"] {
@@ -414,7 +408,7 @@ fn a_standby_that_stayed_with_a_cut_off_primary_is_rewound() {
             }
         },
     );
-    let acked = writer.finish();
+    let acked = ids(&writer.finish());
     run(&lab, &["lab", "heal"]);
 
     wait_for(
@@ -460,9 +454,9 @@ fn a_standby_that_stayed_with_a_cut_off_primary_is_rewound() {
 /// writable primary again with everything acknowledged.
 #[test]
 fn a_stalled_disk_on_the_primary_host_never_makes_two_writers() {
-    let lab = Lab::up(2);
+    let lab = Lab::up(PGFM, 2);
     lab.wait_healthy("witness", SETTLE);
-    let watch = WriteWatch::start(&lab, &["pg1", "pg2"]);
+    let watch = SplitBrainWatch::start(&lab, &["pg1", "pg2"]);
     let writer = writer_on_pg1(&lab);
     let stall = lab.dir.join("pg1").join("disk-stall");
     std::fs::write(&stall, "2000").unwrap();
@@ -471,7 +465,7 @@ fn a_stalled_disk_on_the_primary_host_never_makes_two_writers() {
     let status = lab.wait_healthy("witness", SETTLE);
     let primary = status["primary"].as_str().expect("a primary").to_string();
     writer.wait_more(20, "the writer to write after the stall");
-    let acked = writer.finish();
+    let acked = ids(&writer.finish());
     all_acknowledged_on(&lab, &primary, &acked);
     assert!(watch.finish() > 0, "the watch saw no writable primary");
 }
@@ -503,7 +497,7 @@ fn basebackup_into(data_dir: &std::path::Path) -> Option<i32> {
 fn a_coordinator_busy_cloning_still_fails_over() {
     use nix::sys::signal::Signal::{SIGCONT, SIGSTOP};
     // Without a watchdog: agents are restarted below to move the coordinator.
-    let lab = Lab::up_with(3, &["watchdog.mode=\"off\""]);
+    let lab = Lab::up_with(PGFM, 3, &["watchdog.mode=\"off\""]);
     lab.wait_healthy("witness", SETTLE);
     committed_rows(&lab, "pg1", "pg2", 100);
 

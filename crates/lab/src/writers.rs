@@ -1,12 +1,137 @@
-//! Watching which servers accept writes: samples every server's `pg_is_in_recovery()` in
-//! turn and keeps the moments each one answered "not in recovery". Two servers writable at
-//! overlapping moments is split brain; the tests and the bench look for it.
+//! The load a lab runs under, for the bench, the demo and the end-to-end tests alike: the
+//! neutral writer (one INSERT of a sequential id per transaction every 10 ms, reconnecting
+//! at once) with what it measures (acknowledged ids, the longest gap between two), and the
+//! split-brain watch (every server's `pg_is_in_recovery()` sampled in turn; two servers
+//! writable at overlapping moments is split brain). Each runs on a thread of its own with
+//! its own runtime, so neither is slowed down by what the caller does meanwhile.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use crate::probe::{connect, Target};
+use pgfm_postgres::probe::{connect, Target};
+
+/// The table the neutral writer writes into.
+pub const BENCH_TABLE: &str =
+    "CREATE TABLE IF NOT EXISTS bench (id bigint PRIMARY KEY, at timestamptz DEFAULT now())";
+
+/// Run `task` to completion on a new thread with a runtime of its own.
+fn on_own_thread<T: Send + 'static>(
+    task: impl std::future::Future<Output = T> + Send + 'static,
+) -> JoinHandle<T> {
+    std::thread::spawn(move || {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("a runtime for the load")
+            .block_on(task)
+    })
+}
+
+/// The neutral writer on its own thread (see `write_sequence`), until `finish`.
+pub struct Writer {
+    stop: Arc<AtomicBool>,
+    pub acks: Acks,
+    handle: Option<JoinHandle<()>>,
+}
+
+impl Writer {
+    /// Start writing ids from `first_id` through `config` (a read-write session).
+    pub fn start(config: tokio_postgres::Config, first_id: i64) -> Writer {
+        let stop = Arc::new(AtomicBool::new(false));
+        let acks: Acks = Default::default();
+        let task = write_sequence(config, first_id, acks.clone(), stop.clone());
+        Writer {
+            stop,
+            acks,
+            handle: Some(on_own_thread(task)),
+        }
+    }
+
+    /// How many writes were acknowledged so far.
+    pub fn count(&self) -> usize {
+        self.acknowledged().len()
+    }
+
+    /// The writes acknowledged so far, with when.
+    pub fn acknowledged(&self) -> Vec<(i64, Instant)> {
+        self.acks.lock().map(|a| a.clone()).unwrap_or_default()
+    }
+
+    /// Stop writing (the write in flight ends first); the acknowledged writes.
+    pub fn finish(mut self) -> Vec<(i64, Instant)> {
+        self.stop.store(true, Ordering::SeqCst);
+        if let Some(handle) = self.handle.take() {
+            let _ = handle.join();
+        }
+        self.acknowledged()
+    }
+}
+
+impl Drop for Writer {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+    }
+}
+
+/// The ids of acknowledged writes.
+pub fn ids(acks: &[(i64, Instant)]) -> Vec<i64> {
+    acks.iter().map(|(id, _)| *id).collect()
+}
+
+/// The longest gap between consecutive acknowledged writes, from the last one at or before
+/// `from` on (`from` itself when none was).
+pub fn longest_gap(acks: &[(i64, Instant)], from: Instant) -> Duration {
+    let start = acks
+        .iter()
+        .rev()
+        .find(|(_, at)| *at <= from)
+        .map(|(_, at)| *at)
+        .unwrap_or(from);
+    acks.iter()
+        .filter(|(_, at)| *at > start)
+        .scan(start, |prev, (_, at)| {
+            let gap = at.duration_since(*prev);
+            *prev = *at;
+            Some(gap)
+        })
+        .max()
+        .unwrap_or_default()
+}
+
+/// The split-brain watch on its own thread (see `sample_writable`), until `finish`.
+pub struct WriteWatch {
+    stop: Arc<AtomicBool>,
+    handle: Option<JoinHandle<Vec<Writable>>>,
+}
+
+impl WriteWatch {
+    /// Sample `targets` (name, server) every `every`.
+    pub fn start(targets: Vec<(String, Target)>, every: Duration) -> WriteWatch {
+        let stop = Arc::new(AtomicBool::new(false));
+        let task = sample_writable(targets, stop.clone(), every);
+        WriteWatch {
+            stop,
+            handle: Some(on_own_thread(task)),
+        }
+    }
+
+    /// Stop; every writable sample seen.
+    pub fn finish(mut self) -> Vec<Writable> {
+        self.stop.store(true, Ordering::SeqCst);
+        self.handle
+            .take()
+            .and_then(|h| h.join().ok())
+            .unwrap_or_default()
+    }
+}
+
+impl Drop for WriteWatch {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+    }
+}
 
 /// One server found writable between `from` and `to` (the query's start and end).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -126,6 +251,17 @@ pub fn overlaps(samples: &[Writable]) -> Vec<(&Writable, &Writable)> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_longest_gap_counts_from_the_last_write_before() {
+        let t = Instant::now();
+        let ms = |n| t + Duration::from_millis(n);
+        let acks = vec![(1, ms(0)), (2, ms(10)), (3, ms(100)), (4, ms(130))];
+        assert_eq!(longest_gap(&acks, ms(5)), Duration::from_millis(90));
+        assert_eq!(longest_gap(&acks, ms(100)), Duration::from_millis(30));
+        assert_eq!(longest_gap(&acks, ms(200)), Duration::ZERO);
+        assert_eq!(longest_gap(&[], ms(0)), Duration::ZERO);
+    }
 
     #[test]
     fn finds_overlapping_writers_only() {

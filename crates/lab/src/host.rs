@@ -26,8 +26,9 @@ use nix::sys::signal::Signal;
 
 use pgfm_postgres::procs::{self, Killed, Proc};
 
-use super::{find_node, is_our_agent, netns, postmaster_pid, process_alive, read_lab};
-use super::{LabFile, LabNode};
+use crate::commands::{find_node, is_our_agent, postmaster_pid, process_alive, read_lab};
+use crate::commands::{LabFile, LabNode};
+use crate::netns;
 
 /// How often the driver looks at its deadline: it fires at most this late.
 const POLL: Duration = Duration::from_millis(20);
@@ -383,7 +384,7 @@ pub fn start_drivers(exe: &Path, lab: &mut LabFile) -> anyhow::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::{Config, WatchdogConfig};
+    use pgfm_agent::config::{Config, WatchdogConfig};
     use pgfm_core::WatchdogMode;
 
     /// What the lab writes into each node's pgfm.toml for `lab up --watchdog MODE` and
@@ -406,9 +407,9 @@ mod tests {
                      [[peers]]\nname = \"witness\"\naddress = \"127.0.0.1:7002\"\n";
         let watchdog_of = |settings: &[&str], mode: &str, name: &str| {
             let settings: Vec<String> = settings.iter().map(|s| s.to_string()).collect();
-            let mut extra = super::super::parse_settings(&settings).unwrap();
+            let mut extra = crate::commands::parse_settings(&settings).unwrap();
             if mode != "off" {
-                super::super::add_watchdog(&mut extra, mode);
+                crate::commands::add_watchdog(&mut extra, mode);
             }
             let lab = LabFile {
                 cluster: "lab".to_string(),
@@ -419,10 +420,10 @@ mod tests {
                 token_file: dir.join("token"),
                 nodes: vec![node("pg1", true), node("witness", false)],
                 netns: None,
-                watchdog: super::super::wants_watchdog(&extra),
+                watchdog: crate::commands::wants_watchdog(&extra),
             };
             let n = lab.nodes.iter().find(|n| n.name == name).unwrap();
-            let text = super::super::node_config(&lab, n, peers, &extra);
+            let text = crate::commands::node_config(&lab, n, peers, &extra);
             let config = Config::parse(&n.config, &text).unwrap_or_else(|e| panic!("{e}\n{text}"));
             (config.watchdog, lab.watchdog)
         };

@@ -3,7 +3,7 @@
 
 use std::fmt::Write;
 
-use pgfm_api::{ClusterStatus, DbStatus, NodeKindStatus, NodeStatus, Up};
+use crate::{ClusterStatus, DbStatus, NodeKindStatus, NodeStatus, Up};
 
 fn kind(n: &NodeStatus) -> &'static str {
     match n.kind {
@@ -281,7 +281,7 @@ pub fn node(n: &NodeStatus, s: &ClusterStatus) -> String {
 }
 
 /// `required, armed (1 s)`, `required`, `automatic, unavailable: ...`.
-fn watchdog_text(w: &pgfm_api::WatchdogStatus) -> String {
+fn watchdog_text(w: &crate::WatchdogStatus) -> String {
     match (w.armed, &w.problem, w.timeout_s) {
         (true, _, Some(t)) => format!("{}, armed ({t} s)", w.mode),
         (true, _, None) => format!("{}, armed", w.mode),
@@ -292,7 +292,7 @@ fn watchdog_text(w: &pgfm_api::WatchdogStatus) -> String {
 
 /// `Watchdog: pg1 required, armed (1 s); pg2 required`, unless no data node uses one.
 fn watchdog_line(nodes: &[NodeStatus]) -> Option<String> {
-    let reported: Vec<(&str, &pgfm_api::WatchdogStatus)> = nodes
+    let reported: Vec<(&str, &crate::WatchdogStatus)> = nodes
         .iter()
         .filter_map(|n| Some((n.name.as_str(), n.watchdog.as_ref()?)))
         .collect();
@@ -310,7 +310,7 @@ fn watchdog_line(nodes: &[NodeStatus]) -> Option<String> {
 }
 
 /// The text of `pgfm history`.
-pub fn history(entries: &[pgfm_api::HistoryEntry]) -> String {
+pub fn history(entries: &[crate::HistoryEntry]) -> String {
     let mut out = String::new();
     let _ = writeln!(
         out,
@@ -338,7 +338,7 @@ pub fn history(entries: &[pgfm_api::HistoryEntry]) -> String {
 
 /// `Synchronous replication (quorum, 1 of 2 standbys): commits wait for any 1 of pg2, pg3;
 /// failover candidates: ...`
-fn sync_line(sync: &pgfm_api::SyncStatus) -> String {
+fn sync_line(sync: &crate::SyncStatus) -> String {
     let mut mode = vec![sync.mode.clone()];
     if sync.mode != "off" {
         mode.push(format!("{} standby(s)", sync.standbys));
@@ -395,7 +395,7 @@ fn sync_line(sync: &pgfm_api::SyncStatus) -> String {
 /// What a promotion lost, as known: "none", "2.0 KiB", ">= 8.0 KiB" (the old primary's
 /// lease ran out: it may have written more after its last report), "unknown" (nothing
 /// known, or a lower bound of nothing). Never "none" for a primary that was not stopped.
-pub fn lost_text(e: &pgfm_api::HistoryEntry) -> String {
+pub fn lost_text(e: &crate::HistoryEntry) -> String {
     if e.cancelled {
         return "-".to_string();
     }
@@ -410,7 +410,7 @@ pub fn lost_text(e: &pgfm_api::HistoryEntry) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use pgfm_api::PromoteStatus;
+    use crate::PromoteStatus;
     use pgfm_core::{Lsn, Timeline};
 
     fn node(name: &str, kind: NodeKindStatus, port: Option<u16>) -> NodeStatus {
@@ -488,7 +488,7 @@ mod tests {
     #[test]
     fn history_text() {
         let entries = vec![
-            pgfm_api::HistoryEntry {
+            crate::HistoryEntry {
                 generation: 2,
                 at_unix_ms: 1_795_629_345_862,
                 from: Some("pg1".into()),
@@ -499,7 +499,7 @@ mod tests {
                 lost_at_least: false,
                 cancelled: false,
             },
-            pgfm_api::HistoryEntry {
+            crate::HistoryEntry {
                 generation: 3,
                 at_unix_ms: 1_795_629_372_000,
                 from: Some("pg2".into()),
@@ -510,7 +510,7 @@ mod tests {
                 lost_at_least: true,
                 cancelled: false,
             },
-            pgfm_api::HistoryEntry {
+            crate::HistoryEntry {
                 generation: 4,
                 at_unix_ms: 1_795_629_400_000,
                 from: Some("pg3".into()),
@@ -521,7 +521,7 @@ mod tests {
                 lost_at_least: true,
                 cancelled: false,
             },
-            pgfm_api::HistoryEntry {
+            crate::HistoryEntry {
                 generation: 4,
                 at_unix_ms: 1_795_629_500_000,
                 from: Some("pg1".into()),
@@ -547,14 +547,14 @@ mod tests {
     #[test]
     fn vip_cluster_text() {
         let mut status = healthy();
-        status.vip = Some(pgfm_api::VipStatus {
+        status.vip = Some(crate::VipStatus {
             address: "10.0.0.100/24".into(),
             on: vec!["pg1".into()],
         });
         status.nodes[0].vip = Some(true);
         status.nodes[1].vip = Some(false);
         status.nodes[1].sync_state = Some("sync".into());
-        status.synchronous = Some(pgfm_api::SyncStatus {
+        status.synchronous = Some(crate::SyncStatus {
             mode: "on".into(),
             standbys: 1,
             minimum: 0,
@@ -574,7 +574,7 @@ mod tests {
         let sync =
             |mode: &str, standbys, minimum, committed: &[&str], quorum, waiting: &[&str], count| {
                 let names = |n: &[&str]| n.iter().map(|s| s.to_string()).collect::<Vec<_>>();
-                pgfm_api::SyncStatus {
+                crate::SyncStatus {
                     mode: mode.into(),
                     standbys,
                     minimum,
@@ -605,7 +605,7 @@ mod tests {
     #[test]
     fn watchdog_cluster_text() {
         let mut status = healthy();
-        let watchdog = |armed, problem: Option<&str>| pgfm_api::WatchdogStatus {
+        let watchdog = |armed, problem: Option<&str>| crate::WatchdogStatus {
             mode: pgfm_core::WatchdogMode::Required,
             armed,
             timeout_s: Some(1),
@@ -623,7 +623,7 @@ mod tests {
         );
         // Every node off: no line.
         for n in &mut status.nodes[..2] {
-            n.watchdog = Some(pgfm_api::WatchdogStatus {
+            n.watchdog = Some(crate::WatchdogStatus {
                 mode: pgfm_core::WatchdogMode::Off,
                 armed: false,
                 timeout_s: Some(1),

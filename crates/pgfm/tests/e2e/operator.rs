@@ -1,10 +1,12 @@
 //! End-to-end operator commands: switchover under load, and its refusals.
 
-mod common;
-
 use std::time::Duration;
 
-use common::{node, pgfm, text, wait_for, Lab, WriteWatch, Writer};
+use crate::pgfm;
+use pgfm_lab::harness::{node, text, wait_for, Lab, SplitBrainWatch};
+use pgfm_lab::writers::{ids, Writer, BENCH_TABLE};
+
+use crate::PGFM;
 
 const SETTLE: Duration = Duration::from_secs(60);
 
@@ -22,15 +24,11 @@ fn switchover(lab: &Lab, via: &str, to: Option<&str>) -> std::process::Output {
 /// no two nodes are ever writable at once, and every acknowledged row is there at the end.
 #[test]
 fn five_switchovers_under_write_load_lose_nothing() {
-    let lab = Lab::up(2);
+    let lab = Lab::up(PGFM, 2);
     lab.wait_healthy("witness", SETTLE);
-    lab.psql(
-        "pg1",
-        "CREATE TABLE bench (id bigint PRIMARY KEY, at timestamptz DEFAULT now())",
-    )
-    .unwrap();
-    let watch = WriteWatch::start(&lab, &["pg1", "pg2"]);
-    let writer = Writer::start(lab.writer_config(&["pg1", "pg2"]));
+    lab.psql("pg1", BENCH_TABLE).unwrap();
+    let watch = SplitBrainWatch::start(&lab, &["pg1", "pg2"]);
+    let writer = Writer::start(lab.writer_config(&["pg1", "pg2"]), 1);
     wait_for("the writer to write", SETTLE, || {
         if writer.count() > 20 {
             Ok(())
@@ -65,7 +63,7 @@ fn five_switchovers_under_write_load_lose_nothing() {
             }
         });
     }
-    let acked = writer.finish();
+    let acked = ids(&writer.finish());
     let primary = lab.primary("witness").unwrap();
     let found = lab
         .psql(
@@ -100,7 +98,7 @@ fn five_switchovers_under_write_load_lose_nothing() {
 /// that is down, and a request without the right token.
 #[test]
 fn switchover_refusals_change_nothing() {
-    let lab = Lab::up(2);
+    let lab = Lab::up(PGFM, 2);
     lab.wait_healthy("witness", SETTLE);
     let refused = |to: Option<&str>, expected: &str| {
         let output = switchover(&lab, "pg1", to);
@@ -119,7 +117,7 @@ fn switchover_refusals_change_nothing() {
     refused(Some("pg1"), "pg1 is already the primary");
     refused(Some("witness"), "witness is not a standby in sync with pg1");
     // The same through --agent URL and --token-file, from anywhere.
-    let port = lab.lab_node("witness")["agent_port"].as_u64().unwrap();
+    let port = lab.lab_node("witness").agent_port;
     let output = pgfm()
         .args([
             "switchover",
@@ -153,7 +151,7 @@ fn switchover_refusals_change_nothing() {
     refused(None, "no standby is in sync with pg1");
 
     let lab_status = lab.lab_status();
-    let port = lab_status["nodes"][0]["agent_port"].as_u64().unwrap();
+    let port = lab_status.nodes[0].agent_port;
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -173,7 +171,7 @@ fn switchover_refusals_change_nothing() {
 /// failover, and metrics and history tell the story.
 #[test]
 fn health_endpoints_follow_a_failover() {
-    let lab = Lab::up(2);
+    let lab = Lab::up(PGFM, 2);
     lab.wait_healthy("witness", SETTLE);
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -250,9 +248,9 @@ fn cli(lab: &Lab, via: &str, args: &[&str]) -> std::process::Output {
 /// is stopped and fenced first and the target promoted; the old primary streams from it.
 #[test]
 fn promote_fences_a_live_primary_first_and_works_with_auto_failover_off() {
-    let lab = Lab::up_with(2, &["failover.auto_failover=false"]);
+    let lab = Lab::up_with(PGFM, 2, &["failover.auto_failover=false"]);
     lab.wait_healthy("witness", SETTLE);
-    let watch = WriteWatch::start(&lab, &["pg1", "pg2"]);
+    let watch = SplitBrainWatch::start(&lab, &["pg1", "pg2"]);
     let output = cli(&lab, "pg1", &["set-priority", "pg2", "0"]);
     assert!(output.status.success(), "{}", text(&output));
     let output = cli(&lab, "pg1", &["promote", "--to", "pg2"]);
@@ -288,7 +286,7 @@ fn promote_fences_a_live_primary_first_and_works_with_auto_failover_off() {
 /// operator's `pgfm promote` still works, and `pgfm resume` ends the mode.
 #[test]
 fn pause_stops_automatic_failover_until_the_operator_acts() {
-    let lab = Lab::up(2);
+    let lab = Lab::up(PGFM, 2);
     lab.wait_healthy("witness", SETTLE);
     let output = cli(&lab, "pg2", &["pause"]);
     assert!(output.status.success(), "{}", text(&output));
@@ -334,7 +332,7 @@ fn pause_stops_automatic_failover_until_the_operator_acts() {
 /// post-promotion hook runs on the new primary.
 #[test]
 fn hooks_gate_and_announce_a_failover() {
-    let dir = common::scratch_dir("hooks");
+    let dir = pgfm_lab::harness::scratch_dir("hooks");
     std::fs::create_dir_all(&dir).unwrap();
     let d = dir.display();
     std::fs::write(dir.join("fence.sh"), format!("env | grep ^PGFM_ > {d}/fence.env\necho fencing the old primary\nexit $(cat {d}/fence.exit)\n")).unwrap();
@@ -346,7 +344,7 @@ fn hooks_gate_and_announce_a_failover() {
     std::fs::write(dir.join("fence.exit"), "1").unwrap();
     let fence = format!("hooks.fence=\"sh {d}/fence.sh\"");
     let post = format!("hooks.post_promotion=\"sh {d}/post.sh\"");
-    let lab = Lab::up_with(2, &[&fence, &post, "hooks.timeout=\"10s\""]);
+    let lab = Lab::up_with(PGFM, 2, &[&fence, &post, "hooks.timeout=\"10s\""]);
     lab.wait_healthy("witness", SETTLE);
     let output = lab.run(&["lab", "kill", "pg1"]);
     assert!(output.status.success(), "{}", text(&output));
@@ -402,7 +400,7 @@ fn hooks_gate_and_announce_a_failover() {
 /// node, and when the rest would have no majority up. `allow-node` brings it back.
 #[test]
 fn membership_changes_through_raft_with_their_refusals() {
-    let lab = Lab::up(3);
+    let lab = Lab::up(PGFM, 3);
     lab.wait_healthy("witness", SETTLE);
     let refused = |args: &[&str], expected: &str| {
         let output = cli(&lab, "pg1", args);
@@ -472,7 +470,7 @@ fn membership_changes_through_raft_with_their_refusals() {
         }
     });
 
-    let port = lab.lab_node("pg3")["agent_port"].as_u64().unwrap();
+    let port = lab.lab_node("pg3").agent_port;
     // A leadership change during the membership change makes the command fail (exit 2,
     // nothing half done that a retry cannot finish): retry as an operator would.
     wait_for("allow-node pg3 to succeed", SETTLE, || {
@@ -534,7 +532,7 @@ fn membership_changes_through_raft_with_their_refusals() {
 /// the agents come back to the same primary and generation, and `resume` ends the pause.
 #[test]
 fn stop_cluster_stops_every_agent_and_keeps_the_databases() {
-    let lab = Lab::up(2);
+    let lab = Lab::up(PGFM, 2);
     lab.wait_healthy("witness", SETTLE);
     let output = cli(&lab, "pg2", &["stop-cluster"]);
     assert!(output.status.success(), "{}", text(&output));
@@ -545,12 +543,11 @@ fn stop_cluster_stops_every_agent_and_keeps_the_databases() {
     );
     wait_for("every agent to stop", SETTLE, || {
         let status = lab.lab_status();
-        let running: Vec<String> = status["nodes"]
-            .as_array()
-            .unwrap()
+        let running: Vec<String> = status
+            .nodes
             .iter()
-            .filter(|n| n["agent_running"] == true)
-            .map(|n| n["name"].to_string())
+            .filter(|n| n.agent_running)
+            .map(|n| n.name.clone())
             .collect();
         if running.is_empty() {
             Ok(())

@@ -1,5 +1,5 @@
-//! Driving a lab from inside pgfm (the demo and the bench): the lab commands run as
-//! subprocesses of this same binary, the status comes from the agents' API.
+//! Driving a lab (the demo, the bench and the end-to-end tests): the lab commands run as
+//! subprocesses of the `pgfm` binary, the status comes from the agents' API.
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -9,17 +9,20 @@ use anyhow::{bail, Context};
 use pgfm_api::ClusterStatus;
 use pgfm_postgres::probe::Target;
 
-use crate::lab::{self, LabFile};
+use crate::commands::{self as lab, LabFile};
 
 pub struct LabDriver {
     pub dir: PathBuf,
-    exe: PathBuf,
+    /// The `pgfm` binary that runs the lab's commands and agents.
+    pub exe: PathBuf,
 }
 
 impl LabDriver {
-    /// `pgfm lab up`; returns the driver and what lab up printed. With `netns`, every node
-    /// is its own host, and this thread moves into the lab's client namespace.
+    /// `pgfm lab up` run by `exe`; returns the driver and what lab up printed. With
+    /// `netns`, every node is its own host, and this thread moves into the lab's client
+    /// namespace.
     pub fn up(
+        exe: &Path,
         dir: &Path,
         data_nodes: usize,
         settings: &[String],
@@ -27,7 +30,7 @@ impl LabDriver {
     ) -> anyhow::Result<(LabDriver, String)> {
         let driver = LabDriver {
             dir: lab::absolute(dir)?,
-            exe: std::env::current_exe().context("finding the pgfm binary")?,
+            exe: exe.to_path_buf(),
         };
         let mut args = vec![
             "lab".to_string(),
@@ -47,14 +50,18 @@ impl LabDriver {
         Ok((driver, printed))
     }
 
-    /// Run `pgfm ARGS --dir DIR`; its standard output, or an error with its standard error.
-    pub fn pgfm<S: AsRef<str>>(&self, args: &[S]) -> anyhow::Result<String> {
-        let output = std::process::Command::new(&self.exe)
+    /// Run `pgfm ARGS --dir DIR`, whatever it answers.
+    pub fn output<S: AsRef<str>>(&self, args: &[S]) -> std::io::Result<std::process::Output> {
+        std::process::Command::new(&self.exe)
             .args(args.iter().map(|a| a.as_ref()))
             .arg("--dir")
             .arg(&self.dir)
             .output()
-            .context("running pgfm")?;
+    }
+
+    /// Run `pgfm ARGS --dir DIR`; its standard output, or an error with its standard error.
+    pub fn pgfm<S: AsRef<str>>(&self, args: &[S]) -> anyhow::Result<String> {
+        let output = self.output(args).context("running pgfm")?;
         if !output.status.success() {
             bail!(
                 "pgfm {} failed: {}{}",

@@ -6,19 +6,16 @@
 //! acknowledged writes), acknowledged writes missing afterwards, moments when two nodes
 //! accepted writes, and the old primary's rejoin time.
 
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use clap::{Args, ValueEnum};
 use serde::Serialize;
-use tokio_postgres::config::TargetSessionAttrs;
 
 use pgfm_api::{ClusterStatus, NodeKindStatus};
-use pgfm_postgres::writers::{overlaps, sample_writable};
 
 use crate::drive::LabDriver;
+use crate::writers::{longest_gap, overlaps, WriteWatch, Writer, BENCH_TABLE};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Serialize)]
 #[serde(rename_all = "kebab-case")]
@@ -100,93 +97,19 @@ struct RunResult {
     rejoin_ms: Option<u64>,
 }
 
-use pgfm_postgres::writers::{write_sequence as write, Acks};
-
-fn writer_config(driver: &LabDriver) -> anyhow::Result<tokio_postgres::Config> {
-    let lab = driver.lab()?;
-    let mut config = tokio_postgres::Config::new();
-    match &lab.netns {
-        // Through the virtual IP only, as clients do in the field.
-        Some(ns) => {
-            let vip = ns.vip.split('/').next().unwrap_or_default();
-            config.host(vip).port(crate::lab::netns::PG_PORT);
-        }
-        None => {
-            for (_, port) in driver.data_nodes()? {
-                config.host("127.0.0.1").port(port);
-            }
-        }
-    }
-    let passfile = std::fs::read_to_string(&lab.passfile).context("reading the lab passfile")?;
-    let password =
-        pgfm_postgres::passfile::lookup(&passfile, "127.0.0.1", 0, "postgres", "postgres")
-            .context("no password for postgres in the lab passfile")?;
-    config
-        .user("postgres")
-        .password(password)
-        .dbname("postgres")
-        .application_name("pgfm-bench-writer")
-        .connect_timeout(Duration::from_secs(1))
-        .target_session_attrs(TargetSessionAttrs::ReadWrite);
-    Ok(config)
-}
-
-/// The neutral writer and the split-brain watch, running against a lab.
-struct Load {
-    acks: Acks,
-    stop: Arc<AtomicBool>,
-    writer: Option<tokio::task::JoinHandle<()>>,
-    watch_stop: Arc<AtomicBool>,
-    watcher: tokio::task::JoinHandle<Vec<pgfm_postgres::writers::Writable>>,
-}
-
-impl Load {
-    fn start(driver: &LabDriver, first_id: i64) -> anyhow::Result<Load> {
-        let acks: Acks = Arc::new(Mutex::new(Vec::new()));
-        let stop = Arc::new(AtomicBool::new(false));
-        let writer = tokio::spawn(write(
-            writer_config(driver)?,
-            first_id,
-            acks.clone(),
-            stop.clone(),
-        ));
-        let targets = driver
-            .data_nodes()?
-            .into_iter()
-            .map(|(name, _)| Ok((name.clone(), driver.target(&name)?)))
-            .collect::<anyhow::Result<Vec<_>>>()?;
-        let watch_stop = Arc::new(AtomicBool::new(false));
-        let watcher = tokio::spawn(sample_writable(
-            targets,
-            watch_stop.clone(),
-            Duration::from_millis(10),
-        ));
-        Ok(Load {
-            acks,
-            stop,
-            writer: Some(writer),
-            watch_stop,
-            watcher,
-        })
-    }
-
-    fn acknowledged(&self) -> Vec<(i64, Instant)> {
-        self.acks.lock().map(|a| a.clone()).unwrap_or_default()
-    }
-
-    async fn stop_writing(&mut self) {
-        self.stop.store(true, Ordering::SeqCst);
-        if let Some(writer) = self.writer.take() {
-            let _ = writer.await;
-        }
-    }
-
-    /// Stop everything; the moments two nodes accepted writes.
-    async fn finish(mut self) -> usize {
-        self.stop_writing().await;
-        self.watch_stop.store(true, Ordering::SeqCst);
-        overlaps(&self.watcher.await.unwrap_or_default()).len()
-    }
+/// The neutral writer and the split-brain watch (every data node, every 10 ms), started
+/// against the lab.
+fn start_load(driver: &LabDriver, first_id: i64) -> anyhow::Result<(Writer, WriteWatch)> {
+    let config = driver.lab()?.writer_config("pgfm-bench-writer")?;
+    let targets = driver
+        .data_nodes()?
+        .into_iter()
+        .map(|(name, _)| Ok((name.clone(), driver.target(&name)?)))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    Ok((
+        Writer::start(config, first_id),
+        WriteWatch::start(targets, Duration::from_millis(10)),
+    ))
 }
 
 async fn create_bench_table(driver: &LabDriver, node: &str) -> anyhow::Result<()> {
@@ -194,7 +117,7 @@ async fn create_bench_table(driver: &LabDriver, node: &str) -> anyhow::Result<()
         .await
         .map_err(|e| anyhow::anyhow!("connecting to {node}: {e}"))?;
     client
-        .simple_query("CREATE TABLE IF NOT EXISTS bench (id bigint PRIMARY KEY, at timestamptz DEFAULT now())")
+        .simple_query(BENCH_TABLE)
         .await
         .context("creating the bench table")?;
     Ok(())
@@ -242,11 +165,11 @@ async fn one_run(
     let old = before.primary.clone().context("no primary")?;
     let generation = before.generation;
 
-    let mut load = Load::start(driver, first_id)?;
+    let (writer, watch) = start_load(driver, first_id)?;
 
     // Warm up: the writer must be writing before the fault.
     let deadline = Instant::now() + Duration::from_secs(30);
-    while load.acknowledged().len() < 50 {
+    while writer.count() < 50 {
         if Instant::now() > deadline {
             bail!("the writer could not write before the fault");
         }
@@ -265,7 +188,7 @@ async fn one_run(
     let deadline = Instant::now() + settle;
     let mut promoted_at = (scenario == Scenario::PostmasterCrash).then_some(fault);
     loop {
-        let steady = load
+        let steady = writer
             .acks
             .lock()
             .map(|a| {
@@ -304,7 +227,7 @@ async fn one_run(
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    load.stop_writing().await;
+    let acks = writer.finish();
 
     let after = driver
         .wait("a primary after the fault", settle, |s| {
@@ -329,8 +252,7 @@ async fn one_run(
             .await?;
         rejoin_ms = Some(started.elapsed().as_millis() as u64);
     }
-    let acks = load.acknowledged();
-    let two_writers = load.finish().await;
+    let two_writers = overlaps(&watch.finish()).len();
     let ids: Vec<i64> = acks.iter().map(|(id, _)| *id).collect();
     let kept = kept_ids(driver, &new, &ids).await?;
     let lost = ids.len() - kept.len();
@@ -380,7 +302,8 @@ pub fn failover(args: FailoverBench) -> anyhow::Result<std::process::ExitCode> {
     if scenarios.contains(&Scenario::PrimaryIsolation) && !args.netns {
         bail!("--scenario primary-isolation needs --netns (a partition needs separate hosts)");
     }
-    let rt = crate::lab::runtime()?;
+    let rt = crate::runtime()?;
+    let exe = std::env::current_exe().context("finding the pgfm binary")?;
     let cores = std::thread::available_parallelism()
         .map(|n| n.get())
         .unwrap_or(1);
@@ -423,7 +346,7 @@ pub fn failover(args: FailoverBench) -> anyhow::Result<std::process::ExitCode> {
             .iter()
             .map(|mode| format!("replication.synchronous=\"{mode}\""))
             .collect();
-        let (driver, _) = LabDriver::up(&args.dir, args.data_nodes, &settings, args.netns)?;
+        let (driver, _) = LabDriver::up(&exe, &args.dir, args.data_nodes, &settings, args.netns)?;
         let result = rt.block_on(async {
             create_bench_table(&driver, "pg1").await?;
             let mut next = 1;
@@ -531,29 +454,9 @@ struct SwitchoverRun {
     old_primary_streaming_at_return: bool,
 }
 
-/// The longest gap between consecutive acknowledged writes from the last one before
-/// `from` on.
-fn longest_gap(acks: &[(i64, Instant)], from: Instant) -> Duration {
-    let start = acks
-        .iter()
-        .rev()
-        .find(|(_, at)| *at <= from)
-        .map(|(_, at)| *at)
-        .unwrap_or(from);
-    acks.iter()
-        .filter(|(_, at)| *at > start)
-        .scan(start, |prev, (_, at)| {
-            let gap = at.duration_since(*prev);
-            *prev = *at;
-            Some(gap)
-        })
-        .max()
-        .unwrap_or_default()
-}
-
 /// `pgfm bench switchover`: N switchovers back and forth under the neutral writer.
 pub fn switchover(args: SwitchoverBench) -> anyhow::Result<std::process::ExitCode> {
-    let rt = crate::lab::runtime()?;
+    let rt = crate::runtime()?;
     let cores = std::thread::available_parallelism()
         .map(|n| n.get())
         .unwrap_or(1);
@@ -563,12 +466,12 @@ pub fn switchover(args: SwitchoverBench) -> anyhow::Result<std::process::ExitCod
             args.runs
         );
     }
-    let (driver, _) = LabDriver::up(&args.dir, 2, &[], false)?;
-    let exe = std::env::current_exe()?;
+    let exe = std::env::current_exe().context("finding the pgfm binary")?;
+    let (driver, _) = LabDriver::up(&exe, &args.dir, 2, &[], false)?;
     let config = driver.dir.join("witness").join("pgfm.toml");
     let outcome = rt.block_on(async {
         create_bench_table(&driver, "pg1").await?;
-        let load = Load::start(&driver, 1)?;
+        let (writer, watch) = start_load(&driver, 1)?;
         let mut runs = Vec::new();
         for run in 1..=args.runs {
             let before = driver.wait("a healthy cluster", Duration::from_secs(90), healthy).await?;
@@ -594,7 +497,7 @@ pub fn switchover(args: SwitchoverBench) -> anyhow::Result<std::process::ExitCod
                 .any(|n| n.name == from && n.kind == NodeKindStatus::Standby && n.in_sync == Some(true));
             // Keep writing a second so that the gap after the switchover is measured whole.
             tokio::time::sleep(Duration::from_secs(1)).await;
-            let downtime = longest_gap(&load.acknowledged(), started);
+            let downtime = longest_gap(&writer.acknowledged(), started);
             let result = SwitchoverRun {
                 run,
                 from,
@@ -614,8 +517,8 @@ pub fn switchover(args: SwitchoverBench) -> anyhow::Result<std::process::ExitCod
             }
             runs.push(result);
         }
-        let ids: Vec<i64> = load.acknowledged().iter().map(|(id, _)| *id).collect();
-        let two_writers = load.finish().await;
+        let ids: Vec<i64> = writer.finish().iter().map(|(id, _)| *id).collect();
+        let two_writers = overlaps(&watch.finish()).len();
         let primary = driver.status().await?.primary.context("no primary at the end")?;
         let lost = ids.len() - kept_ids(&driver, &primary, &ids).await?.len();
         anyhow::Ok((runs, ids.len(), lost, two_writers))

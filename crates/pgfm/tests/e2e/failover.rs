@@ -3,11 +3,11 @@
 //! one per promotion, that the old primary ends streaming on the new timeline, and that rows
 //! committed well before the fault are all on the new primary.
 
-mod common;
-
 use std::time::Duration;
 
-use common::{node, text, wait_for, Lab, WriteWatch};
+use pgfm_lab::harness::{node, text, wait_for, Lab, SplitBrainWatch};
+
+use crate::PGFM;
 
 const SETTLE: Duration = Duration::from_secs(60);
 
@@ -33,10 +33,10 @@ fn run(lab: &Lab, args: &[&str]) {
 /// on the new timeline.
 #[test]
 fn host_death_of_primary_fails_over_and_rejoins() {
-    let lab = Lab::up(2);
+    let lab = Lab::up(PGFM, 2);
     lab.wait_healthy("witness", SETTLE);
     committed_rows(&lab, "pg1", "pg2", 1000);
-    let watch = WriteWatch::start(&lab, &["pg1", "pg2"]);
+    let watch = SplitBrainWatch::start(&lab, &["pg1", "pg2"]);
 
     run(&lab, &["lab", "kill", "pg1"]);
     let status = lab.wait_for_primary_change("pg2", 2);
@@ -74,10 +74,10 @@ fn host_death_of_primary_fails_over_and_rejoins() {
 /// it in place; no failover happens and the generation stays 1.
 #[test]
 fn postmaster_crash_restarts_in_place() {
-    let lab = Lab::up(2);
+    let lab = Lab::up(PGFM, 2);
     lab.wait_healthy("witness", SETTLE);
     committed_rows(&lab, "pg1", "pg2", 100);
-    let watch = WriteWatch::start(&lab, &["pg1", "pg2"]);
+    let watch = SplitBrainWatch::start(&lab, &["pg1", "pg2"]);
     run(&lab, &["lab", "kill", "pg1", "--postgres-only"]);
     wait_for("pg1 writable again", SETTLE, || {
         lab.psql("pg1", "INSERT INTO kept VALUES (101)")
@@ -95,10 +95,10 @@ fn postmaster_crash_restarts_in_place() {
 /// once and the standby takes over without waiting for the lease to expire.
 #[test]
 fn postmaster_crash_with_on_crash_failover_fails_over() {
-    let lab = Lab::up_with(2, &["failover.on_crash=\"failover\""]);
+    let lab = Lab::up_with(PGFM, 2, &["failover.on_crash=\"failover\""]);
     lab.wait_healthy("witness", SETTLE);
     committed_rows(&lab, "pg1", "pg2", 100);
-    let watch = WriteWatch::start(&lab, &["pg1", "pg2"]);
+    let watch = SplitBrainWatch::start(&lab, &["pg1", "pg2"]);
     run(&lab, &["lab", "kill", "pg1", "--postgres-only"]);
     let status = lab.wait_primary("witness", "pg2", 2, SETTLE);
     assert_eq!(node(&status, "pg1")["kind"], "standby", "{status}");
@@ -117,9 +117,9 @@ fn postmaster_crash_with_on_crash_failover_fails_over() {
 /// one, the host resets (see `safety.rs`).
 #[test]
 fn primary_agent_death_without_a_watchdog_does_not_promote_while_its_database_answers() {
-    let lab = Lab::up_with(2, &["watchdog.mode=\"off\""]);
+    let lab = Lab::up_with(PGFM, 2, &["watchdog.mode=\"off\""]);
     lab.wait_healthy("witness", SETTLE);
-    let watch = WriteWatch::start(&lab, &["pg1", "pg2"]);
+    let watch = SplitBrainWatch::start(&lab, &["pg1", "pg2"]);
     run(&lab, &["lab", "kill", "pg1", "--agent-only"]);
     let status = wait_for("the coordinator to refuse the promotion", SETTLE, || {
         let (status, _) = lab.cluster_status("pg2")?;
@@ -147,7 +147,7 @@ fn primary_agent_death_without_a_watchdog_does_not_promote_while_its_database_an
 /// the primary keeps taking writes throughout.
 #[test]
 fn standby_or_witness_death_causes_no_failover_and_no_write_outage() {
-    let lab = Lab::up(2);
+    let lab = Lab::up(PGFM, 2);
     lab.wait_healthy("witness", SETTLE);
     lab.psql("pg1", "CREATE TABLE ticks (at timestamptz)")
         .unwrap();
@@ -176,7 +176,7 @@ fn standby_or_witness_death_causes_no_failover_and_no_write_outage() {
 /// needed and nothing is promoted.
 #[test]
 fn with_auto_failover_off_nothing_is_promoted() {
-    let lab = Lab::up_with(2, &["failover.auto_failover=false"]);
+    let lab = Lab::up_with(PGFM, 2, &["failover.auto_failover=false"]);
     lab.wait_healthy("witness", SETTLE);
     run(&lab, &["lab", "kill", "pg1"]);
     let status = wait_for("status to say a failover is needed", SETTLE, || {
@@ -204,7 +204,7 @@ fn with_auto_failover_off_nothing_is_promoted() {
 /// status until `pgfm resume` on it; then it rewinds and streams from the new primary.
 #[test]
 fn manual_rejoin_waits_for_resume() {
-    let lab = Lab::up_with(2, &["failover.rejoin=\"manual\""]);
+    let lab = Lab::up_with(PGFM, 2, &["failover.rejoin=\"manual\""]);
     lab.wait_healthy("witness", SETTLE);
     run(&lab, &["lab", "kill", "pg1"]);
     lab.wait_for_primary_change("pg2", 2);
@@ -223,7 +223,7 @@ fn manual_rejoin_waits_for_resume() {
         }
     });
     assert_eq!(node(&status, "pg1")["agent"], "up");
-    let output = common::pgfm()
+    let output = crate::pgfm()
         .args(["resume", "-c"])
         .arg(lab.config("pg1"))
         .output()
@@ -238,14 +238,14 @@ fn manual_rejoin_waits_for_resume() {
 /// follows it by a reload of primary_conninfo, without a restart (same postmaster).
 #[test]
 fn the_other_standbys_follow_the_new_primary_without_restart() {
-    let lab = Lab::up(3);
+    let lab = Lab::up(PGFM, 3);
     lab.wait_healthy("witness", SETTLE);
     committed_rows(&lab, "pg1", "pg3", 500);
-    let pids: Vec<(String, serde_json::Value)> = ["pg2", "pg3"]
+    let pids: Vec<(String, Option<i32>)> = ["pg2", "pg3"]
         .iter()
-        .map(|n| (n.to_string(), lab.lab_node(n)["postgres_pid"].clone()))
+        .map(|n| (n.to_string(), lab.lab_node(n).postgres_pid))
         .collect();
-    let watch = WriteWatch::start(&lab, &["pg1", "pg2", "pg3"]);
+    let watch = SplitBrainWatch::start(&lab, &["pg1", "pg2", "pg3"]);
     run(&lab, &["lab", "kill", "pg1"]);
     let status = wait_for(
         "a new primary in generation 2 with the other standby streaming from it",
@@ -269,7 +269,7 @@ fn the_other_standbys_follow_the_new_primary_without_restart() {
     let other = if primary == "pg2" { "pg3" } else { "pg2" };
     let before = &pids.iter().find(|(n, _)| n == other).unwrap().1;
     assert_eq!(
-        &lab.lab_node(other)["postgres_pid"],
+        &lab.lab_node(other).postgres_pid,
         before,
         "{other} was restarted to follow"
     );

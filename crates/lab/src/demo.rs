@@ -11,7 +11,7 @@ use anyhow::Context;
 use pgfm_api::NodeKindStatus;
 
 use crate::drive::LabDriver;
-use crate::status_text;
+use pgfm_api::status_text;
 
 fn say(text: &str) {
     println!("\n==> {text}");
@@ -24,7 +24,8 @@ pub fn run(dir: &Path, keep: bool) -> anyhow::Result<ExitCode> {
         dir.display()
     ));
     let started = Instant::now();
-    let (driver, printed) = LabDriver::up(dir, 2, &[], false)?;
+    let exe = std::env::current_exe().context("finding the pgfm binary")?;
+    let (driver, printed) = LabDriver::up(&exe, dir, 2, &[], false)?;
     print!("{printed}");
     let outcome = tour(&driver, started);
     if keep {
@@ -41,7 +42,7 @@ pub fn run(dir: &Path, keep: bool) -> anyhow::Result<ExitCode> {
 }
 
 fn tour(driver: &LabDriver, started: Instant) -> anyhow::Result<()> {
-    let rt = crate::lab::runtime()?;
+    let rt = crate::runtime()?;
     rt.block_on(async {
         let settle = Duration::from_secs(90);
         let status = driver.status().await?;

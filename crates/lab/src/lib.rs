@@ -1,0 +1,27 @@
+//! pgfm's lab: a real cluster on this machine (`pgfm lab`), its faults, and what drives it —
+//! the demo, the bench and the end-to-end tests' harness. Nothing here runs in production:
+//! the agent never depends on this crate (it is not in `cargo tree -p pgfm-agent`).
+//!
+//! - `commands`: `pgfm lab up|down|status|kill|start|freeze|thaw|partition|heal` and the
+//!   lab's file (`LabFile`, `DIR/lab.json`);
+//! - `host`: a node as a host (every process of it frozen or killed together) and its
+//!   watchdog driver; `netns`: the namespaced lab (`--netns`) and its network faults;
+//! - `drive`: `LabDriver`, a lab driven through the `pgfm` binary (the demo, the bench, the
+//!   tests); `writers`: the neutral writer, the longest gap, the split-brain watch;
+//! - `demo`, `bench`: `pgfm demo`, `pgfm bench failover|switchover`;
+//! - `harness`: polling with deadlines and the tests' view of a lab (panics on failure).
+
+pub mod bench;
+mod commands;
+pub mod demo;
+pub mod drive;
+pub mod harness;
+mod host;
+pub mod netns;
+pub mod writers;
+
+pub use commands::{
+    any_status, enter_client_network, lab_status, read_lab, run, runtime, LabCommand, LabFile,
+    LabNode, LabNodeStatus, LabStatus,
+};
+pub use drive::LabDriver;

@@ -1,0 +1,18 @@
+//! pgfm's end-to-end tests, one binary: real PostgreSQL and real agent processes, a lab
+//! per test driven through the `pgfm` binary under test (`pgfm_lab::harness`).
+
+mod cluster;
+mod failover;
+mod operator;
+mod partitions;
+mod refusals;
+mod safety;
+mod synchronous;
+
+/// The `pgfm` binary under test.
+pub const PGFM: &str = env!("CARGO_BIN_EXE_pgfm");
+
+/// A `pgfm` command, no arguments yet.
+pub fn pgfm() -> std::process::Command {
+    std::process::Command::new(PGFM)
+}
