@@ -14,6 +14,8 @@ use crate::model::{
 use crate::types::Lsn;
 
 mod action;
+#[cfg(test)]
+pub(crate) mod testing;
 mod view;
 
 pub use action::{Action, Decision};
@@ -999,263 +1001,9 @@ fn cluster_hold(reason: String) -> Action {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::lease::LeaseSettings;
-    use crate::model::{ClusterState, Member, ReplicaInfo, SyncSettings};
+    use crate::decide::testing::*;
+    use crate::model::SyncSettings;
     use crate::types::{Generation, Lsn, Timeline};
-
-    fn member(name: &str) -> Member {
-        let kind = if name == "witness" {
-            NodeKind::Witness
-        } else {
-            NodeKind::Data
-        };
-        Member {
-            name: name.into(),
-            kind,
-            address: "127.0.0.1:7000".into(),
-            pg_host: Some("127.0.0.1".into()),
-            pg_port: Some(5000 + name.len() as u16),
-            priority: if name == "pg3" { 50 } else { 100 },
-            promotable: name != "pg9",
-        }
-    }
-
-    /// How a node looks in a test: running primary, running standby, stopped with a data
-    /// dir of the given kind, or silent (no report).
-    #[derive(Clone, Copy)]
-    enum Seen {
-        Running(DbRole),
-        Stopped(DataDirState),
-        Silent,
-    }
-
-    fn report(name: &str, seen: Seen) -> NodeReport {
-        let mut r = NodeReport::new(name, member(name).kind);
-        match seen {
-            Seen::Running(role) => {
-                r.db_up = true;
-                r.role = Some(role);
-                r.data_dir = Some(match role {
-                    DbRole::Primary => DataDirState::Primary,
-                    DbRole::Standby => DataDirState::Standby,
-                });
-                match role {
-                    DbRole::Primary => r.current_lsn = Some(Lsn(1_000_000)),
-                    DbRole::Standby => {
-                        r.received_lsn = Some(Lsn(1_000_000));
-                        r.replayed_lsn = Some(Lsn(1_000_000));
-                        r.conninfo_upstream = Some("127.0.0.1:5003".into());
-                    }
-                }
-            }
-            Seen::Stopped(dir) => r.data_dir = Some(dir),
-            Seen::Silent => {}
-        }
-        r
-    }
-
-    fn view(primary: Option<&str>, nodes: &[(&str, Seen)]) -> ClusterView {
-        let mut state = ClusterState::default();
-        for (name, _) in nodes {
-            state.members.insert(name.to_string(), member(name));
-        }
-        if let Some(p) = primary {
-            state.primary = Some(p.into());
-            state.generation = Generation(1);
-        }
-        let reports = nodes
-            .iter()
-            .filter(|(_, seen)| !matches!(seen, Seen::Silent))
-            .map(|(name, seen)| {
-                let observed = Observed {
-                    report: report(name, *seen),
-                    received_at_ms: 1_000,
-                };
-                (name.to_string(), observed)
-            })
-            .collect::<BTreeMap<String, Observed>>();
-        // The running primary sees every running standby stream from it.
-        let streaming: Vec<ReplicaInfo> = nodes
-            .iter()
-            .filter(|(_, seen)| matches!(seen, Seen::Running(DbRole::Standby)))
-            .map(|(name, _)| ReplicaInfo {
-                application_name: name.to_string(),
-                state: "streaming".into(),
-                sync_state: "async".into(),
-                replay_lsn: Some(Lsn(1_000_000)),
-                flush_lsn: Some(Lsn(1_000_000)),
-            })
-            .collect();
-        let mut reports = reports;
-        for o in reports.values_mut() {
-            if o.report.role == Some(DbRole::Primary) {
-                o.report.replicas = streaming.clone();
-            }
-        }
-        ClusterView {
-            voters: nodes.iter().map(|(n, _)| n.to_string()).collect(),
-            state,
-            reports,
-            // Fixed here, so that the numbers below do not move with the defaults.
-            settings: Settings {
-                lease: LeaseSettings {
-                    lease_ms: 3000,
-                    renew_interval_ms: 500,
-                    safety_margin_ms: 1000,
-                    drift_margin_ms: 500,
-                },
-                ..Settings::default()
-            },
-            last_renewal_seen_ms: Some(0),
-            coordinator_since_ms: Some(0),
-            wall_clock_ms: 42,
-            measured: BTreeMap::new(),
-            switchover_step_ms: Some(1_000),
-        }
-    }
-
-    /// pg1 the running primary of generation 1, `standbys` running standbys, a witness.
-    fn primary_with(standbys: &[&str]) -> ClusterView {
-        let nodes: Vec<(&str, Seen)> = std::iter::once(("pg1", Running(DbRole::Primary)))
-            .chain(standbys.iter().map(|n| (*n, Running(DbRole::Standby))))
-            .chain(std::iter::once(("witness", Stopped(Empty))))
-            .collect();
-        view(Some("pg1"), &nodes)
-    }
-
-    /// A switchover from pg1 to pg2 asked in generation 1, pg1 not stopped yet.
-    fn switchover_pg1_to_pg2() -> Switchover {
-        Switchover {
-            from: "pg1".into(),
-            to: "pg2".into(),
-            force: false,
-            generation: Generation(1),
-            final_lsn: None,
-            seq: 1,
-            unclean: false,
-        }
-    }
-
-    fn local(cluster: &ClusterView, me: &str, coordinator: bool) -> LocalView {
-        let report = cluster
-            .reports
-            .get(me)
-            .map(|o| o.report.clone())
-            .unwrap_or_else(|| NodeReport::new(me, member(me).kind));
-        LocalView {
-            name: me.into(),
-            kind: member(me).kind,
-            is_coordinator: coordinator,
-            db_running: report.db_up,
-            writable: report.db_up && report.role == Some(DbRole::Primary),
-            report,
-            lease_valid: true,
-            crashed_at_ms: None,
-            resume_requested: false,
-            rewind_failed: None,
-            start_failures: 0,
-            start_error: None,
-            start_recloned: false,
-        }
-    }
-
-    fn show(actions: Vec<Action>) -> Vec<String> {
-        actions
-            .iter()
-            .map(|a| match a {
-                Action::Propose(Command::Bootstrap {
-                    primary,
-                    generation,
-                }) => format!("bootstrap {primary} g{generation}"),
-                Action::Propose(Command::Promote {
-                    node,
-                    generation,
-                    from,
-                    lost_bytes,
-                    ..
-                }) => format!(
-                    "promote {node} g{generation} from {} losing {}",
-                    from.as_deref().unwrap_or("-"),
-                    lost_bytes.unwrap_or(0)
-                ),
-                Action::Propose(Command::ReleaseLease { node, generation }) => {
-                    format!("release {node} g{generation}")
-                }
-                Action::Propose(Command::CancelSwitchover { reason, .. }) => {
-                    format!("cancel switchover: {reason}")
-                }
-                Action::Propose(Command::SetSyncSet {
-                    members,
-                    generation,
-                    quorum,
-                    ..
-                }) => format!(
-                    "commit sync {} g{generation}",
-                    SyncRule::new(*quorum, members.clone())
-                ),
-                Action::Propose(other) => format!("propose {other:?}"),
-                Action::StartPrimary { generation } => format!("start primary g{generation}"),
-                Action::StartStandby {
-                    upstream,
-                    generation,
-                } => format!("start standby of {upstream} g{generation}"),
-                Action::Clone {
-                    upstream,
-                    generation,
-                } => format!("clone {upstream} g{generation}"),
-                Action::Promote { generation } => format!("pg_promote g{generation}"),
-                Action::Follow {
-                    upstream,
-                    generation,
-                } => format!("follow {upstream} g{generation}"),
-                Action::Fence { generation, .. } => format!("fence g{generation}"),
-                Action::StopToRewind { generation, reason } => {
-                    format!("stop to rewind g{generation}: {reason}")
-                }
-                Action::Rewind {
-                    upstream,
-                    generation,
-                } => format!("rewind from {upstream} g{generation}"),
-                Action::Reclone {
-                    upstream,
-                    generation,
-                } => format!("reclone from {upstream} g{generation}"),
-                Action::HandOver { to, generation, .. } => {
-                    format!("hand over to {to} g{generation}")
-                }
-                Action::EnsureSlots { slots, generation } => {
-                    format!("slots {} g{generation}", slots.join(","))
-                }
-                Action::DropSlots { slots, generation } => {
-                    format!("drop slots {} g{generation}", slots.join(","))
-                }
-                Action::SetSyncStandbys { rule, generation } => {
-                    format!("sync {rule} g{generation}")
-                }
-                Action::MeasureWal {
-                    members,
-                    generation,
-                } => format!("measure {} g{generation}", members.join(",")),
-                Action::TakeVip { generation } => format!("take vip g{generation}"),
-                Action::ReleaseVip { generation, reason } => {
-                    format!("release vip g{generation}: {reason}")
-                }
-                Action::Hold { reason } => format!("hold: {reason}"),
-                Action::ClusterHold { reason } => format!("cluster hold: {reason}"),
-            })
-            .collect()
-    }
-
-    fn check_local(cluster: &ClusterView, local: &LocalView, now: u64, expected: &[&str]) {
-        assert_eq!(show(decide(cluster, local, now)), expected);
-    }
-
-    fn check(cluster: &ClusterView, me: &str, coordinator: bool, expected: &[&str]) {
-        check_local(cluster, &local(cluster, me, coordinator), 2_000, expected);
-    }
-
-    use DataDirState::{Empty, FencedPrimary, Primary as Writable, Standby as Recovering};
-    use Seen::{Running, Silent, Stopped};
 
     #[test]
     fn bootstrap_chooses_the_only_writable_node() {
@@ -1479,30 +1227,6 @@ mod tests {
         check(&v, "pg2", false, &[]);
         v.reports.get_mut("pg2").unwrap().report.conninfo_upstream = Some("127.0.0.1:5099".into());
         check(&v, "pg2", false, &["follow pg1 g1"]);
-    }
-
-    fn failover_view() -> ClusterView {
-        // pg1 (the primary) is silent: its host died. pg2 and pg3 stream.
-        expired(primary_with(&["pg2", "pg3"]))
-    }
-
-    /// `v` with pg1's host dead since 0 and the other agents finding its database down.
-    fn expired(mut v: ClusterView) -> ClusterView {
-        v.reports.get_mut("pg1").unwrap().received_at_ms = 0;
-        v.settings.report_ttl_ms = 3_000;
-        for o in v.reports.values_mut() {
-            if o.report.name != "pg1" {
-                o.received_at_ms = 10_000;
-                o.report.sees_primary = Some(false);
-            }
-        }
-        v
-    }
-
-    fn check_coordinator(v: &ClusterView, now: u64, expected: &[&str]) {
-        let mut me = local(v, "witness", true);
-        me.kind = NodeKind::Witness;
-        check_local(v, &me, now, expected);
     }
 
     #[test]
@@ -1848,16 +1572,6 @@ mod tests {
         assert_eq!(actions.first().map(String::as_str), Some("take vip g2"));
     }
 
-    fn streaming(name: &str, flush: u64) -> crate::model::ReplicaInfo {
-        crate::model::ReplicaInfo {
-            application_name: name.into(),
-            state: "streaming".into(),
-            sync_state: "async".into(),
-            replay_lsn: Some(Lsn(flush)),
-            flush_lsn: Some(Lsn(flush)),
-        }
-    }
-
     #[test]
     fn synchronous_standbys_are_committed_before_postgres_widens_and_after_it_narrows() {
         let mut v = primary_with(&["pg2"]);
@@ -1926,10 +1640,6 @@ mod tests {
         check(&v, "pg1", false, &[]);
         v.reports.get_mut("pg1").unwrap().report.replicas = vec![streaming("pg3", 960_000)];
         check(&v, "pg1", false, &["commit sync FIRST 1 (pg3) g1"]);
-    }
-
-    fn rule(count: usize, names: &[&str]) -> SyncRule {
-        SyncRule::new(count, names.iter().map(|n| n.to_string()).collect())
     }
 
     #[test]
