@@ -1,43 +1,89 @@
-//! The coordinator fails over: promotes the best standby once the primary's lease is gone.
+//! The coordinator fails over: once the primary's lease is gone and another agent found its
+//! database down, it promotes the most advanced standby that may hold every acknowledged
+//! commit — on its own, or when an operator asks (`pgfm promote`).
+//!
+//! `failover` reads as its steps, in the order they are checked: the lease gone, the
+//! evidence, the permission, the candidates, the quorum, then the promotion. Each step
+//! either finds what the next one needs or ends the decision with what to do instead (a
+//! hold, or nothing for now).
 
 use std::collections::BTreeMap;
 
-use super::switchover::switchover;
-use super::{cluster_hold, Action, ClusterView};
+use super::{cluster_hold, Action, ClusterView, Decision};
 use crate::lease;
-use crate::model::{Command, DbRole, NodeKind, NodeReport};
+use crate::model::{Command, DbRole, Member, NodeKind, NodeReport, PromotionRequest};
 use crate::types::Lsn;
 
-pub(super) fn failover(cluster: &ClusterView, primary: &str, now_ms: u64) -> Vec<Action> {
-    let state = &cluster.state;
-    let settings = &cluster.settings;
-    if cluster.coordinator_since_ms.is_none() {
-        return Vec::new();
-    }
-    if let Some(sw) = &state.switchover {
-        return switchover(cluster, sw, now_ms);
-    }
-    let expires = lease::expired_at_ms(cluster.last_renewal_seen_ms, &settings.lease);
-    let released = state.lease_released;
+/// A step's finding, or what the coordinator decides instead of going on.
+type Step<T> = Result<T, Decision>;
+
+/// The coordinator's part while there is a primary and no switchover: promote a standby once
+/// the primary is gone, or say why not (yet).
+pub(super) fn failover(cluster: &ClusterView, primary: &str, now_ms: u64) -> Decision {
+    let steps = || -> Step<Decision> {
+        let gone = lease_gone(cluster, primary, now_ms)?;
+        let judged = evidence(cluster, primary, &gone, now_ms)?;
+        let request = permission(cluster, &gone)?;
+        let force = request.is_some_and(|r| r.force);
+        let mut candidates = candidates(cluster, primary, request, now_ms);
+        quorum(cluster, &gone, force, &mut candidates)?;
+        Ok(promote_best(
+            cluster, primary, &gone, judged, request, candidates,
+        ))
+    };
+    steps().unwrap_or_else(|instead| instead)
+}
+
+/// How the primary's lease ended.
+struct LeaseGone {
+    /// The primary gave it up (its PostgreSQL stopped) rather than let it run out.
+    released: bool,
+    /// "primary pg1 gave up its lease", "the lease of primary pg1 expired".
+    why: String,
+    /// No commit was acknowledged after this moment (monotonic ms): the release was
+    /// applied here, or the lease ran out.
+    stopped_at_ms: u64,
+}
+
+/// The lease gone: no standby is promoted while the primary's lease may still be valid
+/// (invariant 3). It is gone once the primary released it, or once it ran out, counted from
+/// the last renewal this agent applied; until then the coordinator waits, and says so if the
+/// primary has stopped reporting.
+fn lease_gone(cluster: &ClusterView, primary: &str, now_ms: u64) -> Step<LeaseGone> {
+    let expires = lease::expired_at_ms(cluster.last_renewal_seen_ms, &cluster.settings.lease);
+    let released = cluster.state.lease_released;
     if !released && now_ms < expires {
         if cluster.fresh_report(primary, now_ms).is_none() {
-            return vec![cluster_hold(format!(
+            return Err(vec![cluster_hold(format!(
                 "primary {primary} is not reporting: its lease runs out in {} ms, then a \
                  standby may be promoted",
                 expires - now_ms
-            ))];
+            ))]);
         }
-        return Vec::new();
+        return Err(Vec::new());
     }
-    let why = if released {
-        format!("primary {primary} gave up its lease")
-    } else {
-        format!("the lease of primary {primary} expired")
-    };
-    // The primary's agent may be dead while its PostgreSQL still serves: promoting then
-    // would make two writable primaries, and only an agent can fence it. So, unless the
-    // primary gave its lease up, some other agent must have found its database down, and
-    // none may have found it answering.
+    Ok(LeaseGone {
+        released,
+        why: if released {
+            format!("primary {primary} gave up its lease")
+        } else {
+            format!("the lease of primary {primary} expired")
+        },
+        stopped_at_ms: if released {
+            cluster.last_renewal_seen_ms.unwrap_or(0)
+        } else {
+            expires
+        },
+    })
+}
+
+/// The evidence: the primary's agent may be dead while its PostgreSQL still serves;
+/// promoting then would make two writable primaries, and only an agent can fence it. So,
+/// unless the primary gave its lease up, some other agent must have found its database down,
+/// and none may have found it answering. Gives how the old primary was judged gone, for the
+/// history.
+fn evidence(cluster: &ClusterView, primary: &str, gone: &LeaseGone, now_ms: u64) -> Step<String> {
+    let why = &gone.why;
     // Invariant 10: only an agent able to judge says "down"; one whose probe failed on its
     // own side reports no verdict ("cannot tell") and does not count.
     let checks: Vec<(&str, &NodeReport)> = cluster
@@ -61,226 +107,321 @@ pub(super) fn failover(cluster: &ClusterView, primary: &str, now_ms: u64) -> Vec
         .filter(|(_, r)| r.sees_primary == Some(true))
         .map(|(v, _)| *v)
         .collect();
-    if !released && !seen_by.is_empty() {
-        return vec![cluster_hold(format!(
+    if !gone.released && !seen_by.is_empty() {
+        return Err(vec![cluster_hold(format!(
             "{why} but its database still answers {}: not promoting while it may take \
              writes (restart its agent, or stop its PostgreSQL) [{evidence}]",
             seen_by.join(", ")
-        ))];
+        ))]);
     }
-    if !released && !checks.iter().any(|(_, r)| r.sees_primary == Some(false)) {
-        return vec![cluster_hold(format!(
+    if !gone.released && !checks.iter().any(|(_, r)| r.sees_primary == Some(false)) {
+        return Err(vec![cluster_hold(format!(
             "{why}: waiting for another agent to find its database down before promoting \
              [{evidence}]"
-        ))];
+        ))]);
     }
     // The history says who judged the old primary down, and how.
-    let judged = if released {
+    Ok(if gone.released {
         why.clone()
     } else {
         format!("{why} (its database: {evidence})")
-    };
-    let manual = state
+    })
+}
+
+/// The permission: an operator's `pgfm promote` in this generation always allows the
+/// failover; without one it is automatic unless `auto_failover = false` or the cluster is
+/// paused (maintenance mode). Gives the operator's request, if any: it may name the standby,
+/// and `--force` waives the lag rules.
+fn permission<'a>(
+    cluster: &'a ClusterView,
+    gone: &LeaseGone,
+) -> Step<Option<&'a PromotionRequest>> {
+    let state = &cluster.state;
+    let why = &gone.why;
+    let request = state
         .promotion_request
         .as_ref()
         .filter(|r| r.generation == state.generation);
-    if manual.is_none() && !settings.auto_failover {
-        return vec![cluster_hold(format!(
+    if request.is_none() && !cluster.settings.auto_failover {
+        return Err(vec![cluster_hold(format!(
             "failover needed: {why}, and automatic failover is off (auto_failover = false): \
              run pgfm promote"
-        ))];
+        ))]);
     }
-    if manual.is_none() && state.paused {
-        return vec![cluster_hold(format!(
+    if request.is_none() && state.paused {
+        return Err(vec![cluster_hold(format!(
             "failover needed: {why}, but the cluster is paused (maintenance mode): run pgfm \
              resume, or pgfm promote"
-        ))];
+        ))]);
     }
-    // The best position known anywhere, the old primary's last report included.
+    Ok(request)
+}
+
+/// A standby that may be promoted.
+struct Candidate<'a> {
+    name: &'a str,
+    priority: u32,
+    /// Its WAL position.
+    position: Lsn,
+    /// Bytes the best position known has that it lacks.
+    behind: u64,
+}
+
+/// The standbys that may be promoted, and why the others may not.
+struct Candidates<'a> {
+    /// The most advanced first, then the highest priority, then by name.
+    eligible: Vec<Candidate<'a>>,
+    /// Why each other standby may not be promoted.
+    refused: Vec<String>,
+    /// The best WAL position known anywhere, the old primary's last report included.
+    best: Option<Lsn>,
+}
+
+/// The candidates: every data node but the old primary (only the one the operator named,
+/// if they named one) that `candidate` accepts. The most advanced come first, as EFM does:
+/// the other standbys then hold no WAL the new primary lacks and can follow it by a reload.
+/// Priority breaks ties.
+fn candidates<'a>(
+    cluster: &'a ClusterView,
+    primary: &str,
+    request: Option<&'a PromotionRequest>,
+    now_ms: u64,
+) -> Candidates<'a> {
     let best = cluster
         .reports
         .values()
         .filter(|o| o.report.kind == NodeKind::Data)
         .filter_map(|o| o.report.wal_position())
         .max();
+    let wanted = request.and_then(|r| r.to.as_deref());
+    let force = request.is_some_and(|r| r.force);
     let mut refused = Vec::new();
     let mut eligible = Vec::new();
-    let wanted = manual.and_then(|r| r.to.as_deref());
-    let force = manual.is_some_and(|r| r.force);
-    for member in state
+    for member in cluster
+        .state
         .data_members()
         .filter(|m| m.name != primary && wanted.is_none_or(|w| w == m.name))
     {
-        let name = member.name.as_str();
-        if !member.promotable || member.priority == 0 {
-            refused.push(format!("{name} is not promotable"));
-            continue;
+        match candidate(cluster, member, best, force, now_ms) {
+            Ok(c) => eligible.push(c),
+            Err(why) => refused.push(why),
         }
-        // Synchronous replication: only the committed sync set may hold every commit the
-        // old primary acknowledged.
-        if !state.sync_set.is_empty() && !state.sync_set.contains(name) && !force {
-            refused.push(format!(
-                "{name} is not a synchronous standby (the synchronous set is {})",
-                state
-                    .sync_set
-                    .iter()
-                    .cloned()
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            ));
-            continue;
-        }
-        let Some(report) = cluster.fresh_report(name, now_ms) else {
-            refused.push(format!("{name}'s agent is down"));
-            continue;
-        };
-        // Invariant 10: `[watchdog] mode = "required"` never makes a primary without one.
-        if let Some(problem) = report
-            .watchdog
-            .as_ref()
-            .filter(|w| !w.allows_primary())
-            .and_then(|w| w.problem.as_deref())
-        {
-            refused.push(format!(
-                "{name} requires a watchdog and has none ({problem})"
-            ));
-            continue;
-        }
-        if !(report.db_up && report.role == Some(DbRole::Standby)) {
-            refused.push(format!("{name} is not a running standby"));
-            continue;
-        }
-        let Some(position) = report.wal_position() else {
-            refused.push(format!("{name}'s WAL position is unknown"));
-            continue;
-        };
-        // Invariant 5: a candidate is on the primary's timeline; WAL compared across
-        // timelines says nothing about who holds the acknowledged commits.
-        if let Some(why) = state.divergence(report) {
-            refused.push(format!("{name} {why}"));
-            continue;
-        }
-        if let (Some(theirs), Some(current), false) = (report.timeline, state.timeline, force) {
-            if theirs != current {
-                refused.push(format!(
-                    "{name} is on timeline {theirs}, the primary was on timeline {current}"
-                ));
-                continue;
-            }
-        }
-        // Invariant 5: no lagging promotion.
-        let behind = best.map(|b| b.bytes_after(position)).unwrap_or(0);
-        if behind > settings.max_lag && !force {
-            refused.push(format!(
-                "{name} is {behind} bytes behind the best known position (max_lag {})",
-                settings.max_lag
-            ));
-            continue;
-        }
-        eligible.push((member.priority, position, name, behind));
     }
-    // The most advanced first, as EFM does: the other standbys then hold no WAL the new
-    // primary lacks and can follow it by a reload. Priority breaks ties.
-    eligible.sort_by(|a, b| b.1.cmp(&a.1).then(b.0.cmp(&a.0)).then(a.2.cmp(b.2)));
-    // Quorum (and a sync set that is changing members): every acknowledged commit is on
-    // `quorum` of the set, so `len - quorum + 1` members reached after the old primary
-    // stopped include one that has them all; the candidate must be as advanced as any of them.
-    let committed = cluster.state.committed_sync();
-    if !committed.is_async() && committed.count < committed.names.len() && !force {
-        let need = committed.names.len() - committed.count + 1;
-        // No commit was acknowledged after this moment (the lease ran out, or it was given up).
-        let stopped = if released {
-            cluster.last_renewal_seen_ms.unwrap_or(0)
-        } else {
-            expires
-        };
-        let reached: BTreeMap<&str, Lsn> = committed
-            .names
-            .iter()
-            .filter_map(|m| {
-                let measured = cluster.measured.get(m).filter(|w| w.at_ms >= stopped)?;
-                Some((m.as_str(), measured.position?))
-            })
-            .collect();
-        if reached.len() < need {
-            let list = |names: Vec<&str>| {
-                if names.is_empty() {
-                    "none".to_string()
-                } else {
-                    names.join(", ")
-                }
-            };
-            return vec![
-                Action::MeasureWal {
-                    members: committed.names.iter().cloned().collect(),
-                    generation: state.generation,
-                },
-                cluster_hold(format!(
-                    "failover needed: {why}; every acknowledged commit is on {} of the \
-                     synchronous standbys {}: waiting to reach {need} of them (reached: {})",
-                    committed.count,
-                    list(committed.names.iter().map(String::as_str).collect()),
-                    list(reached.keys().copied().collect()),
-                )),
-            ];
+    eligible.sort_by(|a, b| {
+        b.position
+            .cmp(&a.position)
+            .then(b.priority.cmp(&a.priority))
+            .then(a.name.cmp(b.name))
+    });
+    Candidates {
+        eligible,
+        refused,
+        best,
+    }
+}
+
+/// Whether `member` may be promoted: promotable, in the synchronous set if there is one,
+/// its agent up and its watchdog as required, a running standby on the primary's timeline,
+/// within `max_lag` of the best position known (invariant 5). `force` (`pgfm promote
+/// --force`) waives the synchronous set, the timeline and `max_lag`. Err: why not.
+fn candidate<'a>(
+    cluster: &ClusterView,
+    member: &'a Member,
+    best: Option<Lsn>,
+    force: bool,
+    now_ms: u64,
+) -> Result<Candidate<'a>, String> {
+    let state = &cluster.state;
+    let settings = &cluster.settings;
+    let name = member.name.as_str();
+    if !member.promotable || member.priority == 0 {
+        return Err(format!("{name} is not promotable"));
+    }
+    // Synchronous replication: only the committed sync set may hold every commit the old
+    // primary acknowledged.
+    if !state.sync_set.is_empty() && !state.sync_set.contains(name) && !force {
+        return Err(format!(
+            "{name} is not a synchronous standby (the synchronous set is {})",
+            state
+                .sync_set
+                .iter()
+                .cloned()
+                .collect::<Vec<_>>()
+                .join(", ")
+        ));
+    }
+    let Some(report) = cluster.fresh_report(name, now_ms) else {
+        return Err(format!("{name}'s agent is down"));
+    };
+    // Invariant 10: `[watchdog] mode = "required"` never makes a primary without one.
+    if let Some(problem) = report
+        .watchdog
+        .as_ref()
+        .filter(|w| !w.allows_primary())
+        .and_then(|w| w.problem.as_deref())
+    {
+        return Err(format!(
+            "{name} requires a watchdog and has none ({problem})"
+        ));
+    }
+    if !(report.db_up && report.role == Some(DbRole::Standby)) {
+        return Err(format!("{name} is not a running standby"));
+    }
+    let Some(position) = report.wal_position() else {
+        return Err(format!("{name}'s WAL position is unknown"));
+    };
+    // Invariant 5: a candidate is on the primary's timeline; WAL compared across timelines
+    // says nothing about who holds the acknowledged commits.
+    if let Some(why) = state.divergence(report) {
+        return Err(format!("{name} {why}"));
+    }
+    if let (Some(theirs), Some(current), false) = (report.timeline, state.timeline, force) {
+        if theirs != current {
+            return Err(format!(
+                "{name} is on timeline {theirs}, the primary was on timeline {current}"
+            ));
         }
-        let (top_name, top) = reached
-            .iter()
-            .max_by_key(|(name, position)| (**position, std::cmp::Reverse(**name)))
-            .map(|(n, p)| (*n, *p))
-            .expect("need is at least 1");
-        eligible.retain_mut(|(_, position, name, behind)| {
-            match reached.get(name).filter(|p| **p >= top) {
-                Some(measured) => {
-                    // The measured position is the final one; reports may predate it.
-                    *position = *measured;
-                    *behind = best
-                        .map(|b| b.max(top))
-                        .unwrap_or(top)
-                        .bytes_after(*measured);
-                    true
-                }
-                None => {
-                    refused.push(format!(
-                        "{name} is behind synchronous standby {top_name} ({top})"
-                    ));
-                    false
-                }
+    }
+    // Invariant 5: no lagging promotion.
+    let behind = best.map(|b| b.bytes_after(position)).unwrap_or(0);
+    if behind > settings.max_lag && !force {
+        return Err(format!(
+            "{name} is {behind} bytes behind the best known position (max_lag {})",
+            settings.max_lag
+        ));
+    }
+    Ok(Candidate {
+        name,
+        priority: member.priority,
+        position,
+        behind,
+    })
+}
+
+/// The quorum: with a synchronous quorum (and while a sync set is changing members) every
+/// acknowledged commit is on `count` of the committed set, so `len - count + 1` members
+/// reached after the old primary stopped include one that has them all; the candidate must
+/// be as advanced as any of them, measured, not as reported. Until enough of them answered,
+/// the coordinator measures them (`MeasureWal`) and holds. `force` skips the rule.
+fn quorum(
+    cluster: &ClusterView,
+    gone: &LeaseGone,
+    force: bool,
+    candidates: &mut Candidates,
+) -> Step<()> {
+    let committed = cluster.state.committed_sync();
+    if committed.is_async() || committed.count >= committed.names.len() || force {
+        return Ok(());
+    }
+    let need = committed.names.len() - committed.count + 1;
+    let reached: BTreeMap<&str, Lsn> = committed
+        .names
+        .iter()
+        .filter_map(|m| {
+            let measured = cluster
+                .measured
+                .get(m)
+                .filter(|w| w.at_ms >= gone.stopped_at_ms)?;
+            Some((m.as_str(), measured.position?))
+        })
+        .collect();
+    if reached.len() < need {
+        let list = |names: Vec<&str>| {
+            if names.is_empty() {
+                "none".to_string()
+            } else {
+                names.join(", ")
+            }
+        };
+        return Err(vec![
+            Action::MeasureWal {
+                members: committed.names.iter().cloned().collect(),
+                generation: cluster.state.generation,
+            },
+            cluster_hold(format!(
+                "failover needed: {}; every acknowledged commit is on {} of the synchronous \
+                 standbys {}: waiting to reach {need} of them (reached: {})",
+                gone.why,
+                committed.count,
+                list(committed.names.iter().map(String::as_str).collect()),
+                list(reached.keys().copied().collect()),
+            )),
+        ]);
+    }
+    let (top_name, top) = reached
+        .iter()
+        .max_by_key(|(name, position)| (**position, std::cmp::Reverse(**name)))
+        .map(|(n, p)| (*n, *p))
+        .expect("need is at least 1");
+    let best = candidates.best;
+    let refused = &mut candidates.refused;
+    candidates
+        .eligible
+        .retain_mut(|c| match reached.get(c.name).filter(|p| **p >= top) {
+            Some(measured) => {
+                // The measured position is the final one; reports may predate it.
+                c.position = *measured;
+                c.behind = best
+                    .map(|b| b.max(top))
+                    .unwrap_or(top)
+                    .bytes_after(*measured);
+                true
+            }
+            None => {
+                refused.push(format!(
+                    "{} is behind synchronous standby {top_name} ({top})",
+                    c.name
+                ));
+                false
             }
         });
-    }
-    match eligible.first() {
-        None => vec![cluster_hold(format!(
-            "failover needed: {why}, but no standby can be promoted: {}",
-            if refused.is_empty() {
+    Ok(())
+}
+
+/// The promotion of the first candidate, or a hold that says why no standby can be
+/// promoted.
+fn promote_best(
+    cluster: &ClusterView,
+    primary: &str,
+    gone: &LeaseGone,
+    judged: String,
+    request: Option<&PromotionRequest>,
+    candidates: Candidates,
+) -> Decision {
+    let state = &cluster.state;
+    let Some(chosen) = candidates.eligible.first() else {
+        return vec![cluster_hold(format!(
+            "failover needed: {}, but no standby can be promoted: {}",
+            gone.why,
+            if candidates.refused.is_empty() {
                 "there are no standbys".to_string()
             } else {
-                refused.join("; ")
+                candidates.refused.join("; ")
             }
-        ))],
-        Some((_, position, name, behind)) => vec![Action::Propose(Command::Promote {
-            node: name.to_string(),
-            generation: state.generation.next(),
-            from: Some(primary.to_string()),
-            reason: match manual {
-                Some(r) if r.force => format!("pgfm promote --force: {judged}"),
-                Some(_) => format!("pgfm promote: {judged}"),
-                None => judged,
-            },
-            lsn: Some(*position),
-            // What the old primary last reported is all that is known of what it wrote
-            // (nothing: unknown); one whose lease ran out may have written more after it.
-            lost_bytes: cluster
-                .reports
-                .get(primary)
-                .and_then(|o| o.report.wal_position())
-                .map(|_| *behind),
-            at_unix_ms: cluster.wall_clock_ms,
-            lease_renewals: (!released).then_some(state.lease_renewals),
-            handover: None,
-            lost_at_least: !released,
-        })],
-    }
+        ))];
+    };
+    vec![Action::Propose(Command::Promote {
+        node: chosen.name.to_string(),
+        generation: state.generation.next(),
+        from: Some(primary.to_string()),
+        reason: match request {
+            Some(r) if r.force => format!("pgfm promote --force: {judged}"),
+            Some(_) => format!("pgfm promote: {judged}"),
+            None => judged,
+        },
+        lsn: Some(chosen.position),
+        // What the old primary last reported is all that is known of what it wrote
+        // (nothing: unknown); one whose lease ran out may have written more after it.
+        lost_bytes: cluster
+            .reports
+            .get(primary)
+            .and_then(|o| o.report.wal_position())
+            .map(|_| chosen.behind),
+        at_unix_ms: cluster.wall_clock_ms,
+        lease_renewals: (!gone.released).then_some(state.lease_renewals),
+        handover: None,
+        lost_at_least: !gone.released,
+    })]
 }
 
 #[cfg(test)]

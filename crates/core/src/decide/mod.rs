@@ -33,6 +33,7 @@ pub use view::{ClusterView, LocalView, Measured, Observed, OnCrash, RejoinMode, 
 use bootstrap::bootstrap;
 use failover::failover;
 use reconcile::{reconcile_local, record_timeline};
+use switchover::switchover;
 use sync::manage_sync;
 use vip::place_vip;
 
@@ -62,12 +63,19 @@ pub fn reconcile(cluster: &ClusterView, local: &LocalView, now_ms: u64) -> Decis
     actions
 }
 
-/// The coordinator's part: choose the first primary, and fail over when the primary's lease
-/// is gone. Only `Propose`, `MeasureWal` and `ClusterHold`: quick, never local work.
+/// The coordinator's part: choose the first primary, see a switchover through, and fail over
+/// when the primary's lease is gone. Only `Propose`, `MeasureWal` and `ClusterHold`: quick,
+/// never local work.
 pub fn coordinate(cluster: &ClusterView, now_ms: u64) -> Decision {
-    match &cluster.state.primary {
-        None => bootstrap(cluster, now_ms),
-        Some(primary) => failover(cluster, primary, now_ms),
+    let state = &cluster.state;
+    match (&state.primary, &state.switchover) {
+        (None, _) => bootstrap(cluster, now_ms),
+        // Invariant 3: until it has applied an entry of its own term, a new coordinator may
+        // not have timed every renewal committed before it led: it judges no lease, nor
+        // the steps of a switchover.
+        (Some(_), _) if cluster.coordinator_since_ms.is_none() => Vec::new(),
+        (Some(_), Some(sw)) => switchover(cluster, sw, now_ms),
+        (Some(primary), None) => failover(cluster, primary, now_ms),
     }
 }
 
