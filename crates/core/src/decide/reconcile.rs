@@ -1,5 +1,6 @@
 //! A data node brings its own PostgreSQL to the role the committed state gives it.
 
+use super::switchover::hand_over;
 use super::{hold, Action, ClusterView, LocalView, OnCrash, RejoinMode};
 use crate::model::{Command, DataDirState, DbRole};
 
@@ -29,79 +30,75 @@ pub(super) fn reconcile_local(
     }
 }
 
+/// The committed primary: hand over if a switchover asks it to; else, if its PostgreSQL
+/// runs, promote it or look after it; else start it, or give up the lease.
 fn reconcile_primary(cluster: &ClusterView, local: &LocalView, now_ms: u64) -> Vec<Action> {
     let state = &cluster.state;
-    let settings = &cluster.settings;
-    let me = &local.report;
-    let generation = state.generation;
     if let Some(sw) = state
         .switchover
         .as_ref()
-        .filter(|s| s.from == local.name && s.generation == generation)
+        .filter(|s| s.from == local.name && s.generation == state.generation)
     {
-        if state.lease_released {
-            return vec![hold(format!(
-                "switchover: handed over to {}, waiting for its promotion",
-                sw.to
-            ))];
-        }
-        // The target must take the final WAL from this primary: a target that does not
-        // stream now would wait for the shutdown checkpoint for ever.
-        let streaming = me
-            .replicas
-            .iter()
-            .any(|r| r.application_name == sw.to && r.state == "streaming");
-        if local.db_running && me.db_up && !streaming && !sw.force {
-            return vec![hold(format!(
-                "switchover: waiting for {} to stream from this primary before handing over",
-                sw.to
-            ))];
-        }
-        return vec![Action::HandOver {
-            to: sw.to.clone(),
-            generation,
-            seq: sw.seq,
-            force: sw.force,
-        }];
+        return hand_over(cluster, local, sw);
     }
     if local.db_running {
-        if me.db_up && me.role == Some(DbRole::Standby) {
-            // Invariant 1: the promotion is committed; the lease comes before the writes.
-            if !local.lease_valid {
-                return vec![hold(format!(
-                    "promoted in generation {generation}: waiting for the lease before pg_promote"
-                ))];
-            }
-            return vec![Action::Promote { generation }];
-        }
-        if me.db_up && me.role == Some(DbRole::Primary) {
-            let missing: Vec<String> = state
-                .data_members()
-                .filter(|m| m.name != local.name)
-                .map(|m| slot_for(&m.name))
-                .filter(|slot| !me.slots.contains(slot))
-                .collect();
-            if !missing.is_empty() {
-                return vec![Action::EnsureSlots {
-                    slots: missing,
-                    generation,
-                }];
-            }
-            let departed: Vec<String> = state
-                .departed
-                .iter()
-                .map(|n| slot_for(n))
-                .filter(|slot| me.slots.contains(slot))
-                .collect();
-            if !departed.is_empty() {
-                return vec![Action::DropSlots {
-                    slots: departed,
-                    generation,
-                }];
-            }
-        }
-        return Vec::new();
+        return running_primary(cluster, local);
     }
+    stopped_primary(cluster, local, now_ms)
+}
+
+/// The committed primary's PostgreSQL runs: promote it while it is still a standby (once
+/// this node holds the lease), else keep its replication slots — one for each other data
+/// node, none for a departed one.
+fn running_primary(cluster: &ClusterView, local: &LocalView) -> Vec<Action> {
+    let state = &cluster.state;
+    let me = &local.report;
+    let generation = state.generation;
+    if me.db_up && me.role == Some(DbRole::Standby) {
+        // Invariant 1: the promotion is committed; the lease comes before the writes.
+        if !local.lease_valid {
+            return vec![hold(format!(
+                "promoted in generation {generation}: waiting for the lease before pg_promote"
+            ))];
+        }
+        return vec![Action::Promote { generation }];
+    }
+    if me.db_up && me.role == Some(DbRole::Primary) {
+        let missing: Vec<String> = state
+            .data_members()
+            .filter(|m| m.name != local.name)
+            .map(|m| slot_for(&m.name))
+            .filter(|slot| !me.slots.contains(slot))
+            .collect();
+        if !missing.is_empty() {
+            return vec![Action::EnsureSlots {
+                slots: missing,
+                generation,
+            }];
+        }
+        let departed: Vec<String> = state
+            .departed
+            .iter()
+            .map(|n| slot_for(n))
+            .filter(|slot| me.slots.contains(slot))
+            .collect();
+        if !departed.is_empty() {
+            return vec![Action::DropSlots {
+                slots: departed,
+                generation,
+            }];
+        }
+    }
+    Vec::new()
+}
+
+/// The committed primary's PostgreSQL is not running: give up the lease when it crashed and
+/// is not back (`on_crash`, `crash_restart_bound`) or keeps failing to start; else start it
+/// (invariant 4: only while holding the lease).
+fn stopped_primary(cluster: &ClusterView, local: &LocalView, now_ms: u64) -> Vec<Action> {
+    let state = &cluster.state;
+    let settings = &cluster.settings;
+    let generation = state.generation;
     if state.lease_released {
         return vec![hold(format!(
             "gave up the lease of generation {generation}: waiting for a standby to take over"
@@ -137,7 +134,7 @@ fn reconcile_primary(cluster: &ClusterView, local: &LocalView, now_ms: u64) -> V
             )),
         ];
     }
-    match me.data_dir {
+    match local.report.data_dir {
         None => vec![hold("data_dir could not be read".to_string())],
         Some(DataDirState::Empty) => vec![hold(format!(
             "named primary of generation {generation} but data_dir is empty"
@@ -150,119 +147,162 @@ fn reconcile_primary(cluster: &ClusterView, local: &LocalView, now_ms: u64) -> V
     }
 }
 
+/// Any other data node: a standby of `primary`.
 fn reconcile_standby(
     cluster: &ClusterView,
     local: &LocalView,
     primary: &str,
     now_ms: u64,
 ) -> Vec<Action> {
+    if local.db_running {
+        running_standby(cluster, local, primary)
+    } else {
+        stopped_standby(cluster, local, primary, now_ms)
+    }
+}
+
+/// A standby's PostgreSQL runs: fence it if it accepts writes, stop it to be rewound if it
+/// diverged from the primary's timeline, point it at the primary if it streams from
+/// elsewhere.
+fn running_standby(cluster: &ClusterView, local: &LocalView, primary: &str) -> Vec<Action> {
     let state = &cluster.state;
     let me = &local.report;
     let generation = state.generation;
-    let upstream = primary.to_string();
-    let primary_report = cluster
-        .fresh_report(primary, now_ms)
-        .filter(|r| r.db_up && r.role == Some(DbRole::Primary));
-    if local.db_running {
-        if local.writable {
-            return vec![Action::Fence {
-                generation,
-                reason: format!(
-                    "PostgreSQL accepts writes but the primary of generation {generation} is \
-                     {primary}"
-                ),
-            }];
-        }
-        // Invariant 5: WAL the primary's timeline lacks can never be streamed over; it is
-        // rewound away (or the node re-cloned) before the node may stream or be promoted.
-        if let Some(why) = state.divergence(me).filter(|_| me.db_up) {
-            return vec![Action::StopToRewind {
-                generation,
-                reason: format!("diverged from primary {primary}: this standby {why}"),
-            }];
-        }
-        let wanted = state
-            .members
-            .get(primary)
-            .and_then(|m| Some(format!("{}:{}", m.pg_host.as_ref()?, m.pg_port?)));
-        if me.db_up
-            && me.role == Some(DbRole::Standby)
-            && wanted.is_some()
-            && me.conninfo_upstream != wanted
-        {
-            return vec![Action::Follow {
-                upstream,
-                generation,
-            }];
-        }
-        return Vec::new();
+    if local.writable {
+        return vec![Action::Fence {
+            generation,
+            reason: format!(
+                "PostgreSQL accepts writes but the primary of generation {generation} is \
+                 {primary}"
+            ),
+        }];
     }
-    match me.data_dir {
+    // Invariant 5: WAL the primary's timeline lacks can never be streamed over; it is
+    // rewound away (or the node re-cloned) before the node may stream or be promoted.
+    if let Some(why) = state.divergence(me).filter(|_| me.db_up) {
+        return vec![Action::StopToRewind {
+            generation,
+            reason: format!("diverged from primary {primary}: this standby {why}"),
+        }];
+    }
+    let wanted = state
+        .members
+        .get(primary)
+        .and_then(|m| Some(format!("{}:{}", m.pg_host.as_ref()?, m.pg_port?)));
+    if me.db_up
+        && me.role == Some(DbRole::Standby)
+        && wanted.is_some()
+        && me.conninfo_upstream != wanted
+    {
+        return vec![Action::Follow {
+            upstream: primary.to_string(),
+            generation,
+        }];
+    }
+    Vec::new()
+}
+
+/// A standby's PostgreSQL is not running: by its data directory, clone it (empty), rejoin
+/// it (a former primary), deal with its failed starts, or start it as a standby.
+fn stopped_standby(
+    cluster: &ClusterView,
+    local: &LocalView,
+    primary: &str,
+    now_ms: u64,
+) -> Vec<Action> {
+    let generation = cluster.state.generation;
+    let upstream = primary.to_string();
+    // The primary accepts connections: it can be cloned, rewound against, streamed from.
+    let primary_up = cluster
+        .fresh_report(primary, now_ms)
+        .is_some_and(|r| r.db_up && r.role == Some(DbRole::Primary));
+    match local.report.data_dir {
         None => vec![hold("data_dir could not be read".to_string())],
-        Some(DataDirState::Empty) => match primary_report {
-            Some(_) => vec![Action::Clone {
-                upstream,
-                generation,
-            }],
-            None => vec![hold(format!(
-                "empty data_dir: waiting for primary {primary} to accept connections"
-            ))],
-        },
+        Some(DataDirState::Empty) if primary_up => vec![Action::Clone {
+            upstream,
+            generation,
+        }],
+        Some(DataDirState::Empty) => vec![hold(format!(
+            "empty data_dir: waiting for primary {primary} to accept connections"
+        ))],
         Some(DataDirState::Primary) | Some(DataDirState::FencedPrimary) => {
-            let settings = &cluster.settings;
-            if settings.rejoin == RejoinMode::Manual && !local.resume_requested {
-                return vec![hold(format!(
-                    "former primary, rejoin = manual: run pgfm resume on this node to rejoin \
-                     {primary}"
-                ))];
-            }
-            if primary_report.is_none() {
-                return vec![hold(format!(
-                    "former primary: waiting for primary {primary} to accept connections to \
-                     rewind against it"
-                ))];
-            }
-            match (&local.rewind_failed, settings.rejoin) {
-                (None, _) => vec![Action::Rewind {
-                    upstream,
-                    generation,
-                }],
-                (Some(_), RejoinMode::RewindOrClone) => vec![Action::Reclone {
-                    upstream,
-                    generation,
-                }],
-                (Some(error), _) => vec![hold(format!(
-                    "rewind against {primary} failed ({error}); fix it, then run pgfm resume, \
-                     or set rejoin = \"rewind-or-clone\""
-                ))],
-            }
+            former_primary(cluster, local, primary, primary_up)
         }
         Some(DataDirState::Standby) if local.start_failures >= cluster.settings.start_attempts => {
-            let why = start_failures(local);
-            match (cluster.settings.rejoin, primary_report) {
-                _ if local.start_recloned => vec![hold(format!(
-                    "{why}, also after a fresh clone: the cause is outside the data directory \
-                     (settings, port, memory): fix it, then run pgfm resume on this node"
-                ))],
-                (RejoinMode::RewindOrClone, Some(_)) => vec![Action::Reclone {
-                    upstream,
-                    generation,
-                }],
-                (RejoinMode::RewindOrClone, None) => vec![hold(format!(
-                    "{why}: waiting for primary {primary} to accept connections to re-clone \
-                     from it"
-                ))],
-                _ => vec![hold(format!(
-                    "{why}: fix the data directory, then run pgfm resume on this node (or set \
-                     rejoin = \"rewind-or-clone\" to re-clone it)"
-                ))],
-            }
+            failing_standby(cluster, local, primary, primary_up)
         }
         // Invariant 4: every node that is not the primary boots as a standby.
         Some(DataDirState::Standby) => vec![Action::StartStandby {
             upstream,
             generation,
         }],
+    }
+}
+
+/// A former primary rejoins as a standby of `primary` as `rejoin` says: rewound against it
+/// (re-cloned if the rewind failed, under `rewind-or-clone`), and under `manual` only once
+/// an operator ran `pgfm resume` on it.
+fn former_primary(
+    cluster: &ClusterView,
+    local: &LocalView,
+    primary: &str,
+    primary_up: bool,
+) -> Vec<Action> {
+    let settings = &cluster.settings;
+    let generation = cluster.state.generation;
+    let upstream = primary.to_string();
+    if settings.rejoin == RejoinMode::Manual && !local.resume_requested {
+        return vec![hold(format!(
+            "former primary, rejoin = manual: run pgfm resume on this node to rejoin {primary}"
+        ))];
+    }
+    if !primary_up {
+        return vec![hold(format!(
+            "former primary: waiting for primary {primary} to accept connections to rewind \
+             against it"
+        ))];
+    }
+    match (&local.rewind_failed, settings.rejoin) {
+        (None, _) => vec![Action::Rewind {
+            upstream,
+            generation,
+        }],
+        (Some(_), RejoinMode::RewindOrClone) => vec![Action::Reclone {
+            upstream,
+            generation,
+        }],
+        (Some(error), _) => vec![hold(format!(
+            "rewind against {primary} failed ({error}); fix it, then run pgfm resume, or set \
+             rejoin = \"rewind-or-clone\""
+        ))],
+    }
+}
+
+/// A standby whose PostgreSQL failed to start `start_attempts` times in a row: re-cloned
+/// once under `rewind-or-clone`, else held with the fix for the operator.
+fn failing_standby(
+    cluster: &ClusterView,
+    local: &LocalView,
+    primary: &str,
+    primary_up: bool,
+) -> Vec<Action> {
+    let why = start_failures(local);
+    match (cluster.settings.rejoin, primary_up) {
+        _ if local.start_recloned => vec![hold(format!(
+            "{why}, also after a fresh clone: the cause is outside the data directory \
+             (settings, port, memory): fix it, then run pgfm resume on this node"
+        ))],
+        (RejoinMode::RewindOrClone, true) => vec![Action::Reclone {
+            upstream: primary.to_string(),
+            generation: cluster.state.generation,
+        }],
+        (RejoinMode::RewindOrClone, false) => vec![hold(format!(
+            "{why}: waiting for primary {primary} to accept connections to re-clone from it"
+        ))],
+        _ => vec![hold(format!(
+            "{why}: fix the data directory, then run pgfm resume on this node (or set rejoin = \
+             \"rewind-or-clone\" to re-clone it)"
+        ))],
     }
 }
 

@@ -1,7 +1,8 @@
-//! A planned switchover, the coordinator's part: promote the target once it has replayed
-//! everything, or roll back.
+//! A planned switchover: the old primary stops cleanly and hands over (`hand_over`, its
+//! part, run by `reconcile`); the coordinator promotes the target once it has replayed
+//! everything, or rolls back (`switchover`).
 
-use super::{cluster_hold, Action, ClusterView};
+use super::{cluster_hold, hold, Action, ClusterView, LocalView};
 use crate::model::{Command, DbRole, Switchover};
 
 /// The coordinator's part of a planned switchover: once the old primary has stopped and
@@ -94,6 +95,37 @@ pub(super) fn switchover(cluster: &ClusterView, sw: &Switchover, now_ms: u64) ->
         }
         None => cancel(format!("{} is no longer a running standby", sw.to)),
     }
+}
+
+/// The old primary's part of a switchover: stop cleanly and hand over (`Action::HandOver`
+/// releases the lease with the final WAL position), once the target streams from it — it
+/// must take the final WAL from this primary — unless forced.
+pub(super) fn hand_over(cluster: &ClusterView, local: &LocalView, sw: &Switchover) -> Vec<Action> {
+    let me = &local.report;
+    if cluster.state.lease_released {
+        return vec![hold(format!(
+            "switchover: handed over to {}, waiting for its promotion",
+            sw.to
+        ))];
+    }
+    // The target must take the final WAL from this primary: a target that does not
+    // stream now would wait for the shutdown checkpoint for ever.
+    let streaming = me
+        .replicas
+        .iter()
+        .any(|r| r.application_name == sw.to && r.state == "streaming");
+    if local.db_running && me.db_up && !streaming && !sw.force {
+        return vec![hold(format!(
+            "switchover: waiting for {} to stream from this primary before handing over",
+            sw.to
+        ))];
+    }
+    vec![Action::HandOver {
+        to: sw.to.clone(),
+        generation: cluster.state.generation,
+        seq: sw.seq,
+        force: sw.force,
+    }]
 }
 
 #[cfg(test)]
