@@ -355,10 +355,19 @@ fn short(action: &Action) -> String {
     }
 }
 
+/// The actions in full (`Action`'s `Display`), one a line: for failure messages.
+pub(crate) fn lines(actions: &[Action]) -> String {
+    actions
+        .iter()
+        .map(|a| format!("\n  {a}"))
+        .collect::<String>()
+}
+
 /// Asserts that `local` decides `expected` (as `show` writes it) at `now`.
 pub(crate) fn check_local(cluster: &ClusterView, local: &LocalView, now: u64, expected: &[&str]) {
     let actions: Decision = decide(cluster, local, now);
-    assert_eq!(show(actions), expected);
+    let full = lines(&actions);
+    assert_eq!(show(actions), expected, "{} decided:{full}", local.name);
 }
 
 /// Asserts that `me` (`local`: holding the lease) decides `expected` at `NOW_MS`.

@@ -141,14 +141,14 @@ mod tests {
                 let actions = decide(&v, &local, 2_000);
                 let takes = actions.iter().filter(|a| matches!(a, Action::TakeVip { .. })).count();
                 let releases = actions.iter().filter(|a| matches!(a, Action::ReleaseVip { .. })).count();
-                prop_assert!(takes + releases <= 1, "{actions:?}");
+                prop_assert!(takes + releases <= 1, "{}", lines(&actions));
                 if takes == 1 {
                     let serving = primary == Some(me) && up && !standby && writable && lease_valid && !handing_over;
-                    prop_assert!(serving && !held, "took the VIP while not serving: {actions:?}");
-                    prop_assert!(!actions.iter().any(|a| matches!(a, Action::Fence { .. } | Action::HandOver { .. })), "{actions:?}");
+                    prop_assert!(serving && !held, "took the VIP while not serving:{}", lines(&actions));
+                    prop_assert!(!actions.iter().any(|a| matches!(a, Action::Fence { .. } | Action::HandOver { .. })), "{}", lines(&actions));
                 }
                 if releases == 1 {
-                    prop_assert!(held, "{actions:?}");
+                    prop_assert!(held, "{}", lines(&actions));
                 }
             }
         }
