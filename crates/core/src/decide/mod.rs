@@ -79,10 +79,12 @@ pub fn coordinate(cluster: &ClusterView, now_ms: u64) -> Decision {
     }
 }
 
+/// This node waits, for `reason`.
 fn hold(reason: String) -> Action {
     Action::Hold { reason }
 }
 
+/// The coordinator holds the cluster back, for `reason`.
 fn cluster_hold(reason: String) -> Action {
     Action::ClusterHold { reason }
 }

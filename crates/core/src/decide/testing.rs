@@ -14,8 +14,9 @@
 
 use std::collections::BTreeMap;
 
-use crate::decide::{decide, Action, ClusterView, LocalView, Observed, OnCrash, RejoinMode};
-use crate::decide::{Decision, Settings};
+use crate::decide::{
+    decide, Action, ClusterView, Decision, LocalView, Observed, OnCrash, RejoinMode, Settings,
+};
 use crate::lease::LeaseSettings;
 use crate::model::{
     ClusterState, Command, DataDirState, DbRole, Member, NodeKind, NodeReport, ReplicaInfo,
