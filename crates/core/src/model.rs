@@ -446,254 +446,58 @@ impl ClusterState {
         SyncRule::new(self.sync_quorum, self.sync_set.clone())
     }
 
+    /// Applies `command` if the state allows it; refused, the state is unchanged. Each
+    /// command has its own function below with its checks.
     pub fn apply(&mut self, command: &Command) -> Result<(), CommandError> {
         match command {
-            Command::Register { member } => {
-                if self.departed.contains(&member.name) {
-                    return Err(CommandError::Departed(member.name.clone()));
-                }
-                self.members.insert(member.name.clone(), member.clone());
-                Ok(())
-            }
-            Command::RemoveMember { name } => {
-                self.members.remove(name);
-                self.departed.insert(name.clone());
-                Ok(())
-            }
-            Command::Welcome { name } => {
-                self.departed.remove(name);
-                Ok(())
-            }
+            Command::Register { member } => self.register(member),
+            Command::RemoveMember { name } => self.remove_member(name),
+            Command::Welcome { name } => self.welcome(name),
             Command::Bootstrap {
                 primary,
                 generation,
-            } => {
-                if let Some(current) = &self.primary {
-                    return Err(CommandError::AlreadyBootstrapped {
-                        primary: current.clone(),
-                        generation: self.generation,
-                    });
-                }
-                if *generation != self.generation.next() {
-                    return Err(CommandError::WrongGeneration {
-                        proposed: *generation,
-                        expected: self.generation.next(),
-                    });
-                }
-                match self.members.get(primary) {
-                    Some(m) if m.kind == NodeKind::Data => {}
-                    _ => return Err(CommandError::NotADataNode(primary.clone())),
-                }
-                self.primary = Some(primary.clone());
-                self.generation = *generation;
-                self.lease_renewals = 0;
-                self.lease_released = false;
-                Ok(())
-            }
-            Command::RenewLease { node, generation }
-            | Command::ReleaseLease { node, generation } => {
-                let holds = self.primary.as_deref() == Some(node.as_str())
-                    && *generation == self.generation
-                    && !self.lease_released;
-                if !holds {
-                    return Err(CommandError::NotLeaseHolder {
-                        node: node.clone(),
-                        generation: *generation,
-                    });
-                }
-                if matches!(command, Command::RenewLease { .. }) {
-                    self.lease_renewals += 1;
-                } else {
-                    self.lease_released = true;
-                }
-                Ok(())
-            }
+            } => self.bootstrap(primary, *generation),
+            Command::RenewLease { node, generation } => self.renew_lease(node, *generation),
+            Command::ReleaseLease { node, generation } => self.release_lease(node, *generation),
             Command::RequestSwitchover {
                 from,
                 to,
                 generation,
                 force,
-            } => {
-                if let Some(s) = &self.switchover {
-                    return Err(CommandError::SwitchoverUnderWay(s.to.clone()));
-                }
-                let holds = self.primary.as_deref() == Some(from.as_str())
-                    && *generation == self.generation
-                    && !self.lease_released;
-                if !holds {
-                    return Err(CommandError::NotLeaseHolder {
-                        node: from.clone(),
-                        generation: *generation,
-                    });
-                }
-                match self.members.get(to) {
-                    Some(m) if m.kind != NodeKind::Data || to == from => {
-                        return Err(CommandError::NotADataNode(to.clone()))
-                    }
-                    Some(m) if !m.promotable || m.priority == 0 => {
-                        return Err(CommandError::NotPromotable(to.clone()))
-                    }
-                    Some(_) => {}
-                    None => return Err(CommandError::NotADataNode(to.clone())),
-                }
-                self.switchover_seq += 1;
-                self.switchover = Some(Switchover {
-                    from: from.clone(),
-                    to: to.clone(),
-                    force: *force,
-                    generation: *generation,
-                    final_lsn: None,
-                    seq: self.switchover_seq,
-                    unclean: false,
-                });
-                Ok(())
-            }
+            } => self.request_switchover(from, to, *generation, *force),
             Command::RequestPromotion {
                 to,
                 force,
                 generation,
-            } => {
-                if *generation != self.generation {
-                    return Err(CommandError::WrongGeneration {
-                        proposed: *generation,
-                        expected: self.generation,
-                    });
-                }
-                if let Some(to) = to {
-                    match self.members.get(to) {
-                        Some(m) if m.kind != NodeKind::Data => {
-                            return Err(CommandError::NotADataNode(to.clone()))
-                        }
-                        Some(m) if !m.promotable || m.priority == 0 => {
-                            return Err(CommandError::NotPromotable(to.clone()))
-                        }
-                        Some(_) => {}
-                        None => return Err(CommandError::UnknownNode(to.clone())),
-                    }
-                }
-                self.promotion_request = Some(PromotionRequest {
-                    to: to.clone(),
-                    force: *force,
-                    generation: *generation,
-                });
-                Ok(())
-            }
-            Command::SetPriority { node, priority } => match self.members.get_mut(node) {
-                Some(m) if m.kind == NodeKind::Data => {
-                    m.priority = *priority;
-                    Ok(())
-                }
-                Some(_) => Err(CommandError::NotADataNode(node.clone())),
-                None => Err(CommandError::UnknownNode(node.clone())),
-            },
-            Command::SetPaused { paused } => {
-                self.paused = *paused;
-                Ok(())
-            }
-            Command::SetReplication { settings } => {
-                if let Some(problem) = settings.problem("sync_standbys", "minimum_standbys") {
-                    return Err(CommandError::BadSettings(problem));
-                }
-                self.replication = Some(*settings);
-                Ok(())
-            }
+            } => self.request_promotion(to.as_ref(), *force, *generation),
+            Command::SetPriority { node, priority } => self.set_priority(node, *priority),
+            Command::SetPaused { paused } => self.set_paused(*paused),
+            Command::SetReplication { settings } => self.set_replication(settings),
             Command::SetSyncSet {
                 node,
                 generation,
                 members,
                 quorum,
-            } => {
-                if *generation != self.generation || self.primary.as_ref() != Some(node) {
-                    return Err(CommandError::NotLeaseHolder {
-                        node: node.clone(),
-                        generation: *generation,
-                    });
-                }
-                if let Some(bad) = members.iter().find(|m| {
-                    *m == node
-                        || self
-                            .members
-                            .get(*m)
-                            .is_none_or(|member| member.kind != NodeKind::Data)
-                }) {
-                    return Err(CommandError::NotADataNode(bad.clone()));
-                }
-                if *quorum > members.len() || (*quorum == 0 && !members.is_empty()) {
-                    return Err(CommandError::BadSettings(format!(
-                        "a synchronous quorum of {quorum} out of {} standbys",
-                        members.len()
-                    )));
-                }
-                self.sync_set = members.clone();
-                self.sync_quorum = *quorum;
-                Ok(())
-            }
+            } => self.set_sync_set(node, *generation, members, *quorum),
             Command::HandOver {
                 node,
                 generation,
                 final_lsn,
                 seq,
                 unclean,
-            } => {
-                let under_way = self.switchover.as_ref().is_some_and(|s| {
-                    s.from == *node && s.generation == *generation && s.seq == *seq
-                });
-                if !under_way || self.lease_released || self.generation != *generation {
-                    return Err(CommandError::NoSwitchover(*generation));
-                }
-                self.lease_released = true;
-                if let Some(s) = self.switchover.as_mut() {
-                    s.final_lsn = Some(*final_lsn);
-                    s.unclean = *unclean;
-                }
-                Ok(())
-            }
-            Command::ForceSwitchover { generation } => match self.switchover.as_mut() {
-                Some(s) if s.generation == *generation && self.generation == *generation => {
-                    s.force = true;
-                    Ok(())
-                }
-                _ => Err(CommandError::NoSwitchover(*generation)),
-            },
+            } => self.hand_over(node, *generation, *final_lsn, *seq, *unclean),
+            Command::ForceSwitchover { generation } => self.force_switchover(*generation),
             Command::SetTimeline {
                 node,
                 generation,
                 timeline,
                 forks,
-            } => {
-                if *generation != self.generation || self.primary.as_ref() != Some(node) {
-                    return Err(CommandError::NotLeaseHolder {
-                        node: node.clone(),
-                        generation: *generation,
-                    });
-                }
-                self.timeline = Some(*timeline);
-                self.forks = forks.clone();
-                Ok(())
-            }
+            } => self.set_timeline(node, *generation, *timeline, forks),
             Command::CancelSwitchover {
                 generation,
                 reason,
                 at_unix_ms,
-            } => {
-                let Some(sw) = self
-                    .switchover
-                    .as_ref()
-                    .filter(|s| s.generation == *generation && self.generation == *generation)
-                else {
-                    return Err(CommandError::NoSwitchover(*generation));
-                };
-                self.cancelled_switchovers.push(CancelledSwitchover {
-                    generation: *generation,
-                    at_unix_ms: *at_unix_ms,
-                    from: sw.from.clone(),
-                    to: sw.to.clone(),
-                    reason: reason.clone(),
-                });
-                self.switchover = None;
-                self.lease_released = false;
-                Ok(())
-            }
+            } => self.cancel_switchover(*generation, reason, *at_unix_ms),
             Command::Promote {
                 node,
                 generation,
@@ -705,44 +509,8 @@ impl ClusterState {
                 lease_renewals,
                 handover,
                 lost_at_least,
-            } => {
-                if *generation != self.generation.next() {
-                    return Err(CommandError::WrongGeneration {
-                        proposed: *generation,
-                        expected: self.generation.next(),
-                    });
-                }
-                if let Some(seen) = lease_renewals {
-                    if !self.lease_released && *seen != self.lease_renewals {
-                        return Err(CommandError::LeaseRenewed {
-                            generation: self.generation,
-                            seen: *seen,
-                            applied: self.lease_renewals,
-                        });
-                    }
-                }
-                if let Some(final_lsn) = handover {
-                    let committed = self.lease_released
-                        && self.switchover.as_ref().is_some_and(|s| {
-                            s.to == *node
-                                && s.generation == self.generation
-                                && s.final_lsn == Some(*final_lsn)
-                        });
-                    if !committed {
-                        return Err(CommandError::HandOverGone(*final_lsn));
-                    }
-                }
-                match self.members.get(node) {
-                    Some(m) if m.kind != NodeKind::Data => {
-                        return Err(CommandError::NotADataNode(node.clone()))
-                    }
-                    Some(m) if !m.promotable || m.priority == 0 => {
-                        return Err(CommandError::NotPromotable(node.clone()))
-                    }
-                    Some(_) => {}
-                    None => return Err(CommandError::NotADataNode(node.clone())),
-                }
-                self.history.push(Promotion {
+            } => self.promote(
+                Promotion {
                     generation: *generation,
                     at_unix_ms: *at_unix_ms,
                     from: from.clone(),
@@ -751,21 +519,366 @@ impl ClusterState {
                     lsn: *lsn,
                     lost_bytes: *lost_bytes,
                     lost_at_least: *lost_at_least,
-                });
-                self.primary = Some(node.clone());
-                self.generation = *generation;
-                self.lease_renewals = 0;
-                self.lease_released = false;
-                self.switchover = None;
-                self.promotion_request = None;
-                // Every acknowledged commit is on the new primary; it sets up its own set.
-                self.sync_set.clear();
-                self.sync_quorum = 0;
-                // The new primary says which timeline it starts once it has.
-                self.timeline = None;
-                Ok(())
+                },
+                *lease_renewals,
+                *handover,
+            ),
+        }
+    }
+
+    /// An agent registers (or updates) its member entry, unless it was disallowed.
+    fn register(&mut self, member: &Member) -> Result<(), CommandError> {
+        if self.departed.contains(&member.name) {
+            return Err(CommandError::Departed(member.name.clone()));
+        }
+        self.members.insert(member.name.clone(), member.clone());
+        Ok(())
+    }
+
+    /// `pgfm disallow-node`: forget the member and keep it out.
+    fn remove_member(&mut self, name: &str) -> Result<(), CommandError> {
+        self.members.remove(name);
+        self.departed.insert(name.to_string());
+        Ok(())
+    }
+
+    /// `pgfm allow-node`: a departed name may register again.
+    fn welcome(&mut self, name: &str) -> Result<(), CommandError> {
+        self.departed.remove(name);
+        Ok(())
+    }
+
+    /// The first primary: only once, only generation 1, only a registered data node.
+    fn bootstrap(&mut self, primary: &str, generation: Generation) -> Result<(), CommandError> {
+        if let Some(current) = &self.primary {
+            return Err(CommandError::AlreadyBootstrapped {
+                primary: current.clone(),
+                generation: self.generation,
+            });
+        }
+        if generation != self.generation.next() {
+            return Err(CommandError::WrongGeneration {
+                proposed: generation,
+                expected: self.generation.next(),
+            });
+        }
+        match self.members.get(primary) {
+            Some(m) if m.kind == NodeKind::Data => {}
+            _ => return Err(CommandError::NotADataNode(primary.to_string())),
+        }
+        self.primary = Some(primary.to_string());
+        self.generation = generation;
+        self.lease_renewals = 0;
+        self.lease_released = false;
+        Ok(())
+    }
+
+    /// Invariant 2: only the primary of the current generation, still holding its lease,
+    /// renews it.
+    fn renew_lease(&mut self, node: &str, generation: Generation) -> Result<(), CommandError> {
+        self.check_lease_holder(node, generation)?;
+        self.lease_renewals += 1;
+        Ok(())
+    }
+
+    /// Invariant 3: the primary gives up its lease (its PostgreSQL is stopped), so that a
+    /// standby need not wait for it to run out.
+    fn release_lease(&mut self, node: &str, generation: Generation) -> Result<(), CommandError> {
+        self.check_lease_holder(node, generation)?;
+        self.lease_released = true;
+        Ok(())
+    }
+
+    /// `node` is the primary of `generation`, the current one, and has not released its lease.
+    fn check_lease_holder(&self, node: &str, generation: Generation) -> Result<(), CommandError> {
+        let holds = self.primary.as_deref() == Some(node)
+            && generation == self.generation
+            && !self.lease_released;
+        if !holds {
+            return Err(CommandError::NotLeaseHolder {
+                node: node.to_string(),
+                generation,
+            });
+        }
+        Ok(())
+    }
+
+    /// `node` is the primary of `generation`, the current one (whether or not it still holds
+    /// the lease).
+    fn check_primary(&self, node: &str, generation: Generation) -> Result<(), CommandError> {
+        if generation != self.generation || self.primary.as_deref() != Some(node) {
+            return Err(CommandError::NotLeaseHolder {
+                node: node.to_string(),
+                generation,
+            });
+        }
+        Ok(())
+    }
+
+    /// `pgfm switchover`: one at a time, from the lease holder to another promotable data
+    /// node.
+    fn request_switchover(
+        &mut self,
+        from: &str,
+        to: &str,
+        generation: Generation,
+        force: bool,
+    ) -> Result<(), CommandError> {
+        if let Some(s) = &self.switchover {
+            return Err(CommandError::SwitchoverUnderWay(s.to.clone()));
+        }
+        self.check_lease_holder(from, generation)?;
+        match self.members.get(to) {
+            Some(m) if m.kind != NodeKind::Data || to == from => {
+                return Err(CommandError::NotADataNode(to.to_string()))
+            }
+            Some(m) if !m.promotable || m.priority == 0 => {
+                return Err(CommandError::NotPromotable(to.to_string()))
+            }
+            Some(_) => {}
+            None => return Err(CommandError::NotADataNode(to.to_string())),
+        }
+        self.switchover_seq += 1;
+        self.switchover = Some(Switchover {
+            from: from.to_string(),
+            to: to.to_string(),
+            force,
+            generation,
+            final_lsn: None,
+            seq: self.switchover_seq,
+            unclean: false,
+        });
+        Ok(())
+    }
+
+    /// `pgfm promote` while the primary of the current generation is gone: kept until the
+    /// coordinator acts on it; `to`, if named, must be a promotable data node.
+    fn request_promotion(
+        &mut self,
+        to: Option<&String>,
+        force: bool,
+        generation: Generation,
+    ) -> Result<(), CommandError> {
+        if generation != self.generation {
+            return Err(CommandError::WrongGeneration {
+                proposed: generation,
+                expected: self.generation,
+            });
+        }
+        if let Some(to) = to {
+            match self.members.get(to) {
+                Some(m) if m.kind != NodeKind::Data => {
+                    return Err(CommandError::NotADataNode(to.clone()))
+                }
+                Some(m) if !m.promotable || m.priority == 0 => {
+                    return Err(CommandError::NotPromotable(to.clone()))
+                }
+                Some(_) => {}
+                None => return Err(CommandError::UnknownNode(to.clone())),
             }
         }
+        self.promotion_request = Some(PromotionRequest {
+            to: to.cloned(),
+            force,
+            generation,
+        });
+        Ok(())
+    }
+
+    /// `pgfm set-priority`, on a data node.
+    fn set_priority(&mut self, node: &str, priority: u32) -> Result<(), CommandError> {
+        match self.members.get_mut(node) {
+            Some(m) if m.kind == NodeKind::Data => {
+                m.priority = priority;
+                Ok(())
+            }
+            Some(_) => Err(CommandError::NotADataNode(node.to_string())),
+            None => Err(CommandError::UnknownNode(node.to_string())),
+        }
+    }
+
+    /// `pgfm pause` / `pgfm resume`.
+    fn set_paused(&mut self, paused: bool) -> Result<(), CommandError> {
+        self.paused = paused;
+        Ok(())
+    }
+
+    /// `pgfm set-synchronous`, if the settings can be used.
+    fn set_replication(&mut self, settings: &SyncSettings) -> Result<(), CommandError> {
+        if let Some(problem) = settings.problem("sync_standbys", "minimum_standbys") {
+            return Err(CommandError::BadSettings(problem));
+        }
+        self.replication = Some(*settings);
+        Ok(())
+    }
+
+    /// The primary of the current generation commits its synchronous set: other data nodes,
+    /// a quorum between 1 and their number (0 for none).
+    fn set_sync_set(
+        &mut self,
+        node: &str,
+        generation: Generation,
+        members: &std::collections::BTreeSet<String>,
+        quorum: usize,
+    ) -> Result<(), CommandError> {
+        self.check_primary(node, generation)?;
+        if let Some(bad) = members.iter().find(|m| {
+            *m == node
+                || self
+                    .members
+                    .get(*m)
+                    .is_none_or(|member| member.kind != NodeKind::Data)
+        }) {
+            return Err(CommandError::NotADataNode(bad.clone()));
+        }
+        if quorum > members.len() || (quorum == 0 && !members.is_empty()) {
+            return Err(CommandError::BadSettings(format!(
+                "a synchronous quorum of {quorum} out of {} standbys",
+                members.len()
+            )));
+        }
+        self.sync_set = members.clone();
+        self.sync_quorum = quorum;
+        Ok(())
+    }
+
+    /// The old primary of the switchover `seq` stopped at `final_lsn` and gives up its
+    /// lease.
+    fn hand_over(
+        &mut self,
+        node: &str,
+        generation: Generation,
+        final_lsn: Lsn,
+        seq: u64,
+        unclean: bool,
+    ) -> Result<(), CommandError> {
+        let under_way = self
+            .switchover
+            .as_ref()
+            .is_some_and(|s| s.from == node && s.generation == generation && s.seq == seq);
+        if !under_way || self.lease_released || self.generation != generation {
+            return Err(CommandError::NoSwitchover(generation));
+        }
+        self.lease_released = true;
+        if let Some(s) = self.switchover.as_mut() {
+            s.final_lsn = Some(final_lsn);
+            s.unclean = unclean;
+        }
+        Ok(())
+    }
+
+    /// `pgfm promote --force` during the switchover of the current generation.
+    fn force_switchover(&mut self, generation: Generation) -> Result<(), CommandError> {
+        match self.switchover.as_mut() {
+            Some(s) if s.generation == generation && self.generation == generation => {
+                s.force = true;
+                Ok(())
+            }
+            _ => Err(CommandError::NoSwitchover(generation)),
+        }
+    }
+
+    /// The primary of the current generation says which timeline it runs on.
+    fn set_timeline(
+        &mut self,
+        node: &str,
+        generation: Generation,
+        timeline: Timeline,
+        forks: &[TimelineFork],
+    ) -> Result<(), CommandError> {
+        self.check_primary(node, generation)?;
+        self.timeline = Some(timeline);
+        self.forks = forks.to_vec();
+        Ok(())
+    }
+
+    /// The switchover of the current generation is rolled back: the old primary takes its
+    /// lease back; the history keeps why.
+    fn cancel_switchover(
+        &mut self,
+        generation: Generation,
+        reason: &str,
+        at_unix_ms: u64,
+    ) -> Result<(), CommandError> {
+        let Some(sw) = self
+            .switchover
+            .as_ref()
+            .filter(|s| s.generation == generation && self.generation == generation)
+        else {
+            return Err(CommandError::NoSwitchover(generation));
+        };
+        self.cancelled_switchovers.push(CancelledSwitchover {
+            generation,
+            at_unix_ms,
+            from: sw.from.clone(),
+            to: sw.to.clone(),
+            reason: reason.to_string(),
+        });
+        self.switchover = None;
+        self.lease_released = false;
+        Ok(())
+    }
+
+    /// Invariant 1: `promotion.to` becomes the primary of the next generation — a
+    /// promotable data node, on a judgement still true: no renewal applied since the lease
+    /// was judged run out (`lease_renewals`), the hand-over it rests on still committed
+    /// (`handover`).
+    fn promote(
+        &mut self,
+        promotion: Promotion,
+        lease_renewals: Option<u64>,
+        handover: Option<Lsn>,
+    ) -> Result<(), CommandError> {
+        let node = &promotion.to;
+        if promotion.generation != self.generation.next() {
+            return Err(CommandError::WrongGeneration {
+                proposed: promotion.generation,
+                expected: self.generation.next(),
+            });
+        }
+        if let Some(seen) = lease_renewals {
+            if !self.lease_released && seen != self.lease_renewals {
+                return Err(CommandError::LeaseRenewed {
+                    generation: self.generation,
+                    seen,
+                    applied: self.lease_renewals,
+                });
+            }
+        }
+        if let Some(final_lsn) = handover {
+            let committed = self.lease_released
+                && self.switchover.as_ref().is_some_and(|s| {
+                    s.to == *node
+                        && s.generation == self.generation
+                        && s.final_lsn == Some(final_lsn)
+                });
+            if !committed {
+                return Err(CommandError::HandOverGone(final_lsn));
+            }
+        }
+        match self.members.get(node) {
+            Some(m) if m.kind != NodeKind::Data => {
+                return Err(CommandError::NotADataNode(node.clone()))
+            }
+            Some(m) if !m.promotable || m.priority == 0 => {
+                return Err(CommandError::NotPromotable(node.clone()))
+            }
+            Some(_) => {}
+            None => return Err(CommandError::NotADataNode(node.clone())),
+        }
+        self.primary = Some(node.clone());
+        self.generation = promotion.generation;
+        self.history.push(promotion);
+        self.lease_renewals = 0;
+        self.lease_released = false;
+        self.switchover = None;
+        self.promotion_request = None;
+        // Every acknowledged commit is on the new primary; it sets up its own set.
+        self.sync_set.clear();
+        self.sync_quorum = 0;
+        // The new primary says which timeline it starts once it has.
+        self.timeline = None;
+        Ok(())
     }
 
     /// Why `report`'s node cannot stream from the primary as it is: it holds WAL past the

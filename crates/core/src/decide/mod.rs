@@ -1,0 +1,136 @@
+//! The decision engine: `decide(&ClusterView, &LocalView, now) -> Vec<Action>`.
+//!
+//! Pure (invariant 6): no I/O, no clock, no randomness. The committed state is the intent,
+//! the reports are observations; the engine says what this agent should do to bring one
+//! towards the other, and every refusal comes back as an action carrying its reason, so
+//! that the executor can log it and `cluster-status` can show it.
+//!
+//! One file per topic, each with its tests:
+//!
+//! - `view`: what the engine decides on; `action`: what it answers;
+//! - the coordinator's part (`coordinate`): `bootstrap`, `failover`, `switchover`;
+//! - a data node's part (`reconcile`): `vip`, `sync`, and `reconcile` (its PostgreSQL's
+//!   role, its timeline);
+//! - `testing`: the fixtures the tests share.
+
+use crate::model::NodeKind;
+
+mod action;
+mod bootstrap;
+mod failover;
+mod reconcile;
+mod switchover;
+mod sync;
+#[cfg(test)]
+pub(crate) mod testing;
+mod view;
+mod vip;
+
+pub use action::{Action, Decision};
+pub use reconcile::slot_for;
+pub use view::{ClusterView, LocalView, Measured, Observed, OnCrash, RejoinMode, Settings};
+
+use bootstrap::bootstrap;
+use failover::failover;
+use reconcile::{reconcile_local, record_timeline};
+use switchover::switchover;
+use sync::manage_sync;
+use vip::place_vip;
+
+/// What this agent should do now: the coordinator's part, if it is the coordinator, then
+/// its own node's part.
+pub fn decide(cluster: &ClusterView, local: &LocalView, now_ms: u64) -> Decision {
+    let mut actions = Vec::new();
+    if local.is_coordinator {
+        actions.extend(coordinate(cluster, now_ms));
+    }
+    actions.extend(reconcile(cluster, local, now_ms));
+    actions
+}
+
+/// A data node's own part: its VIP, its synchronous standbys and timeline when it is the
+/// primary, its PostgreSQL's role. The agent runs it apart from `coordinate`, so that a
+/// long local action (a clone, a start) never holds up a failover (invariant 9).
+pub fn reconcile(cluster: &ClusterView, local: &LocalView, now_ms: u64) -> Decision {
+    let mut actions = Vec::new();
+    if local.kind == NodeKind::Data {
+        // The VIP first: a release must come before a hand-over stops the database.
+        actions.extend(place_vip(cluster, local, now_ms));
+        actions.extend(manage_sync(cluster, local, now_ms));
+        actions.extend(record_timeline(cluster, local));
+        actions.extend(reconcile_local(cluster, local, now_ms));
+    }
+    actions
+}
+
+/// The coordinator's part: choose the first primary, see a switchover through, and fail over
+/// when the primary's lease is gone. Only `Propose`, `MeasureWal` and `ClusterHold`: quick,
+/// never local work.
+pub fn coordinate(cluster: &ClusterView, now_ms: u64) -> Decision {
+    let state = &cluster.state;
+    match (&state.primary, &state.switchover) {
+        (None, _) => bootstrap(cluster, now_ms),
+        // Invariant 3: until it has applied an entry of its own term, a new coordinator may
+        // not have timed every renewal committed before it led: it judges no lease, nor
+        // the steps of a switchover.
+        (Some(_), _) if cluster.coordinator_since_ms.is_none() => Vec::new(),
+        (Some(_), Some(sw)) => switchover(cluster, sw, now_ms),
+        (Some(primary), None) => failover(cluster, primary, now_ms),
+    }
+}
+
+/// This node waits, for `reason`.
+fn hold(reason: String) -> Action {
+    Action::Hold { reason }
+}
+
+/// The coordinator holds the cluster back, for `reason`.
+fn cluster_hold(reason: String) -> Action {
+    Action::ClusterHold { reason }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::decide::testing::*;
+    use crate::model::TimelineFork;
+    use crate::types::{Lsn, Timeline};
+
+    /// Issue 11, case 5: a standby that stayed with a cut-off primary holds WAL past the point
+    /// where the new primary's timeline forked; it is stopped to be rewound, never followed
+    /// as it is, and never promoted. A standby behind the fork point follows as usual.
+    #[test]
+    fn a_diverged_standby_is_rewound_and_never_promoted() {
+        let mut v = primary_with(&["pg2", "pg3"]);
+        v.state.timeline = Some(Timeline(2));
+        v.state.forks = vec![TimelineFork {
+            timeline: Timeline(1),
+            ended_at: Lsn(900_000),
+        }];
+        for node in ["pg1", "pg2"] {
+            v.reports.get_mut(node).unwrap().report.timeline = Some(Timeline(2));
+        }
+        let pg3 = &mut v.reports.get_mut("pg3").unwrap().report;
+        pg3.timeline = Some(Timeline(1));
+        check(&v, "pg3", false, &["stop to rewind g1: diverged from primary pg1: this standby has replayed WAL up to 0/F4240 on timeline 1, past 0/DBBA0 where the primary's timeline 2 forked off it"]);
+        // Behind the fork point: it can follow the new timeline.
+        let pg3 = &mut v.reports.get_mut("pg3").unwrap().report;
+        pg3.received_lsn = Some(Lsn(800_000));
+        pg3.replayed_lsn = Some(Lsn(800_000));
+        check(&v, "pg3", false, &[]);
+        // Received past it but not replayed (a torn record after the old primary died):
+        // PostgreSQL follows the new timeline, so does pgfm.
+        v.reports.get_mut("pg3").unwrap().report.received_lsn = Some(Lsn(950_000));
+        check(&v, "pg3", false, &[]);
+        // A timeline the primary's history does not have.
+        v.reports.get_mut("pg3").unwrap().report.timeline = Some(Timeline(3));
+        check(&v, "pg3", false, &["stop to rewind g1: diverged from primary pg1: this standby is on timeline 3, which is not in the history of the primary's timeline 2"]);
+        // At a failover neither is a candidate; pg2, on the primary's timeline, is.
+        let mut v = expired(v);
+        let pg3 = &mut v.reports.get_mut("pg3").unwrap().report;
+        pg3.timeline = Some(Timeline(1));
+        pg3.received_lsn = Some(Lsn(2_000_000));
+        pg3.replayed_lsn = Some(Lsn(2_000_000));
+        v.state.members.get_mut("pg2").unwrap().promotable = false;
+        check_coordinator(&v, 10_000, &["cluster hold: failover needed: the lease of primary pg1 expired, but no standby can be promoted: pg2 is not promotable; pg3 has replayed WAL up to 0/1E8480 on timeline 1, past 0/DBBA0 where the primary's timeline 2 forked off it"]);
+    }
+}

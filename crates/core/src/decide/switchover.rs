@@ -1,0 +1,209 @@
+//! A planned switchover: the old primary stops cleanly and hands over (`hand_over`, its
+//! part, run by `reconcile`); the coordinator promotes the target once it has replayed
+//! everything, or rolls back (`switchover`).
+
+use super::{cluster_hold, hold, Action, ClusterView, LocalView};
+use crate::model::{Command, DbRole, Switchover};
+
+/// The coordinator's part of a planned switchover: once the old primary has stopped and
+/// handed over, promote the target as soon as it has replayed the old primary's final
+/// record (its shutdown checkpoint), so nothing acknowledged is lost; roll back — the old
+/// primary, which holds every commit and whose generation never changed, starts again as
+/// primary — if the target is gone or a step overran `switchover_timeout` (invariant 9).
+pub(super) fn switchover(cluster: &ClusterView, sw: &Switchover, now_ms: u64) -> Vec<Action> {
+    let state = &cluster.state;
+    let timeout = cluster.settings.switchover_timeout_ms;
+    // A forced hand-over may wait out a whole clean shutdown before it stops immediately:
+    // it gets twice as long.
+    let timeout = if sw.force { 2 * timeout } else { timeout };
+    let overdue = cluster
+        .switchover_step_ms
+        .is_some_and(|at| now_ms >= at + timeout);
+    let limit = format!("switchover_timeout ({} s)", timeout as f64 / 1000.0);
+    let cancel = |why: String| {
+        vec![Action::Propose(Command::CancelSwitchover {
+            generation: state.generation,
+            at_unix_ms: cluster.wall_clock_ms,
+            reason: format!(
+                "switchover from {} to {} rolled back: {why}; {} stays the primary of generation {}",
+                sw.from, sw.to, sw.from, state.generation
+            ),
+        })]
+    };
+    let Some(final_lsn) = sw.final_lsn.filter(|_| state.lease_released) else {
+        if overdue {
+            return cancel(format!("{} did not hand over within {limit}", sw.from));
+        }
+        return vec![cluster_hold(format!(
+            "switchover from {} to {}: waiting for {} to stop cleanly and hand over",
+            sw.from, sw.to, sw.from
+        ))];
+    };
+    let target = cluster
+        .fresh_report(&sw.to, now_ms)
+        .filter(|r| r.db_up && r.role == Some(DbRole::Standby));
+    match target {
+        // The shutdown checkpoint is the last record: replaying past its start means
+        // replaying it whole.
+        Some(r) if r.replayed_lsn.is_some_and(|l| l > final_lsn) || sw.force => {
+            let replayed = r.replayed_lsn.unwrap_or_default();
+            let lost = if replayed > final_lsn {
+                0
+            } else {
+                final_lsn.bytes_after(replayed)
+            };
+            vec![Action::Propose(Command::Promote {
+                node: sw.to.clone(),
+                generation: state.generation.next(),
+                from: Some(sw.from.clone()),
+                reason: if sw.unclean {
+                    format!(
+                        "pgfm promote --force: {} could not stop cleanly; {} promoted with what \
+                         it had received",
+                        sw.from, sw.to
+                    )
+                } else if sw.force {
+                    format!("pgfm promote --force: {} handed over to {}", sw.from, sw.to)
+                } else {
+                    format!("switchover from {} to {}", sw.from, sw.to)
+                },
+                lsn: r.replayed_lsn,
+                // After an unclean stop the old primary's end of WAL is not known.
+                lost_bytes: (!sw.unclean).then_some(lost),
+                at_unix_ms: cluster.wall_clock_ms,
+                lease_renewals: None,
+                handover: Some(final_lsn),
+                lost_at_least: false,
+            })]
+        }
+        Some(r) => {
+            let at = r
+                .replayed_lsn
+                .map(|l| l.to_string())
+                .unwrap_or_else(|| "?".into());
+            if overdue {
+                return cancel(format!(
+                    "{} did not replay up to {final_lsn} within {limit} (at {at})",
+                    sw.to
+                ));
+            }
+            vec![cluster_hold(format!(
+                "switchover to {}: waiting for it to replay up to {final_lsn} (at {at}; rolled \
+                 back after {limit})",
+                sw.to
+            ))]
+        }
+        None => cancel(format!("{} is no longer a running standby", sw.to)),
+    }
+}
+
+/// The old primary's part of a switchover: stop cleanly and hand over (`Action::HandOver`
+/// releases the lease with the final WAL position), once the target streams from it — it
+/// must take the final WAL from this primary — unless forced.
+pub(super) fn hand_over(cluster: &ClusterView, local: &LocalView, sw: &Switchover) -> Vec<Action> {
+    let me = &local.report;
+    if cluster.state.lease_released {
+        return vec![hold(format!(
+            "switchover: handed over to {}, waiting for its promotion",
+            sw.to
+        ))];
+    }
+    // The target must take the final WAL from this primary: a target that does not
+    // stream now would wait for the shutdown checkpoint for ever.
+    let streaming = me
+        .replicas
+        .iter()
+        .any(|r| r.application_name == sw.to && r.state == "streaming");
+    if local.db_running && me.db_up && !streaming && !sw.force {
+        return vec![hold(format!(
+            "switchover: waiting for {} to stream from this primary before handing over",
+            sw.to
+        ))];
+    }
+    vec![Action::HandOver {
+        to: sw.to.clone(),
+        generation: cluster.state.generation,
+        seq: sw.seq,
+        force: sw.force,
+    }]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::decide::coordinate;
+    use crate::decide::testing::*;
+    use crate::types::Lsn;
+
+    #[test]
+    fn a_switchover_hands_over_then_promotes_once_the_target_replayed_everything() {
+        let mut v = primary_with(&["pg2"]);
+        v.state.switchover = Some(switchover_pg1_to_pg2());
+        check(&v, "pg1", false, &["hand over to pg2 g1"]);
+        check_coordinator(
+            &v,
+            2_000,
+            &["cluster hold: switchover from pg1 to pg2: waiting for pg1 to stop cleanly and hand over"],
+        );
+        v.state.lease_released = true;
+        v.state.switchover.as_mut().unwrap().final_lsn = Some(Lsn(1_000_000));
+        check(
+            &v,
+            "pg1",
+            false,
+            &["hold: switchover: handed over to pg2, waiting for its promotion"],
+        );
+        check_coordinator(&v, 2_000, &["cluster hold: switchover to pg2: waiting for it to replay up to 0/F4240 (at 0/F4240; rolled back after switchover_timeout (5 s))"]);
+        v.reports.get_mut("pg2").unwrap().report.replayed_lsn = Some(Lsn(1_000_120));
+        check_coordinator(&v, 2_000, &["promote pg2 g2 from pg1 losing 0"]);
+        v.reports.get_mut("pg2").unwrap().report.db_up = false;
+        check_coordinator(
+            &v,
+            2_000,
+            &["cancel switchover: switchover from pg1 to pg2 rolled back: pg2 is no longer a running standby; pg1 stays the primary of generation 1"],
+        );
+    }
+
+    /// Issue 11, case 1: a target that does not stream is waited for before the hand-over,
+    /// and every step of a switchover ends within `switchover_timeout`: rolled back, the old
+    /// primary (generation unchanged) takes over again; `promote --force` skips the waits.
+    #[test]
+    fn a_switchover_that_cannot_finish_is_rolled_back_in_time() {
+        let mut v = primary_with(&["pg2"]);
+        v.state.switchover = Some(switchover_pg1_to_pg2());
+        v.reports.get_mut("pg1").unwrap().report.replicas.clear();
+        check(
+            &v,
+            "pg1",
+            false,
+            &["hold: switchover: waiting for pg2 to stream from this primary before handing over"],
+        );
+        // The step started at 1 s; 5 s later the coordinator gives up.
+        check_coordinator(&v, 6_000, &["cancel switchover: switchover from pg1 to pg2 rolled back: pg1 did not hand over within switchover_timeout (5 s); pg1 stays the primary of generation 1"]);
+        v.state.switchover.as_mut().unwrap().force = true;
+        check(&v, "pg1", false, &["hand over to pg2 g1"]);
+        // Handed over, but the target never gets the shutdown checkpoint.
+        for o in v.reports.values_mut() {
+            o.received_at_ms = 5_000;
+        }
+        v.state.switchover.as_mut().unwrap().force = false;
+        v.state.lease_released = true;
+        v.state.switchover.as_mut().unwrap().final_lsn = Some(Lsn(1_000_000));
+        check_coordinator(&v, 5_999, &["cluster hold: switchover to pg2: waiting for it to replay up to 0/F4240 (at 0/F4240; rolled back after switchover_timeout (5 s))"]);
+        check_coordinator(&v, 6_000, &["cancel switchover: switchover from pg1 to pg2 rolled back: pg2 did not replay up to 0/F4240 within switchover_timeout (5 s) (at 0/F4240); pg1 stays the primary of generation 1"]);
+        // pgfm promote --force: the target is promoted, the final record lost.
+        v.state.switchover.as_mut().unwrap().force = true;
+        check_coordinator(&v, 6_000, &["promote pg2 g2 from pg1 losing 0"]);
+        // Forced through an unclean stop: what was lost is not known, and the history says so.
+        v.state.switchover.as_mut().unwrap().unclean = true;
+        let promoted = coordinate(&v, 6_000);
+        assert!(
+            matches!(
+                promoted.as_slice(),
+                [Action::Propose(Command::Promote { lost_bytes: None, handover: Some(_), reason, .. })]
+                    if reason.contains("pg1 could not stop cleanly")
+            ),
+            "{promoted:?}"
+        );
+    }
+}

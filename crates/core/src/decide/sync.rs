@@ -1,0 +1,322 @@
+//! Synchronous replication on the serving primary: which standbys each commit waits for,
+//! committed before PostgreSQL widens and after it narrows.
+
+use std::collections::BTreeSet;
+
+use super::reconcile::not_serving;
+use super::{Action, ClusterView, LocalView};
+use crate::model::{Command, DbRole, NodeKind, SyncMode, SyncRule};
+
+/// Synchronous replication on the serving primary, one step per decision. The committed
+/// rule must hold for every commit acknowledged under PostgreSQL's setting, old and new: it
+/// is widened first (more members, a smaller quorum), then `synchronous_standby_names`
+/// changes, and the committed rule narrows once enough of the new members have flushed past
+/// the WAL position where the new setting took over.
+pub(super) fn manage_sync(cluster: &ClusterView, local: &LocalView, now_ms: u64) -> Vec<Action> {
+    if not_serving(cluster, local).is_some() {
+        return Vec::new();
+    }
+    let Some(current) = &local.report.sync else {
+        return Vec::new();
+    };
+    let generation = cluster.state.generation;
+    let committed = cluster.state.committed_sync();
+    let desired = desired_sync(cluster, local, current, now_ms);
+    let commit = |rule: SyncRule| {
+        vec![Action::Propose(Command::SetSyncSet {
+            node: local.name.clone(),
+            generation,
+            members: rule.names,
+            quorum: rule.count,
+        })]
+    };
+    if desired.is_async() {
+        // Degrading to asynchronous is committed first: a primary cut off from the majority
+        // cannot, so it keeps waiting rather than acknowledge commits a failover would lose.
+        if !committed.is_async() {
+            return commit(SyncRule::default());
+        }
+    } else if !covers(&committed, &desired) {
+        return commit(if committed.is_async() {
+            desired
+        } else {
+            SyncRule::new(
+                committed.count.min(desired.count),
+                committed.names.union(&desired.names).cloned().collect(),
+            )
+        });
+    }
+    let set = || {
+        vec![Action::SetSyncStandbys {
+            rule: desired.clone(),
+            generation,
+        }]
+    };
+    if *current != desired {
+        return set();
+    }
+    if committed == desired {
+        return Vec::new();
+    }
+    // Narrowing: every commit acknowledged under the old setting is before the switch
+    // position; `desired.count` of the new members must have it all.
+    let Some(switch) = local.report.sync_switch_lsn else {
+        // An agent restarted since: set the same rule again to learn a switch position.
+        return set();
+    };
+    let caught_up =
+        desired
+            .names
+            .iter()
+            .filter(|name| {
+                local.report.replicas.iter().any(|r| {
+                    r.application_name == **name && r.flush_lsn.is_some_and(|f| f >= switch)
+                })
+            })
+            .count();
+    if caught_up >= desired.count {
+        return commit(desired);
+    }
+    Vec::new()
+}
+
+/// Whether every commit acknowledged under the synchronous `rule` is on `committed.count`
+/// members of `committed`.
+fn covers(committed: &SyncRule, rule: &SyncRule) -> bool {
+    !committed.is_async() && rule.names.is_subset(&committed.names) && committed.count <= rule.count
+}
+
+/// What the primary's commits should wait for. `on`: the first `standbys` streaming,
+/// promotable standbys (the current ones first: no churn, then by priority), each of them;
+/// `quorum`: any `standbys` of every streaming, promotable standby. A named standby that
+/// stopped streaming keeps its place while its agent still reports it running (a
+/// reconnect, not a loss): that is the bound before the primary names fewer — at most
+/// `report_ttl` after its host died. It never names fewer than `minimum`: it keeps the lost
+/// ones (commits wait for them) or names members that are not there yet.
+fn desired_sync(
+    cluster: &ClusterView,
+    local: &LocalView,
+    current: &SyncRule,
+    now_ms: u64,
+) -> SyncRule {
+    let sync = cluster.sync_settings();
+    let limit = match sync.mode {
+        SyncMode::Off => return SyncRule::default(),
+        SyncMode::On => sync.standbys,
+        SyncMode::Quorum => usize::MAX,
+    };
+    let state = &cluster.state;
+    let candidate = |name: &str| {
+        name != local.name
+            && state
+                .members
+                .get(name)
+                .is_some_and(|m| m.kind == NodeKind::Data && m.promotable && m.priority > 0)
+    };
+    let streaming: BTreeSet<&str> = local
+        .report
+        .replicas
+        .iter()
+        .filter(|r| r.state == "streaming" && candidate(&r.application_name))
+        .map(|r| r.application_name.as_str())
+        .collect();
+    let priority = |name: &str| state.members.get(name).map_or(0, |m| m.priority);
+    let mut order: Vec<&str> = streaming.iter().copied().collect();
+    order.sort_by_key(|n| {
+        (
+            !state.sync_set.contains(*n),
+            std::cmp::Reverse(priority(n)),
+            *n,
+        )
+    });
+    let mut names: BTreeSet<String> = order.into_iter().take(limit).map(str::to_string).collect();
+    for name in current.names.iter().filter(|n| candidate(n)) {
+        let alive = cluster
+            .fresh_report(name, now_ms)
+            .is_some_and(|r| r.db_up && r.role == Some(DbRole::Standby));
+        if names.len() < limit && alive {
+            names.insert(name.clone());
+        }
+    }
+    if names.len() < sync.minimum {
+        let mut others: Vec<&str> = current
+            .names
+            .iter()
+            .map(String::as_str)
+            .chain(state.sync_set.iter().map(String::as_str))
+            .filter(|n| candidate(n))
+            .collect();
+        let mut rest: Vec<&str> = state
+            .data_members()
+            .map(|m| m.name.as_str())
+            .filter(|n| candidate(n))
+            .collect();
+        rest.sort_by_key(|n| (std::cmp::Reverse(priority(n)), *n));
+        others.extend(rest);
+        for name in others {
+            if names.len() >= sync.minimum {
+                break;
+            }
+            names.insert(name.to_string());
+        }
+    }
+    let count = match sync.mode {
+        SyncMode::Quorum => sync.standbys,
+        _ => names.len(),
+    };
+    SyncRule::new(count, names)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::decide::slot_for;
+    use crate::decide::testing::*;
+    use crate::model::SyncSettings;
+    use crate::types::Lsn;
+
+    #[test]
+    fn synchronous_standbys_are_committed_before_postgres_widens_and_after_it_narrows() {
+        let mut v = primary_with(&["pg2"]);
+        v.settings.sync.mode = SyncMode::On;
+        {
+            let r = &mut v.reports.get_mut("pg1").unwrap().report;
+            r.slots = vec![slot_for("pg2")];
+            r.replicas = vec![streaming("pg2", 900_000)];
+            r.sync = Some(SyncRule::default());
+        }
+        // Widen: the set is committed first, then PostgreSQL waits for pg2.
+        check(&v, "pg1", false, &["commit sync FIRST 1 (pg2) g1"]);
+        v.state.sync_set = ["pg2".to_string()].into();
+        v.state.sync_quorum = 1;
+        check(&v, "pg1", false, &["sync FIRST 1 (pg2) g1"]);
+        v.reports.get_mut("pg1").unwrap().report.sync = Some(rule(1, &["pg2"]));
+        check(&v, "pg1", false, &[]);
+
+        // pg2 stops streaming but its agent says it runs: a reconnect, keep waiting.
+        v.reports.get_mut("pg1").unwrap().report.replicas.clear();
+        check(&v, "pg1", false, &[]);
+        // Its host died (no fresh report). Strict: keep waiting for it.
+        v.reports.get_mut("pg2").unwrap().received_at_ms = 0;
+        v.settings.sync.minimum = 1;
+        check_local(&v, &local(&v, "pg1", false), 10_000, &[]);
+        // Not strict: the degradation is committed first (a primary cut off from the
+        // majority cannot, so it keeps waiting), then PostgreSQL stops waiting.
+        v.settings.sync.minimum = 0;
+        let me = |v: &ClusterView| {
+            let mut l = local(v, "pg1", false);
+            l.report = v.reports["pg1"].report.clone();
+            l
+        };
+        v.reports.get_mut("pg1").unwrap().received_at_ms = 10_000;
+        check_local(&v, &me(&v), 10_000, &["commit sync asynchronous g1"]);
+        v.state.sync_set.clear();
+        v.state.sync_quorum = 0;
+        check_local(&v, &me(&v), 10_000, &["sync asynchronous g1"]);
+        v.reports.get_mut("pg1").unwrap().report.sync = Some(SyncRule::default());
+        check_local(&v, &me(&v), 10_000, &[]);
+    }
+
+    #[test]
+    fn a_sync_role_moves_only_once_the_new_standby_has_caught_up() {
+        let mut v = primary_with(&["pg2", "pg3"]);
+        v.settings.sync.mode = SyncMode::On;
+        v.state.sync_set = ["pg2".to_string()].into();
+        v.state.sync_quorum = 1;
+        {
+            let r = &mut v.reports.get_mut("pg1").unwrap().report;
+            r.slots = vec![slot_for("pg2"), slot_for("pg3")];
+            // pg2 is gone; pg3 streams.
+            r.replicas = vec![streaming("pg3", 900_000)];
+            r.sync = Some(rule(1, &["pg2"]));
+        }
+        check(&v, "pg1", false, &["commit sync ANY 1 (pg2,pg3) g1"]);
+        v.state.sync_set = ["pg2".to_string(), "pg3".to_string()].into();
+        v.state.sync_quorum = 1;
+        check(&v, "pg1", false, &["sync FIRST 1 (pg3) g1"]);
+        {
+            let r = &mut v.reports.get_mut("pg1").unwrap().report;
+            r.sync = Some(rule(1, &["pg3"]));
+            r.sync_switch_lsn = Some(Lsn(950_000));
+        }
+        // pg3 has not flushed past the switch yet: pg2 stays a candidate.
+        check(&v, "pg1", false, &[]);
+        v.reports.get_mut("pg1").unwrap().report.replicas = vec![streaming("pg3", 960_000)];
+        check(&v, "pg1", false, &["commit sync FIRST 1 (pg3) g1"]);
+    }
+
+    #[test]
+    fn quorum_waits_for_any_n_of_every_streaming_standby_and_narrows_after_catch_up() {
+        let mut v = primary_with(&["pg2", "pg3"]);
+        v.settings.sync.mode = SyncMode::Quorum;
+        let me = |v: &ClusterView| {
+            let mut l = local(v, "pg1", false);
+            l.report = v.reports["pg1"].report.clone();
+            l
+        };
+        {
+            let r = &mut v.reports.get_mut("pg1").unwrap().report;
+            r.slots = vec![slot_for("pg2"), slot_for("pg3")];
+            r.replicas = vec![streaming("pg2", 900_000), streaming("pg3", 900_000)];
+            r.sync = Some(SyncRule::default());
+        }
+        check(&v, "pg1", false, &["commit sync ANY 1 (pg2,pg3) g1"]);
+        v.state.sync_set = ["pg2".to_string(), "pg3".to_string()].into();
+        v.state.sync_quorum = 1;
+        check(&v, "pg1", false, &["sync ANY 1 (pg2,pg3) g1"]);
+        v.reports.get_mut("pg1").unwrap().report.sync = Some(rule(1, &["pg2", "pg3"]));
+        check(&v, "pg1", false, &[]);
+        // pg3's host dies: once its report is stale, PostgreSQL stops listing it (the
+        // committed set already covers the smaller rule), and the set narrows only when pg2
+        // has every commit acknowledged before the switch (some may be on pg3 alone).
+        v.reports.get_mut("pg3").unwrap().received_at_ms = 0;
+        v.reports.get_mut("pg1").unwrap().received_at_ms = 10_000;
+        v.reports.get_mut("pg1").unwrap().report.replicas = vec![streaming("pg2", 900_000)];
+        check_local(&v, &me(&v), 10_000, &["sync FIRST 1 (pg2) g1"]);
+        {
+            let r = &mut v.reports.get_mut("pg1").unwrap().report;
+            r.sync = Some(rule(1, &["pg2"]));
+            r.sync_switch_lsn = Some(Lsn(950_000));
+        }
+        check_local(&v, &me(&v), 10_000, &[]);
+        v.reports.get_mut("pg1").unwrap().report.replicas = vec![streaming("pg2", 950_000)];
+        check_local(&v, &me(&v), 10_000, &["commit sync FIRST 1 (pg2) g1"]);
+        // With a floor of two standbys it keeps waiting for pg3 instead.
+        v.settings.sync.standbys = 2;
+        v.settings.sync.minimum = 2;
+        v.state.sync_set = ["pg2".to_string(), "pg3".to_string()].into();
+        v.state.sync_quorum = 2;
+        v.reports.get_mut("pg1").unwrap().report.sync = Some(rule(2, &["pg2", "pg3"]));
+        check_local(&v, &me(&v), 10_000, &[]);
+        // A floor of one: it names pg2 alone, once the committed quorum says that commits
+        // are on one of the two.
+        v.settings.sync.minimum = 1;
+        check_local(&v, &me(&v), 10_000, &["commit sync ANY 1 (pg2,pg3) g1"]);
+        v.state.sync_quorum = 1;
+        check_local(&v, &me(&v), 10_000, &["sync FIRST 1 (pg2) g1"]);
+    }
+
+    #[test]
+    fn settings_set_at_run_time_win_over_the_config() {
+        let mut v = primary_with(&["pg2"]);
+        {
+            let r = &mut v.reports.get_mut("pg1").unwrap().report;
+            r.slots = vec![slot_for("pg2")];
+            r.replicas = vec![streaming("pg2", 900_000)];
+            r.sync = Some(SyncRule::default());
+        }
+        check(&v, "pg1", false, &[]);
+        v.state.replication = Some(SyncSettings {
+            mode: SyncMode::On,
+            ..SyncSettings::default()
+        });
+        check(&v, "pg1", false, &["commit sync FIRST 1 (pg2) g1"]);
+        // Turned off again: PostgreSQL stops waiting only after the set is committed empty.
+        v.state.sync_set = ["pg2".to_string()].into();
+        v.state.sync_quorum = 1;
+        v.reports.get_mut("pg1").unwrap().report.sync = Some(rule(1, &["pg2"]));
+        v.settings.sync.mode = SyncMode::On;
+        v.state.replication = Some(SyncSettings::default());
+        check(&v, "pg1", false, &["commit sync asynchronous g1"]);
+    }
+}

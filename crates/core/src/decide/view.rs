@@ -1,0 +1,148 @@
+//! What the engine decides on: this agent's view of the cluster (`ClusterView`), of itself
+//! (`LocalView`), and the settings from its config.
+
+use std::collections::BTreeMap;
+
+use crate::lease::LeaseSettings;
+use crate::model::{ClusterState, NodeKind, NodeReport, SyncSettings};
+use crate::types::Lsn;
+
+/// A report and when (on the receiving agent's monotonic clock, in ms) it arrived.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Observed {
+    pub report: NodeReport,
+    pub received_at_ms: u64,
+}
+
+/// What a primary does when its PostgreSQL dies under it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OnCrash {
+    /// Restart in place if it is back within `crash_restart_bound_ms`, else fail over.
+    Restart,
+    /// Give up the lease at once, so that a standby takes over.
+    Failover,
+}
+
+/// How a former primary comes back.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RejoinMode {
+    Rewind,
+    RewindOrClone,
+    Manual,
+}
+
+/// Settings the engine needs (from the agent's config).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Settings {
+    pub lease: LeaseSettings,
+    /// Synchronous replication from this agent's config (`ClusterState::replication`, once
+    /// set at run time, wins: see `ClusterView::sync_settings`).
+    pub sync: SyncSettings,
+    /// A candidate must be within this many bytes of the best known WAL position.
+    pub max_lag: u64,
+    pub auto_failover: bool,
+    pub on_crash: OnCrash,
+    pub crash_restart_bound_ms: u64,
+    pub rejoin: RejoinMode,
+    /// A report older than this is stale: its agent counts as down.
+    pub report_ttl_ms: u64,
+    /// Invariant 9: a switchover step (the hand-over, the target's replay) that takes longer
+    /// than this is rolled back.
+    pub switchover_timeout_ms: u64,
+    /// A standby whose PostgreSQL fails to start this many times in a row is re-cloned
+    /// (`rejoin = "rewind-or-clone"`) or held for the operator; a primary gives up its lease.
+    pub start_attempts: u32,
+}
+
+impl Default for Settings {
+    fn default() -> Settings {
+        Settings {
+            lease: LeaseSettings::default(),
+            sync: SyncSettings::default(),
+            max_lag: 1024 * 1024,
+            auto_failover: true,
+            on_crash: OnCrash::Restart,
+            crash_restart_bound_ms: 10_000,
+            rejoin: RejoinMode::RewindOrClone,
+            report_ttl_ms: 3_000,
+            switchover_timeout_ms: 5_000,
+            start_attempts: 3,
+        }
+    }
+}
+
+/// What this agent knows about the whole cluster.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClusterView {
+    pub state: ClusterState,
+    /// Names of every voting member of the Raft cluster (the allowed node list).
+    pub voters: Vec<String>,
+    /// The latest report from each agent, as held by the coordinator.
+    pub reports: BTreeMap<String, Observed>,
+    pub settings: Settings,
+    /// When this agent applied the latest lease renewal, release or promotion (monotonic ms).
+    pub last_renewal_seen_ms: Option<u64>,
+    /// When this agent became a coordinator that has applied an entry of its own term
+    /// (monotonic ms); None when it is not.
+    pub coordinator_since_ms: Option<u64>,
+    /// Wall-clock time, only to stamp the history.
+    pub wall_clock_ms: u64,
+    /// WAL positions this agent measured on other nodes' PostgreSQL (`Action::MeasureWal`).
+    pub measured: BTreeMap<String, Measured>,
+    /// When this agent applied the current switchover's latest step (its request, its
+    /// hand-over, a force), monotonic ms: `switchover_timeout` counts from it.
+    pub switchover_step_ms: Option<u64>,
+}
+
+/// A WAL position read straight from a node's PostgreSQL.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Measured {
+    /// When the query was sent (monotonic ms): the position is at least as new.
+    pub at_ms: u64,
+    /// The newest WAL the node holds as a standby; None: it did not answer as a standby.
+    pub position: Option<Lsn>,
+}
+
+impl ClusterView {
+    /// The report from `name` if it is fresh at `now_ms`.
+    pub fn fresh_report(&self, name: &str, now_ms: u64) -> Option<&NodeReport> {
+        self.reports
+            .get(name)
+            .filter(|o| now_ms.saturating_sub(o.received_at_ms) <= self.settings.report_ttl_ms)
+            .map(|o| &o.report)
+    }
+
+    /// The synchronous replication settings in force: set at run time, else from config.
+    pub fn sync_settings(&self) -> SyncSettings {
+        self.state.replication.unwrap_or(self.settings.sync)
+    }
+}
+
+/// What this agent knows about itself, read this very tick.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LocalView {
+    pub name: String,
+    pub kind: NodeKind,
+    pub is_coordinator: bool,
+    /// This agent's latest probe of its own PostgreSQL.
+    pub report: NodeReport,
+    /// A postmaster is running on the data directory now.
+    pub db_running: bool,
+    /// A postmaster is running on the data directory without `standby.signal` now: it
+    /// takes (or will take) writes.
+    pub writable: bool,
+    /// This agent holds an unexpired lease for the current generation.
+    pub lease_valid: bool,
+    /// PostgreSQL died without the agent stopping it, at this time (monotonic ms).
+    pub crashed_at_ms: Option<u64>,
+    /// An operator ran `pgfm resume` on this node.
+    pub resume_requested: bool,
+    /// The last rewind against the current primary failed, with this error.
+    pub rewind_failed: Option<String>,
+    /// PostgreSQL failed to start this many times in a row (0: it has run since), and the
+    /// last error.
+    pub start_failures: u32,
+    pub start_error: Option<String>,
+    /// A re-clone was tried in this streak of failed starts: another would not help.
+    pub start_recloned: bool,
+}
