@@ -190,6 +190,8 @@ pub fn check_switchover(
             if !s.promotable_in_sync() {
                 let why = match (s.role, s.in_sync, s.lag_bytes) {
                     (Role::Standby, Some(false), Some(lag)) => NotInSync::Behind(lag),
+                    // Also a promotable standby whose lag the primary does not know: the
+                    // message is older than this check, and the end-to-end tests read it.
                     (Role::Standby, _, _) => NotInSync::NotPromotable,
                     (role, _, _) => NotInSync::NotRunningStandby(role),
                 };
@@ -559,7 +561,7 @@ mod tests {
     use super::*;
     use crate::decide::ClusterView;
     use crate::model::Promotion;
-    use crate::testing::{behind, lab, priority, silent, NOW};
+    use crate::testing::{behind, lab, not_streaming, priority, silent, NOW};
 
     type Fault = fn(&mut ClusterView);
 
@@ -670,7 +672,20 @@ mod tests {
         );
         check(
             2,
+            |v| not_streaming(v, "pg2"),
+            Some("pg2"),
+            "refused: pg2 is not a standby in sync with pg1: it is 0 bytes behind or not \
+             streaming",
+        );
+        check(
+            2,
             |v| priority(v, "pg2", 0),
+            Some("pg2"),
+            "refused: pg2 is not a standby in sync with pg1: it is not promotable",
+        );
+        check(
+            2,
+            |v| v.reports.get_mut("pg1").unwrap().report.current_lsn = None,
             Some("pg2"),
             "refused: pg2 is not a standby in sync with pg1: it is not promotable",
         );
