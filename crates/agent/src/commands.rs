@@ -1,10 +1,11 @@
 //! Operator commands that change the cluster (switchover, ...): checked by the coordinator
-//! against what it sees, refused with the reason and nothing changed, else committed in
-//! the Raft log for the decision engine to carry out. A non-coordinator agent forwards
-//! them to the coordinator.
+//! against what it sees (the checks are core's, `pgfm_core::operator`), refused with the
+//! reason and nothing changed, else committed in the Raft log for the decision engine to
+//! carry out. A non-coordinator agent forwards them to the coordinator.
 
-use pgfm_api::{ApiError, NodeKindStatus, Refusal, SwitchoverRequest, SwitchoverStarted};
+use pgfm_api::{ApiError, Refusal, SwitchoverRequest, SwitchoverStarted};
 use pgfm_coord::Coordinator;
+use pgfm_core::operator::{self, PromotePlan};
 use pgfm_core::{Command, SyncMode, SyncSettings};
 
 use super::Agent;
@@ -20,6 +21,11 @@ fn forwarded(e: ApiError) -> Refusal {
     }
 }
 
+/// A refusal of core's checks, as the API answers it (409, its message as it is).
+fn refused(refusal: operator::Refusal) -> Refusal {
+    Refusal::Refused(refusal.to_string())
+}
+
 impl Agent {
     pub(super) async fn start_switchover(
         &self,
@@ -28,75 +34,22 @@ impl Agent {
         if let Some(client) = self.coordinator_client().await? {
             return client.switchover(request.to).await.map_err(forwarded);
         }
-        let state = self.raft.state();
-        let status = self.local_status(Vec::new());
-        let refuse = |why: String| Err(Refusal::Refused(why));
-        let Some(from) = status.primary.clone() else {
-            return refuse("there is no running primary to switch over from".into());
-        };
-        if let Some(sw) = &state.switchover {
-            return refuse(format!(
-                "a switchover from {} to {} is already under way",
-                sw.from, sw.to
-            ));
-        }
-        let in_sync: Vec<&pgfm_api::NodeStatus> = status
-            .nodes
-            .iter()
-            .filter(|n| n.kind == NodeKindStatus::Standby && n.in_sync == Some(true))
-            .filter(|n| n.promotable == Some(true) && n.priority.is_some_and(|p| p > 0))
-            .collect();
-        let to = match &request.to {
-            Some(to) => {
-                let Some(node) = status.nodes.iter().find(|n| n.name == *to) else {
-                    return refuse(format!(
-                        "unknown node {to:?} (the members are {})",
-                        status.allowed.join(", ")
-                    ));
-                };
-                if *to == from {
-                    return refuse(format!("{to} is already the primary"));
-                }
-                if !in_sync.iter().any(|n| n.name == *to) {
-                    let why = match (node.kind, node.in_sync, node.lag_bytes) {
-                        (NodeKindStatus::Standby, Some(false), Some(lag)) => {
-                            format!("it is {lag} bytes behind or not streaming")
-                        }
-                        (NodeKindStatus::Standby, _, _) => "it is not promotable".to_string(),
-                        (kind, _, _) => format!("it is not a running standby ({kind:?})"),
-                    };
-                    return refuse(format!("{to} is not a standby in sync with {from}: {why}"));
-                }
-                to.clone()
-            }
-            None => match in_sync.iter().max_by_key(|n| (n.lsn, n.priority)) {
-                Some(n) => n.name.clone(),
-                None => {
-                    return refuse(format!(
-                        "no standby is in sync with {from}: a switchover now could lose data ({})",
-                        status.promote_status.message
-                    ))
-                }
-            },
-        };
-        let command = Command::RequestSwitchover {
-            from: from.clone(),
-            to: to.clone(),
-            generation: state.generation,
-            force: false,
-        };
-        match self.raft.propose(command).await {
-            Ok(Ok(())) => {
-                tracing::warn!(generation = %state.generation, %from, %to, "switchover requested");
-                Ok(SwitchoverStarted {
-                    from,
-                    to,
-                    generation: state.generation.0,
-                })
-            }
-            Ok(Err(refused)) => refuse(refused.to_string()),
-            Err(e) => Err(Refusal::Unavailable(e.to_string())),
-        }
+        let view = self.view();
+        let handover = operator::check_switchover(&view, self.now_ms(), request.to.as_deref())
+            .map_err(refused)?;
+        self.commit(handover.command()).await?;
+        let operator::Handover {
+            from,
+            to,
+            generation,
+            ..
+        } = handover;
+        tracing::warn!(%generation, %from, %to, "switchover requested");
+        Ok(SwitchoverStarted {
+            from,
+            to,
+            generation: generation.0,
+        })
     }
 }
 
@@ -116,28 +69,11 @@ impl Agent {
                 .map_err(forwarded);
         }
         let state = self.raft.state();
-        let Some(sw) = state.switchover.clone() else {
-            return Err(Refusal::Refused(match state.history.last() {
-                Some(p) if p.generation == state.generation => format!(
-                    "no switchover is under way: {} is the primary of generation {} ({}); to go \
-                     back, run pgfm switchover --to {}",
-                    p.to,
-                    state.generation,
-                    p.reason,
-                    p.from.as_deref().unwrap_or("the old primary")
-                ),
-                _ => "no switchover is under way".to_string(),
-            }));
-        };
-        self.commit(Command::CancelSwitchover {
-            generation: sw.generation,
-            at_unix_ms: Agent::wall_clock_ms(),
-            reason: format!(
-                "pgfm switchover --cancel: switchover from {} to {} cancelled",
-                sw.from, sw.to
-            ),
-        })
-        .await?;
+        let sw = operator::check_cancel_switchover(&state)
+            .map_err(refused)?
+            .clone();
+        self.commit(operator::cancel_command(&sw, Agent::wall_clock_ms()))
+            .await?;
         tracing::warn!(generation = %sw.generation, from = %sw.from, to = %sw.to, "switchover cancelled by the operator");
         Ok(format!(
             "switchover from {} to {} cancelled: {} stays the primary of generation {}{}",
@@ -175,154 +111,69 @@ impl Agent {
                 .await
                 .map_err(forwarded);
         }
-        let state = self.raft.state();
-        let status = self.local_status(Vec::new());
-        let refuse = |why: String| Err(Refusal::Refused(why));
-        if let Some(sw) = &state.switchover {
-            // --force finishes the switchover under way whatever step it is at: the primary
-            // hands over without waiting for the target to stream, and the target is
-            // promoted without waiting for the final record.
-            if !request.force || request.to.as_ref().is_some_and(|to| *to != sw.to) {
-                return refuse(format!(
-                    "a switchover from {} to {} is under way: wait for it, cancel it (pgfm \
-                     switchover --cancel), or finish it at once (pgfm promote --to {} --force)",
-                    sw.from, sw.to, sw.to
-                ));
-            }
-            self.commit(Command::ForceSwitchover {
-                generation: sw.generation,
-            })
-            .await?;
-            tracing::warn!(generation = %sw.generation, from = %sw.from, to = %sw.to, "operator forced the switchover under way");
-            return Ok(pgfm_api::PromoteStarted {
-                from: Some(sw.from.clone()),
-                to: Some(sw.to.clone()),
-                generation: sw.generation.0,
-                how: format!(
-                    "the switchover from {} to {} is forced: {} is promoted without waiting \
-                     for the old primary's final WAL",
-                    sw.from, sw.to, sw.to
-                ),
-            });
-        }
-        let Some(from) = state.primary.clone() else {
-            return refuse("the cluster has no primary yet".into());
-        };
-        let alive = status.primary.is_some();
-        let max_lag = self.config.failover.max_lag;
-        let best = self
-            .view()
-            .reports
-            .values()
-            .filter_map(|o| o.report.wal_position())
-            .max();
-        let standbys: Vec<&pgfm_api::NodeStatus> = status
-            .nodes
-            .iter()
-            .filter(|n| n.kind == NodeKindStatus::Standby)
-            .filter(|n| n.promotable == Some(true) && n.priority.is_some_and(|p| p > 0))
-            .collect();
-        let behind = |n: &pgfm_api::NodeStatus| -> u64 {
-            if alive {
-                n.lag_bytes.unwrap_or(u64::MAX)
-            } else {
-                best.zip(n.lsn).map(|(b, l)| b.bytes_after(l)).unwrap_or(0)
-            }
-        };
-        let target = match &request.to {
-            Some(to) => {
-                if !status.nodes.iter().any(|n| n.name == *to) {
-                    return refuse(format!(
-                        "unknown node {to:?} (the members are {})",
-                        status.allowed.join(", ")
-                    ));
-                }
-                if *to == from {
-                    return refuse(format!("{to} is already the primary"));
-                }
-                match standbys.iter().find(|n| n.name == *to) {
-                    Some(n) => Some(*n),
-                    None => return refuse(format!("{to} is not a running, promotable standby")),
+        let view = self.view();
+        let plan =
+            operator::check_promote(&view, self.now_ms(), request.to.as_deref(), request.force)
+                .map_err(refused)?;
+        self.commit(plan.command()).await?;
+        Ok(match plan {
+            PromotePlan::FinishSwitchover(sw) => {
+                tracing::warn!(generation = %sw.generation, from = %sw.from, to = %sw.to, "operator forced the switchover under way");
+                pgfm_api::PromoteStarted {
+                    how: format!(
+                        "the switchover from {} to {} is forced: {} is promoted without \
+                         waiting for the old primary's final WAL",
+                        sw.from, sw.to, sw.to
+                    ),
+                    from: Some(sw.from),
+                    to: Some(sw.to),
+                    generation: sw.generation.0,
                 }
             }
-            None => standbys
-                .iter()
-                .copied()
-                .min_by_key(|n| (behind(n), std::cmp::Reverse(n.priority))),
-        };
-        if let Some(n) = target {
-            let lag = behind(n);
-            let lagging = if alive {
-                n.in_sync != Some(true)
-            } else {
-                lag > max_lag
-            };
-            if lagging && !request.force {
-                return refuse(format!(
-                    "{} is {} behind {}: promoting it could lose that much; add --force to accept",
-                    n.name,
-                    if lag == u64::MAX {
-                        "an unknown number of bytes".to_string()
-                    } else {
-                        format!("{lag} bytes")
-                    },
-                    if alive {
-                        "the primary"
-                    } else {
-                        "the best known position"
-                    },
-                ));
-            }
-        }
-        let generation = state.generation;
-        if alive {
-            let Some(to) = target.map(|n| n.name.clone()) else {
-                return refuse("no running, promotable standby to promote".into());
-            };
-            self.commit(Command::RequestSwitchover {
-                from: from.clone(),
-                to: to.clone(),
+            PromotePlan::HandOver(operator::Handover {
+                from,
+                to,
                 generation,
-                force: request.force,
-            })
-            .await?;
-            tracing::warn!(%generation, %from, %to, force = request.force, "operator promotion: hand-over requested");
-            Ok(pgfm_api::PromoteStarted {
-                from: Some(from.clone()),
-                to: Some(to.clone()),
-                generation: generation.0,
-                how: format!("{from} stops and hands over (fenced first), then {to} is promoted"),
-            })
-        } else {
-            let to = target.map(|n| n.name.clone());
-            self.commit(Command::RequestPromotion {
-                to: to.clone(),
-                force: request.force,
+                force,
+            }) => {
+                tracing::warn!(%generation, %from, %to, force, "operator promotion: hand-over requested");
+                pgfm_api::PromoteStarted {
+                    how: format!(
+                        "{from} stops and hands over (fenced first), then {to} is promoted"
+                    ),
+                    from: Some(from),
+                    to: Some(to),
+                    generation: generation.0,
+                }
+            }
+            PromotePlan::AfterLease {
+                from,
+                to,
                 generation,
-            })
-            .await?;
-            tracing::warn!(%generation, %from, ?to, force = request.force, "operator promotion requested: primary is gone");
-            Ok(pgfm_api::PromoteStarted {
-                from: Some(from.clone()),
-                to: to.clone(),
-                generation: generation.0,
-                how: format!(
-                    "{from} is not running: {} is promoted once its lease has expired",
-                    to.as_deref().unwrap_or("the best standby")
-                ),
-            })
-        }
+                force,
+            } => {
+                tracing::warn!(%generation, %from, ?to, force, "operator promotion requested: primary is gone");
+                pgfm_api::PromoteStarted {
+                    how: format!(
+                        "{from} is not running: {} is promoted once its lease has expired",
+                        to.as_deref().unwrap_or("the best standby")
+                    ),
+                    from: Some(from),
+                    to,
+                    generation: generation.0,
+                }
+            }
+        })
     }
 
     pub(super) async fn change_priority(
         &self,
         request: pgfm_api::PriorityRequest,
     ) -> Result<String, Refusal> {
-        self.commit(Command::SetPriority {
-            node: request.node.clone(),
-            priority: request.priority,
-        })
-        .await?;
+        let command =
+            operator::check_set_priority(&self.raft.state(), &request.node, request.priority)
+                .map_err(refused)?;
+        self.commit(command).await?;
         tracing::info!(node = %request.node, priority = request.priority, "priority changed");
         Ok(match request.priority {
             0 => format!("{} will never be promoted (priority 0)", request.node),
@@ -336,51 +187,22 @@ impl Agent {
         &self,
         request: pgfm_api::SynchronousRequest,
     ) -> Result<String, Refusal> {
-        let state = self.raft.state();
-        let current = state.replication.unwrap_or(self.config.sync);
-        let mode = match request.mode.as_str() {
-            "off" => SyncMode::Off,
-            "on" => SyncMode::On,
-            "quorum" => SyncMode::Quorum,
-            other => {
-                return Err(Refusal::Refused(format!(
-                    "unknown mode {other:?} (use off, on or quorum)"
-                )))
-            }
-        };
-        let standbys = request.standbys.unwrap_or(current.standbys);
-        let minimum = match (request.strict, request.minimum) {
-            (true, Some(m)) if m != standbys => {
-                return Err(Refusal::Refused(format!(
-                    "--strict means --minimum {standbys} (the standbys asked); give one of them"
-                )))
-            }
-            (true, _) => standbys,
-            (false, Some(m)) => m,
-            // Strict stays strict when only the count changes.
-            (false, None) if current.strict() => standbys,
-            (false, None) => current.minimum.min(standbys),
-        };
-        let settings = SyncSettings {
+        let view = self.view();
+        let settings = operator::check_set_synchronous(
+            &view,
+            &request.mode,
+            request.standbys,
+            request.minimum,
+            request.strict,
+        )
+        .map_err(refused)?;
+        self.commit(Command::SetReplication { settings }).await?;
+        let SyncSettings {
             mode,
             standbys,
             minimum,
-        };
-        if let Some(problem) = settings.problem("--standbys", "--minimum") {
-            return Err(Refusal::Refused(problem));
-        }
-        let eligible = state
-            .data_members()
-            .filter(|m| m.promotable && m.priority > 0 && state.primary.as_ref() != Some(&m.name))
-            .count();
-        if mode != SyncMode::Off && minimum > eligible {
-            return Err(Refusal::Refused(format!(
-                "--minimum {minimum} needs that many promotable standbys and the cluster has \
-                 {eligible}: every commit would wait forever (lower --minimum, or add standbys)"
-            )));
-        }
-        self.commit(Command::SetReplication { settings }).await?;
-        tracing::warn!(generation = %state.generation, %mode, standbys, minimum, "synchronous replication set for the cluster");
+        } = settings;
+        tracing::warn!(generation = %view.state.generation, %mode, standbys, minimum, "synchronous replication set for the cluster");
         let what = match mode {
             SyncMode::Off => "off: commits will not wait for standbys".to_string(),
             SyncMode::On => format!(
@@ -433,22 +255,10 @@ impl Agent {
                 .map(|m| m.message)
                 .map_err(forwarded);
         }
-        let refuse = |why: String| Err(Refusal::Refused(why));
         let name = &request.name;
-        if request.address.parse::<std::net::SocketAddr>().is_err() {
-            return refuse(format!("{:?} is not an ip:port address", request.address));
-        }
-        let voters = self.raft.voters();
-        if voters.iter().any(|(n, _)| n == name) {
-            return refuse(format!("{name} is already a member"));
-        }
-        if let Some((other, _)) = voters.iter().find(|(_, a)| *a == request.address) {
-            return refuse(format!(
-                "{} is already the address of {other}",
-                request.address
-            ));
-        }
-        self.commit(Command::Welcome { name: name.clone() }).await?;
+        let command =
+            operator::check_allow(&self.raft.voters(), name, &request.address).map_err(refused)?;
+        self.commit(command).await?;
         if let Err(e) = self.raft.add_voter(name, &request.address).await {
             return self
                 .retry_elsewhere(e, || async {
@@ -485,55 +295,18 @@ impl Agent {
                 .map(|m| m.message)
                 .map_err(forwarded);
         }
-        let refuse = |why: String| Err(Refusal::Refused(why));
         let name = &request.name;
-        let voters = self.raft.voters();
-        if !voters.iter().any(|(n, _)| n == name) {
-            return refuse(format!(
-                "{name} is not a member (the members are {})",
-                voters
-                    .iter()
-                    .map(|(n, _)| n.as_str())
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            ));
-        }
-        let state = self.raft.state();
-        if state.primary.as_deref() == Some(name.as_str()) && !request.force {
-            return refuse(format!(
-                "{name} is the primary: switch over first (pgfm switchover), or add --force"
-            ));
-        }
-        let status = self.local_status(Vec::new());
-        let remaining: Vec<&str> = voters
-            .iter()
-            .map(|(n, _)| n.as_str())
-            .filter(|n| n != name)
-            .collect();
-        let up = status
-            .nodes
-            .iter()
-            .filter(|n| remaining.contains(&n.name.as_str()) && n.agent == pgfm_api::Up::Up)
-            .count();
-        if up * 2 <= remaining.len() && !request.force {
-            return refuse(format!(
-                "without {name}, only {up} of the {} remaining members are up: the cluster would \
-                 have no majority; bring members back first, or add --force",
-                remaining.len()
-            ));
-        }
-        if *name == self.config.name && !request.force {
-            return refuse(format!(
-                "{name} is the coordinator answering this request: run it on another member, or add --force"
-            ));
-        }
-        if remaining.len() < 3 {
+        let view = self.view();
+        let command =
+            operator::check_disallow(&view, self.now_ms(), name, request.force, &self.config.name)
+                .map_err(refused)?;
+        // The check found it among the voters: the others remain.
+        if view.voters.len().saturating_sub(1) < 3 {
             tracing::warn!(node = %name, "fewer than three voting members remain: the cluster cannot fail over safely");
         }
         // Forget it first, while it still receives the log: its agent then learns that it
         // was disallowed instead of carrying on as if nothing happened.
-        self.commit(Command::RemoveMember { name: name.clone() })
-            .await?;
+        self.commit(command).await?;
         if let Err(e) = self.raft.remove_voter(name).await {
             return self
                 .retry_elsewhere(e, || async {

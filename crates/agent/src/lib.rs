@@ -623,7 +623,6 @@ impl Agent {
             answered_by: &self.config.name,
             coordinator: coordinator.as_deref(),
             voters: &voters,
-            max_lag: self.config.failover.max_lag,
             auto_failover: self.config.failover.auto_failover,
             now_ms: self.now_ms(),
             problems,

@@ -4,6 +4,10 @@
 pub mod decide;
 pub mod lease;
 pub mod model;
+pub mod operator;
+pub mod standing;
+#[cfg(test)]
+mod testing;
 pub mod types;
 
 pub use decide::{decide, Action, Decision};

@@ -34,6 +34,13 @@ impl Member {
     pub fn id(&self) -> NodeId {
         NodeId::from_name(&self.name)
     }
+
+    /// Whether the operator lets this member become the primary: promotable and a priority
+    /// above 0 (invariant 5's first condition). It says nothing of its kind, its database
+    /// or its lag: a witness never runs PostgreSQL, whatever it registered.
+    pub fn can_be_promoted(&self) -> bool {
+        self.promotable && self.priority > 0
+    }
 }
 
 /// A change to the committed state. Every command is checked against the state it applies

@@ -1,0 +1,1125 @@
+//! The operator commands' checks (`pgfm switchover`, `promote`, `disallow-node`, ...): what
+//! the coordinator commits for a request, or why it refuses, judged on the model — the
+//! committed state and the fresh reports, through the same rules `cluster-status` shows
+//! (`standing`). Pure: the agent passes the time and anything it measured, commits the
+//! command, and prints a refusal as it is (its `Display` is the message the CLI shows).
+//!
+//! Every check ends by applying its command to a copy of the state, so that a request the
+//! log would refuse is refused here, with the log's own words, before anything is proposed.
+
+use std::net::SocketAddr;
+
+use crate::decide::ClusterView;
+use crate::model::{ClusterState, Command, CommandError, Switchover, SyncMode, SyncSettings};
+use crate::standing::{self, Role};
+use crate::types::Generation;
+
+/// Why an operator command was refused. Nothing was changed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Refusal {
+    #[error("there is no running primary to switch over from")]
+    NoRunningPrimary,
+    #[error("the cluster has no primary yet")]
+    NoPrimaryYet,
+    #[error("a switchover from {from} to {to} is already under way")]
+    SwitchoverUnderWay { from: String, to: String },
+    /// `pgfm promote` during a switchover, other than `--force` to its own target.
+    #[error(
+        "a switchover from {from} to {to} is under way: wait for it, cancel it (pgfm \
+         switchover --cancel), or finish it at once (pgfm promote --to {to} --force)"
+    )]
+    SwitchoverToFinish { from: String, to: String },
+    #[error("unknown node {name:?} (the members are {})", .members.join(", "))]
+    UnknownNode { name: String, members: Vec<String> },
+    #[error("{0} is already the primary")]
+    AlreadyPrimary(String),
+    #[error("{to} is not a standby in sync with {from}: {why}")]
+    NotInSync {
+        to: String,
+        from: String,
+        why: NotInSync,
+    },
+    /// `promote_status` is `cluster-status`'s "Promote Status", which says why each
+    /// standby does not qualify.
+    #[error(
+        "no standby is in sync with {from}: a switchover now could lose data ({promote_status})"
+    )]
+    NoneInSync {
+        from: String,
+        promote_status: String,
+    },
+    #[error("no switchover is under way")]
+    NoSwitchover,
+    /// `pgfm switchover --cancel` once the switchover ended in a promotion.
+    #[error(
+        "no switchover is under way: {to} is the primary of generation {generation} \
+         ({reason}); to go back, run pgfm switchover --to {}",
+        .from.as_deref().unwrap_or("the old primary")
+    )]
+    AlreadyPromoted {
+        to: String,
+        generation: Generation,
+        reason: String,
+        from: Option<String>,
+    },
+    #[error("{0} is not a running, promotable standby")]
+    NotAPromotableStandby(String),
+    #[error("no running, promotable standby to promote")]
+    NoStandbyToPromote,
+    /// `lag`: None when the primary does not know how far behind it is.
+    #[error(
+        "{node} is {} behind {against}: promoting it could lose that much; add --force to accept",
+        match .lag {
+            Some(lag) => format!("{lag} bytes"),
+            None => "an unknown number of bytes".to_string(),
+        }
+    )]
+    Lagging {
+        node: String,
+        lag: Option<u64>,
+        against: LagAgainst,
+    },
+    #[error("{name} is not a member (the members are {})", .members.join(", "))]
+    NotAMember { name: String, members: Vec<String> },
+    #[error("{0} is the primary: switch over first (pgfm switchover), or add --force")]
+    IsPrimary(String),
+    #[error(
+        "without {name}, only {up} of the {remaining} remaining members are up: the cluster \
+         would have no majority; bring members back first, or add --force"
+    )]
+    NoMajority {
+        name: String,
+        up: usize,
+        remaining: usize,
+    },
+    #[error(
+        "{0} is the coordinator answering this request: run it on another member, or add --force"
+    )]
+    IsCoordinator(String),
+    #[error("{0:?} is not an ip:port address")]
+    BadAddress(String),
+    #[error("{0} is already a member")]
+    AlreadyMember(String),
+    #[error("{address} is already the address of {other}")]
+    AddressTaken { address: String, other: String },
+    #[error("unknown mode {0:?} (use off, on or quorum)")]
+    UnknownMode(String),
+    #[error("--strict means --minimum {0} (the standbys asked); give one of them")]
+    StrictMinimum(usize),
+    /// The settings' own problem (`SyncSettings::problem`), in the command's flags.
+    #[error("{0}")]
+    BadSettings(String),
+    #[error(
+        "--minimum {minimum} needs that many promotable standbys and the cluster has \
+         {eligible}: every commit would wait forever (lower --minimum, or add standbys)"
+    )]
+    MinimumTooHigh { minimum: usize, eligible: usize },
+    /// The state machine refuses the command (`ClusterState::apply`).
+    #[error(transparent)]
+    Log(#[from] CommandError),
+}
+
+/// Why a named standby is not a switchover target.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum NotInSync {
+    #[error("it is {0} bytes behind or not streaming")]
+    Behind(u64),
+    #[error("it is not promotable")]
+    NotPromotable,
+    #[error("it is not a running standby ({0:?})")]
+    NotRunningStandby(Role),
+}
+
+/// What a lagging candidate is measured against.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum LagAgainst {
+    /// The running primary's current position.
+    #[error("the primary")]
+    Primary,
+    /// The primary is gone: the most advanced position any node reported.
+    #[error("the best known position")]
+    BestKnown,
+}
+
+/// A hand-over the log accepts: the running primary `from` stops cleanly and `to` is
+/// promoted once it has replayed everything (or at once when `force`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Handover {
+    pub from: String,
+    pub to: String,
+    pub generation: Generation,
+    pub force: bool,
+}
+
+impl Handover {
+    pub fn command(&self) -> Command {
+        Command::RequestSwitchover {
+            from: self.from.clone(),
+            to: self.to.clone(),
+            generation: self.generation,
+            force: self.force,
+        }
+    }
+}
+
+/// `pgfm switchover [--to NODE]`: the running primary hands over to `to`, or to the most
+/// advanced promotable standby in sync with it (the higher priority on a tie).
+pub fn check_switchover(
+    view: &ClusterView,
+    now_ms: u64,
+    to: Option<&str>,
+) -> Result<Handover, Refusal> {
+    let state = &view.state;
+    let from = match (&state.primary, standing::serving_primary(view, now_ms)) {
+        (Some(primary), Some(_)) => primary.clone(),
+        _ => return Err(Refusal::NoRunningPrimary),
+    };
+    if let Some(sw) = &state.switchover {
+        return Err(Refusal::SwitchoverUnderWay {
+            from: sw.from.clone(),
+            to: sw.to.clone(),
+        });
+    }
+    let to = match to {
+        Some(to) => {
+            known(view, to)?;
+            if to == from {
+                return Err(Refusal::AlreadyPrimary(to.to_string()));
+            }
+            let s = standing::of(view, to, now_ms);
+            if !s.promotable_in_sync() {
+                let why = match (s.role, s.in_sync, s.lag_bytes) {
+                    (Role::Standby, Some(false), Some(lag)) => NotInSync::Behind(lag),
+                    // Also a promotable standby whose lag the primary does not know: the
+                    // message is older than this check, and the end-to-end tests read it.
+                    (Role::Standby, _, _) => NotInSync::NotPromotable,
+                    (role, _, _) => NotInSync::NotRunningStandby(role),
+                };
+                return Err(Refusal::NotInSync {
+                    to: to.to_string(),
+                    from,
+                    why,
+                });
+            }
+            to.to_string()
+        }
+        None => {
+            let best = view
+                .voters
+                .iter()
+                .map(|name| (name, standing::of(view, name, now_ms)))
+                .filter(|(_, s)| s.promotable_in_sync())
+                .max_by_key(|(_, s)| (s.lsn(), s.member.map(|m| m.priority)));
+            match best {
+                Some((name, _)) => name.clone(),
+                None => {
+                    return Err(Refusal::NoneInSync {
+                        from,
+                        promote_status: standing::promote_status(view, now_ms).message,
+                    })
+                }
+            }
+        }
+    };
+    let handover = Handover {
+        from,
+        to,
+        generation: state.generation,
+        force: false,
+    };
+    accepted(state, handover.command())?;
+    Ok(handover)
+}
+
+/// `pgfm switchover --cancel`: the switchover under way, to cancel.
+pub fn check_cancel_switchover(state: &ClusterState) -> Result<&Switchover, Refusal> {
+    match (&state.switchover, state.history.last()) {
+        (Some(sw), _) => Ok(sw),
+        (None, Some(p)) if p.generation == state.generation => Err(Refusal::AlreadyPromoted {
+            to: p.to.clone(),
+            generation: state.generation,
+            reason: p.reason.clone(),
+            from: p.from.clone(),
+        }),
+        (None, _) => Err(Refusal::NoSwitchover),
+    }
+}
+
+/// The command cancelling `sw`, stamped for the history.
+pub fn cancel_command(sw: &Switchover, at_unix_ms: u64) -> Command {
+    Command::CancelSwitchover {
+        generation: sw.generation,
+        at_unix_ms,
+        reason: format!(
+            "pgfm switchover --cancel: switchover from {} to {} cancelled",
+            sw.from, sw.to
+        ),
+    }
+}
+
+/// What `pgfm promote` commits.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PromotePlan {
+    /// `--force` during a switchover: finish it at once, whatever step it is at.
+    FinishSwitchover(Switchover),
+    /// The primary runs: it hands over (fenced first).
+    HandOver(Handover),
+    /// The primary is gone: promote `to` (None: the best standby) once its lease expired.
+    AfterLease {
+        from: String,
+        to: Option<String>,
+        generation: Generation,
+        force: bool,
+    },
+}
+
+impl PromotePlan {
+    pub fn command(&self) -> Command {
+        match self {
+            PromotePlan::FinishSwitchover(sw) => Command::ForceSwitchover {
+                generation: sw.generation,
+            },
+            PromotePlan::HandOver(handover) => handover.command(),
+            PromotePlan::AfterLease {
+                to,
+                generation,
+                force,
+                ..
+            } => Command::RequestPromotion {
+                to: to.clone(),
+                force: *force,
+                generation: *generation,
+            },
+        }
+    }
+}
+
+/// `pgfm promote [--to NODE] [--force]`: operator failover, also with automatic failover
+/// off or paused. A running promotable standby (`to`, else the least behind, the higher
+/// priority on a tie); one that could lose data needs `force`: with a running primary,
+/// one not in sync with it; without, one more than `max_lag` behind the best position any
+/// node reported.
+pub fn check_promote(
+    view: &ClusterView,
+    now_ms: u64,
+    to: Option<&str>,
+    force: bool,
+) -> Result<PromotePlan, Refusal> {
+    let state = &view.state;
+    if let Some(sw) = &state.switchover {
+        // --force finishes the switchover under way whatever step it is at: the primary
+        // hands over without waiting for the target to stream, and the target is
+        // promoted without waiting for the final record.
+        if !force || to.is_some_and(|to| to != sw.to) {
+            return Err(Refusal::SwitchoverToFinish {
+                from: sw.from.clone(),
+                to: sw.to.clone(),
+            });
+        }
+        let plan = PromotePlan::FinishSwitchover(sw.clone());
+        accepted(state, plan.command())?;
+        return Ok(plan);
+    }
+    let Some(from) = state.primary.clone() else {
+        return Err(Refusal::NoPrimaryYet);
+    };
+    let alive = standing::serving_primary(view, now_ms).is_some();
+    // Not only fresh reports: the old primary's last word counts as the best position.
+    let best = view
+        .reports
+        .values()
+        .filter_map(|o| o.report.wal_position())
+        .max();
+    let standbys: Vec<(&str, standing::Standing)> = view
+        .voters
+        .iter()
+        .map(|name| (name.as_str(), standing::of(view, name, now_ms)))
+        .filter(|(_, s)| s.promotable_standby())
+        .collect();
+    // How far behind: None when unknown (only with a running primary that has no position
+    // for it, which never counts as in sync).
+    let behind = |s: &standing::Standing| -> Option<u64> {
+        if alive {
+            s.lag_bytes
+        } else {
+            Some(
+                best.zip(s.lsn())
+                    .map(|(b, l)| b.bytes_after(l))
+                    .unwrap_or(0),
+            )
+        }
+    };
+    let target = match to {
+        Some(to) => {
+            known(view, to)?;
+            if to == from {
+                return Err(Refusal::AlreadyPrimary(to.to_string()));
+            }
+            match standbys.iter().find(|(name, _)| *name == to) {
+                Some(target) => Some(target),
+                None => return Err(Refusal::NotAPromotableStandby(to.to_string())),
+            }
+        }
+        None => standbys.iter().min_by_key(|(_, s)| {
+            (
+                behind(s).unwrap_or(u64::MAX),
+                std::cmp::Reverse(s.member.map(|m| m.priority)),
+            )
+        }),
+    };
+    if let Some((name, s)) = target {
+        let lag = behind(s);
+        let lagging = if alive {
+            s.in_sync != Some(true)
+        } else {
+            lag.is_some_and(|lag| lag > view.settings.max_lag)
+        };
+        if lagging && !force {
+            return Err(Refusal::Lagging {
+                node: name.to_string(),
+                lag,
+                against: if alive {
+                    LagAgainst::Primary
+                } else {
+                    LagAgainst::BestKnown
+                },
+            });
+        }
+    }
+    let to = target.map(|(name, _)| name.to_string());
+    let plan = if alive {
+        let Some(to) = to else {
+            return Err(Refusal::NoStandbyToPromote);
+        };
+        PromotePlan::HandOver(Handover {
+            from,
+            to,
+            generation: state.generation,
+            force,
+        })
+    } else {
+        PromotePlan::AfterLease {
+            from,
+            to,
+            generation: state.generation,
+            force,
+        }
+    };
+    accepted(state, plan.command())?;
+    Ok(plan)
+}
+
+/// `pgfm set-priority NODE PRIORITY`: a data member's failover preference (0: never).
+pub fn check_set_priority(
+    state: &ClusterState,
+    node: &str,
+    priority: u32,
+) -> Result<Command, Refusal> {
+    accepted(
+        state,
+        Command::SetPriority {
+            node: node.to_string(),
+            priority,
+        },
+    )
+}
+
+/// `pgfm set-synchronous MODE [--standbys N] [--minimum M | --strict]`: the settings to
+/// commit for the whole cluster. Numbers left out keep their value in force; strict stays
+/// strict when only the count changes. Refused when `minimum` could never be met by the
+/// members that may be promoted: every commit would wait forever.
+pub fn check_set_synchronous(
+    view: &ClusterView,
+    mode: &str,
+    standbys: Option<usize>,
+    minimum: Option<usize>,
+    strict: bool,
+) -> Result<SyncSettings, Refusal> {
+    let current = view.sync_settings();
+    let mode = match mode {
+        "off" => SyncMode::Off,
+        "on" => SyncMode::On,
+        "quorum" => SyncMode::Quorum,
+        other => return Err(Refusal::UnknownMode(other.to_string())),
+    };
+    let standbys = standbys.unwrap_or(current.standbys);
+    let minimum = match (strict, minimum) {
+        (true, Some(m)) if m != standbys => return Err(Refusal::StrictMinimum(standbys)),
+        (true, _) => standbys,
+        (false, Some(m)) => m,
+        (false, None) if current.strict() => standbys,
+        (false, None) => current.minimum.min(standbys),
+    };
+    let settings = SyncSettings {
+        mode,
+        standbys,
+        minimum,
+    };
+    if let Some(problem) = settings.problem("--standbys", "--minimum") {
+        return Err(Refusal::BadSettings(problem));
+    }
+    let eligible = standing::priority_list(&view.state).len();
+    if mode != SyncMode::Off && minimum > eligible {
+        return Err(Refusal::MinimumTooHigh { minimum, eligible });
+    }
+    accepted(&view.state, Command::SetReplication { settings })?;
+    Ok(settings)
+}
+
+/// `pgfm allow-node NAME ADDRESS`: `NAME` joins the voters (`voters`: name and agent
+/// address of each). Commits `Welcome`; the agent then adds the voter.
+pub fn check_allow(
+    voters: &[(String, String)],
+    name: &str,
+    address: &str,
+) -> Result<Command, Refusal> {
+    if address.parse::<SocketAddr>().is_err() {
+        return Err(Refusal::BadAddress(address.to_string()));
+    }
+    if voters.iter().any(|(n, _)| n == name) {
+        return Err(Refusal::AlreadyMember(name.to_string()));
+    }
+    if let Some((other, _)) = voters.iter().find(|(_, a)| a == address) {
+        return Err(Refusal::AddressTaken {
+            address: address.to_string(),
+            other: other.clone(),
+        });
+    }
+    Ok(Command::Welcome {
+        name: name.to_string(),
+    })
+}
+
+/// `pgfm disallow-node NAME [--force]`: `NAME` leaves the voters and the cluster forgets it.
+/// Unless forced, refused for the primary, when fewer than a majority of the remaining
+/// voters have a fresh report, and for the coordinator `answering` the request (it would
+/// remove itself while carrying the change out). Commits `RemoveMember`; the agent then
+/// removes the voter.
+pub fn check_disallow(
+    view: &ClusterView,
+    now_ms: u64,
+    name: &str,
+    force: bool,
+    answering: &str,
+) -> Result<Command, Refusal> {
+    if !view.voters.iter().any(|n| n == name) {
+        return Err(Refusal::NotAMember {
+            name: name.to_string(),
+            members: view.voters.clone(),
+        });
+    }
+    if view.state.primary.as_deref() == Some(name) && !force {
+        return Err(Refusal::IsPrimary(name.to_string()));
+    }
+    let remaining: Vec<&String> = view.voters.iter().filter(|n| *n != name).collect();
+    let up = remaining
+        .iter()
+        .filter(|n| view.fresh_report(n, now_ms).is_some())
+        .count();
+    if up * 2 <= remaining.len() && !force {
+        return Err(Refusal::NoMajority {
+            name: name.to_string(),
+            up,
+            remaining: remaining.len(),
+        });
+    }
+    if name == answering && !force {
+        return Err(Refusal::IsCoordinator(name.to_string()));
+    }
+    accepted(
+        &view.state,
+        Command::RemoveMember {
+            name: name.to_string(),
+        },
+    )
+}
+
+/// `name` is a voter, else the refusal that lists them.
+fn known(view: &ClusterView, name: &str) -> Result<(), Refusal> {
+    if view.voters.iter().any(|n| n == name) {
+        Ok(())
+    } else {
+        Err(Refusal::UnknownNode {
+            name: name.to_string(),
+            members: view.voters.clone(),
+        })
+    }
+}
+
+/// `command`, if the log would apply it to `state` now.
+fn accepted(state: &ClusterState, command: Command) -> Result<Command, Refusal> {
+    state.clone().apply(&command)?;
+    Ok(command)
+}
+
+#[cfg(test)]
+mod tests {
+    //! One table per command: a fault done to a healthy lab, the request, and what is
+    //! committed or the exact message the operator reads. Every refusal the end-to-end
+    //! tests (`crates/pgfm/tests`) check is here.
+
+    use super::*;
+    use crate::decide::ClusterView;
+    use crate::model::Promotion;
+    use crate::testing::{behind, lab, not_streaming, priority, silent, NOW};
+
+    type Fault = fn(&mut ClusterView);
+
+    const HEALTHY: Fault = |_| {};
+
+    fn outcome<T>(result: Result<T, Refusal>, show: impl Fn(T) -> String) -> String {
+        match result {
+            Ok(accepted) => show(accepted),
+            Err(refusal) => format!("refused: {refusal}"),
+        }
+    }
+
+    fn under_way(v: &mut ClusterView) {
+        v.state.switchover = Some(Switchover {
+            from: "pg1".into(),
+            to: "pg2".into(),
+            force: false,
+            generation: Generation(1),
+            final_lsn: None,
+            seq: 1,
+            unclean: false,
+        });
+    }
+
+    fn show_handover(h: Handover) -> String {
+        let force = if h.force { " (forced)" } else { "" };
+        format!(
+            "{} hands over to {} in generation {}{force}",
+            h.from, h.to, h.generation
+        )
+    }
+
+    #[test]
+    fn switchover() {
+        let check = |data_nodes: usize, fault: Fault, to: Option<&str>, expected: &str| {
+            let mut v = lab(data_nodes);
+            fault(&mut v);
+            let got = outcome(check_switchover(&v, NOW, to), show_handover);
+            assert_eq!(got, expected, "switchover to {to:?}");
+        };
+        check(2, HEALTHY, None, "pg1 hands over to pg2 in generation 1");
+        check(
+            2,
+            HEALTHY,
+            Some("pg2"),
+            "pg1 hands over to pg2 in generation 1",
+        );
+        // The most advanced standby in sync, then the higher priority.
+        check(
+            3,
+            |v| behind(v, "pg2", 1_000),
+            None,
+            "pg1 hands over to pg3 in generation 1",
+        );
+        check(
+            3,
+            |v| priority(v, "pg3", 50),
+            None,
+            "pg1 hands over to pg2 in generation 1",
+        );
+        check(
+            2,
+            HEALTHY,
+            Some("pg7"),
+            "refused: unknown node \"pg7\" (the members are pg1, pg2, witness)",
+        );
+        check(
+            2,
+            HEALTHY,
+            Some("pg1"),
+            "refused: pg1 is already the primary",
+        );
+        check(
+            2,
+            HEALTHY,
+            Some("witness"),
+            "refused: witness is not a standby in sync with pg1: it is not a running standby \
+             (Witness)",
+        );
+        // pg2's agent killed.
+        check(
+            2,
+            |v| silent(v, "pg2"),
+            Some("pg2"),
+            "refused: pg2 is not a standby in sync with pg1: it is not a running standby (Idle)",
+        );
+        check(
+            2,
+            |v| silent(v, "pg2"),
+            None,
+            "refused: no standby is in sync with pg1: a switchover now could lose data (No \
+             standby databases were found.)",
+        );
+        check(
+            2,
+            |v| behind(v, "pg2", 2_000_000),
+            Some("pg2"),
+            "refused: pg2 is not a standby in sync with pg1: it is 2000000 bytes behind or not \
+             streaming",
+        );
+        check(
+            2,
+            |v| behind(v, "pg2", 2_000_000),
+            None,
+            "refused: no standby is in sync with pg1: a switchover now could lose data (No \
+             standby database is in sync with the primary: pg2 is 2000000 bytes behind \
+             (max_lag 1048576). Promoting now could lose data.)",
+        );
+        check(
+            2,
+            |v| not_streaming(v, "pg2"),
+            Some("pg2"),
+            "refused: pg2 is not a standby in sync with pg1: it is 0 bytes behind or not \
+             streaming",
+        );
+        check(
+            2,
+            |v| priority(v, "pg2", 0),
+            Some("pg2"),
+            "refused: pg2 is not a standby in sync with pg1: it is not promotable",
+        );
+        check(
+            2,
+            |v| v.reports.get_mut("pg1").unwrap().report.current_lsn = None,
+            Some("pg2"),
+            "refused: pg2 is not a standby in sync with pg1: it is not promotable",
+        );
+        check(
+            2,
+            |v| v.reports.get_mut("pg1").unwrap().report.db_up = false,
+            Some("pg2"),
+            "refused: there is no running primary to switch over from",
+        );
+        check(
+            2,
+            under_way,
+            Some("pg2"),
+            "refused: a switchover from pg1 to pg2 is already under way",
+        );
+        // What the log would refuse is refused before anything is proposed.
+        check(
+            2,
+            |v| v.state.lease_released = true,
+            Some("pg2"),
+            "refused: node pg1 does not hold the lease of generation 1",
+        );
+    }
+
+    /// The switchover ended: pg2 was promoted in generation 2 (from `from`).
+    fn promoted(v: &mut ClusterView, from: Option<&str>) {
+        v.state.generation = Generation(2);
+        v.state.primary = Some("pg2".into());
+        v.state.history.push(Promotion {
+            generation: Generation(2),
+            at_unix_ms: 0,
+            from: from.map(str::to_string),
+            to: "pg2".into(),
+            reason: "switchover from pg1 to pg2".into(),
+            lsn: None,
+            lost_bytes: Some(0),
+            lost_at_least: false,
+        });
+    }
+
+    #[test]
+    fn cancel_switchover() {
+        let check = |fault: Fault, expected: &str| {
+            let mut v = lab(2);
+            fault(&mut v);
+            let got = outcome(
+                check_cancel_switchover(&v.state),
+                |sw| match cancel_command(sw, 42) {
+                    Command::CancelSwitchover { reason, .. } => reason,
+                    other => format!("{other:?}"),
+                },
+            );
+            assert_eq!(got, expected);
+        };
+        check(
+            under_way,
+            "pgfm switchover --cancel: switchover from pg1 to pg2 cancelled",
+        );
+        check(HEALTHY, "refused: no switchover is under way");
+        check(
+            |v| promoted(v, Some("pg1")),
+            "refused: no switchover is under way: pg2 is the primary of generation 2 \
+             (switchover from pg1 to pg2); to go back, run pgfm switchover --to pg1",
+        );
+        check(
+            |v| promoted(v, None),
+            "refused: no switchover is under way: pg2 is the primary of generation 2 \
+             (switchover from pg1 to pg2); to go back, run pgfm switchover --to the old primary",
+        );
+        // A switchover rolled back: the last promotion is of an earlier generation.
+        check(
+            |v| {
+                promoted(v, Some("pg1"));
+                v.state.generation = Generation(3);
+            },
+            "refused: no switchover is under way",
+        );
+    }
+
+    #[test]
+    fn promote() {
+        let check =
+            |data_nodes: usize, fault: Fault, to: Option<&str>, force: bool, expected: &str| {
+                let mut v = lab(data_nodes);
+                fault(&mut v);
+                let got = outcome(check_promote(&v, NOW, to, force), |plan| match plan {
+                    PromotePlan::FinishSwitchover(sw) => {
+                        format!("finish the switchover from {} to {}", sw.from, sw.to)
+                    }
+                    PromotePlan::HandOver(h) => show_handover(h),
+                    PromotePlan::AfterLease {
+                        from,
+                        to,
+                        generation,
+                        force,
+                    } => format!(
+                        "{} replaces {from} after its lease in generation {generation}{}",
+                        to.as_deref().unwrap_or("the best standby"),
+                        if force { " (forced)" } else { "" }
+                    ),
+                });
+                assert_eq!(got, expected, "promote to {to:?}, force {force}");
+            };
+        let dead: Fault = |v| silent(v, "pg1");
+        check(
+            2,
+            HEALTHY,
+            Some("pg2"),
+            false,
+            "pg1 hands over to pg2 in generation 1",
+        );
+        check(
+            2,
+            HEALTHY,
+            None,
+            false,
+            "pg1 hands over to pg2 in generation 1",
+        );
+        check(
+            2,
+            |v| priority(v, "pg2", 0),
+            Some("pg2"),
+            false,
+            "refused: pg2 is not a running, promotable standby",
+        );
+        check(
+            2,
+            HEALTHY,
+            Some("pg7"),
+            false,
+            "refused: unknown node \"pg7\" (the members are pg1, pg2, witness)",
+        );
+        check(
+            2,
+            HEALTHY,
+            Some("pg1"),
+            false,
+            "refused: pg1 is already the primary",
+        );
+        check(
+            2,
+            |v| v.state.primary = None,
+            None,
+            false,
+            "refused: the cluster has no primary yet",
+        );
+        // A switchover under way is finished only by --force to its own target.
+        let finish = "refused: a switchover from pg1 to pg2 is under way: wait for it, cancel \
+                      it (pgfm switchover --cancel), or finish it at once (pgfm promote --to \
+                      pg2 --force)";
+        check(3, under_way, Some("pg2"), false, finish);
+        check(3, under_way, Some("pg3"), true, finish);
+        check(
+            3,
+            under_way,
+            None,
+            true,
+            "finish the switchover from pg1 to pg2",
+        );
+        check(
+            3,
+            under_way,
+            Some("pg2"),
+            true,
+            "finish the switchover from pg1 to pg2",
+        );
+        // With a running primary: a target not in sync with it needs --force.
+        check(
+            2,
+            |v| behind(v, "pg2", 2_000_000),
+            Some("pg2"),
+            false,
+            "refused: pg2 is 2000000 bytes behind the primary: promoting it could lose that \
+             much; add --force to accept",
+        );
+        check(
+            2,
+            |v| behind(v, "pg2", 2_000_000),
+            Some("pg2"),
+            true,
+            "pg1 hands over to pg2 in generation 1 (forced)",
+        );
+        check(
+            2,
+            |v| v.reports.get_mut("pg1").unwrap().report.current_lsn = None,
+            None,
+            false,
+            "refused: pg2 is an unknown number of bytes behind the primary: promoting it could \
+             lose that much; add --force to accept",
+        );
+        check(
+            2,
+            |v| silent(v, "pg2"),
+            None,
+            false,
+            "refused: no running, promotable standby to promote",
+        );
+        // The least behind, then the higher priority.
+        check(
+            3,
+            |v| behind(v, "pg2", 1_000),
+            None,
+            false,
+            "pg1 hands over to pg3 in generation 1",
+        );
+        check(
+            3,
+            |v| priority(v, "pg2", 50),
+            None,
+            false,
+            "pg1 hands over to pg3 in generation 1",
+        );
+        // The primary is gone: measured against the best position any node reported (the
+        // old primary's last report included), within max_lag.
+        check(
+            2,
+            dead,
+            None,
+            false,
+            "pg2 replaces pg1 after its lease in generation 1",
+        );
+        check(
+            2,
+            |v| {
+                silent(v, "pg1");
+                behind(v, "pg2", 2_000_000);
+            },
+            Some("pg2"),
+            false,
+            "refused: pg2 is 2000000 bytes behind the best known position: promoting it could \
+             lose that much; add --force to accept",
+        );
+        check(
+            2,
+            |v| {
+                silent(v, "pg1");
+                behind(v, "pg2", 2_000_000);
+            },
+            None,
+            true,
+            "pg2 replaces pg1 after its lease in generation 1 (forced)",
+        );
+        check(
+            3,
+            |v| {
+                silent(v, "pg1");
+                behind(v, "pg2", 2_000_000);
+            },
+            None,
+            false,
+            "pg3 replaces pg1 after its lease in generation 1",
+        );
+        check(
+            2,
+            |v| {
+                silent(v, "pg1");
+                silent(v, "pg2");
+            },
+            None,
+            false,
+            "the best standby replaces pg1 after its lease in generation 1",
+        );
+    }
+
+    #[test]
+    fn set_priority() {
+        let check = |node: &str, expected: &str| {
+            let v = lab(2);
+            let got = outcome(check_set_priority(&v.state, node, 0), |c| format!("{c:?}"));
+            assert_eq!(got, expected);
+        };
+        check("pg2", "SetPriority { node: \"pg2\", priority: 0 }");
+        check("pg9", "refused: node pg9 is not a member");
+        check(
+            "witness",
+            "refused: node witness is not a registered data node",
+        );
+    }
+
+    #[test]
+    fn set_synchronous() {
+        type Request<'a> = (&'a str, Option<usize>, Option<usize>, bool);
+        let check = |fault: Fault, (mode, standbys, minimum, strict): Request, expected: &str| {
+            let mut v = lab(3);
+            fault(&mut v);
+            let got = outcome(
+                check_set_synchronous(&v, mode, standbys, minimum, strict),
+                |s| format!("{} {} {}", s.mode, s.standbys, s.minimum),
+            );
+            assert_eq!(
+                got, expected,
+                "{mode} {standbys:?} {minimum:?} strict {strict}"
+            );
+        };
+        check(HEALTHY, ("on", None, None, false), "on 1 0");
+        check(HEALTHY, ("quorum", Some(2), None, true), "quorum 2 2");
+        check(HEALTHY, ("off", Some(3), None, true), "off 3 3");
+        // Two standbys may be promoted: three copies would block every commit.
+        check(
+            HEALTHY,
+            ("on", Some(3), None, true),
+            "refused: --minimum 3 needs that many promotable standbys and the cluster has 2: \
+             every commit would wait forever (lower --minimum, or add standbys)",
+        );
+        check(
+            |v| priority(v, "pg3", 0),
+            ("on", Some(2), Some(2), false),
+            "refused: --minimum 2 needs that many promotable standbys and the cluster has 1: \
+             every commit would wait forever (lower --minimum, or add standbys)",
+        );
+        check(
+            HEALTHY,
+            ("fast", None, None, false),
+            "refused: unknown mode \"fast\" (use off, on or quorum)",
+        );
+        check(
+            HEALTHY,
+            ("on", Some(2), Some(1), true),
+            "refused: --strict means --minimum 2 (the standbys asked); give one of them",
+        );
+        check(
+            HEALTHY,
+            ("on", Some(0), None, false),
+            "refused: --standbys must be at least 1",
+        );
+        check(
+            HEALTHY,
+            ("on", Some(1), Some(2), false),
+            "refused: --minimum (2) is more than --standbys (1)",
+        );
+        // Numbers left out keep their value; strict stays strict.
+        let strict: Fault = |v| {
+            v.state.replication = Some(SyncSettings {
+                mode: SyncMode::On,
+                standbys: 2,
+                minimum: 2,
+            })
+        };
+        check(strict, ("quorum", None, None, false), "quorum 2 2");
+        check(strict, ("on", Some(1), None, false), "on 1 1");
+        let lenient: Fault = |v| {
+            v.state.replication = Some(SyncSettings {
+                mode: SyncMode::On,
+                standbys: 2,
+                minimum: 1,
+            })
+        };
+        check(lenient, ("on", Some(2), None, false), "on 2 1");
+        check(lenient, ("quorum", Some(1), None, false), "quorum 1 1");
+    }
+
+    #[test]
+    fn allow_node() {
+        let voters: Vec<(String, String)> = [("pg1", 7001), ("pg2", 7002), ("witness", 7003)]
+            .iter()
+            .map(|(n, p)| (n.to_string(), format!("127.0.0.1:{p}")))
+            .collect();
+        let check = |name: &str, address: &str, expected: &str| {
+            let got = outcome(check_allow(&voters, name, address), |c| format!("{c:?}"));
+            assert_eq!(got, expected, "{name} {address}");
+        };
+        check("pg3", "127.0.0.1:7004", "Welcome { name: \"pg3\" }");
+        check(
+            "pg3",
+            "localhost:7004",
+            "refused: \"localhost:7004\" is not an ip:port address",
+        );
+        check("pg2", "127.0.0.1:1", "refused: pg2 is already a member");
+        check(
+            "pg3",
+            "127.0.0.1:7002",
+            "refused: 127.0.0.1:7002 is already the address of pg2",
+        );
+    }
+
+    #[test]
+    fn disallow_node() {
+        let check = |data_nodes: usize, fault: Fault, name: &str, force: bool, expected: &str| {
+            let mut v = lab(data_nodes);
+            fault(&mut v);
+            let got = outcome(check_disallow(&v, NOW, name, force, "pg2"), |c| {
+                format!("{c:?}")
+            });
+            assert_eq!(got, expected, "disallow {name}, force {force}");
+        };
+        check(3, HEALTHY, "pg3", false, "RemoveMember { name: \"pg3\" }");
+        check(
+            3,
+            HEALTHY,
+            "pg1",
+            false,
+            "refused: pg1 is the primary: switch over first (pgfm switchover), or add --force",
+        );
+        check(3, HEALTHY, "pg1", true, "RemoveMember { name: \"pg1\" }");
+        check(
+            3,
+            HEALTHY,
+            "pg9",
+            false,
+            "refused: pg9 is not a member (the members are pg1, pg2, pg3, witness)",
+        );
+        // Three members left, the witness's agent dead: without pg3, one of two is up.
+        let witness_dead: Fault = |v| silent(v, "witness");
+        check(
+            2,
+            witness_dead,
+            "pg1",
+            true,
+            "RemoveMember { name: \"pg1\" }",
+        );
+        check(
+            2,
+            witness_dead,
+            "pg2",
+            false,
+            "refused: without pg2, only 1 of the 2 remaining members are up: the cluster \
+             would have no majority; bring members back first, or add --force",
+        );
+        check(
+            3,
+            witness_dead,
+            "pg3",
+            false,
+            "RemoveMember { name: \"pg3\" }",
+        );
+        // pg2 answers: it would remove itself while carrying the change out.
+        check(
+            3,
+            HEALTHY,
+            "pg2",
+            false,
+            "refused: pg2 is the coordinator answering this request: run it on another member, \
+             or add --force",
+        );
+        check(3, HEALTHY, "pg2", true, "RemoveMember { name: \"pg2\" }");
+    }
+}
