@@ -639,7 +639,7 @@ impl ClusterState {
             Some(m) if m.kind != NodeKind::Data || to == from => {
                 return Err(CommandError::NotADataNode(to.to_string()))
             }
-            Some(m) if !m.promotable || m.priority == 0 => {
+            Some(m) if !m.can_be_promoted() => {
                 return Err(CommandError::NotPromotable(to.to_string()))
             }
             Some(_) => {}
@@ -677,7 +677,7 @@ impl ClusterState {
                 Some(m) if m.kind != NodeKind::Data => {
                     return Err(CommandError::NotADataNode(to.clone()))
                 }
-                Some(m) if !m.promotable || m.priority == 0 => {
+                Some(m) if !m.can_be_promoted() => {
                     return Err(CommandError::NotPromotable(to.clone()))
                 }
                 Some(_) => {}
@@ -867,7 +867,7 @@ impl ClusterState {
             Some(m) if m.kind != NodeKind::Data => {
                 return Err(CommandError::NotADataNode(node.clone()))
             }
-            Some(m) if !m.promotable || m.priority == 0 => {
+            Some(m) if !m.can_be_promoted() => {
                 return Err(CommandError::NotPromotable(node.clone()))
             }
             Some(_) => {}

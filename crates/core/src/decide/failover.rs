@@ -234,7 +234,7 @@ fn candidate<'a>(
     let state = &cluster.state;
     let settings = &cluster.settings;
     let name = member.name.as_str();
-    if !member.promotable || member.priority == 0 {
+    if !member.can_be_promoted() {
         return Err(format!("{name} is not promotable"));
     }
     // Synchronous replication: only the committed sync set may hold every commit the old
@@ -757,7 +757,7 @@ mod tests {
                     for command in proposals {
                         if let Command::Promote { node, .. } = &command {
                             let m = &before.state.members[node];
-                            prop_assert!(m.promotable && m.priority > 0, "promoted non-promotable {node}");
+                            prop_assert!(m.can_be_promoted(), "promoted non-promotable {node}");
                             let r = before.fresh_report(node, now).expect("promoted a node without a fresh report");
                             prop_assert!(r.db_up && r.role == Some(DbRole::Standby), "promoted {node}, not a running standby");
                             let best = before.reports.values().filter_map(|o| o.report.wal_position()).max().unwrap();

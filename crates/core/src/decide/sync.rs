@@ -111,7 +111,7 @@ fn desired_sync(
             && state
                 .members
                 .get(name)
-                .is_some_and(|m| m.kind == NodeKind::Data && m.promotable && m.priority > 0)
+                .is_some_and(|m| m.kind == NodeKind::Data && m.can_be_promoted())
     };
     let streaming: BTreeSet<&str> = local
         .report
