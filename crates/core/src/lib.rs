@@ -7,7 +7,7 @@ pub mod model;
 pub mod operator;
 pub mod standing;
 #[cfg(test)]
-mod testing;
+pub(crate) mod testing;
 pub mod types;
 
 pub use decide::{decide, Action, Decision};

@@ -575,15 +575,7 @@ mod tests {
     }
 
     fn under_way(v: &mut ClusterView) {
-        v.state.switchover = Some(Switchover {
-            from: "pg1".into(),
-            to: "pg2".into(),
-            force: false,
-            generation: Generation(1),
-            final_lsn: None,
-            seq: 1,
-            unclean: false,
-        });
+        v.state.switchover = Some(crate::testing::switchover_pg1_to_pg2());
     }
 
     fn show_handover(h: Handover) -> String {

@@ -288,7 +288,7 @@ mod tests {
             let m = Member {
                 promotable,
                 priority,
-                ..crate::testing::member("pg2")
+                ..crate::testing::lab_member("pg2")
             };
             assert_eq!(m.can_be_promoted(), expected, "{m:?}");
         }

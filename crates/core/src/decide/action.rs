@@ -249,7 +249,7 @@ impl std::fmt::Display for Proposal<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::decide::testing::rule;
+    use crate::testing::rule;
 
     fn check(action: Action, expected: &str) {
         assert_eq!(action.to_string(), expected, "{action:?}");

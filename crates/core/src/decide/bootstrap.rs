@@ -52,8 +52,8 @@ pub(super) fn bootstrap(cluster: &ClusterView, now_ms: u64) -> Vec<Action> {
 
 #[cfg(test)]
 mod tests {
-    use crate::decide::testing::*;
     use crate::model::DbRole;
+    use crate::testing::*;
 
     #[test]
     fn bootstrap_chooses_the_only_writable_node() {

@@ -427,9 +427,9 @@ fn promote_best(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::decide::testing::*;
     use crate::decide::{decide, Measured};
     use crate::model::{PromotionRequest, WatchdogMode, WatchdogReport};
+    use crate::testing::*;
     use crate::types::Generation;
 
     #[test]

@@ -11,7 +11,7 @@
 //! - the coordinator's part (`coordinate`): `bootstrap`, `failover`, `switchover`;
 //! - a data node's part (`reconcile`): `vip`, `sync`, and `reconcile` (its PostgreSQL's
 //!   role, its timeline);
-//! - `testing`: the fixtures the tests share.
+//! - their tests, beside each topic, share the fixtures of `crate::testing`.
 
 use crate::model::NodeKind;
 
@@ -21,8 +21,6 @@ mod failover;
 mod reconcile;
 mod switchover;
 mod sync;
-#[cfg(test)]
-pub(crate) mod testing;
 mod view;
 mod vip;
 
@@ -91,8 +89,8 @@ fn cluster_hold(reason: String) -> Action {
 
 #[cfg(test)]
 mod tests {
-    use crate::decide::testing::*;
     use crate::model::TimelineFork;
+    use crate::testing::*;
     use crate::types::{Lsn, Timeline};
 
     /// Issue 11, case 5: a standby that stayed with a cut-off primary holds WAL past the point

@@ -396,7 +396,7 @@ pub fn slot_for(node: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::decide::testing::*;
+    use crate::testing::*;
     use crate::types::Timeline;
 
     #[test]

@@ -132,7 +132,7 @@ pub(super) fn hand_over(cluster: &ClusterView, local: &LocalView, sw: &Switchove
 mod tests {
     use super::*;
     use crate::decide::coordinate;
-    use crate::decide::testing::*;
+    use crate::testing::*;
     use crate::types::Lsn;
 
     #[test]

@@ -171,8 +171,8 @@ fn desired_sync(
 mod tests {
     use super::*;
     use crate::decide::slot_for;
-    use crate::decide::testing::*;
     use crate::model::SyncSettings;
+    use crate::testing::*;
     use crate::types::Lsn;
 
     #[test]

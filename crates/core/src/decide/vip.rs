@@ -22,9 +22,9 @@ pub(super) fn place_vip(cluster: &ClusterView, local: &LocalView, now_ms: u64) -
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::decide::testing::*;
     use crate::decide::{decide, slot_for};
     use crate::model::{DbRole, Switchover, VipReport};
+    use crate::testing::*;
     use crate::types::Generation;
 
     #[test]
