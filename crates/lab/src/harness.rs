@@ -134,6 +134,41 @@ impl Lab {
         self.output(args).expect("running pgfm")
     }
 
+    /// `pgfm ARGS --dir DIR`, which must succeed.
+    pub fn run_ok(&self, args: &[&str]) {
+        let output = self.run(args);
+        assert!(output.status.success(), "{args:?}: {}", text(&output));
+    }
+
+    /// `pgfm ARGS -c <via's config>`: an operator command asked of `via`'s agent.
+    pub fn cli_command(&self, via: &str, args: &[&str]) -> Command {
+        let mut command = self.pgfm();
+        command.args(args).arg("-c").arg(self.config(via));
+        command
+    }
+
+    /// `cli_command`, run to its end.
+    pub fn cli(&self, via: &str, args: &[&str]) -> Output {
+        self.cli_command(via, args).output().expect("running pgfm")
+    }
+
+    /// `n` rows committed in table `kept` on `primary`, and replayed on `standby`.
+    pub fn committed_rows(&self, primary: &str, standby: &str, n: u32) {
+        self.psql(
+            primary,
+            &format!("CREATE TABLE IF NOT EXISTS kept (id int); INSERT INTO kept SELECT generate_series(1, {n})"),
+        )
+        .unwrap();
+        wait_for(
+            &format!("{n} rows on {standby}"),
+            Duration::from_secs(60),
+            || match self.psql(standby, "SELECT count(*) FROM kept")? {
+                c if c == n.to_string() => Ok(()),
+                other => Err(other),
+            },
+        );
+    }
+
     /// `node`'s agent config.
     pub fn config(&self, node: &str) -> PathBuf {
         self.dir.join(node).join("pgfm.toml")
@@ -205,6 +240,27 @@ impl Lab {
             || match self.cluster_status(node)? {
                 (json, 0) => Ok(json),
                 (json, code) => Err(format!("exit {code}: {json}")),
+            },
+        )
+    }
+
+    /// Wait until `observer`'s cluster-status lists a problem that contains `needle`; that
+    /// status and its exit code.
+    pub fn wait_problem(&self, observer: &str, needle: &str) -> (Value, i32) {
+        wait_for(
+            &format!("{observer}'s cluster-status to say {needle:?}"),
+            Duration::from_secs(60),
+            || {
+                let (status, code) = self.cluster_status(observer)?;
+                let says = status["problems"].as_array().is_some_and(|p| {
+                    p.iter()
+                        .any(|p| p.as_str().is_some_and(|p| p.contains(needle)))
+                });
+                if says {
+                    Ok((status, code))
+                } else {
+                    Err(status.to_string())
+                }
             },
         )
     }

@@ -11,23 +11,6 @@ use crate::PGFM;
 
 const SETTLE: Duration = Duration::from_secs(60);
 
-/// Write `n` rows on the primary and wait until `standby` has replayed them.
-fn committed_rows(lab: &Lab, primary: &str, standby: &str, n: u32) {
-    lab.psql(primary, &format!("CREATE TABLE IF NOT EXISTS kept (id int); INSERT INTO kept SELECT generate_series(1, {n})"))
-        .unwrap();
-    wait_for(&format!("{n} rows on {standby}"), SETTLE, || {
-        match lab.psql(standby, "SELECT count(*) FROM kept")? {
-            c if c == n.to_string() => Ok(()),
-            other => Err(other),
-        }
-    });
-}
-
-fn run(lab: &Lab, args: &[&str]) {
-    let output = lab.run(args);
-    assert!(output.status.success(), "{args:?}: {}", text(&output));
-}
-
 /// The primary's host dies (agent and postmaster SIGKILLed): the standby takes over as the
 /// primary of generation 2, and the old primary, started again, rewinds and streams from it
 /// on the new timeline.
@@ -35,10 +18,10 @@ fn run(lab: &Lab, args: &[&str]) {
 fn host_death_of_primary_fails_over_and_rejoins() {
     let lab = Lab::up(PGFM, 2);
     lab.wait_healthy("witness", SETTLE);
-    committed_rows(&lab, "pg1", "pg2", 1000);
+    lab.committed_rows("pg1", "pg2", 1000);
     let watch = SplitBrainWatch::start(&lab, &["pg1", "pg2"]);
 
-    run(&lab, &["lab", "kill", "pg1"]);
+    lab.run_ok(&["lab", "kill", "pg1"]);
     let status = lab.wait_for_primary_change("pg2", 2);
     assert_eq!(node(&status, "pg1")["agent"], "down");
     assert_eq!(
@@ -47,7 +30,7 @@ fn host_death_of_primary_fails_over_and_rejoins() {
     );
     lab.psql("pg2", "INSERT INTO kept VALUES (1001)").unwrap();
 
-    run(&lab, &["lab", "start", "pg1"]);
+    lab.run_ok(&["lab", "start", "pg1"]);
     let status = lab.wait_primary("witness", "pg2", 2, SETTLE);
     let old = node(&status, "pg1");
     assert_eq!(old["kind"], "standby", "{status}");
@@ -76,9 +59,9 @@ fn host_death_of_primary_fails_over_and_rejoins() {
 fn postmaster_crash_restarts_in_place() {
     let lab = Lab::up(PGFM, 2);
     lab.wait_healthy("witness", SETTLE);
-    committed_rows(&lab, "pg1", "pg2", 100);
+    lab.committed_rows("pg1", "pg2", 100);
     let watch = SplitBrainWatch::start(&lab, &["pg1", "pg2"]);
-    run(&lab, &["lab", "kill", "pg1", "--postgres-only"]);
+    lab.run_ok(&["lab", "kill", "pg1", "--postgres-only"]);
     wait_for("pg1 writable again", SETTLE, || {
         lab.psql("pg1", "INSERT INTO kept VALUES (101)")
     });
@@ -97,9 +80,9 @@ fn postmaster_crash_restarts_in_place() {
 fn postmaster_crash_with_on_crash_failover_fails_over() {
     let lab = Lab::up_with(PGFM, 2, &["failover.on_crash=\"failover\""]);
     lab.wait_healthy("witness", SETTLE);
-    committed_rows(&lab, "pg1", "pg2", 100);
+    lab.committed_rows("pg1", "pg2", 100);
     let watch = SplitBrainWatch::start(&lab, &["pg1", "pg2"]);
-    run(&lab, &["lab", "kill", "pg1", "--postgres-only"]);
+    lab.run_ok(&["lab", "kill", "pg1", "--postgres-only"]);
     let status = lab.wait_primary("witness", "pg2", 2, SETTLE);
     assert_eq!(node(&status, "pg1")["kind"], "standby", "{status}");
     assert_eq!(lab.psql("pg2", "SELECT count(*) FROM kept").unwrap(), "100");
@@ -120,24 +103,14 @@ fn primary_agent_death_without_a_watchdog_does_not_promote_while_its_database_an
     let lab = Lab::up_with(PGFM, 2, &["watchdog.mode=\"off\""]);
     lab.wait_healthy("witness", SETTLE);
     let watch = SplitBrainWatch::start(&lab, &["pg1", "pg2"]);
-    run(&lab, &["lab", "kill", "pg1", "--agent-only"]);
-    let status = wait_for("the coordinator to refuse the promotion", SETTLE, || {
-        let (status, _) = lab.cluster_status("pg2")?;
-        let refused = status["problems"].as_array().is_some_and(|p| {
-            p.iter()
-                .any(|p| p.as_str().is_some_and(|p| p.contains("still answers")))
-        });
-        if refused {
-            Ok(status)
-        } else {
-            Err(status.to_string())
-        }
-    });
+    lab.run_ok(&["lab", "kill", "pg1", "--agent-only"]);
+    // The coordinator refuses the promotion.
+    let (status, _) = lab.wait_problem("pg2", "still answers");
     assert_eq!(status["generation"], 1, "{status}");
     assert_eq!(node(&status, "pg1")["agent"], "down");
     lab.psql("pg1", "SELECT 1")
         .expect("pg1's database keeps running");
-    run(&lab, &["lab", "start", "pg1"]);
+    lab.run_ok(&["lab", "start", "pg1"]);
     let status = lab.wait_primary("witness", "pg1", 1, SETTLE);
     assert_eq!(node(&status, "pg2")["kind"], "standby");
     watch.finish();
@@ -152,7 +125,7 @@ fn standby_or_witness_death_causes_no_failover_and_no_write_outage() {
     lab.psql("pg1", "CREATE TABLE ticks (at timestamptz)")
         .unwrap();
     for victim in ["pg2", "witness"] {
-        run(&lab, &["lab", "kill", victim]);
+        lab.run_ok(&["lab", "kill", victim]);
         // Well past lease + drift margin: a failover would have happened by now.
         let until = std::time::Instant::now() + Duration::from_secs(6);
         while std::time::Instant::now() < until {
@@ -166,7 +139,7 @@ fn standby_or_witness_death_causes_no_failover_and_no_write_outage() {
             );
             std::thread::sleep(Duration::from_millis(100));
         }
-        run(&lab, &["lab", "start", victim]);
+        lab.run_ok(&["lab", "start", victim]);
         let status = lab.wait_primary(victim, "pg1", 1, SETTLE);
         assert_eq!(status["generation"], 1);
     }
@@ -178,21 +151,10 @@ fn standby_or_witness_death_causes_no_failover_and_no_write_outage() {
 fn with_auto_failover_off_nothing_is_promoted() {
     let lab = Lab::up_with(PGFM, 2, &["failover.auto_failover=false"]);
     lab.wait_healthy("witness", SETTLE);
-    run(&lab, &["lab", "kill", "pg1"]);
-    let status = wait_for("status to say a failover is needed", SETTLE, || {
-        let (status, code) = lab.cluster_status("witness")?;
-        let says = status["problems"].as_array().is_some_and(|p| {
-            p.iter().any(|p| {
-                p.as_str()
-                    .is_some_and(|p| p.contains("automatic failover is off"))
-            })
-        });
-        if says && code != 0 {
-            Ok(status)
-        } else {
-            Err(status.to_string())
-        }
-    });
+    lab.run_ok(&["lab", "kill", "pg1"]);
+    // Status says a failover is needed.
+    let (status, code) = lab.wait_problem("witness", "automatic failover is off");
+    assert_ne!(code, 0, "{status}");
     assert_eq!(status["generation"], 1);
     assert!(
         lab.psql("pg2", "SELECT pg_is_in_recovery()").unwrap() == "t",
@@ -206,9 +168,9 @@ fn with_auto_failover_off_nothing_is_promoted() {
 fn manual_rejoin_waits_for_resume() {
     let lab = Lab::up_with(PGFM, 2, &["failover.rejoin=\"manual\""]);
     lab.wait_healthy("witness", SETTLE);
-    run(&lab, &["lab", "kill", "pg1"]);
+    lab.run_ok(&["lab", "kill", "pg1"]);
     lab.wait_for_primary_change("pg2", 2);
-    run(&lab, &["lab", "start", "pg1"]);
+    lab.run_ok(&["lab", "start", "pg1"]);
     let status = wait_for("pg1 idle, waiting for resume", SETTLE, || {
         let (status, code) = lab.cluster_status("witness")?;
         let n = node(&status, "pg1");
@@ -240,13 +202,13 @@ fn manual_rejoin_waits_for_resume() {
 fn the_other_standbys_follow_the_new_primary_without_restart() {
     let lab = Lab::up(PGFM, 3);
     lab.wait_healthy("witness", SETTLE);
-    committed_rows(&lab, "pg1", "pg3", 500);
+    lab.committed_rows("pg1", "pg3", 500);
     let pids: Vec<(String, Option<i32>)> = ["pg2", "pg3"]
         .iter()
         .map(|n| (n.to_string(), lab.lab_node(n).postgres_pid))
         .collect();
     let watch = SplitBrainWatch::start(&lab, &["pg1", "pg2", "pg3"]);
-    run(&lab, &["lab", "kill", "pg1"]);
+    lab.run_ok(&["lab", "kill", "pg1"]);
     let status = wait_for(
         "a new primary in generation 2 with the other standby streaming from it",
         SETTLE,

@@ -233,16 +233,6 @@ fn health_endpoints_follow_a_failover() {
     );
 }
 
-fn cli(lab: &Lab, via: &str, args: &[&str]) -> std::process::Output {
-    let mut command = pgfm();
-    command
-        .arg(args[0])
-        .arg("-c")
-        .arg(lab.config(via))
-        .args(&args[1..]);
-    command.output().unwrap()
-}
-
 /// With automatic failover off, `pgfm promote` is the operator's failover: refused for a
 /// node with priority 0 (nothing changes), then, after `set-priority`, the live old primary
 /// is stopped and fenced first and the target promoted; the old primary streams from it.
@@ -251,9 +241,9 @@ fn promote_fences_a_live_primary_first_and_works_with_auto_failover_off() {
     let lab = Lab::up_with(PGFM, 2, &["failover.auto_failover=false"]);
     lab.wait_healthy("witness", SETTLE);
     let watch = SplitBrainWatch::start(&lab, &["pg1", "pg2"]);
-    let output = cli(&lab, "pg1", &["set-priority", "pg2", "0"]);
+    let output = lab.cli("pg1", &["set-priority", "pg2", "0"]);
     assert!(output.status.success(), "{}", text(&output));
-    let output = cli(&lab, "pg1", &["promote", "--to", "pg2"]);
+    let output = lab.cli("pg1", &["promote", "--to", "pg2"]);
     assert_eq!(output.status.code(), Some(1), "{}", text(&output));
     assert!(
         text(&output).contains("pg2 is not a running, promotable standby"),
@@ -262,9 +252,9 @@ fn promote_fences_a_live_primary_first_and_works_with_auto_failover_off() {
     );
     assert_eq!(lab.cluster_status("pg1").unwrap().0["generation"], 1);
 
-    let output = cli(&lab, "pg2", &["set-priority", "pg2", "100"]);
+    let output = lab.cli("pg2", &["set-priority", "pg2", "100"]);
     assert!(output.status.success(), "{}", text(&output));
-    let output = cli(&lab, "witness", &["promote", "--to", "pg2"]);
+    let output = lab.cli("witness", &["promote", "--to", "pg2"]);
     assert!(output.status.success(), "{}", text(&output));
     assert!(
         text(&output).contains("pg2 is the primary of generation 2"),
@@ -288,37 +278,21 @@ fn promote_fences_a_live_primary_first_and_works_with_auto_failover_off() {
 fn pause_stops_automatic_failover_until_the_operator_acts() {
     let lab = Lab::up(PGFM, 2);
     lab.wait_healthy("witness", SETTLE);
-    let output = cli(&lab, "pg2", &["pause"]);
+    let output = lab.cli("pg2", &["pause"]);
     assert!(output.status.success(), "{}", text(&output));
     assert_eq!(lab.cluster_status("pg1").unwrap().0["paused"], true);
     let output = lab.run(&["lab", "kill", "pg1"]);
     assert!(output.status.success(), "{}", text(&output));
-    let status = wait_for(
-        "status to say the cluster is paused and a failover is needed",
-        SETTLE,
-        || {
-            let (status, _) = lab.cluster_status("witness")?;
-            let says = status["problems"].as_array().is_some_and(|p| {
-                p.iter().any(|p| {
-                    p.as_str()
-                        .is_some_and(|p| p.contains("the cluster is paused"))
-                })
-            });
-            if says {
-                Ok(status)
-            } else {
-                Err(status.to_string())
-            }
-        },
-    );
+    // Status says the cluster is paused and a failover is needed.
+    let (status, _) = lab.wait_problem("witness", "the cluster is paused");
     assert_eq!(status["generation"], 1);
-    let output = cli(&lab, "witness", &["promote"]);
+    let output = lab.cli("witness", &["promote"]);
     assert!(output.status.success(), "{}", text(&output));
     lab.wait_for_primary_change("pg2", 2);
-    let output = cli(&lab, "pg2", &["resume"]);
+    let output = lab.cli("pg2", &["resume"]);
     assert!(output.status.success(), "{}", text(&output));
     assert_eq!(lab.cluster_status("pg2").unwrap().0["paused"], false);
-    let output = cli(&lab, "pg2", &["node-status"]);
+    let output = lab.cli("pg2", &["node-status"]);
     assert!(output.status.success(), "{}", text(&output));
     assert!(
         text(&output).contains("Node: pg2 (Primary)"),
@@ -348,18 +322,8 @@ fn hooks_gate_and_announce_a_failover() {
     lab.wait_healthy("witness", SETTLE);
     let output = lab.run(&["lab", "kill", "pg1"]);
     assert!(output.status.success(), "{}", text(&output));
-    let status = wait_for("the fence hook to hold the promotion back", SETTLE, || {
-        let (status, _) = lab.cluster_status("witness")?;
-        let held = status["problems"].as_array().is_some_and(|p| {
-            p.iter()
-                .any(|p| p.as_str().is_some_and(|p| p.contains("fence hook exited")))
-        });
-        if held {
-            Ok(status)
-        } else {
-            Err(status.to_string())
-        }
-    });
+    // The fence hook holds the promotion back.
+    let (status, _) = lab.wait_problem("witness", "fence hook exited");
     assert_eq!(
         status["generation"], 1,
         "promoted despite the fence hook: {status}"
@@ -403,7 +367,7 @@ fn membership_changes_through_raft_with_their_refusals() {
     let lab = Lab::up(PGFM, 3);
     lab.wait_healthy("witness", SETTLE);
     let refused = |args: &[&str], expected: &str| {
-        let output = cli(&lab, "pg1", args);
+        let output = lab.cli("pg1", args);
         assert_eq!(output.status.code(), Some(1), "{}", text(&output));
         assert!(text(&output).contains(expected), "{}", text(&output));
     };
@@ -421,10 +385,10 @@ fn membership_changes_through_raft_with_their_refusals() {
     // told to remove itself, as an operator would after reading the refusal.
     // Returns whether it had to be forced.
     let disallow = |via: &str, name: &str| {
-        let output = cli(&lab, via, &["disallow-node", name]);
+        let output = lab.cli(via, &["disallow-node", name]);
         let forced = text(&output).contains("is the coordinator answering this request");
         let output = if forced {
-            cli(&lab, via, &["disallow-node", name, "--force"])
+            lab.cli(via, &["disallow-node", name, "--force"])
         } else {
             output
         };
@@ -474,8 +438,7 @@ fn membership_changes_through_raft_with_their_refusals() {
     // A leadership change during the membership change makes the command fail (exit 2,
     // nothing half done that a retry cannot finish): retry as an operator would.
     wait_for("allow-node pg3 to succeed", SETTLE, || {
-        let output = cli(
-            &lab,
+        let output = lab.cli(
             "witness",
             &["allow-node", "pg3", &format!("127.0.0.1:{port}")],
         );
@@ -534,7 +497,7 @@ fn membership_changes_through_raft_with_their_refusals() {
 fn stop_cluster_stops_every_agent_and_keeps_the_databases() {
     let lab = Lab::up(PGFM, 2);
     lab.wait_healthy("witness", SETTLE);
-    let output = cli(&lab, "pg2", &["stop-cluster"]);
+    let output = lab.cli("pg2", &["stop-cluster"]);
     assert!(output.status.success(), "{}", text(&output));
     assert!(
         text(&output).contains("PostgreSQL keeps running"),
@@ -566,7 +529,7 @@ fn stop_cluster_stops_every_agent_and_keeps_the_databases() {
     }
     let status = lab.wait_primary("witness", "pg1", 1, SETTLE);
     assert_eq!(status["paused"], true);
-    let output = cli(&lab, "pg1", &["resume"]);
+    let output = lab.cli("pg1", &["resume"]);
     assert!(output.status.success(), "{}", text(&output));
     assert_eq!(lab.cluster_status("pg1").unwrap().0["paused"], false);
 }

@@ -11,11 +11,6 @@ use crate::PGFM;
 
 const SETTLE: Duration = Duration::from_secs(60);
 
-fn run(lab: &NetnsLab, args: &[&str]) {
-    let output = lab.run(args);
-    assert!(output.status.success(), "{args:?}: {}", text(&output));
-}
-
 fn make_bench_table(lab: &NetnsLab) {
     lab.psql("pg1", BENCH_TABLE).unwrap();
 }
@@ -62,12 +57,12 @@ fn cut_the_primary_off(lab: &NetnsLab, partition: &[&str]) -> Vec<Vec<String>> {
         .chain(partition)
         .copied()
         .collect();
-    run(lab, &args);
+    lab.run_ok(&args);
     lab.wait_for_primary_change("pg2", 2);
     wait_vip_on(lab, &["pg2"]);
     writer.wait_more(50, "writes through the VIP to go on");
 
-    run(lab, &["lab", "heal"]);
+    lab.run_ok(&["lab", "heal"]);
     wait_rejoined(lab, "pg1", "pg2", 2);
     writer.finish();
     assert!(watch.finish() > 0, "the watch saw no writable primary");
@@ -132,7 +127,7 @@ fn witness_or_standby_cut_off_changes_nothing() {
         _ => ["witness", "pg2"],
     };
     for cut in order {
-        run(&lab, &["lab", "partition", cut]);
+        lab.run_ok(&["lab", "partition", cut]);
         let until = Instant::now() + window;
         while Instant::now() < until {
             let (status, _) = lab.cluster_status("pg1").expect("status from pg1");
@@ -140,7 +135,7 @@ fn witness_or_standby_cut_off_changes_nothing() {
             assert_eq!(status["generation"], 1, "{cut} cut off: {status}");
             std::thread::sleep(Duration::from_millis(200));
         }
-        run(&lab, &["lab", "heal"]);
+        lab.run_ok(&["lab", "heal"]);
         lab.wait_primary("witness", "pg1", 1, SETTLE);
     }
     let acks = writer.finish();
@@ -164,10 +159,10 @@ fn the_vip_follows_failover_and_switchover_and_leaves_with_a_stopped_agent() {
     lab.wait_healthy("witness", SETTLE);
     let vips = VipWatch::start(&lab, &["pg1", "pg2"]);
 
-    run(&lab, &["lab", "kill", "pg1"]);
+    lab.run_ok(&["lab", "kill", "pg1"]);
     lab.wait_for_primary_change("pg2", 2);
     wait_vip_on(&lab, &["pg2"]);
-    run(&lab, &["lab", "start", "pg1"]);
+    lab.run_ok(&["lab", "start", "pg1"]);
     wait_rejoined(&lab, "pg1", "pg2", 2);
 
     let output = crate::pgfm()
@@ -208,7 +203,7 @@ fn the_vip_follows_failover_and_switchover_and_leaves_with_a_stopped_agent() {
         .contains("virtual IP removed: the agent is stopping"));
 
     let prefix = lab.ns.prefix.clone();
-    run(&lab, &["lab", "down"]);
+    lab.run_ok(&["lab", "down"]);
     assert_eq!(pgfm_lab::netns::existing(&prefix), Vec::<String>::new());
 }
 
@@ -319,10 +314,10 @@ fn a_healed_node_does_not_depose_the_coordinator() {
             .sum()
     };
     let before = elected(&lab);
-    run(&lab, &["lab", "partition", victim]);
+    lab.run_ok(&["lab", "partition", victim]);
     // Many election timeouts (0.9-1.2 s each) cut off: the fault's length.
     std::thread::sleep(Duration::from_secs(6)); // the fault's length, not a wait for a state
-    run(&lab, &["lab", "heal"]);
+    lab.run_ok(&["lab", "heal"]);
     let healed = Instant::now();
     let status = lab.wait_healthy("witness", SETTLE);
     // Long enough for the healed node's answer to the first heartbeats.

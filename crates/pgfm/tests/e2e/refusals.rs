@@ -44,12 +44,7 @@ fn a_bad_config_refuses_to_start_with_the_promised_message() {
     }
 
     std::fs::write(&file, &good).unwrap();
-    let output = pgfm()
-        .arg("check-config")
-        .arg("-c")
-        .arg(&file)
-        .output()
-        .unwrap();
+    let output = check_config(&file);
     assert_eq!(output.status.code(), Some(2), "{}", text(&output));
     assert!(
         text(&output).contains("token_file")
@@ -60,12 +55,7 @@ fn a_bad_config_refuses_to_start_with_the_promised_message() {
 
     std::fs::write(dir.join("token"), "0123456789abcdef0123456789").unwrap();
     std::fs::set_permissions(dir.join("token"), std::fs::Permissions::from_mode(0o600)).unwrap();
-    let output = pgfm()
-        .arg("check-config")
-        .arg("-c")
-        .arg(&file)
-        .output()
-        .unwrap();
+    let output = check_config(&file);
     assert!(output.status.success(), "{}", text(&output));
     assert!(String::from_utf8_lossy(&output.stdout)
         .contains("valid (witness node witness of cluster t, 3 peers)"));
@@ -198,4 +188,14 @@ fn an_unusable_vip_stops_the_agent_at_start_up() {
         text(&output)
     );
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// `pgfm check-config -c FILE`.
+fn check_config(file: &std::path::Path) -> std::process::Output {
+    pgfm()
+        .arg("check-config")
+        .arg("-c")
+        .arg(file)
+        .output()
+        .unwrap()
 }

@@ -13,25 +13,14 @@ use crate::PGFM;
 
 const SETTLE: Duration = Duration::from_secs(60);
 
-fn run(lab: &Lab, args: &[&str]) {
-    let output = lab.run(args);
-    assert!(output.status.success(), "{args:?}: {}", text(&output));
-}
-
 /// `pgfm ARGS -c <witness's config>`: an operator command, asked of the witness's agent.
 fn cli(lab: &Lab, args: &[&str]) -> std::process::Output {
-    cli_command(lab, args).output().expect("running pgfm")
-}
-
-fn cli_command(lab: &Lab, args: &[&str]) -> std::process::Command {
-    let mut command = crate::pgfm();
-    command.args(args).arg("-c").arg(lab.config("witness"));
-    command
+    lab.cli("witness", args)
 }
 
 /// `cli` in the background (a command that returns only once the cluster changed).
 fn cli_in_background(lab: &Lab, args: &[&str]) -> std::thread::JoinHandle<std::process::Output> {
-    let mut command = cli_command(lab, args);
+    let mut command = lab.cli_command("witness", args);
     std::thread::spawn(move || command.output().expect("running pgfm"))
 }
 
@@ -44,21 +33,6 @@ fn switchover_under_way(lab: &Lab) {
             Ok(())
         } else {
             Err(problems)
-        }
-    });
-}
-
-/// Write `n` rows on the primary and wait until `standby` has replayed them.
-fn committed_rows(lab: &Lab, primary: &str, standby: &str, n: u32) {
-    lab.psql(
-        primary,
-        &format!("CREATE TABLE IF NOT EXISTS kept (id int); INSERT INTO kept SELECT generate_series(1, {n})"),
-    )
-    .unwrap();
-    wait_for(&format!("{n} rows on {standby}"), SETTLE, || {
-        match lab.psql(standby, "SELECT count(*) FROM kept")? {
-            c if c == n.to_string() => Ok(()),
-            other => Err(other),
         }
     });
 }
@@ -136,7 +110,7 @@ fn a_switchover_whose_target_hangs_is_rolled_back_in_time() {
     use nix::sys::signal::Signal::{SIGCONT, SIGSTOP};
     let lab = Lab::up(PGFM, 2);
     lab.wait_healthy("witness", SETTLE);
-    committed_rows(&lab, "pg1", "pg2", 100);
+    lab.committed_rows("pg1", "pg2", 100);
     let watch = SplitBrainWatch::start(&lab, &["pg1", "pg2"]);
 
     // The operator cancels while the old primary waits for the hung target.
@@ -242,8 +216,8 @@ fn a_switchover_whose_target_hangs_is_rolled_back_in_time() {
 fn a_former_primary_whose_rewind_fails_is_recloned() {
     let lab = Lab::up(PGFM, 2);
     lab.wait_healthy("witness", SETTLE);
-    committed_rows(&lab, "pg1", "pg2", 100);
-    run(&lab, &["lab", "kill", "pg1"]);
+    lab.committed_rows("pg1", "pg2", 100);
+    lab.run_ok(&["lab", "kill", "pg1"]);
     lab.wait_for_primary_change("pg2", 2);
     lab.psql("pg2", "INSERT INTO kept VALUES (101)").unwrap();
 
@@ -261,7 +235,7 @@ fn a_former_primary_whose_rewind_fails_is_recloned() {
     }
     assert!(removed > 0, "no WAL segment in {}", data_dir.display());
 
-    run(&lab, &["lab", "start", "pg1"]);
+    lab.run_ok(&["lab", "start", "pg1"]);
     let status = lab.wait_primary("witness", "pg2", 2, SETTLE);
     streams_on(&lab, "pg1", 2);
     wait_for("row 101 on pg1", SETTLE, || {
@@ -323,7 +297,7 @@ fn a_frozen_primary_host_is_reset_by_its_watchdog_before_the_failover() {
     let watch = SplitBrainWatch::start(&lab, &["pg1", "pg2"]);
     let writer = writer_on_pg1(&lab);
 
-    run(&lab, &["lab", "freeze", "pg1"]);
+    lab.run_ok(&["lab", "freeze", "pg1"]);
     let frozen = Instant::now();
     lab.wait_for_primary_change("pg2", 2);
     let wait = Duration::from_secs(8).saturating_sub(frozen.elapsed());
@@ -335,7 +309,7 @@ fn a_frozen_primary_host_is_reset_by_its_watchdog_before_the_failover() {
     assert!(watch.finish() > 0, "the watch saw no writable primary");
     watchdog_fired(&lab, "pg1");
 
-    run(&lab, &["lab", "start", "pg1"]);
+    lab.run_ok(&["lab", "start", "pg1"]);
     streams_on(&lab, "pg1", 2);
 }
 
@@ -355,7 +329,7 @@ fn a_primary_whose_agent_died_is_reset_by_its_watchdog_before_the_failover() {
         .postgres_pid
         .expect("pg1's postmaster pid");
 
-    run(&lab, &["lab", "kill", "pg1", "--agent-only"]);
+    lab.run_ok(&["lab", "kill", "pg1", "--agent-only"]);
     nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(postmaster),
         nix::sys::signal::Signal::SIGSTOP,
@@ -391,10 +365,7 @@ fn a_standby_that_stayed_with_a_cut_off_primary_is_rewound() {
     writer.wait_more(20, "the writer to write through the VIP");
 
     for cut in ["pg1", "pg3"] {
-        run(
-            &lab,
-            &["lab", "partition", cut, "--from", "pg2,pg4,witness"],
-        );
+        lab.run_ok(&["lab", "partition", cut, "--from", "pg2,pg4,witness"]);
     }
     // The majority promotes pg2 or pg4 (the most advanced).
     let new = wait_for(
@@ -409,7 +380,7 @@ fn a_standby_that_stayed_with_a_cut_off_primary_is_rewound() {
         },
     );
     let acked = ids(&writer.finish());
-    run(&lab, &["lab", "heal"]);
+    lab.run_ok(&["lab", "heal"]);
 
     wait_for(
         &format!("pg3 to stream from {new} on timeline 2"),
@@ -499,7 +470,7 @@ fn a_coordinator_busy_cloning_still_fails_over() {
     // Without a watchdog: agents are restarted below to move the coordinator.
     let lab = Lab::up_with(PGFM, 3, &["watchdog.mode=\"off\""]);
     lab.wait_healthy("witness", SETTLE);
-    committed_rows(&lab, "pg1", "pg2", 100);
+    lab.committed_rows("pg1", "pg2", 100);
 
     // The coordinator must be a standby: restart whichever other agent leads.
     let deadline = Instant::now() + Duration::from_secs(120);
@@ -519,7 +490,7 @@ fn a_coordinator_busy_cloning_still_fails_over() {
             "no standby became the coordinator"
         );
         // Another is elected while it is away (restarted at once, a leader resumes).
-        run(&lab, &["lab", "kill", &coordinator, "--agent-only"]);
+        lab.run_ok(&["lab", "kill", &coordinator, "--agent-only"]);
         let observer = if coordinator == "pg1" { "pg2" } else { "pg1" };
         wait_for("another coordinator", SETTLE, || {
             let (status, _) = lab.cluster_status(observer)?;
@@ -528,7 +499,7 @@ fn a_coordinator_busy_cloning_still_fails_over() {
                 other => Err(format!("{other:?}")),
             }
         });
-        run(&lab, &["lab", "start", &coordinator]);
+        lab.run_ok(&["lab", "start", &coordinator]);
         lab.wait_healthy("witness", SETTLE);
     };
     let survivor = if coordinator == "pg2" { "pg3" } else { "pg2" };
@@ -567,7 +538,7 @@ fn a_coordinator_busy_cloning_still_fails_over() {
         "{status}"
     );
 
-    run(&lab, &["lab", "kill", "pg1"]);
+    lab.run_ok(&["lab", "kill", "pg1"]);
     let killed = Instant::now();
     let status = wait_for("a new primary", SETTLE, || {
         let (status, _) = lab.cluster_status("witness")?;

@@ -15,11 +15,6 @@ use crate::PGFM;
 
 const SETTLE: Duration = Duration::from_secs(60);
 
-fn run(lab: &Lab, args: &[&str]) {
-    let output = lab.run(args);
-    assert!(output.status.success(), "{args:?}: {}", text(&output));
-}
-
 /// One INSERT in its own transaction on `node`: Ok when acknowledged within 3 s, Err with
 /// why not. (statement_timeout cannot end a commit's wait for a synchronous standby: the
 /// wait comes after the statement; the client gives up instead, as applications do.)
@@ -140,7 +135,7 @@ fn strict_mode_waits_for_a_lost_synchronous_standby() {
     );
     commit_one(&lab, "pg1").unwrap();
 
-    run(&lab, &["lab", "kill", "pg2"]);
+    lab.run_ok(&["lab", "kill", "pg2"]);
     // Past the bound a non-strict primary would use (the standby's report going stale).
     wait_for("pg2's agent to count as down", SETTLE, || {
         let (status, _) = lab.cluster_status("witness")?;
@@ -159,7 +154,7 @@ fn strict_mode_waits_for_a_lost_synchronous_standby() {
 
     // The primary's postmaster crashes and its agent restarts it: it comes back waiting
     // for pg2, not asynchronous.
-    run(&lab, &["lab", "kill", "pg1", "--postgres-only"]);
+    lab.run_ok(&["lab", "kill", "pg1", "--postgres-only"]);
     wait_for("pg1 restarted in place", SETTLE, || {
         lab.psql("pg1", "SELECT pg_is_in_recovery()").and_then(|r| {
             if r == "f" {
@@ -172,7 +167,7 @@ fn strict_mode_waits_for_a_lost_synchronous_standby() {
     let refused = commit_one(&lab, "pg1").expect_err("acknowledged after a restart without pg2");
     assert!(refused.contains("synchronous standby"), "{refused}");
 
-    run(&lab, &["lab", "start", "pg2"]);
+    lab.run_ok(&["lab", "start", "pg2"]);
     wait_for("commits to be acknowledged again", SETTLE, || {
         commit_one(&lab, "pg1")
     });
@@ -186,13 +181,13 @@ fn non_strict_mode_degrades_then_recovers() {
     let lab = Lab::up_with(PGFM, 2, &["replication.synchronous=\"on\""]);
     wait_sync(&lab, &["pg2"], &["pg2"]);
 
-    run(&lab, &["lab", "kill", "pg2"]);
+    lab.run_ok(&["lab", "kill", "pg2"]);
     let status = wait_sync(&lab, &[], &[]);
     assert!(sync_of(&status).2, "degraded: {status}");
     commit_one(&lab, "pg1").expect("commits go through asynchronously");
     assert!(lab.log("pg1").contains("synchronous replication off"));
 
-    run(&lab, &["lab", "start", "pg2"]);
+    lab.run_ok(&["lab", "start", "pg2"]);
     wait_sync(&lab, &["pg2"], &["pg2"]);
     commit_one(&lab, "pg1").unwrap();
 }
@@ -214,7 +209,7 @@ fn failover_promotes_the_synchronous_standby_and_loses_nothing() {
     wait_sync_state(&lab, &sync, "sync");
     wait_sync_state(&lab, other, "async");
     let (watch, writer) = start_writing(&lab, &["pg1", "pg2", "pg3"]);
-    run(&lab, &["lab", "kill", "pg1"]);
+    lab.run_ok(&["lab", "kill", "pg1"]);
     lab.wait_for_primary_change(&sync, 2);
     writer.wait_more(21, "writes on the new primary");
     let ids = ids(&writer.finish());
@@ -238,7 +233,7 @@ fn a_cut_off_primary_acknowledges_nothing_that_is_lost() {
     let vips = VipWatch::start(&lab, &["pg1", "pg2"]);
     let writer = Writer::start(lab.vip_writer_config(), 1);
     writer.wait_more(51, "the writer to write");
-    run(&lab, &["lab", "partition", "pg1"]);
+    lab.run_ok(&["lab", "partition", "pg1"]);
     lab.wait_for_primary_change("pg2", 2);
     writer.wait_more(21, "writes through the VIP on pg2");
     let ids = ids(&writer.finish());
@@ -246,7 +241,7 @@ fn a_cut_off_primary_acknowledges_nothing_that_is_lost() {
     assert_eq!(found, ids.len().to_string(), "acknowledged writes lost");
     assert!(watch.finish() > 0);
     vips.finish();
-    run(&lab, &["lab", "heal"]);
+    lab.run_ok(&["lab", "heal"]);
     lab.wait_primary("witness", "pg2", 2, SETTLE);
 }
 
@@ -353,7 +348,7 @@ fn a_quorum_failover_promotes_the_most_advanced_and_loses_nothing() {
     let lab = Lab::up_with(PGFM, 3, &["replication.synchronous=\"quorum\""]);
     wait_sync(&lab, &["pg2", "pg3"], &["pg2", "pg3"]);
     let (watch, writer) = start_writing(&lab, &["pg1", "pg2", "pg3"]);
-    run(&lab, &["lab", "kill", "pg1"]);
+    lab.run_ok(&["lab", "kill", "pg1"]);
     let new = wait_for("a new primary", SETTLE, || {
         let (status, _) = lab.cluster_status("witness")?;
         match status["primary"].as_str() {
@@ -372,7 +367,7 @@ fn a_quorum_failover_promotes_the_most_advanced_and_loses_nothing() {
         "the coordinator promoted without reading the positions"
     );
     let other = if new == "pg2" { "pg3" } else { "pg2" };
-    run(&lab, &["lab", "start", "pg1"]);
+    lab.run_ok(&["lab", "start", "pg1"]);
     wait_sync(&lab, &["pg1", other], &["pg1", other]);
 }
 
