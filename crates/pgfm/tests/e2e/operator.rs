@@ -137,16 +137,8 @@ fn switchover_refusals_change_nothing() {
         text(&output)
     );
 
-    let output = lab.run(&["lab", "kill", "pg2"]);
-    assert!(output.status.success(), "{}", text(&output));
-    wait_for("pg2 to show down", SETTLE, || {
-        let (status, _) = lab.cluster_status("pg1")?;
-        if node(&status, "pg2")["agent"] == "down" {
-            Ok(())
-        } else {
-            Err(status.to_string())
-        }
-    });
+    lab.run_ok(&["lab", "kill", "pg2"]);
+    agent_down(&lab, "pg2");
     refused(Some("pg2"), "pg2 is not a standby in sync with pg1");
     refused(None, "no standby is in sync with pg1");
 
@@ -359,6 +351,18 @@ fn hooks_gate_and_announce_a_failover() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// Wait until pg1's agent shows `name`'s agent down.
+fn agent_down(lab: &Lab, name: &str) {
+    wait_for(&format!("{name} to show down"), SETTLE, || {
+        let (status, _) = lab.cluster_status("pg1")?;
+        if node(&status, name)["agent"] == "down" {
+            Ok(())
+        } else {
+            Err(status.to_string())
+        }
+    });
+}
+
 /// `disallow-node` removes a standby through Raft: it leaves the allowed list, its agent is
 /// refused, its slot is dropped on the primary; refused for the primary, for an unknown
 /// node, and when the rest would have no majority up. `allow-node` brings it back.
@@ -466,16 +470,8 @@ fn membership_changes_through_raft_with_their_refusals() {
     // Back to three members, then the witness's agent dies: removing pg2 would leave pg1
     // alone up of two, no majority.
     disallow("pg1", "pg3");
-    let output = lab.run(&["lab", "kill", "witness", "--agent-only"]);
-    assert!(output.status.success(), "{}", text(&output));
-    wait_for("the witness to show down", SETTLE, || {
-        let (status, _) = lab.cluster_status("pg1")?;
-        if node(&status, "witness")["agent"] == "down" {
-            Ok(())
-        } else {
-            Err(status.to_string())
-        }
-    });
+    lab.run_ok(&["lab", "kill", "witness", "--agent-only"]);
+    agent_down(&lab, "witness");
     refused(
         &["disallow-node", "pg2"],
         "the cluster would have no majority",
