@@ -41,14 +41,28 @@ pub fn watchdog_fifo(lab_dir: &Path, node: &str) -> PathBuf {
 /// The node's agent, if it runs: from `agent.pid` (rewritten by every start), else from
 /// lab.json, and only if that pid is this node's pgfm agent.
 fn agent(lab_dir: &Path, node: &LabNode) -> Option<Proc> {
-    let from_file = std::fs::read_to_string(lab_dir.join(&node.name).join("agent.pid"))
+    live_pid(lab_dir, node, "agent.pid", node.agent_pid, |pid| {
+        is_our_agent(pid, node)
+    })
+    .and_then(|pid| procs::identify(pid as i32))
+}
+
+/// The pid in the node's `pid_file` (rewritten by every start), else the one lab.json
+/// `recorded`, whichever is alive and `ours`.
+fn live_pid(
+    lab_dir: &Path,
+    node: &LabNode,
+    pid_file: &str,
+    recorded: Option<u32>,
+    ours: impl Fn(u32) -> bool,
+) -> Option<u32> {
+    let from_file = std::fs::read_to_string(lab_dir.join(&node.name).join(pid_file))
         .ok()
         .and_then(|t| t.trim().parse::<u32>().ok());
-    [from_file, node.agent_pid]
+    [from_file, recorded]
         .into_iter()
         .flatten()
-        .find(|pid| process_alive(*pid) && is_our_agent(*pid, node))
-        .and_then(|pid| procs::identify(pid as i32))
+        .find(|pid| process_alive(*pid) && ours(*pid))
 }
 
 fn postmaster(node: &LabNode) -> Option<Proc> {
@@ -142,13 +156,9 @@ fn is_our_driver(pid: u32, lab_dir: &Path, node: &str) -> bool {
 
 /// The node's running watchdog driver (from `watchdog.pid`, else lab.json).
 pub fn driver_pid(lab_dir: &Path, node: &LabNode) -> Option<u32> {
-    let from_file = std::fs::read_to_string(lab_dir.join(&node.name).join("watchdog.pid"))
-        .ok()
-        .and_then(|t| t.trim().parse::<u32>().ok());
-    [from_file, node.watchdog_pid]
-        .into_iter()
-        .flatten()
-        .find(|pid| process_alive(*pid) && is_our_driver(*pid, lab_dir, &node.name))
+    live_pid(lab_dir, node, "watchdog.pid", node.watchdog_pid, |pid| {
+        is_our_driver(pid, lab_dir, &node.name)
+    })
 }
 
 /// Stop the node's watchdog driver (its host died, or the lab goes down); its pid.
