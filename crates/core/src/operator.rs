@@ -651,6 +651,7 @@ mod tests {
         )
     }
 
+    // Long: one table, a row per fault and request; it reads best in one piece.
     #[test]
     fn switchover() {
         let check = |data_nodes: usize, fault: Fault, to: Option<&str>, expected: &str| {
@@ -822,6 +823,7 @@ mod tests {
         );
     }
 
+    // Long: one table, a row per fault and request; it reads best in one piece.
     #[test]
     fn promote() {
         let check =
