@@ -280,6 +280,368 @@ pub struct Config {
     pub watchdog: WatchdogConfig,
 }
 
+/// The TOML itself; a syntax error or an unknown key names its line.
+fn parse_toml(check: &Check, text: &str) -> Result<RawConfig, ConfigError> {
+    toml::from_str(text).map_err(|e| {
+        let at = e
+            .span()
+            .map(|span| {
+                let line = text[..span.start.min(text.len())].matches('\n').count() + 1;
+                format!("line {line}: ")
+            })
+            .unwrap_or_default();
+        check.err("", format!("{at}{}", e.message().trim()))
+    })
+}
+
+/// `[node]`, validated.
+struct NodeSection {
+    name: String,
+    kind: NodeKind,
+    listen: SocketAddr,
+    state_dir: PathBuf,
+    priority: u32,
+    promotable: bool,
+}
+
+fn parse_node(check: &Check, raw: Option<RawNode>) -> Result<NodeSection, ConfigError> {
+    let node = check.required(raw, "[node]", "add a [node] section")?;
+    let name = check.name(node.name, "node.name")?;
+    let kind = match check
+        .required(node.kind, "node.kind", "set it to \"data\" or \"witness\"")?
+        .as_str()
+    {
+        "data" => NodeKind::Data,
+        "witness" => NodeKind::Witness,
+        other => {
+            return Err(check.err(
+                "node.kind",
+                format!("is {other:?} (set it to \"data\" or \"witness\")"),
+            ))
+        }
+    };
+    let listen_text = check.required(node.listen, "node.listen", "set it to ip:port")?;
+    let listen: SocketAddr = listen_text.parse().map_err(|_| {
+        check.err(
+            "node.listen",
+            format!("{listen_text:?} is not an ip:port address (for example \"10.0.0.1:7400\")"),
+        )
+    })?;
+    let state_dir = check.required(
+        node.state_dir,
+        "node.state_dir",
+        "set it to a directory the agent owns, such as /var/lib/pgfm",
+    )?;
+    let state_dir = check.absolute(state_dir, "node.state_dir")?;
+    Ok(NodeSection {
+        name,
+        kind,
+        listen,
+        state_dir,
+        priority: node.priority.unwrap_or(100),
+        promotable: node.promotable.unwrap_or(true),
+    })
+}
+
+/// `[[peers]]`: every agent once, this one too, at the address it listens on.
+fn parse_peers(
+    check: &Check,
+    raw: Vec<RawPeer>,
+    name: &str,
+    listen: SocketAddr,
+) -> Result<Vec<Peer>, ConfigError> {
+    let mut peers = Vec::new();
+    let mut names = BTreeSet::new();
+    let mut addresses = BTreeSet::new();
+    for (i, peer) in raw.into_iter().enumerate() {
+        let key = format!("peers[{i}]");
+        let peer_name = check.name(peer.name, &format!("{key}.name"))?;
+        let address = check.required(
+            peer.address,
+            &format!("{key}.address"),
+            "set it to the peer agent's ip:port",
+        )?;
+        if address.parse::<SocketAddr>().is_err() {
+            return Err(check.err(
+                &format!("{key}.address"),
+                format!("{address:?} is not an ip:port address"),
+            ));
+        }
+        if !names.insert(peer_name.clone()) {
+            return Err(check.err(
+                &format!("{key}.name"),
+                format!("{peer_name:?} is listed twice"),
+            ));
+        }
+        if !addresses.insert(address.clone()) {
+            return Err(check.err(
+                &format!("{key}.address"),
+                format!("{address:?} is used by two peers"),
+            ));
+        }
+        peers.push(Peer {
+            name: peer_name,
+            address,
+        });
+    }
+    match peers.iter().find(|p| p.name == name) {
+        None => {
+            return Err(check.err(
+                "peers",
+                format!("do not include this node {name:?} (list every agent, this one too)"),
+            ))
+        }
+        Some(me) if me.address.parse::<SocketAddr>().ok() != Some(listen) => {
+            return Err(check.err(
+                "peers",
+                format!(
+                    "give {name:?} the address {} but node.listen is {listen} (make them equal)",
+                    me.address
+                ),
+            ))
+        }
+        Some(_) => {}
+    }
+    Ok(peers)
+}
+
+/// `[postgres]`: required on a data node, refused on a witness.
+fn parse_postgres(
+    check: &Check,
+    raw: Option<RawPostgres>,
+    kind: NodeKind,
+    listen: SocketAddr,
+    state_dir: &Path,
+) -> Result<Option<PostgresConfig>, ConfigError> {
+    let pg = match (kind, raw) {
+        (NodeKind::Witness, Some(_)) => {
+            return Err(check.err(
+                "[postgres]",
+                "is set on a witness, which has no database (remove the section or set \
+                 node.kind = \"data\")",
+            ))
+        }
+        (NodeKind::Witness, None) => return Ok(None),
+        (NodeKind::Data, None) => {
+            return Err(check.err(
+                "[postgres]",
+                "is missing; a data node needs it (at least data_dir and port)",
+            ))
+        }
+        (NodeKind::Data, Some(pg)) => pg,
+    };
+    let data_dir = check.required(
+        pg.data_dir,
+        "postgres.data_dir",
+        "set it to the PGDATA directory",
+    )?;
+    let data_dir = check.absolute(data_dir, "postgres.data_dir")?;
+    let port = check.required(pg.port, "postgres.port", "set it, usually 5432")?;
+    if port == 0 {
+        return Err(check.err("postgres.port", "is 0 (use a real port such as 5432)"));
+    }
+    let host = pg.host.unwrap_or_else(|| listen.ip().to_string());
+    let bin_dir = pg
+        .bin_dir
+        .map(|p| check.absolute(p, "postgres.bin_dir"))
+        .transpose()?;
+    let socket_dir = pg
+        .socket_dir
+        .map(|p| check.absolute(p, "postgres.socket_dir"))
+        .transpose()?;
+    let passfile = pg
+        .passfile
+        .map(|p| check.absolute(p, "postgres.passfile"))
+        .transpose()?;
+    let log_file = pg
+        .log_file
+        .map(|p| check.absolute(p, "postgres.log_file"))
+        .transpose()?
+        .unwrap_or_else(|| state_dir.join("postgres.log"));
+    Ok(Some(PostgresConfig {
+        bin_dir,
+        data_dir,
+        listen_addresses: pg.listen_addresses.unwrap_or_else(|| host.clone()),
+        host,
+        port,
+        socket_dir,
+        os_user: pg.os_user.unwrap_or_else(|| "postgres".to_string()),
+        superuser: pg.superuser.unwrap_or_else(|| "postgres".to_string()),
+        replication_user: pg
+            .replication_user
+            .unwrap_or_else(|| "replicator".to_string()),
+        passfile,
+        log_file,
+    }))
+}
+
+/// `[timing]`: the probe and the lease.
+fn parse_timing(check: &Check, raw: &RawTiming) -> Result<Timing, ConfigError> {
+    let probe_interval = raw.probe_interval.unwrap_or(Duration::from_secs(1));
+    let probe_timeout = raw.probe_timeout.unwrap_or(Duration::from_secs(2));
+    let report_ttl = raw.report_ttl.unwrap_or(probe_interval * 3);
+    let start_timeout = raw.start_timeout.unwrap_or(Duration::from_secs(120));
+    if probe_interval < Duration::from_millis(100) {
+        return Err(check.err(
+            "timing.probe_interval",
+            format!("is {probe_interval:?}; use at least 100ms"),
+        ));
+    }
+    if report_ttl <= probe_interval {
+        return Err(check.err(
+            "timing.report_ttl",
+            format!(
+                "is {report_ttl:?}, not longer than timing.probe_interval \
+                 ({probe_interval:?}); every agent would flap between up and down \
+                 (make it at least twice the probe interval)"
+            ),
+        ));
+    }
+    let ms = |d: Duration| d.as_millis() as u64;
+    let defaults = LeaseSettings::default();
+    let lease = LeaseSettings {
+        lease_ms: raw.lease.map(ms).unwrap_or(defaults.lease_ms),
+        renew_interval_ms: raw
+            .renew_interval
+            .map(ms)
+            .unwrap_or(defaults.renew_interval_ms),
+        safety_margin_ms: raw
+            .safety_margin
+            .map(ms)
+            .unwrap_or(defaults.safety_margin_ms),
+        drift_margin_ms: raw.drift_margin.map(ms).unwrap_or(defaults.drift_margin_ms),
+    };
+    if let Some(problem) = lease.problem() {
+        return Err(check.err("[timing]", format!("lease settings do not work: {problem}")));
+    }
+    Ok(Timing {
+        probe_interval,
+        probe_timeout,
+        report_ttl,
+        start_timeout,
+        lease,
+    })
+}
+
+/// `failover.on_crash`, checked apart from the rest of `[failover]` (see `Config::parse`).
+fn parse_on_crash(check: &Check, raw: Option<&str>) -> Result<OnCrash, ConfigError> {
+    match raw {
+        None | Some("restart") => Ok(OnCrash::Restart),
+        Some("failover") => Ok(OnCrash::Failover),
+        Some(other) => Err(check.err(
+            "failover.on_crash",
+            format!("is {other:?} (set it to \"restart\" or \"failover\")"),
+        )),
+    }
+}
+
+/// `[failover]`, with `on_crash` already checked.
+fn parse_failover(
+    check: &Check,
+    raw: &RawFailover,
+    on_crash: OnCrash,
+) -> Result<Failover, ConfigError> {
+    let rejoin = match raw.rejoin.as_deref() {
+        None | Some("rewind-or-clone") => RejoinMode::RewindOrClone,
+        Some("rewind") => RejoinMode::Rewind,
+        Some("manual") => RejoinMode::Manual,
+        Some(other) => {
+            return Err(check.err(
+                "failover.rejoin",
+                format!("is {other:?} (set it to \"rewind\", \"rewind-or-clone\" or \"manual\")"),
+            ))
+        }
+    };
+    let switchover_timeout = raw.switchover_timeout.unwrap_or(Duration::from_secs(5));
+    if switchover_timeout < Duration::from_secs(1) {
+        return Err(check.err(
+            "failover.switchover_timeout",
+            format!(
+                "is {} (a clean shutdown and the target's replay need at least 1s; the \
+                 default is 5s)",
+                humantime::format_duration(switchover_timeout)
+            ),
+        ));
+    }
+    let start_attempts = raw.start_attempts.unwrap_or(3);
+    if start_attempts == 0 {
+        return Err(check.err(
+            "failover.start_attempts",
+            "is 0 (set it to at least 1; the default is 3)".to_string(),
+        ));
+    }
+    Ok(Failover {
+        max_lag: raw.max_lag.unwrap_or(1024 * 1024),
+        auto_failover: raw.auto_failover.unwrap_or(true),
+        on_crash,
+        crash_restart_bound: raw.crash_restart_bound.unwrap_or(Duration::from_secs(10)),
+        rejoin,
+        switchover_timeout,
+        start_attempts,
+    })
+}
+
+/// `[replication]`: synchronous replication.
+fn parse_replication(check: &Check, raw: &RawReplication) -> Result<SyncSettings, ConfigError> {
+    let mode = match raw.synchronous.as_deref() {
+        None | Some("off") => SyncMode::Off,
+        Some("on") => SyncMode::On,
+        Some("quorum") => SyncMode::Quorum,
+        Some(other) => {
+            return Err(check.err(
+                "replication.synchronous",
+                format!("is {other:?} (set it to \"off\", \"on\" or \"quorum\")"),
+            ))
+        }
+    };
+    let sync_standbys = raw.sync_standbys.unwrap_or(1);
+    if sync_standbys == 0 {
+        return Err(check.err(
+            "replication.sync_standbys",
+            "is 0 (at least 1; for no synchronous standby set synchronous = \"off\")",
+        ));
+    }
+    let strict = raw.strict.unwrap_or(false);
+    let minimum = match raw.minimum_standbys {
+        Some(m) if m > sync_standbys => {
+            return Err(check.err(
+                "replication.minimum_standbys",
+                format!(
+                    "is {m}, more than sync_standbys ({sync_standbys}) (at most \
+                     sync_standbys; that many is what strict = true means)"
+                ),
+            ))
+        }
+        Some(m) if strict && m != sync_standbys => {
+            return Err(check.err(
+                "replication.minimum_standbys",
+                format!(
+                    "is {m} with strict = true, which means minimum_standbys = \
+                     sync_standbys ({sync_standbys}) (set one of them, not both)"
+                ),
+            ))
+        }
+        Some(m) => m,
+        None if strict => sync_standbys,
+        None => 0,
+    };
+    Ok(SyncSettings {
+        mode,
+        standbys: sync_standbys,
+        minimum,
+    })
+}
+
+/// `[hooks]`: a blank command is no command.
+fn parse_hooks(raw: RawHooks) -> Hooks {
+    Hooks {
+        fence: raw.fence.filter(|c| !c.trim().is_empty()),
+        post_promotion: raw.post_promotion.filter(|c| !c.trim().is_empty()),
+        notification: raw.notification.filter(|c| !c.trim().is_empty()),
+        timeout: raw.timeout.unwrap_or(Duration::from_secs(30)),
+    }
+}
+
 fn parse_watchdog(
     check: &Check,
     raw: Option<RawWatchdog>,
@@ -451,18 +813,13 @@ impl Config {
     }
 
     /// Parse and validate config text; `file` is used in error messages.
+    ///
+    /// The sections are checked in a fixed order, so that a file with several mistakes
+    /// always reports the same one first: `failover.on_crash` comes before `[vip]` and the
+    /// rest of `[failover]` after `[watchdog]`, as they always have.
     pub fn parse(file: &Path, text: &str) -> Result<Config, ConfigError> {
         let check = Check { file };
-        let raw: RawConfig = toml::from_str(text).map_err(|e| {
-            let at = e
-                .span()
-                .map(|span| {
-                    let line = text[..span.start.min(text.len())].matches('\n').count() + 1;
-                    format!("line {line}: ")
-                })
-                .unwrap_or_default();
-            check.err("", format!("{at}{}", e.message().trim()))
-        })?;
+        let raw = parse_toml(&check, text)?;
 
         let cluster = check.name(raw.cluster, "cluster")?;
         let token_file = check.required(
@@ -472,333 +829,46 @@ impl Config {
         )?;
         let token_file = check.absolute(token_file, "token_file")?;
 
-        let node = check.required(raw.node, "[node]", "add a [node] section")?;
-        let name = check.name(node.name, "node.name")?;
-        let kind = match check
-            .required(node.kind, "node.kind", "set it to \"data\" or \"witness\"")?
-            .as_str()
-        {
-            "data" => NodeKind::Data,
-            "witness" => NodeKind::Witness,
-            other => {
-                return Err(check.err(
-                    "node.kind",
-                    format!("is {other:?} (set it to \"data\" or \"witness\")"),
-                ))
-            }
-        };
-        let listen_text = check.required(node.listen, "node.listen", "set it to ip:port")?;
-        let listen: SocketAddr = listen_text.parse().map_err(|_| {
-            check.err(
-                "node.listen",
-                format!(
-                    "{listen_text:?} is not an ip:port address (for example \"10.0.0.1:7400\")"
-                ),
-            )
-        })?;
-        let state_dir = check.required(
-            node.state_dir,
-            "node.state_dir",
-            "set it to a directory the agent owns, such as /var/lib/pgfm",
+        let node = parse_node(&check, raw.node)?;
+        let peers = parse_peers(&check, raw.peers, &node.name, node.listen)?;
+        let postgres = parse_postgres(
+            &check,
+            raw.postgres,
+            node.kind,
+            node.listen,
+            &node.state_dir,
         )?;
-        let state_dir = check.absolute(state_dir, "node.state_dir")?;
-
-        let mut peers = Vec::new();
-        let mut names = BTreeSet::new();
-        let mut addresses = BTreeSet::new();
-        for (i, peer) in raw.peers.into_iter().enumerate() {
-            let key = format!("peers[{i}]");
-            let peer_name = check.name(peer.name, &format!("{key}.name"))?;
-            let address = check.required(
-                peer.address,
-                &format!("{key}.address"),
-                "set it to the peer agent's ip:port",
-            )?;
-            if address.parse::<SocketAddr>().is_err() {
+        let timing = parse_timing(&check, &raw.timing)?;
+        let on_crash = parse_on_crash(&check, raw.failover.on_crash.as_deref())?;
+        let vip = match raw.vip {
+            None => None,
+            Some(_) if node.kind == NodeKind::Witness => {
                 return Err(check.err(
-                    &format!("{key}.address"),
-                    format!("{address:?} is not an ip:port address"),
-                ));
-            }
-            if !names.insert(peer_name.clone()) {
-                return Err(check.err(
-                    &format!("{key}.name"),
-                    format!("{peer_name:?} is listed twice"),
-                ));
-            }
-            if !addresses.insert(address.clone()) {
-                return Err(check.err(
-                    &format!("{key}.address"),
-                    format!("{address:?} is used by two peers"),
-                ));
-            }
-            peers.push(Peer {
-                name: peer_name,
-                address,
-            });
-        }
-        match peers.iter().find(|p| p.name == name) {
-            None => {
-                return Err(check.err(
-                    "peers",
-                    format!("do not include this node {name:?} (list every agent, this one too)"),
-                ))
-            }
-            Some(me) if me.address.parse::<SocketAddr>().ok() != Some(listen) => {
-                return Err(check.err(
-                    "peers",
-                    format!(
-                        "give {name:?} the address {} but node.listen is {listen} (make them equal)",
-                        me.address
-                    ),
-                ))
-            }
-            Some(_) => {}
-        }
-
-        let postgres = match (kind, raw.postgres) {
-            (NodeKind::Witness, Some(_)) => {
-                return Err(check.err(
-                    "[postgres]",
-                    "is set on a witness, which has no database (remove the section or set \
-                     node.kind = \"data\")",
-                ))
-            }
-            (NodeKind::Witness, None) => None,
-            (NodeKind::Data, None) => {
-                return Err(check.err(
-                    "[postgres]",
-                    "is missing; a data node needs it (at least data_dir and port)",
-                ))
-            }
-            (NodeKind::Data, Some(pg)) => {
-                let data_dir = check.required(
-                    pg.data_dir,
-                    "postgres.data_dir",
-                    "set it to the PGDATA directory",
-                )?;
-                let data_dir = check.absolute(data_dir, "postgres.data_dir")?;
-                let port = check.required(pg.port, "postgres.port", "set it, usually 5432")?;
-                if port == 0 {
-                    return Err(check.err("postgres.port", "is 0 (use a real port such as 5432)"));
-                }
-                let host = pg.host.unwrap_or_else(|| listen.ip().to_string());
-                let bin_dir = pg
-                    .bin_dir
-                    .map(|p| check.absolute(p, "postgres.bin_dir"))
-                    .transpose()?;
-                let socket_dir = pg
-                    .socket_dir
-                    .map(|p| check.absolute(p, "postgres.socket_dir"))
-                    .transpose()?;
-                let passfile = pg
-                    .passfile
-                    .map(|p| check.absolute(p, "postgres.passfile"))
-                    .transpose()?;
-                let log_file = pg
-                    .log_file
-                    .map(|p| check.absolute(p, "postgres.log_file"))
-                    .transpose()?
-                    .unwrap_or_else(|| state_dir.join("postgres.log"));
-                Some(PostgresConfig {
-                    bin_dir,
-                    data_dir,
-                    listen_addresses: pg.listen_addresses.unwrap_or_else(|| host.clone()),
-                    host,
-                    port,
-                    socket_dir,
-                    os_user: pg.os_user.unwrap_or_else(|| "postgres".to_string()),
-                    superuser: pg.superuser.unwrap_or_else(|| "postgres".to_string()),
-                    replication_user: pg
-                        .replication_user
-                        .unwrap_or_else(|| "replicator".to_string()),
-                    passfile,
-                    log_file,
-                })
-            }
-        };
-
-        let probe_interval = raw.timing.probe_interval.unwrap_or(Duration::from_secs(1));
-        let probe_timeout = raw.timing.probe_timeout.unwrap_or(Duration::from_secs(2));
-        let report_ttl = raw.timing.report_ttl.unwrap_or(probe_interval * 3);
-        let start_timeout = raw.timing.start_timeout.unwrap_or(Duration::from_secs(120));
-        if probe_interval < Duration::from_millis(100) {
-            return Err(check.err(
-                "timing.probe_interval",
-                format!("is {probe_interval:?}; use at least 100ms"),
-            ));
-        }
-        if report_ttl <= probe_interval {
-            return Err(check.err(
-                "timing.report_ttl",
-                format!(
-                    "is {report_ttl:?}, not longer than timing.probe_interval \
-                     ({probe_interval:?}); every agent would flap between up and down \
-                     (make it at least twice the probe interval)"
-                ),
-            ));
-        }
-        let ms = |d: Duration| d.as_millis() as u64;
-        let defaults = LeaseSettings::default();
-        let lease = LeaseSettings {
-            lease_ms: raw.timing.lease.map(ms).unwrap_or(defaults.lease_ms),
-            renew_interval_ms: raw
-                .timing
-                .renew_interval
-                .map(ms)
-                .unwrap_or(defaults.renew_interval_ms),
-            safety_margin_ms: raw
-                .timing
-                .safety_margin
-                .map(ms)
-                .unwrap_or(defaults.safety_margin_ms),
-            drift_margin_ms: raw
-                .timing
-                .drift_margin
-                .map(ms)
-                .unwrap_or(defaults.drift_margin_ms),
-        };
-        if let Some(problem) = lease.problem() {
-            return Err(check.err("[timing]", format!("lease settings do not work: {problem}")));
-        }
-        let on_crash = match raw.failover.on_crash.as_deref() {
-            None | Some("restart") => OnCrash::Restart,
-            Some("failover") => OnCrash::Failover,
-            Some(other) => {
-                return Err(check.err(
-                    "failover.on_crash",
-                    format!("is {other:?} (set it to \"restart\" or \"failover\")"),
-                ))
-            }
-        };
-        let vip =
-            match raw.vip {
-                None => None,
-                Some(_) if kind == NodeKind::Witness => return Err(check.err(
                     "vip",
-                    "is set on a witness, which never carries the virtual IP (remove the section)",
-                )),
-                Some(v) => Some(parse_vip(&check, v)?),
-            };
-        let mode = match raw.replication.synchronous.as_deref() {
-            None | Some("off") => SyncMode::Off,
-            Some("on") => SyncMode::On,
-            Some("quorum") => SyncMode::Quorum,
-            Some(other) => {
-                return Err(check.err(
-                    "replication.synchronous",
-                    format!("is {other:?} (set it to \"off\", \"on\" or \"quorum\")"),
+                    "is set on a witness, which never carries the virtual IP (remove the \
+                     section)",
                 ))
             }
+            Some(v) => Some(parse_vip(&check, v)?),
         };
-        let sync_standbys = raw.replication.sync_standbys.unwrap_or(1);
-        if sync_standbys == 0 {
-            return Err(check.err(
-                "replication.sync_standbys",
-                "is 0 (at least 1; for no synchronous standby set synchronous = \"off\")",
-            ));
-        }
-        let strict = raw.replication.strict.unwrap_or(false);
-        let minimum = match raw.replication.minimum_standbys {
-            Some(m) if m > sync_standbys => {
-                return Err(check.err(
-                    "replication.minimum_standbys",
-                    format!(
-                        "is {m}, more than sync_standbys ({sync_standbys}) (at most \
-                         sync_standbys; that many is what strict = true means)"
-                    ),
-                ))
-            }
-            Some(m) if strict && m != sync_standbys => {
-                return Err(check.err(
-                    "replication.minimum_standbys",
-                    format!(
-                        "is {m} with strict = true, which means minimum_standbys = \
-                         sync_standbys ({sync_standbys}) (set one of them, not both)"
-                    ),
-                ))
-            }
-            Some(m) => m,
-            None if strict => sync_standbys,
-            None => 0,
-        };
-        let sync = SyncSettings {
-            mode,
-            standbys: sync_standbys,
-            minimum,
-        };
-        let watchdog = parse_watchdog(&check, raw.watchdog, kind, &lease)?;
-        let rejoin = match raw.failover.rejoin.as_deref() {
-            None | Some("rewind-or-clone") => RejoinMode::RewindOrClone,
-            Some("rewind") => RejoinMode::Rewind,
-            Some("manual") => RejoinMode::Manual,
-            Some(other) => {
-                return Err(check.err(
-                    "failover.rejoin",
-                    format!(
-                        "is {other:?} (set it to \"rewind\", \"rewind-or-clone\" or \"manual\")"
-                    ),
-                ))
-            }
-        };
-        let switchover_timeout = raw
-            .failover
-            .switchover_timeout
-            .unwrap_or(Duration::from_secs(5));
-        if switchover_timeout < Duration::from_secs(1) {
-            return Err(check.err(
-                "failover.switchover_timeout",
-                format!(
-                    "is {} (a clean shutdown and the target's replay need at least 1s; the \
-                     default is 5s)",
-                    humantime::format_duration(switchover_timeout)
-                ),
-            ));
-        }
-        let start_attempts = raw.failover.start_attempts.unwrap_or(3);
-        if start_attempts == 0 {
-            return Err(check.err(
-                "failover.start_attempts",
-                "is 0 (set it to at least 1; the default is 3)".to_string(),
-            ));
-        }
+        let sync = parse_replication(&check, &raw.replication)?;
+        let watchdog = parse_watchdog(&check, raw.watchdog, node.kind, &timing.lease)?;
+        let failover = parse_failover(&check, &raw.failover, on_crash)?;
         Ok(Config {
             file: file.to_path_buf(),
             cluster,
             token_file,
-            name,
-            kind,
-            listen,
-            state_dir,
-            priority: node.priority.unwrap_or(100),
-            promotable: node.promotable.unwrap_or(true),
+            name: node.name,
+            kind: node.kind,
+            listen: node.listen,
+            state_dir: node.state_dir,
+            priority: node.priority,
+            promotable: node.promotable,
             peers,
             postgres,
-            timing: Timing {
-                probe_interval,
-                probe_timeout,
-                report_ttl,
-                start_timeout,
-                lease,
-            },
-            failover: Failover {
-                max_lag: raw.failover.max_lag.unwrap_or(1024 * 1024),
-                auto_failover: raw.failover.auto_failover.unwrap_or(true),
-                on_crash,
-                crash_restart_bound: raw
-                    .failover
-                    .crash_restart_bound
-                    .unwrap_or(Duration::from_secs(10)),
-                rejoin,
-                switchover_timeout,
-                start_attempts,
-            },
-            hooks: Hooks {
-                fence: raw.hooks.fence.filter(|c| !c.trim().is_empty()),
-                post_promotion: raw.hooks.post_promotion.filter(|c| !c.trim().is_empty()),
-                notification: raw.hooks.notification.filter(|c| !c.trim().is_empty()),
-                timeout: raw.hooks.timeout.unwrap_or(Duration::from_secs(30)),
-            },
+            timing,
+            failover,
+            hooks: parse_hooks(raw.hooks),
             vip,
             sync,
             watchdog,

@@ -818,14 +818,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let token = config.read_token()?;
     let _lock = lock_state_dir(&config)?;
     let postgres = postgres_for(&config)?;
-    let vip = match &config.vip {
-        Some(v) => Some(
-            pgfm_net::Vip::open(v.spec.clone())
-                .await
-                .with_context(|| format!("config {}: [vip] {}", config.file.display(), v.spec))?,
-        ),
-        None => None,
-    };
+    let vip = open_vip(&config).await?;
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
         .with_context(|| format!("listening on node.listen {}", config.listen))?;
@@ -871,14 +864,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         shutdown: tokio::sync::Notify::new(),
         watchdog: Mutex::new(host_watchdog),
     });
-    {
-        let state = agent.raft.state();
-        // As if just applied: this agent counts any lease (and switchover step) from its own
-        // start.
-        let mut seen = lock(&agent.renewal_seen);
-        seen.lease = (state.generation, state.lease_renewals, state.lease_released);
-        seen.switchover = state.switchover.clone();
-    }
+    count_from_start(&agent);
     tracing::info!(
         cluster = %agent.config.cluster,
         listen = %agent.config.listen,
@@ -886,51 +872,108 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         "agent started"
     );
 
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let server = serve_api(&agent, &raft, token, listener, stop_rx.clone());
+    let loops = spawn_loops(&agent, stop_rx);
+    wait_for_stop(&agent).await?;
+    let _ = stop_tx.send(true);
+    stop(&agent, &raft, loops, server).await;
+    Ok(())
+}
+
+/// `[vip]`: the virtual IP, opened on its interface.
+async fn open_vip(config: &Config) -> anyhow::Result<Option<pgfm_net::Vip>> {
+    Ok(match &config.vip {
+        Some(v) => Some(
+            pgfm_net::Vip::open(v.spec.clone())
+                .await
+                .with_context(|| format!("config {}: [vip] {}", config.file.display(), v.spec))?,
+        ),
+        None => None,
+    })
+}
+
+/// As if just applied: this agent counts any lease (and switchover step) from its own
+/// start.
+fn count_from_start(agent: &Agent) {
+    let state = agent.raft.state();
+    let mut seen = lock(&agent.renewal_seen);
+    seen.lease = (state.generation, state.lease_renewals, state.lease_released);
+    seen.switchover = state.switchover.clone();
+}
+
+/// Serve the agent's API and the coordinator's Raft RPCs on `listener`, behind the
+/// cluster token, until `stop` turns true.
+fn serve_api(
+    agent: &Arc<Agent>,
+    raft: &EmbeddedRaft,
+    token: Arc<str>,
+    listener: tokio::net::TcpListener,
+    mut stop: watch::Receiver<bool>,
+) -> tokio::task::JoinHandle<std::io::Result<()>> {
     let app = pgfm_api::router(agent.clone())
         .merge(pgfm_coord::http::router(raft.clone()))
         .layer(axum::middleware::from_fn_with_state(
             token,
             pgfm_api::auth::require_token,
         ));
-    let (stop_tx, stop_rx) = watch::channel(false);
-    let server = {
-        let mut stop = stop_rx.clone();
-        tokio::spawn(async move {
-            let service = app.into_make_service_with_connect_info::<SocketAddr>();
-            axum::serve(listener, service)
-                .with_graceful_shutdown(async move {
-                    let _ = stop.changed().await;
-                })
-                .await
-        })
-    };
+    tokio::spawn(async move {
+        let service = app.into_make_service_with_connect_info::<SocketAddr>();
+        axum::serve(listener, service)
+            .with_graceful_shutdown(async move {
+                let _ = stop.changed().await;
+            })
+            .await
+    })
+}
+
+/// The agent's loops, each running until `stop` turns true.
+struct Loops {
+    probe: tokio::task::JoinHandle<()>,
+    decide: tokio::task::JoinHandle<()>,
+    coordinate: tokio::task::JoinHandle<()>,
+    renewals: tokio::task::JoinHandle<()>,
+    lease: tokio::task::JoinHandle<()>,
+}
+
+fn spawn_loops(agent: &Arc<Agent>, stop: watch::Receiver<bool>) -> Loops {
     let span = tracing::Span::current();
     let probe = tokio::spawn(
         agent
             .clone()
-            .probe_loop(stop_rx.clone())
+            .probe_loop(stop.clone())
             .instrument(span.clone()),
     );
     let decide = tokio::spawn(
         agent
             .clone()
-            .decide_loop(stop_rx.clone())
+            .decide_loop(stop.clone())
             .instrument(span.clone()),
     );
     let coordinate = tokio::spawn(
         agent
             .clone()
-            .coordinate_loop(stop_rx.clone())
+            .coordinate_loop(stop.clone())
             .instrument(span.clone()),
     );
     let renewals = tokio::spawn(
         agent
             .clone()
-            .renewal_watch(stop_rx.clone())
+            .renewal_watch(stop.clone())
             .instrument(span.clone()),
     );
-    let lease = tokio::spawn(agent.clone().lease_loop(stop_rx).instrument(span));
+    let lease = tokio::spawn(agent.clone().lease_loop(stop).instrument(span));
+    Loops {
+        probe,
+        decide,
+        coordinate,
+        renewals,
+        lease,
+    }
+}
 
+/// Wait for SIGTERM, SIGINT or a stop request.
+async fn wait_for_stop(agent: &Agent) -> anyhow::Result<()> {
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .context("installing the SIGTERM handler")?;
     tokio::select! {
@@ -942,18 +985,27 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             tracing::info!("stop requested: stopping the agent (PostgreSQL keeps running)");
         }
     }
-    let _ = stop_tx.send(true);
+    Ok(())
+}
+
+/// Once the loops are told to stop: wait for them, then release the VIP, stop Raft and
+/// the API server.
+async fn stop(
+    agent: &Agent,
+    raft: &EmbeddedRaft,
+    loops: Loops,
+    server: tokio::task::JoinHandle<std::io::Result<()>>,
+) {
     // PostgreSQL keeps running: a graceful stop must not reset the host, however long the
     // other loops take to end their current action. The lease loop, the only feeder, ends
     // first.
-    let _ = lease.await;
+    let _ = loops.lease.await;
     lock(&agent.watchdog).stop(agent.raft.state().generation);
-    let _ = tokio::join!(probe, decide, coordinate, renewals);
+    let _ = tokio::join!(loops.probe, loops.decide, loops.coordinate, loops.renewals);
     // Clients must not keep writing to a primary no agent watches over.
     agent
         .release_vip(agent.raft.state().generation, "the agent is stopping")
         .await;
     raft.shutdown().await;
     let _ = server.await;
-    Ok(())
 }

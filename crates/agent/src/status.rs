@@ -28,72 +28,11 @@ pub fn build(ctx: &Context<'_>, view: &ClusterView) -> ClusterStatus {
     let state = &view.state;
     let primary_report = standing::serving_primary(view, ctx.now_ms);
 
-    let mut nodes = Vec::new();
-    for (name, agent_address) in ctx.voters {
-        let node = standing::of(view, name, ctx.now_ms);
-        let member = node.member;
-        let report = node.report;
-        let (address, agent_port) = split_address(agent_address);
-        let kind = match node.role {
-            Role::Primary => NodeKindStatus::Primary,
-            Role::Standby => NodeKindStatus::Standby,
-            Role::Idle => NodeKindStatus::Idle,
-            Role::Witness => NodeKindStatus::Witness,
-        };
-        let db_up = report.is_some_and(|r| r.db_up);
-
-        let mut info = report.map(|r| r.info.clone()).unwrap_or_default();
-        if report.is_none() {
-            info = match view.reports.get(name) {
-                Some(_) => "agent stopped reporting".to_string(),
-                None => "no report from this agent yet".to_string(),
-            };
-        } else if info.is_empty() && kind == NodeKindStatus::Standby {
-            let receiver = report.and_then(|r| r.receiver.clone());
-            info = match (receiver, &state.primary) {
-                (Some(status), Some(p)) => format!("{status} from {p}"),
-                _ => "not receiving WAL".to_string(),
-            };
-        }
-
-        nodes.push(NodeStatus {
-            name: name.clone(),
-            kind,
-            agent: if report.is_some() { Up::Up } else { Up::Down },
-            db: if kind == NodeKindStatus::Witness {
-                DbStatus::NotApplicable
-            } else if db_up {
-                DbStatus::Up
-            } else {
-                DbStatus::Down
-            },
-            address,
-            agent_port,
-            pg_port: member.and_then(|m| m.pg_port),
-            lsn: node.lsn(),
-            replayed_lsn: report.and_then(|r| r.replayed_lsn),
-            timeline: report.and_then(|r| r.timeline),
-            lag_bytes: node.lag_bytes,
-            in_sync: node.in_sync,
-            priority: member
-                .filter(|m| m.kind == NodeKind::Data)
-                .map(|m| m.priority),
-            promotable: member
-                .filter(|m| m.kind == NodeKind::Data)
-                .map(|m| m.promotable),
-            vip: report.and_then(|r| r.vip.as_ref()).map(|v| v.held),
-            sync_state: node.sender.map(|s| s.sync_state.clone()),
-            watchdog: report
-                .and_then(|r| r.watchdog.as_ref())
-                .map(|w| WatchdogStatus {
-                    mode: w.mode,
-                    armed: w.armed,
-                    timeout_s: view.settings.lease.watchdog_timeout_s(),
-                    problem: w.problem.clone(),
-                }),
-            info,
-        });
-    }
+    let nodes: Vec<NodeStatus> = ctx
+        .voters
+        .iter()
+        .map(|(name, agent_address)| node_status(view, ctx.now_ms, name, agent_address))
+        .collect();
 
     let mut problems = ctx.problems.clone();
     let vip = vip_status(view, ctx.now_ms, &nodes);
@@ -130,6 +69,84 @@ pub fn build(ctx: &Context<'_>, view: &ClusterView) -> ClusterStatus {
         synchronous: sync_status(view, primary_report),
         problems,
     }
+}
+
+/// One row of the members table: how `name` stands, as core judges it, and what its
+/// agent last reported.
+fn node_status(view: &ClusterView, now_ms: u64, name: &str, agent_address: &str) -> NodeStatus {
+    let node = standing::of(view, name, now_ms);
+    let member = node.member;
+    let report = node.report;
+    let (address, agent_port) = split_address(agent_address);
+    let kind = match node.role {
+        Role::Primary => NodeKindStatus::Primary,
+        Role::Standby => NodeKindStatus::Standby,
+        Role::Idle => NodeKindStatus::Idle,
+        Role::Witness => NodeKindStatus::Witness,
+    };
+    let db_up = report.is_some_and(|r| r.db_up);
+    let info = node_info(view, name, report, kind);
+    NodeStatus {
+        name: name.to_string(),
+        kind,
+        agent: if report.is_some() { Up::Up } else { Up::Down },
+        db: if kind == NodeKindStatus::Witness {
+            DbStatus::NotApplicable
+        } else if db_up {
+            DbStatus::Up
+        } else {
+            DbStatus::Down
+        },
+        address,
+        agent_port,
+        pg_port: member.and_then(|m| m.pg_port),
+        lsn: node.lsn(),
+        replayed_lsn: report.and_then(|r| r.replayed_lsn),
+        timeline: report.and_then(|r| r.timeline),
+        lag_bytes: node.lag_bytes,
+        in_sync: node.in_sync,
+        priority: member
+            .filter(|m| m.kind == NodeKind::Data)
+            .map(|m| m.priority),
+        promotable: member
+            .filter(|m| m.kind == NodeKind::Data)
+            .map(|m| m.promotable),
+        vip: report.and_then(|r| r.vip.as_ref()).map(|v| v.held),
+        sync_state: node.sender.map(|s| s.sync_state.clone()),
+        watchdog: report
+            .and_then(|r| r.watchdog.as_ref())
+            .map(|w| WatchdogStatus {
+                mode: w.mode,
+                armed: w.armed,
+                timeout_s: view.settings.lease.watchdog_timeout_s(),
+                problem: w.problem.clone(),
+            }),
+        info,
+    }
+}
+
+/// The Info column: what the agent reported, or why there is no report, or for a
+/// standby with nothing to say, where it receives WAL from.
+fn node_info(
+    view: &ClusterView,
+    name: &str,
+    report: Option<&pgfm_core::NodeReport>,
+    kind: NodeKindStatus,
+) -> String {
+    let mut info = report.map(|r| r.info.clone()).unwrap_or_default();
+    if report.is_none() {
+        info = match view.reports.get(name) {
+            Some(_) => "agent stopped reporting".to_string(),
+            None => "no report from this agent yet".to_string(),
+        };
+    } else if info.is_empty() && kind == NodeKindStatus::Standby {
+        let receiver = report.and_then(|r| r.receiver.clone());
+        info = match (receiver, &view.state.primary) {
+            (Some(status), Some(p)) => format!("{status} from {p}"),
+            _ => "not receiving WAL".to_string(),
+        };
+    }
+    info
 }
 
 /// Synchronous replication as set, as committed and as the primary does it (None when it

@@ -14,15 +14,27 @@ fn escape(value: &str) -> String {
 pub fn render(m: &Metrics) -> String {
     let node = escape(&m.node);
     let mut out = String::new();
-    let mut gauge = |name: &str, help: &str, kind: &str, lines: Vec<(String, String)>| {
-        let _ = writeln!(out, "# HELP {name} {help}");
-        let _ = writeln!(out, "# TYPE {name} {kind}");
-        for (labels, value) in lines {
-            let _ = writeln!(out, "{name}{{{labels}}} {value}");
-        }
-    };
+    role_families(&mut out, m, &node);
+    event_families(&mut out, m, &node);
+    health_families(&mut out, m, &node);
+    sync_families(&mut out, m, &node);
+    out
+}
+
+/// One metric family: its help and type lines, then one sample per (labels, value).
+fn family(out: &mut String, name: &str, help: &str, kind: &str, lines: Vec<(String, String)>) {
+    let _ = writeln!(out, "# HELP {name} {help}");
+    let _ = writeln!(out, "# TYPE {name} {kind}");
+    for (labels, value) in lines {
+        let _ = writeln!(out, "{name}{{{labels}}} {value}");
+    }
+}
+
+/// This node's role, the generation, whether it coordinates, and its lease.
+fn role_families(out: &mut String, m: &Metrics, node: &str) {
     let roles = ["primary", "standby", "witness", "idle"];
-    gauge(
+    family(
+        out,
         "pgfm_role",
         "1 for this node's current role.",
         "gauge",
@@ -36,13 +48,15 @@ pub fn render(m: &Metrics) -> String {
             })
             .collect(),
     );
-    gauge(
+    family(
+        out,
         "pgfm_generation",
         "The committed generation (promotions so far, plus one).",
         "gauge",
         vec![(format!("node=\"{node}\""), m.generation.to_string())],
     );
-    gauge(
+    family(
+        out,
         "pgfm_coordinator",
         "1 when this agent is the coordinator.",
         "gauge",
@@ -51,7 +65,8 @@ pub fn render(m: &Metrics) -> String {
             u8::from(m.is_coordinator).to_string(),
         )],
     );
-    gauge(
+    family(
+        out,
         "pgfm_lease_remaining_seconds",
         "Time left on this node's primary lease (absent when it holds none).",
         "gauge",
@@ -64,19 +79,30 @@ pub fn render(m: &Metrics) -> String {
             })
             .unwrap_or_default(),
     );
-    gauge(
+}
+
+/// The failovers and switchovers committed.
+fn event_families(out: &mut String, m: &Metrics, node: &str) {
+    family(
+        out,
         "pgfm_failovers_total",
         "Automatic and operator failovers committed.",
         "counter",
         vec![(format!("node=\"{node}\""), m.failovers_total.to_string())],
     );
-    gauge(
+    family(
+        out,
         "pgfm_switchovers_total",
         "Planned switchovers committed.",
         "counter",
         vec![(format!("node=\"{node}\""), m.switchovers_total.to_string())],
     );
-    gauge(
+}
+
+/// The probe's latency, the standbys' lag and which agents report.
+fn health_families(out: &mut String, m: &Metrics, node: &str) {
+    family(
+        out,
         "pgfm_probe_latency_seconds",
         "Duration of this agent's last probe of its PostgreSQL.",
         "gauge",
@@ -89,7 +115,8 @@ pub fn render(m: &Metrics) -> String {
             })
             .unwrap_or_default(),
     );
-    gauge(
+    family(
+        out,
         "pgfm_standby_lag_bytes",
         "Replay lag of each standby behind the primary.",
         "gauge",
@@ -103,7 +130,8 @@ pub fn render(m: &Metrics) -> String {
             })
             .collect(),
     );
-    gauge(
+    family(
+        out,
         "pgfm_agent_up",
         "1 when the member's agent reports, as this agent sees it.",
         "gauge",
@@ -117,7 +145,13 @@ pub fn render(m: &Metrics) -> String {
             })
             .collect(),
     );
-    gauge(
+}
+
+/// Synchronous replication: how many standbys a commit waits for, and whether fewer
+/// than asked.
+fn sync_families(out: &mut String, m: &Metrics, node: &str) {
+    family(
+        out,
         "pgfm_sync_standbys",
         "How many standbys each commit waits for now (synchronous replication only).",
         "gauge",
@@ -126,7 +160,8 @@ pub fn render(m: &Metrics) -> String {
             .map(|(n, _)| (format!("node=\"{node}\""), n.to_string()))
             .collect(),
     );
-    gauge(
+    family(
+        out,
         "pgfm_sync_degraded",
         "1 when commits wait for fewer standbys than asked (synchronous replication only).",
         "gauge",
@@ -135,7 +170,6 @@ pub fn render(m: &Metrics) -> String {
             .map(|(_, d)| (format!("node=\"{node}\""), u8::from(*d).to_string()))
             .collect(),
     );
-    out
 }
 
 #[cfg(test)]

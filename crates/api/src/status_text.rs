@@ -57,7 +57,18 @@ const RULE: &str = "------------------------------------------------------------
 
 pub fn render(s: &ClusterStatus) -> String {
     let mut out = String::new();
-    let w = &mut out;
+    header(&mut out, s);
+    members(&mut out, s);
+    lists(&mut out, s);
+    promote_status(&mut out, s);
+    idle_nodes(&mut out, s);
+    problems(&mut out, s);
+    out
+}
+
+/// The cluster's name, whether failover is automatic, the coordinator, the VIP, the
+/// synchronous mode and the watchdogs.
+fn header(w: &mut String, s: &ClusterStatus) {
     let _ = writeln!(w, "Cluster Status: {}", s.cluster);
     if s.paused {
         let _ = writeln!(
@@ -88,6 +99,10 @@ pub fn render(s: &ClusterStatus) -> String {
         let _ = writeln!(w, "{line}");
     }
     let _ = writeln!(w);
+}
+
+/// The members table, with a VIP column when the cluster has a virtual IP.
+fn members(w: &mut String, s: &ClusterStatus) {
     // EFM's VIP column: the address on the node that carries it, marked with '*'.
     let vip_column = |n: &NodeStatus| match (&s.vip, n.vip) {
         (Some(vip), Some(true)) => {
@@ -127,12 +142,20 @@ pub fn render(s: &ClusterStatus) -> String {
         let _ = writeln!(w, "{}", line.trim_end());
     }
     let _ = writeln!(w);
+}
+
+/// The allowed node list and the standby priority list.
+fn lists(w: &mut String, s: &ClusterStatus) {
     let _ = writeln!(w, "Allowed node list:");
     let _ = writeln!(w, "\t{}", list(&s.allowed));
     let _ = writeln!(w);
     let _ = writeln!(w, "Standby priority list:");
     let _ = writeln!(w, "\t{}", list(&s.priority_list));
     let _ = writeln!(w);
+}
+
+/// The primary's and the standbys' WAL positions, then whether a standby can be promoted.
+fn promote_status(w: &mut String, s: &ClusterStatus) {
     let _ = writeln!(w, "Promote Status:");
     let _ = writeln!(w);
     let _ = writeln!(
@@ -145,35 +168,7 @@ pub fn render(s: &ClusterStatus) -> String {
         .iter()
         .filter(|n| matches!(n.kind, NodeKindStatus::Primary | NodeKindStatus::Standby))
     {
-        let info = match n.kind {
-            NodeKindStatus::Primary => n
-                .timeline
-                .map(|t| format!("timeline {t}"))
-                .unwrap_or_default(),
-            _ => {
-                let replayed = n
-                    .replayed_lsn
-                    .map(|l| format!("replayed {l}"))
-                    .unwrap_or_else(|| "replayed ?".into());
-                let lag = n
-                    .lag_bytes
-                    .map(|l| format!(", lag {}", bytes(l)))
-                    .unwrap_or_default();
-                let sync = match n.in_sync {
-                    Some(false) => ", NOT in sync",
-                    _ => "",
-                };
-                // With synchronous replication: what the primary's pg_stat_replication says.
-                let role = match (&s.synchronous, n.sync_state.as_deref()) {
-                    (Some(_), Some("sync")) => ", synchronous",
-                    (Some(_), Some("quorum")) => ", in the synchronous quorum",
-                    (Some(_), Some("potential")) => ", potential synchronous",
-                    (Some(_), Some("async")) => ", asynchronous",
-                    _ => "",
-                };
-                format!("{replayed}{lag}{sync}{role}")
-            }
-        };
+        let info = promote_info(n, s);
         let lsn = n
             .lsn
             .map(|l| l.to_string())
@@ -190,38 +185,80 @@ pub fn render(s: &ClusterStatus) -> String {
     }
     let _ = writeln!(w);
     let _ = writeln!(w, "\t{}", s.promote_status.message);
+}
 
+/// The Info column of the promote status: the primary's timeline, or how far a standby
+/// has replayed and how it replicates.
+fn promote_info(n: &NodeStatus, s: &ClusterStatus) -> String {
+    match n.kind {
+        NodeKindStatus::Primary => n
+            .timeline
+            .map(|t| format!("timeline {t}"))
+            .unwrap_or_default(),
+        _ => {
+            let replayed = n
+                .replayed_lsn
+                .map(|l| format!("replayed {l}"))
+                .unwrap_or_else(|| "replayed ?".into());
+            let lag = n
+                .lag_bytes
+                .map(|l| format!(", lag {}", bytes(l)))
+                .unwrap_or_default();
+            let sync = match n.in_sync {
+                Some(false) => ", NOT in sync",
+                _ => "",
+            };
+            // With synchronous replication: what the primary's pg_stat_replication says.
+            let role = match (&s.synchronous, n.sync_state.as_deref()) {
+                (Some(_), Some("sync")) => ", synchronous",
+                (Some(_), Some("quorum")) => ", in the synchronous quorum",
+                (Some(_), Some("potential")) => ", potential synchronous",
+                (Some(_), Some("async")) => ", asynchronous",
+                _ => "",
+            };
+            format!("{replayed}{lag}{sync}{role}")
+        }
+    }
+}
+
+/// The idle nodes, if any.
+fn idle_nodes(w: &mut String, s: &ClusterStatus) {
     let idle: Vec<&NodeStatus> = s
         .nodes
         .iter()
         .filter(|n| n.kind == NodeKindStatus::Idle)
         .collect();
-    if !idle.is_empty() {
-        let _ = writeln!(w);
-        let _ = writeln!(
-            w,
-            "Idle Node Status (idle nodes are not candidates for promotion):"
-        );
-        let _ = writeln!(w);
-        let _ = writeln!(w, "\tName        Address                WAL Loc      Info");
-        let _ = writeln!(w, "\t{RULE}");
-        for n in idle {
-            let lsn = n
-                .lsn
-                .map(|l| l.to_string())
-                .unwrap_or_else(|| "UNKNOWN".into());
-            let line = format!("\t{:<11} {:<22} {:<12} {}", n.name, address(n), lsn, n.info);
-            let _ = writeln!(w, "{}", line.trim_end());
-        }
+    if idle.is_empty() {
+        return;
     }
-    if !s.problems.is_empty() {
-        let _ = writeln!(w);
-        let _ = writeln!(w, "Problems:");
-        for p in &s.problems {
-            let _ = writeln!(w, "\t{p}");
-        }
+    let _ = writeln!(w);
+    let _ = writeln!(
+        w,
+        "Idle Node Status (idle nodes are not candidates for promotion):"
+    );
+    let _ = writeln!(w);
+    let _ = writeln!(w, "\tName        Address                WAL Loc      Info");
+    let _ = writeln!(w, "\t{RULE}");
+    for n in idle {
+        let lsn = n
+            .lsn
+            .map(|l| l.to_string())
+            .unwrap_or_else(|| "UNKNOWN".into());
+        let line = format!("\t{:<11} {:<22} {:<12} {}", n.name, address(n), lsn, n.info);
+        let _ = writeln!(w, "{}", line.trim_end());
     }
-    out
+}
+
+/// The problems, if any.
+fn problems(w: &mut String, s: &ClusterStatus) {
+    if s.problems.is_empty() {
+        return;
+    }
+    let _ = writeln!(w);
+    let _ = writeln!(w, "Problems:");
+    for p in &s.problems {
+        let _ = writeln!(w, "\t{p}");
+    }
 }
 
 /// The text of `pgfm node-status`.

@@ -68,6 +68,7 @@ fn keys(value: &Value) -> BTreeSet<String> {
     value.as_object().unwrap().keys().cloned().collect()
 }
 
+// Long: one value of every API type, each checked against its schema; it reads best in one piece.
 #[test]
 fn schemas_match_the_json_the_code_writes() {
     use pgfm_api::*;

@@ -12,7 +12,7 @@ use std::net::SocketAddr;
 use crate::decide::ClusterView;
 use crate::model::{ClusterState, Command, CommandError, Switchover, SyncMode, SyncSettings};
 use crate::standing::{self, Role};
-use crate::types::Generation;
+use crate::types::{Generation, Lsn};
 
 /// Why an operator command was refused. Nothing was changed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -307,87 +307,18 @@ pub fn check_promote(
 ) -> Result<PromotePlan, Refusal> {
     let state = &view.state;
     if let Some(sw) = &state.switchover {
-        // --force finishes the switchover under way whatever step it is at: the primary
-        // hands over without waiting for the target to stream, and the target is
-        // promoted without waiting for the final record.
-        if !force || to.is_some_and(|to| to != sw.to) {
-            return Err(Refusal::SwitchoverToFinish {
-                from: sw.from.clone(),
-                to: sw.to.clone(),
-            });
-        }
-        let plan = PromotePlan::FinishSwitchover(sw.clone());
-        accepted(state, plan.command())?;
-        return Ok(plan);
+        return finish_switchover(state, sw, to, force);
     }
     let Some(from) = state.primary.clone() else {
         return Err(Refusal::NoPrimaryYet);
     };
-    let alive = standing::serving_primary(view, now_ms).is_some();
-    // Not only fresh reports: the old primary's last word counts as the best position.
-    let best = view
-        .reports
-        .values()
-        .filter_map(|o| o.report.wal_position())
-        .max();
-    let standbys: Vec<(&str, standing::Standing)> = view
-        .voters
-        .iter()
-        .map(|name| (name.as_str(), standing::of(view, name, now_ms)))
-        .filter(|(_, s)| s.promotable_standby())
-        .collect();
-    // How far behind: None when unknown (only with a running primary that has no position
-    // for it, which never counts as in sync).
-    let behind = |s: &standing::Standing| -> Option<u64> {
-        if alive {
-            s.lag_bytes
-        } else {
-            Some(
-                best.zip(s.lsn())
-                    .map(|(b, l)| b.bytes_after(l))
-                    .unwrap_or(0),
-            )
-        }
-    };
-    let target = match to {
-        Some(to) => {
-            known(view, to)?;
-            if to == from {
-                return Err(Refusal::AlreadyPrimary(to.to_string()));
-            }
-            match standbys.iter().find(|(name, _)| *name == to) {
-                Some(target) => Some(target),
-                None => return Err(Refusal::NotAPromotableStandby(to.to_string())),
-            }
-        }
-        None => standbys.iter().min_by_key(|(_, s)| {
-            (
-                behind(s).unwrap_or(u64::MAX),
-                std::cmp::Reverse(s.member.map(|m| m.priority)),
-            )
-        }),
-    };
+    let candidates = Candidates::of(view, now_ms);
+    let target = candidates.target(view, to, &from)?;
     if let Some((name, s)) = target {
-        let lag = behind(s);
-        let lagging = if alive {
-            s.in_sync != Some(true)
-        } else {
-            lag.is_some_and(|lag| lag > view.settings.max_lag)
-        };
-        if lagging && !force {
-            return Err(Refusal::Lagging {
-                node: name.to_string(),
-                lag,
-                against: if alive {
-                    LagAgainst::Primary
-                } else {
-                    LagAgainst::BestKnown
-                },
-            });
-        }
+        candidates.refuse_lagging(view, name, s, force)?;
     }
     let to = target.map(|(name, _)| name.to_string());
-    let plan = if alive {
+    let plan = if candidates.alive {
         let Some(to) = to else {
             return Err(Refusal::NoStandbyToPromote);
         };
@@ -407,6 +338,132 @@ pub fn check_promote(
     };
     accepted(state, plan.command())?;
     Ok(plan)
+}
+
+/// `pgfm promote` during a switchover: only `--force`, to the switchover's own target.
+fn finish_switchover(
+    state: &ClusterState,
+    sw: &Switchover,
+    to: Option<&str>,
+    force: bool,
+) -> Result<PromotePlan, Refusal> {
+    // --force finishes the switchover under way whatever step it is at: the primary
+    // hands over without waiting for the target to stream, and the target is
+    // promoted without waiting for the final record.
+    if !force || to.is_some_and(|to| to != sw.to) {
+        return Err(Refusal::SwitchoverToFinish {
+            from: sw.from.clone(),
+            to: sw.to.clone(),
+        });
+    }
+    let plan = PromotePlan::FinishSwitchover(sw.clone());
+    accepted(state, plan.command())?;
+    Ok(plan)
+}
+
+/// The standbys `pgfm promote` may choose from, and what their lag is measured against.
+struct Candidates<'a> {
+    /// The primary runs (and serves).
+    alive: bool,
+    /// The most advanced position any node reported. Not only fresh reports: the old
+    /// primary's last word counts as the best position.
+    best: Option<Lsn>,
+    /// The running, promotable standbys.
+    standbys: Vec<(&'a str, standing::Standing<'a>)>,
+}
+
+impl<'a> Candidates<'a> {
+    fn of(view: &'a ClusterView, now_ms: u64) -> Candidates<'a> {
+        let alive = standing::serving_primary(view, now_ms).is_some();
+        let best = view
+            .reports
+            .values()
+            .filter_map(|o| o.report.wal_position())
+            .max();
+        let standbys = view
+            .voters
+            .iter()
+            .map(|name| (name.as_str(), standing::of(view, name, now_ms)))
+            .filter(|(_, s)| s.promotable_standby())
+            .collect();
+        Candidates {
+            alive,
+            best,
+            standbys,
+        }
+    }
+
+    /// How far behind: None when unknown (only with a running primary that has no
+    /// position for it, which never counts as in sync).
+    fn behind(&self, s: &standing::Standing) -> Option<u64> {
+        if self.alive {
+            s.lag_bytes
+        } else {
+            Some(
+                self.best
+                    .zip(s.lsn())
+                    .map(|(b, l)| b.bytes_after(l))
+                    .unwrap_or(0),
+            )
+        }
+    }
+
+    /// The standby named `to`, or the least behind (the higher priority on a tie); None
+    /// when there is none.
+    fn target(
+        &self,
+        view: &ClusterView,
+        to: Option<&str>,
+        from: &str,
+    ) -> Result<Option<&(&'a str, standing::Standing<'a>)>, Refusal> {
+        match to {
+            Some(to) => {
+                known(view, to)?;
+                if to == from {
+                    return Err(Refusal::AlreadyPrimary(to.to_string()));
+                }
+                match self.standbys.iter().find(|(name, _)| *name == to) {
+                    Some(target) => Ok(Some(target)),
+                    None => Err(Refusal::NotAPromotableStandby(to.to_string())),
+                }
+            }
+            None => Ok(self.standbys.iter().min_by_key(|(_, s)| {
+                (
+                    self.behind(s).unwrap_or(u64::MAX),
+                    std::cmp::Reverse(s.member.map(|m| m.priority)),
+                )
+            })),
+        }
+    }
+
+    /// Refuse a target that could lose data, unless `force`: with a running primary, one
+    /// not in sync with it; without, one more than `max_lag` behind the best position.
+    fn refuse_lagging(
+        &self,
+        view: &ClusterView,
+        name: &str,
+        s: &standing::Standing,
+        force: bool,
+    ) -> Result<(), Refusal> {
+        let lag = self.behind(s);
+        let lagging = if self.alive {
+            s.in_sync != Some(true)
+        } else {
+            lag.is_some_and(|lag| lag > view.settings.max_lag)
+        };
+        if lagging && !force {
+            return Err(Refusal::Lagging {
+                node: name.to_string(),
+                lag,
+                against: if self.alive {
+                    LagAgainst::Primary
+                } else {
+                    LagAgainst::BestKnown
+                },
+            });
+        }
+        Ok(())
+    }
 }
 
 /// `pgfm set-priority NODE PRIORITY`: a data member's failover preference (0: never).
@@ -586,6 +643,7 @@ mod tests {
         )
     }
 
+    // Long: one table, a row per fault and request; it reads best in one piece.
     #[test]
     fn switchover() {
         let check = |data_nodes: usize, fault: Fault, to: Option<&str>, expected: &str| {
@@ -757,6 +815,7 @@ mod tests {
         );
     }
 
+    // Long: one table, a row per fault and request; it reads best in one piece.
     #[test]
     fn promote() {
         let check =

@@ -154,6 +154,9 @@ fn healthy(status: &ClusterStatus) -> Option<ClusterStatus> {
     (status.healthy() && standbys_in_sync && status.sync_settled()).then(|| status.clone())
 }
 
+/// One fault against the lab: wait for a healthy cluster, start the writer, inject the
+/// fault, wait until writes flow steadily again, bring the old primary back, and count
+/// what was lost. Returns the first id the next run may use.
 async fn one_run(
     driver: &LabDriver,
     scenario: Scenario,
@@ -166,67 +169,13 @@ async fn one_run(
     let generation = before.generation;
 
     let (writer, watch) = start_load(driver, first_id)?;
-
-    // Warm up: the writer must be writing before the fault.
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while writer.count() < 50 {
-        if Instant::now() > deadline {
-            bail!("the writer could not write before the fault");
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-
+    warm_up(&writer).await?;
     let fault = Instant::now();
     match scenario {
         Scenario::PrimaryIsolation => driver.partition(&old)?,
         _ => driver.kill(&old, scenario == Scenario::PostmasterCrash)?,
     }
-    // Done when a new primary leads a new generation (after a host death or an isolation)
-    // and writes have then flowed without a gap for a second (a backend that outlived its
-    // postmaster may acknowledge one more write right after the fault; a cut-off primary
-    // acknowledges writes until it fences itself).
-    let deadline = Instant::now() + settle;
-    let mut promoted_at = (scenario == Scenario::PostmasterCrash).then_some(fault);
-    loop {
-        let steady = writer
-            .acks
-            .lock()
-            .map(|a| {
-                let recent: Vec<Instant> = a
-                    .iter()
-                    .map(|(_, at)| *at)
-                    .filter(|at| *at > fault)
-                    .collect();
-                let gap_end = recent
-                    .windows(2)
-                    .rev()
-                    .find(|w| w[1].duration_since(w[0]) > Duration::from_millis(200))
-                    .map(|w| w[1])
-                    .or(recent.first().copied());
-                let since_promotion = promoted_at.is_some_and(|p| {
-                    recent
-                        .last()
-                        .is_some_and(|last| *last >= p + Duration::from_secs(1))
-                });
-                since_promotion
-                    && gap_end.is_some_and(|end| end.elapsed() >= Duration::from_secs(1))
-            })
-            .unwrap_or(false);
-        if promoted_at.is_none()
-            && driver.status().await.is_ok_and(|s| {
-                s.generation > generation && s.primary.as_deref().is_some_and(|p| p != old)
-            })
-        {
-            promoted_at = Some(Instant::now());
-        }
-        if steady {
-            break;
-        }
-        if Instant::now() > deadline {
-            bail!("writes did not resume steadily within {settle:?} of the fault");
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    wait_until_steady(driver, &writer, scenario, fault, generation, &old, settle).await?;
     let acks = writer.finish();
 
     let after = driver
@@ -235,35 +184,9 @@ async fn one_run(
         })
         .await?;
     let new = after.primary.clone().context("no primary")?;
-    let mut rejoin_ms = None;
-    if matches!(scenario, Scenario::HostDeath | Scenario::PrimaryIsolation) {
-        let started = Instant::now();
-        if scenario == Scenario::HostDeath {
-            driver.start(&old)?;
-        } else {
-            driver.heal()?;
-        }
-        driver
-            .wait("the old primary to stream again", settle, |s| {
-                let n = s.nodes.iter().find(|n| n.name == old)?;
-                (node_kind(s, &old) == Some(NodeKindStatus::Standby) && n.in_sync == Some(true))
-                    .then_some(())
-            })
-            .await?;
-        rejoin_ms = Some(started.elapsed().as_millis() as u64);
-    }
+    let rejoin_ms = rejoin(driver, scenario, &old, settle).await?;
     let two_writers = overlaps(&watch.finish()).len();
-    let ids: Vec<i64> = acks.iter().map(|(id, _)| *id).collect();
-    let kept = kept_ids(driver, &new, &ids).await?;
-    let lost = ids.len() - kept.len();
-    // Downtime counts only writes that survived: a write acknowledged and then lost is no
-    // write at all.
-    let surviving: Vec<(i64, Instant)> = acks
-        .iter()
-        .filter(|(id, _)| kept.contains(id))
-        .copied()
-        .collect();
-    let downtime = longest_gap(&surviving, fault);
+    let (acknowledged, lost, downtime) = count_losses(driver, &new, &acks, fault).await?;
     // The writer skips ids whose write was not acknowledged (they may exist anyway): the
     // next run starts well clear of every id this one may have used.
     let next_id = first_id + 10_000_000;
@@ -275,13 +198,134 @@ async fn one_run(
             new_primary: new,
             generation: after.generation.max(generation),
             downtime_ms: downtime.as_millis() as u64,
-            acknowledged: ids.len(),
+            acknowledged,
             lost,
             two_writer_moments: two_writers,
             rejoin_ms,
         },
         next_id,
     ))
+}
+
+/// Warm up: the writer must be writing before the fault.
+async fn warm_up(writer: &Writer) -> anyhow::Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while writer.count() < 50 {
+        if Instant::now() > deadline {
+            bail!("the writer could not write before the fault");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    Ok(())
+}
+
+/// Done when a new primary leads a new generation (after a host death or an isolation)
+/// and writes have then flowed without a gap for a second (a backend that outlived its
+/// postmaster may acknowledge one more write right after the fault; a cut-off primary
+/// acknowledges writes until it fences itself). `generation` and `old` are the
+/// generation and the primary before the fault.
+async fn wait_until_steady(
+    driver: &LabDriver,
+    writer: &Writer,
+    scenario: Scenario,
+    fault: Instant,
+    generation: u64,
+    old: &str,
+    settle: Duration,
+) -> anyhow::Result<()> {
+    let deadline = Instant::now() + settle;
+    let mut promoted_at = (scenario == Scenario::PostmasterCrash).then_some(fault);
+    loop {
+        let steady = writer
+            .acks
+            .lock()
+            .map(|a| steady_since(&a, fault, promoted_at))
+            .unwrap_or(false);
+        if promoted_at.is_none()
+            && driver.status().await.is_ok_and(|s| {
+                s.generation > generation && s.primary.as_deref().is_some_and(|p| p != old)
+            })
+        {
+            promoted_at = Some(Instant::now());
+        }
+        if steady {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            bail!("writes did not resume steadily within {settle:?} of the fault");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Whether `acks` show writes a second past the promotion and no gap over 200 ms in the
+/// last second.
+fn steady_since(acks: &[(i64, Instant)], fault: Instant, promoted_at: Option<Instant>) -> bool {
+    let recent: Vec<Instant> = acks
+        .iter()
+        .map(|(_, at)| *at)
+        .filter(|at| *at > fault)
+        .collect();
+    let gap_end = recent
+        .windows(2)
+        .rev()
+        .find(|w| w[1].duration_since(w[0]) > Duration::from_millis(200))
+        .map(|w| w[1])
+        .or(recent.first().copied());
+    let since_promotion = promoted_at.is_some_and(|p| {
+        recent
+            .last()
+            .is_some_and(|last| *last >= p + Duration::from_secs(1))
+    });
+    since_promotion && gap_end.is_some_and(|end| end.elapsed() >= Duration::from_secs(1))
+}
+
+/// After a host death or an isolation, bring the old primary back (start it, or heal the
+/// partition) and time until it streams again.
+async fn rejoin(
+    driver: &LabDriver,
+    scenario: Scenario,
+    old: &str,
+    settle: Duration,
+) -> anyhow::Result<Option<u64>> {
+    if !matches!(scenario, Scenario::HostDeath | Scenario::PrimaryIsolation) {
+        return Ok(None);
+    }
+    let started = Instant::now();
+    if scenario == Scenario::HostDeath {
+        driver.start(old)?;
+    } else {
+        driver.heal()?;
+    }
+    driver
+        .wait("the old primary to stream again", settle, |s| {
+            let n = s.nodes.iter().find(|n| n.name == old)?;
+            (node_kind(s, old) == Some(NodeKindStatus::Standby) && n.in_sync == Some(true))
+                .then_some(())
+        })
+        .await?;
+    Ok(Some(started.elapsed().as_millis() as u64))
+}
+
+/// The acknowledged writes, how many of them `new` lacks, and the write downtime.
+async fn count_losses(
+    driver: &LabDriver,
+    new: &str,
+    acks: &[(i64, Instant)],
+    fault: Instant,
+) -> anyhow::Result<(usize, usize, Duration)> {
+    let ids: Vec<i64> = acks.iter().map(|(id, _)| *id).collect();
+    let kept = kept_ids(driver, new, &ids).await?;
+    let lost = ids.len() - kept.len();
+    // Downtime counts only writes that survived: a write acknowledged and then lost is no
+    // write at all.
+    let surviving: Vec<(i64, Instant)> = acks
+        .iter()
+        .filter(|(id, _)| kept.contains(id))
+        .copied()
+        .collect();
+    let downtime = longest_gap(&surviving, fault);
+    Ok((ids.len(), lost, downtime))
 }
 
 fn median(values: &mut [u64]) -> Option<u64> {
@@ -294,39 +338,11 @@ fn median(values: &mut [u64]) -> Option<u64> {
 }
 
 pub fn failover(args: FailoverBench) -> anyhow::Result<std::process::ExitCode> {
-    let scenarios = match (args.scenario.is_empty(), args.netns) {
-        (true, false) => vec![Scenario::HostDeath, Scenario::PostmasterCrash],
-        (true, true) => vec![Scenario::HostDeath, Scenario::PrimaryIsolation],
-        (false, _) => args.scenario.clone(),
-    };
-    if scenarios.contains(&Scenario::PrimaryIsolation) && !args.netns {
-        bail!("--scenario primary-isolation needs --netns (a partition needs separate hosts)");
-    }
+    let scenarios = chosen_scenarios(&args)?;
     let rt = crate::runtime()?;
     let exe = std::env::current_exe().context("finding the pgfm binary")?;
-    let cores = std::thread::available_parallelism()
-        .map(|n| n.get())
-        .unwrap_or(1);
     if !args.json {
-        println!(
-            "pgfm bench failover: {}; lab of {} data nodes + witness on this machine ({cores} cores){}{}, default settings ({}, probe 1 s); writer: one INSERT per transaction every 10 ms, {}, reconnecting at once",
-            match args.seed {
-                Some(seed) => format!("{} run(s) in all, faults drawn with seed {seed}", args.runs),
-                None => format!("{} run(s) per scenario", args.runs),
-            },
-            args.data_nodes,
-            if args.netns { ", each node in its own network namespace" } else { "" },
-            match args.synchronous.as_deref() {
-                Some(mode) if mode != "off" => format!(", synchronous replication {mode}"),
-                _ => String::new(),
-            },
-            pgfm_core::lease::LeaseSettings::default().describe(),
-            if args.netns {
-                "through the virtual IP only"
-            } else {
-                "multi-host, target_session_attrs=read-write"
-            }
-        );
+        print_failover_header(&args);
     }
     if args.data_nodes < 2 {
         bail!(
@@ -341,73 +357,10 @@ pub fn failover(args: FailoverBench) -> anyhow::Result<std::process::ExitCode> {
     };
     let mut all = Vec::new();
     for sequence in labs {
-        let settings: Vec<String> = args
-            .synchronous
-            .iter()
-            .map(|mode| format!("replication.synchronous=\"{mode}\""))
-            .collect();
-        let (driver, _) = LabDriver::up(&exe, &args.dir, args.data_nodes, &settings, args.netns)?;
-        let result = rt.block_on(async {
-            create_bench_table(&driver, "pg1").await?;
-            let mut next = 1;
-            let mut results = Vec::new();
-            for (run, scenario) in (1..).zip(sequence) {
-                let (result, after) = one_run(&driver, scenario, run, next).await?;
-                next = after;
-                if args.json {
-                    println!("{}", serde_json::to_string(&result)?);
-                } else {
-                    println!(
-                        "  {:?} run {run}: {} -> {} (generation {}), downtime {} ms, {} acknowledged, {} lost, {} two-writer moments{}",
-                        scenario,
-                        result.old_primary,
-                        result.new_primary,
-                        result.generation,
-                        result.downtime_ms,
-                        result.acknowledged,
-                        result.lost,
-                        result.two_writer_moments,
-                        result.rejoin_ms.map(|r| format!(", rejoined in {r} ms")).unwrap_or_default()
-                    );
-                }
-                results.push(result);
-            }
-            anyhow::Ok(results)
-        });
-        let results = match result {
-            Ok(results) => results,
-            Err(e) => return Err(driver.kept_for_inspection(e)),
-        };
-        driver.down()?;
-        all.extend(results);
+        all.extend(run_lab(&rt, &exe, &args, sequence)?);
     }
     if !args.json {
-        println!();
-        println!("scenario          runs  downtime median  max      lost  two-writer moments  rejoin median");
-        for scenario in [
-            Scenario::HostDeath,
-            Scenario::PostmasterCrash,
-            Scenario::PrimaryIsolation,
-        ] {
-            let runs: Vec<&RunResult> = all.iter().filter(|r| r.scenario == scenario).collect();
-            if runs.is_empty() {
-                continue;
-            }
-            let mut downtimes: Vec<u64> = runs.iter().map(|r| r.downtime_ms).collect();
-            let mut rejoins: Vec<u64> = runs.iter().filter_map(|r| r.rejoin_ms).collect();
-            println!(
-                "{:<17} {:<5} {:<16} {:<8} {:<5} {:<19} {}",
-                format!("{scenario:?}"),
-                runs.len(),
-                format!("{} ms", median(&mut downtimes).unwrap_or(0)),
-                format!("{} ms", downtimes.iter().max().unwrap_or(&0)),
-                runs.iter().map(|r| r.lost).sum::<usize>(),
-                runs.iter().map(|r| r.two_writer_moments).sum::<usize>(),
-                median(&mut rejoins)
-                    .map(|m| format!("{m} ms"))
-                    .unwrap_or_else(|| "n/a".into())
-            );
-        }
+        print_failover_table(&all);
     }
     // A primary cut off from its standbys keeps acknowledging commits until it fences
     // itself; with asynchronous replication those are lost by design (synchronous
@@ -428,6 +381,132 @@ pub fn failover(args: FailoverBench) -> anyhow::Result<std::process::ExitCode> {
     } else {
         std::process::ExitCode::SUCCESS
     })
+}
+
+/// The scenarios asked for, or the defaults for this kind of lab.
+fn chosen_scenarios(args: &FailoverBench) -> anyhow::Result<Vec<Scenario>> {
+    let scenarios = match (args.scenario.is_empty(), args.netns) {
+        (true, false) => vec![Scenario::HostDeath, Scenario::PostmasterCrash],
+        (true, true) => vec![Scenario::HostDeath, Scenario::PrimaryIsolation],
+        (false, _) => args.scenario.clone(),
+    };
+    if scenarios.contains(&Scenario::PrimaryIsolation) && !args.netns {
+        bail!("--scenario primary-isolation needs --netns (a partition needs separate hosts)");
+    }
+    Ok(scenarios)
+}
+
+/// What the bench measures, on what machine and with which settings.
+fn print_failover_header(args: &FailoverBench) {
+    let cores = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1);
+    println!(
+        "pgfm bench failover: {}; lab of {} data nodes + witness on this machine ({cores} cores){}{}, default settings ({}, probe 1 s); writer: one INSERT per transaction every 10 ms, {}, reconnecting at once",
+        match args.seed {
+            Some(seed) => format!("{} run(s) in all, faults drawn with seed {seed}", args.runs),
+            None => format!("{} run(s) per scenario", args.runs),
+        },
+        args.data_nodes,
+        if args.netns { ", each node in its own network namespace" } else { "" },
+        match args.synchronous.as_deref() {
+            Some(mode) if mode != "off" => format!(", synchronous replication {mode}"),
+            _ => String::new(),
+        },
+        pgfm_core::lease::LeaseSettings::default().describe(),
+        if args.netns {
+            "through the virtual IP only"
+        } else {
+            "multi-host, target_session_attrs=read-write"
+        }
+    );
+}
+
+/// Build a lab, run `sequence` of faults against it one after the other, and take it
+/// down (or keep it for inspection when a run fails).
+fn run_lab(
+    rt: &tokio::runtime::Runtime,
+    exe: &std::path::Path,
+    args: &FailoverBench,
+    sequence: Vec<Scenario>,
+) -> anyhow::Result<Vec<RunResult>> {
+    let settings: Vec<String> = args
+        .synchronous
+        .iter()
+        .map(|mode| format!("replication.synchronous=\"{mode}\""))
+        .collect();
+    let (driver, _) = LabDriver::up(exe, &args.dir, args.data_nodes, &settings, args.netns)?;
+    let result = rt.block_on(async {
+        create_bench_table(&driver, "pg1").await?;
+        let mut next = 1;
+        let mut results = Vec::new();
+        for (run, scenario) in (1..).zip(sequence) {
+            let (result, after) = one_run(&driver, scenario, run, next).await?;
+            next = after;
+            print_run(run, &result, args.json)?;
+            results.push(result);
+        }
+        anyhow::Ok(results)
+    });
+    let results = match result {
+        Ok(results) => results,
+        Err(e) => return Err(driver.kept_for_inspection(e)),
+    };
+    driver.down()?;
+    Ok(results)
+}
+
+/// One run's line: JSON, or text.
+fn print_run(run: usize, result: &RunResult, json: bool) -> anyhow::Result<()> {
+    if json {
+        println!("{}", serde_json::to_string(result)?);
+    } else {
+        println!(
+            "  {:?} run {run}: {} -> {} (generation {}), downtime {} ms, {} acknowledged, {} lost, {} two-writer moments{}",
+            result.scenario,
+            result.old_primary,
+            result.new_primary,
+            result.generation,
+            result.downtime_ms,
+            result.acknowledged,
+            result.lost,
+            result.two_writer_moments,
+            result.rejoin_ms.map(|r| format!(", rejoined in {r} ms")).unwrap_or_default()
+        );
+    }
+    Ok(())
+}
+
+/// The summary: one line per scenario run, with medians.
+fn print_failover_table(all: &[RunResult]) {
+    println!();
+    println!(
+        "scenario          runs  downtime median  max      lost  two-writer moments  rejoin median"
+    );
+    for scenario in [
+        Scenario::HostDeath,
+        Scenario::PostmasterCrash,
+        Scenario::PrimaryIsolation,
+    ] {
+        let runs: Vec<&RunResult> = all.iter().filter(|r| r.scenario == scenario).collect();
+        if runs.is_empty() {
+            continue;
+        }
+        let mut downtimes: Vec<u64> = runs.iter().map(|r| r.downtime_ms).collect();
+        let mut rejoins: Vec<u64> = runs.iter().filter_map(|r| r.rejoin_ms).collect();
+        println!(
+            "{:<17} {:<5} {:<16} {:<8} {:<5} {:<19} {}",
+            format!("{scenario:?}"),
+            runs.len(),
+            format!("{} ms", median(&mut downtimes).unwrap_or(0)),
+            format!("{} ms", downtimes.iter().max().unwrap_or(&0)),
+            runs.iter().map(|r| r.lost).sum::<usize>(),
+            runs.iter().map(|r| r.two_writer_moments).sum::<usize>(),
+            median(&mut rejoins)
+                .map(|m| format!("{m} ms"))
+                .unwrap_or_else(|| "n/a".into())
+        );
+    }
 }
 
 #[derive(Debug, Args)]
@@ -474,39 +553,7 @@ pub fn switchover(args: SwitchoverBench) -> anyhow::Result<std::process::ExitCod
         let (writer, watch) = start_load(&driver, 1)?;
         let mut runs = Vec::new();
         for run in 1..=args.runs {
-            let before = driver.wait("a healthy cluster", Duration::from_secs(90), healthy).await?;
-            let from = before.primary.clone().context("no primary")?;
-            // Let the writer settle for half a second, then switch over.
-            tokio::time::sleep(Duration::from_millis(500)).await;
-            let started = Instant::now();
-            let output = tokio::process::Command::new(&exe)
-                .args(["switchover", "-c"])
-                .arg(&config)
-                .output()
-                .await
-                .context("running pgfm switchover")?;
-            let command_ms = started.elapsed().as_millis() as u64;
-            if !output.status.success() {
-                bail!("pgfm switchover failed: {}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
-            }
-            let after = driver.status().await?;
-            let to = after.primary.clone().context("no primary after the switchover")?;
-            let streaming = after
-                .nodes
-                .iter()
-                .any(|n| n.name == from && n.kind == NodeKindStatus::Standby && n.in_sync == Some(true));
-            // Keep writing a second so that the gap after the switchover is measured whole.
-            tokio::time::sleep(Duration::from_secs(1)).await;
-            let downtime = longest_gap(&writer.acknowledged(), started);
-            let result = SwitchoverRun {
-                run,
-                from,
-                to,
-                generation: after.generation,
-                downtime_ms: downtime.as_millis() as u64,
-                command_ms,
-                old_primary_streaming_at_return: streaming,
-            };
+            let result = one_switchover(&driver, &exe, &config, &writer, run).await?;
             if args.json {
                 println!("{}", serde_json::to_string(&result)?);
             } else {
@@ -552,5 +599,58 @@ pub fn switchover(args: SwitchoverBench) -> anyhow::Result<std::process::ExitCod
         std::process::ExitCode::from(1)
     } else {
         std::process::ExitCode::SUCCESS
+    })
+}
+
+/// One switchover by `pgfm switchover`, timed from the command's start, once the cluster
+/// is healthy and the writer has written for half a second.
+async fn one_switchover(
+    driver: &LabDriver,
+    exe: &std::path::Path,
+    config: &std::path::Path,
+    writer: &Writer,
+    run: usize,
+) -> anyhow::Result<SwitchoverRun> {
+    let before = driver
+        .wait("a healthy cluster", Duration::from_secs(90), healthy)
+        .await?;
+    let from = before.primary.clone().context("no primary")?;
+    // Let the writer settle for half a second, then switch over.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let started = Instant::now();
+    let output = tokio::process::Command::new(exe)
+        .args(["switchover", "-c"])
+        .arg(config)
+        .output()
+        .await
+        .context("running pgfm switchover")?;
+    let command_ms = started.elapsed().as_millis() as u64;
+    if !output.status.success() {
+        bail!(
+            "pgfm switchover failed: {}{}",
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+    let after = driver.status().await?;
+    let to = after
+        .primary
+        .clone()
+        .context("no primary after the switchover")?;
+    let streaming = after
+        .nodes
+        .iter()
+        .any(|n| n.name == from && n.kind == NodeKindStatus::Standby && n.in_sync == Some(true));
+    // Keep writing a second so that the gap after the switchover is measured whole.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let downtime = longest_gap(&writer.acknowledged(), started);
+    Ok(SwitchoverRun {
+        run,
+        from,
+        to,
+        generation: after.generation,
+        downtime_ms: downtime.as_millis() as u64,
+        command_ms,
+        old_primary_streaming_at_return: streaming,
     })
 }

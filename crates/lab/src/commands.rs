@@ -548,6 +548,8 @@ fn up(
     result
 }
 
+/// `lab up` once its directory is known to be new: each step below leaves lab.json
+/// describing what exists so far, so that `lab down` can remove a lab that failed half-way.
 fn build(
     dir: &Path,
     data_nodes: usize,
@@ -556,6 +558,44 @@ fn build(
     extra: &Extra,
 ) -> anyhow::Result<ExitCode> {
     let started = Instant::now();
+    check_can_build(dir, data_nodes, netns)?;
+    let os_user = postgres_os_user()?;
+    let bin_dir = find_bin_dir().context(
+        "no PostgreSQL server binaries found (install postgresql, e.g. apt-get install postgresql)",
+    )?;
+    let secrets = write_secrets(dir, &os_user)?;
+    let mut lab = plan_lab(dir, data_nodes, netns, extra, bin_dir, &os_user, &secrets)?;
+    write_configs(&lab, extra)?;
+    write_lab(&lab)?;
+    build_network(&lab)?;
+    init_pg1(&lab, &os_user, &secrets)?;
+    start_agents(&mut lab)?;
+
+    // From here on this command talks to the lab as its client does.
+    enter_client_network(&lab)?;
+    let rt = runtime()?;
+    let deadline = Instant::now() + Duration::from_secs(180);
+    let ready = rt.block_on(wait_ready(&lab, data_nodes, deadline));
+    match ready {
+        Ok(status) => {
+            print_lab_up(&lab, &rt, &status, json, started)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(e) => {
+            eprintln!(
+                "pgfm: the lab in {} did not become ready: {e:#}\nSee {}/*/agent.log and \
+                 postgres.log; remove it with pgfm lab down --dir {}",
+                dir.display(),
+                dir.display(),
+                dir.display()
+            );
+            Ok(ExitCode::from(1))
+        }
+    }
+}
+
+/// Refuse, before anything is written, a lab that cannot be built here.
+fn check_can_build(dir: &Path, data_nodes: usize, netns: bool) -> anyhow::Result<()> {
     if netns {
         netns::check_can_build()?;
     }
@@ -575,17 +615,30 @@ fn build(
     if data_nodes < 2 {
         bail!("--data-nodes {data_nodes}: a lab needs at least 2 data nodes (and gets a witness)");
     }
+    Ok(())
+}
+
+/// The OS user PostgreSQL runs as: `postgres` when we are root, else ourselves.
+fn postgres_os_user() -> anyhow::Result<OsUser> {
     let root = nix::unistd::Uid::effective().is_root();
-    let os_user = if root {
+    if root {
         OsUser::lookup("postgres")
     } else {
         OsUser::current()
     }
-    .map_err(|e| anyhow::anyhow!("choosing the OS user for PostgreSQL: {e}"))?;
-    let bin_dir = find_bin_dir().context(
-        "no PostgreSQL server binaries found (install postgresql, e.g. apt-get install postgresql)",
-    )?;
+    .map_err(|e| anyhow::anyhow!("choosing the OS user for PostgreSQL: {e}"))
+}
 
+/// The lab's secrets, written into its directory.
+struct Secrets {
+    token_file: PathBuf,
+    passfile: PathBuf,
+    superuser_pw: String,
+    replication_pw: String,
+}
+
+/// Create the lab's directory and write the cluster token and the passfile into it.
+fn write_secrets(dir: &Path, os_user: &OsUser) -> anyhow::Result<Secrets> {
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     // PostgreSQL, run as another user when we are root, must be able to reach its files.
     std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755))?;
@@ -597,9 +650,26 @@ fn build(
     write_private(
         &passfile,
         &format!("*:*:*:postgres:{superuser_pw}\n*:*:*:replicator:{replication_pw}\n"),
-        Some(&os_user),
+        Some(os_user),
     )?;
+    Ok(Secrets {
+        token_file,
+        passfile,
+        superuser_pw,
+        replication_pw,
+    })
+}
 
+/// Name the nodes, choose their addresses and ports, and make their directories.
+fn plan_lab(
+    dir: &Path,
+    data_nodes: usize,
+    netns: bool,
+    extra: &Extra,
+    bin_dir: PathBuf,
+    os_user: &OsUser,
+    secrets: &Secrets,
+) -> anyhow::Result<LabFile> {
     let names: Vec<String> = (1..=data_nodes)
         .map(|i| format!("pg{i}"))
         .chain(std::iter::once("witness".to_string()))
@@ -625,10 +695,10 @@ fn build(
     let mut lab = LabFile {
         cluster: "lab".to_string(),
         dir: dir.to_path_buf(),
-        bin_dir: bin_dir.clone(),
+        bin_dir,
         os_user: os_user.name.clone(),
-        passfile: passfile.clone(),
-        token_file,
+        passfile: secrets.passfile.clone(),
+        token_file: secrets.token_file.clone(),
         nodes: Vec::new(),
         netns: netns.clone(),
         watchdog: wants_watchdog(extra),
@@ -655,6 +725,11 @@ fn build(
             watchdog_pid: None,
         });
     }
+    Ok(lab)
+}
+
+/// Write every node's pgfm.toml and check that the agent accepts it.
+fn write_configs(lab: &LabFile, extra: &Extra) -> anyhow::Result<()> {
     let peers: String = lab
         .nodes
         .iter()
@@ -667,15 +742,19 @@ fn build(
         .collect::<Vec<_>>()
         .join("");
     for node in &lab.nodes {
-        std::fs::write(&node.config, node_config(&lab, node, &peers, extra))
+        std::fs::write(&node.config, node_config(lab, node, &peers, extra))
             .with_context(|| format!("writing {}", node.config.display()))?;
     }
     for node in &lab.nodes {
         pgfm_agent::config::Config::load_static(&node.config)?;
     }
-    write_lab(&lab)?;
-    if let Some(ns) = &netns {
-        // lab.json is written first: `lab down` removes what a failed build leaves.
+    Ok(())
+}
+
+/// For a --netns lab, its network namespaces (after lab.json, which `lab down` reads to
+/// remove what a failed build leaves).
+fn build_network(lab: &LabFile) -> anyhow::Result<()> {
+    if let Some(ns) = &lab.netns {
         netns::remove(&ns.prefix)?;
         let hosts: Vec<(String, String)> = lab
             .nodes
@@ -688,24 +767,28 @@ fn build(
             .collect();
         netns::build(ns, &hosts).context("building the lab's network namespaces")?;
     }
+    Ok(())
+}
 
-    // Only pg1 is initialised; the replication role is made before any agent starts.
+/// Only pg1 is initialised; the replication role is made before any agent starts.
+fn init_pg1(lab: &LabFile, os_user: &OsUser, secrets: &Secrets) -> anyhow::Result<()> {
     let rt = runtime()?;
     let pg1_data = lab.nodes[0]
         .data_dir
         .clone()
         .context("pg1 has no data_dir")?;
-    let pwfile = dir.join("pg1").join("initdb.pw");
-    write_private(&pwfile, &superuser_pw, Some(&os_user))?;
+    let pwfile = lab.dir.join("pg1").join("initdb.pw");
+    write_private(&pwfile, &secrets.superuser_pw, Some(os_user))?;
     let made = rt.block_on(async {
-        initdb(&bin_dir, &pg1_data, &os_user, "postgres", &pwfile).await?;
+        initdb(&lab.bin_dir, &pg1_data, os_user, "postgres", &pwfile).await?;
+        let replication_pw = &secrets.replication_pw;
         let sql =
             format!("CREATE ROLE replicator WITH REPLICATION LOGIN PASSWORD '{replication_pw}';\n");
-        single_user_sql(&bin_dir, &pg1_data, &os_user, &sql).await
+        single_user_sql(&lab.bin_dir, &pg1_data, os_user, &sql).await
     });
     let _ = std::fs::remove_file(&pwfile);
     made?;
-    if netns.is_some() {
+    if lab.netns.is_some() {
         // The other hosts (and the client) connect from the lab's subnet.
         let hba = pg1_data.join("pg_hba.conf");
         let mut text =
@@ -716,75 +799,76 @@ fn build(
         ));
         std::fs::write(&hba, text).with_context(|| format!("writing {}", hba.display()))?;
     }
+    Ok(())
+}
 
+/// Start the watchdog drivers, then the agents, recording each pid in lab.json at once.
+fn start_agents(lab: &mut LabFile) -> anyhow::Result<()> {
     let exe = std::env::current_exe().context("finding the pgfm binary")?;
     if lab.watchdog {
         // Before the agents: an agent arms its watchdog before it takes the lease.
-        let started = host::start_drivers(&exe, &mut lab);
-        write_lab(&lab)?;
+        let started = host::start_drivers(&exe, lab);
+        write_lab(lab)?;
         started?;
     }
     for i in 0..lab.nodes.len() {
-        lab.nodes[i].agent_pid = Some(spawn_agent(&exe, dir, &lab.nodes[i], netns.as_ref())?);
+        lab.nodes[i].agent_pid = Some(spawn_agent(
+            &exe,
+            &lab.dir,
+            &lab.nodes[i],
+            lab.netns.as_ref(),
+        )?);
         // Recorded at once: `lab down` after a crash here must find every agent.
-        write_lab(&lab)?;
+        write_lab(lab)?;
     }
+    Ok(())
+}
 
-    // From here on this command talks to the lab as its client does.
-    enter_client_network(&lab)?;
-    let rt = runtime()?;
-    let deadline = Instant::now() + Duration::from_secs(180);
-    let ready = rt.block_on(wait_ready(&lab, data_nodes, deadline));
-    match ready {
-        Ok(status) => {
-            if json {
-                println!("{}", serde_json::to_string_pretty(&lab_status(&lab, &rt))?);
-            } else {
-                print!("{}", status_text::render(&status));
-                println!();
-                if let Some(ns) = &netns {
-                    let vip = ns.vip.split('/').next().unwrap_or_default();
-                    println!(
-                        "Lab up in {:.1} s in {}, every node in its own network namespace \
-                         ({}-*). Connect to the primary through the virtual IP with:\n  \
-                         ip netns exec {} psql \"host={vip} port={} user=postgres \
-                         dbname=postgres passfile={}\"\nStop it with: pgfm lab down --dir {}",
-                        started.elapsed().as_secs_f64(),
-                        dir.display(),
-                        ns.prefix,
-                        ns.client,
-                        netns::PG_PORT,
-                        lab.passfile.display(),
-                        dir.display()
-                    );
-                    return Ok(ExitCode::SUCCESS);
-                }
-                println!(
-                    "Lab up in {:.1} s in {}. Connect to the primary with:\n  psql \"{}\"\nStop it with: pgfm lab down --dir {}",
-                    started.elapsed().as_secs_f64(),
-                    dir.display(),
-                    status
-                        .primary
-                        .as_deref()
-                        .and_then(|p| lab.nodes.iter().find(|n| n.name == p))
-                        .and_then(|n| dsn(&lab, n))
-                        .unwrap_or_default(),
-                    dir.display()
-                );
-            }
-            Ok(ExitCode::SUCCESS)
-        }
-        Err(e) => {
-            eprintln!(
-                "pgfm: the lab in {} did not become ready: {e:#}\nSee {}/*/agent.log and \
-                 postgres.log; remove it with pgfm lab down --dir {}",
-                dir.display(),
-                dir.display(),
-                dir.display()
-            );
-            Ok(ExitCode::from(1))
-        }
+/// What `lab up` prints once the lab is ready: its status and how to connect.
+fn print_lab_up(
+    lab: &LabFile,
+    rt: &tokio::runtime::Runtime,
+    status: &ClusterStatus,
+    json: bool,
+    started: Instant,
+) -> anyhow::Result<()> {
+    let dir = &lab.dir;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&lab_status(lab, rt))?);
+        return Ok(());
     }
+    print!("{}", status_text::render(status));
+    println!();
+    if let Some(ns) = &lab.netns {
+        let vip = ns.vip.split('/').next().unwrap_or_default();
+        println!(
+            "Lab up in {:.1} s in {}, every node in its own network namespace \
+             ({}-*). Connect to the primary through the virtual IP with:\n  \
+             ip netns exec {} psql \"host={vip} port={} user=postgres \
+             dbname=postgres passfile={}\"\nStop it with: pgfm lab down --dir {}",
+            started.elapsed().as_secs_f64(),
+            dir.display(),
+            ns.prefix,
+            ns.client,
+            netns::PG_PORT,
+            lab.passfile.display(),
+            dir.display()
+        );
+        return Ok(());
+    }
+    println!(
+        "Lab up in {:.1} s in {}. Connect to the primary with:\n  psql \"{}\"\nStop it with: pgfm lab down --dir {}",
+        started.elapsed().as_secs_f64(),
+        dir.display(),
+        status
+            .primary
+            .as_deref()
+            .and_then(|p| lab.nodes.iter().find(|n| n.name == p))
+            .and_then(|n| dsn(lab, n))
+            .unwrap_or_default(),
+        dir.display()
+    );
+    Ok(())
 }
 
 /// Start one agent detached from this command (own session, output to agent.log), in

@@ -233,6 +233,67 @@ fn refusable(answer: Result<pgfm_api::Message, pgfm_api::ApiError>) -> anyhow::R
     }
 }
 
+/// `pgfm agent`: run this node's agent until it is stopped.
+fn agent(config: &std::path::Path) -> anyhow::Result<ExitCode> {
+    init_logging();
+    let config = Config::load(config)?;
+    let span = tracing::info_span!("agent", node = %config.name);
+    let _entered = span.enter();
+    runtime()?.block_on(pgfm_agent::run(config))?;
+    Ok(ExitCode::SUCCESS)
+}
+
+fn check_config(config: &std::path::Path) -> anyhow::Result<ExitCode> {
+    let config = Config::load(config)?;
+    for warning in config.warnings() {
+        eprintln!("warning: {warning}");
+    }
+    println!(
+        "config {}: valid ({} node {} of cluster {}, {} peers)",
+        config.file.display(),
+        match config.kind {
+            pgfm_core::NodeKind::Data => "data",
+            pgfm_core::NodeKind::Witness => "witness",
+        },
+        config.name,
+        config.cluster,
+        config.peers.len()
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+fn cluster_status(config: &std::path::Path, json: bool) -> anyhow::Result<ExitCode> {
+    let client = local_agent(config)?;
+    let status = runtime()?.block_on(client.status())?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&status)?);
+    } else {
+        print!("{}", status_text::render(&status));
+    }
+    Ok(if status.healthy() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
+}
+
+fn history(config: &std::path::Path, json: bool) -> anyhow::Result<ExitCode> {
+    let history = runtime()?.block_on(local_agent(config)?.history())?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&history)?);
+    } else {
+        print!("{}", status_text::history(&history));
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn resume(config: &std::path::Path) -> anyhow::Result<ExitCode> {
+    let client = local_agent(config)?;
+    let answer = runtime()?.block_on(client.resume())?;
+    println!("{}", answer.message);
+    Ok(ExitCode::SUCCESS)
+}
+
 fn node_status(config: &std::path::Path, json: bool) -> anyhow::Result<ExitCode> {
     let name = Config::load_static(config)?.name;
     let status = runtime()?.block_on(local_agent(config)?.status())?;
@@ -412,46 +473,9 @@ fn main() -> ExitCode {
 
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
-        Commands::Agent { config } => {
-            init_logging();
-            let config = Config::load(&config)?;
-            let span = tracing::info_span!("agent", node = %config.name);
-            let _entered = span.enter();
-            runtime()?.block_on(pgfm_agent::run(config))?;
-            Ok(ExitCode::SUCCESS)
-        }
-        Commands::CheckConfig { config } => {
-            let config = Config::load(&config)?;
-            for warning in config.warnings() {
-                eprintln!("warning: {warning}");
-            }
-            println!(
-                "config {}: valid ({} node {} of cluster {}, {} peers)",
-                config.file.display(),
-                match config.kind {
-                    pgfm_core::NodeKind::Data => "data",
-                    pgfm_core::NodeKind::Witness => "witness",
-                },
-                config.name,
-                config.cluster,
-                config.peers.len()
-            );
-            Ok(ExitCode::SUCCESS)
-        }
-        Commands::ClusterStatus { config, json } => {
-            let client = local_agent(&config)?;
-            let status = runtime()?.block_on(client.status())?;
-            if json {
-                println!("{}", serde_json::to_string_pretty(&status)?);
-            } else {
-                print!("{}", status_text::render(&status));
-            }
-            Ok(if status.healthy() {
-                ExitCode::SUCCESS
-            } else {
-                ExitCode::from(1)
-            })
-        }
+        Commands::Agent { config } => agent(&config),
+        Commands::CheckConfig { config } => check_config(&config),
+        Commands::ClusterStatus { config, json } => cluster_status(&config, json),
         Commands::Switchover {
             config,
             cancel: true,
@@ -494,21 +518,8 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Commands::Pause { config } => refusable(runtime()?.block_on(local_agent(&config)?.pause())),
         Commands::NodeStatus { config, json } => node_status(&config, json),
-        Commands::History { config, json } => {
-            let history = runtime()?.block_on(local_agent(&config)?.history())?;
-            if json {
-                println!("{}", serde_json::to_string_pretty(&history)?);
-            } else {
-                print!("{}", status_text::history(&history));
-            }
-            Ok(ExitCode::SUCCESS)
-        }
-        Commands::Resume { config } => {
-            let client = local_agent(&config)?;
-            let answer = runtime()?.block_on(client.resume())?;
-            println!("{}", answer.message);
-            Ok(ExitCode::SUCCESS)
-        }
+        Commands::History { config, json } => history(&config, json),
+        Commands::Resume { config } => resume(&config),
         Commands::Lab { command } => pgfm_lab::run(command),
         Commands::Demo { dir, keep } => demo::run(&dir, keep),
         Commands::Bench {

@@ -366,6 +366,7 @@ fn agent_down(lab: &Lab, name: &str) {
 /// `disallow-node` removes a standby through Raft: it leaves the allowed list, its agent is
 /// refused, its slot is dropped on the primary; refused for the primary, for an unknown
 /// node, and when the rest would have no majority up. `allow-node` brings it back.
+// Long: one scenario, step by step (refusals, disallow, allow back); it reads best in one piece.
 #[test]
 fn membership_changes_through_raft_with_their_refusals() {
     let lab = Lab::up(PGFM, 3);

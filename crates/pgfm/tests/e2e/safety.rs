@@ -105,6 +105,7 @@ fn writable_again(lab: &Lab, primary: &str, generation: u64) {
 /// switchover starts, so the old primary's clean shutdown waits for it: the wait is bounded
 /// (then an immediate stop) and the switchover rolled back. Once the target streams, a
 /// switchover works. Never two writers, nothing acknowledged lost.
+// Long: one scenario, step by step; it reads best in one piece.
 #[test]
 fn a_switchover_whose_target_hangs_is_rolled_back_in_time() {
     use nix::sys::signal::Signal::{SIGCONT, SIGSTOP};
@@ -464,6 +465,7 @@ fn basebackup_into(data_dir: &std::path::Path) -> Option<i32> {
 /// pg_basebackup hanging (SIGSTOP). Then the primary's host dies: the coordinator still
 /// fails over in seconds while its own clone is stuck. Released, the clone fails (its
 /// source is gone) and the node clones from the new primary.
+// Long: one scenario, step by step; it reads best in one piece.
 #[test]
 fn a_coordinator_busy_cloning_still_fails_over() {
     use nix::sys::signal::Signal::{SIGCONT, SIGSTOP};
