@@ -4,6 +4,7 @@
 
 use std::time::Duration;
 
+use pgfm_coord::ProposeError;
 use pgfm_core::decide::{Action, ClusterView};
 use pgfm_core::{ClusterState, Command, Generation};
 use pgfm_postgres::Upstream;
@@ -122,20 +123,12 @@ impl Agent {
             Command::Bootstrap { .. } | Command::Promote { .. } | Command::CancelSwitchover { .. }
         );
         let outcome = if decision {
-            match self.raft.propose_local(command.clone()).await {
-                pgfm_coord::http::ProposeReply::Applied(outcome) => Ok(outcome),
-                pgfm_coord::http::ProposeReply::NotCoordinator => {
-                    Err(pgfm_coord::ProposeError::Raft(
-                        "this agent is no longer the coordinator: decision dropped".into(),
-                    ))
-                }
-                pgfm_coord::http::ProposeReply::Failed(e) => Err(pgfm_coord::ProposeError::Raft(e)),
-            }
+            self.raft.propose_local(command.clone()).await
         } else {
             pgfm_coord::Coordinator::propose(&self.raft, command.clone()).await
         };
         match outcome {
-            Ok(Ok(())) => {
+            Ok(()) => {
                 let generation = self.raft_state().generation;
                 tracing::info!(%generation, ?command, "committed");
                 if let Command::Promote { node, from, .. } = &command {
@@ -148,7 +141,14 @@ impl Agent {
                     .await;
                 }
             }
-            Ok(Err(refused)) => tracing::warn!(?command, %refused, "proposal refused"),
+            Err(ProposeError::Refused(refused)) => {
+                tracing::warn!(?command, %refused, "proposal refused")
+            }
+            Err(ProposeError::NotCoordinator) => tracing::warn!(
+                ?command,
+                error = %"consensus error: this agent is no longer the coordinator: decision dropped",
+                "proposal not committed"
+            ),
             Err(e) => tracing::warn!(?command, error = %e, "proposal not committed"),
         }
         Ok(())
@@ -344,10 +344,12 @@ impl Agent {
                     unclean: !stop.clean,
                 };
                 match pgfm_coord::Coordinator::propose(&self.raft, command).await {
-                    Ok(Ok(())) => {
+                    Ok(()) => {
                         tracing::warn!(%generation, %to, %final_lsn, ms = started.elapsed().as_millis() as u64, "switchover: stopped cleanly and handed over")
                     }
-                    Ok(Err(refused)) => anyhow::bail!("hand-over refused: {refused}"),
+                    Err(ProposeError::Refused(refused)) => {
+                        anyhow::bail!("hand-over refused: {refused}")
+                    }
                     Err(e) => anyhow::bail!("hand-over not committed: {e}"),
                 }
             }

@@ -25,7 +25,7 @@ use tokio::sync::watch;
 use tracing::Instrument;
 
 use pgfm_api::{AgedReport, AgentApi, ApiClient, ClusterStatus, ReportOutcome};
-use pgfm_coord::{Coordinator, EmbeddedRaft, RaftSettings};
+use pgfm_coord::{Coordinator, EmbeddedRaft, ProposeError, RaftSettings};
 use pgfm_core::decide::{ClusterView, LocalView, Observed, Settings};
 use pgfm_core::lease::HeldLease;
 use pgfm_core::{Generation, Member, NodeReport};
@@ -593,8 +593,8 @@ impl Agent {
             .propose(pgfm_core::Command::Register { member: me.clone() })
             .await
         {
-            Ok(Ok(())) => tracing::info!(node = %me.name, "registered with the cluster"),
-            Ok(Err(refused)) => {
+            Ok(()) => tracing::info!(node = %me.name, "registered with the cluster"),
+            Err(ProposeError::Refused(refused)) => {
                 let note = format!("registration refused: {refused}");
                 let mut notes = lock(&self.notes);
                 if notes.first() != Some(&note) {
