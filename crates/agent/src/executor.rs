@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use pgfm_coord::ProposeError;
-use pgfm_core::decide::{Action, ClusterView};
+use pgfm_core::decide::{Action, ClusterView, Forward};
 use pgfm_core::{ClusterState, Command, Generation};
 use pgfm_postgres::Upstream;
 
@@ -25,8 +25,8 @@ impl Agent {
         for action in actions {
             match action {
                 Action::Hold { reason } | Action::ClusterHold { reason } => notes.push(reason),
-                Action::Propose(command) => {
-                    if let Err(e) = self.propose(command).await {
+                Action::Propose { command, forward } => {
+                    if let Err(e) = self.propose(command, forward).await {
                         notes.push(e);
                     }
                 }
@@ -86,9 +86,10 @@ impl Agent {
         }
     }
 
-    /// Commit `command`; a promotion first passes the fence hook, and a committed one is
-    /// announced to the notification hook. `Err` says why a promotion was held back.
-    async fn propose(&self, command: Command) -> Result<(), String> {
+    /// Commit `command`, forwarded to the coordinator only when the engine allows it; a
+    /// promotion first passes the fence hook, and a committed one is announced to the
+    /// notification hook. `Err` says why a promotion was held back.
+    async fn propose(&self, command: Command, forward: Forward) -> Result<(), String> {
         if let Command::Promote {
             node,
             generation,
@@ -115,17 +116,11 @@ impl Agent {
                 }
             }
         }
-        // The coordinator's own decisions rest on what it saw while it led: once it no
-        // longer leads they are dropped, never forwarded (the new coordinator decides
-        // afresh from its own view).
-        let decision = matches!(
-            command,
-            Command::Bootstrap { .. } | Command::Promote { .. } | Command::CancelSwitchover { .. }
-        );
-        let outcome = if decision {
-            self.raft.propose_local(command.clone()).await
-        } else {
-            pgfm_coord::Coordinator::propose(&self.raft, command.clone()).await
+        let outcome = match forward {
+            Forward::ToCoordinator => {
+                pgfm_coord::Coordinator::propose(&self.raft, command.clone()).await
+            }
+            Forward::Never => self.raft.propose_local(command.clone()).await,
         };
         match outcome {
             Ok(()) => {
@@ -374,7 +369,7 @@ impl Agent {
             Action::ReleaseVip { generation, reason } => {
                 self.release_vip(*generation, reason).await
             }
-            Action::Propose(_)
+            Action::Propose { .. }
             | Action::MeasureWal { .. }
             | Action::Hold { .. }
             | Action::ClusterHold { .. } => {}
