@@ -2,12 +2,13 @@
 //! logged with the generation it serves, can be retried (the next decision round does so),
 //! and its failure becomes part of this node's report.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use pgfm_coord::ProposeError;
 use pgfm_core::decide::{Action, ClusterView, Forward};
+use pgfm_core::model::SyncRule;
 use pgfm_core::{ClusterState, Command, Generation};
-use pgfm_postgres::Upstream;
+use pgfm_postgres::{Postgres, Upstream};
 
 use super::{lock, Agent};
 
@@ -168,186 +169,322 @@ impl Agent {
         }
     }
 
+    /// Carry out one action on the local PostgreSQL (or its VIP): each kind is a step below.
     async fn act(&self, state: &ClusterState, action: &Action) -> anyhow::Result<()> {
         let Some(pg) = &self.postgres else {
             anyhow::bail!("{action:?} on a node without PostgreSQL");
         };
-        let set_activity = |text: Option<String>| *lock(&self.activity) = text;
-        let started = std::time::Instant::now();
         match action {
-            Action::StartPrimary { generation } => {
-                tracing::info!(%generation, "starting PostgreSQL as the primary");
-                set_activity(Some(format!(
-                    "starting as primary of generation {generation}"
-                )));
-                // A primary (re)starts waiting for the committed synchronous standbys: an
-                // asynchronous start would acknowledge commits a failover to them loses.
-                pg.write_sync_conf(&state.committed_sync())?;
-                let result = pg.start(None).await;
-                set_activity(None);
-                let pid = result?;
-                lock(&self.db).crashed_at_ms = None;
-                tracing::info!(%generation, pid, ms = started.elapsed().as_millis() as u64, "PostgreSQL is up as the primary");
-            }
+            Action::StartPrimary { generation } => self.start_primary(pg, state, *generation).await,
             Action::StartStandby {
                 upstream,
                 generation,
-            } => {
-                let up = self.upstream(state, upstream)?;
-                tracing::info!(%generation, %upstream, "starting PostgreSQL as a standby");
-                set_activity(Some(format!("starting as standby of {upstream}")));
-                let result = pg.start(Some(&up)).await;
-                set_activity(None);
-                let pid = result?;
-                lock(&self.db).crashed_at_ms = None;
-                tracing::info!(%generation, %upstream, pid, "PostgreSQL is up as a standby");
-            }
+            } => self.start_standby(pg, state, upstream, *generation).await,
             Action::Clone {
                 upstream,
                 generation,
+            } => {
+                self.clone_and_start(pg, state, upstream, *generation, true)
+                    .await
             }
-            | Action::Reclone {
+            Action::Reclone {
                 upstream,
                 generation,
             } => {
-                let up = self.upstream(state, upstream)?;
-                let fresh = matches!(action, Action::Clone { .. });
-                tracing::info!(%generation, %upstream, "{}", if fresh { "cloning the empty data directory" } else { "rewind failed: moving the data directory aside and cloning afresh" });
-                set_activity(Some(format!("cloning from {upstream} (pg_basebackup)")));
-                let cloned = if fresh {
-                    pg.clone_from(&up).await
-                } else {
-                    pg.reclone(&up).await
-                };
-                if cloned.is_ok() {
-                    set_activity(Some(format!("starting as standby of {upstream}")));
-                }
-                let result = match cloned {
-                    Ok(()) => pg.start(Some(&up)).await.map(|_| ()),
-                    Err(e) => Err(e),
-                };
-                set_activity(None);
-                result?;
-                lock(&self.rewind_failed).take();
-                self.resume_requested
-                    .store(false, std::sync::atomic::Ordering::SeqCst);
-                tracing::info!(%generation, %upstream, ms = started.elapsed().as_millis() as u64, "cloned and streaming");
+                self.clone_and_start(pg, state, upstream, *generation, false)
+                    .await
             }
-            Action::Promote { generation } => {
-                tracing::warn!(%generation, "promoting this standby (committed in the Raft log first)");
-                set_activity(Some(format!(
-                    "promoting to primary of generation {generation}"
-                )));
-                let result = match self.wait_vip_free(*generation).await {
-                    Ok(()) => pg.promote().await,
-                    Err(e) => Err(e),
-                };
-                set_activity(None);
-                result?;
-                tracing::warn!(%generation, ms = started.elapsed().as_millis() as u64, "promoted: this node is the primary");
-                // Clients wait for the VIP: take it now rather than at the next decision.
-                if let Err(e) = self.take_vip(*generation).await {
-                    tracing::error!(%generation, error = %format!("{e:#}"), "adding the virtual IP failed (retried at the next decision)");
-                }
-                let old = state.history.last().and_then(|p| p.from.clone());
-                let event = || super::hooks::Event {
-                    name: "promoted",
-                    old_primary: old.as_deref(),
-                    new_primary: Some(&self.config.name),
-                    generation: *generation,
-                };
-                if let Some(hook) = self.config.hooks.post_promotion.clone() {
-                    if let Err(e) = self.run_hook("post_promotion", &hook, &event()).await {
-                        tracing::warn!(%generation, "{e}");
-                    }
-                }
-                self.notify(event()).await;
-            }
+            Action::Promote { generation } => self.promote_standby(pg, state, *generation).await,
             Action::Follow {
                 upstream,
                 generation,
-            } => {
-                let up = self.upstream(state, upstream)?;
-                pg.follow(&up).await?;
-                tracing::info!(%generation, %upstream, "now following the new primary (reloaded, no restart)");
-            }
+            } => self.follow(pg, state, upstream, *generation).await,
             Action::Fence { generation, reason } => {
-                self.fence_now(pg, *generation, reason).await?;
-                self.notify(super::hooks::Event {
-                    name: "fenced",
-                    old_primary: Some(&self.config.name),
-                    new_primary: state.primary.as_deref(),
-                    generation: *generation,
-                })
-                .await;
+                self.fence(pg, state, *generation, reason).await
             }
             Action::StopToRewind { generation, reason } => {
-                tracing::error!(%generation, %reason, "stopping this standby to rewind it");
-                set_activity(Some(format!("stopping to rewind: {reason}")));
-                lock(&self.db).expect_down = true;
-                let stopped = pg.stop_to_rewind().await;
-                set_activity(None);
-                stopped?;
-                tracing::warn!(%generation, "stopped and marked for a rewind");
+                self.stop_to_rewind(pg, *generation, reason).await
             }
             Action::Rewind {
                 upstream,
                 generation,
-            } => {
-                let up = self.upstream(state, upstream)?;
-                tracing::info!(%generation, %upstream, "rejoining: pg_rewind against the new primary");
-                set_activity(Some(format!("rewinding against {upstream}")));
-                let rewound = pg.rewind(&up).await;
-                if let Err(e) = &rewound {
-                    *lock(&self.rewind_failed) = Some((*generation, format!("{e:#}")));
-                }
-                let result = match rewound {
-                    Ok(()) => {
-                        set_activity(Some(format!("starting as standby of {upstream}")));
-                        pg.start(Some(&up)).await.map(|_| ())
-                    }
-                    Err(e) => Err(e),
-                };
-                set_activity(None);
-                result?;
-                lock(&self.db).crashed_at_ms = None;
-                self.resume_requested
-                    .store(false, std::sync::atomic::Ordering::SeqCst);
-                tracing::info!(%generation, %upstream, ms = started.elapsed().as_millis() as u64, "rewound and streaming");
-            }
+            } => self.rewind(pg, state, upstream, *generation).await,
             Action::HandOver {
                 to,
                 generation,
                 seq,
                 force,
-            } => {
-                tracing::warn!(%generation, %to, "switchover: stopping PostgreSQL cleanly to hand over");
-                set_activity(Some(format!("switchover: handing over to {to}")));
-                self.release_vip(*generation, "switchover").await;
-                lock(&self.db).expect_down = true;
-                let stopped = pg
-                    .stop_for_handover(self.config.failover.switchover_timeout, *force)
-                    .await;
-                set_activity(None);
-                let stop = stopped?;
-                let final_lsn = stop.final_lsn;
-                let command = Command::HandOver {
-                    node: self.config.name.clone(),
-                    generation: *generation,
-                    final_lsn,
-                    seq: *seq,
-                    unclean: !stop.clean,
-                };
-                match pgfm_coord::Coordinator::propose(&self.raft, command).await {
-                    Ok(()) => {
-                        tracing::warn!(%generation, %to, %final_lsn, ms = started.elapsed().as_millis() as u64, "switchover: stopped cleanly and handed over")
-                    }
-                    Err(ProposeError::Refused(refused)) => {
-                        anyhow::bail!("hand-over refused: {refused}")
-                    }
-                    Err(e) => anyhow::bail!("hand-over not committed: {e}"),
-                }
+            } => self.hand_over(pg, to, *generation, *seq, *force).await,
+            Action::DropSlots { .. } | Action::EnsureSlots { .. } => self.slots(pg, action).await,
+            Action::SetSyncStandbys { rule, generation } => {
+                self.set_sync_standbys(pg, rule, *generation).await
             }
+            Action::TakeVip { generation } => self.take_vip(*generation).await,
+            Action::ReleaseVip { generation, reason } => {
+                self.release_vip(*generation, reason).await;
+                Ok(())
+            }
+            // Carried out by `execute_all`: no I/O on the local PostgreSQL.
+            Action::Propose { .. }
+            | Action::MeasureWal { .. }
+            | Action::Hold { .. }
+            | Action::ClusterHold { .. } => Ok(()),
+        }
+    }
+
+    /// What a long action is doing now, shown in this node's info while it runs (`None`:
+    /// done).
+    fn set_activity(&self, text: Option<String>) {
+        *lock(&self.activity) = text;
+    }
+
+    /// Start PostgreSQL as the primary of `generation`, waiting for the committed
+    /// synchronous standbys.
+    async fn start_primary(
+        &self,
+        pg: &Postgres,
+        state: &ClusterState,
+        generation: Generation,
+    ) -> anyhow::Result<()> {
+        let started = Instant::now();
+        tracing::info!(%generation, "starting PostgreSQL as the primary");
+        self.set_activity(Some(format!(
+            "starting as primary of generation {generation}"
+        )));
+        // A primary (re)starts waiting for the committed synchronous standbys: an
+        // asynchronous start would acknowledge commits a failover to them loses.
+        pg.write_sync_conf(&state.committed_sync())?;
+        let result = pg.start(None).await;
+        self.set_activity(None);
+        let pid = result?;
+        lock(&self.db).crashed_at_ms = None;
+        tracing::info!(%generation, pid, ms = started.elapsed().as_millis() as u64, "PostgreSQL is up as the primary");
+        Ok(())
+    }
+
+    /// Start PostgreSQL as a standby streaming from `upstream`.
+    async fn start_standby(
+        &self,
+        pg: &Postgres,
+        state: &ClusterState,
+        upstream: &str,
+        generation: Generation,
+    ) -> anyhow::Result<()> {
+        let up = self.upstream(state, upstream)?;
+        tracing::info!(%generation, %upstream, "starting PostgreSQL as a standby");
+        self.set_activity(Some(format!("starting as standby of {upstream}")));
+        let result = pg.start(Some(&up)).await;
+        self.set_activity(None);
+        let pid = result?;
+        lock(&self.db).crashed_at_ms = None;
+        tracing::info!(%generation, %upstream, pid, "PostgreSQL is up as a standby");
+        Ok(())
+    }
+
+    /// Fill the data directory with a base backup of `upstream` — the empty one (`fresh`),
+    /// or a fresh one with the old moved aside — then start as its standby.
+    async fn clone_and_start(
+        &self,
+        pg: &Postgres,
+        state: &ClusterState,
+        upstream: &str,
+        generation: Generation,
+        fresh: bool,
+    ) -> anyhow::Result<()> {
+        let started = Instant::now();
+        let up = self.upstream(state, upstream)?;
+        tracing::info!(%generation, %upstream, "{}", if fresh { "cloning the empty data directory" } else { "rewind failed: moving the data directory aside and cloning afresh" });
+        self.set_activity(Some(format!("cloning from {upstream} (pg_basebackup)")));
+        let cloned = if fresh {
+            pg.clone_from(&up).await
+        } else {
+            pg.reclone(&up).await
+        };
+        if cloned.is_ok() {
+            self.set_activity(Some(format!("starting as standby of {upstream}")));
+        }
+        let result = match cloned {
+            Ok(()) => pg.start(Some(&up)).await.map(|_| ()),
+            Err(e) => Err(e),
+        };
+        self.set_activity(None);
+        result?;
+        lock(&self.rewind_failed).take();
+        self.resume_requested
+            .store(false, std::sync::atomic::Ordering::SeqCst);
+        tracing::info!(%generation, %upstream, ms = started.elapsed().as_millis() as u64, "cloned and streaming");
+        Ok(())
+    }
+
+    /// Promote the local standby (its promotion is committed), once no other host answers
+    /// for the VIP; then take the VIP at once and run the promotion hooks.
+    async fn promote_standby(
+        &self,
+        pg: &Postgres,
+        state: &ClusterState,
+        generation: Generation,
+    ) -> anyhow::Result<()> {
+        let started = Instant::now();
+        tracing::warn!(%generation, "promoting this standby (committed in the Raft log first)");
+        self.set_activity(Some(format!(
+            "promoting to primary of generation {generation}"
+        )));
+        let result = match self.wait_vip_free(generation).await {
+            Ok(()) => pg.promote().await,
+            Err(e) => Err(e),
+        };
+        self.set_activity(None);
+        result?;
+        tracing::warn!(%generation, ms = started.elapsed().as_millis() as u64, "promoted: this node is the primary");
+        // Clients wait for the VIP: take it now rather than at the next decision.
+        if let Err(e) = self.take_vip(generation).await {
+            tracing::error!(%generation, error = %format!("{e:#}"), "adding the virtual IP failed (retried at the next decision)");
+        }
+        let old = state.history.last().and_then(|p| p.from.clone());
+        let event = || super::hooks::Event {
+            name: "promoted",
+            old_primary: old.as_deref(),
+            new_primary: Some(&self.config.name),
+            generation,
+        };
+        if let Some(hook) = self.config.hooks.post_promotion.clone() {
+            if let Err(e) = self.run_hook("post_promotion", &hook, &event()).await {
+                tracing::warn!(%generation, "{e}");
+            }
+        }
+        self.notify(event()).await;
+        Ok(())
+    }
+
+    /// Point the running standby at the new primary `upstream` (reload, no restart).
+    async fn follow(
+        &self,
+        pg: &Postgres,
+        state: &ClusterState,
+        upstream: &str,
+        generation: Generation,
+    ) -> anyhow::Result<()> {
+        let up = self.upstream(state, upstream)?;
+        pg.follow(&up).await?;
+        tracing::info!(%generation, %upstream, "now following the new primary (reloaded, no restart)");
+        Ok(())
+    }
+
+    /// Stop PostgreSQL at once (it may take writes it must not), then tell the notification
+    /// hook.
+    async fn fence(
+        &self,
+        pg: &Postgres,
+        state: &ClusterState,
+        generation: Generation,
+        reason: &str,
+    ) -> anyhow::Result<()> {
+        self.fence_now(pg, generation, reason).await?;
+        self.notify(super::hooks::Event {
+            name: "fenced",
+            old_primary: Some(&self.config.name),
+            new_primary: state.primary.as_deref(),
+            generation,
+        })
+        .await;
+        Ok(())
+    }
+
+    /// Stop the diverged standby and mark its data directory for a rewind.
+    async fn stop_to_rewind(
+        &self,
+        pg: &Postgres,
+        generation: Generation,
+        reason: &str,
+    ) -> anyhow::Result<()> {
+        tracing::error!(%generation, %reason, "stopping this standby to rewind it");
+        self.set_activity(Some(format!("stopping to rewind: {reason}")));
+        lock(&self.db).expect_down = true;
+        let stopped = pg.stop_to_rewind().await;
+        self.set_activity(None);
+        stopped?;
+        tracing::warn!(%generation, "stopped and marked for a rewind");
+        Ok(())
+    }
+
+    /// Rejoin a former primary: `pg_rewind` against the new primary `upstream`, then start
+    /// as its standby. A failed rewind is remembered for the generation (the engine then
+    /// re-clones or holds, per `rejoin`).
+    async fn rewind(
+        &self,
+        pg: &Postgres,
+        state: &ClusterState,
+        upstream: &str,
+        generation: Generation,
+    ) -> anyhow::Result<()> {
+        let started = Instant::now();
+        let up = self.upstream(state, upstream)?;
+        tracing::info!(%generation, %upstream, "rejoining: pg_rewind against the new primary");
+        self.set_activity(Some(format!("rewinding against {upstream}")));
+        let rewound = pg.rewind(&up).await;
+        if let Err(e) = &rewound {
+            *lock(&self.rewind_failed) = Some((generation, format!("{e:#}")));
+        }
+        let result = match rewound {
+            Ok(()) => {
+                self.set_activity(Some(format!("starting as standby of {upstream}")));
+                pg.start(Some(&up)).await.map(|_| ())
+            }
+            Err(e) => Err(e),
+        };
+        self.set_activity(None);
+        result?;
+        lock(&self.db).crashed_at_ms = None;
+        self.resume_requested
+            .store(false, std::sync::atomic::Ordering::SeqCst);
+        tracing::info!(%generation, %upstream, ms = started.elapsed().as_millis() as u64, "rewound and streaming");
+        Ok(())
+    }
+
+    /// Switchover: release the VIP, stop PostgreSQL cleanly (bounded; immediate when
+    /// `force`), and commit the hand-over with the final WAL position, which releases the
+    /// lease.
+    async fn hand_over(
+        &self,
+        pg: &Postgres,
+        to: &str,
+        generation: Generation,
+        seq: u64,
+        force: bool,
+    ) -> anyhow::Result<()> {
+        let started = Instant::now();
+        tracing::warn!(%generation, %to, "switchover: stopping PostgreSQL cleanly to hand over");
+        self.set_activity(Some(format!("switchover: handing over to {to}")));
+        self.release_vip(generation, "switchover").await;
+        lock(&self.db).expect_down = true;
+        let stopped = pg
+            .stop_for_handover(self.config.failover.switchover_timeout, force)
+            .await;
+        self.set_activity(None);
+        let stop = stopped?;
+        let final_lsn = stop.final_lsn;
+        let command = Command::HandOver {
+            node: self.config.name.clone(),
+            generation,
+            final_lsn,
+            seq,
+            unclean: !stop.clean,
+        };
+        match pgfm_coord::Coordinator::propose(&self.raft, command).await {
+            Ok(()) => {
+                tracing::warn!(%generation, %to, %final_lsn, ms = started.elapsed().as_millis() as u64, "switchover: stopped cleanly and handed over")
+            }
+            Err(ProposeError::Refused(refused)) => {
+                anyhow::bail!("hand-over refused: {refused}")
+            }
+            Err(e) => anyhow::bail!("hand-over not committed: {e}"),
+        }
+        Ok(())
+    }
+
+    /// Create (`EnsureSlots`) or drop (`DropSlots`) replication slots on the local primary.
+    async fn slots(&self, pg: &Postgres, action: &Action) -> anyhow::Result<()> {
+        match action {
             Action::DropSlots { slots, generation } => {
                 pg.drop_slots(slots).await?;
                 tracing::info!(%generation, slots = %slots.join(","), "replication slots of departed nodes dropped");
@@ -356,23 +493,25 @@ impl Agent {
                 pg.ensure_slots(slots).await?;
                 tracing::info!(%generation, slots = %slots.join(","), "replication slots created");
             }
-            Action::SetSyncStandbys { rule, generation } => {
-                let lsn = pg.set_sync_standbys(rule).await?;
-                *lock(&self.sync_switch) = Some((*generation, lsn));
-                if rule.is_async() {
-                    tracing::warn!(%generation, %lsn, "synchronous replication off: commits no longer wait for a standby");
-                } else {
-                    tracing::warn!(%generation, %lsn, %rule, "synchronous standbys set: commits wait for them");
-                }
-            }
-            Action::TakeVip { generation } => self.take_vip(*generation).await?,
-            Action::ReleaseVip { generation, reason } => {
-                self.release_vip(*generation, reason).await
-            }
-            Action::Propose { .. }
-            | Action::MeasureWal { .. }
-            | Action::Hold { .. }
-            | Action::ClusterHold { .. } => {}
+            _ => {}
+        }
+        Ok(())
+    }
+
+    /// Make the local primary's commits wait for `rule` (reload, wait until in force), and
+    /// note the WAL position of the switch.
+    async fn set_sync_standbys(
+        &self,
+        pg: &Postgres,
+        rule: &SyncRule,
+        generation: Generation,
+    ) -> anyhow::Result<()> {
+        let lsn = pg.set_sync_standbys(rule).await?;
+        *lock(&self.sync_switch) = Some((generation, lsn));
+        if rule.is_async() {
+            tracing::warn!(%generation, %lsn, "synchronous replication off: commits no longer wait for a standby");
+        } else {
+            tracing::warn!(%generation, %lsn, %rule, "synchronous standbys set: commits wait for them");
         }
         Ok(())
     }
