@@ -1,96 +1,78 @@
 //! The executor: the only place where the engine's actions turn into I/O. Every action is
 //! logged with the generation it serves, can be retried (the next decision round does so),
-//! and its failure becomes part of this node's report.
+//! and its failure becomes part of this node's report. What an action did that later
+//! decisions must know comes back as values (`memory::Outcome`), which the loop that decided
+//! it folds into its memory: the executor writes nothing the decisions read, only
+//! `activity`, the live text of a long action for this node's info.
 
 use std::time::{Duration, Instant};
 
 use pgfm_coord::ProposeError;
-use pgfm_core::decide::{Action, ClusterView, Forward};
+use pgfm_core::decide::{Action, ClusterView, Forward, Measured};
 use pgfm_core::model::SyncRule;
-use pgfm_core::{ClusterState, Command, Generation};
+use pgfm_core::{ClusterState, Command, Generation, Lsn};
 use pgfm_postgres::{Postgres, Upstream};
 
+use super::memory::{Memory, Outcome};
 use super::{lock, Agent};
 
-/// Which loop's decisions are being carried out: each keeps its own notes (this node's
-/// info, the coordinator's problems).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) enum Part {
-    Local,
-    Coordinator,
+/// What carrying out one action came to.
+#[derive(Debug, Default)]
+pub(super) struct Done {
+    /// What it did that later decisions must know, for the loop that decided it to fold
+    /// into its `Memory`.
+    pub outcomes: Vec<Outcome>,
+    /// Why it did not happen, or the engine's reason to hold: this node's info (or the
+    /// coordinator's problems) until the next round.
+    pub note: Option<String>,
+    /// It acted on the local PostgreSQL (whether it succeeded or not): the next decision
+    /// waits for a probe made after it.
+    pub acted: bool,
 }
 
 impl Agent {
-    pub(super) async fn execute_all(&self, view: &ClusterView, part: Part, actions: Vec<Action>) {
-        let mut notes = Vec::new();
-        for action in actions {
-            match action {
-                Action::Hold { reason } | Action::ClusterHold { reason } => notes.push(reason),
-                Action::Propose { command, forward } => {
-                    if let Err(e) = self.propose(command, forward).await {
-                        notes.push(e);
-                    }
-                }
-                Action::MeasureWal {
-                    members,
-                    generation,
-                } => self.measure_wal(&view.state, &members, generation).await,
-                other => {
-                    let result = self.act(&view.state, &other).await;
-                    self.count_start(&other, &result);
-                    // The next decision waits for a probe made after this action.
-                    self.last_action_ms
-                        .store(self.now_ms(), std::sync::atomic::Ordering::SeqCst);
-                    self.probe_now.notify_one();
-                    if let Err(e) = result {
-                        let text = format!("{e:#}");
-                        tracing::error!(generation = %view.state.generation, action = ?other, error = %text, "action failed");
-                        notes.push(text);
-                    }
+    /// Carry out one of the engine's actions. `memory` is the deciding loop's, read only for
+    /// the fence hook's back-off: what the action did comes back as `Done::outcomes`.
+    pub(super) async fn execute(
+        &self,
+        view: &ClusterView,
+        action: Action,
+        memory: &Memory,
+    ) -> Done {
+        let mut done = Done::default();
+        match action {
+            Action::Hold { reason } | Action::ClusterHold { reason } => done.note = Some(reason),
+            Action::Propose { command, forward } => {
+                let proposed = self.propose(command, forward, memory, &mut done.outcomes);
+                done.note = proposed.await.err();
+            }
+            Action::MeasureWal {
+                members,
+                generation,
+            } => done.outcomes = self.measure_wal(&view.state, &members, generation).await,
+            other => {
+                let result = self.act(&view.state, &other, &mut done.outcomes).await;
+                done.acted = true;
+                if let Err(e) = result {
+                    let text = format!("{e:#}");
+                    tracing::error!(generation = %view.state.generation, action = ?other, error = %text, "action failed");
+                    done.note = Some(text);
                 }
             }
         }
-        let kept = match part {
-            Part::Local => &self.notes,
-            Part::Coordinator => &self.coordinator_notes,
-        };
-        let mut kept = lock(kept);
-        if *kept != notes {
-            for note in &notes {
-                tracing::info!(generation = %view.state.generation, "holding: {note}");
-            }
-        }
-        *kept = notes;
-    }
-
-    /// Fold a start's outcome into the count of failed starts in a row (the engine
-    /// re-clones, once, or gives up after `start_attempts`). A start counts as failed only
-    /// when the postmaster is gone (it exited during start-up): one still recovering past
-    /// `start_timeout` is no failure. The decide loop resets the count once PostgreSQL
-    /// answers.
-    fn count_start(&self, action: &Action, result: &anyhow::Result<()>) {
-        let mut record = lock(&self.starts);
-        if matches!(action, Action::Reclone { .. }) {
-            record.recloned = true;
-        }
-        let start = matches!(
-            action,
-            Action::StartPrimary { .. } | Action::StartStandby { .. }
-        );
-        let exited = self
-            .postgres
-            .as_ref()
-            .is_some_and(|pg| pg.running_pid().is_none());
-        if let (true, true, Err(e)) = (start, exited, result) {
-            record.failures += 1;
-            record.last_error = Some(format!("{e:#}"));
-        }
+        done
     }
 
     /// Commit `command`, forwarded to the coordinator only when the engine allows it; a
     /// promotion first passes the fence hook, and a committed one is announced to the
     /// notification hook. `Err` says why a promotion was held back.
-    async fn propose(&self, command: Command, forward: Forward) -> Result<(), String> {
+    async fn propose(
+        &self,
+        command: Command,
+        forward: Forward,
+        memory: &Memory,
+        outcomes: &mut Vec<Outcome>,
+    ) -> Result<(), String> {
         if let Command::Promote {
             node,
             generation,
@@ -100,8 +82,7 @@ impl Agent {
         {
             if let Some(hook) = self.config.hooks.fence.clone() {
                 let now = self.now_ms();
-                let recent = lock(&self.fence_hook_failed_ms).is_some_and(|at| now < at + 5_000);
-                if recent {
+                if memory.fence_hook_refused_recently(now) {
                     return Err("the fence hook refused the promotion: retrying shortly".into());
                 }
                 let event = super::hooks::Event {
@@ -111,7 +92,7 @@ impl Agent {
                     generation: *generation,
                 };
                 if let Err(e) = self.run_hook("fence", &hook, &event).await {
-                    *lock(&self.fence_hook_failed_ms) = Some(now);
+                    outcomes.push(Outcome::FenceHookRefused { at_ms: now });
                     tracing::error!(%generation, "{e}: promotion of {node} aborted");
                     return Err(format!("{e}: promotion of {node} aborted"));
                 }
@@ -170,29 +151,48 @@ impl Agent {
     }
 
     /// Carry out one action on the local PostgreSQL (or its VIP): each kind is a step below.
-    async fn act(&self, state: &ClusterState, action: &Action) -> anyhow::Result<()> {
+    /// What it did that later decisions must know is pushed to `outcomes`, whether it
+    /// succeeded or not.
+    async fn act(
+        &self,
+        state: &ClusterState,
+        action: &Action,
+        outcomes: &mut Vec<Outcome>,
+    ) -> anyhow::Result<()> {
         let Some(pg) = &self.postgres else {
             anyhow::bail!("{action:?} on a node without PostgreSQL");
         };
         match action {
-            Action::StartPrimary { generation } => self.start_primary(pg, state, *generation).await,
+            Action::StartPrimary { generation } => {
+                let result = self.start_primary(pg, state, *generation, outcomes).await;
+                outcomes.extend(failed_start(pg, &result));
+                result
+            }
             Action::StartStandby {
                 upstream,
                 generation,
-            } => self.start_standby(pg, state, upstream, *generation).await,
+            } => {
+                let starting = self.start_standby(pg, state, upstream, *generation, outcomes);
+                let result = starting.await;
+                outcomes.extend(failed_start(pg, &result));
+                result
+            }
             Action::Clone {
                 upstream,
                 generation,
             } => {
-                self.clone_and_start(pg, state, upstream, *generation, true)
+                self.clone_and_start(pg, state, upstream, *generation, true, outcomes)
                     .await
             }
             Action::Reclone {
                 upstream,
                 generation,
             } => {
-                self.clone_and_start(pg, state, upstream, *generation, false)
-                    .await
+                let cloning =
+                    self.clone_and_start(pg, state, upstream, *generation, false, outcomes);
+                let result = cloning.await;
+                outcomes.push(Outcome::Recloned);
+                result
             }
             Action::Promote { generation } => self.promote_standby(pg, state, *generation).await,
             Action::Follow {
@@ -208,7 +208,10 @@ impl Agent {
             Action::Rewind {
                 upstream,
                 generation,
-            } => self.rewind(pg, state, upstream, *generation).await,
+            } => {
+                self.rewind(pg, state, upstream, *generation, outcomes)
+                    .await
+            }
             Action::HandOver {
                 to,
                 generation,
@@ -217,14 +220,19 @@ impl Agent {
             } => self.hand_over(pg, to, *generation, *seq, *force).await,
             Action::DropSlots { .. } | Action::EnsureSlots { .. } => self.slots(pg, action).await,
             Action::SetSyncStandbys { rule, generation } => {
-                self.set_sync_standbys(pg, rule, *generation).await
+                let lsn = self.set_sync_standbys(pg, rule, *generation).await?;
+                outcomes.push(Outcome::SyncSwitched {
+                    generation: *generation,
+                    lsn,
+                });
+                Ok(())
             }
             Action::TakeVip { generation } => self.take_vip(*generation).await,
             Action::ReleaseVip { generation, reason } => {
                 self.release_vip(*generation, reason).await;
                 Ok(())
             }
-            // Carried out by `execute_all`: no I/O on the local PostgreSQL.
+            // Carried out by `execute`: no I/O on the local PostgreSQL.
             Action::Propose { .. }
             | Action::MeasureWal { .. }
             | Action::Hold { .. }
@@ -245,6 +253,7 @@ impl Agent {
         pg: &Postgres,
         state: &ClusterState,
         generation: Generation,
+        outcomes: &mut Vec<Outcome>,
     ) -> anyhow::Result<()> {
         let started = Instant::now();
         tracing::info!(%generation, "starting PostgreSQL as the primary");
@@ -257,7 +266,7 @@ impl Agent {
         let result = pg.start(None).await;
         self.set_activity(None);
         let pid = result?;
-        lock(&self.db).crashed_at_ms = None;
+        outcomes.push(Outcome::Started);
         tracing::info!(%generation, pid, ms = started.elapsed().as_millis() as u64, "PostgreSQL is up as the primary");
         Ok(())
     }
@@ -269,6 +278,7 @@ impl Agent {
         state: &ClusterState,
         upstream: &str,
         generation: Generation,
+        outcomes: &mut Vec<Outcome>,
     ) -> anyhow::Result<()> {
         let up = self.upstream(state, upstream)?;
         tracing::info!(%generation, %upstream, "starting PostgreSQL as a standby");
@@ -276,7 +286,7 @@ impl Agent {
         let result = pg.start(Some(&up)).await;
         self.set_activity(None);
         let pid = result?;
-        lock(&self.db).crashed_at_ms = None;
+        outcomes.push(Outcome::Started);
         tracing::info!(%generation, %upstream, pid, "PostgreSQL is up as a standby");
         Ok(())
     }
@@ -290,6 +300,7 @@ impl Agent {
         upstream: &str,
         generation: Generation,
         fresh: bool,
+        outcomes: &mut Vec<Outcome>,
     ) -> anyhow::Result<()> {
         let started = Instant::now();
         let up = self.upstream(state, upstream)?;
@@ -309,9 +320,7 @@ impl Agent {
         };
         self.set_activity(None);
         result?;
-        lock(&self.rewind_failed).take();
-        self.resume_requested
-            .store(false, std::sync::atomic::Ordering::SeqCst);
+        outcomes.push(Outcome::Rejoined);
         tracing::info!(%generation, %upstream, ms = started.elapsed().as_millis() as u64, "cloned and streaming");
         Ok(())
     }
@@ -399,7 +408,7 @@ impl Agent {
     ) -> anyhow::Result<()> {
         tracing::error!(%generation, %reason, "stopping this standby to rewind it");
         self.set_activity(Some(format!("stopping to rewind: {reason}")));
-        lock(&self.db).expect_down = true;
+        self.expect_db_down();
         let stopped = pg.stop_to_rewind().await;
         self.set_activity(None);
         stopped?;
@@ -416,6 +425,7 @@ impl Agent {
         state: &ClusterState,
         upstream: &str,
         generation: Generation,
+        outcomes: &mut Vec<Outcome>,
     ) -> anyhow::Result<()> {
         let started = Instant::now();
         let up = self.upstream(state, upstream)?;
@@ -423,7 +433,10 @@ impl Agent {
         self.set_activity(Some(format!("rewinding against {upstream}")));
         let rewound = pg.rewind(&up).await;
         if let Err(e) = &rewound {
-            *lock(&self.rewind_failed) = Some((generation, format!("{e:#}")));
+            outcomes.push(Outcome::RewindFailed {
+                generation,
+                error: format!("{e:#}"),
+            });
         }
         let result = match rewound {
             Ok(()) => {
@@ -434,9 +447,7 @@ impl Agent {
         };
         self.set_activity(None);
         result?;
-        lock(&self.db).crashed_at_ms = None;
-        self.resume_requested
-            .store(false, std::sync::atomic::Ordering::SeqCst);
+        outcomes.extend([Outcome::Started, Outcome::Rejoined]);
         tracing::info!(%generation, %upstream, ms = started.elapsed().as_millis() as u64, "rewound and streaming");
         Ok(())
     }
@@ -456,7 +467,7 @@ impl Agent {
         tracing::warn!(%generation, %to, "switchover: stopping PostgreSQL cleanly to hand over");
         self.set_activity(Some(format!("switchover: handing over to {to}")));
         self.release_vip(generation, "switchover").await;
-        lock(&self.db).expect_down = true;
+        self.expect_db_down();
         let stopped = pg
             .stop_for_handover(self.config.failover.switchover_timeout, force)
             .await;
@@ -498,29 +509,33 @@ impl Agent {
         Ok(())
     }
 
-    /// Make the local primary's commits wait for `rule` (reload, wait until in force), and
-    /// note the WAL position of the switch.
+    /// Make the local primary's commits wait for `rule` (reload, wait until in force): the
+    /// WAL position where the switch took effect.
     async fn set_sync_standbys(
         &self,
         pg: &Postgres,
         rule: &SyncRule,
         generation: Generation,
-    ) -> anyhow::Result<()> {
+    ) -> anyhow::Result<Lsn> {
         let lsn = pg.set_sync_standbys(rule).await?;
-        *lock(&self.sync_switch) = Some((generation, lsn));
         if rule.is_async() {
             tracing::warn!(%generation, %lsn, "synchronous replication off: commits no longer wait for a standby");
         } else {
             tracing::warn!(%generation, %lsn, %rule, "synchronous standbys set: commits wait for them");
         }
-        Ok(())
+        Ok(lsn)
     }
 
     /// Ask the agents of `members` for their WAL position, read from their PostgreSQL now
     /// (all at once, each within 500 ms: a local query; a host that is gone must not hold
     /// the failover up for long), kept for the next decisions with the time the question was
     /// sent. A node whose agent or database does not answer is not reached this round.
-    async fn measure_wal(&self, state: &ClusterState, members: &[String], generation: Generation) {
+    async fn measure_wal(
+        &self,
+        state: &ClusterState,
+        members: &[String],
+        generation: Generation,
+    ) -> Vec<Outcome> {
         let started = self.now_ms();
         let mut readings = tokio::task::JoinSet::new();
         for name in members {
@@ -533,24 +548,36 @@ impl Agent {
             readings.spawn(async move { (name, client.wal_position().await) });
         }
         let readings = readings.join_all().await;
-        let mut measured = lock(&self.measured);
+        let mut measured = Vec::new();
         for (name, read) in readings {
             match read {
                 Ok(answer) => {
                     let position = answer.position.filter(|_| answer.in_recovery);
                     tracing::info!(%generation, node = %name, position = ?position, "WAL position measured");
-                    measured.insert(
-                        name,
-                        pgfm_core::decide::Measured {
+                    measured.push(Outcome::WalMeasured {
+                        node: name,
+                        measured: Measured {
                             at_ms: started,
                             position,
                         },
-                    );
+                    });
                 }
                 Err(e) => {
                     tracing::debug!(%generation, node = %name, error = %e, "WAL position not measured");
                 }
             }
         }
+        measured
+    }
+}
+
+/// A start that failed with no postmaster left: PostgreSQL exited during start-up. One
+/// still recovering past `start_timeout` is no failure.
+fn failed_start(pg: &Postgres, result: &anyhow::Result<()>) -> Option<Outcome> {
+    match result {
+        Err(e) if pg.running_pid().is_none() => Some(Outcome::StartFailed {
+            error: format!("{e:#}"),
+        }),
+        _ => None,
     }
 }

@@ -94,7 +94,7 @@ impl Agent {
     ) -> anyhow::Result<()> {
         tracing::error!(%generation, %reason, "fencing PostgreSQL");
         self.release_vip(generation, "fencing").await;
-        lock(&self.db).expect_down = true;
+        self.expect_db_down();
         pg.fence().await?;
         tracing::warn!(%generation, "PostgreSQL fenced (immediate shutdown)");
         Ok(())
