@@ -4,7 +4,7 @@
 //! carry out. A non-coordinator agent forwards them to the coordinator.
 
 use pgfm_api::{ApiError, Refusal, SwitchoverRequest, SwitchoverStarted};
-use pgfm_coord::Coordinator;
+use pgfm_coord::{Coordinator, ProposeError};
 use pgfm_core::operator::{self, PromotePlan};
 use pgfm_core::{Command, SyncMode, SyncSettings};
 
@@ -91,8 +91,8 @@ impl Agent {
 
     async fn commit(&self, command: Command) -> Result<(), Refusal> {
         match self.raft.propose(command).await {
-            Ok(Ok(())) => Ok(()),
-            Ok(Err(refused)) => Err(Refusal::Refused(refused.to_string())),
+            Ok(()) => Ok(()),
+            Err(ProposeError::Refused(refused)) => Err(Refusal::Refused(refused.to_string())),
             Err(e) => Err(Refusal::Unavailable(e.to_string())),
         }
     }

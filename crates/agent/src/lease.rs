@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use tokio::sync::watch;
 
-use pgfm_coord::Coordinator;
+use pgfm_coord::{Coordinator, ProposeError};
 use pgfm_core::lease::{primary_step, LeaseStep};
 use pgfm_core::Command;
 
@@ -94,7 +94,7 @@ impl Agent {
     ) -> anyhow::Result<()> {
         tracing::error!(%generation, %reason, "fencing PostgreSQL");
         self.release_vip(generation, "fencing").await;
-        lock(&self.db).expect_down = true;
+        self.expect_db_down();
         pg.fence().await?;
         tracing::warn!(%generation, "PostgreSQL fenced (immediate shutdown)");
         Ok(())
@@ -117,9 +117,9 @@ impl Agent {
         if held.generation != Some(generation) {
             return;
         }
-        held.last_failed = !matches!(outcome, Ok(Ok(Ok(()))));
+        held.last_failed = !matches!(outcome, Ok(Ok(())));
         match outcome {
-            Ok(Ok(Ok(()))) => {
+            Ok(Ok(())) => {
                 let until = sent_ms + settings.lease_ms;
                 if held.valid_until_ms.is_none() {
                     tracing::info!(%generation, "holding the primary lease");
@@ -128,7 +128,7 @@ impl Agent {
                 }
                 held.valid_until_ms = Some(held.valid_until_ms.map_or(until, |u| u.max(until)));
             }
-            Ok(Ok(Err(refused))) => {
+            Ok(Err(ProposeError::Refused(refused))) => {
                 if held.valid_until_ms.is_some() {
                     tracing::warn!(%generation, %refused, "lease renewal refused: fencing");
                 }

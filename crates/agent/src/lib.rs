@@ -9,6 +9,7 @@ mod executor;
 mod health;
 mod hooks;
 mod lease;
+mod memory;
 pub mod status;
 mod vip;
 mod watchdog;
@@ -25,14 +26,15 @@ use tokio::sync::watch;
 use tracing::Instrument;
 
 use pgfm_api::{AgedReport, AgentApi, ApiClient, ClusterStatus, ReportOutcome};
-use pgfm_coord::{Coordinator, EmbeddedRaft, RaftSettings};
-use pgfm_core::decide::{ClusterView, LocalView, Observed, Settings};
+use pgfm_coord::{Coordinator, EmbeddedRaft, ProposeError, RaftSettings};
+use pgfm_core::decide::{Action, ClusterView, LocalView, Observed, Settings};
 use pgfm_core::lease::HeldLease;
 use pgfm_core::{Generation, Member, NodeReport};
 use pgfm_postgres::probe::{RemoteCheck, Target, Verdict};
 use pgfm_postgres::{OsUser, Postgres, PostgresSettings, Prober};
 
 use crate::config::Config;
+use crate::memory::{Memory, Outcome};
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     // The data behind these locks is replaced whole on every write, never left half done.
@@ -52,16 +54,6 @@ struct RenewalSeen {
     /// requested, handed over, forced): `switchover_timeout` counts from then.
     switchover: Option<pgfm_core::model::Switchover>,
     switchover_at_ms: u64,
-}
-
-/// PostgreSQL's failed starts in a row (an outcome of the executor's start actions, folded
-/// into the next `LocalView`).
-#[derive(Debug, Default, Clone)]
-struct StartRecord {
-    failures: u32,
-    last_error: Option<String>,
-    /// A re-clone was tried during this streak.
-    recloned: bool,
 }
 
 pub struct Agent {
@@ -87,9 +79,13 @@ pub struct Agent {
     renewal_seen: Mutex<RenewalSeen>,
     /// When this agent became coordinator (None while it is not).
     coordinator_since: Mutex<Option<u64>>,
-    /// The local PostgreSQL as the decide loop last saw it.
-    db: Mutex<DbWatch>,
-    resume_requested: AtomicBool,
+    /// `pgfm resume` was run here: the decide loop takes it into its memory
+    /// (`Memory::resume`) before it next decides or takes in an action's outcomes.
+    resume_asked: AtomicBool,
+    /// The agent is about to stop its PostgreSQL on purpose (a fence, from the lease loop or
+    /// the executor; a hand-over; a stop to rewind): set before the stop, taken into the
+    /// decide loop's memory, so that the postmaster's disappearance is not taken for a crash.
+    db_stop_expected: AtomicBool,
     /// Wakes the probe loop at once (after an action changed the local PostgreSQL).
     probe_now: tokio::sync::Notify,
     /// Wakes the decide loop at once (a new report, a new committed state).
@@ -98,34 +94,15 @@ pub struct Agent {
     coordinate_now: tokio::sync::Notify,
     /// The last probe's duration in ms, plus one (0: no probe yet).
     probe_latency_ms: std::sync::atomic::AtomicU64,
-    /// When the last action on the local PostgreSQL finished: decisions wait for a report
-    /// made after it, so that they never act on what the action just changed.
-    last_action_ms: std::sync::atomic::AtomicU64,
     /// Asked to stop (stop-cluster): the run loop ends the agent.
     shutdown: tokio::sync::Notify,
-    /// When the fence hook last refused a promotion (monotonic ms): wait before retrying.
-    fence_hook_failed_ms: Mutex<Option<u64>>,
-    /// The last rewind failure, for the generation it happened in.
-    rewind_failed: Mutex<Option<(Generation, String)>>,
-    /// Failed starts of the local PostgreSQL in a row.
-    starts: Mutex<StartRecord>,
     /// Where the WAL was when this agent, as primary, last changed
-    /// `synchronous_standby_names`, and in which generation.
+    /// `synchronous_standby_names`, and in which generation: the decide loop's
+    /// `Memory::sync_switch`, copied here after each action for the probe loop's report.
     sync_switch: Mutex<Option<(Generation, pgfm_core::Lsn)>>,
-    /// WAL positions read from other nodes' PostgreSQL for a quorum failover.
-    measured: Mutex<BTreeMap<String, pgfm_core::decide::Measured>>,
     /// The host watchdog (data nodes; its mode is off on a witness), armed by the lease
     /// loop while this node holds the lease.
     watchdog: Mutex<watchdog::HostWatchdog>,
-}
-
-/// Whether the local postmaster died on its own (a crash) or was stopped by the agent.
-#[derive(Debug, Default)]
-struct DbWatch {
-    was_running: bool,
-    /// The agent is stopping or fencing it: its disappearance is no crash.
-    expect_down: bool,
-    crashed_at_ms: Option<u64>,
 }
 
 impl Agent {
@@ -199,7 +176,8 @@ impl Agent {
             switchover_step_ms,
             coordinator_since_ms: *lock(&self.coordinator_since),
             wall_clock_ms,
-            measured: lock(&self.measured).clone(),
+            // The coordinate loop's own (`Memory::measured`): only its failovers read them.
+            measured: BTreeMap::new(),
         }
     }
 
@@ -382,6 +360,7 @@ impl Agent {
     /// loop so that a long local action (a clone, a start, a rewind) never holds up a
     /// failover (invariant 9); its actions are proposals and quick reads only.
     async fn coordinate_loop(self: Arc<Self>, mut stop: watch::Receiver<bool>) {
+        let mut memory = Memory::default();
         let mut ticker = tokio::time::interval(Duration::from_millis(200));
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -414,16 +393,33 @@ impl Agent {
                 lock(&self.coordinator_notes).clear();
                 continue;
             }
-            let view = self.view();
+            let mut view = self.view();
+            view.measured = memory.measured.clone();
             let actions = pgfm_core::decide::coordinate(&view, now);
-            self.execute_all(&view, executor::Part::Coordinator, actions)
-                .await;
+            self.run_coordinator(&view, actions, &mut memory).await;
         }
+    }
+
+    /// Carry out the coordinator's `actions` in order, folding what each did into the
+    /// coordinate loop's `memory`; their notes are the coordinator's problems until the next
+    /// round. (`coordinate` answers only proposals, WAL measures and holds: none of them
+    /// acts on the local PostgreSQL, which is the decide loop's.)
+    async fn run_coordinator(&self, view: &ClusterView, actions: Vec<Action>, memory: &mut Memory) {
+        let mut notes = Vec::new();
+        for action in actions {
+            let done = self.execute(view, action, memory).await;
+            for outcome in done.outcomes {
+                memory.fold(outcome);
+            }
+            notes.extend(done.note);
+        }
+        self.keep_notes(&self.coordinator_notes, view.state.generation, notes);
     }
 
     /// The decide loop: register, then reconcile this node's own PostgreSQL, every 200 ms
     /// and at once on news.
     async fn decide_loop(self: Arc<Self>, mut stop: watch::Receiver<bool>) {
+        let mut memory = Memory::default();
         let mut ticker = tokio::time::interval(Duration::from_millis(200));
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let me = self.me();
@@ -456,30 +452,22 @@ impl Agent {
                 self.register(&wanted).await;
                 continue;
             }
-            let db_running = self.watch_db(now);
+            let db_running = self.watch_db(&mut memory, now);
             let view = self.view();
-            let last_action = self.last_action_ms.load(Ordering::SeqCst);
             let Some(report) = view
                 .reports
                 .get(&me.name)
-                .filter(|o| o.received_at_ms > last_action)
+                .filter(|o| o.received_at_ms > memory.last_action_ms)
                 .map(|o| o.report.clone())
             else {
                 continue;
             };
             let generation = view.state.generation;
-            let rewind_failed = lock(&self.rewind_failed)
-                .clone()
-                .filter(|(g, _)| *g == generation)
-                .map(|(_, e)| e);
-            let starts = {
-                let mut starts = lock(&self.starts);
-                // PostgreSQL answered: whatever failed before, it runs now.
-                if report.db_up {
-                    *starts = StartRecord::default();
-                }
-                starts.clone()
-            };
+            self.take_resume(&mut memory);
+            // PostgreSQL answered: whatever failed before, it runs now.
+            if report.db_up {
+                memory.db_answered();
+            }
             let local = LocalView {
                 name: me.name.clone(),
                 kind: me.kind,
@@ -492,35 +480,80 @@ impl Agent {
                     lease.generation == Some(generation)
                         && lease.valid(now, &self.config.timing.lease)
                 },
-                crashed_at_ms: lock(&self.db).crashed_at_ms,
-                resume_requested: self.resume_requested.load(Ordering::SeqCst),
-                rewind_failed,
-                start_failures: starts.failures,
-                start_error: starts.last_error,
-                start_recloned: starts.recloned,
+                crashed_at_ms: memory.db.crashed_at_ms,
+                resume_requested: memory.resume_requested,
+                rewind_failed: memory.rewind_failed_in(generation),
+                start_failures: memory.starts.failures,
+                start_error: memory.starts.last_error.clone(),
+                start_recloned: memory.starts.recloned,
             };
             let actions = pgfm_core::decide::reconcile(&view, &local, now);
-            self.execute_all(&view, executor::Part::Local, actions)
-                .await;
+            self.run_local(&view, actions, &mut memory).await;
         }
     }
 
+    /// Carry out this node's `actions` in order. What each did is folded into the decide
+    /// loop's `memory` as soon as it ends — after an operator's resume that came while it
+    /// ran, as if the resume had cleared the memory then — and the switch point is
+    /// published before the action's end is noted and the probe woken: that probe is what
+    /// the next decision rests on. The notes are this node's info until the next round.
+    async fn run_local(&self, view: &ClusterView, actions: Vec<Action>, memory: &mut Memory) {
+        let mut notes = Vec::new();
+        for action in actions {
+            let done = self.execute(view, action, memory).await;
+            self.take_resume(memory);
+            for outcome in done.outcomes {
+                memory.fold(outcome);
+            }
+            *lock(&self.sync_switch) = memory.sync_switch;
+            if done.acted {
+                // The next decision waits for a probe made after this action.
+                memory.fold(Outcome::Acted {
+                    at_ms: self.now_ms(),
+                });
+                self.probe_now.notify_one();
+            }
+            notes.extend(done.note);
+        }
+        self.keep_notes(&self.notes, view.state.generation, notes);
+    }
+
+    /// Keep a round's `notes` where reports and status read them, logged when they change.
+    fn keep_notes(&self, kept: &Mutex<Vec<String>>, generation: Generation, notes: Vec<String>) {
+        let mut kept = lock(kept);
+        if *kept != notes {
+            for note in &notes {
+                tracing::info!(%generation, "holding: {note}");
+            }
+        }
+        *kept = notes;
+    }
+
+    /// Take an operator's `pgfm resume`, if one came, into the decide loop's `memory`.
+    fn take_resume(&self, memory: &mut Memory) {
+        if self.resume_asked.swap(false, Ordering::SeqCst) {
+            memory.resume();
+        }
+    }
+
+    /// Say that the agent is about to stop its PostgreSQL on purpose (see
+    /// `db_stop_expected`).
+    fn expect_db_down(&self) {
+        self.db_stop_expected.store(true, Ordering::SeqCst);
+    }
+
     /// Notice the local postmaster disappearing without the agent stopping it.
-    fn watch_db(&self, now: u64) -> bool {
+    fn watch_db(&self, memory: &mut Memory, now: u64) -> bool {
         let Some(pg) = &self.postgres else {
             return false;
         };
         let running = pg.running_pid().is_some();
-        let mut db = lock(&self.db);
-        if db.was_running && !running {
-            if db.expect_down {
-                db.expect_down = false;
-            } else {
-                tracing::error!(generation = %self.raft.state().generation, "PostgreSQL died without being stopped");
-                db.crashed_at_ms = Some(now);
-            }
+        if self.db_stop_expected.swap(false, Ordering::SeqCst) {
+            memory.db.expect_down = true;
         }
-        db.was_running = running;
+        if memory.watch_db(running, now) {
+            tracing::error!(generation = %self.raft.state().generation, "PostgreSQL died without being stopped");
+        }
         running
     }
 
@@ -578,9 +611,7 @@ impl Agent {
 
     /// `pgfm resume`: let a node waiting for the operator rejoin.
     pub fn resume(&self) -> String {
-        self.resume_requested.store(true, Ordering::SeqCst);
-        lock(&self.rewind_failed).take();
-        *lock(&self.starts) = StartRecord::default();
+        self.resume_asked.store(true, Ordering::SeqCst);
         format!(
             "{}: resume requested; the node rejoins at its next decision",
             self.config.name
@@ -593,8 +624,8 @@ impl Agent {
             .propose(pgfm_core::Command::Register { member: me.clone() })
             .await
         {
-            Ok(Ok(())) => tracing::info!(node = %me.name, "registered with the cluster"),
-            Ok(Err(refused)) => {
+            Ok(()) => tracing::info!(node = %me.name, "registered with the cluster"),
+            Err(ProposeError::Refused(refused)) => {
                 let note = format!("registration refused: {refused}");
                 let mut notes = lock(&self.notes);
                 if notes.first() != Some(&note) {
@@ -811,6 +842,11 @@ fn postgres_for(config: &Config) -> anyhow::Result<Option<Postgres>> {
 }
 
 /// Run the agent until SIGTERM or SIGINT. PostgreSQL keeps running when the agent stops.
+///
+/// Longer than a screen on purpose: it is the agent's life in order — take the state dir,
+/// start Raft, build the agent, serve, spawn the loops, wait for a signal, then stop them
+/// in the one order that keeps the host watchdog from resetting a node that stops
+/// gracefully — and split up, that order would be spread over several functions.
 pub async fn run(config: Config) -> anyhow::Result<()> {
     for warning in config.warnings() {
         tracing::warn!("{warning}");
@@ -849,18 +885,13 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         lease: Mutex::new(HeldLease::default()),
         renewal_seen: Mutex::new(RenewalSeen::default()),
         coordinator_since: Mutex::new(None),
-        db: Mutex::new(DbWatch::default()),
-        resume_requested: AtomicBool::new(false),
+        resume_asked: AtomicBool::new(false),
+        db_stop_expected: AtomicBool::new(false),
         probe_now: tokio::sync::Notify::new(),
         decide_now: tokio::sync::Notify::new(),
         coordinate_now: tokio::sync::Notify::new(),
         probe_latency_ms: std::sync::atomic::AtomicU64::new(0),
-        last_action_ms: std::sync::atomic::AtomicU64::new(0),
-        rewind_failed: Mutex::new(None),
-        starts: Mutex::new(StartRecord::default()),
         sync_switch: Mutex::new(None),
-        measured: Mutex::new(BTreeMap::new()),
-        fence_hook_failed_ms: Mutex::new(None),
         shutdown: tokio::sync::Notify::new(),
         watchdog: Mutex::new(host_watchdog),
     });

@@ -12,13 +12,13 @@ use openraft::error::{ClientWriteError, RaftError};
 use openraft::{Config, ServerState, SnapshotPolicy};
 use tokio::sync::watch;
 
-use pgfm_core::{ClusterState, Command, CommandError, NodeId};
+use pgfm_core::{ClusterState, Command, NodeId};
 
-use crate::http::ProposeReply;
 use crate::log_store::LogStore;
 use crate::network::{bearer, HttpNetwork};
 use crate::state_machine::{Applied, StateMachine};
 use crate::types::{Raft, RaftNode};
+use crate::wire::{Ping, ProposeReply};
 use crate::{Coordinator, ProposeError};
 
 /// Raft timing and log retention.
@@ -249,14 +249,15 @@ impl EmbeddedRaft {
         self.inner.applied.clone()
     }
 
-    /// Commit `command` through this node, which must be the coordinator.
-    pub async fn propose_local(&self, command: Command) -> ProposeReply {
+    /// Commit `command` through this node, which must be the coordinator: never forwarded
+    /// (`ProposeError::NotCoordinator` once it does not lead).
+    pub async fn propose_local(&self, command: Command) -> Result<(), ProposeError> {
         match self.inner.raft.client_write(command).await {
-            Ok(response) => ProposeReply::Applied(response.data),
+            Ok(response) => response.data.map_err(ProposeError::Refused),
             Err(RaftError::APIError(ClientWriteError::ForwardToLeader(_))) => {
-                ProposeReply::NotCoordinator
+                Err(ProposeError::NotCoordinator)
             }
-            Err(e) => ProposeReply::Failed(e.to_string()),
+            Err(e) => Err(ProposeError::Raft(e.to_string())),
         }
     }
 
@@ -275,11 +276,8 @@ impl EmbeddedRaft {
         Some((leader, self.node(leader)?))
     }
 
-    async fn forward(
-        &self,
-        node: &RaftNode,
-        command: &Command,
-    ) -> Result<ProposeReply, ProposeError> {
+    /// Propose `command` through the coordinator `node`: its answer, or why it gave none.
+    async fn forward(&self, node: &RaftNode, command: &Command) -> Result<(), ProposeError> {
         let unreachable = |cause: String| ProposeError::Unreachable {
             leader: node.name.clone(),
             address: node.address.clone(),
@@ -297,10 +295,11 @@ impl EmbeddedRaft {
         if !response.status().is_success() {
             return Err(unreachable(format!("HTTP {}", response.status())));
         }
-        response
+        let reply: ProposeReply = response
             .json()
             .await
-            .map_err(|e| unreachable(e.to_string()))
+            .map_err(|e| unreachable(e.to_string()))?;
+        reply.into_result()
     }
 
     pub async fn shutdown(&self) {
@@ -366,7 +365,7 @@ async fn election_gate(inner: std::sync::Weak<Inner>) {
                         .send()
                         .await
                         .ok()?;
-                    response.json::<crate::http::Ping>().await.ok()
+                    response.json::<Ping>().await.ok()
                 };
                 (
                     id,
@@ -436,23 +435,22 @@ impl Coordinator for EmbeddedRaft {
             .collect()
     }
 
-    async fn propose(&self, command: Command) -> Result<Result<(), CommandError>, ProposeError> {
+    async fn propose(&self, command: Command) -> Result<(), ProposeError> {
         // A leadership change can race with the proposal: try a few times, then report.
         for _ in 0..3 {
             let Some((leader, node)) = self.leader() else {
                 return Err(ProposeError::NoCoordinator);
             };
-            let reply = if leader == self.inner.id {
+            let result = if leader == self.inner.id {
                 self.propose_local(command.clone()).await
             } else {
-                self.forward(&node, &command).await?
+                self.forward(&node, &command).await
             };
-            match reply {
-                ProposeReply::Applied(outcome) => return Ok(outcome),
-                ProposeReply::Failed(e) => return Err(ProposeError::Raft(e)),
-                ProposeReply::NotCoordinator => {
+            match result {
+                Err(ProposeError::NotCoordinator) => {
                     tokio::time::sleep(Duration::from_millis(100)).await;
                 }
+                decided => return decided,
             }
         }
         Err(ProposeError::NoCoordinator)

@@ -9,21 +9,11 @@ use openraft::raft::{
     AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse,
     VoteRequest, VoteResponse,
 };
-use serde::{Deserialize, Serialize};
-
-use pgfm_core::{Command, CommandError};
+use pgfm_core::Command;
 
 use crate::embedded::EmbeddedRaft;
 use crate::types::TypeConfig;
-
-/// The answer to a forwarded proposal.
-#[derive(Debug, Serialize, Deserialize)]
-pub enum ProposeReply {
-    Applied(Result<(), CommandError>),
-    /// This agent is not (or no longer) the coordinator.
-    NotCoordinator,
-    Failed(String),
-}
+use crate::wire::{Ping, ProposeReply};
 
 pub fn router(raft: EmbeddedRaft) -> Router {
     Router::new()
@@ -33,13 +23,6 @@ pub fn router(raft: EmbeddedRaft) -> Router {
         .route("/raft/propose", post(propose))
         .route("/raft/ping", post(ping))
         .with_state(raft)
-}
-
-/// The answer to `/raft/ping`: the pre-vote check (see `EmbeddedRaft::election_gate`).
-#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
-pub struct Ping {
-    /// This agent leads, or heard from a leader within the election timeout.
-    pub leader_recent: bool,
 }
 
 async fn append(
@@ -86,5 +69,5 @@ async fn propose(
     State(raft): State<EmbeddedRaft>,
     Json(command): Json<Command>,
 ) -> Json<ProposeReply> {
-    Json(raft.propose_local(command).await)
+    Json(raft.propose_local(command).await.into())
 }

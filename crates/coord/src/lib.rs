@@ -12,6 +12,7 @@ pub mod log_store;
 pub mod network;
 pub mod state_machine;
 pub mod types;
+pub mod wire;
 
 use std::future::Future;
 
@@ -20,10 +21,18 @@ use pgfm_core::{ClusterState, Command, CommandError};
 pub use embedded::{EmbeddedRaft, MembershipError, RaftSettings};
 pub use types::{RaftNode, TypeConfig};
 
-/// Why a proposal did not reach a decision (as opposed to being refused by the state
-/// machine, which is a `CommandError`).
+/// Why a proposed command changed nothing: refused by the state machine, or never decided.
+/// Callers branch on `Refused` (the committed state says no: do not retry as is) against the
+/// rest (no decision was reached: the next round tries again).
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum ProposeError {
+    /// Committed, but `ClusterState::apply` refused it: the state it was judged on is gone.
+    #[error(transparent)]
+    Refused(CommandError),
+    /// This agent does not lead, and the command was to be committed here or not at all
+    /// (`EmbeddedRaft::propose_local`).
+    #[error("this agent is not the coordinator")]
+    NotCoordinator,
     #[error("no coordinator is elected (no majority of agents reachable)")]
     NoCoordinator,
     #[error("coordinator {leader} at {address} did not answer: {cause}")]
@@ -50,8 +59,5 @@ pub trait Coordinator: Send + Sync + 'static {
     /// Every voting member: `(name, agent address)`.
     fn voters(&self) -> Vec<(String, String)>;
     /// Commit a command, forwarding it to the coordinator when this agent is not it.
-    fn propose(
-        &self,
-        command: Command,
-    ) -> impl Future<Output = Result<Result<(), CommandError>, ProposeError>> + Send;
+    fn propose(&self, command: Command) -> impl Future<Output = Result<(), ProposeError>> + Send;
 }

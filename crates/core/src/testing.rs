@@ -278,37 +278,55 @@ pub(crate) fn show(actions: Vec<Action>) -> Vec<String> {
 
 fn short(action: &Action) -> String {
     match action {
-        Action::Propose(Command::Bootstrap {
-            primary,
-            generation,
-        }) => format!("bootstrap {primary} g{generation}"),
-        Action::Propose(Command::Promote {
-            node,
-            generation,
-            from,
-            lost_bytes,
+        Action::Propose {
+            command:
+                Command::Bootstrap {
+                    primary,
+                    generation,
+                },
             ..
-        }) => format!(
+        } => format!("bootstrap {primary} g{generation}"),
+        Action::Propose {
+            command:
+                Command::Promote {
+                    node,
+                    generation,
+                    from,
+                    lost_bytes,
+                    ..
+                },
+            ..
+        } => format!(
             "promote {node} g{generation} from {} losing {}",
             from.as_deref().unwrap_or("-"),
             lost_bytes.unwrap_or(0)
         ),
-        Action::Propose(Command::ReleaseLease { node, generation }) => {
+        Action::Propose {
+            command: Command::ReleaseLease { node, generation },
+            ..
+        } => {
             format!("release {node} g{generation}")
         }
-        Action::Propose(Command::CancelSwitchover { reason, .. }) => {
+        Action::Propose {
+            command: Command::CancelSwitchover { reason, .. },
+            ..
+        } => {
             format!("cancel switchover: {reason}")
         }
-        Action::Propose(Command::SetSyncSet {
-            members,
-            generation,
-            quorum,
+        Action::Propose {
+            command:
+                Command::SetSyncSet {
+                    members,
+                    generation,
+                    quorum,
+                    ..
+                },
             ..
-        }) => format!(
+        } => format!(
             "commit sync {} g{generation}",
             SyncRule::new(*quorum, members.clone())
         ),
-        Action::Propose(other) => format!("propose {other:?}"),
+        Action::Propose { command: other, .. } => format!("propose {other:?}"),
         Action::StartPrimary { generation } => format!("start primary g{generation}"),
         Action::StartStandby {
             upstream,

@@ -7,8 +7,9 @@ use crate::types::Generation;
 /// (invariant 7: logged with its generation, idempotent, retried on the next tick).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Action {
-    /// Commit a command in the Raft log.
-    Propose(Command),
+    /// Commit a command in the Raft log, through this agent or, when `forward` allows it,
+    /// through whichever agent leads.
+    Propose { command: Command, forward: Forward },
     /// Start the local PostgreSQL as the primary of `generation`.
     StartPrimary { generation: Generation },
     /// Start the local PostgreSQL as a standby streaming from `upstream`.
@@ -98,12 +99,31 @@ pub enum Action {
 /// The engine's answer.
 pub type Decision = Vec<Action>;
 
+/// Whether a proposal may be forwarded to the coordinator when this agent is not it. The
+/// engine says so with each proposal, by the part that makes it: what a node states about
+/// itself is true whoever commits it; what the coordinator judges about the cluster is
+/// valid only while the one who judged leads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Forward {
+    /// A data node's own fact (`reconcile`: the timeline it runs on, the synchronous set its
+    /// PostgreSQL waits for, the lease it gives up): committed through whichever agent leads.
+    ToCoordinator,
+    /// The coordinator's decision (`coordinate`: the first primary, a promotion, a switchover
+    /// rolled back). It rests on what this agent saw while it led — the reports it holds,
+    /// the leases it timed on its own clock — so it is committed here while this agent leads
+    /// and dropped once it does not: the new coordinator decides afresh from its own view.
+    /// (An openraft leader cut off by a partition keeps believing it leads until it hears
+    /// of the new one; forwarding its judgement then would have the new coordinator commit
+    /// a decision made on a stale view.)
+    Never,
+}
+
 /// One short line a person reads: "start as primary of generation 3", "promote (generation
 /// 4)", "hold: <reason>".
 impl std::fmt::Display for Action {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            Action::Propose(command) => write!(f, "propose {}", Proposal(command)),
+            Action::Propose { command, .. } => write!(f, "propose {}", Proposal(command)),
             Action::StartPrimary { generation } => {
                 write!(f, "start as primary of generation {generation}")
             }
@@ -293,22 +313,28 @@ mod tests {
             "hold: data_dir could not be read",
         );
         check(
-            Action::Propose(Command::Promote {
-                node: "pg2".into(),
-                generation: Generation(4),
-                from: Some("pg1".into()),
-                reason: "the lease of primary pg1 expired".into(),
-                lsn: None,
-                lost_bytes: None,
-                at_unix_ms: 0,
-                lease_renewals: None,
-                handover: None,
-                lost_at_least: false,
-            }),
+            Action::Propose {
+                command: Command::Promote {
+                    node: "pg2".into(),
+                    generation: Generation(4),
+                    from: Some("pg1".into()),
+                    reason: "the lease of primary pg1 expired".into(),
+                    lsn: None,
+                    lost_bytes: None,
+                    at_unix_ms: 0,
+                    lease_renewals: None,
+                    handover: None,
+                    lost_at_least: false,
+                },
+                forward: Forward::Never,
+            },
             "propose pg2 as the primary of generation 4, after pg1",
         );
         check(
-            Action::Propose(Command::SetPaused { paused: true }),
+            Action::Propose {
+                command: Command::SetPaused { paused: true },
+                forward: Forward::ToCoordinator,
+            },
             "propose SetPaused { paused: true }",
         );
     }

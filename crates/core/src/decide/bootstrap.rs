@@ -1,6 +1,6 @@
 //! The coordinator chooses the first primary.
 
-use super::{cluster_hold, Action, ClusterView};
+use super::{cluster_hold, Action, ClusterView, Forward};
 use crate::model::Command;
 
 pub(super) fn bootstrap(cluster: &ClusterView, now_ms: u64) -> Vec<Action> {
@@ -38,10 +38,13 @@ pub(super) fn bootstrap(cluster: &ClusterView, now_ms: u64) -> Vec<Action> {
              (initdb) or remove standby.signal from the one that should lead"
                 .to_string(),
         )],
-        [only] => vec![Action::Propose(Command::Bootstrap {
-            primary: only.to_string(),
-            generation: state.generation.next(),
-        })],
+        [only] => vec![Action::Propose {
+            command: Command::Bootstrap {
+                primary: only.to_string(),
+                generation: state.generation.next(),
+            },
+            forward: Forward::Never,
+        }],
         several => vec![cluster_hold(format!(
             "refusing to choose a primary: {} are all not in recovery; leave exactly one \
              (give the others a standby.signal or an empty data_dir)",

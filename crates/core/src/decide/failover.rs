@@ -9,7 +9,7 @@
 
 use std::collections::BTreeMap;
 
-use super::{cluster_hold, Action, ClusterView, Decision};
+use super::{cluster_hold, Action, ClusterView, Decision, Forward};
 use crate::lease;
 use crate::model::{Command, DbRole, Member, NodeKind, NodeReport, PromotionRequest};
 use crate::types::Lsn;
@@ -400,28 +400,31 @@ fn promote_best(
             }
         ))];
     };
-    vec![Action::Propose(Command::Promote {
-        node: chosen.name.to_string(),
-        generation: state.generation.next(),
-        from: Some(primary.to_string()),
-        reason: match request {
-            Some(r) if r.force => format!("pgfm promote --force: {judged}"),
-            Some(_) => format!("pgfm promote: {judged}"),
-            None => judged,
+    vec![Action::Propose {
+        command: Command::Promote {
+            node: chosen.name.to_string(),
+            generation: state.generation.next(),
+            from: Some(primary.to_string()),
+            reason: match request {
+                Some(r) if r.force => format!("pgfm promote --force: {judged}"),
+                Some(_) => format!("pgfm promote: {judged}"),
+                None => judged,
+            },
+            lsn: Some(chosen.position),
+            // What the old primary last reported is all that is known of what it wrote
+            // (nothing: unknown); one whose lease ran out may have written more after it.
+            lost_bytes: cluster
+                .reports
+                .get(primary)
+                .and_then(|o| o.report.wal_position())
+                .map(|_| chosen.behind),
+            at_unix_ms: cluster.wall_clock_ms,
+            lease_renewals: (!gone.released).then_some(state.lease_renewals),
+            handover: None,
+            lost_at_least: !gone.released,
         },
-        lsn: Some(chosen.position),
-        // What the old primary last reported is all that is known of what it wrote
-        // (nothing: unknown); one whose lease ran out may have written more after it.
-        lost_bytes: cluster
-            .reports
-            .get(primary)
-            .and_then(|o| o.report.wal_position())
-            .map(|_| chosen.behind),
-        at_unix_ms: cluster.wall_clock_ms,
-        lease_renewals: (!gone.released).then_some(state.lease_renewals),
-        handover: None,
-        lost_at_least: !gone.released,
-    })]
+        forward: Forward::Never,
+    }]
 }
 
 #[cfg(test)]
@@ -704,7 +707,7 @@ mod tests {
                 let mut me = local(&v, "witness", true);
                 me.kind = NodeKind::Witness;
                 for action in decide(&v, &me, 10_000) {
-                    if let Action::Propose(Command::Promote { node, .. }) = action {
+                    if let Action::Propose { command: Command::Promote { node, .. }, .. } = action {
                         let i = members.iter().position(|m| *m == node).expect("promoted a member");
                         prop_assert!(truth[i] >= acked, "promoted {node} at {}, acknowledged up to {acked}", truth[i]);
                     }
@@ -750,7 +753,7 @@ mod tests {
                     me.kind = NodeKind::Witness;
                     let proposals: Vec<Command> = decide(&v, &me, now)
                         .into_iter()
-                        .filter_map(|a| match a { Action::Propose(c) => Some(c), _ => None })
+                        .filter_map(|a| match a { Action::Propose { command: c, .. } => Some(c), _ => None })
                         .collect();
                     let promotions = proposals.iter().filter(|c| matches!(c, Command::Promote { .. })).count();
                     prop_assert!(promotions <= 1, "{promotions} promotions in one decision");

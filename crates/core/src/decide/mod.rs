@@ -24,7 +24,7 @@ mod sync;
 mod view;
 mod vip;
 
-pub use action::{Action, Decision};
+pub use action::{Action, Decision, Forward};
 pub use reconcile::slot_for;
 pub use view::{ClusterView, LocalView, Measured, Observed, OnCrash, RejoinMode, Settings};
 
@@ -89,9 +89,115 @@ fn cluster_hold(reason: String) -> Action {
 
 #[cfg(test)]
 mod tests {
-    use crate::model::TimelineFork;
+    use crate::decide::slot_for;
+    use crate::decide::{coordinate, reconcile, Action, Decision};
+    use crate::model::{DbRole, SyncMode, SyncRule, TimelineFork};
     use crate::testing::*;
     use crate::types::{Lsn, Timeline};
+
+    /// Which proposals the executor may forward to another coordinator, for every command
+    /// the engine proposes. The coordinator's decisions are never forwarded: each rests on
+    /// what this agent saw while it led, and once it no longer leads the new coordinator
+    /// must judge afresh (ARCHITECTURE: stale decisions after a partition).
+    ///
+    /// - `Bootstrap`: chosen from the reports this coordinator holds; another may hold
+    ///   others (a node that came up writable since).
+    /// - `Promote` (a failover): judged on a lease this coordinator timed on its own clock,
+    ///   and on the positions it measured.
+    /// - `Promote` (the end of a switchover): judged on the target's replay as it saw it.
+    /// - `CancelSwitchover`: a step timed out on this coordinator's clock; the new one
+    ///   times the step from when it applied it.
+    ///
+    /// A data node's own facts are forwarded: its lease given up (`ReleaseLease`), the
+    /// timeline it runs on (`SetTimeline`), the synchronous set its PostgreSQL is about to
+    /// wait for (`SetSyncSet`) are true whoever commits them.
+    #[test]
+    fn only_a_node_s_own_facts_are_forwarded_never_the_coordinator_s_decisions() {
+        fn check(decision: Decision, expected: &[&str]) {
+            let proposals: Vec<String> = decision
+                .into_iter()
+                .filter_map(|a| match &a {
+                    Action::Propose { forward, .. } => {
+                        Some(format!("{}: {forward:?}", show(vec![a.clone()])[0]))
+                    }
+                    _ => None,
+                })
+                .collect();
+            assert_eq!(proposals, expected);
+        }
+        let first = view(
+            None,
+            &[
+                ("pg1", Stopped(Writable)),
+                ("pg2", Stopped(Empty)),
+                ("witness", Stopped(Empty)),
+            ],
+        );
+        check(coordinate(&first, NOW_MS), &["bootstrap pg1 g1: Never"]);
+        check(
+            coordinate(&failover_view(), 3_500),
+            &["promote pg2 g2 from pg1 losing 0: Never"],
+        );
+
+        let mut switching = primary_with(&["pg2"]);
+        switching.state.switchover = Some(switchover_pg1_to_pg2());
+        let mut handed_over = switching.clone();
+        handed_over.state.lease_released = true;
+        handed_over.state.switchover.as_mut().unwrap().final_lsn = Some(POSITION);
+        // Replayed past the hand-over: the shutdown checkpoint.
+        handed_over
+            .reports
+            .get_mut("pg2")
+            .unwrap()
+            .report
+            .replayed_lsn = Some(Lsn(1_000_120));
+        check(
+            coordinate(&handed_over, NOW_MS),
+            &["promote pg2 g2 from pg1 losing 0: Never"],
+        );
+        switching
+            .reports
+            .get_mut("pg1")
+            .unwrap()
+            .report
+            .replicas
+            .clear();
+        check(
+            coordinate(&switching, 6_000),
+            &["cancel switchover: switchover from pg1 to pg2 rolled back: pg1 did not hand over within switchover_timeout (5 s); pg1 stays the primary of generation 1: Never"],
+        );
+
+        let stopped = view(
+            Some("pg1"),
+            &[
+                ("pg1", Stopped(Writable)),
+                ("pg2", Running(DbRole::Standby)),
+                ("witness", Stopped(Empty)),
+            ],
+        );
+        let mut failing = local(&stopped, "pg1", false);
+        failing.start_failures = 3;
+        check(
+            reconcile(&stopped, &failing, NOW_MS),
+            &["release pg1 g1: ToCoordinator"],
+        );
+
+        let mut serving = primary_with(&["pg2"]);
+        {
+            let pg1 = &mut serving.reports.get_mut("pg1").unwrap().report;
+            pg1.slots = vec![slot_for("pg2")];
+            pg1.timeline = Some(Timeline(1));
+            pg1.sync = Some(SyncRule::default());
+        }
+        serving.settings.sync.mode = SyncMode::On;
+        check(
+            reconcile(&serving, &local(&serving, "pg1", false), NOW_MS),
+            &[
+                "commit sync FIRST 1 (pg2) g1: ToCoordinator",
+                "propose SetTimeline { node: \"pg1\", generation: Generation(1), timeline: Timeline(1), forks: [] }: ToCoordinator",
+            ],
+        );
+    }
 
     /// Issue 11, case 5: a standby that stayed with a cut-off primary holds WAL past the point
     /// where the new primary's timeline forked; it is stopped to be rewound, never followed

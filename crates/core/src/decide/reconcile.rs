@@ -1,7 +1,7 @@
 //! A data node brings its own PostgreSQL to the role the committed state gives it.
 
 use super::switchover::hand_over;
-use super::{hold, Action, ClusterView, LocalView, OnCrash, RejoinMode};
+use super::{hold, Action, ClusterView, Forward, LocalView, OnCrash, RejoinMode};
 use crate::model::{Command, DataDirState, DbRole};
 
 /// A data node's part: bring its own PostgreSQL to the role the committed state gives it.
@@ -111,10 +111,13 @@ fn stopped_primary(cluster: &ClusterView, local: &LocalView, now_ms: u64) -> Vec
         };
         if give_up {
             return vec![
-                Action::Propose(Command::ReleaseLease {
-                    node: local.name.clone(),
-                    generation,
-                }),
+                Action::Propose {
+                    command: Command::ReleaseLease {
+                        node: local.name.clone(),
+                        generation,
+                    },
+                    forward: Forward::ToCoordinator,
+                },
                 hold(format!(
                     "PostgreSQL crashed and is not back: giving up the lease of generation \
                      {generation}"
@@ -124,10 +127,13 @@ fn stopped_primary(cluster: &ClusterView, local: &LocalView, now_ms: u64) -> Vec
     }
     if local.start_failures >= settings.start_attempts {
         return vec![
-            Action::Propose(Command::ReleaseLease {
-                node: local.name.clone(),
-                generation,
-            }),
+            Action::Propose {
+                command: Command::ReleaseLease {
+                    node: local.name.clone(),
+                    generation,
+                },
+                forward: Forward::ToCoordinator,
+            },
             hold(format!(
                 "{}: giving up the lease of generation {generation}",
                 start_failures(local)
@@ -331,12 +337,15 @@ pub(super) fn record_timeline(cluster: &ClusterView, local: &LocalView) -> Vec<A
     if !known || (state.timeline == Some(timeline) && state.forks == me.forks) {
         return Vec::new();
     }
-    vec![Action::Propose(Command::SetTimeline {
-        node: local.name.clone(),
-        generation: state.generation,
-        timeline,
-        forks: me.forks.clone(),
-    })]
+    vec![Action::Propose {
+        command: Command::SetTimeline {
+            node: local.name.clone(),
+            generation: state.generation,
+            timeline,
+            forks: me.forks.clone(),
+        },
+        forward: Forward::ToCoordinator,
+    }]
 }
 
 /// Why this node is not the serving primary (None: it is — the committed primary, running

@@ -2,7 +2,7 @@
 //! part, run by `reconcile`); the coordinator promotes the target once it has replayed
 //! everything, or rolls back (`switchover`).
 
-use super::{cluster_hold, hold, Action, ClusterView, LocalView};
+use super::{cluster_hold, hold, Action, ClusterView, Forward, LocalView};
 use crate::model::{Command, DbRole, Switchover};
 
 /// The coordinator's part of a planned switchover: once the old primary has stopped and
@@ -21,14 +21,14 @@ pub(super) fn switchover(cluster: &ClusterView, sw: &Switchover, now_ms: u64) ->
         .is_some_and(|at| now_ms >= at + timeout);
     let limit = format!("switchover_timeout ({} s)", timeout as f64 / 1000.0);
     let cancel = |why: String| {
-        vec![Action::Propose(Command::CancelSwitchover {
+        vec![Action::Propose { command: Command::CancelSwitchover {
             generation: state.generation,
             at_unix_ms: cluster.wall_clock_ms,
             reason: format!(
                 "switchover from {} to {} rolled back: {why}; {} stays the primary of generation {}",
                 sw.from, sw.to, sw.from, state.generation
             ),
-        })]
+        }, forward: Forward::Never }]
     };
     let Some(final_lsn) = sw.final_lsn.filter(|_| state.lease_released) else {
         if overdue {
@@ -52,29 +52,32 @@ pub(super) fn switchover(cluster: &ClusterView, sw: &Switchover, now_ms: u64) ->
             } else {
                 final_lsn.bytes_after(replayed)
             };
-            vec![Action::Propose(Command::Promote {
-                node: sw.to.clone(),
-                generation: state.generation.next(),
-                from: Some(sw.from.clone()),
-                reason: if sw.unclean {
-                    format!(
+            vec![Action::Propose {
+                command: Command::Promote {
+                    node: sw.to.clone(),
+                    generation: state.generation.next(),
+                    from: Some(sw.from.clone()),
+                    reason: if sw.unclean {
+                        format!(
                         "pgfm promote --force: {} could not stop cleanly; {} promoted with what \
                          it had received",
                         sw.from, sw.to
                     )
-                } else if sw.force {
-                    format!("pgfm promote --force: {} handed over to {}", sw.from, sw.to)
-                } else {
-                    format!("switchover from {} to {}", sw.from, sw.to)
+                    } else if sw.force {
+                        format!("pgfm promote --force: {} handed over to {}", sw.from, sw.to)
+                    } else {
+                        format!("switchover from {} to {}", sw.from, sw.to)
+                    },
+                    lsn: r.replayed_lsn,
+                    // After an unclean stop the old primary's end of WAL is not known.
+                    lost_bytes: (!sw.unclean).then_some(lost),
+                    at_unix_ms: cluster.wall_clock_ms,
+                    lease_renewals: None,
+                    handover: Some(final_lsn),
+                    lost_at_least: false,
                 },
-                lsn: r.replayed_lsn,
-                // After an unclean stop the old primary's end of WAL is not known.
-                lost_bytes: (!sw.unclean).then_some(lost),
-                at_unix_ms: cluster.wall_clock_ms,
-                lease_renewals: None,
-                handover: Some(final_lsn),
-                lost_at_least: false,
-            })]
+                forward: Forward::Never,
+            }]
         }
         Some(r) => {
             let at = r
@@ -200,7 +203,7 @@ mod tests {
         assert!(
             matches!(
                 promoted.as_slice(),
-                [Action::Propose(Command::Promote { lost_bytes: None, handover: Some(_), reason, .. })]
+                [Action::Propose { command: Command::Promote { lost_bytes: None, handover: Some(_), reason, .. }, .. }]
                     if reason.contains("pg1 could not stop cleanly")
             ),
             "{promoted:?}"

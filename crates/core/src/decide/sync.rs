@@ -4,7 +4,7 @@
 use std::collections::BTreeSet;
 
 use super::reconcile::not_serving;
-use super::{Action, ClusterView, LocalView};
+use super::{Action, ClusterView, Forward, LocalView};
 use crate::model::{Command, DbRole, NodeKind, SyncMode, SyncRule};
 
 /// Synchronous replication on the serving primary, one step per decision. The committed
@@ -23,12 +23,15 @@ pub(super) fn manage_sync(cluster: &ClusterView, local: &LocalView, now_ms: u64)
     let committed = cluster.state.committed_sync();
     let desired = desired_sync(cluster, local, current, now_ms);
     let commit = |rule: SyncRule| {
-        vec![Action::Propose(Command::SetSyncSet {
-            node: local.name.clone(),
-            generation,
-            members: rule.names,
-            quorum: rule.count,
-        })]
+        vec![Action::Propose {
+            command: Command::SetSyncSet {
+                node: local.name.clone(),
+                generation,
+                members: rule.names,
+                quorum: rule.count,
+            },
+            forward: Forward::ToCoordinator,
+        }]
     };
     if desired.is_async() {
         // Degrading to asynchronous is committed first: a primary cut off from the majority
