@@ -276,6 +276,7 @@ pub(crate) fn show(actions: Vec<Action>) -> Vec<String> {
     actions.iter().map(short).collect()
 }
 
+/// One short line per action, for `check`. Long: one arm per kind of action, nothing more.
 fn short(action: &Action) -> String {
     match action {
         Action::Propose {
