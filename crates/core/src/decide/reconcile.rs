@@ -3,6 +3,7 @@
 use super::switchover::hand_over;
 use super::{hold, Action, ClusterView, Forward, LocalView, OnCrash, RejoinMode};
 use crate::model::{Command, DataDirState, DbRole};
+use crate::types::Generation;
 
 /// A data node's part: bring its own PostgreSQL to the role the committed state gives it.
 pub(super) fn reconcile_local(
@@ -92,6 +93,22 @@ fn running_primary(cluster: &ClusterView, local: &LocalView) -> Vec<Action> {
     Vec::new()
 }
 
+/// Give up the lease of `generation` (a standby may take over), saying `why`.
+fn give_up_lease(local: &LocalView, generation: Generation, why: &str) -> Vec<Action> {
+    vec![
+        Action::Propose {
+            command: Command::ReleaseLease {
+                node: local.name.clone(),
+                generation,
+            },
+            forward: Forward::ToCoordinator,
+        },
+        hold(format!(
+            "{why}: giving up the lease of generation {generation}"
+        )),
+    ]
+}
+
 /// The committed primary's PostgreSQL is not running: give up the lease when it crashed and
 /// is not back (`on_crash`, `crash_restart_bound`) or keeps failing to start; else start it
 /// (invariant 4: only while holding the lease).
@@ -110,35 +127,11 @@ fn stopped_primary(cluster: &ClusterView, local: &LocalView, now_ms: u64) -> Vec
             OnCrash::Restart => now_ms >= crashed + settings.crash_restart_bound_ms,
         };
         if give_up {
-            return vec![
-                Action::Propose {
-                    command: Command::ReleaseLease {
-                        node: local.name.clone(),
-                        generation,
-                    },
-                    forward: Forward::ToCoordinator,
-                },
-                hold(format!(
-                    "PostgreSQL crashed and is not back: giving up the lease of generation \
-                     {generation}"
-                )),
-            ];
+            return give_up_lease(local, generation, "PostgreSQL crashed and is not back");
         }
     }
     if local.start_failures >= settings.start_attempts {
-        return vec![
-            Action::Propose {
-                command: Command::ReleaseLease {
-                    node: local.name.clone(),
-                    generation,
-                },
-                forward: Forward::ToCoordinator,
-            },
-            hold(format!(
-                "{}: giving up the lease of generation {generation}",
-                start_failures(local)
-            )),
-        ];
+        return give_up_lease(local, generation, &start_failures(local));
     }
     match local.report.data_dir {
         None => vec![hold("data_dir could not be read".to_string())],
