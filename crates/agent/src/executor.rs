@@ -55,7 +55,7 @@ impl Agent {
                 done.acted = true;
                 if let Err(e) = result {
                     let text = format!("{e:#}");
-                    tracing::error!(generation = %view.state.generation, action = ?other, error = %text, "action failed");
+                    tracing::error!(generation = %view.state.generation, action = %other, error = %text, "action failed");
                     done.note = Some(text);
                 }
             }
@@ -160,7 +160,7 @@ impl Agent {
         outcomes: &mut Vec<Outcome>,
     ) -> anyhow::Result<()> {
         let Some(pg) = &self.postgres else {
-            anyhow::bail!("{action:?} on a node without PostgreSQL");
+            anyhow::bail!("{action}: this node has no PostgreSQL");
         };
         match action {
             Action::StartPrimary { generation } => {
