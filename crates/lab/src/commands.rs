@@ -1046,7 +1046,7 @@ pub(crate) fn postmaster_pid(data_dir: &Path) -> Option<i32> {
     process_alive(pid as u32).then_some(pid)
 }
 
-fn dsn(lab: &LabFile, node: &LabNode) -> Option<String> {
+pub(crate) fn dsn(lab: &LabFile, node: &LabNode) -> Option<String> {
     node.pg_port.map(|port| {
         format!(
             "host={} port={port} user=postgres dbname=postgres passfile={}",

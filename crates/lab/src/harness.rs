@@ -14,7 +14,7 @@ use serde_json::Value;
 
 use pgfm_postgres::probe::Target;
 
-use crate::commands::{lab_status, runtime, LabNodeStatus, LabStatus};
+use crate::commands::{dsn, lab_status, runtime, LabNodeStatus, LabStatus};
 use crate::writers::{overlaps, Writable, Writer};
 use crate::LabDriver;
 
@@ -315,7 +315,10 @@ impl Lab {
 
     /// `node`'s connection string as the lab's superuser.
     pub fn dsn(&self, node: &str) -> String {
-        self.lab_node(node).dsn.expect("a data node's dsn")
+        // From lab.json alone: `lab_node` would ask every agent for the cluster's status
+        // on each of the tests' polled queries.
+        let lab = self.lab().expect("the lab's file");
+        dsn(&lab, lab.node(node).expect("a lab node")).expect("a data node's dsn")
     }
 
     /// Run SQL through psql on `node`; the unaligned output or the error text.
