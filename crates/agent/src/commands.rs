@@ -72,7 +72,7 @@ impl Agent {
         let sw = operator::check_cancel_switchover(&state)
             .map_err(refused)?
             .clone();
-        self.commit(operator::cancel_command(&sw, Agent::wall_clock_ms()))
+        self.commit(operator::cancel_command(&sw, self.clock.wall_clock_ms()))
             .await?;
         tracing::warn!(generation = %sw.generation, from = %sw.from, to = %sw.to, "switchover cancelled by the operator");
         Ok(format!(
@@ -388,7 +388,7 @@ impl Agent {
         let pgfm_coord::MembershipError::NotCoordinator = error else {
             return Err(Refusal::Unavailable(error.to_string()));
         };
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(5);
         loop {
             let elected = self
                 .raft
@@ -397,7 +397,7 @@ impl Agent {
             if elected {
                 return forward().await;
             }
-            if std::time::Instant::now() > deadline {
+            if tokio::time::Instant::now() > deadline {
                 return Err(Refusal::Unavailable(
                     "the coordinator changed during the membership change and no new one was \
                      elected within 5 s: run the command again"

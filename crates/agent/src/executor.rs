@@ -5,13 +5,14 @@
 //! it folds into its memory: the executor writes nothing the decisions read, only
 //! `activity`, the live text of a long action for this node's info.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
+use tokio::time::Instant;
 
 use pgfm_coord::ProposeError;
 use pgfm_core::decide::{Action, ClusterView, Forward, Measured};
 use pgfm_core::model::SyncRule;
 use pgfm_core::{ClusterState, Command, Generation, Lsn};
-use pgfm_postgres::{Postgres, Upstream};
+use pgfm_postgres::{Database, Upstream};
 
 use super::memory::{Memory, Outcome};
 use super::{lock, Agent};
@@ -159,7 +160,7 @@ impl Agent {
         action: &Action,
         outcomes: &mut Vec<Outcome>,
     ) -> anyhow::Result<()> {
-        let Some(pg) = &self.postgres else {
+        let Some(pg) = self.postgres.as_deref() else {
             anyhow::bail!("{action}: this node has no PostgreSQL");
         };
         match action {
@@ -250,7 +251,7 @@ impl Agent {
     /// synchronous standbys.
     async fn start_primary(
         &self,
-        pg: &Postgres,
+        pg: &dyn Database,
         state: &ClusterState,
         generation: Generation,
         outcomes: &mut Vec<Outcome>,
@@ -274,7 +275,7 @@ impl Agent {
     /// Start PostgreSQL as a standby streaming from `upstream`.
     async fn start_standby(
         &self,
-        pg: &Postgres,
+        pg: &dyn Database,
         state: &ClusterState,
         upstream: &str,
         generation: Generation,
@@ -295,7 +296,7 @@ impl Agent {
     /// or a fresh one with the old moved aside — then start as its standby.
     async fn clone_and_start(
         &self,
-        pg: &Postgres,
+        pg: &dyn Database,
         state: &ClusterState,
         upstream: &str,
         generation: Generation,
@@ -329,7 +330,7 @@ impl Agent {
     /// for the VIP; then take the VIP at once and run the promotion hooks.
     async fn promote_standby(
         &self,
-        pg: &Postgres,
+        pg: &dyn Database,
         state: &ClusterState,
         generation: Generation,
     ) -> anyhow::Result<()> {
@@ -368,7 +369,7 @@ impl Agent {
     /// Point the running standby at the new primary `upstream` (reload, no restart).
     async fn follow(
         &self,
-        pg: &Postgres,
+        pg: &dyn Database,
         state: &ClusterState,
         upstream: &str,
         generation: Generation,
@@ -383,7 +384,7 @@ impl Agent {
     /// hook.
     async fn fence(
         &self,
-        pg: &Postgres,
+        pg: &dyn Database,
         state: &ClusterState,
         generation: Generation,
         reason: &str,
@@ -402,7 +403,7 @@ impl Agent {
     /// Stop the diverged standby and mark its data directory for a rewind.
     async fn stop_to_rewind(
         &self,
-        pg: &Postgres,
+        pg: &dyn Database,
         generation: Generation,
         reason: &str,
     ) -> anyhow::Result<()> {
@@ -421,7 +422,7 @@ impl Agent {
     /// re-clones or holds, per `rejoin`).
     async fn rewind(
         &self,
-        pg: &Postgres,
+        pg: &dyn Database,
         state: &ClusterState,
         upstream: &str,
         generation: Generation,
@@ -457,7 +458,7 @@ impl Agent {
     /// lease.
     async fn hand_over(
         &self,
-        pg: &Postgres,
+        pg: &dyn Database,
         to: &str,
         generation: Generation,
         seq: u64,
@@ -494,7 +495,7 @@ impl Agent {
     }
 
     /// Create (`EnsureSlots`) or drop (`DropSlots`) replication slots on the local primary.
-    async fn slots(&self, pg: &Postgres, action: &Action) -> anyhow::Result<()> {
+    async fn slots(&self, pg: &dyn Database, action: &Action) -> anyhow::Result<()> {
         match action {
             Action::DropSlots { slots, generation } => {
                 pg.drop_slots(slots).await?;
@@ -513,7 +514,7 @@ impl Agent {
     /// WAL position where the switch took effect.
     async fn set_sync_standbys(
         &self,
-        pg: &Postgres,
+        pg: &dyn Database,
         rule: &SyncRule,
         generation: Generation,
     ) -> anyhow::Result<Lsn> {
@@ -573,7 +574,7 @@ impl Agent {
 
 /// A start that failed with no postmaster left: PostgreSQL exited during start-up. One
 /// still recovering past `start_timeout` is no failure.
-fn failed_start(pg: &Postgres, result: &anyhow::Result<()>) -> Option<Outcome> {
+fn failed_start(pg: &dyn Database, result: &anyhow::Result<()>) -> Option<Outcome> {
     match result {
         Err(e) if pg.running_pid().is_none() => Some(Outcome::StartFailed {
             error: format!("{e:#}"),

@@ -16,7 +16,9 @@ use super::{lock, Agent};
 
 impl Agent {
     pub(super) async fn lease_loop(self: Arc<Self>, mut stop: watch::Receiver<bool>) {
-        let Some(pg) = &self.postgres else { return };
+        let Some(pg) = self.postgres.as_deref() else {
+            return;
+        };
         let settings = self.config.timing.lease;
         {
             let mut held = lock(&self.lease);
@@ -88,7 +90,7 @@ impl Agent {
     /// loop's and the executor's fence alike.
     pub(super) async fn fence_now(
         &self,
-        pg: &pgfm_postgres::Postgres,
+        pg: &dyn pgfm_postgres::Database,
         generation: pgfm_core::Generation,
         reason: &str,
     ) -> anyhow::Result<()> {

@@ -10,6 +10,7 @@ mod health;
 mod hooks;
 mod lease;
 mod memory;
+mod platform;
 pub mod status;
 mod vip;
 mod watchdog;
@@ -18,7 +19,7 @@ use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::Context as _;
 use nix::fcntl::{Flock, FlockArg};
@@ -29,12 +30,14 @@ use pgfm_api::{AgedReport, AgentApi, ApiClient, ClusterStatus, ReportOutcome};
 use pgfm_coord::{Coordinator, EmbeddedRaft, ProposeError, RaftSettings};
 use pgfm_core::decide::{Action, ClusterView, LocalView, Observed, Settings};
 use pgfm_core::lease::HeldLease;
+use pgfm_core::transport::Transport;
 use pgfm_core::{Generation, Member, NodeReport};
-use pgfm_postgres::probe::{RemoteCheck, Target, Verdict};
-use pgfm_postgres::{OsUser, Postgres, PostgresSettings, Prober};
+use pgfm_postgres::probe::{Target, Verdict};
+use pgfm_postgres::{Database, OsUser, Postgres, PostgresSettings, Probe, RemoteProbe};
 
 use crate::config::Config;
 use crate::memory::{Memory, Outcome};
+pub use crate::platform::{Clock, DeviceFile, Platform, SystemClock, Watchdog, WatchdogDevice};
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     // The data behind these locks is replaced whole on every write, never left half done.
@@ -60,10 +63,12 @@ pub struct Agent {
     config: Config,
     token: Arc<str>,
     raft: EmbeddedRaft,
-    postgres: Option<Postgres>,
+    postgres: Option<Arc<dyn Database>>,
     /// The virtual IP, when this data node has one configured.
     vip: Option<pgfm_net::Vip>,
-    started: Instant,
+    clock: Arc<dyn Clock>,
+    /// How requests reach the other agents.
+    transport: Arc<dyn Transport>,
     /// The latest report from each agent known here (soft state, never persisted).
     reports: Mutex<BTreeMap<String, Observed>>,
     /// What a long action is doing right now ("cloning from pg1").
@@ -107,7 +112,7 @@ pub struct Agent {
 
 impl Agent {
     fn now_ms(&self) -> u64 {
-        self.started.elapsed().as_millis() as u64
+        self.clock.now_ms()
     }
 
     fn me(&self) -> Member {
@@ -139,16 +144,8 @@ impl Agent {
         }
     }
 
-    /// Wall-clock time, only to stamp the history.
-    fn wall_clock_ms() -> u64 {
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_millis() as u64)
-            .unwrap_or_default()
-    }
-
     fn view(&self) -> ClusterView {
-        let wall_clock_ms = Agent::wall_clock_ms();
+        let wall_clock_ms = self.clock.wall_clock_ms();
         let state = self.raft.state();
         // Invariant 3: the lease clock must belong to the state it is judged with. The
         // renewal watch may not have taken the latest applied change into account yet (a
@@ -190,12 +187,17 @@ impl Agent {
     }
 
     fn client(&self, address: &str) -> ApiClient {
-        ApiClient::new(address, &self.token, Duration::from_secs(2))
+        ApiClient::over(
+            self.transport.clone(),
+            address,
+            &self.token,
+            Duration::from_secs(2),
+        )
     }
 
     /// Whether the committed primary's database answers, asked only while its agent looks
     /// down (that is when the coordinator needs to know).
-    async fn check_primary(&self, remote: &mut RemoteCheck) -> Option<Verdict> {
+    async fn check_primary(&self, remote: &mut dyn RemoteProbe) -> Option<Verdict> {
         let state = self.raft.state();
         let primary = state
             .primary
@@ -228,8 +230,8 @@ impl Agent {
     /// Probe the local PostgreSQL (data nodes) and describe this node.
     async fn make_report(
         &self,
-        prober: &mut Option<Prober>,
-        remote: &mut RemoteCheck,
+        prober: &mut Option<Box<dyn Probe>>,
+        remote: &mut dyn RemoteProbe,
     ) -> NodeReport {
         let mut report = NodeReport::new(&self.config.name, self.config.kind);
         if let Some(verdict) = self.check_primary(remote).await {
@@ -252,7 +254,7 @@ impl Agent {
                 Err(e) => problem = Some(e),
             }
             if pg.running_pid().is_some() {
-                let started = Instant::now();
+                let started = tokio::time::Instant::now();
                 if let Err(e) = prober.probe(&mut report).await {
                     problem = Some(format!("probe failed: {e}"));
                 }
@@ -300,12 +302,12 @@ impl Agent {
     }
 
     /// The probe loop: every probe interval, probe and report to the coordinator.
-    async fn probe_loop(self: Arc<Self>, mut stop: watch::Receiver<bool>) {
-        let mut prober = self
-            .postgres
-            .as_ref()
-            .map(|pg| Prober::new(pg.probe_target()));
-        let mut remote = RemoteCheck::new();
+    async fn probe_loop(
+        self: Arc<Self>,
+        mut remote: Box<dyn RemoteProbe>,
+        mut stop: watch::Receiver<bool>,
+    ) {
+        let mut prober = self.postgres.as_ref().map(|pg| pg.prober());
         let mut ticker = tokio::time::interval(self.config.timing.probe_interval);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut last_send_error = String::new();
@@ -315,7 +317,7 @@ impl Agent {
                 _ = self.probe_now.notified() => {}
                 _ = stop.changed() => return,
             }
-            let report = self.make_report(&mut prober, &mut remote).await;
+            let report = self.make_report(&mut prober, remote.as_mut()).await;
             self.remember(report.clone(), 0);
             self.wake_decisions();
             if self.raft.is_coordinator() {
@@ -764,7 +766,7 @@ impl AgentApi for Agent {
                 self.config.name
             )));
         };
-        match pgfm_postgres::probe::standby_wal_position(&pg.probe_target()).await {
+        match pg.wal_position().await {
             Ok(position) => Ok(pgfm_api::WalPosition {
                 in_recovery: position.is_some(),
                 position,
@@ -817,7 +819,7 @@ fn lock_state_dir(config: &Config) -> anyhow::Result<Flock<std::fs::File>> {
     })
 }
 
-fn postgres_for(config: &Config) -> anyhow::Result<Option<Postgres>> {
+pub(crate) fn postgres_for(config: &Config) -> anyhow::Result<Option<Postgres>> {
     let Some(pg) = &config.postgres else {
         return Ok(None);
     };
@@ -842,42 +844,60 @@ fn postgres_for(config: &Config) -> anyhow::Result<Option<Postgres>> {
 }
 
 /// Run the agent until SIGTERM or SIGINT. PostgreSQL keeps running when the agent stops.
-///
-/// Longer than a screen on purpose: it is the agent's life in order — take the state dir,
-/// start Raft, build the agent, serve, spawn the loops, wait for a signal, then stop them
-/// in the one order that keeps the host watchdog from resetting a node that stops
-/// gracefully — and split up, that order would be spread over several functions.
 pub async fn run(config: Config) -> anyhow::Result<()> {
     for warning in config.warnings() {
         tracing::warn!("{warning}");
     }
     let token = config.read_token()?;
     let _lock = lock_state_dir(&config)?;
-    let postgres = postgres_for(&config)?;
-    let vip = open_vip(&config).await?;
+    let platform = Platform::production(&config).await?;
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
         .with_context(|| format!("listening on node.listen {}", config.listen))?;
+    let running = start(config, token, platform).await?;
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let server = serve(running.router(), listener, stop_rx);
+    wait_for_stop(&running.agent).await?;
+    running.stop().await;
+    let _ = stop_tx.send(true);
+    let _ = server.await;
+    Ok(())
+}
+
+/// An agent started by `start`: its loops run until `stop`.
+pub struct Running {
+    agent: Arc<Agent>,
+    raft: EmbeddedRaft,
+    token: Arc<str>,
+    loops: Loops,
+    stop: watch::Sender<bool>,
+}
+
+/// Start an agent on `platform`: open its Raft state, register nothing yet, and spawn its
+/// loops (on the current Tokio runtime). Serving its router is the caller's part.
+pub async fn start(config: Config, token: Arc<str>, platform: Platform) -> anyhow::Result<Running> {
     let raft = EmbeddedRaft::start(
         &config.name,
         &config.state_dir.join("raft"),
         &config.peer_list(),
+        platform.transport.clone(),
         token.clone(),
         &RaftSettings::default(),
     )
     .await?;
     let host_watchdog = watchdog::HostWatchdog::new(
         config.watchdog.mode,
-        config.watchdog.device.clone(),
+        platform.watchdog,
         config.timing.lease.watchdog_timeout_s(),
     );
     let agent = Arc::new(Agent {
         config,
         token: token.clone(),
         raft: raft.clone(),
-        postgres,
-        vip,
-        started: Instant::now(),
+        postgres: platform.database,
+        vip: platform.vip,
+        clock: platform.clock,
+        transport: platform.transport,
         reports: Mutex::new(BTreeMap::new()),
         activity: Mutex::new(None),
         notes: Mutex::new(Vec::new()),
@@ -902,14 +922,47 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         kind = ?agent.config.kind,
         "agent started"
     );
+    let (stop, stop_rx) = watch::channel(false);
+    let loops = spawn_loops(&agent, platform.remote, stop_rx);
+    Ok(Running {
+        agent,
+        raft,
+        token,
+        loops,
+        stop,
+    })
+}
 
-    let (stop_tx, stop_rx) = watch::channel(false);
-    let server = serve_api(&agent, &raft, token, listener, stop_rx.clone());
-    let loops = spawn_loops(&agent, stop_rx);
-    wait_for_stop(&agent).await?;
-    let _ = stop_tx.send(true);
-    stop(&agent, &raft, loops, server).await;
-    Ok(())
+impl Running {
+    /// The agent's API and the Raft RPCs, behind the cluster token: what `run` serves on
+    /// its listener, and where the simulation delivers requests.
+    pub fn router(&self) -> axum::Router {
+        pgfm_api::router(self.agent.clone())
+            .merge(pgfm_coord::http::router(self.raft.clone()))
+            .layer(axum::middleware::from_fn_with_state(
+                self.token.clone(),
+                pgfm_api::auth::require_token,
+            ))
+    }
+
+    /// Stop the loops, then release the VIP and stop Raft, in the one order that keeps
+    /// the host watchdog from resetting a node that stops gracefully. PostgreSQL keeps
+    /// running.
+    pub async fn stop(self) {
+        let _ = self.stop.send(true);
+        let (agent, raft, loops) = (self.agent, self.raft, self.loops);
+        // PostgreSQL keeps running: a graceful stop must not reset the host, however long
+        // the other loops take to end their current action. The lease loop, the only
+        // feeder, ends first.
+        let _ = loops.lease.await;
+        lock(&agent.watchdog).stop(agent.raft.state().generation);
+        let _ = tokio::join!(loops.probe, loops.decide, loops.coordinate, loops.renewals);
+        // Clients must not keep writing to a primary no agent watches over.
+        agent
+            .release_vip(agent.raft.state().generation, "the agent is stopping")
+            .await;
+        raft.shutdown().await;
+    }
 }
 
 /// `[vip]`: the virtual IP, opened on its interface.
@@ -933,21 +986,12 @@ fn count_from_start(agent: &Agent) {
     seen.switchover = state.switchover.clone();
 }
 
-/// Serve the agent's API and the coordinator's Raft RPCs on `listener`, behind the
-/// cluster token, until `stop` turns true.
-fn serve_api(
-    agent: &Arc<Agent>,
-    raft: &EmbeddedRaft,
-    token: Arc<str>,
+/// Serve `app` on `listener` until `stop` turns true.
+fn serve(
+    app: axum::Router,
     listener: tokio::net::TcpListener,
     mut stop: watch::Receiver<bool>,
 ) -> tokio::task::JoinHandle<std::io::Result<()>> {
-    let app = pgfm_api::router(agent.clone())
-        .merge(pgfm_coord::http::router(raft.clone()))
-        .layer(axum::middleware::from_fn_with_state(
-            token,
-            pgfm_api::auth::require_token,
-        ));
     tokio::spawn(async move {
         let service = app.into_make_service_with_connect_info::<SocketAddr>();
         axum::serve(listener, service)
@@ -967,12 +1011,16 @@ struct Loops {
     lease: tokio::task::JoinHandle<()>,
 }
 
-fn spawn_loops(agent: &Arc<Agent>, stop: watch::Receiver<bool>) -> Loops {
+fn spawn_loops(
+    agent: &Arc<Agent>,
+    remote: Box<dyn RemoteProbe>,
+    stop: watch::Receiver<bool>,
+) -> Loops {
     let span = tracing::Span::current();
     let probe = tokio::spawn(
         agent
             .clone()
-            .probe_loop(stop.clone())
+            .probe_loop(remote, stop.clone())
             .instrument(span.clone()),
     );
     let decide = tokio::spawn(
@@ -1017,26 +1065,4 @@ async fn wait_for_stop(agent: &Agent) -> anyhow::Result<()> {
         }
     }
     Ok(())
-}
-
-/// Once the loops are told to stop: wait for them, then release the VIP, stop Raft and
-/// the API server.
-async fn stop(
-    agent: &Agent,
-    raft: &EmbeddedRaft,
-    loops: Loops,
-    server: tokio::task::JoinHandle<std::io::Result<()>>,
-) {
-    // PostgreSQL keeps running: a graceful stop must not reset the host, however long the
-    // other loops take to end their current action. The lease loop, the only feeder, ends
-    // first.
-    let _ = loops.lease.await;
-    lock(&agent.watchdog).stop(agent.raft.state().generation);
-    let _ = tokio::join!(loops.probe, loops.decide, loops.coordinate, loops.renewals);
-    // Clients must not keep writing to a primary no agent watches over.
-    agent
-        .release_vip(agent.raft.state().generation, "the agent is stopping")
-        .await;
-    raft.shutdown().await;
-    let _ = server.await;
 }

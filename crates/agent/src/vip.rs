@@ -2,7 +2,8 @@
 //! The decision engine says when (`TakeVip`, `ReleaseVip`); the fence, hand-over and stop
 //! paths remove it first of all, before PostgreSQL stops serving.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
+use tokio::time::Instant;
 
 use pgfm_core::{Generation, VipReport};
 

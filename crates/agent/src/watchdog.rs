@@ -25,7 +25,7 @@ use pgfm_core::{Generation, WatchdogMode, WatchdogReport};
 
 /// A timer that resets the host unless fed. Each call is one quick syscall or two, made
 /// inline by the lease loop.
-pub(super) trait Watchdog: Send {
+pub trait Watchdog: Send {
     /// Start the timer (or restart it) with `timeout_s`; an error, disarmed, when the
     /// device cannot run it with that timeout or less.
     fn arm(&mut self, timeout_s: u64) -> anyhow::Result<()>;
@@ -35,8 +35,31 @@ pub(super) trait Watchdog: Send {
     fn disarm(&mut self) -> anyhow::Result<()>;
 }
 
-/// How the agent gets a driver for a device (tests pass a fake).
-type Opener = Box<dyn Fn(&Path) -> anyhow::Result<Box<dyn Watchdog>> + Send>;
+/// Where the agent gets a driver from: the configured device file in production
+/// (`DeviceFile`), a fake in the unit tests, the simulated host's timer in the simulation.
+pub trait WatchdogDevice: Send {
+    /// Open a driver; nothing is armed yet.
+    fn open(&self) -> anyhow::Result<Box<dyn Watchdog>>;
+    /// Whether it looks usable, without arming it (for the node's report).
+    fn check(&self) -> Result<(), String>;
+    /// What to call it in the log: the device's path.
+    fn describe(&self) -> String;
+}
+
+/// `[watchdog] device`: a kernel watchdog or the lab's FIFO, told apart by file type.
+pub struct DeviceFile(pub PathBuf);
+
+impl WatchdogDevice for DeviceFile {
+    fn open(&self) -> anyhow::Result<Box<dyn Watchdog>> {
+        driver_for(&self.0)
+    }
+    fn check(&self) -> Result<(), String> {
+        check(&self.0)
+    }
+    fn describe(&self) -> String {
+        self.0.display().to_string()
+    }
+}
 
 /// The driver `device` needs, by its file type; nothing is opened yet.
 pub(super) fn driver_for(device: &Path) -> anyhow::Result<Box<dyn Watchdog>> {
@@ -313,9 +336,8 @@ pub(super) fn step(t: Tick) -> Step {
 /// The host watchdog as the agent holds it (behind a mutex; every call is quick).
 pub(super) struct HostWatchdog {
     mode: WatchdogMode,
-    device: PathBuf,
+    device: Box<dyn WatchdogDevice>,
     timeout_s: u64,
-    open: Opener,
     /// Some while armed.
     driver: Option<Box<dyn Watchdog>>,
     /// The generation `past_first` is about.
@@ -331,21 +353,20 @@ pub(super) struct HostWatchdog {
 impl HostWatchdog {
     /// `timeout_s`: `LeaseSettings::watchdog_timeout_s` (config validation refuses a mode
     /// other than off without one).
-    pub(super) fn new(mode: WatchdogMode, device: PathBuf, timeout_s: Option<u64>) -> Self {
+    pub(super) fn new(
+        mode: WatchdogMode,
+        device: Box<dyn WatchdogDevice>,
+        timeout_s: Option<u64>,
+    ) -> Self {
         let mode = if timeout_s.is_none() {
             WatchdogMode::Off
         } else {
             mode
         };
-        HostWatchdog::with_opener(mode, device, timeout_s.unwrap_or(0), Box::new(driver_for))
-    }
-
-    fn with_opener(mode: WatchdogMode, device: PathBuf, timeout_s: u64, open: Opener) -> Self {
         HostWatchdog {
             mode,
             device,
-            timeout_s,
-            open,
+            timeout_s: timeout_s.unwrap_or(0),
             driver: None,
             generation: None,
             past_first: false,
@@ -360,7 +381,7 @@ impl HostWatchdog {
         let problem = if self.mode == WatchdogMode::Off || armed {
             None
         } else {
-            self.problem.clone().or_else(|| check(&self.device).err())
+            self.problem.clone().or_else(|| self.device.check().err())
         };
         WatchdogReport {
             mode: self.mode,
@@ -439,7 +460,7 @@ impl HostWatchdog {
         if self.failed_at_ms.is_some_and(|at| now_ms < at + 1000) {
             return;
         }
-        let armed = (self.open)(&self.device).and_then(|mut driver| {
+        let armed = self.device.open().and_then(|mut driver| {
             driver.arm(self.timeout_s)?;
             Ok(driver)
         });
@@ -450,7 +471,7 @@ impl HostWatchdog {
                 self.failed_at_ms = None;
                 tracing::info!(
                     %generation,
-                    device = %self.device.display(),
+                    device = %self.device.describe(),
                     timeout_s = self.timeout_s,
                     mode = %self.mode,
                     "watchdog armed"
@@ -576,17 +597,35 @@ mod tests {
     type Said = Arc<Mutex<Vec<String>>>;
     type Fails = Arc<Mutex<bool>>;
 
+    /// Opens a `Fake` sharing its record.
+    struct FakeDevice {
+        said: Said,
+        fail: Fails,
+    }
+
+    impl WatchdogDevice for FakeDevice {
+        fn open(&self) -> anyhow::Result<Box<dyn Watchdog>> {
+            Ok(Box::new(Fake {
+                said: self.said.clone(),
+                fail: self.fail.clone(),
+            }))
+        }
+        fn check(&self) -> Result<(), String> {
+            Ok(())
+        }
+        fn describe(&self) -> String {
+            "/dev/fake".into()
+        }
+    }
+
     fn fake(mode: WatchdogMode) -> (HostWatchdog, Said, Fails) {
         let said = Arc::new(Mutex::new(Vec::new()));
         let fail = Arc::new(Mutex::new(false));
-        let (s, f) = (said.clone(), fail.clone());
-        let open: Opener = Box::new(move |_| {
-            Ok(Box::new(Fake {
-                said: s.clone(),
-                fail: f.clone(),
-            }) as Box<dyn Watchdog>)
-        });
-        let w = HostWatchdog::with_opener(mode, PathBuf::from("/dev/fake"), 1, open);
+        let device = FakeDevice {
+            said: said.clone(),
+            fail: fail.clone(),
+        };
+        let w = HostWatchdog::new(mode, Box::new(device), Some(1));
         (w, said, fail)
     }
 
@@ -667,7 +706,8 @@ mod tests {
                 problem: None
             }
         );
-        let w = HostWatchdog::new(WatchdogMode::Required, PathBuf::from("/dev/null"), None);
+        let device = DeviceFile(PathBuf::from("/dev/null"));
+        let w = HostWatchdog::new(WatchdogMode::Required, Box::new(device), None);
         assert_eq!(w.report().mode, WatchdogMode::Off);
     }
 

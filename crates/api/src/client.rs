@@ -1,9 +1,15 @@
 //! The HTTP client for the agent API, used by the CLI and by agents talking to each other.
+//! Requests go through a `Transport`: HTTP over TCP, or the simulation's network.
 
+use std::sync::Arc;
 use std::time::Duration;
 
+use pgfm_core::transport::{Method, Request, Transport};
 use pgfm_core::NodeReport;
+use serde::de::DeserializeOwned;
+use serde::Serialize;
 
+use crate::transport::HttpTransport;
 use crate::types::{
     ClusterStatus, ErrorBody, Health, HistoryEntry, Message, PriorityRequest, PromoteRequest,
     PromoteStarted, ReportAck, SwitchoverRequest, SwitchoverStarted,
@@ -25,84 +31,128 @@ pub enum ApiError {
 
 #[derive(Clone)]
 pub struct ApiClient {
-    base: String,
+    address: String,
     token: String,
-    http: reqwest::Client,
+    timeout: Duration,
+    transport: Arc<dyn Transport>,
 }
 
 impl ApiClient {
-    /// A client for the agent at `address` (`host:port` or a full `http://` URL).
+    /// A client for the agent at `address` (`host:port` or a full `http://` URL), over its
+    /// own HTTP connections.
     pub fn new(address: &str, token: &str, timeout: Duration) -> ApiClient {
-        let base = if address.starts_with("http://") || address.starts_with("https://") {
-            address.trim_end_matches('/').to_string()
-        } else {
-            format!("http://{address}")
-        };
-        let http = reqwest::Client::builder()
-            .connect_timeout(timeout.min(Duration::from_secs(1)))
-            .timeout(timeout)
-            .build()
-            .unwrap_or_default();
+        let transport = Arc::new(HttpTransport::new(timeout.min(Duration::from_secs(1))));
+        ApiClient::over(transport, address, token, timeout)
+    }
+
+    /// A client for the agent at `address` through `transport` (an agent's own).
+    pub fn over(
+        transport: Arc<dyn Transport>,
+        address: &str,
+        token: &str,
+        timeout: Duration,
+    ) -> ApiClient {
         ApiClient {
-            base,
+            address: address.trim_end_matches('/').to_string(),
             token: token.to_string(),
-            http,
+            timeout,
+            transport,
         }
     }
 
-    pub fn base(&self) -> &str {
-        &self.base
+    fn request(&self, method: Method, path: &str, body: Option<Vec<u8>>) -> Request {
+        Request {
+            method,
+            address: self.address.clone(),
+            path: path.to_string(),
+            token: self.token.clone(),
+            body,
+            timeout: self.timeout,
+        }
     }
 
-    async fn send<T: serde::de::DeserializeOwned>(
+    /// Send a request: the status (401 already turned into an error), the URL and the body.
+    async fn exchange(
         &self,
-        request: reqwest::RequestBuilder,
-        url: String,
-    ) -> Result<T, ApiError> {
-        let response = request
-            .header("authorization", format!("Bearer {}", self.token))
-            .send()
+        method: Method,
+        path: &str,
+        body: Option<Vec<u8>>,
+    ) -> Result<(u16, String, Vec<u8>), ApiError> {
+        let request = self.request(method, path, body);
+        let url = request.url();
+        let response = self
+            .transport
+            .send(request)
             .await
             .map_err(|e| ApiError::Unreachable {
                 url: url.clone(),
                 cause: e.to_string(),
             })?;
-        let status = response.status();
-        if status == reqwest::StatusCode::UNAUTHORIZED {
-            return Err(ApiError::Unauthorized { url });
+        match response.status {
+            401 => Err(ApiError::Unauthorized { url }),
+            status => Ok((status, url, response.body)),
         }
-        if !status.is_success() {
-            let message = match response.json::<ErrorBody>().await {
+    }
+
+    /// Send a request and read its JSON answer; any status but 2xx is an error carrying the
+    /// agent's own message.
+    async fn send<T: DeserializeOwned>(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<Vec<u8>>,
+    ) -> Result<T, ApiError> {
+        let (status, url, body) = self.exchange(method, path, body).await?;
+        if !(200..300).contains(&status) {
+            let message = match serde_json::from_slice::<ErrorBody>(&body) {
                 Ok(body) => body.error,
-                Err(_) => status.canonical_reason().unwrap_or("error").to_string(),
+                Err(_) => reason(status).to_string(),
             };
             return Err(ApiError::Failed {
                 url,
-                status: status.as_u16(),
+                status,
                 message,
             });
         }
-        response.json().await.map_err(|e| ApiError::Failed {
+        serde_json::from_slice(&body).map_err(|e| ApiError::Failed {
             url,
-            status: status.as_u16(),
+            status,
             message: format!("unreadable answer: {e}"),
         })
     }
 
+    async fn get<T: DeserializeOwned>(&self, path: &str) -> Result<T, ApiError> {
+        self.send(Method::Get, path, None).await
+    }
+
+    async fn post<T: DeserializeOwned>(&self, path: &str) -> Result<T, ApiError> {
+        self.send(Method::Post, path, None).await
+    }
+
+    async fn post_json<T: DeserializeOwned>(
+        &self,
+        path: &str,
+        body: &impl Serialize,
+    ) -> Result<T, ApiError> {
+        let body = serde_json::to_vec(body).map_err(|e| ApiError::Failed {
+            url: self.request(Method::Post, path, None).url(),
+            status: 0,
+            message: format!("cannot encode the request: {e}"),
+        })?;
+        self.send(Method::Post, path, Some(body)).await
+    }
+
     pub async fn status(&self) -> Result<ClusterStatus, ApiError> {
-        let url = format!("{}/v1/status", self.base);
-        self.send(self.http.get(&url), url).await
+        self.get("/v1/status").await
     }
 
     pub async fn resume(&self) -> Result<Message, ApiError> {
-        let url = format!("{}/v1/resume", self.base);
-        self.send(self.http.post(&url), url).await
+        self.post("/v1/resume").await
     }
 
     pub async fn switchover(&self, to: Option<String>) -> Result<SwitchoverStarted, ApiError> {
-        let url = format!("{}/v1/switchover", self.base);
-        let body = SwitchoverRequest { to };
-        self.send(self.http.post(&url).json(&body), url).await
+        self.post_json("/v1/switchover", &SwitchoverRequest { to })
+            .await
     }
 
     pub async fn promote(
@@ -110,99 +160,68 @@ impl ApiClient {
         to: Option<String>,
         force: bool,
     ) -> Result<PromoteStarted, ApiError> {
-        let url = format!("{}/v1/promote", self.base);
-        let body = PromoteRequest { to, force };
-        self.send(self.http.post(&url).json(&body), url).await
+        self.post_json("/v1/promote", &PromoteRequest { to, force })
+            .await
     }
 
     pub async fn set_priority(&self, node: &str, priority: u32) -> Result<Message, ApiError> {
-        let url = format!("{}/v1/priority", self.base);
         let body = PriorityRequest {
             node: node.to_string(),
             priority,
         };
-        self.send(self.http.post(&url).json(&body), url).await
+        self.post_json("/v1/priority", &body).await
     }
 
     pub async fn set_synchronous(
         &self,
         request: &crate::types::SynchronousRequest,
     ) -> Result<Message, ApiError> {
-        let url = format!("{}/v1/synchronous", self.base);
-        self.send(self.http.post(&url).json(request), url).await
+        self.post_json("/v1/synchronous", request).await
     }
 
     pub async fn allow_node(&self, name: &str, address: &str) -> Result<Message, ApiError> {
-        let url = format!("{}/v1/members", self.base);
         let body = crate::types::AllowRequest {
             name: name.to_string(),
             address: address.to_string(),
         };
-        self.send(self.http.post(&url).json(&body), url).await
+        self.post_json("/v1/members", &body).await
     }
 
     pub async fn disallow_node(&self, name: &str, force: bool) -> Result<Message, ApiError> {
-        let url = format!("{}/v1/members/remove", self.base);
         let body = crate::types::DisallowRequest {
             name: name.to_string(),
             force,
         };
-        self.send(self.http.post(&url).json(&body), url).await
+        self.post_json("/v1/members/remove", &body).await
     }
 
     pub async fn stop_cluster(&self) -> Result<Message, ApiError> {
-        let url = format!("{}/v1/stop-cluster", self.base);
-        self.send(self.http.post(&url), url).await
+        self.post("/v1/stop-cluster").await
     }
 
     pub async fn stop_agent(&self) -> Result<Message, ApiError> {
-        let url = format!("{}/v1/stop", self.base);
-        self.send(self.http.post(&url), url).await
+        self.post("/v1/stop").await
     }
 
     pub async fn cancel_switchover(&self) -> Result<Message, ApiError> {
-        let url = format!("{}/v1/switchover/cancel", self.base);
-        self.send(self.http.post(&url), url).await
+        self.post("/v1/switchover/cancel").await
     }
 
     pub async fn pause(&self) -> Result<Message, ApiError> {
-        let url = format!("{}/v1/pause", self.base);
-        self.send(self.http.post(&url), url).await
+        self.post("/v1/pause").await
     }
 
     pub async fn wal_position(&self) -> Result<crate::types::WalPosition, ApiError> {
-        let url = format!("{}/v1/wal-position", self.base);
-        self.send(self.http.get(&url), url).await
+        self.get("/v1/wal-position").await
     }
 
     pub async fn history(&self) -> Result<Vec<HistoryEntry>, ApiError> {
-        let url = format!("{}/v1/history", self.base);
-        self.send(self.http.get(&url), url).await
-    }
-
-    /// GET `path` with the token; the status (401 already turned into an error) and the
-    /// response, for the routes whose non-200 answers carry a body worth reading.
-    async fn get_raw(&self, path: &str) -> Result<(u16, String, reqwest::Response), ApiError> {
-        let url = format!("{}{path}", self.base);
-        let response = self
-            .http
-            .get(&url)
-            .header("authorization", format!("Bearer {}", self.token))
-            .send()
-            .await
-            .map_err(|e| ApiError::Unreachable {
-                url: url.clone(),
-                cause: e.to_string(),
-            })?;
-        match response.status().as_u16() {
-            401 => Err(ApiError::Unauthorized { url }),
-            status => Ok((status, url, response)),
-        }
+        self.get("/v1/history").await
     }
 
     /// `GET /metrics`: the Prometheus text.
     pub async fn metrics(&self) -> Result<String, ApiError> {
-        let (status, url, response) = self.get_raw("/metrics").await?;
+        let (status, url, body) = self.exchange(Method::Get, "/metrics", None).await?;
         if status != 200 {
             return Err(ApiError::Failed {
                 url,
@@ -210,7 +229,7 @@ impl ApiClient {
                 message: "no metrics".into(),
             });
         }
-        response.text().await.map_err(|e| ApiError::Failed {
+        String::from_utf8(body).map_err(|e| ApiError::Failed {
             url,
             status,
             message: e.to_string(),
@@ -220,8 +239,8 @@ impl ApiClient {
     /// GET a health endpoint (`/primary`, `/replica?max_lag=N`, `/health`): the status code
     /// and the answer.
     pub async fn health(&self, path: &str) -> Result<(u16, Health), ApiError> {
-        let (status, url, response) = self.get_raw(path).await?;
-        let health = response.json().await.map_err(|e| ApiError::Failed {
+        let (status, url, body) = self.exchange(Method::Get, path, None).await?;
+        let health = serde_json::from_slice(&body).map_err(|e| ApiError::Failed {
             url,
             status,
             message: format!("unreadable answer: {e}"),
@@ -230,7 +249,19 @@ impl ApiClient {
     }
 
     pub async fn report(&self, report: &NodeReport) -> Result<ReportAck, ApiError> {
-        let url = format!("{}/v1/report", self.base);
-        self.send(self.http.post(&url).json(report), url).await
+        self.post_json("/v1/report", report).await
+    }
+}
+
+/// The standard text of an HTTP status, for an error without a body of its own.
+fn reason(status: u16) -> &'static str {
+    match status {
+        400 => "Bad Request",
+        403 => "Forbidden",
+        404 => "Not Found",
+        409 => "Conflict",
+        500 => "Internal Server Error",
+        503 => "Service Unavailable",
+        _ => "error",
     }
 }

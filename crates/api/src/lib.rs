@@ -10,8 +10,10 @@ pub mod client;
 pub mod metrics;
 pub mod routes;
 pub mod status_text;
+pub mod transport;
 pub mod types;
 
 pub use client::{ApiClient, ApiError};
 pub use routes::{router, AgentApi, HealthCheck, Refusal, ReportOutcome};
+pub use transport::HttpTransport;
 pub use types::*;

@@ -12,10 +12,11 @@ use openraft::error::{ClientWriteError, RaftError};
 use openraft::{Config, ServerState, SnapshotPolicy};
 use tokio::sync::watch;
 
+use pgfm_core::transport::Transport;
 use pgfm_core::{ClusterState, Command, NodeId};
 
 use crate::log_store::LogStore;
-use crate::network::{bearer, HttpNetwork};
+use crate::network::{PeerError, Peers};
 use crate::state_machine::{Applied, StateMachine};
 use crate::types::{Raft, RaftNode};
 use crate::wire::{Ping, ProposeReply};
@@ -61,13 +62,12 @@ struct Inner {
     raft: Raft,
     id: u64,
     applied: watch::Receiver<Applied>,
-    client: reqwest::Client,
-    token: Arc<str>,
+    peers: Peers,
     settings: RaftSettings,
     /// When this agent last accepted entries (or a heartbeat) from a leader, in ms since
     /// `started` (0: never).
     leader_contact_ms: std::sync::atomic::AtomicU64,
-    started: std::time::Instant,
+    started: tokio::time::Instant,
     /// The pre-vote task (`election_gate`), stopped with the node.
     gate: std::sync::Mutex<Option<tokio::task::JoinHandle<()>>>,
 }
@@ -81,10 +81,12 @@ impl EmbeddedRaft {
     /// Open the Raft state under `dir` and start the node. When the log is empty the cluster
     /// is initialised from `peers` (`(name, agent address)`); every agent of a new cluster
     /// does so with the same list, which openraft accepts, so no agent has to go first.
+    /// Every request to another agent goes through `transport` with `token`.
     pub async fn start(
         name: &str,
         dir: &Path,
         peers: &[(String, String)],
+        transport: Arc<dyn Transport>,
         token: Arc<str>,
         settings: &RaftSettings,
     ) -> anyhow::Result<EmbeddedRaft> {
@@ -106,8 +108,8 @@ impl EmbeddedRaft {
         .validate()
         .context("validating the Raft settings")?;
         let id = NodeId::from_name(name).0;
-        let network = HttpNetwork::new(token.clone());
-        let raft = Raft::new(id, Arc::new(config), network, log, sm)
+        let network = Peers::new(transport, token);
+        let raft = Raft::new(id, Arc::new(config), network.clone(), log, sm)
             .await
             .context("starting Raft")?;
         if !raft.is_initialized().await.context("reading Raft state")? {
@@ -127,20 +129,14 @@ impl EmbeddedRaft {
                 Err(e) => tracing::info!(%e, "cluster already initialised"),
             }
         }
-        let client = reqwest::Client::builder()
-            .connect_timeout(Duration::from_millis(500))
-            .timeout(Duration::from_secs(5))
-            .build()
-            .context("building the HTTP client")?;
         let inner = Inner {
             raft,
             id,
             applied,
-            client,
-            token,
+            peers: network,
             settings: settings.clone(),
             leader_contact_ms: std::sync::atomic::AtomicU64::new(0),
-            started: std::time::Instant::now(),
+            started: tokio::time::Instant::now(),
             gate: std::sync::Mutex::new(None),
         };
         let raft = EmbeddedRaft {
@@ -216,7 +212,7 @@ impl EmbeddedRaft {
         change: openraft::ChangeMembers<u64, RaftNode>,
         retain: bool,
     ) -> Result<(), MembershipError> {
-        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
         loop {
             match self
                 .inner
@@ -230,7 +226,7 @@ impl EmbeddedRaft {
                 }
                 Err(RaftError::APIError(ClientWriteError::ChangeMembershipError(
                     openraft::error::ChangeMembershipError::InProgress(_),
-                ))) if std::time::Instant::now() < deadline => {
+                ))) if tokio::time::Instant::now() < deadline => {
                     tokio::time::sleep(Duration::from_millis(100)).await;
                 }
                 Err(e) => return Err(MembershipError::Failed(format!("{what}: {e}"))),
@@ -278,27 +274,16 @@ impl EmbeddedRaft {
 
     /// Propose `command` through the coordinator `node`: its answer, or why it gave none.
     async fn forward(&self, node: &RaftNode, command: &Command) -> Result<(), ProposeError> {
-        let unreachable = |cause: String| ProposeError::Unreachable {
-            leader: node.name.clone(),
-            address: node.address.clone(),
-            cause,
-        };
-        let response = self
+        let reply: ProposeReply = self
             .inner
-            .client
-            .post(format!("http://{}/raft/propose", node.address))
-            .header("authorization", bearer(&self.inner.token))
-            .json(command)
-            .send()
+            .peers
+            .post(node, "/raft/propose", command, Duration::from_secs(5))
             .await
-            .map_err(|e| unreachable(e.to_string()))?;
-        if !response.status().is_success() {
-            return Err(unreachable(format!("HTTP {}", response.status())));
-        }
-        let reply: ProposeReply = response
-            .json()
-            .await
-            .map_err(|e| unreachable(e.to_string()))?;
+            .map_err(|e| ProposeError::Unreachable {
+                leader: node.name.clone(),
+                address: node.address.clone(),
+                cause: e.to_string(),
+            })?;
         reply.into_result()
     }
 
@@ -353,24 +338,12 @@ async fn election_gate(inner: std::sync::Weak<Inner>) {
         };
         let mut pings = tokio::task::JoinSet::new();
         for (id, node) in voters.iter().filter(|(id, _)| *id != raft.inner.id) {
-            let client = raft.inner.client.clone();
-            let url = format!("http://{}/raft/ping", node.address);
-            let auth = bearer(&raft.inner.token);
-            let id = *id;
+            let peers = raft.inner.peers.clone();
+            let (id, node) = (*id, node.clone());
             pings.spawn(async move {
-                let answer = async {
-                    let response = client
-                        .post(url)
-                        .header("authorization", auth)
-                        .send()
-                        .await
-                        .ok()?;
-                    response.json::<Ping>().await.ok()
-                };
-                (
-                    id,
-                    tokio::time::timeout(patience, answer).await.ok().flatten(),
-                )
+                let answer: Result<Ping, PeerError> =
+                    peers.post(&node, "/raft/ping", &(), patience).await;
+                (id, answer.ok())
             });
         }
         let mut willing = usize::from(!raft.leader_recent());

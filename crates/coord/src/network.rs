@@ -1,5 +1,6 @@
-//! The agent-to-agent Raft transport: JSON over HTTP, every request carrying the cluster
-//! token. The server side is in `http`.
+//! The agent-to-agent Raft transport: JSON requests through the agent's `Transport` (HTTP
+//! in production, the simulated network in the simulation), every one carrying the
+//! cluster token. The server side is in `http`.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -15,51 +16,83 @@ use openraft::raft::{
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
+use pgfm_core::transport::{Method, Request, Transport, TransportError};
+
 use crate::types::{RaftNode, TypeConfig};
 
-/// The header every agent-to-agent and CLI request carries.
-pub fn bearer(token: &str) -> String {
-    format!("Bearer {token}")
+/// Why a request to a peer brought no usable answer.
+#[derive(Debug, thiserror::Error)]
+pub enum PeerError {
+    /// No answer: refused, not connected in time, no answer in time.
+    #[error("{0}")]
+    Unreachable(TransportError),
+    /// An answer, but not one to use: a refused token, another status, bad JSON.
+    #[error("{0}")]
+    Answer(String),
 }
 
+/// The agents this one talks to, through one transport and with the cluster token.
 #[derive(Clone)]
-pub struct HttpNetwork {
-    client: reqwest::Client,
+pub struct Peers {
+    transport: Arc<dyn Transport>,
     token: Arc<str>,
 }
 
-impl HttpNetwork {
-    pub fn new(token: Arc<str>) -> HttpNetwork {
-        let client = reqwest::Client::builder()
-            .connect_timeout(Duration::from_millis(500))
-            .build()
-            .unwrap_or_default();
-        HttpNetwork { client, token }
+impl Peers {
+    pub fn new(transport: Arc<dyn Transport>, token: Arc<str>) -> Peers {
+        Peers { transport, token }
+    }
+
+    /// POST `body` as JSON to `path` on the agent at `address` and read its JSON answer.
+    pub async fn post<Req: Serialize, Resp: DeserializeOwned>(
+        &self,
+        node: &RaftNode,
+        path: &str,
+        body: &Req,
+        timeout: Duration,
+    ) -> Result<Resp, PeerError> {
+        let body = serde_json::to_vec(body)
+            .map_err(|e| PeerError::Answer(format!("cannot encode the request: {e}")))?;
+        let request = Request {
+            method: Method::Post,
+            address: node.address.clone(),
+            path: path.to_string(),
+            token: self.token.to_string(),
+            body: Some(body),
+            timeout,
+        };
+        let response = self
+            .transport
+            .send(request)
+            .await
+            .map_err(PeerError::Unreachable)?;
+        match response.status {
+            200 => serde_json::from_slice(&response.body)
+                .map_err(|e| PeerError::Answer(format!("{node}: unreadable answer: {e}"))),
+            401 => Err(PeerError::Answer(format!(
+                "{node} refused our cluster token (401): check token_file on both nodes"
+            ))),
+            status => Err(PeerError::Answer(format!("{node} answered HTTP {status}"))),
+        }
     }
 }
 
-pub struct Connection {
-    client: reqwest::Client,
-    token: Arc<str>,
-    target: u64,
-    node: RaftNode,
-}
-
-#[derive(Debug, thiserror::Error)]
-#[error("{0}")]
-struct TransportError(String);
-
-impl RaftNetworkFactory<TypeConfig> for HttpNetwork {
+impl RaftNetworkFactory<TypeConfig> for Peers {
     type Network = Connection;
 
     async fn new_client(&mut self, target: u64, node: &RaftNode) -> Connection {
         Connection {
-            client: self.client.clone(),
-            token: self.token.clone(),
+            peers: self.clone(),
             target,
             node: node.clone(),
         }
     }
+}
+
+pub struct Connection {
+    peers: Peers,
+    target: u64,
+    node: RaftNode,
 }
 
 impl Connection {
@@ -74,28 +107,16 @@ impl Connection {
         Resp: DeserializeOwned,
         E: std::error::Error + DeserializeOwned,
     {
-        let url = format!("http://{}/raft/{path}", self.node.address);
-        let response = self
-            .client
-            .post(&url)
-            .header("authorization", bearer(&self.token))
-            .timeout(option.hard_ttl())
-            .json(request)
-            .send()
+        let path = format!("/raft/{path}");
+        let answer: Result<Resp, E> = self
+            .peers
+            .post(&self.node, &path, request, option.hard_ttl())
             .await
-            .map_err(|e| RPCError::Unreachable(Unreachable::new(&e)))?;
-        if response.status() == reqwest::StatusCode::UNAUTHORIZED {
-            let e = TransportError(format!(
-                "{} refused our cluster token (401): check token_file on both nodes",
-                self.node
-            ));
-            return Err(RPCError::Network(NetworkError::new(&e)));
-        }
-        let result: Result<Resp, E> = response
-            .json()
-            .await
-            .map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
-        result.map_err(|e| {
+            .map_err(|e| match e {
+                PeerError::Unreachable(e) => RPCError::Unreachable(Unreachable::new(&e)),
+                e @ PeerError::Answer(_) => RPCError::Network(NetworkError::new(&e)),
+            })?;
+        answer.map_err(|e| {
             RPCError::RemoteError(RemoteError::new_with_node(
                 self.target,
                 self.node.clone(),

@@ -8,6 +8,7 @@ pub mod operator;
 pub mod standing;
 #[cfg(test)]
 pub(crate) mod testing;
+pub mod transport;
 pub mod types;
 
 pub use decide::{decide, Action, Decision};

@@ -4,6 +4,7 @@
 
 pub mod binaries;
 pub mod control;
+pub mod database;
 pub mod datadir;
 pub mod passfile;
 pub mod probe;
@@ -11,7 +12,8 @@ pub mod procs;
 pub mod run_as;
 
 pub use binaries::find_bin_dir;
-pub use control::{Postgres, PostgresSettings, Upstream};
+pub use control::{HandOverStop, Postgres, PostgresSettings, Upstream};
+pub use database::{Database, Probe, RemoteProbe};
 pub use datadir::inspect_data_dir;
 pub use probe::Prober;
 pub use run_as::OsUser;
