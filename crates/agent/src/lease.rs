@@ -9,7 +9,7 @@ use std::time::Duration;
 use tokio::sync::watch;
 
 use pgfm_coord::{Coordinator, ProposeError};
-use pgfm_core::lease::{primary_step, LeaseStep};
+use pgfm_core::lease::LeaseStep;
 use pgfm_core::Command;
 
 use super::{lock, Agent};
@@ -45,7 +45,9 @@ impl Agent {
                 *held
             };
             let writable = pg.writable();
-            let steps = primary_step(now, is_primary, writable, &held, &settings);
+            let steps = self
+                .engine
+                .lease_step(now, is_primary, writable, &held, &settings);
             // The host watchdog, inline (quick syscalls): armed before the renewal it guards,
             // fed until the fence deadline — the lease's, or after a restart the one assumed
             // from the agent's start (invariant 10).

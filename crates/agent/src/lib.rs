@@ -67,6 +67,8 @@ pub struct Agent {
     /// The virtual IP, when this data node has one configured.
     vip: Option<pgfm_net::Vip>,
     clock: Arc<dyn Clock>,
+    /// The rules it applies (`pgfm_core::engine::Rules`).
+    engine: Arc<dyn pgfm_core::engine::Engine>,
     /// How requests reach the other agents.
     transport: Arc<dyn Transport>,
     /// The latest report from each agent known here (soft state, never persisted).
@@ -373,13 +375,11 @@ impl Agent {
             }
             let now = self.now_ms();
             // Invariant 3: a coordinator decides once it has taken into account an entry of
-            // the term it leads — then every renewal committed before it led has been applied
-            // here, each timed no earlier than it was sent, and the lease can be counted from
-            // the last one.
+            // the term it leads.
+            let applied_term = lock(&self.renewal_seen).applied_term;
             let is_coordinator = self
-                .raft
-                .leading_term()
-                .is_some_and(|term| lock(&self.renewal_seen).applied_term == term);
+                .engine
+                .may_coordinate(self.raft.leading_term(), applied_term);
             {
                 let mut since = lock(&self.coordinator_since);
                 match (is_coordinator, *since) {
@@ -397,7 +397,7 @@ impl Agent {
             }
             let mut view = self.view();
             view.measured = memory.measured.clone();
-            let actions = pgfm_core::decide::coordinate(&view, now);
+            let actions = self.engine.coordinate(&view, now);
             self.run_coordinator(&view, actions, &mut memory).await;
         }
     }
@@ -489,7 +489,7 @@ impl Agent {
                 start_error: memory.starts.last_error.clone(),
                 start_recloned: memory.starts.recloned,
             };
-            let actions = pgfm_core::decide::reconcile(&view, &local, now);
+            let actions = self.engine.reconcile(&view, &local, now);
             self.run_local(&view, actions, &mut memory).await;
         }
     }
@@ -897,6 +897,7 @@ pub async fn start(config: Config, token: Arc<str>, platform: Platform) -> anyho
         postgres: platform.database,
         vip: platform.vip,
         clock: platform.clock,
+        engine: platform.engine,
         transport: platform.transport,
         reports: Mutex::new(BTreeMap::new()),
         activity: Mutex::new(None),
@@ -934,6 +935,21 @@ pub async fn start(config: Config, token: Arc<str>, platform: Platform) -> anyho
 }
 
 impl Running {
+    /// The committed state as this agent has applied it.
+    pub fn cluster_state(&self) -> pgfm_core::ClusterState {
+        pgfm_coord::Coordinator::state(&self.raft)
+    }
+
+    /// The committed primary and generation as applied here, without copying the state.
+    pub fn primary(&self) -> (Option<String>, Generation) {
+        self.raft.primary()
+    }
+
+    /// This agent leads Raft: it is the coordinator.
+    pub fn is_coordinator(&self) -> bool {
+        pgfm_coord::Coordinator::is_coordinator(&self.raft)
+    }
+
     /// The agent's API and the Raft RPCs, behind the cluster token: what `run` serves on
     /// its listener, and where the simulation delivers requests.
     pub fn router(&self) -> axum::Router {

@@ -7,6 +7,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use pgfm_core::engine::{Engine, Rules};
 use pgfm_core::transport::Transport;
 use pgfm_postgres::{Database, RemoteProbe};
 
@@ -55,6 +56,8 @@ impl Clock for SystemClock {
 
 pub struct Platform {
     pub clock: Arc<dyn Clock>,
+    /// The rules: `Rules` everywhere but in the simulation's mutation tests.
+    pub engine: Arc<dyn Engine>,
     pub transport: Arc<dyn Transport>,
     /// A data node's PostgreSQL (None on a witness).
     pub database: Option<Arc<dyn Database>>,
@@ -71,6 +74,7 @@ impl Platform {
     pub async fn production(config: &Config) -> anyhow::Result<Platform> {
         Ok(Platform {
             clock: Arc::new(SystemClock::new()),
+            engine: Arc::new(Rules),
             transport: Arc::new(pgfm_api::HttpTransport::new(Duration::from_millis(500))),
             database: crate::postgres_for(config)?.map(|pg| Arc::new(pg) as Arc<dyn Database>),
             remote: Box::new(pgfm_postgres::probe::RemoteCheck::new()),

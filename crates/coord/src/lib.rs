@@ -10,6 +10,7 @@ pub mod embedded;
 pub mod http;
 pub mod log_store;
 pub mod network;
+pub mod runtime;
 pub mod state_machine;
 pub mod types;
 pub mod wire;

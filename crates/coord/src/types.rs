@@ -32,7 +32,7 @@ openraft::declare_raft_types!(
         Node = RaftNode,
         Entry = openraft::Entry<TypeConfig>,
         SnapshotData = Cursor<Vec<u8>>,
-        AsyncRuntime = openraft::TokioRuntime,
+        AsyncRuntime = crate::runtime::Runtime,
 );
 
 pub type Raft = openraft::Raft<TypeConfig>;

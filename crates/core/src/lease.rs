@@ -169,6 +169,16 @@ pub fn primary_step(
     steps
 }
 
+/// Whether the Raft leader may make the coordinator's decisions yet (invariant 3): once it
+/// has taken into account an entry of the term it leads (`applied_term`, the term of the
+/// last entry whose renewals it timed), every renewal committed before it led has been
+/// applied here, each timed no earlier than it was sent, and the lease can be counted from
+/// the last one. Before that it may not have seen the latest renewal, and would count an
+/// expired lease that is not.
+pub fn may_coordinate(leading_term: Option<u64>, applied_term: u64) -> bool {
+    leading_term == Some(applied_term)
+}
+
 /// What the coordinator's lease clock counts from, for the state it judges: when the lease
 /// (generation, renewals, released) it last timed is the state's, the moment it timed it;
 /// otherwise the state holds a change not timed yet (applied a moment ago, a promotion this

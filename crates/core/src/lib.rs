@@ -2,6 +2,7 @@
 //! decision engine. Nothing in this crate does I/O, reads a clock or draws randomness.
 
 pub mod decide;
+pub mod engine;
 pub mod lease;
 pub mod model;
 pub mod operator;

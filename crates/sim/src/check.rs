@@ -1,0 +1,90 @@
+//! The invariants, checked after every simulated millisecond (DESIGN's safety invariants
+//! as the simulation can see them from outside the agents):
+//!
+//! - never two PostgreSQL servers accepting writes at the same moment (a frozen host's does
+//!   not while frozen, and does again the instant it resumes);
+//! - no synchronously acknowledged commit missing from a server when it is promoted (the
+//!   PostgreSQL model checks it at the promotion and reports it here);
+//! - at most one primary per generation, whichever agent applied it, and each agent's
+//!   generation only grows while it runs.
+//!
+//! Liveness (a working primary after a quiet period) is checked at the end of the run by
+//! `world.rs`.
+
+use std::collections::BTreeMap;
+
+use crate::node::Node;
+use crate::postgres::Shared;
+use crate::trace::Trace;
+
+#[derive(Debug, Default)]
+pub struct Checker {
+    pub violations: Vec<String>,
+    /// The primary each generation was committed with, as first seen applied.
+    primaries: BTreeMap<u64, String>,
+    /// Per node: (agent incarnation, last generation seen applied).
+    seen: BTreeMap<String, (u64, u64)>,
+}
+
+impl Checker {
+    pub fn violation(&mut self, now_ms: u64, text: String) {
+        self.violations
+            .push(format!("at {}.{:03} s: {text}", now_ms / 1000, now_ms % 1000));
+    }
+
+    pub fn check(&mut self, now_ms: u64, nodes: &[Node], pg: &Shared, trace: &Trace) {
+        let (writable, found) = {
+            let mut pg = pg.lock().unwrap_or_else(|p| p.into_inner());
+            (pg.writable_now(), pg.take_violations())
+        };
+        if writable.len() > 1 {
+            self.violation(
+                now_ms,
+                format!("two writers: {} accept writes at once", writable.join(" and ")),
+            );
+        }
+        for text in found {
+            self.violation(now_ms, text);
+        }
+        for node in nodes {
+            let Some((primary, generation)) = node.primary() else {
+                continue;
+            };
+            let generation = generation.0;
+            let name = node.name().to_string();
+            match self.seen.get(&name) {
+                Some(&(incarnation, last))
+                    if incarnation == node.incarnation && generation < last =>
+                {
+                    self.violation(
+                        now_ms,
+                        format!("{name} went back from generation {last} to {generation}"),
+                    );
+                }
+                _ => {}
+            }
+            self.seen.insert(name.clone(), (node.incarnation, generation));
+            let Some(primary) = primary else { continue };
+            match self.primaries.get(&generation) {
+                None => {
+                    trace.say(format!("generation {generation}: {primary} (applied by {name})"));
+                    self.primaries.insert(generation, primary);
+                }
+                Some(first) if *first != primary => {
+                    let first = first.clone();
+                    self.violation(
+                        now_ms,
+                        format!(
+                            "two promotions in generation {generation}: {first}, and {primary} \
+                             as applied by {name}"
+                        ),
+                    );
+                }
+                Some(_) => {}
+            }
+        }
+        if let Some(last) = self.violations.last() {
+            trace.say(format!("VIOLATION {last}"));
+        }
+    }
+}

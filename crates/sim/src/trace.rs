@@ -1,0 +1,125 @@
+//! The readable trace of a run: every log line the agents write (through `tracing`), each
+//! stamped with the simulated time and the node it came from, and the simulator's own
+//! lines (faults, the PostgreSQL model's changes, violations). Kept only when asked for: a
+//! search over many seeds runs without it and replays a failing seed with it.
+
+use std::cell::RefCell;
+use std::io::Write;
+use std::sync::{Arc, Mutex};
+
+use tracing_subscriber::fmt::MakeWriter;
+
+use crate::node::SimTime;
+
+thread_local! {
+    /// The node whose code runs now on this thread ("" between nodes: the simulator).
+    static CURRENT: RefCell<String> = const { RefCell::new(String::new()) };
+}
+
+/// Say whose code runs from now on (`""`: the simulator's).
+pub fn set_current(node: &str) {
+    CURRENT.with(|c| {
+        let mut c = c.borrow_mut();
+        c.clear();
+        c.push_str(node);
+    });
+}
+
+#[derive(Clone, Default)]
+pub struct Trace {
+    lines: Arc<Mutex<Vec<String>>>,
+    time: SimTime,
+    on: bool,
+}
+
+impl Trace {
+    pub fn new(time: SimTime, on: bool) -> Trace {
+        Trace {
+            lines: Arc::default(),
+            time,
+            on,
+        }
+    }
+
+    pub fn on(&self) -> bool {
+        self.on
+    }
+
+    /// A line of the simulator's own.
+    pub fn say(&self, text: impl AsRef<str>) {
+        if self.on {
+            self.push("sim", text.as_ref());
+        }
+    }
+
+    fn push(&self, who: &str, text: &str) {
+        let ms = self.time.now_ms();
+        let line = format!("{:>4}.{:03} {who:<4} {}", ms / 1000, ms % 1000, text.trim_end());
+        self.lines
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(line);
+    }
+
+    pub fn lines(&self) -> Vec<String> {
+        self.lines
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Capture the agents' log lines on this thread until the guard is dropped.
+    pub fn capture(&self) -> Option<tracing::subscriber::DefaultGuard> {
+        if !self.on {
+            return None;
+        }
+        let subscriber = tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::new(
+                "info,openraft=warn,pgfm_coord=warn",
+            ))
+            .with_writer(self.clone())
+            .with_ansi(false)
+            .without_time()
+            .with_target(false)
+            .finish();
+        Some(tracing::subscriber::set_default(subscriber))
+    }
+}
+
+/// One formatted event: the fmt layer writes it whole, then drops the writer.
+pub struct Line {
+    trace: Trace,
+    buffer: Vec<u8>,
+}
+
+impl Write for Line {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        self.buffer.extend_from_slice(bytes);
+        Ok(bytes.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl Drop for Line {
+    fn drop(&mut self) {
+        if self.buffer.is_empty() {
+            return;
+        }
+        let text = String::from_utf8_lossy(&self.buffer).to_string();
+        let who = CURRENT.with(|c| c.borrow().clone());
+        self.trace
+            .push(if who.is_empty() { "sim" } else { &who }, &text);
+    }
+}
+
+impl<'a> MakeWriter<'a> for Trace {
+    type Writer = Line;
+    fn make_writer(&'a self) -> Line {
+        Line {
+            trace: self.clone(),
+            buffer: Vec::new(),
+        }
+    }
+}

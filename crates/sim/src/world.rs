@@ -1,0 +1,711 @@
+//! One simulated run: build the cluster from the seed (nodes, clock rates, network, the
+//! PostgreSQL model, the faults), then step the global time a millisecond at a time —
+//! strike and undo faults, deliver the network's due messages, run every agent that can
+//! run up to now, let PostgreSQL stream and the writer write, reset a host whose watchdog
+//! ran out — and check the invariants after every step (`check.rs`). The same options
+//! make the same run, line for line.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+
+use pgfm_core::engine::{Engine, Rules};
+
+use crate::check::Checker;
+use crate::faults::{self, Fault, FaultSet, Kind, Target};
+use crate::hosts::Hosts;
+use crate::net::{Event, NetSettings, SharedNet};
+use crate::node::{Env, Node, NodeSpec, SimTime};
+use crate::postgres::{PgModel, Shared};
+use crate::rng::Rng;
+use crate::trace::{self, Trace};
+
+/// What to simulate.
+#[derive(Clone)]
+pub struct Options {
+    pub seed: u64,
+    pub data_nodes: usize,
+    /// `[replication] synchronous`: off, on or quorum.
+    pub synchronous: String,
+    pub faults: FaultSet,
+    /// Faults per run (None: one to three, drawn).
+    pub fault_count: Option<usize>,
+    /// How long the cluster runs without a fault at the end, after which it must have a
+    /// writable primary (ms).
+    pub quiet_ms: u64,
+    /// How far a host's clock rate may be from 1 (0.02: ±2 %).
+    pub drift: f64,
+    /// Keep the trace (agent logs and the simulator's lines).
+    pub trace: bool,
+    /// The rules the agents apply: `Rules`, or a deliberately broken variant.
+    pub engine: Arc<dyn Engine>,
+}
+
+impl Options {
+    pub fn new(seed: u64) -> Options {
+        Options {
+            seed,
+            data_nodes: 3,
+            synchronous: "off".into(),
+            faults: FaultSet::default(),
+            fault_count: None,
+            quiet_ms: 30_000,
+            drift: 0.02,
+            trace: false,
+            engine: Arc::new(Rules),
+        }
+    }
+
+    /// The command that replays this run with its trace.
+    pub fn replay_command(&self) -> String {
+        format!(
+            "cargo run --release -p pgfm-sim -- --seed {} --data-nodes {} --synchronous {} --faults {}{} --trace",
+            self.seed,
+            self.data_nodes,
+            self.synchronous,
+            self.faults,
+            self.fault_count
+                .map(|n| format!(" --fault-count {n}"))
+                .unwrap_or_default(),
+        )
+    }
+}
+
+/// What a run found.
+#[derive(Debug, Clone, Default)]
+pub struct Report {
+    pub seed: u64,
+    /// Invariants broken, in the order found (the run stops at the first).
+    pub violations: Vec<String>,
+    /// The faults that struck, in words.
+    pub faults: Vec<String>,
+    /// Simulated time run (ms).
+    pub ran_ms: u64,
+    /// Acknowledged commits, synchronous and asynchronous, and the asynchronous ones missing
+    /// from the final primary.
+    pub commits_sync: u64,
+    pub commits_async: u64,
+    pub lost_async: u64,
+    /// Promotions committed (the final generation - 1).
+    pub promotions: u64,
+    pub messages: u64,
+    pub messages_lost: u64,
+    pub trace: Vec<String>,
+}
+
+/// Host flags the PostgreSQL model asks about, kept in step with the nodes.
+struct HostTable {
+    flags: Mutex<BTreeMap<String, (bool, bool)>>,
+    net: SharedNet,
+}
+
+impl Hosts for HostTable {
+    fn up(&self, host: &str) -> bool {
+        self.flags
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(host)
+            .is_some_and(|f| f.0)
+    }
+    fn frozen(&self, host: &str) -> bool {
+        self.flags
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(host)
+            .is_some_and(|f| f.1)
+    }
+    fn reachable(&self, from: &str, to: &str) -> bool {
+        self.net.lock().reachable(from, to)
+    }
+}
+
+/// Something the simulator does at a given time.
+#[derive(Debug, Clone)]
+enum Due {
+    Strike(Fault),
+    /// The end of a fault on node `usize`.
+    Undo(Kind, usize),
+    /// A watchdog reset takes the host down.
+    Reset(usize),
+    /// A host that was reset boots again.
+    Boot(usize),
+}
+
+pub struct World {
+    options: Options,
+    now_ms: u64,
+    time: SimTime,
+    net: SharedNet,
+    hosts: Arc<HostTable>,
+    pg: Shared,
+    nodes: Vec<Node>,
+    rng: Rng,
+    due: BTreeMap<(u64, u64), Due>,
+    due_seq: u64,
+    token: Arc<str>,
+    dir: PathBuf,
+    checker: Checker,
+    trace: Trace,
+    report: Report,
+    /// When the last fault ends (ms): the quiet period starts then.
+    faults_end_ms: u64,
+}
+
+/// Warm-up before the first fault: the cluster forms, clones and streams.
+const WARM_UP_MS: u64 = 15_000;
+
+/// Run one simulation to its end or its first violation.
+pub fn run(options: Options) -> Report {
+    let time = SimTime::default();
+    // openraft's election timeouts: from the seed, like everything else.
+    pgfm_coord::runtime::seed_elections(Rng::new(options.seed).fork(5).next_u64());
+    let trace = Trace::new(time.clone(), options.trace);
+    let _capture = trace.capture();
+    let mut world = match World::new(options, time, trace) {
+        Ok(world) => world,
+        Err(e) => {
+            return Report {
+                violations: vec![format!("the simulation could not start: {e:#}")],
+                ..Report::default()
+            }
+        }
+    };
+    world.start();
+    let end = world.end_ms();
+    while world.now_ms < end && world.checker.violations.is_empty() {
+        world.step();
+    }
+    if world.checker.violations.is_empty() {
+        world.check_live();
+    }
+    world.finish()
+}
+
+impl World {
+    fn new(options: Options, time: SimTime, trace: Trace) -> anyhow::Result<World> {
+        static RUNS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let root = Rng::new(options.seed);
+        let names: Vec<String> = (1..=options.data_nodes)
+            .map(|i| format!("pg{i}"))
+            .chain(std::iter::once("witness".to_string()))
+            .collect();
+        let addresses: BTreeMap<String, String> = names
+            .iter()
+            .enumerate()
+            .map(|(i, n)| (address(i), n.clone()))
+            .collect();
+        let net = SharedNet::new(NetSettings::default(), root.fork(1), addresses);
+        let hosts = Arc::new(HostTable {
+            flags: Mutex::new(names.iter().map(|n| (n.clone(), (true, false))).collect()),
+            net: net.clone(),
+        });
+        let data: Vec<&str> = names[..options.data_nodes]
+            .iter()
+            .map(String::as_str)
+            .collect();
+        let pg_model = PgModel::new(options.seed, &data, data[0], hosts.clone());
+        let pg: Shared = Arc::new(Mutex::new(pg_model));
+        let run = RUNS.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        let base = if std::path::Path::new("/dev/shm").is_dir() {
+            PathBuf::from("/dev/shm")
+        } else {
+            std::env::temp_dir()
+        };
+        let dir = base.join(format!(
+            "pgfm-sim-{}-{}-{run}",
+            std::process::id(),
+            options.seed
+        ));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir)?;
+        let mut rng = root.fork(2);
+        let peers: String = names
+            .iter()
+            .enumerate()
+            .map(|(i, n)| format!("[[peers]]\nname = \"{n}\"\naddress = \"{}\"\n", address(i)))
+            .collect();
+        let mut nodes = Vec::new();
+        for (i, name) in names.iter().enumerate() {
+            let data = i < options.data_nodes;
+            let rate = 1.0 + (rng.range(0, 2001) as f64 / 1000.0 - 1.0) * options.drift;
+            let config_text = node_config(&dir, i, name, data, &peers, &options.synchronous);
+            nodes.push(Node::new(NodeSpec {
+                name: name.clone(),
+                data,
+                config_path: dir.join(format!("{name}.toml")),
+                config_text,
+                rate,
+            }));
+        }
+        let mut fault_rng = root.fork(3);
+        let count = options
+            .fault_count
+            .unwrap_or_else(|| fault_rng.range(1, 4) as usize);
+        let plan = faults::plan(
+            &mut fault_rng,
+            &options.faults,
+            nodes.len(),
+            count,
+            WARM_UP_MS,
+            WARM_UP_MS + 30_000,
+        );
+        let faults_end_ms = plan
+            .iter()
+            .map(|f| f.at_ms + f.duration_ms)
+            .max()
+            .unwrap_or(WARM_UP_MS);
+        let mut world = World {
+            report: Report {
+                seed: options.seed,
+                ..Report::default()
+            },
+            options,
+            now_ms: 0,
+            time,
+            net,
+            hosts,
+            pg,
+            nodes,
+            rng: root.fork(4),
+            due: BTreeMap::new(),
+            due_seq: 0,
+            token: Arc::from("simulated-cluster-token"),
+            dir,
+            checker: Checker::default(),
+            trace,
+            faults_end_ms,
+        };
+        for fault in plan {
+            world.schedule(fault.at_ms, Due::Strike(fault));
+        }
+        Ok(world)
+    }
+
+    /// The run ends a quiet period after the last fault (and its reset, if any) ended.
+    fn end_ms(&self) -> u64 {
+        self.faults_end_ms.max(WARM_UP_MS) + self.options.quiet_ms
+    }
+
+    fn schedule(&mut self, at_ms: u64, due: Due) {
+        self.due_seq += 1;
+        self.due.insert((at_ms, self.due_seq), due);
+    }
+
+    fn start(&mut self) {
+        for i in 0..self.nodes.len() {
+            self.start_agent(i);
+        }
+    }
+
+    fn start_agent(&mut self, i: usize) {
+        trace::set_current(self.nodes[i].name());
+        let env = Env {
+            net: &self.net,
+            pg: &self.pg,
+            time: &self.time,
+            engine: &self.options.engine,
+            token: &self.token,
+            seed: self.options.seed,
+            wall_base_ms: 1_800_000_000_000,
+        };
+        let started = self.nodes[i].start_agent(&env);
+        trace::set_current("");
+        if let Err(e) = started {
+            let name = self.nodes[i].name().to_string();
+            self.checker
+                .violation(self.now_ms, format!("the agent of {name} did not start: {e:#}"));
+        }
+    }
+
+    /// One millisecond of the cluster's life.
+    fn step(&mut self) {
+        self.now_ms += 1;
+        self.time.set(self.now_ms);
+        self.net.lock().set_now(self.now_ms);
+        self.strike_due();
+        self.watch_watchdogs();
+        self.deliver();
+        for i in 0..self.nodes.len() {
+            trace::set_current(self.nodes[i].name());
+            self.nodes[i].run_until(self.now_ms);
+        }
+        trace::set_current("");
+        self.lock_pg().tick(self.now_ms);
+        self.checker
+            .check(self.now_ms, &self.nodes, &self.pg, &self.trace);
+    }
+
+    fn lock_pg(&self) -> std::sync::MutexGuard<'_, PgModel> {
+        self.pg.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Deliver every message due by now.
+    fn deliver(&mut self) {
+        loop {
+            let Some(event) = self.net.lock().next_due(self.now_ms) else {
+                return;
+            };
+            match event {
+                Event::Answer { reply, answer } => {
+                    let _ = reply.send(answer);
+                }
+                Event::Deliver {
+                    from,
+                    to,
+                    request,
+                    reply,
+                } => {
+                    let Some(i) = self.index(&to) else { continue };
+                    let node = &mut self.nodes[i];
+                    let connect_timeout = self.net.lock().settings.connect_timeout_ms;
+                    let url = request.url();
+                    if !self.net.lock().reachable(&from, &to) || !node.up {
+                        // No SYN-ACK ever comes: the connection attempt times out.
+                        if let Some(reply) = reply {
+                            let why = format!(
+                                "error sending request for url ({url}): client error (Connect): operation timed out"
+                            );
+                            self.net.lock().fail(reply, connect_timeout, why);
+                        }
+                    } else if !node.agent_running() {
+                        if let Some(reply) = reply {
+                            let why = format!(
+                                "error sending request for url ({url}): client error (Connect): tcp connect error: Connection refused (os error 111)"
+                            );
+                            self.net.lock().fail(reply, 1, why);
+                        }
+                    } else {
+                        node.deliver(&self.net, from, request, reply);
+                    }
+                }
+            }
+        }
+    }
+
+    fn index(&self, name: &str) -> Option<usize> {
+        self.nodes.iter().position(|n| n.name() == name)
+    }
+
+    fn sync_hosts(&self) {
+        let mut flags = self
+            .hosts
+            .flags
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        for node in &self.nodes {
+            flags.insert(node.name().to_string(), (node.up, node.frozen));
+        }
+    }
+
+    /// The committed primary as the most advanced agent has applied it.
+    fn primary(&self) -> Option<String> {
+        self.nodes
+            .iter()
+            .filter_map(|n| n.primary())
+            .max_by_key(|(_, generation)| *generation)
+            .and_then(|(p, _)| p)
+    }
+
+    fn coordinator(&self) -> Option<String> {
+        self.nodes
+            .iter()
+            .find(|n| n.up && n.is_coordinator())
+            .map(|n| n.name().to_string())
+    }
+
+    fn strike_due(&mut self) {
+        while let Some((&(at, seq), _)) = self.due.first_key_value() {
+            if at > self.now_ms {
+                return;
+            }
+            let Some(due) = self.due.remove(&(at, seq)) else {
+                return;
+            };
+            match due {
+                Due::Strike(fault) => self.strike(fault),
+                Due::Undo(kind, i) => self.undo(kind, i),
+                Due::Reset(i) => self.reset(i),
+                Due::Boot(i) => self.boot(i),
+            }
+            self.sync_hosts();
+        }
+    }
+
+    fn strike(&mut self, fault: Fault) {
+        let name = match &fault.target {
+            Target::Primary => self.primary(),
+            Target::Coordinator => self.coordinator(),
+            Target::Node(i) => self.nodes.get(*i).map(|n| n.name().to_string()),
+        };
+        let Some(i) = name.as_deref().and_then(|n| self.index(n)) else {
+            self.trace
+                .say(format!("fault {} on the {:?}: nobody is that now", fault.kind, fault.target));
+            return;
+        };
+        let name = self.nodes[i].name().to_string();
+        let words = format!(
+            "{} {} ({:?}) at {} ms for {} ms",
+            fault.kind, name, fault.target, self.now_ms, fault.duration_ms
+        );
+        self.trace.say(format!("FAULT {words}"));
+        self.report.faults.push(words);
+        let node = &mut self.nodes[i];
+        match fault.kind {
+            Kind::HostCrash => {
+                if !node.up {
+                    return;
+                }
+                node.kill_agent();
+                node.up = false;
+                node.frozen = false;
+                node.watchdog
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .deadline_ms = None;
+                self.lock_pg().host_down(&name);
+            }
+            Kind::AgentCrash => node.kill_agent(),
+            Kind::PostmasterCrash => {
+                self.lock_pg().crash_postmaster(&name);
+                return;
+            }
+            Kind::Freeze => node.frozen = true,
+            Kind::AgentFreeze => node.agent_frozen = true,
+            Kind::Partition | Kind::PartitionIn | Kind::PartitionOut => {
+                let others: Vec<String> = self
+                    .nodes
+                    .iter()
+                    .map(|n| n.name().to_string())
+                    .filter(|n| *n != name)
+                    .collect();
+                let mut net = self.net.lock();
+                for other in &others {
+                    if fault.kind != Kind::PartitionIn {
+                        net.cut(&name, other);
+                    }
+                    if fault.kind != Kind::PartitionOut {
+                        net.cut(other, &name);
+                    }
+                }
+            }
+            Kind::Lossy => {
+                let mut net = self.net.lock();
+                net.settings.drop_chance = 0.05;
+                net.settings.duplicate_chance = 0.05;
+                net.settings.slow_chance = 0.2;
+            }
+        }
+        let until = self.now_ms + fault.duration_ms;
+        self.schedule(until, Due::Undo(fault.kind, i));
+    }
+
+    fn undo(&mut self, kind: Kind, i: usize) {
+        let name = self.nodes[i].name().to_string();
+        self.trace.say(format!("END {kind} {name}"));
+        match kind {
+            Kind::HostCrash => {
+                if self.nodes[i].up {
+                    return;
+                }
+                self.boot(i);
+            }
+            Kind::AgentCrash => {
+                if self.nodes[i].up && !self.nodes[i].agent_running() {
+                    self.start_agent(i);
+                }
+            }
+            Kind::PostmasterCrash => {}
+            Kind::Freeze => self.nodes[i].frozen = false,
+            Kind::AgentFreeze => self.nodes[i].agent_frozen = false,
+            Kind::Partition | Kind::PartitionIn | Kind::PartitionOut => {
+                let others: Vec<String> = self
+                    .nodes
+                    .iter()
+                    .map(|n| n.name().to_string())
+                    .collect();
+                let mut net = self.net.lock();
+                for other in &others {
+                    net.heal(&name, other);
+                    net.heal(other, &name);
+                }
+            }
+            Kind::Lossy => {
+                let mut net = self.net.lock();
+                let normal = NetSettings::default();
+                net.settings.drop_chance = normal.drop_chance;
+                net.settings.duplicate_chance = normal.duplicate_chance;
+                net.settings.slow_chance = normal.slow_chance;
+            }
+        }
+    }
+
+    /// A watchdog whose deadline passed resets its host within `WATCHDOG_RESET_MS`.
+    fn watch_watchdogs(&mut self) {
+        for i in 0..self.nodes.len() {
+            let fired = {
+                let mut timer = self.nodes[i]
+                    .watchdog
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner());
+                match timer.deadline_ms {
+                    Some(deadline) if deadline <= self.now_ms && self.nodes[i].up => {
+                        timer.deadline_ms = None;
+                        true
+                    }
+                    _ => false,
+                }
+            };
+            if fired {
+                let name = self.nodes[i].name().to_string();
+                self.trace.say(format!("WATCHDOG of {name} ran out: resetting the host"));
+                let delay = self
+                    .rng
+                    .range(0, pgfm_core::lease::LeaseSettings::WATCHDOG_RESET_MS + 1);
+                self.schedule(self.now_ms + delay, Due::Reset(i));
+            }
+        }
+    }
+
+    fn reset(&mut self, i: usize) {
+        let name = self.nodes[i].name().to_string();
+        self.trace.say(format!("RESET {name}"));
+        self.report.faults.push(format!("watchdog reset of {name} at {} ms", self.now_ms));
+        let node = &mut self.nodes[i];
+        node.kill_agent();
+        node.up = false;
+        node.frozen = false;
+        self.lock_pg().host_down(&name);
+        let boot = self.now_ms + self.rng.range(3_000, 10_001);
+        self.faults_end_ms = self.faults_end_ms.max(boot);
+        self.schedule(boot, Due::Boot(i));
+    }
+
+    fn boot(&mut self, i: usize) {
+        if self.nodes[i].up {
+            return;
+        }
+        let name = self.nodes[i].name().to_string();
+        self.trace.say(format!("BOOT {name}"));
+        self.nodes[i].up = true;
+        self.nodes[i].frozen = false;
+        self.sync_hosts();
+        self.lock_pg().host_up(&name);
+        self.start_agent(i);
+    }
+
+    /// Liveness, at the end of the quiet period: one writable PostgreSQL, the committed
+    /// primary, taking the writer's commits.
+    fn check_live(&mut self) {
+        let writable = self.lock_pg().writable_now();
+        let primary = self.primary();
+        let recent = self
+            .lock_pg()
+            .commits()
+            .iter()
+            .any(|c| c.acked_at_ms + 3_000 >= self.now_ms);
+        let healthy = writable.len() == 1 && primary.as_deref() == writable.first().map(|s| s.as_str()) && recent;
+        if !healthy {
+            self.checker.violation(
+                self.now_ms,
+                format!(
+                    "no working primary after {} ms without faults: writable {writable:?}, \
+                     committed primary {primary:?}, commits acknowledged in the last 3 s: {recent}",
+                    self.options.quiet_ms
+                ),
+            );
+        }
+    }
+
+    fn finish(mut self) -> Report {
+        let final_primary = self.primary();
+        let mut report = std::mem::take(&mut self.report);
+        let pg = self.pg.lock().unwrap_or_else(|p| p.into_inner());
+        for commit in pg.commits() {
+            if commit.synchronous {
+                report.commits_sync += 1;
+            } else {
+                report.commits_async += 1;
+                if let Some(p) = &final_primary {
+                    if !pg.holds(p, commit.id) {
+                        report.lost_async += 1;
+                    }
+                }
+            }
+        }
+        drop(pg);
+        report.promotions = self
+            .nodes
+            .iter()
+            .filter_map(|n| n.primary())
+            .map(|(_, g)| g.0)
+            .max()
+            .unwrap_or(0)
+            .saturating_sub(1);
+        {
+            let net = self.net.lock();
+            report.messages = net.sent;
+            report.messages_lost = net.lost;
+        }
+        report.ran_ms = self.now_ms;
+        report.violations = self.checker.violations.clone();
+        if self.trace.on() {
+            for line in self.lock_pg().describe() {
+                self.trace.say(format!("END STATE {line}"));
+            }
+        }
+        report.trace = self.trace.lines();
+        for node in &mut self.nodes {
+            node.kill_agent();
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+        report
+    }
+}
+
+/// A node's agent address (never bound: the network is simulated).
+fn address(i: usize) -> String {
+    format!("10.77.0.{}:7000", i + 1)
+}
+
+fn node_config(
+    dir: &std::path::Path,
+    i: usize,
+    name: &str,
+    data: bool,
+    peers: &str,
+    synchronous: &str,
+) -> String {
+    let node_dir = dir.join(name);
+    let kind = if data { "data" } else { "witness" };
+    let mut text = format!(
+        "cluster = \"sim\"\n\
+         token_file = \"{token}\"\n\n\
+         [node]\n\
+         name = \"{name}\"\n\
+         kind = \"{kind}\"\n\
+         listen = \"{address}\"\n\
+         state_dir = \"{state}\"\n\n\
+         {peers}\n",
+        token = dir.join("token").display(),
+        address = address(i),
+        state = node_dir.join("state").display(),
+    );
+    if data {
+        text.push_str(&format!(
+            "[postgres]\n\
+             bin_dir = \"/usr/lib/postgresql/15/bin\"\n\
+             data_dir = \"{data}\"\n\
+             host = \"{name}\"\n\
+             port = 5432\n\
+             os_user = \"postgres\"\n\
+             log_file = \"{log}\"\n\n\
+             [watchdog]\n\
+             mode = \"required\"\n\
+             device = \"/dev/watchdog\"\n\n",
+            data = node_dir.join("data").display(),
+            log = node_dir.join("postgres.log").display(),
+        ));
+    }
+    text.push_str(&format!("[replication]\nsynchronous = \"{synchronous}\"\n"));
+    text
+}
