@@ -3,4 +3,5 @@
 //! PostgreSQL, driven from a seed.
 
 pub mod hosts;
+pub mod postgres;
 pub mod rng;
