@@ -544,7 +544,6 @@ impl PgModel {
     pub fn host_up(&mut self, node: &str) {
         if let Some(s) = self.servers.get_mut(node) {
             debug_assert!(s.run.is_none(), "{node}: a postmaster survived its host");
-            s.run = None;
         }
     }
 
@@ -667,7 +666,7 @@ impl PgModel {
                 .map(|l| format!("{} at {}", l.standby, lsn_at(l.flushed)))
                 .collect();
             format!(
-                "{}: primary{phase} {} sync {} ({}){host}",
+                "{}: primary{phase} {} sync {}, walsenders: [{}]{host}",
                 s.name,
                 position(wal),
                 run.sync,
@@ -676,7 +675,11 @@ impl PgModel {
         }
     }
 
-    /// Each node's `Database`, as its agent holds it.
+    /// `node`'s `Database`, as its agent holds it. As in production, its `exited` fires
+    /// whenever a postmaster started through this handle exits, whatever the cause (a
+    /// crash, a host death, or the agent's own stop or fence): the agent tells them apart
+    /// by `running_pid` and what it expected. A new handle (an agent restarted) is not
+    /// told of a postmaster an earlier one started.
     pub fn database(model: &Shared, node: &str) -> Arc<dyn Database> {
         Arc::new(SimDatabase {
             model: model.clone(),
@@ -1156,7 +1159,7 @@ impl PgModel {
         upstream: Option<&Upstream>,
         exited: &Arc<Notify>,
     ) -> anyhow::Result<(i32, Duration)> {
-        let pid = self.next_pid + 1;
+        let pid = self.pid();
         let s = self.server_mut(node)?;
         if let Some(run) = &s.run {
             bail!(
@@ -1181,7 +1184,6 @@ impl PgModel {
             next_attempt_ms: 0,
             receiver_error: None,
         });
-        self.next_pid = pid;
         Ok((pid, self.draw(node, 200, 800)))
     }
 
