@@ -263,7 +263,7 @@ impl Agent {
         )));
         // A primary (re)starts waiting for the committed synchronous standbys: an
         // asynchronous start would acknowledge commits a failover to them loses.
-        pg.write_sync_conf(&state.committed_sync())?;
+        pg.write_sync_conf(&state.committed_sync().for_primary(&self.config.name))?;
         let result = pg.start(None).await;
         self.set_activity(None);
         let pid = result?;

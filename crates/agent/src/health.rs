@@ -88,7 +88,8 @@ impl Agent {
                 }
             }
             HealthCheck::Synchronous { member } => {
-                let synchronous = state.sync_set.contains(&self.config.name);
+                let synchronous = state.sync_set.contains(&self.config.name)
+                    && state.primary.as_deref() != Some(self.config.name.as_str());
                 let what = if synchronous {
                     format!(
                         "a synchronous standby (committed: {})",

@@ -363,6 +363,19 @@ impl SyncRule {
     pub fn is_async(&self) -> bool {
         self.names.is_empty() || self.count == 0
     }
+
+    /// What PostgreSQL on `primary` must wait for so that this committed rule holds: the
+    /// primary holds each of its own commits, so it counts as one of the `count` when it is
+    /// a member (after a promotion in synchronous mode the committed set is the new primary
+    /// alone, until a standby has caught up with it: nothing to wait for).
+    pub fn for_primary(&self, primary: &str) -> SyncRule {
+        if !self.names.contains(primary) {
+            return self.clone();
+        }
+        let mut names = self.names.clone();
+        names.remove(primary);
+        SyncRule::new(self.count.saturating_sub(1), names)
+    }
 }
 
 impl std::fmt::Display for SyncRule {
@@ -719,8 +732,9 @@ impl ClusterState {
         Ok(())
     }
 
-    /// The primary of the current generation commits its synchronous set: other data nodes,
-    /// a quorum between 1 and their number (0 for none).
+    /// The primary of the current generation commits its synchronous set: data nodes (the
+    /// primary itself while it is the only one known to hold every acknowledged commit,
+    /// see `promote`), a quorum between 1 and their number (0 for none).
     fn set_sync_set(
         &mut self,
         node: &str,
@@ -730,11 +744,9 @@ impl ClusterState {
     ) -> Result<(), CommandError> {
         self.check_primary(node, generation)?;
         if let Some(bad) = members.iter().find(|m| {
-            *m == node
-                || self
-                    .members
-                    .get(*m)
-                    .is_none_or(|member| member.kind != NodeKind::Data)
+            self.members
+                .get(*m)
+                .is_none_or(|member| member.kind != NodeKind::Data)
         }) {
             return Err(CommandError::NotADataNode(bad.clone()));
         }
@@ -836,7 +848,7 @@ impl ClusterState {
         lease_renewals: Option<u64>,
         handover: Option<Lsn>,
     ) -> Result<(), CommandError> {
-        let node = &promotion.to;
+        let node = &promotion.to.clone();
         if promotion.generation != self.generation.next() {
             return Err(CommandError::WrongGeneration {
                 proposed: promotion.generation,
@@ -880,9 +892,19 @@ impl ClusterState {
         self.lease_released = false;
         self.switchover = None;
         self.promotion_request = None;
-        // Every acknowledged commit is on the new primary; it sets up its own set.
+        // Invariant 5: every commit acknowledged so far is on the new primary — and, under a
+        // synchronous rule, on no other node known to hold them all: until a standby has
+        // caught up with it (its `manage_sync` widens the set with standbys, then narrows
+        // it to them once they flushed past the switch), the new primary is the set, and
+        // its loss promotes nobody. (Cleared, a second failover would promote any standby
+        // and lose what the first kept.)
+        let synchronous = !self.committed_sync().is_async();
         self.sync_set.clear();
         self.sync_quorum = 0;
+        if synchronous {
+            self.sync_set.insert(node.clone());
+            self.sync_quorum = 1;
+        }
         // The new primary says which timeline it starts once it has.
         self.timeline = None;
         Ok(())
@@ -1176,8 +1198,10 @@ mod tests {
     }
 
     /// The synchronous rule is set by the primary of the generation only, never with a
-    /// quorum larger than its members; settings set at run time are checked; a promotion
-    /// clears the rule (the new primary has every acknowledged commit).
+    /// quorum larger than its members, and may name the primary itself while a standby
+    /// catches up with it; settings set at run time are checked; after a promotion under a
+    /// synchronous rule the new primary alone is the set (it alone is known to hold every
+    /// acknowledged commit), under an asynchronous one the rule stays asynchronous.
     #[test]
     fn the_synchronous_rule_and_settings_are_checked() {
         let mut state = ClusterState::default();
@@ -1207,7 +1231,8 @@ mod tests {
         assert!(state.apply(&set("pg2", &["pg3"], 1)).is_err());
         assert!(state.apply(&set("pg1", &["pg2"], 2)).is_err());
         assert!(state.apply(&set("pg1", &["pg2", "pg3"], 0)).is_err());
-        assert!(state.apply(&set("pg1", &["pg1"], 1)).is_err());
+        assert!(state.apply(&set("pg1", &["pg1", "witness"], 1)).is_err());
+        state.apply(&set("pg1", &["pg1", "pg2"], 1)).unwrap();
         state.apply(&set("pg1", &["pg2", "pg3"], 1)).unwrap();
         assert_eq!((state.sync_set.len(), state.sync_quorum), (2, 1));
         let bad = SyncSettings {
@@ -1244,7 +1269,14 @@ mod tests {
                 lost_at_least: false,
             })
             .unwrap();
-        assert!(state.sync_set.is_empty() && state.sync_quorum == 0);
+        assert_eq!(
+            state.committed_sync(),
+            SyncRule::new(1, ["pg2".into()].into())
+        );
+        assert_eq!(
+            state.committed_sync().for_primary("pg2"),
+            SyncRule::default()
+        );
         assert_eq!(
             state.replication,
             Some(good),

@@ -28,8 +28,11 @@ pub struct Checker {
 
 impl Checker {
     pub fn violation(&mut self, now_ms: u64, text: String) {
-        self.violations
-            .push(format!("at {}.{:03} s: {text}", now_ms / 1000, now_ms % 1000));
+        self.violations.push(format!(
+            "at {}.{:03} s: {text}",
+            now_ms / 1000,
+            now_ms % 1000
+        ));
     }
 
     pub fn check(&mut self, now_ms: u64, nodes: &[Node], pg: &Shared, trace: &Trace) {
@@ -40,7 +43,10 @@ impl Checker {
         if writable.len() > 1 {
             self.violation(
                 now_ms,
-                format!("two writers: {} accept writes at once", writable.join(" and ")),
+                format!(
+                    "two writers: {} accept writes at once",
+                    writable.join(" and ")
+                ),
             );
         }
         for text in found {
@@ -63,11 +69,14 @@ impl Checker {
                 }
                 _ => {}
             }
-            self.seen.insert(name.clone(), (node.incarnation, generation));
+            self.seen
+                .insert(name.clone(), (node.incarnation, generation));
             let Some(primary) = primary else { continue };
             match self.primaries.get(&generation) {
                 None => {
-                    trace.say(format!("generation {generation}: {primary} (applied by {name})"));
+                    trace.say(format!(
+                        "generation {generation}: {primary} (applied by {name})"
+                    ));
                     self.primaries.insert(generation, primary);
                 }
                 Some(first) if *first != primary => {

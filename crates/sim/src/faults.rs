@@ -30,10 +30,16 @@ pub enum Kind {
     PartitionIn,
     /// Messages are lost, delayed and duplicated more than usual, everywhere.
     Lossy,
+    /// A loaded machine: every agent stalls again and again (50 ms to 1.5 s at a time,
+    /// PostgreSQL runs on), for the duration.
+    Stalls,
+    /// The host's WAL stream arrives slowly (a congested link, a slow disk): a standby
+    /// falls behind while it still counts as streaming.
+    SlowLink,
 }
 
 impl Kind {
-    pub const ALL: [Kind; 9] = [
+    pub const ALL: [Kind; 11] = [
         Kind::HostCrash,
         Kind::AgentCrash,
         Kind::PostmasterCrash,
@@ -43,6 +49,8 @@ impl Kind {
         Kind::PartitionOut,
         Kind::PartitionIn,
         Kind::Lossy,
+        Kind::Stalls,
+        Kind::SlowLink,
     ];
 
     fn name(self) -> &'static str {
@@ -56,6 +64,8 @@ impl Kind {
             Kind::PartitionOut => "partition-out",
             Kind::PartitionIn => "partition-in",
             Kind::Lossy => "lossy",
+            Kind::Stalls => "stalls",
+            Kind::SlowLink => "slow-link",
         }
     }
 
@@ -64,7 +74,7 @@ impl Kind {
         match self {
             Kind::PostmasterCrash => 0,
             Kind::Freeze | Kind::AgentFreeze => rng.range(1_000, 10_001),
-            Kind::Lossy => rng.range(2_000, 15_001),
+            Kind::Lossy | Kind::Stalls => rng.range(2_000, 15_001),
             _ => rng.range(1_000, 20_001),
         }
     }
@@ -100,7 +110,10 @@ impl FromStr for FaultSet {
                 .find(|k| k.name() == word)
                 .ok_or_else(|| {
                     let names: Vec<&str> = Kind::ALL.iter().map(|k| k.name()).collect();
-                    format!("unknown fault {word:?}: use all or some of {}", names.join(", "))
+                    format!(
+                        "unknown fault {word:?}: use all or some of {}",
+                        names.join(", ")
+                    )
                 })?;
             kinds.insert(kind);
         }
@@ -185,7 +198,10 @@ mod tests {
         let set: FaultSet = "freeze, partition".parse().unwrap();
         assert_eq!(set.to_string(), "freeze,partition");
         let err = "fire".parse::<FaultSet>().unwrap_err();
-        assert!(err.contains("unknown fault \"fire\"") && err.contains("host-crash"), "{err}");
+        assert!(
+            err.contains("unknown fault \"fire\"") && err.contains("host-crash"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -16,6 +16,7 @@ pub mod net;
 pub mod node;
 pub mod postgres;
 pub mod rng;
+pub mod search;
 pub mod trace;
 pub mod world;
 

@@ -3,8 +3,7 @@
 
 use std::io::Write as _;
 use std::process::ExitCode;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Mutex;
 use std::time::Instant;
 
 use clap::Parser;
@@ -33,6 +32,9 @@ struct Args {
     /// off, on or quorum.
     #[arg(long, default_value = "off", value_parser = ["off", "on", "quorum"])]
     synchronous: String,
+    /// `[watchdog] mode` of the data nodes.
+    #[arg(long, default_value = "required", value_parser = ["required", "automatic", "off"])]
+    watchdog: String,
     /// Print the run's trace (agent logs and the simulator's lines).
     #[arg(long)]
     trace: bool,
@@ -47,6 +49,7 @@ fn options(args: &Args, seed: u64) -> Options {
     options.fault_count = args.fault_count;
     options.data_nodes = args.data_nodes;
     options.synchronous = args.synchronous.clone();
+    options.watchdog = args.watchdog.clone();
     options
 }
 
@@ -61,7 +64,11 @@ fn main() -> ExitCode {
             println!("{line}");
         }
         print_report(&report, &options);
-        println!("(ran {:.1} s of simulated time in {:.2} s)", report.ran_ms as f64 / 1000.0, started.elapsed().as_secs_f64());
+        println!(
+            "(ran {:.1} s of simulated time in {:.2} s)",
+            report.ran_ms as f64 / 1000.0,
+            started.elapsed().as_secs_f64()
+        );
         return if report.violations.is_empty() {
             ExitCode::SUCCESS
         } else {
@@ -97,70 +104,63 @@ fn search(args: &Args) -> ExitCode {
     let jobs = args
         .jobs
         .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
-    let next = Arc::new(AtomicU64::new(args.seed));
     let end = args.seed + args.seeds;
-    let done = Arc::new(AtomicU64::new(0));
-    let failed: Arc<Mutex<Vec<(Report, Options)>>> = Arc::default();
-    let totals: Arc<Mutex<[u64; 4]>> = Arc::default();
     let started = Instant::now();
     println!(
-        "pgfm-sim: seeds {}..{} ({} runs), faults {}, {} data nodes + witness, synchronous {}, {jobs} threads",
+        "pgfm-sim: seeds {}..{} ({} runs), faults {}, {} data nodes + witness, synchronous {}, watchdog {}, {jobs} threads",
         args.seed,
         end - 1,
         args.seeds,
         args.faults,
         args.data_nodes,
-        args.synchronous
+        args.synchronous,
+        args.watchdog,
     );
-    std::thread::scope(|scope| {
-        for _ in 0..jobs {
-            let (next, done, failed, totals) = (&next, &done, &failed, &totals);
-            scope.spawn(move || loop {
-                let seed = next.fetch_add(1, Ordering::SeqCst);
-                if seed >= end {
-                    return;
-                }
-                let options = options(args, seed);
-                let report = pgfm_sim::run(options.clone());
-                {
-                    let mut t = totals.lock().unwrap_or_else(|p| p.into_inner());
-                    t[0] += report.promotions;
-                    t[1] += report.faults.len() as u64;
-                    t[2] += report.lost_async;
-                    t[3] += report.ran_ms;
-                }
-                if !report.violations.is_empty() {
-                    println!();
-                    print_report(&report, &options);
-                    failed
-                        .lock()
-                        .unwrap_or_else(|p| p.into_inner())
-                        .push((report, options));
-                }
-                let n = done.fetch_add(1, Ordering::SeqCst) + 1;
-                let bad = failed.lock().map(|f| f.len()).unwrap_or(0);
-                print!(
-                    "\r{n}/{} seeds, {bad} failing, {:.0} s",
-                    args.seeds,
-                    started.elapsed().as_secs_f64()
-                );
-                let _ = std::io::stdout().flush();
-            });
+    // done, failing, faults, promotions, async commits lost, simulated ms
+    let tally: Mutex<[u64; 6]> = Mutex::default();
+    let seen = |report: &Report| {
+        let mut t = tally.lock().unwrap_or_else(|p| p.into_inner());
+        t[0] += 1;
+        t[1] += u64::from(!report.violations.is_empty());
+        t[2] += report.faults.len() as u64;
+        t[3] += report.promotions;
+        t[4] += report.lost_async;
+        t[5] += report.ran_ms;
+        if !report.violations.is_empty() {
+            println!(
+                "\nseed {} broke an invariant: {}",
+                report.seed, report.violations[0]
+            );
         }
-    });
-    let failed = failed.lock().map(|f| f.len()).unwrap_or(0);
-    let t = *totals.lock().unwrap_or_else(|p| p.into_inner());
+        // A progress line about once a second of work.
+        if t[0] % 10 == 0 || t[0] == args.seeds {
+            print!(
+                "\r{}/{} seeds, {} failing, {:.0} s",
+                t[0],
+                args.seeds,
+                t[1],
+                started.elapsed().as_secs_f64()
+            );
+            let _ = std::io::stdout().flush();
+        }
+    };
+    let failed = pgfm_sim::search::search(args.seed..end, jobs, &|seed| options(args, seed), &seen);
+    let t = *tally.lock().unwrap_or_else(|p| p.into_inner());
     println!();
     println!(
-        "summary: {} seeds in {:.0} s ({:.0} simulated hours), {} faults, {} promotions, {} async commits not on the final primary; {failed} seed(s) broke an invariant",
+        "summary: {} seeds in {:.0} s ({:.1} simulated hours), {} faults, {} promotions, {} async commits not on the final primary; {} seed(s) broke an invariant",
         args.seeds,
         started.elapsed().as_secs_f64(),
-        t[3] as f64 / 3_600_000.0,
-        t[1],
-        t[0],
+        t[5] as f64 / 3_600_000.0,
         t[2],
+        t[3],
+        t[4],
+        failed.len(),
     );
-    if failed == 0 {
+    for (report, options) in &failed {
+        print_report(report, options);
+    }
+    if failed.is_empty() {
         ExitCode::SUCCESS
     } else {
         ExitCode::FAILURE

@@ -221,8 +221,9 @@ impl Node {
             }),
             vip: None,
         };
-        let config = pgfm_agent::config::Config::parse(&self.spec.config_path, &self.spec.config_text)
-            .map_err(|e| anyhow::anyhow!("{e}"))?;
+        let config =
+            pgfm_agent::config::Config::parse(&self.spec.config_path, &self.spec.config_text)
+                .map_err(|e| anyhow::anyhow!("{e}"))?;
         let running = runtime.block_on(pgfm_agent::start(config, with.token.clone(), platform))?;
         let router = running.router();
         self.process = Some(Process {

@@ -412,6 +412,8 @@ pub struct PgModel {
     hosts: Arc<dyn Hosts>,
     servers: BTreeMap<String, Server>,
     links: Vec<Link>,
+    /// Standbys whose link from their upstream is slow: one record every this many ms.
+    slow: BTreeMap<String, u64>,
     commits: Vec<Commit>,
     /// Every commit written: its record's index and uid.
     written: BTreeMap<u64, (usize, u64)>,
@@ -461,6 +463,7 @@ impl PgModel {
             hosts,
             servers,
             links: Vec::new(),
+            slow: BTreeMap::new(),
             commits: Vec::new(),
             written: BTreeMap::new(),
             violations: Vec::new(),
@@ -488,6 +491,15 @@ impl PgModel {
         self.probe_timeout = timeout;
     }
 
+    /// Slow the link into `standby` to one record every `every_ms` (None: full speed): a
+    /// congested network or a standby whose disk stalls, still `streaming` once it caught up.
+    pub fn slow_link(&mut self, standby: &str, every_ms: Option<u64>) {
+        match every_ms {
+            Some(ms) => self.slow.insert(standby.to_string(), ms.max(1)),
+            None => self.slow.remove(standby),
+        };
+    }
+
     /// Start or stop the neutral writer.
     pub fn set_writing(&mut self, on: bool) {
         self.writing = on;
@@ -511,7 +523,11 @@ impl PgModel {
         self.replay();
         let mut links = std::mem::take(&mut self.links);
         for link in &mut links {
-            self.update_link(link, elapsed * RECORDS_PER_MS);
+            let budget = match self.slow.get(&link.standby) {
+                Some(&every) => u64::from(now_ms / every > (now_ms - elapsed) / every),
+                None => elapsed * RECORDS_PER_MS,
+            };
+            self.update_link(link, budget);
         }
         links.retain(|l| l.sender || l.receiver);
         self.links = links;

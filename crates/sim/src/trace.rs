@@ -54,7 +54,12 @@ impl Trace {
 
     fn push(&self, who: &str, text: &str) {
         let ms = self.time.now_ms();
-        let line = format!("{:>4}.{:03} {who:<4} {}", ms / 1000, ms % 1000, text.trim_end());
+        let line = format!(
+            "{:>4}.{:03} {who:<4} {}",
+            ms / 1000,
+            ms % 1000,
+            text.trim_end()
+        );
         self.lines
             .lock()
             .unwrap_or_else(|p| p.into_inner())
@@ -62,10 +67,7 @@ impl Trace {
     }
 
     pub fn lines(&self) -> Vec<String> {
-        self.lines
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone()
+        self.lines.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
     /// Capture the agents' log lines on this thread until the guard is dropped.
@@ -75,7 +77,8 @@ impl Trace {
         }
         let subscriber = tracing_subscriber::fmt()
             .with_env_filter(tracing_subscriber::EnvFilter::new(
-                "info,openraft=warn,pgfm_coord=warn",
+                std::env::var("PGFM_SIM_LOG")
+                    .unwrap_or_else(|_| "info,openraft=error,pgfm_coord=warn".into()),
             ))
             .with_writer(self.clone())
             .with_ansi(false)

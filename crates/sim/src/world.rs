@@ -33,8 +33,13 @@ pub struct Options {
     /// How long the cluster runs without a fault at the end, after which it must have a
     /// writable primary (ms).
     pub quiet_ms: u64,
-    /// How far a host's clock rate may be from 1 (0.02: ±2 %).
+    /// How far a host's clock rate may be from 1 (0.03: ±3 %). The lease rules hold up to
+    /// about ±3.8 % with the default timing (the watchdog's path is the tightest:
+    /// `(lease - safety_margin) / (1 - e) + watchdog + reset <= (lease + drift_margin) /
+    /// (1 + e)`); real monotonic clocks are within 0.01 %.
     pub drift: f64,
+    /// `[watchdog] mode` of the data nodes: required, automatic or off.
+    pub watchdog: String,
     /// Keep the trace (agent logs and the simulator's lines).
     pub trace: bool,
     /// The rules the agents apply: `Rules`, or a deliberately broken variant.
@@ -49,8 +54,9 @@ impl Options {
             synchronous: "off".into(),
             faults: FaultSet::default(),
             fault_count: None,
-            quiet_ms: 30_000,
-            drift: 0.02,
+            quiet_ms: 20_000,
+            drift: 0.03,
+            watchdog: "required".into(),
             trace: false,
             engine: Arc::new(Rules),
         }
@@ -59,10 +65,11 @@ impl Options {
     /// The command that replays this run with its trace.
     pub fn replay_command(&self) -> String {
         format!(
-            "cargo run --release -p pgfm-sim -- --seed {} --data-nodes {} --synchronous {} --faults {}{} --trace",
+            "cargo run --release -p pgfm-sim -- --seed {} --data-nodes {} --synchronous {} --watchdog {} --faults {}{} --trace",
             self.seed,
             self.data_nodes,
             self.synchronous,
+            self.watchdog,
             self.faults,
             self.fault_count
                 .map(|n| format!(" --fault-count {n}"))
@@ -129,6 +136,10 @@ enum Due {
     Reset(usize),
     /// A host that was reset boots again.
     Boot(usize),
+    /// An agent starts for the first time.
+    Launch(usize),
+    /// One stall of an agent (`Kind::Stalls`), ended by an `Undo(AgentFreeze)`.
+    Stall(usize),
 }
 
 pub struct World {
@@ -151,8 +162,12 @@ pub struct World {
     faults_end_ms: u64,
 }
 
+/// The step of the global clock: network deliveries, the PostgreSQL model and faults
+/// happen on these boundaries (each agent's own timers fire at their exact times).
+const QUANTUM_MS: u64 = 4;
+
 /// Warm-up before the first fault: the cluster forms, clones and streams.
-const WARM_UP_MS: u64 = 15_000;
+const WARM_UP_MS: u64 = 8_000;
 
 /// Run one simulation to its end or its first violation.
 pub fn run(options: Options) -> Report {
@@ -228,7 +243,7 @@ impl World {
         for (i, name) in names.iter().enumerate() {
             let data = i < options.data_nodes;
             let rate = 1.0 + (rng.range(0, 2001) as f64 / 1000.0 - 1.0) * options.drift;
-            let config_text = node_config(&dir, i, name, data, &peers, &options.synchronous);
+            let config_text = node_config(&dir, i, name, data, &peers, &options);
             nodes.push(Node::new(NodeSpec {
                 name: name.clone(),
                 data,
@@ -247,7 +262,7 @@ impl World {
             nodes.len(),
             count,
             WARM_UP_MS,
-            WARM_UP_MS + 30_000,
+            WARM_UP_MS + 20_000,
         );
         let faults_end_ms = plan
             .iter()
@@ -291,9 +306,13 @@ impl World {
         self.due.insert((at_ms, self.due_seq), due);
     }
 
+    /// Each agent starts at its own moment in the first half second, as agents started by
+    /// hand or by systemd do: started together, their timers would tick in step, and every
+    /// election would split the vote.
     fn start(&mut self) {
         for i in 0..self.nodes.len() {
-            self.start_agent(i);
+            let at = self.rng.range(0, 500);
+            self.schedule(at, Due::Launch(i));
         }
     }
 
@@ -312,14 +331,16 @@ impl World {
         trace::set_current("");
         if let Err(e) = started {
             let name = self.nodes[i].name().to_string();
-            self.checker
-                .violation(self.now_ms, format!("the agent of {name} did not start: {e:#}"));
+            self.checker.violation(
+                self.now_ms,
+                format!("the agent of {name} did not start: {e:#}"),
+            );
         }
     }
 
     /// One millisecond of the cluster's life.
     fn step(&mut self) {
-        self.now_ms += 1;
+        self.now_ms += QUANTUM_MS;
         self.time.set(self.now_ms);
         self.net.lock().set_now(self.now_ms);
         self.strike_due();
@@ -387,11 +408,7 @@ impl World {
     }
 
     fn sync_hosts(&self) {
-        let mut flags = self
-            .hosts
-            .flags
-            .lock()
-            .unwrap_or_else(|p| p.into_inner());
+        let mut flags = self.hosts.flags.lock().unwrap_or_else(|p| p.into_inner());
         for node in &self.nodes {
             flags.insert(node.name().to_string(), (node.up, node.frozen));
         }
@@ -426,6 +443,8 @@ impl World {
                 Due::Undo(kind, i) => self.undo(kind, i),
                 Due::Reset(i) => self.reset(i),
                 Due::Boot(i) => self.boot(i),
+                Due::Launch(i) => self.start_agent(i),
+                Due::Stall(i) => self.nodes[i].agent_frozen = true,
             }
             self.sync_hosts();
         }
@@ -438,8 +457,10 @@ impl World {
             Target::Node(i) => self.nodes.get(*i).map(|n| n.name().to_string()),
         };
         let Some(i) = name.as_deref().and_then(|n| self.index(n)) else {
-            self.trace
-                .say(format!("fault {} on the {:?}: nobody is that now", fault.kind, fault.target));
+            self.trace.say(format!(
+                "fault {} on the {:?}: nobody is that now",
+                fault.kind, fault.target
+            ));
             return;
         };
         let name = self.nodes[i].name().to_string();
@@ -494,6 +515,27 @@ impl World {
                 net.settings.duplicate_chance = 0.05;
                 net.settings.slow_chance = 0.2;
             }
+            Kind::Stalls => {
+                let end = self.now_ms + fault.duration_ms;
+                for j in 0..self.nodes.len() {
+                    let mut at = self.now_ms;
+                    loop {
+                        at += self.rng.range(200, 3_000);
+                        if at >= end {
+                            break;
+                        }
+                        let stall = self.rng.range(50, 1_500);
+                        self.schedule(at, Due::Stall(j));
+                        self.schedule(at + stall, Due::Undo(Kind::AgentFreeze, j));
+                        at += stall;
+                    }
+                }
+                return;
+            }
+            Kind::SlowLink => {
+                let every = self.rng.range(20, 100);
+                self.lock_pg().slow_link(&name, Some(every));
+            }
         }
         let until = self.now_ms + fault.duration_ms;
         self.schedule(until, Due::Undo(fault.kind, i));
@@ -518,17 +560,15 @@ impl World {
             Kind::Freeze => self.nodes[i].frozen = false,
             Kind::AgentFreeze => self.nodes[i].agent_frozen = false,
             Kind::Partition | Kind::PartitionIn | Kind::PartitionOut => {
-                let others: Vec<String> = self
-                    .nodes
-                    .iter()
-                    .map(|n| n.name().to_string())
-                    .collect();
+                let others: Vec<String> = self.nodes.iter().map(|n| n.name().to_string()).collect();
                 let mut net = self.net.lock();
                 for other in &others {
                     net.heal(&name, other);
                     net.heal(other, &name);
                 }
             }
+            Kind::Stalls => {}
+            Kind::SlowLink => self.lock_pg().slow_link(&name, None),
             Kind::Lossy => {
                 let mut net = self.net.lock();
                 let normal = NetSettings::default();
@@ -557,7 +597,8 @@ impl World {
             };
             if fired {
                 let name = self.nodes[i].name().to_string();
-                self.trace.say(format!("WATCHDOG of {name} ran out: resetting the host"));
+                self.trace
+                    .say(format!("WATCHDOG of {name} ran out: resetting the host"));
                 let delay = self
                     .rng
                     .range(0, pgfm_core::lease::LeaseSettings::WATCHDOG_RESET_MS + 1);
@@ -569,7 +610,9 @@ impl World {
     fn reset(&mut self, i: usize) {
         let name = self.nodes[i].name().to_string();
         self.trace.say(format!("RESET {name}"));
-        self.report.faults.push(format!("watchdog reset of {name} at {} ms", self.now_ms));
+        self.report
+            .faults
+            .push(format!("watchdog reset of {name} at {} ms", self.now_ms));
         let node = &mut self.nodes[i];
         node.kill_agent();
         node.up = false;
@@ -603,7 +646,9 @@ impl World {
             .commits()
             .iter()
             .any(|c| c.acked_at_ms + 3_000 >= self.now_ms);
-        let healthy = writable.len() == 1 && primary.as_deref() == writable.first().map(|s| s.as_str()) && recent;
+        let healthy = writable.len() == 1
+            && primary.as_deref() == writable.first().map(|s| s.as_str())
+            && recent;
         if !healthy {
             self.checker.violation(
                 self.now_ms,
@@ -673,7 +718,7 @@ fn node_config(
     name: &str,
     data: bool,
     peers: &str,
-    synchronous: &str,
+    options: &Options,
 ) -> String {
     let node_dir = dir.join(name);
     let kind = if data { "data" } else { "witness" };
@@ -700,12 +745,16 @@ fn node_config(
              os_user = \"postgres\"\n\
              log_file = \"{log}\"\n\n\
              [watchdog]\n\
-             mode = \"required\"\n\
+             mode = \"{watchdog}\"\n\
              device = \"/dev/watchdog\"\n\n",
             data = node_dir.join("data").display(),
             log = node_dir.join("postgres.log").display(),
+            watchdog = options.watchdog,
         ));
     }
-    text.push_str(&format!("[replication]\nsynchronous = \"{synchronous}\"\n"));
+    text.push_str(&format!(
+        "[replication]\nsynchronous = \"{}\"\n",
+        options.synchronous
+    ));
     text
 }

@@ -240,6 +240,17 @@ fn candidate<'a>(
     // Synchronous replication: only the committed sync set may hold every commit the old
     // primary acknowledged.
     if !state.sync_set.is_empty() && !state.sync_set.contains(name) && !force {
+        if state
+            .primary
+            .as_ref()
+            .is_some_and(|p| state.sync_set == [p.clone()].into())
+        {
+            return Err(format!(
+                "{name} is not known to hold every acknowledged commit: since its promotion only \
+                 {} does (no standby had caught up with it)",
+                state.primary.as_deref().unwrap_or_default()
+            ));
+        }
         return Err(format!(
             "{name} is not a synchronous standby (the synchronous set is {})",
             state
@@ -591,6 +602,36 @@ mod tests {
         assert!(
             actions[0].contains("no standby can be promoted")
                 && actions[0].contains("pg2 is not a synchronous standby"),
+            "{actions:?}"
+        );
+    }
+
+    /// Found by the simulation (seed 348, synchronous on, host-crash and slow-link): the
+    /// synchronous standby pg2 was promoted when pg1 died, then died itself before the
+    /// lagging pg3 caught up with it; pg3 was promoted without the commits pg1 had
+    /// acknowledged. After a promotion under a synchronous rule the new primary alone is
+    /// the committed set: its loss promotes nobody (without `--force`), and says why.
+    #[test]
+    fn a_new_primary_lost_before_a_standby_caught_up_promotes_nobody() {
+        let mut v = failover_view();
+        // pg1 is the primary of generation 1, promoted under a synchronous rule.
+        v.state.sync_set = ["pg1".to_string()].into();
+        v.state.sync_quorum = 1;
+        let actions = show(decide(&v, &local(&v, "witness", true), 10_000));
+        assert!(
+            actions[0].contains("no standby can be promoted")
+                && actions[0].contains(
+                    "pg2 is not known to hold every acknowledged commit: since its promotion \
+                     only pg1 does"
+                ),
+            "{actions:?}"
+        );
+        // While the set widens to a standby (pg1 and pg3, one of them), the quorum step
+        // needs the answer of both: pg1's cannot come.
+        v.state.sync_set = ["pg1".to_string(), "pg3".to_string()].into();
+        let actions = show(decide(&v, &local(&v, "witness", true), 10_000));
+        assert!(
+            !actions.iter().any(|a| a.starts_with("promote")),
             "{actions:?}"
         );
     }
