@@ -65,7 +65,7 @@ pub struct Agent {
     raft: EmbeddedRaft,
     postgres: Option<Arc<dyn Database>>,
     /// The virtual IP, when this data node has one configured.
-    vip: Option<pgfm_net::Vip>,
+    vip: Option<Arc<dyn pgfm_net::VirtualIp>>,
     clock: Arc<dyn Clock>,
     /// The rules it applies (`pgfm_core::engine::Rules`).
     engine: Arc<dyn pgfm_core::engine::Engine>,
@@ -982,15 +982,16 @@ impl Running {
 }
 
 /// `[vip]`: the virtual IP, opened on its interface.
-async fn open_vip(config: &Config) -> anyhow::Result<Option<pgfm_net::Vip>> {
-    Ok(match &config.vip {
-        Some(v) => Some(
-            pgfm_net::Vip::open(v.spec.clone())
-                .await
-                .with_context(|| format!("config {}: [vip] {}", config.file.display(), v.spec))?,
-        ),
-        None => None,
-    })
+pub(crate) async fn open_vip(
+    config: &Config,
+) -> anyhow::Result<Option<Arc<dyn pgfm_net::VirtualIp>>> {
+    let Some(v) = &config.vip else {
+        return Ok(None);
+    };
+    let vip = pgfm_net::Vip::open(v.spec.clone())
+        .await
+        .with_context(|| format!("config {}: [vip] {}", config.file.display(), v.spec))?;
+    Ok(Some(Arc::new(vip)))
 }
 
 /// As if just applied: this agent counts any lease (and switchover step) from its own

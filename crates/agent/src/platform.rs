@@ -65,7 +65,7 @@ pub struct Platform {
     pub remote: Box<dyn RemoteProbe>,
     pub watchdog: Box<dyn WatchdogDevice>,
     /// The virtual IP, when this data node has one configured.
-    pub vip: Option<pgfm_net::Vip>,
+    pub vip: Option<Arc<dyn pgfm_net::VirtualIp>>,
 }
 
 impl Platform {

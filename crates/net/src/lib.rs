@@ -88,6 +88,54 @@ pub fn missing_capabilities() -> Vec<&'static str> {
     .collect()
 }
 
+/// A future a trait object can return.
+pub type Pending<'a, T> = std::pin::Pin<Box<dyn std::future::Future<Output = T> + Send + 'a>>;
+
+/// The virtual IP as the agent uses it: `Vip` on a real interface, a model of the address
+/// in the simulation. Each method keeps the contract of `Vip`'s method of the same name.
+pub trait VirtualIp: Send + Sync {
+    fn spec(&self) -> &VipSpec;
+    /// Whether the address is on this host's interface now.
+    fn held(&self) -> Pending<'_, Result<bool, VipError>>;
+    /// Add the address and announce it; whether it was added (false: it was here).
+    fn acquire(&self) -> Pending<'_, Result<bool, VipError>>;
+    /// Announce it again (gratuitous ARP).
+    fn announce(&self) -> Pending<'_, Result<(), VipError>>;
+    /// Remove the address; whether it was here.
+    fn release(&self) -> Pending<'_, Result<bool, VipError>>;
+    /// Which other host answers for the address (ARP probes), if any.
+    fn who_answers(
+        &self,
+        probes: u32,
+        wait: Duration,
+    ) -> Pending<'_, Result<Option<Mac>, VipError>>;
+}
+
+impl VirtualIp for Vip {
+    fn spec(&self) -> &VipSpec {
+        Vip::spec(self)
+    }
+    fn held(&self) -> Pending<'_, Result<bool, VipError>> {
+        Box::pin(Vip::held(self))
+    }
+    fn acquire(&self) -> Pending<'_, Result<bool, VipError>> {
+        Box::pin(Vip::acquire(self))
+    }
+    fn announce(&self) -> Pending<'_, Result<(), VipError>> {
+        Box::pin(Vip::announce(self))
+    }
+    fn release(&self) -> Pending<'_, Result<bool, VipError>> {
+        Box::pin(Vip::release(self))
+    }
+    fn who_answers(
+        &self,
+        probes: u32,
+        wait: Duration,
+    ) -> Pending<'_, Result<Option<Mac>, VipError>> {
+        Box::pin(Vip::who_answers(self, probes, wait))
+    }
+}
+
 /// A handle on the VIP of this node. Cheap to clone.
 #[derive(Clone)]
 pub struct Vip {

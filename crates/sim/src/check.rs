@@ -6,7 +6,9 @@
 //! - no synchronously acknowledged commit missing from a server when it is promoted (the
 //!   PostgreSQL model checks it at the promotion and reports it here);
 //! - at most one primary per generation, whichever agent applied it, and each agent's
-//!   generation only grows while it runs.
+//!   generation only grows while it runs;
+//! - the virtual IP on at most one running host (a frozen one included: its kernel still
+//!   answers ARP).
 //!
 //! Liveness (a working primary after a quiet period) is checked at the end of the run by
 //! `world.rs`.
@@ -16,6 +18,7 @@ use std::collections::BTreeMap;
 use crate::node::Node;
 use crate::postgres::Shared;
 use crate::trace::Trace;
+use crate::vip::VipTable;
 
 #[derive(Debug, Default)]
 pub struct Checker {
@@ -35,7 +38,14 @@ impl Checker {
         ));
     }
 
-    pub fn check(&mut self, now_ms: u64, nodes: &[Node], pg: &Shared, trace: &Trace) {
+    pub fn check(
+        &mut self,
+        now_ms: u64,
+        nodes: &[Node],
+        pg: &Shared,
+        vip: &VipTable,
+        trace: &Trace,
+    ) {
         let (writable, found) = {
             let mut pg = pg.lock().unwrap_or_else(|p| p.into_inner());
             (pg.writable_now(), pg.take_violations())
@@ -51,6 +61,13 @@ impl Checker {
         }
         for text in found {
             self.violation(now_ms, text);
+        }
+        let holders = vip.live_holders();
+        if holders.len() > 1 {
+            self.violation(
+                now_ms,
+                format!("the virtual IP is on {} at once", holders.join(" and ")),
+            );
         }
         for node in nodes {
             let Some((primary, generation)) = node.primary() else {

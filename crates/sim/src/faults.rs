@@ -75,7 +75,7 @@ impl Kind {
             Kind::PostmasterCrash => 0,
             Kind::Freeze | Kind::AgentFreeze => rng.range(1_000, 10_001),
             Kind::Lossy | Kind::Stalls => rng.range(2_000, 15_001),
-            _ => rng.range(1_000, 20_001),
+            _ => rng.range(1_000, 12_001),
         }
     }
 }

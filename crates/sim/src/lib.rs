@@ -18,6 +18,7 @@ pub mod postgres;
 pub mod rng;
 pub mod search;
 pub mod trace;
+pub mod vip;
 pub mod world;
 
 pub use faults::FaultSet;

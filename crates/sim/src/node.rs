@@ -158,6 +158,7 @@ pub struct Env<'a> {
     pub time: &'a SimTime,
     pub engine: &'a Arc<dyn Engine>,
     pub token: &'a Arc<str>,
+    pub vip: &'a Arc<crate::vip::VipTable>,
     pub seed: u64,
     pub wall_base_ms: u64,
 }
@@ -219,7 +220,7 @@ impl Node {
                 timer: self.watchdog.clone(),
                 time: with.time.clone(),
             }),
-            vip: None,
+            vip: self.spec.data.then(|| with.vip.for_host(&name)),
         };
         let config =
             pgfm_agent::config::Config::parse(&self.spec.config_path, &self.spec.config_text)

@@ -19,6 +19,7 @@ use crate::node::{Env, Node, NodeSpec, SimTime};
 use crate::postgres::{PgModel, Shared};
 use crate::rng::Rng;
 use crate::trace::{self, Trace};
+use crate::vip::VipTable;
 
 /// What to simulate.
 #[derive(Clone)]
@@ -54,7 +55,7 @@ impl Options {
             synchronous: "off".into(),
             faults: FaultSet::default(),
             fault_count: None,
-            quiet_ms: 20_000,
+            quiet_ms: 15_000,
             drift: 0.03,
             watchdog: "required".into(),
             trace: false,
@@ -154,6 +155,7 @@ pub struct World {
     due: BTreeMap<(u64, u64), Due>,
     due_seq: u64,
     token: Arc<str>,
+    vip: Arc<VipTable>,
     dir: PathBuf,
     checker: Checker,
     trace: Trace,
@@ -164,7 +166,7 @@ pub struct World {
 
 /// The step of the global clock: network deliveries, the PostgreSQL model and faults
 /// happen on these boundaries (each agent's own timers fire at their exact times).
-const QUANTUM_MS: u64 = 4;
+const QUANTUM_MS: u64 = 5;
 
 /// Warm-up before the first fault: the cluster forms, clones and streams.
 const WARM_UP_MS: u64 = 8_000;
@@ -219,6 +221,14 @@ impl World {
             .map(String::as_str)
             .collect();
         let pg_model = PgModel::new(options.seed, &data, data[0], hosts.clone());
+        let vip = VipTable::new(
+            pgfm_net::VipSpec {
+                address: std::net::Ipv4Addr::new(10, 77, 0, 100),
+                prefix: 24,
+                interface: "eth0".into(),
+            },
+            hosts.clone(),
+        );
         let pg: Shared = Arc::new(Mutex::new(pg_model));
         let run = RUNS.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         let base = if std::path::Path::new("/dev/shm").is_dir() {
@@ -262,7 +272,7 @@ impl World {
             nodes.len(),
             count,
             WARM_UP_MS,
-            WARM_UP_MS + 20_000,
+            WARM_UP_MS + 15_000,
         );
         let faults_end_ms = plan
             .iter()
@@ -285,6 +295,7 @@ impl World {
             due: BTreeMap::new(),
             due_seq: 0,
             token: Arc::from("simulated-cluster-token"),
+            vip,
             dir,
             checker: Checker::default(),
             trace,
@@ -324,6 +335,7 @@ impl World {
             time: &self.time,
             engine: &self.options.engine,
             token: &self.token,
+            vip: &self.vip,
             seed: self.options.seed,
             wall_base_ms: 1_800_000_000_000,
         };
@@ -353,7 +365,7 @@ impl World {
         trace::set_current("");
         self.lock_pg().tick(self.now_ms);
         self.checker
-            .check(self.now_ms, &self.nodes, &self.pg, &self.trace);
+            .check(self.now_ms, &self.nodes, &self.pg, &self.vip, &self.trace);
     }
 
     fn lock_pg(&self) -> std::sync::MutexGuard<'_, PgModel> {
@@ -483,6 +495,7 @@ impl World {
                     .lock()
                     .unwrap_or_else(|p| p.into_inner())
                     .deadline_ms = None;
+                self.vip.host_down(&name);
                 self.lock_pg().host_down(&name);
             }
             Kind::AgentCrash => node.kill_agent(),
@@ -617,6 +630,7 @@ impl World {
         node.kill_agent();
         node.up = false;
         node.frozen = false;
+        self.vip.host_down(&name);
         self.lock_pg().host_down(&name);
         let boot = self.now_ms + self.rng.range(3_000, 10_001);
         self.faults_end_ms = self.faults_end_ms.max(boot);
@@ -744,6 +758,9 @@ fn node_config(
              port = 5432\n\
              os_user = \"postgres\"\n\
              log_file = \"{log}\"\n\n\
+             [vip]\n\
+             address = \"10.77.0.100/24\"\n\
+             interface = \"eth0\"\n\n\
              [watchdog]\n\
              mode = \"{watchdog}\"\n\
              device = \"/dev/watchdog\"\n\n",

@@ -1,35 +1,17 @@
-//! The simulation bites: each of pgfm's timing and ordering rules, broken on purpose here
-//! (and only here), lets the simulation find a broken invariant within a few seeds. Each
-//! test runs seeds from 1 until one fails and asserts that one did within its budget; the
-//! seed count it needed is printed (`--nocapture`) and recorded in the note.
+//! The simulation bites: pgfm's timing and ordering rules, each broken on purpose here
+//! (and only here, through the `Engine` the agents are handed), let the simulation find a
+//! broken invariant. The searches run seeds from 1 until one fails and print how many it
+//! took (`cargo test --release -p pgfm-sim --test mutations -- --ignored --nocapture`);
+//! the numbers are in the note. The quick tests replay the first failing seed each
+//! search found, so that every test run shows the check still bites.
 
 use std::sync::Arc;
 
 use pgfm_core::decide::{self, Action, ClusterView, LocalView};
 use pgfm_core::engine::{Engine, Rules};
 use pgfm_core::lease::{HeldLease, LeaseSettings, LeaseStep};
-use pgfm_core::Lsn;
+use pgfm_core::{Command, Lsn};
 use pgfm_sim::{FaultSet, Options};
-
-/// Run seeds 1.. with `engine` until an invariant breaks; the seed and what broke, or
-/// None within `budget` seeds.
-fn first_failure(
-    engine: Arc<dyn Engine>,
-    budget: u64,
-    configure: impl Fn(&mut Options),
-) -> Option<(u64, String)> {
-    for seed in 1..=budget {
-        let mut options = Options::new(seed);
-        options.engine = engine.clone();
-        configure(&mut options);
-        let report = pgfm_sim::run(options);
-        if let Some(v) = report.violations.first() {
-            println!("caught at seed {seed} ({seed} seeds run): {v}");
-            return Some((seed, v.clone()));
-        }
-    }
-    None
-}
 
 /// The primary never fences itself when its renewals stop (no `Fence` step).
 struct NeverFences;
@@ -62,12 +44,32 @@ impl Engine for NoDriftMargin {
     }
 }
 
-/// A new coordinator decides at once, before it applied an entry of its own term.
-struct DecidesOnElection;
+/// A new coordinator decides at once, before it applied an entry of its own term. With
+/// `unchecked`, its promotions also leave out the renewal count they were judged on, so
+/// that the log cannot refuse a stale one.
+struct DecidesOnElection {
+    unchecked: bool,
+}
 
 impl Engine for DecidesOnElection {
     fn may_coordinate(&self, leading_term: Option<u64>, _applied_term: u64) -> bool {
         leading_term.is_some()
+    }
+
+    fn coordinate(&self, cluster: &ClusterView, now_ms: u64) -> Vec<Action> {
+        let mut actions = decide::coordinate(cluster, now_ms);
+        if self.unchecked {
+            for action in &mut actions {
+                if let Action::Propose {
+                    command: Command::Promote { lease_renewals, .. },
+                    ..
+                } = action
+                {
+                    *lease_renewals = None;
+                }
+            }
+        }
+        actions
     }
 }
 
@@ -85,40 +87,127 @@ impl Engine for NarrowsEarly {
     }
 }
 
+/// A mutation, the runs that expose it, and the first seed found to.
+struct Mutation {
+    engine: Arc<dyn Engine>,
+    configure: fn(&mut Options),
+    budget: u64,
+}
+
+impl Mutation {
+    fn options(&self, seed: u64) -> Options {
+        let mut options = Options::new(seed);
+        options.engine = self.engine.clone();
+        (self.configure)(&mut options);
+        options
+    }
+
+    /// Seeds from 1 until an invariant breaks: the seed and what broke.
+    fn search(&self) -> Option<(u64, String)> {
+        for seed in 1..=self.budget {
+            let report = pgfm_sim::run(self.options(seed));
+            if let Some(v) = report.violations.first() {
+                println!("caught at seed {seed} ({seed} seeds run): {v}");
+                return Some((seed, v.clone()));
+            }
+        }
+        None
+    }
+
+    /// The seed breaks an invariant with the mutation, and none without it.
+    fn replay(&self, seed: u64) {
+        let broken = pgfm_sim::run(self.options(seed));
+        assert!(
+            !broken.violations.is_empty(),
+            "seed {seed} no longer catches the mutation; search again (--ignored)"
+        );
+        let mut sound = self.options(seed);
+        sound.engine = Arc::new(Rules);
+        let report = pgfm_sim::run(sound);
+        assert!(
+            report.violations.is_empty(),
+            "seed {seed} breaks an invariant with pgfm's own rules: {:?}",
+            report.violations
+        );
+    }
+}
+
+fn faults(text: &str) -> FaultSet {
+    text.parse().unwrap_or_default()
+}
+
+fn never_fences() -> Mutation {
+    Mutation {
+        engine: Arc::new(NeverFences),
+        // The host watchdog is the second line (it resets a primary that stops renewing):
+        // without it, as on a host that has none, the missing fence shows.
+        configure: |o| {
+            o.faults = faults("partition,partition-out");
+            o.watchdog = "off".into();
+        },
+        budget: 50,
+    }
+}
+
+fn no_drift_margin() -> Mutation {
+    Mutation {
+        engine: Arc::new(NoDriftMargin),
+        // A cut-off primary whose agent stalls past its fence deadline, on a host without a
+        // watchdog: the drift margin is what keeps the promotion after its late fence.
+        configure: |o| {
+            o.faults = faults("partition,partition-out,stalls");
+            o.fault_count = Some(3);
+            o.watchdog = "off".into();
+        },
+        budget: 1_000,
+    }
+}
+
+fn decides_on_election() -> Mutation {
+    Mutation {
+        engine: Arc::new(DecidesOnElection { unchecked: true }),
+        configure: |o| o.fault_count = Some(3),
+        budget: 1_000,
+    }
+}
+
+fn narrows_early() -> Mutation {
+    Mutation {
+        engine: Arc::new(NarrowsEarly),
+        configure: |o| {
+            o.synchronous = "on".into();
+            o.faults = faults("host-crash,slow-link");
+            o.fault_count = Some(3);
+        },
+        budget: 1_000,
+    }
+}
+
 #[test]
 fn a_primary_that_never_fences_is_caught() {
-    // The host watchdog is the second line (it resets a primary that stops renewing):
-    // without it, as on a host that has none, the missing fence shows.
-    let found = first_failure(Arc::new(NeverFences), 50, |o| {
-        o.faults = "partition,partition-out".parse::<FaultSet>().unwrap();
-        o.watchdog = "off".into();
-    });
-    assert!(found.is_some(), "no violation in 50 seeds");
+    never_fences().replay(1);
 }
 
 #[test]
-fn a_promotion_without_the_drift_margin_is_caught() {
-    let found = first_failure(Arc::new(NoDriftMargin), 500, |o| {
-        o.faults = "partition,partition-out,stalls"
-            .parse::<FaultSet>()
-            .unwrap();
-        o.fault_count = Some(3);
-    });
-    assert!(found.is_some(), "no violation in 500 seeds");
+#[ignore = "a search: run with --ignored --release"]
+fn search_a_primary_that_never_fences() {
+    assert!(never_fences().search().is_some());
 }
 
 #[test]
-fn a_coordinator_deciding_on_election_is_caught() {
-    let found = first_failure(Arc::new(DecidesOnElection), 500, |_| {});
-    assert!(found.is_some(), "no violation in 500 seeds");
+#[ignore = "a search: run with --ignored --release"]
+fn search_a_promotion_without_the_drift_margin() {
+    assert!(no_drift_margin().search().is_some());
 }
 
 #[test]
-fn narrowing_the_synchronous_set_early_is_caught() {
-    let found = first_failure(Arc::new(NarrowsEarly), 500, |o| {
-        o.synchronous = "on".into();
-        o.faults = "host-crash,slow-link".parse::<FaultSet>().unwrap();
-        o.fault_count = Some(3);
-    });
-    assert!(found.is_some(), "no violation in 500 seeds");
+#[ignore = "a search: run with --ignored --release"]
+fn search_a_coordinator_deciding_on_election() {
+    assert!(decides_on_election().search().is_some());
+}
+
+#[test]
+#[ignore = "a search: run with --ignored --release"]
+fn search_narrowing_the_synchronous_set_early() {
+    assert!(narrows_early().search().is_some());
 }
