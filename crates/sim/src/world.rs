@@ -31,6 +31,8 @@ pub struct Options {
     pub faults: FaultSet,
     /// Faults per run (None: one to three, drawn).
     pub fault_count: Option<usize>,
+    /// These faults instead of drawn ones: a scenario a seed found, pinned as a test.
+    pub script: Option<Vec<Fault>>,
     /// How long the cluster runs without a fault at the end, after which it must have a
     /// writable primary (ms).
     pub quiet_ms: u64,
@@ -55,6 +57,7 @@ impl Options {
             synchronous: "off".into(),
             faults: FaultSet::default(),
             fault_count: None,
+            script: None,
             quiet_ms: 15_000,
             drift: 0.03,
             watchdog: "required".into(),
@@ -266,14 +269,17 @@ impl World {
         let count = options
             .fault_count
             .unwrap_or_else(|| fault_rng.range(1, 4) as usize);
-        let plan = faults::plan(
-            &mut fault_rng,
-            &options.faults,
-            nodes.len(),
-            count,
-            WARM_UP_MS,
-            WARM_UP_MS + 15_000,
-        );
+        let plan = match &options.script {
+            Some(script) => script.clone(),
+            None => faults::plan(
+                &mut fault_rng,
+                &options.faults,
+                nodes.len(),
+                count,
+                WARM_UP_MS,
+                WARM_UP_MS + 15_000,
+            ),
+        };
         let faults_end_ms = plan
             .iter()
             .map(|f| f.at_ms + f.duration_ms)
