@@ -133,7 +133,7 @@ fn search(args: &Args) -> ExitCode {
             );
         }
         // A progress line about once a second of work.
-        if t[0] % 10 == 0 || t[0] == args.seeds {
+        if t[0].is_multiple_of(10) || t[0] == args.seeds {
             print!(
                 "\r{}/{} seeds, {} failing, {:.0} s",
                 t[0],

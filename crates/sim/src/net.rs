@@ -8,7 +8,6 @@
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BTreeSet, BinaryHeap};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::Duration;
 
 use pgfm_core::transport::{Pending, Request, Response, Transport, TransportError};
 use tokio::sync::oneshot;
@@ -286,7 +285,7 @@ impl Transport for SimTransport {
                 ))),
                 Err(_) => Err(TransportError(format!(
                     "error sending request for url ({url}): operation timed out after {:?}",
-                    Duration::from(timeout)
+                    timeout
                 ))),
             }
         })
