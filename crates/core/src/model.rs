@@ -1088,6 +1088,23 @@ pub struct NodeReport {
 }
 
 impl NodeReport {
+    /// Clear every field a probe of the database fills: before a probe, so that a failed
+    /// one says the database is down, never what an earlier one saw.
+    pub fn forget_database(&mut self) {
+        self.db_up = false;
+        self.role = None;
+        self.current_lsn = None;
+        self.received_lsn = None;
+        self.replayed_lsn = None;
+        self.timeline = None;
+        self.receiver = None;
+        self.replicas.clear();
+        self.slots.clear();
+        self.conninfo_upstream = None;
+        self.sync = None;
+        self.forks.clear();
+    }
+
     pub fn new(name: &str, kind: NodeKind) -> NodeReport {
         NodeReport {
             name: name.to_string(),

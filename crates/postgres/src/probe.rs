@@ -111,18 +111,7 @@ impl Prober {
     /// Probe the server and fill `report`'s database fields. On failure the fields say the
     /// database is down and `Err` carries why.
     pub async fn probe(&mut self, report: &mut NodeReport) -> Result<(), String> {
-        report.db_up = false;
-        report.role = None;
-        report.current_lsn = None;
-        report.received_lsn = None;
-        report.replayed_lsn = None;
-        report.timeline = None;
-        report.receiver = None;
-        report.replicas.clear();
-        report.slots.clear();
-        report.conninfo_upstream = None;
-        report.sync = None;
-        report.forks.clear();
+        report.forget_database();
         let timeout = self.target.timeout;
         let result = match tokio::time::timeout(timeout, self.probe_inner(report)).await {
             Ok(result) => result,

@@ -1988,18 +1988,7 @@ struct SimProber {
 
 impl SimProber {
     async fn probe(&mut self, report: &mut NodeReport) -> Result<(), String> {
-        report.db_up = false;
-        report.role = None;
-        report.current_lsn = None;
-        report.received_lsn = None;
-        report.replayed_lsn = None;
-        report.timeline = None;
-        report.receiver = None;
-        report.replicas.clear();
-        report.slots.clear();
-        report.conninfo_upstream = None;
-        report.sync = None;
-        report.forks.clear();
+        report.forget_database();
         let (reach, timeout) = {
             let m = lock(&self.model);
             (m.reach_own(&self.node), m.probe_timeout)
