@@ -70,28 +70,76 @@ impl Trace {
         self.lines.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
-    /// Capture the agents' log lines on this thread until the guard is dropped.
-    pub fn capture(&self) -> Option<tracing::subscriber::DefaultGuard> {
+    /// Capture the agents' log lines on this thread until the guard is dropped. One
+    /// subscriber serves the whole process (a per-thread one would share tracing's
+    /// per-call-site cache with the threads that run untraced seeds, and lose lines); it
+    /// formats only the events of threads that capture.
+    pub fn capture(&self) -> Option<Capture> {
         if !self.on {
             return None;
         }
-        let subscriber = tracing_subscriber::fmt()
-            .with_env_filter(tracing_subscriber::EnvFilter::new(
-                std::env::var("PGFM_SIM_LOG")
-                    .unwrap_or_else(|_| "info,openraft=error,pgfm_coord=warn".into()),
-            ))
-            .with_writer(self.clone())
+        install();
+        ACTIVE.with(|a| *a.borrow_mut() = Some(self.clone()));
+        Some(Capture)
+    }
+}
+
+thread_local! {
+    /// The trace this thread's log lines go to (None: not captured).
+    static ACTIVE: RefCell<Option<Trace>> = const { RefCell::new(None) };
+}
+
+/// Until dropped, this thread's log lines go to its trace.
+pub struct Capture;
+
+impl Drop for Capture {
+    fn drop(&mut self) {
+        ACTIVE.with(|a| *a.borrow_mut() = None);
+    }
+}
+
+fn install() {
+    use tracing_subscriber::layer::SubscriberExt as _;
+    use tracing_subscriber::Layer as _;
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        let filter = tracing_subscriber::EnvFilter::new(
+            std::env::var("PGFM_SIM_LOG")
+                .unwrap_or_else(|_| "info,openraft=error,pgfm_coord=warn".into()),
+        );
+        // Asked at every event, never cached per call site: whether a call site is wanted
+        // depends on the thread that reaches it.
+        let capturing = tracing_subscriber::filter::DynFilterFn::new(|_, _| {
+            ACTIVE.with(|a| a.borrow().is_some())
+        })
+        .with_callsite_filter(|_| tracing::subscriber::Interest::sometimes());
+        let layer = tracing_subscriber::fmt::layer()
+            .with_writer(ThreadWriter)
             .with_ansi(false)
             .without_time()
             .with_target(false)
-            .finish();
-        Some(tracing::subscriber::set_default(subscriber))
+            .with_filter(filter)
+            .with_filter(capturing);
+        let _ = tracing::subscriber::set_global_default(tracing_subscriber::registry().with(layer));
+    });
+}
+
+/// Writes each formatted event to the capturing thread's trace.
+struct ThreadWriter;
+
+impl<'a> MakeWriter<'a> for ThreadWriter {
+    type Writer = Line;
+    fn make_writer(&'a self) -> Line {
+        Line {
+            trace: ACTIVE.with(|a| a.borrow().clone()),
+            buffer: Vec::new(),
+        }
     }
 }
 
 /// One formatted event: the fmt layer writes it whole, then drops the writer.
 pub struct Line {
-    trace: Trace,
+    trace: Option<Trace>,
     buffer: Vec<u8>,
 }
 
@@ -107,22 +155,12 @@ impl Write for Line {
 
 impl Drop for Line {
     fn drop(&mut self) {
+        let Some(trace) = &self.trace else { return };
         if self.buffer.is_empty() {
             return;
         }
         let text = String::from_utf8_lossy(&self.buffer).to_string();
         let who = CURRENT.with(|c| c.borrow().clone());
-        self.trace
-            .push(if who.is_empty() { "sim" } else { &who }, &text);
-    }
-}
-
-impl<'a> MakeWriter<'a> for Trace {
-    type Writer = Line;
-    fn make_writer(&'a self) -> Line {
-        Line {
-            trace: self.clone(),
-            buffer: Vec::new(),
-        }
+        trace.push(if who.is_empty() { "sim" } else { &who }, &text);
     }
 }
