@@ -226,6 +226,24 @@ mod tests {
 
     /// The watchdog resets the host before any coordinator may promote, and is refused when
     /// the margins leave it no whole second.
+    /// A leader decides once it has taken into account an entry of the term it leads;
+    /// not before, and never when it does not lead.
+    #[test]
+    fn a_new_coordinator_waits_for_an_entry_of_its_term() {
+        for (leading, applied, expected) in [
+            (Some(3), 3, true),
+            (Some(3), 2, false),
+            (None, 3, false),
+            (None, 0, false),
+        ] {
+            assert_eq!(
+                may_coordinate(leading, applied),
+                expected,
+                "{leading:?} {applied}"
+            );
+        }
+    }
+
     #[test]
     fn the_watchdog_fires_before_a_promotion() {
         for (safety, drift, expected) in [
