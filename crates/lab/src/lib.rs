@@ -3,7 +3,8 @@
 //! the agent never depends on this crate (it is not in `cargo tree -p pgfm-agent`).
 //!
 //! - `commands`: `pgfm lab up|down|status|kill|start|freeze|thaw|partition|heal` and the
-//!   lab's file (`LabFile`, `DIR/lab.json`);
+//!   lab's file (`LabFile`, `DIR/lab.json`); `disk`: a data node's own small disk
+//!   (`--data-disk`), `lab fill-disk|free-disk`, and `lab damage-wal`;
 //! - `host`: a node as a host (every process of it frozen or killed together) and its
 //!   watchdog driver; `netns`: the namespaced lab (`--netns`) and its network faults;
 //! - `drive`: `LabDriver`, a lab driven through the `pgfm` binary (the demo, the bench, the
@@ -14,6 +15,7 @@
 pub mod bench;
 mod commands;
 pub mod demo;
+mod disk;
 pub mod drive;
 pub mod harness;
 mod host;
