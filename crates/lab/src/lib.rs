@@ -9,10 +9,13 @@
 //!   watchdog driver; `netns`: the namespaced lab (`--netns`) and its network faults;
 //! - `drive`: `LabDriver`, a lab driven through the `pgfm` binary (the demo, the bench, the
 //!   tests); `writers`: the neutral writer, the longest gap, the split-brain watch;
-//! - `demo`, `bench`: `pgfm demo`, `pgfm bench failover|switchover`;
+//! - `demo`, `bench`: `pgfm demo`, `pgfm bench failover|switchover`; `chaos`: `pgfm bench
+//!   chaos`, a seeded soak of drawn faults (its draw, injection and measures apart); `seeded`:
+//!   the benches' seeded generator;
 //! - `harness`: polling with deadlines and the tests' view of a lab (panics on failure).
 
 pub mod bench;
+pub mod chaos;
 mod commands;
 pub mod demo;
 mod disk;
@@ -20,6 +23,7 @@ pub mod drive;
 pub mod harness;
 mod host;
 pub mod netns;
+mod seeded;
 pub mod writers;
 
 pub use commands::{

@@ -1,0 +1,481 @@
+//! What a chaos run measured, from what the writer, the split-brain watches, the status log
+//! and the injector recorded: pure functions over instants, tested here.
+//!
+//! - **Write gap with a majority up**: the longest stretch without an acknowledged write
+//!   (that survived) during which a majority of the voters and at least one data node were
+//!   free of every fault the soak injected, by the injector's own record. Time when the
+//!   faults left no majority, or no data node, is not counted: no failover manager can
+//!   make a primary then. The lease wait, the election, the promotion and the writer's
+//!   reconnection are counted: they are what pgfm costs.
+//! - **Lost, synchronous / asynchronous**: an acknowledged write missing from the final
+//!   primary. In a synchronous soak a write counts as asynchronous only when the status
+//!   just before and just after its acknowledgement both showed the primary waiting for no
+//!   standby (degraded); otherwise it counts as synchronous.
+//! - **Lease window**: with asynchronous replication a primary cut off or killed loses what
+//!   it acknowledged and had not yet sent; an isolated primary keeps acknowledging until it
+//!   fences itself, at most `lease - safety_margin` after the fault. A lost write is
+//!   explained when it was acknowledged between `WINDOW_BEFORE` before a fault that hit the
+//!   primary and `lease - safety_margin` after it.
+
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+
+use crate::bench::median;
+
+/// How long before a fault on the primary a write may have been acknowledged and not yet
+/// sent to any standby (asynchronous replication's lag here is a few milliseconds).
+pub const WINDOW_BEFORE: Duration = Duration::from_millis(200);
+
+/// A node broken by the soak from `from` until `to` (None: until the end of the run).
+#[derive(Debug, Clone)]
+pub struct Broken {
+    pub node: String,
+    /// Its vote is lost (agent dead, frozen, or cut off).
+    pub voter: bool,
+    /// It cannot be the primary (a data node dead, frozen, cut off, or with a full disk).
+    pub candidate: bool,
+    pub from: Instant,
+    pub to: Option<Instant>,
+}
+
+/// The stretches up to `end` when the faults left fewer than a majority of `voters`, or no
+/// data node of `data_nodes`, unbroken.
+pub fn unavailable(
+    broken: &[Broken],
+    voters: usize,
+    data_nodes: usize,
+    end: Instant,
+) -> Vec<(Instant, Instant)> {
+    // (when, node, +1 at a fault / -1 at its repair, costs a vote, costs a candidate).
+    let mut events: Vec<(Instant, &str, i64, bool, bool)> = Vec::new();
+    for b in broken {
+        let to = b.to.unwrap_or(end).min(end).max(b.from);
+        events.push((b.from, &b.node, 1, b.voter, b.candidate));
+        events.push((to, &b.node, -1, b.voter, b.candidate));
+    }
+    // At the same instant repairs come first: a zero-length fault breaks nothing.
+    events.sort_by_key(|(at, _, step, _, _)| (*at, *step));
+    // Per node, how many faults now cost its vote and its candidacy: a node hit twice
+    // counts once.
+    let mut per_node: std::collections::BTreeMap<&str, (i64, i64)> = Default::default();
+    let majority = voters / 2 + 1;
+    let mut down_since: Option<Instant> = None;
+    let mut found = Vec::new();
+    for (at, node, step, voter, candidate) in events {
+        let counts = per_node.entry(node).or_default();
+        counts.0 += if voter { step } else { 0 };
+        counts.1 += if candidate { step } else { 0 };
+        let voters_down = per_node.values().filter(|c| c.0 > 0).count();
+        let candidates_down = per_node.values().filter(|c| c.1 > 0).count();
+        let up = voters.saturating_sub(voters_down) >= majority
+            && data_nodes.saturating_sub(candidates_down) >= 1;
+        match (up, down_since) {
+            (false, None) => down_since = Some(at),
+            (true, Some(since)) => {
+                if at > since {
+                    found.push((since, at));
+                }
+                down_since = None;
+            }
+            _ => {}
+        }
+    }
+    if let Some(since) = down_since {
+        if end > since {
+            found.push((since, end));
+        }
+    }
+    found
+}
+
+/// The longest stretch between consecutive acknowledged writes (`acks`, in order) from the
+/// last one at or before `from` (or `from`) to `to`, counting only time outside `down`.
+pub fn longest_gap_while_up(
+    acks: &[Instant],
+    from: Instant,
+    to: Instant,
+    down: &[(Instant, Instant)],
+) -> Duration {
+    let start = acks
+        .iter()
+        .rev()
+        .find(|at| **at <= from)
+        .copied()
+        .unwrap_or(from);
+    let mut points: Vec<Instant> = vec![start];
+    points.extend(acks.iter().copied().filter(|at| *at > start && *at <= to));
+    if to > *points.last().unwrap_or(&start) {
+        points.push(to);
+    }
+    points
+        .windows(2)
+        .map(|w| longest_piece((w[0], w[1]), down))
+        .max()
+        .unwrap_or_default()
+}
+
+/// The longest part of `span` outside every interval of `down`.
+fn longest_piece(span: (Instant, Instant), down: &[(Instant, Instant)]) -> Duration {
+    let mut pieces = vec![span];
+    for &(d0, d1) in down {
+        pieces = pieces
+            .into_iter()
+            .flat_map(|(a, b)| {
+                if d1 <= a || d0 >= b {
+                    return vec![(a, b)];
+                }
+                let mut left = Vec::new();
+                if d0 > a {
+                    left.push((a, d0));
+                }
+                if d1 < b {
+                    left.push((d1, b));
+                }
+                left
+            })
+            .collect();
+    }
+    pieces
+        .iter()
+        .map(|(a, b)| b.duration_since(*a))
+        .max()
+        .unwrap_or_default()
+}
+
+/// Lost writes (their acknowledgement times) split into (synchronous, asynchronous):
+/// everything is asynchronous in an asynchronous soak; in a synchronous one a write is
+/// asynchronous only when the status samples (`(when, primary waited for a standby)`) on
+/// both sides of it say that the primary waited for none.
+pub fn split_losses(
+    lost: &[Instant],
+    samples: &[(Instant, bool)],
+    synchronous: bool,
+) -> (Vec<Instant>, Vec<Instant>) {
+    if !synchronous {
+        return (Vec::new(), lost.to_vec());
+    }
+    let degraded = |at: &Instant| {
+        let before = samples.iter().rev().find(|(t, _)| t <= at);
+        let after = samples.iter().find(|(t, _)| t >= at);
+        match (before, after) {
+            (None, None) => false,
+            (Some((_, sync)), None) | (None, Some((_, sync))) => !sync,
+            (Some((_, a)), Some((_, b))) => !a && !b,
+        }
+    };
+    lost.iter().partition(|at| !degraded(at))
+}
+
+/// Asynchronous losses set against the lease window of the faults that hit the primary.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct LeaseWindow {
+    /// Lost writes acknowledged inside a window.
+    pub inside: usize,
+    /// Lost writes acknowledged outside every window (unexplained).
+    pub outside: usize,
+    /// Every write acknowledged inside the windows: what the primary could have lost.
+    pub acknowledged_inside: usize,
+    /// How long after its fault the latest lost write was acknowledged.
+    pub latest_after_fault_ms: Option<i64>,
+}
+
+/// `lost` (acknowledgement times) against the windows `[hit - WINDOW_BEFORE, hit + window]`
+/// of each fault that hit the primary (`hits`); `acks`: every acknowledged write.
+pub fn lease_window(
+    lost: &[Instant],
+    acks: &[Instant],
+    hits: &[Instant],
+    window: Duration,
+) -> LeaseWindow {
+    let inside = |at: &Instant| {
+        hits.iter()
+            .any(|h| *at + WINDOW_BEFORE >= *h && *at <= *h + window)
+    };
+    let after_fault_ms = |at: &Instant| {
+        // The latest fault at or before it (or the first after it).
+        hits.iter()
+            .filter(|h| **h <= *at + WINDOW_BEFORE)
+            .max()
+            .map(|h| {
+                if *at >= *h {
+                    at.duration_since(*h).as_millis() as i64
+                } else {
+                    -(h.duration_since(*at).as_millis() as i64)
+                }
+            })
+    };
+    let explained = lost.iter().filter(|at| inside(at)).count();
+    LeaseWindow {
+        inside: explained,
+        outside: lost.len() - explained,
+        acknowledged_inside: acks.iter().filter(|at| inside(at)).count(),
+        latest_after_fault_ms: lost.iter().filter_map(after_fault_ms).max(),
+    }
+}
+
+/// What one run measured.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct Numbers {
+    pub acknowledged: usize,
+    pub lost_sync: usize,
+    pub lost_async: usize,
+    pub lease_window: LeaseWindow,
+    pub two_writer_moments: usize,
+    /// The longest gap between surviving acknowledged writes since the fault.
+    pub write_gap_ms: u64,
+    /// The same, counting only time while a majority and a data node were unbroken.
+    pub gap_majority_up_ms: u64,
+    /// From the last repair until every node streamed again (None: some never did).
+    pub rejoin_ms: Option<u64>,
+    pub never_rejoined: Vec<String>,
+}
+
+/// A summary of several runs' numbers.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct Tally {
+    pub runs: usize,
+    pub acknowledged: usize,
+    pub lost_sync: usize,
+    pub lost_async: usize,
+    /// Asynchronous losses outside every lease window.
+    pub lost_unexplained: usize,
+    pub two_writer_moments: usize,
+    /// Runs after which some node never rejoined.
+    pub runs_not_rejoined: usize,
+    pub write_gap_median_ms: Option<u64>,
+    pub write_gap_max_ms: Option<u64>,
+    pub gap_majority_up_median_ms: Option<u64>,
+    pub gap_majority_up_max_ms: Option<u64>,
+    pub rejoin_median_ms: Option<u64>,
+}
+
+impl Tally {
+    pub fn of<'a>(runs: impl IntoIterator<Item = &'a Numbers>) -> Tally {
+        let mut t = Tally::default();
+        let (mut gaps, mut gaps_up, mut rejoins) = (Vec::new(), Vec::new(), Vec::new());
+        for n in runs {
+            t.runs += 1;
+            t.acknowledged += n.acknowledged;
+            t.lost_sync += n.lost_sync;
+            t.lost_async += n.lost_async;
+            t.lost_unexplained += n.lease_window.outside;
+            t.two_writer_moments += n.two_writer_moments;
+            t.runs_not_rejoined += usize::from(!n.never_rejoined.is_empty());
+            gaps.push(n.write_gap_ms);
+            gaps_up.push(n.gap_majority_up_ms);
+            rejoins.extend(n.rejoin_ms);
+        }
+        t.write_gap_max_ms = gaps.iter().max().copied();
+        t.gap_majority_up_max_ms = gaps_up.iter().max().copied();
+        t.write_gap_median_ms = median(&mut gaps);
+        t.gap_majority_up_median_ms = median(&mut gaps_up);
+        t.rejoin_median_ms = median(&mut rejoins);
+        t
+    }
+
+    /// Whether these runs met the bar: never two writers, every node rejoined, nothing
+    /// acknowledged lost synchronously, and every asynchronous loss inside a lease window.
+    pub fn safe(&self) -> bool {
+        self.two_writer_moments == 0
+            && self.runs_not_rejoined == 0
+            && self.lost_sync == 0
+            && self.lost_unexplained == 0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn t0() -> Instant {
+        static ZERO: std::sync::LazyLock<Instant> = std::sync::LazyLock::new(Instant::now);
+        *ZERO
+    }
+
+    fn ms(n: u64) -> Instant {
+        t0() + Duration::from_millis(n)
+    }
+
+    fn broken(node: &str, voter: bool, candidate: bool, from: u64, to: Option<u64>) -> Broken {
+        Broken {
+            node: node.into(),
+            voter,
+            candidate,
+            from: ms(from),
+            to: to.map(ms),
+        }
+    }
+
+    fn check_unavailable(broken: &[Broken], expected: &[(u64, u64)]) {
+        let found: Vec<(u64, u64)> = unavailable(broken, 4, 3, ms(10_000))
+            .iter()
+            .map(|(a, b)| {
+                (
+                    a.duration_since(t0()).as_millis() as u64,
+                    b.duration_since(t0()).as_millis() as u64,
+                )
+            })
+            .collect();
+        assert_eq!(found, expected, "{broken:?}");
+    }
+
+    /// Three data nodes and a witness: four voters, a majority is three.
+    #[test]
+    fn a_majority_is_lost_only_with_two_voters_down() {
+        check_unavailable(&[], &[]);
+        check_unavailable(&[broken("pg1", true, true, 100, Some(900))], &[]);
+        // Witness and primary dead at once: no majority until the first is back.
+        check_unavailable(
+            &[
+                broken("witness", true, false, 100, Some(3_000)),
+                broken("pg1", true, true, 150, Some(8_000)),
+            ],
+            &[(150, 3_000)],
+        );
+        // Never repaired: down until the end.
+        check_unavailable(
+            &[
+                broken("pg1", true, true, 100, None),
+                broken("pg2", true, true, 5_000, None),
+            ],
+            &[(5_000, 10_000)],
+        );
+        // A full disk costs a candidate, not a vote.
+        check_unavailable(&[broken("pg1", false, true, 100, Some(900))], &[]);
+        // The same node twice counts once.
+        check_unavailable(
+            &[
+                broken("pg1", true, true, 100, Some(900)),
+                broken("pg1", true, true, 200, Some(800)),
+            ],
+            &[],
+        );
+        // A zero-length fault (a postmaster crash) breaks nothing.
+        check_unavailable(
+            &[
+                broken("pg1", true, true, 100, Some(100)),
+                broken("pg2", true, true, 100, Some(500)),
+            ],
+            &[],
+        );
+    }
+
+    #[test]
+    fn no_candidate_left_is_unavailable_too() {
+        let all_data = [
+            broken("pg1", false, true, 0, Some(2_000)),
+            broken("pg2", false, true, 500, Some(2_500)),
+            broken("pg3", false, true, 1_000, Some(1_500)),
+        ];
+        check_unavailable(&all_data, &[(1_000, 1_500)]);
+    }
+
+    fn check_gap(acks: &[u64], from: u64, to: u64, down: &[(u64, u64)], expected_ms: u64) {
+        let acks: Vec<Instant> = acks.iter().map(|a| ms(*a)).collect();
+        let down: Vec<(Instant, Instant)> = down.iter().map(|(a, b)| (ms(*a), ms(*b))).collect();
+        assert_eq!(
+            longest_gap_while_up(&acks, ms(from), ms(to), &down),
+            Duration::from_millis(expected_ms),
+            "acks {:?} down {down:?}",
+            acks.len()
+        );
+    }
+
+    #[test]
+    fn the_gap_counts_only_time_with_a_majority_up() {
+        // A 5 s gap after the fault, nothing down: all of it.
+        check_gap(&[0, 10, 5_010, 5_020], 15, 5_020, &[], 5_000);
+        // No majority for 3 s of it: the longest piece left is 1.5 s.
+        check_gap(&[0, 10, 5_010, 5_020], 15, 5_020, &[(1_000, 4_000)], 1_010);
+        // The gap started before the fault: counted from the last write before it.
+        check_gap(&[0, 3_000], 2_000, 3_000, &[], 3_000);
+        // Writes never resumed: the gap runs to the end of the run.
+        check_gap(&[0, 10], 15, 9_010, &[], 9_000);
+        // Down over the whole gap: nothing counted but the writes' own pace.
+        check_gap(&[0, 10, 5_010, 5_020], 15, 5_020, &[(0, 6_000)], 0);
+        check_gap(&[], 0, 0, &[], 0);
+    }
+
+    #[test]
+    fn losses_are_asynchronous_only_when_the_status_says_so_on_both_sides() {
+        let samples = [
+            (ms(0), true),
+            (ms(100), false),
+            (ms(200), false),
+            (ms(300), true),
+        ];
+        let lost = [ms(50), ms(150), ms(250), ms(400)];
+        let counts = |(s, a): (Vec<Instant>, Vec<Instant>)| (s.len(), a.len());
+        let (sync, asynchronous) = split_losses(&lost, &samples, true);
+        assert_eq!(asynchronous, [ms(150)]);
+        assert_eq!(sync.len(), 3);
+        assert_eq!(counts(split_losses(&lost, &samples, false)), (0, 4));
+        assert_eq!(counts(split_losses(&lost, &[], true)), (4, 0));
+    }
+
+    #[test]
+    fn losses_inside_the_lease_window_are_explained() {
+        let window = Duration::from_millis(2_500);
+        let acks: Vec<Instant> = (0..60).map(|i| ms(i * 100)).collect();
+        // The primary was hit at 1 s: its window is 0.8 s to 3.5 s (28 writes).
+        let lost = [ms(900), ms(3_400)];
+        let found = lease_window(&lost, &acks, &[ms(1_000)], window);
+        assert_eq!(
+            found,
+            LeaseWindow {
+                inside: 2,
+                outside: 0,
+                acknowledged_inside: 28,
+                latest_after_fault_ms: Some(2_400),
+            }
+        );
+        // Outside the window, or with no fault on the primary: unexplained.
+        let found = lease_window(&[ms(3_600)], &acks, &[ms(1_000)], window);
+        assert_eq!((found.inside, found.outside), (0, 1));
+        let found = lease_window(&lost, &acks, &[], window);
+        assert_eq!((found.outside, found.acknowledged_inside), (2, 0));
+    }
+
+    #[test]
+    fn a_tally_sums_and_takes_medians() {
+        let run = |lost_async, outside, gap, rejoin: Option<u64>, never: &[&str]| Numbers {
+            acknowledged: 100,
+            lost_async,
+            lease_window: LeaseWindow {
+                outside,
+                ..Default::default()
+            },
+            write_gap_ms: gap,
+            gap_majority_up_ms: gap / 2,
+            rejoin_ms: rejoin,
+            never_rejoined: never.iter().map(|n| n.to_string()).collect(),
+            ..Default::default()
+        };
+        let runs = [
+            run(5, 0, 4_000, Some(3_000), &[]),
+            run(0, 0, 6_000, Some(5_000), &[]),
+            run(2, 1, 5_000, None, &["pg2"]),
+        ];
+        let t = Tally::of(&runs);
+        assert_eq!(
+            (
+                t.runs,
+                t.acknowledged,
+                t.lost_async,
+                t.lost_unexplained,
+                t.runs_not_rejoined
+            ),
+            (3, 300, 7, 1, 1)
+        );
+        assert_eq!(
+            (t.write_gap_median_ms, t.write_gap_max_ms),
+            (Some(5_000), Some(6_000))
+        );
+        assert_eq!(t.gap_majority_up_median_ms, Some(2_500));
+        assert_eq!(t.rejoin_median_ms, Some(4_000));
+        assert!(!t.safe());
+        assert!(Tally::of(&runs[..2]).safe());
+        assert_eq!(Tally::of(&[]).write_gap_median_ms, None);
+    }
+}
