@@ -74,6 +74,9 @@ pub struct ChaosBench {
     /// One JSON line per run and a summary line instead of text.
     #[arg(long)]
     json: bool,
+    /// Leave the lab running at the end (its logs hold every run's story).
+    #[arg(long)]
+    keep: bool,
 }
 
 impl ChaosBench {
@@ -111,6 +114,8 @@ impl ChaosBench {
 struct ChaosRun {
     run: u64,
     seed: u64,
+    /// When it started (UTC, as the agents' logs say).
+    started: String,
     fault: FaultKind,
     plan: String,
     /// The node each hit was resolved to.
@@ -172,7 +177,15 @@ pub fn chaos(args: ChaosBench) -> anyhow::Result<ExitCode> {
     match stopped {
         Some(e) => Err(driver.kept_for_inspection(e)),
         None => {
-            driver.down()?;
+            if args.keep {
+                println!(
+                    "the lab is left in {} (pgfm lab down --dir {} removes it)",
+                    driver.dir.display(),
+                    driver.dir.display()
+                );
+            } else {
+                driver.down()?;
+            }
             Ok(if tally.safe() {
                 ExitCode::SUCCESS
             } else {
@@ -207,11 +220,14 @@ async fn soak(
     let mut first_id = 1;
     for run in args.first_run..args.first_run + args.runs {
         let plan = draw(seed, run, kinds);
+        // The wall clock, to find the run in the agents' logs.
+        let started = humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string();
         if !args.json {
-            println!("run {run}: {plan}");
+            println!("run {run} ({started}): {plan}");
         }
         match one_run(driver, args, seed, run, &plan, first_id).await {
-            Ok((result, stop)) => {
+            Ok((mut result, stop)) => {
+                result.started = started;
                 if !args.json {
                     print_run(&result, args.synchronous());
                 } else if let Ok(line) = serde_json::to_string(&result) {
@@ -283,6 +299,7 @@ async fn one_run(
     let result = ChaosRun {
         run,
         seed,
+        started: String::new(),
         fault: plan.kind,
         plan: plan.to_string(),
         nodes: injected.nodes.clone(),
@@ -614,7 +631,7 @@ impl Drop for SyncLog {
 }
 
 fn secs(ms: u64) -> String {
-    format!("{:.1} s", ms as f64 / 1000.0)
+    format!("{:.2} s", ms as f64 / 1000.0)
 }
 
 /// What the soak runs, on what, and what it measures.
