@@ -671,7 +671,7 @@ fn print_header(args: &ChaosBench, seed: u64, kinds: &[FaultKind]) {
     println!(
         "  measures: lost = acknowledged, missing from the final primary; write gap = longest time between two surviving acknowledged writes after the fault; \
          gap with a majority up = the same, counting only time when a majority of the voters and a data node were free of injected faults; \
-         lease window = {} ms (lease - safety margin) after a fault on the primary, from {} ms before it",
+         lease window = {} ms (lease - safety margin) after a fault on the primary, from {} ms before it (from its promotion when it was hit during one)",
         lease.lease_ms - lease.safety_margin_ms,
         measure::WINDOW_BEFORE.as_millis()
     );

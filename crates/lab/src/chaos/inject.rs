@@ -10,7 +10,7 @@ use anyhow::{bail, Context};
 use pgfm_api::{ClusterStatus, NodeKindStatus};
 
 use super::draw::{Back, Hit, How, Plan, Role, When};
-use super::measure::Broken;
+use super::measure::{Broken, PrimaryHit};
 use crate::drive::LabDriver;
 
 /// How long to wait for a promotion a plan waits for.
@@ -22,8 +22,8 @@ pub struct Injected {
     /// The node each hit was resolved to, in the plan's order.
     pub nodes: Vec<String>,
     pub broken: Vec<Broken>,
-    /// When a fault hit the node then serving (or being promoted) as primary.
-    pub primary_hits: Vec<Instant>,
+    /// Each fault that hit the node then serving (or being promoted) as primary.
+    pub primary_hits: Vec<PrimaryHit>,
     /// When the first fault was injected, and when the last repair was done.
     pub fault_at: Instant,
     pub repaired_at: Instant,
@@ -59,7 +59,7 @@ pub async fn carry_out(
     };
     let mut pending = Vec::new();
     for hit in plan.hits.iter().filter(|h| h.when == When::Start) {
-        pending.push(inject(driver, *hit, before, &mut done)?);
+        pending.push(inject(driver, *hit, before, None, &mut done)?);
     }
     let mut later: Vec<Hit> = plan
         .hits
@@ -73,6 +73,7 @@ pub async fn carry_out(
             || pending
                 .iter()
                 .any(|p: &Pending| p.hit.back == Back::AfterFailoverWalDamaged);
+        let asked = Instant::now();
         let status = match waits_for_status {
             true => driver.status_within(STATUS_TIMEOUT).await.ok(),
             false => None,
@@ -80,7 +81,7 @@ pub async fn carry_out(
         let promoted = status.as_ref().filter(|s| s.generation > before.generation);
         if let Some(status) = promoted {
             for hit in later.drain(..) {
-                pending.push(inject(driver, hit, status, &mut done)?);
+                pending.push(inject(driver, hit, status, Some(asked), &mut done)?);
             }
         } else if !later.is_empty() && Instant::now() > deadline {
             let status = driver.status_within(STATUS_TIMEOUT).await?;
@@ -89,7 +90,7 @@ pub async fn carry_out(
                     "no promotion within {PROMOTION_DEADLINE:?}: {} hit without one",
                     hit.role
                 ));
-                pending.push(inject(driver, hit, &status, &mut done)?);
+                pending.push(inject(driver, hit, &status, None, &mut done)?);
             }
         }
         let mut kept = Vec::new();
@@ -149,11 +150,13 @@ pub fn resolve(role: Role, status: &ClusterStatus, witness: &str) -> anyhow::Res
     name.with_context(|| format!("the cluster has no {role} to hit now"))
 }
 
-/// Inject one hit; its repair is pending.
+/// Inject one hit; its repair is pending. `promoted_by`: the promotion in `status` was
+/// committed no later than this (a hit that waited for it).
 fn inject(
     driver: &LabDriver,
     hit: Hit,
     status: &ClusterStatus,
+    promoted_by: Option<Instant>,
     done: &mut Injected,
 ) -> anyhow::Result<Pending> {
     let lab = driver.lab()?;
@@ -175,7 +178,10 @@ fn inject(
     }
     let at = Instant::now();
     if status.primary.as_deref() == Some(node.as_str()) {
-        done.primary_hits.push(at);
+        done.primary_hits.push(PrimaryHit {
+            at,
+            promoted_since: promoted_by,
+        });
     }
     // A crashed postmaster is restarted by its agent: nothing stays broken for the soak to
     // repair. A full disk leaves the agent voting.

@@ -15,7 +15,9 @@
 //!   it acknowledged and had not yet sent; an isolated primary keeps acknowledging until it
 //!   fences itself, at most `lease - safety_margin` after the fault. A lost write is
 //!   explained when it was acknowledged between `WINDOW_BEFORE` before a fault that hit the
-//!   primary and `lease - safety_margin` after it.
+//!   primary and `lease - safety_margin` after it — or, for a primary hit just after its own
+//!   promotion (the coordinator during a promotion), from its promotion on: no standby
+//!   streams from a new primary before it has made their replication slots.
 
 use std::time::{Duration, Instant};
 
@@ -167,6 +169,26 @@ pub fn split_losses(
     lost.iter().partition(|at| !degraded(at))
 }
 
+/// A fault that hit the node serving as primary.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PrimaryHit {
+    pub at: Instant,
+    /// Set when it hit a node whose promotion was committed no later than this, in this
+    /// run: it may have acknowledged writes before any standby streamed from it.
+    pub promoted_since: Option<Instant>,
+}
+
+impl PrimaryHit {
+    /// The window of writes this fault may cost: `[start, at + window]`.
+    fn start(&self) -> Instant {
+        let before = self.at.checked_sub(WINDOW_BEFORE).unwrap_or(self.at);
+        match self.promoted_since {
+            Some(since) => before.min(since.checked_sub(WINDOW_BEFORE).unwrap_or(since)),
+            None => before,
+        }
+    }
+}
+
 /// Asynchronous losses set against the lease window of the faults that hit the primary.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
 pub struct LeaseWindow {
@@ -180,26 +202,28 @@ pub struct LeaseWindow {
     pub latest_after_fault_ms: Option<i64>,
 }
 
-/// `lost` (acknowledgement times) against the windows `[hit - WINDOW_BEFORE, hit + window]`
-/// of each fault that hit the primary (`hits`); `acks`: every acknowledged write.
+/// `lost` (acknowledgement times) against the windows of each fault that hit the primary
+/// (`hits`: from `WINDOW_BEFORE` before it, or its promotion, to `window` after it); `acks`:
+/// every acknowledged write.
 pub fn lease_window(
     lost: &[Instant],
     acks: &[Instant],
-    hits: &[Instant],
+    hits: &[PrimaryHit],
     window: Duration,
 ) -> LeaseWindow {
     let inside = |at: &Instant| {
         hits.iter()
-            .any(|h| *at + WINDOW_BEFORE >= *h && *at <= *h + window)
+            .any(|h| *at >= h.start() && *at <= h.at + window)
     };
     let after_fault_ms = |at: &Instant| {
-        // The latest fault at or before it (or the first after it).
+        // The latest fault whose window starts at or before it.
         hits.iter()
-            .filter(|h| **h <= *at + WINDOW_BEFORE)
+            .filter(|h| h.start() <= *at)
+            .map(|h| h.at)
             .max()
             .map(|h| {
-                if *at >= *h {
-                    at.duration_since(*h).as_millis() as i64
+                if *at >= h {
+                    at.duration_since(h).as_millis() as i64
                 } else {
                     -(h.duration_since(*at).as_millis() as i64)
                 }
@@ -419,8 +443,12 @@ mod tests {
         let window = Duration::from_millis(2_500);
         let acks: Vec<Instant> = (0..60).map(|i| ms(i * 100)).collect();
         // The primary was hit at 1 s: its window is 0.8 s to 3.5 s (28 writes).
+        let hit = |at, promoted_since: Option<u64>| PrimaryHit {
+            at: ms(at),
+            promoted_since: promoted_since.map(ms),
+        };
         let lost = [ms(900), ms(3_400)];
-        let found = lease_window(&lost, &acks, &[ms(1_000)], window);
+        let found = lease_window(&lost, &acks, &[hit(1_000, None)], window);
         assert_eq!(
             found,
             LeaseWindow {
@@ -431,10 +459,16 @@ mod tests {
             }
         );
         // Outside the window, or with no fault on the primary: unexplained.
-        let found = lease_window(&[ms(3_600)], &acks, &[ms(1_000)], window);
+        let found = lease_window(&[ms(3_600)], &acks, &[hit(1_000, None)], window);
         assert_eq!((found.inside, found.outside), (0, 1));
         let found = lease_window(&lost, &acks, &[], window);
         assert_eq!((found.outside, found.acknowledged_inside), (2, 0));
+        // A primary hit 600 ms after its promotion was seen: what it acknowledged since
+        // counts (no standby may have streamed from it yet).
+        let found = lease_window(&[ms(1_500)], &acks, &[hit(2_100, Some(1_500))], window);
+        assert_eq!((found.inside, found.latest_after_fault_ms), (1, Some(-600)));
+        let found = lease_window(&[ms(1_500)], &acks, &[hit(2_100, None)], window);
+        assert_eq!(found.outside, 1);
     }
 
     #[test]
