@@ -178,7 +178,8 @@ pub fn chaos(args: ChaosBench) -> anyhow::Result<ExitCode> {
         Some(e) => Err(driver.kept_for_inspection(e)),
         None => {
             if args.keep {
-                println!(
+                // On standard error: with --json, standard output is JSON lines only.
+                eprintln!(
                     "the lab is left in {} (pgfm lab down --dir {} removes it)",
                     driver.dir.display(),
                     driver.dir.display()
