@@ -150,16 +150,16 @@ pub fn chaos(args: ChaosBench) -> anyhow::Result<ExitCode> {
     if !args.json {
         print_header(&args, seed, &kinds);
     }
-    let mut settings: Vec<String> = args
+    let settings: Vec<String> = args
         .synchronous
         .iter()
         .map(|mode| format!("replication.synchronous=\"{mode}\""))
         .collect();
-    settings.sort();
-    let more = match kinds.contains(&FaultKind::DiskFull) {
-        true => vec!["--data-disk".to_string(), args.data_disk.to_string()],
-        false => Vec::new(),
-    };
+    // The data disks only when a run may fill one.
+    let mut more = Vec::new();
+    if kinds.contains(&FaultKind::DiskFull) {
+        more = vec!["--data-disk".to_string(), args.data_disk.to_string()];
+    }
     let rt = crate::runtime()?;
     let exe = std::env::current_exe().context("finding the pgfm binary")?;
     let (driver, _) = LabDriver::up_with(&exe, &args.dir, args.data_nodes, &settings, true, &more)?;
@@ -187,7 +187,7 @@ pub fn chaos(args: ChaosBench) -> anyhow::Result<ExitCode> {
             } else {
                 driver.down()?;
             }
-            Ok(if tally.safe() {
+            Ok(if tally.safe(args.synchronous()) {
                 ExitCode::SUCCESS
             } else {
                 ExitCode::from(1)
@@ -271,8 +271,13 @@ async fn one_run(
     let old = before.primary.clone().context("no primary")?;
     let load = Load::start(driver, first_id)?;
     warm_up(&load.writer).await?;
-    let injected = inject::carry_out(driver, plan, &before).await?;
+    let mut injected = inject::carry_out(driver, plan, &before).await?;
     let recovery = recover(driver, &injected, within).await?;
+    if let Err(e) = inject::resolve_promotions(driver, &mut injected).await {
+        injected.notes.push(format!(
+            "could not tell whether a node hit during a promotion was the one promoted: {e:#}"
+        ));
+    }
     // Writes go on a second past the recovery, so that the last gap is measured whole.
     tokio::time::sleep(Duration::from_secs(1)).await;
     let end = Instant::now();
@@ -526,28 +531,29 @@ fn not_rejoined(status: &ClusterStatus, nodes: &[crate::LabNode]) -> Vec<String>
 }
 
 /// The load of one run: the neutral writer through the virtual IP, one split-brain watch
-/// per data node (so that a dead or frozen node never slows the others' sampling), and a
-/// log of whether the primary waited for a synchronous standby.
+/// per data node (so that a dead or frozen node never slows the others' sampling), and one
+/// watch per data node of whether, while writable, it makes commits wait for a standby.
 struct Load {
     writer: Writer,
     watches: Vec<WriteWatch>,
-    sync_log: SyncLog,
+    sync_watches: Vec<SyncWatch>,
 }
 
 /// What the load saw.
 struct Loaded {
     acks: Vec<(i64, Instant)>,
     writable: Vec<Writable>,
+    /// When a writable node was asked, and whether its commits waited for a standby.
     sync_samples: Vec<(Instant, bool)>,
 }
 
 impl Load {
     fn start(driver: &LabDriver, first_id: i64) -> anyhow::Result<Load> {
-        let lab = driver.lab()?;
-        let config = lab.writer_config("pgfm-bench-chaos")?;
-        let mut watches = Vec::new();
+        let config = driver.lab()?.writer_config("pgfm-bench-chaos")?;
+        let (mut watches, mut sync_watches) = (Vec::new(), Vec::new());
         for (name, _) in driver.data_nodes()? {
             let target = driver.target(&name)?;
+            sync_watches.push(SyncWatch::start(target.clone()));
             watches.push(WriteWatch::start(
                 vec![(name, target)],
                 Duration::from_millis(10),
@@ -556,7 +562,7 @@ impl Load {
         Ok(Load {
             writer: Writer::start(config, first_id),
             watches,
-            sync_log: SyncLog::start(lab),
+            sync_watches,
         })
     }
 
@@ -568,48 +574,62 @@ impl Load {
             .flat_map(WriteWatch::finish)
             .collect();
         writable.sort_by_key(|w| w.from);
+        let mut sync_samples: Vec<(Instant, bool)> = self
+            .sync_watches
+            .into_iter()
+            .flat_map(SyncWatch::finish)
+            .collect();
+        sync_samples.sort_by_key(|(at, _)| *at);
         Loaded {
             acks,
             writable,
-            sync_samples: self.sync_log.finish(),
+            sync_samples,
         }
     }
 }
 
-/// Samples, every 100 ms on a thread of its own, whether the primary waits for a
-/// synchronous standby (the status's `synchronous.waiting_for`).
-struct SyncLog {
+/// Samples one data node every 20 ms, on a thread of its own: while it is writable, whether
+/// its commits wait for a synchronous standby (`synchronous_standby_names` is set). The
+/// server's own setting, not the cluster's status: that is what decides whether an
+/// acknowledged commit has a copy.
+struct SyncWatch {
     stop: Arc<AtomicBool>,
     samples: Arc<Mutex<Vec<(Instant, bool)>>>,
     handle: Option<JoinHandle<()>>,
 }
 
-impl SyncLog {
-    fn start(lab: crate::LabFile) -> SyncLog {
+impl SyncWatch {
+    fn start(target: pgfm_postgres::probe::Target) -> SyncWatch {
         let stop = Arc::new(AtomicBool::new(false));
         let samples: Arc<Mutex<Vec<(Instant, bool)>>> = Default::default();
         let (flag, into) = (stop.clone(), samples.clone());
         let handle = std::thread::spawn(move || {
             let Ok(rt) = crate::runtime() else { return };
             rt.block_on(async move {
+                let mut client: Option<tokio_postgres::Client> = None;
+                let sql = "SELECT NOT pg_is_in_recovery(), \
+                           current_setting('synchronous_standby_names') <> ''";
                 while !flag.load(Ordering::SeqCst) {
-                    let asked = Instant::now();
-                    let status =
-                        crate::commands::any_status_within(&lab, Duration::from_secs(1)).await;
-                    if let Ok(status) = status {
-                        let waits = status
-                            .synchronous
-                            .as_ref()
-                            .is_some_and(|s| s.waiting_count > 0 && !s.waiting_for.is_empty());
-                        if let Ok(mut samples) = into.lock() {
-                            samples.push((asked, waits));
+                    if client.as_ref().is_none_or(|c| c.is_closed()) {
+                        client = pgfm_postgres::probe::connect(&target).await.ok();
+                    }
+                    if let Some(c) = client.as_ref() {
+                        let asked = Instant::now();
+                        match tokio::time::timeout(target.timeout, c.query_one(sql, &[])).await {
+                            Ok(Ok(row)) if row.get::<_, bool>(0) => {
+                                if let Ok(mut samples) = into.lock() {
+                                    samples.push((asked, row.get::<_, bool>(1)));
+                                }
+                            }
+                            Ok(Ok(_)) => {}
+                            _ => client = None,
                         }
                     }
-                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    tokio::time::sleep(Duration::from_millis(20)).await;
                 }
             });
         });
-        SyncLog {
+        SyncWatch {
             stop,
             samples,
             handle: Some(handle),
@@ -625,7 +645,7 @@ impl SyncLog {
     }
 }
 
-impl Drop for SyncLog {
+impl Drop for SyncWatch {
     fn drop(&mut self) {
         self.stop.store(true, Ordering::SeqCst);
     }
@@ -786,7 +806,7 @@ fn print_verdict(runs: &[ChaosRun], tally: &Tally, args: &ChaosBench, seed: u64)
     );
     if args.synchronous() {
         println!(
-            "acknowledged writes lost: {} synchronous, {} acknowledged while the primary waited for no standby (degraded)",
+            "acknowledged writes lost: {} synchronous, {} acknowledged while the writable server named no synchronous standby (degraded, or newly promoted)",
             tally.lost_sync, tally.lost_async
         );
     } else {
@@ -805,7 +825,7 @@ fn print_verdict(runs: &[ChaosRun], tally: &Tally, args: &ChaosBench, seed: u64)
             .map(|r| r.numbers.lease_window.acknowledged_inside)
             .sum();
         println!(
-            "  {} of them inside the lease window of a fault on the primary (acknowledged at most {} ms after it; lease - safety margin = {} ms; {inside} writes were acknowledged inside those windows), {} outside",
+            "  {} of them inside the lease window of a fault on the primary (from its promotion when it was hit during one; acknowledged at most {} ms after the fault; lease - safety margin = {} ms; {inside} writes were acknowledged inside those windows), {} outside",
             tally.lost_async - tally.lost_unexplained,
             latest.unwrap_or(0),
             lease.lease_ms - lease.safety_margin_ms,

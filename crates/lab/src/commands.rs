@@ -970,7 +970,11 @@ pub fn enter_client_network(lab: &LabFile) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn client(lab: &LabFile, node: &LabNode, timeout: Duration) -> anyhow::Result<ApiClient> {
+pub(crate) fn client(
+    lab: &LabFile,
+    node: &LabNode,
+    timeout: Duration,
+) -> anyhow::Result<ApiClient> {
     let token = std::fs::read_to_string(&lab.token_file)
         .with_context(|| format!("reading {}", lab.token_file.display()))?;
     Ok(ApiClient::new(

@@ -22,8 +22,11 @@ pub struct Injected {
     /// The node each hit was resolved to, in the plan's order.
     pub nodes: Vec<String>,
     pub broken: Vec<Broken>,
-    /// Each fault that hit the node then serving (or being promoted) as primary.
+    /// Each fault that hit the node then serving as primary.
     pub primary_hits: Vec<PrimaryHit>,
+    /// Faults that hit a node once a promotion to `generation` was committed, before the
+    /// status could tell whether that node was the one promoted (the history says, later).
+    pub in_promotion: Vec<(String, u64, PrimaryHit)>,
     /// When the first fault was injected, and when the last repair was done.
     pub fault_at: Instant,
     pub repaired_at: Instant,
@@ -53,6 +56,7 @@ pub async fn carry_out(
         nodes: Vec::new(),
         broken: Vec::new(),
         primary_hits: Vec::new(),
+        in_promotion: Vec::new(),
         fault_at,
         repaired_at: fault_at,
         notes: Vec::new(),
@@ -68,22 +72,28 @@ pub async fn carry_out(
         .copied()
         .collect();
     let deadline = fault_at + PROMOTION_DEADLINE;
+    // The last moment the status showed no promotion yet: a node hit once it is promoted
+    // became primary after this.
+    let mut unpromoted_at = fault_at;
     while !pending.is_empty() || !later.is_empty() {
         let waits_for_status = !later.is_empty()
             || pending
                 .iter()
                 .any(|p: &Pending| p.hit.back == Back::AfterFailoverWalDamaged);
         let asked = Instant::now();
-        let status = match waits_for_status {
-            true => driver.status_within(STATUS_TIMEOUT).await.ok(),
-            false => None,
-        };
+        let mut status = None;
+        if waits_for_status {
+            status = driver.status_within(STATUS_TIMEOUT).await.ok();
+        }
         let promoted = status.as_ref().filter(|s| s.generation > before.generation);
         if let Some(status) = promoted {
             for hit in later.drain(..) {
-                pending.push(inject(driver, hit, status, Some(asked), &mut done)?);
+                pending.push(inject(driver, hit, status, Some(unpromoted_at), &mut done)?);
             }
-        } else if !later.is_empty() && Instant::now() > deadline {
+        } else if status.is_some() {
+            unpromoted_at = asked;
+        }
+        if !later.is_empty() && Instant::now() > deadline {
             let status = driver.status_within(STATUS_TIMEOUT).await?;
             for hit in later.drain(..) {
                 done.notes.push(format!(
@@ -150,13 +160,13 @@ pub fn resolve(role: Role, status: &ClusterStatus, witness: &str) -> anyhow::Res
     name.with_context(|| format!("the cluster has no {role} to hit now"))
 }
 
-/// Inject one hit; its repair is pending. `promoted_by`: the promotion in `status` was
-/// committed no later than this (a hit that waited for it).
+/// Inject one hit; its repair is pending. `promoted_after`: the promotion in `status` was
+/// committed after this (a hit that waited for it).
 fn inject(
     driver: &LabDriver,
     hit: Hit,
     status: &ClusterStatus,
-    promoted_by: Option<Instant>,
+    promoted_after: Option<Instant>,
     done: &mut Injected,
 ) -> anyhow::Result<Pending> {
     let lab = driver.lab()?;
@@ -177,11 +187,17 @@ fn inject(
         How::DiskFull => driver.fill_disk(&node)?,
     }
     let at = Instant::now();
+    let primary_hit = PrimaryHit {
+        at,
+        promoted_since: promoted_after,
+    };
     if status.primary.as_deref() == Some(node.as_str()) {
-        done.primary_hits.push(PrimaryHit {
-            at,
-            promoted_since: promoted_by,
-        });
+        done.primary_hits.push(primary_hit);
+    } else if promoted_after.is_some() {
+        // The status names a primary only once its database serves as one: the node
+        // promoted may not show yet.
+        done.in_promotion
+            .push((node.clone(), status.generation, primary_hit));
     }
     // A crashed postmaster is restarted by its agent: nothing stays broken for the soak to
     // repair. A full disk leaves the agent voting.
@@ -229,6 +245,24 @@ fn repair(driver: &LabDriver, p: &Pending, done: &mut Injected) -> anyhow::Resul
                 "{}'s watchdog reset its frozen host; it was started again",
                 p.node
             ));
+        }
+    }
+    Ok(())
+}
+
+/// Add to `done.primary_hits` the faults that hit a node while it was being promoted, as
+/// the cluster's history tells (called once the cluster has recovered).
+pub async fn resolve_promotions(driver: &LabDriver, done: &mut Injected) -> anyhow::Result<()> {
+    if done.in_promotion.is_empty() {
+        return Ok(());
+    }
+    let history = driver.history().await?;
+    for (node, generation, hit) in done.in_promotion.drain(..) {
+        let promoted = history
+            .iter()
+            .any(|h| h.generation == generation && h.to == node && !h.cancelled);
+        if promoted {
+            done.primary_hits.push(hit);
         }
     }
     Ok(())

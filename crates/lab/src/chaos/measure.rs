@@ -8,9 +8,10 @@
 //!   make a primary then. The lease wait, the election, the promotion and the writer's
 //!   reconnection are counted: they are what pgfm costs.
 //! - **Lost, synchronous / asynchronous**: an acknowledged write missing from the final
-//!   primary. In a synchronous soak a write counts as asynchronous only when the status
-//!   just before and just after its acknowledgement both showed the primary waiting for no
-//!   standby (degraded); otherwise it counts as synchronous.
+//!   primary. In a synchronous soak a write counts as asynchronous only when the writable
+//!   server, asked just before and just after its acknowledgement, had no
+//!   `synchronous_standby_names` (degraded, or a new primary not yet given its synchronous
+//!   standby); otherwise it counts as synchronous.
 //! - **Lease window**: with asynchronous replication a primary cut off or killed loses what
 //!   it acknowledged and had not yet sent; an isolated primary keeps acknowledging until it
 //!   fences itself, at most `lease - safety_margin` after the fault. A lost write is
@@ -147,8 +148,8 @@ fn longest_piece(span: (Instant, Instant), down: &[(Instant, Instant)]) -> Durat
 
 /// Lost writes (their acknowledgement times) split into (synchronous, asynchronous):
 /// everything is asynchronous in an asynchronous soak; in a synchronous one a write is
-/// asynchronous only when the status samples (`(when, primary waited for a standby)`) on
-/// both sides of it say that the primary waited for none.
+/// asynchronous only when the samples of the writable server (`(when, its commits waited
+/// for a standby)`) on both sides of it say that it waited for none.
 pub fn split_losses(
     lost: &[Instant],
     samples: &[(Instant, bool)],
@@ -173,8 +174,8 @@ pub fn split_losses(
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct PrimaryHit {
     pub at: Instant,
-    /// Set when it hit a node whose promotion was committed no later than this, in this
-    /// run: it may have acknowledged writes before any standby streamed from it.
+    /// Set when it hit a node whose promotion, in this run, was committed after this: it
+    /// may have acknowledged writes before any standby streamed from it.
     pub promoted_since: Option<Instant>,
 }
 
@@ -298,13 +299,15 @@ impl Tally {
         t
     }
 
-    /// Whether these runs met the bar: never two writers, every node rejoined, nothing
-    /// acknowledged lost synchronously, and every asynchronous loss inside a lease window.
-    pub fn safe(&self) -> bool {
-        self.two_writer_moments == 0
-            && self.runs_not_rejoined == 0
-            && self.lost_sync == 0
-            && self.lost_unexplained == 0
+    /// Whether these runs met the bar: never two writers, every node rejoined, and —
+    /// with synchronous replication — nothing acknowledged lost at all, or — without —
+    /// every loss inside a lease window.
+    pub fn safe(&self, synchronous: bool) -> bool {
+        let losses_allowed = match synchronous {
+            true => self.lost_sync + self.lost_async == 0,
+            false => self.lost_sync == 0 && self.lost_unexplained == 0,
+        };
+        self.two_writer_moments == 0 && self.runs_not_rejoined == 0 && losses_allowed
     }
 }
 
@@ -508,8 +511,11 @@ mod tests {
         );
         assert_eq!(t.gap_majority_up_median_ms, Some(2_500));
         assert_eq!(t.rejoin_median_ms, Some(4_000));
-        assert!(!t.safe());
-        assert!(Tally::of(&runs[..2]).safe());
+        assert!(!t.safe(false));
+        // Explained asynchronous losses pass without synchronous replication only.
+        assert!(Tally::of(&runs[..2]).safe(false));
+        assert!(!Tally::of(&runs[..2]).safe(true));
+        assert!(Tally::of(&runs[1..2]).safe(true));
         assert_eq!(Tally::of(&[]).write_gap_median_ms, None);
     }
 }
