@@ -32,7 +32,9 @@ use crate::writers::{overlaps, Writable, WriteWatch, Writer};
 pub use draw::FaultKind;
 use draw::{draw, Plan};
 use inject::Injected;
-use measure::{lease_window, longest_gap_while_up, split_losses, unavailable, Numbers, Tally};
+use measure::{
+    lease_window, longest_gap_while_up, split_losses, stretches, unavailable, Numbers, Tally,
+};
 
 #[derive(Debug, Args)]
 pub struct ChaosBench {
@@ -271,13 +273,8 @@ async fn one_run(
     let old = before.primary.clone().context("no primary")?;
     let load = Load::start(driver, first_id)?;
     warm_up(&load.writer).await?;
-    let mut injected = inject::carry_out(driver, plan, &before).await?;
+    let injected = inject::carry_out(driver, plan, &before).await?;
     let recovery = recover(driver, &injected, within).await?;
-    if let Err(e) = inject::resolve_promotions(driver, &mut injected).await {
-        injected.notes.push(format!(
-            "could not tell whether a node hit during a promotion was the one promoted: {e:#}"
-        ));
-    }
     // Writes go on a second past the recovery, so that the last gap is measured whole.
     tokio::time::sleep(Duration::from_secs(1)).await;
     let end = Instant::now();
@@ -353,7 +350,7 @@ async fn measure(
         acknowledged: ids.len(),
         lost_sync: lost_sync.len(),
         lost_async: lost_async.len(),
-        lease_window: lease_window(&lost_async, &all, &injected.primary_hits, window),
+        lease_window: lease_window(&lost_async, &all, &stretches(&loaded.writable), window),
         two_writer_moments: overlaps(&loaded.writable).len(),
         write_gap_ms: ms(longest_gap_while_up(
             &surviving,
@@ -692,7 +689,7 @@ fn print_header(args: &ChaosBench, seed: u64, kinds: &[FaultKind]) {
     println!(
         "  measures: lost = acknowledged, missing from the final primary; write gap = longest time between two surviving acknowledged writes after the fault; \
          gap with a majority up = the same, counting only time when a majority of the voters and a data node were free of injected faults; \
-         lease window = {} ms (lease - safety margin) after a fault on the primary, from {} ms before it (from its promotion when it was hit during one)",
+         lease window = the last {} ms (lease - safety margin, + {} ms of replication lag) before the server that acknowledged a lost write stopped taking writes (killed, or fenced), as the split-brain watch saw it",
         lease.lease_ms - lease.safety_margin_ms,
         measure::WINDOW_BEFORE.as_millis()
     );
@@ -711,14 +708,14 @@ fn print_run(r: &ChaosRun, synchronous: bool) {
     };
     let window = if n.lost_async > 0 {
         format!(
-            " ({} inside the lease window, {} outside; {} acknowledged in it; the latest {})",
+            " ({} inside the lease window, {} outside; {} acknowledged in it; the earliest {} before its server stopped taking writes)",
             n.lease_window.inside,
             n.lease_window.outside,
             n.lease_window.acknowledged_inside,
             n.lease_window
-                .latest_after_fault_ms
-                .map(|ms| format!("{ms} ms after the fault"))
-                .unwrap_or_else(|| "with no fault on the primary".into())
+                .longest_before_stop_ms
+                .map(secs)
+                .unwrap_or_else(|| "-".into())
         )
     } else {
         String::new()
@@ -816,18 +813,18 @@ fn print_verdict(runs: &[ChaosRun], tally: &Tally, args: &ChaosBench, seed: u64)
         );
     }
     if tally.lost_async > 0 {
-        let latest = runs
+        let longest = runs
             .iter()
-            .filter_map(|r| r.numbers.lease_window.latest_after_fault_ms)
+            .filter_map(|r| r.numbers.lease_window.longest_before_stop_ms)
             .max();
         let inside: usize = runs
             .iter()
             .map(|r| r.numbers.lease_window.acknowledged_inside)
             .sum();
         println!(
-            "  {} of them inside the lease window of a fault on the primary (from its promotion when it was hit during one; acknowledged at most {} ms after the fault; lease - safety margin = {} ms; {inside} writes were acknowledged inside those windows), {} outside",
+            "  {} of them inside the lease window of the server that acknowledged them (acknowledged at most {} ms before it stopped taking writes; lease - safety margin = {} ms; {inside} writes were acknowledged inside those windows), {} outside",
             tally.lost_async - tally.lost_unexplained,
-            latest.unwrap_or(0),
+            longest.unwrap_or(0),
             lease.lease_ms - lease.safety_margin_ms,
             tally.lost_unexplained
         );

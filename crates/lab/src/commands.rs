@@ -970,11 +970,7 @@ pub fn enter_client_network(lab: &LabFile) -> anyhow::Result<()> {
     Ok(())
 }
 
-pub(crate) fn client(
-    lab: &LabFile,
-    node: &LabNode,
-    timeout: Duration,
-) -> anyhow::Result<ApiClient> {
+fn client(lab: &LabFile, node: &LabNode, timeout: Duration) -> anyhow::Result<ApiClient> {
     let token = std::fs::read_to_string(&lab.token_file)
         .with_context(|| format!("reading {}", lab.token_file.display()))?;
     Ok(ApiClient::new(

@@ -175,23 +175,6 @@ impl LabDriver {
         lab::any_status(&self.lab()?).await
     }
 
-    /// The cluster's history (promotions), from the first agent that answers.
-    pub async fn history(&self) -> anyhow::Result<Vec<pgfm_api::HistoryEntry>> {
-        let lab = self.lab()?;
-        let mut last = None;
-        for node in &lab.nodes {
-            let client = lab::client(&lab, node, Duration::from_secs(3))?;
-            match client.history().await {
-                Ok(history) => return Ok(history),
-                Err(e) => last = Some(e),
-            }
-        }
-        match last {
-            Some(e) => Err(e).context("no agent answered for the history"),
-            None => bail!("the lab has no nodes"),
-        }
-    }
-
     /// `status`, waiting at most `timeout` for each agent.
     pub async fn status_within(&self, timeout: Duration) -> anyhow::Result<ClusterStatus> {
         lab::any_status_within(&self.lab()?, timeout).await

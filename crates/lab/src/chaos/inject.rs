@@ -1,7 +1,6 @@
 //! Carrying out a run's plan against the lab: each hit's role resolved to a node from the
 //! cluster's status at that moment, the fault injected through `pgfm lab`, and repaired
-//! when the plan says. Everything broken is recorded with when (`Broken`), and so is every
-//! fault that hit the node serving as primary.
+//! when the plan says. Everything broken is recorded with when (`Broken`).
 
 use std::time::{Duration, Instant};
 
@@ -10,7 +9,7 @@ use anyhow::{bail, Context};
 use pgfm_api::{ClusterStatus, NodeKindStatus};
 
 use super::draw::{Back, Hit, How, Plan, Role, When};
-use super::measure::{Broken, PrimaryHit};
+use super::measure::Broken;
 use crate::drive::LabDriver;
 
 /// How long to wait for a promotion a plan waits for.
@@ -22,11 +21,6 @@ pub struct Injected {
     /// The node each hit was resolved to, in the plan's order.
     pub nodes: Vec<String>,
     pub broken: Vec<Broken>,
-    /// Each fault that hit the node then serving as primary.
-    pub primary_hits: Vec<PrimaryHit>,
-    /// Faults that hit a node once a promotion to `generation` was committed, before the
-    /// status could tell whether that node was the one promoted (the history says, later).
-    pub in_promotion: Vec<(String, u64, PrimaryHit)>,
     /// When the first fault was injected, and when the last repair was done.
     pub fault_at: Instant,
     pub repaired_at: Instant,
@@ -55,15 +49,13 @@ pub async fn carry_out(
     let mut done = Injected {
         nodes: Vec::new(),
         broken: Vec::new(),
-        primary_hits: Vec::new(),
-        in_promotion: Vec::new(),
         fault_at,
         repaired_at: fault_at,
         notes: Vec::new(),
     };
     let mut pending = Vec::new();
     for hit in plan.hits.iter().filter(|h| h.when == When::Start) {
-        pending.push(inject(driver, *hit, before, None, &mut done)?);
+        pending.push(inject(driver, *hit, before, &mut done)?);
     }
     let mut later: Vec<Hit> = plan
         .hits
@@ -72,15 +64,11 @@ pub async fn carry_out(
         .copied()
         .collect();
     let deadline = fault_at + PROMOTION_DEADLINE;
-    // The last moment the status showed no promotion yet: a node hit once it is promoted
-    // became primary after this.
-    let mut unpromoted_at = fault_at;
     while !pending.is_empty() || !later.is_empty() {
         let waits_for_status = !later.is_empty()
             || pending
                 .iter()
                 .any(|p: &Pending| p.hit.back == Back::AfterFailoverWalDamaged);
-        let asked = Instant::now();
         let mut status = None;
         if waits_for_status {
             status = driver.status_within(STATUS_TIMEOUT).await.ok();
@@ -88,10 +76,8 @@ pub async fn carry_out(
         let promoted = status.as_ref().filter(|s| s.generation > before.generation);
         if let Some(status) = promoted {
             for hit in later.drain(..) {
-                pending.push(inject(driver, hit, status, Some(unpromoted_at), &mut done)?);
+                pending.push(inject(driver, hit, status, &mut done)?);
             }
-        } else if status.is_some() {
-            unpromoted_at = asked;
         }
         if !later.is_empty() && Instant::now() > deadline {
             let status = driver.status_within(STATUS_TIMEOUT).await?;
@@ -100,7 +86,7 @@ pub async fn carry_out(
                     "no promotion within {PROMOTION_DEADLINE:?}: {} hit without one",
                     hit.role
                 ));
-                pending.push(inject(driver, hit, &status, None, &mut done)?);
+                pending.push(inject(driver, hit, &status, &mut done)?);
             }
         }
         let mut kept = Vec::new();
@@ -160,13 +146,11 @@ pub fn resolve(role: Role, status: &ClusterStatus, witness: &str) -> anyhow::Res
     name.with_context(|| format!("the cluster has no {role} to hit now"))
 }
 
-/// Inject one hit; its repair is pending. `promoted_after`: the promotion in `status` was
-/// committed after this (a hit that waited for it).
+/// Inject one hit; its repair is pending.
 fn inject(
     driver: &LabDriver,
     hit: Hit,
     status: &ClusterStatus,
-    promoted_after: Option<Instant>,
     done: &mut Injected,
 ) -> anyhow::Result<Pending> {
     let lab = driver.lab()?;
@@ -187,18 +171,6 @@ fn inject(
         How::DiskFull => driver.fill_disk(&node)?,
     }
     let at = Instant::now();
-    let primary_hit = PrimaryHit {
-        at,
-        promoted_since: promoted_after,
-    };
-    if status.primary.as_deref() == Some(node.as_str()) {
-        done.primary_hits.push(primary_hit);
-    } else if promoted_after.is_some() {
-        // The status names a primary only once its database serves as one: the node
-        // promoted may not show yet.
-        done.in_promotion
-            .push((node.clone(), status.generation, primary_hit));
-    }
     // A crashed postmaster is restarted by its agent: nothing stays broken for the soak to
     // repair. A full disk leaves the agent voting.
     let (voter, candidate) = match hit.how {
@@ -245,24 +217,6 @@ fn repair(driver: &LabDriver, p: &Pending, done: &mut Injected) -> anyhow::Resul
                 "{}'s watchdog reset its frozen host; it was started again",
                 p.node
             ));
-        }
-    }
-    Ok(())
-}
-
-/// Add to `done.primary_hits` the faults that hit a node while it was being promoted, as
-/// the cluster's history tells (called once the cluster has recovered).
-pub async fn resolve_promotions(driver: &LabDriver, done: &mut Injected) -> anyhow::Result<()> {
-    if done.in_promotion.is_empty() {
-        return Ok(());
-    }
-    let history = driver.history().await?;
-    for (node, generation, hit) in done.in_promotion.drain(..) {
-        let promoted = history
-            .iter()
-            .any(|h| h.generation == generation && h.to == node && !h.cancelled);
-        if promoted {
-            done.primary_hits.push(hit);
         }
     }
     Ok(())

@@ -12,23 +12,31 @@
 //!   server, asked just before and just after its acknowledgement, had no
 //!   `synchronous_standby_names` (degraded, or a new primary not yet given its synchronous
 //!   standby); otherwise it counts as synchronous.
-//! - **Lease window**: with asynchronous replication a primary cut off or killed loses what
-//!   it acknowledged and had not yet sent; an isolated primary keeps acknowledging until it
-//!   fences itself, at most `lease - safety_margin` after the fault. A lost write is
-//!   explained when it was acknowledged between `WINDOW_BEFORE` before a fault that hit the
-//!   primary and `lease - safety_margin` after it — or, for a primary hit just after its own
-//!   promotion (the coordinator during a promotion), from its promotion on: no standby
-//!   streams from a new primary before it has made their replication slots.
+//! - **Lease window**: with asynchronous replication a primary loses what it acknowledged
+//!   and had not yet sent when it stops: killed, or fenced because it could no longer renew
+//!   its lease — at most `lease - safety_margin` after its last renewal. A lost write is
+//!   explained when it was acknowledged within `lease - safety_margin` (and `WINDOW_BEFORE`
+//!   for replication's own lag) before the server that acknowledged it stopped taking writes,
+//!   as the split-brain watch saw it (the end of its stretch of writable samples).
 
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
 use crate::bench::median;
+use crate::writers::Writable;
 
-/// How long before a fault on the primary a write may have been acknowledged and not yet
-/// sent to any standby (asynchronous replication's lag here is a few milliseconds).
+/// How much longer than `lease - safety_margin` before it stopped a server may have
+/// acknowledged a write it never sent (asynchronous replication's lag here is a few ms).
 pub const WINDOW_BEFORE: Duration = Duration::from_millis(200);
+
+/// Samples of one server writable less than this apart belong to one stretch (the watch
+/// asks every 10 ms; a query may wait up to its 1 s timeout).
+const JOIN: Duration = Duration::from_millis(1_500);
+
+/// How far outside its stretch's first and last sample a write may still be its server's
+/// (the watch's own pace and query time).
+const SLACK: Duration = Duration::from_millis(100);
 
 /// A node broken by the soak from `from` until `to` (None: until the end of the run).
 #[derive(Debug, Clone)]
@@ -170,73 +178,87 @@ pub fn split_losses(
     lost.iter().partition(|at| !degraded(at))
 }
 
-/// A fault that hit the node serving as primary.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct PrimaryHit {
-    pub at: Instant,
-    /// Set when it hit a node whose promotion, in this run, was committed after this: it
-    /// may have acknowledged writes before any standby streamed from it.
-    pub promoted_since: Option<Instant>,
+/// One server's stretch of writable samples: from its first to its last.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Stretch {
+    pub node: String,
+    pub from: Instant,
+    pub to: Instant,
 }
 
-impl PrimaryHit {
-    /// The window of writes this fault may cost: `[start, at + window]`.
-    fn start(&self) -> Instant {
-        let before = self.at.checked_sub(WINDOW_BEFORE).unwrap_or(self.at);
-        match self.promoted_since {
-            Some(since) => before.min(since.checked_sub(WINDOW_BEFORE).unwrap_or(since)),
-            None => before,
+/// The split-brain watch's samples (any order) as each server's stretches of writability.
+pub fn stretches(samples: &[Writable]) -> Vec<Stretch> {
+    let mut sorted: Vec<&Writable> = samples.iter().collect();
+    sorted.sort_by_key(|w| (w.node.clone(), w.from));
+    let mut found: Vec<Stretch> = Vec::new();
+    for w in sorted {
+        match found.last_mut() {
+            Some(s) if s.node == w.node && w.from <= s.to + JOIN => s.to = s.to.max(w.to),
+            _ => found.push(Stretch {
+                node: w.node.clone(),
+                from: w.from,
+                to: w.to,
+            }),
         }
     }
+    found
 }
 
-/// Asynchronous losses set against the lease window of the faults that hit the primary.
+/// Asynchronous losses set against the lease window of the server that acknowledged them.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
 pub struct LeaseWindow {
-    /// Lost writes acknowledged inside a window.
+    /// Lost writes acknowledged inside the window.
     pub inside: usize,
-    /// Lost writes acknowledged outside every window (unexplained).
+    /// Lost writes acknowledged outside it, or when no server was seen writable.
     pub outside: usize,
-    /// Every write acknowledged inside the windows: what the primary could have lost.
+    /// Every write acknowledged inside the windows that lost writes: what could be lost.
     pub acknowledged_inside: usize,
-    /// How long after its fault the latest lost write was acknowledged.
-    pub latest_after_fault_ms: Option<i64>,
+    /// The earliest a lost write was acknowledged before its server stopped taking writes.
+    pub longest_before_stop_ms: Option<u64>,
 }
 
-/// `lost` (acknowledgement times) against the windows of each fault that hit the primary
-/// (`hits`: from `WINDOW_BEFORE` before it, or its promotion, to `window` after it); `acks`:
-/// every acknowledged write.
+/// `lost` (acknowledgement times) against `[to - window - WINDOW_BEFORE, to]` of the
+/// writable stretch each was acknowledged in; `acks`: every acknowledged write.
 pub fn lease_window(
     lost: &[Instant],
     acks: &[Instant],
-    hits: &[PrimaryHit],
+    stretches: &[Stretch],
     window: Duration,
 ) -> LeaseWindow {
-    let inside = |at: &Instant| {
-        hits.iter()
-            .any(|h| *at >= h.start() && *at <= h.at + window)
+    let covering = |at: &Instant| {
+        stretches
+            .iter()
+            .find(|s| *at + SLACK >= s.from && *at <= s.to + SLACK)
     };
-    let after_fault_ms = |at: &Instant| {
-        // The latest fault whose window starts at or before it.
-        hits.iter()
-            .filter(|h| h.start() <= *at)
-            .map(|h| h.at)
-            .max()
-            .map(|h| {
-                if *at >= h {
-                    at.duration_since(h).as_millis() as i64
-                } else {
-                    -(h.duration_since(*at).as_millis() as i64)
+    let opens = |s: &Stretch| {
+        s.to.checked_sub(window + WINDOW_BEFORE)
+            .unwrap_or(s.from)
+            .max(s.from.checked_sub(SLACK).unwrap_or(s.from))
+    };
+    let mut found = LeaseWindow::default();
+    let mut losing: Vec<&Stretch> = Vec::new();
+    for at in lost {
+        match covering(at) {
+            Some(s) if *at >= opens(s) => {
+                found.inside += 1;
+                let before = s.to.saturating_duration_since(*at).as_millis() as u64;
+                found.longest_before_stop_ms = found.longest_before_stop_ms.max(Some(before));
+                if !losing.contains(&s) {
+                    losing.push(s);
                 }
-            })
-    };
-    let explained = lost.iter().filter(|at| inside(at)).count();
-    LeaseWindow {
-        inside: explained,
-        outside: lost.len() - explained,
-        acknowledged_inside: acks.iter().filter(|at| inside(at)).count(),
-        latest_after_fault_ms: lost.iter().filter_map(after_fault_ms).max(),
+            }
+            _ => found.outside += 1,
+        }
     }
+    found.acknowledged_inside = acks
+        .iter()
+        .filter(|at| {
+            losing
+                .iter()
+                .any(|s| **at >= opens(s) && **at <= s.to + SLACK)
+        })
+        .count();
+    found
 }
 
 /// What one run measured.
@@ -441,37 +463,65 @@ mod tests {
         assert_eq!(counts(split_losses(&lost, &[], true)), (4, 0));
     }
 
+    fn writable(node: &str, from: u64, to: u64) -> Writable {
+        Writable {
+            node: node.into(),
+            from: ms(from),
+            to: ms(to),
+        }
+    }
+
+    #[test]
+    fn samples_join_into_stretches_per_server() {
+        let samples = [
+            writable("pg2", 5_000, 5_005),
+            writable("pg1", 0, 5),
+            writable("pg1", 10, 15),
+            writable("pg1", 3_000, 3_005),
+            writable("pg2", 5_010, 5_015),
+        ];
+        let found: Vec<(String, u64, u64)> = stretches(&samples)
+            .into_iter()
+            .map(|s| {
+                let at = |i: Instant| i.duration_since(t0()).as_millis() as u64;
+                (s.node, at(s.from), at(s.to))
+            })
+            .collect();
+        assert_eq!(
+            found,
+            [
+                ("pg1".into(), 0, 15),
+                ("pg1".into(), 3_000, 3_005),
+                ("pg2".into(), 5_000, 5_015)
+            ]
+        );
+    }
+
     #[test]
     fn losses_inside_the_lease_window_are_explained() {
         let window = Duration::from_millis(2_500);
         let acks: Vec<Instant> = (0..60).map(|i| ms(i * 100)).collect();
-        // The primary was hit at 1 s: its window is 0.8 s to 3.5 s (28 writes).
-        let hit = |at, promoted_since: Option<u64>| PrimaryHit {
-            at: ms(at),
-            promoted_since: promoted_since.map(ms),
-        };
-        let lost = [ms(900), ms(3_400)];
-        let found = lease_window(&lost, &acks, &[hit(1_000, None)], window);
+        // pg1 took writes until 4 s, pg2 from 5 s: pg1's window is 1.3 s to 4 s (and the
+        // watch's slack after it: 29 writes).
+        let seen = stretches(&[writable("pg1", 0, 4_000), writable("pg2", 5_000, 6_000)]);
+        let found = lease_window(&[ms(1_300), ms(3_900)], &acks, &seen, window);
         assert_eq!(
             found,
             LeaseWindow {
                 inside: 2,
                 outside: 0,
-                acknowledged_inside: 28,
-                latest_after_fault_ms: Some(2_400),
+                acknowledged_inside: 29,
+                longest_before_stop_ms: Some(2_700),
             }
         );
-        // Outside the window, or with no fault on the primary: unexplained.
-        let found = lease_window(&[ms(3_600)], &acks, &[hit(1_000, None)], window);
-        assert_eq!((found.inside, found.outside), (0, 1));
-        let found = lease_window(&lost, &acks, &[], window);
-        assert_eq!((found.outside, found.acknowledged_inside), (2, 0));
-        // A primary hit 600 ms after its promotion was seen: what it acknowledged since
-        // counts (no standby may have streamed from it yet).
-        let found = lease_window(&[ms(1_500)], &acks, &[hit(2_100, Some(1_500))], window);
-        assert_eq!((found.inside, found.latest_after_fault_ms), (1, Some(-600)));
-        let found = lease_window(&[ms(1_500)], &acks, &[hit(2_100, None)], window);
-        assert_eq!(found.outside, 1);
+        // Earlier than the window, or when no server was seen writable: unexplained.
+        let found = lease_window(&[ms(1_200), ms(4_500)], &acks, &seen, window);
+        assert_eq!((found.inside, found.outside), (0, 2));
+        // A new primary that stopped within the window of its start may lose all it took
+        // (1.9 s to 2.5 s with the slack: 7 writes).
+        let seen = stretches(&[writable("pg3", 2_000, 2_400)]);
+        let found = lease_window(&[ms(2_000), ms(2_400)], &acks, &seen, window);
+        assert_eq!((found.inside, found.acknowledged_inside), (2, 7));
     }
 
     #[test]
