@@ -345,12 +345,24 @@ async fn measure(
     let lab = driver.lab()?;
     let data_nodes = lab.nodes.iter().filter(|n| n.pg_port.is_some()).count();
     let down = unavailable(&injected.broken, lab.nodes.len(), data_nodes, end);
+    let kills: Vec<(&str, Instant)> = injected
+        .broken
+        .iter()
+        .filter(|b| b.killed)
+        .map(|b| (b.node.as_str(), b.from))
+        .collect();
     let ms = |d: Duration| d.as_millis() as u64;
     Ok(Numbers {
         acknowledged: ids.len(),
         lost_sync: lost_sync.len(),
         lost_async: lost_async.len(),
-        lease_window: lease_window(&lost_async, &all, &stretches(&loaded.writable), window),
+        lease_window: lease_window(
+            &lost_async,
+            &all,
+            &stretches(&loaded.writable),
+            window,
+            &kills,
+        ),
         two_writer_moments: overlaps(&loaded.writable).len(),
         write_gap_ms: ms(longest_gap_while_up(
             &surviving,
@@ -689,7 +701,7 @@ fn print_header(args: &ChaosBench, seed: u64, kinds: &[FaultKind]) {
     println!(
         "  measures: lost = acknowledged, missing from the final primary; write gap = longest time between two surviving acknowledged writes after the fault; \
          gap with a majority up = the same, counting only time when a majority of the voters and a data node were free of injected faults; \
-         lease window = the last {} ms (lease - safety margin, + {} ms of replication lag) before the server that acknowledged a lost write stopped taking writes (killed, or fenced), as the split-brain watch saw it",
+         lease window = the last {} ms (lease - safety margin, + {} ms of replication lag; only the lag when the soak killed it) before the server that acknowledged a lost write stopped taking writes, as the split-brain watch saw it",
         lease.lease_ms - lease.safety_margin_ms,
         measure::WINDOW_BEFORE.as_millis()
     );

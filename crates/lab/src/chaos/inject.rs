@@ -182,6 +182,7 @@ fn inject(
         node: node.clone(),
         voter,
         candidate,
+        killed: matches!(hit.how, How::HostDeath | How::PostmasterCrash),
         from: at,
         to: (hit.how == How::PostmasterCrash).then_some(at),
     });

@@ -13,11 +13,13 @@
 //!   `synchronous_standby_names` (degraded, or a new primary not yet given its synchronous
 //!   standby); otherwise it counts as synchronous.
 //! - **Lease window**: with asynchronous replication a primary loses what it acknowledged
-//!   and had not yet sent when it stops: killed, or fenced because it could no longer renew
-//!   its lease — at most `lease - safety_margin` after its last renewal. A lost write is
+//!   and had not yet sent when it stops. Fenced because it could no longer renew its lease,
+//!   it stops at most `lease - safety_margin` after its last renewal: a lost write is
 //!   explained when it was acknowledged within `lease - safety_margin` (and `WINDOW_BEFORE`
 //!   for replication's own lag) before the server that acknowledged it stopped taking writes,
-//!   as the split-brain watch saw it (the end of its stretch of writable samples).
+//!   as the split-brain watch saw it (the end of its stretch of writable samples). Killed by
+//!   the soak (host death, postmaster crash), it loses only replication's lag: the window is
+//!   `WINDOW_BEFORE`.
 
 use std::time::{Duration, Instant};
 
@@ -38,6 +40,10 @@ const JOIN: Duration = Duration::from_millis(1_500);
 /// (the watch's own pace and query time).
 const SLACK: Duration = Duration::from_millis(100);
 
+/// A stretch that ended this close before a kill of its server (recorded once `pgfm lab
+/// kill` returned) ended with the kill.
+const KILLED_WITHIN: Duration = Duration::from_millis(500);
+
 /// A node broken by the soak from `from` until `to` (None: until the end of the run).
 #[derive(Debug, Clone)]
 pub struct Broken {
@@ -46,6 +52,9 @@ pub struct Broken {
     pub voter: bool,
     /// It cannot be the primary (a data node dead, frozen, cut off, or with a full disk).
     pub candidate: bool,
+    /// Its PostgreSQL was killed at `from` (host death, postmaster crash): it stopped
+    /// taking writes then, not at a fence.
+    pub killed: bool,
     pub from: Instant,
     pub to: Option<Instant>,
 }
@@ -218,20 +227,32 @@ pub struct LeaseWindow {
 }
 
 /// `lost` (acknowledgement times) against `[to - window - WINDOW_BEFORE, to]` of the
-/// writable stretch each was acknowledged in; `acks`: every acknowledged write.
+/// writable stretch each was acknowledged in — `[to - WINDOW_BEFORE, to]` when the stretch
+/// ended with a kill of its server (`kills`: who, when); `acks`: every acknowledged write.
 pub fn lease_window(
     lost: &[Instant],
     acks: &[Instant],
     stretches: &[Stretch],
     window: Duration,
+    kills: &[(&str, Instant)],
 ) -> LeaseWindow {
     let covering = |at: &Instant| {
         stretches
             .iter()
             .find(|s| *at + SLACK >= s.from && *at <= s.to + SLACK)
     };
+    let killed = |s: &Stretch| {
+        kills
+            .iter()
+            .any(|(node, at)| *node == s.node && s.to <= *at + SLACK && s.to + KILLED_WITHIN >= *at)
+    };
     let opens = |s: &Stretch| {
-        s.to.checked_sub(window + WINDOW_BEFORE)
+        let reach = if killed(s) {
+            WINDOW_BEFORE
+        } else {
+            window + WINDOW_BEFORE
+        };
+        s.to.checked_sub(reach)
             .unwrap_or(s.from)
             .max(s.from.checked_sub(SLACK).unwrap_or(s.from))
     };
@@ -351,6 +372,7 @@ mod tests {
             node: node.into(),
             voter,
             candidate,
+            killed: false,
             from: ms(from),
             to: to.map(ms),
         }
@@ -504,7 +526,7 @@ mod tests {
         // pg1 took writes until 4 s, pg2 from 5 s: pg1's window is 1.3 s to 4 s (and the
         // watch's slack after it: 29 writes).
         let seen = stretches(&[writable("pg1", 0, 4_000), writable("pg2", 5_000, 6_000)]);
-        let found = lease_window(&[ms(1_300), ms(3_900)], &acks, &seen, window);
+        let found = lease_window(&[ms(1_300), ms(3_900)], &acks, &seen, window, &[]);
         assert_eq!(
             found,
             LeaseWindow {
@@ -515,13 +537,23 @@ mod tests {
             }
         );
         // Earlier than the window, or when no server was seen writable: unexplained.
-        let found = lease_window(&[ms(1_200), ms(4_500)], &acks, &seen, window);
+        let found = lease_window(&[ms(1_200), ms(4_500)], &acks, &seen, window, &[]);
         assert_eq!((found.inside, found.outside), (0, 2));
         // A new primary that stopped within the window of its start may lose all it took
         // (1.9 s to 2.5 s with the slack: 7 writes).
         let seen = stretches(&[writable("pg3", 2_000, 2_400)]);
-        let found = lease_window(&[ms(2_000), ms(2_400)], &acks, &seen, window);
+        let found = lease_window(&[ms(2_000), ms(2_400)], &acks, &seen, window, &[]);
         assert_eq!((found.inside, found.acknowledged_inside), (2, 7));
+        // Killed (not fenced) at 4.1 s: only replication's lag is explained, 3.8 s to 4 s.
+        let seen = stretches(&[writable("pg1", 0, 4_000)]);
+        let kills = [("pg1", ms(4_100))];
+        let found = lease_window(&[ms(3_500), ms(3_900)], &acks, &seen, window, &kills);
+        assert_eq!((found.inside, found.outside), (1, 1));
+        assert_eq!(found.acknowledged_inside, 4);
+        // Another node's kill, or one long after the stretch ended, changes nothing.
+        let other = [("pg2", ms(4_100)), ("pg1", ms(9_000))];
+        let found = lease_window(&[ms(3_500), ms(3_900)], &acks, &seen, window, &other);
+        assert_eq!((found.inside, found.outside), (2, 0));
     }
 
     #[test]
