@@ -70,17 +70,8 @@ impl FailoverBench {
 /// The faults of a seeded run: `runs` draws from `scenarios` (splitmix64), so that a
 /// failing sequence can be replayed.
 pub fn seeded_sequence(scenarios: &[Scenario], runs: usize, seed: u64) -> Vec<Scenario> {
-    let mut state = seed;
-    (0..runs)
-        .map(|_| {
-            state = state.wrapping_add(0x9e37_79b9_7f4a_7c15);
-            let mut z = state;
-            z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-            z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-            z ^= z >> 31;
-            scenarios[(z % scenarios.len() as u64) as usize]
-        })
-        .collect()
+    let mut rng = crate::seeded::Rng::new(seed);
+    (0..runs).filter_map(|_| rng.pick(scenarios)).collect()
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -112,7 +103,7 @@ fn start_load(driver: &LabDriver, first_id: i64) -> anyhow::Result<(Writer, Writ
     ))
 }
 
-async fn create_bench_table(driver: &LabDriver, node: &str) -> anyhow::Result<()> {
+pub(crate) async fn create_bench_table(driver: &LabDriver, node: &str) -> anyhow::Result<()> {
     let client = pgfm_postgres::probe::connect(&driver.target(node)?)
         .await
         .map_err(|e| anyhow::anyhow!("connecting to {node}: {e}"))?;
@@ -124,7 +115,7 @@ async fn create_bench_table(driver: &LabDriver, node: &str) -> anyhow::Result<()
 }
 
 /// Which of `ids` (acknowledged writes) are on `node`.
-async fn kept_ids(
+pub(crate) async fn kept_ids(
     driver: &LabDriver,
     node: &str,
     ids: &[i64],
@@ -143,7 +134,7 @@ fn node_kind(status: &ClusterStatus, name: &str) -> Option<NodeKindStatus> {
     status.nodes.iter().find(|n| n.name == name).map(|n| n.kind)
 }
 
-fn healthy(status: &ClusterStatus) -> Option<ClusterStatus> {
+pub(crate) fn healthy(status: &ClusterStatus) -> Option<ClusterStatus> {
     let standbys_in_sync = status
         .nodes
         .iter()
@@ -208,7 +199,7 @@ async fn one_run(
 }
 
 /// Warm up: the writer must be writing before the fault.
-async fn warm_up(writer: &Writer) -> anyhow::Result<()> {
+pub(crate) async fn warm_up(writer: &Writer) -> anyhow::Result<()> {
     let deadline = Instant::now() + Duration::from_secs(30);
     while writer.count() < 50 {
         if Instant::now() > deadline {
@@ -328,7 +319,7 @@ async fn count_losses(
     Ok((ids.len(), lost, downtime))
 }
 
-fn median(values: &mut [u64]) -> Option<u64> {
+pub(crate) fn median(values: &mut [u64]) -> Option<u64> {
     values.sort_unstable();
     match values.len() {
         0 => None,

@@ -12,6 +12,7 @@
 //! DIR/<node>/watchdog          the FIFO its agent arms ([watchdog] device; mode 600)
 //! DIR/<node>/watchdog.pid      the driver's pid
 //! DIR/<node>/watchdog.log      arm, disarm, and what it killed when it fired
+//! DIR/<node>/disk/             with --data-disk: its own tmpfs, holding data/ (disk.rs)
 //! ```
 
 use std::io::Read;
@@ -34,7 +35,7 @@ use pgfm_postgres::{find_bin_dir, OsUser};
 
 use pgfm_api::status_text;
 
-use crate::{host, netns};
+use crate::{disk, host, netns};
 
 const DEFAULT_DIR: &str = "/tmp/pgfm-lab";
 
@@ -72,6 +73,11 @@ pub enum LabCommand {
             value_parser = ["required", "automatic", "off"]
         )]
         watchdog: String,
+        /// Each data node's data directory on a file system of its own of this many MB (a
+        /// tmpfs mounted at DIR/<node>/disk, root only), so that `lab fill-disk` can fill it
+        /// without touching the machine's disk.
+        #[arg(long, value_name = "MB")]
+        data_disk: Option<u64>,
     },
     /// Stop everything the lab started and remove its directory.
     Down {
@@ -134,6 +140,26 @@ pub enum LabCommand {
         #[arg(long)]
         dir: Option<PathBuf>,
     },
+    /// Fill a data node's disk (a lab built with --data-disk): one file takes every free
+    /// byte of the file system its data directory is on.
+    FillDisk {
+        node: String,
+        #[arg(long)]
+        dir: Option<PathBuf>,
+    },
+    /// Undo `lab fill-disk`: remove the file that fills the node's disk.
+    FreeDisk {
+        node: String,
+        #[arg(long)]
+        dir: Option<PathBuf>,
+    },
+    /// Damage a stopped data node's pg_wal: remove every WAL segment, so that neither crash
+    /// recovery nor pg_rewind can use it (refused while its postmaster runs).
+    DamageWal {
+        node: String,
+        #[arg(long)]
+        dir: Option<PathBuf>,
+    },
     /// Show the lab's nodes (ports, pids, connection strings) and the cluster status.
     Status {
         #[arg(long, default_value = DEFAULT_DIR)]
@@ -159,6 +185,10 @@ pub struct LabFile {
     /// Every data node has a watchdog driver (`lab up --watchdog required|automatic`).
     #[serde(default)]
     pub watchdog: bool,
+    /// Each data node's data directory is on a tmpfs of this many MB of its own, mounted at
+    /// `DIR/<node>/disk` (`lab up --data-disk`).
+    #[serde(default)]
+    pub data_disk_mb: Option<u64>,
 }
 
 impl LabFile {
@@ -279,6 +309,7 @@ pub fn run(command: LabCommand) -> anyhow::Result<ExitCode> {
             netns,
             synchronous,
             watchdog,
+            data_disk,
         } => {
             let mut settings = settings;
             if let Some(mode) = synchronous {
@@ -288,7 +319,12 @@ pub fn run(command: LabCommand) -> anyhow::Result<ExitCode> {
             if watchdog != "off" {
                 add_watchdog(&mut extra, &watchdog);
             }
-            up(&absolute(&dir)?, data_nodes, json, netns, &extra)
+            let shape = Shape {
+                data_nodes,
+                netns,
+                data_disk_mb: data_disk,
+            };
+            up(&absolute(&dir)?, &shape, json, &extra)
         }
         LabCommand::Down { dir } => down(&absolute(&dir)?),
         LabCommand::Status { dir, json } => status(&absolute(&dir)?, json),
@@ -309,6 +345,9 @@ pub fn run(command: LabCommand) -> anyhow::Result<ExitCode> {
             one_way,
         } => partition(&lab_dir(dir)?, &node, &from, one_way),
         LabCommand::Heal { dir } => heal(&lab_dir(dir)?),
+        LabCommand::FillDisk { node, dir } => disk::fill(&lab_dir(dir)?, &node),
+        LabCommand::FreeDisk { node, dir } => disk::free(&lab_dir(dir)?, &node),
+        LabCommand::DamageWal { node, dir } => disk::damage_wal(&lab_dir(dir)?, &node),
     }
 }
 
@@ -532,17 +571,20 @@ pub(crate) fn node_config(lab: &LabFile, node: &LabNode, peers: &str, extra: &Ex
     text
 }
 
-fn up(
-    dir: &Path,
-    data_nodes: usize,
-    json: bool,
-    netns: bool,
-    extra: &Extra,
-) -> anyhow::Result<ExitCode> {
+/// What `lab up` builds: how many data nodes, on which network, on which disks.
+pub(crate) struct Shape {
+    pub data_nodes: usize,
+    pub netns: bool,
+    /// Each data node's data directory on a tmpfs of this many MB (`--data-disk`).
+    pub data_disk_mb: Option<u64>,
+}
+
+fn up(dir: &Path, shape: &Shape, json: bool, extra: &Extra) -> anyhow::Result<ExitCode> {
     let fresh = !dir.exists();
-    let result = build(dir, data_nodes, json, netns, extra);
+    let result = build(dir, shape, json, extra);
     // A lab that failed before any agent started leaves nothing behind.
     if result.is_err() && fresh && !dir.join("lab.json").exists() {
+        disk::unmount_under(dir);
         let _ = std::fs::remove_dir_all(dir);
     }
     result
@@ -550,23 +592,18 @@ fn up(
 
 /// `lab up` once its directory is known to be new: each step below leaves lab.json
 /// describing what exists so far, so that `lab down` can remove a lab that failed half-way.
-fn build(
-    dir: &Path,
-    data_nodes: usize,
-    json: bool,
-    netns: bool,
-    extra: &Extra,
-) -> anyhow::Result<ExitCode> {
+fn build(dir: &Path, shape: &Shape, json: bool, extra: &Extra) -> anyhow::Result<ExitCode> {
     let started = Instant::now();
-    check_can_build(dir, data_nodes, netns)?;
+    check_can_build(dir, shape)?;
     let os_user = postgres_os_user()?;
     let bin_dir = find_bin_dir().context(
         "no PostgreSQL server binaries found (install postgresql, e.g. apt-get install postgresql)",
     )?;
     let secrets = write_secrets(dir, &os_user)?;
-    let mut lab = plan_lab(dir, data_nodes, netns, extra, bin_dir, &os_user, &secrets)?;
+    let mut lab = plan_lab(dir, shape, extra, bin_dir, &os_user, &secrets)?;
     write_configs(&lab, extra)?;
     write_lab(&lab)?;
+    disk::mount_data_disks(&lab, &os_user)?;
     build_network(&lab)?;
     init_pg1(&lab, &os_user, &secrets)?;
     start_agents(&mut lab)?;
@@ -575,7 +612,7 @@ fn build(
     enter_client_network(&lab)?;
     let rt = runtime()?;
     let deadline = Instant::now() + Duration::from_secs(180);
-    let ready = rt.block_on(wait_ready(&lab, data_nodes, deadline));
+    let ready = rt.block_on(wait_ready(&lab, shape.data_nodes, deadline));
     match ready {
         Ok(status) => {
             print_lab_up(&lab, &rt, &status, json, started)?;
@@ -595,9 +632,13 @@ fn build(
 }
 
 /// Refuse, before anything is written, a lab that cannot be built here.
-fn check_can_build(dir: &Path, data_nodes: usize, netns: bool) -> anyhow::Result<()> {
-    if netns {
+fn check_can_build(dir: &Path, shape: &Shape) -> anyhow::Result<()> {
+    let data_nodes = shape.data_nodes;
+    if shape.netns {
         netns::check_can_build()?;
+    }
+    if let Some(mb) = shape.data_disk_mb {
+        disk::check_can_mount(mb)?;
     }
     if dir.join("lab.json").exists() {
         bail!(
@@ -663,13 +704,13 @@ fn write_secrets(dir: &Path, os_user: &OsUser) -> anyhow::Result<Secrets> {
 /// Name the nodes, choose their addresses and ports, and make their directories.
 fn plan_lab(
     dir: &Path,
-    data_nodes: usize,
-    netns: bool,
+    shape: &Shape,
     extra: &Extra,
     bin_dir: PathBuf,
     os_user: &OsUser,
     secrets: &Secrets,
 ) -> anyhow::Result<LabFile> {
+    let (data_nodes, netns) = (shape.data_nodes, shape.netns);
     let names: Vec<String> = (1..=data_nodes)
         .map(|i| format!("pg{i}"))
         .chain(std::iter::once("witness".to_string()))
@@ -702,6 +743,7 @@ fn plan_lab(
         nodes: Vec::new(),
         netns: netns.clone(),
         watchdog: wants_watchdog(extra),
+        data_disk_mb: shape.data_disk_mb,
     };
     for (i, name) in names.iter().enumerate() {
         let is_data = i < data_nodes;
@@ -720,7 +762,10 @@ fn plan_lab(
             agent_port: ports[i],
             pg_port: is_data.then(|| ports[names.len() + i]),
             config: node_dir.join("pgfm.toml"),
-            data_dir: is_data.then(|| node_dir.join("data")),
+            data_dir: is_data.then(|| match shape.data_disk_mb {
+                Some(_) => disk::mount_point(dir, name).join("data"),
+                None => node_dir.join("data"),
+            }),
             agent_pid: None,
             watchdog_pid: None,
         });
@@ -925,13 +970,13 @@ pub fn enter_client_network(lab: &LabFile) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn client(lab: &LabFile, node: &LabNode) -> anyhow::Result<ApiClient> {
+fn client(lab: &LabFile, node: &LabNode, timeout: Duration) -> anyhow::Result<ApiClient> {
     let token = std::fs::read_to_string(&lab.token_file)
         .with_context(|| format!("reading {}", lab.token_file.display()))?;
     Ok(ApiClient::new(
         &format!("{}:{}", node.host, node.agent_port),
         token.trim(),
-        Duration::from_secs(3),
+        timeout,
     ))
 }
 
@@ -940,9 +985,15 @@ fn client(lab: &LabFile, node: &LabNode) -> anyhow::Result<ApiClient> {
 /// still believes it leads), so the answer with the newest generation wins, one built by
 /// the coordinator itself first among equals.
 pub async fn any_status(lab: &LabFile) -> anyhow::Result<ClusterStatus> {
+    any_status_within(lab, Duration::from_secs(3)).await
+}
+
+/// `any_status`, waiting at most `timeout` for each agent: a dead or frozen host then
+/// delays the answer by no more than that.
+pub async fn any_status_within(lab: &LabFile, timeout: Duration) -> anyhow::Result<ClusterStatus> {
     let mut asked = tokio::task::JoinSet::new();
     for node in &lab.nodes {
-        let client = client(lab, node)?;
+        let client = client(lab, node, timeout)?;
         asked.spawn(async move { client.status().await });
     }
     let rank = |s: &ClusterStatus| (s.generation, s.coordinator.as_ref() == Some(&s.answered_by));
@@ -1175,8 +1226,15 @@ fn down(dir: &Path) -> anyhow::Result<ExitCode> {
         Err(e) => {
             // A --netns build that died before lab.json leaves only namespaces.
             let removed = netns::remove(&netns::prefix_for(dir))?;
-            if removed.is_empty() {
+            let unmounted = disk::unmount_under(dir);
+            if removed.is_empty() && unmounted.is_empty() {
                 return Err(e);
+            }
+            if !unmounted.is_empty() {
+                println!("Unmounted {}.", unmounted.join(", "));
+            }
+            if removed.is_empty() {
+                return Ok(ExitCode::SUCCESS);
             }
             println!("Removed the network namespaces {}.", removed.join(", "));
             return Ok(ExitCode::SUCCESS);
@@ -1219,6 +1277,9 @@ fn down(dir: &Path) -> anyhow::Result<ExitCode> {
             println!("Removed the network namespaces {}.", removed.join(", "));
         }
     }
+    // The data disks go once nothing of PostgreSQL holds them (removing the directory
+    // first would empty them and then fail on their mount points).
+    disk::unmount_under(dir);
     std::fs::remove_dir_all(dir).with_context(|| format!("removing {}", dir.display()))?;
     println!("Lab in {} stopped and removed.", dir.display());
     Ok(ExitCode::SUCCESS)

@@ -28,6 +28,18 @@ impl LabDriver {
         settings: &[String],
         netns: bool,
     ) -> anyhow::Result<(LabDriver, String)> {
+        LabDriver::up_with(exe, dir, data_nodes, settings, netns, &[])
+    }
+
+    /// `up`, with more arguments for `pgfm lab up` (`--data-disk 512`, ...).
+    pub fn up_with(
+        exe: &Path,
+        dir: &Path,
+        data_nodes: usize,
+        settings: &[String],
+        netns: bool,
+        more: &[String],
+    ) -> anyhow::Result<(LabDriver, String)> {
         let driver = LabDriver {
             dir: lab::absolute(dir)?,
             exe: exe.to_path_buf(),
@@ -45,6 +57,7 @@ impl LabDriver {
         if netns {
             args.push("--netns".into());
         }
+        args.extend(more.iter().cloned());
         let printed = driver.pgfm(&args)?;
         lab::enter_client_network(&driver.lab()?)?;
         Ok((driver, printed))
@@ -97,6 +110,50 @@ impl LabDriver {
         self.pgfm(&["lab", "heal"]).map(|_| ())
     }
 
+    /// Cut `node` off from every other node, one way (it still sends) or both ways.
+    pub fn partition_way(&self, node: &str, one_way: bool) -> anyhow::Result<()> {
+        let mut args = vec!["lab", "partition", node];
+        if one_way {
+            args.push("--one-way");
+        }
+        self.pgfm(&args).map(|_| ())
+    }
+
+    /// SIGKILL only `node`'s agent (its PostgreSQL lives on).
+    pub fn kill_agent(&self, node: &str) -> anyhow::Result<()> {
+        self.pgfm(&["lab", "kill", node, "--agent-only"])
+            .map(|_| ())
+    }
+
+    /// SIGSTOP every process of `node`'s host (`thaw` resumes them).
+    pub fn freeze(&self, node: &str) -> anyhow::Result<()> {
+        self.pgfm(&["lab", "freeze", node]).map(|_| ())
+    }
+
+    pub fn thaw(&self, node: &str) -> anyhow::Result<()> {
+        self.pgfm(&["lab", "thaw", node]).map(|_| ())
+    }
+
+    /// Fill `node`'s data disk (a lab built with --data-disk); `free_disk` empties it.
+    pub fn fill_disk(&self, node: &str) -> anyhow::Result<()> {
+        self.pgfm(&["lab", "fill-disk", node]).map(|_| ())
+    }
+
+    pub fn free_disk(&self, node: &str) -> anyhow::Result<()> {
+        self.pgfm(&["lab", "free-disk", node]).map(|_| ())
+    }
+
+    /// Remove every WAL segment of `node`, whose PostgreSQL must be down.
+    pub fn damage_wal(&self, node: &str) -> anyhow::Result<()> {
+        self.pgfm(&["lab", "damage-wal", node]).map(|_| ())
+    }
+
+    /// Whether `node`'s agent process runs (frozen counts as running).
+    pub fn agent_running(&self, node: &str) -> anyhow::Result<bool> {
+        let lab = self.lab()?;
+        Ok(crate::host::agent_running(&self.dir, lab.node(node)?))
+    }
+
     pub fn down(&self) -> anyhow::Result<()> {
         self.pgfm(&["lab", "down"]).map(|_| ())
     }
@@ -116,6 +173,11 @@ impl LabDriver {
 
     pub async fn status(&self) -> anyhow::Result<ClusterStatus> {
         lab::any_status(&self.lab()?).await
+    }
+
+    /// `status`, waiting at most `timeout` for each agent.
+    pub async fn status_within(&self, timeout: Duration) -> anyhow::Result<ClusterStatus> {
+        lab::any_status_within(&self.lab()?, timeout).await
     }
 
     /// Poll the status every 50 ms until `check` returns Some, or fail after `timeout`

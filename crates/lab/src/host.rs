@@ -47,6 +47,11 @@ fn agent(lab_dir: &Path, node: &LabNode) -> Option<Proc> {
     .and_then(|pid| procs::identify(pid as i32))
 }
 
+/// Whether the node's agent runs (stopped by `lab freeze` counts as running).
+pub(crate) fn agent_running(lab_dir: &Path, node: &LabNode) -> bool {
+    agent(lab_dir, node).is_some()
+}
+
 /// The pid in the node's `pid_file` (rewritten by every start), else the one lab.json
 /// `recorded`, whichever is alive and `ours`.
 fn live_pid(
@@ -431,6 +436,7 @@ mod tests {
                 nodes: vec![node("pg1", true), node("witness", false)],
                 netns: None,
                 watchdog: crate::commands::wants_watchdog(&extra),
+                data_disk_mb: None,
             };
             let n = lab.nodes.iter().find(|n| n.name == name).unwrap();
             let text = crate::commands::node_config(&lab, n, peers, &extra);

@@ -3,21 +3,27 @@
 //! the agent never depends on this crate (it is not in `cargo tree -p pgfm-agent`).
 //!
 //! - `commands`: `pgfm lab up|down|status|kill|start|freeze|thaw|partition|heal` and the
-//!   lab's file (`LabFile`, `DIR/lab.json`);
+//!   lab's file (`LabFile`, `DIR/lab.json`); `disk`: a data node's own small disk
+//!   (`--data-disk`), `lab fill-disk|free-disk`, and `lab damage-wal`;
 //! - `host`: a node as a host (every process of it frozen or killed together) and its
 //!   watchdog driver; `netns`: the namespaced lab (`--netns`) and its network faults;
 //! - `drive`: `LabDriver`, a lab driven through the `pgfm` binary (the demo, the bench, the
 //!   tests); `writers`: the neutral writer, the longest gap, the split-brain watch;
-//! - `demo`, `bench`: `pgfm demo`, `pgfm bench failover|switchover`;
+//! - `demo`, `bench`: `pgfm demo`, `pgfm bench failover|switchover`; `chaos`: `pgfm bench
+//!   chaos`, a seeded soak of drawn faults (its draw, injection and measures apart); `seeded`:
+//!   the benches' seeded generator;
 //! - `harness`: polling with deadlines and the tests' view of a lab (panics on failure).
 
 pub mod bench;
+pub mod chaos;
 mod commands;
 pub mod demo;
+mod disk;
 pub mod drive;
 pub mod harness;
 mod host;
 pub mod netns;
+mod seeded;
 pub mod writers;
 
 pub use commands::{

@@ -9,7 +9,7 @@ use clap::{Parser, Subcommand};
 
 use pgfm_agent::config::{Config, DEFAULT_CONFIG};
 use pgfm_api::status_text;
-use pgfm_lab::{bench, demo};
+use pgfm_lab::{bench, chaos, demo};
 
 #[derive(Parser)]
 #[command(name = "pgfm", version, about = "PostgreSQL failover manager")]
@@ -175,6 +175,9 @@ enum BenchCommand {
     Failover(bench::FailoverBench),
     /// Switchovers back and forth.
     Switchover(bench::SwitchoverBench),
+    /// A soak of drawn faults on a --netns lab (host deaths, crashes, freezes, partitions,
+    /// double faults, damaged WAL, a full disk): lost writes, two writers, rejoins.
+    Chaos(chaos::ChaosBench),
 }
 
 fn init_logging() {
@@ -528,5 +531,8 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Commands::Bench {
             command: BenchCommand::Switchover(args),
         } => bench::switchover(args),
+        Commands::Bench {
+            command: BenchCommand::Chaos(args),
+        } => chaos::chaos(args),
     }
 }

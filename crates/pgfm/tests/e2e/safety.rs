@@ -223,18 +223,8 @@ fn a_former_primary_whose_rewind_fails_is_recloned() {
     lab.psql("pg2", "INSERT INTO kept VALUES (101)").unwrap();
 
     let data_dir = lab.dir.join("pg1").join("data");
-    let mut removed = 0;
-    for entry in std::fs::read_dir(data_dir.join("pg_wal"))
-        .unwrap()
-        .flatten()
-    {
-        let name = entry.file_name().to_string_lossy().to_string();
-        if name.len() == 24 && name.chars().all(|c| c.is_ascii_hexdigit()) {
-            std::fs::remove_file(entry.path()).unwrap();
-            removed += 1;
-        }
-    }
-    assert!(removed > 0, "no WAL segment in {}", data_dir.display());
+    // Every WAL segment removed (it fails when there is none).
+    lab.run_ok(&["lab", "damage-wal", "pg1"]);
 
     lab.run_ok(&["lab", "start", "pg1"]);
     let status = lab.wait_primary("witness", "pg2", 2, SETTLE);
