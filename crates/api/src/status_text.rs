@@ -93,7 +93,7 @@ fn header(w: &mut String, s: &ClusterStatus) {
         let _ = writeln!(w, "Virtual IP: {} {on}", vip.address);
     }
     if let Some(sync) = &s.synchronous {
-        let _ = writeln!(w, "{}", sync_line(sync));
+        let _ = writeln!(w, "{}", sync_line(sync, s.primary.as_deref()));
     }
     if let Some(line) = watchdog_line(&s.nodes) {
         let _ = writeln!(w, "{line}");
@@ -375,7 +375,7 @@ pub fn history(entries: &[crate::HistoryEntry]) -> String {
 
 /// `Synchronous replication (quorum, 1 of 2 standbys): commits wait for any 1 of pg2, pg3;
 /// failover candidates: ...`
-fn sync_line(sync: &crate::SyncStatus) -> String {
+fn sync_line(sync: &crate::SyncStatus, primary: Option<&str>) -> String {
     let mut mode = vec![sync.mode.clone()];
     if sync.mode != "off" {
         mode.push(format!("{} standby(s)", sync.standbys));
@@ -414,6 +414,11 @@ fn sync_line(sync: &crate::SyncStatus) -> String {
     };
     let candidates = if sync.committed.is_empty() {
         "any standby (nothing is committed as synchronous)".to_string()
+    } else if primary.is_some_and(|p| sync.committed == [p]) {
+        format!(
+            "none (no standby is known to hold every synchronously acknowledged commit: only {} does)",
+            sync.committed[0]
+        )
     } else if sync.committed_quorum < sync.committed.len() {
         format!(
             "the most advanced of {} that answer ({} of them must)",
@@ -629,10 +634,12 @@ mod tests {
             sync("on", 2, 1, &["pg2"], 1, &["pg2"], 1),
             sync("on", 1, 1, &["pg2"], 1, &["pg2"], 1),
             sync("on", 1, 0, &[], 0, &[], 0),
+            sync("on", 1, 0, &["pg1"], 1, &[], 0),
             sync("off", 1, 0, &["pg2"], 1, &[], 0),
+            sync("off", 1, 0, &[], 0, &[], 0),
         ]
         .iter()
-        .map(super::sync_line)
+        .map(|s| super::sync_line(s, Some("pg1")))
         .collect::<Vec<_>>()
         .join("\n");
         insta::assert_snapshot!(lines);

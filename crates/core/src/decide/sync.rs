@@ -36,10 +36,28 @@ pub(super) fn manage_sync(cluster: &ClusterView, local: &LocalView, now_ms: u64)
     if desired.is_async() {
         // Degrading to asynchronous is committed first: a primary cut off from the majority
         // cannot, so it keeps waiting rather than acknowledge commits a failover would lose.
-        if !committed.is_async() {
-            return commit(SyncRule::default());
+        // While synchronous replication is asked for, the primary itself is the committed
+        // set: the commits acknowledged synchronously so far are on it and on no standby
+        // known to have them all, so its loss promotes nobody until a standby has caught up
+        // (committed empty, any standby would be promoted and lose them — Patroni keeps the
+        // leader alone in its /sync key the same way). Turned off, nothing is kept.
+        let degraded = if cluster.sync_settings().mode == SyncMode::Off {
+            SyncRule::default()
+        } else {
+            SyncRule::new(1, BTreeSet::from([local.name.clone()]))
+        };
+        if committed != degraded {
+            return commit(degraded);
         }
-    } else if !covers(&committed, &desired) {
+        if *current != desired {
+            return vec![Action::SetSyncStandbys {
+                rule: desired,
+                generation,
+            }];
+        }
+        return Vec::new();
+    }
+    if !covers(&committed, &desired) {
         return commit(if committed.is_async() {
             desired
         } else {
@@ -204,7 +222,9 @@ mod tests {
         v.settings.sync.minimum = 1;
         check_local(&v, &local(&v, "pg1", false), 10_000, &[]);
         // Not strict: the degradation is committed first (a primary cut off from the
-        // majority cannot, so it keeps waiting), then PostgreSQL stops waiting.
+        // majority cannot, so it keeps waiting), then PostgreSQL stops waiting. The
+        // committed set becomes the primary alone: what was acknowledged synchronously is
+        // on it, and on no standby known to have it all.
         v.settings.sync.minimum = 0;
         let me = |v: &ClusterView| {
             let mut l = local(v, "pg1", false);
@@ -212,12 +232,39 @@ mod tests {
             l
         };
         v.reports.get_mut("pg1").unwrap().received_at_ms = 10_000;
-        check_local(&v, &me(&v), 10_000, &["commit sync asynchronous g1"]);
-        v.state.sync_set.clear();
-        v.state.sync_quorum = 0;
+        check_local(&v, &me(&v), 10_000, &["commit sync FIRST 1 (pg1) g1"]);
+        v.state.sync_set = ["pg1".to_string()].into();
+        v.state.sync_quorum = 1;
         check_local(&v, &me(&v), 10_000, &["sync asynchronous g1"]);
         v.reports.get_mut("pg1").unwrap().report.sync = Some(SyncRule::default());
         check_local(&v, &me(&v), 10_000, &[]);
+
+        // pg2 streams again: widened to "pg1 or pg2" first, then PostgreSQL waits for pg2,
+        // then the set narrows to pg2 once it flushed past the switch.
+        v.reports.get_mut("pg2").unwrap().received_at_ms = 10_000;
+        v.reports.get_mut("pg1").unwrap().report.replicas = vec![streaming("pg2", 900_000)];
+        check_local(&v, &me(&v), 10_000, &["commit sync ANY 1 (pg1,pg2) g1"]);
+        v.state.sync_set = ["pg1".to_string(), "pg2".to_string()].into();
+        check_local(&v, &me(&v), 10_000, &["sync FIRST 1 (pg2) g1"]);
+        {
+            let r = &mut v.reports.get_mut("pg1").unwrap().report;
+            r.sync = Some(rule(1, &["pg2"]));
+            r.sync_switch_lsn = Some(Lsn(950_000));
+        }
+        check_local(&v, &me(&v), 10_000, &[]);
+        v.reports.get_mut("pg1").unwrap().report.replicas = vec![streaming("pg2", 960_000)];
+        check_local(&v, &me(&v), 10_000, &["commit sync FIRST 1 (pg2) g1"]);
+    }
+
+    #[test]
+    fn turned_off_the_committed_set_is_emptied() {
+        let mut v = primary_with(&["pg2"]);
+        v.state.sync_set = ["pg2".to_string()].into();
+        v.state.sync_quorum = 1;
+        let r = &mut v.reports.get_mut("pg1").unwrap().report;
+        r.slots = vec![slot_for("pg2")];
+        r.sync = Some(rule(1, &["pg2"]));
+        check(&v, "pg1", false, &["commit sync asynchronous g1"]);
     }
 
     #[test]
