@@ -686,13 +686,13 @@ fn parse_watchdog(
         return Err(check.err(
             "[watchdog]",
             format!(
-                "needs safety_margin + drift_margin of at least {} s (they are {} ms + {} ms): \
-                 the host must reset, in whole seconds, after the fence deadline and {} ms \
-                 before another node may be promoted (raise timing.safety_margin or \
-                 timing.drift_margin, or set mode = \"off\")",
+                "needs lease - renew_interval of at least {} s (they are {} ms - {} ms): the \
+                 primary feeds it for a renew_interval after each renewal, and the host must \
+                 reset, a whole second after the last feed, {} ms before the lease ends \
+                 (raise timing.lease or lower timing.renew_interval, or set mode = \"off\")",
                 (1000 + LeaseSettings::WATCHDOG_RESET_MS) as f64 / 1000.0,
-                lease.safety_margin_ms,
-                lease.drift_margin_ms,
+                lease.lease_ms,
+                lease.renew_interval_ms,
                 LeaseSettings::WATCHDOG_RESET_MS
             ),
         ));
@@ -1103,7 +1103,7 @@ port = 5432
 
     #[test]
     fn failover_and_lease_mistakes_have_their_messages() {
-        check("port = 5432", "port = 5432\n[timing]\nlease = \"1s\"", "config pg1.toml: [timing] lease settings do not work: safety_margin (1000 ms) must be shorter than lease (1000 ms)");
+        check("port = 5432", "port = 5432\n[timing]\nlease = \"800ms\"", "config pg1.toml: [timing] lease settings do not work: safety_margin (800 ms) must be shorter than lease (800 ms)");
         check("port = 5432", "port = 5432\n[failover]\non_crash = \"panic\"", "config pg1.toml: failover.on_crash is \"panic\" (set it to \"restart\" or \"failover\")");
         check("port = 5432", "port = 5432\n[failover]\nrejoin = \"auto\"", "config pg1.toml: failover.rejoin is \"auto\" (set it to \"rewind\", \"rewind-or-clone\" or \"manual\")");
         check("port = 5432", "port = 5432\n[failover]\nswitchover_timeout = \"200ms\"", "config pg1.toml: failover.switchover_timeout is 200ms (a clean shutdown and the target's replay need at least 1s; the default is 5s)");
@@ -1157,11 +1157,12 @@ port = 5432
             &with("mode = \"required\"\ntimeout = 5"),
             "config pg1.toml: line 26: unknown field `timeout`, expected `mode` or `device`",
         );
-        // 1 s + 200 ms leaves 950 ms after the reset time: no whole second.
-        check("port = 5432", "port = 5432\n[timing]\ndrift_margin = \"200ms\"\n[watchdog]\nmode = \"automatic\"", "config pg1.toml: [watchdog] needs safety_margin + drift_margin of at least 1.25 s (they are 1000 ms + 200 ms): the host must reset, in whole seconds, after the fence deadline and 250 ms before another node may be promoted (raise timing.safety_margin or timing.drift_margin, or set mode = \"off\")");
+        // 1.6 s - 750 ms leaves 600 ms after the reset time: no whole second.
+        let tight = "[timing]\nlease = \"1600ms\"\nsafety_margin = \"100ms\"\nrenew_interval = \"750ms\"\ndrift_margin = \"100ms\"";
+        check("port = 5432", &format!("port = 5432\n{tight}\n[watchdog]\nmode = \"automatic\""), "config pg1.toml: [watchdog] needs lease - renew_interval of at least 1.25 s (they are 1600 ms - 750 ms): the primary feeds it for a renew_interval after each renewal, and the host must reset, a whole second after the last feed, 250 ms before the lease ends (raise timing.lease or lower timing.renew_interval, or set mode = \"off\")");
         check(
             "port = 5432",
-            "port = 5432\n[timing]\ndrift_margin = \"200ms\"\n[watchdog]\nmode = \"off\"",
+            &format!("port = 5432\n{tight}\n[watchdog]\nmode = \"off\""),
             "ok",
         );
         let witness = GOOD

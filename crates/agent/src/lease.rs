@@ -49,17 +49,22 @@ impl Agent {
                 .engine
                 .lease_step(now, is_primary, writable, &held, &settings);
             // The host watchdog, inline (quick syscalls): armed before the renewal it guards,
-            // fed until the fence deadline — the lease's, or after a restart the one assumed
-            // from the agent's start (invariant 10).
+            // fed while a reset would still come before any promotion and the fence deadline
+            // has not passed — the lease's, or after a restart the one assumed from the
+            // agent's start (invariant 10).
             let now = self.now_ms();
-            let may_renew = lock(&self.watchdog).tick(
-                generation,
-                is_primary,
-                writable,
-                now < held.fence_at_ms(&settings),
-                steps.contains(&LeaseStep::Renew),
-                now,
-            );
+            let may_renew = {
+                let mut watchdog = lock(&self.watchdog);
+                let feed_until = held.feed_until_ms(&settings, watchdog.timeout_s());
+                watchdog.tick(
+                    generation,
+                    is_primary,
+                    writable,
+                    now < feed_until,
+                    steps.contains(&LeaseStep::Renew),
+                    now,
+                )
+            };
             for step in steps {
                 match step {
                     LeaseStep::Fence(reason) => {

@@ -1,10 +1,12 @@
 //! The host watchdog (DESIGN "Trust", invariant 10): a primary whose agent hangs or dies
 //! must not outlive its lease as a writer, and nothing inside a frozen process runs to stop
 //! it. So the primary's agent arms a timer outside itself before it takes the lease, feeds
-//! it on every lease-loop tick while the lease is valid and never otherwise, and the timer
-//! resets the host when the feeding stops. The last feed is before the fence deadline, so
-//! the host resets by `fence deadline + timeout`, which `LeaseSettings::watchdog_timeout_s`
-//! keeps before the moment any coordinator may promote another node.
+//! it on every lease-loop tick until `HeldLease::feed_until_ms` and never after, and the
+//! timer resets the host when the feeding stops. The last feed is early enough that the
+//! reset, `timeout` later, comes before the moment any coordinator may promote another
+//! node, and never after the fence deadline; the timeout
+//! (`LeaseSettings::watchdog_timeout_s`) is as long as that allows, so that an agent
+//! stalled for a while on a loaded machine does not reset a healthy host.
 //!
 //! Two drivers, chosen by the file type of `[watchdog] device`: a character device is the
 //! kernel's watchdog API (`/dev/watchdog`: opening it starts the timer, magic close 'V'
@@ -298,7 +300,8 @@ pub(super) enum Step {
 }
 
 /// The watchdog's rule, pure: armed from before the first renewal of a generation while the
-/// node may write under its lease; fed only while the lease is valid; disarmed once
+/// node may write under its lease; fed only while `valid` (the lease loop's
+/// `HeldLease::feed_until_ms` has not passed); disarmed once
 /// PostgreSQL cannot write (never before: a writable PostgreSQL is fenced first).
 pub(super) fn step(t: Tick) -> Step {
     if !t.is_primary {
@@ -373,6 +376,11 @@ impl HostWatchdog {
             problem: None,
             failed_at_ms: None,
         }
+    }
+
+    /// The timeout it is armed with (0 when off).
+    pub(super) fn timeout_s(&self) -> u64 {
+        self.timeout_s
     }
 
     /// For the node's report, every probe.

@@ -18,13 +18,17 @@ pub struct LeaseSettings {
 
 impl Default for LeaseSettings {
     fn default() -> LeaseSettings {
-        // lease - safety_margin (2.5 s) leaves room for a Raft election (up to 1.2 s) even on
-        // a loaded machine; lease + drift_margin (4 s) is how long a dead primary is waited for.
+        // lease - safety_margin (1.6 s) leaves room for a Raft election (up to 1.2 s) and
+        // for the primary's agent to stall for 1 s between two renewals without fencing;
+        // lease + drift_margin (2.8 s) is how long a dead primary is waited for. `pgfm
+        // bench calm` measures that a loaded machine and a paused agent do not fail a
+        // healthy primary over with these (issue 13); `pgfm bench failover` the time a
+        // failover takes.
         LeaseSettings {
-            lease_ms: 3500,
+            lease_ms: 2400,
             renew_interval_ms: 500,
-            safety_margin_ms: 1000,
-            drift_margin_ms: 500,
+            safety_margin_ms: 800,
+            drift_margin_ms: 400,
         }
     }
 }
@@ -38,18 +42,21 @@ impl LeaseSettings {
     /// coordinator may promote another node.
     pub const WATCHDOG_RESET_MS: u64 = 250;
 
-    /// The host watchdog's timeout, in whole seconds (the kernel's unit), for these settings:
-    /// the primary feeds it only while its lease is valid, so the last feed is at most at its
-    /// fence deadline (`sent + lease - safety_margin`) and the host resets by `fence deadline
-    /// + timeout`, which must come before the coordinator's `sent + lease + drift_margin`
-    /// (invariant 10). None: `safety_margin + drift_margin` leaves no whole second.
+    /// The host watchdog's timeout, in whole seconds (the kernel's unit), for these settings.
+    /// The primary feeds it until `HeldLease::feed_until_ms`, so the host has reset by the
+    /// end of the lease (`sent + lease`) whatever the timeout, and the coordinator waits
+    /// `drift_margin` more, for the clocks' disagreement (invariant 10). The longest timeout
+    /// that still lets the primary feed it a whole `renew_interval` after each renewal is
+    /// chosen: the longer it is, the longer an agent may stall (a loaded machine, a paused
+    /// process) without resetting a healthy host. None: the lease leaves no whole second.
     pub fn watchdog_timeout_s(&self) -> Option<u64> {
-        let budget =
-            (self.safety_margin_ms + self.drift_margin_ms).checked_sub(Self::WATCHDOG_RESET_MS)?;
+        let budget = self
+            .lease_ms
+            .checked_sub(Self::WATCHDOG_RESET_MS + self.renew_interval_ms)?;
         Some(budget / 1000).filter(|s| *s >= 1)
     }
 
-    /// The settings in words, for reports: `lease 3.5 s, renew 500 ms, ...`.
+    /// The settings in words, for reports: `lease 2.4 s, renew 500 ms, ...`.
     pub fn describe(&self) -> String {
         let secs = |ms: u64| format!("{} s", ms as f64 / 1000.0);
         format!(
@@ -112,6 +119,18 @@ impl HeldLease {
     pub fn fence_at_ms(&self, s: &LeaseSettings) -> u64 {
         let until = self.valid_until_ms.unwrap_or(self.started_ms + s.lease_ms);
         until.saturating_sub(s.safety_margin_ms)
+    }
+
+    /// Until when this agent may feed a host watchdog of `timeout_s`: a reset `timeout_s`
+    /// after the last feed is over by the end of the lease (`sent + lease`), a
+    /// `drift_margin` before a coordinator may promote another node, and it is never fed
+    /// after the fence deadline (a PostgreSQL the fence failed to stop is reset, not kept
+    /// alive).
+    pub fn feed_until_ms(&self, s: &LeaseSettings, timeout_s: u64) -> u64 {
+        let until = self.valid_until_ms.unwrap_or(self.started_ms + s.lease_ms);
+        until
+            .saturating_sub(LeaseSettings::WATCHDOG_RESET_MS + timeout_s * 1000)
+            .min(self.fence_at_ms(s))
     }
 
     /// Whether the lease is valid now (with the safety margin kept).
@@ -246,23 +265,37 @@ mod tests {
 
     #[test]
     fn the_watchdog_fires_before_a_promotion() {
-        for (safety, drift, expected) in [
-            (1000, 500, Some(1)),
-            (1000, 200, None),
-            (2000, 500, Some(2)),
+        for (lease, renew, safety, drift, expected) in [
+            // The defaults: fed until 1.15 s after each renewal was sent.
+            (2400, 500, 800, 400, Some(1)),
+            (3500, 500, 1000, 500, Some(2)),
+            (2000, 500, 500, 200, Some(1)),
+            (1600, 400, 100, 100, None),
         ] {
             let s = LeaseSettings {
+                lease_ms: lease,
+                renew_interval_ms: renew,
                 safety_margin_ms: safety,
                 drift_margin_ms: drift,
-                ..LeaseSettings::default()
             };
             assert_eq!(s.watchdog_timeout_s(), expected, "{s:?}");
-            if let Some(t) = expected {
-                let fence_at = s.lease_ms - s.safety_margin_ms;
+            let Some(t) = expected else { continue };
+            for valid_until in [None, Some(10_000 + lease)] {
+                let held = HeldLease {
+                    valid_until_ms: valid_until,
+                    started_ms: 10_000,
+                    ..HeldLease::default()
+                };
+                let feed_until = held.feed_until_ms(&s, t);
+                // The reset: by the end of the lease sent at 10 s, a drift margin before
+                // any promotion.
                 assert!(
-                    fence_at + t * 1000 + LeaseSettings::WATCHDOG_RESET_MS
-                        <= s.lease_ms + s.drift_margin_ms
+                    feed_until + t * 1000 + LeaseSettings::WATCHDOG_RESET_MS <= 10_000 + lease,
+                    "{s:?}"
                 );
+                // Never fed past the fence deadline; fed for a whole renewal interval.
+                assert!(feed_until <= held.fence_at_ms(&s), "{s:?}");
+                assert!(feed_until >= 10_000 + renew, "{s:?}");
             }
         }
     }

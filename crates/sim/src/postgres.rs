@@ -307,6 +307,10 @@ struct Run {
     next_attempt_ms: u64,
     /// Why the WAL receiver does not stream, as PostgreSQL logs it.
     receiver_error: Option<String>,
+    /// While `Starting`: when start-up is over. The postmaster gets there on its own, whether
+    /// or not the agent that started it still waits (`pg_ctl start` returns, the server
+    /// stays).
+    ready_at_ms: u64,
 }
 
 #[derive(Debug)]
@@ -321,6 +325,8 @@ struct Server {
     host_epoch: u64,
     /// pg_basebackup is writing into the data directory.
     cloning: bool,
+    /// Why the postmaster of this pid exited during start-up, for `start` to say.
+    start_failure: Option<(i32, String)>,
 }
 
 impl Server {
@@ -456,6 +462,7 @@ impl PgModel {
                 rng: root.fork(i as u64 + 1),
                 host_epoch: 0,
                 cloning: false,
+                start_failure: None,
             };
             servers.insert(node.to_string(), server);
         }
@@ -520,6 +527,7 @@ impl PgModel {
         for node in dead {
             self.host_down(&node);
         }
+        self.finish_starts();
         self.replay();
         let mut links = std::mem::take(&mut self.links);
         for link in &mut links {
@@ -1199,11 +1207,55 @@ impl PgModel {
             exited: Some(exited.clone()),
             next_attempt_ms: 0,
             receiver_error: None,
+            ready_at_ms: 0,
         });
-        Ok((pid, self.draw(node, 200, 800)))
+        let wait = self.draw(node, 200, 800);
+        let ready_at_ms = self.now_ms + wait.as_millis() as u64;
+        self.server_mut(node)?.running_mut(pid)?.ready_at_ms = ready_at_ms;
+        Ok((pid, wait))
     }
 
-    /// `start`, once start-up is over: it accepts connections, or it died meanwhile.
+    /// Every postmaster whose start-up time is over finishes it (or dies, saying why).
+    fn finish_starts(&mut self) {
+        let due: Vec<(String, i32)> = self
+            .servers
+            .values()
+            .filter_map(|s| s.run.as_ref().map(|r| (s, r)))
+            .filter(|(s, r)| {
+                r.phase == Phase::Starting
+                    && r.ready_at_ms <= self.now_ms
+                    && !self.hosts.frozen(&s.name)
+            })
+            .map(|(s, r)| (s.name.clone(), r.pid))
+            .collect();
+        for (node, pid) in due {
+            if let Err(e) = self.finish_start(&node, pid) {
+                if let Some(s) = self.servers.get_mut(&node) {
+                    s.start_failure = Some((pid, format!("{e:#}")));
+                }
+            }
+        }
+    }
+
+    /// How the start-up of `pid` went: None while it goes on.
+    fn start_outcome(&self, node: &str, pid: i32) -> Option<anyhow::Result<()>> {
+        let Ok(s) = self.server(node) else {
+            return Some(Err(anyhow::anyhow!("no server {node}")));
+        };
+        match s.running(pid) {
+            Some(run) if run.phase == Phase::Starting => None,
+            Some(_) => Some(Ok(())),
+            None => Some(Err(match &s.start_failure {
+                Some((failed, why)) if *failed == pid => anyhow::anyhow!("{why}"),
+                _ => anyhow::anyhow!(
+                    "postmaster exited during start-up (signal: 9 (SIGKILL)); see {}",
+                    s.log_file()
+                ),
+            })),
+        }
+    }
+
+    /// Start-up is over (`finish_starts`): it accepts connections, or it died meanwhile.
     fn finish_start(&mut self, node: &str, pid: i32) -> anyhow::Result<()> {
         let uid = self.uid();
         let s = self.server_mut(node)?;
@@ -1637,8 +1689,14 @@ impl SimDatabase {
     async fn start(&self, upstream: Option<&Upstream>) -> anyhow::Result<u32> {
         let (pid, wait) = self.model().spawn(&self.node, upstream, &self.exited)?;
         sleep(wait).await;
-        self.model().finish_start(&self.node, pid)?;
-        Ok(pid as u32)
+        loop {
+            // Bound first: the lock must be released before the sleep.
+            let outcome = self.model().start_outcome(&self.node, pid);
+            match outcome {
+                Some(result) => return result.map(|()| pid as u32),
+                None => sleep(Duration::from_millis(5)).await,
+            }
+        }
     }
 
     /// Replay all WAL received, then promote (as `Postgres::promote`).
