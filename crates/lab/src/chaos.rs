@@ -147,7 +147,7 @@ pub fn chaos(args: ChaosBench) -> anyhow::Result<ExitCode> {
             args.data_nodes
         );
     }
-    let seed = args.seed.unwrap_or_else(clock_seed);
+    let seed = args.seed.unwrap_or_else(crate::seeded::clock_seed);
     let kinds = args.kinds();
     if !args.json {
         print_header(&args, seed, &kinds);
@@ -196,14 +196,6 @@ pub fn chaos(args: ChaosBench) -> anyhow::Result<ExitCode> {
             })
         }
     }
-}
-
-/// A seed from the clock, for a soak run without `--seed` (printed, so it can be replayed).
-fn clock_seed() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_nanos() as u64)
-        .unwrap_or(1)
 }
 
 /// Every run, one after the other, until the last or until one leaves a cluster the lab
@@ -482,7 +474,10 @@ async fn recover(
 /// Wait until the cluster is healthy and every node has rejoined (the primary writable,
 /// every other data node streaming in sync, every agent up); the status, or what was still
 /// missing at the deadline.
-async fn wait_rejoined(driver: &LabDriver, within: Duration) -> Result<ClusterStatus, Vec<String>> {
+pub(crate) async fn wait_rejoined(
+    driver: &LabDriver,
+    within: Duration,
+) -> Result<ClusterStatus, Vec<String>> {
     let deadline = Instant::now() + within;
     let mut missing = vec!["no agent answered".to_string()];
     loop {

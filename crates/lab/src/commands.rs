@@ -108,12 +108,19 @@ pub enum LabCommand {
         node: String,
         #[arg(long)]
         dir: Option<PathBuf>,
+        /// Stop only the agent process (a slow or stalled agent): its PostgreSQL, a child of
+        /// it, keeps running.
+        #[arg(long)]
+        agent_only: bool,
     },
     /// Undo `lab freeze`: SIGCONT every process of the node.
     Thaw {
         node: String,
         #[arg(long)]
         dir: Option<PathBuf>,
+        /// Resume only the agent process (after `lab freeze --agent-only`).
+        #[arg(long)]
+        agent_only: bool,
     },
     /// A data node's watchdog (started by `lab up` and `lab start`; see host.rs).
     #[command(hide = true)]
@@ -335,8 +342,16 @@ pub fn run(command: LabCommand) -> anyhow::Result<ExitCode> {
             agent_only,
         } => kill_node(&lab_dir(dir)?, &node, !agent_only, !postgres_only),
         LabCommand::Start { node, dir } => start_node(&lab_dir(dir)?, &node),
-        LabCommand::Freeze { node, dir } => freeze_node(&lab_dir(dir)?, &node, true),
-        LabCommand::Thaw { node, dir } => freeze_node(&lab_dir(dir)?, &node, false),
+        LabCommand::Freeze {
+            node,
+            dir,
+            agent_only,
+        } => freeze_node(&lab_dir(dir)?, &node, true, agent_only),
+        LabCommand::Thaw {
+            node,
+            dir,
+            agent_only,
+        } => freeze_node(&lab_dir(dir)?, &node, false, agent_only),
         LabCommand::WatchdogDriver { node, dir } => host::run_driver(&absolute(&dir)?, &node),
         LabCommand::Partition {
             node,
@@ -970,7 +985,11 @@ pub fn enter_client_network(lab: &LabFile) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn client(lab: &LabFile, node: &LabNode, timeout: Duration) -> anyhow::Result<ApiClient> {
+pub(crate) fn client(
+    lab: &LabFile,
+    node: &LabNode,
+    timeout: Duration,
+) -> anyhow::Result<ApiClient> {
     let token = std::fs::read_to_string(&lab.token_file)
         .with_context(|| format!("reading {}", lab.token_file.display()))?;
     Ok(ApiClient::new(
@@ -1380,7 +1399,7 @@ fn start_node(dir: &Path, name: &str) -> anyhow::Result<ExitCode> {
 
 /// `lab freeze` / `lab thaw`: a host that stops running (a hung VM, a long pause) and goes
 /// on again. The watchdog driver is not part of it and keeps counting.
-fn freeze_node(dir: &Path, name: &str, freeze: bool) -> anyhow::Result<ExitCode> {
+fn freeze_node(dir: &Path, name: &str, freeze: bool, agent_only: bool) -> anyhow::Result<ExitCode> {
     let mut lab = read_lab(dir)?;
     let node = find_node(&mut lab, name)?.clone();
     let signal = if freeze {
@@ -1388,7 +1407,11 @@ fn freeze_node(dir: &Path, name: &str, freeze: bool) -> anyhow::Result<ExitCode>
     } else {
         Signal::SIGCONT
     };
-    let done = host::signal_processes(dir, &node, signal);
+    let done = if agent_only {
+        host::signal_agent(dir, &node, signal).into_iter().collect()
+    } else {
+        host::signal_processes(dir, &node, signal)
+    };
     let verb = if freeze { "froze" } else { "thawed" };
     if done.is_empty() {
         println!("{name}: nothing was running");

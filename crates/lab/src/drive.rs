@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 
-use pgfm_api::ClusterStatus;
+use pgfm_api::{ClusterStatus, HistoryEntry};
 use pgfm_postgres::probe::Target;
 
 use crate::commands::{self as lab, LabFile};
@@ -134,6 +134,17 @@ impl LabDriver {
         self.pgfm(&["lab", "thaw", node]).map(|_| ())
     }
 
+    /// SIGSTOP only `node`'s agent process (its PostgreSQL runs on); `thaw_agent` resumes it.
+    pub fn freeze_agent(&self, node: &str) -> anyhow::Result<()> {
+        self.pgfm(&["lab", "freeze", node, "--agent-only"])
+            .map(|_| ())
+    }
+
+    pub fn thaw_agent(&self, node: &str) -> anyhow::Result<()> {
+        self.pgfm(&["lab", "thaw", node, "--agent-only"])
+            .map(|_| ())
+    }
+
     /// Fill `node`'s data disk (a lab built with --data-disk); `free_disk` empties it.
     pub fn fill_disk(&self, node: &str) -> anyhow::Result<()> {
         self.pgfm(&["lab", "fill-disk", node]).map(|_| ())
@@ -178,6 +189,20 @@ impl LabDriver {
     /// `status`, waiting at most `timeout` for each agent.
     pub async fn status_within(&self, timeout: Duration) -> anyhow::Result<ClusterStatus> {
         lab::any_status_within(&self.lab()?, timeout).await
+    }
+
+    /// Every promotion the cluster committed (`pgfm history`), from the first agent that
+    /// answers within `timeout`.
+    pub async fn history(&self, timeout: Duration) -> anyhow::Result<Vec<HistoryEntry>> {
+        let lab = self.lab()?;
+        let mut last = None;
+        for node in &lab.nodes {
+            match lab::client(&lab, node, timeout)?.history().await {
+                Ok(history) => return Ok(history),
+                Err(e) => last = Some(anyhow::Error::from(e)),
+            }
+        }
+        Err(last.unwrap_or_else(|| anyhow::anyhow!("the lab has no nodes")))
     }
 
     /// Poll the status every 50 ms until `check` returns Some, or fail after `timeout`

@@ -40,7 +40,7 @@ pub fn watchdog_fifo(lab_dir: &Path, node: &str) -> PathBuf {
 
 /// The node's agent, if it runs: from `agent.pid` (rewritten by every start), else from
 /// lab.json, and only if that pid is this node's pgfm agent.
-fn agent(lab_dir: &Path, node: &LabNode) -> Option<Proc> {
+pub(crate) fn agent(lab_dir: &Path, node: &LabNode) -> Option<Proc> {
     live_pid(lab_dir, node, "agent.pid", node.agent_pid, |pid| {
         is_our_agent(pid, node)
     })
@@ -147,6 +147,16 @@ pub fn signal_processes(lab_dir: &Path, node: &LabNode, signal: Signal) -> Vec<S
             }
         })
         .collect()
+}
+
+/// `lab freeze --agent-only` (SIGSTOP) and `lab thaw --agent-only` (SIGCONT): the agent
+/// process alone, never its children — the postmaster is one (`Postgres::start`), and a
+/// stalled agent is exactly one whose PostgreSQL runs on. What was signalled, in words.
+pub fn signal_agent(lab_dir: &Path, node: &LabNode, signal: Signal) -> Option<String> {
+    let agent = agent(lab_dir, node)?;
+    agent
+        .signal(signal)
+        .then(|| format!("agent (pid {agent}) alone"))
 }
 
 /// Whether `pid` is the watchdog driver of this node of this lab.

@@ -10,11 +10,13 @@
 //! - `drive`: `LabDriver`, a lab driven through the `pgfm` binary (the demo, the bench, the
 //!   tests); `writers`: the neutral writer, the longest gap, the split-brain watch;
 //! - `demo`, `bench`: `pgfm demo`, `pgfm bench failover|switchover`; `chaos`: `pgfm bench
-//!   chaos`, a seeded soak of drawn faults (its draw, injection and measures apart); `seeded`:
-//!   the benches' seeded generator;
+//!   chaos`, a seeded soak of drawn faults (its draw, injection and measures apart); `calm`:
+//!   `pgfm bench calm`, no false failovers on a slow machine (CPU hogs, the primary's agent
+//!   stopped and resumed); `seeded`: the benches' seeded generator;
 //! - `harness`: polling with deadlines and the tests' view of a lab (panics on failure).
 
 pub mod bench;
+pub mod calm;
 pub mod chaos;
 mod commands;
 pub mod demo;

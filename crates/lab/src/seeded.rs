@@ -2,6 +2,14 @@
 //! sequence of faults can be replayed (`--seed`). The same seed draws the same numbers on
 //! every machine.
 
+/// A seed from the clock, for a bench run without `--seed` (printed, so it can be replayed).
+pub fn clock_seed() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or(1)
+}
+
 #[derive(Debug, Clone)]
 pub struct Rng {
     state: u64,

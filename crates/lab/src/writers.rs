@@ -103,27 +103,35 @@ pub fn longest_gap(acks: &[(i64, Instant)], from: Instant) -> Duration {
 /// The split-brain watch on its own thread (see `sample_writable`), until `finish`.
 pub struct WriteWatch {
     stop: Arc<AtomicBool>,
-    handle: Option<JoinHandle<Vec<Writable>>>,
+    seen: Arc<Mutex<Vec<Writable>>>,
+    handle: Option<JoinHandle<()>>,
 }
 
 impl WriteWatch {
     /// Sample `targets` (name, server) every `every`.
     pub fn start(targets: Vec<(String, Target)>, every: Duration) -> WriteWatch {
         let stop = Arc::new(AtomicBool::new(false));
-        let task = sample_writable(targets, stop.clone(), every);
+        let seen: Arc<Mutex<Vec<Writable>>> = Default::default();
+        let task = sample_into(targets, stop.clone(), every, seen.clone());
         WriteWatch {
             stop,
+            seen,
             handle: Some(on_own_thread(task)),
         }
+    }
+
+    /// The writable samples seen so far (a long bench reports them as it goes).
+    pub fn so_far(&self) -> Vec<Writable> {
+        self.seen.lock().map(|s| s.clone()).unwrap_or_default()
     }
 
     /// Stop; every writable sample seen.
     pub fn finish(mut self) -> Vec<Writable> {
         self.stop.store(true, Ordering::SeqCst);
-        self.handle
-            .take()
-            .and_then(|h| h.join().ok())
-            .unwrap_or_default()
+        if let Some(handle) = self.handle.take() {
+            let _ = handle.join();
+        }
+        self.so_far()
     }
 }
 
@@ -147,7 +155,19 @@ pub async fn sample_writable(
     stop: Arc<AtomicBool>,
     every: Duration,
 ) -> Vec<Writable> {
-    let mut seen = Vec::new();
+    let seen: Arc<Mutex<Vec<Writable>>> = Default::default();
+    sample_into(targets, stop, every, seen.clone()).await;
+    let found = seen.lock().map(|s| s.clone()).unwrap_or_default();
+    found
+}
+
+/// `sample_writable`, adding each writable sample to `seen` as it is taken.
+async fn sample_into(
+    targets: Vec<(String, Target)>,
+    stop: Arc<AtomicBool>,
+    every: Duration,
+    seen: Arc<Mutex<Vec<Writable>>>,
+) {
     let mut clients: Vec<Option<tokio_postgres::Client>> = targets.iter().map(|_| None).collect();
     while !stop.load(Ordering::SeqCst) {
         for (i, (node, target)) in targets.iter().enumerate() {
@@ -164,18 +184,22 @@ pub async fn sample_writable(
             )
             .await;
             match asked {
-                Ok(Ok(row)) if row.get::<_, bool>(0) => seen.push(Writable {
-                    node: node.clone(),
-                    from,
-                    to: Instant::now(),
-                }),
+                Ok(Ok(row)) if row.get::<_, bool>(0) => {
+                    let sample = Writable {
+                        node: node.clone(),
+                        from,
+                        to: Instant::now(),
+                    };
+                    if let Ok(mut seen) = seen.lock() {
+                        seen.push(sample);
+                    }
+                }
                 Ok(Ok(_)) => {}
                 _ => clients[i] = None,
             }
         }
         tokio::time::sleep(every).await;
     }
-    seen
 }
 
 /// The acknowledged ids of a writer and when each was acknowledged.

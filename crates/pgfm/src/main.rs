@@ -9,7 +9,7 @@ use clap::{Parser, Subcommand};
 
 use pgfm_agent::config::{Config, DEFAULT_CONFIG};
 use pgfm_api::status_text;
-use pgfm_lab::{bench, chaos, demo};
+use pgfm_lab::{bench, calm, chaos, demo};
 
 #[derive(Parser)]
 #[command(name = "pgfm", version, about = "PostgreSQL failover manager")]
@@ -178,6 +178,9 @@ enum BenchCommand {
     /// A soak of drawn faults on a --netns lab (host deaths, crashes, freezes, partitions,
     /// double faults, damaged WAL, a full disk): lost writes, two writers, rejoins.
     Chaos(chaos::ChaosBench),
+    /// No false failovers: CPU hogs on every core and the primary's agent stopped again and
+    /// again for up to lease - safety margin - 1 s; nothing may be promoted, fenced or reset.
+    Calm(calm::CalmBench),
 }
 
 fn init_logging() {
@@ -534,5 +537,8 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Commands::Bench {
             command: BenchCommand::Chaos(args),
         } => chaos::chaos(args),
+        Commands::Bench {
+            command: BenchCommand::Calm(args),
+        } => calm::calm(args),
     }
 }
