@@ -543,8 +543,12 @@ impl Agent {
             let Some(member) = state.members.get(name) else {
                 continue;
             };
-            let client =
-                pgfm_api::ApiClient::new(&member.address, &self.token, Duration::from_millis(500));
+            let client = pgfm_api::ApiClient::over(
+                self.transport.clone(),
+                &member.address,
+                &self.token,
+                Duration::from_millis(500),
+            );
             let name = name.clone();
             readings.spawn(async move { (name, client.wal_position().await) });
         }

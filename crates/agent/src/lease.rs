@@ -116,9 +116,12 @@ impl Agent {
             node: self.config.name.clone(),
             generation,
         };
-        // A renewal stuck on an unreachable coordinator must not block the next attempts.
+        // A renewal stuck on an unreachable coordinator (its host powered off: no reset,
+        // only silence) must not block the next attempts: after a renew_interval the next
+        // goes out, to whichever coordinator is known by then. The lease - safety_margin
+        // budget must hold the election and this.
         let budget = Duration::from_millis(
-            (settings.lease_ms - settings.safety_margin_ms).min(2 * settings.renew_interval_ms),
+            (settings.lease_ms - settings.safety_margin_ms).min(settings.renew_interval_ms),
         );
         let outcome = tokio::time::timeout(budget, self.raft.propose(command)).await;
         let mut held = lock(&self.lease);

@@ -280,7 +280,8 @@ pub(super) struct Tick {
     pub is_primary: bool,
     /// PostgreSQL runs here and would take writes.
     pub writable: bool,
-    /// `HeldLease::valid`: the lease is held, with the safety margin kept.
+    /// Before `HeldLease::feed_until_ms`: the lease is held, and a reset a timeout from now
+    /// would be over before it ends.
     pub valid: bool,
     /// The lease loop sends a renewal on this tick.
     pub renew_due: bool,

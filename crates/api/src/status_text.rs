@@ -93,7 +93,13 @@ fn header(w: &mut String, s: &ClusterStatus) {
         let _ = writeln!(w, "Virtual IP: {} {on}", vip.address);
     }
     if let Some(sync) = &s.synchronous {
-        let _ = writeln!(w, "{}", sync_line(sync, s.primary.as_deref()));
+        let standbys: Vec<&str> = s
+            .nodes
+            .iter()
+            .filter(|n| n.kind == NodeKindStatus::Standby)
+            .map(|n| n.name.as_str())
+            .collect();
+        let _ = writeln!(w, "{}", sync_line(sync, &standbys));
     }
     if let Some(line) = watchdog_line(&s.nodes) {
         let _ = writeln!(w, "{line}");
@@ -375,7 +381,9 @@ pub fn history(entries: &[crate::HistoryEntry]) -> String {
 
 /// `Synchronous replication (quorum, 1 of 2 standbys): commits wait for any 1 of pg2, pg3;
 /// failover candidates: ...`
-fn sync_line(sync: &crate::SyncStatus, primary: Option<&str>) -> String {
+/// `standbys`: the nodes that run as standbys now (a committed set of one that is none of
+/// them is the primary alone, alive or not).
+fn sync_line(sync: &crate::SyncStatus, standbys: &[&str]) -> String {
     let mut mode = vec![sync.mode.clone()];
     if sync.mode != "off" {
         mode.push(format!("{} standby(s)", sync.standbys));
@@ -414,9 +422,9 @@ fn sync_line(sync: &crate::SyncStatus, primary: Option<&str>) -> String {
     };
     let candidates = if sync.committed.is_empty() {
         "any standby (nothing is committed as synchronous)".to_string()
-    } else if primary.is_some_and(|p| sync.committed == [p]) {
+    } else if sync.committed.len() == 1 && !standbys.contains(&sync.committed[0].as_str()) {
         format!(
-            "none (no standby is known to hold every synchronously acknowledged commit: only {} does)",
+            "none running (only {} is known to hold every synchronously acknowledged commit)",
             sync.committed[0]
         )
     } else if sync.committed_quorum < sync.committed.len() {
@@ -639,7 +647,7 @@ mod tests {
             sync("off", 1, 0, &[], 0, &[], 0),
         ]
         .iter()
-        .map(|s| super::sync_line(s, Some("pg1")))
+        .map(|s| super::sync_line(s, &["pg2", "pg3"]))
         .collect::<Vec<_>>()
         .join("\n");
         insta::assert_snapshot!(lines);

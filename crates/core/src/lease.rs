@@ -243,8 +243,6 @@ mod tests {
         assert!(expired_at_ms(Some(renewal_clock(timed, 1_000, promoted, 9_000)), &s) > 9_000);
     }
 
-    /// The watchdog resets the host before any coordinator may promote, and is refused when
-    /// the margins leave it no whole second.
     /// A leader decides once it has taken into account an entry of the term it leads;
     /// not before, and never when it does not lead.
     #[test]
@@ -263,6 +261,8 @@ mod tests {
         }
     }
 
+    /// The watchdog resets the host by the end of the lease, a drift margin before any
+    /// coordinator may promote, and is refused when the lease leaves it no whole second.
     #[test]
     fn the_watchdog_fires_before_a_promotion() {
         for (lease, renew, safety, drift, expected) in [

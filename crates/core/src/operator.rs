@@ -79,6 +79,13 @@ pub enum Refusal {
         lag: Option<u64>,
         against: LagAgainst,
     },
+    /// The primary is gone and the committed synchronous set does not name `node`.
+    #[error(
+        "{node} is not known to hold every acknowledged commit (only {} may): promoting it \
+         could lose them; add --force to accept",
+        .holders.join(", ")
+    )]
+    NotSynchronous { node: String, holders: Vec<String> },
     #[error("{name} is not a member (the members are {})", .members.join(", "))]
     NotAMember { name: String, members: Vec<String> },
     #[error("{0} is the primary: switch over first (pgfm switchover), or add --force")]
@@ -427,8 +434,10 @@ impl<'a> Candidates<'a> {
                     None => Err(Refusal::NotAPromotableStandby(to.to_string())),
                 }
             }
-            None => Ok(self.standbys.iter().min_by_key(|(_, s)| {
+            None => Ok(self.standbys.iter().min_by_key(|(name, s)| {
                 (
+                    // Without a primary, a member of the committed synchronous set first.
+                    !self.alive && !view.state.sync_set.contains(*name),
                     self.behind(s).unwrap_or(u64::MAX),
                     std::cmp::Reverse(s.member.map(|m| m.priority)),
                 )
@@ -451,6 +460,15 @@ impl<'a> Candidates<'a> {
         } else {
             lag.is_some_and(|lag| lag > view.settings.max_lag)
         };
+        // Without a primary, as the failover itself: with synchronous replication only a
+        // member of the committed set is known to hold every acknowledged commit.
+        let sync_set = &view.state.sync_set;
+        if !self.alive && !force && !sync_set.is_empty() && !sync_set.contains(name) {
+            return Err(Refusal::NotSynchronous {
+                node: name.to_string(),
+                holders: sync_set.iter().cloned().collect(),
+            });
+        }
         if lagging && !force {
             return Err(Refusal::Lagging {
                 node: name.to_string(),
@@ -998,6 +1016,43 @@ mod tests {
             None,
             false,
             "the best standby replaces pg1 after its lease in generation 1",
+        );
+        // Synchronous replication, the primary gone: only a member of the committed set,
+        // as the failover itself; degraded (the primary alone), nobody without --force.
+        fn sync_set(v: &mut ClusterView, members: &[&str]) {
+            silent(v, "pg1");
+            v.state.sync_set = members.iter().map(|m| m.to_string()).collect();
+            v.state.sync_quorum = 1;
+        }
+        check(
+            3,
+            |v| sync_set(v, &["pg3"]),
+            None,
+            false,
+            "pg3 replaces pg1 after its lease in generation 1",
+        );
+        check(
+            3,
+            |v| sync_set(v, &["pg3"]),
+            Some("pg2"),
+            false,
+            "refused: pg2 is not known to hold every acknowledged commit (only pg3 may): \
+             promoting it could lose them; add --force to accept",
+        );
+        check(
+            3,
+            |v| sync_set(v, &["pg1"]),
+            None,
+            false,
+            "refused: pg2 is not known to hold every acknowledged commit (only pg1 may): \
+             promoting it could lose them; add --force to accept",
+        );
+        check(
+            3,
+            |v| sync_set(v, &["pg1"]),
+            Some("pg3"),
+            true,
+            "pg3 replaces pg1 after its lease in generation 1 (forced)",
         );
     }
 

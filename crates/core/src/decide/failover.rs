@@ -246,8 +246,9 @@ fn candidate<'a>(
             .is_some_and(|p| state.sync_set == [p.clone()].into())
         {
             return Err(format!(
-                "{name} is not known to hold every acknowledged commit: since its promotion only \
-                 {} does (no standby had caught up with it)",
+                "{name} is not known to hold every acknowledged commit: only {} does (since its \
+                 promotion, or since synchronous replication degraded, no standby caught up with \
+                 it)",
                 state.primary.as_deref().unwrap_or_default()
             ));
         }
@@ -621,8 +622,8 @@ mod tests {
         assert!(
             actions[0].contains("no standby can be promoted")
                 && actions[0].contains(
-                    "pg2 is not known to hold every acknowledged commit: since its promotion \
-                     only pg1 does"
+                    "pg2 is not known to hold every acknowledged commit: only pg1 does (since \
+                     its promotion, or since synchronous replication degraded"
                 ),
             "{actions:?}"
         );
