@@ -36,7 +36,7 @@ impl Default for RaftSettings {
     fn default() -> RaftSettings {
         RaftSettings {
             // An election must fit well inside the primary's lease budget (lease -
-            // safety_margin, 1.6 s by default), or losing the coordinator fences the primary.
+            // safety_margin, 2.5 s by default), or losing the coordinator fences the primary.
             // openraft 0.9 followers wait election_timeout_max (its leader lease) plus a
             // random election timeout before they campaign: at most 1.2 s here. Heartbeats
             // and lease renewals are most of an idle agent's CPU: keep them no faster.
@@ -300,7 +300,7 @@ impl EmbeddedRaft {
 /// Pre-vote, which openraft 0.9 lacks. A candidate raises its term before it asks for
 /// votes, and a node cut off from the others keeps doing so; when the partition heals, its
 /// higher term (in its answer to the leader's first heartbeat) deposes a working coordinator
-/// — over a second without one, against the primary's 1.6 s fence deadline. So an agent may
+/// — over a second without one, against the primary's 2.5 s fence deadline. So an agent may
 /// campaign only while a majority of the voters, itself included, is reachable and has not
 /// heard from a leader recently. Checked every heartbeat by pinging the other voters (each
 /// answers from its HTTP server, `leader_recent`). The gate only closes openraft's own

@@ -2598,10 +2598,12 @@ mod tests {
         let pg1 = sim.probe("pg1").await;
         assert_eq!(pg1.receiver.as_deref(), Some("streaming"));
         assert_eq!(pg1.timeline, Some(Timeline(2)));
-        let m = sim.model();
-        let newest = m.commits().last().unwrap();
+        let newest = sim.model().commits().last().unwrap().clone();
         assert_eq!(newest.node, "pg2");
-        assert!(m.holds("pg1", newest.id));
+        sim.until("pg1 to receive pg2's newest commit", 2_000, |m| {
+            m.holds("pg1", newest.id)
+        })
+        .await;
     }
 
     /// pg_rewind refuses a running server; pgfm then marks the directory, whatever it was.
