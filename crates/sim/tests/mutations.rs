@@ -154,12 +154,12 @@ fn no_drift_margin() -> Mutation {
         engine: Arc::new(NoDriftMargin),
         // The drift margin is for clocks that run at different rates: a cut-off primary
         // whose clock is slow fences late by its own count, a coordinator whose clock is
-        // fast promotes early by its own. Within ±20 % the safety margin alone covers it;
-        // with clocks ±25 % apart the margin is what keeps the promotion after the fence
+        // fast promotes early by its own. Within ±3 % the safety margin alone covers it;
+        // with clocks ±18 % apart the margin is what keeps the promotion after the fence
         // (pgfm's own rules still hold there: `replay` checks that too).
         configure: |o| {
             o.faults = faults("partition,partition-out");
-            o.drift = 0.25;
+            o.drift = 0.18;
         },
         budget: 500,
     }
