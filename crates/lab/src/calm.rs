@@ -161,16 +161,7 @@ pub fn calm(args: CalmBench) -> anyhow::Result<ExitCode> {
     } else {
         print_summary(&args, &plan, &outcome);
     }
-    if args.keep {
-        // On standard error: with --json, standard output is JSON lines only.
-        eprintln!(
-            "the lab is left in {} (pgfm lab down --dir {} removes it)",
-            driver.dir.display(),
-            driver.dir.display()
-        );
-    } else {
-        driver.down()?;
-    }
+    driver.down_unless(args.keep)?;
     Ok(if outcome.numbers.calm() {
         ExitCode::SUCCESS
     } else {

@@ -179,16 +179,7 @@ pub fn chaos(args: ChaosBench) -> anyhow::Result<ExitCode> {
     match stopped {
         Some(e) => Err(driver.kept_for_inspection(e)),
         None => {
-            if args.keep {
-                // On standard error: with --json, standard output is JSON lines only.
-                eprintln!(
-                    "the lab is left in {} (pgfm lab down --dir {} removes it)",
-                    driver.dir.display(),
-                    driver.dir.display()
-                );
-            } else {
-                driver.down()?;
-            }
+            driver.down_unless(args.keep)?;
             Ok(if tally.safe(args.synchronous()) {
                 ExitCode::SUCCESS
             } else {

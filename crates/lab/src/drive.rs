@@ -169,6 +169,20 @@ impl LabDriver {
         self.pgfm(&["lab", "down"]).map(|_| ())
     }
 
+    /// The end of a bench: the lab down, or with `keep` left running and said where (on
+    /// standard error: with --json, standard output is JSON lines only).
+    pub fn down_unless(&self, keep: bool) -> anyhow::Result<()> {
+        if !keep {
+            return self.down();
+        }
+        eprintln!(
+            "the lab is left in {} (pgfm lab down --dir {} removes it)",
+            self.dir.display(),
+            self.dir.display()
+        );
+        Ok(())
+    }
+
     /// A failed run leaves its lab for a post-mortem: its logs say what went wrong.
     pub fn kept_for_inspection(&self, e: anyhow::Error) -> anyhow::Error {
         e.context(format!(

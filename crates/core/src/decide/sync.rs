@@ -33,6 +33,12 @@ pub(super) fn manage_sync(cluster: &ClusterView, local: &LocalView, now_ms: u64)
             forward: Forward::ToCoordinator,
         }]
     };
+    let set = || {
+        vec![Action::SetSyncStandbys {
+            rule: desired.clone(),
+            generation,
+        }]
+    };
     if desired.is_async() {
         // Degrading to asynchronous is committed first: a primary cut off from the majority
         // cannot, so it keeps waiting rather than acknowledge commits a failover would lose.
@@ -50,10 +56,7 @@ pub(super) fn manage_sync(cluster: &ClusterView, local: &LocalView, now_ms: u64)
             return commit(degraded);
         }
         if *current != desired {
-            return vec![Action::SetSyncStandbys {
-                rule: desired,
-                generation,
-            }];
+            return set();
         }
         return Vec::new();
     }
@@ -67,12 +70,6 @@ pub(super) fn manage_sync(cluster: &ClusterView, local: &LocalView, now_ms: u64)
             )
         });
     }
-    let set = || {
-        vec![Action::SetSyncStandbys {
-            rule: desired.clone(),
-            generation,
-        }]
-    };
     if *current != desired {
         return set();
     }
