@@ -4,7 +4,9 @@
 
 use std::time::Duration;
 
-use pgfm_core::transport::{Method, Pending, Request, Response, Transport, TransportError};
+use pgfm_core::transport::{
+    Failure, Method, Pending, Request, Response, Transport, TransportError,
+};
 
 pub struct HttpTransport {
     client: reqwest::Client,
@@ -38,19 +40,70 @@ impl Transport for HttpTransport {
                     .header("content-type", "application/json")
                     .body(body);
             }
-            let response = builder
-                .send()
-                .await
-                .map_err(|e| TransportError(e.to_string()))?;
+            let response = builder.send().await.map_err(|e| failed(&e))?;
             let status = response.status().as_u16();
-            let body = response
-                .bytes()
-                .await
-                .map_err(|e| TransportError(e.to_string()))?;
+            let body = response.bytes().await.map_err(|e| failed(&e))?;
             Ok(Response {
                 status,
                 body: body.to_vec(),
             })
         })
+    }
+}
+
+/// What a failed request tells its caller: the kind of failure, and the whole text.
+fn failed(error: &reqwest::Error) -> TransportError {
+    let failure = if error.is_connect() {
+        Failure::Connect
+    } else if error.is_timeout() {
+        Failure::Timeout
+    } else {
+        Failure::Other
+    };
+    TransportError::new(failure, chain(error))
+}
+
+/// `error` and its causes: reqwest's own text ("error sending request for url …") does not
+/// say whether the connection was refused, reset or timed out.
+fn chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut cause = error.source();
+    while let Some(e) = cause {
+        let said = e.to_string();
+        if !text.contains(&said) {
+            text.push_str(": ");
+            text.push_str(&said);
+        }
+        cause = e.source();
+    }
+    text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_refused_connection_says_so() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        drop(listener);
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let transport = HttpTransport::new(Duration::from_secs(1));
+        let request = Request {
+            method: Method::Get,
+            address: format!("127.0.0.1:{port}"),
+            path: "/v1/health".into(),
+            token: String::new(),
+            body: None,
+            timeout: Duration::from_secs(1),
+        };
+        let error = runtime.block_on(transport.send(request)).unwrap_err();
+        assert_eq!(error.failure, Failure::Connect, "{error}");
+        assert!(error.message.contains("error sending request"), "{error}");
+        assert!(error.message.to_lowercase().contains("refused"), "{error}");
     }
 }

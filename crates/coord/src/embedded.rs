@@ -108,7 +108,7 @@ impl EmbeddedRaft {
         .validate()
         .context("validating the Raft settings")?;
         let id = NodeId::from_name(name).0;
-        let network = Peers::new(transport, token);
+        let network = Peers::new(transport, token, settings.heartbeat);
         let raft = Raft::new(id, Arc::new(config), network.clone(), log, sm)
             .await
             .context("starting Raft")?;

@@ -8,7 +8,7 @@ use std::time::Duration;
 use openraft::error::{
     InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Unreachable,
 };
-use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
+use openraft::network::{Backoff, RPCOption, RaftNetwork, RaftNetworkFactory};
 use openraft::raft::{
     AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse,
     VoteRequest, VoteResponse,
@@ -16,7 +16,7 @@ use openraft::raft::{
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
-use pgfm_core::transport::{Method, Request, Transport, TransportError};
+use pgfm_core::transport::{Failure, Method, Request, Transport, TransportError};
 
 use crate::types::{RaftNode, TypeConfig};
 
@@ -25,7 +25,7 @@ use crate::types::{RaftNode, TypeConfig};
 pub enum PeerError {
     /// No answer: refused, not connected in time, no answer in time.
     #[error("{0}")]
-    Unreachable(TransportError),
+    NoAnswer(TransportError),
     /// An answer, but not one to use: a refused token, another status, bad JSON.
     #[error("{0}")]
     Answer(String),
@@ -36,11 +36,20 @@ pub enum PeerError {
 pub struct Peers {
     transport: Arc<dyn Transport>,
     token: Arc<str>,
+    /// How long the leader waits before it tries again a follower it could not connect to.
+    retry_after: Duration,
 }
 
 impl Peers {
-    pub fn new(transport: Arc<dyn Transport>, token: Arc<str>) -> Peers {
-        Peers { transport, token }
+    /// `retry_after`: the pause after a failed connection to a follower (one heartbeat:
+    /// openraft's own 500 ms would spend a quarter of the primary's renewal budget after a
+    /// single failed connection to a follower that has just come back).
+    pub fn new(transport: Arc<dyn Transport>, token: Arc<str>, retry_after: Duration) -> Peers {
+        Peers {
+            transport,
+            token,
+            retry_after,
+        }
     }
 
     /// POST `body` as JSON to `path` on the agent at `address` and read its JSON answer.
@@ -65,7 +74,7 @@ impl Peers {
             .transport
             .send(request)
             .await
-            .map_err(PeerError::Unreachable)?;
+            .map_err(PeerError::NoAnswer)?;
         match response.status {
             200 => serde_json::from_slice(&response.body)
                 .map_err(|e| PeerError::Answer(format!("{node}: unreadable answer: {e}"))),
@@ -113,8 +122,13 @@ impl Connection {
             .post(&self.node, &path, request, option.hard_ttl())
             .await
             .map_err(|e| match e {
-                PeerError::Unreachable(e) => RPCError::Unreachable(Unreachable::new(&e)),
-                e @ PeerError::Answer(_) => RPCError::Network(NetworkError::new(&e)),
+                // Only a peer that could not be connected to is unreachable (openraft then
+                // pauses before the next try); one that was slow to answer is retried at
+                // once: a follower busy writing a batch of entries is not a lost one.
+                PeerError::NoAnswer(e) if e.failure == Failure::Connect => {
+                    RPCError::Unreachable(Unreachable::new(&e))
+                }
+                e => RPCError::Network(NetworkError::new(&e)),
             })?;
         answer.map_err(|e| {
             RPCError::RemoteError(RemoteError::new_with_node(
@@ -127,6 +141,10 @@ impl Connection {
 }
 
 impl RaftNetwork<TypeConfig> for Connection {
+    fn backoff(&self) -> Backoff {
+        Backoff::new(std::iter::repeat(self.peers.retry_after))
+    }
+
     async fn append_entries(
         &mut self,
         rpc: AppendEntriesRequest<TypeConfig>,

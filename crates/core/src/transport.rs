@@ -53,10 +53,35 @@ pub struct Response {
 }
 
 /// No answer came: the connection was refused or not made in time, or the answer did not
-/// arrive before the request's timeout. The text says which, for the user.
+/// arrive before the request's timeout. `message` says which, for the user; `failure` for
+/// the Raft backend, which pauses before it tries a peer it could not connect to again, but
+/// not one that was only slow to answer.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{0}")]
-pub struct TransportError(pub String);
+#[error("{message}")]
+pub struct TransportError {
+    pub failure: Failure,
+    pub message: String,
+}
+
+/// What went wrong with a request that got no answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Failure {
+    /// No connection could be made: refused, no route, no such host, or not in time.
+    Connect,
+    /// Connected (or connecting still), but no answer came within the request's timeout.
+    Timeout,
+    /// Anything else: the connection dropped mid-request, a body that could not be read.
+    Other,
+}
+
+impl TransportError {
+    pub fn new(failure: Failure, message: impl Into<String>) -> TransportError {
+        TransportError {
+            failure,
+            message: message.into(),
+        }
+    }
+}
 
 /// Carries requests between agents. Implementations must be cheap to share: every loop of
 /// an agent sends through the same one.

@@ -9,7 +9,7 @@ use std::cmp::Reverse;
 use std::collections::{BTreeMap, BTreeSet, BinaryHeap};
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use pgfm_core::transport::{Pending, Request, Response, Transport, TransportError};
+use pgfm_core::transport::{Failure, Pending, Request, Response, Transport, TransportError};
 use tokio::sync::oneshot;
 
 use crate::rng::Rng;
@@ -184,10 +184,13 @@ impl Net {
     fn submit(&mut self, from: &str, request: Request, reply: oneshot::Sender<Answer>) {
         self.sent += 1;
         let Some(to) = self.addresses.get(address_of(&request.address)).cloned() else {
-            let answer = Err(TransportError(format!(
-                "error sending request for url ({}): no such host",
-                request.url()
-            )));
+            let answer = Err(TransportError::new(
+                Failure::Connect,
+                format!(
+                    "error sending request for url ({}): no such host",
+                    request.url()
+                ),
+            ));
             let at = self.now_ms + self.delay();
             self.push(at, Event::Answer { reply, answer });
             return;
@@ -228,13 +231,19 @@ impl Net {
 
     /// The request from `from` reached nobody that answers: the sender learns it after
     /// `after_ms` (a refused connection at once, a silent host at the connect timeout).
-    pub fn fail(&mut self, reply: oneshot::Sender<Answer>, after_ms: u64, why: String) {
+    pub fn fail(
+        &mut self,
+        reply: oneshot::Sender<Answer>,
+        after_ms: u64,
+        failure: Failure,
+        why: String,
+    ) {
         let at = self.now_ms + after_ms;
         self.push(
             at,
             Event::Answer {
                 reply,
-                answer: Err(TransportError(why)),
+                answer: Err(TransportError::new(failure, why)),
             },
         );
     }
@@ -280,13 +289,16 @@ impl Transport for SimTransport {
         Box::pin(async move {
             match tokio::time::timeout(timeout, rx).await {
                 Ok(Ok(answer)) => answer,
-                Ok(Err(_)) => Err(TransportError(format!(
-                    "error sending request for url ({url}): connection reset by peer"
-                ))),
-                Err(_) => Err(TransportError(format!(
-                    "error sending request for url ({url}): operation timed out after {:?}",
-                    timeout
-                ))),
+                Ok(Err(_)) => Err(TransportError::new(
+                    Failure::Other,
+                    format!("error sending request for url ({url}): connection reset by peer"),
+                )),
+                Err(_) => Err(TransportError::new(
+                    Failure::Timeout,
+                    format!(
+                        "error sending request for url ({url}): operation timed out after {timeout:?}"
+                    ),
+                )),
             }
         })
     }

@@ -14,6 +14,7 @@ use std::time::Duration;
 use anyhow::Context as _;
 use pgfm_agent::{Clock, Platform, Running, Watchdog, WatchdogDevice};
 use pgfm_core::engine::Engine;
+use pgfm_core::transport::{Failure, TransportError};
 use pgfm_core::ClusterState;
 
 use crate::net::{Answer, SharedNet};
@@ -335,7 +336,7 @@ async fn handle(router: axum::Router, request: pgfm_core::transport::Request) ->
     let body = axum::body::Body::from(request.body.unwrap_or_default());
     let http_request = builder
         .body(body)
-        .map_err(|e| pgfm_core::transport::TransportError(e.to_string()))?;
+        .map_err(|e| TransportError::new(Failure::Other, e.to_string()))?;
     let response = match router.oneshot(http_request).await {
         Ok(response) => response,
         Err(never) => match never {},
@@ -343,7 +344,7 @@ async fn handle(router: axum::Router, request: pgfm_core::transport::Request) ->
     let status = response.status().as_u16();
     let body = axum::body::to_bytes(response.into_body(), usize::MAX)
         .await
-        .map_err(|e| pgfm_core::transport::TransportError(e.to_string()))?;
+        .map_err(|e| TransportError::new(Failure::Other, e.to_string()))?;
     Ok(pgfm_core::transport::Response {
         status,
         body: body.to_vec(),

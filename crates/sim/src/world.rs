@@ -10,6 +10,7 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
 use pgfm_core::engine::{Engine, Rules};
+use pgfm_core::transport::Failure;
 
 use crate::check::Checker;
 use crate::faults::{self, Fault, FaultSet, Kind, Target};
@@ -407,14 +408,16 @@ impl World {
                             let why = format!(
                                 "error sending request for url ({url}): client error (Connect): operation timed out"
                             );
-                            self.net.lock().fail(reply, connect_timeout, why);
+                            self.net
+                                .lock()
+                                .fail(reply, connect_timeout, Failure::Connect, why);
                         }
                     } else if !node.agent_running() {
                         if let Some(reply) = reply {
                             let why = format!(
                                 "error sending request for url ({url}): client error (Connect): tcp connect error: Connection refused (os error 111)"
                             );
-                            self.net.lock().fail(reply, 1, why);
+                            self.net.lock().fail(reply, 1, Failure::Connect, why);
                         }
                     } else {
                         node.deliver(&self.net, from, request, reply);

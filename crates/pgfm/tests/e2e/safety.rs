@@ -73,21 +73,49 @@ fn wait_in_sync(lab: &Lab, standby: &str) {
     });
 }
 
-/// SIGSTOP / SIGCONT `node`'s WAL receiver: a standby that hangs (its connection stays
-/// open, nothing it receives is confirmed).
-fn signal_receiver(lab: &Lab, node: &str, signal: nix::sys::signal::Signal) -> i32 {
-    let pid = receiver_pid(lab, node);
-    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), signal).unwrap();
+/// Hang `standby`'s WAL receiver (SIGSTOP): its connection stays open, nothing it receives
+/// is confirmed. First wait until the receiver streams and `primary`'s walsender for it has
+/// everything replayed, as `primary` itself says and as the coordinator sees it: a receiver
+/// stopped while it reconnects would leave no walsender for a clean shutdown to wait for,
+/// and a stale "in sync" would let the switchover's own check refuse. Returns its pid.
+fn hang_receiver(lab: &Lab, primary: &str, standby: &str) -> i32 {
+    let caught_up = format!(
+        "SELECT count(*) FROM pg_stat_replication WHERE application_name = '{standby}' \
+         AND state = 'streaming' AND replay_lsn = pg_current_wal_lsn()"
+    );
+    let pid = wait_for(
+        &format!("{standby}'s WAL receiver to stream everything {primary} wrote"),
+        SETTLE,
+        || {
+            let pid = lab
+                .psql(
+                    standby,
+                    "SELECT pid FROM pg_stat_wal_receiver WHERE status = 'streaming'",
+                )?
+                .parse::<i32>()
+                .map_err(|e| format!("no streaming receiver: {e}"))?;
+            match lab.psql(primary, &caught_up)?.as_str() {
+                "1" => Ok(pid),
+                n => Err(format!("{n} caught-up walsenders for {standby}")),
+            }
+        },
+    );
+    wait_in_sync(lab, standby);
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid),
+        nix::sys::signal::Signal::SIGSTOP,
+    )
+    .unwrap();
     pid
 }
 
-/// The pid of `node`'s WAL receiver.
-fn receiver_pid(lab: &Lab, node: &str) -> i32 {
-    wait_for(&format!("{node}'s WAL receiver"), SETTLE, || {
-        lab.psql(node, "SELECT pid FROM pg_stat_wal_receiver")?
-            .parse::<i32>()
-            .map_err(|e| e.to_string())
-    })
+/// Let a receiver stopped by `hang_receiver` go on.
+fn resume(receiver: i32) {
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(receiver),
+        nix::sys::signal::Signal::SIGCONT,
+    )
+    .unwrap();
 }
 
 /// Wait until `primary` takes writes again (as the primary of `generation`).
@@ -108,20 +136,19 @@ fn writable_again(lab: &Lab, primary: &str, generation: u64) {
 // Long: one scenario, step by step; it reads best in one piece.
 #[test]
 fn a_switchover_whose_target_hangs_is_rolled_back_in_time() {
-    use nix::sys::signal::Signal::{SIGCONT, SIGSTOP};
     let lab = Lab::up(PGFM, 2);
     lab.wait_healthy("witness", SETTLE);
     lab.committed_rows("pg1", "pg2", 100);
     let watch = SplitBrainWatch::start(&lab, &["pg1", "pg2"]);
 
     // The operator cancels while the old primary waits for the hung target.
-    let receiver = signal_receiver(&lab, "pg2", SIGSTOP);
+    let receiver = hang_receiver(&lab, "pg1", "pg2");
     let waiting = cli_in_background(&lab, &["switchover", "--to", "pg2"]);
     switchover_under_way(&lab);
     let cancel = cli(&lab, &["switchover", "--cancel"]);
     let cancel_text = text(&cancel);
     let ended = waiting.join().unwrap();
-    nix::sys::signal::kill(nix::unistd::Pid::from_raw(receiver), SIGCONT).unwrap();
+    resume(receiver);
     let ended_text = text(&ended);
     assert_eq!(ended.status.code(), Some(1), "{ended_text}");
     if cancel.status.success() {
@@ -136,13 +163,12 @@ fn a_switchover_whose_target_hangs_is_rolled_back_in_time() {
         assert!(ended_text.contains("rolled back"), "{ended_text}");
     }
     writable_again(&lab, "pg1", 1);
-    wait_in_sync(&lab, "pg2");
 
     // Left alone, the hand-over is cut short and the switchover rolled back.
-    let receiver = signal_receiver(&lab, "pg2", SIGSTOP);
+    let receiver = hang_receiver(&lab, "pg1", "pg2");
     let started = Instant::now();
     let output = cli(&lab, &["switchover", "--to", "pg2"]);
-    nix::sys::signal::kill(nix::unistd::Pid::from_raw(receiver), SIGCONT).unwrap();
+    resume(receiver);
     let said = text(&output);
     assert_eq!(output.status.code(), Some(1), "{said}");
     assert!(said.contains("rolled back"), "{said}");
@@ -175,8 +201,7 @@ fn a_switchover_whose_target_hangs_is_rolled_back_in_time() {
     // waits for pg1's hung receiver, is cut short (its shutdown checkpoint, the end of WAL,
     // is written), pg2 hands over, and pg1 is promoted without that last record; pg2
     // streams from it.
-    wait_in_sync(&lab, "pg1");
-    let receiver = signal_receiver(&lab, "pg1", SIGSTOP);
+    let receiver = hang_receiver(&lab, "pg2", "pg1");
     let waiting = cli_in_background(&lab, &["switchover", "--to", "pg1"]);
     switchover_under_way(&lab);
     // In the background: it returns once pg1 is promoted, which needs its receiver back.
@@ -188,7 +213,7 @@ fn a_switchover_whose_target_hangs_is_rolled_back_in_time() {
             Err("not yet".to_string())
         }
     });
-    nix::sys::signal::kill(nix::unistd::Pid::from_raw(receiver), SIGCONT).unwrap();
+    resume(receiver);
     let forced = forced.join().unwrap();
     let forced_text = text(&forced);
     assert!(forced.status.success(), "{forced_text}");
