@@ -31,8 +31,9 @@ impl Agent {
                 _ = ticker.tick() => {}
                 _ = stop.changed() => return,
             }
-            let (primary, generation) = self.raft.primary();
-            let is_primary = primary.as_deref() == Some(self.config.name.as_str());
+            // A primary that gave its lease up renews no more: the log refuses it.
+            let (holder, generation) = self.raft.lease_holder();
+            let is_primary = holder.as_deref() == Some(self.config.name.as_str());
             let now = self.now_ms();
             let held = {
                 let mut held = lock(&self.lease);

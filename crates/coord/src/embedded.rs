@@ -240,6 +240,14 @@ impl EmbeddedRaft {
         (applied.state.primary.clone(), applied.state.generation)
     }
 
+    /// The node holding the current generation's lease (`ClusterState::lease_holder`) and
+    /// the generation.
+    pub fn lease_holder(&self) -> (Option<String>, pgfm_core::Generation) {
+        let applied = self.inner.applied.borrow();
+        let state = &applied.state;
+        (state.lease_holder().map(str::to_string), state.generation)
+    }
+
     /// A receiver that sees every newly applied state.
     pub fn watch(&self) -> watch::Receiver<Applied> {
         self.inner.applied.clone()

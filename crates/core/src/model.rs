@@ -461,6 +461,21 @@ impl SyncSettings {
 }
 
 impl ClusterState {
+    /// The node that holds the lease of the current generation: the primary, unless it gave
+    /// the lease up.
+    pub fn lease_holder(&self) -> Option<&str> {
+        self.primary.as_deref().filter(|_| !self.lease_released)
+    }
+
+    /// The primary, when it alone is known to hold every acknowledged commit: synchronous
+    /// replication committed a set of only the primary (since its promotion, or since it
+    /// degraded), so no standby may take over from it without `--force`.
+    pub fn sole_holder(&self) -> Option<&str> {
+        self.primary
+            .as_deref()
+            .filter(|p| self.sync_set.len() == 1 && self.sync_set.contains(*p))
+    }
+
     /// The committed synchronous rule: `sync_quorum` of `sync_set`.
     pub fn committed_sync(&self) -> SyncRule {
         SyncRule::new(self.sync_quorum, self.sync_set.clone())
@@ -611,10 +626,7 @@ impl ClusterState {
 
     /// `node` is the primary of `generation`, the current one, and has not released its lease.
     fn check_lease_holder(&self, node: &str, generation: Generation) -> Result<(), CommandError> {
-        let holds = self.primary.as_deref() == Some(node)
-            && generation == self.generation
-            && !self.lease_released;
-        if !holds {
+        if self.lease_holder() != Some(node) || generation != self.generation {
             return Err(CommandError::NotLeaseHolder {
                 node: node.to_string(),
                 generation,

@@ -735,7 +735,7 @@ impl Postgres {
                     s.log_file.display()
                 );
             }
-            match datadir::postmaster_status(&s.data_dir).as_deref() {
+            match datadir::postmaster_status(&s.data_dir, pid).as_deref() {
                 Some("ready") | Some("standby") => return Ok(pid),
                 _ => {}
             }

@@ -60,15 +60,42 @@ pub fn running_postmaster(data_dir: &Path) -> Option<i32> {
     alive.then_some(pid)
 }
 
-/// The postmaster's status line in `postmaster.pid` (`ready`, `standby`, `starting`, ...).
-pub fn postmaster_status(data_dir: &Path) -> Option<String> {
+/// The status line in `postmaster.pid` (`ready`, `standby`, `starting`, ...) when the file
+/// is postmaster `pid`'s. A file left by a server that died with its host says `ready` too:
+/// read alone, it would make a postmaster that has not even written its own file look up
+/// (the agent then started another one beside it).
+pub fn postmaster_status(data_dir: &Path, pid: u32) -> Option<String> {
     let text = std::fs::read_to_string(data_dir.join("postmaster.pid")).ok()?;
-    text.lines().nth(7).map(|s| s.trim().to_string())
+    let mut lines = text.lines();
+    let owner: u32 = lines.next()?.trim().parse().ok()?;
+    if owner != pid {
+        return None;
+    }
+    lines.nth(6).map(|s| s.trim().to_string())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_status_is_read_only_from_the_postmasters_own_file() {
+        let dir = std::env::temp_dir().join(format!("pgfm-pidfile-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = |pid: u32, status: &str| {
+            let text =
+                format!("{pid}\n/data\n1700000000\n5432\n/tmp\n*\n  1037   4980959\n{status}\n");
+            std::fs::write(dir.join("postmaster.pid"), text).unwrap();
+        };
+        file(4242, "ready   ");
+        assert_eq!(postmaster_status(&dir, 4242).as_deref(), Some("ready"));
+        // Left by a server that died with its host: not the new postmaster's.
+        assert_eq!(postmaster_status(&dir, 5481), None);
+        file(5481, "starting");
+        assert_eq!(postmaster_status(&dir, 5481).as_deref(), Some("starting"));
+        std::fs::remove_dir_all(&dir).unwrap();
+        assert_eq!(postmaster_status(&dir, 5481), None);
+    }
 
     #[test]
     fn states_of_a_data_dir() {

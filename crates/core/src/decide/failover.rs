@@ -240,16 +240,11 @@ fn candidate<'a>(
     // Synchronous replication: only the committed sync set may hold every commit the old
     // primary acknowledged.
     if !state.sync_set.is_empty() && !state.sync_set.contains(name) && !force {
-        if state
-            .primary
-            .as_ref()
-            .is_some_and(|p| state.sync_set == [p.clone()].into())
-        {
+        if let Some(holder) = state.sole_holder() {
             return Err(format!(
-                "{name} is not known to hold every acknowledged commit: only {} does (since its \
-                 promotion, or since synchronous replication degraded, no standby caught up with \
-                 it)",
-                state.primary.as_deref().unwrap_or_default()
+                "{name} is not known to hold every acknowledged commit: only {holder} does \
+                 (since its promotion, or since synchronous replication degraded, no standby \
+                 caught up with it)"
             ));
         }
         return Err(format!(

@@ -111,7 +111,10 @@ fn give_up_lease(local: &LocalView, generation: Generation, why: &str) -> Vec<Ac
 
 /// The committed primary's PostgreSQL is not running: give up the lease when it crashed and
 /// is not back (`on_crash`, `crash_restart_bound`) or keeps failing to start; else start it
-/// (invariant 4: only while holding the lease).
+/// (invariant 4: only while holding the lease). Giving the lease up only helps when a
+/// standby may take over: while synchronous replication knows only this node to hold every
+/// acknowledged commit, none may, so it keeps the lease and starts again — unless an
+/// operator asked for a promotion (`pgfm promote --force`), which then may go on.
 fn stopped_primary(cluster: &ClusterView, local: &LocalView, now_ms: u64) -> Vec<Action> {
     let state = &cluster.state;
     let settings = &cluster.settings;
@@ -121,16 +124,32 @@ fn stopped_primary(cluster: &ClusterView, local: &LocalView, now_ms: u64) -> Vec
             "gave up the lease of generation {generation}: waiting for a standby to take over"
         ))];
     }
+    let no_taker = state.sole_holder() == Some(local.name.as_str())
+        && !state
+            .promotion_request
+            .as_ref()
+            .is_some_and(|r| r.generation == generation);
     if let Some(crashed) = local.crashed_at_ms {
         let give_up = match settings.on_crash {
             OnCrash::Failover => true,
             OnCrash::Restart => now_ms >= crashed + settings.crash_restart_bound_ms,
         };
-        if give_up {
+        if give_up && !no_taker {
             return give_up_lease(local, generation, "PostgreSQL crashed and is not back");
         }
     }
     if local.start_failures >= settings.start_attempts {
+        if no_taker {
+            return vec![hold(format!(
+                "{}: keeping the lease of generation {generation}, since no standby holds \
+                 every acknowledged commit (only {} does): fix the cause, then run pgfm resume \
+                 on this node; or run pgfm promote --force to promote a standby without what \
+                 only {} holds",
+                start_failures(local),
+                local.name,
+                local.name
+            ))];
+        }
         return give_up_lease(local, generation, &start_failures(local));
     }
     match local.report.data_dir {
@@ -398,6 +417,7 @@ pub fn slot_for(node: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::model::PromotionRequest;
     use crate::testing::*;
     use crate::types::Timeline;
 
@@ -603,6 +623,39 @@ mod tests {
         );
         let mut me = local(&v, "pg1", false);
         me.start_failures = 3;
+        check_local(&v, &me, 2_000, &["release pg1 g1", "hold: PostgreSQL failed to start 3 times in a row (last: unknown error): giving up the lease of generation 1"]);
+    }
+
+    /// Giving the lease up helps only if a standby may take over: while synchronous
+    /// replication knows the primary alone to hold every acknowledged commit (a chaos soak
+    /// found a cluster waiting for nobody), it keeps the lease and starts again, and holds
+    /// after its start attempts with the way out; an operator's promotion lets it go.
+    #[test]
+    fn a_primary_that_alone_holds_every_commit_keeps_its_lease() {
+        let mut v = view(
+            Some("pg1"),
+            &[
+                ("pg1", Stopped(Writable)),
+                ("pg2", Running(DbRole::Standby)),
+                ("witness", Stopped(Empty)),
+            ],
+        );
+        v.state.sync_set = ["pg1".to_string()].into();
+        let mut me = local(&v, "pg1", true);
+        me.crashed_at_ms = Some(1_000);
+        check_local(&v, &me, 2_000, &["start primary g1"]);
+        me.crashed_at_ms = None;
+        me.start_failures = 3;
+        check_local(&v, &me, 2_000, &["hold: PostgreSQL failed to start 3 times in a row (last: unknown error): keeping the lease of generation 1, since no standby holds every acknowledged commit (only pg1 does): fix the cause, then run pgfm resume on this node; or run pgfm promote --force to promote a standby without what only pg1 holds"]);
+        v.state.promotion_request = Some(PromotionRequest {
+            to: None,
+            force: true,
+            generation: Generation(1),
+        });
+        check_local(&v, &me, 2_000, &["release pg1 g1", "hold: PostgreSQL failed to start 3 times in a row (last: unknown error): giving up the lease of generation 1"]);
+        // A standby in the set may take over: the lease is given up as before.
+        v.state.promotion_request = None;
+        v.state.sync_set = ["pg1".to_string(), "pg2".to_string()].into();
         check_local(&v, &me, 2_000, &["release pg1 g1", "hold: PostgreSQL failed to start 3 times in a row (last: unknown error): giving up the lease of generation 1"]);
     }
 
