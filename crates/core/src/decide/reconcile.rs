@@ -125,10 +125,10 @@ fn stopped_primary(cluster: &ClusterView, local: &LocalView, now_ms: u64) -> Vec
         ))];
     }
     let no_taker = state.sole_holder() == Some(local.name.as_str())
-        && !state
+        && state
             .promotion_request
             .as_ref()
-            .is_some_and(|r| r.generation == generation);
+            .is_none_or(|r| r.generation != generation);
     if let Some(crashed) = local.crashed_at_ms {
         let give_up = match settings.on_crash {
             OnCrash::Failover => true,
