@@ -43,6 +43,10 @@ impl Agent {
                     held.valid_until_ms = None;
                     held.last_attempt_ms = None;
                 }
+                if !is_primary {
+                    // Given up, or never this node's: nothing may count on it any more.
+                    held.valid_until_ms = None;
+                }
                 *held
             };
             let writable = pg.writable();

@@ -36,12 +36,13 @@ pub enum PeerError {
 pub struct Peers {
     transport: Arc<dyn Transport>,
     token: Arc<str>,
-    /// How long the leader waits before it tries again a follower it could not connect to.
+    /// How long the leader waits before it tries again a follower whose request failed other
+    /// than by a timeout.
     retry_after: Duration,
 }
 
 impl Peers {
-    /// `retry_after`: the pause after a failed connection to a follower (one heartbeat:
+    /// `retry_after`: the pause after a failed request to a follower (one heartbeat:
     /// openraft's own 500 ms would spend a quarter of the primary's renewal budget after a
     /// single failed connection to a follower that has just come back).
     pub fn new(transport: Arc<dyn Transport>, token: Arc<str>, retry_after: Duration) -> Peers {
@@ -122,13 +123,14 @@ impl Connection {
             .post(&self.node, &path, request, option.hard_ttl())
             .await
             .map_err(|e| match e {
-                // Only a peer that could not be connected to is unreachable (openraft then
-                // pauses before the next try); one that was slow to answer is retried at
-                // once: a follower busy writing a batch of entries is not a lost one.
-                PeerError::NoAnswer(e) if e.failure == Failure::Connect => {
-                    RPCError::Unreachable(Unreachable::new(&e))
+                // A peer that was only slow to answer is retried at once: a follower busy
+                // writing a batch of entries is not a lost one (and each try already took a
+                // whole timeout). Any other failure makes openraft pause a heartbeat before
+                // the next try (`backoff`), so that a peer that fails fast is not hammered.
+                PeerError::NoAnswer(e) if e.failure == Failure::Timeout => {
+                    RPCError::Network(NetworkError::new(&e))
                 }
-                e => RPCError::Network(NetworkError::new(&e)),
+                e => RPCError::Unreachable(Unreachable::new(&e)),
             })?;
         answer.map_err(|e| {
             RPCError::RemoteError(RemoteError::new_with_node(

@@ -149,7 +149,7 @@ pub enum LeaseStep {
 }
 
 /// The primary side, checked every few tens of milliseconds by the agent.
-/// `is_primary`: the committed state names this node primary. `writable`: a postmaster runs
+/// `is_primary`: the committed state names this node primary, holding the lease. `writable`: a postmaster runs
 /// on a data directory without `standby.signal`.
 pub fn primary_step(
     now_ms: u64,
@@ -161,7 +161,9 @@ pub fn primary_step(
     let mut steps = Vec::new();
     if writable && !is_primary {
         steps.push(LeaseStep::Fence(
-            "PostgreSQL accepts writes but this node is not the committed primary".to_string(),
+            "PostgreSQL accepts writes but this node does not hold the lease (it is not the \
+             committed primary, or it gave the lease up)"
+                .to_string(),
         ));
         return steps;
     }
@@ -372,7 +374,7 @@ mod tests {
             false,
             true,
             renewed,
-            &["fence: PostgreSQL accepts writes but this node is not the committed primary"],
+            &["fence: PostgreSQL accepts writes but this node does not hold the lease (it is not the committed primary, or it gave the lease up)"],
         );
         check(10, false, false, renewed, &[]);
         assert_eq!(S.problem(), None);

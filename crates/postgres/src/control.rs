@@ -699,6 +699,8 @@ impl Postgres {
             );
         }
         self.prepare(upstream)?;
+        // The file of a server that died with its host: never taken for the new one's.
+        let stale = datadir::pid_file(&s.data_dir);
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -735,7 +737,7 @@ impl Postgres {
                     s.log_file.display()
                 );
             }
-            match datadir::postmaster_status(&s.data_dir, pid).as_deref() {
+            match datadir::postmaster_status(&s.data_dir, pid, stale.as_ref()).as_deref() {
                 Some("ready") | Some("standby") => return Ok(pid),
                 _ => {}
             }
@@ -912,6 +914,75 @@ pub async fn single_user_sql(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A start waits for its own postmaster's `postmaster.pid`, not the one a server that
+    /// died with its host left in the data directory (saying `ready`). Chaos soak seed 1,
+    /// run 6: the agent took that file for its new postmaster's and started two more.
+    #[test]
+    fn a_start_waits_for_its_own_postmaster_not_a_dead_ones_pid_file() {
+        use std::os::unix::fs::PermissionsExt as _;
+        let base = std::env::temp_dir().join(format!("pgfm-start-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&base);
+        let (bin, data) = (base.join("bin"), base.join("data"));
+        std::fs::create_dir_all(&bin).unwrap();
+        std::fs::create_dir_all(&data).unwrap();
+        std::fs::write(data.join("postgresql.conf"), "").unwrap();
+        // The dead server's file: another pid, an older start, "ready".
+        std::fs::write(
+            data.join("postmaster.pid"),
+            "999999\n/data\n1700000000\n5432\n/tmp\n*\n  1037   4980959\nready   \n",
+        )
+        .unwrap();
+        // A postmaster that takes 300 ms to write its own file, then serves (sleeps).
+        let postgres = bin.join("postgres");
+        std::fs::write(
+            &postgres,
+            "#!/bin/sh\nsleep 0.3\nprintf '%s\\n%s\\n%s\\n5432\\n/tmp\\n*\\n  1 2\\nready   \\n' \
+             $$ \"$2\" \"$(date +%s)\" > \"$2/postmaster.pid.new\"\n\
+             mv \"$2/postmaster.pid.new\" \"$2/postmaster.pid\"\nexec sleep 30\n",
+        )
+        .unwrap();
+        std::fs::set_permissions(&postgres, std::fs::Permissions::from_mode(0o755)).unwrap();
+        // As root (CI), the server runs as postgres, as in production.
+        let os_user = OsUser::current()
+            .or_else(|_| OsUser::lookup("postgres"))
+            .unwrap();
+        os_user.own(&data).unwrap();
+        let pg = Postgres::new(PostgresSettings {
+            node_name: "pg1".into(),
+            bin_dir: bin,
+            data_dir: data.clone(),
+            host: "127.0.0.1".into(),
+            port: 5432,
+            listen_addresses: "127.0.0.1".into(),
+            socket_dir: None,
+            os_user,
+            superuser: "postgres".into(),
+            replication_user: "replicator".into(),
+            passfile: None,
+            log_file: base.join("postgres.log"),
+            start_timeout: Duration::from_secs(20),
+            probe_timeout: Duration::from_secs(1),
+        });
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let started = Instant::now();
+        let pid = runtime.block_on(pg.start(None)).unwrap();
+        let took = started.elapsed();
+        let file = datadir::pid_file(&data).unwrap();
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(pid as i32),
+            nix::sys::signal::Signal::SIGKILL,
+        );
+        assert_eq!(file.pid, pid, "the start returned another postmaster's pid");
+        assert!(
+            took >= Duration::from_millis(300),
+            "up after {took:?}: the dead server's file was read"
+        );
+        let _ = std::fs::remove_dir_all(&base);
+    }
 
     #[test]
     fn slot_names_are_valid_identifiers() {

@@ -60,18 +60,38 @@ pub fn running_postmaster(data_dir: &Path) -> Option<i32> {
     alive.then_some(pid)
 }
 
-/// The status line in `postmaster.pid` (`ready`, `standby`, `starting`, ...) when the file
-/// is postmaster `pid`'s. A file left by a server that died with its host says `ready` too:
-/// read alone, it would make a postmaster that has not even written its own file look up
-/// (the agent then started another one beside it).
-pub fn postmaster_status(data_dir: &Path, pid: u32) -> Option<String> {
+/// What `postmaster.pid` says: the postmaster's pid, when it started (seconds since the
+/// epoch, as PostgreSQL wrote it) and its status (`ready`, `standby`, `starting`, ...).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PidFile {
+    pub pid: u32,
+    pub started: String,
+    pub status: Option<String>,
+}
+
+/// `data_dir`'s `postmaster.pid`, if there is a readable one.
+pub fn pid_file(data_dir: &Path) -> Option<PidFile> {
     let text = std::fs::read_to_string(data_dir.join("postmaster.pid")).ok()?;
-    let mut lines = text.lines();
-    let owner: u32 = lines.next()?.trim().parse().ok()?;
-    if owner != pid {
-        return None;
-    }
-    lines.nth(6).map(|s| s.trim().to_string())
+    let lines: Vec<&str> = text.lines().collect();
+    Some(PidFile {
+        pid: lines.first()?.trim().parse().ok()?,
+        started: lines
+            .get(2)
+            .map(|l| l.trim().to_string())
+            .unwrap_or_default(),
+        status: lines.get(7).map(|l| l.trim().to_string()),
+    })
+}
+
+/// The status of postmaster `pid` from its own `postmaster.pid`: not from `stale`, the file
+/// found before it was started. A server that died with its host left a file saying `ready`
+/// too; read alone, it made a postmaster that had not yet written its own look up, and the
+/// agent started others beside it. After a reboot the new postmaster may even have the dead
+/// one's pid (PostgreSQL itself checks for that): the start time tells them apart.
+pub fn postmaster_status(data_dir: &Path, pid: u32, stale: Option<&PidFile>) -> Option<String> {
+    let file = pid_file(data_dir)?;
+    let own = file.pid == pid && stale.is_none_or(|old| old.started != file.started);
+    own.then_some(file.status).flatten()
 }
 
 #[cfg(test)]
@@ -82,19 +102,34 @@ mod tests {
     fn a_status_is_read_only_from_the_postmasters_own_file() {
         let dir = std::env::temp_dir().join(format!("pgfm-pidfile-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
-        let file = |pid: u32, status: &str| {
+        let file = |pid: u32, started: u64, status: &str| {
             let text =
-                format!("{pid}\n/data\n1700000000\n5432\n/tmp\n*\n  1037   4980959\n{status}\n");
+                format!("{pid}\n/data\n{started}\n5432\n/tmp\n*\n  1037   4980959\n{status}\n");
             std::fs::write(dir.join("postmaster.pid"), text).unwrap();
         };
-        file(4242, "ready   ");
-        assert_eq!(postmaster_status(&dir, 4242).as_deref(), Some("ready"));
-        // Left by a server that died with its host: not the new postmaster's.
-        assert_eq!(postmaster_status(&dir, 5481), None);
-        file(5481, "starting");
-        assert_eq!(postmaster_status(&dir, 5481).as_deref(), Some("starting"));
+        file(4242, 1_700_000_000, "ready   ");
+        let stale = pid_file(&dir);
+        assert_eq!(stale.as_ref().map(|f| f.pid), Some(4242));
+        // Left by a server that died with its host: not the new postmaster's...
+        assert_eq!(postmaster_status(&dir, 5481, stale.as_ref()), None);
+        // ... even when the new one got the same pid after a reboot.
+        assert_eq!(postmaster_status(&dir, 4242, stale.as_ref()), None);
+        file(4242, 1_700_000_100, "starting");
+        assert_eq!(
+            postmaster_status(&dir, 4242, stale.as_ref()).as_deref(),
+            Some("starting")
+        );
+        file(5481, 1_700_000_100, "ready   ");
+        assert_eq!(
+            postmaster_status(&dir, 5481, stale.as_ref()).as_deref(),
+            Some("ready")
+        );
+        assert_eq!(
+            postmaster_status(&dir, 5481, None).as_deref(),
+            Some("ready")
+        );
         std::fs::remove_dir_all(&dir).unwrap();
-        assert_eq!(postmaster_status(&dir, 5481), None);
+        assert_eq!(postmaster_status(&dir, 5481, None), None);
     }
 
     #[test]

@@ -41,6 +41,20 @@ struct Args {
     /// Threads running seeds (default: the machine's cores).
     #[arg(long)]
     jobs: Option<usize>,
+    /// A `[timing]` setting of every agent, KEY=VALUE as in the config file (quotes
+    /// optional); repeatable. Example: --timing lease=2400ms --timing safety_margin=800ms
+    #[arg(long = "timing", value_parser = timing_setting)]
+    timing: Vec<(String, String)>,
+}
+
+/// `lease=2400ms` as the TOML pair `("lease", "\"2400ms\"")`: a duration is a string there.
+fn timing_setting(text: &str) -> Result<(String, String), String> {
+    let (key, value) = text
+        .split_once('=')
+        .filter(|(k, v)| !k.trim().is_empty() && !v.trim().is_empty())
+        .ok_or_else(|| format!("write it as KEY=VALUE, for example lease=2400ms (got {text:?})"))?;
+    let value = value.trim().trim_matches('"');
+    Ok((key.trim().to_string(), format!("\"{value}\"")))
 }
 
 fn options(args: &Args, seed: u64) -> Options {
@@ -50,6 +64,7 @@ fn options(args: &Args, seed: u64) -> Options {
     options.data_nodes = args.data_nodes;
     options.synchronous = args.synchronous.clone();
     options.watchdog = args.watchdog.clone();
+    options.timing = args.timing.clone();
     options
 }
 

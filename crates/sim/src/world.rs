@@ -51,6 +51,9 @@ pub struct Options {
     pub trace: bool,
     /// The rules the agents apply: `Rules`, or a deliberately broken variant.
     pub engine: Arc<dyn Engine>,
+    /// `[timing]` keys of every agent's config other than the defaults, as `(key, value)`
+    /// in TOML (`("lease", "\"2400ms\"")`): `pgfm-sim --timing lease=2400ms`.
+    pub timing: Vec<(String, String)>,
 }
 
 impl Options {
@@ -67,13 +70,19 @@ impl Options {
             watchdog: "required".into(),
             trace: false,
             engine: Arc::new(Rules),
+            timing: Vec::new(),
         }
     }
 
     /// The command that replays this run with its trace.
     pub fn replay_command(&self) -> String {
+        let timing: String = self
+            .timing
+            .iter()
+            .map(|(k, v)| format!(" --timing {k}={}", v.trim_matches('"')))
+            .collect();
         format!(
-            "cargo run --release -p pgfm-sim -- --seed {} --data-nodes {} --synchronous {} --watchdog {} --faults {}{} --trace",
+            "cargo run --release -p pgfm-sim -- --seed {} --data-nodes {} --synchronous {} --watchdog {} --faults {}{}{timing} --trace",
             self.seed,
             self.data_nodes,
             self.synchronous,
@@ -788,5 +797,11 @@ fn node_config(
         "[replication]\nsynchronous = \"{}\"\n",
         options.synchronous
     ));
+    if !options.timing.is_empty() {
+        text.push_str("\n[timing]\n");
+        for (key, value) in &options.timing {
+            text.push_str(&format!("{key} = {value}\n"));
+        }
+    }
     text
 }

@@ -110,11 +110,10 @@ fn give_up_lease(local: &LocalView, generation: Generation, why: &str) -> Vec<Ac
 }
 
 /// The committed primary's PostgreSQL is not running: give up the lease when it crashed and
-/// is not back (`on_crash`, `crash_restart_bound`) or keeps failing to start; else start it
-/// (invariant 4: only while holding the lease). Giving the lease up only helps when a
-/// standby may take over: while synchronous replication knows only this node to hold every
-/// acknowledged commit, none may, so it keeps the lease and starts again — unless an
-/// operator asked for a promotion (`pgfm promote --force`), which then may go on.
+/// is not back (`keeps_lease_after_crash`), keeps failing to start, or an operator forced a
+/// promotion; else start it (invariant 4: only while holding the lease). Giving the lease up
+/// only helps when a standby may take over: while synchronous replication knows only this
+/// node to hold every acknowledged commit, none may, so it keeps the lease and starts again.
 fn stopped_primary(cluster: &ClusterView, local: &LocalView, now_ms: u64) -> Vec<Action> {
     let state = &cluster.state;
     let settings = &cluster.settings;
@@ -124,20 +123,19 @@ fn stopped_primary(cluster: &ClusterView, local: &LocalView, now_ms: u64) -> Vec
             "gave up the lease of generation {generation}: waiting for a standby to take over"
         ))];
     }
-    let no_taker = state.sole_holder() == Some(local.name.as_str())
-        && state
-            .promotion_request
-            .as_ref()
-            .is_none_or(|r| r.generation != generation);
+    if forced_promotion(cluster) {
+        return give_up_lease(
+            local,
+            generation,
+            "an operator forced a promotion (pgfm promote --force) while PostgreSQL is down",
+        );
+    }
     if let Some(crashed) = local.crashed_at_ms {
-        let give_up = match settings.on_crash {
-            OnCrash::Failover => true,
-            OnCrash::Restart => now_ms >= crashed + settings.crash_restart_bound_ms,
-        };
-        if give_up && !no_taker {
+        if !keeps_lease_after_crash(cluster, local, crashed, now_ms) {
             return give_up_lease(local, generation, "PostgreSQL crashed and is not back");
         }
     }
+    let no_taker = no_taker(cluster, local);
     if local.start_failures >= settings.start_attempts {
         if no_taker {
             return vec![hold(format!(
@@ -385,20 +383,53 @@ pub(super) fn not_serving(cluster: &ClusterView, local: &LocalView) -> Option<St
 }
 
 /// The committed primary's PostgreSQL crashed and its agent restarts it in place: it holds
-/// the lease (no other node can be promoted) and is within `crash_restart_bound`. Clients of
-/// the VIP then get "connection refused" at once and reconnect as soon as it is back, rather
+/// the lease (no other node can be promoted) and keeps it through the crash. Clients of the
+/// VIP then get "connection refused" at once and reconnect as soon as it is back, rather
 /// than wait out a connect timeout on an address nobody answers.
 pub(super) fn restarting_in_place(cluster: &ClusterView, local: &LocalView, now_ms: u64) -> bool {
     let state = &cluster.state;
-    let settings = &cluster.settings;
-    state.primary.as_deref() == Some(local.name.as_str())
-        && !state.lease_released
+    state.lease_holder() == Some(local.name.as_str())
         && state.switchover.is_none()
         && local.lease_valid
-        && settings.on_crash == OnCrash::Restart
+        && !forced_promotion(cluster)
         && local
             .crashed_at_ms
-            .is_some_and(|c| now_ms < c + settings.crash_restart_bound_ms)
+            .is_some_and(|c| keeps_lease_after_crash(cluster, local, c, now_ms))
+}
+
+/// Whether the primary keeps its lease after its PostgreSQL crashed at `crashed_ms`, and
+/// restarts it in place: under `on_crash = "restart"` within `crash_restart_bound`, and
+/// always while no standby may take over (`no_taker`).
+fn keeps_lease_after_crash(
+    cluster: &ClusterView,
+    local: &LocalView,
+    crashed_ms: u64,
+    now_ms: u64,
+) -> bool {
+    let settings = &cluster.settings;
+    no_taker(cluster, local)
+        || match settings.on_crash {
+            OnCrash::Failover => false,
+            OnCrash::Restart => now_ms < crashed_ms + settings.crash_restart_bound_ms,
+        }
+}
+
+/// No standby may take over from this primary: synchronous replication knows it alone to
+/// hold every acknowledged commit (`ClusterState::sole_holder`). Giving its lease up would
+/// leave the cluster waiting for nobody.
+fn no_taker(cluster: &ClusterView, local: &LocalView) -> bool {
+    cluster.state.sole_holder() == Some(local.name.as_str())
+}
+
+/// An operator forced a promotion in this generation (`pgfm promote --force`): the primary,
+/// if its PostgreSQL is down, gives its lease up so that the promotion need not wait for it
+/// to run out.
+fn forced_promotion(cluster: &ClusterView) -> bool {
+    let state = &cluster.state;
+    state
+        .promotion_request
+        .as_ref()
+        .is_some_and(|r| r.force && r.generation == state.generation)
 }
 
 /// The replication slot name of a node (as `pgfm-postgres` makes it).
@@ -641,9 +672,15 @@ mod tests {
             ],
         );
         v.state.sync_set = ["pg1".to_string()].into();
-        let mut me = local(&v, "pg1", true);
+        let mut me = local(&v, "pg1", false);
+        // Crashed, past crash_restart_bound, or under on_crash = "failover": restarted in
+        // place, the VIP kept.
         me.crashed_at_ms = Some(1_000);
-        check_local(&v, &me, 2_000, &["start primary g1"]);
+        check_local(&v, &me, 60_000, &["start primary g1"]);
+        assert!(restarting_in_place(&v, &me, 60_000));
+        let mut failover = v.clone();
+        failover.settings.on_crash = OnCrash::Failover;
+        check_local(&failover, &me, 2_000, &["start primary g1"]);
         me.crashed_at_ms = None;
         me.start_failures = 3;
         check_local(&v, &me, 2_000, &["hold: PostgreSQL failed to start 3 times in a row (last: unknown error): keeping the lease of generation 1, since no standby holds every acknowledged commit (only pg1 does): fix the cause, then run pgfm resume on this node; or run pgfm promote --force to promote a standby without what only pg1 holds"]);
@@ -652,7 +689,10 @@ mod tests {
             force: true,
             generation: Generation(1),
         });
-        check_local(&v, &me, 2_000, &["release pg1 g1", "hold: PostgreSQL failed to start 3 times in a row (last: unknown error): giving up the lease of generation 1"]);
+        check_local(&v, &me, 2_000, &["release pg1 g1", "hold: an operator forced a promotion (pgfm promote --force) while PostgreSQL is down: giving up the lease of generation 1"]);
+        // Without --force the request changes nothing: no standby may be promoted anyway.
+        v.state.promotion_request.as_mut().unwrap().force = false;
+        check_local(&v, &me, 2_000, &["hold: PostgreSQL failed to start 3 times in a row (last: unknown error): keeping the lease of generation 1, since no standby holds every acknowledged commit (only pg1 does): fix the cause, then run pgfm resume on this node; or run pgfm promote --force to promote a standby without what only pg1 holds"]);
         // A standby in the set may take over: the lease is given up as before.
         v.state.promotion_request = None;
         v.state.sync_set = ["pg1".to_string(), "pg2".to_string()].into();
