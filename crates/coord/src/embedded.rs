@@ -70,6 +70,9 @@ struct Inner {
     started: tokio::time::Instant,
     /// The pre-vote task (`election_gate`), stopped with the node.
     gate: std::sync::Mutex<Option<tokio::task::JoinHandle<()>>>,
+    /// This agent leads but stepped aside (`step_aside`): no majority acknowledged it for
+    /// a while, so it sends no heartbeats, decides nothing and commits nothing.
+    stepped_aside: std::sync::atomic::AtomicBool,
 }
 
 #[derive(Clone)]
@@ -138,6 +141,7 @@ impl EmbeddedRaft {
             leader_contact_ms: std::sync::atomic::AtomicU64::new(0),
             started: tokio::time::Instant::now(),
             gate: std::sync::Mutex::new(None),
+            stepped_aside: std::sync::atomic::AtomicBool::new(false),
         };
         let raft = EmbeddedRaft {
             inner: Arc::new(inner),
@@ -174,6 +178,13 @@ impl EmbeddedRaft {
             .load(std::sync::atomic::Ordering::SeqCst);
         let now = self.inner.started.elapsed().as_millis() as u64;
         contact > 0 && now.saturating_sub(contact) < recent
+    }
+
+    /// This agent leads but stepped aside (`step_aside`).
+    pub fn stepped_aside(&self) -> bool {
+        self.inner
+            .stepped_aside
+            .load(std::sync::atomic::Ordering::SeqCst)
     }
 
     pub fn raft(&self) -> &Raft {
@@ -256,6 +267,9 @@ impl EmbeddedRaft {
     /// Commit `command` through this node, which must be the coordinator: never forwarded
     /// (`ProposeError::NotCoordinator` once it does not lead).
     pub async fn propose_local(&self, command: Command) -> Result<(), ProposeError> {
+        if self.stepped_aside() {
+            return Err(ProposeError::NotCoordinator);
+        }
         match self.inner.raft.client_write(command).await {
             Ok(response) => response.data.map_err(ProposeError::Refused),
             Err(RaftError::APIError(ClientWriteError::ForwardToLeader(_))) => {
@@ -317,12 +331,14 @@ impl EmbeddedRaft {
 /// (`election_timeout_max` + a random election timeout) fires.
 async fn election_gate(inner: std::sync::Weak<Inner>) {
     let mut open = true;
+    let mut quiet_since = None;
     loop {
         let Some(strong) = inner.upgrade() else {
             return;
         };
         let raft = EmbeddedRaft { inner: strong };
         let heartbeat = raft.inner.settings.heartbeat;
+        quiet_since = step_aside(&raft, quiet_since);
         // A peer that answers late on a loaded machine must still count: as long as the
         // shortest election timeout, the gate then opens within it of a coordinator's death.
         let patience = raft.inner.settings.election_timeout_min;
@@ -383,6 +399,58 @@ async fn election_gate(inner: std::sync::Weak<Inner>) {
     }
 }
 
+/// Check-quorum, which openraft 0.9 lacks. A leader whose followers' answers no longer reach
+/// it (it cannot receive, one way) still reaches them: its heartbeats keep them from
+/// electing another, and nothing commits — the primary, unable to renew its lease, fences
+/// itself, and the cluster stays without one for as long as the fault lasts (chaos soak
+/// seed 1 run 24: 16 s). So a leader that no majority has acknowledged for
+/// `election_timeout_max`, still so a heartbeat later, steps aside: it stops its
+/// heartbeats, so that the others elect a coordinator they can reach, and it decides and
+/// commits nothing meanwhile (`leading_term`, `propose_local`). It steps back once it no
+/// longer leads, or once a majority answers it again. Returns since when it has been quiet.
+fn step_aside(
+    raft: &EmbeddedRaft,
+    quiet_since: Option<tokio::time::Instant>,
+) -> Option<tokio::time::Instant> {
+    let settings = &raft.inner.settings;
+    let (leads, quorum_ack_ms, voters) = {
+        let metrics = raft.inner.raft.metrics();
+        let metrics = metrics.borrow();
+        (
+            metrics.state == ServerState::Leader && metrics.current_leader == Some(raft.inner.id),
+            metrics.millis_since_quorum_ack,
+            metrics.membership_config.membership().voter_ids().count(),
+        )
+    };
+    let answered =
+        quorum_ack_ms.is_some_and(|ms| ms < settings.election_timeout_max.as_millis() as u64);
+    let quiet = leads && voters > 1 && !answered;
+    let flag = &raft.inner.stepped_aside;
+    let aside = flag.load(std::sync::atomic::Ordering::SeqCst);
+    if !quiet {
+        if aside {
+            flag.store(false, std::sync::atomic::Ordering::SeqCst);
+            raft.inner.raft.runtime_config().heartbeat(true);
+            tracing::warn!(
+                leads,
+                "a majority answers again, or another agent leads: heartbeats resumed"
+            );
+        }
+        return None;
+    }
+    let since = quiet_since.unwrap_or_else(tokio::time::Instant::now);
+    if !aside && since.elapsed() >= settings.heartbeat {
+        flag.store(true, std::sync::atomic::Ordering::SeqCst);
+        raft.inner.raft.runtime_config().heartbeat(false);
+        tracing::warn!(
+            last_majority_ms = ?quorum_ack_ms,
+            "no majority of agents has answered this coordinator: stepping aside (no \
+             heartbeats, no decisions) so that they elect one they can reach"
+        );
+    }
+    Some(since)
+}
+
 impl Coordinator for EmbeddedRaft {
     fn state(&self) -> ClusterState {
         self.inner.applied.borrow().state.clone()
@@ -393,16 +461,17 @@ impl Coordinator for EmbeddedRaft {
     }
 
     fn is_coordinator(&self) -> bool {
-        let metrics = self.inner.raft.metrics();
-        let metrics = metrics.borrow();
-        metrics.state == ServerState::Leader && metrics.current_leader == Some(self.inner.id)
+        self.leading_term().is_some()
     }
 
+    /// The term this agent leads in, unless it stepped aside (`step_aside`).
     fn leading_term(&self) -> Option<u64> {
         let metrics = self.inner.raft.metrics();
         let metrics = metrics.borrow();
-        (metrics.state == ServerState::Leader && metrics.current_leader == Some(self.inner.id))
-            .then_some(metrics.current_term)
+        (metrics.state == ServerState::Leader
+            && metrics.current_leader == Some(self.inner.id)
+            && !self.stepped_aside())
+        .then_some(metrics.current_term)
     }
 
     fn voters(&self) -> Vec<(String, String)> {

@@ -251,7 +251,7 @@ impl Net {
     /// `to` answered `from`: the answer travels back, unless that direction is cut (then
     /// the sender's timeout ends its wait).
     pub fn answer(&mut self, from: &str, to: &str, reply: oneshot::Sender<Answer>, answer: Answer) {
-        if !self.reachable(from, to) || self.rng.chance(self.settings.drop_chance) {
+        if !self.reachable(to, from) || self.rng.chance(self.settings.drop_chance) {
             self.lose(reply);
             return;
         }

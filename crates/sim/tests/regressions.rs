@@ -38,19 +38,48 @@ fn a_new_primary_lost_before_a_standby_caught_up_promotes_nobody() {
 /// witness and pg3 down and pg1's replication slowed, pg1 (primary, not strict) was left
 /// with no standby to name and degraded to asynchronous; the committed set was emptied.
 /// pg1's host then died and a standby was promoted without the commits pg1 had
-/// acknowledged synchronously before it degraded. Now degrading leaves pg1 alone in the committed set: its loss promotes
-/// nobody, and pg1 serves again, with every commit, when its host is back.
+/// acknowledged synchronously before it degraded. Now degrading leaves pg1 alone in the
+/// committed set: its loss promotes nobody, and pg1 serves again, with every commit, when
+/// its host is back. The seed's own schedule depends on a race (who is elected first once
+/// a majority is back) that today's Raft retries settle the other way, safely: the
+/// synchronous standby is promoted before pg1 degrades. So the scenario is rebuilt with two
+/// data nodes: pg2's host lost until pg1 degrades (its walsender lingers for
+/// wal_sender_timeout), then pg1's; pg2, back first and with the witness a majority, must
+/// not be promoted.
 #[test]
 fn degrading_to_asynchronous_keeps_what_was_acknowledged_synchronously() {
     let mut options = Options::new(283);
     options.synchronous = "on".into();
+    options.data_nodes = 2;
     options.script = Some(vec![
-        fault(11_470, Kind::HostCrash, Target::Node(3), 9_232),
-        fault(14_075, Kind::HostCrash, Target::Node(2), 9_725),
-        fault(19_410, Kind::SlowLink, Target::Node(0), 11_383),
-        fault(22_900, Kind::HostCrash, Target::Node(0), 6_045),
+        fault(14_000, Kind::HostCrash, Target::Node(1), 90_000),
+        fault(85_000, Kind::HostCrash, Target::Node(0), 30_000),
     ]);
+    options.trace = true;
     let report = pgfm_sim::run(options);
     assert!(report.violations.is_empty(), "{:?}", report.violations);
-    assert_eq!(report.promotions, 0, "faults: {:?}", report.faults);
+    let events: Vec<&String> = report
+        .trace
+        .iter()
+        .filter(|l| {
+            ["sim ", "Promote", "SetSyncSet", "synchronous"]
+                .iter()
+                .any(|k| l.contains(k))
+        })
+        .collect();
+    let degraded = events.iter().position(|l| {
+        l.contains("SetSyncSet") && l.contains("members: {\"pg1\"}") && !l.starts_with("   1.")
+    });
+    let crashed = events
+        .iter()
+        .position(|l| l.contains("FAULT host-crash pg1"));
+    assert!(
+        degraded.is_some() && degraded < crashed,
+        "pg1 did not degrade before its host died: {events:#?}"
+    );
+    assert_eq!(
+        report.promotions, 0,
+        "faults: {:?}\n{events:#?}",
+        report.faults
+    );
 }

@@ -148,6 +148,80 @@ fn witness_or_standby_cut_off_changes_nothing() {
     assert!(!lab.log("pg1").contains("fencing"), "{}", lab.log("pg1"));
 }
 
+/// A coordinator that cannot receive (one-way loss to the standby or witness that leads):
+/// its heartbeats still reach the others, so they elected no other and nothing committed —
+/// the primary, unable to renew, fenced itself and stayed down for the whole fault (chaos
+/// soak seed 1 run 24: 16 s without writes). Now it steps aside: the two that hear each
+/// other elect another coordinator during the fault, nothing is promoted, and writes through
+/// the VIP stop for a few seconds at most.
+#[test]
+fn a_coordinator_that_cannot_receive_steps_aside() {
+    // Without a watchdog: the primary's agent may be restarted below to move the coordinator.
+    let Some(lab) = NetnsLab::up_with(PGFM, 2, &["watchdog.mode=\"off\""]) else {
+        return;
+    };
+    lab.wait_healthy("witness", SETTLE);
+    make_bench_table(&lab);
+    let coordinator = a_coordinator_other_than_pg1(&lab);
+    let writer = start_writer(&lab);
+
+    lab.run_ok(&["lab", "partition", &coordinator, "--one-way"]);
+    let observer = if coordinator == "pg2" {
+        "witness"
+    } else {
+        "pg2"
+    };
+    wait_for("another coordinator during the fault", SETTLE, || {
+        let (status, _) = lab.cluster_status(observer)?;
+        match status["coordinator"].as_str() {
+            Some(c) if c != coordinator => Ok(()),
+            other => Err(format!("{other:?}: {status}")),
+        }
+    });
+    writer.wait_more(100, "writes through the VIP to go on during the fault");
+    lab.run_ok(&["lab", "heal"]);
+    let status = lab.wait_primary("witness", "pg1", 1, SETTLE);
+    assert_eq!(status["generation"], 1, "{status}");
+    let acks = writer.finish();
+    let gap = longest_gap(&acks, acks[0].1);
+    assert!(
+        gap < Duration::from_secs(8),
+        "writes through the VIP stopped for {gap:?}"
+    );
+    let log = lab.log(&coordinator);
+    assert!(log.contains("stepping aside"), "{log}");
+}
+
+/// Make a node other than the primary pg1 the coordinator: while pg1 leads, restart its
+/// agent alone (PostgreSQL keeps running; without a watchdog nothing resets the host) so
+/// that another is elected. Returns the coordinator.
+fn a_coordinator_other_than_pg1(lab: &NetnsLab) -> String {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let coordinator = wait_for("a coordinator", SETTLE, || {
+            let (status, _) = lab.cluster_status("witness")?;
+            status["coordinator"]
+                .as_str()
+                .map(str::to_string)
+                .ok_or_else(|| status.to_string())
+        });
+        if coordinator != "pg1" {
+            return coordinator;
+        }
+        assert!(Instant::now() < deadline, "pg1 stayed the coordinator");
+        lab.run_ok(&["lab", "kill", "pg1", "--agent-only"]);
+        wait_for("another coordinator", SETTLE, || {
+            let (status, _) = lab.cluster_status("pg2")?;
+            match status["coordinator"].as_str() {
+                Some(c) if c != "pg1" => Ok(()),
+                other => Err(format!("{other:?}")),
+            }
+        });
+        lab.run_ok(&["lab", "start", "pg1"]);
+        lab.wait_healthy("witness", SETTLE);
+    }
+}
+
 /// Host death, rejoin, switchover back, then a clean stop of the primary's agent: the VIP
 /// is added once and only on the primary each time, and leaves with the stopped agent.
 /// `lab down` then leaves no namespace behind.
