@@ -400,10 +400,12 @@ async fn election_gate(inner: std::sync::Weak<Inner>) {
 }
 
 /// Check-quorum, which openraft 0.9 lacks. A leader whose followers' answers no longer reach
-/// it (it cannot receive, one way) still reaches them: its heartbeats keep them from
+/// it (it cannot receive, one way) may still reach them: its heartbeats then keep them from
 /// electing another, and nothing commits — the primary, unable to renew its lease, fences
-/// itself, and the cluster stays without one for as long as the fault lasts (chaos soak
-/// seed 1 run 24: 16 s). So a leader that no majority has acknowledged for
+/// itself, and the cluster stays without one for as long as the fault lasts (the
+/// simulation's messages showed it; over TCP the heartbeats die with their connections
+/// within a timeout, but a path that carries them one way must not stall the cluster
+/// either). So a leader that no majority has acknowledged for
 /// `election_timeout_max`, still so a heartbeat later, steps aside: it stops its
 /// heartbeats, so that the others elect a coordinator they can reach, and it decides and
 /// commits nothing meanwhile (`leading_term`, `propose_local`). It steps back once it no

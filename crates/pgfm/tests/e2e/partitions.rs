@@ -149,11 +149,12 @@ fn witness_or_standby_cut_off_changes_nothing() {
 }
 
 /// A coordinator that cannot receive (one-way loss to the standby or witness that leads):
-/// its heartbeats still reach the others, so they elected no other and nothing committed —
-/// the primary, unable to renew, fenced itself and stayed down for the whole fault (chaos
-/// soak seed 1 run 24: 16 s without writes). Now it steps aside: the two that hear each
-/// other elect another coordinator during the fault, nothing is promoted, and writes through
-/// the VIP stop for a few seconds at most.
+/// the two that hear each other elect another coordinator during the fault, nothing is
+/// promoted, writes through the VIP stop for a few seconds at most, and the deaf one steps
+/// aside (no majority answers it). Over TCP its heartbeats die with their connections
+/// anyway (no answer, the request times out, a new connection is never made), so the
+/// outcome would hold without the step aside; the simulation, whose messages need no
+/// connection, is where a deaf leader kept the others from electing.
 #[test]
 fn a_coordinator_that_cannot_receive_steps_aside() {
     // Without a watchdog: the primary's agent may be restarted below to move the coordinator.
