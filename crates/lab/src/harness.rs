@@ -232,6 +232,43 @@ impl Lab {
         }
     }
 
+    /// The coordinator `asked`'s agent names, once it names one other than `not`.
+    pub fn wait_coordinator(&self, asked: &str, not: Option<&str>) -> String {
+        wait_for("a coordinator", Duration::from_secs(60), || {
+            let (status, _) = self.cluster_status(asked)?;
+            match status["coordinator"].as_str() {
+                Some(c) if Some(c) != not => Ok(c.to_string()),
+                _ => Err(status.to_string()),
+            }
+        })
+    }
+
+    /// Make one of `wanted` the coordinator: while another leads, restart that agent alone
+    /// (its PostgreSQL keeps running) so that a new one is elected. For labs without a
+    /// watchdog (one would reset the host whose agent stopped). Returns the coordinator.
+    pub fn move_coordinator_to_one_of(&self, wanted: &[&str]) -> String {
+        let deadline = Instant::now() + Duration::from_secs(120);
+        loop {
+            let coordinator = self.wait_coordinator("witness", None);
+            if wanted.contains(&coordinator.as_str()) {
+                return coordinator;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "none of {wanted:?} became the coordinator"
+            );
+            self.run_ok(&["lab", "kill", &coordinator, "--agent-only"]);
+            let observer = if coordinator == "witness" {
+                wanted[0]
+            } else {
+                "witness"
+            };
+            self.wait_coordinator(observer, Some(&coordinator));
+            self.run_ok(&["lab", "start", &coordinator]);
+            self.wait_healthy("witness", Duration::from_secs(60));
+        }
+    }
+
     /// Wait until `node`'s agent reports a healthy cluster (exit 0) and return the status.
     pub fn wait_healthy(&self, node: &str, timeout: Duration) -> Value {
         wait_for(

@@ -163,7 +163,7 @@ fn a_coordinator_that_cannot_receive_steps_aside() {
     };
     lab.wait_healthy("witness", SETTLE);
     make_bench_table(&lab);
-    let coordinator = a_coordinator_other_than_pg1(&lab);
+    let coordinator = lab.move_coordinator_to_one_of(&["pg2", "witness"]);
     let writer = start_writer(&lab);
 
     lab.run_ok(&["lab", "partition", &coordinator, "--one-way"]);
@@ -191,36 +191,6 @@ fn a_coordinator_that_cannot_receive_steps_aside() {
     );
     let log = lab.log(&coordinator);
     assert!(log.contains("stepping aside"), "{log}");
-}
-
-/// Make a node other than the primary pg1 the coordinator: while pg1 leads, restart its
-/// agent alone (PostgreSQL keeps running; without a watchdog nothing resets the host) so
-/// that another is elected. Returns the coordinator.
-fn a_coordinator_other_than_pg1(lab: &NetnsLab) -> String {
-    let deadline = Instant::now() + Duration::from_secs(120);
-    loop {
-        let coordinator = wait_for("a coordinator", SETTLE, || {
-            let (status, _) = lab.cluster_status("witness")?;
-            status["coordinator"]
-                .as_str()
-                .map(str::to_string)
-                .ok_or_else(|| status.to_string())
-        });
-        if coordinator != "pg1" {
-            return coordinator;
-        }
-        assert!(Instant::now() < deadline, "pg1 stayed the coordinator");
-        lab.run_ok(&["lab", "kill", "pg1", "--agent-only"]);
-        wait_for("another coordinator", SETTLE, || {
-            let (status, _) = lab.cluster_status("pg2")?;
-            match status["coordinator"].as_str() {
-                Some(c) if c != "pg1" => Ok(()),
-                other => Err(format!("{other:?}")),
-            }
-        });
-        lab.run_ok(&["lab", "start", "pg1"]);
-        lab.wait_healthy("witness", SETTLE);
-    }
 }
 
 /// Host death, rejoin, switchover back, then a clean stop of the primary's agent: the VIP

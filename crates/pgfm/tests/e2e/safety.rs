@@ -490,35 +490,7 @@ fn a_coordinator_busy_cloning_still_fails_over() {
     lab.committed_rows("pg1", "pg2", 100);
 
     // The coordinator must be a standby: restart whichever other agent leads.
-    let deadline = Instant::now() + Duration::from_secs(120);
-    let coordinator = loop {
-        let coordinator = wait_for("a coordinator", SETTLE, || {
-            let (status, _) = lab.cluster_status("witness")?;
-            status["coordinator"]
-                .as_str()
-                .map(str::to_string)
-                .ok_or_else(|| status.to_string())
-        });
-        if coordinator == "pg2" || coordinator == "pg3" {
-            break coordinator;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "no standby became the coordinator"
-        );
-        // Another is elected while it is away (restarted at once, a leader resumes).
-        lab.run_ok(&["lab", "kill", &coordinator, "--agent-only"]);
-        let observer = if coordinator == "pg1" { "pg2" } else { "pg1" };
-        wait_for("another coordinator", SETTLE, || {
-            let (status, _) = lab.cluster_status(observer)?;
-            match status["coordinator"].as_str() {
-                Some(c) if c != coordinator => Ok(()),
-                other => Err(format!("{other:?}")),
-            }
-        });
-        lab.run_ok(&["lab", "start", &coordinator]);
-        lab.wait_healthy("witness", SETTLE);
-    };
+    let coordinator = lab.move_coordinator_to_one_of(&["pg2", "pg3"]);
     let survivor = if coordinator == "pg2" { "pg3" } else { "pg2" };
 
     // Its database is lost: the agent clones afresh, and the clone hangs. About 100 MB
