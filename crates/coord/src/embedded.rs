@@ -75,6 +75,22 @@ struct Inner {
     stepped_aside: std::sync::atomic::AtomicBool,
 }
 
+impl Inner {
+    /// This agent leads, as openraft's `metrics` say.
+    fn leads(&self, metrics: &Metrics) -> bool {
+        metrics.state == ServerState::Leader && metrics.current_leader == Some(self.id)
+    }
+
+    /// A majority answered this leader within `election_timeout_max`.
+    fn majority_answered(&self, metrics: &Metrics) -> bool {
+        let limit = self.settings.election_timeout_max.as_millis() as u64;
+        metrics.millis_since_quorum_ack.is_some_and(|ms| ms < limit)
+    }
+}
+
+/// openraft's view of this node.
+type Metrics = openraft::RaftMetrics<u64, RaftNode>;
+
 #[derive(Clone)]
 pub struct EmbeddedRaft {
     inner: Arc<Inner>,
@@ -168,9 +184,7 @@ impl EmbeddedRaft {
         let metrics = self.inner.raft.metrics();
         let metrics = metrics.borrow();
         if metrics.state == ServerState::Leader {
-            return metrics.millis_since_quorum_ack.is_some_and(|ms| {
-                ms < self.inner.settings.election_timeout_max.as_millis() as u64
-            });
+            return self.inner.majority_answered(&metrics);
         }
         let contact = self
             .inner
@@ -181,7 +195,7 @@ impl EmbeddedRaft {
     }
 
     /// This agent leads but stepped aside (`step_aside`).
-    pub fn stepped_aside(&self) -> bool {
+    fn stepped_aside(&self) -> bool {
         self.inner
             .stepped_aside
             .load(std::sync::atomic::Ordering::SeqCst)
@@ -415,17 +429,16 @@ fn step_aside(
     quiet_since: Option<tokio::time::Instant>,
 ) -> Option<tokio::time::Instant> {
     let settings = &raft.inner.settings;
-    let (leads, quorum_ack_ms, voters) = {
+    let (leads, answered, quorum_ack_ms, voters) = {
         let metrics = raft.inner.raft.metrics();
         let metrics = metrics.borrow();
         (
-            metrics.state == ServerState::Leader && metrics.current_leader == Some(raft.inner.id),
+            raft.inner.leads(&metrics),
+            raft.inner.majority_answered(&metrics),
             metrics.millis_since_quorum_ack,
             metrics.membership_config.membership().voter_ids().count(),
         )
     };
-    let answered =
-        quorum_ack_ms.is_some_and(|ms| ms < settings.election_timeout_max.as_millis() as u64);
     let quiet = leads && voters > 1 && !answered;
     let flag = &raft.inner.stepped_aside;
     let aside = flag.load(std::sync::atomic::Ordering::SeqCst);
@@ -470,10 +483,7 @@ impl Coordinator for EmbeddedRaft {
     fn leading_term(&self) -> Option<u64> {
         let metrics = self.inner.raft.metrics();
         let metrics = metrics.borrow();
-        (metrics.state == ServerState::Leader
-            && metrics.current_leader == Some(self.inner.id)
-            && !self.stepped_aside())
-        .then_some(metrics.current_term)
+        (self.inner.leads(&metrics) && !self.stepped_aside()).then_some(metrics.current_term)
     }
 
     fn voters(&self) -> Vec<(String, String)> {

@@ -149,8 +149,8 @@ pub enum LeaseStep {
 }
 
 /// The primary side, checked every few tens of milliseconds by the agent.
-/// `is_primary`: the committed state names this node primary, holding the lease. `writable`: a postmaster runs
-/// on a data directory without `standby.signal`.
+/// `is_primary`: the committed state names this node primary, holding the lease.
+/// `writable`: a postmaster runs on a data directory without `standby.signal`.
 pub fn primary_step(
     now_ms: u64,
     is_primary: bool,

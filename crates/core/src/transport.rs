@@ -54,8 +54,8 @@ pub struct Response {
 
 /// No answer came: the connection was refused or not made in time, or the answer did not
 /// arrive before the request's timeout. `message` says which, for the user; `failure` for
-/// the Raft backend, which pauses before it tries a peer it could not connect to again, but
-/// not one that was only slow to answer.
+/// the Raft backend, which tries again at once a peer that was only slow to answer, and
+/// pauses before it tries any other failed one.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{message}")]
 pub struct TransportError {
