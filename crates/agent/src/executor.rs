@@ -340,7 +340,7 @@ impl Agent {
             "promoting to primary of generation {generation}"
         )));
         let result = match self.wait_vip_free(generation).await {
-            Ok(()) => pg.promote().await,
+            Ok(()) => pg.promote(state.highest_timeline).await,
             Err(e) => Err(e),
         };
         self.set_activity(None);

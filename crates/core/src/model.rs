@@ -342,6 +342,14 @@ pub struct ClusterState {
     /// The primary's timeline history: where each earlier timeline ended.
     #[serde(default)]
     pub forks: Vec<TimelineFork>,
+    /// The highest timeline a primary of this cluster may have started: raised by each
+    /// `SetTimeline`, and by each promotion to one above it — the lowest timeline that
+    /// promotion's node may start (`Database::promote`). PostgreSQL picks one above the
+    /// newest history file in its own `pg_wal`; a node promoted after another that died
+    /// before its `SetTimeline` committed does not have that one's file, and would start
+    /// the same timeline number on a different fork (chaos soak seed 2, run 44).
+    #[serde(default)]
+    pub highest_timeline: Timeline,
 }
 
 /// What a primary's commits wait for: `count` of the standbys `names` (`FIRST count` when
@@ -820,6 +828,7 @@ impl ClusterState {
         self.check_primary(node, generation)?;
         self.timeline = Some(timeline);
         self.forks = forks.to_vec();
+        self.highest_timeline = self.highest_timeline.max(timeline);
         Ok(())
     }
 
@@ -917,7 +926,10 @@ impl ClusterState {
             self.sync_set.insert(node.clone());
             self.sync_quorum = 1;
         }
-        // The new primary says which timeline it starts once it has.
+        // The new primary says which timeline it starts once it has; it starts one no
+        // primary before it may have started.
+        let highest = self.timeline.unwrap_or_default().max(self.highest_timeline);
+        self.highest_timeline = Timeline(highest.0 + 1);
         self.timeline = None;
         Ok(())
     }
@@ -1311,6 +1323,65 @@ mod tests {
             Some(good),
             "settings outlive a promotion"
         );
+    }
+
+    /// Each promotion reserves a timeline above every one a primary may have started, with
+    /// or without its predecessor's `SetTimeline` (chaos soak seed 2, run 44: a primary
+    /// that died before saying its timeline left no trace, and the next one started the
+    /// same number on another fork).
+    #[test]
+    fn every_promotion_reserves_a_timeline_no_primary_may_have_started() {
+        let mut state = ClusterState::default();
+        for name in ["pg1", "pg2", "pg3"] {
+            state
+                .apply(&Command::Register {
+                    member: member(name, NodeKind::Data),
+                })
+                .unwrap();
+        }
+        let apply = |state: &mut ClusterState, command: Command| state.apply(&command).unwrap();
+        let promote = |node: &str, generation: u64| Command::Promote {
+            node: node.into(),
+            generation: Generation(generation),
+            from: None,
+            reason: "test".into(),
+            lsn: None,
+            lost_bytes: None,
+            at_unix_ms: 0,
+            lease_renewals: None,
+            handover: None,
+            lost_at_least: false,
+        };
+        let timeline = |node: &str, generation: u64, timeline: u32| Command::SetTimeline {
+            node: node.into(),
+            generation: Generation(generation),
+            timeline: Timeline(timeline),
+            forks: Vec::new(),
+        };
+        apply(
+            &mut state,
+            Command::Bootstrap {
+                primary: "pg1".into(),
+                generation: Generation(1),
+            },
+        );
+        apply(&mut state, timeline("pg1", 1, 1));
+        assert_eq!(state.highest_timeline, Timeline(1));
+        apply(&mut state, promote("pg2", 2));
+        assert_eq!(state.highest_timeline, Timeline(2), "pg2 starts 2");
+        // pg2 dies before its SetTimeline: the next promotion starts above it anyway.
+        apply(&mut state, promote("pg3", 3));
+        assert_eq!(state.highest_timeline, Timeline(3), "pg3 starts 3");
+        // PostgreSQL picked a later one (history files of its own): the next starts above.
+        apply(&mut state, timeline("pg3", 3, 7));
+        apply(&mut state, promote("pg1", 4));
+        assert_eq!(state.highest_timeline, Timeline(8));
+        // A state from before the field (0) starts above the committed timeline.
+        state.highest_timeline = Timeline::default();
+        apply(&mut state, timeline("pg1", 4, 8));
+        state.highest_timeline = Timeline::default();
+        apply(&mut state, promote("pg2", 5));
+        assert_eq!(state.highest_timeline, Timeline(9));
     }
 
     /// A switchover's promotion rests on its hand-over: once the switchover was rolled back

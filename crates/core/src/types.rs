@@ -78,8 +78,10 @@ impl<'de> Deserialize<'de> for Lsn {
     }
 }
 
-/// A PostgreSQL timeline id; it goes up by one at every promotion.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+/// A PostgreSQL timeline id; it goes up at every promotion. (The default, 0, is none.)
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default, Serialize, Deserialize,
+)]
 pub struct Timeline(pub u32);
 
 impl fmt::Display for Timeline {

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 
-use pgfm_core::{DataDirState, Lsn, SyncRule};
+use pgfm_core::{DataDirState, Lsn, SyncRule, Timeline};
 
 use crate::datadir;
 use crate::probe::{self, Target};
@@ -418,9 +418,10 @@ impl Postgres {
         Ok(value)
     }
 
-    /// Replay all WAL received, then promote (pg_promote, waiting for it to finish), and
-    /// rewrite pgfm.conf without `primary_conninfo`.
-    pub async fn promote(&self) -> anyhow::Result<()> {
+    /// Replay all WAL received, then promote (pg_promote, waiting for it to finish) to
+    /// timeline `at_least` or a later one, and rewrite pgfm.conf without
+    /// `primary_conninfo`.
+    pub async fn promote(&self, at_least: Timeline) -> anyhow::Result<()> {
         let client = probe::connect(&self.probe_target())
             .await
             .map_err(|e| anyhow::anyhow!("connecting to promote: {e}"))?;
@@ -450,6 +451,7 @@ impl Postgres {
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
+        self.reserve_timelines(at_least)?;
         let promoted: bool = client
             .query_one("SELECT pg_promote(true, 60)", &[])
             .await
@@ -459,6 +461,30 @@ impl Postgres {
             bail!("pg_promote did not finish within 60 s");
         }
         self.write_managed_conf(None)
+    }
+
+    /// Write the history files that make PostgreSQL's promotion start timeline `at_least`
+    /// or a later one (`datadir::missing_histories`).
+    fn reserve_timelines(&self, at_least: Timeline) -> anyhow::Result<()> {
+        let pg_wal = self.settings.data_dir.join("pg_wal");
+        let missing = datadir::missing_histories(&pg_wal, at_least)
+            .with_context(|| format!("reading {}", pg_wal.display()))?;
+        for timeline in &missing {
+            let path = pg_wal.join(datadir::history_file(*timeline));
+            self.settings
+                .os_user
+                .write_file(&path, &datadir::reserved_history(*timeline), 0o600)
+                .with_context(|| format!("writing {}", path.display()))?;
+        }
+        if !missing.is_empty() {
+            let list: Vec<String> = missing.iter().map(|t| t.to_string()).collect();
+            tracing::info!(
+                "timeline(s) {} may have been started by other nodes: wrote their history \
+                 files so that this promotion starts timeline {at_least} or a later one",
+                list.join(", ")
+            );
+        }
+        Ok(())
     }
 
     fn write_managed_conf(&self, upstream: Option<&Upstream>) -> anyhow::Result<()> {

@@ -7,7 +7,7 @@
 use std::time::Duration;
 
 use pgfm_core::transport::Pending;
-use pgfm_core::{DataDirState, Lsn, NodeReport, SyncRule};
+use pgfm_core::{DataDirState, Lsn, NodeReport, SyncRule, Timeline};
 
 use crate::control::{HandOverStop, Postgres, Upstream};
 use crate::probe::{RemoteCheck, Target, Verdict};
@@ -38,8 +38,9 @@ pub trait Database: Send + Sync {
     fn clone_from<'a>(&'a self, upstream: &'a Upstream) -> Pending<'a, anyhow::Result<()>>;
     /// Move the data directory aside and clone afresh from `upstream`.
     fn reclone<'a>(&'a self, upstream: &'a Upstream) -> Pending<'a, anyhow::Result<()>>;
-    /// Promote the running standby once it replayed all it received.
-    fn promote(&self) -> Pending<'_, anyhow::Result<()>>;
+    /// Promote the running standby once it replayed all it received, to timeline
+    /// `at_least` or a later one.
+    fn promote(&self, at_least: Timeline) -> Pending<'_, anyhow::Result<()>>;
     /// Stream from `upstream` from now on (a reload, no restart).
     fn follow<'a>(&'a self, upstream: &'a Upstream) -> Pending<'a, anyhow::Result<()>>;
     /// Stop at once, leaving no process alive, and mark the directory for a rewind.
@@ -103,8 +104,8 @@ impl Database for Postgres {
     fn reclone<'a>(&'a self, upstream: &'a Upstream) -> Pending<'a, anyhow::Result<()>> {
         Box::pin(Postgres::reclone(self, upstream))
     }
-    fn promote(&self) -> Pending<'_, anyhow::Result<()>> {
-        Box::pin(Postgres::promote(self))
+    fn promote(&self, at_least: Timeline) -> Pending<'_, anyhow::Result<()>> {
+        Box::pin(Postgres::promote(self, at_least))
     }
     fn follow<'a>(&'a self, upstream: &'a Upstream) -> Pending<'a, anyhow::Result<()>> {
         Box::pin(Postgres::follow(self, upstream))

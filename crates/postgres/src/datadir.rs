@@ -3,7 +3,7 @@
 
 use std::path::Path;
 
-use pgfm_core::DataDirState;
+use pgfm_core::{DataDirState, Timeline};
 
 /// Written by pgfm into the data directory of a primary it fences: the node may hold WAL
 /// the next primary lacks and must be rewound before it runs again (pg_rewind replaces the
@@ -94,9 +94,77 @@ pub fn postmaster_status(data_dir: &Path, pid: u32, stale: Option<&PidFile>) -> 
     own.then_some(file.status).flatten()
 }
 
+/// The history files a standby needs before it is promoted so that PostgreSQL starts
+/// timeline `at_least` or a later one: one for each timeline from just above the newest it
+/// holds WAL of up to `at_least - 1` that `pg_wal` lacks (the newest the state machine
+/// reserved for the promotions before this one; see `ClusterState::highest_timeline`).
+///
+/// At the end of recovery PostgreSQL takes `findNewestTimeLine(target) + 1`, and that walks
+/// up from its recovery target timeline while `<tli>.history` exists, reading nothing but
+/// the name: so the files stand for timelines another node may have started, and hold only
+/// a comment. With no line naming the current timeline as a parent, a standby never
+/// switches its recovery target to one of them (`rescanLatestTimeLine`: "new timeline is
+/// not a child"), and the new timeline's own history is copied from the real parent's.
+pub fn missing_histories(pg_wal: &Path, at_least: Timeline) -> std::io::Result<Vec<Timeline>> {
+    let mut newest = 1;
+    for entry in std::fs::read_dir(pg_wal)? {
+        let name = entry?.file_name();
+        let name = name.to_string_lossy();
+        // A WAL segment: 24 hex digits, the first 8 its timeline.
+        if name.len() == 24 && name.bytes().all(|b| b.is_ascii_hexdigit()) {
+            if let Ok(tli) = u32::from_str_radix(&name[..8], 16) {
+                newest = newest.max(tli);
+            }
+        }
+    }
+    Ok((newest + 1..at_least.0)
+        .filter(|tli| !pg_wal.join(history_file(Timeline(*tli))).exists())
+        .map(Timeline)
+        .collect())
+}
+
+/// `pg_wal`'s name for the history file of `timeline`.
+pub fn history_file(timeline: Timeline) -> String {
+    format!("{:08X}.history", timeline.0)
+}
+
+/// What a reserved timeline's history file says.
+pub fn reserved_history(timeline: Timeline) -> String {
+    format!(
+        "# Written by pgfm before this node was promoted: timeline {timeline} may have been \
+         started by another node, so this one must start a later one.\n"
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_promotion_reserves_the_timelines_between_its_own_and_the_floor() {
+        let dir = std::env::temp_dir().join(format!("pgfm-pgwal-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let touch = |name: &str| std::fs::write(dir.join(name), "").unwrap();
+        touch("00000001000000000000000A");
+        touch("0000000D000000000000000B");
+        touch("0000000D.history");
+        touch("0000000C.history");
+        touch("0000000F.history");
+        touch("archive_status");
+        // On timeline 13, told to start 17 or later: 14 and 16 are missing (15 is there).
+        let missing = missing_histories(&dir, Timeline(17)).unwrap();
+        assert_eq!(missing, vec![Timeline(14), Timeline(16)]);
+        // Nothing reserved above its own: nothing to write.
+        assert!(missing_histories(&dir, Timeline(14)).unwrap().is_empty());
+        assert!(missing_histories(&dir, Timeline::default())
+            .unwrap()
+            .is_empty());
+        assert_eq!(history_file(Timeline(14)), "0000000E.history");
+        // PostgreSQL skips comment lines: the file names no parent.
+        assert!(crate::probe::timeline_history(&reserved_history(Timeline(14))).is_empty());
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 
     #[test]
     fn a_status_is_read_only_from_the_postmasters_own_file() {

@@ -227,6 +227,30 @@ struct Cluster {
     slots: BTreeSet<String>,
     /// Left half written by a pg_basebackup whose host died: PostgreSQL cannot start it.
     broken: bool,
+    /// Timelines whose history files `pg_wal` holds besides those of its own WAL's:
+    /// fetched by the WAL receiver, copied by a clone or a rewind, written by pgfm before a
+    /// promotion (`Database::promote`'s `at_least`).
+    histories: BTreeSet<u32>,
+}
+
+impl Cluster {
+    /// Every timeline `pg_wal` has a history file for.
+    fn history_files(&self) -> BTreeSet<u32> {
+        let mut files = self.histories.clone();
+        files.extend(self.wal.0.iter().map(|r| r.timeline).filter(|t| *t > 1));
+        files
+    }
+
+    /// The timeline a promotion starts: PostgreSQL's `findNewestTimeLine(current) + 1`,
+    /// which walks up from the current timeline while the next one's history file exists.
+    fn next_timeline(&self) -> u32 {
+        let files = self.history_files();
+        let mut newest = self.wal.timeline();
+        while files.contains(&(newest + 1)) {
+            newest += 1;
+        }
+        newest + 1
+    }
 }
 
 /// The data directory, as far as pgfm reads and writes it.
@@ -430,7 +454,9 @@ pub struct PgModel {
     next_commit: u64,
     next_uid: u64,
     next_pid: i32,
-    max_timeline: u32,
+    /// Who started each timeline, and when: a number started twice is two forks that
+    /// PostgreSQL cannot tell apart.
+    timelines: BTreeMap<u32, (String, u64)>,
     probe_timeout: Duration,
 }
 
@@ -451,6 +477,7 @@ impl PgModel {
                     control: Control::ShutDown,
                     slots: BTreeSet::new(),
                     broken: false,
+                    histories: BTreeSet::new(),
                 });
             }
             let server = Server {
@@ -480,7 +507,7 @@ impl PgModel {
             next_commit: 0,
             next_uid: 1,
             next_pid: 4000,
-            max_timeline: 1,
+            timelines: BTreeMap::new(),
             probe_timeout: Duration::from_secs(2),
         }
     }
@@ -560,6 +587,7 @@ impl PgModel {
                 control: Control::InProduction,
                 slots: BTreeSet::new(),
                 broken: true,
+                histories: BTreeSet::new(),
             });
         }
     }
@@ -940,6 +968,7 @@ impl PgModel {
         for node in ready {
             match self.try_stream(&node) {
                 Ok(link) => {
+                    self.fetch_histories(&node, &link.upstream);
                     if let Some(run) = self.servers.get_mut(&node).and_then(|s| s.run.as_mut()) {
                         run.receiver_error = None;
                         let end = lsn_at(link.flushed);
@@ -950,6 +979,37 @@ impl PgModel {
                 Err((why, retry)) => self.retry_later(&node, retry, &why),
             }
         }
+    }
+
+    /// A WAL receiver that connects fetches the upstream's history files for the timelines
+    /// above its own, up to the upstream's.
+    fn fetch_histories(&mut self, node: &str, upstream: &str) {
+        let Some(theirs) = self
+            .servers
+            .get(upstream)
+            .and_then(|s| s.dir.cluster.as_ref())
+        else {
+            return;
+        };
+        let (files, top) = (theirs.history_files(), theirs.wal.timeline());
+        if let Some(mine) = self
+            .servers
+            .get_mut(node)
+            .and_then(|s| s.dir.cluster.as_mut())
+        {
+            let own = mine.wal.timeline();
+            mine.histories
+                .extend(files.into_iter().filter(|t| *t > own && *t <= top));
+        }
+    }
+
+    /// pgfm's history files for the timelines from just above `node`'s own up to
+    /// `at_least - 1` (`datadir::missing_histories`).
+    fn reserve_timelines(&mut self, node: &str, at_least: Timeline) -> anyhow::Result<()> {
+        let cluster = self.server_mut(node)?.cluster_mut()?;
+        let own = cluster.wal.timeline();
+        cluster.histories.extend(own + 1..at_least.0);
+        Ok(())
     }
 
     /// Open a replication connection for `node`, or say why PostgreSQL would not (and when
@@ -1317,12 +1377,13 @@ impl PgModel {
     /// `pg_promote` ends: the rest of the local WAL replayed, a new timeline begins.
     fn finish_promotion(&mut self, node: &str, pid: i32) -> anyhow::Result<()> {
         let uid = self.uid();
-        let timeline = self.max_timeline + 1;
+        let now = self.now_ms;
         let s = self.server_mut(node)?;
         if s.running(pid).is_none_or(|r| r.phase != Phase::Promoting) {
             bail!("pg_promote: {CLOSED}");
         }
         let cluster = s.cluster_mut()?;
+        let timeline = cluster.next_timeline();
         let replayed = cluster.wal.len();
         cluster.wal.push(uid, timeline, Kind::Switch);
         cluster.control = Control::InProduction;
@@ -1335,7 +1396,14 @@ impl PgModel {
         run.upstream = None;
         run.replayed = replayed;
         run.recovery_end = Some((run.received, lsn_at(replayed)));
-        self.max_timeline = timeline;
+        if let Some((other, at_ms)) = self.timelines.get(&timeline) {
+            let text = format!(
+                "{node} promoted to timeline {timeline}, which {other} started at {at_ms} ms on \
+                 another fork"
+            );
+            self.violations.push(text);
+        }
+        self.timelines.insert(timeline, (node.to_string(), now));
         self.check_new_primary(node, &format!("promoted to timeline {timeline}"));
         Ok(())
     }
@@ -1476,7 +1544,12 @@ impl PgModel {
             Reach::Fails(e) => return Err(format!("{at}: {e}")),
             Reach::Hangs => return Err(format!("{at}: timeout expired")),
         };
-        let Some(source_wal) = self.servers[&source].dir.wal().cloned() else {
+        let Some((source_wal, source_files)) = self.servers[&source]
+            .dir
+            .cluster
+            .as_ref()
+            .map(|c| (c.wal.clone(), c.history_files()))
+        else {
             return Err(format!("{at}: {REFUSED}"));
         };
         let Some(target) = self
@@ -1502,6 +1575,7 @@ impl PgModel {
         let same_timeline = target.wal.timeline() == source_wal.timeline();
         if !same_timeline && !target.wal.is_prefix_of(&source_wal) {
             target.wal = source_wal;
+            target.histories = source_files;
             target.control = Control::InArchiveRecovery;
         }
         Ok(())
@@ -1588,6 +1662,7 @@ impl PgModel {
         let s = self.server_mut(node)?;
         s.dir = DataDir {
             cluster: copy.cluster.map(|c| Cluster {
+                histories: c.history_files(),
                 wal: c.wal,
                 control: c.control,
                 slots: BTreeSet::new(),
@@ -1700,7 +1775,7 @@ impl SimDatabase {
     }
 
     /// Replay all WAL received, then promote (as `Postgres::promote`).
-    async fn promote(&self) -> anyhow::Result<()> {
+    async fn promote(&self, at_least: Timeline) -> anyhow::Result<()> {
         let pid = self
             .connect_own()
             .await
@@ -1724,6 +1799,7 @@ impl SimDatabase {
             }
             sleep(Duration::from_millis(20)).await;
         }
+        self.model().reserve_timelines(&self.node, at_least)?;
         let wait = self.model().begin_promotion(&self.node, pid)?;
         sleep(wait).await;
         self.model().finish_promotion(&self.node, pid)
@@ -2008,8 +2084,8 @@ impl Database for SimDatabase {
     fn reclone<'a>(&'a self, upstream: &'a Upstream) -> Pending<'a, anyhow::Result<()>> {
         Box::pin(SimDatabase::reclone(self, upstream))
     }
-    fn promote(&self) -> Pending<'_, anyhow::Result<()>> {
-        Box::pin(SimDatabase::promote(self))
+    fn promote(&self, at_least: Timeline) -> Pending<'_, anyhow::Result<()>> {
+        Box::pin(SimDatabase::promote(self, at_least))
     }
     fn follow<'a>(&'a self, upstream: &'a Upstream) -> Pending<'a, anyhow::Result<()>> {
         Box::pin(SimDatabase::follow(self, upstream))
@@ -2545,12 +2621,12 @@ mod tests {
         .await;
         sim.kill_host("pg1");
 
-        sim.run(sim.db("pg2").promote()).await.unwrap();
+        sim.run(sim.db("pg2").promote(Timeline(2))).await.unwrap();
         assert_eq!(sim.model().take_violations(), Vec::<String>::new());
         assert_eq!(sim.probe("pg2").await.timeline, Some(Timeline(2)));
         assert_eq!(sim.db("pg2").data_dir_state(), Ok(DataDirState::Primary));
 
-        sim.run(sim.db("pg3").promote()).await.unwrap();
+        sim.run(sim.db("pg3").promote(Timeline(3))).await.unwrap();
         assert_eq!(sim.probe("pg3").await.timeline, Some(Timeline(3)));
         let violations = sim.model().take_violations();
         assert_eq!(violations.len(), 1, "{violations:?}");
@@ -2563,6 +2639,43 @@ mod tests {
             lost.lost_sync > 0 && lost.acked_sync >= lost.lost_sync,
             "{lost:?}"
         );
+    }
+
+    /// Chaos soak seed 2, run 44: pg2 was promoted and died before it said which timeline
+    /// it started; pg3, promoted next, lacked pg2's history file and started the same
+    /// number on another fork. Told the floor the state machine reserved, it starts above.
+    #[tokio::test(flavor = "current_thread", start_paused = true)]
+    async fn two_promotions_never_start_the_same_timeline_when_told_the_floor() {
+        let sim = Sim::new();
+        sim.primary("pg1").await;
+        sim.standby("pg2", "pg1").await;
+        sim.standby("pg3", "pg1").await;
+        sim.kill_host("pg1");
+        sim.run(sim.db("pg2").promote(Timeline::default()))
+            .await
+            .unwrap();
+        assert_eq!(sim.probe("pg2").await.timeline, Some(Timeline(2)));
+        sim.kill_host("pg2");
+        sim.run(sim.db("pg3").promote(Timeline::default()))
+            .await
+            .unwrap();
+        let violations = sim.model().take_violations();
+        assert_eq!(violations.len(), 1, "{violations:?}");
+        assert!(
+            violations[0].starts_with("pg3 promoted to timeline 2, which pg2 started"),
+            "{violations:?}"
+        );
+
+        let sim = Sim::new();
+        sim.primary("pg1").await;
+        sim.standby("pg2", "pg1").await;
+        sim.standby("pg3", "pg1").await;
+        sim.kill_host("pg1");
+        sim.run(sim.db("pg2").promote(Timeline(2))).await.unwrap();
+        sim.kill_host("pg2");
+        sim.run(sim.db("pg3").promote(Timeline(3))).await.unwrap();
+        assert_eq!(sim.probe("pg3").await.timeline, Some(Timeline(3)));
+        assert_eq!(sim.model().take_violations(), Vec::<String>::new());
     }
 
     #[tokio::test(flavor = "current_thread", start_paused = true)]
@@ -2582,7 +2695,7 @@ mod tests {
         assert!(!sim.db("pg1").writable());
         sim.heal();
 
-        sim.run(sim.db("pg2").promote()).await.unwrap();
+        sim.run(sim.db("pg2").promote(Timeline(2))).await.unwrap();
         sim.run(sim.db("pg2").ensure_slots(&["pg1".to_string()]))
             .await
             .unwrap();
@@ -2632,7 +2745,7 @@ mod tests {
         sim.cut("pg1", "pg2");
         sim.wait(300).await;
         sim.kill_host("pg1");
-        sim.run(sim.db("pg2").promote()).await.unwrap();
+        sim.run(sim.db("pg2").promote(Timeline(2))).await.unwrap();
         sim.run(sim.db("pg2").ensure_slots(&["pg3".to_string()]))
             .await
             .unwrap();
@@ -2761,7 +2874,7 @@ mod tests {
         sim.cut("pg1", "pg3");
         sim.wait(700).await;
         sim.kill_host("pg1");
-        sim.run(sim.db("pg2").promote()).await.unwrap();
+        sim.run(sim.db("pg2").promote(Timeline(2))).await.unwrap();
         sim.run(sim.db("pg2").ensure_slots(&["pg3".to_string()]))
             .await
             .unwrap();

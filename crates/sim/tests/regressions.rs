@@ -83,3 +83,30 @@ fn degrading_to_asynchronous_keeps_what_was_acknowledged_synchronously() {
         report.faults
     );
 }
+
+/// Found by seed 14 (host crashes, once the model let each node pick its timeline as
+/// PostgreSQL does, from the history files in its own `pg_wal`): pg1 (primary) died and pg3
+/// was promoted to timeline 2; pg3 died half a second later, and pg2 — which never streamed
+/// from pg3, so had no history file for timeline 2 — was promoted to timeline 2 as well.
+/// Two forks under one number: pg_rewind then says "no rewind required" and the old one
+/// never streams again (chaos soak seed 2, run 44, on real PostgreSQL). Now each promotion
+/// is told the lowest timeline it may start (`ClusterState::highest_timeline`): pg2 starts
+/// timeline 3.
+#[test]
+fn a_promotion_after_a_lost_one_starts_a_new_timeline_number() {
+    let mut options = Options::new(14);
+    options.script = Some(vec![
+        fault(9_125, Kind::HostCrash, Target::Node(3), 2_531),
+        fault(9_815, Kind::HostCrash, Target::Primary, 11_984),
+        fault(14_190, Kind::HostCrash, Target::Primary, 10_496),
+    ]);
+    options.trace = true;
+    let report = pgfm_sim::run(options);
+    assert!(report.violations.is_empty(), "{:?}", report.violations);
+    assert_eq!(report.promotions, 2, "faults: {:?}", report.faults);
+    let pg2 = "SetTimeline { node: \"pg2\", generation: Generation(3), timeline: Timeline(3)";
+    assert!(
+        report.trace.iter().any(|l| l.contains(pg2)),
+        "pg2 did not start timeline 3"
+    );
+}
