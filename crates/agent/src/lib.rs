@@ -28,7 +28,7 @@ use tracing::Instrument;
 
 use pgfm_api::{AgedReport, AgentApi, ApiClient, ClusterStatus, ReportOutcome};
 use pgfm_coord::{Coordinator, EmbeddedRaft, ProposeError, RaftSettings};
-use pgfm_core::decide::{Action, ClusterView, LocalView, Observed, Settings};
+use pgfm_core::decide::{track_replicas, Action, ClusterView, LocalView, Observed, Settings};
 use pgfm_core::lease::HeldLease;
 use pgfm_core::transport::Transport;
 use pgfm_core::{Generation, Member, NodeReport};
@@ -470,6 +470,7 @@ impl Agent {
             if report.db_up {
                 memory.db_answered();
             }
+            memory.replicas = track_replicas(&memory.replicas, &report, now);
             let local = LocalView {
                 name: me.name.clone(),
                 kind: me.kind,
@@ -488,6 +489,7 @@ impl Agent {
                 start_failures: memory.starts.failures,
                 start_error: memory.starts.last_error.clone(),
                 start_recloned: memory.starts.recloned,
+                replicas: memory.replicas.clone(),
             };
             let actions = self.engine.reconcile(&view, &local, now);
             self.run_local(&view, actions, &mut memory).await;

@@ -7,7 +7,7 @@
 
 use std::collections::BTreeMap;
 
-use pgfm_core::decide::Measured;
+use pgfm_core::decide::{Measured, ReplicaProgress};
 use pgfm_core::{Generation, Lsn};
 
 /// Something an action did that a later decision must take into account.
@@ -89,6 +89,9 @@ pub(super) struct Memory {
     pub measured: BTreeMap<String, Measured>,
     /// When the fence hook last refused a promotion (monotonic ms).
     pub fence_hook_refused_ms: Option<u64>,
+    /// As primary: what each standby last confirmed, and since when nothing new
+    /// (`pgfm_core::decide::track_replicas`).
+    pub replicas: BTreeMap<String, ReplicaProgress>,
 }
 
 impl Memory {

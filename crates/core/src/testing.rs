@@ -251,6 +251,7 @@ pub(crate) fn local(cluster: &ClusterView, me: &str, coordinator: bool) -> Local
         start_failures: 0,
         start_error: None,
         start_recloned: false,
+        replicas: Default::default(),
     }
 }
 

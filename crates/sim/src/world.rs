@@ -110,6 +110,9 @@ pub struct Report {
     pub commits_sync: u64,
     pub commits_async: u64,
     pub lost_async: u64,
+    /// The longest time between two acknowledged commits, from the first (ms): a failover,
+    /// or commits waiting for a synchronous standby.
+    pub longest_write_gap_ms: u64,
     /// Promotions committed (the final generation - 1).
     pub promotions: u64,
     pub messages: u64,
@@ -715,6 +718,9 @@ impl World {
                 }
             }
         }
+        let mut acked: Vec<u64> = pg.commits().iter().map(|c| c.acked_at_ms).collect();
+        acked.sort_unstable();
+        report.longest_write_gap_ms = acked.windows(2).map(|w| w[1] - w[0]).max().unwrap_or(0);
         drop(pg);
         report.promotions = self
             .nodes

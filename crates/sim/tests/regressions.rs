@@ -110,3 +110,41 @@ fn a_promotion_after_a_lost_one_starts_a_new_timeline_number() {
         "pg2 did not start timeline 3"
     );
 }
+
+/// Chaos soak seed 1, run 24 (its longest write gap, 16 s): a synchronous standby whose
+/// host is frozen keeps its walsender, which still says "streaming", for
+/// `wal_sender_timeout` (60 s), and every commit waited for it that long. Now a standby
+/// that confirms nothing for `report_ttl` while WAL waits gives its place to one that
+/// streams: commits wait a few seconds, not a minute.
+#[test]
+fn a_frozen_synchronous_standby_holds_commits_up_for_seconds_not_a_minute() {
+    let mut options = Options::new(1);
+    options.synchronous = "on".into();
+    // pg3 (Node(2)) is the synchronous standby this seed picks.
+    options.script = Some(vec![fault(12_000, Kind::Freeze, Target::Node(2), 40_000)]);
+    options.trace = true;
+    let report = pgfm_sim::run(options);
+    assert!(report.violations.is_empty(), "{:?}", report.violations);
+    assert_eq!(report.promotions, 0, "faults: {:?}", report.faults);
+    let named: Vec<&String> = report
+        .trace
+        .iter()
+        .filter(|l| l.contains("SetSyncSet"))
+        .collect();
+    assert!(
+        named.iter().any(|l| l.contains("members: {\"pg3\"}")),
+        "pg3 was not the synchronous standby: {named:#?}"
+    );
+    assert!(
+        named
+            .last()
+            .is_some_and(|l| l.contains("members: {\"pg2\"}")),
+        "pg2 did not take the frozen pg3's place: {named:#?}"
+    );
+    assert!(report.commits_sync > 0);
+    assert!(
+        report.longest_write_gap_ms < 10_000,
+        "commits waited {} ms for the frozen standby",
+        report.longest_write_gap_ms
+    );
+}

@@ -26,7 +26,10 @@ mod vip;
 
 pub use action::{Action, Decision, Forward};
 pub use reconcile::slot_for;
-pub use view::{ClusterView, LocalView, Measured, Observed, OnCrash, RejoinMode, Settings};
+pub use view::{
+    track_replicas, ClusterView, LocalView, Measured, Observed, OnCrash, RejoinMode,
+    ReplicaProgress, Settings,
+};
 
 use bootstrap::bootstrap;
 use failover::failover;

@@ -109,8 +109,12 @@ fn covers(committed: &SyncRule, rule: &SyncRule) -> bool {
 /// `quorum`: any `standbys` of every streaming, promotable standby. A named standby that
 /// stopped streaming keeps its place while its agent still reports it running (a
 /// reconnect, not a loss): that is the bound before the primary names fewer — at most
-/// `report_ttl` after its host died. It never names fewer than `minimum`: it keeps the lost
-/// ones (commits wait for them) or names members that are not there yet.
+/// `report_ttl` after its host died. One that its walsender still calls streaming but that
+/// has confirmed nothing for `report_ttl` while WAL waited for it is not streaming: a host
+/// frozen, powered off or cut off one way keeps its walsender for `wal_sender_timeout`
+/// (60 s), and every commit waited as long (chaos soak seed 1, run 24). It never names
+/// fewer than `minimum`: it keeps the lost ones (commits wait for them) or names members
+/// that are not there yet.
 fn desired_sync(
     cluster: &ClusterView,
     local: &LocalView,
@@ -131,12 +135,19 @@ fn desired_sync(
                 .get(name)
                 .is_some_and(|m| m.kind == NodeKind::Data && m.can_be_promoted())
     };
+    let stalled = |name: &str| {
+        local
+            .replicas
+            .get(name)
+            .is_some_and(|p| now_ms.saturating_sub(p.since_ms) >= cluster.settings.report_ttl_ms)
+    };
     let streaming: BTreeSet<&str> = local
         .report
         .replicas
         .iter()
         .filter(|r| r.state == "streaming" && candidate(&r.application_name))
         .map(|r| r.application_name.as_str())
+        .filter(|name| !stalled(name))
         .collect();
     let priority = |name: &str| state.members.get(name).map_or(0, |m| m.priority);
     let mut order: Vec<&str> = streaming.iter().copied().collect();
@@ -149,9 +160,10 @@ fn desired_sync(
     });
     let mut names: BTreeSet<String> = order.into_iter().take(limit).map(str::to_string).collect();
     for name in current.names.iter().filter(|n| candidate(n)) {
-        let alive = cluster
-            .fresh_report(name, now_ms)
-            .is_some_and(|r| r.db_up && r.role == Some(DbRole::Standby));
+        let alive = !stalled(name)
+            && cluster
+                .fresh_report(name, now_ms)
+                .is_some_and(|r| r.db_up && r.role == Some(DbRole::Standby));
         if names.len() < limit && alive {
             names.insert(name.clone());
         }
@@ -189,9 +201,11 @@ fn desired_sync(
 mod tests {
     use super::*;
     use crate::decide::slot_for;
+    use crate::decide::track_replicas;
     use crate::model::SyncSettings;
     use crate::testing::*;
     use crate::types::Lsn;
+    use std::collections::BTreeMap;
 
     #[test]
     fn synchronous_standbys_are_committed_before_postgres_widens_and_after_it_narrows() {
@@ -251,6 +265,61 @@ mod tests {
         check_local(&v, &me(&v), 10_000, &[]);
         v.reports.get_mut("pg1").unwrap().report.replicas = vec![streaming("pg2", 960_000)];
         check_local(&v, &me(&v), 10_000, &["commit sync FIRST 1 (pg2) g1"]);
+    }
+
+    /// A standby whose walsender still says streaming but that confirms nothing while WAL
+    /// waits — its host frozen, powered off or cut off one way, which PostgreSQL notices
+    /// only after `wal_sender_timeout` (60 s) — gives its place to one that streams once it
+    /// has confirmed nothing for `report_ttl`; strict, it keeps it (commits wait). Chaos
+    /// soak seed 1, run 24.
+    #[test]
+    fn a_synchronous_standby_that_confirms_nothing_gives_its_place_up() {
+        let mut v = primary_with(&["pg2", "pg3"]);
+        v.settings.sync.mode = SyncMode::On;
+        v.state.sync_set = ["pg2".to_string()].into();
+        v.state.sync_quorum = 1;
+        {
+            let r = &mut v.reports.get_mut("pg1").unwrap().report;
+            r.slots = vec![slot_for("pg2"), slot_for("pg3")];
+            r.replicas = vec![streaming("pg2", 900_000), streaming("pg3", 990_000)];
+            r.sync = Some(rule(1, &["pg2"]));
+            r.current_lsn = Some(Lsn(1_000_000));
+        }
+        let report = v.reports["pg1"].report.clone();
+        let mut me = local(&v, "pg1", false);
+        // Seen first at NOW_MS - 2 s: pg2 behind, pg3 behind too (commits in flight).
+        let first = NOW_MS - 2_000;
+        me.replicas = track_replicas(&BTreeMap::new(), &report, first);
+        assert_eq!(me.replicas["pg2"].since_ms, first);
+        // 2 s on, pg3 moved, pg2 did not: under `report_ttl` (3 s), pg2 keeps its place.
+        let mut moved = report.clone();
+        moved.replicas[1] = streaming("pg3", 995_000);
+        me.replicas = track_replicas(&me.replicas, &moved, NOW_MS);
+        assert_eq!(me.replicas["pg2"].since_ms, first);
+        assert_eq!(me.replicas["pg3"].since_ms, NOW_MS);
+        check_local(&v, &me, NOW_MS, &[]);
+        // 3 s without a confirmation while WAL waits: pg3 takes the place, committed first.
+        check_local(&v, &me, first + 3_000, &["commit sync ANY 1 (pg2,pg3) g1"]);
+        // Strict with pg3 gone too: pg2 is kept, commits wait for it.
+        v.settings.sync.minimum = 1;
+        v.reports
+            .get_mut("pg1")
+            .unwrap()
+            .report
+            .replicas
+            .truncate(1);
+        me.report.replicas.truncate(1);
+        v.reports.get_mut("pg3").unwrap().received_at_ms = 0;
+        check_local(&v, &me, first + 3_000, &[]);
+        // Nothing waits for it (it flushed all there is): it makes progress, whatever its
+        // position did.
+        let mut idle = report.clone();
+        idle.current_lsn = Some(Lsn(900_000));
+        let later = track_replicas(&me.replicas, &idle, NOW_MS + 5_000);
+        assert_eq!(later["pg2"].since_ms, NOW_MS + 5_000);
+        // A standby no longer streaming is forgotten.
+        idle.replicas.clear();
+        assert!(track_replicas(&later, &idle, NOW_MS + 6_000).is_empty());
     }
 
     #[test]

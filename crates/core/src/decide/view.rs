@@ -145,4 +145,48 @@ pub struct LocalView {
     pub start_error: Option<String>,
     /// A re-clone was tried in this streak of failed starts: another would not help.
     pub start_recloned: bool,
+    /// On a primary: since when each streaming standby has confirmed nothing new while WAL
+    /// waited for it (`track_replicas`).
+    pub replicas: BTreeMap<String, ReplicaProgress>,
+}
+
+/// What a primary last saw a standby confirm, and since when it has confirmed nothing new
+/// while WAL waited for it (monotonic ms; the time it last made progress or had nothing to
+/// confirm).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ReplicaProgress {
+    pub flush: Option<Lsn>,
+    pub since_ms: u64,
+}
+
+/// The primary's standbys' progress after `report`, its probe, from `before`: a standby
+/// whose flush position moved, or that has flushed all the WAL there is, makes progress
+/// now; one that confirms nothing new while WAL waits keeps its time. Only standbys the
+/// report lists as streaming are kept.
+pub fn track_replicas(
+    before: &BTreeMap<String, ReplicaProgress>,
+    report: &NodeReport,
+    now_ms: u64,
+) -> BTreeMap<String, ReplicaProgress> {
+    report
+        .replicas
+        .iter()
+        .filter(|r| r.state == "streaming")
+        .map(|r| {
+            let waiting = match (r.flush_lsn, report.current_lsn) {
+                (Some(flush), Some(current)) => flush < current,
+                (None, Some(_)) => true,
+                (_, None) => false,
+            };
+            let since_ms = match before.get(&r.application_name) {
+                Some(p) if waiting && p.flush == r.flush_lsn => p.since_ms,
+                _ => now_ms,
+            };
+            let progress = ReplicaProgress {
+                flush: r.flush_lsn,
+                since_ms,
+            };
+            (r.application_name.clone(), progress)
+        })
+        .collect()
 }
