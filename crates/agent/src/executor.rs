@@ -12,7 +12,7 @@ use pgfm_coord::ProposeError;
 use pgfm_core::decide::{Action, ClusterView, Forward, Measured};
 use pgfm_core::model::SyncRule;
 use pgfm_core::{ClusterState, Command, Generation, Lsn};
-use pgfm_postgres::{Database, Upstream};
+use pgfm_postgres::{Database, StartAs, Upstream};
 
 use super::memory::{Memory, Outcome};
 use super::{lock, Agent};
@@ -169,6 +169,11 @@ impl Agent {
                 outcomes.extend(failed_start(pg, &result));
                 result
             }
+            Action::StartToPromote { generation } => {
+                let result = self.start_to_promote(pg, *generation, outcomes).await;
+                outcomes.extend(failed_start(pg, &result));
+                result
+            }
             Action::StartStandby {
                 upstream,
                 generation,
@@ -264,11 +269,32 @@ impl Agent {
         // A primary (re)starts waiting for the committed synchronous standbys: an
         // asynchronous start would acknowledge commits a failover to them loses.
         pg.write_sync_conf(&state.committed_sync().for_primary(&self.config.name))?;
-        let result = pg.start(None).await;
+        let result = pg.start(StartAs::Primary).await;
         self.set_activity(None);
         let pid = result?;
         outcomes.push(Outcome::Started);
         tracing::info!(%generation, pid, ms = started.elapsed().as_millis() as u64, "PostgreSQL is up as the primary");
+        Ok(())
+    }
+
+    /// Start PostgreSQL, the primary of `generation`, as a standby with no upstream: its
+    /// promotion was cut off before it ended, and the promotion (the next decision) ends
+    /// its recovery on a new timeline.
+    async fn start_to_promote(
+        &self,
+        pg: &dyn Database,
+        generation: Generation,
+        outcomes: &mut Vec<Outcome>,
+    ) -> anyhow::Result<()> {
+        tracing::warn!(%generation, "the data directory's recovery had not ended (a promotion cut off): starting it as a standby, to be promoted");
+        self.set_activity(Some(format!(
+            "starting as a standby to be promoted to primary of generation {generation}"
+        )));
+        let result = pg.start(StartAs::ToPromote).await;
+        self.set_activity(None);
+        let pid = result?;
+        outcomes.push(Outcome::Started);
+        tracing::info!(%generation, pid, "PostgreSQL is up as a standby, to be promoted");
         Ok(())
     }
 
@@ -284,7 +310,7 @@ impl Agent {
         let up = self.upstream(state, upstream)?;
         tracing::info!(%generation, %upstream, "starting PostgreSQL as a standby");
         self.set_activity(Some(format!("starting as standby of {upstream}")));
-        let result = pg.start(Some(&up)).await;
+        let result = pg.start(StartAs::Standby(&up)).await;
         self.set_activity(None);
         let pid = result?;
         outcomes.push(Outcome::Started);
@@ -316,7 +342,7 @@ impl Agent {
             self.set_activity(Some(format!("starting as standby of {upstream}")));
         }
         let result = match cloned {
-            Ok(()) => pg.start(Some(&up)).await.map(|_| ()),
+            Ok(()) => pg.start(StartAs::Standby(&up)).await.map(|_| ()),
             Err(e) => Err(e),
         };
         self.set_activity(None);
@@ -442,7 +468,7 @@ impl Agent {
         let result = match rewound {
             Ok(()) => {
                 self.set_activity(Some(format!("starting as standby of {upstream}")));
-                pg.start(Some(&up)).await.map(|_| ())
+                pg.start(StartAs::Standby(&up)).await.map(|_| ())
             }
             Err(e) => Err(e),
         };

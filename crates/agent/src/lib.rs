@@ -31,7 +31,7 @@ use pgfm_coord::{Coordinator, EmbeddedRaft, ProposeError, RaftSettings};
 use pgfm_core::decide::{track_replicas, Action, ClusterView, LocalView, Observed, Settings};
 use pgfm_core::lease::HeldLease;
 use pgfm_core::transport::Transport;
-use pgfm_core::{Generation, Member, NodeReport};
+use pgfm_core::{DataDirState, Generation, Member, NodeReport};
 use pgfm_postgres::probe::{Target, Verdict};
 use pgfm_postgres::{Database, OsUser, Postgres, PostgresSettings, Probe, RemoteProbe};
 
@@ -255,7 +255,18 @@ impl Agent {
                 Ok(state) => report.data_dir = Some(state),
                 Err(e) => problem = Some(e),
             }
-            if pg.running_pid().is_some() {
+            let running = pg.running_pid().is_some();
+            if !running && report.data_dir.is_some_and(|d| d != DataDirState::Empty) {
+                match pg.recovery_unfinished() {
+                    Ok(unfinished) => report.recovery_unfinished = unfinished,
+                    Err(e) => {
+                        // Not knowing how the directory may start, nothing starts it.
+                        report.data_dir = None;
+                        problem = Some(e);
+                    }
+                }
+            }
+            if running {
                 let started = tokio::time::Instant::now();
                 if let Err(e) = prober.probe(&mut report).await {
                     problem = Some(format!("probe failed: {e}"));
@@ -456,11 +467,11 @@ impl Agent {
             }
             let db_running = self.watch_db(&mut memory, now);
             let view = self.view();
-            let Some(report) = view
+            let Some((report, probed_ms)) = view
                 .reports
                 .get(&me.name)
                 .filter(|o| o.received_at_ms > memory.last_action_ms)
-                .map(|o| o.report.clone())
+                .map(|o| (o.report.clone(), o.received_at_ms))
             else {
                 continue;
             };
@@ -470,7 +481,7 @@ impl Agent {
             if report.db_up {
                 memory.db_answered();
             }
-            memory.replicas = track_replicas(&memory.replicas, &report, now);
+            memory.replicas = track_replicas(&memory.replicas, &report, probed_ms);
             let local = LocalView {
                 name: me.name.clone(),
                 kind: me.kind,

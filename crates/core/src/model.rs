@@ -1038,7 +1038,8 @@ pub enum DataDirState {
     Empty,
     /// A cluster without `standby.signal`: started as is, it would accept writes.
     Primary,
-    /// A cluster with `standby.signal`: started as is, it would be a standby.
+    /// A standby's: a cluster with `standby.signal`, or whose recovery had not ended when it
+    /// stopped (`NodeReport::recovery_unfinished`).
     Standby,
     /// A former primary that pgfm fenced (`standby.signal` and pgfm's rewind marker): it
     /// may have WAL the new primary lacks, so it rejoins only through a rewind.
@@ -1055,6 +1056,9 @@ pub struct ReplicaInfo {
     /// What the standby has made durable: a synchronous commit waits for this.
     #[serde(default)]
     pub flush_lsn: Option<Lsn>,
+    /// What the walsender has sent it (only WAL the primary flushed is sent).
+    #[serde(default)]
+    pub sent_lsn: Option<Lsn>,
 }
 
 /// One agent's report about itself, made every probe interval.
@@ -1086,6 +1090,13 @@ pub struct NodeReport {
     /// probe (None: not tried, e.g. on the primary itself).
     #[serde(default)]
     pub sees_primary: Option<bool>,
+    /// pg_control says recovery had not ended when the stopped data directory last ran: a
+    /// standby's, or one whose promotion was cut off before it ended (or a base backup or
+    /// a rewind never started). Started as the primary it would end recovery on its old
+    /// timeline without starting a new one, a second history of a timeline another node
+    /// wrote; so it ends recovery only by a promotion. False while PostgreSQL runs.
+    #[serde(default)]
+    pub recovery_unfinished: bool,
     /// The virtual IP, on a data node configured with one.
     #[serde(default)]
     pub vip: Option<VipReport>,
@@ -1145,6 +1156,7 @@ impl NodeReport {
             slots: Vec::new(),
             conninfo_upstream: None,
             sees_primary: None,
+            recovery_unfinished: false,
             vip: None,
             sync: None,
             sync_switch_lsn: None,

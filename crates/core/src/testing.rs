@@ -263,6 +263,7 @@ pub(crate) fn streaming(name: &str, flush: u64) -> ReplicaInfo {
         sync_state: "async".into(),
         replay_lsn: Some(Lsn(flush)),
         flush_lsn: Some(Lsn(flush)),
+        sent_lsn: Some(Lsn(flush)),
     }
 }
 
@@ -330,6 +331,7 @@ fn short(action: &Action) -> String {
         ),
         Action::Propose { command: other, .. } => format!("propose {other:?}"),
         Action::StartPrimary { generation } => format!("start primary g{generation}"),
+        Action::StartToPromote { generation } => format!("start to promote g{generation}"),
         Action::StartStandby {
             upstream,
             generation,
@@ -454,6 +456,7 @@ pub(crate) fn lab(data_nodes: usize) -> ClusterView {
                     sync_state: "async".into(),
                     replay_lsn: Some(TOP),
                     flush_lsn: Some(TOP),
+                    sent_lsn: Some(TOP),
                 })
                 .collect();
         } else if name.starts_with("pg") {

@@ -41,6 +41,28 @@ pub struct Upstream {
     pub port: u16,
 }
 
+/// How PostgreSQL is started.
+#[derive(Debug, Clone, Copy)]
+pub enum StartAs<'a> {
+    /// The primary: no `standby.signal`.
+    Primary,
+    /// A standby streaming from the upstream.
+    Standby(&'a Upstream),
+    /// A standby with no upstream, to be promoted: a directory whose recovery had not
+    /// ended (`datadir::recovery_unfinished`) ends it only through a promotion, on a new
+    /// timeline.
+    ToPromote,
+}
+
+impl<'a> StartAs<'a> {
+    fn upstream(self) -> Option<&'a Upstream> {
+        match self {
+            StartAs::Standby(upstream) => Some(upstream),
+            StartAs::Primary | StartAs::ToPromote => None,
+        }
+    }
+}
+
 /// The file pgfm owns inside the data directory, included from `postgresql.conf`.
 pub const MANAGED_CONF: &str = "pgfm.conf";
 /// `synchronous_standby_names`, written by the primary's agent while it runs and removed
@@ -160,7 +182,10 @@ impl Postgres {
 
     /// Write `pgfm.conf`, make sure `postgresql.conf` includes it, and write or remove
     /// `standby.signal` (invariant 4: a node is a standby unless told to be the primary).
-    pub fn prepare(&self, upstream: Option<&Upstream>) -> anyhow::Result<()> {
+    /// A standby starts without the history files a failed promotion reserved
+    /// (`datadir::reserved_histories`).
+    pub fn prepare(&self, how: StartAs<'_>) -> anyhow::Result<()> {
+        let upstream = how.upstream();
         let s = &self.settings;
         let user = &s.os_user;
         let conf = s.data_dir.join("postgresql.conf");
@@ -175,20 +200,26 @@ impl Postgres {
         let managed = s.data_dir.join(MANAGED_CONF);
         user.write_file(&managed, &self.render_managed_conf(upstream), 0o600)
             .with_context(|| format!("writing {}", managed.display()))?;
-        if upstream.is_some() {
+        if !matches!(how, StartAs::Primary) {
             // A standby starts asynchronous; as primary its agent names the standbys.
             remove_if_present(&s.data_dir.join(SYNC_CONF))?;
         }
         let signal = s.data_dir.join("standby.signal");
-        match upstream {
-            Some(_) => user
-                .write_file(&signal, "", 0o600)
-                .with_context(|| format!("writing {}", signal.display()))?,
-            None => {
-                remove_if_present(&signal)?;
-                // The committed primary starts as it is: nothing to rewind against.
-                remove_if_present(&s.data_dir.join(datadir::REWIND_MARKER))?;
+        if let StartAs::Primary = how {
+            remove_if_present(&signal)?;
+        } else {
+            user.write_file(&signal, "", 0o600)
+                .with_context(|| format!("writing {}", signal.display()))?;
+            let pg_wal = s.data_dir.join("pg_wal");
+            let reserved = datadir::reserved_histories(&pg_wal)
+                .with_context(|| format!("reading {}", pg_wal.display()))?;
+            for path in reserved {
+                remove_if_present(&path)?;
             }
+        }
+        if let StartAs::Primary | StartAs::ToPromote = how {
+            // The committed primary starts as it is: nothing to rewind against.
+            remove_if_present(&s.data_dir.join(datadir::REWIND_MARKER))?;
         }
         Ok(())
     }
@@ -498,7 +529,7 @@ impl Postgres {
     /// Point the running standby at `upstream`: rewrite `primary_conninfo` and reload
     /// (PostgreSQL 13+ reconnects its WAL receiver without a restart).
     pub async fn follow(&self, upstream: &Upstream) -> anyhow::Result<()> {
-        self.prepare(Some(upstream))?;
+        self.prepare(StartAs::Standby(upstream))?;
         self.reload().await.map(|_| ())
     }
 
@@ -638,7 +669,7 @@ impl Postgres {
             bail!("pg_rewind failed: {}", last.trim());
         }
         // pg_rewind copied the source's configuration files: put this node's back.
-        self.prepare(Some(upstream))?;
+        self.prepare(StartAs::Standby(upstream))?;
         remove_if_present(&s.data_dir.join(datadir::REWIND_MARKER))?;
         Ok(())
     }
@@ -716,7 +747,7 @@ impl Postgres {
     /// Start the postmaster as this agent's child (as `os_user`, in its own process group so
     /// that a terminal's Ctrl-C aimed at the agent does not reach it), and wait until it
     /// accepts connections. Returns the postmaster's pid.
-    pub async fn start(&self, upstream: Option<&Upstream>) -> anyhow::Result<u32> {
+    pub async fn start(&self, how: StartAs<'_>) -> anyhow::Result<u32> {
         let s = &self.settings;
         if let Some(pid) = self.running_pid() {
             bail!(
@@ -724,7 +755,7 @@ impl Postgres {
                 s.data_dir.display()
             );
         }
-        self.prepare(upstream)?;
+        self.prepare(how)?;
         // The file of a server that died with its host: never taken for the new one's.
         let stale = datadir::pid_file(&s.data_dir);
         let log = std::fs::OpenOptions::new()
@@ -995,7 +1026,7 @@ mod tests {
             .build()
             .unwrap();
         let started = Instant::now();
-        let pid = runtime.block_on(pg.start(None)).unwrap();
+        let pid = runtime.block_on(pg.start(StartAs::Primary)).unwrap();
         let took = started.elapsed();
         let file = datadir::pid_file(&data).unwrap();
         let _ = nix::sys::signal::kill(

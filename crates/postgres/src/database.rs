@@ -9,7 +9,7 @@ use std::time::Duration;
 use pgfm_core::transport::Pending;
 use pgfm_core::{DataDirState, Lsn, NodeReport, SyncRule, Timeline};
 
-use crate::control::{HandOverStop, Postgres, Upstream};
+use crate::control::{HandOverStop, Postgres, StartAs, Upstream};
 use crate::probe::{RemoteCheck, Target, Verdict};
 use crate::Prober;
 
@@ -17,6 +17,9 @@ use crate::Prober;
 pub trait Database: Send + Sync {
     /// What the data directory holds (empty, a standby's, a former primary's, ...).
     fn data_dir_state(&self) -> Result<DataDirState, String>;
+    /// Whether recovery had not ended when the stopped cluster last ran
+    /// (`NodeReport::recovery_unfinished`).
+    fn recovery_unfinished(&self) -> Result<bool, String>;
     /// The postmaster's pid, when one runs on the data directory.
     fn running_pid(&self) -> Option<i32>;
     /// Running, and would take writes (no `standby.signal`).
@@ -32,8 +35,9 @@ pub trait Database: Send + Sync {
     /// Change `synchronous_standby_names` on the running primary and wait until it is in
     /// force: the WAL position from which it holds.
     fn set_sync_standbys<'a>(&'a self, rule: &'a SyncRule) -> Pending<'a, anyhow::Result<Lsn>>;
-    /// Start as the primary (`None`) or as a standby of `upstream`; the postmaster's pid.
-    fn start<'a>(&'a self, upstream: Option<&'a Upstream>) -> Pending<'a, anyhow::Result<u32>>;
+    /// Start as the primary, as a standby of an upstream, or as a standby to be promoted;
+    /// the postmaster's pid.
+    fn start<'a>(&'a self, how: StartAs<'a>) -> Pending<'a, anyhow::Result<u32>>;
     /// Fill the empty data directory with a base backup of `upstream`.
     fn clone_from<'a>(&'a self, upstream: &'a Upstream) -> Pending<'a, anyhow::Result<()>>;
     /// Move the data directory aside and clone afresh from `upstream`.
@@ -74,6 +78,9 @@ impl Database for Postgres {
     fn data_dir_state(&self) -> Result<DataDirState, String> {
         Postgres::data_dir_state(self)
     }
+    fn recovery_unfinished(&self) -> Result<bool, String> {
+        crate::datadir::recovery_unfinished(&self.settings.data_dir)
+    }
     fn running_pid(&self) -> Option<i32> {
         Postgres::running_pid(self)
     }
@@ -95,8 +102,8 @@ impl Database for Postgres {
     fn set_sync_standbys<'a>(&'a self, rule: &'a SyncRule) -> Pending<'a, anyhow::Result<Lsn>> {
         Box::pin(Postgres::set_sync_standbys(self, rule))
     }
-    fn start<'a>(&'a self, upstream: Option<&'a Upstream>) -> Pending<'a, anyhow::Result<u32>> {
-        Box::pin(Postgres::start(self, upstream))
+    fn start<'a>(&'a self, how: StartAs<'a>) -> Pending<'a, anyhow::Result<u32>> {
+        Box::pin(Postgres::start(self, how))
     }
     fn clone_from<'a>(&'a self, upstream: &'a Upstream) -> Pending<'a, anyhow::Result<()>> {
         Box::pin(Postgres::clone_from(self, upstream))

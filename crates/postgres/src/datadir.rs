@@ -30,12 +30,38 @@ pub fn inspect_data_dir(data_dir: &Path) -> Result<DataDirState, String> {
     }
     if data_dir.join(REWIND_MARKER).exists() {
         Ok(DataDirState::FencedPrimary)
-    } else if data_dir.join("standby.signal").exists() {
+    } else if data_dir.join("standby.signal").exists() || recovery_unfinished(data_dir)? {
         Ok(DataDirState::Standby)
     } else {
         Ok(DataDirState::Primary)
     }
 }
+
+/// Whether recovery had not ended when the cluster in `data_dir` last ran
+/// (`NodeReport::recovery_unfinished`): pg_control's state is "shut down in recovery" or
+/// "in archive recovery" (a standby's, or a promotion cut off before it ended), or a
+/// `backup_label` waits (a base backup or a rewind never started).
+pub fn recovery_unfinished(data_dir: &Path) -> Result<bool, String> {
+    if data_dir.join("backup_label").exists() {
+        return Ok(true);
+    }
+    let path = data_dir.join("global").join("pg_control");
+    let mut head = [0u8; 20];
+    std::fs::File::open(&path)
+        .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut head))
+        .map_err(|e| format!("reading {}: {e}", path.display()))?;
+    // ControlFileData: system_identifier (8 bytes), pg_control_version (4),
+    // catalog_version_no (4), then state (DBState), in the machine's byte order.
+    let state = i32::from_ne_bytes([head[16], head[17], head[18], head[19]]);
+    Ok(matches!(
+        state,
+        DB_SHUTDOWNED_IN_RECOVERY | DB_IN_ARCHIVE_RECOVERY
+    ))
+}
+
+/// `DBState` values (`catalog/pg_control.h`, unchanged since PostgreSQL 9.0).
+const DB_SHUTDOWNED_IN_RECOVERY: i32 = 2;
+const DB_IN_ARCHIVE_RECOVERY: i32 = 5;
 
 /// Bytes the files under `path` take (0 when it cannot be read).
 pub fn size_on_disk(path: &Path) -> u64 {
@@ -131,9 +157,30 @@ pub fn history_file(timeline: Timeline) -> String {
 /// What a reserved timeline's history file says.
 pub fn reserved_history(timeline: Timeline) -> String {
     format!(
-        "# Written by pgfm before this node was promoted: timeline {timeline} may have been \
-         started by another node, so this one must start a later one.\n"
+        "{RESERVED} {timeline} may have been started by another node, so this one must start \
+         a later one.\n"
     )
+}
+
+/// How a reserved timeline's history file begins.
+const RESERVED: &str = "# Written by pgfm before this node was promoted: timeline";
+
+/// The history files in `pg_wal` that pgfm reserved (`reserved_history`). They matter only
+/// while a promotion runs: a standby started with one above its timeline fails ("requested
+/// timeline is not a child of this server's history"), and its WAL receiver would never
+/// fetch the real file of that timeline over it.
+pub fn reserved_histories(pg_wal: &Path) -> std::io::Result<Vec<std::path::PathBuf>> {
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir(pg_wal)? {
+        let path = entry?.path();
+        if path.extension().is_some_and(|e| e == "history")
+            && std::fs::read_to_string(&path).is_ok_and(|text| text.starts_with(RESERVED))
+        {
+            found.push(path);
+        }
+    }
+    found.sort();
+    Ok(found)
 }
 
 #[cfg(test)]
@@ -163,6 +210,17 @@ mod tests {
         assert_eq!(history_file(Timeline(14)), "0000000E.history");
         // PostgreSQL skips comment lines: the file names no parent.
         assert!(crate::probe::timeline_history(&reserved_history(Timeline(14))).is_empty());
+        // Found again among real ones, to be removed before a standby starts.
+        std::fs::write(dir.join("0000000E.history"), reserved_history(Timeline(14))).unwrap();
+        std::fs::write(
+            dir.join("0000000D.history"),
+            "12\t0/B000000\tno recovery target\n",
+        )
+        .unwrap();
+        assert_eq!(
+            reserved_histories(&dir).unwrap(),
+            vec![dir.join("0000000E.history")]
+        );
         std::fs::remove_dir_all(&dir).unwrap();
     }
 
@@ -211,7 +269,30 @@ mod tests {
         let err = inspect_data_dir(&base).unwrap_err();
         assert!(err.contains("holds no PostgreSQL cluster"), "{err}");
         std::fs::write(base.join("PG_VERSION"), "15\n").unwrap();
-        assert_eq!(inspect_data_dir(&base), Ok(DataDirState::Primary));
+        let err = inspect_data_dir(&base).unwrap_err();
+        assert!(err.contains("global/pg_control"), "{err}");
+        let control = |state: i32| {
+            let mut bytes = vec![0u8; 8192];
+            bytes[16..20].copy_from_slice(&state.to_ne_bytes());
+            std::fs::create_dir_all(base.join("global")).unwrap();
+            std::fs::write(base.join("global/pg_control"), bytes).unwrap();
+        };
+        // Shut down, or stopped while in production (a crash): the primary's.
+        for state in [1, 6] {
+            control(state);
+            assert_eq!(inspect_data_dir(&base), Ok(DataDirState::Primary));
+            assert_eq!(recovery_unfinished(&base), Ok(false));
+        }
+        // Shut down in recovery, in archive recovery: a standby's, even without the signal.
+        for state in [2, 5] {
+            control(state);
+            assert_eq!(inspect_data_dir(&base), Ok(DataDirState::Standby));
+            assert_eq!(recovery_unfinished(&base), Ok(true));
+        }
+        control(6);
+        std::fs::write(base.join("backup_label"), "").unwrap();
+        assert_eq!(recovery_unfinished(&base), Ok(true));
+        std::fs::remove_file(base.join("backup_label")).unwrap();
         std::fs::write(base.join("standby.signal"), "").unwrap();
         assert_eq!(inspect_data_dir(&base), Ok(DataDirState::Standby));
         std::fs::write(base.join(REWIND_MARKER), "").unwrap();

@@ -12,7 +12,7 @@ pub mod procs;
 pub mod run_as;
 
 pub use binaries::find_bin_dir;
-pub use control::{HandOverStop, Postgres, PostgresSettings, Upstream};
+pub use control::{HandOverStop, Postgres, PostgresSettings, StartAs, Upstream};
 pub use database::{Database, Probe, RemoteProbe};
 pub use datadir::inspect_data_dir;
 pub use probe::Prober;

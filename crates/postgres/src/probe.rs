@@ -97,7 +97,8 @@ const CONNINFO_SQL: &str = "SELECT current_setting('primary_conninfo')";
 const SLOTS_SQL: &str =
     "SELECT slot_name::text FROM pg_replication_slots WHERE slot_type = 'physical' ORDER BY 1";
 const SENDERS_SQL: &str = "SELECT application_name, coalesce(state, ''), \
-     coalesce(sync_state, ''), replay_lsn::text, flush_lsn::text FROM pg_stat_replication \
+     coalesce(sync_state, ''), replay_lsn::text, flush_lsn::text, sent_lsn::text \
+     FROM pg_stat_replication \
      ORDER BY application_name";
 
 impl Prober {
@@ -197,6 +198,7 @@ impl Prober {
                     sync_state: row.get(2),
                     replay_lsn: lsn(3),
                     flush_lsn: lsn(4),
+                    sent_lsn: lsn(5),
                 });
             }
             let names: String = client

@@ -13,7 +13,10 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use pgfm_core::{Lsn, Timeline};
-use pgfm_postgres::control::{initdb, single_user_sql, Postgres, PostgresSettings, Upstream};
+use pgfm_postgres::control::{
+    initdb, single_user_sql, Postgres, PostgresSettings, StartAs, Upstream,
+};
+use pgfm_postgres::datadir::{recovery_unfinished, reserved_history};
 use pgfm_postgres::probe::{self, timeline_history};
 use pgfm_postgres::run_as::OsUser;
 
@@ -163,12 +166,16 @@ fn a_promotion_after_a_lost_one_starts_a_later_timeline_and_the_lost_one_is_rewo
             single_user_sql(&bin_dir, &pg1.pg.settings.data_dir, &os_user, &role)
                 .await
                 .unwrap();
-            pg1.pg.start(None).await.unwrap();
+            pg1.pg.start(StartAs::Primary).await.unwrap();
             sql(pg1, "CREATE TABLE t (v text)").await;
             sql(pg1, "INSERT INTO t VALUES ('pg1')").await;
             for standby in [pg2, pg3] {
                 standby.pg.clone_from(&pg1.upstream).await.unwrap();
-                standby.pg.start(Some(&pg1.upstream)).await.unwrap();
+                standby
+                    .pg
+                    .start(StartAs::Standby(&pg1.upstream))
+                    .await
+                    .unwrap();
             }
             sql(pg1, "INSERT INTO t VALUES ('pg1 again')").await;
             for standby in [pg2, pg3] {
@@ -182,6 +189,23 @@ fn a_promotion_after_a_lost_one_starts_a_later_timeline_and_the_lost_one_is_rewo
             assert_eq!(timeline(pg2).await, 2);
             sql(pg2, "INSERT INTO t VALUES ('pg2 alone')").await;
             pg2.pg.stop("immediate").await.unwrap();
+
+            // A primary that crashed was in production; a standby had not ended recovery.
+            assert_eq!(recovery_unfinished(&pg1.pg.settings.data_dir), Ok(false));
+            pg3.pg.stop("immediate").await.unwrap();
+            assert_eq!(recovery_unfinished(&pg3.pg.settings.data_dir), Ok(true));
+            // pg3's first promotion was cut off once it had reserved timeline 2: it starts
+            // as a standby to be promoted, without that file (PostgreSQL would take it for
+            // its recovery target and stop: "not a child of this server's history").
+            let reserved = pg3.pg.settings.data_dir.join("pg_wal/00000002.history");
+            pg3.pg
+                .settings
+                .os_user
+                .write_file(&reserved, &reserved_history(Timeline(2)), 0o600)
+                .unwrap();
+            pg3.pg.start(StartAs::ToPromote).await.unwrap();
+            let rows = sql(pg3, "SELECT pg_is_in_recovery()").await;
+            assert!(rows[0].get::<_, bool>(0), "pg3 started in recovery");
 
             // pg3 is promoted next, told timeline 3 at least: it has no history file of
             // timeline 2, and PostgreSQL alone would start timeline 2 again.
@@ -212,7 +236,7 @@ fn a_promotion_after_a_lost_one_starts_a_later_timeline_and_the_lost_one_is_rewo
                 .await
                 .unwrap();
             pg2.pg.rewind(&pg3.upstream).await.unwrap();
-            pg2.pg.start(Some(&pg3.upstream)).await.unwrap();
+            pg2.pg.start(StartAs::Standby(&pg3.upstream)).await.unwrap();
             caught_up(pg2, pg3).await;
             assert_eq!(timeline(pg2).await, 3);
             assert_eq!(rows_of(pg2).await, vec!["pg1", "pg1 again", "pg3"]);

@@ -29,7 +29,7 @@ use pgfm_core::transport::Pending;
 use pgfm_core::{
     DataDirState, DbRole, Lsn, NodeReport, ReplicaInfo, SyncRule, Timeline, TimelineFork,
 };
-use pgfm_postgres::control::{slot_name, HandOverStop, Upstream};
+use pgfm_postgres::control::{slot_name, HandOverStop, StartAs, Upstream};
 use pgfm_postgres::probe::{sync_rule, sync_setting, Target, Verdict};
 use pgfm_postgres::{Database, Probe, RemoteProbe};
 
@@ -231,6 +231,20 @@ struct Cluster {
     /// fetched by the WAL receiver, copied by a clone or a rewind, written by pgfm before a
     /// promotion (`Database::promote`'s `at_least`).
     histories: BTreeSet<u32>,
+    /// Those of `histories` pgfm wrote before a promotion: a comment and no parent.
+    /// PostgreSQL never fetches a history file it has, nor tells these from real ones.
+    reserved: BTreeSet<u32>,
+}
+
+impl Control {
+    /// Recovery had not ended when the server stopped: a standby's directory, or a
+    /// promotion's cut off before it ended.
+    fn in_recovery(self) -> bool {
+        matches!(
+            self,
+            Control::InArchiveRecovery | Control::ShutDownInRecovery
+        )
+    }
 }
 
 impl Cluster {
@@ -244,12 +258,18 @@ impl Cluster {
     /// The timeline a promotion starts: PostgreSQL's `findNewestTimeLine(current) + 1`,
     /// which walks up from the current timeline while the next one's history file exists.
     fn next_timeline(&self) -> u32 {
+        self.newest_timeline() + 1
+    }
+
+    /// `findNewestTimeLine(current)`: a standby's recovery target under
+    /// `recovery_target_timeline = 'latest'`.
+    fn newest_timeline(&self) -> u32 {
         let files = self.history_files();
         let mut newest = self.wal.timeline();
         while files.contains(&(newest + 1)) {
             newest += 1;
         }
-        newest + 1
+        newest
     }
 }
 
@@ -272,16 +292,23 @@ impl DataDir {
     }
 
     /// `prepare`: the settings for a start as `upstream`'s standby or as the primary.
-    fn prepare(&mut self, path: &str, upstream: Option<&Upstream>) -> anyhow::Result<()> {
-        if self.cluster.is_none() {
+    fn prepare(&mut self, path: &str, how: StartAs<'_>) -> anyhow::Result<()> {
+        let Some(cluster) = self.cluster.as_mut() else {
             bail!("reading {path}/postgresql.conf: No such file or directory (os error 2)");
-        }
-        self.conf_upstream = upstream.cloned();
-        if upstream.is_some() {
+        };
+        self.conf_upstream = match how {
+            StartAs::Standby(upstream) => Some(upstream.clone()),
+            StartAs::Primary | StartAs::ToPromote => None,
+        };
+        if let StartAs::Primary = how {
+            self.standby_signal = false;
+        } else {
             self.sync_conf = None;
             self.standby_signal = true;
-        } else {
-            self.standby_signal = false;
+            let reserved = std::mem::take(&mut cluster.reserved);
+            cluster.histories.retain(|t| !reserved.contains(t));
+        }
+        if let StartAs::Primary | StartAs::ToPromote = how {
             self.marker = false;
         }
         Ok(())
@@ -385,7 +412,7 @@ impl Server {
         let d = &self.dir;
         match &d.cluster {
             Some(_) if d.marker => Ok(DataDirState::FencedPrimary),
-            Some(_) if d.standby_signal => Ok(DataDirState::Standby),
+            Some(c) if d.standby_signal || c.control.in_recovery() => Ok(DataDirState::Standby),
             Some(_) => Ok(DataDirState::Primary),
             None if d.standby_signal || d.marker || d.sync_conf.is_some() => Err(format!(
                 "data_dir {} is not empty but holds no PostgreSQL cluster (no PG_VERSION): empty \
@@ -478,6 +505,7 @@ impl PgModel {
                     slots: BTreeSet::new(),
                     broken: false,
                     histories: BTreeSet::new(),
+                    reserved: BTreeSet::new(),
                 });
             }
             let server = Server {
@@ -588,6 +616,7 @@ impl PgModel {
                 slots: BTreeSet::new(),
                 broken: true,
                 histories: BTreeSet::new(),
+                reserved: BTreeSet::new(),
             });
         }
     }
@@ -1008,7 +1037,11 @@ impl PgModel {
     fn reserve_timelines(&mut self, node: &str, at_least: Timeline) -> anyhow::Result<()> {
         let cluster = self.server_mut(node)?.cluster_mut()?;
         let own = cluster.wal.timeline();
-        cluster.histories.extend(own + 1..at_least.0);
+        for timeline in own + 1..at_least.0 {
+            if cluster.histories.insert(timeline) {
+                cluster.reserved.insert(timeline);
+            }
+        }
         Ok(())
     }
 
@@ -1240,7 +1273,7 @@ impl PgModel {
     fn spawn(
         &mut self,
         node: &str,
-        upstream: Option<&Upstream>,
+        how: StartAs<'_>,
         exited: &Arc<Notify>,
     ) -> anyhow::Result<(i32, Duration)> {
         let pid = self.pid();
@@ -1253,7 +1286,7 @@ impl PgModel {
             );
         }
         let path = s.path();
-        s.dir.prepare(&path, upstream)?;
+        s.dir.prepare(&path, how)?;
         s.run = Some(Run {
             pid,
             phase: Phase::Starting,
@@ -1334,6 +1367,17 @@ impl PgModel {
         let upstream = s.dir.conf_upstream.clone().filter(|_| in_recovery);
         let sync = s.dir.sync_conf.clone().unwrap_or_default();
         let cluster = s.cluster_mut()?;
+        let (own, newest) = (cluster.wal.timeline(), cluster.newest_timeline());
+        if in_recovery && newest != own && cluster.reserved.contains(&newest) {
+            s.kill();
+            bail!(
+                "postmaster exited during start-up (exit status: 1: FATAL:  requested timeline \
+                 {newest} is not a child of this server's history); see {log}"
+            );
+        }
+        // Started as the primary, a directory whose recovery had not ended ends it on its
+        // own timeline: no new one, a second history of a timeline another node wrote.
+        let unpromoted = (!in_recovery && cluster.control.in_recovery()).then_some(own);
         if in_recovery {
             cluster.control = Control::InArchiveRecovery;
         } else {
@@ -1351,6 +1395,13 @@ impl PgModel {
         run.upstream = upstream;
         run.sync = sync;
         run.replayed = replayed;
+        if let Some(timeline) = unpromoted {
+            let text = format!(
+                "{node} started as a primary from a standby's data directory: it ended recovery \
+                 on timeline {timeline} without starting a new one"
+            );
+            self.violations.push(text);
+        }
         if !in_recovery {
             self.check_new_primary(node, "started as a primary");
         }
@@ -1576,6 +1627,7 @@ impl PgModel {
         if !same_timeline && !target.wal.is_prefix_of(&source_wal) {
             target.wal = source_wal;
             target.histories = source_files;
+            target.reserved.clear();
             target.control = Control::InArchiveRecovery;
         }
         Ok(())
@@ -1663,6 +1715,7 @@ impl PgModel {
         s.dir = DataDir {
             cluster: copy.cluster.map(|c| Cluster {
                 histories: c.history_files(),
+                reserved: BTreeSet::new(),
                 wal: c.wal,
                 control: c.control,
                 slots: BTreeSet::new(),
@@ -1761,8 +1814,8 @@ impl SimDatabase {
         sleep(wait).await;
     }
 
-    async fn start(&self, upstream: Option<&Upstream>) -> anyhow::Result<u32> {
-        let (pid, wait) = self.model().spawn(&self.node, upstream, &self.exited)?;
+    async fn start(&self, how: StartAs<'_>) -> anyhow::Result<u32> {
+        let (pid, wait) = self.model().spawn(&self.node, how, &self.exited)?;
         sleep(wait).await;
         loop {
             // Bound first: the lock must be released before the sleep.
@@ -1811,7 +1864,7 @@ impl SimDatabase {
             let mut m = self.model();
             let s = m.server_mut(&self.node)?;
             let path = s.path();
-            s.dir.prepare(&path, Some(upstream))?;
+            s.dir.prepare(&path, StartAs::Standby(upstream))?;
         }
         let pid = self
             .connect_own()
@@ -1968,7 +2021,7 @@ impl SimDatabase {
             bail!("pg_rewind failed: {e}");
         }
         let path = s.path();
-        s.dir.prepare(&path, Some(upstream))?;
+        s.dir.prepare(&path, StartAs::Standby(upstream))?;
         s.dir.marker = false;
         Ok(())
     }
@@ -2047,6 +2100,16 @@ impl Database for SimDatabase {
             None => Err(format!("{} has no PostgreSQL in the simulation", self.node)),
         }
     }
+    fn recovery_unfinished(&self) -> Result<bool, String> {
+        match self.model().servers.get(&self.node) {
+            Some(s) => Ok(s
+                .dir
+                .cluster
+                .as_ref()
+                .is_some_and(|c| c.control.in_recovery())),
+            None => Err(format!("{} has no PostgreSQL in the simulation", self.node)),
+        }
+    }
     fn running_pid(&self) -> Option<i32> {
         let m = self.model();
         m.servers.get(&self.node)?.run.as_ref().map(|r| r.pid)
@@ -2075,8 +2138,8 @@ impl Database for SimDatabase {
     fn set_sync_standbys<'a>(&'a self, rule: &'a SyncRule) -> Pending<'a, anyhow::Result<Lsn>> {
         Box::pin(SimDatabase::set_sync_standbys(self, rule))
     }
-    fn start<'a>(&'a self, upstream: Option<&'a Upstream>) -> Pending<'a, anyhow::Result<u32>> {
-        Box::pin(SimDatabase::start(self, upstream))
+    fn start<'a>(&'a self, how: StartAs<'a>) -> Pending<'a, anyhow::Result<u32>> {
+        Box::pin(SimDatabase::start(self, how))
     }
     fn clone_from<'a>(&'a self, upstream: &'a Upstream) -> Pending<'a, anyhow::Result<()>> {
         Box::pin(SimDatabase::clone_from(self, upstream))
@@ -2194,6 +2257,8 @@ impl PgModel {
                 sync_state: self.sync_state(&run.sync, l).to_string(),
                 replay_lsn: Some(lsn_at(l.replayed)),
                 flush_lsn: Some(lsn_at(l.flushed)),
+                // The walsender sends all the primary flushed (a socket takes it).
+                sent_lsn: Some(wal.end()),
             })
             .collect();
         replicas.sort_by(|a, b| a.application_name.cmp(&b.application_name));
@@ -2450,14 +2515,18 @@ mod tests {
         }
 
         async fn primary(&self, node: &str) {
-            self.run(self.db(node).start(None)).await.unwrap();
+            self.run(self.db(node).start(StartAs::Primary))
+                .await
+                .unwrap();
         }
 
         /// Cloned from `of` and started as its standby, streaming.
         async fn standby(&self, node: &str, of: &str) {
             let up = upstream(of);
             self.run(self.db(node).clone_from(&up)).await.unwrap();
-            self.run(self.db(node).start(Some(&up))).await.unwrap();
+            self.run(self.db(node).start(StartAs::Standby(&up)))
+                .await
+                .unwrap();
             self.until(&format!("{node} to stream from {of}"), 2_000, |m| {
                 m.links
                     .iter()
@@ -2472,7 +2541,10 @@ mod tests {
         let sim = Sim::new();
         assert_eq!(sim.db("pg1").data_dir_state(), Ok(DataDirState::Primary));
         assert_eq!(sim.db("pg2").data_dir_state(), Ok(DataDirState::Empty));
-        let empty = sim.run(sim.db("pg2").start(None)).await.unwrap_err();
+        let empty = sim
+            .run(sim.db("pg2").start(StartAs::Primary))
+            .await
+            .unwrap_err();
         assert!(
             format!("{empty:#}").contains("postgresql.conf"),
             "{empty:#}"
@@ -2481,7 +2553,10 @@ mod tests {
 
         sim.primary("pg1").await;
         assert!(sim.db("pg1").writable());
-        let again = sim.run(sim.db("pg1").start(None)).await.unwrap_err();
+        let again = sim
+            .run(sim.db("pg1").start(StartAs::Primary))
+            .await
+            .unwrap_err();
         assert!(
             format!("{again:#}").contains("already running"),
             "{again:#}"
@@ -2518,7 +2593,7 @@ mod tests {
         assert_eq!(sim.db("pg2").data_dir_state(), Ok(DataDirState::Primary));
         let twice = sim.run(sim.db("pg2").clone_from(&upstream("pg1"))).await;
         assert!(format!("{:#}", twice.unwrap_err()).contains("not empty"));
-        sim.run(sim.db("pg2").start(Some(&upstream("pg1"))))
+        sim.run(sim.db("pg2").start(StartAs::Standby(&upstream("pg1"))))
             .await
             .unwrap();
         assert_eq!(sim.db("pg2").data_dir_state(), Ok(DataDirState::Standby));
@@ -2679,6 +2754,80 @@ mod tests {
     }
 
     #[tokio::test(flavor = "current_thread", start_paused = true)]
+    async fn a_promotion_cut_off_ends_only_by_a_promotion_whatever_it_reserved() {
+        let sim = Sim::new();
+        sim.primary("pg1").await;
+        sim.standby("pg2", "pg1").await;
+        // pg2 reserved timelines 2 and 3 for its promotion, and its host died before it.
+        sim.model().reserve_timelines("pg2", Timeline(4)).unwrap();
+        sim.kill_host("pg1");
+        sim.kill_host("pg2");
+        sim.revive_host("pg2");
+        assert_eq!(sim.db("pg2").recovery_unfinished(), Ok(true));
+        assert_eq!(sim.db("pg2").data_dir_state(), Ok(DataDirState::Standby));
+        // Started as the primary, it would end recovery on timeline 1.
+        sim.run(sim.db("pg2").start(StartAs::ToPromote))
+            .await
+            .unwrap();
+        let report = sim.probe("pg2").await;
+        assert_eq!(report.role, Some(DbRole::Standby));
+        sim.run(sim.db("pg2").promote(Timeline(4))).await.unwrap();
+        assert_eq!(sim.probe("pg2").await.timeline, Some(Timeline(4)));
+        assert_eq!(sim.model().take_violations(), Vec::<String>::new());
+    }
+
+    #[tokio::test(flavor = "current_thread", start_paused = true)]
+    async fn a_standby_starts_without_the_history_files_a_failed_promotion_reserved() {
+        let sim = Sim::new();
+        sim.primary("pg1").await;
+        sim.standby("pg2", "pg1").await;
+        sim.model().reserve_timelines("pg2", Timeline(3)).unwrap();
+        sim.kill_host("pg2");
+        sim.revive_host("pg2");
+        // PostgreSQL would take timeline 2's reserved file for its recovery target and
+        // refuse it ("not a child of this server's history"); pgfm removes it first.
+        sim.run(sim.db("pg2").start(StartAs::Standby(&upstream("pg1"))))
+            .await
+            .unwrap();
+        sim.until("pg2 to stream from pg1", 2_000, |m| {
+            m.links.iter().any(|l| l.standby == "pg2" && l.receiver)
+        })
+        .await;
+        // Not removed, the start fails as PostgreSQL's does.
+        sim.kill_host("pg2");
+        sim.revive_host("pg2");
+        sim.model().reserve_timelines("pg2", Timeline(3)).unwrap();
+        sim.model().server_mut("pg2").unwrap().dir.standby_signal = true;
+        let pid = sim.model().pid();
+        let failed = {
+            let mut m = sim.model();
+            let s = m.server_mut("pg2").unwrap();
+            s.run = Some(Run {
+                pid,
+                phase: Phase::Starting,
+                in_recovery: true,
+                upstream: None,
+                sync: SyncRule::default(),
+                received: None,
+                replayed: 0,
+                recovery_end: None,
+                waiting: Vec::new(),
+                exited: None,
+                next_attempt_ms: 0,
+                receiver_error: None,
+                ready_at_ms: 0,
+            });
+            m.finish_start("pg2", pid).unwrap_err()
+        };
+        assert!(
+            failed
+                .to_string()
+                .contains("requested timeline 2 is not a child"),
+            "{failed}"
+        );
+    }
+
+    #[tokio::test(flavor = "current_thread", start_paused = true)]
     async fn a_fenced_primary_is_rewound_onto_the_new_primary_and_streams_from_it() {
         let sim = Sim::new();
         sim.primary("pg1").await;
@@ -2704,7 +2853,7 @@ mod tests {
             .unwrap();
         assert_eq!(sim.db("pg1").data_dir_state(), Ok(DataDirState::Standby));
         assert!(!sim.model().holds("pg1", only_on_pg1));
-        sim.run(sim.db("pg1").start(Some(&upstream("pg2"))))
+        sim.run(sim.db("pg1").start(StartAs::Standby(&upstream("pg2"))))
             .await
             .unwrap();
         sim.wait(500).await;
@@ -2793,7 +2942,9 @@ mod tests {
         let pg2 = sim.probe("pg2").await;
         assert!(pg2.replayed_lsn > Some(stop.final_lsn), "{pg2:?} {stop:?}");
 
-        sim.run(sim.db("pg1").start(None)).await.unwrap();
+        sim.run(sim.db("pg1").start(StartAs::Primary))
+            .await
+            .unwrap();
         sim.model().crash_postmaster("pg1");
         let unclean = sim
             .run(
@@ -2912,7 +3063,12 @@ mod tests {
             }
         };
         let (started, ()) = sim
-            .run(async { tokio::join!(sim.db("pg1").start(None), kill_after(100, "pg1")) })
+            .run(async {
+                tokio::join!(
+                    sim.db("pg1").start(StartAs::Primary),
+                    kill_after(100, "pg1")
+                )
+            })
             .await;
         let text = format!("{:#}", started.unwrap_err());
         assert!(text.contains("exited during start-up"), "{text}");
@@ -2928,7 +3084,10 @@ mod tests {
         sim.revive_host("pg2");
         // pg_basebackup died before removing what it wrote: PG_VERSION and no signal.
         assert_eq!(sim.db("pg2").data_dir_state(), Ok(DataDirState::Primary));
-        let broken = sim.run(sim.db("pg2").start(Some(&up))).await.unwrap_err();
+        let broken = sim
+            .run(sim.db("pg2").start(StartAs::Standby(&up)))
+            .await
+            .unwrap_err();
         assert!(
             format!("{broken:#}").contains("valid checkpoint"),
             "{broken:#}"
@@ -2941,7 +3100,9 @@ mod tests {
         );
 
         sim.run(sim.db("pg2").reclone(&up)).await.unwrap();
-        sim.run(sim.db("pg2").start(Some(&up))).await.unwrap();
+        sim.run(sim.db("pg2").start(StartAs::Standby(&up)))
+            .await
+            .unwrap();
         sim.until("pg2 to stream after the re-clone", 2_000, |m| {
             m.links.iter().any(|l| l.standby == "pg2" && l.receiver)
         })

@@ -165,6 +165,21 @@ fn no_drift_margin() -> Mutation {
     }
 }
 
+/// The drift margin with a thin safety margin (200 ms, which the config accepts): clocks
+/// ±5 % apart then put a fast coordinator's count of the lease past a slow primary's fence
+/// deadline only through the drift margin.
+fn no_drift_margin_thin_safety() -> Mutation {
+    Mutation {
+        engine: Arc::new(NoDriftMargin),
+        configure: |o| {
+            o.faults = faults("partition,partition-out");
+            o.drift = 0.05;
+            o.timing = vec![("safety_margin".into(), "\"200ms\"".into())];
+        },
+        budget: 500,
+    }
+}
+
 /// The drift margin and the host watchdog: a frozen primary's watchdog resets it by the
 /// end of the lease as the primary's clock and the watchdog's timer count it; a
 /// coordinator whose clock runs fast counts the lease out sooner. Without the margin the
@@ -215,6 +230,12 @@ fn search_a_primary_that_never_fences() {
 #[ignore = "a search: run with --ignored --release"]
 fn search_a_promotion_without_the_drift_margin() {
     assert!(no_drift_margin().search().is_some());
+}
+
+#[test]
+#[ignore = "a search: run with --ignored --release"]
+fn search_a_promotion_without_the_drift_margin_and_a_thin_safety_margin() {
+    assert!(no_drift_margin_thin_safety().search().is_some());
 }
 
 #[test]

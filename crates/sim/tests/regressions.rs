@@ -148,3 +148,29 @@ fn a_frozen_synchronous_standby_holds_commits_up_for_seconds_not_a_minute() {
         report.longest_write_gap_ms
     );
 }
+
+/// Simulation seed 17 (host crashes): pg2, committed the primary of generation 2, lost its
+/// host before its promotion ended. Back up, it was started as the primary: PostgreSQL,
+/// its directory still a standby's (pg_control: in archive recovery), ended recovery on
+/// timeline 1 without starting a new one — a second history of the timeline pg1 wrote.
+/// Now a directory whose recovery had not ended starts as a standby and is promoted.
+#[test]
+fn a_promotion_cut_off_by_a_crash_ends_on_a_new_timeline() {
+    let mut options = Options::new(17);
+    options.script = Some(vec![
+        fault(8_205, Kind::HostCrash, Target::Primary, 9_235),
+        fault(11_120, Kind::HostCrash, Target::Primary, 9_740),
+        fault(12_260, Kind::HostCrash, Target::Node(1), 2_579),
+    ]);
+    options.trace = true;
+    let report = pgfm_sim::run(options);
+    assert!(report.violations.is_empty(), "{:?}", report.violations);
+    assert!(
+        report
+            .trace
+            .iter()
+            .any(|l| l.contains("recovery had not ended (a promotion cut off)")),
+        "no promotion was cut off: faults {:?}",
+        report.faults
+    );
+}

@@ -12,6 +12,10 @@ pub enum Action {
     Propose { command: Command, forward: Forward },
     /// Start the local PostgreSQL as the primary of `generation`.
     StartPrimary { generation: Generation },
+    /// Start the local PostgreSQL, the primary of `generation`, as a standby with no
+    /// upstream, to be promoted: its data directory's recovery had not ended
+    /// (`NodeReport::recovery_unfinished`), and only a promotion ends it on a new timeline.
+    StartToPromote { generation: Generation },
     /// Start the local PostgreSQL as a standby streaming from `upstream`.
     StartStandby {
         upstream: String,
@@ -127,6 +131,10 @@ impl std::fmt::Display for Action {
             Action::StartPrimary { generation } => {
                 write!(f, "start as primary of generation {generation}")
             }
+            Action::StartToPromote { generation } => write!(
+                f,
+                "start as a standby with no upstream, to be promoted (generation {generation})"
+            ),
             Action::StartStandby {
                 upstream,
                 generation,
@@ -283,6 +291,10 @@ mod tests {
             "start as primary of generation 3",
         );
         check(Action::Promote { generation: g }, "promote (generation 3)");
+        check(
+            Action::StartToPromote { generation: g },
+            "start as a standby with no upstream, to be promoted (generation 3)",
+        );
         check(
             Action::StartStandby {
                 upstream: "pg1".into(),

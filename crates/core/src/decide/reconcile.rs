@@ -159,6 +159,11 @@ fn stopped_primary(cluster: &ClusterView, local: &LocalView, now_ms: u64) -> Vec
         Some(_) if !local.lease_valid => vec![hold(format!(
             "primary of generation {generation}: waiting for the lease before starting"
         ))],
+        // A promotion cut off before it ended (a crash after it was committed): recovery
+        // ends only through the promotion, which starts a new timeline (`running_primary`).
+        Some(_) if local.report.recovery_unfinished => {
+            vec![Action::StartToPromote { generation }]
+        }
         Some(_) => vec![Action::StartPrimary { generation }],
     }
 }
@@ -480,6 +485,46 @@ mod tests {
             2_000,
             &["hold: primary of generation 1: waiting for the lease before starting"],
         );
+    }
+
+    #[test]
+    fn a_promotion_cut_off_before_it_ended_is_finished_by_a_promotion_not_a_start() {
+        // pg2 was committed the primary of generation 2 and went down before its promotion
+        // ended: its directory is still a standby's (pg_control: in archive recovery).
+        let mut v = view(
+            Some("pg2"),
+            &[
+                ("pg1", Stopped(Writable)),
+                ("pg2", Stopped(Recovering)),
+                ("pg3", Running(DbRole::Standby)),
+            ],
+        );
+        v.state.generation = Generation(2);
+        v.reports.get_mut("pg2").unwrap().report.recovery_unfinished = true;
+        check(&v, "pg2", false, &["start to promote g2"]);
+        let mut me = local(&v, "pg2", false);
+        me.lease_valid = false;
+        check_local(
+            &v,
+            &me,
+            NOW_MS,
+            &["hold: primary of generation 2: waiting for the lease before starting"],
+        );
+        // Up as a standby, it is promoted (a new timeline), once it holds the lease.
+        let report = &mut v.reports.get_mut("pg2").unwrap().report;
+        (report.db_up, report.role, report.recovery_unfinished) =
+            (true, Some(DbRole::Standby), false);
+        check(&v, "pg2", false, &["pg_promote g2"]);
+        // A switchover's old primary, stopped cleanly and marked a standby, whose
+        // switchover was rolled back: its recovery had ended; it starts as it was.
+        let v = view(
+            Some("pg1"),
+            &[
+                ("pg1", Stopped(Recovering)),
+                ("pg2", Running(DbRole::Standby)),
+            ],
+        );
+        check(&v, "pg1", false, &["start primary g1"]);
     }
 
     #[test]

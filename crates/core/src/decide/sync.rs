@@ -110,11 +110,11 @@ fn covers(committed: &SyncRule, rule: &SyncRule) -> bool {
 /// stopped streaming keeps its place while its agent still reports it running (a
 /// reconnect, not a loss): that is the bound before the primary names fewer — at most
 /// `report_ttl` after its host died. One that its walsender still calls streaming but that
-/// has confirmed nothing for `report_ttl` while WAL waited for it is not streaming: a host
-/// frozen, powered off or cut off one way keeps its walsender for `wal_sender_timeout`
-/// (60 s), and every commit waited as long (chaos soak seed 1, run 24). It never names
-/// fewer than `minimum`: it keeps the lost ones (commits wait for them) or names members
-/// that are not there yet.
+/// has confirmed nothing of what it was sent for `report_ttl` gives its place to one that
+/// streams (never fewer names for it): a host frozen, powered off or cut off one way keeps
+/// its walsender for `wal_sender_timeout` (60 s), and every commit waited as long (chaos
+/// soak seed 1, run 24). It never names fewer than `minimum`: it keeps the lost ones
+/// (commits wait for them) or names members that are not there yet.
 fn desired_sync(
     cluster: &ClusterView,
     local: &LocalView,
@@ -139,7 +139,7 @@ fn desired_sync(
         local
             .replicas
             .get(name)
-            .is_some_and(|p| now_ms.saturating_sub(p.since_ms) >= cluster.settings.report_ttl_ms)
+            .is_some_and(|p| p.stalled(cluster.settings.report_ttl_ms))
     };
     let streaming: BTreeSet<&str> = local
         .report
@@ -159,11 +159,12 @@ fn desired_sync(
         )
     });
     let mut names: BTreeSet<String> = order.into_iter().take(limit).map(str::to_string).collect();
+    // A stalled one is not among those streaming, but only gives its place to one that
+    // streams: it is kept while there is room and its agent says it runs.
     for name in current.names.iter().filter(|n| candidate(n)) {
-        let alive = !stalled(name)
-            && cluster
-                .fresh_report(name, now_ms)
-                .is_some_and(|r| r.db_up && r.role == Some(DbRole::Standby));
+        let alive = cluster
+            .fresh_report(name, now_ms)
+            .is_some_and(|r| r.db_up && r.role == Some(DbRole::Standby));
         if names.len() < limit && alive {
             names.insert(name.clone());
         }
@@ -267,41 +268,53 @@ mod tests {
         check_local(&v, &me(&v), 10_000, &["commit sync FIRST 1 (pg2) g1"]);
     }
 
-    /// A standby whose walsender still says streaming but that confirms nothing while WAL
-    /// waits — its host frozen, powered off or cut off one way, which PostgreSQL notices
-    /// only after `wal_sender_timeout` (60 s) — gives its place to one that streams once it
-    /// has confirmed nothing for `report_ttl`; strict, it keeps it (commits wait). Chaos
-    /// soak seed 1, run 24.
+    /// A standby whose walsender still says streaming but that confirms nothing it was sent
+    /// — its host frozen, powered off or cut off one way, which PostgreSQL notices only
+    /// after `wal_sender_timeout` (60 s) — gives its place to one that streams once probes
+    /// `report_ttl` apart found it so; with none to take it, it keeps it (commits wait).
+    /// Chaos soak seed 1, run 24.
     #[test]
     fn a_synchronous_standby_that_confirms_nothing_gives_its_place_up() {
         let mut v = primary_with(&["pg2", "pg3"]);
         v.settings.sync.mode = SyncMode::On;
         v.state.sync_set = ["pg2".to_string()].into();
         v.state.sync_quorum = 1;
+        let sending = |name: &str, flush: u64| crate::ReplicaInfo {
+            sent_lsn: Some(Lsn(1_000_000)),
+            ..streaming(name, flush)
+        };
         {
             let r = &mut v.reports.get_mut("pg1").unwrap().report;
             r.slots = vec![slot_for("pg2"), slot_for("pg3")];
-            r.replicas = vec![streaming("pg2", 900_000), streaming("pg3", 990_000)];
+            r.replicas = vec![sending("pg2", 900_000), sending("pg3", 990_000)];
             r.sync = Some(rule(1, &["pg2"]));
             r.current_lsn = Some(Lsn(1_000_000));
         }
         let report = v.reports["pg1"].report.clone();
         let mut me = local(&v, "pg1", false);
-        // Seen first at NOW_MS - 2 s: pg2 behind, pg3 behind too (commits in flight).
+        // Probed first at NOW_MS - 2 s: pg2 behind, pg3 behind too (commits in flight).
         let first = NOW_MS - 2_000;
         me.replicas = track_replicas(&BTreeMap::new(), &report, first);
         assert_eq!(me.replicas["pg2"].since_ms, first);
         // 2 s on, pg3 moved, pg2 did not: under `report_ttl` (3 s), pg2 keeps its place.
         let mut moved = report.clone();
-        moved.replicas[1] = streaming("pg3", 995_000);
+        moved.replicas[1] = sending("pg3", 995_000);
         me.replicas = track_replicas(&me.replicas, &moved, NOW_MS);
         assert_eq!(me.replicas["pg2"].since_ms, first);
         assert_eq!(me.replicas["pg3"].since_ms, NOW_MS);
         check_local(&v, &me, NOW_MS, &[]);
-        // 3 s without a confirmation while WAL waits: pg3 takes the place, committed first.
+        // Decided on again and again (an agent paused, then resumed), the same probes
+        // span 2 s: nothing stalled.
+        let again = track_replicas(&me.replicas, &moved, NOW_MS);
+        assert_eq!(again, me.replicas);
+        check_local(&v, &me, NOW_MS + 10_000, &[]);
+        // A probe 3 s after the first finds pg2 still confirming nothing: pg3 takes the
+        // place, committed first.
+        me.replicas = track_replicas(&me.replicas, &moved, first + 3_000);
+        assert!(me.replicas["pg2"].stalled(3_000));
         check_local(&v, &me, first + 3_000, &["commit sync ANY 1 (pg2,pg3) g1"]);
-        // Strict with pg3 gone too: pg2 is kept, commits wait for it.
-        v.settings.sync.minimum = 1;
+        // With pg3 gone, none takes pg2's place: it keeps it, commits wait for it — strict
+        // or not (a stall never makes the primary name fewer).
         v.reports
             .get_mut("pg1")
             .unwrap()
@@ -311,15 +324,17 @@ mod tests {
         me.report.replicas.truncate(1);
         v.reports.get_mut("pg3").unwrap().received_at_ms = 0;
         check_local(&v, &me, first + 3_000, &[]);
-        // Nothing waits for it (it flushed all there is): it makes progress, whatever its
-        // position did.
-        let mut idle = report.clone();
-        idle.current_lsn = Some(Lsn(900_000));
-        let later = track_replicas(&me.replicas, &idle, NOW_MS + 5_000);
-        assert_eq!(later["pg2"].since_ms, NOW_MS + 5_000);
+        v.settings.sync.minimum = 1;
+        check_local(&v, &me, first + 3_000, &[]);
+        // The primary's own disk holds WAL back: nothing is sent, so nobody is waited for,
+        // whatever it has written.
+        let mut held = report.clone();
+        held.replicas = vec![streaming("pg2", 900_000)];
+        let held_back = track_replicas(&me.replicas, &held, NOW_MS + 5_000);
+        assert_eq!(held_back["pg2"].since_ms, NOW_MS + 5_000);
         // A standby no longer streaming is forgotten.
-        idle.replicas.clear();
-        assert!(track_replicas(&later, &idle, NOW_MS + 6_000).is_empty());
+        held.replicas.clear();
+        assert!(track_replicas(&held_back, &held, NOW_MS + 6_000).is_empty());
     }
 
     #[test]

@@ -150,41 +150,55 @@ pub struct LocalView {
     pub replicas: BTreeMap<String, ReplicaProgress>,
 }
 
-/// What a primary last saw a standby confirm, and since when it has confirmed nothing new
-/// while WAL waited for it (monotonic ms; the time it last made progress or had nothing to
-/// confirm).
+/// What a primary last saw a standby confirm, by the times of its own probes (monotonic
+/// ms): since when it has confirmed nothing new while WAL it was sent waited, and the
+/// latest probe that found it so.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ReplicaProgress {
     pub flush: Option<Lsn>,
+    /// The probe that last saw it make progress, or have nothing to confirm.
     pub since_ms: u64,
+    /// The latest probe since then.
+    pub seen_ms: u64,
 }
 
-/// The primary's standbys' progress after `report`, its probe, from `before`: a standby
-/// whose flush position moved, or that has flushed all the WAL there is, makes progress
-/// now; one that confirms nothing new while WAL waits keeps its time. Only standbys the
-/// report lists as streaming are kept.
+impl ReplicaProgress {
+    /// Probes `bound_ms` apart or more found it confirming nothing of what it was sent. By
+    /// the probes' times, not the reader's: an agent paused, then deciding on the probe it
+    /// made before, does not take its own pause for the standby's.
+    pub fn stalled(&self, bound_ms: u64) -> bool {
+        self.seen_ms.saturating_sub(self.since_ms) >= bound_ms
+    }
+}
+
+/// The primary's standbys' progress after `report`, its probe made at `probed_ms`, from
+/// `before`: a standby whose flush position moved, or that has flushed all it was sent,
+/// makes progress then; one that confirms nothing new of what it was sent keeps its time.
+/// Sent, not written: WAL the primary's own disk holds back is sent to nobody, and no
+/// standby is waited for. Only standbys the report lists as streaming are kept.
 pub fn track_replicas(
     before: &BTreeMap<String, ReplicaProgress>,
     report: &NodeReport,
-    now_ms: u64,
+    probed_ms: u64,
 ) -> BTreeMap<String, ReplicaProgress> {
     report
         .replicas
         .iter()
         .filter(|r| r.state == "streaming")
         .map(|r| {
-            let waiting = match (r.flush_lsn, report.current_lsn) {
-                (Some(flush), Some(current)) => flush < current,
+            let waiting = match (r.flush_lsn, r.sent_lsn) {
+                (Some(flush), Some(sent)) => flush < sent,
                 (None, Some(_)) => true,
                 (_, None) => false,
             };
             let since_ms = match before.get(&r.application_name) {
                 Some(p) if waiting && p.flush == r.flush_lsn => p.since_ms,
-                _ => now_ms,
+                _ => probed_ms,
             };
             let progress = ReplicaProgress {
                 flush: r.flush_lsn,
                 since_ms,
+                seen_ms: probed_ms.max(since_ms),
             };
             (r.application_name.clone(), progress)
         })
