@@ -1038,8 +1038,7 @@ pub enum DataDirState {
     Empty,
     /// A cluster without `standby.signal`: started as is, it would accept writes.
     Primary,
-    /// A standby's: a cluster with `standby.signal`, or whose recovery had not ended when it
-    /// stopped (`NodeReport::recovery_unfinished`).
+    /// A cluster with `standby.signal`: started as is, it would be a standby.
     Standby,
     /// A former primary that pgfm fenced (`standby.signal` and pgfm's rewind marker): it
     /// may have WAL the new primary lacks, so it rejoins only through a rewind.

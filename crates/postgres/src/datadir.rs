@@ -30,7 +30,7 @@ pub fn inspect_data_dir(data_dir: &Path) -> Result<DataDirState, String> {
     }
     if data_dir.join(REWIND_MARKER).exists() {
         Ok(DataDirState::FencedPrimary)
-    } else if data_dir.join("standby.signal").exists() || recovery_unfinished(data_dir)? {
+    } else if data_dir.join("standby.signal").exists() {
         Ok(DataDirState::Standby)
     } else {
         Ok(DataDirState::Primary)
@@ -165,22 +165,41 @@ pub fn reserved_history(timeline: Timeline) -> String {
 /// How a reserved timeline's history file begins.
 const RESERVED: &str = "# Written by pgfm before this node was promoted: timeline";
 
-/// The history files in `pg_wal` that pgfm reserved (`reserved_history`). They matter only
-/// while a promotion runs: a standby started with one above its timeline fails ("requested
-/// timeline is not a child of this server's history"), and its WAL receiver would never
-/// fetch the real file of that timeline over it.
+/// The history files in `pg_wal` that pgfm reserved (`reserved_history`) above every
+/// timeline the directory really has (its WAL segments', its other history files'). Those
+/// matter only while a promotion runs: a standby started with one above its timeline
+/// takes it for its recovery target and never becomes ready, and its WAL receiver would
+/// never fetch the real file of that timeline over it. Those below a real one are kept:
+/// they fill the gaps PostgreSQL's `findNewestTimeLine` walks through, and a standby of a
+/// later timeline may ask for them.
 pub fn reserved_histories(pg_wal: &Path) -> std::io::Result<Vec<std::path::PathBuf>> {
-    let mut found = Vec::new();
+    let mut real_top = 1;
+    let mut reserved = Vec::new();
     for entry in std::fs::read_dir(pg_wal)? {
         let path = entry?.path();
-        if path.extension().is_some_and(|e| e == "history")
-            && std::fs::read_to_string(&path).is_ok_and(|text| text.starts_with(RESERVED))
-        {
-            found.push(path);
+        let name = path.file_name().map(|n| n.to_string_lossy().to_string());
+        let Some(name) = name else { continue };
+        let Some(tli) = name.get(..8).and_then(|t| u32::from_str_radix(t, 16).ok()) else {
+            continue;
+        };
+        if name.len() == 24 && name.bytes().all(|b| b.is_ascii_hexdigit()) {
+            real_top = real_top.max(tli);
+        } else if name.ends_with(".history") {
+            let text = std::fs::read_to_string(&path).unwrap_or_default();
+            if text.starts_with(RESERVED) {
+                reserved.push((tli, path));
+            } else {
+                real_top = real_top.max(tli);
+            }
         }
     }
-    found.sort();
-    Ok(found)
+    let mut above: Vec<std::path::PathBuf> = reserved
+        .into_iter()
+        .filter(|(tli, _)| *tli > real_top)
+        .map(|(_, path)| path)
+        .collect();
+    above.sort();
+    Ok(above)
 }
 
 #[cfg(test)]
@@ -210,13 +229,13 @@ mod tests {
         assert_eq!(history_file(Timeline(14)), "0000000E.history");
         // PostgreSQL skips comment lines: the file names no parent.
         assert!(crate::probe::timeline_history(&reserved_history(Timeline(14))).is_empty());
-        // Found again among real ones, to be removed before a standby starts.
+        // Found again among real ones: under the real 15, the reserved 14 fills a gap and
+        // stays; above every real timeline (13 once 15 is gone), it is removed before a
+        // standby starts.
         std::fs::write(dir.join("0000000E.history"), reserved_history(Timeline(14))).unwrap();
-        std::fs::write(
-            dir.join("0000000D.history"),
-            "12\t0/B000000\tno recovery target\n",
-        )
-        .unwrap();
+        std::fs::write(dir.join("0000000C.history"), reserved_history(Timeline(12))).unwrap();
+        assert!(reserved_histories(&dir).unwrap().is_empty());
+        std::fs::remove_file(dir.join("0000000F.history")).unwrap();
         assert_eq!(
             reserved_histories(&dir).unwrap(),
             vec![dir.join("0000000E.history")]
@@ -269,7 +288,7 @@ mod tests {
         let err = inspect_data_dir(&base).unwrap_err();
         assert!(err.contains("holds no PostgreSQL cluster"), "{err}");
         std::fs::write(base.join("PG_VERSION"), "15\n").unwrap();
-        let err = inspect_data_dir(&base).unwrap_err();
+        let err = recovery_unfinished(&base).unwrap_err();
         assert!(err.contains("global/pg_control"), "{err}");
         let control = |state: i32| {
             let mut bytes = vec![0u8; 8192];
@@ -283,10 +302,12 @@ mod tests {
             assert_eq!(inspect_data_dir(&base), Ok(DataDirState::Primary));
             assert_eq!(recovery_unfinished(&base), Ok(false));
         }
-        // Shut down in recovery, in archive recovery: a standby's, even without the signal.
+        // Shut down in recovery, in archive recovery: recovery had not ended. Without the
+        // signal it is still taken for a former primary's (a rewind cut off may have left
+        // it so): only the committed primary reads the state, and promotes it.
         for state in [2, 5] {
             control(state);
-            assert_eq!(inspect_data_dir(&base), Ok(DataDirState::Standby));
+            assert_eq!(inspect_data_dir(&base), Ok(DataDirState::Primary));
             assert_eq!(recovery_unfinished(&base), Ok(true));
         }
         control(6);

@@ -305,8 +305,16 @@ impl DataDir {
         } else {
             self.sync_conf = None;
             self.standby_signal = true;
-            let reserved = std::mem::take(&mut cluster.reserved);
-            cluster.histories.retain(|t| !reserved.contains(t));
+            // pgfm's reserved files above every real timeline (`datadir::reserved_histories`).
+            let real_top = cluster
+                .history_files()
+                .into_iter()
+                .filter(|t| !cluster.reserved.contains(t))
+                .chain([cluster.wal.timeline()])
+                .max()
+                .unwrap_or(1);
+            let above: BTreeSet<u32> = cluster.reserved.split_off(&(real_top + 1));
+            cluster.histories.retain(|t| !above.contains(t));
         }
         if let StartAs::Primary | StartAs::ToPromote = how {
             self.marker = false;
@@ -364,6 +372,27 @@ struct Run {
     ready_at_ms: u64,
 }
 
+impl Run {
+    /// A postmaster just spawned (`exited`: who learns when it dies).
+    fn starting(pid: i32, in_recovery: bool, exited: Option<Arc<Notify>>) -> Run {
+        Run {
+            pid,
+            phase: Phase::Starting,
+            in_recovery,
+            upstream: None,
+            sync: SyncRule::default(),
+            received: None,
+            replayed: 0,
+            recovery_end: None,
+            waiting: Vec::new(),
+            exited,
+            next_attempt_ms: 0,
+            receiver_error: None,
+            ready_at_ms: 0,
+        }
+    }
+}
+
 #[derive(Debug)]
 struct Server {
     name: String,
@@ -412,7 +441,7 @@ impl Server {
         let d = &self.dir;
         match &d.cluster {
             Some(_) if d.marker => Ok(DataDirState::FencedPrimary),
-            Some(c) if d.standby_signal || c.control.in_recovery() => Ok(DataDirState::Standby),
+            Some(_) if d.standby_signal => Ok(DataDirState::Standby),
             Some(_) => Ok(DataDirState::Primary),
             None if d.standby_signal || d.marker || d.sync_conf.is_some() => Err(format!(
                 "data_dir {} is not empty but holds no PostgreSQL cluster (no PG_VERSION): empty \
@@ -1287,21 +1316,11 @@ impl PgModel {
         }
         let path = s.path();
         s.dir.prepare(&path, how)?;
-        s.run = Some(Run {
+        s.run = Some(Run::starting(
             pid,
-            phase: Phase::Starting,
-            in_recovery: s.dir.standby_signal,
-            upstream: None,
-            sync: SyncRule::default(),
-            received: None,
-            replayed: 0,
-            recovery_end: None,
-            waiting: Vec::new(),
-            exited: Some(exited.clone()),
-            next_attempt_ms: 0,
-            receiver_error: None,
-            ready_at_ms: 0,
-        });
+            s.dir.standby_signal,
+            Some(exited.clone()),
+        ));
         let wait = self.draw(node, 200, 800);
         let ready_at_ms = self.now_ms + wait.as_millis() as u64;
         self.server_mut(node)?.running_mut(pid)?.ready_at_ms = ready_at_ms;
@@ -2802,21 +2821,7 @@ mod tests {
         let failed = {
             let mut m = sim.model();
             let s = m.server_mut("pg2").unwrap();
-            s.run = Some(Run {
-                pid,
-                phase: Phase::Starting,
-                in_recovery: true,
-                upstream: None,
-                sync: SyncRule::default(),
-                received: None,
-                replayed: 0,
-                recovery_end: None,
-                waiting: Vec::new(),
-                exited: None,
-                next_attempt_ms: 0,
-                receiver_error: None,
-                ready_at_ms: 0,
-            });
+            s.run = Some(Run::starting(pid, true, None));
             m.finish_start("pg2", pid).unwrap_err()
         };
         assert!(
