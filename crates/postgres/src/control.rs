@@ -55,7 +55,8 @@ pub enum StartAs<'a> {
 }
 
 impl<'a> StartAs<'a> {
-    fn upstream(self) -> Option<&'a Upstream> {
+    /// The server it streams from, as a standby of one.
+    pub fn upstream(self) -> Option<&'a Upstream> {
         match self {
             StartAs::Standby(upstream) => Some(upstream),
             StartAs::Primary | StartAs::ToPromote => None,

@@ -134,19 +134,23 @@ pub fn postmaster_status(data_dir: &Path, pid: u32, stale: Option<&PidFile>) -> 
 pub fn missing_histories(pg_wal: &Path, at_least: Timeline) -> std::io::Result<Vec<Timeline>> {
     let mut newest = 1;
     for entry in std::fs::read_dir(pg_wal)? {
-        let name = entry?.file_name();
-        let name = name.to_string_lossy();
-        // A WAL segment: 24 hex digits, the first 8 its timeline.
-        if name.len() == 24 && name.bytes().all(|b| b.is_ascii_hexdigit()) {
-            if let Ok(tli) = u32::from_str_radix(&name[..8], 16) {
-                newest = newest.max(tli);
-            }
+        if let Some(tli) = segment_timeline(&entry?.file_name().to_string_lossy()) {
+            newest = newest.max(tli);
         }
     }
     Ok((newest + 1..at_least.0)
         .filter(|tli| !pg_wal.join(history_file(Timeline(*tli))).exists())
         .map(Timeline)
         .collect())
+}
+
+/// The timeline of a WAL segment's file name: 24 hex digits, the first 8 its timeline.
+fn segment_timeline(name: &str) -> Option<u32> {
+    if name.len() == 24 && name.bytes().all(|b| b.is_ascii_hexdigit()) {
+        u32::from_str_radix(&name[..8], 16).ok()
+    } else {
+        None
+    }
 }
 
 /// `pg_wal`'s name for the history file of `timeline`.
@@ -179,12 +183,14 @@ pub fn reserved_histories(pg_wal: &Path) -> std::io::Result<Vec<std::path::PathB
         let path = entry?.path();
         let name = path.file_name().map(|n| n.to_string_lossy().to_string());
         let Some(name) = name else { continue };
+        if let Some(tli) = segment_timeline(&name) {
+            real_top = real_top.max(tli);
+            continue;
+        }
         let Some(tli) = name.get(..8).and_then(|t| u32::from_str_radix(t, 16).ok()) else {
             continue;
         };
-        if name.len() == 24 && name.bytes().all(|b| b.is_ascii_hexdigit()) {
-            real_top = real_top.max(tli);
-        } else if name.ends_with(".history") {
+        if name.ends_with(".history") {
             let text = std::fs::read_to_string(&path).unwrap_or_default();
             if text.starts_with(RESERVED) {
                 reserved.push((tli, path));

@@ -296,10 +296,7 @@ impl DataDir {
         let Some(cluster) = self.cluster.as_mut() else {
             bail!("reading {path}/postgresql.conf: No such file or directory (os error 2)");
         };
-        self.conf_upstream = match how {
-            StartAs::Standby(upstream) => Some(upstream.clone()),
-            StartAs::Primary | StartAs::ToPromote => None,
-        };
+        self.conf_upstream = how.upstream().cloned();
         if let StartAs::Primary = how {
             self.standby_signal = false;
         } else {
