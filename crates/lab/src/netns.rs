@@ -246,6 +246,11 @@ pub fn link_up(lab: &NetnsLab, node: &str) -> anyhow::Result<bool> {
 
 /// Whether `node` carries the VIP where others can reach it: asked of its namespace's
 /// kernel (not of its agent); a dead host (link down) carries nothing.
+///
+/// The link is read first. `lab start` drops a dead host's leftover VIP before it takes the
+/// link up, so a link read as up means the address read after it is the live one; read the
+/// other way round, a host restarted between the two reads showed its dead self's VIP next
+/// to the new primary's (a two-holder sample that never happened).
 pub fn has_vip(lab: &NetnsLab, node: &str) -> anyhow::Result<bool> {
-    Ok(vip_configured(lab, node)? && link_up(lab, node)?)
+    Ok(link_up(lab, node)? && vip_configured(lab, node)?)
 }
