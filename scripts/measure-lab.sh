@@ -1,11 +1,13 @@
 #!/usr/bin/env bash
 # Measure the lab: time of `pgfm lab up` (2 data nodes + witness) over RUNS runs (median),
 # then each agent's resident memory and CPU use over an idle minute after a minute of
-# settling. Release build, default settings (probe_interval 1s, Raft heartbeat 250ms).
-#   bash scripts/measure-lab.sh [RUNS]    (default 5)
+# settling. Release build, default settings (probe_interval 1s, Raft heartbeat 150ms,
+# renewals every 300ms) unless `lab up` options follow RUNS:
+#   bash scripts/measure-lab.sh [RUNS [--set SECTION.KEY=VALUE ...]]    (default 5)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 runs="${1:-5}"
+shift || true
 bash scripts/install-deps.sh
 cargo build --release --quiet
 pgfm=target/release/pgfm
@@ -13,11 +15,11 @@ dir=/tmp/pgfm-measure
 [ -f "$dir/lab.json" ] && "$pgfm" lab down --dir "$dir" >/dev/null
 
 echo "machine: $(nproc) cores, $(awk '/MemTotal/ {printf "%.0f GiB", $2/1048576}' /proc/meminfo), $(. /etc/os-release; echo "$PRETTY_NAME"), PostgreSQL $("$(ls -d /usr/lib/postgresql/*/bin | sort -V | tail -1)/postgres" --version | awk '{print $3}')"
-echo "settings: 2 data nodes + witness, defaults: probe_interval 1s, report_ttl 3s, Raft heartbeat 150ms, lease renewed every 500ms"
+echo "settings: 2 data nodes + witness, defaults (probe_interval 1s, report_ttl 3s, Raft heartbeat 150ms, lease renewed every 300ms)${*:+ with $*}"
 times=()
 for i in $(seq "$runs"); do
     start=$(date +%s.%N)
-    "$pgfm" lab up --dir "$dir" >/dev/null
+    "$pgfm" lab up --dir "$dir" "$@" >/dev/null
     end=$(date +%s.%N)
     t=$(awk -v a="$start" -v b="$end" 'BEGIN {printf "%.2f", b - a}')
     times+=("$t")

@@ -1103,7 +1103,7 @@ port = 5432
 
     #[test]
     fn failover_and_lease_mistakes_have_their_messages() {
-        check("port = 5432", "port = 5432\n[timing]\nlease = \"1s\"", "config pg1.toml: [timing] lease settings do not work: safety_margin (1000 ms) must be shorter than lease (1000 ms)");
+        check("port = 5432", "port = 5432\n[timing]\nlease = \"800ms\"", "config pg1.toml: [timing] lease settings do not work: safety_margin (800 ms) must be shorter than lease (800 ms)");
         check("port = 5432", "port = 5432\n[failover]\non_crash = \"panic\"", "config pg1.toml: failover.on_crash is \"panic\" (set it to \"restart\" or \"failover\")");
         check("port = 5432", "port = 5432\n[failover]\nrejoin = \"auto\"", "config pg1.toml: failover.rejoin is \"auto\" (set it to \"rewind\", \"rewind-or-clone\" or \"manual\")");
         check("port = 5432", "port = 5432\n[failover]\nswitchover_timeout = \"200ms\"", "config pg1.toml: failover.switchover_timeout is 200ms (a clean shutdown and the target's replay need at least 1s; the default is 5s)");

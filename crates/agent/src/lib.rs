@@ -206,13 +206,17 @@ impl Agent {
             .as_deref()
             .filter(|p| *p != self.config.name)?;
         let now = self.now_ms();
-        // Check as soon as one report is late: the answer must be in before the lease runs
-        // out, or the coordinator cannot fail over.
+        // Check as soon as one report is late or two renewals are missed: the answer must
+        // be in before the lease runs out, or the coordinator cannot fail over, and a dead
+        // host's TCP connect takes the whole probe_timeout to fail. Renewals come every
+        // renew_interval, reports only every probe interval.
         let late_after = self.config.timing.probe_interval.as_millis() as u64 * 3 / 2;
         let recent = lock(&self.reports)
             .get(primary)
             .is_some_and(|o| now.saturating_sub(o.received_at_ms) <= late_after);
-        if recent {
+        let renewed =
+            now.saturating_sub(lock(&self.renewal_seen).at_ms) <= self.renewals_late_after_ms();
+        if recent && renewed {
             return None;
         }
         let member = state.members.get(primary)?;
@@ -227,6 +231,11 @@ impl Agent {
             timeout: self.config.timing.probe_timeout,
         };
         Some(remote.check(&target).await)
+    }
+
+    /// How long without a renewal applied here before the primary looks down: two missed.
+    fn renewals_late_after_ms(&self) -> u64 {
+        self.config.timing.lease.renew_interval_ms * 2
     }
 
     /// Probe the local PostgreSQL (data nodes) and describe this node.
@@ -371,17 +380,24 @@ impl Agent {
     }
 
     /// The coordinate loop: while this agent leads, make the cluster's decisions (bootstrap,
-    /// failover, switchover) every 200 ms and at once on news. It runs apart from the decide
-    /// loop so that a long local action (a clone, a start, a rewind) never holds up a
-    /// failover (invariant 9); its actions are proposals and quick reads only.
+    /// failover, switchover) every 200 ms, at once on news, and the moment the primary's
+    /// lease runs out. It runs apart from the decide loop so that a long local action (a
+    /// clone, a start, a rewind) never holds up a failover (invariant 9); its actions are
+    /// proposals and quick reads only.
     async fn coordinate_loop(self: Arc<Self>, mut stop: watch::Receiver<bool>) {
         let mut memory = Memory::default();
         let mut ticker = tokio::time::interval(Duration::from_millis(200));
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
+            let expires_in = {
+                let seen = lock(&self.renewal_seen);
+                pgfm_core::lease::expired_at_ms(Some(seen.at_ms), &self.config.timing.lease)
+                    .saturating_sub(self.now_ms())
+            };
             tokio::select! {
                 _ = ticker.tick() => {}
                 _ = self.coordinate_now.notified() => {}
+                _ = tokio::time::sleep(Duration::from_millis(expires_in)), if expires_in > 0 => {}
                 _ = stop.changed() => return,
             }
             let now = self.now_ms();
@@ -577,9 +593,26 @@ impl Agent {
     async fn renewal_watch(self: Arc<Self>, mut stop: watch::Receiver<bool>) {
         let mut applied = self.raft.watch();
         let mut last_shape = None;
+        // Whether the probe loop was woken for the renewals now late.
+        let mut late_told = false;
         loop {
+            let late_in = {
+                let seen = lock(&self.renewal_seen);
+                (seen.at_ms + self.renewals_late_after_ms()).saturating_sub(self.now_ms())
+            };
             tokio::select! {
                 changed = applied.changed() => if changed.is_err() { return },
+                _ = tokio::time::sleep(Duration::from_millis(late_in)), if !late_told => {
+                    // The primary missed two renewals: check its database now, not at the
+                    // next probe tick, so that the evidence a failover needs is in by the
+                    // time its lease runs out.
+                    late_told = true;
+                    let primary = self.raft.state().primary;
+                    if primary.is_some_and(|p| p != self.config.name) {
+                        self.probe_now.notify_one();
+                    }
+                    continue;
+                }
                 _ = stop.changed() => return,
             }
             let (lease, term, shape, switchover) = {
@@ -607,6 +640,7 @@ impl Agent {
                 if seen.lease != lease {
                     seen.lease = lease;
                     seen.at_ms = now;
+                    late_told = false;
                 }
                 if seen.switchover != switchover {
                     seen.switchover = switchover;

@@ -32,17 +32,29 @@ pub struct RaftSettings {
     pub snapshot_every: u64,
 }
 
+impl RaftSettings {
+    /// How long a follower counts a leader as recent after its last contact (pre-vote's
+    /// `leader_recent`): two heartbeats, or the shortest election timeout if longer. One
+    /// late heartbeat on a loaded machine must not make a follower willing to depose a
+    /// working coordinator (with 200 ms, 50 ms of scheduling delay did, under CPU hogs:
+    /// `pgfm bench calm`); a dead one is still noticed before any election timer fires
+    /// (`election_timeout_max` plus a random election timeout: at least 600 ms).
+    pub fn contact_window(&self) -> Duration {
+        (self.heartbeat * 2).max(self.election_timeout_min)
+    }
+}
+
 impl Default for RaftSettings {
     fn default() -> RaftSettings {
         RaftSettings {
             // An election must fit well inside the primary's lease budget (lease -
-            // safety_margin, 2.5 s by default), or losing the coordinator fences the primary.
+            // safety_margin, 1.6 s by default), or losing the coordinator fences the primary.
             // openraft 0.9 followers wait election_timeout_max (its leader lease) plus a
-            // random election timeout before they campaign: at most 1.2 s here. Heartbeats
+            // random election timeout before they campaign: at most 0.8 s here. Heartbeats
             // and lease renewals are most of an idle agent's CPU: keep them no faster.
             heartbeat: Duration::from_millis(150),
-            election_timeout_min: Duration::from_millis(300),
-            election_timeout_max: Duration::from_millis(600),
+            election_timeout_min: Duration::from_millis(200),
+            election_timeout_max: Duration::from_millis(400),
             snapshot_every: 1000,
         }
     }
@@ -180,7 +192,7 @@ impl EmbeddedRaft {
     /// This agent leads with a quorum that answered recently, or heard from a leader within
     /// the shortest election timeout: a vote now would depose a working coordinator.
     pub fn leader_recent(&self) -> bool {
-        let recent = self.inner.settings.election_timeout_min.as_millis() as u64;
+        let recent = self.inner.settings.contact_window().as_millis() as u64;
         let metrics = self.inner.raft.metrics();
         let metrics = metrics.borrow();
         if metrics.state == ServerState::Leader {
@@ -336,12 +348,12 @@ impl EmbeddedRaft {
 /// Pre-vote, which openraft 0.9 lacks. A candidate raises its term before it asks for
 /// votes, and a node cut off from the others keeps doing so; when the partition heals, its
 /// higher term (in its answer to the leader's first heartbeat) deposes a working coordinator
-/// — over a second without one, against the primary's 2.5 s fence deadline. So an agent may
+/// — over a second without one, against the primary's 1.6 s fence deadline. So an agent may
 /// campaign only while a majority of the voters, itself included, is reachable and has not
 /// heard from a leader recently. Checked every heartbeat by pinging the other voters (each
 /// answers from its HTTP server, `leader_recent`). The gate only closes openraft's own
 /// election timer; it opens again within a heartbeat of a real leader's death (its
-/// followers stop hearing from it after `election_timeout_min`), well before that timer
+/// followers stop hearing from it after `RaftSettings::contact_window`), well before that timer
 /// (`election_timeout_max` + a random election timeout) fires.
 async fn election_gate(inner: std::sync::Weak<Inner>) {
     let mut open = true;
@@ -516,5 +528,24 @@ impl Coordinator for EmbeddedRaft {
             }
         }
         Err(ProposeError::NoCoordinator)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::RaftSettings;
+
+    /// Pre-vote's contact window tolerates a late heartbeat, yet a dead coordinator's
+    /// followers become willing, and the gate (asked every heartbeat) opens, before the
+    /// earliest election timer fires; and a whole election fits in the primary's lease
+    /// budget with a renewal to spare.
+    #[test]
+    fn the_default_timing_elects_before_the_primary_fences() {
+        let s = RaftSettings::default();
+        assert!(s.contact_window() >= s.heartbeat * 2);
+        assert!(s.contact_window() + s.heartbeat < s.election_timeout_max + s.election_timeout_min);
+        let lease = pgfm_core::lease::LeaseSettings::default();
+        let election = (s.election_timeout_max * 2).as_millis() as u64;
+        assert!(election + lease.renew_interval_ms <= lease.lease_ms - lease.safety_margin_ms);
     }
 }

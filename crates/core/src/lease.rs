@@ -18,24 +18,26 @@ pub struct LeaseSettings {
 
 impl Default for LeaseSettings {
     fn default() -> LeaseSettings {
-        // lease - safety_margin (2.5 s) leaves room for a Raft election after the
-        // coordinator's host went silent (up to about 1.25 s, after a last renewal up to
-        // renew_interval old) even on a loaded machine; lease + drift_margin (4 s) is how
-        // long a dead primary is waited for. Shorter (2.4 s, 0.8 s, 0.4 s: a 2.8 s
-        // failover) fenced a healthy primary in 1 of 9 coordinator host deaths in the
-        // simulation (issue 13's note; README "Choosing the timing").
+        // lease - safety_margin (1.6 s) leaves room for a Raft election after the
+        // coordinator's host went silent (up to about 0.8 s, after a last renewal up to
+        // renew_interval old) even on a loaded machine; lease + drift_margin (2.8 s) is how
+        // long a dead primary is waited for (a median failover of about 2.85 s). With
+        // openraft's elections at 300-600 ms these settings fenced a healthy primary in 1 of
+        // about 100 coordinator host deaths in the simulation; at 200-400 ms in none (issue
+        // 13's note; README "Choosing the timing").
         LeaseSettings {
-            lease_ms: 3500,
-            renew_interval_ms: 500,
-            safety_margin_ms: 1000,
-            drift_margin_ms: 500,
+            lease_ms: 2400,
+            renew_interval_ms: 300,
+            safety_margin_ms: 800,
+            drift_margin_ms: 400,
         }
     }
 }
 
 impl LeaseSettings {
     /// The shortest `lease - safety_margin` that survives losing the coordinator: a Raft
-    /// election takes up to 1.2 s with pgfm's timing (see `coord::RaftSettings`).
+    /// election takes up to 0.8 s with pgfm's timing (see `coord::RaftSettings`), and the
+    /// last renewal may be a `renew_interval` older than the coordinator's death.
     pub const MIN_BUDGET_MS: u64 = 1500;
 
     /// Time a host reset needs, kept between the watchdog firing and the earliest moment a
@@ -56,7 +58,7 @@ impl LeaseSettings {
         Some(budget / 1000).filter(|s| *s >= 1)
     }
 
-    /// The settings in words, for reports: `lease 3.5 s, renew 500 ms, ...`.
+    /// The settings in words, for reports: `lease 2.4 s, renew 300 ms, ...`.
     pub fn describe(&self) -> String {
         let secs = |ms: u64| format!("{} s", ms as f64 / 1000.0);
         format!(
@@ -268,8 +270,9 @@ mod tests {
     #[test]
     fn the_watchdog_fires_before_a_promotion() {
         for (lease, renew, safety, drift, expected) in [
-            // The defaults: fed until 1.25 s after each renewal was sent.
             (3500, 500, 1000, 500, Some(2)),
+            // The defaults: fed until 1.15 s after each renewal was sent.
+            (2400, 300, 800, 400, Some(1)),
             (2400, 500, 800, 400, Some(1)),
             (2000, 500, 500, 200, Some(1)),
             (1600, 400, 100, 100, None),

@@ -82,6 +82,10 @@ struct RunResult {
     new_primary: String,
     generation: u64,
     downtime_ms: u64,
+    /// From the fault to the new primary's first writable sample (the split-brain watch
+    /// asks each node directly, not through the VIP): the failover without the client's own
+    /// timeouts and reconnection.
+    promoted_ms: Option<u64>,
     acknowledged: usize,
     lost: usize,
     two_writer_moments: usize,
@@ -176,7 +180,13 @@ async fn one_run(
         .await?;
     let new = after.primary.clone().context("no primary")?;
     let rejoin_ms = rejoin(driver, scenario, &old, settle).await?;
-    let two_writers = overlaps(&watch.finish()).len();
+    let samples = watch.finish();
+    let two_writers = overlaps(&samples).len();
+    let promoted_ms = samples
+        .iter()
+        .filter(|w| w.node == new && w.from > fault)
+        .map(|w| w.from.duration_since(fault).as_millis() as u64)
+        .min();
     let (acknowledged, lost, downtime) = count_losses(driver, &new, &acks, fault).await?;
     // The writer skips ids whose write was not acknowledged (they may exist anyway): the
     // next run starts well clear of every id this one may have used.
@@ -189,6 +199,7 @@ async fn one_run(
             new_primary: new,
             generation: after.generation.max(generation),
             downtime_ms: downtime.as_millis() as u64,
+            promoted_ms,
             acknowledged,
             lost,
             two_writer_moments: two_writers,
@@ -453,12 +464,15 @@ fn print_run(run: usize, result: &RunResult, json: bool) -> anyhow::Result<()> {
         println!("{}", serde_json::to_string(result)?);
     } else {
         println!(
-            "  {:?} run {run}: {} -> {} (generation {}), downtime {} ms, {} acknowledged, {} lost, {} two-writer moments{}",
+            "  {:?} run {run}: {} -> {} (generation {}), downtime {} ms, writable after {}, {} acknowledged, {} lost, {} two-writer moments{}",
             result.scenario,
             result.old_primary,
             result.new_primary,
             result.generation,
             result.downtime_ms,
+            result
+                .promoted_ms
+                .map_or_else(|| "n/a".into(), |m| format!("{m} ms")),
             result.acknowledged,
             result.lost,
             result.two_writer_moments,
@@ -472,7 +486,7 @@ fn print_run(run: usize, result: &RunResult, json: bool) -> anyhow::Result<()> {
 fn print_failover_table(all: &[RunResult]) {
     println!();
     println!(
-        "scenario          runs  downtime median  max      lost  two-writer moments  rejoin median"
+        "scenario          runs  downtime median  max      writable after  lost  two-writer moments  rejoin median"
     );
     for scenario in [
         Scenario::HostDeath,
@@ -485,12 +499,16 @@ fn print_failover_table(all: &[RunResult]) {
         }
         let mut downtimes: Vec<u64> = runs.iter().map(|r| r.downtime_ms).collect();
         let mut rejoins: Vec<u64> = runs.iter().filter_map(|r| r.rejoin_ms).collect();
+        let mut promoted: Vec<u64> = runs.iter().filter_map(|r| r.promoted_ms).collect();
         println!(
-            "{:<17} {:<5} {:<16} {:<8} {:<5} {:<19} {}",
+            "{:<17} {:<5} {:<16} {:<8} {:<15} {:<5} {:<19} {}",
             format!("{scenario:?}"),
             runs.len(),
             format!("{} ms", median(&mut downtimes).unwrap_or(0)),
             format!("{} ms", downtimes.iter().max().unwrap_or(&0)),
+            median(&mut promoted)
+                .map(|m| format!("{m} ms"))
+                .unwrap_or_else(|| "n/a".into()),
             runs.iter().map(|r| r.lost).sum::<usize>(),
             runs.iter().map(|r| r.two_writer_moments).sum::<usize>(),
             median(&mut rejoins)

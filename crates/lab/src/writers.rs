@@ -161,26 +161,39 @@ pub async fn sample_writable(
     found
 }
 
-/// `sample_writable`, adding each writable sample to `seen` as it is taken.
+/// `sample_writable`, adding each writable sample to `seen` as it is taken: one watcher
+/// per server, so that a dead host's timeouts never leave the others unwatched.
 async fn sample_into(
     targets: Vec<(String, Target)>,
     stop: Arc<AtomicBool>,
     every: Duration,
     seen: Arc<Mutex<Vec<Writable>>>,
 ) {
-    let mut clients: Vec<Option<tokio_postgres::Client>> = targets.iter().map(|_| None).collect();
+    let mut watchers = tokio::task::JoinSet::new();
+    for (node, target) in targets {
+        watchers.spawn(watch_one(node, target, stop.clone(), every, seen.clone()));
+    }
+    while watchers.join_next().await.is_some() {}
+}
+
+/// Ask `target` whether it takes writes every `every` until `stop`.
+async fn watch_one(
+    node: String,
+    target: Target,
+    stop: Arc<AtomicBool>,
+    every: Duration,
+    seen: Arc<Mutex<Vec<Writable>>>,
+) {
+    let mut client: Option<tokio_postgres::Client> = None;
     while !stop.load(Ordering::SeqCst) {
-        for (i, (node, target)) in targets.iter().enumerate() {
-            if clients[i].as_ref().is_none_or(|c| c.is_closed()) {
-                clients[i] = connect(target).await.ok();
-            }
-            let Some(client) = clients[i].as_ref() else {
-                continue;
-            };
+        if client.as_ref().is_none_or(|c| c.is_closed()) {
+            client = connect(&target).await.ok();
+        }
+        if let Some(c) = client.as_ref() {
             let from = Instant::now();
             let asked = tokio::time::timeout(
                 target.timeout,
-                client.query_one("SELECT NOT pg_is_in_recovery()", &[]),
+                c.query_one("SELECT NOT pg_is_in_recovery()", &[]),
             )
             .await;
             match asked {
@@ -195,7 +208,7 @@ async fn sample_into(
                     }
                 }
                 Ok(Ok(_)) => {}
-                _ => clients[i] = None,
+                _ => client = None,
             }
         }
         tokio::time::sleep(every).await;

@@ -484,15 +484,30 @@ impl Postgres {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         self.reserve_timelines(at_least)?;
-        let promoted: bool = client
-            .query_one("SELECT pg_promote(true, 60)", &[])
+        // pg_promote(wait) looks every 100 ms; the writers wait for every one of them.
+        let signalled: bool = client
+            .query_one("SELECT pg_promote(false)", &[])
             .await
             .map_err(|e| anyhow::anyhow!("pg_promote: {}", probe::describe(&e)))?
             .get(0);
-        if !promoted {
-            bail!("pg_promote did not finish within 60 s");
+        if !signalled {
+            bail!("pg_promote could not signal the postmaster");
         }
-        self.write_managed_conf(None)
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let in_recovery: bool = client
+                .query_one("SELECT pg_is_in_recovery()", &[])
+                .await
+                .map_err(|e| anyhow::anyhow!("waiting for the promotion: {}", probe::describe(&e)))?
+                .get(0);
+            if !in_recovery {
+                return self.write_managed_conf(None);
+            }
+            if Instant::now() > deadline {
+                bail!("the promotion did not finish within 60 s");
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
     }
 
     /// Write the history files that make PostgreSQL's promotion start timeline `at_least`

@@ -38,11 +38,11 @@ pub struct Options {
     /// writable primary (ms).
     pub quiet_ms: u64,
     /// How far a host's clock rate may be from 1 (0.03: ±3 %). The lease rules hold up to
-    /// about ±9 % here with the default timing (the watchdog's path is the tightest: its
+    /// about ±10 % here with the default timing (the watchdog's path is the tightest: its
     /// last feed at `lease - reset - watchdog` on the primary's clock, then `watchdog +
     /// reset` counted in global time, must come before `lease + drift_margin` on the
-    /// coordinator's: `1.25 s / (1 - e) + 2.25 s <= 4 s / (1 + e)`). A real watchdog counts
-    /// at its host's rate, which leaves about ±7 % (`3.25 s / (1 - e) + 0.25 s <= 4 s /
+    /// coordinator's: `1.15 s / (1 - e) + 1.25 s <= 2.8 s / (1 + e)`). A real watchdog counts
+    /// at its host's rate, which leaves about ±8 % (`2.15 s / (1 - e) + 0.25 s <= 2.8 s /
     /// (1 + e)`); real monotonic clocks are within 0.01 %.
     pub drift: f64,
     /// `[watchdog] mode` of the data nodes: required, automatic or off.

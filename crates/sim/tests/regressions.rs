@@ -90,24 +90,29 @@ fn degrading_to_asynchronous_keeps_what_was_acknowledged_synchronously() {
 /// from pg3, so had no history file for timeline 2 — was promoted to timeline 2 as well.
 /// Two forks under one number: pg_rewind then says "no rewind required" and the old one
 /// never streams again (chaos soak seed 2, run 44, on real PostgreSQL). Now each promotion
-/// is told the lowest timeline it may start (`ClusterState::highest_timeline`): pg2 starts
-/// timeline 3.
+/// is told the lowest timeline it may start (`ClusterState::highest_timeline`): the second
+/// one starts timeline 3. (Rescheduled for issue 13's faster failover: the witness is down
+/// until 11.7 s, so the first promotion comes near 14 s, and its primary dies at once.)
 #[test]
 fn a_promotion_after_a_lost_one_starts_a_new_timeline_number() {
     let mut options = Options::new(14);
     options.script = Some(vec![
         fault(9_125, Kind::HostCrash, Target::Node(3), 2_531),
         fault(9_815, Kind::HostCrash, Target::Primary, 11_984),
-        fault(14_190, Kind::HostCrash, Target::Primary, 10_496),
+        fault(14_100, Kind::HostCrash, Target::Primary, 10_496),
     ]);
     options.trace = true;
     let report = pgfm_sim::run(options);
     assert!(report.violations.is_empty(), "{:?}", report.violations);
     assert_eq!(report.promotions, 2, "faults: {:?}", report.faults);
-    let pg2 = "SetTimeline { node: \"pg2\", generation: Generation(3), timeline: Timeline(3)";
+    let second = "generation: Generation(3), timeline: Timeline(3)";
     assert!(
-        report.trace.iter().any(|l| l.contains(pg2)),
-        "pg2 did not start timeline 3"
+        report
+            .trace
+            .iter()
+            .any(|l| l.contains("SetTimeline") && l.contains(second)),
+        "the second promotion did not start timeline 3: faults {:?}",
+        report.faults
     );
 }
 
@@ -154,13 +159,14 @@ fn a_frozen_synchronous_standby_holds_commits_up_for_seconds_not_a_minute() {
 /// its directory still a standby's (pg_control: in archive recovery), ended recovery on
 /// timeline 1 without starting a new one — a second history of the timeline pg1 wrote.
 /// Now a directory whose recovery had not ended starts as a standby and is promoted.
+/// (Rescheduled for issue 13's faster failover: pg2's host dies at 11 s, in its promotion.)
 #[test]
 fn a_promotion_cut_off_by_a_crash_ends_on_a_new_timeline() {
-    let mut options = Options::new(17);
+    let mut options = Options::new(2);
     options.script = Some(vec![
         fault(8_205, Kind::HostCrash, Target::Primary, 9_235),
-        fault(11_120, Kind::HostCrash, Target::Primary, 9_740),
-        fault(12_260, Kind::HostCrash, Target::Node(1), 2_579),
+        fault(11_000, Kind::HostCrash, Target::Primary, 9_740),
+        fault(12_140, Kind::HostCrash, Target::Node(1), 2_579),
     ]);
     options.trace = true;
     let report = pgfm_sim::run(options);

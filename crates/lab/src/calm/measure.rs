@@ -262,7 +262,7 @@ mod tests {
     #[test]
     fn the_default_pause_is_lease_minus_safety_margin_minus_a_second() {
         check_max_pause(3_500, 1_000, 1_500);
-        assert_eq!(default_max_pause_ms(&LeaseSettings::default()), 1_500);
+        assert_eq!(default_max_pause_ms(&LeaseSettings::default()), 600);
         check_max_pause(2_400, 400, 1_000);
         check_max_pause(2_400, 1_000, 400);
         check_max_pause(1_800, 1_000, 0);

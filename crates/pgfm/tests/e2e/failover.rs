@@ -104,10 +104,20 @@ fn primary_agent_death_without_a_watchdog_does_not_promote_while_its_database_an
     lab.wait_healthy("witness", SETTLE);
     let watch = SplitBrainWatch::start(&lab, &["pg1", "pg2"]);
     lab.run_ok(&["lab", "kill", "pg1", "--agent-only"]);
-    // The coordinator refuses the promotion.
-    let (status, _) = lab.wait_problem("pg2", "still answers");
+    // The coordinator refuses the promotion. The lease (2.8 s with its drift margin) may
+    // run out before pg1's last report is report_ttl (3 s) old and its agent shows down.
+    let status = wait_for(
+        "pg1's agent down and its database answering",
+        SETTLE,
+        || {
+            let (status, _) = lab.wait_problem("pg2", "still answers");
+            match node(&status, "pg1")["agent"].as_str() {
+                Some("down") => Ok(status),
+                _ => Err(status.to_string()),
+            }
+        },
+    );
     assert_eq!(status["generation"], 1, "{status}");
-    assert_eq!(node(&status, "pg1")["agent"], "down");
     lab.psql("pg1", "SELECT 1")
         .expect("pg1's database keeps running");
     lab.run_ok(&["lab", "start", "pg1"]);
@@ -152,9 +162,14 @@ fn with_auto_failover_off_nothing_is_promoted() {
     let lab = Lab::up_with(PGFM, 2, &["failover.auto_failover=false"]);
     lab.wait_healthy("witness", SETTLE);
     lab.run_ok(&["lab", "kill", "pg1"]);
-    // Status says a failover is needed.
-    let (status, code) = lab.wait_problem("witness", "automatic failover is off");
-    assert_ne!(code, 0, "{status}");
+    // Status says a failover is needed, and exits non-zero once pg1's last report is
+    // report_ttl (3 s) old (the lease, 2.8 s with its drift margin, may run out first).
+    let status = wait_for("a failover needed and pg1 down", SETTLE, || {
+        match lab.wait_problem("witness", "automatic failover is off") {
+            (status, 0) => Err(status.to_string()),
+            (status, _) => Ok(status),
+        }
+    });
     assert_eq!(status["generation"], 1);
     assert!(
         lab.psql("pg2", "SELECT pg_is_in_recovery()").unwrap() == "t",

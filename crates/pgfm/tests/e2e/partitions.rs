@@ -117,7 +117,7 @@ fn witness_or_standby_cut_off_changes_nothing() {
     let vips = VipWatch::start(&lab, &["pg1", "pg2"]);
     let writer = start_writer(&lab);
 
-    // Longer than the lease and its drift margin (3.5 s + 0.5 s): a failover would show.
+    // Longer than the lease and its drift margin (2.4 s + 0.4 s): a failover would show.
     let window = Duration::from_secs(6);
     // The coordinator first when it is not the primary: an isolated coordinator keeps
     // believing it leads, and what it decides alone must never count.
