@@ -215,7 +215,7 @@ impl Agent {
             .get(primary)
             .is_some_and(|o| now.saturating_sub(o.received_at_ms) <= late_after);
         let renewed =
-            now.saturating_sub(lock(&self.renewal_seen).at_ms) <= self.renewals_late_after_ms();
+            now.saturating_sub(lock(&self.renewal_seen).at_ms) < self.renewals_late_after_ms();
         if recent && renewed {
             return None;
         }

@@ -37,8 +37,8 @@ impl RaftSettings {
     /// `leader_recent`): two heartbeats, or the shortest election timeout if longer. One
     /// late heartbeat on a loaded machine must not make a follower willing to depose a
     /// working coordinator (with 200 ms, 50 ms of scheduling delay did, under CPU hogs:
-    /// `pgfm bench calm`); a dead one is still noticed before any election timer fires
-    /// (`election_timeout_max` plus a random election timeout: at least 600 ms).
+    /// `pgfm bench calm`); a dead one is still noticed before the earliest election timer
+    /// fires (`election_timeout_max` plus a random election timeout: at least 600 ms).
     pub fn contact_window(&self) -> Duration {
         (self.heartbeat * 2).max(self.election_timeout_min)
     }
@@ -190,7 +190,7 @@ impl EmbeddedRaft {
     }
 
     /// This agent leads with a quorum that answered recently, or heard from a leader within
-    /// the shortest election timeout: a vote now would depose a working coordinator.
+    /// `RaftSettings::contact_window`: a vote now would depose a working coordinator.
     pub fn leader_recent(&self) -> bool {
         let recent = self.inner.settings.contact_window().as_millis() as u64;
         let metrics = self.inner.raft.metrics();
@@ -352,9 +352,11 @@ impl EmbeddedRaft {
 /// campaign only while a majority of the voters, itself included, is reachable and has not
 /// heard from a leader recently. Checked every heartbeat by pinging the other voters (each
 /// answers from its HTTP server, `leader_recent`). The gate only closes openraft's own
-/// election timer; it opens again within a heartbeat of a real leader's death (its
-/// followers stop hearing from it after `RaftSettings::contact_window`), well before that timer
-/// (`election_timeout_max` + a random election timeout) fires.
+/// election timer; it opens again within a heartbeat and a ping of a real leader's death
+/// (its followers stop hearing from it after `RaftSettings::contact_window`): 300 + 150 +
+/// up to 200 ms, about when that timer (`election_timeout_max` + a random election timeout,
+/// 600-800 ms) fires at the earliest; a gate still closed then delays the election by one
+/// of openraft's timer ticks.
 async fn election_gate(inner: std::sync::Weak<Inner>) {
     let mut open = true;
     let mut quiet_since = None;

@@ -21,7 +21,7 @@ impl Default for LeaseSettings {
         // lease - safety_margin (1.6 s) leaves room for a Raft election after the
         // coordinator's host went silent (up to about 0.8 s, after a last renewal up to
         // renew_interval old) even on a loaded machine; lease + drift_margin (2.8 s) is how
-        // long a dead primary is waited for (a median failover of about 2.85 s). With
+        // long a dead primary is waited for (`pgfm bench failover`: median 2.74 s). With
         // openraft's elections at 300-600 ms these settings fenced a healthy primary in 1 of
         // about 100 coordinator host deaths in the simulation; at 200-400 ms in none (issue
         // 13's note; README "Choosing the timing").

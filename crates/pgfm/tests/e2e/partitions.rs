@@ -360,7 +360,7 @@ fn a_healed_node_does_not_depose_the_coordinator() {
     };
     let before = elected(&lab);
     lab.run_ok(&["lab", "partition", victim]);
-    // Many election timeouts (0.9-1.2 s each) cut off: the fault's length.
+    // Many election timeouts (0.6-0.8 s each) cut off: the fault's length.
     std::thread::sleep(Duration::from_secs(6)); // the fault's length, not a wait for a state
     lab.run_ok(&["lab", "heal"]);
     let healed = Instant::now();
