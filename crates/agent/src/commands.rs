@@ -135,6 +135,7 @@ impl Agent {
                 to,
                 generation,
                 force,
+                ..
             }) => {
                 tracing::warn!(%generation, %from, %to, force, "operator promotion: hand-over requested");
                 pgfm_api::PromoteStarted {

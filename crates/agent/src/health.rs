@@ -163,6 +163,7 @@ impl Agent {
             lost_bytes: p.lost_bytes,
             lost_at_least: p.lost_at_least,
             cancelled: false,
+            failover_instead: false,
         });
         let cancelled = state
             .cancelled_switchovers
@@ -177,6 +178,7 @@ impl Agent {
                 lost_bytes: Some(0),
                 lost_at_least: false,
                 cancelled: true,
+                failover_instead: c.failover_instead,
             });
         let mut entries: Vec<HistoryEntry> = promotions.chain(cancelled).collect();
         // A cancelled switchover of generation g comes before the promotion to g + 1.

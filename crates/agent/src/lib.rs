@@ -199,7 +199,10 @@ impl Agent {
 
     /// Whether the committed primary's database answers, asked only while its agent looks
     /// down (that is when the coordinator needs to know).
-    async fn check_primary(&self, remote: &mut dyn RemoteProbe) -> Option<Verdict> {
+    async fn check_primary(
+        &self,
+        remote: &mut dyn RemoteProbe,
+    ) -> Option<(pgfm_core::Generation, Verdict)> {
         let state = self.raft.state();
         let primary = state
             .primary
@@ -230,7 +233,7 @@ impl Agent {
             passfile: pg.and_then(|p| p.passfile.clone()),
             timeout: self.config.timing.probe_timeout,
         };
-        Some(remote.check(&target).await)
+        Some((state.generation, remote.check(&target).await))
     }
 
     /// How long without a renewal applied here before the primary looks down: two missed.
@@ -245,8 +248,9 @@ impl Agent {
         remote: &mut dyn RemoteProbe,
     ) -> NodeReport {
         let mut report = NodeReport::new(&self.config.name, self.config.kind);
-        if let Some(verdict) = self.check_primary(remote).await {
+        if let Some((generation, verdict)) = self.check_primary(remote).await {
             report.sees_primary = verdict.answering();
+            report.primary_checked = Some(generation);
             report.primary_check = Some(verdict.describe());
         }
         report.vip = self.vip_report().await;

@@ -548,6 +548,7 @@ mod tests {
                 lost_bytes: Some(0),
                 lost_at_least: false,
                 cancelled: false,
+                failover_instead: false,
             },
             crate::HistoryEntry {
                 generation: 3,
@@ -559,6 +560,7 @@ mod tests {
                 lost_bytes: Some(8192),
                 lost_at_least: true,
                 cancelled: false,
+                failover_instead: false,
             },
             crate::HistoryEntry {
                 generation: 4,
@@ -570,6 +572,7 @@ mod tests {
                 lost_bytes: Some(0),
                 lost_at_least: true,
                 cancelled: false,
+                failover_instead: false,
             },
             crate::HistoryEntry {
                 generation: 4,
@@ -581,6 +584,7 @@ mod tests {
                 lost_bytes: Some(0),
                 lost_at_least: false,
                 cancelled: true,
+                failover_instead: false,
             },
         ];
         insta::assert_snapshot!(history(&entries));

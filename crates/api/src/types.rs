@@ -271,6 +271,10 @@ pub struct HistoryEntry {
     /// `to` was not promoted, `from` stayed the primary of `generation`.
     #[serde(default)]
     pub cancelled: bool,
+    /// A cancelled hand-over of `pgfm promote` whose primary stopped renewing its lease:
+    /// the promotion goes on as a failover to `to`.
+    #[serde(default)]
+    pub failover_instead: bool,
 }
 
 /// A health check's answer: `ok` decides 200 or 503.

@@ -152,6 +152,7 @@ fn schemas_match_the_json_the_code_writes() {
         lost_bytes: None,
         lost_at_least: false,
         cancelled: false,
+        failover_instead: false,
     };
     assert_eq!(
         keys(&serde_json::to_value(&entry).unwrap()),

@@ -76,6 +76,9 @@ pub enum Command {
         /// `pgfm promote --force`: promote `to` even if it has not replayed everything.
         #[serde(default)]
         force: bool,
+        /// Asked by `pgfm promote`, not `pgfm switchover` (see `Switchover::promotion`).
+        #[serde(default)]
+        promotion: bool,
     },
     /// The primary of a switchover stopped cleanly at `final_lsn` (its shutdown checkpoint)
     /// and gives up its lease.
@@ -101,6 +104,11 @@ pub enum Command {
         /// Wall-clock time of the decision, for the history.
         #[serde(default)]
         at_unix_ms: u64,
+        /// The switchover was a `pgfm promote` whose primary stopped renewing its lease
+        /// without handing over: the operator's promotion stays asked for
+        /// (`ClusterState::promotion_request`), to go ahead as a failover.
+        #[serde(default)]
+        then_promote: bool,
     },
     /// `pgfm promote --force` during a switchover of `generation`: the primary hands over
     /// without waiting for the target to stream, and the target is promoted without
@@ -260,6 +268,10 @@ pub struct CancelledSwitchover {
     pub from: String,
     pub to: String,
     pub reason: String,
+    /// A `pgfm promote` whose primary stopped renewing: it went on as a failover
+    /// (`Command::CancelSwitchover::then_promote`).
+    #[serde(default)]
+    pub failover_instead: bool,
 }
 
 /// A planned switchover under way.
@@ -281,6 +293,10 @@ pub struct Switchover {
     /// Forced, its primary could not stop cleanly (see `Command::HandOver`).
     #[serde(default)]
     pub unclean: bool,
+    /// Asked by `pgfm promote` through a primary that looked alive: if that primary stops
+    /// renewing its lease without handing over, the promotion goes ahead as a failover.
+    #[serde(default)]
+    pub promotion: bool,
 }
 
 /// The committed cluster state: what the cluster intends. Only changed by applying
@@ -507,7 +523,8 @@ impl ClusterState {
                 to,
                 generation,
                 force,
-            } => self.request_switchover(from, to, *generation, *force),
+                promotion,
+            } => self.request_switchover(from, to, *generation, *force, *promotion),
             Command::RequestPromotion {
                 to,
                 force,
@@ -540,7 +557,8 @@ impl ClusterState {
                 generation,
                 reason,
                 at_unix_ms,
-            } => self.cancel_switchover(*generation, reason, *at_unix_ms),
+                then_promote,
+            } => self.cancel_switchover(*generation, reason, *at_unix_ms, *then_promote),
             Command::Promote {
                 node,
                 generation,
@@ -663,6 +681,7 @@ impl ClusterState {
         to: &str,
         generation: Generation,
         force: bool,
+        promotion: bool,
     ) -> Result<(), CommandError> {
         if let Some(s) = &self.switchover {
             return Err(CommandError::SwitchoverUnderWay(s.to.clone()));
@@ -687,6 +706,7 @@ impl ClusterState {
             final_lsn: None,
             seq: self.switchover_seq,
             unclean: false,
+            promotion,
         });
         Ok(())
     }
@@ -833,12 +853,14 @@ impl ClusterState {
     }
 
     /// The switchover of the current generation is rolled back: the old primary takes its
-    /// lease back; the history keeps why.
+    /// lease back; the history keeps why. `then_promote`, for a `pgfm promote` whose primary
+    /// stopped renewing without handing over: its promotion stays asked for.
     fn cancel_switchover(
         &mut self,
         generation: Generation,
         reason: &str,
         at_unix_ms: u64,
+        then_promote: bool,
     ) -> Result<(), CommandError> {
         let Some(sw) = self
             .switchover
@@ -847,13 +869,22 @@ impl ClusterState {
         else {
             return Err(CommandError::NoSwitchover(generation));
         };
+        let failover_instead = then_promote && sw.promotion;
         self.cancelled_switchovers.push(CancelledSwitchover {
             generation,
             at_unix_ms,
             from: sw.from.clone(),
             to: sw.to.clone(),
             reason: reason.to_string(),
+            failover_instead,
         });
+        if failover_instead {
+            self.promotion_request = Some(PromotionRequest {
+                to: Some(sw.to.clone()),
+                force: sw.force,
+                generation,
+            });
+        }
         self.switchover = None;
         self.lease_released = false;
         Ok(())
@@ -1089,6 +1120,10 @@ pub struct NodeReport {
     /// probe (None: not tried, e.g. on the primary itself).
     #[serde(default)]
     pub sees_primary: Option<bool>,
+    /// The generation whose primary `sees_primary` and `primary_check` are about: a verdict
+    /// on an earlier generation's primary says nothing of the current one's.
+    #[serde(default)]
+    pub primary_checked: Option<Generation>,
     /// pg_control says recovery had not ended when the stopped data directory last ran: a
     /// standby's, or one whose promotion was cut off before it ended (or a base backup or
     /// a rewind never started). Started as the primary it would end recovery on its old
@@ -1155,6 +1190,7 @@ impl NodeReport {
             slots: Vec::new(),
             conninfo_upstream: None,
             sees_primary: None,
+            primary_checked: None,
             recovery_unfinished: false,
             vip: None,
             sync: None,
@@ -1435,6 +1471,7 @@ mod tests {
                 to: "pg2".into(),
                 generation: Generation(1),
                 force: false,
+                promotion: false,
             },
             Command::ForceSwitchover {
                 generation: Generation(1),
@@ -1444,6 +1481,7 @@ mod tests {
                 generation: Generation(1),
                 reason: "test".into(),
                 at_unix_ms: 0,
+                then_promote: false,
             },
         ] {
             state.apply(&c).unwrap();
@@ -1466,6 +1504,7 @@ mod tests {
                 to: "pg2".into(),
                 generation: Generation(1),
                 force: false,
+                promotion: false,
             })
             .unwrap();
         assert_eq!(

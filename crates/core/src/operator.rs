@@ -156,6 +156,9 @@ pub struct Handover {
     pub to: String,
     pub generation: Generation,
     pub force: bool,
+    /// Asked by `pgfm promote`: should `from` stop renewing its lease without handing
+    /// over, `to` is promoted by a failover (`Switchover::promotion`).
+    pub promotion: bool,
 }
 
 impl Handover {
@@ -165,6 +168,7 @@ impl Handover {
             to: self.to.clone(),
             generation: self.generation,
             force: self.force,
+            promotion: self.promotion,
         }
     }
 }
@@ -233,6 +237,7 @@ pub fn check_switchover(
         to,
         generation: state.generation,
         force: false,
+        promotion: false,
     };
     accepted(state, handover.command())?;
     Ok(handover)
@@ -261,6 +266,7 @@ pub fn cancel_command(sw: &Switchover, at_unix_ms: u64) -> Command {
             "pgfm switchover --cancel: switchover from {} to {} cancelled",
             sw.from, sw.to
         ),
+        then_promote: false,
     }
 }
 
@@ -334,6 +340,7 @@ pub fn check_promote(
             to,
             generation: state.generation,
             force,
+            promotion: true,
         })
     } else {
         PromotePlan::AfterLease {
@@ -653,6 +660,11 @@ mod tests {
         v.state.switchover = Some(crate::testing::switchover_pg1_to_pg2());
     }
 
+    /// How long after the last renewal the coordinator counts a lease as run out.
+    fn lease_and_drift(v: &ClusterView) -> u64 {
+        v.settings.lease.lease_ms + v.settings.lease.drift_margin_ms
+    }
+
     fn show_handover(h: Handover) -> String {
         let force = if h.force { " (forced)" } else { "" };
         format!(
@@ -769,12 +781,25 @@ mod tests {
             Some("pg2"),
             "refused: a switchover from pg1 to pg2 is already under way",
         );
-        // What the log would refuse is refused before anything is proposed.
+        // A primary whose lease is gone (given up, or run out: its host died a moment
+        // ago and its last report is still fresh) no longer serves.
         check(
             2,
             |v| v.state.lease_released = true,
             Some("pg2"),
-            "refused: node pg1 does not hold the lease of generation 1",
+            "refused: there is no running primary to switch over from",
+        );
+        check(
+            2,
+            |v| v.last_renewal_seen_ms = Some(NOW - lease_and_drift(v)),
+            Some("pg2"),
+            "refused: there is no running primary to switch over from",
+        );
+        check(
+            2,
+            |v| v.last_renewal_seen_ms = Some(NOW - lease_and_drift(v) + 1),
+            Some("pg2"),
+            "pg1 hands over to pg2 in generation 1",
         );
     }
 
@@ -972,6 +997,14 @@ mod tests {
         check(
             2,
             dead,
+            None,
+            false,
+            "pg2 replaces pg1 after its lease in generation 1",
+        );
+        // Its host died a moment ago: its last report is still fresh, but its lease ran out.
+        check(
+            2,
+            |v| v.last_renewal_seen_ms = Some(NOW - lease_and_drift(v)),
             None,
             false,
             "pg2 replaces pg1 after its lease in generation 1",

@@ -84,7 +84,7 @@ pub(crate) enum Seen {
 /// standby has received and replayed up to `POSITION` and streams from `PG_ADDRESS`. No
 /// report has replicas (`view` adds them), replication slots, a timeline, a VIP, a
 /// synchronous setting or a verdict on the primary (`sees_primary`): a test that needs one
-/// sets it.
+/// sets it (`judged`).
 pub(crate) fn report(name: &str, seen: Seen) -> NodeReport {
     let mut r = NodeReport::new(name, member(name).kind);
     match seen {
@@ -208,10 +208,23 @@ pub(crate) fn expired(mut v: ClusterView) -> ClusterView {
     for o in v.reports.values_mut() {
         if o.report.name != "pg1" {
             o.received_at_ms = 10_000;
-            o.report.sees_primary = Some(false);
         }
     }
+    for name in ["pg2", "pg3", "witness"] {
+        judged(&mut v, name, Some(false));
+    }
     v
+}
+
+/// `name`'s agent, at its last check of the current generation's primary, found its
+/// database answering (`Some(true)`), down (`Some(false)`), or could not tell (None). No-op
+/// for a node without a report.
+pub(crate) fn judged(v: &mut ClusterView, name: &str, answering: Option<bool>) {
+    let generation = v.state.generation;
+    if let Some(o) = v.reports.get_mut(name) {
+        o.report.sees_primary = answering;
+        o.report.primary_checked = Some(generation);
+    }
 }
 
 /// A switchover from pg1 to pg2 asked in generation 1 (the first, `seq` 1, not forced),
@@ -225,6 +238,7 @@ pub(crate) fn switchover_pg1_to_pg2() -> Switchover {
         final_lsn: None,
         seq: 1,
         unclean: false,
+        promotion: false,
     }
 }
 

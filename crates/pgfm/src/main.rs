@@ -326,6 +326,17 @@ fn promote(config: &std::path::Path, to: Option<String>, force: bool) -> anyhow:
     let client = local_agent(config)?;
     let rt = runtime()?;
     let started_at = std::time::Instant::now();
+    // A hand-over rolled back in this generation: the cancellations already in the history
+    // are not this promotion's.
+    let cancelled_of = |generation: u64| -> Vec<pgfm_api::HistoryEntry> {
+        rt.block_on(client.history())
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|e| e.cancelled && e.generation == generation)
+            .collect()
+    };
+    let before = rt.block_on(client.status()).ok().map(|s| s.generation);
+    let mut cancelled_before = before.map(|g| cancelled_of(g).len()).unwrap_or(0);
     let started = match rt.block_on(client.promote(to, force)) {
         Ok(started) => started,
         Err(pgfm_api::ApiError::Failed {
@@ -343,6 +354,14 @@ fn promote(config: &std::path::Path, to: Option<String>, force: bool) -> anyhow:
     loop {
         if let Ok(status) = rt.block_on(client.status()) {
             if status.generation > started.generation && status.primary.is_some() {
+                // A hand-over that went on as a failover, said even when the promotion
+                // came too soon after it to be seen on its own.
+                if before == Some(started.generation) {
+                    let cancelled = cancelled_of(started.generation);
+                    if let Some(e) = cancelled.get(cancelled_before..).and_then(|c| c.last()) {
+                        println!("{}.", e.reason);
+                    }
+                }
                 let lost = rt
                     .block_on(client.history())
                     .ok()
@@ -355,6 +374,23 @@ fn promote(config: &std::path::Path, to: Option<String>, force: bool) -> anyhow:
                     started_at.elapsed().as_secs_f64()
                 );
                 return Ok(ExitCode::SUCCESS);
+            }
+            // Through a hand-over, the promotion may be rolled back (the primary did not
+            // hand over in time, the target went away): the history says why. One whose
+            // primary stopped renewing goes on as a failover: keep following it.
+            if status.generation == started.generation && before == Some(started.generation) {
+                let cancelled = cancelled_of(started.generation);
+                if cancelled.len() > cancelled_before {
+                    cancelled_before = cancelled.len();
+                    if let Some(e) = cancelled.last() {
+                        if e.failover_instead {
+                            println!("{}.", e.reason);
+                        } else {
+                            eprintln!("pgfm: the promotion did not happen: {}", e.reason);
+                            return Ok(ExitCode::from(1));
+                        }
+                    }
+                }
             }
         }
         if std::time::Instant::now() > deadline {

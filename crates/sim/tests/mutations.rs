@@ -165,15 +165,21 @@ fn no_drift_margin() -> Mutation {
     }
 }
 
-/// The drift margin with a thin safety margin (200 ms, which the config accepts): clocks
-/// ±5 % apart then put a fast coordinator's count of the lease past a slow primary's fence
-/// deadline only through the drift margin. Not caught in its 500 seeds (issue 13's note).
+/// The drift margin where it is the only guard: a thin safety margin (200 ms, which the
+/// config accepts) and no host watchdog (a host without one; the watchdog, counting in
+/// real time, otherwise resets a slow-clocked primary by the end of its lease). A cut-off
+/// primary fences `lease - safety_margin` (2.2 s) after its last renewal by its own
+/// clock, the coordinator promotes `lease + drift_margin` (2.8 s) after it by its own:
+/// with clocks ±10 % apart pgfm's rules keep the promotion after the fence (2.8 s / 1.1 >
+/// 2.2 s / 0.9), and without the margin a fast coordinator (2.4 s / 1.05) promotes
+/// before a slow primary fences (2.2 s / 0.95).
 fn no_drift_margin_thin_safety() -> Mutation {
     Mutation {
         engine: Arc::new(NoDriftMargin),
         configure: |o| {
             o.faults = faults("partition,partition-out");
-            o.drift = 0.05;
+            o.drift = 0.10;
+            o.watchdog = "off".into();
             o.timing = vec![("safety_margin".into(), "\"200ms\"".into())];
         },
         budget: 500,

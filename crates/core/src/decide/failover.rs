@@ -11,7 +11,7 @@ use std::collections::BTreeMap;
 
 use super::{cluster_hold, Action, ClusterView, Decision, Forward};
 use crate::lease;
-use crate::model::{Command, DbRole, Member, NodeKind, NodeReport, PromotionRequest};
+use crate::model::{Command, DbRole, Member, NodeKind, PromotionRequest};
 use crate::types::Lsn;
 
 /// A step's finding, or what the coordinator decides instead of going on.
@@ -80,21 +80,31 @@ fn lease_gone(cluster: &ClusterView, primary: &str, now_ms: u64) -> Step<LeaseGo
 /// The evidence: the primary's agent may be dead while its PostgreSQL still serves;
 /// promoting then would make two writable primaries, and only an agent can fence it. So,
 /// unless the primary gave its lease up, some other agent must have found its database down,
-/// and none may have found it answering. Gives how the old primary was judged gone, for the
-/// history.
+/// and none may have found it answering. Only verdicts on this generation's primary count:
+/// a report still fresh from before the last promotion judged the primary before it. Gives
+/// how the old primary was judged gone, for the history.
 fn evidence(cluster: &ClusterView, primary: &str, gone: &LeaseGone, now_ms: u64) -> Step<String> {
     let why = &gone.why;
+    let generation = cluster.state.generation;
     // Invariant 10: only an agent able to judge says "down"; one whose probe failed on its
-    // own side reports no verdict ("cannot tell") and does not count.
-    let checks: Vec<(&str, &NodeReport)> = cluster
+    // own side reports no verdict ("cannot tell") and does not count. Each check: the
+    // node, whether the database answered it, how the check went (None: no verdict).
+    let checks: Vec<(&str, Option<bool>, Option<&str>)> = cluster
         .voters
         .iter()
         .filter(|v| v.as_str() != primary)
         .filter_map(|v| cluster.fresh_report(v, now_ms).map(|r| (v.as_str(), r)))
+        .map(|(v, r)| {
+            if r.primary_checked == Some(generation) {
+                (v, r.sees_primary, r.primary_check.as_deref())
+            } else {
+                (v, None, None)
+            }
+        })
         .collect();
     let evidence = checks
         .iter()
-        .map(|(v, r)| match (&r.sees_primary, &r.primary_check) {
+        .map(|(v, answering, how)| match (answering, how) {
             (_, Some(how)) => format!("{v}: {how}"),
             (Some(true), None) => format!("{v}: answering"),
             (Some(false), None) => format!("{v}: down"),
@@ -104,8 +114,8 @@ fn evidence(cluster: &ClusterView, primary: &str, gone: &LeaseGone, now_ms: u64)
         .join("; ");
     let seen_by: Vec<&str> = checks
         .iter()
-        .filter(|(_, r)| r.sees_primary == Some(true))
-        .map(|(v, _)| *v)
+        .filter(|(_, answering, _)| *answering == Some(true))
+        .map(|(v, _, _)| *v)
         .collect();
     if !gone.released && !seen_by.is_empty() {
         return Err(vec![cluster_hold(format!(
@@ -114,7 +124,11 @@ fn evidence(cluster: &ClusterView, primary: &str, gone: &LeaseGone, now_ms: u64)
             seen_by.join(", ")
         ))]);
     }
-    if !gone.released && !checks.iter().any(|(_, r)| r.sees_primary == Some(false)) {
+    if !gone.released
+        && !checks
+            .iter()
+            .any(|(_, answering, _)| *answering == Some(false))
+    {
         return Err(vec![cluster_hold(format!(
             "{why}: waiting for another agent to find its database down before promoting \
              [{evidence}]"
@@ -518,7 +532,7 @@ mod tests {
     #[test]
     fn no_failover_while_the_primary_database_still_answers() {
         let mut v = failover_view();
-        v.reports.get_mut("pg2").unwrap().report.sees_primary = Some(true);
+        judged(&mut v, "pg2", Some(true));
         check_coordinator(
             &v,
             9_000,
@@ -529,15 +543,32 @@ mod tests {
     #[test]
     fn no_failover_before_another_agent_found_the_primary_database_down() {
         let mut v = failover_view();
-        for o in v.reports.values_mut() {
-            o.report.sees_primary = None;
+        for name in ["pg2", "pg3", "witness"] {
+            judged(&mut v, name, None);
         }
         check_coordinator(
             &v,
             9_000,
             &["cluster hold: the lease of primary pg1 expired: waiting for another agent to find its database down before promoting [pg2: not checked; pg3: not checked; witness: not checked]"],
         );
-        v.reports.get_mut("witness").unwrap().report.sees_primary = Some(false);
+        judged(&mut v, "witness", Some(false));
+        check_coordinator(&v, 9_000, &["promote pg2 g2 from pg1 losing 0"]);
+    }
+
+    /// A verdict is about one generation's primary: a report still fresh from before the
+    /// last promotion found the primary before this one down, and says nothing of this one.
+    #[test]
+    fn a_verdict_on_an_earlier_primary_is_no_evidence() {
+        let mut v = failover_view();
+        for o in v.reports.values_mut() {
+            o.report.primary_checked = Some(crate::types::Generation(0));
+        }
+        check_coordinator(
+            &v,
+            9_000,
+            &["cluster hold: the lease of primary pg1 expired: waiting for another agent to find its database down before promoting [pg2: not checked; pg3: not checked; witness: not checked]"],
+        );
+        judged(&mut v, "pg3", Some(false));
         check_coordinator(&v, 9_000, &["promote pg2 g2 from pg1 losing 0"]);
     }
 
@@ -733,6 +764,7 @@ mod tests {
                     let o = v.reports.get_mut(*name).unwrap();
                     o.received_at_ms = 10_000;
                     o.report.sees_primary = Some(false);
+                    o.report.primary_checked = Some(v.state.generation);
                     // A report may predate the last commits it received.
                     let reported = Lsn(truth[i].saturating_sub(stale[i]));
                     o.report.received_lsn = Some(reported);
@@ -768,10 +800,15 @@ mod tests {
                 for step in steps {
                     now += step.advance_ms;
                     let primary = v.state.primary.clone().unwrap();
+                    let generation = v.state.generation;
                     for (name, (fresh, up, standby, lsn, sees)) in names.iter().zip(&step.nodes) {
                         let o = v.reports.get_mut(*name).unwrap();
                         if *fresh {
                             o.received_at_ms = now;
+                            // A verdict is on the primary of the generation it was made in:
+                            // one not refreshed may be on the one before.
+                            o.report.sees_primary = if **name == primary { None } else { *sees };
+                            o.report.primary_checked = Some(generation);
                         }
                         let r = &mut o.report;
                         r.db_up = *up;
@@ -780,11 +817,11 @@ mod tests {
                         r.current_lsn = Some(Lsn(*lsn));
                         r.received_lsn = Some(Lsn(*lsn));
                         r.replayed_lsn = Some(Lsn(*lsn));
-                        r.sees_primary = if **name == primary { None } else { *sees };
                     }
                     let w = v.reports.get_mut("witness").unwrap();
                     w.received_at_ms = now;
                     w.report.sees_primary = step.nodes[0].4;
+                    w.report.primary_checked = Some(generation);
                     let before = v.clone();
                     let mut me = local(&v, "witness", true);
                     me.kind = NodeKind::Witness;
@@ -802,8 +839,9 @@ mod tests {
                             prop_assert!(r.db_up && r.role == Some(DbRole::Standby), "promoted {node}, not a running standby");
                             let best = before.reports.values().filter_map(|o| o.report.wal_position()).max().unwrap();
                             prop_assert!(best.bytes_after(r.wal_position().unwrap()) <= before.settings.max_lag, "promoted lagging {node}");
-                            let down_seen = before.voters.iter().filter(|n| **n != primary).filter_map(|n| before.fresh_report(n, now)).any(|r| r.sees_primary == Some(false));
-                            let up_seen = before.voters.iter().filter(|n| **n != primary).filter_map(|n| before.fresh_report(n, now)).any(|r| r.sees_primary == Some(true));
+                            let verdicts = || before.voters.iter().filter(|n| **n != primary).filter_map(|n| before.fresh_report(n, now)).filter(|r| r.primary_checked == Some(generation)).map(|r| r.sees_primary);
+                            let down_seen = verdicts().any(|s| s == Some(false));
+                            let up_seen = verdicts().any(|s| s == Some(true));
                             prop_assert!(before.state.lease_released || (down_seen && !up_seen), "promoted without evidence the primary is down");
                             prop_assert!(now >= lease::expired_at_ms(before.last_renewal_seen_ms, &before.settings.lease), "promoted before the lease expired");
                         }

@@ -165,6 +165,8 @@ mod tests {
             .report
             .replicas
             .clear();
+        // pg1 still renews its lease: it is the hand-over that is late.
+        switching.last_renewal_seen_ms = Some(5_800);
         check(
             coordinate(&switching, 6_000),
             &["cancel switchover: switchover from pg1 to pg2 rolled back: pg1 did not hand over within switchover_timeout (5 s); pg1 stays the primary of generation 1: Never"],

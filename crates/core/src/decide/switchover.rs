@@ -3,6 +3,7 @@
 //! everything, or rolls back (`switchover`).
 
 use super::{cluster_hold, hold, Action, ClusterView, Forward, LocalView};
+use crate::lease;
 use crate::model::{Command, DbRole, Switchover};
 
 /// The coordinator's part of a planned switchover: once the old primary has stopped and
@@ -28,9 +29,16 @@ pub(super) fn switchover(cluster: &ClusterView, sw: &Switchover, now_ms: u64) ->
                 "switchover from {} to {} rolled back: {why}; {} stays the primary of generation {}",
                 sw.from, sw.to, sw.from, state.generation
             ),
+            then_promote: false,
         }, forward: Forward::Never }]
     };
     let Some(final_lsn) = sw.final_lsn.filter(|_| state.lease_released) else {
+        // The primary renews its lease until it hands over: once the lease has run out it
+        // is dead, frozen or cut off, and no hand-over will come. Waiting out the timeout
+        // would only hold up the failover.
+        if lease::expired_at_ms(cluster.last_renewal_seen_ms, &cluster.settings.lease) <= now_ms {
+            return stopped_renewing(cluster, sw);
+        }
         if overdue {
             return cancel(format!("{} did not hand over within {limit}", sw.from));
         }
@@ -98,6 +106,35 @@ pub(super) fn switchover(cluster: &ClusterView, sw: &Switchover, now_ms: u64) ->
         }
         None => cancel(format!("{} is no longer a running standby", sw.to)),
     }
+}
+
+/// The old primary of `sw` stopped renewing its lease before it handed over. A switchover
+/// ends there: the primary stays, and the failover rules take over from here. A
+/// `pgfm promote` goes on as the operator's promotion, by a failover to the same target.
+fn stopped_renewing(cluster: &ClusterView, sw: &Switchover) -> Vec<Action> {
+    let generation = cluster.state.generation;
+    let reason = if sw.promotion {
+        format!(
+            "pgfm promote: {} stopped renewing its lease without handing over; {} is promoted \
+             by a failover instead, once another agent finds {}'s database down",
+            sw.from, sw.to, sw.from
+        )
+    } else {
+        format!(
+            "switchover from {} to {} rolled back: {} stopped renewing its lease without \
+             handing over; it stays the primary of generation {generation} until a failover",
+            sw.from, sw.to, sw.from
+        )
+    };
+    vec![Action::Propose {
+        command: Command::CancelSwitchover {
+            generation,
+            at_unix_ms: cluster.wall_clock_ms,
+            reason,
+            then_promote: sw.promotion,
+        },
+        forward: Forward::Never,
+    }]
 }
 
 /// The old primary's part of a switchover: stop cleanly and hand over (`Action::HandOver`
@@ -181,7 +218,8 @@ mod tests {
             false,
             &["hold: switchover: waiting for pg2 to stream from this primary before handing over"],
         );
-        // The step started at 1 s; 5 s later the coordinator gives up.
+        // The step started at 1 s; 5 s later the coordinator gives up (pg1 still renews).
+        v.last_renewal_seen_ms = Some(5_800);
         check_coordinator(&v, 6_000, &["cancel switchover: switchover from pg1 to pg2 rolled back: pg1 did not hand over within switchover_timeout (5 s); pg1 stays the primary of generation 1"]);
         v.state.switchover.as_mut().unwrap().force = true;
         check(&v, "pg1", false, &["hand over to pg2 g1"]);
@@ -208,5 +246,52 @@ mod tests {
             ),
             "{promoted:?}"
         );
+    }
+
+    /// A primary that stops renewing its lease (its host died) before it hands over never
+    /// will: the switchover ends when the lease runs out, not `switchover_timeout` later.
+    /// A `pgfm promote` that chose the hand-over because the primary still looked alive
+    /// goes on as the operator's promotion: a failover to the same target, even paused.
+    #[test]
+    fn a_primary_that_stops_renewing_ends_the_switchover_when_its_lease_runs_out() {
+        let mut v = primary_with(&["pg2"]);
+        v.state.switchover = Some(switchover_pg1_to_pg2());
+        v.switchover_step_ms = Some(1_000);
+        v.last_renewal_seen_ms = Some(900);
+        // The tests' lease (3 s) and drift margin (0.5 s) from the last renewal seen at 0.9 s.
+        check_coordinator(
+            &v,
+            4_399,
+            &["cluster hold: switchover from pg1 to pg2: waiting for pg1 to stop cleanly and hand over"],
+        );
+        check_coordinator(&v, 4_400, &["cancel switchover: switchover from pg1 to pg2 rolled back: pg1 stopped renewing its lease without handing over; it stays the primary of generation 1 until a failover"]);
+
+        v.state.switchover.as_mut().unwrap().promotion = true;
+        v.state.paused = true;
+        let decided = coordinate(&v, 4_400);
+        let [Action::Propose { command, .. }] = decided.as_slice() else {
+            panic!("{decided:?}");
+        };
+        assert_eq!(
+            show(decided.clone()),
+            ["cancel switchover: pgfm promote: pg1 stopped renewing its lease without handing over; pg2 is promoted by a failover instead, once another agent finds pg1's database down"]
+        );
+        v.state.apply(command).unwrap();
+        assert_eq!(v.state.switchover, None);
+        assert_eq!(
+            v.state.promotion_request,
+            Some(crate::model::PromotionRequest {
+                to: Some("pg2".into()),
+                force: false,
+                generation: crate::types::Generation(1),
+            })
+        );
+        // pg2 found pg1's database down: the operator's promotion goes ahead, paused or not.
+        for o in v.reports.values_mut() {
+            o.received_at_ms = 4_300;
+        }
+        v.reports.get_mut("pg1").unwrap().received_at_ms = 900;
+        judged(&mut v, "pg2", Some(false));
+        check_coordinator(&v, 4_400, &["promote pg2 g2 from pg1 losing 0"]);
     }
 }

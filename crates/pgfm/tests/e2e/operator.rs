@@ -293,6 +293,51 @@ fn pause_stops_automatic_failover_until_the_operator_acts() {
     );
 }
 
+/// `pgfm promote` just after the primary's host died, while its lease still runs and its
+/// last report is fresh, takes the hand-over path: the primary looks alive. It never hands
+/// over; once its lease has run out the promotion goes on as a failover to the same
+/// target (paused or not), and the command says so and follows it to the end. (A long
+/// lease and report_ttl, and a switchover_timeout past them, make sure the command lands
+/// while pg1 still looks alive.)
+#[test]
+fn a_promotion_through_a_primary_that_died_goes_on_as_a_failover() {
+    let lab = Lab::up_with(
+        PGFM,
+        2,
+        &[
+            "timing.lease=\"6s\"",
+            "timing.report_ttl=\"10s\"",
+            "failover.switchover_timeout=\"20s\"",
+        ],
+    );
+    lab.wait_healthy("witness", SETTLE);
+    let output = lab.cli("pg2", &["pause"]);
+    assert!(output.status.success(), "{}", text(&output));
+    let output = lab.run(&["lab", "kill", "pg1"]);
+    assert!(output.status.success(), "{}", text(&output));
+    let output = lab.cli("witness", &["promote"]);
+    let said = text(&output);
+    assert!(output.status.success(), "{said}");
+    assert!(
+        said.contains("pg1 stops and hands over (fenced first), then pg2 is promoted"),
+        "{said}"
+    );
+    assert!(
+        said.contains("pgfm promote: pg1 stopped renewing its lease without handing over; pg2 is promoted by a failover instead"),
+        "{said}"
+    );
+    assert!(
+        said.contains("pg2 is the primary of generation 2"),
+        "{said}"
+    );
+    let output = lab.cli("pg2", &["history"]);
+    assert!(
+        text(&output).contains("stopped renewing its lease without handing over"),
+        "{}",
+        text(&output)
+    );
+}
+
 /// A fence hook that fails aborts the promotion (status says why, nothing is promoted); once
 /// it succeeds the promotion goes ahead, the hook sees the event in PGFM_* variables, and the
 /// post-promotion hook runs on the new primary.
