@@ -45,6 +45,19 @@ struct Args {
     /// optional); repeatable. Example: --timing lease=2400ms --timing safety_margin=800ms
     #[arg(long = "timing", value_parser = timing_setting)]
     timing: Vec<(String, String)>,
+    /// How far each host's clock rate may be from 1 (0.03: ±3 %).
+    #[arg(long, default_value_t = 0.03, value_parser = drift_bound)]
+    drift: f64,
+}
+
+/// A clock-rate bound from 0 up to (not including) 1.
+fn drift_bound(text: &str) -> Result<f64, String> {
+    match text.parse::<f64>() {
+        Ok(d) if (0.0..1.0).contains(&d) => Ok(d),
+        _ => Err(format!(
+            "a fraction from 0 up to 1, for example 0.03 for ±3 % (got {text:?})"
+        )),
+    }
 }
 
 /// `lease=2400ms` as the TOML pair `("lease", "\"2400ms\"")`: a duration is a string there.
@@ -65,6 +78,7 @@ fn options(args: &Args, seed: u64) -> Options {
     options.synchronous = args.synchronous.clone();
     options.watchdog = args.watchdog.clone();
     options.timing = args.timing.clone();
+    options.drift = args.drift;
     options
 }
 

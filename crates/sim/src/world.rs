@@ -82,7 +82,7 @@ impl Options {
             .map(|(k, v)| format!(" --timing {k}={}", v.trim_matches('"')))
             .collect();
         format!(
-            "cargo run --release -p pgfm-sim -- --seed {} --data-nodes {} --synchronous {} --watchdog {} --faults {}{}{timing} --trace",
+            "cargo run --release -p pgfm-sim -- --seed {} --data-nodes {} --synchronous {} --watchdog {} --faults {}{}{timing}{} --trace",
             self.seed,
             self.data_nodes,
             self.synchronous,
@@ -91,6 +91,11 @@ impl Options {
             self.fault_count
                 .map(|n| format!(" --fault-count {n}"))
                 .unwrap_or_default(),
+            if self.drift == Options::new(0).drift {
+                String::new()
+            } else {
+                format!(" --drift {}", self.drift)
+            },
         )
     }
 }
@@ -323,6 +328,14 @@ impl World {
             trace,
             faults_end_ms,
         };
+        let rates: Vec<String> = world
+            .nodes
+            .iter()
+            .map(|n| format!("{} {:.3}", n.spec.name, n.spec.rate))
+            .collect();
+        world
+            .trace
+            .say(format!("clock rates: {}", rates.join(", ")));
         for fault in plan {
             world.schedule(fault.at_ms, Due::Strike(fault));
         }
