@@ -79,6 +79,9 @@ pub enum Command {
         /// Asked by `pgfm promote`, not `pgfm switchover` (see `Switchover::promotion`).
         #[serde(default)]
         promotion: bool,
+        /// `pgfm promote --to`: the operator named `to` (see `Switchover::named`).
+        #[serde(default)]
+        named: bool,
     },
     /// The primary of a switchover stopped cleanly at `final_lsn` (its shutdown checkpoint)
     /// and gives up its lease.
@@ -109,6 +112,11 @@ pub enum Command {
         /// (`ClusterState::promotion_request`), to go ahead as a failover.
         #[serde(default)]
         then_promote: bool,
+        /// Judged on the primary's lease: no renewal applied since this count, and the lease
+        /// not given up (a hand-over). The log refuses the cancel once either changed; None
+        /// for a cancel not judged on the lease (a timeout, the operator's).
+        #[serde(default)]
+        lease_renewals: Option<u64>,
     },
     /// `pgfm promote --force` during a switchover of `generation`: the primary hands over
     /// without waiting for the target to stream, and the target is promoted without
@@ -227,7 +235,7 @@ pub enum CommandError {
     #[error("node {0} is not promotable")]
     NotPromotable(String),
     #[error(
-        "the lease of generation {generation} was renewed after the promotion was decided \
+        "the lease of generation {generation} was renewed after the decision was made \
          ({seen} renewals seen, {applied} applied): the primary is alive"
     )]
     LeaseRenewed {
@@ -241,6 +249,8 @@ pub enum CommandError {
     SwitchoverUnderWay(String),
     #[error("no switchover is under way in generation {0}")]
     NoSwitchover(Generation),
+    #[error("the primary of generation {0} has handed over since the decision was made")]
+    HandedOver(Generation),
     #[error(
         "the hand-over at {0} this promotion rests on is no longer committed (the switchover \
          was cancelled or rolled back)"
@@ -258,6 +268,11 @@ pub struct PromotionRequest {
     pub to: Option<String>,
     pub force: bool,
     pub generation: Generation,
+    /// Left by a hand-over whose primary stopped renewing (`CancelSwitchover::then_promote`):
+    /// in force only while no renewal has been applied since this count. A primary that
+    /// renews again is alive, and the operator's promotion of it is over.
+    #[serde(default)]
+    pub lease_renewals: Option<u64>,
 }
 
 /// A switchover that did not happen, as kept in the history: the old primary stayed.
@@ -297,6 +312,10 @@ pub struct Switchover {
     /// renewing its lease without handing over, the promotion goes ahead as a failover.
     #[serde(default)]
     pub promotion: bool,
+    /// The operator named `to` (`pgfm promote --to`); otherwise a promotion that goes on as
+    /// a failover lets the failover choose (the synchronous set first).
+    #[serde(default)]
+    pub named: bool,
 }
 
 /// The committed cluster state: what the cluster intends. Only changed by applying
@@ -500,6 +519,15 @@ impl ClusterState {
             .filter(|p| self.sync_set.len() == 1 && self.sync_set.contains(*p))
     }
 
+    /// The operator's promotion asked in this generation, while it is in force: one left by
+    /// a hand-over ends with the primary's next renewal.
+    pub fn promotion_asked(&self) -> Option<&PromotionRequest> {
+        self.promotion_request.as_ref().filter(|r| {
+            r.generation == self.generation
+                && r.lease_renewals.is_none_or(|n| n == self.lease_renewals)
+        })
+    }
+
     /// The committed synchronous rule: `sync_quorum` of `sync_set`.
     pub fn committed_sync(&self) -> SyncRule {
         SyncRule::new(self.sync_quorum, self.sync_set.clone())
@@ -524,7 +552,8 @@ impl ClusterState {
                 generation,
                 force,
                 promotion,
-            } => self.request_switchover(from, to, *generation, *force, *promotion),
+                named,
+            } => self.request_switchover(from, to, *generation, *force, (*promotion, *named)),
             Command::RequestPromotion {
                 to,
                 force,
@@ -558,7 +587,14 @@ impl ClusterState {
                 reason,
                 at_unix_ms,
                 then_promote,
-            } => self.cancel_switchover(*generation, reason, *at_unix_ms, *then_promote),
+                lease_renewals,
+            } => self.cancel_switchover(
+                *generation,
+                reason,
+                *at_unix_ms,
+                *then_promote,
+                *lease_renewals,
+            ),
             Command::Promote {
                 node,
                 generation,
@@ -681,7 +717,7 @@ impl ClusterState {
         to: &str,
         generation: Generation,
         force: bool,
-        promotion: bool,
+        (promotion, named): (bool, bool),
     ) -> Result<(), CommandError> {
         if let Some(s) = &self.switchover {
             return Err(CommandError::SwitchoverUnderWay(s.to.clone()));
@@ -707,6 +743,7 @@ impl ClusterState {
             seq: self.switchover_seq,
             unclean: false,
             promotion,
+            named,
         });
         Ok(())
     }
@@ -741,6 +778,7 @@ impl ClusterState {
             to: to.cloned(),
             force,
             generation,
+            lease_renewals: None,
         });
         Ok(())
     }
@@ -854,13 +892,16 @@ impl ClusterState {
 
     /// The switchover of the current generation is rolled back: the old primary takes its
     /// lease back; the history keeps why. `then_promote`, for a `pgfm promote` whose primary
-    /// stopped renewing without handing over: its promotion stays asked for.
+    /// stopped renewing without handing over: its promotion stays asked for, in force while
+    /// the primary stays silent. A cancel judged on the lease (`lease_renewals`) is refused
+    /// once a renewal or the hand-over was applied after it was judged.
     fn cancel_switchover(
         &mut self,
         generation: Generation,
         reason: &str,
         at_unix_ms: u64,
         then_promote: bool,
+        lease_renewals: Option<u64>,
     ) -> Result<(), CommandError> {
         let Some(sw) = self
             .switchover
@@ -869,6 +910,18 @@ impl ClusterState {
         else {
             return Err(CommandError::NoSwitchover(generation));
         };
+        if let Some(seen) = lease_renewals {
+            if self.lease_released {
+                return Err(CommandError::HandedOver(generation));
+            }
+            if seen != self.lease_renewals {
+                return Err(CommandError::LeaseRenewed {
+                    generation,
+                    seen,
+                    applied: self.lease_renewals,
+                });
+            }
+        }
         let failover_instead = then_promote && sw.promotion;
         self.cancelled_switchovers.push(CancelledSwitchover {
             generation,
@@ -880,9 +933,10 @@ impl ClusterState {
         });
         if failover_instead {
             self.promotion_request = Some(PromotionRequest {
-                to: Some(sw.to.clone()),
+                to: sw.named.then(|| sw.to.clone()),
                 force: sw.force,
                 generation,
+                lease_renewals: Some(self.lease_renewals),
             });
         }
         self.switchover = None;
@@ -1472,6 +1526,7 @@ mod tests {
                 generation: Generation(1),
                 force: false,
                 promotion: false,
+                named: false,
             },
             Command::ForceSwitchover {
                 generation: Generation(1),
@@ -1482,6 +1537,7 @@ mod tests {
                 reason: "test".into(),
                 at_unix_ms: 0,
                 then_promote: false,
+                lease_renewals: None,
             },
         ] {
             state.apply(&c).unwrap();
@@ -1505,6 +1561,7 @@ mod tests {
                 generation: Generation(1),
                 force: false,
                 promotion: false,
+                named: false,
             })
             .unwrap();
         assert_eq!(

@@ -157,8 +157,10 @@ pub struct Handover {
     pub generation: Generation,
     pub force: bool,
     /// Asked by `pgfm promote`: should `from` stop renewing its lease without handing
-    /// over, `to` is promoted by a failover (`Switchover::promotion`).
+    /// over, the promotion goes on as a failover (`Switchover::promotion`).
     pub promotion: bool,
+    /// `pgfm promote --to`: that failover promotes `to`, else the best candidate.
+    pub named: bool,
 }
 
 impl Handover {
@@ -169,6 +171,7 @@ impl Handover {
             generation: self.generation,
             force: self.force,
             promotion: self.promotion,
+            named: self.named,
         }
     }
 }
@@ -238,6 +241,7 @@ pub fn check_switchover(
         generation: state.generation,
         force: false,
         promotion: false,
+        named: false,
     };
     accepted(state, handover.command())?;
     Ok(handover)
@@ -267,6 +271,7 @@ pub fn cancel_command(sw: &Switchover, at_unix_ms: u64) -> Command {
             sw.from, sw.to
         ),
         then_promote: false,
+        lease_renewals: None,
     }
 }
 
@@ -325,6 +330,7 @@ pub fn check_promote(
     let Some(from) = state.primary.clone() else {
         return Err(Refusal::NoPrimaryYet);
     };
+    let named = to.is_some();
     let candidates = Candidates::of(view, now_ms);
     let target = candidates.target(view, to, &from)?;
     if let Some((name, s)) = target {
@@ -341,6 +347,7 @@ pub fn check_promote(
             generation: state.generation,
             force,
             promotion: true,
+            named,
         })
     } else {
         PromotePlan::AfterLease {

@@ -239,6 +239,7 @@ pub(crate) fn switchover_pg1_to_pg2() -> Switchover {
         seq: 1,
         unclean: false,
         promotion: false,
+        named: false,
     }
 }
 

@@ -327,16 +327,22 @@ fn promote(config: &std::path::Path, to: Option<String>, force: bool) -> anyhow:
     let rt = runtime()?;
     let started_at = std::time::Instant::now();
     // A hand-over rolled back in this generation: the cancellations already in the history
-    // are not this promotion's.
-    let cancelled_of = |generation: u64| -> Vec<pgfm_api::HistoryEntry> {
-        rt.block_on(client.history())
-            .unwrap_or_default()
-            .into_iter()
-            .filter(|e| e.cancelled && e.generation == generation)
-            .collect()
+    // are not this promotion's. Not known (the agent did not answer): none is reported.
+    let cancelled_of = |generation: u64| -> Option<Vec<pgfm_api::HistoryEntry>> {
+        let history = rt.block_on(client.history()).ok()?;
+        Some(
+            history
+                .into_iter()
+                .filter(|e| e.cancelled && e.generation == generation)
+                .collect(),
+        )
     };
-    let before = rt.block_on(client.status()).ok().map(|s| s.generation);
-    let mut cancelled_before = before.map(|g| cancelled_of(g).len()).unwrap_or(0);
+    let before = rt
+        .block_on(client.status())
+        .ok()
+        .and_then(|s| cancelled_of(s.generation).map(|cancelled| (s.generation, cancelled.len())));
+    let mut cancelled_before = before.map_or(0, |(_, n)| n);
+    let before = before.map(|(g, _)| g);
     let started = match rt.block_on(client.promote(to, force)) {
         Ok(started) => started,
         Err(pgfm_api::ApiError::Failed {
@@ -357,7 +363,7 @@ fn promote(config: &std::path::Path, to: Option<String>, force: bool) -> anyhow:
                 // A hand-over that went on as a failover, said even when the promotion
                 // came too soon after it to be seen on its own.
                 if before == Some(started.generation) {
-                    let cancelled = cancelled_of(started.generation);
+                    let cancelled = cancelled_of(started.generation).unwrap_or_default();
                     if let Some(e) = cancelled.get(cancelled_before..).and_then(|c| c.last()) {
                         println!("{}.", e.reason);
                     }
@@ -379,7 +385,7 @@ fn promote(config: &std::path::Path, to: Option<String>, force: bool) -> anyhow:
             // hand over in time, the target went away): the history says why. One whose
             // primary stopped renewing goes on as a failover: keep following it.
             if status.generation == started.generation && before == Some(started.generation) {
-                let cancelled = cancelled_of(started.generation);
+                let cancelled = cancelled_of(started.generation).unwrap_or_default();
                 if cancelled.len() > cancelled_before {
                     cancelled_before = cancelled.len();
                     if let Some(e) = cancelled.last() {

@@ -95,7 +95,8 @@ fn evidence(cluster: &ClusterView, primary: &str, gone: &LeaseGone, now_ms: u64)
         .filter(|v| v.as_str() != primary)
         .filter_map(|v| cluster.fresh_report(v, now_ms).map(|r| (v.as_str(), r)))
         .map(|(v, r)| {
-            if r.primary_checked == Some(generation) {
+            // None: an agent from before reports named the generation (a rolling upgrade).
+            if r.primary_checked.is_none_or(|g| g == generation) {
                 (v, r.sees_primary, r.primary_check.as_deref())
             } else {
                 (v, None, None)
@@ -152,10 +153,7 @@ fn permission<'a>(
 ) -> Step<Option<&'a PromotionRequest>> {
     let state = &cluster.state;
     let why = &gone.why;
-    let request = state
-        .promotion_request
-        .as_ref()
-        .filter(|r| r.generation == state.generation);
+    let request = state.promotion_asked();
     if request.is_none() && !cluster.settings.auto_failover {
         return Err(vec![cluster_hold(format!(
             "failover needed: {why}, and automatic failover is off (auto_failover = false): \
@@ -586,6 +584,7 @@ mod tests {
             to: Some("pg3".into()),
             force: false,
             generation: Generation(1),
+            lease_renewals: None,
         });
         check_coordinator(&v, 9_000, &["promote pg3 g2 from pg1 losing 0"]);
     }
@@ -604,6 +603,7 @@ mod tests {
             to: Some("pg2".into()),
             force: false,
             generation: Generation(1),
+            lease_renewals: None,
         });
         check_coordinator(
             &v,

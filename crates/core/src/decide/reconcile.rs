@@ -430,11 +430,7 @@ fn no_taker(cluster: &ClusterView, local: &LocalView) -> bool {
 /// if its PostgreSQL is down, gives its lease up so that the promotion need not wait for it
 /// to run out.
 fn forced_promotion(cluster: &ClusterView) -> bool {
-    let state = &cluster.state;
-    state
-        .promotion_request
-        .as_ref()
-        .is_some_and(|r| r.force && r.generation == state.generation)
+    cluster.state.promotion_asked().is_some_and(|r| r.force)
 }
 
 /// The replication slot name of a node (as `pgfm-postgres` makes it).
@@ -733,6 +729,7 @@ mod tests {
             to: None,
             force: true,
             generation: Generation(1),
+            lease_renewals: None,
         });
         check_local(&v, &me, 2_000, &["release pg1 g1", "hold: an operator forced a promotion (pgfm promote --force) while PostgreSQL is down: giving up the lease of generation 1"]);
         // Without --force the request changes nothing: no standby may be promoted anyway.

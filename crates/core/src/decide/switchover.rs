@@ -30,6 +30,7 @@ pub(super) fn switchover(cluster: &ClusterView, sw: &Switchover, now_ms: u64) ->
                 sw.from, sw.to, sw.from, state.generation
             ),
             then_promote: false,
+            lease_renewals: None,
         }, forward: Forward::Never }]
     };
     let Some(final_lsn) = sw.final_lsn.filter(|_| state.lease_released) else {
@@ -110,7 +111,9 @@ pub(super) fn switchover(cluster: &ClusterView, sw: &Switchover, now_ms: u64) ->
 
 /// The old primary of `sw` stopped renewing its lease before it handed over. A switchover
 /// ends there: the primary stays, and the failover rules take over from here. A
-/// `pgfm promote` goes on as the operator's promotion, by a failover to the same target.
+/// `pgfm promote` goes on as the operator's promotion, by a failover (to the same target if
+/// the operator named it). Judged on the renewals applied here: the log refuses the cancel
+/// if one (or the hand-over) was applied since.
 fn stopped_renewing(cluster: &ClusterView, sw: &Switchover) -> Vec<Action> {
     let generation = cluster.state.generation;
     let reason = if sw.promotion {
@@ -132,6 +135,7 @@ fn stopped_renewing(cluster: &ClusterView, sw: &Switchover) -> Vec<Action> {
             at_unix_ms: cluster.wall_clock_ms,
             reason,
             then_promote: sw.promotion,
+            lease_renewals: Some(cluster.state.lease_renewals),
         },
         forward: Forward::Never,
     }]
@@ -276,16 +280,25 @@ mod tests {
             show(decided.clone()),
             ["cancel switchover: pgfm promote: pg1 stopped renewing its lease without handing over; pg2 is promoted by a failover instead, once another agent finds pg1's database down"]
         );
-        v.state.apply(command).unwrap();
-        assert_eq!(v.state.switchover, None);
-        assert_eq!(
-            v.state.promotion_request,
-            Some(crate::model::PromotionRequest {
-                to: Some("pg2".into()),
-                force: false,
+        // Judged on the renewals applied: one applied since makes the log refuse it.
+        let mut renewed = v.state.clone();
+        renewed
+            .apply(&Command::RenewLease {
+                node: "pg1".into(),
                 generation: crate::types::Generation(1),
             })
-        );
+            .unwrap();
+        assert!(renewed.apply(command).is_err());
+        v.state.apply(command).unwrap();
+        assert_eq!(v.state.switchover, None);
+        // The operator named no target (`pgfm promote`): the failover chooses.
+        let asked = crate::model::PromotionRequest {
+            to: None,
+            force: false,
+            generation: crate::types::Generation(1),
+            lease_renewals: Some(v.state.lease_renewals),
+        };
+        assert_eq!(v.state.promotion_asked(), Some(&asked));
         // pg2 found pg1's database down: the operator's promotion goes ahead, paused or not.
         for o in v.reports.values_mut() {
             o.received_at_ms = 4_300;
@@ -293,5 +306,16 @@ mod tests {
         v.reports.get_mut("pg1").unwrap().received_at_ms = 900;
         judged(&mut v, "pg2", Some(false));
         check_coordinator(&v, 4_400, &["promote pg2 g2 from pg1 losing 0"]);
+        // pg1 renews again: it is alive, and the operator's promotion of it is over.
+        v.state
+            .apply(&Command::RenewLease {
+                node: "pg1".into(),
+                generation: crate::types::Generation(1),
+            })
+            .unwrap();
+        v.last_renewal_seen_ms = Some(4_400);
+        v.reports.get_mut("pg1").unwrap().received_at_ms = 4_400;
+        assert_eq!(v.state.promotion_asked(), None);
+        check_coordinator(&v, 4_400, &[]);
     }
 }
