@@ -115,6 +115,21 @@ impl Mutation {
         None
     }
 
+    /// The first `seeds` runs keep every invariant with pgfm's own rules: the runs that
+    /// expose the mutation are runs pgfm survives.
+    fn sound(&self, seeds: u64) {
+        for seed in 1..=seeds {
+            let mut options = self.options(seed);
+            options.engine = Arc::new(Rules);
+            let report = pgfm_sim::run(options);
+            assert!(
+                report.violations.is_empty(),
+                "seed {seed} breaks an invariant with pgfm's own rules: {:?}",
+                report.violations
+            );
+        }
+    }
+
     /// The seed breaks an invariant with the mutation, and none without it.
     fn replay(&self, seed: u64) {
         let broken = pgfm_sim::run(self.options(seed));
@@ -184,14 +199,15 @@ fn no_drift_margin() -> Mutation {
 /// coordinator committed just before it died are in the new one's log, but it learns they
 /// were committed only with its own term's first entry: deciding at once, it counts the
 /// lease from the renewal before them. With the defaults that is at most a renewal interval
-/// or two (0.3-0.6 s) against `safety_margin + drift_margin` (1.2 s): the mutation cannot
-/// show, and was not caught in 1,000 seeds of every fault. It shows where a renewal
-/// interval is longer than that margin: renewals every 1 s, safety margin 200 ms, drift
-/// margin 100 ms, clocks exact; agents that probe every 500 ms with a 500 ms timeout (the
-/// evidence comes before the lease, as in `no_drift_margin`); four data nodes, so that the
-/// others are a majority without the primary and the coordinator. The faults are that
-/// scenario, their moments and lengths drawn from the seed: the primary cut off, and the
-/// coordinator's host dying with it.
+/// (0.3 s) against `safety_margin + drift_margin` (1.2 s). The runs give that gap its best
+/// chance: renewals every 1 s, safety margin 200 ms, drift margin 100 ms, clocks exact;
+/// agents that probe every 500 ms with a 500 ms timeout (the evidence comes before the
+/// lease, as in `no_drift_margin`); four data nodes, so that the others are a majority
+/// without the primary and the coordinator; lossy links; the coordinator's host dying and
+/// the primary cut off a moment later, their moments drawn from the seed. Not caught in
+/// 1,000 seeds: openraft tells the followers of a new commit index at once, so a new
+/// coordinator lacks at most what was committed in the last few milliseconds, and the
+/// renewal count each promotion carries covers the rest (issue 13's note).
 fn decides_on_election() -> Mutation {
     Mutation {
         engine: Arc::new(DecidesOnElection { unchecked: true }),
@@ -210,19 +226,20 @@ fn decides_on_election() -> Mutation {
             .map(|(k, v)| (k.to_string(), format!("\"{v}\"")))
             .collect();
             let mut rng = pgfm_sim::rng::Rng::new(o.seed);
-            let cut_at = 12_000 + rng.range(0, 3_000);
+            let crash_at = 12_000 + rng.range(0, 3_000);
             o.script = Some(vec![
+                fault(crash_at - 2_000, Kind::Lossy, Target::Coordinator, 4_000),
                 fault(
-                    cut_at,
-                    Kind::Partition,
-                    Target::Primary,
-                    rng.range(6_000, 15_000),
-                ),
-                fault(
-                    cut_at + rng.range(0, 1_000),
+                    crash_at,
                     Kind::HostCrash,
                     Target::Coordinator,
                     rng.range(5_000, 20_000),
+                ),
+                fault(
+                    crash_at + rng.range(0, 300),
+                    Kind::Partition,
+                    Target::Primary,
+                    rng.range(6_000, 15_000),
                 ),
             ]);
         },
@@ -289,6 +306,19 @@ fn a_primary_that_never_fences_is_caught() {
 #[test]
 fn a_promotion_without_the_drift_margin_is_caught() {
     no_drift_margin().replay(230);
+}
+
+#[test]
+fn narrowing_the_synchronous_set_early_is_caught() {
+    narrows_early().replay(3);
+}
+
+#[test]
+#[ignore = "a search: run with --ignored --release"]
+fn the_mutations_runs_keep_every_invariant_with_pgfm_s_rules() {
+    for mutation in [no_drift_margin(), decides_on_election(), narrows_early()] {
+        mutation.sound(300);
+    }
 }
 
 #[test]
