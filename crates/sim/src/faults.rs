@@ -151,6 +151,18 @@ pub struct Fault {
     pub duration_ms: u64,
 }
 
+impl Fault {
+    /// A scripted fault: `kind` on `target` at `at_ms`, for `duration_ms`.
+    pub fn new(at_ms: u64, kind: Kind, target: Target, duration_ms: u64) -> Fault {
+        Fault {
+            at_ms,
+            kind,
+            target,
+            duration_ms,
+        }
+    }
+}
+
 /// Draw a run's faults: `count` of them between `from_ms` and `until_ms`, sometimes two at
 /// the same moment (a second fault while the first is under way).
 pub fn plan(

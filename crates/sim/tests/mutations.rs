@@ -228,14 +228,14 @@ fn decides_on_election() -> Mutation {
             let mut rng = pgfm_sim::rng::Rng::new(o.seed);
             let crash_at = 12_000 + rng.range(0, 3_000);
             o.script = Some(vec![
-                fault(crash_at - 2_000, Kind::Lossy, Target::Coordinator, 4_000),
-                fault(
+                Fault::new(crash_at - 2_000, Kind::Lossy, Target::Coordinator, 4_000),
+                Fault::new(
                     crash_at,
                     Kind::HostCrash,
                     Target::Coordinator,
                     rng.range(5_000, 20_000),
                 ),
-                fault(
+                Fault::new(
                     crash_at + rng.range(0, 300),
                     Kind::Partition,
                     Target::Primary,
@@ -265,19 +265,19 @@ fn narrows_early() -> Mutation {
             let standby_dies = slow_at + rng.range(500, 6_000);
             let primary_dies = standby_dies + rng.range(2_000, 9_000);
             o.script = Some(vec![
-                fault(
+                Fault::new(
                     slow_at,
                     Kind::SlowLink,
                     Target::Node(2),
                     rng.range(8_000, 25_000),
                 ),
-                fault(
+                Fault::new(
                     standby_dies,
                     Kind::HostCrash,
                     Target::Node(1),
                     rng.range(5_000, 30_000),
                 ),
-                fault(
+                Fault::new(
                     primary_dies,
                     Kind::HostCrash,
                     Target::Primary,
@@ -286,15 +286,6 @@ fn narrows_early() -> Mutation {
             ]);
         },
         budget: 1_000,
-    }
-}
-
-fn fault(at_ms: u64, kind: Kind, target: Target, duration_ms: u64) -> Fault {
-    Fault {
-        at_ms,
-        kind,
-        target,
-        duration_ms,
     }
 }
 

@@ -5,15 +5,6 @@
 use pgfm_sim::faults::{Fault, Kind, Target};
 use pgfm_sim::Options;
 
-fn fault(at_ms: u64, kind: Kind, target: Target, duration_ms: u64) -> Fault {
-    Fault {
-        at_ms,
-        kind,
-        target,
-        duration_ms,
-    }
-}
-
 /// Found by seed 348 (synchronous on, host crashes and a slow link): pg1 (primary) died and
 /// its synchronous standby pg2 was promoted; pg2 died 0.3 s later, before pg3 — behind a
 /// slow replication link, never in the synchronous set — caught up with it. The promotion
@@ -25,9 +16,9 @@ fn a_new_primary_lost_before_a_standby_caught_up_promotes_nobody() {
     let mut options = Options::new(348);
     options.synchronous = "on".into();
     options.script = Some(vec![
-        fault(10_000, Kind::SlowLink, Target::Node(2), 20_000),
-        fault(16_000, Kind::HostCrash, Target::Primary, 5_000),
-        fault(20_300, Kind::HostCrash, Target::Primary, 12_000),
+        Fault::new(10_000, Kind::SlowLink, Target::Node(2), 20_000),
+        Fault::new(16_000, Kind::HostCrash, Target::Primary, 5_000),
+        Fault::new(20_300, Kind::HostCrash, Target::Primary, 12_000),
     ]);
     let report = pgfm_sim::run(options);
     assert!(report.violations.is_empty(), "{:?}", report.violations);
@@ -52,8 +43,8 @@ fn degrading_to_asynchronous_keeps_what_was_acknowledged_synchronously() {
     options.synchronous = "on".into();
     options.data_nodes = 2;
     options.script = Some(vec![
-        fault(14_000, Kind::HostCrash, Target::Node(1), 90_000),
-        fault(85_000, Kind::HostCrash, Target::Node(0), 30_000),
+        Fault::new(14_000, Kind::HostCrash, Target::Node(1), 90_000),
+        Fault::new(85_000, Kind::HostCrash, Target::Node(0), 30_000),
     ]);
     options.trace = true;
     let report = pgfm_sim::run(options);
@@ -97,9 +88,9 @@ fn degrading_to_asynchronous_keeps_what_was_acknowledged_synchronously() {
 fn a_promotion_after_a_lost_one_starts_a_new_timeline_number() {
     let mut options = Options::new(14);
     options.script = Some(vec![
-        fault(9_125, Kind::HostCrash, Target::Node(3), 2_531),
-        fault(9_815, Kind::HostCrash, Target::Primary, 11_984),
-        fault(14_100, Kind::HostCrash, Target::Primary, 10_496),
+        Fault::new(9_125, Kind::HostCrash, Target::Node(3), 2_531),
+        Fault::new(9_815, Kind::HostCrash, Target::Primary, 11_984),
+        Fault::new(14_100, Kind::HostCrash, Target::Primary, 10_496),
     ]);
     options.trace = true;
     let report = pgfm_sim::run(options);
@@ -126,7 +117,12 @@ fn a_frozen_synchronous_standby_holds_commits_up_for_seconds_not_a_minute() {
     let mut options = Options::new(1);
     options.synchronous = "on".into();
     // pg3 (Node(2)) is the synchronous standby this seed picks.
-    options.script = Some(vec![fault(12_000, Kind::Freeze, Target::Node(2), 40_000)]);
+    options.script = Some(vec![Fault::new(
+        12_000,
+        Kind::Freeze,
+        Target::Node(2),
+        40_000,
+    )]);
     options.trace = true;
     let report = pgfm_sim::run(options);
     assert!(report.violations.is_empty(), "{:?}", report.violations);
@@ -164,9 +160,9 @@ fn a_frozen_synchronous_standby_holds_commits_up_for_seconds_not_a_minute() {
 fn a_promotion_cut_off_by_a_crash_ends_on_a_new_timeline() {
     let mut options = Options::new(2);
     options.script = Some(vec![
-        fault(8_205, Kind::HostCrash, Target::Primary, 9_235),
-        fault(11_000, Kind::HostCrash, Target::Primary, 9_740),
-        fault(12_140, Kind::HostCrash, Target::Node(1), 2_579),
+        Fault::new(8_205, Kind::HostCrash, Target::Primary, 9_235),
+        Fault::new(11_000, Kind::HostCrash, Target::Primary, 9_740),
+        Fault::new(12_140, Kind::HostCrash, Target::Node(1), 2_579),
     ]);
     options.trace = true;
     let report = pgfm_sim::run(options);
