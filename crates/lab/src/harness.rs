@@ -302,6 +302,24 @@ impl Lab {
         )
     }
 
+    /// Wait until `observer`'s cluster-status shows `name`'s agent down; that status. A dead
+    /// host's last report counts for `report_ttl` (3 s): after the lease and its drift
+    /// margin (2.8 s), so possibly after the failover.
+    pub fn wait_agent_down(&self, observer: &str, name: &str) -> Value {
+        wait_for(
+            &format!("{observer}'s cluster-status to show {name}'s agent down"),
+            Duration::from_secs(60),
+            || {
+                let (status, _) = self.cluster_status(observer)?;
+                if node(&status, name)["agent"] == "down" {
+                    Ok(status)
+                } else {
+                    Err(status.to_string())
+                }
+            },
+        )
+    }
+
     /// The committed primary whose database is up, from `observer`'s agent.
     pub fn primary(&self, observer: &str) -> Option<String> {
         let (status, _) = self.cluster_status(observer).ok()?;

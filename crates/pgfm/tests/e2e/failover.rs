@@ -22,8 +22,8 @@ fn host_death_of_primary_fails_over_and_rejoins() {
     let watch = SplitBrainWatch::start(&lab, &["pg1", "pg2"]);
 
     lab.run_ok(&["lab", "kill", "pg1"]);
-    let status = lab.wait_for_primary_change("pg2", 2);
-    assert_eq!(node(&status, "pg1")["agent"], "down");
+    lab.wait_for_primary_change("pg2", 2);
+    lab.wait_agent_down("witness", "pg1");
     assert_eq!(
         lab.psql("pg2", "SELECT count(*) FROM kept").unwrap(),
         "1000"

@@ -138,7 +138,7 @@ fn switchover_refusals_change_nothing() {
     );
 
     lab.run_ok(&["lab", "kill", "pg2"]);
-    agent_down(&lab, "pg2");
+    lab.wait_agent_down("pg1", "pg2");
     refused(Some("pg2"), "pg2 is not a standby in sync with pg1");
     refused(None, "no standby is in sync with pg1");
 
@@ -396,18 +396,6 @@ fn hooks_gate_and_announce_a_failover() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
-/// Wait until pg1's agent shows `name`'s agent down.
-fn agent_down(lab: &Lab, name: &str) {
-    wait_for(&format!("{name} to show down"), SETTLE, || {
-        let (status, _) = lab.cluster_status("pg1")?;
-        if node(&status, name)["agent"] == "down" {
-            Ok(())
-        } else {
-            Err(status.to_string())
-        }
-    });
-}
-
 /// `disallow-node` removes a standby through Raft: it leaves the allowed list, its agent is
 /// refused, its slot is dropped on the primary; refused for the primary, for an unknown
 /// node, and when the rest would have no majority up. `allow-node` brings it back.
@@ -517,7 +505,7 @@ fn membership_changes_through_raft_with_their_refusals() {
     // alone up of two, no majority.
     disallow("pg1", "pg3");
     lab.run_ok(&["lab", "kill", "witness", "--agent-only"]);
-    agent_down(&lab, "witness");
+    lab.wait_agent_down("pg1", "witness");
     refused(
         &["disallow-node", "pg2"],
         "the cluster would have no majority",
