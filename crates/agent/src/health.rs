@@ -181,8 +181,7 @@ impl Agent {
                 failover_instead: c.failover_instead,
             });
         let mut entries: Vec<HistoryEntry> = promotions.chain(cancelled).collect();
-        // A cancelled switchover of generation g comes before the promotion to g + 1.
-        entries.sort_by_key(|e| (e.generation + u64::from(!e.cancelled), e.at_unix_ms));
+        entries.sort_by_key(HistoryEntry::order);
         entries
     }
 }

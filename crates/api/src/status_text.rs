@@ -535,6 +535,42 @@ mod tests {
         );
     }
 
+    /// The history reads in the order things happened: the promotion to a generation, the
+    /// switchovers cancelled in it, the promotion to the next. (A `pgfm promote` whose
+    /// hand-over went on as a failover: promoted to 2, cancelled in 2, promoted to 3.)
+    #[test]
+    fn history_order() {
+        let entry = |generation: u64, at_unix_ms: u64, cancelled: bool| crate::HistoryEntry {
+            generation,
+            at_unix_ms,
+            from: Some("pg1".into()),
+            to: "pg2".into(),
+            reason: String::new(),
+            lsn: None,
+            lost_bytes: None,
+            lost_at_least: false,
+            cancelled,
+            failover_instead: false,
+        };
+        let mut entries = [
+            entry(3, 500, false),
+            entry(2, 450, true),
+            entry(2, 400, true),
+            entry(2, 100, false),
+            entry(1, 50, true),
+        ];
+        entries.sort_by_key(crate::HistoryEntry::order);
+        let order: Vec<(u64, bool)> = entries
+            .iter()
+            .map(|e| (e.generation, e.cancelled))
+            .collect();
+        assert_eq!(
+            order,
+            [(1, true), (2, false), (2, true), (2, true), (3, false)]
+        );
+        assert_eq!(entries[2].at_unix_ms, 400);
+    }
+
     #[test]
     fn history_text() {
         let entries = vec![

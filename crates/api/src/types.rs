@@ -277,6 +277,17 @@ pub struct HistoryEntry {
     pub failover_instead: bool,
 }
 
+impl HistoryEntry {
+    /// Where the entry stands in the history: the promotion to generation g, then the
+    /// switchovers cancelled in g (by time), then the promotion to g + 1.
+    pub fn order(&self) -> (u64, u64) {
+        (
+            2 * self.generation + u64::from(self.cancelled),
+            self.at_unix_ms,
+        )
+    }
+}
+
 /// A health check's answer: `ok` decides 200 or 503.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Health {

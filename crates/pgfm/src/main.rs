@@ -371,7 +371,11 @@ fn promote(config: &std::path::Path, to: Option<String>, force: bool) -> anyhow:
                 let lost = rt
                     .block_on(client.history())
                     .ok()
-                    .and_then(|h| h.last().map(status_text::lost_text))
+                    .and_then(|h| {
+                        h.iter()
+                            .find(|e| !e.cancelled && e.generation == status.generation)
+                            .map(status_text::lost_text)
+                    })
                     .unwrap_or_else(|| "unknown".into());
                 println!(
                     "{} is the primary of generation {} ({:.1} s); data lost: {lost}.",

@@ -330,11 +330,27 @@ fn a_promotion_through_a_primary_that_died_goes_on_as_a_failover() {
         said.contains("pg2 is the primary of generation 2"),
         "{said}"
     );
-    let output = lab.cli("pg2", &["history"]);
-    assert!(
-        text(&output).contains("stopped renewing its lease without handing over"),
-        "{}",
-        text(&output)
+    // The history in the order it happened: the hand-over ended in generation 1, then the
+    // promotion to generation 2.
+    let output = lab.cli("pg2", &["history", "--json"]);
+    let history: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    let entries = history.as_array().unwrap();
+    let [.., ended, promoted] = entries.as_slice() else {
+        panic!("{history}");
+    };
+    assert_eq!(
+        (
+            &ended["generation"],
+            &ended["cancelled"],
+            &ended["failover_instead"]
+        ),
+        (&1.into(), &true.into(), &true.into()),
+        "{history}"
+    );
+    assert_eq!(
+        (&promoted["generation"], &promoted["to"]),
+        (&2.into(), &"pg2".into()),
+        "{history}"
     );
 }
 
