@@ -107,14 +107,10 @@ pub enum Command {
         /// Wall-clock time of the decision, for the history.
         #[serde(default)]
         at_unix_ms: u64,
-        /// The switchover was a `pgfm promote` whose primary stopped renewing its lease
-        /// without handing over: the operator's promotion stays asked for
-        /// (`ClusterState::promotion_request`), to go ahead as a failover.
-        #[serde(default)]
-        then_promote: bool,
         /// Judged on the primary's lease: no renewal applied since this count, and the lease
         /// not given up (a hand-over). The log refuses the cancel once either changed; None
-        /// for a cancel not judged on the lease (a timeout, the operator's).
+        /// for a cancel not judged on the lease (a timeout, the operator's). A `pgfm
+        /// promote` cancelled so goes on as a failover (`ClusterState::promotion_request`).
         #[serde(default)]
         lease_renewals: Option<u64>,
     },
@@ -268,7 +264,7 @@ pub struct PromotionRequest {
     pub to: Option<String>,
     pub force: bool,
     pub generation: Generation,
-    /// Left by a hand-over whose primary stopped renewing (`CancelSwitchover::then_promote`):
+    /// Left by a hand-over whose primary stopped renewing (`CancelSwitchover::lease_renewals`):
     /// in force only while no renewal has been applied since this count. A primary that
     /// renews again is alive, and the operator's promotion of it is over.
     #[serde(default)]
@@ -284,7 +280,7 @@ pub struct CancelledSwitchover {
     pub to: String,
     pub reason: String,
     /// A `pgfm promote` whose primary stopped renewing: it went on as a failover
-    /// (`Command::CancelSwitchover::then_promote`).
+    /// (`Command::CancelSwitchover::lease_renewals`).
     #[serde(default)]
     pub failover_instead: bool,
 }
@@ -586,15 +582,8 @@ impl ClusterState {
                 generation,
                 reason,
                 at_unix_ms,
-                then_promote,
                 lease_renewals,
-            } => self.cancel_switchover(
-                *generation,
-                reason,
-                *at_unix_ms,
-                *then_promote,
-                *lease_renewals,
-            ),
+            } => self.cancel_switchover(*generation, reason, *at_unix_ms, *lease_renewals),
             Command::Promote {
                 node,
                 generation,
@@ -891,16 +880,15 @@ impl ClusterState {
     }
 
     /// The switchover of the current generation is rolled back: the old primary takes its
-    /// lease back; the history keeps why. `then_promote`, for a `pgfm promote` whose primary
-    /// stopped renewing without handing over: its promotion stays asked for, in force while
-    /// the primary stays silent. A cancel judged on the lease (`lease_renewals`) is refused
-    /// once a renewal or the hand-over was applied after it was judged.
+    /// lease back; the history keeps why. A cancel judged on the lease (`lease_renewals`: the
+    /// primary stopped renewing without handing over) is refused once a renewal or the
+    /// hand-over was applied after it was judged; for a `pgfm promote` it leaves the
+    /// promotion asked for, in force while the primary stays silent.
     fn cancel_switchover(
         &mut self,
         generation: Generation,
         reason: &str,
         at_unix_ms: u64,
-        then_promote: bool,
         lease_renewals: Option<u64>,
     ) -> Result<(), CommandError> {
         let Some(sw) = self
@@ -922,7 +910,8 @@ impl ClusterState {
                 });
             }
         }
-        let failover_instead = then_promote && sw.promotion;
+        // The primary stopped renewing: no hand-over will come, the promotion goes on.
+        let failover_instead = lease_renewals.is_some() && sw.promotion;
         self.cancelled_switchovers.push(CancelledSwitchover {
             generation,
             at_unix_ms,
@@ -1536,7 +1525,6 @@ mod tests {
                 generation: Generation(1),
                 reason: "test".into(),
                 at_unix_ms: 0,
-                then_promote: false,
                 lease_renewals: None,
             },
         ] {

@@ -270,7 +270,6 @@ pub fn cancel_command(sw: &Switchover, at_unix_ms: u64) -> Command {
             "pgfm switchover --cancel: switchover from {} to {} cancelled",
             sw.from, sw.to
         ),
-        then_promote: false,
         lease_renewals: None,
     }
 }

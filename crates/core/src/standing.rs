@@ -5,7 +5,6 @@
 //! what the coordinator goes by.
 
 use crate::decide::ClusterView;
-use crate::lease;
 use crate::model::{ClusterState, DbRole, Member, NodeKind, NodeReport, ReplicaInfo};
 use crate::types::Lsn;
 
@@ -59,11 +58,10 @@ impl Standing<'_> {
 
 /// The committed primary's fresh report, if its database runs as a primary and its lease
 /// holds. A primary that gave its lease up, or whose lease ran out (counted as the
-/// coordinator counts it, `lease::expired_at_ms`), has fenced itself or been reset by its
+/// coordinator counts it, `ClusterView::lease_expires_at_ms`), has fenced itself or been reset by its
 /// watchdog: its last report, still fresh for up to `report_ttl`, no longer says it serves.
 pub fn serving_primary(view: &ClusterView, now_ms: u64) -> Option<&NodeReport> {
-    let expires = lease::expired_at_ms(view.last_renewal_seen_ms, &view.settings.lease);
-    if view.state.lease_released || now_ms >= expires {
+    if view.state.lease_released || now_ms >= view.lease_expires_at_ms() {
         return None;
     }
     view.state

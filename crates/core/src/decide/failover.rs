@@ -10,7 +10,6 @@
 use std::collections::BTreeMap;
 
 use super::{cluster_hold, Action, ClusterView, Decision, Forward};
-use crate::lease;
 use crate::model::{Command, DbRole, Member, NodeKind, PromotionRequest};
 use crate::types::Lsn;
 
@@ -50,7 +49,7 @@ struct LeaseGone {
 /// the last renewal this agent applied; until then the coordinator waits, and says so if the
 /// primary has stopped reporting.
 fn lease_gone(cluster: &ClusterView, primary: &str, now_ms: u64) -> Step<LeaseGone> {
-    let expires = lease::expired_at_ms(cluster.last_renewal_seen_ms, &cluster.settings.lease);
+    let expires = cluster.lease_expires_at_ms();
     let released = cluster.state.lease_released;
     if !released && now_ms < expires {
         if cluster.fresh_report(primary, now_ms).is_none() {
@@ -843,7 +842,7 @@ mod tests {
                             let down_seen = verdicts().any(|s| s == Some(false));
                             let up_seen = verdicts().any(|s| s == Some(true));
                             prop_assert!(before.state.lease_released || (down_seen && !up_seen), "promoted without evidence the primary is down");
-                            prop_assert!(now >= lease::expired_at_ms(before.last_renewal_seen_ms, &before.settings.lease), "promoted before the lease expired");
+                            prop_assert!(now >= before.lease_expires_at_ms(), "promoted before the lease expired");
                         }
                         let generation = v.state.generation;
                         if v.state.apply(&command).is_ok() && matches!(command, Command::Promote { .. }) {

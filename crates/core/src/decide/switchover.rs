@@ -3,7 +3,6 @@
 //! everything, or rolls back (`switchover`).
 
 use super::{cluster_hold, hold, Action, ClusterView, Forward, LocalView};
-use crate::lease;
 use crate::model::{Command, DbRole, Switchover};
 
 /// The coordinator's part of a planned switchover: once the old primary has stopped and
@@ -29,7 +28,6 @@ pub(super) fn switchover(cluster: &ClusterView, sw: &Switchover, now_ms: u64) ->
                 "switchover from {} to {} rolled back: {why}; {} stays the primary of generation {}",
                 sw.from, sw.to, sw.from, state.generation
             ),
-            then_promote: false,
             lease_renewals: None,
         }, forward: Forward::Never }]
     };
@@ -37,7 +35,7 @@ pub(super) fn switchover(cluster: &ClusterView, sw: &Switchover, now_ms: u64) ->
         // The primary renews its lease until it hands over: once the lease has run out it
         // is dead, frozen or cut off, and no hand-over will come. Waiting out the timeout
         // would only hold up the failover.
-        if lease::expired_at_ms(cluster.last_renewal_seen_ms, &cluster.settings.lease) <= now_ms {
+        if cluster.lease_expires_at_ms() <= now_ms {
             return stopped_renewing(cluster, sw);
         }
         if overdue {
@@ -134,7 +132,6 @@ fn stopped_renewing(cluster: &ClusterView, sw: &Switchover) -> Vec<Action> {
             generation,
             at_unix_ms: cluster.wall_clock_ms,
             reason,
-            then_promote: sw.promotion,
             lease_renewals: Some(cluster.state.lease_renewals),
         },
         forward: Forward::Never,

@@ -112,6 +112,12 @@ impl ClusterView {
             .map(|o| &o.report)
     }
 
+    /// When the primary's lease runs out by this agent's count (monotonic ms): `lease +
+    /// drift_margin` after the last renewal it applied.
+    pub fn lease_expires_at_ms(&self) -> u64 {
+        crate::lease::expired_at_ms(self.last_renewal_seen_ms, &self.settings.lease)
+    }
+
     /// The synchronous replication settings in force: set at run time, else from config.
     pub fn sync_settings(&self) -> SyncSettings {
         self.state.replication.unwrap_or(self.settings.sync)
