@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Install what pgfm's demo and tests need on a fresh Debian 12 machine, skipping what is
-# already there: PostgreSQL's server binaries and psql, and (as root) iproute2. The Rust
-# toolchain must exist.
+# already there: PostgreSQL's server binaries and psql, and (as root) iproute2, openssl
+# and what the package test uses. The Rust toolchain must exist.
 set -euo pipefail
 
 have_postgres() {
@@ -32,6 +32,22 @@ if ! command -v ip >/dev/null && [ "$(id -u)" -eq 0 ]; then
     export DEBIAN_FRONTEND=noninteractive
     apt-get update -qq
     apt-get install -y -qq --no-install-recommends iproute2 >/dev/null
+fi
+
+# The tests check the certificates pgfm init writes with openssl, as an operator would,
+# and build, install (as root) and remove the Debian package: dpkg-deb, strip and
+# objdump, man, systemd-analyze.
+missing=""
+command -v openssl >/dev/null || missing="$missing openssl"
+command -v objdump >/dev/null || missing="$missing binutils"
+command -v man >/dev/null || missing="$missing man-db"
+command -v systemd-analyze >/dev/null || missing="$missing systemd"
+if [ -n "$missing" ] && [ "$(id -u)" -eq 0 ]; then
+    echo "Installing$missing (for the certificate and package tests)..."
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq
+    # shellcheck disable=SC2086
+    apt-get install -y -qq --no-install-recommends $missing >/dev/null
 fi
 
 if ! command -v cargo >/dev/null; then

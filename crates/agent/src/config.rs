@@ -14,11 +14,13 @@ use serde::Deserialize;
 
 use pgfm_core::decide::{OnCrash, RejoinMode};
 use pgfm_core::lease::LeaseSettings;
+use pgfm_core::types::valid_name;
 use pgfm_core::NodeKind;
 use pgfm_core::{SyncMode, SyncSettings, WatchdogMode};
 use pgfm_net::VipSpec;
 use pgfm_postgres::binaries;
 use pgfm_postgres::OsUser;
+pub use pgfm_tls::TlsFiles;
 
 /// The default place of the config file.
 pub const DEFAULT_CONFIG: &str = "/etc/pgfm/pgfm.toml";
@@ -69,6 +71,16 @@ struct RawConfig {
     #[serde(default)]
     replication: RawReplication,
     watchdog: Option<RawWatchdog>,
+    tls: Option<RawTls>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTls {
+    mode: Option<String>,
+    ca: Option<PathBuf>,
+    cert: Option<PathBuf>,
+    key: Option<PathBuf>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -278,6 +290,9 @@ pub struct Config {
     /// `[replication]`: synchronous replication.
     pub sync: SyncSettings,
     pub watchdog: WatchdogConfig,
+    /// `[tls]`: the files of mutual TLS between agents and from the CLI; None when
+    /// `mode = "off"` (plain HTTP).
+    pub tls: Option<TlsFiles>,
 }
 
 /// The TOML itself; a syntax error or an unknown key names its line.
@@ -642,6 +657,44 @@ fn parse_hooks(raw: RawHooks) -> Hooks {
     }
 }
 
+/// `[tls]`: on unless `mode = "off"`; the files default to `ca.crt`, `node.crt` and
+/// `node.key` beside the token file, where `pgfm init` puts them.
+fn parse_tls(
+    check: &Check,
+    raw: Option<RawTls>,
+    token_file: &Path,
+) -> Result<Option<TlsFiles>, ConfigError> {
+    let raw = raw.unwrap_or(RawTls {
+        mode: None,
+        ca: None,
+        cert: None,
+        key: None,
+    });
+    match raw.mode.as_deref() {
+        None | Some("on") => {}
+        Some("off") => return Ok(None),
+        Some(other) => {
+            return Err(check.err(
+                "tls.mode",
+                format!(
+                    "is {other:?} (set it to \"on\", the default, or \"off\" for plain HTTP, \
+                     which lets anyone on the network read the cluster token)"
+                ),
+            ))
+        }
+    }
+    let beside = token_file.parent().unwrap_or(Path::new("/"));
+    let file = |value: Option<PathBuf>, key: &str, default: &str| match value {
+        Some(path) => check.absolute(path, key),
+        None => Ok(beside.join(default)),
+    };
+    Ok(Some(TlsFiles {
+        ca: file(raw.ca, "tls.ca", "ca.crt")?,
+        cert: file(raw.cert, "tls.cert", "node.crt")?,
+        key: file(raw.key, "tls.key", "node.key")?,
+    }))
+}
+
 fn parse_watchdog(
     check: &Check,
     raw: Option<RawWatchdog>,
@@ -742,15 +795,6 @@ fn parse_vip(check: &Check, raw: RawVip) -> Result<VipConfig, ConfigError> {
         check_before_promotion: raw.check_before_promotion.unwrap_or(true),
         check_timeout: raw.check_timeout.unwrap_or(Duration::from_secs(5)),
     })
-}
-
-/// Names are used as Raft identities, slot names and file names: keep them plain.
-fn valid_name(name: &str) -> bool {
-    !name.is_empty()
-        && name.len() <= 63
-        && name
-            .chars()
-            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '_')
 }
 
 struct Check<'a> {
@@ -854,6 +898,7 @@ impl Config {
         let sync = parse_replication(&check, &raw.replication)?;
         let watchdog = parse_watchdog(&check, raw.watchdog, node.kind, &timing.lease)?;
         let failover = parse_failover(&check, &raw.failover, on_crash)?;
+        let tls = parse_tls(&check, raw.tls, &token_file)?;
         Ok(Config {
             file: file.to_path_buf(),
             cluster,
@@ -872,6 +917,7 @@ impl Config {
             vip,
             sync,
             watchdog,
+            tls,
         })
     }
 
@@ -948,6 +994,7 @@ impl Config {
     /// Check what the config names on this machine.
     pub fn check_environment(&self) -> Result<(), ConfigError> {
         self.read_token()?;
+        self.load_tls()?;
         if let Some(pg) = &self.postgres {
             self.bin_dir()?;
             OsUser::lookup(&pg.os_user).map_err(|e| self.err("postgres.os_user", e))?;
@@ -968,9 +1015,35 @@ impl Config {
         Ok(())
     }
 
+    /// The TLS set of `[tls]`, read and checked (None when TLS is off): the certificate
+    /// must chain to the CA, be valid now and name this node's listen address.
+    pub fn load_tls(&self) -> Result<Option<Arc<pgfm_tls::Tls>>, ConfigError> {
+        let Some(files) = &self.tls else {
+            return Ok(None);
+        };
+        pgfm_tls::Tls::load(files.clone(), &self.listen.ip().to_string())
+            .map(Some)
+            .map_err(|e| {
+                self.err(
+                    "[tls]",
+                    format!(
+                        "{e} (pgfm init writes these files; to run without TLS, which sends \
+                         the cluster token in clear, set mode = \"off\" in [tls] on every node)"
+                    ),
+                )
+            })
+    }
+
     /// Warnings that do not stop the agent.
     pub fn warnings(&self) -> Vec<String> {
         let mut warnings = Vec::new();
+        if self.tls.is_none() {
+            warnings.push(format!(
+                "config {}: [tls] mode = \"off\": agents and the CLI talk plain HTTP, and \
+                 anyone who can read the network can read the cluster token",
+                self.file.display()
+            ));
+        }
         if self.peers.len() < 3 {
             warnings.push(format!(
                 "config {}: peers lists {} agent(s); a cluster needs at least three voting \

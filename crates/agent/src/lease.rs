@@ -31,6 +31,9 @@ impl Agent {
                 _ = ticker.tick() => {}
                 _ = stop.changed() => return,
             }
+            self.loop_ticks
+                .lease
+                .store(self.now_ms().max(1), std::sync::atomic::Ordering::Relaxed);
             // A primary that gave its lease up renews no more: the log refuses it.
             let (holder, generation) = self.raft.lease_holder();
             let is_primary = holder.as_deref() == Some(self.config.name.as_str());

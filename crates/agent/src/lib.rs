@@ -12,6 +12,9 @@ mod lease;
 mod memory;
 mod platform;
 pub mod status;
+mod systemd;
+
+pub use systemd::Notifier as SystemdNotifier;
 mod vip;
 mod watchdog;
 
@@ -59,6 +62,13 @@ struct RenewalSeen {
     switchover_at_ms: u64,
 }
 
+/// When a loop last went round (monotonic ms of the agent's clock; 0: not yet).
+#[derive(Default)]
+struct LoopTicks {
+    probe: std::sync::atomic::AtomicU64,
+    lease: std::sync::atomic::AtomicU64,
+}
+
 pub struct Agent {
     config: Config,
     token: Arc<str>,
@@ -101,6 +111,8 @@ pub struct Agent {
     coordinate_now: tokio::sync::Notify,
     /// The last probe's duration in ms, plus one (0: no probe yet).
     probe_latency_ms: std::sync::atomic::AtomicU64,
+    /// When the probe and lease loops last went round (for systemd's watchdog).
+    loop_ticks: LoopTicks,
     /// Asked to stop (stop-cluster): the run loop ends the agent.
     shutdown: tokio::sync::Notify,
     /// Where the WAL was when this agent, as primary, last changed
@@ -344,6 +356,9 @@ impl Agent {
                 _ = stop.changed() => return,
             }
             let report = self.make_report(&mut prober, remote.as_mut()).await;
+            self.loop_ticks
+                .probe
+                .store(self.now_ms().max(1), std::sync::atomic::Ordering::Relaxed);
             self.remember(report.clone(), 0);
             self.wake_decisions();
             if self.raft.is_coordinator() {
@@ -710,6 +725,7 @@ impl Agent {
             auto_failover: self.config.failover.auto_failover,
             now_ms: self.now_ms(),
             problems,
+            tls: self.config.tls.is_some(),
         };
         status::build(&ctx, &view)
     }
@@ -895,22 +911,41 @@ pub(crate) fn postgres_for(config: &Config) -> anyhow::Result<Option<Postgres>> 
 }
 
 /// Run the agent until SIGTERM or SIGINT. PostgreSQL keeps running when the agent stops.
-pub async fn run(config: Config) -> anyhow::Result<()> {
+/// `systemd`: the service manager that started it (`SystemdNotifier::take_from_env`).
+pub async fn run(config: Config, systemd: Option<SystemdNotifier>) -> anyhow::Result<()> {
     for warning in config.warnings() {
         tracing::warn!("{warning}");
     }
     let token = config.read_token()?;
+    let tls = config.load_tls()?;
     let _lock = lock_state_dir(&config)?;
-    let platform = Platform::production(&config).await?;
+    let platform = Platform::production(&config, tls.clone()).await?;
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
         .with_context(|| format!("listening on node.listen {}", config.listen))?;
     let running = start(config, token, platform).await?;
     let (stop_tx, stop_rx) = watch::channel(false);
-    let server = serve(running.router(), listener, stop_rx);
+    let server = match tls {
+        Some(tls) => serve(
+            running.router(),
+            pgfm_tls::TlsListener::new(listener, tls)?,
+            stop_rx,
+        ),
+        None => serve(running.router(), listener, stop_rx),
+    };
+    let systemd = systemd.map(|notifier| {
+        tokio::spawn(systemd::notify_loop(
+            running.agent.clone(),
+            notifier,
+            stop_tx.subscribe(),
+        ))
+    });
     wait_for_stop(&running.agent).await?;
     running.stop().await;
     let _ = stop_tx.send(true);
+    if let Some(task) = systemd {
+        let _ = task.await;
+    }
     let _ = server.await;
     Ok(())
 }
@@ -963,6 +998,7 @@ pub async fn start(config: Config, token: Arc<str>, platform: Platform) -> anyho
         decide_now: tokio::sync::Notify::new(),
         coordinate_now: tokio::sync::Notify::new(),
         probe_latency_ms: std::sync::atomic::AtomicU64::new(0),
+        loop_ticks: LoopTicks::default(),
         sync_switch: Mutex::new(None),
         shutdown: tokio::sync::Notify::new(),
         watchdog: Mutex::new(host_watchdog),
@@ -1054,15 +1090,20 @@ fn count_from_start(agent: &Agent) {
     seen.switchover = state.switchover.clone();
 }
 
-/// Serve `app` on `listener` until `stop` turns true.
-fn serve(
+/// Serve `app` on `listener` (TCP, or TLS over it) until `stop` turns true.
+fn serve<L>(
     app: axum::Router,
-    listener: tokio::net::TcpListener,
+    listener: L,
     mut stop: watch::Receiver<bool>,
-) -> tokio::task::JoinHandle<std::io::Result<()>> {
+) -> tokio::task::JoinHandle<std::io::Result<()>>
+where
+    L: axum::serve::Listener<Addr = SocketAddr>,
+{
+    use axum::serve::ListenerExt;
     tokio::spawn(async move {
         let service = app.into_make_service_with_connect_info::<SocketAddr>();
-        axum::serve(listener, service)
+        // tap_io: the peer's address reaches the handlers (ConnectInfo) for any listener.
+        axum::serve(listener.tap_io(|_| ()), service)
             .with_graceful_shutdown(async move {
                 let _ = stop.changed().await;
             })

@@ -69,13 +69,20 @@ pub struct Platform {
 }
 
 impl Platform {
-    /// The real thing, as `config` says: PostgreSQL run as its OS user, HTTP between the
-    /// agents, the configured watchdog device and VIP.
-    pub async fn production(config: &Config) -> anyhow::Result<Platform> {
+    /// The real thing, as `config` says: PostgreSQL run as its OS user, HTTPS with `tls`
+    /// (plain HTTP when TLS is off) between the agents, the configured watchdog device
+    /// and VIP.
+    pub async fn production(
+        config: &Config,
+        tls: Option<Arc<pgfm_tls::Tls>>,
+    ) -> anyhow::Result<Platform> {
         Ok(Platform {
             clock: Arc::new(SystemClock::new()),
             engine: Arc::new(Rules),
-            transport: Arc::new(pgfm_api::HttpTransport::new(Duration::from_millis(500))),
+            transport: Arc::new(pgfm_api::HttpTransport::new(
+                Duration::from_millis(500),
+                tls,
+            )),
             database: crate::postgres_for(config)?.map(|pg| Arc::new(pg) as Arc<dyn Database>),
             remote: Box::new(pgfm_postgres::probe::RemoteCheck::new()),
             watchdog: Box::new(DeviceFile(config.watchdog.device.clone())),

@@ -22,6 +22,8 @@ pub struct Context<'a> {
     pub now_ms: u64,
     /// Reasons the coordinator is holding back (bootstrap refused, ...).
     pub problems: Vec<String>,
+    /// The answering agent serves HTTPS with mutual TLS.
+    pub tls: bool,
 }
 
 pub fn build(ctx: &Context<'_>, view: &ClusterView) -> ClusterStatus {
@@ -35,6 +37,13 @@ pub fn build(ctx: &Context<'_>, view: &ClusterView) -> ClusterStatus {
         .collect();
 
     let mut problems = ctx.problems.clone();
+    if !ctx.tls {
+        problems.push(format!(
+            "TLS is off on {} ([tls] mode = \"off\"): agents and the CLI talk plain HTTP, and \
+             anyone who can read the network can read the cluster token and promote",
+            ctx.answered_by
+        ));
+    }
     let vip = vip_status(view, ctx.now_ms, &nodes);
     if let Some(vip) = &vip {
         problems.extend(vip_problems(
@@ -68,6 +77,7 @@ pub fn build(ctx: &Context<'_>, view: &ClusterView) -> ClusterStatus {
         vip,
         synchronous: sync_status(view, primary_report),
         problems,
+        tls: ctx.tls,
     }
 }
 

@@ -39,9 +39,14 @@ pub struct ApiClient {
 
 impl ApiClient {
     /// A client for the agent at `address` (`host:port` or a full `http://` URL), over its
-    /// own HTTP connections.
-    pub fn new(address: &str, token: &str, timeout: Duration) -> ApiClient {
-        let transport = Arc::new(HttpTransport::new(timeout.min(Duration::from_secs(1))));
+    /// own connections: HTTPS presenting `tls`'s certificate, or plain HTTP without.
+    pub fn new(
+        address: &str,
+        token: &str,
+        timeout: Duration,
+        tls: Option<Arc<pgfm_tls::Tls>>,
+    ) -> ApiClient {
+        let transport = Arc::new(HttpTransport::new(timeout.min(Duration::from_secs(1)), tls));
         ApiClient::over(transport, address, token, timeout)
     }
 

@@ -519,6 +519,7 @@ mod tests {
             vip: None,
             synchronous: None,
             problems: vec![],
+            tls: true,
         }
     }
 

@@ -1,36 +1,84 @@
-//! `HttpTransport`: the production `Transport` — HTTP over TCP with reqwest, one connection
-//! pool per transport. The agent hands one to its Raft backend and its API client; the CLI
-//! makes its own.
+//! `HttpTransport`: the production `Transport` — HTTPS with mutual TLS (or plain HTTP
+//! when TLS is off) over TCP with reqwest, one connection pool per transport. The agent
+//! hands one to its Raft backend and its API client; the CLI makes its own.
 
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
+
+use pgfm_tls::Tls;
 
 use pgfm_core::transport::{
     Failure, Method, Pending, Request, Response, Transport, TransportError,
 };
 
 pub struct HttpTransport {
-    client: reqwest::Client,
+    connect_timeout: Duration,
+    tls: Option<Arc<Tls>>,
+    /// The client, and the version of the TLS set it was built with.
+    client: Mutex<(u64, reqwest::Client)>,
 }
 
 impl HttpTransport {
     /// A transport whose connections must be made within `connect_timeout` (a host that
-    /// does not answer at all fails then, not at the request's whole timeout).
-    pub fn new(connect_timeout: Duration) -> HttpTransport {
-        let client = reqwest::Client::builder()
-            .connect_timeout(connect_timeout)
-            .build()
-            .unwrap_or_default();
-        HttpTransport { client }
+    /// does not answer at all fails then, not at the request's whole timeout), over HTTPS
+    /// with `tls` (this node's certificate, checked against the cluster CA both ways), or
+    /// plain HTTP without.
+    pub fn new(connect_timeout: Duration, tls: Option<Arc<Tls>>) -> HttpTransport {
+        let (version, client) = build(connect_timeout, tls.as_deref());
+        HttpTransport {
+            connect_timeout,
+            tls,
+            client: Mutex::new((version, client)),
+        }
     }
+
+    /// The client to send with: rebuilt when the TLS files changed, so that new
+    /// connections present the new certificate (pooled ones finish on the old).
+    fn client(&self) -> reqwest::Client {
+        let mut current = self.client.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(tls) = &self.tls {
+            if tls.client_config().0 != current.0 {
+                *current = build(self.connect_timeout, Some(tls));
+            }
+        }
+        current.1.clone()
+    }
+
+    /// `request`'s URL, https:// when TLS is on.
+    fn url(&self, request: &Request) -> String {
+        let url = request.url();
+        match (&self.tls, url.strip_prefix("http://")) {
+            (Some(_), Some(rest)) => format!("https://{rest}"),
+            _ => url,
+        }
+    }
+}
+
+fn build(connect_timeout: Duration, tls: Option<&Tls>) -> (u64, reqwest::Client) {
+    let builder = reqwest::Client::builder().connect_timeout(connect_timeout);
+    let (version, builder) = match tls {
+        Some(tls) => {
+            let (version, config) = tls.client_config();
+            (
+                version,
+                builder
+                    .use_preconfigured_tls((*config).clone())
+                    .https_only(true),
+            )
+        }
+        None => (0, builder),
+    };
+    (version, builder.build().unwrap_or_default())
 }
 
 impl Transport for HttpTransport {
     fn send(&self, request: Request) -> Pending<'_, Result<Response, TransportError>> {
         Box::pin(async move {
-            let url = request.url();
+            let url = self.url(&request);
+            let client = self.client();
             let builder = match request.method {
-                Method::Get => self.client.get(&url),
-                Method::Post => self.client.post(&url),
+                Method::Get => client.get(&url),
+                Method::Post => client.post(&url),
             };
             let mut builder = builder
                 .header("authorization", format!("Bearer {}", request.token))
@@ -92,7 +140,7 @@ mod tests {
             .enable_all()
             .build()
             .unwrap();
-        let transport = HttpTransport::new(Duration::from_secs(1));
+        let transport = HttpTransport::new(Duration::from_secs(1), None);
         let request = Request {
             method: Method::Get,
             address: format!("127.0.0.1:{port}"),

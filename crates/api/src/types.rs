@@ -154,6 +154,9 @@ pub struct ClusterStatus {
     pub synchronous: Option<SyncStatus>,
     /// Things an operator should look at (bootstrap refused, a node in the wrong role, ...).
     pub problems: Vec<String>,
+    /// The answering agent serves HTTPS with mutual TLS (false: `[tls] mode = "off"`).
+    #[serde(default = "yes")]
+    pub tls: bool,
 }
 
 impl ClusterStatus {

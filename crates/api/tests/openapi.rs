@@ -130,6 +130,7 @@ fn schemas_match_the_json_the_code_writes() {
             degraded: false,
         }),
         problems: vec![],
+        tls: true,
     };
     let doc = document();
     let json = serde_json::to_value(&status).unwrap();

@@ -6,6 +6,16 @@ use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
 
+/// Whether `name` may name a node or a cluster: names are used as Raft identities, slot
+/// names, file names and certificate names, so they stay plain (1-63 of a-z, 0-9, '-', '_').
+pub fn valid_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 63
+        && name
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '_')
+}
+
 /// A node's Raft identity. Derived from the node's name (FNV-1a, 64 bits) so that every
 /// agent computes the same id from the same config without a registry of numbers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]

@@ -196,9 +196,35 @@ pub struct LabFile {
     /// `DIR/<node>/disk` (`lab up --data-disk`).
     #[serde(default)]
     pub data_disk_mb: Option<u64>,
+    /// Agents and clients talk HTTPS with mutual TLS: each node's directory holds the lab
+    /// CA's certificate and its own, as `pgfm init` lays them out (`ca.crt`, `node.crt`,
+    /// `node.key`; off with `lab up --set tls.mode=off`).
+    #[serde(default)]
+    pub tls: bool,
 }
 
 impl LabFile {
+    /// The TLS files `node` uses (as an agent and as the lab's client of it).
+    pub fn tls_files(&self, node: &LabNode) -> pgfm_tls::TlsFiles {
+        let dir = self.dir.join(&node.name);
+        pgfm_tls::TlsFiles {
+            ca: dir.join(pgfm_init::files::CA_CERT),
+            cert: dir.join(pgfm_init::files::NODE_CERT),
+            key: dir.join(pgfm_init::files::NODE_KEY),
+        }
+    }
+
+    /// What a client of `node`'s agent presents (None when the lab runs without TLS).
+    pub fn client_tls(
+        &self,
+        node: &LabNode,
+    ) -> anyhow::Result<Option<std::sync::Arc<pgfm_tls::Tls>>> {
+        if !self.tls {
+            return Ok(None);
+        }
+        Ok(Some(pgfm_tls::Tls::load(self.tls_files(node), &node.host)?))
+    }
+
     /// A read-write session as the lab's superuser (1 s connect timeout), to no host yet.
     pub fn superuser_config(
         &self,
@@ -503,6 +529,16 @@ pub(crate) fn add_watchdog(extra: &mut Extra, mode: &str) {
     }
 }
 
+/// Whether the configs keep TLS on (the default; `--set tls.mode=off` turns it off).
+pub(crate) fn wants_tls(extra: &Extra) -> bool {
+    !extra.iter().any(|(section, keys)| {
+        section == "tls"
+            && keys
+                .iter()
+                .any(|(k, v)| k == "mode" && v.trim_matches('"') == "off")
+    })
+}
+
 /// Whether the data nodes' configs ask for a watchdog (then each gets a driver).
 pub(crate) fn wants_watchdog(extra: &Extra) -> bool {
     extra.iter().any(|(section, keys)| {
@@ -566,8 +602,20 @@ pub(crate) fn node_config(lab: &LabFile, node: &LabNode, peers: &str, extra: &Ex
             ns.vip
         ));
     }
-    for (section, keys) in extra {
+    let mut sections = extra.clone();
+    if lab.tls && !sections.iter().any(|(s, _)| s == "tls") {
+        sections.push(("tls".to_string(), Vec::new()));
+    }
+    for (section, keys) in &sections {
         let mut keys = keys.clone();
+        if section == "tls" && lab.tls {
+            let files = lab.tls_files(node);
+            for (key, path) in [("ca", files.ca), ("cert", files.cert), ("key", files.key)] {
+                if !keys.iter().any(|(k, _)| k == key) {
+                    keys.push((key.to_string(), format!("\"{}\"", path.display())));
+                }
+            }
+        }
         if section == "watchdog" {
             // A witness holds no lease: no watchdog.
             if node.pg_port.is_none() {
@@ -759,6 +807,7 @@ fn plan_lab(
         netns: netns.clone(),
         watchdog: wants_watchdog(extra),
         data_disk_mb: shape.data_disk_mb,
+        tls: wants_tls(extra),
     };
     for (i, name) in names.iter().enumerate() {
         let is_data = i < data_nodes;
@@ -801,12 +850,35 @@ fn write_configs(lab: &LabFile, extra: &Extra) -> anyhow::Result<()> {
         })
         .collect::<Vec<_>>()
         .join("");
+    if lab.tls {
+        write_tls(lab)?;
+    }
     for node in &lab.nodes {
         std::fs::write(&node.config, node_config(lab, node, &peers, extra))
             .with_context(|| format!("writing {}", node.config.display()))?;
     }
     for node in &lab.nodes {
         pgfm_agent::config::Config::load_static(&node.config)?;
+    }
+    Ok(())
+}
+
+/// The lab's CA (its key kept as `DIR/ca.key`, for tests that renew a certificate) and a
+/// certificate for each node, made out for its address.
+fn write_tls(lab: &LabFile) -> anyhow::Result<()> {
+    let ca = pgfm_init::pki::Authority::create(&lab.cluster)?;
+    std::fs::write(lab.dir.join(pgfm_init::files::CA_CERT), &ca.pem.cert)?;
+    write_private(&lab.dir.join("ca.key"), &ca.pem.key, None)?;
+    for node in &lab.nodes {
+        let address: std::net::IpAddr = node
+            .host
+            .parse()
+            .with_context(|| format!("{}'s address {}", node.name, node.host))?;
+        let pem = ca.issue(&lab.cluster, &node.name, &[address])?;
+        let files = lab.tls_files(node);
+        std::fs::write(&files.ca, &ca.pem.cert)?;
+        std::fs::write(&files.cert, &pem.cert)?;
+        write_private(&files.key, &pem.key, None)?;
     }
     Ok(())
 }
@@ -996,6 +1068,7 @@ pub(crate) fn client(
         &format!("{}:{}", node.host, node.agent_port),
         token.trim(),
         timeout,
+        lab.client_tls(node)?,
     ))
 }
 

@@ -194,11 +194,18 @@ impl Lab {
     pub fn client(&self, node: &str) -> pgfm_api::ApiClient {
         let lab = self.lab().expect("the lab's file");
         let token = std::fs::read_to_string(&lab.token_file).expect("the lab's token");
+        self.client_with_token(node, token.trim())
+    }
+
+    /// A client of `node`'s agent API (with the lab's certificates) sending `token`.
+    pub fn client_with_token(&self, node: &str, token: &str) -> pgfm_api::ApiClient {
+        let lab = self.lab().expect("the lab's file");
         let n = lab.node(node).expect("a lab node");
         pgfm_api::ApiClient::new(
             &format!("{}:{}", n.host, n.agent_port),
-            token.trim(),
+            token,
             Duration::from_secs(2),
+            lab.client_tls(n).expect("the lab's TLS files"),
         )
     }
 

@@ -447,6 +447,7 @@ mod tests {
                 netns: None,
                 watchdog: crate::commands::wants_watchdog(&extra),
                 data_disk_mb: None,
+                tls: false,
             };
             let n = lab.nodes.iter().find(|n| n.name == name).unwrap();
             let text = crate::commands::node_config(&lab, n, peers, &extra);

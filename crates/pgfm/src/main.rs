@@ -20,15 +20,30 @@ struct Cli {
     /// The cluster token file to use with --agent (default: the token_file of -c).
     #[arg(long, global = true)]
     token_file: Option<PathBuf>,
+    /// A directory with ca.crt, node.crt and node.key (a node's, as pgfm init writes them)
+    /// to present to --agent (default: the [tls] files of -c).
+    #[arg(long, global = true)]
+    tls_dir: Option<PathBuf>,
     #[command(subcommand)]
     command: Commands,
 }
 
-/// `--agent` and `--token-file`, for the commands that talk to an agent.
-static TARGET: std::sync::OnceLock<(Option<String>, Option<PathBuf>)> = std::sync::OnceLock::new();
+/// `--agent`, `--token-file` and `--tls-dir`, for the commands that talk to an agent.
+#[derive(Clone, Default)]
+struct Target {
+    agent: Option<String>,
+    token_file: Option<PathBuf>,
+    tls_dir: Option<PathBuf>,
+}
+
+static TARGET: std::sync::OnceLock<Target> = std::sync::OnceLock::new();
 
 #[derive(Subcommand)]
 enum Commands {
+    /// Write every file a new cluster needs, one directory per node: config, token,
+    /// passfile, the cluster CA and each node's certificate. Then copy each node's
+    /// directory to its host. Nothing is started or contacted.
+    Init(InitArgs),
     /// Run this node's agent (one per node).
     Agent {
         #[arg(short, long, default_value = DEFAULT_CONFIG)]
@@ -167,6 +182,69 @@ enum Commands {
         #[command(subcommand)]
         command: pgfm_lab::LabCommand,
     },
+    /// Print the shell completion script for bash, zsh or fish.
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Write the man pages (pgfm.1 and one per command) into a directory.
+    #[command(hide = true)]
+    Manpages {
+        #[arg(long, value_name = "DIR")]
+        out: PathBuf,
+    },
+}
+
+#[derive(clap::Args)]
+struct InitArgs {
+    /// The cluster's name (1-63 of a-z, 0-9, '-', '_').
+    #[arg(long, required_unless_present = "add", conflicts_with = "add")]
+    cluster: Option<String>,
+    /// A data node, NAME=ADDRESS (its IP; the agent and PostgreSQL listen there). Repeat.
+    #[arg(long = "data", value_name = "NAME=ADDRESS")]
+    data: Vec<String>,
+    /// A witness (an agent without a database), NAME=ADDRESS. Repeat.
+    #[arg(long = "witness", value_name = "NAME=ADDRESS")]
+    witness: Vec<String>,
+    /// The virtual IP that follows the primary, ADDRESS/PREFIX in the data nodes' subnet.
+    #[arg(long, requires = "interface", conflicts_with = "add")]
+    vip: Option<String>,
+    /// The network interface the VIP goes on, the same on every data node.
+    #[arg(long, conflicts_with = "add")]
+    interface: Option<String>,
+    /// Synchronous replication: every commit waits for a standby ("on" or "off").
+    #[arg(long, default_value = "off", value_parser = ["on", "off"], conflicts_with = "add")]
+    synchronous: String,
+    /// Where to write: a new or empty directory (DIR/<node>/ for each node, DIR/ca/).
+    #[arg(long, value_name = "DIR")]
+    out: PathBuf,
+    /// Add the --data/--witness nodes to the cluster pgfm init wrote into --out (same CA,
+    /// token, passwords and settings).
+    #[arg(long)]
+    add: bool,
+    /// Overwrite: a new cluster in a used --out, or new files (a new certificate) for a
+    /// node --add names again.
+    #[arg(long)]
+    force: bool,
+    /// Where the node's files are installed on its host.
+    #[arg(long, default_value = "/etc/pgfm", conflicts_with = "add")]
+    etc_dir: PathBuf,
+    /// The agent's state directory on every node.
+    #[arg(long, default_value = "/var/lib/pgfm", conflicts_with = "add")]
+    state_dir: PathBuf,
+    /// PostgreSQL's data directory on every data node.
+    #[arg(
+        long,
+        default_value = "/var/lib/postgresql/15/main",
+        conflicts_with = "add"
+    )]
+    data_dir: PathBuf,
+    /// The port every agent listens on.
+    #[arg(long, default_value_t = 7400, conflicts_with = "add")]
+    agent_port: u16,
+    /// The port every PostgreSQL listens on.
+    #[arg(long, default_value_t = 5432, conflicts_with = "add")]
+    pg_port: u16,
 }
 
 #[derive(Subcommand)]
@@ -200,23 +278,51 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
         .build()?)
 }
 
-/// A client for the agent named by a config file (its address and token).
+/// A client for the agent named by a config file: its address, token and TLS files (the
+/// CLI presents the node's certificate). `--agent`, `--token-file` and `--tls-dir` stand
+/// in for them; the config is needed only for what they do not give.
 fn local_agent(config: &std::path::Path) -> anyhow::Result<pgfm_api::ApiClient> {
-    let (agent, token_file) = TARGET.get().cloned().unwrap_or_default();
-    let token = match &token_file {
+    let target = TARGET.get().cloned().unwrap_or_default();
+    let loaded = std::cell::OnceCell::new();
+    let load = || {
+        loaded
+            .get_or_init(|| Config::load_static(config))
+            .as_ref()
+            .map_err(|e| anyhow::anyhow!("{e}"))
+    };
+    let token = match &target.token_file {
         Some(file) => std::fs::read_to_string(file)
             .map(|t| t.trim().to_string())
             .map_err(|e| anyhow::anyhow!("--token-file {}: {e}", file.display()))?,
-        None => Config::load_static(config)?.read_token()?.to_string(),
+        None => load()?.read_token()?.to_string(),
     };
-    let address = match agent {
+    let address = match target.agent {
         Some(url) => url,
-        None => Config::load_static(config)?.listen.to_string(),
+        None => load()?.listen.to_string(),
+    };
+    let tls = match &target.tls_dir {
+        Some(dir) => Some(
+            pgfm_tls::Tls::load_client(pgfm_tls::TlsFiles {
+                ca: dir.join(pgfm_init::files::CA_CERT),
+                cert: dir.join(pgfm_init::files::NODE_CERT),
+                key: dir.join(pgfm_init::files::NODE_KEY),
+            })
+            .map_err(|e| anyhow::anyhow!("--tls-dir {}: {e}", dir.display()))?,
+        ),
+        None => load()
+            .map_err(|e| {
+                e.context(
+                    "the TLS files come from the config; give -c, or --tls-dir with a \
+                     node's ca.crt, node.crt and node.key",
+                )
+            })?
+            .load_tls()?,
     };
     Ok(pgfm_api::ApiClient::new(
         &address,
         &token,
         Duration::from_secs(5),
+        tls,
     ))
 }
 
@@ -239,13 +345,115 @@ fn refusable(answer: Result<pgfm_api::Message, pgfm_api::ApiError>) -> anyhow::R
     }
 }
 
+/// `pgfm init`: write a cluster's files, or add nodes to one. Bad input exits 1 with the
+/// fix, having written nothing.
+fn init(args: InitArgs) -> anyhow::Result<ExitCode> {
+    use pgfm_core::NodeKind;
+    let nodes: Result<Vec<_>, _> = args
+        .data
+        .iter()
+        .map(|d| pgfm_init::NodeSpec::parse(NodeKind::Data, d))
+        .chain(
+            args.witness
+                .iter()
+                .map(|w| pgfm_init::NodeSpec::parse(NodeKind::Witness, w)),
+        )
+        .collect();
+    let written = nodes.and_then(|nodes| {
+        if args.add {
+            return pgfm_init::add(&args.out, nodes, args.force);
+        }
+        let spec = pgfm_init::ClusterSpec {
+            cluster: args.cluster.unwrap_or_default(),
+            nodes,
+            vip: pgfm_init::VipSpec::parse(args.vip.as_deref(), args.interface.as_deref())?,
+            synchronous: args.synchronous == "on",
+            layout: pgfm_init::Layout {
+                etc_dir: args.etc_dir,
+                state_dir: args.state_dir,
+                data_dir: args.data_dir,
+                agent_port: args.agent_port,
+                pg_port: args.pg_port,
+            },
+        };
+        pgfm_init::create(spec, &args.out, args.force)
+    });
+    let written = match written {
+        Ok(written) => written,
+        Err(e) => {
+            eprintln!("pgfm init: {e}; nothing was written");
+            return Ok(ExitCode::from(1));
+        }
+    };
+    let names: Vec<&str> = written.nodes.iter().map(|(n, _)| n.name.as_str()).collect();
+    println!(
+        "pgfm init: wrote the files of {} for cluster {} in {}. Install them:",
+        names.join(", "),
+        written.spec.cluster,
+        args.out.display()
+    );
+    print!("{}", written.instructions());
+    let etc = written.spec.layout.etc_dir.display();
+    if args.add {
+        println!(
+            "Then start each new agent (pgfm agent -c {etc}/pgfm.toml) and, on any member, let \
+             it in: {}",
+            written
+                .nodes
+                .iter()
+                .map(|(n, _)| format!(
+                    "pgfm allow-node {} {}:{}",
+                    n.name, n.address, written.spec.layout.agent_port
+                ))
+                .collect::<Vec<_>>()
+                .join("; ")
+        );
+    } else {
+        println!(
+            "Then check each node (pgfm check-config -c {etc}/pgfm.toml) and start its agent \
+             (pgfm agent -c {etc}/pgfm.toml)."
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `pgfm manpages --out DIR`: pgfm.1 and pgfm-<command>.1 for every visible command.
+fn manpages(out: &std::path::Path) -> anyhow::Result<ExitCode> {
+    use anyhow::Context;
+    std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
+    let command = <Cli as clap::CommandFactory>::command();
+    let mut written = 0;
+    let mut pages = vec![(String::from("pgfm"), command.clone())];
+    for sub in command.get_subcommands().filter(|c| !c.is_hide_set()) {
+        let name = format!("pgfm-{}", sub.get_name());
+        let page = sub
+            .clone()
+            .display_name(name.clone())
+            .bin_name(format!("pgfm {}", sub.get_name()));
+        pages.push((name, page));
+    }
+    for (name, page) in pages {
+        let file = out.join(format!("{name}.1"));
+        let mut text = Vec::new();
+        clap_mangen::Man::new(page.version(env!("CARGO_PKG_VERSION")))
+            .render(&mut text)
+            .with_context(|| format!("rendering {name}"))?;
+        std::fs::write(&file, text).with_context(|| format!("writing {}", file.display()))?;
+        written += 1;
+    }
+    println!("wrote {written} man pages into {}", out.display());
+    Ok(ExitCode::SUCCESS)
+}
+
 /// `pgfm agent`: run this node's agent until it is stopped.
 fn agent(config: &std::path::Path) -> anyhow::Result<ExitCode> {
+    // Before any thread starts: the variables are removed for the agent's children.
+    let systemd = pgfm_agent::SystemdNotifier::take_from_env();
     init_logging();
     let config = Config::load(config)?;
     let span = tracing::info_span!("agent", node = %config.name);
     let _entered = span.enter();
-    runtime()?.block_on(pgfm_agent::run(config))?;
+    runtime()?.block_on(pgfm_agent::run(config, systemd))?;
     Ok(ExitCode::SUCCESS)
 }
 
@@ -503,7 +711,11 @@ fn switchover(config: &std::path::Path, to: Option<String>) -> anyhow::Result<Ex
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let _ = TARGET.set((cli.agent.clone(), cli.token_file.clone()));
+    let _ = TARGET.set(Target {
+        agent: cli.agent.clone(),
+        token_file: cli.token_file.clone(),
+        tls_dir: cli.tls_dir.clone(),
+    });
     if !matches!(cli.command, Commands::Agent { .. }) {
         // A command piped into `head` should end quietly, not panic on a closed stdout.
         // SAFETY: called before any thread starts; SIG_DFL has no handler to race with.
@@ -525,6 +737,7 @@ fn main() -> ExitCode {
 
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
+        Commands::Init(args) => init(args),
         Commands::Agent { config } => agent(&config),
         Commands::CheckConfig { config } => check_config(&config),
         Commands::ClusterStatus { config, json } => cluster_status(&config, json),
@@ -573,6 +786,12 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Commands::History { config, json } => history(&config, json),
         Commands::Resume { config } => resume(&config),
         Commands::Lab { command } => pgfm_lab::run(command),
+        Commands::Completions { shell } => {
+            let mut command = <Cli as clap::CommandFactory>::command();
+            clap_complete::generate(shell, &mut command, "pgfm", &mut std::io::stdout());
+            Ok(ExitCode::SUCCESS)
+        }
+        Commands::Manpages { out } => manpages(&out),
         Commands::Demo { dir, keep } => demo::run(&dir, keep),
         Commands::Bench {
             command: BenchCommand::Failover(args),

@@ -2,6 +2,7 @@
 //! per test driven through the `pgfm` binary under test (`pgfm_lab::harness`).
 
 mod cluster;
+mod deploy;
 mod failover;
 mod operator;
 mod partitions;

@@ -116,7 +116,7 @@ fn switchover_refusals_change_nothing() {
     );
     refused(Some("pg1"), "pg1 is already the primary");
     refused(Some("witness"), "witness is not a standby in sync with pg1");
-    // The same through --agent URL and --token-file, from anywhere.
+    // The same through --agent URL, --token-file and --tls-dir, from anywhere.
     let port = lab.lab_node("witness").agent_port;
     let output = pgfm()
         .args([
@@ -124,10 +124,12 @@ fn switchover_refusals_change_nothing() {
             "--to",
             "pg7",
             "--agent",
-            &format!("http://127.0.0.1:{port}"),
+            &format!("https://127.0.0.1:{port}"),
             "--token-file",
         ])
         .arg(lab.dir.join("token"))
+        .arg("--tls-dir")
+        .arg(lab.dir.join("pg1"))
         .output()
         .unwrap();
     assert_eq!(output.status.code(), Some(1), "{}", text(&output));
@@ -142,17 +144,11 @@ fn switchover_refusals_change_nothing() {
     refused(Some("pg2"), "pg2 is not a standby in sync with pg1");
     refused(None, "no standby is in sync with pg1");
 
-    let lab_status = lab.lab_status();
-    let port = lab_status.nodes[0].agent_port;
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .unwrap();
-    let client = pgfm_api::ApiClient::new(
-        &format!("127.0.0.1:{port}"),
-        "not-the-token-0123456789",
-        Duration::from_secs(2),
-    );
+    let client = lab.client_with_token("pg1", "not-the-token-0123456789");
     match rt.block_on(client.switchover(Some("pg2".into()))) {
         Err(pgfm_api::ApiError::Unauthorized { .. }) => {}
         other => panic!("a switchover without the token was not refused: {other:?}"),
