@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Build pgfm's Debian package: the binary, the systemd unit, the man pages and the bash,
 # zsh and fish completions generated from the CLI, the example config, and /etc/pgfm
-# (root, mode 700). Installing it starts nothing: a node first needs its files from
+# (root, mode 711). Installing it starts nothing: a node first needs its files from
 # `pgfm init`. Removing it, even with --purge, leaves /etc/pgfm, /var/lib/pgfm and every
 # PostgreSQL data directory alone.
 #
@@ -62,7 +62,9 @@ License: Apache-2.0
  On Debian systems the license is in /usr/share/common-licenses/Apache-2.0.
 EOF
 chmod 644 "$root/usr/share/doc/pgfm/copyright"
-install -d -m 700 "$root/etc/pgfm"
+# 711: root's files stay private (600), and PostgreSQL, run as postgres, reaches the
+# passfile it owns there.
+install -d -m 711 "$root/etc/pgfm"
 
 # The C library version the binary needs: the newest GLIBC_ symbol version it uses.
 glibc=$(objdump -T "$binary" | grep -o 'GLIBC_[0-9.]*' | sed 's/GLIBC_//' | sort -V | tail -n 1)
@@ -90,7 +92,9 @@ cat > "$root/DEBIAN/postinst" <<'EOF'
 #!/bin/sh
 set -e
 if [ "$1" = configure ]; then
-    install -d -m 700 /etc/pgfm /var/lib/pgfm
+    # Made once; an operator's later choice of mode is kept on upgrades.
+    [ -d /etc/pgfm ] || install -d -m 711 /etc/pgfm
+    [ -d /var/lib/pgfm ] || install -d -m 700 /var/lib/pgfm
     if [ -d /run/systemd/system ]; then
         systemctl daemon-reload >/dev/null || true
     fi

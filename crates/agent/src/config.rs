@@ -1010,6 +1010,11 @@ impl Config {
                         ),
                     ));
                 }
+                // PostgreSQL's stream and pg_basebackup read it as the OS user.
+                let user =
+                    OsUser::lookup(&pg.os_user).map_err(|e| self.err("postgres.os_user", e))?;
+                user.can_read(pf)
+                    .map_err(|e| self.err("postgres.passfile", e))?;
             }
         }
         Ok(())

@@ -244,6 +244,7 @@ impl Agent {
                 .unwrap_or_else(|| "postgres".into()),
             passfile: pg.and_then(|p| p.passfile.clone()),
             timeout: self.config.timing.probe_timeout,
+            ssl_root: self.config.tls.as_ref().map(|t| t.ca.clone()),
         };
         Some((state.generation, remote.check(&target).await))
     }
@@ -907,12 +908,17 @@ pub(crate) fn postgres_for(config: &Config) -> anyhow::Result<Option<Postgres>> 
         log_file: pg.log_file.clone(),
         start_timeout: config.timing.start_timeout,
         probe_timeout: config.timing.probe_timeout,
+        ssl: config.tls.as_ref().map(|t| pgfm_postgres::SslFiles {
+            ca: t.ca.clone(),
+            cert: t.cert.clone(),
+            key: t.key.clone(),
+        }),
     })))
 }
 
 /// Run the agent until SIGTERM or SIGINT. PostgreSQL keeps running when the agent stops.
 /// `systemd`: the service manager that started it (`SystemdNotifier::take_from_env`).
-pub async fn run(config: Config, systemd: Option<SystemdNotifier>) -> anyhow::Result<()> {
+pub async fn run(config: Config, systemd: Option<SystemdNotifier>) -> anyhow::Result<Stopped> {
     for warning in config.warnings() {
         tracing::warn!("{warning}");
     }
@@ -933,21 +939,24 @@ pub async fn run(config: Config, systemd: Option<SystemdNotifier>) -> anyhow::Re
         ),
         None => serve(running.router(), listener, stop_rx),
     };
+    let (systemd_stop, systemd_stopped) = watch::channel(false);
     let systemd = systemd.map(|notifier| {
         tokio::spawn(systemd::notify_loop(
             running.agent.clone(),
             notifier,
-            stop_tx.subscribe(),
+            systemd_stopped,
         ))
     });
-    wait_for_stop(&running.agent).await?;
-    running.stop().await;
-    let _ = stop_tx.send(true);
+    let stopped = wait_for_stop(&running.agent).await?;
+    // systemd hears of the stop first: the watchdog is not enforced while the loops end.
+    let _ = systemd_stop.send(true);
     if let Some(task) = systemd {
         let _ = task.await;
     }
+    running.stop().await;
+    let _ = stop_tx.send(true);
     let _ = server.await;
-    Ok(())
+    Ok(stopped)
 }
 
 /// An agent started by `start`: its loops run until `stop`.
@@ -1161,17 +1170,39 @@ fn spawn_loops(
 }
 
 /// Wait for SIGTERM, SIGINT or a stop request.
-async fn wait_for_stop(agent: &Agent) -> anyhow::Result<()> {
+async fn wait_for_stop(agent: &Agent) -> anyhow::Result<Stopped> {
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .context("installing the SIGTERM handler")?;
-    tokio::select! {
-        _ = term.recv() => tracing::info!("SIGTERM: stopping the agent (PostgreSQL keeps running)"),
-        _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT: stopping the agent (PostgreSQL keeps running)"),
+    Ok(tokio::select! {
+        _ = term.recv() => {
+            tracing::info!("SIGTERM: stopping the agent (PostgreSQL keeps running)");
+            Stopped::Signal
+        }
+        _ = tokio::signal::ctrl_c() => {
+            tracing::info!("SIGINT: stopping the agent (PostgreSQL keeps running)");
+            Stopped::Signal
+        }
         _ = agent.shutdown.notified() => {
             // Let the answer to the stop request leave first.
             tokio::time::sleep(Duration::from_millis(200)).await;
             tracing::info!("stop requested: stopping the agent (PostgreSQL keeps running)");
+            Stopped::Asked
         }
-    }
-    Ok(())
+    })
+}
+
+/// Why the agent stopped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stopped {
+    /// SIGTERM or SIGINT (systemctl stop, Ctrl-C).
+    Signal,
+    /// `pgfm stop-cluster` (or a stop request to this agent): a service manager must not
+    /// start it again (`pgfm agent` exits with `Stopped::ASKED_EXIT`).
+    Asked,
+}
+
+impl Stopped {
+    /// The exit status of `pgfm agent` stopped on request, which `pgfm.service` lists in
+    /// `RestartPreventExitStatus`.
+    pub const ASKED_EXIT: u8 = 4;
 }

@@ -24,7 +24,15 @@ impl HttpTransport {
     /// with `tls` (this node's certificate, checked against the cluster CA both ways), or
     /// plain HTTP without.
     pub fn new(connect_timeout: Duration, tls: Option<Arc<Tls>>) -> HttpTransport {
-        let (version, client) = build(connect_timeout, tls.as_deref());
+        let (version, client) = match build(connect_timeout, tls.as_deref()) {
+            Ok(built) => built,
+            Err(e) => {
+                // Fails closed: a client without roots or certificate connects to no agent,
+                // and says why in every error.
+                tracing::error!("building the HTTPS client: {e}");
+                (0, reqwest::Client::new())
+            }
+        };
         HttpTransport {
             connect_timeout,
             tls,
@@ -38,7 +46,11 @@ impl HttpTransport {
         let mut current = self.client.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(tls) = &self.tls {
             if tls.client_config().0 != current.0 {
-                *current = build(self.connect_timeout, Some(tls));
+                match build(self.connect_timeout, Some(tls)) {
+                    Ok(built) => *current = built,
+                    // Keep the previous client: it still works with the previous set.
+                    Err(e) => tracing::error!("rebuilding the HTTPS client: {e}"),
+                }
             }
         }
         current.1.clone()
@@ -54,7 +66,10 @@ impl HttpTransport {
     }
 }
 
-fn build(connect_timeout: Duration, tls: Option<&Tls>) -> (u64, reqwest::Client) {
+fn build(
+    connect_timeout: Duration,
+    tls: Option<&Tls>,
+) -> Result<(u64, reqwest::Client), reqwest::Error> {
     let builder = reqwest::Client::builder().connect_timeout(connect_timeout);
     let (version, builder) = match tls {
         Some(tls) => {
@@ -68,7 +83,7 @@ fn build(connect_timeout: Duration, tls: Option<&Tls>) -> (u64, reqwest::Client)
         }
         None => (0, builder),
     };
-    (version, builder.build().unwrap_or_default())
+    Ok((version, builder.build()?))
 }
 
 impl Transport for HttpTransport {

@@ -62,7 +62,7 @@ impl Written {
         let mut text = String::new();
         for (node, dir) in &self.nodes {
             text.push_str(&format!(
-                "  {name} ({address}): copy {dir}/* into {etc}/ (mode 700, owned by root){owner}\n",
+                "  {name} ({address}): copy {dir}/* into {etc}/ (the directory mode 711, owned by root){owner}\n",
                 name = node.name,
                 address = node.address,
                 dir = dir.display(),

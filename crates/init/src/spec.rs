@@ -43,6 +43,12 @@ impl NodeSpec {
                  and '_')"
             ));
         }
+        if RESERVED.contains(&name) {
+            return refuse(format!(
+                "{flag} {text:?}: {name:?} is the name of pgfm init's own directory in --out \
+                 (it holds the CA's key or the cluster's secrets): choose another name"
+            ));
+        }
         let Ok(address) = address.parse::<IpAddr>() else {
             return refuse(format!(
                 "{flag} {text:?}: {address:?} is not an IP address (write the address the \
@@ -50,7 +56,11 @@ impl NodeSpec {
                  so that a DNS failure cannot split the cluster)"
             ));
         };
-        if address.is_unspecified() || address.is_multicast() || is_broadcast(address) {
+        if address.is_unspecified()
+            || address.is_multicast()
+            || is_broadcast(address)
+            || is_link_local(address)
+        {
             return refuse(format!(
                 "{flag} {text:?}: {address} cannot be a host's address (give the address \
                  {name}'s agent listens on and the others reach it at)"
@@ -64,10 +74,21 @@ impl NodeSpec {
     }
 }
 
+/// Names of the output directory's own subdirectories, which no node may have.
+const RESERVED: [&str; 2] = ["ca", "cluster"];
+
 fn flag(kind: NodeKind) -> &'static str {
     match kind {
         NodeKind::Data => "--data",
         NodeKind::Witness => "--witness",
+    }
+}
+
+/// 169.254/16 and fe80::/10: an agent cannot listen there without naming an interface.
+fn is_link_local(address: IpAddr) -> bool {
+    match address {
+        IpAddr::V4(v4) => v4.is_link_local(),
+        IpAddr::V6(v6) => v6.segments()[0] & 0xffc0 == 0xfe80,
     }
 }
 

@@ -59,6 +59,9 @@ pub struct FailoverBench {
     /// seeded with this (the same seed, the same sequence); --runs is then the total.
     #[arg(long)]
     seed: Option<u64>,
+    /// Mutual TLS between the agents (`[tls] mode`), to measure what it costs.
+    #[arg(long, default_value = "on", value_parser = ["on", "off"])]
+    tls: String,
 }
 
 impl FailoverBench {
@@ -404,7 +407,7 @@ fn print_failover_header(args: &FailoverBench) {
         .map(|n| n.get())
         .unwrap_or(1);
     println!(
-        "pgfm bench failover: {}; lab of {} data nodes + witness on this machine ({cores} cores){}{}, default settings ({}, probe 1 s); writer: one INSERT per transaction every 10 ms, {}, reconnecting at once",
+        "pgfm bench failover: {}; lab of {} data nodes + witness on this machine ({cores} cores){}{}, TLS {}, default settings ({}, probe 1 s); writer: one INSERT per transaction every 10 ms, {}, reconnecting at once",
         match args.seed {
             Some(seed) => format!("{} run(s) in all, faults drawn with seed {seed}", args.runs),
             None => format!("{} run(s) per scenario", args.runs),
@@ -415,6 +418,7 @@ fn print_failover_header(args: &FailoverBench) {
             Some(mode) if mode != "off" => format!(", synchronous replication {mode}"),
             _ => String::new(),
         },
+        args.tls,
         pgfm_core::lease::LeaseSettings::default().describe(),
         if args.netns {
             "through the virtual IP only"
@@ -436,6 +440,7 @@ fn run_lab(
         .synchronous
         .iter()
         .map(|mode| format!("replication.synchronous=\"{mode}\""))
+        .chain((args.tls == "off").then(|| "tls.mode=\"off\"".to_string()))
         .collect();
     let (driver, _) = LabDriver::up(exe, &args.dir, args.data_nodes, &settings, args.netns)?;
     let result = rt.block_on(async {

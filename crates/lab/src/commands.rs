@@ -496,8 +496,17 @@ pub(crate) fn parse_settings(settings: &[String]) -> anyhow::Result<Extra> {
         let Some(((section, key), value)) = parsed else {
             bail!("--set {setting:?}: write it as SECTION.KEY=VALUE, for example failover.auto_failover=false");
         };
-        if !["timing", "failover", "hooks", "replication", "watchdog"].contains(&section) {
-            bail!("--set {setting:?}: the lab only sets keys of [timing], [failover], [hooks], [replication] and [watchdog]");
+        if ![
+            "timing",
+            "failover",
+            "hooks",
+            "replication",
+            "watchdog",
+            "tls",
+        ]
+        .contains(&section)
+        {
+            bail!("--set {setting:?}: the lab only sets keys of [timing], [failover], [hooks], [replication], [watchdog] and [tls]");
         }
         let entry = match extra.iter_mut().find(|(s, _)| s == section) {
             Some(entry) => entry,

@@ -257,6 +257,7 @@ impl LabDriver {
             user: "postgres".into(),
             passfile: Some(lab.passfile.clone()),
             timeout: Duration::from_secs(1),
+            ssl_root: lab.tls.then(|| lab.tls_files(n).ca),
         })
     }
 

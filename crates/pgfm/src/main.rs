@@ -14,7 +14,7 @@ use pgfm_lab::{bench, calm, chaos, demo};
 #[derive(Parser)]
 #[command(name = "pgfm", version, about = "PostgreSQL failover manager")]
 struct Cli {
-    /// Talk to the agent at this URL (http://host:port) instead of the one named by -c.
+    /// Talk to the agent at this URL (https://host:port) instead of the one named by -c.
     #[arg(long, global = true, env = "PGFM_AGENT")]
     agent: Option<String>,
     /// The cluster token file to use with --agent (default: the token_file of -c).
@@ -453,8 +453,11 @@ fn agent(config: &std::path::Path) -> anyhow::Result<ExitCode> {
     let config = Config::load(config)?;
     let span = tracing::info_span!("agent", node = %config.name);
     let _entered = span.enter();
-    runtime()?.block_on(pgfm_agent::run(config, systemd))?;
-    Ok(ExitCode::SUCCESS)
+    match runtime()?.block_on(pgfm_agent::run(config, systemd))? {
+        pgfm_agent::Stopped::Signal => Ok(ExitCode::SUCCESS),
+        // Stopped by pgfm stop-cluster: systemd must not start it again.
+        pgfm_agent::Stopped::Asked => Ok(ExitCode::from(pgfm_agent::Stopped::ASKED_EXIT)),
+    }
 }
 
 fn check_config(config: &std::path::Path) -> anyhow::Result<ExitCode> {

@@ -31,6 +31,9 @@ pub struct PostgresSettings {
     pub log_file: PathBuf,
     pub start_timeout: Duration,
     pub probe_timeout: Duration,
+    /// The node's TLS files: the server runs with `ssl = on`, and every connection pgfm
+    /// makes to a PostgreSQL is verify-full against the cluster CA. None: plain TCP.
+    pub ssl: Option<crate::ssl::SslFiles>,
 }
 
 /// The server a standby streams from.
@@ -127,7 +130,29 @@ impl Postgres {
             user: self.settings.superuser.clone(),
             passfile: self.settings.passfile.clone(),
             timeout: self.settings.probe_timeout,
+            ssl_root: self.settings.ssl.as_ref().map(|f| f.ca.clone()),
         }
+    }
+
+    /// Install the node's TLS files for the server and the tools run as its OS user (when
+    /// TLS is on).
+    fn install_ssl(&self) -> anyhow::Result<()> {
+        let s = &self.settings;
+        if let Some(files) = &s.ssl {
+            crate::ssl::install(files, &s.data_dir, &s.os_user)?;
+        }
+        Ok(())
+    }
+
+    /// The libpq keywords that make a connection of a tool run as the OS user verified
+    /// (none when TLS is off).
+    fn ssl_conninfo(&self) -> Vec<String> {
+        let s = &self.settings;
+        s.ssl
+            .iter()
+            .flat_map(|_| crate::ssl::conninfo(&s.data_dir))
+            .map(|(k, v)| format!("{k}={}", conninfo_value(&v)))
+            .collect()
     }
 
     /// The settings pgfm owns. Passwords never appear here: `primary_conninfo` names the
@@ -157,6 +182,11 @@ impl Postgres {
                 quote(&dir.display().to_string())
             ));
         }
+        if s.ssl.is_some() {
+            for (key, value) in crate::ssl::server_settings(&s.data_dir) {
+                lines.push(format!("{key} = {}", quote(&value)));
+            }
+        }
         if let Some(up) = upstream {
             let mut conninfo = vec![
                 format!("host={}", conninfo_value(&up.host)),
@@ -171,6 +201,7 @@ impl Postgres {
                     conninfo_value(&pf.display().to_string())
                 ));
             }
+            conninfo.extend(self.ssl_conninfo());
             lines.push(format!("primary_conninfo = {}", quote(&conninfo.join(" "))));
             lines.push(format!(
                 "primary_slot_name = {}",
@@ -188,6 +219,7 @@ impl Postgres {
     pub fn prepare(&self, how: StartAs<'_>) -> anyhow::Result<()> {
         let upstream = how.upstream();
         let s = &self.settings;
+        self.install_ssl()?;
         let user = &s.os_user;
         let conf = s.data_dir.join("postgresql.conf");
         let current = std::fs::read_to_string(&conf)
@@ -636,6 +668,8 @@ impl Postgres {
                 conninfo_value(&pf.display().to_string())
             ));
         }
+        self.install_ssl()?;
+        source.extend(self.ssl_conninfo());
         // The directory is a former primary's until the rewind has succeeded: the marker says
         // so through every step, so that a failed rewind (whatever it left) is never taken
         // for a standby's directory and started as one (it is rewound again or re-cloned).
@@ -757,6 +791,7 @@ impl Postgres {
             user: self.settings.superuser.clone(),
             passfile: self.settings.passfile.clone(),
             timeout: self.settings.probe_timeout,
+            ssl_root: self.settings.ssl.as_ref().map(|f| f.ca.clone()),
         }
     }
 
@@ -885,6 +920,12 @@ impl Postgres {
         if let Some(pf) = &s.passfile {
             cmd.env("PGPASSFILE", pf);
         }
+        if s.ssl.is_some() {
+            self.install_ssl()?;
+            let files = crate::ssl::installed(&s.data_dir);
+            cmd.env("PGSSLMODE", "verify-full")
+                .env("PGSSLROOTCERT", &files.ca);
+        }
         let output = cmd.output().await.context("running pg_basebackup")?;
         if !output.status.success() {
             bail!(
@@ -988,6 +1029,56 @@ pub async fn single_user_sql(
 mod tests {
     use super::*;
 
+    /// With TLS on, the server serves it with the files beside its data directory, and a
+    /// standby streams verify-full against the cluster CA: the settings say so.
+    #[test]
+    fn tls_on_means_ssl_on_and_verified_streaming() {
+        let os_user = OsUser::current()
+            .or_else(|_| OsUser::lookup("postgres"))
+            .unwrap();
+        let settings = |ssl| PostgresSettings {
+            node_name: "pg2".into(),
+            bin_dir: "/usr/lib/postgresql/15/bin".into(),
+            data_dir: "/var/lib/postgresql/15/main".into(),
+            host: "10.0.0.12".into(),
+            port: 5432,
+            listen_addresses: "10.0.0.12".into(),
+            socket_dir: None,
+            os_user: os_user.clone(),
+            superuser: "postgres".into(),
+            replication_user: "replicator".into(),
+            passfile: None,
+            log_file: "/var/lib/pgfm/postgres.log".into(),
+            start_timeout: Duration::from_secs(20),
+            probe_timeout: Duration::from_secs(1),
+            ssl,
+        };
+        let upstream = Upstream {
+            name: "pg1".into(),
+            host: "10.0.0.11".into(),
+            port: 5432,
+        };
+        let files = crate::ssl::SslFiles {
+            ca: "/etc/pgfm/ca.crt".into(),
+            cert: "/etc/pgfm/node.crt".into(),
+            key: "/etc/pgfm/node.key".into(),
+        };
+        let on = Postgres::new(settings(Some(files))).render_managed_conf(Some(&upstream));
+        for line in [
+            "ssl = 'on'",
+            "ssl_cert_file = '/var/lib/postgresql/15/main.pgfm-tls/server.crt'",
+            "ssl_key_file = '/var/lib/postgresql/15/main.pgfm-tls/server.key'",
+            "ssl_ca_file = '/var/lib/postgresql/15/main.pgfm-tls/ca.crt'",
+            "primary_conninfo = 'host=10.0.0.11 port=5432 user=replicator application_name=pg2 \
+             connect_timeout=2 sslmode=verify-full \
+             sslrootcert=/var/lib/postgresql/15/main.pgfm-tls/ca.crt'",
+        ] {
+            assert!(on.lines().any(|l| l == line), "{line}\n{on}");
+        }
+        let off = Postgres::new(settings(None)).render_managed_conf(Some(&upstream));
+        assert!(!off.contains("ssl"), "{off}");
+    }
+
     /// A start waits for its own postmaster's `postmaster.pid`, not the one a server that
     /// died with its host left in the data directory (saying `ready`). Chaos soak seed 1,
     /// run 6: the agent took that file for its new postmaster's and started two more.
@@ -1036,6 +1127,7 @@ mod tests {
             log_file: base.join("postgres.log"),
             start_timeout: Duration::from_secs(20),
             probe_timeout: Duration::from_secs(1),
+            ssl: None,
         });
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()

@@ -10,6 +10,7 @@ pub mod passfile;
 pub mod probe;
 pub mod procs;
 pub mod run_as;
+pub mod ssl;
 
 pub use binaries::find_bin_dir;
 pub use control::{HandOverStop, Postgres, PostgresSettings, StartAs, Upstream};
@@ -17,3 +18,4 @@ pub use database::{Database, Probe, RemoteProbe};
 pub use datadir::inspect_data_dir;
 pub use probe::Prober;
 pub use run_as::OsUser;
+pub use ssl::SslFiles;

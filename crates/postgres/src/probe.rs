@@ -16,6 +16,9 @@ pub struct Target {
     pub user: String,
     pub passfile: Option<PathBuf>,
     pub timeout: Duration,
+    /// The cluster CA: connect over TLS and check the server's certificate against it
+    /// and `host` (verify-full); None: plain TCP.
+    pub ssl_root: Option<PathBuf>,
 }
 
 /// The connection settings for `target`'s `postgres` database, with the password from the
@@ -48,13 +51,38 @@ fn config_for(target: &Target, application: &str) -> Result<tokio_postgres::Conf
 /// Open a connection to `target`'s `postgres` database.
 pub async fn connect(target: &Target) -> Result<Client, String> {
     let config = config_for(target, "pgfm")?;
-    let connecting = config.connect(NoTls);
-    let (client, connection) = tokio::time::timeout(target.timeout, connecting)
+    tokio::time::timeout(target.timeout, open(&config, target))
         .await
         .map_err(|_| format!("no answer within {:?}", target.timeout))?
-        .map_err(|e| describe(&e))?;
+        .map_err(|e| match e {
+            Opened::Failed(e) => describe(&e),
+            Opened::Setup(e) => e,
+        })
+}
+
+/// Why a connection was not opened: the server's (or the network's) error, or this side's
+/// TLS setup.
+enum Opened {
+    Failed(tokio_postgres::Error),
+    Setup(String),
+}
+
+/// Connect with `config`, over TLS verified against `target.ssl_root` when set, and run
+/// the connection on its own task (it ends when the server goes away or the client is
+/// dropped).
+async fn open(config: &tokio_postgres::Config, target: &Target) -> Result<Client, Opened> {
+    let Some(ca) = &target.ssl_root else {
+        let (client, connection) = config.connect(NoTls).await.map_err(Opened::Failed)?;
+        tokio::spawn(async move {
+            let _ = connection.await;
+        });
+        return Ok(client);
+    };
+    let tls = crate::ssl::connector(ca).map_err(Opened::Setup)?;
+    let mut config = config.clone();
+    config.ssl_mode(tokio_postgres::config::SslMode::Require);
+    let (client, connection) = config.connect(tls).await.map_err(Opened::Failed)?;
     tokio::spawn(async move {
-        // The connection task ends when the server goes away or the client is dropped.
         let _ = connection.await;
     });
     Ok(client)
@@ -465,15 +493,14 @@ impl RemoteCheck {
             if let Some(verdict) = tcp_verdict(target).await {
                 return verdict;
             }
-            match config.connect(NoTls).await {
-                Ok((client, connection)) => {
-                    tokio::spawn(async move {
-                        let _ = connection.await;
-                    });
+            match open(&config, target).await {
+                Ok(client) => {
                     self.client = Some(client);
                     Verdict::Answering("it accepted a connection".into())
                 }
-                Err(e) => judge(&e),
+                Err(Opened::Failed(e)) => judge(&e),
+                // This side cannot make the connection: that says nothing of the server.
+                Err(Opened::Setup(e)) => Verdict::CannotTell(e),
             }
         };
         // The TCP connection has its own deadline (a timeout there is "down"); once it is
@@ -571,6 +598,7 @@ mod tests {
             user: "postgres".into(),
             passfile: passfile.map(Into::into),
             timeout: std::time::Duration::from_secs(2),
+            ssl_root: None,
         };
         let mut check = RemoteCheck::new();
         let refused = check.check(&target(None)).await;

@@ -14,6 +14,9 @@ pub struct OsUser {
     pub gid: u32,
     /// Whether programs must switch to this user (the agent runs as root).
     switch: bool,
+    /// Its home directory: where libpq, run as this user, looks for its own files
+    /// (`~/.postgresql/`), never root's.
+    home: std::path::PathBuf,
 }
 
 impl OsUser {
@@ -41,6 +44,7 @@ impl OsUser {
             uid: user.uid.as_raw(),
             gid: user.gid.as_raw(),
             switch: me.is_root(),
+            home: user.dir,
         })
     }
 
@@ -57,11 +61,67 @@ impl OsUser {
     pub fn command(&self, program: impl AsRef<Path>) -> tokio::process::Command {
         let mut cmd = tokio::process::Command::new(program.as_ref());
         if self.switch {
-            // std drops root's supplementary groups (setgroups) before switching.
-            cmd.uid(self.uid).gid(self.gid);
+            // std drops root's supplementary groups (setgroups) before switching. The
+            // environment follows the user: libpq run with root's HOME tries to read
+            // /root/.postgresql/postgresql.crt and fails on the permission.
+            cmd.uid(self.uid)
+                .gid(self.gid)
+                .env("HOME", &self.home)
+                .env("USER", &self.name)
+                .env("LOGNAME", &self.name);
         }
         cmd.env_remove("PGPASSWORD");
         cmd
+    }
+
+    /// Whether this user can read `file`: every directory above it lets it through and
+    /// the file lets it read (always, when the agent runs as this user). The error says
+    /// which directory or file is in the way, and the fix.
+    pub fn can_read(&self, file: &Path) -> Result<(), String> {
+        use std::os::unix::fs::MetadataExt;
+        if !self.switch {
+            return Ok(());
+        }
+        let allowed = |meta: &std::fs::Metadata, bits: u32| {
+            let mode = meta.mode();
+            if meta.uid() == self.uid {
+                mode & (bits << 6) != 0
+            } else if meta.gid() == self.gid {
+                mode & (bits << 3) != 0
+            } else {
+                mode & bits != 0
+            }
+        };
+        for dir in file
+            .ancestors()
+            .skip(1)
+            .filter(|d| !d.as_os_str().is_empty())
+        {
+            let Ok(meta) = std::fs::metadata(dir) else {
+                continue;
+            };
+            if !allowed(&meta, 0o1) {
+                return Err(format!(
+                    "{} (mode {:o}) does not let {} through to {} (chmod o+x {}, as pgfm \
+                     init's instructions and the package make /etc/pgfm: mode 711)",
+                    dir.display(),
+                    meta.mode() & 0o7777,
+                    self.name,
+                    file.display(),
+                    dir.display()
+                ));
+            }
+        }
+        match std::fs::metadata(file) {
+            Ok(meta) if !allowed(&meta, 0o4) => Err(format!(
+                "{} is not readable by {} (chown {} {})",
+                file.display(),
+                self.name,
+                self.name,
+                file.display()
+            )),
+            _ => Ok(()),
+        }
     }
 
     /// Give `path` to this user (a no-op unless the agent runs as root).

@@ -52,6 +52,7 @@ fn node(base: &Path, name: &str, bin_dir: &Path, os_user: &OsUser, passfile: &Pa
         log_file: base.join(format!("{name}.log")),
         start_timeout: Duration::from_secs(60),
         probe_timeout: Duration::from_secs(5),
+        ssl: None,
     });
     let upstream = Upstream {
         name: name.to_string(),

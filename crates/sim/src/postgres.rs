@@ -2983,6 +2983,7 @@ mod tests {
             user: "postgres".into(),
             passfile: None,
             timeout: Duration::from_secs(2),
+            ssl_root: None,
         };
         let mut verdict = async || sim.run(check.check(&target)).await;
         assert_eq!(

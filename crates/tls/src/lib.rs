@@ -40,6 +40,8 @@ pub struct TlsError(pub String);
 
 /// How often, at most, the files are looked at for a change.
 const RECHECK: Duration = Duration::from_secs(1);
+/// How often a changed set that could not be used is tried again.
+const RETRY: Duration = Duration::from_secs(30);
 
 /// The node's TLS set, reread when its files change.
 pub struct Tls {
@@ -55,6 +57,9 @@ struct Current {
     /// The files' modification times and sizes when `loaded` was read (or last failed).
     stamp: Vec<Option<(SystemTime, u64)>>,
     checked_at: Instant,
+    /// When the files, changed, last failed to build: tried again after `RETRY` even
+    /// unchanged (a certificate "not valid yet" becomes valid once the clock is fixed).
+    failed_at: Option<Instant>,
 }
 
 /// One consistent set, as both ends of a connection use it.
@@ -85,12 +90,15 @@ impl Tls {
     }
 
     fn load_as(files: TlsFiles, name: Option<ServerName<'static>>) -> Result<Arc<Tls>, TlsError> {
+        // Stamped before reading: a file replaced meanwhile is read again at the next look.
+        let stamp = stamp(&files);
         let loaded = build(&files, name.as_ref(), 0)?;
         Ok(Arc::new(Tls {
             current: Mutex::new(Current {
                 loaded,
-                stamp: stamp(&files),
+                stamp,
                 checked_at: Instant::now(),
+                failed_at: None,
             }),
             files,
             name,
@@ -121,11 +129,12 @@ impl Tls {
         }
         current.checked_at = Instant::now();
         let now = stamp(&self.files);
-        if now == current.stamp {
+        let retry = current.failed_at.is_some_and(|at| at.elapsed() >= RETRY);
+        if now == current.stamp && !retry {
             return current.loaded.clone();
         }
-        // Remember the new stamp either way: a broken file is reported once, not every
-        // second, and a fix (a new stamp) is picked up.
+        // Remember the new stamp either way: a broken file is reported once (and retried
+        // every RETRY), not every second, and a fix (a new stamp) is picked up at once.
         current.stamp = now;
         match build(&self.files, self.name.as_ref(), current.loaded.version + 1) {
             Ok(loaded) => {
@@ -134,11 +143,17 @@ impl Tls {
                     "TLS: the certificate files changed; new connections use them"
                 );
                 current.loaded = loaded;
+                current.failed_at = None;
             }
-            Err(e) => tracing::error!(
-                "TLS: the certificate files changed but cannot be used, so the previous ones \
-                 stay in use: {e}"
-            ),
+            Err(e) => {
+                if current.failed_at.is_none() {
+                    tracing::error!(
+                        "TLS: the certificate files changed but cannot be used, so the \
+                         previous ones stay in use: {e}"
+                    );
+                }
+                current.failed_at = Some(Instant::now());
+            }
         }
         current.loaded.clone()
     }
@@ -167,6 +182,7 @@ fn build(
 ) -> Result<Loaded, TlsError> {
     let ca = read_certs(&files.ca, "the cluster CA's certificate")?;
     let chain = read_certs(&files.cert, "this node's certificate")?;
+    check_private(&files.key)?;
     let key = PrivateKeyDer::from_pem_file(&files.key).map_err(|e| {
         TlsError(format!(
             "{} is not a PEM private key ({e}): copy node.key from this node's pgfm init \
@@ -217,6 +233,19 @@ fn build(
         client: Arc::new(client),
         version,
     })
+}
+
+/// The key, like the token, must be readable by its owner alone.
+fn check_private(key: &Path) -> Result<(), TlsError> {
+    use std::os::unix::fs::PermissionsExt;
+    match std::fs::metadata(key) {
+        Ok(meta) if meta.permissions().mode() & 0o077 != 0 => Err(TlsError(format!(
+            "{} can be read by other users (chmod 600 {})",
+            key.display(),
+            key.display()
+        ))),
+        _ => Ok(()),
+    }
 }
 
 fn read_certs(path: &Path, what: &str) -> Result<Vec<CertificateDer<'static>>, TlsError> {

@@ -18,7 +18,13 @@ use tokio_rustls::TlsAcceptor;
 use crate::Tls;
 
 /// A handshake not done by then is dropped.
-const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
+/// At most this many handshakes at once: a flood of connections that never finish theirs
+/// cannot take every file descriptor (the agent's own Raft and probe connections need
+/// some); past it, new connections are closed at once.
+const HANDSHAKES: usize = 256;
+/// At most this many (address, reason) pairs are remembered for the log's rate limit.
+const REMEMBERED: usize = 1024;
 /// The same refusal from the same address is logged at most this often.
 const LOG_EVERY: Duration = Duration::from_secs(60);
 
@@ -72,6 +78,7 @@ async fn accept(
     tx: mpsc::Sender<(TlsStream<TcpStream>, SocketAddr)>,
 ) {
     let refusals = Arc::new(Refusals::default());
+    let handshakes = Arc::new(tokio::sync::Semaphore::new(HANDSHAKES));
     loop {
         let (stream, peer) = match tcp.accept().await {
             Ok(accepted) => accepted,
@@ -85,10 +92,18 @@ async fn accept(
         if tx.is_closed() {
             return;
         }
+        let Ok(permit) = handshakes.clone().try_acquire_owned() else {
+            refusals.log(
+                peer,
+                &Refusal::warn(format!("{HANDSHAKES} handshakes are already under way")),
+            );
+            continue;
+        };
         let _ = stream.set_nodelay(true);
         let acceptor = TlsAcceptor::from(tls.server_config());
         let (tx, refusals) = (tx.clone(), refusals.clone());
         tokio::spawn(async move {
+            let _permit = permit;
             match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
                 Ok(Ok(stream)) => {
                     let _ = tx.send((stream, peer)).await;
@@ -157,7 +172,13 @@ type Logged = (Option<Instant>, u64);
 impl Refusals {
     fn log(&self, peer: SocketAddr, refusal: &Refusal) {
         let mut seen = self.seen.lock().unwrap_or_else(|e| e.into_inner());
-        seen.retain(|_, (at, _)| at.is_some_and(|at| at.elapsed() < LOG_EVERY));
+        if seen.len() >= REMEMBERED {
+            seen.retain(|_, (at, _)| at.is_some_and(|at| at.elapsed() < LOG_EVERY));
+            if seen.len() >= REMEMBERED {
+                // A flood from many addresses: forget them rather than grow.
+                seen.clear();
+            }
+        }
         let entry = seen
             .entry((peer.ip(), refusal.reason.clone()))
             .or_insert((None, 0));

@@ -30,7 +30,13 @@ fn write(dir: &Path, ca: &Authority, pem: &Pem) -> TlsFiles {
     std::fs::write(&files.ca, &ca.pem.cert).unwrap();
     std::fs::write(&files.cert, &pem.cert).unwrap();
     std::fs::write(&files.key, &pem.key).unwrap();
+    private(&files.key);
     files
+}
+
+fn private(path: &Path) {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).unwrap();
 }
 
 fn node(dir: &Path, ca: &Authority, name: &str) -> TlsFiles {

@@ -128,11 +128,30 @@ fn init_writes_a_cluster_that_check_config_accepts_and_refuses_bad_input() {
         let entry = entry.unwrap();
         std::fs::copy(entry.path(), installed.join(entry.file_name())).unwrap();
     }
-    let checked = pgfm()
-        .args(["check-config", "-c"])
-        .arg(installed.join("pgfm.toml"))
-        .output()
-        .unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    for dir in [&dir, &installed] {
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o711)).unwrap();
+    }
+    let check = || {
+        pgfm()
+            .args(["check-config", "-c"])
+            .arg(installed.join("pgfm.toml"))
+            .output()
+            .unwrap()
+    };
+    if pgfm_lab::harness::is_root() {
+        // The step the output names: PostgreSQL, run as postgres, must read the passfile.
+        let forgotten = check();
+        assert_eq!(forgotten.status.code(), Some(2), "{}", text(&forgotten));
+        assert!(
+            text(&forgotten).contains("pgpass is not readable by postgres (chown postgres"),
+            "{}",
+            text(&forgotten)
+        );
+        let postgres = pgfm_postgres::OsUser::lookup("postgres").unwrap();
+        std::os::unix::fs::chown(installed.join("pgpass"), Some(postgres.uid), None).unwrap();
+    }
+    let checked = check();
     assert!(checked.status.success(), "{}", text(&checked));
     assert!(
         String::from_utf8_lossy(&checked.stdout)
@@ -274,7 +293,7 @@ fn the_debian_package_installs_works_and_uninstalls() {
             "{file} is missing from the package:\n{listing}"
         );
     }
-    assert!(listing.contains("drwx------ root/root"), "{listing}");
+    assert!(listing.contains("drwx--x--x root/root"), "{listing}");
 
     if !pgfm_lab::harness::is_root() {
         println!("SKIPPED: installing the package needs root");
@@ -341,4 +360,50 @@ fn the_debian_package_installs_works_and_uninstalls() {
         }
     }
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// With TLS on (the lab's default), every connection pgfm makes to a PostgreSQL is
+/// encrypted: the standby's stream, the agents' probes; the server's key sits beside its
+/// data directory (a base backup does not copy it), owned by the server alone.
+#[test]
+fn replication_and_probes_run_over_tls() {
+    let lab = Lab::up(PGFM, 2);
+    lab.wait_healthy("pg1", Duration::from_secs(60));
+    let stream = lab
+        .psql(
+            "pg1",
+            "SELECT r.application_name || ':' || s.ssl FROM pg_stat_replication r \
+             JOIN pg_stat_ssl s USING (pid)",
+        )
+        .unwrap();
+    assert_eq!(stream, "pg2:true", "the standby's stream is not over TLS");
+    pgfm_lab::harness::wait_for(
+        "pg1's agent probing over TLS",
+        Duration::from_secs(30),
+        || {
+            let probes = lab.psql(
+                "pg1",
+                "SELECT count(*) FILTER (WHERE s.ssl) || '/' || count(*) FROM pg_stat_activity a \
+                 JOIN pg_stat_ssl s USING (pid) WHERE a.application_name LIKE 'pgfm%'",
+            )?;
+            match probes.split_once('/') {
+                Some((tls, all)) if tls == all && all != "0" => Ok(()),
+                _ => Err(format!("pgfm's sessions over TLS/all: {probes}")),
+            }
+        },
+    );
+    let file = lab.lab().expect("the lab's file");
+    let data_dir = file.node("pg2").unwrap().data_dir.clone().unwrap();
+    let key = pgfm_postgres::ssl::installed(&data_dir).key;
+    let meta = std::fs::metadata(&key).unwrap();
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    assert_eq!(
+        meta.permissions().mode() & 0o777,
+        0o600,
+        "{}",
+        key.display()
+    );
+    let owner = std::fs::metadata(&data_dir).unwrap().uid();
+    assert_eq!(meta.uid(), owner, "{} is not the server's", key.display());
+    assert!(!data_dir.join("server.key").exists());
 }
