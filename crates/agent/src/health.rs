@@ -147,6 +147,7 @@ impl Agent {
                 .synchronous
                 .as_ref()
                 .map(|s| (s.waiting_count, s.degraded)),
+            tls_valid_for_s: self.tls_valid_for_s(),
         }
     }
 

@@ -113,6 +113,9 @@ pub struct Agent {
     probe_latency_ms: std::sync::atomic::AtomicU64,
     /// When the probe and lease loops last went round (for systemd's watchdog).
     loop_ticks: LoopTicks,
+    /// When this node's TLS set ends, and when that was read (agent ms; read again after
+    /// a minute, the files may have been renewed).
+    tls_expiry: Mutex<Option<(u64, Option<std::time::SystemTime>)>>,
     /// Asked to stop (stop-cluster): the run loop ends the agent.
     shutdown: tokio::sync::Notify,
     /// Where the WAL was when this agent, as primary, last changed
@@ -254,6 +257,22 @@ impl Agent {
         self.config.timing.lease.renew_interval_ms * 2
     }
 
+    /// How long this node's TLS set stays valid, in seconds (wall-clock: certificates are
+    /// valid in calendar time); read from its files at most once a minute.
+    fn tls_valid_for_s(&self) -> Option<i64> {
+        let files = self.config.tls.as_ref()?;
+        let now = self.now_ms();
+        let mut cached = lock(&self.tls_expiry);
+        if cached.is_none_or(|(at, _)| now.saturating_sub(at) >= 60_000) {
+            *cached = Some((now, pgfm_tls::expiry(files).ok()));
+        }
+        let expiry = cached.and_then(|(_, expiry)| expiry)?;
+        Some(match expiry.duration_since(std::time::SystemTime::now()) {
+            Ok(left) => left.as_secs() as i64,
+            Err(past) => -(past.duration().as_secs() as i64),
+        })
+    }
+
     /// Probe the local PostgreSQL (data nodes) and describe this node.
     async fn make_report(
         &self,
@@ -267,6 +286,7 @@ impl Agent {
             report.primary_check = Some(verdict.describe());
         }
         report.vip = self.vip_report().await;
+        report.tls_valid_for_s = self.tls_valid_for_s();
         report.watchdog = self
             .postgres
             .is_some()
@@ -1008,6 +1028,7 @@ pub async fn start(config: Config, token: Arc<str>, platform: Platform) -> anyho
         coordinate_now: tokio::sync::Notify::new(),
         probe_latency_ms: std::sync::atomic::AtomicU64::new(0),
         loop_ticks: LoopTicks::default(),
+        tls_expiry: Mutex::new(None),
         sync_switch: Mutex::new(None),
         shutdown: tokio::sync::Notify::new(),
         watchdog: Mutex::new(host_watchdog),

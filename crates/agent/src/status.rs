@@ -44,6 +44,12 @@ pub fn build(ctx: &Context<'_>, view: &ClusterView) -> ClusterStatus {
             ctx.answered_by
         ));
     }
+    for (name, _) in ctx.voters {
+        let valid_for = view
+            .fresh_report(name, ctx.now_ms)
+            .and_then(|r| r.tls_valid_for_s);
+        problems.extend(valid_for.and_then(|s| certificate_problem(name, s)));
+    }
     let vip = vip_status(view, ctx.now_ms, &nodes);
     if let Some(vip) = &vip {
         problems.extend(vip_problems(
@@ -78,6 +84,31 @@ pub fn build(ctx: &Context<'_>, view: &ClusterView) -> ClusterStatus {
         synchronous: sync_status(view, primary_report),
         problems,
         tls: ctx.tls,
+    }
+}
+
+/// Warn this long before a node's certificate (or the CA) ends.
+const CERTIFICATE_WARNING_S: i64 = 30 * 24 * 3600;
+
+/// A node's TLS set that ends within `CERTIFICATE_WARNING_S`, or has ended, in words.
+fn certificate_problem(name: &str, valid_for_s: i64) -> Option<String> {
+    let renew = format!(
+        "renew it where the cluster's ca/ directory is (pgfm init --add --force --data \
+         {name}=ADDRESS, or --witness) and copy node.crt and node.key to {name}: agents use \
+         them without a restart"
+    );
+    if valid_for_s <= 0 {
+        Some(format!(
+            "{name}'s TLS certificate or the cluster CA has expired: no agent accepts its \
+             connections; {renew}"
+        ))
+    } else if valid_for_s < CERTIFICATE_WARNING_S {
+        Some(format!(
+            "{name}'s TLS certificate or the cluster CA expires in {} day(s); {renew}",
+            valid_for_s / (24 * 3600)
+        ))
+    } else {
+        None
     }
 }
 
@@ -234,5 +265,29 @@ fn split_address(address: &str) -> (String, u16) {
     match address.rsplit_once(':') {
         Some((host, port)) => (host.to_string(), port.parse().unwrap_or_default()),
         None => (address.to_string(), 0),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::certificate_problem;
+
+    #[test]
+    fn a_certificate_near_its_end_or_past_it_is_a_problem_with_the_way_out() {
+        let day = 24 * 3600;
+        assert_eq!(certificate_problem("pg1", 31 * day), None);
+        let soon = certificate_problem("pg1", 12 * day + 5).unwrap();
+        assert_eq!(
+            soon,
+            "pg1's TLS certificate or the cluster CA expires in 12 day(s); renew it where the \
+             cluster's ca/ directory is (pgfm init --add --force --data pg1=ADDRESS, or \
+             --witness) and copy node.crt and node.key to pg1: agents use them without a \
+             restart"
+        );
+        let gone = certificate_problem("pg2", -5).unwrap();
+        assert!(
+            gone.starts_with("pg2's TLS certificate or the cluster CA has expired: no agent accepts its connections; renew it"),
+            "{gone}"
+        );
     }
 }

@@ -18,6 +18,7 @@ pub fn render(m: &Metrics) -> String {
     event_families(&mut out, m, &node);
     health_families(&mut out, m, &node);
     sync_families(&mut out, m, &node);
+    tls_family(&mut out, m, &node);
     out
 }
 
@@ -147,6 +148,20 @@ fn health_families(out: &mut String, m: &Metrics, node: &str) {
     );
 }
 
+/// How long this agent's TLS certificate (or the CA) stays valid: alert well before 0.
+fn tls_family(out: &mut String, m: &Metrics, node: &str) {
+    family(
+        out,
+        "pgfm_tls_valid_seconds",
+        "Seconds until this agent's TLS certificate or the cluster CA expires (negative: expired).",
+        "gauge",
+        m.tls_valid_for_s
+            .iter()
+            .map(|s| (format!("node=\"{node}\""), s.to_string()))
+            .collect(),
+    );
+}
+
 /// Synchronous replication: how many standbys a commit waits for, and whether fewer
 /// than asked.
 fn sync_families(out: &mut String, m: &Metrics, node: &str) {
@@ -190,6 +205,7 @@ mod tests {
             lag_bytes: vec![("pg2".into(), 0)],
             agents_up: vec![("pg1".into(), true), ("pg2".into(), false)],
             sync_waiting: Some((1, false)),
+            tls_valid_for_s: Some(86_400),
         };
         let text = render(&m);
         assert!(
@@ -203,6 +219,7 @@ mod tests {
         assert!(text.contains("# TYPE pgfm_failovers_total counter\n"));
         assert!(text.contains("pgfm_sync_standbys{node=\"pg1\"} 1\n"));
         assert!(text.contains("pgfm_sync_degraded{node=\"pg1\"} 0\n"));
+        assert!(text.contains("pgfm_tls_valid_seconds{node=\"pg1\"} 86400\n"));
         assert_eq!(escape("a\"b"), "a\\\"b");
     }
 }

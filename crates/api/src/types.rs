@@ -252,6 +252,8 @@ pub struct Metrics {
     /// With synchronous replication: how many standbys each commit waits for now, and
     /// whether that is fewer than asked.
     pub sync_waiting: Option<(usize, bool)>,
+    /// Seconds until this agent's TLS certificate or the cluster CA ends (None: TLS off).
+    pub tls_valid_for_s: Option<i64>,
 }
 
 /// One promotion in `GET /v1/history`.

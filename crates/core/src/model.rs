@@ -1195,6 +1195,11 @@ pub struct NodeReport {
     /// The host watchdog, on a data node (None: a witness, or an agent that predates it).
     #[serde(default)]
     pub watchdog: Option<WatchdogReport>,
+    /// How long this agent's TLS certificate (or the cluster CA, whichever ends first)
+    /// stays valid, in seconds from the report (negative: expired; None: TLS off, or an
+    /// agent that predates it).
+    #[serde(default)]
+    pub tls_valid_for_s: Option<i64>,
     /// What the agent is doing or waiting for, or the last probe error.
     pub info: String,
 }
@@ -1241,6 +1246,7 @@ impl NodeReport {
             forks: Vec::new(),
             primary_check: None,
             watchdog: None,
+            tls_valid_for_s: None,
             info: String::new(),
         }
     }

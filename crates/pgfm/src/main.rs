@@ -476,6 +476,26 @@ fn check_config(config: &std::path::Path) -> anyhow::Result<ExitCode> {
         config.cluster,
         config.peers.len()
     );
+    if let Some(files) = &config.tls {
+        if let Ok(until) = pgfm_tls::expiry(files) {
+            let left = until
+                .duration_since(std::time::SystemTime::now())
+                .unwrap_or_default();
+            let days = left.as_secs() / (24 * 3600);
+            println!(
+                "TLS: {} and the cluster CA are valid until {} ({days} days)",
+                files.cert.display(),
+                humantime::format_rfc3339_seconds(until)
+            );
+            if days < 30 {
+                eprintln!(
+                    "warning: renew {} within {days} days (pgfm init --add --force with this \
+                     node, where the cluster's ca/ directory is)",
+                    files.cert.display()
+                );
+            }
+        }
+    }
     Ok(ExitCode::SUCCESS)
 }
 

@@ -159,6 +159,25 @@ impl Tls {
     }
 }
 
+/// When the set in `files` stops working: the earlier of the node certificate's and the
+/// CA's end of validity.
+pub fn expiry(files: &TlsFiles) -> Result<SystemTime, TlsError> {
+    let mut earliest: Option<SystemTime> = None;
+    for (path, what) in [
+        (&files.cert, "this node's certificate"),
+        (&files.ca, "the cluster CA's certificate"),
+    ] {
+        for cert in read_certs(path, what)? {
+            let (_, parsed) = x509_parser::parse_x509_certificate(cert.as_ref())
+                .map_err(|e| TlsError(format!("{}: {e}", path.display())))?;
+            let not_after = parsed.validity().not_after.timestamp();
+            let at = SystemTime::UNIX_EPOCH + Duration::from_secs(not_after.max(0) as u64);
+            earliest = Some(earliest.map_or(at, |e| e.min(at)));
+        }
+    }
+    earliest.ok_or_else(|| TlsError(format!("{}: no certificate", files.cert.display())))
+}
+
 fn stamp(files: &TlsFiles) -> Vec<Option<(SystemTime, u64)>> {
     [&files.ca, &files.cert, &files.key]
         .iter()

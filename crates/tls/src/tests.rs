@@ -44,6 +44,27 @@ fn node(dir: &Path, ca: &Authority, name: &str) -> TlsFiles {
 }
 
 #[test]
+fn a_set_ends_with_the_earlier_of_its_certificate_and_its_ca() {
+    let tmp = tempfile::tempdir().unwrap();
+    let ca = Authority::create("main").unwrap();
+    let at = time::OffsetDateTime::now_utc() + time::Duration::days(10);
+    let files = write(
+        tmp.path(),
+        &ca,
+        &ca.issue_until("main", "pg1", &[local()], at).unwrap(),
+    );
+    let until = expiry(&files).unwrap();
+    let expected = std::time::UNIX_EPOCH + Duration::from_secs(at.unix_timestamp() as u64);
+    let off = until
+        .duration_since(expected)
+        .unwrap_or_else(|e| e.duration());
+    assert!(
+        off < Duration::from_secs(2),
+        "{until:?} against {expected:?}"
+    );
+}
+
+#[test]
 fn a_set_that_cannot_work_is_refused_naming_the_file_and_the_fix() {
     let tmp = tempfile::tempdir().unwrap();
     let ca = Authority::create("main").unwrap();

@@ -154,6 +154,11 @@ fn init_writes_a_cluster_that_check_config_accepts_and_refuses_bad_input() {
     let checked = check();
     assert!(checked.status.success(), "{}", text(&checked));
     assert!(
+        text(&checked).contains("and the cluster CA are valid until"),
+        "{}",
+        text(&checked)
+    );
+    assert!(
         String::from_utf8_lossy(&checked.stdout)
             .contains("valid (data node pg1 of cluster main, 3 peers)"),
         "{}",
