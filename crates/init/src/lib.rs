@@ -10,6 +10,7 @@
 //! OUT/cluster/cluster.json       what init was told, for init --add
 //! OUT/cluster/token, pgpass      the cluster's secrets, for init --add
 //! OUT/<node>/pgfm.toml, token, ca.crt, node.crt, node.key [, pgpass]
+//! OUT/clients/<name>/ca.crt, client.crt, client.key, client.pem   (init --add --client)
 //! ```
 //!
 //! Every file is mode 600 and every directory 700.
@@ -36,11 +37,15 @@ pub mod files {
     pub const CA_CERT: &str = "ca.crt";
     pub const NODE_CERT: &str = "node.crt";
     pub const NODE_KEY: &str = "node.key";
+    /// A client's certificate and key (`init --add --client`).
+    pub const CLIENT_CERT: &str = "client.crt";
+    pub const CLIENT_KEY: &str = "client.key";
 }
 
 const CA_DIR: &str = "ca";
 const CA_KEY: &str = "ca.key";
 const CLUSTER_DIR: &str = "cluster";
+const CLIENTS_DIR: &str = "clients";
 const SPEC: &str = "cluster.json";
 
 /// The superuser and replication user every passfile names (the agent's defaults).
@@ -153,6 +158,55 @@ pub fn add(out: &Path, nodes: Vec<NodeSpec>, force: bool) -> Result<Written, Ini
     write_spec(out, &spec)?;
     let names: Vec<String> = nodes.iter().map(|n| n.name.clone()).collect();
     write_nodes(spec, out, &authority, &secrets, &names, ca_dir)
+}
+
+/// Certificates for clients that are not nodes (HAProxy's health checks, Prometheus, the
+/// CLI on an operator's machine), signed by the CA `init` wrote into `out`: one directory
+/// each, `OUT/clients/<name>/`, with the CA's certificate, the client's certificate and
+/// key, and both in one file (`client.pem`, as HAProxy's `crt` wants). With `force`, an
+/// existing client's files are written again (a renewal).
+pub fn add_clients(out: &Path, names: &[String], force: bool) -> Result<Vec<PathBuf>, InitError> {
+    let spec = read_spec(out)?;
+    for name in names {
+        if !pgfm_core::types::valid_name(name) {
+            return refuse(format!(
+                "--client {name:?} is not a valid name (use 1-63 of a-z, 0-9, '-' and '_', \
+                 such as haproxy)"
+            ));
+        }
+        if spec.node(name).is_some() {
+            return refuse(format!(
+                "--client {name}: {name} is a node of cluster {}; a client needs a name of \
+                 its own",
+                spec.cluster
+            ));
+        }
+        if !force && out.join(CLIENTS_DIR).join(name).exists() {
+            return refuse(format!(
+                "--client {name} has its files already in {}: pass --force to write them \
+                 again with a new certificate",
+                out.join(CLIENTS_DIR).join(name).display()
+            ));
+        }
+    }
+    let ca_dir = out.join(CA_DIR);
+    let authority = pki::Authority::load(pki::Pem {
+        cert: read_file(&ca_dir.join(files::CA_CERT))?,
+        key: read_file(&ca_dir.join(CA_KEY))?,
+    })?;
+    let mut written = Vec::new();
+    for name in names {
+        let dir = out.join(CLIENTS_DIR).join(name);
+        make_dir(&out.join(CLIENTS_DIR))?;
+        make_dir(&dir)?;
+        let pem = authority.issue_client(&spec.cluster, name)?;
+        write_file(&dir.join(files::CA_CERT), &authority.pem.cert)?;
+        write_file(&dir.join(files::CLIENT_CERT), &pem.cert)?;
+        write_file(&dir.join(files::CLIENT_KEY), &pem.key)?;
+        write_file(&dir.join("client.pem"), &format!("{}{}", pem.cert, pem.key))?;
+        written.push(dir);
+    }
+    Ok(written)
 }
 
 fn kind_name(kind: NodeKind) -> &'static str {

@@ -108,6 +108,30 @@ impl Authority {
     }
 }
 
+impl Authority {
+    /// A certificate for a client only (a load balancer's health checks, monitoring, an
+    /// operator's CLI off the nodes): it may call agents, it cannot serve as one.
+    pub fn issue_client(&self, cluster: &str, client: &str) -> Result<Pem, InitError> {
+        let key = KeyPair::generate().map_err(pki_error)?;
+        let mut params = CertificateParams::default();
+        params.distinguished_name = name(client, cluster);
+        params.subject_alt_names = vec![SanType::DnsName(client.try_into().map_err(pki_error)?)];
+        params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+        params.use_authority_key_identifier_extension = true;
+        let now = OffsetDateTime::now_utc();
+        params.not_before = now - Duration::hours(1);
+        params.not_after = now + Duration::days(NODE_DAYS);
+        let cert = params
+            .signed_by(&key, &self.cert, &self.key)
+            .map_err(pki_error)?;
+        Ok(Pem {
+            cert: cert.pem(),
+            key: key.serialize_pem(),
+        })
+    }
+}
+
 fn name(common_name: &str, cluster: &str) -> DistinguishedName {
     let mut dn = DistinguishedName::new();
     dn.push(DnType::CommonName, common_name);

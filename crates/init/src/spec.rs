@@ -75,7 +75,7 @@ impl NodeSpec {
 }
 
 /// Names of the output directory's own subdirectories, which no node may have.
-const RESERVED: [&str; 2] = ["ca", "cluster"];
+const RESERVED: [&str; 3] = ["ca", "cluster", "clients"];
 
 fn flag(kind: NodeKind) -> &'static str {
     match kind {

@@ -226,6 +226,50 @@ fn a_node_added_later_joins_the_same_cluster() {
     );
     assert!(!out.join("pg5").exists());
 
+    // A client: signed by the same CA, for calling agents only.
+    let clients = pgfm_init::add_clients(&out, &["haproxy".to_string()], false).unwrap();
+    let client = &clients[0];
+    assert_private(&out);
+    let cert = client.join("client.crt");
+    openssl(&[
+        "verify",
+        "-CAfile",
+        out.join("pg1/ca.crt").to_str().unwrap(),
+        "-purpose",
+        "sslclient",
+        cert.to_str().unwrap(),
+    ]);
+    let as_server = Command::new("openssl")
+        .args([
+            "verify",
+            "-CAfile",
+            out.join("pg1/ca.crt").to_str().unwrap(),
+            "-purpose",
+            "sslserver",
+            cert.to_str().unwrap(),
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        !as_server.status.success(),
+        "a client certificate serves as a server's"
+    );
+    let pem = std::fs::read_to_string(client.join("client.pem")).unwrap();
+    assert!(pem.contains("BEGIN CERTIFICATE") && pem.contains("PRIVATE KEY"));
+    let named_like_a_node = pgfm_init::add_clients(&out, &["pg1".to_string()], false).unwrap_err();
+    assert_eq!(
+        named_like_a_node.0,
+        "--client pg1: pg1 is a node of cluster main; a client needs a name of its own"
+    );
+    let again = pgfm_init::add_clients(&out, &["haproxy".to_string()], false).unwrap_err();
+    assert!(
+        again
+            .0
+            .ends_with("pass --force to write them again with a new certificate"),
+        "{}",
+        again.0
+    );
+
     let nowhere = add(
         &tmp.path().join("none"),
         vec![NodeSpec::parse(Data, "pg9=10.0.0.19").unwrap()],

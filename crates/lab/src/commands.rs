@@ -982,17 +982,25 @@ fn print_lab_up(
     println!();
     if let Some(ns) = &lab.netns {
         let vip = ns.vip.split('/').next().unwrap_or_default();
+        let witness = lab.nodes.iter().find(|n| n.pg_port.is_none());
         println!(
             "Lab up in {:.1} s in {}, every node in its own network namespace \
-             ({}-*). Connect to the primary through the virtual IP with:\n  \
+             ({}-*). Its addresses are reachable only from the lab's client namespace: run \
+             every command there (from this host's own namespace they would leave by its \
+             default route). Connect to the primary through the virtual IP with:\n  \
              ip netns exec {} psql \"host={vip} port={} user=postgres \
-             dbname=postgres passfile={}\"\nStop it with: pgfm lab down --dir {}",
+             dbname=postgres passfile={}\"\nAsk the cluster with:\n  \
+             ip netns exec {} pgfm cluster-status -c {}\nStop it with: pgfm lab down --dir {}",
             started.elapsed().as_secs_f64(),
             dir.display(),
             ns.prefix,
             ns.client,
             netns::PG_PORT,
             lab.passfile.display(),
+            ns.client,
+            witness
+                .map(|w| w.config.display().to_string())
+                .unwrap_or_default(),
             dir.display()
         );
         return Ok(());

@@ -20,8 +20,9 @@ struct Cli {
     /// The cluster token file to use with --agent (default: the token_file of -c).
     #[arg(long, global = true)]
     token_file: Option<PathBuf>,
-    /// A directory with ca.crt, node.crt and node.key (a node's, as pgfm init writes them)
-    /// to present to --agent (default: the [tls] files of -c).
+    /// A directory with ca.crt and node.crt/node.key (a node's, as pgfm init writes them)
+    /// or client.crt/client.key (pgfm init --add --client) to present to --agent
+    /// (default: the [tls] files of -c).
     #[arg(long, global = true)]
     tls_dir: Option<PathBuf>,
     #[command(subcommand)]
@@ -218,10 +219,14 @@ struct InitArgs {
     /// Where to write: a new or empty directory (DIR/<node>/ for each node, DIR/ca/).
     #[arg(long, value_name = "DIR")]
     out: PathBuf,
-    /// Add the --data/--witness nodes to the cluster pgfm init wrote into --out (same CA,
-    /// token, passwords and settings).
+    /// Add the --data/--witness nodes (and --client certificates) to the cluster pgfm
+    /// init wrote into --out (same CA, token, passwords and settings).
     #[arg(long)]
     add: bool,
+    /// With --add: a certificate for a client that is not a node (HAProxy's health checks,
+    /// monitoring, the CLI off the nodes), in DIR/clients/NAME/. Repeat.
+    #[arg(long = "client", value_name = "NAME", requires = "add")]
+    clients: Vec<String>,
     /// Overwrite: a new cluster in a used --out, or new files (a new certificate) for a
     /// node --add names again.
     #[arg(long)]
@@ -301,14 +306,22 @@ fn local_agent(config: &std::path::Path) -> anyhow::Result<pgfm_api::ApiClient> 
         None => load()?.listen.to_string(),
     };
     let tls = match &target.tls_dir {
-        Some(dir) => Some(
-            pgfm_tls::Tls::load_client(pgfm_tls::TlsFiles {
-                ca: dir.join(pgfm_init::files::CA_CERT),
-                cert: dir.join(pgfm_init::files::NODE_CERT),
-                key: dir.join(pgfm_init::files::NODE_KEY),
-            })
-            .map_err(|e| anyhow::anyhow!("--tls-dir {}: {e}", dir.display()))?,
-        ),
+        Some(dir) => {
+            // A node's directory, or a client's (pgfm init --add --client).
+            let (cert, key) = if dir.join(pgfm_init::files::NODE_CERT).exists() {
+                (pgfm_init::files::NODE_CERT, pgfm_init::files::NODE_KEY)
+            } else {
+                (pgfm_init::files::CLIENT_CERT, pgfm_init::files::CLIENT_KEY)
+            };
+            Some(
+                pgfm_tls::Tls::load_client(pgfm_tls::TlsFiles {
+                    ca: dir.join(pgfm_init::files::CA_CERT),
+                    cert: dir.join(cert),
+                    key: dir.join(key),
+                })
+                .map_err(|e| anyhow::anyhow!("--tls-dir {}: {e}", dir.display()))?,
+            )
+        }
         None => load()
             .map_err(|e| {
                 e.context(
@@ -359,9 +372,14 @@ fn init(args: InitArgs) -> anyhow::Result<ExitCode> {
                 .map(|w| pgfm_init::NodeSpec::parse(NodeKind::Witness, w)),
         )
         .collect();
+    if args.add && args.data.is_empty() && args.witness.is_empty() && !args.clients.is_empty() {
+        return init_clients(&args.out, &args.clients, args.force);
+    }
     let written = nodes.and_then(|nodes| {
         if args.add {
-            return pgfm_init::add(&args.out, nodes, args.force);
+            let written = pgfm_init::add(&args.out, nodes, args.force)?;
+            pgfm_init::add_clients(&args.out, &args.clients, args.force)?;
+            return Ok(written);
         }
         let spec = pgfm_init::ClusterSpec {
             cluster: args.cluster.unwrap_or_default(),
@@ -415,6 +433,26 @@ fn init(args: InitArgs) -> anyhow::Result<ExitCode> {
         );
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// `pgfm init --add --client NAME ...`: client certificates alone.
+fn init_clients(out: &std::path::Path, names: &[String], force: bool) -> anyhow::Result<ExitCode> {
+    match pgfm_init::add_clients(out, names, force) {
+        Ok(dirs) => {
+            for dir in dirs {
+                println!(
+                    "pgfm init: wrote {dir}/: for HAProxy, check-ssl crt {dir}/client.pem \
+                     ca-file {dir}/ca.crt; for the CLI, --tls-dir {dir}",
+                    dir = dir.display()
+                );
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(e) => {
+            eprintln!("pgfm init: {e}; nothing was written");
+            Ok(ExitCode::from(1))
+        }
+    }
 }
 
 /// `pgfm manpages --out DIR`: pgfm.1 and pgfm-<command>.1 for every visible command.

@@ -200,6 +200,15 @@ async fn only_clients_of_the_cluster_ca_get_through_and_rotation_needs_no_restar
         "{answer}"
     );
 
+    // A client-only certificate (pgfm init --add --client) gets through too.
+    let haproxy = write(
+        &tmp.path().join("haproxy"),
+        &ca,
+        &ca.issue_client("main", "haproxy").unwrap(),
+    );
+    let haproxy = Tls::load_client(haproxy).unwrap();
+    assert!(get(&haproxy, address).await.is_ok());
+
     // Plain HTTP: refused in the handshake, no HTTP answer.
     let mut plain = tokio::net::TcpStream::connect(address).await.unwrap();
     plain

@@ -116,28 +116,49 @@ fn switchover_refusals_change_nothing() {
     );
     refused(Some("pg1"), "pg1 is already the primary");
     refused(Some("witness"), "witness is not a standby in sync with pg1");
-    // The same through --agent URL, --token-file and --tls-dir, from anywhere.
+    // The same through --agent URL, --token-file and --tls-dir, from anywhere: with a
+    // node's files, and with a client certificate of the cluster CA (as pgfm init --add
+    // --client writes it).
+    let ca = pgfm_init::pki::Authority::load(pgfm_init::pki::Pem {
+        cert: std::fs::read_to_string(lab.dir.join("ca.crt")).unwrap(),
+        key: std::fs::read_to_string(lab.dir.join("ca.key")).unwrap(),
+    })
+    .unwrap();
+    let client = lab.dir.join("operator");
+    std::fs::create_dir_all(&client).unwrap();
+    let pem = ca.issue_client("lab", "operator").unwrap();
+    std::fs::write(client.join("ca.crt"), &ca.pem.cert).unwrap();
+    std::fs::write(client.join("client.crt"), &pem.cert).unwrap();
+    std::fs::write(client.join("client.key"), &pem.key).unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(
+        client.join("client.key"),
+        std::fs::Permissions::from_mode(0o600),
+    )
+    .unwrap();
     let port = lab.lab_node("witness").agent_port;
-    let output = pgfm()
-        .args([
-            "switchover",
-            "--to",
-            "pg7",
-            "--agent",
-            &format!("https://127.0.0.1:{port}"),
-            "--token-file",
-        ])
-        .arg(lab.dir.join("token"))
-        .arg("--tls-dir")
-        .arg(lab.dir.join("pg1"))
-        .output()
-        .unwrap();
-    assert_eq!(output.status.code(), Some(1), "{}", text(&output));
-    assert!(
-        text(&output).contains("unknown node \"pg7\""),
-        "{}",
-        text(&output)
-    );
+    for tls_dir in [lab.dir.join("pg1"), client] {
+        let output = pgfm()
+            .args([
+                "switchover",
+                "--to",
+                "pg7",
+                "--agent",
+                &format!("https://127.0.0.1:{port}"),
+                "--token-file",
+            ])
+            .arg(lab.dir.join("token"))
+            .arg("--tls-dir")
+            .arg(&tls_dir)
+            .output()
+            .unwrap();
+        assert_eq!(output.status.code(), Some(1), "{}", text(&output));
+        assert!(
+            text(&output).contains("unknown node \"pg7\""),
+            "{}",
+            text(&output)
+        );
+    }
 
     lab.run_ok(&["lab", "kill", "pg2"]);
     lab.wait_agent_down("pg1", "pg2");
