@@ -79,7 +79,6 @@ impl Authority {
         addresses: &[IpAddr],
         not_after: OffsetDateTime,
     ) -> Result<Pem, InitError> {
-        let key = KeyPair::generate().map_err(pki_error)?;
         let mut params = CertificateParams::default();
         params.distinguished_name = name(node, cluster);
         params.subject_alt_names =
@@ -94,34 +93,33 @@ impl Authority {
             ExtendedKeyUsagePurpose::ServerAuth,
             ExtendedKeyUsagePurpose::ClientAuth,
         ];
-        params.use_authority_key_identifier_extension = true;
-        let now = OffsetDateTime::now_utc();
-        params.not_before = (now - Duration::hours(1)).min(not_after - Duration::days(1));
-        params.not_after = not_after;
-        let cert = params
-            .signed_by(&key, &self.cert, &self.key)
-            .map_err(pki_error)?;
-        Ok(Pem {
-            cert: cert.pem(),
-            key: key.serialize_pem(),
-        })
+        self.sign(params, not_after)
     }
-}
 
-impl Authority {
     /// A certificate for a client only (a load balancer's health checks, monitoring, an
     /// operator's CLI off the nodes): it may call agents, it cannot serve as one.
     pub fn issue_client(&self, cluster: &str, client: &str) -> Result<Pem, InitError> {
-        let key = KeyPair::generate().map_err(pki_error)?;
         let mut params = CertificateParams::default();
         params.distinguished_name = name(client, cluster);
         params.subject_alt_names = vec![SanType::DnsName(client.try_into().map_err(pki_error)?)];
         params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
         params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+        let now = OffsetDateTime::now_utc();
+        self.sign(params, now + Duration::days(NODE_DAYS))
+    }
+
+    /// A new key and `params` signed by the CA, valid until `not_after` (from an hour
+    /// ago, or a day before `not_after` if that is earlier).
+    fn sign(
+        &self,
+        mut params: CertificateParams,
+        not_after: OffsetDateTime,
+    ) -> Result<Pem, InitError> {
+        let key = KeyPair::generate().map_err(pki_error)?;
         params.use_authority_key_identifier_extension = true;
         let now = OffsetDateTime::now_utc();
-        params.not_before = now - Duration::hours(1);
-        params.not_after = now + Duration::days(NODE_DAYS);
+        params.not_before = (now - Duration::hours(1)).min(not_after - Duration::days(1));
+        params.not_after = not_after;
         let cert = params
             .signed_by(&key, &self.cert, &self.key)
             .map_err(pki_error)?;

@@ -20,81 +20,34 @@ fn init_writes_a_cluster_that_check_config_accepts_and_refuses_bad_input() {
     let installed = dir.join("etc");
     let out_s = out.to_str().unwrap();
     let etc = installed.to_str().unwrap();
-    let good = [
-        "--cluster",
-        "main",
-        "--data",
-        "pg1=10.0.0.11",
-        "--data",
-        "pg2=10.0.0.12",
-        "--witness",
-        "w1=10.0.0.13",
-        "--vip",
-        "10.0.0.100/24",
-        "--interface",
-        "eth0",
-        "--synchronous",
-        "on",
-        "--etc-dir",
-        etc,
-        "--out",
-        out_s,
-    ];
+    const NODES: &str = "--data pg1=10.0.0.11 --data pg2=10.0.0.12 --witness w1=10.0.0.13";
+    let line = format!("--cluster main {NODES} --synchronous on");
+    let mut good: Vec<&str> = line.split_whitespace().collect();
+    good.extend(["--vip", "10.0.0.100/24", "--interface", "eth0"]);
+    good.extend(["--etc-dir", etc, "--out", out_s]);
 
     // Bad input: exit 1, the fix, nothing written.
-    let cases: [(&[&str], &str); 4] = [
+    let cases = [
         (
-            &[
-                "--data",
-                "pg1=10.0.0.11",
-                "--data",
-                "pg1=10.0.0.12",
-                "--witness",
-                "w1=10.0.0.13",
-            ],
+            "--data pg1=10.0.0.11 --data pg1=10.0.0.12 --witness w1=10.0.0.13".to_string(),
             "pgfm init: pg1 is named twice: give every node its own name; nothing was written",
         ),
         (
-            &[
-                "--data",
-                "pg1=10.0.0.311",
-                "--data",
-                "pg2=10.0.0.12",
-                "--witness",
-                "w1=10.0.0.13",
-            ],
+            "--data pg1=10.0.0.311 --data pg2=10.0.0.12 --witness w1=10.0.0.13".to_string(),
             "pgfm init: --data \"pg1=10.0.0.311\": \"10.0.0.311\" is not an IP address",
         ),
         (
-            &[
-                "--data",
-                "pg1=10.0.0.11",
-                "--data",
-                "pg2=10.0.0.12",
-                "--witness",
-                "w1=10.0.0.13",
-                "--vip",
-                "10.0.1.100/24",
-                "--interface",
-                "eth0",
-            ],
+            format!("{NODES} --vip 10.0.1.100/24 --interface eth0"),
             "pgfm init: --vip 10.0.1.100/24 is outside pg1's subnet (10.0.0.11)",
         ),
         (
-            &[
-                "--data",
-                "pg1=10.0.0.11",
-                "--witness",
-                "w1=10.0.0.13",
-                "--witness",
-                "w2=10.0.0.14",
-            ],
+            "--data pg1=10.0.0.11 --witness w1=10.0.0.13 --witness w2=10.0.0.14".to_string(),
             "pgfm init: 1 data node(s): a cluster needs at least two",
         ),
     ];
-    for (nodes, message) in cases {
+    for (nodes, message) in &cases {
         let mut args = vec!["--cluster", "main", "--out", out_s];
-        args.extend_from_slice(nodes);
+        args.extend(nodes.split_whitespace());
         let output = init(&args);
         assert_eq!(output.status.code(), Some(1), "{}", text(&output));
         assert!(
