@@ -97,9 +97,24 @@ pub fn create(spec: ClusterSpec, out: &Path, force: bool) -> Result<Written, Ini
         // A node of an earlier init that this one does not name must not linger as if
         // it belonged to the new cluster.
         if let Ok(old) = read_spec(out) {
-            for node in old.nodes.iter().filter(|n| spec.node(&n.name).is_none()) {
+            for node in old
+                .nodes
+                .iter()
+                .filter(|n| spec.node(&n.name).is_none() && pgfm_core::types::valid_name(&n.name))
+            {
                 remove_dir(&out.join(&node.name))?;
             }
+        }
+        // The earlier CA's key is moved aside, never destroyed: nodes may still use it.
+        if out.join(CA_DIR).join(CA_KEY).exists() {
+            let stamp = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_secs())
+                .unwrap_or_default();
+            let aside = out.join(format!("{CA_DIR}.replaced-{stamp}"));
+            std::fs::rename(out.join(CA_DIR), &aside).map_err(|e| {
+                InitError(format!("moving the earlier CA to {}: {e}", aside.display()))
+            })?;
         }
     }
     let authority = pki::Authority::create(&spec.cluster)?;
@@ -337,7 +352,8 @@ fn check_out(out: &Path, force: bool) -> Result<(), InitError> {
     let shown = names.iter().take(5).cloned().collect::<Vec<_>>().join(", ");
     let hint = if out.join(CA_DIR).join(CA_KEY).exists() {
         " it holds a cluster pgfm init wrote: add nodes to it with --add, or pass --force to \
-         replace it with a new cluster (new CA, token and passwords)"
+         replace it with a new cluster (new CA, token and passwords; the old CA is kept as \
+         ca.replaced-TIME)"
     } else {
         " choose a new or empty directory, or pass --force to write into it anyway"
     };
@@ -395,7 +411,12 @@ fn write_file(path: &Path, contents: &str) -> Result<(), InitError> {
     file.sync_all().map_err(error)
 }
 
+/// Create `path` (and its parents) mode 700; a directory that exists keeps its mode (an
+/// `--out` given with `--force` may be shared).
 fn make_dir(path: &Path) -> Result<(), InitError> {
+    if path.is_dir() {
+        return Ok(());
+    }
     std::fs::DirBuilder::new()
         .recursive(true)
         .mode(0o700)

@@ -142,7 +142,7 @@ fn a_cluster_s_files_are_private_valid_and_signed_by_its_ca() {
         format!(
             "--out {} is not empty (ca, cluster, pg1, pg2, w1): it holds a cluster pgfm init \
              wrote: add nodes to it with --add, or pass --force to replace it with a new \
-             cluster (new CA, token and passwords)",
+             cluster (new CA, token and passwords; the old CA is kept as ca.replaced-TIME)",
             out.display()
         )
     );
@@ -150,13 +150,36 @@ fn a_cluster_s_files_are_private_valid_and_signed_by_its_ca() {
         std::fs::read_to_string(out.join("ca/ca.crt")).unwrap(),
         before
     );
-    // With --force it is a new cluster.
+    // With --force it is a new cluster; the earlier CA is kept aside, not destroyed.
     create(spec(false), &out, true).unwrap();
     assert_ne!(
         std::fs::read_to_string(out.join("ca/ca.crt")).unwrap(),
         before
     );
+    let aside: Vec<_> = std::fs::read_dir(&out)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| {
+            p.file_name()
+                .unwrap()
+                .to_string_lossy()
+                .starts_with("ca.replaced-")
+        })
+        .collect();
+    assert_eq!(aside.len(), 1, "{aside:?}");
+    assert_eq!(
+        std::fs::read_to_string(aside[0].join("ca.crt")).unwrap(),
+        before
+    );
     assert_private(&out);
+
+    // A shared directory given with --force keeps its mode.
+    let shared = tmp.path().join("shared");
+    std::fs::create_dir(&shared).unwrap();
+    std::fs::set_permissions(&shared, std::fs::Permissions::from_mode(0o755)).unwrap();
+    std::fs::write(shared.join("notes.txt"), "x").unwrap();
+    create(spec(false), &shared, true).unwrap();
+    assert_eq!(mode(&shared), 0o755);
 }
 
 #[test]
