@@ -90,8 +90,9 @@ pub(crate) async fn notify_loop(
                 return;
             }
         }
-        let status = status_line(&agent);
-        let joined = agent.raft.state().members.contains_key(&agent.config.name);
+        let state = agent.raft.state();
+        let status = status_line(&agent, &state);
+        let joined = state.members.contains_key(&agent.config.name);
         let mut message = Vec::new();
         if joined && !ready {
             ready = true;
@@ -111,8 +112,7 @@ pub(crate) async fn notify_loop(
 }
 
 /// The agent's role in a line: "primary of generation 3, coordinator".
-fn status_line(agent: &Agent) -> String {
-    let state = agent.raft.state();
+fn status_line(agent: &Agent, state: &pgfm_core::ClusterState) -> String {
     let me = agent.config.name.as_str();
     let mut line = if !state.members.contains_key(me) {
         "joining the cluster".to_string()

@@ -15,6 +15,16 @@ pub enum NodeKind {
     Witness,
 }
 
+impl NodeKind {
+    /// Its name in configs and on the wire: "data" or "witness".
+    pub fn as_str(self) -> &'static str {
+        match self {
+            NodeKind::Data => "data",
+            NodeKind::Witness => "witness",
+        }
+    }
+}
+
 /// A member of the cluster as committed in the Raft log.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Member {

@@ -153,7 +153,7 @@ pub fn add(out: &Path, nodes: Vec<NodeSpec>, force: bool) -> Result<Written, Ini
                     "{} is a {} node at {} in {}: give the same kind and address to renew \
                      its files, or another name for a new node",
                     node.name,
-                    kind_name(old.kind),
+                    old.kind.as_str(),
                     old.address,
                     out.join(CLUSTER_DIR).join(SPEC).display()
                 ))
@@ -222,13 +222,6 @@ pub fn add_clients(out: &Path, names: &[String], force: bool) -> Result<Vec<Path
         written.push(dir);
     }
     Ok(written)
-}
-
-fn kind_name(kind: NodeKind) -> &'static str {
-    match kind {
-        NodeKind::Data => "data",
-        NodeKind::Witness => "witness",
-    }
 }
 
 /// Write the directories of the nodes named `names`.

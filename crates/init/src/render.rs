@@ -13,10 +13,7 @@ use crate::spec::{ClusterSpec, NodeSpec};
 pub fn node_config(spec: &ClusterSpec, node: &NodeSpec) -> String {
     let layout = &spec.layout;
     let etc = |file: &str| layout.etc_dir.join(file).display().to_string();
-    let kind = match node.kind {
-        NodeKind::Data => "data",
-        NodeKind::Witness => "witness",
-    };
+    let kind = node.kind.as_str();
     let mut text = String::new();
     let _ = writeln!(
         text,

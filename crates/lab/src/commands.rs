@@ -449,12 +449,9 @@ fn ephemeral_start() -> u32 {
         .unwrap_or(32_768)
 }
 
+/// A token or password: the one `pgfm init` makes.
 fn random_secret() -> anyhow::Result<String> {
-    let mut bytes = [0u8; 24];
-    std::fs::File::open("/dev/urandom")
-        .and_then(|mut f| f.read_exact(&mut bytes))
-        .context("reading /dev/urandom")?;
-    Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
+    Ok(pgfm_init::random_secret()?)
 }
 
 fn write_private(path: &Path, contents: &str, owner: Option<&OsUser>) -> anyhow::Result<()> {

@@ -506,10 +506,7 @@ fn check_config(config: &std::path::Path) -> anyhow::Result<ExitCode> {
     println!(
         "config {}: valid ({} node {} of cluster {}, {} peers)",
         config.file.display(),
-        match config.kind {
-            pgfm_core::NodeKind::Data => "data",
-            pgfm_core::NodeKind::Witness => "witness",
-        },
+        config.kind.as_str(),
         config.name,
         config.cluster,
         config.peers.len()
