@@ -72,6 +72,18 @@ struct RawConfig {
     replication: RawReplication,
     watchdog: Option<RawWatchdog>,
     tls: Option<RawTls>,
+    #[serde(default)]
+    bootstrap: RawBootstrap,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawBootstrap {
+    encoding: Option<String>,
+    locale: Option<String>,
+    data_checksums: Option<bool>,
+    #[serde(default)]
+    pg_hba: Vec<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -258,6 +270,18 @@ pub struct WatchdogConfig {
     pub device: PathBuf,
 }
 
+/// `[bootstrap]`: how this node initialises the cluster if it is chosen to, when every
+/// data node's data directory is empty (initdb's options, and pg_hba.conf lines of the
+/// operator's after pgfm's own).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BootstrapConfig {
+    pub encoding: String,
+    /// None: initdb's default (from the agent's environment; `C` under systemd).
+    pub locale: Option<String>,
+    pub data_checksums: bool,
+    pub pg_hba: Vec<String>,
+}
+
 /// The virtual IP that follows the primary (EFM's `virtual.ip`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct VipConfig {
@@ -293,6 +317,7 @@ pub struct Config {
     /// `[tls]`: the files of mutual TLS between agents and from the CLI; None when
     /// `mode = "off"` (plain HTTP).
     pub tls: Option<TlsFiles>,
+    pub bootstrap: BootstrapConfig,
 }
 
 /// The TOML itself; a syntax error or an unknown key names its line.
@@ -753,6 +778,81 @@ fn parse_watchdog(
     Ok(WatchdogConfig { mode, device })
 }
 
+/// pg_hba.conf's connection types: the first word of every line of `[bootstrap] pg_hba`.
+const HBA_TYPES: [&str; 6] = [
+    "local",
+    "host",
+    "hostssl",
+    "hostnossl",
+    "hostgssenc",
+    "hostnogssenc",
+];
+
+fn parse_bootstrap(check: &Check, raw: RawBootstrap) -> Result<BootstrapConfig, ConfigError> {
+    let word = |key: &str, value: &str, example: &str| {
+        if value.is_empty()
+            || !value
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || "-_.@".contains(c))
+        {
+            return Err(check.err(
+                key,
+                format!("is {value:?}: give a name such as {example:?} (letters, digits, - _ . @)"),
+            ));
+        }
+        Ok(value.to_string())
+    };
+    let encoding = word(
+        "bootstrap.encoding",
+        raw.encoding.as_deref().unwrap_or("UTF8"),
+        "UTF8",
+    )?;
+    let locale = raw
+        .locale
+        .map(|l| word("bootstrap.locale", &l, "C.UTF-8"))
+        .transpose()?;
+    for (i, line) in raw.pg_hba.iter().enumerate() {
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        let minimum = if fields.first() == Some(&"local") {
+            4
+        } else {
+            5
+        };
+        let problem = if line.contains('\n') {
+            Some("holds a line break: give each line as its own string".to_string())
+        } else if !fields.first().is_some_and(|t| HBA_TYPES.contains(t)) {
+            Some(format!(
+                "does not begin with a connection type ({})",
+                HBA_TYPES.join(", ")
+            ))
+        } else if fields.len() < minimum {
+            Some(format!(
+                "has {} fields, {} needs at least {minimum} (TYPE DATABASE USER{} METHOD)",
+                fields.len(),
+                fields[0],
+                if minimum == 5 { " ADDRESS" } else { "" }
+            ))
+        } else {
+            None
+        };
+        if let Some(problem) = problem {
+            return Err(check.err(
+                &format!("bootstrap.pg_hba[{i}]"),
+                format!(
+                    "{line:?} {problem}; for example \"hostssl all all 10.0.1.0/24 \
+                     scram-sha-256\""
+                ),
+            ));
+        }
+    }
+    Ok(BootstrapConfig {
+        encoding,
+        locale,
+        data_checksums: raw.data_checksums.unwrap_or(true),
+        pg_hba: raw.pg_hba,
+    })
+}
+
 fn parse_vip(check: &Check, raw: RawVip) -> Result<VipConfig, ConfigError> {
     let text = check.required(
         raw.address,
@@ -899,6 +999,7 @@ impl Config {
         let watchdog = parse_watchdog(&check, raw.watchdog, node.kind, &timing.lease)?;
         let failover = parse_failover(&check, &raw.failover, on_crash)?;
         let tls = parse_tls(&check, raw.tls, &token_file)?;
+        let bootstrap = parse_bootstrap(&check, raw.bootstrap)?;
         Ok(Config {
             file: file.to_path_buf(),
             cluster,
@@ -918,6 +1019,7 @@ impl Config {
             sync,
             watchdog,
             tls,
+            bootstrap,
         })
     }
 
@@ -1209,6 +1311,25 @@ port = 5432
         check("port = 5432", "port = 5432\n[replication]\nsynchronous = \"quorum\"\nminimum_standbys = 2", "config pg1.toml: replication.minimum_standbys is 2, more than sync_standbys (1) (at most sync_standbys; that many is what strict = true means)");
         check("port = 5432", "port = 5432\n[replication]\nsynchronous = \"on\"\nsync_standbys = 2\nminimum_standbys = 1\nstrict = true", "config pg1.toml: replication.minimum_standbys is 1 with strict = true, which means minimum_standbys = sync_standbys (2) (set one of them, not both)");
         check("port = 5432", "port = 5432\n[failover]\nauto_failover = false\nrejoin = \"manual\"\non_crash = \"failover\"\ncrash_restart_bound = \"5s\"", "ok");
+    }
+
+    #[test]
+    fn bootstrap_options_and_their_mistakes() {
+        let config = Config::parse(Path::new("pg1.toml"), GOOD).unwrap();
+        assert_eq!(
+            config.bootstrap,
+            BootstrapConfig {
+                encoding: "UTF8".into(),
+                locale: None,
+                data_checksums: true,
+                pg_hba: Vec::new(),
+            }
+        );
+        let with = |section: &str| format!("port = 5432\n[bootstrap]\n{section}");
+        check("port = 5432", &with("encoding = \"LATIN1\"\nlocale = \"C.UTF-8\"\ndata_checksums = false\npg_hba = [\"hostssl all app 10.0.1.0/24 scram-sha-256\", \"local all all peer\"]"), "ok");
+        check("port = 5432", &with("locale = \"en_US UTF8\""), "config pg1.toml: bootstrap.locale is \"en_US UTF8\": give a name such as \"C.UTF-8\" (letters, digits, - _ . @)");
+        check("port = 5432", &with("pg_hba = [\"hots all all 10.0.1.0/24 md5\"]"), "config pg1.toml: bootstrap.pg_hba[0] \"hots all all 10.0.1.0/24 md5\" does not begin with a connection type (local, host, hostssl, hostnossl, hostgssenc, hostnogssenc); for example \"hostssl all all 10.0.1.0/24 scram-sha-256\"");
+        check("port = 5432", &with("pg_hba = [\"local all all peer\", \"hostssl all all scram-sha-256\"]"), "config pg1.toml: bootstrap.pg_hba[1] \"hostssl all all scram-sha-256\" has 4 fields, hostssl needs at least 5 (TYPE DATABASE USER ADDRESS METHOD); for example \"hostssl all all 10.0.1.0/24 scram-sha-256\"");
     }
 
     #[test]

@@ -12,7 +12,7 @@ use pgfm_coord::ProposeError;
 use pgfm_core::decide::{Action, ClusterView, Forward, Measured};
 use pgfm_core::model::SyncRule;
 use pgfm_core::{ClusterState, Command, Generation, Lsn};
-use pgfm_postgres::{Database, StartAs, Upstream};
+use pgfm_postgres::{Database, HbaPeer, InitdbPlan, StartAs, Upstream};
 
 use super::memory::{Memory, Outcome};
 use super::{lock, Agent};
@@ -183,6 +183,7 @@ impl Agent {
                 outcomes.extend(failed_start(pg, &result));
                 result
             }
+            Action::Initdb { generation } => self.initialise(pg, state, *generation).await,
             Action::Clone {
                 upstream,
                 generation,
@@ -320,6 +321,28 @@ impl Agent {
 
     /// Fill the data directory with a base backup of `upstream` — the empty one (`fresh`),
     /// or a fresh one with the old moved aside — then start as its standby.
+    /// This node was chosen to initialise the empty cluster: initdb, the roles and
+    /// pg_hba.conf for every member (`Postgres::initialise`). The coordinator then makes it
+    /// the first primary, and it starts once it holds the lease.
+    async fn initialise(
+        &self,
+        pg: &dyn Database,
+        state: &ClusterState,
+        generation: Generation,
+    ) -> anyhow::Result<()> {
+        let started = Instant::now();
+        let plan = initdb_plan(&self.config, state);
+        tracing::info!(%generation, peers = plan.peers.len(), "every data directory is empty and this node was chosen: initialising the cluster (initdb)");
+        self.set_activity(Some(format!(
+            "initialising the cluster for generation {generation} (initdb)"
+        )));
+        let result = pg.initialise(&plan).await;
+        self.set_activity(None);
+        result?;
+        tracing::info!(%generation, ms = started.elapsed().as_millis() as u64, "cluster initialised: waiting to be made its first primary");
+        Ok(())
+    }
+
     async fn clone_and_start(
         &self,
         pg: &dyn Database,
@@ -610,5 +633,54 @@ fn failed_start(pg: &dyn Database, result: &anyhow::Result<()>) -> Option<Outcom
             error: format!("{e:#}"),
         }),
         _ => None,
+    }
+}
+
+/// What initdb makes (`[bootstrap]`) and whom the new pg_hba.conf lets in: every member's
+/// hosts (its agent's and its PostgreSQL's address), data nodes for replication too.
+fn initdb_plan(config: &crate::config::Config, state: &ClusterState) -> InitdbPlan {
+    let mut peers = Vec::new();
+    for member in state.members.values() {
+        let replication = member.kind == pgfm_core::NodeKind::Data;
+        let agent_host = host_of(&member.address);
+        for host in std::iter::once(agent_host).chain(member.pg_host.as_deref()) {
+            let peer = HbaPeer {
+                name: member.name.clone(),
+                host: host.to_string(),
+                replication,
+            };
+            if !peers.contains(&peer) {
+                peers.push(peer);
+            }
+        }
+    }
+    let b = &config.bootstrap;
+    InitdbPlan {
+        cluster: config.cluster.clone(),
+        encoding: b.encoding.clone(),
+        locale: b.locale.clone(),
+        data_checksums: b.data_checksums,
+        peers,
+        extra_hba: b.pg_hba.clone(),
+    }
+}
+
+/// The host of `host:port` (`[v6]:port` too).
+fn host_of(address: &str) -> &str {
+    match address.strip_prefix('[').and_then(|a| a.split_once(']')) {
+        Some((host, _)) => host,
+        None => address.rsplit_once(':').map_or(address, |(host, _)| host),
+    }
+}
+
+#[cfg(test)]
+mod initdb_tests {
+    use super::host_of;
+
+    #[test]
+    fn hosts_of_agent_addresses() {
+        assert_eq!(host_of("10.0.0.11:7400"), "10.0.0.11");
+        assert_eq!(host_of("[fd00::1]:7400"), "fd00::1");
+        assert_eq!(host_of("db1.example.com:7400"), "db1.example.com");
     }
 }

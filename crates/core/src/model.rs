@@ -60,6 +60,10 @@ impl Member {
 pub enum Command {
     /// An agent records (or updates) how to reach it and its failover settings.
     Register { member: Member },
+    /// Every data node's data directory is empty: `node` (and no other) initialises the
+    /// cluster with initdb, then becomes its first primary. Committed before it acts, so
+    /// that two nodes never both initialise one (issue 14).
+    ChooseInitdb { node: String, at_unix_ms: u64 },
     /// The first primary of the cluster, generation 1.
     Bootstrap {
         primary: String,
@@ -266,6 +270,18 @@ pub enum CommandError {
     UnknownNode(String),
     #[error("node {0} was disallowed: run pgfm allow-node {0} ADDRESS on a member to let it back")]
     Departed(String),
+    #[error(
+        "{0} was chosen to initialise the cluster: only it may become the first primary \
+         (pgfm disallow-node {0} gives the choice up, if that node is gone for good)"
+    )]
+    InitdbChosen(String),
+}
+
+/// The data node chosen to initialise an empty cluster (`Command::ChooseInitdb`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InitdbChoice {
+    pub node: String,
+    pub at_unix_ms: u64,
 }
 
 /// An operator's `pgfm promote` while the primary is gone.
@@ -391,6 +407,10 @@ pub struct ClusterState {
     /// the same timeline number on a different fork (chaos soak seed 2, run 44).
     #[serde(default)]
     pub highest_timeline: Timeline,
+    /// Before the first primary, when every data directory was empty: the node chosen to
+    /// run initdb. Kept afterwards, for the history.
+    #[serde(default)]
+    pub initdb: Option<InitdbChoice>,
 }
 
 /// What a primary's commits wait for: `count` of the standbys `names` (`FIRST count` when
@@ -546,6 +566,7 @@ impl ClusterState {
             Command::Register { member } => self.register(member),
             Command::RemoveMember { name } => self.remove_member(name),
             Command::Welcome { name } => self.welcome(name),
+            Command::ChooseInitdb { node, at_unix_ms } => self.choose_initdb(node, *at_unix_ms),
             Command::Bootstrap {
                 primary,
                 generation,
@@ -634,6 +655,11 @@ impl ClusterState {
     /// `pgfm disallow-node`: forget the member and keep it out.
     fn remove_member(&mut self, name: &str) -> Result<(), CommandError> {
         self.members.remove(name);
+        // A node chosen to initialise the cluster and gone for good: the choice is given up
+        // (the way out an operator has); a later round chooses again among the others.
+        if self.primary.is_none() && self.initdb.as_ref().is_some_and(|c| c.node == name) {
+            self.initdb = None;
+        }
         self.departed.insert(name.to_string());
         Ok(())
     }
@@ -644,13 +670,44 @@ impl ClusterState {
         Ok(())
     }
 
-    /// The first primary: only once, only generation 1, only a registered data node.
+    /// The node that initialises an empty cluster: only before the first primary, only
+    /// once, only a registered data node that may be promoted.
+    fn choose_initdb(&mut self, node: &str, at_unix_ms: u64) -> Result<(), CommandError> {
+        if let Some(current) = &self.primary {
+            return Err(CommandError::AlreadyBootstrapped {
+                primary: current.clone(),
+                generation: self.generation,
+            });
+        }
+        if let Some(chosen) = &self.initdb {
+            return Err(CommandError::InitdbChosen(chosen.node.clone()));
+        }
+        match self.members.get(node) {
+            Some(m) if m.kind == NodeKind::Data && m.can_be_promoted() => {}
+            Some(m) if m.kind == NodeKind::Data => {
+                return Err(CommandError::NotPromotable(node.to_string()))
+            }
+            _ => return Err(CommandError::NotADataNode(node.to_string())),
+        }
+        self.initdb = Some(InitdbChoice {
+            node: node.to_string(),
+            at_unix_ms,
+        });
+        Ok(())
+    }
+
+    /// The first primary: only once, only generation 1, only a registered data node — the
+    /// one chosen to initialise the cluster, if one was (two initialised nodes must never
+    /// both serve).
     fn bootstrap(&mut self, primary: &str, generation: Generation) -> Result<(), CommandError> {
         if let Some(current) = &self.primary {
             return Err(CommandError::AlreadyBootstrapped {
                 primary: current.clone(),
                 generation: self.generation,
             });
+        }
+        if let Some(chosen) = self.initdb.as_ref().filter(|c| c.node != primary) {
+            return Err(CommandError::InitdbChosen(chosen.node.clone()));
         }
         if generation != self.generation.next() {
             return Err(CommandError::WrongGeneration {

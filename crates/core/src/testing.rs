@@ -305,6 +305,11 @@ fn short(action: &Action) -> String {
             ..
         } => format!("bootstrap {primary} g{generation}"),
         Action::Propose {
+            command: Command::ChooseInitdb { node, .. },
+            ..
+        } => format!("choose {node} for initdb"),
+        Action::Initdb { generation } => format!("initdb g{generation}"),
+        Action::Propose {
             command:
                 Command::Promote {
                     node,

@@ -10,6 +10,8 @@ use anyhow::{bail, Context};
 
 use pgfm_core::{DataDirState, Lsn, SyncRule, Timeline};
 
+pub use crate::initdb::{initdb, single_user_sql};
+
 use crate::datadir;
 use crate::probe::{self, Target};
 use crate::run_as::OsUser;
@@ -956,72 +958,6 @@ async fn create_slot(client: &tokio_postgres::Client, slot: &str) -> anyhow::Res
         )
         .await
         .map_err(|e| anyhow::anyhow!("creating slot {slot}: {}", probe::describe(&e)))?;
-    Ok(())
-}
-
-/// Run `initdb` on `data_dir` as `user` (the lab's first node), with checksums so that
-/// pg_rewind works, and `superuser` with the password in `pwfile`.
-pub async fn initdb(
-    bin_dir: &Path,
-    data_dir: &Path,
-    user: &OsUser,
-    superuser: &str,
-    pwfile: &Path,
-) -> anyhow::Result<()> {
-    user.make_private_dir(data_dir)
-        .with_context(|| format!("creating {}", data_dir.display()))?;
-    let output = user
-        .command(bin_dir.join("initdb"))
-        .arg("-D")
-        .arg(data_dir)
-        .args(["-U", superuser, "--auth=scram-sha-256", "--data-checksums"])
-        .arg(format!("--pwfile={}", pwfile.display()))
-        .stdin(Stdio::null())
-        .output()
-        .await
-        .context("running initdb")?;
-    if !output.status.success() {
-        bail!(
-            "initdb failed: {}",
-            String::from_utf8_lossy(&output.stderr).trim()
-        );
-    }
-    Ok(())
-}
-
-/// Run SQL in single-user mode on a stopped cluster (the lab uses it to create the
-/// replication role before any agent starts).
-pub async fn single_user_sql(
-    bin_dir: &Path,
-    data_dir: &Path,
-    user: &OsUser,
-    sql: &str,
-) -> anyhow::Result<()> {
-    use tokio::io::AsyncWriteExt;
-    let mut child = user
-        .command(bin_dir.join("postgres"))
-        .args(["--single", "-j", "-D"])
-        .arg(data_dir)
-        .arg("postgres")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .context("starting postgres --single")?;
-    if let Some(mut stdin) = child.stdin.take() {
-        stdin
-            .write_all(sql.as_bytes())
-            .await
-            .context("writing SQL")?;
-    }
-    let output = child
-        .wait_with_output()
-        .await
-        .context("waiting for postgres --single")?;
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    if !output.status.success() || stderr.contains("ERROR") {
-        bail!("postgres --single failed: {}", stderr.trim());
-    }
     Ok(())
 }
 

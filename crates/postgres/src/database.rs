@@ -10,6 +10,7 @@ use pgfm_core::transport::Pending;
 use pgfm_core::{DataDirState, Lsn, NodeReport, SyncRule, Timeline};
 
 use crate::control::{HandOverStop, Postgres, StartAs, Upstream};
+use crate::initdb::InitdbPlan;
 use crate::probe::{RemoteCheck, Target, Verdict};
 use crate::Prober;
 
@@ -38,6 +39,8 @@ pub trait Database: Send + Sync {
     /// Start as the primary, as a standby of an upstream, or as a standby to be promoted;
     /// the postmaster's pid.
     fn start<'a>(&'a self, how: StartAs<'a>) -> Pending<'a, anyhow::Result<u32>>;
+    /// Initialise a new cluster in the empty data directory (`Postgres::initialise`).
+    fn initialise<'a>(&'a self, plan: &'a InitdbPlan) -> Pending<'a, anyhow::Result<()>>;
     /// Fill the empty data directory with a base backup of `upstream`.
     fn clone_from<'a>(&'a self, upstream: &'a Upstream) -> Pending<'a, anyhow::Result<()>>;
     /// Move the data directory aside and clone afresh from `upstream`.
@@ -104,6 +107,9 @@ impl Database for Postgres {
     }
     fn start<'a>(&'a self, how: StartAs<'a>) -> Pending<'a, anyhow::Result<u32>> {
         Box::pin(Postgres::start(self, how))
+    }
+    fn initialise<'a>(&'a self, plan: &'a InitdbPlan) -> Pending<'a, anyhow::Result<()>> {
+        Box::pin(Postgres::initialise(self, plan))
     }
     fn clone_from<'a>(&'a self, upstream: &'a Upstream) -> Pending<'a, anyhow::Result<()>> {
         Box::pin(Postgres::clone_from(self, upstream))

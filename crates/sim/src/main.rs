@@ -48,6 +48,10 @@ struct Args {
     /// How far each host's clock rate may be from 1 (0.03: ±3 %).
     #[arg(long, default_value_t = 0.03, value_parser = drift_bound)]
     drift: f64,
+    /// Every data directory starts empty: the cluster forms by initdb on the node the
+    /// agents choose, the others clone it.
+    #[arg(long)]
+    from_empty: bool,
 }
 
 /// A clock-rate bound from 0 up to (not including) 1.
@@ -79,6 +83,7 @@ fn options(args: &Args, seed: u64) -> Options {
     options.watchdog = args.watchdog.clone();
     options.timing = args.timing.clone();
     options.drift = args.drift;
+    options.from_empty = args.from_empty;
     options
 }
 

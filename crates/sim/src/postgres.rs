@@ -31,7 +31,7 @@ use pgfm_core::{
 };
 use pgfm_postgres::control::{slot_name, HandOverStop, StartAs, Upstream};
 use pgfm_postgres::probe::{sync_rule, sync_setting, Target, Verdict};
-use pgfm_postgres::{Database, Probe, RemoteProbe};
+use pgfm_postgres::{Database, InitdbPlan, Probe, RemoteProbe};
 
 use crate::hosts::Hosts;
 use crate::rng::Rng;
@@ -513,6 +513,22 @@ pub struct PgModel {
     probe_timeout: Duration,
 }
 
+impl Cluster {
+    /// What initdb leaves: timeline 1, a shutdown checkpoint, stopped cleanly.
+    fn initdb() -> Cluster {
+        let mut wal = Wal::default();
+        wal.push(1, 1, Kind::Shutdown);
+        Cluster {
+            wal,
+            control: Control::ShutDown,
+            slots: BTreeSet::new(),
+            broken: false,
+            histories: BTreeSet::new(),
+            reserved: BTreeSet::new(),
+        }
+    }
+}
+
 impl PgModel {
     /// Servers for `nodes`; `initialised` is the one data dir that holds a freshly initdb'd
     /// cluster (no standby.signal, stopped); the others are empty directories. `hosts`
@@ -523,16 +539,7 @@ impl PgModel {
         for (i, node) in nodes.iter().enumerate() {
             let mut dir = DataDir::default();
             if *node == initialised {
-                let mut wal = Wal::default();
-                wal.push(1, 1, Kind::Shutdown);
-                dir.cluster = Some(Cluster {
-                    wal,
-                    control: Control::ShutDown,
-                    slots: BTreeSet::new(),
-                    broken: false,
-                    histories: BTreeSet::new(),
-                    reserved: BTreeSet::new(),
-                });
+                dir.cluster = Some(Cluster::initdb());
             }
             let server = Server {
                 name: node.to_string(),
@@ -2042,6 +2049,37 @@ impl SimDatabase {
         Ok(())
     }
 
+    /// As `Postgres::initialise`: initdb and the rest take a while aside, and the cluster
+    /// appears in the data directory whole, unless the host died meanwhile.
+    async fn initialise(&self) -> anyhow::Result<()> {
+        let (epoch, wait) = {
+            let mut m = self.model();
+            let wait = m.draw(&self.node, 500, 2_000);
+            let s = m.server_mut(&self.node)?;
+            if s.state() != Ok(DataDirState::Empty) {
+                bail!(
+                    "data_dir {} is no longer empty: not initialising over it",
+                    s.path()
+                );
+            }
+            (s.host_epoch, wait)
+        };
+        sleep(wait).await;
+        let mut m = self.model();
+        let s = m.server_mut(&self.node)?;
+        if s.host_epoch != epoch {
+            bail!("initdb was killed");
+        }
+        if s.state() != Ok(DataDirState::Empty) {
+            bail!(
+                "data_dir {} is no longer empty: not initialising over it",
+                s.path()
+            );
+        }
+        s.dir.cluster = Some(Cluster::initdb());
+        Ok(())
+    }
+
     /// As `Postgres::clone_from`: this node's slot on `upstream`, then pg_basebackup.
     async fn clone_from(&self, upstream: &Upstream) -> anyhow::Result<()> {
         let slot = slot_name(&self.node);
@@ -2156,6 +2194,9 @@ impl Database for SimDatabase {
     }
     fn start<'a>(&'a self, how: StartAs<'a>) -> Pending<'a, anyhow::Result<u32>> {
         Box::pin(SimDatabase::start(self, how))
+    }
+    fn initialise<'a>(&'a self, _plan: &'a InitdbPlan) -> Pending<'a, anyhow::Result<()>> {
+        Box::pin(SimDatabase::initialise(self))
     }
     fn clone_from<'a>(&'a self, upstream: &'a Upstream) -> Pending<'a, anyhow::Result<()>> {
         Box::pin(SimDatabase::clone_from(self, upstream))

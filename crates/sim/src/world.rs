@@ -54,6 +54,9 @@ pub struct Options {
     /// `[timing]` keys of every agent's config other than the defaults, as `(key, value)`
     /// in TOML (`("lease", "\"2400ms\"")`): `pgfm-sim --timing lease=2400ms`.
     pub timing: Vec<(String, String)>,
+    /// Every data directory starts empty: the agents choose one node to run initdb and
+    /// the others clone it (`pgfm-sim --from-empty`). Otherwise pg1 starts initialised.
+    pub from_empty: bool,
 }
 
 impl Options {
@@ -71,6 +74,7 @@ impl Options {
             trace: false,
             engine: Arc::new(Rules),
             timing: Vec::new(),
+            from_empty: false,
         }
     }
 
@@ -82,7 +86,7 @@ impl Options {
             .map(|(k, v)| format!(" --timing {k}={}", v.trim_matches('"')))
             .collect();
         format!(
-            "cargo run --release -p pgfm-sim -- --seed {} --data-nodes {} --synchronous {} --watchdog {} --faults {}{}{timing}{} --trace",
+            "cargo run --release -p pgfm-sim -- --seed {} --data-nodes {} --synchronous {} --watchdog {} --faults {}{}{timing}{}{} --trace",
             self.seed,
             self.data_nodes,
             self.synchronous,
@@ -96,6 +100,7 @@ impl Options {
             } else {
                 format!(" --drift {}", self.drift)
             },
+            if self.from_empty { " --from-empty" } else { "" },
         )
     }
 }
@@ -244,7 +249,8 @@ impl World {
             .iter()
             .map(String::as_str)
             .collect();
-        let pg_model = PgModel::new(options.seed, &data, data[0], hosts.clone());
+        let initialised = if options.from_empty { "" } else { data[0] };
+        let pg_model = PgModel::new(options.seed, &data, initialised, hosts.clone());
         let vip = VipTable::new(
             pgfm_net::VipSpec {
                 address: std::net::Ipv4Addr::new(10, 77, 0, 100),
@@ -292,14 +298,18 @@ impl World {
             .unwrap_or_else(|| fault_rng.range(1, 4) as usize);
         let plan = match &options.script {
             Some(script) => script.clone(),
-            None => faults::plan(
-                &mut fault_rng,
-                &options.faults,
-                nodes.len(),
-                count,
-                WARM_UP_MS,
-                WARM_UP_MS + 15_000,
-            ),
+            // A cluster formed from empty data directories is struck while it forms too.
+            None => {
+                let from = if options.from_empty { 500 } else { WARM_UP_MS };
+                faults::plan(
+                    &mut fault_rng,
+                    &options.faults,
+                    nodes.len(),
+                    count,
+                    from,
+                    from + 15_000,
+                )
+            }
         };
         let faults_end_ms = plan
             .iter()

@@ -176,3 +176,48 @@ fn a_promotion_cut_off_by_a_crash_ends_on_a_new_timeline() {
         report.faults
     );
 }
+
+/// A cluster from empty data directories (issue 14): the node chosen to run initdb loses
+/// its host, then only its agent, in the middle of initdb. Never two initialised nodes
+/// (every run's invariants: one writer, every acknowledged commit kept), and the cluster
+/// still forms with the chosen node as its first primary, the others cloned from it.
+#[test]
+fn the_chosen_node_dying_during_initdb_never_yields_two_primaries() {
+    for (seed, kind) in [
+        (1, Kind::HostCrash),
+        (2, Kind::AgentCrash),
+        (3, Kind::Freeze),
+    ] {
+        let mut options = Options::new(seed);
+        options.from_empty = true;
+        options.trace = true;
+        options.script = Some(vec![Fault::new(1_500, kind, Target::Node(0), 4_000)]);
+        let report = pgfm_sim::run(options);
+        assert!(
+            report.violations.is_empty(),
+            "{kind:?}: {:?}",
+            report.violations
+        );
+        let committed = |what: &str| report.trace.iter().filter(|l| l.contains(what)).count();
+        assert!(
+            committed("command=ChooseInitdb") >= 1 && committed("command=Bootstrap") >= 1,
+            "{kind:?}: the cluster never formed"
+        );
+        let bootstraps: Vec<&String> = report
+            .trace
+            .iter()
+            .filter(|l| l.contains("command=Bootstrap"))
+            .collect();
+        assert!(
+            bootstraps.iter().all(|l| l.contains("primary: \"pg1\"")),
+            "{kind:?}: {bootstraps:?}"
+        );
+        // The fault struck initdb: a crash makes it start again.
+        if kind != Kind::Freeze {
+            assert!(
+                committed("initialising the cluster (initdb)") >= 2,
+                "{kind:?}: initdb was not interrupted"
+            );
+        }
+    }
+}

@@ -33,6 +33,29 @@ fn a_thousand_seeded_runs_keep_every_invariant() {
     );
 }
 
+/// Clusters formed from empty data directories (one node chosen for initdb, the others
+/// cloning it), struck by faults while they form: a hundred seeds, all three replication
+/// modes. More: `cargo run --release -p pgfm-sim -- --from-empty --seeds 10000`.
+#[test]
+fn clusters_formed_from_empty_directories_keep_every_invariant() {
+    let jobs = std::thread::available_parallelism().map_or(2, |n| n.get());
+    let from_empty = |seed| {
+        let mut options = options_for(seed);
+        options.from_empty = true;
+        options
+    };
+    let failed = search::search(1..101, jobs, &from_empty, &|_| {});
+    let seeds: Vec<u64> = failed.iter().map(|(r, _)| r.seed).collect();
+    assert!(
+        failed.is_empty(),
+        "seeds {seeds:?} broke an invariant; the first:\n{}",
+        failed
+            .first()
+            .map(|(_, o)| search::explain(o, 120))
+            .unwrap_or_default()
+    );
+}
+
 /// The same seed, the same run: two runs of one seed write the same trace, line for line.
 #[test]
 fn a_seed_replays_byte_for_byte() {

@@ -21,6 +21,10 @@ pub enum Action {
         upstream: String,
         generation: Generation,
     },
+    /// Initialise the cluster in the empty data directory (this node was chosen,
+    /// `ClusterState::initdb`): initdb aside, the roles, pg_hba.conf, then moved into place.
+    /// It serves the first generation, `generation`.
+    Initdb { generation: Generation },
     /// Fill the empty data directory with a base backup of `upstream`, then start.
     Clone {
         upstream: String,
@@ -142,6 +146,10 @@ impl std::fmt::Display for Action {
                 f,
                 "start as a standby of {upstream} (generation {generation})"
             ),
+            Action::Initdb { generation } => write!(
+                f,
+                "initialise the cluster with initdb (for generation {generation})"
+            ),
             Action::Clone {
                 upstream,
                 generation,
@@ -219,6 +227,10 @@ struct Proposal<'a>(&'a Command);
 impl std::fmt::Display for Proposal<'_> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self.0 {
+            Command::ChooseInitdb { node, .. } => write!(
+                f,
+                "{node} to initialise the cluster (every data directory is empty)"
+            ),
             Command::Bootstrap {
                 primary,
                 generation,

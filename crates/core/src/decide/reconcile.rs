@@ -13,16 +13,27 @@ pub(super) fn reconcile_local(
 ) -> Vec<Action> {
     let me = &local.report;
     let Some(primary) = cluster.state.primary.as_deref() else {
+        let chosen = cluster.state.initdb.as_ref().map(|c| c.node.as_str());
         let reason = match (me.db_up, me.role, me.data_dir) {
+            (false, _, Some(DataDirState::Empty)) if chosen == Some(local.name.as_str()) => {
+                return vec![Action::Initdb {
+                    generation: cluster.state.generation.next(),
+                }];
+            }
             (true, Some(DbRole::Primary), _) | (false, _, Some(DataDirState::Primary)) => {
                 "bootstrap candidate: waiting for the coordinator to choose the first primary"
+                    .to_string()
             }
-            (false, _, Some(DataDirState::Empty)) => {
-                "empty data_dir: waiting for a primary to clone from"
-            }
-            _ => "standby: waiting for the cluster to have a primary",
+            (false, _, Some(DataDirState::Empty)) => match chosen {
+                Some(node) => format!(
+                    "empty data_dir: waiting for {node} to initialise the cluster, then to \
+                     clone it"
+                ),
+                None => "empty data_dir: waiting for a primary to clone from".to_string(),
+            },
+            _ => "standby: waiting for the cluster to have a primary".to_string(),
         };
-        return vec![hold(reason.to_string())];
+        return vec![hold(reason)];
     };
     if primary == local.name {
         reconcile_primary(cluster, local, now_ms)
