@@ -265,12 +265,34 @@ impl Agent {
         let mut cached = lock(&self.tls_expiry);
         if cached.is_none_or(|(at, _)| now.saturating_sub(at) >= 60_000) {
             *cached = Some((now, pgfm_tls::expiry(files).ok()));
+            self.refresh_postgres_tls(files);
         }
         let expiry = cached.and_then(|(_, expiry)| expiry)?;
         Some(match expiry.duration_since(std::time::SystemTime::now()) {
             Ok(left) => left.as_secs() as i64,
             Err(past) => -(past.duration().as_secs() as i64),
         })
+    }
+
+    /// Certificates rotated on disk reach the running PostgreSQL too (once a minute, with
+    /// the expiry check): only a set the agent itself accepts (signed by the cluster CA,
+    /// valid, naming this node) is installed for it.
+    fn refresh_postgres_tls(&self, files: &pgfm_tls::TlsFiles) {
+        let Some(pg) = &self.postgres else {
+            return;
+        };
+        if let Err(e) = self.config.load_tls() {
+            tracing::warn!("TLS: PostgreSQL keeps its certificate: the files cannot be used: {e}");
+            return;
+        }
+        match pg.refresh_ssl() {
+            Ok(true) => tracing::info!(
+                cert = %files.cert.display(),
+                "TLS: the certificate files changed; PostgreSQL reloaded with them"
+            ),
+            Ok(false) => {}
+            Err(e) => tracing::warn!("TLS: giving PostgreSQL the new certificate failed: {e:#}"),
+        }
     }
 
     /// Probe the local PostgreSQL (data nodes) and describe this node.

@@ -16,7 +16,7 @@
 //! Every file is mode 600 and every directory 700.
 
 pub mod pki;
-mod render;
+pub mod render;
 pub mod spec;
 
 use std::io::Read;
@@ -26,6 +26,7 @@ use std::path::{Path, PathBuf};
 pub use pki::NODE_DAYS;
 pub use spec::{ClusterSpec, InitError, Layout, NodeSpec, VipSpec};
 
+use files::CA_KEY;
 use pgfm_core::NodeKind;
 use spec::refuse;
 
@@ -40,10 +41,11 @@ pub mod files {
     /// A client's certificate and key (`init --add --client`).
     pub const CLIENT_CERT: &str = "client.crt";
     pub const CLIENT_KEY: &str = "client.key";
+    /// The CA's key, beside its certificate in `Written::ca_dir` (never on a node).
+    pub const CA_KEY: &str = "ca.key";
 }
 
 const CA_DIR: &str = "ca";
-const CA_KEY: &str = "ca.key";
 const CLUSTER_DIR: &str = "cluster";
 const CLIENTS_DIR: &str = "clients";
 const SPEC: &str = "cluster.json";
@@ -63,9 +65,9 @@ pub struct Written {
 impl Written {
     /// What to copy where, for the operator.
     pub fn instructions(&self) -> String {
-        let etc = self.spec.layout.etc_dir.display();
         let mut text = String::new();
         for (node, dir) in &self.nodes {
+            let etc = self.spec.layout_of(node).etc_dir.display();
             text.push_str(&format!(
                 "  {name} ({address}): copy {dir}/* into {etc}/ (the directory mode 711, owned by root){owner}\n",
                 name = node.name,

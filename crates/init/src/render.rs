@@ -9,9 +9,10 @@ use pgfm_core::NodeKind;
 use crate::files;
 use crate::spec::{ClusterSpec, NodeSpec};
 
-/// The config file of `node`, whose peers are every node of `spec`.
+/// The config file of `node`, whose peers are every node of `spec`: its own paths and
+/// ports are its layout's (`ClusterSpec::layout_of`), each peer's agent port its own.
 pub fn node_config(spec: &ClusterSpec, node: &NodeSpec) -> String {
-    let layout = &spec.layout;
+    let layout = spec.layout_of(node);
     let etc = |file: &str| layout.etc_dir.join(file).display().to_string();
     let kind = node.kind.as_str();
     let mut text = String::new();
@@ -51,7 +52,7 @@ pub fn node_config(spec: &ClusterSpec, node: &NodeSpec) -> String {
             text,
             "[[peers]]\nname = {:?}\naddress = \"{}\"\n",
             peer.name,
-            socket(peer.address, layout.agent_port)
+            socket(peer.address, spec.layout_of(peer).agent_port)
         );
     }
     if node.kind == NodeKind::Data {
@@ -67,6 +68,17 @@ pub fn node_config(spec: &ClusterSpec, node: &NodeSpec) -> String {
             port = layout.pg_port,
             passfile = etc(files::PASSFILE),
         );
+        if spec.vip.is_some() {
+            // PostgreSQL binds its addresses when it starts: one it was told to listen on
+            // that the host lacks (the VIP, on a standby) fails, and one added later (the
+            // VIP, at a promotion) is not listened on. Only a wildcard serves the VIP.
+            let _ = writeln!(
+                text,
+                "# Every address, the virtual IP included once this node is primary \
+                 (pg_hba.conf\n# says who may connect).\n\
+                 listen_addresses = \"*\""
+            );
+        }
         let _ = writeln!(
             text,
             "\n# The host watchdog (/dev/watchdog): while this node is primary, a host frozen or\n\

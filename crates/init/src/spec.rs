@@ -25,6 +25,11 @@ pub struct NodeSpec {
     pub name: String,
     pub kind: NodeKind,
     pub address: IpAddr,
+    /// This node's own directories and ports, when they are not the cluster's `Layout`:
+    /// for nodes that share a host (or a file system), as the lab's do. `pgfm init`'s
+    /// flags never set it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub layout: Option<Layout>,
 }
 
 impl NodeSpec {
@@ -70,6 +75,7 @@ impl NodeSpec {
             name: name.to_string(),
             kind,
             address,
+            layout: None,
         })
     }
 }
@@ -270,7 +276,8 @@ impl ClusterSpec {
         }
         self.layout.check()?;
         let mut names = BTreeMap::new();
-        let mut addresses = BTreeMap::new();
+        // Every port a node's agent or PostgreSQL listens on, at its address.
+        let mut listeners = BTreeMap::new();
         for node in &self.nodes {
             if names.insert(node.name.as_str(), node).is_some() {
                 return refuse(format!(
@@ -278,14 +285,37 @@ impl ClusterSpec {
                     node.name
                 ));
             }
-            if let Some(other) = addresses.insert(node.address, node) {
+            let layout = self.layout_of(node);
+            if node.layout.is_some() {
+                layout
+                    .check()
+                    .map_err(|e| InitError(format!("{}'s own layout: {e}", node.name)))?;
+            }
+            let mut ports = vec![layout.agent_port];
+            if node.kind == NodeKind::Data {
+                ports.push(layout.pg_port);
+            }
+            for port in ports {
+                let Some(other) = listeners.insert((node.address, port), node) else {
+                    continue;
+                };
+                if other.layout.is_none() && node.layout.is_none() {
+                    return refuse(format!(
+                        "{} and {} both have the address {}: give every node its own address \
+                         (each runs an agent on port {})",
+                        other.name, node.name, node.address, self.layout.agent_port
+                    ));
+                }
                 return refuse(format!(
-                    "{} and {} both have the address {}: give every node its own address \
-                     (each runs an agent on port {})",
-                    other.name, node.name, node.address, self.layout.agent_port
+                    "{} and {} both listen on {}: give every node its own address, or its \
+                     own ports",
+                    other.name,
+                    node.name,
+                    std::net::SocketAddr::new(node.address, port)
                 ));
             }
         }
+        self.check_shared_hosts()?;
         let data = self.data_nodes().count();
         if data < 2 {
             return refuse(format!(
@@ -326,6 +356,42 @@ impl ClusterSpec {
         Ok(())
     }
 
+    /// Nodes at one address are on one host: each needs directories of its own.
+    fn check_shared_hosts(&self) -> Result<(), InitError> {
+        for (i, a) in self.nodes.iter().enumerate() {
+            for b in self.nodes[i + 1..]
+                .iter()
+                .filter(|b| b.address == a.address)
+            {
+                let (la, lb) = (self.layout_of(a), self.layout_of(b));
+                let both_data = a.kind == NodeKind::Data && b.kind == NodeKind::Data;
+                let shared = [
+                    ("etc_dir", &la.etc_dir, &lb.etc_dir, true),
+                    ("state_dir", &la.state_dir, &lb.state_dir, true),
+                    ("data_dir", &la.data_dir, &lb.data_dir, both_data),
+                ]
+                .into_iter()
+                .find(|(_, x, y, counts)| *counts && x == y);
+                if let Some((what, path, _, _)) = shared {
+                    return refuse(format!(
+                        "{} and {} are both at {} with the {what} {}: nodes on one host need \
+                         directories of their own",
+                        a.name,
+                        b.name,
+                        a.address,
+                        path.display()
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Where `node`'s files go and its ports: its own layout, or the cluster's.
+    pub fn layout_of<'a>(&'a self, node: &'a NodeSpec) -> &'a Layout {
+        node.layout.as_ref().unwrap_or(&self.layout)
+    }
+
     pub fn data_nodes(&self) -> impl Iterator<Item = &NodeSpec> {
         self.nodes.iter().filter(|n| n.kind == NodeKind::Data)
     }
@@ -348,6 +414,7 @@ mod tests {
                     name: name.to_string(),
                     kind: *kind,
                     address: address.parse().unwrap(),
+                    layout: None,
                 })
                 .collect(),
             vip: vip.map(|(v, i)| VipSpec::parse(Some(v), Some(i)).unwrap().unwrap()),
@@ -452,5 +519,67 @@ mod tests {
             relative.check().unwrap_err().0,
             "--data-dir data: write the path on the nodes from / (such as /var/lib/postgresql/15/main)"
         );
+    }
+
+    /// Nodes on one host (the lab's, all on 127.0.0.1) are accepted with layouts of their
+    /// own, and refused when those share a port or a directory.
+    #[test]
+    fn nodes_on_one_host_need_their_own_ports_and_directories() {
+        let own = |name: &str, agent_port: u16, pg_port: u16| Layout {
+            etc_dir: format!("/lab/{name}").into(),
+            state_dir: format!("/lab/{name}/state").into(),
+            data_dir: format!("/lab/{name}/data").into(),
+            agent_port,
+            pg_port,
+        };
+        let one_host = |layouts: [Layout; 3]| {
+            let mut spec = cluster(
+                &[
+                    ("pg1", Data, "127.0.0.1"),
+                    ("pg2", Data, "127.0.0.1"),
+                    ("w1", Witness, "127.0.0.1"),
+                ],
+                None,
+            );
+            for (node, layout) in spec.nodes.iter_mut().zip(layouts) {
+                node.layout = Some(layout);
+            }
+            spec
+        };
+        let good = one_host([
+            own("pg1", 7401, 5401),
+            own("pg2", 7402, 5402),
+            own("w1", 7403, 5432),
+        ]);
+        assert_eq!(good.check(), Ok(()));
+        assert_eq!(good.layout_of(&good.nodes[1]).agent_port, 7402);
+        let cases = [
+            (
+                one_host([own("pg1", 7401, 5401), own("pg2", 7401, 5402), own("w1", 7403, 5432)]),
+                "pg1 and pg2 both listen on 127.0.0.1:7401: give every node its own address, or its own ports",
+            ),
+            (
+                one_host([own("pg1", 7401, 5401), own("pg2", 5401, 5402), own("w1", 7403, 5432)]),
+                "pg1 and pg2 both listen on 127.0.0.1:5401: give every node its own address, or its own ports",
+            ),
+            (
+                one_host([own("pg1", 7401, 5401), own("pg1", 7402, 5402), own("w1", 7403, 5432)]),
+                "pg1 and pg2 are both at 127.0.0.1 with the etc_dir /lab/pg1: nodes on one host need directories of their own",
+            ),
+            (
+                one_host([own("pg1", 7401, 5401), own("pg2", 7402, 0), own("w1", 7403, 5432)]),
+                "pg2's own layout: --pg-port 0: give the port to listen on (1-65535)",
+            ),
+        ];
+        for (spec, message) in cases {
+            assert_eq!(spec.check().unwrap_err().0, message);
+        }
+        // The witness runs no PostgreSQL: its pg_port is no one's.
+        let witness_port = one_host([
+            own("pg1", 7401, 5401),
+            own("pg2", 7402, 5402),
+            own("w1", 7403, 5401),
+        ]);
+        assert_eq!(witness_port.check(), Ok(()));
     }
 }

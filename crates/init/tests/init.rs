@@ -332,3 +332,75 @@ fn bad_input_writes_nothing() {
     let used = create(spec(false), &tmp.path().join("used"), false).unwrap_err();
     assert!(used.0.ends_with("is not empty (notes.txt): choose a new or empty directory, or pass --force to write into it anyway"), "{}", used.0);
 }
+
+/// Nodes that share a host, each with a layout of its own (as the lab's on 127.0.0.1):
+/// every config names its own directories and ports and its peers' ports, and the agent's
+/// parser accepts it; with a VIP, PostgreSQL listens on every address, the VIP's included.
+#[test]
+fn nodes_with_layouts_of_their_own_get_their_own_paths_and_ports() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("init");
+    let hosts = tmp.path().join("hosts");
+    let mut one_host = spec(false);
+    let ports = [(7401, 5401), (7402, 5402), (7403, 5432)];
+    for (node, (agent_port, pg_port)) in one_host.nodes.iter_mut().zip(ports) {
+        node.address = "127.0.0.1".parse().unwrap();
+        let etc_dir = hosts.join(&node.name);
+        node.layout = Some(Layout {
+            state_dir: etc_dir.join("state"),
+            data_dir: etc_dir.join("data"),
+            etc_dir,
+            agent_port,
+            pg_port,
+        });
+    }
+    one_host.vip = None;
+    let written = create(one_host, &out, false).unwrap();
+    for (node, dir) in &written.nodes {
+        let etc = hosts.join(&node.name);
+        let config = Config::load_static(&dir.join(files::CONFIG))
+            .unwrap_or_else(|e| panic!("{}: {e}", node.name));
+        let layout = node.layout.as_ref().unwrap();
+        assert_eq!(
+            config.listen.to_string(),
+            format!("127.0.0.1:{}", layout.agent_port)
+        );
+        assert_eq!(config.token_file, etc.join(files::TOKEN));
+        assert_eq!(config.state_dir, etc.join("state"));
+        let peers: Vec<String> = config.peers.iter().map(|p| p.address.clone()).collect();
+        assert_eq!(
+            peers,
+            ["127.0.0.1:7401", "127.0.0.1:7402", "127.0.0.1:7403"],
+            "{}",
+            node.name
+        );
+        let tls = config.tls.expect("TLS is on");
+        assert_eq!(tls.cert, etc.join(files::NODE_CERT));
+        match config.postgres {
+            Some(pg) => {
+                assert_eq!(pg.data_dir, etc.join("data"));
+                assert_eq!(pg.port, layout.pg_port);
+                assert_eq!(pg.passfile, Some(etc.join(files::PASSFILE)));
+                assert_eq!(pg.listen_addresses, "127.0.0.1");
+            }
+            None => assert_eq!(node.kind, Witness),
+        }
+        assert!(
+            written.instructions().contains(&format!(
+                "copy {}/* into {}/",
+                dir.display(),
+                etc.display()
+            )),
+            "{}",
+            written.instructions()
+        );
+    }
+    let kept = std::fs::read_to_string(out.join("cluster/cluster.json")).unwrap();
+    assert!(kept.contains("\"agent_port\": 7402"), "{kept}");
+
+    // With a VIP, PostgreSQL must answer on it once its node is primary.
+    let with_vip = tmp.path().join("vip");
+    create(spec(false), &with_vip, false).unwrap();
+    let pg1 = Config::load_static(&with_vip.join("pg1").join(files::CONFIG)).unwrap();
+    assert_eq!(pg1.postgres.unwrap().listen_addresses, "*");
+}

@@ -1,14 +1,27 @@
 //! `pgfm lab`: a real cluster on this machine (data nodes pg1..pgN and a witness, each with
 //! its own agent and ports on 127.0.0.1), in the layout DESIGN.md "The lab" describes.
-//! Only pg1 is initialised by initdb; the other data nodes' agents clone themselves.
 //! With `--netns` (netns.rs) every node is its own host in a network namespace, with a
 //! virtual IP, and partitions are real.
 //!
+//! The nodes are built as an operator builds them: `pgfm init` (the library, with every
+//! node's own directories and ports) writes each node's files into `DIR/init/`, and each
+//! node's directory is installed as `DIR/<node>/` (its `/etc/pgfm`), its config adapted to
+//! the lab (`node_config`: PostgreSQL's binaries, OS user, socket and log, the watchdog's
+//! FIFO, `--set`). With `lab up --from-empty`, always with `--netns`, every data directory
+//! starts empty and the agents bootstrap the cluster as in the field: they choose the first
+//! primary and run initdb there (`[bootstrap]`, whose `pg_hba` lets the lab's clients in),
+//! and the others clone it. Without it, quicker, `lab up` runs initdb on pg1 itself before
+//! any agent starts (`init_pg1`) and the other data nodes' agents clone themselves.
+//!
 //! Each data node also has a hardware watchdog, played by `pgfm lab watchdog-driver`
-//! (host.rs; `lab up --watchdog off` leaves it out). Besides DESIGN's layout, a data node's
+//! (host.rs; `lab up --watchdog off` leaves it out). Besides DESIGN's layout, the lab's
 //! directory holds:
 //!
 //! ```text
+//! DIR/init/                    what pgfm init wrote (ca/, cluster/, <node>/): the operator's copy
+//! DIR/token, pgpass            the cluster's token and passfile, for the lab's clients
+//! DIR/ca.crt, ca.key           the cluster CA, for tests that issue certificates
+//! DIR/<node>/pgfm.toml, token, ca.crt, node.crt, node.key [, pgpass]   the node's installed files
 //! DIR/<node>/watchdog          the FIFO its agent arms ([watchdog] device; mode 600)
 //! DIR/<node>/watchdog.pid      the driver's pid
 //! DIR/<node>/watchdog.log      arm, disarm, and what it killed when it fired
@@ -30,11 +43,14 @@ use nix::unistd::Pid;
 use serde::{Deserialize, Serialize};
 
 use pgfm_api::{ApiClient, ClusterStatus, NodeKindStatus};
+use pgfm_core::NodeKind;
+use pgfm_init::{ClusterSpec, Layout, NodeSpec, VipSpec};
 use pgfm_postgres::control::{initdb, single_user_sql};
 use pgfm_postgres::{find_bin_dir, OsUser};
 
 use pgfm_api::status_text;
 
+use crate::writers::Session;
 use crate::{disk, host, netns};
 
 const DEFAULT_DIR: &str = "/tmp/pgfm-lab";
@@ -78,6 +94,12 @@ pub enum LabCommand {
         /// without touching the machine's disk.
         #[arg(long, value_name = "MB")]
         data_disk: Option<u64>,
+        /// Every data directory empty, as in the field: the agents choose the first primary
+        /// and run initdb there (`[bootstrap]`; `--set bootstrap.KEY=VALUE` refines it), and
+        /// the others clone it. Without it, `lab up` runs initdb on pg1 itself before any
+        /// agent starts (quicker). Always so with --netns.
+        #[arg(long)]
+        from_empty: bool,
     },
     /// Stop everything the lab started and remove its directory.
     Down {
@@ -201,6 +223,10 @@ pub struct LabFile {
     /// `node.key`; off with `lab up --set tls.mode=off`).
     #[serde(default)]
     pub tls: bool,
+    /// Every data directory started empty and the agents bootstrapped the cluster
+    /// (`lab up --from-empty`, or `--netns`); otherwise `lab up` initialised pg1 itself.
+    #[serde(default)]
+    pub from_empty: bool,
 }
 
 impl LabFile {
@@ -248,9 +274,17 @@ impl LabFile {
         Ok(config)
     }
 
+    /// The CA a client of the lab's PostgreSQL verifies it with, when the lab lets its
+    /// clients in over TLS only: a lab bootstrapped from empty with TLS on, whose
+    /// `pg_hba.conf` the agents wrote (`client_hba`). None when plain connections are let
+    /// in (initdb's own `pg_hba.conf`, or TLS off).
+    pub fn client_ssl_root(&self) -> Option<PathBuf> {
+        (self.from_empty && self.tls).then(|| self.dir.join(pgfm_init::files::CA_CERT))
+    }
+
     /// Where clients write: through the virtual IP only in a --netns lab (as clients do in
     /// the field), to every data node (multi-host, the writable one wins) otherwise.
-    pub fn writer_config(&self, application_name: &str) -> anyhow::Result<tokio_postgres::Config> {
+    pub fn writer_config(&self, application_name: &str) -> anyhow::Result<Session> {
         let mut config = self.superuser_config(application_name)?;
         match &self.netns {
             Some(ns) => {
@@ -265,7 +299,10 @@ impl LabFile {
                 }
             }
         }
-        Ok(config)
+        Ok(Session {
+            config,
+            ssl_root: self.client_ssl_root(),
+        })
     }
 
     /// The node called `name`.
@@ -343,20 +380,22 @@ pub fn run(command: LabCommand) -> anyhow::Result<ExitCode> {
             synchronous,
             watchdog,
             data_disk,
+            from_empty,
         } => {
-            let mut settings = settings;
-            if let Some(mode) = synchronous {
-                settings.push(format!("replication.synchronous=\"{mode}\""));
-            }
-            let mut extra = parse_settings(&settings)?;
-            if watchdog != "off" {
-                add_watchdog(&mut extra, &watchdog);
-            }
+            let extra = up_settings(&settings, synchronous.as_deref(), &watchdog)?;
             let shape = Shape {
                 data_nodes,
                 netns,
                 data_disk_mb: data_disk,
+                from_empty: from_empty || netns,
             };
+            if !shape.from_empty && extra.iter().any(|(section, _)| section == "bootstrap") {
+                bail!(
+                    "--set bootstrap.*: the agents read [bootstrap] only when they initialise \
+                     the cluster themselves; add --from-empty (without it lab up runs initdb \
+                     on pg1 itself)"
+                );
+            }
             up(&absolute(&dir)?, &shape, json, &extra)
         }
         LabCommand::Down { dir } => down(&absolute(&dir)?),
@@ -449,18 +488,31 @@ fn ephemeral_start() -> u32 {
         .unwrap_or(32_768)
 }
 
-/// A token or password: the one `pgfm init` makes.
-fn random_secret() -> anyhow::Result<String> {
-    Ok(pgfm_init::random_secret()?)
-}
-
+/// Write `contents` to `path`, mode 600 from the first byte on, owned by `owner` if given.
 fn write_private(path: &Path, contents: &str, owner: Option<&OsUser>) -> anyhow::Result<()> {
-    std::fs::write(path, contents).with_context(|| format!("writing {}", path.display()))?;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .with_context(|| format!("creating {}", path.display()))?;
+    file.write_all(contents.as_bytes())
+        .with_context(|| format!("writing {}", path.display()))?;
     if let Some(user) = owner {
-        user.own(path)?;
+        user.own(path)
+            .with_context(|| format!("giving {} to {}", path.display(), user.name))?;
     }
     Ok(())
+}
+
+/// Copy `from` to `to` as `write_private` writes it: how an operator installs a file of
+/// `pgfm init`'s output on its node.
+fn install_private(from: &Path, to: &Path, owner: Option<&OsUser>) -> anyhow::Result<()> {
+    let contents =
+        std::fs::read_to_string(from).with_context(|| format!("reading {}", from.display()))?;
+    write_private(to, &contents, owner)
 }
 
 pub fn read_lab(dir: &Path) -> anyhow::Result<LabFile> {
@@ -500,10 +552,11 @@ pub(crate) fn parse_settings(settings: &[String]) -> anyhow::Result<Extra> {
             "replication",
             "watchdog",
             "tls",
+            "bootstrap",
         ]
         .contains(&section)
         {
-            bail!("--set {setting:?}: the lab only sets keys of [timing], [failover], [hooks], [replication], [watchdog] and [tls]");
+            bail!("--set {setting:?}: the lab only sets keys of [timing], [failover], [hooks], [replication], [watchdog], [tls] and [bootstrap]");
         }
         let entry = match extra.iter_mut().find(|(s, _)| s == section) {
             Some(entry) => entry,
@@ -514,6 +567,25 @@ pub(crate) fn parse_settings(settings: &[String]) -> anyhow::Result<Extra> {
         };
         entry.1.push((key.to_string(), value.to_string()));
     }
+    Ok(extra)
+}
+
+/// What `lab up` sets in every agent's config besides what it always sets (`node_config`):
+/// `--set`, `--synchronous` (over a `--set replication.synchronous`) and `--watchdog`
+/// (under a `--set watchdog.mode`).
+pub(crate) fn up_settings(
+    settings: &[String],
+    synchronous: Option<&str>,
+    watchdog: &str,
+) -> anyhow::Result<Extra> {
+    let mut settings = settings.to_vec();
+    if let Some(mode) = synchronous {
+        settings.push(format!("replication.synchronous=\"{mode}\""));
+    }
+    let mut extra = parse_settings(&settings)?;
+    // Said even when off: pgfm init's configs ask for the host's watchdog ("automatic"),
+    // which a lab must never arm.
+    add_watchdog(&mut extra, watchdog);
     Ok(extra)
 }
 
@@ -535,117 +607,186 @@ pub(crate) fn add_watchdog(extra: &mut Extra, mode: &str) {
     }
 }
 
+/// The string value `extra` gives `section.key`, without its quotes (the last one given).
+fn setting<'a>(extra: &'a Extra, section: &str, key: &str) -> Option<&'a str> {
+    extra
+        .iter()
+        .filter(|(s, _)| s == section)
+        .flat_map(|(_, keys)| keys)
+        .filter(|(k, _)| k == key)
+        .map(|(_, v)| v.trim().trim_matches('"'))
+        .next_back()
+}
+
 /// Whether the configs keep TLS on (the default; `--set tls.mode=off` turns it off).
 pub(crate) fn wants_tls(extra: &Extra) -> bool {
-    !extra.iter().any(|(section, keys)| {
-        section == "tls"
-            && keys
-                .iter()
-                .any(|(k, v)| k == "mode" && v.trim_matches('"') == "off")
-    })
+    setting(extra, "tls", "mode") != Some("off")
 }
 
 /// Whether the data nodes' configs ask for a watchdog (then each gets a driver).
 pub(crate) fn wants_watchdog(extra: &Extra) -> bool {
-    extra.iter().any(|(section, keys)| {
-        section == "watchdog"
-            && keys
-                .iter()
-                .any(|(k, v)| k == "mode" && v.trim_matches('"') != "off")
+    setting(extra, "watchdog", "mode").is_some_and(|mode| mode != "off")
+}
+
+/// The `[bootstrap] pg_hba` line that lets the lab's clients (the writer, the tests,
+/// psql) in, after the lines the agents write for the cluster's members: from the client
+/// namespace in a --netns lab, from 127.0.0.1 otherwise; over TLS only when the lab has
+/// it (its clients then verify the server: `LabFile::client_ssl_root`).
+pub(crate) fn client_hba(netns: bool, tls: bool) -> String {
+    let kind = if tls { "hostssl" } else { "host" };
+    let from = if netns {
+        format!("{}/32", netns::CLIENT_ADDRESS)
+    } else {
+        "127.0.0.1/32".to_string()
+    };
+    format!("{kind} all all {from} scram-sha-256")
+}
+
+/// `text` as a TOML string, quoted and escaped.
+fn toml_string(text: &str) -> String {
+    toml_edit::Value::from(text).to_string()
+}
+
+/// The `pgfm init` spec of the lab's cluster: every node at its lab address, with its own
+/// directories under DIR/<node> and its own ports (they share one file system, and on
+/// loopback one address), the VIP of a --netns lab on each host's `eth0`.
+pub(crate) fn cluster_spec(lab: &LabFile, synchronous: bool) -> anyhow::Result<ClusterSpec> {
+    let nodes = lab
+        .nodes
+        .iter()
+        .map(|node| {
+            let address = node
+                .host
+                .parse()
+                .with_context(|| format!("{}'s address {}", node.name, node.host))?;
+            let etc_dir = lab.dir.join(&node.name);
+            Ok(NodeSpec {
+                name: node.name.clone(),
+                kind: if node.pg_port.is_some() {
+                    NodeKind::Data
+                } else {
+                    NodeKind::Witness
+                },
+                address,
+                layout: Some(Layout {
+                    state_dir: etc_dir.join("state"),
+                    // A witness has none; its layout needs one all the same.
+                    data_dir: node
+                        .data_dir
+                        .clone()
+                        .unwrap_or_else(|| etc_dir.join("data")),
+                    etc_dir,
+                    agent_port: node.agent_port,
+                    pg_port: node.pg_port.unwrap_or(netns::PG_PORT),
+                }),
+            })
+        })
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let vip = match &lab.netns {
+        Some(ns) => VipSpec::parse(Some(&ns.vip), Some(netns::INTERFACE))?,
+        None => None,
+    };
+    Ok(ClusterSpec {
+        cluster: lab.cluster.clone(),
+        nodes,
+        vip,
+        synchronous,
+        // Every node has its own layout: the cluster's is no node's.
+        layout: Layout::default(),
     })
 }
 
-pub(crate) fn node_config(lab: &LabFile, node: &LabNode, peers: &str, extra: &Extra) -> String {
+/// What only a lab sets in a data node's config: the PostgreSQL binaries, OS user, socket
+/// and log of a host shared with other nodes, the watchdog driver's FIFO, and for a lab
+/// built from empty the `pg_hba.conf` line of its clients. `--set` keys win over these.
+fn lab_settings(lab: &LabFile, node: &LabNode) -> Extra {
+    if node.data_dir.is_none() {
+        return Vec::new();
+    }
     let node_dir = lab.dir.join(&node.name);
-    let mut text = format!(
-        "# pgfm lab: agent config of {name}\n\
-         cluster = \"{cluster}\"\n\
-         token_file = \"{token}\"\n\n\
-         [node]\n\
-         name = \"{name}\"\n\
-         kind = \"{kind}\"\n\
-         listen = \"{host}:{agent_port}\"\n\
-         state_dir = \"{state}\"\n\n\
-         {peers}\n",
-        name = node.name,
-        cluster = lab.cluster,
-        token = lab.token_file.display(),
-        kind = node.kind,
-        host = node.host,
-        agent_port = node.agent_port,
-        state = node_dir.join("state").display(),
-    );
-    if let (Some(port), Some(data_dir)) = (node.pg_port, &node.data_dir) {
-        text.push_str(&format!(
-            "[postgres]\n\
-             bin_dir = \"{bin}\"\n\
-             data_dir = \"{data}\"\n\
-             host = \"{host}\"\n\
-             listen_addresses = \"{listen}\"\n\
-             port = {port}\n\
-             socket_dir = \"{socket}\"\n\
-             os_user = \"{user}\"\n\
-             passfile = \"{passfile}\"\n\
-             log_file = \"{log}\"\n",
-            bin = lab.bin_dir.display(),
-            data = data_dir.display(),
-            host = node.host,
-            // On its own host PostgreSQL also answers on the VIP.
-            listen = if lab.netns.is_some() {
-                "*"
-            } else {
-                node.host.as_str()
-            },
-            socket = node_dir.display(),
-            user = lab.os_user,
-            passfile = lab.passfile.display(),
-            log = node_dir.join("postgres.log").display(),
+    let path = |p: &Path| toml_string(&p.display().to_string());
+    let mut settings = vec![(
+        "postgres".to_string(),
+        vec![
+            ("bin_dir".to_string(), path(&lab.bin_dir)),
+            ("socket_dir".to_string(), path(&node_dir)),
+            ("os_user".to_string(), toml_string(&lab.os_user)),
+            ("log_file".to_string(), path(&node_dir.join("postgres.log"))),
+        ],
+    )];
+    if lab.watchdog {
+        let fifo = host::watchdog_fifo(&lab.dir, &node.name);
+        settings.push((
+            "watchdog".to_string(),
+            vec![("device".to_string(), path(&fifo))],
         ));
     }
-    if let (Some(ns), Some(_)) = (&lab.netns, node.pg_port) {
-        text.push_str(&format!(
-            "\n[vip]\naddress = \"{}\"\ninterface = \"eth0\"\n",
-            ns.vip
+    if lab.from_empty {
+        let line = client_hba(lab.netns.is_some(), lab.tls);
+        settings.push((
+            "bootstrap".to_string(),
+            vec![("pg_hba".to_string(), format!("[{}]", toml_string(&line)))],
         ));
     }
-    let mut sections = extra.clone();
-    if lab.tls && !sections.iter().any(|(s, _)| s == "tls") {
-        sections.push(("tls".to_string(), Vec::new()));
-    }
-    for (section, keys) in &sections {
-        let mut keys = keys.clone();
-        if section == "tls" && lab.tls {
-            let files = lab.tls_files(node);
-            for (key, path) in [("ca", files.ca), ("cert", files.cert), ("key", files.key)] {
-                if !keys.iter().any(|(k, _)| k == key) {
-                    keys.push((key.to_string(), format!("\"{}\"", path.display())));
-                }
-            }
-        }
-        if section == "watchdog" {
-            // A witness holds no lease: no watchdog.
-            if node.pg_port.is_none() {
-                continue;
-            }
-            if lab.watchdog && !keys.iter().any(|(k, _)| k == "device") {
-                let fifo = host::watchdog_fifo(&lab.dir, &node.name);
-                keys.push(("device".to_string(), format!("\"{}\"", fifo.display())));
-            }
-        }
-        text.push_str(&format!("\n[{section}]\n"));
-        for (key, value) in &keys {
-            text.push_str(&format!("{key} = {value}\n"));
-        }
-    }
-    text
+    settings
 }
 
-/// What `lab up` builds: how many data nodes, on which network, on which disks.
+/// A node's pgfm.toml: `rendered`, the one `pgfm init` wrote for it, with the lab's own
+/// settings and then `extra` (`--set`, `--synchronous`, `--watchdog`) merged in, each key
+/// once: a key the lab or `--set` gives replaces pgfm init's (`[watchdog] mode`,
+/// `[replication] synchronous`).
+pub(crate) fn node_config(
+    lab: &LabFile,
+    node: &LabNode,
+    rendered: &str,
+    extra: &Extra,
+) -> anyhow::Result<String> {
+    let mut config: toml_edit::DocumentMut = rendered
+        .parse()
+        .with_context(|| format!("reading the config pgfm init wrote for {}", node.name))?;
+    for (section, keys) in lab_settings(lab, node).iter().chain(extra) {
+        // A witness holds no lease and has no database: no watchdog, nothing to initdb.
+        if node.data_dir.is_none() && (section == "watchdog" || section == "bootstrap") {
+            continue;
+        }
+        let table = config
+            .entry(section)
+            .or_insert_with(toml_edit::table)
+            .as_table_mut()
+            .with_context(|| format!("[{section}] of {}'s config is not a table", node.name))?;
+        for (key, text) in keys {
+            let mut value = text.parse::<toml_edit::Value>().map_err(|e| {
+                anyhow::anyhow!(
+                    "--set {section}.{key}={text}: not a TOML value ({e}); write strings in \
+                     quotes, for example --set '{section}.{key}=\"...\"'",
+                    e = e.to_string().trim()
+                )
+            })?;
+            value.decor_mut().clear();
+            table.insert(key, toml_edit::Item::Value(value));
+        }
+    }
+    Ok(format!(
+        "# pgfm lab: the config pgfm init wrote for {name} ({init}), with the lab's own\n\
+         # settings and --set merged in.\n{config}",
+        name = node.name,
+        init = lab
+            .dir
+            .join("init")
+            .join(&node.name)
+            .join(pgfm_init::files::CONFIG)
+            .display()
+    ))
+}
+
+/// What `lab up` builds: how many data nodes, on which network, on which disks, from what.
 pub(crate) struct Shape {
     pub data_nodes: usize,
     pub netns: bool,
     /// Each data node's data directory on a tmpfs of this many MB (`--data-disk`).
     pub data_disk_mb: Option<u64>,
+    /// Every data directory empty, the agents bootstrapping (`--from-empty`, `--netns`).
+    pub from_empty: bool,
 }
 
 fn up(dir: &Path, shape: &Shape, json: bool, extra: &Extra) -> anyhow::Result<ExitCode> {
@@ -668,13 +809,17 @@ fn build(dir: &Path, shape: &Shape, json: bool, extra: &Extra) -> anyhow::Result
     let bin_dir = find_bin_dir().context(
         "no PostgreSQL server binaries found (install postgresql, e.g. apt-get install postgresql)",
     )?;
-    let secrets = write_secrets(dir, &os_user)?;
-    let mut lab = plan_lab(dir, shape, extra, bin_dir, &os_user, &secrets)?;
-    write_configs(&lab, extra)?;
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    // PostgreSQL, run as another user when we are root, must be able to reach its files.
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755))?;
+    let mut lab = plan_lab(dir, shape, extra, bin_dir, &os_user)?;
+    write_node_files(&lab, extra, &os_user)?;
     write_lab(&lab)?;
     disk::mount_data_disks(&lab, &os_user)?;
     build_network(&lab)?;
-    init_pg1(&lab, &os_user, &secrets)?;
+    if !lab.from_empty {
+        init_pg1(&lab, &os_user)?;
+    }
     start_agents(&mut lab)?;
 
     // From here on this command talks to the lab as its client does.
@@ -739,37 +884,6 @@ fn postgres_os_user() -> anyhow::Result<OsUser> {
     .map_err(|e| anyhow::anyhow!("choosing the OS user for PostgreSQL: {e}"))
 }
 
-/// The lab's secrets, written into its directory.
-struct Secrets {
-    token_file: PathBuf,
-    passfile: PathBuf,
-    superuser_pw: String,
-    replication_pw: String,
-}
-
-/// Create the lab's directory and write the cluster token and the passfile into it.
-fn write_secrets(dir: &Path, os_user: &OsUser) -> anyhow::Result<Secrets> {
-    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-    // PostgreSQL, run as another user when we are root, must be able to reach its files.
-    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755))?;
-    let token_file = dir.join("token");
-    write_private(&token_file, &random_secret()?, None)?;
-    let superuser_pw = random_secret()?;
-    let replication_pw = random_secret()?;
-    let passfile = dir.join("pgpass");
-    write_private(
-        &passfile,
-        &format!("*:*:*:postgres:{superuser_pw}\n*:*:*:replicator:{replication_pw}\n"),
-        Some(os_user),
-    )?;
-    Ok(Secrets {
-        token_file,
-        passfile,
-        superuser_pw,
-        replication_pw,
-    })
-}
-
 /// Name the nodes, choose their addresses and ports, and make their directories.
 fn plan_lab(
     dir: &Path,
@@ -777,7 +891,6 @@ fn plan_lab(
     extra: &Extra,
     bin_dir: PathBuf,
     os_user: &OsUser,
-    secrets: &Secrets,
 ) -> anyhow::Result<LabFile> {
     let (data_nodes, netns) = (shape.data_nodes, shape.netns);
     let names: Vec<String> = (1..=data_nodes)
@@ -807,13 +920,14 @@ fn plan_lab(
         dir: dir.to_path_buf(),
         bin_dir,
         os_user: os_user.name.clone(),
-        passfile: secrets.passfile.clone(),
-        token_file: secrets.token_file.clone(),
+        passfile: dir.join(pgfm_init::files::PASSFILE),
+        token_file: dir.join(pgfm_init::files::TOKEN),
         nodes: Vec::new(),
         netns: netns.clone(),
         watchdog: wants_watchdog(extra),
         data_disk_mb: shape.data_disk_mb,
         tls: wants_tls(extra),
+        from_empty: shape.from_empty,
     };
     for (i, name) in names.iter().enumerate() {
         let is_data = i < data_nodes;
@@ -843,24 +957,32 @@ fn plan_lab(
     Ok(lab)
 }
 
-/// Write every node's pgfm.toml and check that the agent accepts it.
-fn write_configs(lab: &LabFile, extra: &Extra) -> anyhow::Result<()> {
-    let peers: String = lab
-        .nodes
-        .iter()
-        .map(|n| {
-            format!(
-                "[[peers]]\nname = \"{}\"\naddress = \"{}:{}\"\n",
-                n.name, n.host, n.agent_port
-            )
-        })
-        .collect::<Vec<_>>()
-        .join("");
-    if lab.tls {
-        write_tls(lab)?;
-    }
-    for node in &lab.nodes {
-        std::fs::write(&node.config, node_config(lab, node, &peers, extra))
+/// Every node's files, made as an operator makes them: `pgfm init` into DIR/init, then
+/// each node's directory installed into DIR/<node> (pgpass owned by PostgreSQL's OS user)
+/// with its config adapted to the lab; every config checked by the agent's own rules.
+fn write_node_files(lab: &LabFile, extra: &Extra, os_user: &OsUser) -> anyhow::Result<()> {
+    use pgfm_init::files::{CA_CERT, CONFIG, NODE_CERT, NODE_KEY, PASSFILE, TOKEN};
+    let synchronous = setting(extra, "replication", "synchronous") == Some("on");
+    let written = pgfm_init::create(
+        cluster_spec(lab, synchronous)?,
+        &lab.dir.join("init"),
+        false,
+    )
+    .context("pgfm init for the lab")?;
+    install_lab_files(lab, &written, os_user)?;
+    for (spec, from) in &written.nodes {
+        let node = lab.node(&spec.name)?;
+        let to = lab.dir.join(&node.name);
+        for file in [TOKEN, CA_CERT, NODE_CERT, NODE_KEY] {
+            install_private(&from.join(file), &to.join(file), None)?;
+        }
+        if spec.kind == NodeKind::Data {
+            // PostgreSQL's tools, run as its OS user, read it.
+            install_private(&from.join(PASSFILE), &to.join(PASSFILE), Some(os_user))?;
+        }
+        let rendered = std::fs::read_to_string(from.join(CONFIG))
+            .with_context(|| format!("reading {}", from.join(CONFIG).display()))?;
+        std::fs::write(&node.config, node_config(lab, node, &rendered, extra)?)
             .with_context(|| format!("writing {}", node.config.display()))?;
     }
     for node in &lab.nodes {
@@ -869,24 +991,27 @@ fn write_configs(lab: &LabFile, extra: &Extra) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The lab's CA (its key kept as `DIR/ca.key`, for tests that renew a certificate) and a
-/// certificate for each node, made out for its address.
-fn write_tls(lab: &LabFile) -> anyhow::Result<()> {
-    let ca = pgfm_init::pki::Authority::create(&lab.cluster)?;
-    std::fs::write(lab.dir.join(pgfm_init::files::CA_CERT), &ca.pem.cert)?;
-    write_private(&lab.dir.join("ca.key"), &ca.pem.key, None)?;
-    for node in &lab.nodes {
-        let address: std::net::IpAddr = node
-            .host
-            .parse()
-            .with_context(|| format!("{}'s address {}", node.name, node.host))?;
-        let pem = ca.issue(&lab.cluster, &node.name, &[address])?;
-        let files = lab.tls_files(node);
-        std::fs::write(&files.ca, &ca.pem.cert)?;
-        std::fs::write(&files.cert, &pem.cert)?;
-        write_private(&files.key, &pem.key, None)?;
-    }
-    Ok(())
+/// The files the lab's clients use, from pgfm init's output: the cluster token and the
+/// passfile (`LabFile::token_file`, `passfile`), and the CA with its key (`DIR/ca.crt`,
+/// `DIR/ca.key`, for tests that issue a certificate).
+fn install_lab_files(
+    lab: &LabFile,
+    written: &pgfm_init::Written,
+    os_user: &OsUser,
+) -> anyhow::Result<()> {
+    use pgfm_init::files::{CA_CERT, CA_KEY, PASSFILE, TOKEN};
+    let data_node = written
+        .nodes
+        .iter()
+        .find(|(n, _)| n.kind == NodeKind::Data)
+        .map(|(_, dir)| dir)
+        .context("pgfm init wrote no data node")?;
+    install_private(&data_node.join(TOKEN), &lab.token_file, None)?;
+    install_private(&data_node.join(PASSFILE), &lab.passfile, Some(os_user))?;
+    let ca = std::fs::read_to_string(written.ca_dir.join(CA_CERT))
+        .with_context(|| format!("reading {}", written.ca_dir.join(CA_CERT).display()))?;
+    std::fs::write(lab.dir.join(CA_CERT), ca)?;
+    install_private(&written.ca_dir.join(CA_KEY), &lab.dir.join(CA_KEY), None)
 }
 
 /// For a --netns lab, its network namespaces (after lab.json, which `lab down` reads to
@@ -908,36 +1033,44 @@ fn build_network(lab: &LabFile) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Only pg1 is initialised; the replication role is made before any agent starts.
-fn init_pg1(lab: &LabFile, os_user: &OsUser, secrets: &Secrets) -> anyhow::Result<()> {
+/// The loopback lab's shortcut (not `--from-empty`): pg1 alone is initialised, its
+/// replication role made, before any agent starts, with the passwords of the lab's
+/// passfile; initdb's own pg_hba.conf lets every node and client in from 127.0.0.1.
+fn init_pg1(lab: &LabFile, os_user: &OsUser) -> anyhow::Result<()> {
     let rt = runtime()?;
     let pg1_data = lab.nodes[0]
         .data_dir
         .clone()
         .context("pg1 has no data_dir")?;
+    let passfile = std::fs::read_to_string(&lab.passfile)
+        .with_context(|| format!("reading {}", lab.passfile.display()))?;
+    let password = |user: &str| {
+        pgfm_postgres::passfile::lookup(&passfile, "127.0.0.1", 0, "postgres", user)
+            .with_context(|| format!("no password for {user} in {}", lab.passfile.display()))
+    };
+    let (superuser_pw, replication_pw) = (
+        password(pgfm_init::SUPERUSER)?,
+        password(pgfm_init::REPLICATION_USER)?,
+    );
     let pwfile = lab.dir.join("pg1").join("initdb.pw");
-    write_private(&pwfile, &secrets.superuser_pw, Some(os_user))?;
+    write_private(&pwfile, &superuser_pw, Some(os_user))?;
     let made = rt.block_on(async {
-        initdb(&lab.bin_dir, &pg1_data, os_user, "postgres", &pwfile).await?;
-        let replication_pw = &secrets.replication_pw;
-        let sql =
-            format!("CREATE ROLE replicator WITH REPLICATION LOGIN PASSWORD '{replication_pw}';\n");
+        initdb(
+            &lab.bin_dir,
+            &pg1_data,
+            os_user,
+            pgfm_init::SUPERUSER,
+            &pwfile,
+        )
+        .await?;
+        let sql = format!(
+            "CREATE ROLE {} WITH REPLICATION LOGIN PASSWORD '{replication_pw}';\n",
+            pgfm_init::REPLICATION_USER
+        );
         single_user_sql(&lab.bin_dir, &pg1_data, os_user, &sql).await
     });
     let _ = std::fs::remove_file(&pwfile);
-    made?;
-    if lab.netns.is_some() {
-        // The other hosts (and the client) connect from the lab's subnet.
-        let hba = pg1_data.join("pg_hba.conf");
-        let mut text =
-            std::fs::read_to_string(&hba).with_context(|| format!("reading {}", hba.display()))?;
-        text.push_str(&format!(
-            "\n# pgfm lab --netns: the lab's hosts\nhost all all {subnet} scram-sha-256\nhost replication all {subnet} scram-sha-256\n",
-            subnet = netns::SUBNET
-        ));
-        std::fs::write(&hba, text).with_context(|| format!("writing {}", hba.display()))?;
-    }
-    Ok(())
+    made
 }
 
 /// Start the watchdog drivers, then the agents, recording each pid in lab.json at once.
@@ -1564,4 +1697,287 @@ fn heal(dir: &Path) -> anyhow::Result<ExitCode> {
     }
     println!("every partition healed");
     Ok(ExitCode::SUCCESS)
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+    use pgfm_agent::config::Config;
+
+    /// `node`'s config as `lab up` writes it for `lab` and `extra`, from the one pgfm init
+    /// renders for the lab's spec.
+    pub(crate) fn config_of(lab: &LabFile, node: &str, extra: &Extra) -> String {
+        let synchronous = setting(extra, "replication", "synchronous") == Some("on");
+        let spec = cluster_spec(lab, synchronous).unwrap();
+        let rendered = pgfm_init::render::node_config(&spec, spec.node(node).unwrap());
+        node_config(lab, lab.node(node).unwrap(), &rendered, extra).unwrap()
+    }
+
+    /// A lab of two data nodes and a witness, as `plan_lab` makes it.
+    fn lab(netns: bool, from_empty: bool, extra: &Extra) -> LabFile {
+        let dir = PathBuf::from("/tmp/pgfm-lab-unit");
+        let nodes = ["pg1", "pg2", "witness"]
+            .iter()
+            .enumerate()
+            .map(|(i, name)| {
+                let data = *name != "witness";
+                LabNode {
+                    name: name.to_string(),
+                    kind: if data { "data" } else { "witness" }.to_string(),
+                    host: if netns {
+                        netns::node_address(i)
+                    } else {
+                        loopback()
+                    },
+                    agent_port: if netns {
+                        netns::AGENT_PORT
+                    } else {
+                        11_000 + i as u16
+                    },
+                    pg_port: data.then_some(if netns {
+                        netns::PG_PORT
+                    } else {
+                        12_000 + i as u16
+                    }),
+                    config: dir.join(name).join("pgfm.toml"),
+                    data_dir: data.then(|| dir.join(name).join("data")),
+                    agent_pid: None,
+                    watchdog_pid: None,
+                }
+            })
+            .collect();
+        LabFile {
+            cluster: "lab".to_string(),
+            dir: dir.clone(),
+            bin_dir: PathBuf::from("/usr/lib/postgresql/15/bin"),
+            os_user: "postgres".to_string(),
+            passfile: dir.join("pgpass"),
+            token_file: dir.join("token"),
+            nodes,
+            netns: netns.then(|| netns::NetnsLab {
+                prefix: "pgfm-test".to_string(),
+                hub: "pgfm-test-hub".to_string(),
+                client: "pgfm-test-client".to_string(),
+                vip: netns::VIP.to_string(),
+            }),
+            watchdog: wants_watchdog(extra),
+            data_disk_mb: None,
+            tls: wants_tls(extra),
+            from_empty,
+        }
+    }
+
+    fn settings(settings: &[&str], synchronous: Option<&str>, watchdog: &str) -> Extra {
+        let settings: Vec<String> = settings.iter().map(|s| s.to_string()).collect();
+        up_settings(&settings, synchronous, watchdog).unwrap()
+    }
+
+    /// The `[bootstrap] pg_hba` lines `config` asks for (None: no `[bootstrap]`).
+    fn hba_of(config: &str) -> Option<Vec<String>> {
+        let doc: toml_edit::DocumentMut = config.parse().unwrap();
+        let lines = doc.get("bootstrap")?.get("pg_hba")?.as_array()?;
+        Some(
+            lines
+                .iter()
+                .map(|l| l.as_str().unwrap().to_string())
+                .collect(),
+        )
+    }
+
+    /// The config as the agent reads it (`[bootstrap]` included).
+    fn parsed(lab: &LabFile, node: &str, text: &str) -> Config {
+        Config::parse(&lab.node(node).unwrap().config, text)
+            .unwrap_or_else(|e| panic!("{e}\n{text}"))
+    }
+
+    #[test]
+    fn the_clients_line_is_from_their_address_over_tls_when_the_lab_has_it() {
+        let check = |netns: bool, tls: bool, expected: &str| {
+            assert_eq!(client_hba(netns, tls), expected, "netns {netns}, tls {tls}");
+        };
+        check(true, true, "hostssl all all 10.254.0.2/32 scram-sha-256");
+        check(true, false, "host all all 10.254.0.2/32 scram-sha-256");
+        check(false, true, "hostssl all all 127.0.0.1/32 scram-sha-256");
+        check(false, false, "host all all 127.0.0.1/32 scram-sha-256");
+    }
+
+    /// A --netns lab: pgfm init's config for each host (its address, its VIP, PostgreSQL
+    /// on every address for the VIP), the lab's paths, the client's pg_hba line, and the
+    /// lab's watchdog choice instead of pgfm init's "automatic".
+    #[test]
+    fn a_netns_lab_gets_pgfm_init_s_config_with_the_lab_s_own_settings() {
+        let extra = settings(&[], Some("on"), "required");
+        let lab = lab(true, true, &extra);
+        cluster_spec(&lab, true).unwrap().check().unwrap();
+        let text = config_of(&lab, "pg2", &extra);
+        let config = parsed(&lab, "pg2", &text);
+        let node_dir = lab.dir.join("pg2");
+        assert_eq!(config.listen.to_string(), "10.254.0.12:7400");
+        assert_eq!(config.token_file, node_dir.join("token"));
+        assert_eq!(config.state_dir, node_dir.join("state"));
+        assert_eq!(config.peers.len(), 3);
+        let pg = config.postgres.as_ref().unwrap();
+        assert_eq!(pg.data_dir, node_dir.join("data"));
+        assert_eq!(pg.listen_addresses, "*");
+        assert_eq!(pg.bin_dir, Some(lab.bin_dir.clone()));
+        assert_eq!(pg.socket_dir, Some(node_dir.clone()));
+        assert_eq!(pg.passfile, Some(node_dir.join("pgpass")));
+        assert_eq!(pg.log_file, node_dir.join("postgres.log"));
+        assert_eq!(config.vip.unwrap().spec.interface, "eth0");
+        assert_eq!(config.sync.mode, pgfm_core::SyncMode::On);
+        assert_eq!(config.watchdog.mode, pgfm_core::WatchdogMode::Required);
+        assert_eq!(config.watchdog.device, node_dir.join("watchdog"));
+        assert_eq!(config.tls.unwrap().key, node_dir.join("node.key"));
+        assert_eq!(
+            hba_of(&text),
+            Some(vec![
+                "hostssl all all 10.254.0.2/32 scram-sha-256".to_string()
+            ])
+        );
+        // The witness: no database, no watchdog, nothing to bootstrap.
+        let witness = config_of(&lab, "witness", &extra);
+        let config = parsed(&lab, "witness", &witness);
+        assert!(config.postgres.is_none());
+        assert_eq!(config.watchdog.mode, pgfm_core::WatchdogMode::Off);
+        assert_eq!(hba_of(&witness), None);
+    }
+
+    /// The loopback lab: its own ports on 127.0.0.1, and `[bootstrap]` only when it is
+    /// built from empty.
+    #[test]
+    fn a_loopback_lab_bootstraps_only_from_empty() {
+        let extra = settings(&["tls.mode=\"off\""], None, "off");
+        let quick = lab(false, false, &extra);
+        cluster_spec(&quick, false).unwrap().check().unwrap();
+        let text = config_of(&quick, "pg1", &extra);
+        let config = parsed(&quick, "pg1", &text);
+        assert_eq!(config.listen.to_string(), "127.0.0.1:11000");
+        assert_eq!(config.postgres.unwrap().listen_addresses, "127.0.0.1");
+        assert_eq!(
+            config
+                .peers
+                .iter()
+                .map(|p| p.address.as_str())
+                .collect::<Vec<_>>(),
+            ["127.0.0.1:11000", "127.0.0.1:11001", "127.0.0.1:11002"]
+        );
+        assert_eq!(config.tls, None);
+        // --watchdog off overrides pgfm init's "automatic": a lab never arms the host's.
+        assert_eq!(config.watchdog.mode, pgfm_core::WatchdogMode::Off);
+        assert_eq!(hba_of(&text), None);
+
+        let empty = lab(false, true, &extra);
+        let text = config_of(&empty, "pg1", &extra);
+        parsed(&empty, "pg1", &text);
+        assert_eq!(
+            hba_of(&text),
+            Some(vec!["host all all 127.0.0.1/32 scram-sha-256".to_string()])
+        );
+    }
+
+    /// `--set` merges into the sections pgfm init and the lab write, each key once: its
+    /// keys win, and a section of its own is added.
+    #[test]
+    fn set_merges_into_the_sections_each_key_once() {
+        let extra = settings(
+            &[
+                "replication.strict=true",
+                "bootstrap.pg_hba=[\"host all all 10.9.0.0/16 md5\"]",
+                "bootstrap.data_checksums=false",
+                "timing.probe_interval=\"500ms\"",
+            ],
+            Some("on"),
+            "automatic",
+        );
+        let lab = lab(false, true, &extra);
+        let text = config_of(&lab, "pg1", &extra);
+        for header in [
+            "[replication]",
+            "[postgres]",
+            "[watchdog]",
+            "[bootstrap]",
+            "[timing]",
+        ] {
+            assert_eq!(text.matches(header).count(), 1, "{header}\n{text}");
+        }
+        assert_eq!(text.matches("synchronous =").count(), 1, "{text}");
+        assert_eq!(text.matches("mode =").count(), 1, "{text}");
+        let config = parsed(&lab, "pg1", &text);
+        assert_eq!(config.sync.minimum, 1);
+        assert_eq!(config.watchdog.mode, pgfm_core::WatchdogMode::Automatic);
+        assert_eq!(config.timing.probe_interval, Duration::from_millis(500));
+        assert_eq!(
+            hba_of(&text),
+            Some(vec!["host all all 10.9.0.0/16 md5".to_string()])
+        );
+        assert!(text.contains("data_checksums = false"), "{text}");
+
+        let bad = settings(&["failover.rejoin=manual"], None, "off");
+        let error = node_config(&lab, lab.node("pg1").unwrap(), "", &bad).unwrap_err();
+        assert!(
+            error
+                .to_string()
+                .starts_with("--set failover.rejoin=manual: not a TOML value ("),
+            "{error}"
+        );
+    }
+
+    /// `lab up`'s files, without starting anything: pgfm init's output installed on each
+    /// node, private, the passfiles PostgreSQL's, every certificate valid for its node,
+    /// and the lab's own copies where its clients and tests look for them.
+    #[test]
+    fn a_lab_s_nodes_are_pgfm_init_s_output_installed() {
+        use std::os::unix::fs::MetadataExt;
+        let dir = PathBuf::from(format!("/tmp/pgfm-lab-unit-files-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let os_user = postgres_os_user().unwrap();
+        let extra = settings(&[], None, "required");
+        let shape = Shape {
+            data_nodes: 2,
+            netns: false,
+            data_disk_mb: None,
+            from_empty: true,
+        };
+        let bin_dir = find_bin_dir();
+        let bin = bin_dir.clone().unwrap_or_else(|| "/usr/bin".into());
+        let lab = plan_lab(&dir, &shape, &extra, bin, &os_user).unwrap();
+        write_node_files(&lab, &extra, &os_user).unwrap();
+        let private = |path: &Path, owner: u32| {
+            let meta =
+                std::fs::metadata(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+            assert_eq!(meta.mode() & 0o777, 0o600, "{}", path.display());
+            assert_eq!(meta.uid(), owner, "{}", path.display());
+        };
+        let me = nix::unistd::Uid::effective().as_raw();
+        for node in &lab.nodes {
+            let node_dir = dir.join(&node.name);
+            for file in ["token", "ca.crt", "node.crt", "node.key"] {
+                private(&node_dir.join(file), me);
+            }
+            match node.data_dir {
+                Some(_) => private(&node_dir.join("pgpass"), os_user.uid),
+                None => assert!(!node_dir.join("pgpass").exists()),
+            }
+            // With PostgreSQL installed, everything the agent checks before it starts.
+            let config = match bin_dir {
+                Some(_) => Config::load(&node.config),
+                None => Config::load_static(&node.config),
+            }
+            .unwrap_or_else(|e| panic!("{e}"));
+            assert_eq!(config.token_file, node_dir.join("token"));
+            assert!(lab.client_tls(node).unwrap().is_some(), "{}", node.name);
+        }
+        private(&lab.token_file, me);
+        private(&lab.passfile, os_user.uid);
+        private(&dir.join("ca.key"), me);
+        pgfm_init::pki::Authority::load(pgfm_init::pki::Pem {
+            cert: std::fs::read_to_string(dir.join("ca.crt")).unwrap(),
+            key: std::fs::read_to_string(dir.join("ca.key")).unwrap(),
+        })
+        .unwrap();
+        lab.superuser_config("unit").unwrap();
+        assert_eq!(lab.client_ssl_root(), Some(dir.join("ca.crt")));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 }

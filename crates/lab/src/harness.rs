@@ -15,7 +15,7 @@ use serde_json::Value;
 use pgfm_postgres::probe::Target;
 
 use crate::commands::{dsn, lab_status, runtime, LabNodeStatus, LabStatus};
-use crate::writers::{overlaps, Writable, Writer};
+use crate::writers::{overlaps, Session, Writable, Writer};
 use crate::LabDriver;
 
 /// The exit code, standard output and standard error of a command, for a failure message.
@@ -102,13 +102,33 @@ impl Lab {
 
     /// `pgfm lab up` with `--set` settings for every agent.
     pub fn up_with(pgfm: &str, data_nodes: usize, settings: &[&str]) -> Lab {
-        Lab::build(pgfm, "lab", data_nodes, settings, false)
+        Lab::build(pgfm, "lab", data_nodes, settings, false, &[])
     }
 
-    fn build(pgfm: &str, purpose: &str, data_nodes: usize, settings: &[&str], netns: bool) -> Lab {
+    /// `pgfm lab up --from-empty` with `--set` settings: every data directory empty, the
+    /// agents bootstrapping the cluster as in the field (a --netns lab always is).
+    pub fn up_from_empty(pgfm: &str, data_nodes: usize, settings: &[&str]) -> Lab {
+        Lab::build(
+            pgfm,
+            "empty",
+            data_nodes,
+            settings,
+            false,
+            &["--from-empty".to_string()],
+        )
+    }
+
+    fn build(
+        pgfm: &str,
+        purpose: &str,
+        data_nodes: usize,
+        settings: &[&str],
+        netns: bool,
+        more: &[String],
+    ) -> Lab {
         let dir = scratch_dir(purpose);
         let settings: Vec<String> = settings.iter().map(|s| s.to_string()).collect();
-        match LabDriver::up(Path::new(pgfm), &dir, data_nodes, &settings, netns) {
+        match LabDriver::up_with(Path::new(pgfm), &dir, data_nodes, &settings, netns, more) {
             Ok((driver, _)) => Lab { driver },
             Err(e) => {
                 // Whatever was started goes down; its logs say why it failed.
@@ -410,8 +430,8 @@ impl Lab {
         target
     }
 
-    /// A multi-host, read-write connection to whichever of `nodes` is the primary.
-    pub fn writer_config(&self, nodes: &[&str]) -> tokio_postgres::Config {
+    /// A multi-host, read-write session with whichever of `nodes` is the primary.
+    pub fn writer_config(&self, nodes: &[&str]) -> Session {
         let lab = self.lab().expect("the lab's file");
         let mut config = lab
             .superuser_config("pgfm-test-writer")
@@ -422,7 +442,10 @@ impl Lab {
                 .host(&node.host)
                 .port(node.pg_port.expect("a data node"));
         }
-        config
+        Session {
+            config,
+            ssl_root: lab.client_ssl_root(),
+        }
     }
 
     fn print_logs(&self) {
@@ -535,7 +558,7 @@ impl NetnsLab {
             println!("SKIPPED: network namespaces need root; this scenario runs as root only");
             return None;
         }
-        let lab = Lab::build(pgfm, "netns", data_nodes, settings, true);
+        let lab = Lab::build(pgfm, "netns", data_nodes, settings, true, &[]);
         let ns = lab
             .lab()
             .expect("the lab's file")
@@ -544,8 +567,8 @@ impl NetnsLab {
         Some(NetnsLab { lab, ns })
     }
 
-    /// A connection through the VIP only, as the lab's superuser.
-    pub fn vip_writer_config(&self) -> tokio_postgres::Config {
+    /// A session through the VIP only, as the lab's superuser.
+    pub fn vip_writer_config(&self) -> Session {
         self.lab()
             .expect("the lab's file")
             .writer_config("pgfm-test-writer")

@@ -428,14 +428,9 @@ mod tests {
             agent_pid: None,
             watchdog_pid: None,
         };
-        let peers = "[[peers]]\nname = \"pg1\"\naddress = \"127.0.0.1:7001\"\n\
-                     [[peers]]\nname = \"witness\"\naddress = \"127.0.0.1:7002\"\n";
         let watchdog_of = |settings: &[&str], mode: &str, name: &str| {
             let settings: Vec<String> = settings.iter().map(|s| s.to_string()).collect();
-            let mut extra = crate::commands::parse_settings(&settings).unwrap();
-            if mode != "off" {
-                crate::commands::add_watchdog(&mut extra, mode);
-            }
+            let extra = crate::commands::up_settings(&settings, None, mode).unwrap();
             let lab = LabFile {
                 cluster: "lab".to_string(),
                 dir: dir.clone(),
@@ -448,9 +443,10 @@ mod tests {
                 watchdog: crate::commands::wants_watchdog(&extra),
                 data_disk_mb: None,
                 tls: false,
+                from_empty: false,
             };
             let n = lab.nodes.iter().find(|n| n.name == name).unwrap();
-            let text = crate::commands::node_config(&lab, n, peers, &extra);
+            let text = crate::commands::tests::config_of(&lab, name, &extra);
             let config = Config::parse(&n.config, &text).unwrap_or_else(|e| panic!("{e}\n{text}"));
             (config.watchdog, lab.watchdog)
         };

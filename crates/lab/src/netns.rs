@@ -22,6 +22,8 @@ pub const VIP: &str = "10.254.0.100/24";
 pub const CLIENT_ADDRESS: &str = "10.254.0.2";
 /// A hardware address no interface in the lab has: frames sent to it go nowhere.
 const NOWHERE: &str = "02:00:00:de:ad:01";
+/// Each host's one network interface (the VIP's too).
+pub const INTERFACE: &str = "eth0";
 pub const AGENT_PORT: u16 = 7400;
 pub const PG_PORT: u16 = 5432;
 
@@ -96,8 +98,8 @@ pub fn build(lab: &NetnsLab, hosts: &[(String, String)]) -> anyhow::Result<()> {
         ip(&["netns", "add", &ns])?;
         ip(&["-n", &ns, "link", "set", "lo", "up"])?;
         ip(&[
-            "-n", &lab.hub, "link", "add", name, "type", "veth", "peer", "name", "eth0", "netns",
-            &ns,
+            "-n", &lab.hub, "link", "add", name, "type", "veth", "peer", "name", INTERFACE,
+            "netns", &ns,
         ])?;
         ip(&["-n", &lab.hub, "link", "set", name, "master", "br0"])?;
         ip(&["-n", &lab.hub, "link", "set", name, "up"])?;
@@ -108,9 +110,9 @@ pub fn build(lab: &NetnsLab, hosts: &[(String, String)]) -> anyhow::Result<()> {
             "add",
             &format!("{address}/24"),
             "dev",
-            "eth0",
+            INTERFACE,
         ])?;
-        ip(&["-n", &ns, "link", "set", "eth0", "up"])?;
+        ip(&["-n", &ns, "link", "set", INTERFACE, "up"])?;
     }
     Ok(())
 }
@@ -156,7 +158,7 @@ pub fn set_link(lab: &NetnsLab, node: &str, up: bool) -> anyhow::Result<()> {
 fn vip_configured(lab: &NetnsLab, node: &str) -> anyhow::Result<bool> {
     let ns = namespace(&lab.prefix, node);
     let output = Command::new("ip")
-        .args(["-n", &ns, "-o", "-4", "addr", "show", "dev", "eth0"])
+        .args(["-n", &ns, "-o", "-4", "addr", "show", "dev", INTERFACE])
         .output()
         .context("running ip")?;
     if !output.status.success() {
@@ -176,7 +178,7 @@ pub fn drop_vip(lab: &NetnsLab, node: &str) -> anyhow::Result<()> {
     }
     let ns = namespace(&lab.prefix, node);
     let output = Command::new("ip")
-        .args(["-n", &ns, "addr", "del", &lab.vip, "dev", "eth0"])
+        .args(["-n", &ns, "addr", "del", &lab.vip, "dev", INTERFACE])
         .output()
         .context("running ip")?;
     let said = String::from_utf8_lossy(&output.stderr);
@@ -201,7 +203,7 @@ pub fn cut(lab: &NetnsLab, node: &str, to: &str) -> anyhow::Result<()> {
         "lladdr",
         NOWHERE,
         "dev",
-        "eth0",
+        INTERFACE,
         "nud",
         "permanent",
     ])
@@ -216,7 +218,7 @@ pub fn heal(lab: &NetnsLab, node: &str) -> anyhow::Result<()> {
         "neigh",
         "flush",
         "dev",
-        "eth0",
+        INTERFACE,
         "nud",
         "permanent",
     ])

@@ -29,6 +29,46 @@ fn on_own_thread<T: Send + 'static>(
     })
 }
 
+/// A read-write session of the lab's clients: where and as whom (`config`), and the CA
+/// to verify the server with when the lab lets its clients in over TLS only (`ssl_root`,
+/// `LabFile::client_ssl_root`); without one the session is plain.
+#[derive(Debug, Clone)]
+pub struct Session {
+    pub config: tokio_postgres::Config,
+    pub ssl_root: Option<std::path::PathBuf>,
+}
+
+impl From<tokio_postgres::Config> for Session {
+    fn from(config: tokio_postgres::Config) -> Session {
+        Session {
+            config,
+            ssl_root: None,
+        }
+    }
+}
+
+impl Session {
+    /// Connect (verify-full against `ssl_root` when set) and run the connection on its own
+    /// task; the error in words.
+    pub async fn connect(&self) -> Result<tokio_postgres::Client, String> {
+        let Some(ca) = &self.ssl_root else {
+            let (client, connection) = self
+                .config
+                .connect(tokio_postgres::NoTls)
+                .await
+                .map_err(|e| e.to_string())?;
+            tokio::spawn(connection);
+            return Ok(client);
+        };
+        let tls = pgfm_postgres::ssl::connector(ca)?;
+        let mut config = self.config.clone();
+        config.ssl_mode(tokio_postgres::config::SslMode::Require);
+        let (client, connection) = config.connect(tls).await.map_err(|e| e.to_string())?;
+        tokio::spawn(connection);
+        Ok(client)
+    }
+}
+
 /// The neutral writer on its own thread (see `write_sequence`), until `finish`.
 pub struct Writer {
     stop: Arc<AtomicBool>,
@@ -37,11 +77,11 @@ pub struct Writer {
 }
 
 impl Writer {
-    /// Start writing ids from `first_id` through `config` (a read-write session).
-    pub fn start(config: tokio_postgres::Config, first_id: i64) -> Writer {
+    /// Start writing ids from `first_id` through `session` (a read-write session).
+    pub fn start(session: impl Into<Session>, first_id: i64) -> Writer {
         let stop = Arc::new(AtomicBool::new(false));
         let acks: Acks = Default::default();
-        let task = write_sequence(config, first_id, acks.clone(), stop.clone());
+        let task = write_sequence(session.into(), first_id, acks.clone(), stop.clone());
         Writer {
             stop,
             acks,
@@ -220,12 +260,7 @@ pub type Acks = Arc<Mutex<Vec<(i64, Instant)>>>;
 
 /// The neutral writer: one INSERT of a sequential id (from `first`) per transaction every
 /// 10 ms into `bench (id)`, reconnecting at once on any error, until `stop`.
-pub async fn write_sequence(
-    config: tokio_postgres::Config,
-    first: i64,
-    acks: Acks,
-    stop: Arc<AtomicBool>,
-) {
+pub async fn write_sequence(session: Session, first: i64, acks: Acks, stop: Arc<AtomicBool>) {
     let mut next = first;
     let mut client: Option<tokio_postgres::Client> = None;
     let mut ticker = tokio::time::interval(Duration::from_millis(10));
@@ -233,18 +268,8 @@ pub async fn write_sequence(
     while !stop.load(Ordering::SeqCst) {
         if client.as_ref().is_none_or(|c| c.is_closed()) {
             // Reconnect at once: no pause between attempts beyond the connect itself.
-            client = match tokio::time::timeout(
-                Duration::from_secs(2),
-                config.connect(tokio_postgres::NoTls),
-            )
-            .await
-            {
-                Ok(Ok((c, connection))) => {
-                    tokio::spawn(async move {
-                        let _ = connection.await;
-                    });
-                    Some(c)
-                }
+            client = match tokio::time::timeout(Duration::from_secs(2), session.connect()).await {
+                Ok(Ok(c)) => Some(c),
                 _ => None,
             };
             continue;

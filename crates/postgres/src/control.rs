@@ -146,6 +146,22 @@ impl Postgres {
         Ok(())
     }
 
+    /// Certificates rotated on disk reach the running server: its copies are refreshed and,
+    /// when one changed, the postmaster reloads (PostgreSQL rereads its TLS files on
+    /// SIGHUP; if they are unusable it keeps the ones it has). Whether it was told to.
+    pub fn refresh_ssl(&self) -> anyhow::Result<bool> {
+        let s = &self.settings;
+        let (Some(files), Some(pid)) = (&s.ssl, self.running_pid()) else {
+            return Ok(false);
+        };
+        if !crate::ssl::install(files, &s.data_dir, &s.os_user)? {
+            return Ok(false);
+        }
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::SIGHUP)
+            .with_context(|| format!("telling PostgreSQL (pid {pid}) to reload"))?;
+        Ok(true)
+    }
+
     /// The libpq keywords that make a connection of a tool run as the OS user verified
     /// (none when TLS is off).
     fn ssl_conninfo(&self) -> Vec<String> {

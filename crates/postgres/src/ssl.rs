@@ -40,13 +40,14 @@ pub fn installed(data_dir: &Path) -> SslFiles {
 }
 
 /// Copy `files` to `installed(data_dir)`, owned by `user`, readable by it alone (the
-/// server refuses a key others can read). Rewritten only when they differ.
-pub fn install(files: &SslFiles, data_dir: &Path, user: &OsUser) -> anyhow::Result<SslFiles> {
+/// server refuses a key others can read). Rewritten only when they differ: whether any was.
+pub fn install(files: &SslFiles, data_dir: &Path, user: &OsUser) -> anyhow::Result<bool> {
     use anyhow::Context;
     let to = installed(data_dir);
     let dir = to.ca.parent().expect("a file in a directory");
     user.make_private_dir(dir)
         .with_context(|| format!("creating {}", dir.display()))?;
+    let mut changed = false;
     for (from, copy) in [
         (&files.ca, &to.ca),
         (&files.cert, &to.cert),
@@ -57,9 +58,10 @@ pub fn install(files: &SslFiles, data_dir: &Path, user: &OsUser) -> anyhow::Resu
         if std::fs::read_to_string(copy).ok().as_deref() != Some(contents.as_str()) {
             user.write_file(copy, &contents, 0o600)
                 .with_context(|| format!("writing {}", copy.display()))?;
+            changed = true;
         }
     }
-    Ok(to)
+    Ok(changed)
 }
 
 /// The settings that turn the server's TLS on with the installed files.

@@ -2195,6 +2195,10 @@ impl Database for SimDatabase {
     fn start<'a>(&'a self, how: StartAs<'a>) -> Pending<'a, anyhow::Result<u32>> {
         Box::pin(SimDatabase::start(self, how))
     }
+    /// The simulation runs without TLS.
+    fn refresh_ssl(&self) -> anyhow::Result<bool> {
+        Ok(false)
+    }
     fn initialise<'a>(&'a self, _plan: &'a InitdbPlan) -> Pending<'a, anyhow::Result<()>> {
         Box::pin(SimDatabase::initialise(self))
     }
