@@ -567,6 +567,21 @@ impl NetnsLab {
         Some(NetnsLab { lab, ns })
     }
 
+    /// The --netns lab in `dir`, brought up by the test itself (a `pgfm lab up` it ran as a
+    /// child, to act while the lab forms); this thread moves into its client namespace.
+    pub fn adopt(pgfm: &str, dir: &Path) -> NetnsLab {
+        let lab = Lab {
+            driver: LabDriver {
+                dir: dir.to_path_buf(),
+                exe: PathBuf::from(pgfm),
+            },
+        };
+        let file = lab.lab().expect("the lab's file");
+        crate::commands::enter_client_network(&file).expect("entering the client namespace");
+        let ns = file.netns.expect("a --netns lab");
+        NetnsLab { lab, ns }
+    }
+
     /// A session through the VIP only, as the lab's superuser.
     pub fn vip_writer_config(&self) -> Session {
         self.lab()

@@ -1,6 +1,7 @@
 //! pgfm's end-to-end tests, one binary: real PostgreSQL and real agent processes, a lab
 //! per test driven through the `pgfm` binary under test (`pgfm_lab::harness`).
 
+mod bootstrap;
 mod cluster;
 mod deploy;
 mod failover;

@@ -224,7 +224,7 @@ fn a_request_without_the_cluster_s_certificate_or_token_is_refused() {
 /// A raw HTTP POST with a bearer token; the status code.
 /// A POST in plain HTTP, as a client without TLS sends it: the status of the answer, or 0
 /// when none came.
-async fn plain_http_post(address: &str, path: &str, token: &str) -> u16 {
+pub(crate) async fn plain_http_post(address: &str, path: &str, token: &str) -> u16 {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut stream = tokio::net::TcpStream::connect(address).await.unwrap();
     let request = format!(
