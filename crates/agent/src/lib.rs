@@ -265,34 +265,12 @@ impl Agent {
         let mut cached = lock(&self.tls_expiry);
         if cached.is_none_or(|(at, _)| now.saturating_sub(at) >= 60_000) {
             *cached = Some((now, pgfm_tls::expiry(files).ok()));
-            self.refresh_postgres_tls(files);
         }
         let expiry = cached.and_then(|(_, expiry)| expiry)?;
         Some(match expiry.duration_since(std::time::SystemTime::now()) {
             Ok(left) => left.as_secs() as i64,
             Err(past) => -(past.duration().as_secs() as i64),
         })
-    }
-
-    /// Certificates rotated on disk reach the running PostgreSQL too (once a minute, with
-    /// the expiry check): only a set the agent itself accepts (signed by the cluster CA,
-    /// valid, naming this node) is installed for it.
-    fn refresh_postgres_tls(&self, files: &pgfm_tls::TlsFiles) {
-        let Some(pg) = &self.postgres else {
-            return;
-        };
-        if let Err(e) = self.config.load_tls() {
-            tracing::warn!("TLS: PostgreSQL keeps its certificate: the files cannot be used: {e}");
-            return;
-        }
-        match pg.refresh_ssl() {
-            Ok(true) => tracing::info!(
-                cert = %files.cert.display(),
-                "TLS: the certificate files changed; PostgreSQL reloaded with them"
-            ),
-            Ok(false) => {}
-            Err(e) => tracing::warn!("TLS: giving PostgreSQL the new certificate failed: {e:#}"),
-        }
     }
 
     /// Probe the local PostgreSQL (data nodes) and describe this node.
@@ -958,6 +936,32 @@ pub(crate) fn postgres_for(config: &Config) -> anyhow::Result<Option<Postgres>> 
     })))
 }
 
+/// Certificates rotated on disk reach the running PostgreSQL too: when the agent's own TLS
+/// takes a new set (checked, and only a usable one: `pgfm_tls::Tls`), the server's copies
+/// are refreshed and it reloads. Looked at every 5 s.
+async fn postgres_tls_loop(agent: Arc<Agent>, tls: Arc<pgfm_tls::Tls>) {
+    let Some(pg) = agent.postgres.clone() else {
+        return;
+    };
+    let mut seen = tls.version();
+    loop {
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        let version = tls.version();
+        if version == seen {
+            continue;
+        }
+        seen = version;
+        match pg.refresh_ssl() {
+            Ok(true) => tracing::info!(
+                cert = %tls.files().cert.display(),
+                "TLS: the certificate files changed; PostgreSQL reloaded with them"
+            ),
+            Ok(false) => {}
+            Err(e) => tracing::warn!("TLS: giving PostgreSQL the new certificate failed: {e:#}"),
+        }
+    }
+}
+
 /// Run the agent until SIGTERM or SIGINT. PostgreSQL keeps running when the agent stops.
 /// `systemd`: the service manager that started it (`SystemdNotifier::take_from_env`).
 pub async fn run(config: Config, systemd: Option<SystemdNotifier>) -> anyhow::Result<Stopped> {
@@ -973,6 +977,9 @@ pub async fn run(config: Config, systemd: Option<SystemdNotifier>) -> anyhow::Re
         .with_context(|| format!("listening on node.listen {}", config.listen))?;
     let running = start(config, token, platform).await?;
     let (stop_tx, stop_rx) = watch::channel(false);
+    let rotation = tls
+        .clone()
+        .map(|tls| tokio::spawn(postgres_tls_loop(running.agent.clone(), tls)));
     let server = match tls {
         Some(tls) => serve(
             running.router(),
@@ -994,6 +1001,9 @@ pub async fn run(config: Config, systemd: Option<SystemdNotifier>) -> anyhow::Re
     let _ = systemd_stop.send(true);
     if let Some(task) = systemd {
         let _ = task.await;
+    }
+    if let Some(task) = rotation {
+        task.abort();
     }
     running.stop().await;
     let _ = stop_tx.send(true);

@@ -109,6 +109,12 @@ impl Tls {
         &self.files
     }
 
+    /// Which set is in use: 0 for the first, one more at each reload of changed files (the
+    /// files are looked at first, at most once per `RECHECK`).
+    pub fn version(&self) -> u64 {
+        self.refreshed().version
+    }
+
     /// What the server side presents and checks now.
     pub fn server_config(&self) -> Arc<ServerConfig> {
         self.refreshed().server

@@ -252,7 +252,7 @@ fn a_running_cluster_refuses_strangers_and_takes_a_rotated_certificate() {
     replace(&tls.cert, &renewed.cert);
     wait_for(
         "pg2's agent and PostgreSQL to take the new certificate",
-        Duration::from_secs(150),
+        Duration::from_secs(60),
         || {
             let log = lab.log("pg2");
             let agent =
