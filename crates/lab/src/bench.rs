@@ -668,3 +668,122 @@ async fn one_switchover(
         old_primary_streaming_at_return: streaming,
     })
 }
+
+#[derive(Debug, Args)]
+pub struct BootstrapBench {
+    /// Clusters formed, one after the other.
+    #[arg(long, default_value = "5")]
+    runs: usize,
+    /// Data nodes, all empty (and a witness).
+    #[arg(long, default_value = "3")]
+    data_nodes: usize,
+    /// Every node its own host in a network namespace (root), with TLS on, as in the field.
+    #[arg(long)]
+    netns: bool,
+    /// Where to build each lab (removed after each run).
+    #[arg(long, default_value = "/tmp/pgfm-bench")]
+    dir: std::path::PathBuf,
+}
+
+/// One cluster formed from empty data directories, from the agents' logs.
+#[derive(Debug, Clone, Serialize)]
+struct BootstrapRun {
+    /// From the first agent's start to the chosen node's initdb.
+    to_initdb_ms: u64,
+    /// initdb, the roles and pg_hba.conf on the chosen node.
+    initdb_ms: u64,
+    /// From the first agent's start to the last standby streaming.
+    to_streaming_ms: u64,
+}
+
+/// `pgfm bench bootstrap`: N clusters formed from empty data directories; each timed from
+/// the first agent's start to the last standby streaming, from the agents' own log lines.
+pub fn bootstrap(args: BootstrapBench) -> anyhow::Result<std::process::ExitCode> {
+    let cores = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1);
+    println!(
+        "pgfm bench bootstrap: {} run(s); {} empty data nodes + witness, {}, TLS on, default settings, on this machine ({cores} cores); from the first agent's start to the last standby streaming",
+        args.runs,
+        args.data_nodes,
+        if args.netns { "each in its own network namespace" } else { "on 127.0.0.1" },
+    );
+    let exe = std::env::current_exe().context("finding the pgfm binary")?;
+    let mut runs = Vec::new();
+    for run in 1..=args.runs {
+        let more = ["--from-empty".to_string()];
+        let (driver, _) =
+            LabDriver::up_with(&exe, &args.dir, args.data_nodes, &[], args.netns, &more)?;
+        let measured = bootstrap_times(&driver, args.data_nodes);
+        let measured = match measured {
+            Ok(m) => m,
+            Err(e) => return Err(driver.kept_for_inspection(e)),
+        };
+        driver.down()?;
+        println!(
+            "  run {run}: initdb after {} ms, took {} ms; every standby streaming after {} ms",
+            measured.to_initdb_ms, measured.initdb_ms, measured.to_streaming_ms
+        );
+        runs.push(measured);
+    }
+    let mut streaming: Vec<u64> = runs.iter().map(|r| r.to_streaming_ms).collect();
+    let mut initdb: Vec<u64> = runs.iter().map(|r| r.initdb_ms).collect();
+    println!(
+        "\nbootstrap: {} runs, empty to streaming median {} ms (max {} ms), of which initdb median {} ms",
+        runs.len(),
+        median(&mut streaming).unwrap_or(0),
+        streaming.iter().max().unwrap_or(&0),
+        median(&mut initdb).unwrap_or(0),
+    );
+    Ok(std::process::ExitCode::SUCCESS)
+}
+
+/// The times of one formation, read from the agents' logs (their timestamps, RFC 3339).
+fn bootstrap_times(driver: &LabDriver, data_nodes: usize) -> anyhow::Result<BootstrapRun> {
+    let mut started = None;
+    let mut initdb = None;
+    let mut initialised = None;
+    let mut streaming = Vec::new();
+    let nodes = (1..=data_nodes)
+        .map(|i| format!("pg{i}"))
+        .chain(std::iter::once("witness".to_string()));
+    for node in nodes {
+        let log = std::fs::read_to_string(driver.dir.join(&node).join("agent.log"))?;
+        for line in log.lines() {
+            let Some(at) = line
+                .split_whitespace()
+                .next()
+                .and_then(|t| humantime::parse_rfc3339(t).ok())
+            else {
+                continue;
+            };
+            if line.contains("agent started") {
+                started = Some(started.map_or(at, |s: std::time::SystemTime| s.min(at)));
+            } else if line.contains("initialising the cluster (initdb)") {
+                initdb = Some(at);
+            } else if line.contains("cluster initialised") {
+                initialised = Some(at);
+            } else if line.contains("cloned and streaming") {
+                streaming.push(at);
+            }
+        }
+    }
+    let ms = |from: Option<std::time::SystemTime>, to: Option<std::time::SystemTime>| {
+        let (from, to) = from
+            .zip(to)
+            .context("a step missing from the agents' logs")?;
+        Ok::<u64, anyhow::Error>(to.duration_since(from).unwrap_or_default().as_millis() as u64)
+    };
+    if streaming.len() + 1 != data_nodes {
+        bail!(
+            "{} of {} standbys said they stream",
+            streaming.len(),
+            data_nodes - 1
+        );
+    }
+    Ok(BootstrapRun {
+        to_initdb_ms: ms(started, initdb)?,
+        initdb_ms: ms(initdb, initialised)?,
+        to_streaming_ms: ms(started, streaming.into_iter().max())?,
+    })
+}

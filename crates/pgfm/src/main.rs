@@ -258,6 +258,9 @@ enum BenchCommand {
     Failover(bench::FailoverBench),
     /// Switchovers back and forth.
     Switchover(bench::SwitchoverBench),
+    /// Clusters formed from empty data directories: from the agents' start to every
+    /// standby streaming.
+    Bootstrap(bench::BootstrapBench),
     /// A soak of drawn faults on a --netns lab (host deaths, crashes, freezes, partitions,
     /// double faults, damaged WAL, a full disk): lost writes, two writers, rejoins.
     Chaos(chaos::ChaosBench),
@@ -857,6 +860,9 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Commands::Bench {
             command: BenchCommand::Switchover(args),
         } => bench::switchover(args),
+        Commands::Bench {
+            command: BenchCommand::Bootstrap(args),
+        } => bench::bootstrap(args),
         Commands::Bench {
             command: BenchCommand::Chaos(args),
         } => chaos::chaos(args),
