@@ -23,6 +23,10 @@ const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
 /// cannot take every file descriptor (the agent's own Raft and probe connections need
 /// some); past it, new connections are closed at once.
 const HANDSHAKES: usize = 256;
+/// At most this many of them from one address: a flood from one host (a scanner, a
+/// misconfigured load balancer) cannot take them all, and the cluster's own peers, each on
+/// its own address, still get in.
+const HANDSHAKES_PER_ADDRESS: usize = 16;
 /// At most this many (address, reason) pairs are remembered for the log's rate limit.
 const REMEMBERED: usize = 1024;
 /// The same refusal from the same address is logged at most this often.
@@ -79,6 +83,7 @@ async fn accept(
 ) {
     let refusals = Arc::new(Refusals::default());
     let handshakes = Arc::new(tokio::sync::Semaphore::new(HANDSHAKES));
+    let in_flight = Arc::new(Mutex::new(HashMap::new()));
     loop {
         let (stream, peer) = match tcp.accept().await {
             Ok(accepted) => accepted,
@@ -92,6 +97,15 @@ async fn accept(
         if tx.is_closed() {
             return;
         }
+        let Some(from_peer) = InFlight::enter(&in_flight, peer.ip()) else {
+            refusals.log(
+                peer,
+                &Refusal::warn(format!(
+                    "{HANDSHAKES_PER_ADDRESS} handshakes from this address are already under way"
+                )),
+            );
+            continue;
+        };
         let Ok(permit) = handshakes.clone().try_acquire_owned() else {
             refusals.log(
                 peer,
@@ -103,7 +117,7 @@ async fn accept(
         let acceptor = TlsAcceptor::from(tls.server_config());
         let (tx, refusals) = (tx.clone(), refusals.clone());
         tokio::spawn(async move {
-            let _permit = permit;
+            let _permits = (permit, from_peer);
             match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
                 Ok(Ok(stream)) => {
                     let _ = tx.send((stream, peer)).await;
@@ -118,6 +132,42 @@ async fn accept(
                 ),
             }
         });
+    }
+}
+
+/// Handshakes under way per address; one is counted while its `InFlight` lives.
+type PerAddress = Arc<Mutex<HashMap<IpAddr, usize>>>;
+
+struct InFlight {
+    counts: PerAddress,
+    address: IpAddr,
+}
+
+impl InFlight {
+    /// Count a handshake from `address`, unless it has `HANDSHAKES_PER_ADDRESS` already.
+    fn enter(counts: &PerAddress, address: IpAddr) -> Option<InFlight> {
+        let mut map = counts.lock().unwrap_or_else(|e| e.into_inner());
+        let count = map.entry(address).or_insert(0);
+        if *count >= HANDSHAKES_PER_ADDRESS {
+            return None;
+        }
+        *count += 1;
+        Some(InFlight {
+            counts: counts.clone(),
+            address,
+        })
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        let mut map = self.counts.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(count) = map.get_mut(&self.address) {
+            *count -= 1;
+            if *count == 0 {
+                map.remove(&self.address);
+            }
+        }
     }
 }
 

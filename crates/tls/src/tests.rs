@@ -266,3 +266,27 @@ async fn only_clients_of_the_cluster_ca_get_through_and_rotation_needs_no_restar
     }
     assert!(get(&client, address).await.is_ok());
 }
+
+/// A flood of connections that never begin their handshake, from one address, takes at
+/// most its share of the listener's handshakes: a peer on another address is still served
+/// at once. (Loopback: the flood comes from 127.0.0.2, the peer from 127.0.0.1.)
+#[tokio::test]
+async fn a_flood_from_one_address_leaves_room_for_the_others() {
+    let tmp = tempfile::tempdir().unwrap();
+    let ca = Authority::create("main").unwrap();
+    let server = Tls::load(node(&tmp.path().join("pg1"), &ca, "pg1"), LOCAL).unwrap();
+    let address = serve(server).await;
+    let mut flood = Vec::new();
+    for _ in 0..300 {
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.bind("127.0.0.2:0".parse().unwrap()).unwrap();
+        flood.push(socket.connect(address).await.unwrap());
+    }
+    let client = Tls::load(node(&tmp.path().join("pg2"), &ca, "pg2"), LOCAL).unwrap();
+    let answer = tokio::time::timeout(Duration::from_secs(3), get(&client, address)).await;
+    assert!(
+        matches!(&answer, Ok(Ok((a, _))) if a.ends_with("hello")),
+        "a peer was shut out by another address's flood: {answer:?}"
+    );
+    drop(flood);
+}
