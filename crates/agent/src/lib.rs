@@ -950,13 +950,17 @@ async fn postgres_tls_loop(agent: Arc<Agent>, tls: Arc<pgfm_tls::Tls>) {
         if version == seen {
             continue;
         }
-        seen = version;
-        match pg.refresh_ssl() {
-            Ok(true) => tracing::info!(
-                cert = %tls.files().cert.display(),
-                "TLS: the certificate files changed; PostgreSQL reloaded with them"
-            ),
-            Ok(false) => {}
+        // Tried again 5 s later when it fails.
+        match pg.refresh_ssl().await {
+            Ok(reloaded) => {
+                seen = version;
+                if reloaded {
+                    tracing::info!(
+                        cert = %tls.files().cert.display(),
+                        "TLS: the certificate files changed; PostgreSQL reloaded with them"
+                    );
+                }
+            }
             Err(e) => tracing::warn!("TLS: giving PostgreSQL the new certificate failed: {e:#}"),
         }
     }

@@ -147,18 +147,17 @@ impl Postgres {
     }
 
     /// Certificates rotated on disk reach the running server: its copies are refreshed and,
-    /// when one changed, the postmaster reloads (PostgreSQL rereads its TLS files on
-    /// SIGHUP; if they are unusable it keeps the ones it has). Whether it was told to.
-    pub fn refresh_ssl(&self) -> anyhow::Result<bool> {
+    /// when one changed, it reloads (`pg_reload_conf()`: PostgreSQL rereads its TLS files;
+    /// if they are unusable it keeps the ones it has). Whether it was told to.
+    pub async fn refresh_ssl(&self) -> anyhow::Result<bool> {
         let s = &self.settings;
-        let (Some(files), Some(pid)) = (&s.ssl, self.running_pid()) else {
+        let Some(files) = &s.ssl else {
             return Ok(false);
         };
-        if !crate::ssl::install(files, &s.data_dir, &s.os_user)? {
+        if self.running_pid().is_none() || !crate::ssl::install(files, &s.data_dir, &s.os_user)? {
             return Ok(false);
         }
-        nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::SIGHUP)
-            .with_context(|| format!("telling PostgreSQL (pid {pid}) to reload"))?;
+        self.reload().await?;
         Ok(true)
     }
 

@@ -40,7 +40,7 @@ pub trait Database: Send + Sync {
     /// the postmaster's pid.
     fn start<'a>(&'a self, how: StartAs<'a>) -> Pending<'a, anyhow::Result<u32>>;
     /// Give the running server the node's TLS files if they changed (`Postgres::refresh_ssl`).
-    fn refresh_ssl(&self) -> anyhow::Result<bool>;
+    fn refresh_ssl(&self) -> Pending<'_, anyhow::Result<bool>>;
     /// Initialise a new cluster in the empty data directory (`Postgres::initialise`).
     fn initialise<'a>(&'a self, plan: &'a InitdbPlan) -> Pending<'a, anyhow::Result<()>>;
     /// Fill the empty data directory with a base backup of `upstream`.
@@ -110,8 +110,8 @@ impl Database for Postgres {
     fn start<'a>(&'a self, how: StartAs<'a>) -> Pending<'a, anyhow::Result<u32>> {
         Box::pin(Postgres::start(self, how))
     }
-    fn refresh_ssl(&self) -> anyhow::Result<bool> {
-        Postgres::refresh_ssl(self)
+    fn refresh_ssl(&self) -> Pending<'_, anyhow::Result<bool>> {
+        Box::pin(Postgres::refresh_ssl(self))
     }
     fn initialise<'a>(&'a self, plan: &'a InitdbPlan) -> Pending<'a, anyhow::Result<()>> {
         Box::pin(Postgres::initialise(self, plan))

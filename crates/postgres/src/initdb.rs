@@ -49,6 +49,64 @@ pub fn failed_dir(data_dir: &Path) -> PathBuf {
     PathBuf::from(format!("{}.pgfm-initdb-failed", data_dir.display()))
 }
 
+/// Where a new cluster may be made: `data_dir` itself (not a symbolic link, not a mount
+/// point: the cluster is renamed onto it from beside it) under a directory that exists
+/// (pgfm creates `data_dir`, never the directories above it: a missing one is more likely
+/// a volume not mounted or a typing mistake than a wish). Checked before initdb, so that a
+/// place that can never work costs no initdb.
+fn check_place(data_dir: &Path) -> anyhow::Result<()> {
+    use std::os::unix::fs::MetadataExt as _;
+    let parent = data_dir
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .with_context(|| format!("data_dir {} has no parent directory", data_dir.display()))?;
+    let above = std::fs::metadata(parent).map_err(|e| {
+        anyhow::anyhow!(
+            "{} (above data_dir) cannot be used: {e}; is its volume mounted? pgfm creates \
+             data_dir but never the directories above it",
+            parent.display()
+        )
+    })?;
+    match std::fs::symlink_metadata(data_dir) {
+        Ok(meta) if meta.file_type().is_symlink() => bail!(
+            "data_dir {} is a symbolic link: set [postgres] data_dir to the directory it \
+             points to",
+            data_dir.display()
+        ),
+        Ok(meta) if meta.dev() != above.dev() => bail!(
+            "data_dir {} is a mount point; PostgreSQL advises a directory below it: set \
+             [postgres] data_dir = \"{}/data\"",
+            data_dir.display(),
+            data_dir.display()
+        ),
+        _ => Ok(()),
+    }
+}
+
+/// Write a secret for `user` to read, mode 600 from its first byte.
+fn write_secret(path: &Path, contents: &str, user: &OsUser) -> anyhow::Result<()> {
+    use std::io::Write as _;
+    use std::os::unix::fs::OpenOptionsExt as _;
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .with_context(|| format!("creating {}", path.display()))?;
+    file.write_all(contents.as_bytes())
+        .with_context(|| format!("writing {}", path.display()))?;
+    user.own(path)
+        .with_context(|| format!("giving {} to {}", path.display(), user.name))
+}
+
+fn remove_file_if_present(path: &Path) -> anyhow::Result<()> {
+    match std::fs::remove_file(path) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(e).with_context(|| format!("removing {}", path.display())),
+    }
+}
+
 /// `pg_hba.conf` of a new cluster: local connections by peer authentication, and for
 /// each member's host exactly what pgfm needs from it, over TLS (`hostssl`) when TLS is
 /// on, with scram-sha-256 — nothing wider; then the operator's lines.
@@ -106,16 +164,10 @@ fn hba_address(host: &str) -> String {
     }
 }
 
-/// A role name in pg_hba.conf: quoted unless plain.
+/// A role name in pg_hba.conf, always quoted: unquoted, `all`, `replication` and a few
+/// others are keywords (`initialise` refuses a name holding a double quote).
 fn quote_name(name: &str) -> String {
-    if name
-        .chars()
-        .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
-    {
-        name.to_string()
-    } else {
-        format!("\"{}\"", name.replace('"', "\"\""))
-    }
+    format!("\"{name}\"")
 }
 
 /// `name` as an SQL identifier.
@@ -137,6 +189,12 @@ impl Postgres {
     pub async fn initialise(&self, plan: &InitdbPlan) -> anyhow::Result<()> {
         let s = &self.settings;
         let data_dir = &s.data_dir;
+        check_place(data_dir)?;
+        for name in [&s.superuser, &s.replication_user] {
+            if name.contains('"') {
+                bail!("role name {name:?} holds a double quote, which pg_hba.conf cannot name");
+            }
+        }
         if !matches!(
             crate::datadir::inspect_data_dir(data_dir),
             Ok(pgfm_core::DataDirState::Empty)
@@ -148,6 +206,8 @@ impl Postgres {
         }
         let (superuser_pw, replication_pw) = self.bootstrap_passwords()?;
         let work = work_dir(data_dir);
+        let pwfile = PathBuf::from(format!("{}.pgfm-initdb.pw", data_dir.display()));
+        remove_file_if_present(&pwfile)?;
         if work.exists() {
             let failed = failed_dir(data_dir);
             if failed.exists() {
@@ -161,19 +221,24 @@ impl Postgres {
                 "an earlier initdb did not finish: its directory is kept aside, initialising again"
             );
         }
-        let pwfile = PathBuf::from(format!("{}.pgfm-initdb.pw", data_dir.display()));
-        s.os_user
-            .write_file(&pwfile, &format!("{superuser_pw}\n"), 0o600)
-            .with_context(|| format!("writing {}", pwfile.display()))?;
+        write_secret(&pwfile, &format!("{superuser_pw}\n"), &s.os_user)?;
         let made = initdb_with(&s.bin_dir, &work, &s.os_user, &s.superuser, &pwfile, plan).await;
-        let _ = std::fs::remove_file(&pwfile);
+        remove_file_if_present(&pwfile)?;
         made?;
-        let sql = format!(
-            "CREATE ROLE {} WITH REPLICATION LOGIN PASSWORD {};\n",
-            sql_identifier(&s.replication_user),
-            sql_literal(&replication_pw)
-        );
-        single_user_sql(&s.bin_dir, &work, &s.os_user, &sql).await?;
+        // The superuser streams too when it is the replication user: initdb made it.
+        if s.replication_user != s.superuser {
+            let sql = format!(
+                "CREATE ROLE {} WITH REPLICATION LOGIN PASSWORD {};\n",
+                sql_identifier(&s.replication_user),
+                sql_literal(&replication_pw)
+            );
+            single_user_sql(&s.bin_dir, &work, &s.os_user, &sql)
+                .await
+                // PostgreSQL repeats a failed statement, password and all, in its error.
+                .map_err(|e| {
+                    anyhow::anyhow!("{}", format!("{e:#}").replace(&replication_pw, "********"))
+                })?;
+        }
         let hba = render_hba(
             plan,
             &s.superuser,
@@ -181,24 +246,22 @@ impl Postgres {
             &s.node_name,
             s.ssl.is_some(),
         );
+        let hba_file = work.join("pg_hba.conf");
         s.os_user
-            .write_file(&work.join("pg_hba.conf"), &hba, 0o600)
+            .write_file(&hba_file, &hba, 0o600)
             .context("writing pg_hba.conf")?;
+        for durable in [&hba_file, &work] {
+            std::fs::File::open(durable)
+                .and_then(|f| f.sync_all())
+                .with_context(|| format!("syncing {}", durable.display()))?;
+        }
         // Onto the empty data_dir (rename replaces an empty directory), then made durable.
-        std::fs::rename(&work, data_dir).map_err(|e| match e.raw_os_error() {
-            Some(nix::libc::EXDEV) | Some(nix::libc::EBUSY) => anyhow::anyhow!(
-                "cannot move the new cluster from {} onto data_dir {}: data_dir is a mount \
-                 point ({e}); PostgreSQL advises a directory below it: set [postgres] \
-                 data_dir = \"{}/data\"",
-                work.display(),
-                data_dir.display(),
-                data_dir.display()
-            ),
-            _ => anyhow::anyhow!(
-                "moving the new cluster from {} onto data_dir {}: {e}",
+        std::fs::rename(&work, data_dir).with_context(|| {
+            format!(
+                "moving the new cluster from {} onto data_dir {}",
                 work.display(),
                 data_dir.display()
-            ),
+            )
         })?;
         if let Some(parent) = data_dir.parent() {
             std::fs::File::open(parent)
@@ -250,7 +313,7 @@ pub async fn initdb_with(
 ) -> anyhow::Result<()> {
     user.make_private_dir(data_dir)
         .with_context(|| format!("creating {}", data_dir.display()))?;
-    let mut cmd = user.command(bin_dir.join("initdb"));
+    let mut cmd = user.std_command(bin_dir.join("initdb"));
     cmd.arg("-D")
         .arg(data_dir)
         .args(["-U", superuser, "--auth=scram-sha-256"])
@@ -262,10 +325,7 @@ pub async fn initdb_with(
     if plan.data_checksums {
         cmd.arg("--data-checksums");
     }
-    dies_with_agent(&mut cmd);
-    let output = cmd
-        .stdin(Stdio::null())
-        .output()
+    let output = run_dying_with_agent(cmd, None)
         .await
         .context("running initdb")?;
     if !output.status.success() {
@@ -304,26 +364,13 @@ pub async fn single_user_sql(
     user: &OsUser,
     sql: &str,
 ) -> anyhow::Result<()> {
-    use tokio::io::AsyncWriteExt;
-    let mut cmd = user.command(bin_dir.join("postgres"));
+    let mut cmd = user.std_command(bin_dir.join("postgres"));
     cmd.args(["--single", "-j", "-D"])
         .arg(data_dir)
-        .arg("postgres")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    dies_with_agent(&mut cmd);
-    let mut child = cmd.spawn().context("starting postgres --single")?;
-    if let Some(mut stdin) = child.stdin.take() {
-        stdin
-            .write_all(sql.as_bytes())
-            .await
-            .context("writing SQL")?;
-    }
-    let output = child
-        .wait_with_output()
+        .arg("postgres");
+    let output = run_dying_with_agent(cmd, Some(sql.as_bytes().to_vec()))
         .await
-        .context("waiting for postgres --single")?;
+        .context("running postgres --single")?;
     let stderr = String::from_utf8_lossy(&output.stderr);
     if !output.status.success() || stderr.contains("ERROR") {
         bail!("postgres --single failed: {}", stderr.trim());
@@ -331,19 +378,75 @@ pub async fn single_user_sql(
     Ok(())
 }
 
-/// The child is killed when the thread that started it ends — the agent's runtime, or the
-/// agent killed: a program that outlived it would go on writing into a directory the
-/// agent's retry moves aside. Set after the switch to the OS user, which would clear it.
-fn dies_with_agent(cmd: &mut tokio::process::Command) {
-    // SAFETY: prctl is async-signal-safe; the closure allocates nothing.
+/// Run `cmd` to its end (with `stdin` written to it), killed if the agent dies first: a
+/// program that outlived it would go on writing into a directory the agent's retry moves
+/// aside. The kernel's parent-death signal fires when the *thread* that forked the child
+/// ends, and a runtime's threads come and go (an idle blocking thread ends after 10 s):
+/// so the child is forked from one thread that lasts as long as the process, and the
+/// signal is set after the switch to the OS user (which would clear it).
+async fn run_dying_with_agent(
+    mut cmd: std::process::Command,
+    stdin: Option<Vec<u8>>,
+) -> std::io::Result<std::process::Output> {
+    use std::io::Write as _;
+    use std::os::unix::process::CommandExt as _;
+    let agent = std::process::id();
+    // SAFETY: prctl and getppid are async-signal-safe; nothing here allocates.
     unsafe {
-        cmd.pre_exec(|| {
+        cmd.pre_exec(move || {
             if nix::libc::prctl(nix::libc::PR_SET_PDEATHSIG, nix::libc::SIGKILL) != 0 {
                 return Err(std::io::Error::last_os_error());
+            }
+            // The agent died between the fork and the prctl: the signal will never come.
+            if nix::libc::getppid() as u32 != agent {
+                return Err(std::io::Error::from_raw_os_error(nix::libc::ESRCH));
             }
             Ok(())
         });
     }
+    cmd.stdin(if stdin.is_some() {
+        Stdio::piped()
+    } else {
+        Stdio::null()
+    })
+    .stdout(Stdio::piped())
+    .stderr(Stdio::piped());
+    tokio::task::spawn_blocking(move || {
+        let mut child = spawn_from_lasting_thread(cmd)?;
+        if let (Some(input), Some(mut pipe)) = (stdin, child.stdin.take()) {
+            pipe.write_all(&input)?;
+        }
+        child.wait_with_output()
+    })
+    .await
+    .map_err(std::io::Error::other)?
+}
+
+/// Fork `cmd` from the process's one lasting spawner thread (started at first use).
+fn spawn_from_lasting_thread(cmd: std::process::Command) -> std::io::Result<std::process::Child> {
+    type Reply = std::sync::mpsc::Sender<std::io::Result<std::process::Child>>;
+    static SPAWNER: std::sync::OnceLock<
+        std::sync::Mutex<std::sync::mpsc::Sender<(std::process::Command, Reply)>>,
+    > = std::sync::OnceLock::new();
+    let gone = || std::io::Error::other("the thread that starts PostgreSQL's tools is gone");
+    let spawner = SPAWNER.get_or_init(|| {
+        let (tx, rx) = std::sync::mpsc::channel::<(std::process::Command, Reply)>();
+        let _ = std::thread::Builder::new()
+            .name("pgfm-spawner".into())
+            .spawn(move || {
+                for (mut cmd, reply) in rx {
+                    let _ = reply.send(cmd.spawn());
+                }
+            });
+        std::sync::Mutex::new(tx)
+    });
+    let (reply, answer) = std::sync::mpsc::channel();
+    spawner
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .send((cmd, reply))
+        .map_err(|_| gone())?;
+    answer.recv().map_err(|_| gone())?
 }
 
 #[cfg(test)]
@@ -391,13 +494,13 @@ mod tests {
             rules,
             vec![
                 rule("local all all peer"),
-                rule("hostssl all postgres 10.0.0.11/32 scram-sha-256"),
-                rule("hostssl replication replicator 10.0.0.11/32 scram-sha-256"),
-                rule("hostssl all postgres 10.0.0.12/32 scram-sha-256"),
-                rule("hostssl replication replicator 10.0.0.12/32 scram-sha-256"),
-                rule("hostssl all postgres 10.0.0.13/32 scram-sha-256"),
-                rule("hostssl all postgres fd00::3/128 scram-sha-256"),
-                rule("hostssl replication replicator fd00::3/128 scram-sha-256"),
+                rule("hostssl all \"postgres\" 10.0.0.11/32 scram-sha-256"),
+                rule("hostssl replication \"replicator\" 10.0.0.11/32 scram-sha-256"),
+                rule("hostssl all \"postgres\" 10.0.0.12/32 scram-sha-256"),
+                rule("hostssl replication \"replicator\" 10.0.0.12/32 scram-sha-256"),
+                rule("hostssl all \"postgres\" 10.0.0.13/32 scram-sha-256"),
+                rule("hostssl all \"postgres\" fd00::3/128 scram-sha-256"),
+                rule("hostssl replication \"replicator\" fd00::3/128 scram-sha-256"),
                 rule("hostssl all app 10.0.1.0/24 scram-sha-256"),
             ]
         );
@@ -406,7 +509,27 @@ mod tests {
         let text = render_hba(&p, "Admin", "replicator", "pg1", false);
         assert_eq!(text.matches("\nhost ").count(), 2, "{text}");
         assert!(text.contains("\"Admin\""), "{text}");
+        assert!(text.contains("\"replicator\""), "{text}");
         assert!(!text.contains("hostssl all all") && !text.contains("trust"));
+    }
+
+    /// A place that can never hold the new cluster is refused before initdb, with the fix.
+    #[test]
+    fn a_data_dir_that_cannot_work_is_refused_before_initdb() {
+        let base = std::env::temp_dir().join(format!("pgfm-place-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&base);
+        std::fs::create_dir_all(base.join("real")).unwrap();
+        // The usual: data_dir absent (or empty) under an existing directory.
+        assert!(check_place(&base.join("data")).is_ok());
+        assert!(check_place(&base.join("real")).is_ok());
+        let unmounted = check_place(&base.join("volume/data"))
+            .unwrap_err()
+            .to_string();
+        assert!(unmounted.contains("is its volume mounted?"), "{unmounted}");
+        std::os::unix::fs::symlink(base.join("real"), base.join("link")).unwrap();
+        let link = check_place(&base.join("link")).unwrap_err().to_string();
+        assert!(link.contains("is a symbolic link"), "{link}");
+        let _ = std::fs::remove_dir_all(&base);
     }
 
     #[test]

@@ -59,7 +59,13 @@ impl OsUser {
 
     /// A command that runs `program` as this user.
     pub fn command(&self, program: impl AsRef<Path>) -> tokio::process::Command {
-        let mut cmd = tokio::process::Command::new(program.as_ref());
+        tokio::process::Command::from(self.std_command(program))
+    }
+
+    /// The same, as a `std::process::Command` (to be run from a thread of one's choosing).
+    pub fn std_command(&self, program: impl AsRef<Path>) -> std::process::Command {
+        use std::os::unix::process::CommandExt as _;
+        let mut cmd = std::process::Command::new(program.as_ref());
         if self.switch {
             // std drops root's supplementary groups (setgroups) before switching. The
             // environment follows the user: libpq run with root's HOME tries to read

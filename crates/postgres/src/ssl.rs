@@ -43,6 +43,9 @@ pub fn installed(data_dir: &Path) -> SslFiles {
 /// server refuses a key others can read). Rewritten only when they differ: whether any was.
 pub fn install(files: &SslFiles, data_dir: &Path, user: &OsUser) -> anyhow::Result<bool> {
     use anyhow::Context;
+    // One install at a time (a start's and a rotation's): the copies share a temporary name.
+    static INSTALLING: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _one = INSTALLING.lock().unwrap_or_else(|e| e.into_inner());
     let to = installed(data_dir);
     let dir = to.ca.parent().expect("a file in a directory");
     user.make_private_dir(dir)

@@ -2196,8 +2196,8 @@ impl Database for SimDatabase {
         Box::pin(SimDatabase::start(self, how))
     }
     /// The simulation runs without TLS.
-    fn refresh_ssl(&self) -> anyhow::Result<bool> {
-        Ok(false)
+    fn refresh_ssl(&self) -> Pending<'_, anyhow::Result<bool>> {
+        Box::pin(async { Ok(false) })
     }
     fn initialise<'a>(&'a self, _plan: &'a InitdbPlan) -> Pending<'a, anyhow::Result<()>> {
         Box::pin(SimDatabase::initialise(self))

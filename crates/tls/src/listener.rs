@@ -145,7 +145,12 @@ struct InFlight {
 
 impl InFlight {
     /// Count a handshake from `address`, unless it has `HANDSHAKES_PER_ADDRESS` already.
+    /// IPv6 addresses count by their /64 (one host may hold all of it).
     fn enter(counts: &PerAddress, address: IpAddr) -> Option<InFlight> {
+        let address = match address {
+            IpAddr::V6(v6) => IpAddr::V6((u128::from(v6) & !((1u128 << 64) - 1)).into()),
+            v4 => v4,
+        };
         let mut map = counts.lock().unwrap_or_else(|e| e.into_inner());
         let count = map.entry(address).or_insert(0);
         if *count >= HANDSHAKES_PER_ADDRESS {
@@ -161,11 +166,12 @@ impl InFlight {
 
 impl Drop for InFlight {
     fn drop(&mut self) {
+        let address = self.address;
         let mut map = self.counts.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(count) = map.get_mut(&self.address) {
+        if let Some(count) = map.get_mut(&address) {
             *count -= 1;
             if *count == 0 {
-                map.remove(&self.address);
+                map.remove(&address);
             }
         }
     }

@@ -149,7 +149,17 @@ fn three_empty_nodes_form_a_cluster_even_when_the_chosen_agent_dies_in_initdb() 
             "a rule wider than pgfm needs: {line}"
         );
     }
-    assert!(hba.contains("hostssl  replication  replicator    10.254.0.12/32"));
+    assert!(
+        hba.lines().any(|l| l.split_whitespace().collect::<Vec<_>>()
+            == [
+                "hostssl",
+                "replication",
+                "\"replicator\"",
+                "10.254.0.12/32",
+                "scram-sha-256"
+            ]),
+        "pg2 may not stream:\n{hba}"
+    );
 
     // It fails over and rejoins, one writer at a time.
     let watch = SplitBrainWatch::start(&lab, &["pg1", "pg2", "pg3"]);
