@@ -319,8 +319,6 @@ impl Agent {
         Ok(())
     }
 
-    /// Fill the data directory with a base backup of `upstream` — the empty one (`fresh`),
-    /// or a fresh one with the old moved aside — then start as its standby.
     /// This node was chosen to initialise the empty cluster: initdb, the roles and
     /// pg_hba.conf for every member (`Postgres::initialise`). The coordinator then makes it
     /// the first primary, and it starts once it holds the lease.
@@ -343,6 +341,8 @@ impl Agent {
         Ok(())
     }
 
+    /// Fill the data directory with a base backup of `upstream` — the empty one (`fresh`),
+    /// or a fresh one with the old moved aside — then start as its standby.
     async fn clone_and_start(
         &self,
         pg: &dyn Database,

@@ -46,6 +46,7 @@ use pgfm_api::{ApiClient, ClusterStatus, NodeKindStatus};
 use pgfm_core::NodeKind;
 use pgfm_init::{ClusterSpec, Layout, NodeSpec, VipSpec};
 use pgfm_postgres::control::{initdb, single_user_sql};
+use pgfm_postgres::run_as::write_private;
 use pgfm_postgres::{find_bin_dir, OsUser};
 
 use pgfm_api::status_text;
@@ -486,25 +487,6 @@ fn ephemeral_start() -> u32 {
         .ok()
         .and_then(|t| t.split_whitespace().next()?.parse().ok())
         .unwrap_or(32_768)
-}
-
-/// Write `contents` to `path`, mode 600 from the first byte on, owned by `owner` if given.
-fn write_private(path: &Path, contents: &str, owner: Option<&OsUser>) -> anyhow::Result<()> {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
-    let mut file = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(path)
-        .with_context(|| format!("creating {}", path.display()))?;
-    file.write_all(contents.as_bytes())
-        .with_context(|| format!("writing {}", path.display()))?;
-    if let Some(user) = owner {
-        user.own(path)
-            .with_context(|| format!("giving {} to {}", path.display(), user.name))?;
-    }
-    Ok(())
 }
 
 /// Copy `from` to `to` as `write_private` writes it: how an operator installs a file of

@@ -12,7 +12,7 @@ use anyhow::{bail, Context};
 
 use crate::control::Postgres;
 use crate::passfile;
-use crate::run_as::OsUser;
+use crate::run_as::{write_private, OsUser};
 
 /// How the cluster is made (`[bootstrap]`) and whom its `pg_hba.conf` lets in.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -81,22 +81,6 @@ fn check_place(data_dir: &Path) -> anyhow::Result<()> {
         ),
         _ => Ok(()),
     }
-}
-
-/// Write a secret for `user` to read, mode 600 from its first byte.
-fn write_secret(path: &Path, contents: &str, user: &OsUser) -> anyhow::Result<()> {
-    use std::io::Write as _;
-    use std::os::unix::fs::OpenOptionsExt as _;
-    let mut file = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(path)
-        .with_context(|| format!("creating {}", path.display()))?;
-    file.write_all(contents.as_bytes())
-        .with_context(|| format!("writing {}", path.display()))?;
-    user.own(path)
-        .with_context(|| format!("giving {} to {}", path.display(), user.name))
 }
 
 fn remove_file_if_present(path: &Path) -> anyhow::Result<()> {
@@ -221,7 +205,7 @@ impl Postgres {
                 "an earlier initdb did not finish: its directory is kept aside, initialising again"
             );
         }
-        write_secret(&pwfile, &format!("{superuser_pw}\n"), &s.os_user)?;
+        write_private(&pwfile, &format!("{superuser_pw}\n"), Some(&s.os_user))?;
         let made = initdb_with(&s.bin_dir, &work, &s.os_user, &s.superuser, &pwfile, plan).await;
         remove_file_if_present(&pwfile)?;
         made?;

@@ -158,3 +158,24 @@ impl OsUser {
         std::fs::rename(&tmp, path)
     }
 }
+
+/// Write a secret to a new file `path`, mode 600 from its first byte on, owned by `owner`
+/// if given (the passfile PostgreSQL's tools read, a password for initdb).
+pub fn write_private(path: &Path, contents: &str, owner: Option<&OsUser>) -> anyhow::Result<()> {
+    use anyhow::Context as _;
+    use std::io::Write as _;
+    use std::os::unix::fs::OpenOptionsExt as _;
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .with_context(|| format!("creating {}", path.display()))?;
+    file.write_all(contents.as_bytes())
+        .with_context(|| format!("writing {}", path.display()))?;
+    if let Some(user) = owner {
+        user.own(path)
+            .with_context(|| format!("giving {} to {}", path.display(), user.name))?;
+    }
+    Ok(())
+}
