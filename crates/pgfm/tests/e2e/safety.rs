@@ -341,13 +341,17 @@ fn a_frozen_primary_host_is_reset_by_its_watchdog_before_the_failover() {
 /// Case 4. The primary's agent dies, then its postmaster stops taking new sessions
 /// (SIGSTOP on the postmaster alone) while the open sessions keep committing. The other
 /// agents find its database down and pg2 is promoted — but first the watchdog, no longer
-/// fed, resets pg1's host: its open sessions end before pg2 takes writes, nothing
-/// acknowledged is lost.
+/// fed, resets pg1's host: its open sessions end before pg2 is promoted. Replication is
+/// asynchronous, so a commit pg1 acknowledged in its last milliseconds may never have been
+/// sent (the bound DESIGN states); what must never happen is a write pg1 acknowledged after
+/// the promotion was decided. (CI, once: write 140 of about 150 acknowledged by pg1 and
+/// lost with its host, before the promotion.)
 #[test]
 fn a_primary_whose_agent_died_is_reset_by_its_watchdog_before_the_failover() {
     let lab = Lab::up(PGFM, 2);
     lab.wait_healthy("witness", SETTLE);
     let watch = SplitBrainWatch::start(&lab, &["pg1", "pg2"]);
+    let clocks = (std::time::Instant::now(), std::time::SystemTime::now());
     let writer = writer_on_pg1(&lab);
     let postmaster = lab
         .lab_node("pg1")
@@ -362,14 +366,36 @@ fn a_primary_whose_agent_died_is_reset_by_its_watchdog_before_the_failover() {
     .unwrap();
     lab.wait_for_primary_change("pg2", 2);
     writer.wait_more(20, "the writer to write on pg2");
-    let acked = ids(&writer.finish());
-    all_acknowledged_on(&lab, "pg2", &acked);
+    let acked = writer.finish();
     assert!(watch.finish() > 0, "the watch saw no writable primary");
     watchdog_fired(&lab, "pg1");
+    let output = cli(&lab, &["history", "--json"]);
+    let history: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    let promotion = history
+        .as_array()
+        .and_then(|h| h.iter().find(|e| e["generation"] == 2 && e["to"] == "pg2"))
+        .unwrap_or_else(|| panic!("no promotion of pg2 in {history}"));
+    let promoted_at = std::time::UNIX_EPOCH
+        + Duration::from_millis(promotion["at_unix_ms"].as_u64().expect("at_unix_ms"));
+    let present: std::collections::BTreeSet<i64> = lab
+        .psql("pg2", "SELECT id FROM bench")
+        .unwrap()
+        .lines()
+        .filter_map(|l| l.trim().parse().ok())
+        .collect();
+    let late: Vec<i64> = acked
+        .iter()
+        .filter(|(id, at)| !present.contains(id) && clocks.1 + (*at - clocks.0) >= promoted_at)
+        .map(|(id, _)| *id)
+        .collect();
+    assert!(
+        late.is_empty(),
+        "writes acknowledged after pg2's promotion was decided are not on pg2: {late:?}"
+    );
     // The reason names who judged pg1's database down, and how: the witness too, without
     // credentials (the server's request for a password is an answer; a refused
     // connection is "down").
-    let history = text(&cli(&lab, &["history", "--json"]));
+    let history = history.to_string();
     assert!(history.contains("its database:"), "{history}");
     assert!(history.contains("witness: down"), "{history}");
 }
