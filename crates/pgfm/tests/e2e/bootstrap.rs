@@ -187,6 +187,7 @@ fn three_empty_nodes_form_a_cluster_even_when_the_chosen_agent_dies_in_initdb() 
         watch.finish() > 0,
         "the watch saw no writable primary: {status}"
     );
+    let _ = std::fs::remove_file(format!("{}.up.log", dir.display()));
 }
 
 /// In a running netns cluster with TLS on: a plain-HTTP request and one with a certificate
