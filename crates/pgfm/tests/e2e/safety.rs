@@ -178,13 +178,17 @@ fn a_switchover_whose_target_hangs_is_rolled_back_in_time() {
         started.elapsed()
     );
     writable_again(&lab, "pg1", 1);
+    // Whichever deadline came first ended it: pg1's own limit on the clean shutdown, or
+    // the coordinator's switchover_timeout (CI once: the shutdown ended 5.07 s in, just
+    // after the coordinator rolled the switchover back).
     let log = lab.log("pg1");
-    assert!(
-        log.contains("the clean shutdown did not finish within"),
-        "{log}"
-    );
     let history = text(&cli(&lab, &["history"]));
     assert!(history.contains("rolled back"), "{history}");
+    assert!(
+        log.contains("the clean shutdown did not finish within")
+            || history.contains("did not hand over within switchover_timeout"),
+        "neither deadline is named:\n{history}\n{log}"
+    );
 
     // The target streams again: the switchover goes through, nothing lost.
     wait_in_sync(&lab, "pg2");
