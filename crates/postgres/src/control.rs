@@ -955,7 +955,8 @@ impl Postgres {
     }
 }
 
-fn remove_if_present(path: &Path) -> anyhow::Result<()> {
+/// Remove `path`; already gone is fine.
+pub(crate) fn remove_if_present(path: &Path) -> anyhow::Result<()> {
     match std::fs::remove_file(path) {
         Ok(()) => Ok(()),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),

@@ -10,7 +10,7 @@ use std::process::Stdio;
 
 use anyhow::{bail, Context};
 
-use crate::control::Postgres;
+use crate::control::{remove_if_present, Postgres};
 use crate::passfile;
 use crate::run_as::{write_private, OsUser};
 
@@ -80,14 +80,6 @@ fn check_place(data_dir: &Path) -> anyhow::Result<()> {
             data_dir.display()
         ),
         _ => Ok(()),
-    }
-}
-
-fn remove_file_if_present(path: &Path) -> anyhow::Result<()> {
-    match std::fs::remove_file(path) {
-        Ok(()) => Ok(()),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-        Err(e) => Err(e).with_context(|| format!("removing {}", path.display())),
     }
 }
 
@@ -191,7 +183,7 @@ impl Postgres {
         let (superuser_pw, replication_pw) = self.bootstrap_passwords()?;
         let work = work_dir(data_dir);
         let pwfile = PathBuf::from(format!("{}.pgfm-initdb.pw", data_dir.display()));
-        remove_file_if_present(&pwfile)?;
+        remove_if_present(&pwfile)?;
         if work.exists() {
             let failed = failed_dir(data_dir);
             if failed.exists() {
@@ -207,7 +199,7 @@ impl Postgres {
         }
         write_private(&pwfile, &format!("{superuser_pw}\n"), Some(&s.os_user))?;
         let made = initdb_with(&s.bin_dir, &work, &s.os_user, &s.superuser, &pwfile, plan).await;
-        remove_file_if_present(&pwfile)?;
+        remove_if_present(&pwfile)?;
         made?;
         // The superuser streams too when it is the replication user: initdb made it.
         if s.replication_user != s.superuser {
