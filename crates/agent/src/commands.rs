@@ -189,7 +189,7 @@ impl Agent {
         request: pgfm_api::SynchronousRequest,
     ) -> Result<String, Refusal> {
         let view = self.view();
-        let settings = operator::check_set_synchronous(
+        let (settings, command) = operator::check_set_synchronous(
             &view,
             &request.mode,
             request.standbys,
@@ -197,7 +197,7 @@ impl Agent {
             request.strict,
         )
         .map_err(refused)?;
-        self.commit(Command::SetReplication { settings }).await?;
+        self.commit(command).await?;
         let SyncSettings {
             mode,
             standbys,
@@ -218,6 +218,57 @@ impl Agent {
         Ok(format!(
             "synchronous replication {what}; the primary applies it now (pgfm cluster-status \
              shows when it waits)"
+        ))
+    }
+
+    /// `pgfm show-config`: the settings in force, as this agent applied them.
+    pub(super) fn show_settings(&self) -> pgfm_api::SettingsView {
+        let state = self.raft.state();
+        match &state.settings {
+            Some(committed) => pgfm_api::SettingsView {
+                revision: committed.revision,
+                settings: committed.values.clone(),
+                history: committed.history.clone(),
+                file_differs: self.config.differences(&committed.values),
+            },
+            None => pgfm_api::SettingsView {
+                revision: 0,
+                settings: self.config.settings(),
+                history: Vec::new(),
+                file_differs: Vec::new(),
+            },
+        }
+    }
+
+    /// `pgfm edit-config`: new cluster-wide settings, checked (`operator::
+    /// check_edit_settings`) and committed; every agent applies them from the next tick of
+    /// the loop that reads each.
+    pub(super) async fn change_settings(
+        &self,
+        request: pgfm_api::EditSettingsRequest,
+    ) -> Result<String, Refusal> {
+        let view = self.view();
+        let command = operator::check_edit_settings(
+            &view,
+            request.base_revision,
+            &request.settings,
+            &request.by,
+        )
+        .map_err(refused)?;
+        self.commit(command).await?;
+        let before = view.settings;
+        let changes: Vec<String> = request
+            .settings
+            .changes_from(&before)
+            .iter()
+            .map(|c| c.to_string())
+            .collect();
+        let revision = request.base_revision + 1;
+        tracing::warn!(revision, by = %request.by, changes = %changes.join(", "), "cluster settings changed");
+        Ok(format!(
+            "settings revision {revision} committed ({}); every agent applies it now, no \
+             restart needed",
+            changes.join(", ")
         ))
     }
 

@@ -14,6 +14,7 @@ use serde::Deserialize;
 
 use pgfm_core::decide::{OnCrash, RejoinMode};
 use pgfm_core::lease::LeaseSettings;
+use pgfm_core::settings::Settings;
 use pgfm_core::types::valid_name;
 use pgfm_core::NodeKind;
 use pgfm_core::{SyncMode, SyncSettings, WatchdogMode};
@@ -318,20 +319,26 @@ pub struct Config {
     /// `mode = "off"` (plain HTTP).
     pub tls: Option<TlsFiles>,
     pub bootstrap: BootstrapConfig,
+    /// The cluster-wide keys this file sets (`timing.lease`, ...): once the cluster's
+    /// settings are committed, those that differ from them are warned about.
+    pub cluster_keys: BTreeSet<String>,
 }
 
 /// The TOML itself; a syntax error or an unknown key names its line.
 fn parse_toml(check: &Check, text: &str) -> Result<RawConfig, ConfigError> {
-    toml::from_str(text).map_err(|e| {
-        let at = e
-            .span()
-            .map(|span| {
-                let line = text[..span.start.min(text.len())].matches('\n').count() + 1;
-                format!("line {line}: ")
-            })
-            .unwrap_or_default();
-        check.err("", format!("{at}{}", e.message().trim()))
-    })
+    toml::from_str(text).map_err(|e| toml_error(check, text, e))
+}
+
+/// A TOML error, with the line it is on.
+fn toml_error(check: &Check, text: &str, e: toml::de::Error) -> ConfigError {
+    let at = e
+        .span()
+        .map(|span| {
+            let line = text[..span.start.min(text.len())].matches('\n').count() + 1;
+            format!("line {line}: ")
+        })
+        .unwrap_or_default();
+    check.err("", format!("{at}{}", e.message().trim()))
 }
 
 /// `[node]`, validated.
@@ -516,50 +523,209 @@ fn parse_postgres(
 }
 
 /// `[timing]`: the probe and the lease.
-fn parse_timing(check: &Check, raw: &RawTiming) -> Result<Timing, ConfigError> {
+/// `[timing]`, its values as they are: they are checked with the rest of the cluster-wide
+/// settings (`pgfm_core::settings::Settings::problem`).
+fn parse_timing(raw: &RawTiming) -> Timing {
     let probe_interval = raw.probe_interval.unwrap_or(Duration::from_secs(1));
-    let probe_timeout = raw.probe_timeout.unwrap_or(Duration::from_secs(2));
-    let report_ttl = raw.report_ttl.unwrap_or(probe_interval * 3);
-    let start_timeout = raw.start_timeout.unwrap_or(Duration::from_secs(120));
-    if probe_interval < Duration::from_millis(100) {
-        return Err(check.err(
-            "timing.probe_interval",
-            format!("is {probe_interval:?}; use at least 100ms"),
-        ));
-    }
-    if report_ttl <= probe_interval {
-        return Err(check.err(
-            "timing.report_ttl",
-            format!(
-                "is {report_ttl:?}, not longer than timing.probe_interval \
-                 ({probe_interval:?}); every agent would flap between up and down \
-                 (make it at least twice the probe interval)"
-            ),
-        ));
-    }
     let ms = |d: Duration| d.as_millis() as u64;
     let defaults = LeaseSettings::default();
-    let lease = LeaseSettings {
-        lease_ms: raw.lease.map(ms).unwrap_or(defaults.lease_ms),
-        renew_interval_ms: raw
-            .renew_interval
-            .map(ms)
-            .unwrap_or(defaults.renew_interval_ms),
-        safety_margin_ms: raw
-            .safety_margin
-            .map(ms)
-            .unwrap_or(defaults.safety_margin_ms),
-        drift_margin_ms: raw.drift_margin.map(ms).unwrap_or(defaults.drift_margin_ms),
-    };
-    if let Some(problem) = lease.problem() {
-        return Err(check.err("[timing]", format!("lease settings do not work: {problem}")));
-    }
-    Ok(Timing {
+    Timing {
         probe_interval,
-        probe_timeout,
-        report_ttl,
-        start_timeout,
-        lease,
+        probe_timeout: raw.probe_timeout.unwrap_or(Duration::from_secs(2)),
+        report_ttl: raw.report_ttl.unwrap_or(probe_interval * 3),
+        start_timeout: raw.start_timeout.unwrap_or(Duration::from_secs(120)),
+        lease: LeaseSettings {
+            lease_ms: raw.lease.map(ms).unwrap_or(defaults.lease_ms),
+            renew_interval_ms: raw
+                .renew_interval
+                .map(ms)
+                .unwrap_or(defaults.renew_interval_ms),
+            safety_margin_ms: raw
+                .safety_margin
+                .map(ms)
+                .unwrap_or(defaults.safety_margin_ms),
+            drift_margin_ms: raw.drift_margin.map(ms).unwrap_or(defaults.drift_margin_ms),
+        },
+    }
+}
+
+/// The cluster-wide settings a file gives: `[timing]`, `[failover]`, `[replication]`.
+fn cluster_settings(timing: &Timing, failover: &Failover, sync: SyncSettings) -> Settings {
+    let ms = |d: Duration| d.as_millis() as u64;
+    Settings {
+        probe_interval_ms: ms(timing.probe_interval),
+        probe_timeout_ms: ms(timing.probe_timeout),
+        report_ttl_ms: ms(timing.report_ttl),
+        start_timeout_ms: ms(timing.start_timeout),
+        lease: timing.lease,
+        sync,
+        max_lag: failover.max_lag,
+        auto_failover: failover.auto_failover,
+        on_crash: failover.on_crash,
+        crash_restart_bound_ms: ms(failover.crash_restart_bound),
+        rejoin: failover.rejoin,
+        switchover_timeout_ms: ms(failover.switchover_timeout),
+        start_attempts: failover.start_attempts,
+    }
+}
+
+/// The cluster-wide keys a file sets (`timing.lease`, ...), whatever their values: the
+/// ones its agent warns about when the cluster's committed value differs.
+fn keys_set(raw: &RawConfig) -> BTreeSet<String> {
+    let t = &raw.timing;
+    let f = &raw.failover;
+    let r = &raw.replication;
+    let set = [
+        ("timing.probe_interval", t.probe_interval.is_some()),
+        ("timing.probe_timeout", t.probe_timeout.is_some()),
+        ("timing.report_ttl", t.report_ttl.is_some()),
+        ("timing.start_timeout", t.start_timeout.is_some()),
+        ("timing.lease", t.lease.is_some()),
+        ("timing.renew_interval", t.renew_interval.is_some()),
+        ("timing.safety_margin", t.safety_margin.is_some()),
+        ("timing.drift_margin", t.drift_margin.is_some()),
+        ("failover.max_lag", f.max_lag.is_some()),
+        ("failover.auto_failover", f.auto_failover.is_some()),
+        ("failover.on_crash", f.on_crash.is_some()),
+        (
+            "failover.crash_restart_bound",
+            f.crash_restart_bound.is_some(),
+        ),
+        ("failover.rejoin", f.rejoin.is_some()),
+        (
+            "failover.switchover_timeout",
+            f.switchover_timeout.is_some(),
+        ),
+        ("failover.start_attempts", f.start_attempts.is_some()),
+        ("replication.synchronous", r.synchronous.is_some()),
+        ("replication.sync_standbys", r.sync_standbys.is_some()),
+        // `strict` is a way to write the minimum.
+        (
+            "replication.minimum_standbys",
+            r.minimum_standbys.is_some() || r.strict.is_some(),
+        ),
+    ];
+    set.into_iter()
+        .filter(|(_, set)| *set)
+        .map(|(key, _)| key.to_string())
+        .collect()
+}
+
+/// The cluster-wide sections alone, as `pgfm edit-config` takes them.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawSettings {
+    #[serde(default)]
+    timing: RawTiming,
+    #[serde(default)]
+    failover: RawFailover,
+    #[serde(default)]
+    replication: RawReplication,
+}
+
+/// Settings for the whole cluster written as `[timing]`, `[failover]` and `[replication]`
+/// (the text `pgfm edit-config` opens, or its `--file`), checked as `check-config` checks a
+/// node's file, with the same messages; `source` names the text in them. A key left out
+/// takes its default.
+pub fn parse_settings(source: &Path, text: &str) -> Result<Settings, ConfigError> {
+    let check = Check { file: source };
+    let raw: RawSettings = toml::from_str(text).map_err(|e| toml_error(&check, text, e))?;
+    let timing = parse_timing(&raw.timing);
+    let on_crash = parse_on_crash(&check, raw.failover.on_crash.as_deref())?;
+    let sync = parse_replication(&check, &raw.replication)?;
+    let failover = parse_failover(&check, &raw.failover, on_crash)?;
+    let settings = cluster_settings(&timing, &failover, sync);
+    match settings.problem() {
+        Some(problem) => Err(check.err(&problem.key, problem.message)),
+        None => Ok(settings),
+    }
+}
+
+/// `current` with what `text` sets (`pgfm edit-config --file`): the keys it leaves out keep
+/// their values. Its syntax and keys are checked on its own, with its own line numbers;
+/// the result as a whole, as `check-config` checks a file.
+pub fn settings_with(
+    current: &Settings,
+    source: &Path,
+    text: &str,
+) -> Result<Settings, ConfigError> {
+    let check = Check { file: source };
+    let _: RawSettings = toml::from_str(text).map_err(|e| toml_error(&check, text, e))?;
+    let overlay: toml::Table = toml::from_str(text).map_err(|e| toml_error(&check, text, e))?;
+    let current_text = current.to_toml();
+    let mut merged: toml::Table =
+        toml::from_str(&current_text).map_err(|e| toml_error(&check, &current_text, e))?;
+    for (section, table) in overlay {
+        let (Some(toml::Value::Table(into)), toml::Value::Table(table)) =
+            (merged.get_mut(&section), table)
+        else {
+            continue;
+        };
+        // `strict` is a way to write the minimum: set alone, it replaces it.
+        if table.contains_key("strict") && !table.contains_key("minimum_standbys") {
+            into.remove("minimum_standbys");
+        }
+        into.extend(table);
+    }
+    let merged = toml::to_string(&merged).map_err(|e| check.err("", e.to_string()))?;
+    parse_settings(source, &merged)
+}
+
+/// `current` with `KEY=VALUE` each (`pgfm edit-config --set`): a duration as `10s`, a word
+/// as `on`, a number or `true`/`false` as they are. A key that is not cluster-wide is
+/// refused with the list of those that are.
+pub fn settings_set(current: &Settings, sets: &[String]) -> Result<Settings, ConfigError> {
+    let source = Path::new("--set");
+    let check = Check { file: source };
+    let known: Vec<&str> = current
+        .entries()
+        .into_iter()
+        .map(|(key, _)| key)
+        .chain(["replication.strict"])
+        .collect();
+    let mut overlay = toml::Table::new();
+    for set in sets {
+        let Some((key, value)) = set.split_once('=') else {
+            return Err(check.err(
+                set,
+                "is not KEY=VALUE (for example --set failover.switchover_timeout=10s)",
+            ));
+        };
+        let (key, value) = (key.trim(), value.trim());
+        let Some((section, name)) = key.split_once('.').filter(|_| known.contains(&key)) else {
+            return Err(check.err(
+                key,
+                format!(
+                    "is not a cluster-wide setting; those are {} (a node's own keys stay in \
+                     its pgfm.toml)",
+                    known.join(", ")
+                ),
+            ));
+        };
+        let value = match format!("v = {value}").parse::<toml::Table>() {
+            Ok(mut parsed) => parsed
+                .remove("v")
+                .unwrap_or(toml::Value::String(value.into())),
+            Err(_) => toml::Value::String(value.to_string()),
+        };
+        if let toml::Value::Table(table) = overlay
+            .entry(section.to_string())
+            .or_insert_with(|| toml::Value::Table(toml::Table::new()))
+        {
+            table.insert(name.to_string(), value);
+        }
+    }
+    let text = toml::to_string(&overlay).map_err(|e| check.err("", e.to_string()))?;
+    // The lines are those of a text the operator never saw.
+    settings_with(current, source, &text).map_err(|mut e| {
+        if let Some((_, message)) = e
+            .message
+            .strip_prefix("line ")
+            .and_then(|m| m.split_once(": "))
+        {
+            e.message = message.to_string();
+        }
+        e
     })
 }
 
@@ -592,32 +758,14 @@ fn parse_failover(
             ))
         }
     };
-    let switchover_timeout = raw.switchover_timeout.unwrap_or(Duration::from_secs(5));
-    if switchover_timeout < Duration::from_secs(1) {
-        return Err(check.err(
-            "failover.switchover_timeout",
-            format!(
-                "is {} (a clean shutdown and the target's replay need at least 1s; the \
-                 default is 5s)",
-                humantime::format_duration(switchover_timeout)
-            ),
-        ));
-    }
-    let start_attempts = raw.start_attempts.unwrap_or(3);
-    if start_attempts == 0 {
-        return Err(check.err(
-            "failover.start_attempts",
-            "is 0 (set it to at least 1; the default is 3)".to_string(),
-        ));
-    }
     Ok(Failover {
         max_lag: raw.max_lag.unwrap_or(1024 * 1024),
         auto_failover: raw.auto_failover.unwrap_or(true),
         on_crash,
         crash_restart_bound: raw.crash_restart_bound.unwrap_or(Duration::from_secs(10)),
         rejoin,
-        switchover_timeout,
-        start_attempts,
+        switchover_timeout: raw.switchover_timeout.unwrap_or(Duration::from_secs(5)),
+        start_attempts: raw.start_attempts.unwrap_or(3),
     })
 }
 
@@ -635,23 +783,8 @@ fn parse_replication(check: &Check, raw: &RawReplication) -> Result<SyncSettings
         }
     };
     let sync_standbys = raw.sync_standbys.unwrap_or(1);
-    if sync_standbys == 0 {
-        return Err(check.err(
-            "replication.sync_standbys",
-            "is 0 (at least 1; for no synchronous standby set synchronous = \"off\")",
-        ));
-    }
     let strict = raw.strict.unwrap_or(false);
     let minimum = match raw.minimum_standbys {
-        Some(m) if m > sync_standbys => {
-            return Err(check.err(
-                "replication.minimum_standbys",
-                format!(
-                    "is {m}, more than sync_standbys ({sync_standbys}) (at most \
-                     sync_standbys; that many is what strict = true means)"
-                ),
-            ))
-        }
         Some(m) if strict && m != sync_standbys => {
             return Err(check.err(
                 "replication.minimum_standbys",
@@ -964,6 +1097,7 @@ impl Config {
     pub fn parse(file: &Path, text: &str) -> Result<Config, ConfigError> {
         let check = Check { file };
         let raw = parse_toml(&check, text)?;
+        let cluster_keys = keys_set(&raw);
 
         let cluster = check.name(raw.cluster, "cluster")?;
         let token_file = check.required(
@@ -982,7 +1116,7 @@ impl Config {
             node.listen,
             &node.state_dir,
         )?;
-        let timing = parse_timing(&check, &raw.timing)?;
+        let timing = parse_timing(&raw.timing);
         let on_crash = parse_on_crash(&check, raw.failover.on_crash.as_deref())?;
         let vip = match raw.vip {
             None => None,
@@ -996,8 +1130,11 @@ impl Config {
             Some(v) => Some(parse_vip(&check, v)?),
         };
         let sync = parse_replication(&check, &raw.replication)?;
-        let watchdog = parse_watchdog(&check, raw.watchdog, node.kind, &timing.lease)?;
         let failover = parse_failover(&check, &raw.failover, on_crash)?;
+        if let Some(problem) = cluster_settings(&timing, &failover, sync).problem() {
+            return Err(check.err(&problem.key, problem.message));
+        }
+        let watchdog = parse_watchdog(&check, raw.watchdog, node.kind, &timing.lease)?;
         let tls = parse_tls(&check, raw.tls, &token_file)?;
         let bootstrap = parse_bootstrap(&check, raw.bootstrap)?;
         Ok(Config {
@@ -1020,7 +1157,29 @@ impl Config {
             watchdog,
             tls,
             bootstrap,
+            cluster_keys,
         })
+    }
+
+    /// The cluster-wide settings this file gives: the cluster's until its first
+    /// coordinator committed them (`ClusterState::settings`).
+    pub fn settings(&self) -> Settings {
+        cluster_settings(&self.timing, &self.failover, self.sync)
+    }
+
+    /// The keys this file sets to another value than `committed`'s, each with both values:
+    /// `timing.lease = 3s in this file; the cluster's is 2400ms`.
+    pub fn differences(&self, committed: &Settings) -> Vec<String> {
+        let mine = self.settings().entries();
+        committed
+            .entries()
+            .into_iter()
+            .zip(mine)
+            .filter(|((key, theirs), (_, ours))| theirs != ours && self.cluster_keys.contains(*key))
+            .map(|((key, theirs), (_, ours))| {
+                format!("{key} = {ours} in this file; the cluster's is {theirs}")
+            })
+            .collect()
     }
 
     fn err(&self, key: &str, message: impl Into<String>) -> ConfigError {
@@ -1311,6 +1470,73 @@ port = 5432
         check("port = 5432", "port = 5432\n[replication]\nsynchronous = \"quorum\"\nminimum_standbys = 2", "config pg1.toml: replication.minimum_standbys is 2, more than sync_standbys (1) (at most sync_standbys; that many is what strict = true means)");
         check("port = 5432", "port = 5432\n[replication]\nsynchronous = \"on\"\nsync_standbys = 2\nminimum_standbys = 1\nstrict = true", "config pg1.toml: replication.minimum_standbys is 1 with strict = true, which means minimum_standbys = sync_standbys (2) (set one of them, not both)");
         check("port = 5432", "port = 5432\n[failover]\nauto_failover = false\nrejoin = \"manual\"\non_crash = \"failover\"\ncrash_restart_bound = \"5s\"", "ok");
+    }
+
+    /// `pgfm edit-config --set` and `--file`: what they change, what they keep, and each
+    /// mistake in check-config's words.
+    #[test]
+    fn settings_are_edited_with_check_config_s_messages() {
+        let current = Config::parse(Path::new("pg1.toml"), GOOD)
+            .unwrap()
+            .settings();
+        let set = |sets: &[&str]| {
+            let sets: Vec<String> = sets.iter().map(|s| s.to_string()).collect();
+            match settings_set(&current, &sets) {
+                Ok(s) => s
+                    .changes_from(&current)
+                    .iter()
+                    .map(|c| c.to_string())
+                    .collect::<Vec<_>>()
+                    .join(", "),
+                Err(e) => e.to_string(),
+            }
+        };
+        assert_eq!(
+            set(&[
+                "failover.switchover_timeout=10s",
+                "replication.synchronous=on"
+            ]),
+            "failover.switchover_timeout: 5s -> 10s, replication.synchronous: off -> on"
+        );
+        assert_eq!(
+            set(&["failover.auto_failover = false"]),
+            "failover.auto_failover: true -> false"
+        );
+        assert_eq!(
+            set(&["replication.synchronous=quorum", "replication.sync_standbys=2", "replication.strict=true"]),
+            "replication.synchronous: off -> quorum, replication.sync_standbys: 1 -> 2, replication.minimum_standbys: 0 -> 2"
+        );
+        assert_eq!(
+            set(&["failover.start_attempts=0"]),
+            "config --set: failover.start_attempts is 0 (set it to at least 1; the default is 3)"
+        );
+        assert_eq!(set(&["timing.report_ttl=500ms"]), "config --set: timing.report_ttl is 500ms, not longer than timing.probe_interval (1s); every agent would flap between up and down (make it at least twice the probe interval)");
+        assert_eq!(
+            set(&["timing.lease=4000"]),
+            "config --set: invalid type: integer `4000`, expected a duration"
+        );
+        assert_eq!(set(&["replication.synchronous=yes"]), "config --set: replication.synchronous is \"yes\" (set it to \"off\", \"on\" or \"quorum\")");
+        assert!(set(&["postgres.port=5433"]).starts_with("config --set: postgres.port is not a cluster-wide setting; those are timing.probe_interval, "), "{}", set(&["postgres.port=5433"]));
+        assert_eq!(set(&["failover.max_lag"]), "config --set: failover.max_lag is not KEY=VALUE (for example --set failover.switchover_timeout=10s)");
+
+        let file = |text: &str| match settings_with(&current, Path::new("new.toml"), text) {
+            Ok(s) => s
+                .changes_from(&current)
+                .iter()
+                .map(|c| c.to_string())
+                .collect::<Vec<_>>()
+                .join(", "),
+            Err(e) => e.to_string(),
+        };
+        assert_eq!(
+            file("[failover]\nmax_lag = 0\n"),
+            "failover.max_lag: 1048576 -> 0"
+        );
+        assert_eq!(file("[failover]\nmax_lagg = 0\n"), "config new.toml: line 2: unknown field `max_lagg`, expected one of `max_lag`, `auto_failover`, `on_crash`, `crash_restart_bound`, `rejoin`, `switchover_timeout`, `start_attempts`");
+        assert_eq!(file("[postgres]\nport = 1\n"), "config new.toml: line 1: unknown field `postgres`, expected one of `timing`, `failover`, `replication`");
+        // The editor's text is the whole of the settings: what it leaves out is the default.
+        let whole = parse_settings(Path::new("edit"), &current.to_toml()).unwrap();
+        assert_eq!(whole, current);
     }
 
     #[test]

@@ -519,7 +519,10 @@ impl Agent {
         self.release_vip(generation, "switchover").await;
         self.expect_db_down();
         let stopped = pg
-            .stop_for_handover(self.config.failover.switchover_timeout, force)
+            .stop_for_handover(
+                Duration::from_millis(self.settings().switchover_timeout_ms),
+                force,
+            )
             .await;
         self.set_activity(None);
         let stop = stopped?;

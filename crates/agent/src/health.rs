@@ -43,7 +43,7 @@ impl Agent {
                 let lease = lock(&self.lease);
                 let holds = named
                     && lease.generation == Some(state.generation)
-                    && lease.valid(now, &self.config.timing.lease);
+                    && lease.valid(now, &self.settings().lease);
                 let writable = self.postgres.as_ref().is_some_and(|pg| pg.writable());
                 match (holds, writable && db_up && role == Some(DbRole::Primary)) {
                     (true, true) => answer(
@@ -115,7 +115,7 @@ impl Agent {
         let lease = *lock(&self.lease);
         let holds = state.primary.as_deref() == Some(self.config.name.as_str())
             && lease.generation == Some(state.generation)
-            && lease.valid(now, &self.config.timing.lease);
+            && lease.valid(now, &self.settings().lease);
         let switchovers = state
             .history
             .iter()

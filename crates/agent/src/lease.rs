@@ -19,7 +19,6 @@ impl Agent {
         let Some(pg) = self.postgres.as_deref() else {
             return;
         };
-        let settings = self.config.timing.lease;
         {
             let mut held = lock(&self.lease);
             held.started_ms = self.now_ms();
@@ -52,6 +51,9 @@ impl Agent {
                 }
                 *held
             };
+            // The lease's timing in force (committed, and not changed while the cluster
+            // runs: `settings::LEASE_KEYS`).
+            let settings = self.settings().lease;
             let writable = pg.writable();
             let steps = self
                 .engine
@@ -119,7 +121,7 @@ impl Agent {
 
     /// One renewal, sent at `sent_ms`; the lease it buys runs from then.
     async fn renew(self: Arc<Self>, generation: pgfm_core::Generation, sent_ms: u64) {
-        let settings = self.config.timing.lease;
+        let settings = self.settings().lease;
         let command = Command::RenewLease {
             node: self.config.name.clone(),
             generation,

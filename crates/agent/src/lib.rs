@@ -42,6 +42,14 @@ use crate::config::Config;
 use crate::memory::{Memory, Outcome};
 pub use crate::platform::{Clock, DeviceFile, Platform, SystemClock, Watchdog, WatchdogDevice};
 
+/// The cluster-wide settings in force in `state`: committed (issue 15), else `config`'s.
+fn settings_in_force(state: &pgfm_core::ClusterState, config: &Config) -> Settings {
+    match &state.settings {
+        Some(committed) => committed.values.clone(),
+        None => config.settings(),
+    }
+}
+
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     // The data behind these locks is replaced whole on every write, never left half done.
     m.lock().unwrap_or_else(|p| p.into_inner())
@@ -116,6 +124,9 @@ pub struct Agent {
     /// When this node's TLS set ends, and when that was read (agent ms; read again after
     /// a minute, the files may have been renewed).
     tls_expiry: Mutex<Option<(u64, Option<std::time::SystemTime>)>>,
+    /// The keys of this node's file that differ from the committed settings, as last
+    /// logged.
+    file_differs: Mutex<Vec<String>>,
     /// Asked to stop (stop-cluster): the run loop ends the agent.
     shutdown: tokio::sync::Notify,
     /// Where the WAL was when this agent, as primary, last changed
@@ -145,20 +156,10 @@ impl Agent {
         }
     }
 
+    /// The cluster-wide settings in force: the committed ones, else this node's file's
+    /// (before the first coordinator committed them).
     fn settings(&self) -> Settings {
-        let f = &self.config.failover;
-        Settings {
-            lease: self.config.timing.lease,
-            sync: self.config.sync,
-            max_lag: f.max_lag,
-            auto_failover: f.auto_failover,
-            on_crash: f.on_crash,
-            crash_restart_bound_ms: f.crash_restart_bound.as_millis() as u64,
-            rejoin: f.rejoin,
-            report_ttl_ms: self.config.timing.report_ttl.as_millis() as u64,
-            switchover_timeout_ms: f.switchover_timeout.as_millis() as u64,
-            start_attempts: f.start_attempts,
-        }
+        settings_in_force(&self.raft.state(), &self.config)
     }
 
     fn view(&self) -> ClusterView {
@@ -182,10 +183,11 @@ impl Agent {
             (renewal, state.switchover.as_ref().map(|_| step))
         };
         ClusterView {
+            name: self.config.name.clone(),
+            settings: settings_in_force(&state, &self.config),
             state,
             voters: self.raft.voters().into_iter().map(|(n, _)| n).collect(),
             reports: lock(&self.reports).clone(),
-            settings: self.settings(),
             last_renewal_seen_ms: Some(last_renewal_seen_ms),
             switchover_step_ms,
             coordinator_since_ms: *lock(&self.coordinator_since),
@@ -228,7 +230,8 @@ impl Agent {
         // be in before the lease runs out, or the coordinator cannot fail over, and a dead
         // host's TCP connect takes the whole probe_timeout to fail. Renewals come every
         // renew_interval, reports only every probe interval.
-        let late_after = self.config.timing.probe_interval.as_millis() as u64 * 3 / 2;
+        let settings = settings_in_force(&state, &self.config);
+        let late_after = settings.probe_interval_ms * 3 / 2;
         let recent = lock(&self.reports)
             .get(primary)
             .is_some_and(|o| now.saturating_sub(o.received_at_ms) <= late_after);
@@ -246,7 +249,7 @@ impl Agent {
                 .map(|p| p.superuser.clone())
                 .unwrap_or_else(|| "postgres".into()),
             passfile: pg.and_then(|p| p.passfile.clone()),
-            timeout: self.config.timing.probe_timeout,
+            timeout: Duration::from_millis(settings.probe_timeout_ms),
             ssl_root: self.config.tls.as_ref().map(|t| t.ca.clone()),
         };
         Some((state.generation, remote.check(&target).await))
@@ -254,7 +257,7 @@ impl Agent {
 
     /// How long without a renewal applied here before the primary looks down: two missed.
     fn renewals_late_after_ms(&self) -> u64 {
-        self.config.timing.lease.renew_interval_ms * 2
+        self.settings().lease.renew_interval_ms * 2
     }
 
     /// How long this node's TLS set stays valid, in seconds (wall-clock: certificates are
@@ -273,6 +276,27 @@ impl Agent {
         })
     }
 
+    /// The cluster-wide keys this node's file sets to other values than the committed
+    /// ones: logged once each time they change, and reported for `cluster-status`.
+    fn file_differs(&self) -> Vec<String> {
+        let differs = match &self.raft.state().settings {
+            Some(committed) => self.config.differences(&committed.values),
+            None => Vec::new(),
+        };
+        let mut logged = lock(&self.file_differs);
+        if *logged != differs {
+            for difference in &differs {
+                tracing::warn!(
+                    file = %self.config.file.display(),
+                    "{difference}: the cluster's committed value is used (pgfm show-config; \
+                     remove the key from this file, or pgfm edit-config to change it)"
+                );
+            }
+            *logged = differs.clone();
+        }
+        differs
+    }
+
     /// Probe the local PostgreSQL (data nodes) and describe this node.
     async fn make_report(
         &self,
@@ -287,6 +311,7 @@ impl Agent {
         }
         report.vip = self.vip_report().await;
         report.tls_valid_for_s = self.tls_valid_for_s();
+        report.file_differs = self.file_differs();
         report.watchdog = self
             .postgres
             .is_some()
@@ -349,7 +374,7 @@ impl Agent {
 
     fn fresh_reports(&self) -> Vec<AgedReport> {
         let now = self.now_ms();
-        let ttl = self.config.timing.report_ttl.as_millis() as u64;
+        let ttl = self.settings().report_ttl_ms;
         lock(&self.reports)
             .values()
             .filter(|o| now.saturating_sub(o.received_at_ms) <= ttl)
@@ -367,14 +392,39 @@ impl Agent {
         mut stop: watch::Receiver<bool>,
     ) {
         let mut prober = self.postgres.as_ref().map(|pg| pg.prober());
-        let mut ticker = tokio::time::interval(self.config.timing.probe_interval);
-        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let probe_ticker = |ms: u64| {
+            let mut ticker = tokio::time::interval(Duration::from_millis(ms));
+            ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            ticker
+        };
+        let mut interval_ms = self.settings().probe_interval_ms;
+        // The start and probe timeouts the database was last given (none yet).
+        let mut timeouts = (0, 0);
+        let mut ticker = probe_ticker(interval_ms);
         let mut last_send_error = String::new();
         loop {
             tokio::select! {
                 _ = ticker.tick() => {}
                 _ = self.probe_now.notified() => {}
                 _ = stop.changed() => return,
+            }
+            // A committed change of `timing.probe_interval` (or the first commit of the
+            // cluster's settings) takes effect from the next probe on.
+            let settings = self.settings();
+            if settings.probe_interval_ms != interval_ms {
+                interval_ms = settings.probe_interval_ms;
+                ticker = probe_ticker(interval_ms);
+                ticker.reset();
+            }
+            let now_timeouts = (settings.start_timeout_ms, settings.probe_timeout_ms);
+            if let (Some(pg), true) = (&self.postgres, now_timeouts != timeouts) {
+                timeouts = now_timeouts;
+                pg.set_timeouts(
+                    Duration::from_millis(settings.start_timeout_ms),
+                    Duration::from_millis(settings.probe_timeout_ms),
+                );
+                // The prober keeps the timeout it was made with.
+                prober = Some(pg.prober());
             }
             let report = self.make_report(&mut prober, remote.as_mut()).await;
             self.loop_ticks
@@ -431,7 +481,7 @@ impl Agent {
         loop {
             let expires_in = {
                 let seen = lock(&self.renewal_seen);
-                pgfm_core::lease::expired_at_ms(Some(seen.at_ms), &self.config.timing.lease)
+                pgfm_core::lease::expired_at_ms(Some(seen.at_ms), &self.settings().lease)
                     .saturating_sub(self.now_ms())
             };
             tokio::select! {
@@ -547,8 +597,7 @@ impl Agent {
                 writable: self.postgres.as_ref().is_some_and(|pg| pg.writable()),
                 lease_valid: {
                     let lease = lock(&self.lease);
-                    lease.generation == Some(generation)
-                        && lease.valid(now, &self.config.timing.lease)
+                    lease.generation == Some(generation) && lease.valid(now, &self.settings().lease)
                 },
                 crashed_at_ms: memory.db.crashed_at_ms,
                 resume_requested: memory.resume_requested,
@@ -743,7 +792,7 @@ impl Agent {
             answered_by: &self.config.name,
             coordinator: coordinator.as_deref(),
             voters: &voters,
-            auto_failover: self.config.failover.auto_failover,
+            auto_failover: view.settings.auto_failover,
             now_ms: self.now_ms(),
             problems,
             tls: self.config.tls.is_some(),
@@ -806,6 +855,17 @@ impl AgentApi for Agent {
 
     async fn pause(&self) -> Result<String, pgfm_api::Refusal> {
         self.set_paused(true).await
+    }
+
+    async fn settings(&self) -> pgfm_api::SettingsView {
+        self.show_settings()
+    }
+
+    async fn edit_settings(
+        &self,
+        request: pgfm_api::EditSettingsRequest,
+    ) -> Result<String, pgfm_api::Refusal> {
+        self.change_settings(request).await
     }
 
     async fn cancel_switchover(&self) -> Result<String, pgfm_api::Refusal> {
@@ -1039,7 +1099,11 @@ pub async fn start(config: Config, token: Arc<str>, platform: Platform) -> anyho
     let host_watchdog = watchdog::HostWatchdog::new(
         config.watchdog.mode,
         platform.watchdog,
-        config.timing.lease.watchdog_timeout_s(),
+        // The lease in force as this agent starts: its own log's, once the cluster
+        // committed its settings (the lease's timing never changes afterwards).
+        settings_in_force(&raft.state(), &config)
+            .lease
+            .watchdog_timeout_s(),
     );
     let agent = Arc::new(Agent {
         config,
@@ -1065,6 +1129,7 @@ pub async fn start(config: Config, token: Arc<str>, platform: Platform) -> anyho
         probe_latency_ms: std::sync::atomic::AtomicU64::new(0),
         loop_ticks: LoopTicks::default(),
         tls_expiry: Mutex::new(None),
+        file_differs: Mutex::new(Vec::new()),
         sync_switch: Mutex::new(None),
         shutdown: tokio::sync::Notify::new(),
         watchdog: Mutex::new(host_watchdog),

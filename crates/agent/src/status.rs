@@ -49,6 +49,15 @@ pub fn build(ctx: &Context<'_>, view: &ClusterView) -> ClusterStatus {
             .fresh_report(name, ctx.now_ms)
             .and_then(|r| r.tls_valid_for_s);
         problems.extend(valid_for.and_then(|s| certificate_problem(name, s)));
+        if let Some(report) = view.fresh_report(name, ctx.now_ms) {
+            if !report.file_differs.is_empty() {
+                problems.push(format!(
+                    "{name}'s pgfm.toml differs from the cluster's settings, which it uses: {} \
+                     (remove the keys from its file; pgfm edit-config changes the cluster's)",
+                    report.file_differs.join("; ")
+                ));
+            }
+        }
     }
     let vip = vip_status(view, ctx.now_ms, &nodes);
     if let Some(vip) = &vip {
@@ -206,6 +215,8 @@ fn sync_status(view: &ClusterView, primary: Option<&pgfm_core::NodeReport>) -> O
         strict: sync.strict(),
         source: if view.state.replication.is_some() {
             "set-synchronous"
+        } else if view.state.settings.is_some() {
+            "settings"
         } else {
             "config"
         }

@@ -137,9 +137,8 @@ impl Agent {
     /// `WATCHDOG=1` vouches for.
     fn loops_alive(&self) -> bool {
         let now = self.now_ms();
-        let probe_bound = (self.config.timing.probe_interval + self.config.timing.probe_timeout)
-            .as_millis() as u64
-            * 2;
+        let settings = self.settings();
+        let probe_bound = (settings.probe_interval_ms + settings.probe_timeout_ms) * 2;
         let recent = |at: u64, bound: u64| at > 0 && now.saturating_sub(at) <= bound;
         let probe = recent(
             self.loop_ticks.probe.load(Ordering::Relaxed),

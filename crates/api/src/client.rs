@@ -184,6 +184,19 @@ impl ApiClient {
         self.post_json("/v1/synchronous", request).await
     }
 
+    /// `GET /v1/config`: the cluster-wide settings in force.
+    pub async fn settings(&self) -> Result<crate::types::SettingsView, ApiError> {
+        self.get("/v1/config").await
+    }
+
+    /// `POST /v1/config`: commit new cluster-wide settings.
+    pub async fn edit_settings(
+        &self,
+        request: &crate::types::EditSettingsRequest,
+    ) -> Result<Message, ApiError> {
+        self.post_json("/v1/config", request).await
+    }
+
     pub async fn allow_node(&self, name: &str, address: &str) -> Result<Message, ApiError> {
         let body = crate::types::AllowRequest {
             name: name.to_string(),

@@ -13,9 +13,9 @@ use axum::{Json, Router};
 use pgfm_core::NodeReport;
 
 use crate::types::{
-    AgedReport, AllowRequest, ClusterStatus, DisallowRequest, ErrorBody, Health, HistoryEntry,
-    Message, Metrics, PriorityRequest, PromoteRequest, PromoteStarted, ReportAck,
-    SwitchoverRequest, SwitchoverStarted, SynchronousRequest, WalPosition,
+    AgedReport, AllowRequest, ClusterStatus, DisallowRequest, EditSettingsRequest, ErrorBody,
+    Health, HistoryEntry, Message, Metrics, PriorityRequest, PromoteRequest, PromoteStarted,
+    ReportAck, SettingsView, SwitchoverRequest, SwitchoverStarted, SynchronousRequest, WalPosition,
 };
 
 /// What happened to a report sent to this agent.
@@ -48,6 +48,14 @@ pub trait AgentApi: Send + Sync + 'static {
         request: SynchronousRequest,
     ) -> impl Future<Output = Result<String, Refusal>> + Send;
     fn pause(&self) -> impl Future<Output = Result<String, Refusal>> + Send;
+    /// `pgfm show-config`: the cluster-wide settings in force and their history.
+    fn settings(&self) -> impl Future<Output = SettingsView> + Send;
+    /// `pgfm edit-config`: commit new cluster-wide settings; `Err` is a refusal with its
+    /// reason (nothing was changed).
+    fn edit_settings(
+        &self,
+        request: EditSettingsRequest,
+    ) -> impl Future<Output = Result<String, Refusal>> + Send;
 
     /// `pgfm switchover --cancel`: end the switchover under way; the old primary stays (or
     /// starts again as) the primary.
@@ -108,6 +116,10 @@ pub fn router<A: AgentApi>(agent: Arc<A>) -> Router {
         .route("/v1/promote", post(promote::<A>))
         .route("/v1/priority", post(priority::<A>))
         .route("/v1/synchronous", post(synchronous::<A>))
+        .route(
+            "/v1/config",
+            get(show_settings::<A>).post(edit_settings::<A>),
+        )
         .route("/v1/pause", post(pause::<A>))
         .route("/v1/switchover/cancel", post(cancel_switchover::<A>))
         .route("/v1/stop-cluster", post(stop_cluster::<A>))
@@ -242,6 +254,20 @@ async fn synchronous<A: AgentApi>(
     Json(request): Json<SynchronousRequest>,
 ) -> Response {
     match agent.set_synchronous(request).await {
+        Ok(message) => Json(Message { message }).into_response(),
+        Err(r) => refusal(r),
+    }
+}
+
+async fn show_settings<A: AgentApi>(State(agent): State<Arc<A>>) -> Response {
+    Json(agent.settings().await).into_response()
+}
+
+async fn edit_settings<A: AgentApi>(
+    State(agent): State<Arc<A>>,
+    Json(request): Json<EditSettingsRequest>,
+) -> Response {
+    match agent.edit_settings(request).await {
         Ok(message) => Json(Message { message }).into_response(),
         Err(r) => refusal(r),
     }

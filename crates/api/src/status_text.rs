@@ -379,6 +379,59 @@ pub fn history(entries: &[crate::HistoryEntry]) -> String {
     out
 }
 
+/// `pgfm show-config`: the settings in force as the sections of a config file, after a
+/// header of comments (the revision, the keys of the answering agent's file that differ)
+/// and before the history of changes, as comments too: the text can be saved and given to
+/// `pgfm edit-config --file` as it is.
+pub fn settings(view: &crate::SettingsView) -> String {
+    let mut out = String::new();
+    if view.revision == 0 {
+        let _ = writeln!(
+            out,
+            "# Not committed yet: this agent's own file's settings (the first coordinator \
+             commits its own)."
+        );
+    } else {
+        let _ = writeln!(
+            out,
+            "# The cluster's settings, revision {} (pgfm edit-config changes them).",
+            view.revision
+        );
+    }
+    for difference in &view.file_differs {
+        let _ = writeln!(
+            out,
+            "# WARNING: {difference} (this agent uses the cluster's)"
+        );
+    }
+    out.push('\n');
+    out.push_str(&view.settings.to_toml());
+    if !view.history.is_empty() {
+        let _ = writeln!(out, "\n# History (oldest first):");
+    }
+    for change in &view.history {
+        let at = std::time::UNIX_EPOCH + std::time::Duration::from_millis(change.at_unix_ms);
+        let what = if change.changes.is_empty() {
+            "first values".to_string()
+        } else {
+            change
+                .changes
+                .iter()
+                .map(|c| c.to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        let _ = writeln!(
+            out,
+            "#   revision {} at {} by {}: {what}",
+            change.revision,
+            humantime::format_rfc3339_seconds(at),
+            change.by
+        );
+    }
+    out
+}
+
 /// `Synchronous replication (quorum, 1 of 2 standbys): commits wait for any 1 of pg2, pg3;
 /// failover candidates: ...`
 /// `standbys`: the nodes that run as standbys now (a committed set of one that is none of
@@ -742,5 +795,27 @@ mod tests {
         status.paused = true;
         assert!(!status.healthy());
         insta::assert_snapshot!(render(&status));
+    }
+
+    /// `pgfm show-config`: the header, the sections, the history; a file that differs.
+    #[test]
+    fn settings_text() {
+        let mut committed = pgfm_core::settings::CommittedSettings::first(
+            Default::default(),
+            "pg1 (its pgfm.toml, the first coordinator's)",
+            1_795_629_345_862,
+        );
+        let mut next = committed.values.clone();
+        next.switchover_timeout_ms = 8_000;
+        committed.commit(next, "dba@db1", 1_795_629_400_000);
+        let view = crate::SettingsView {
+            revision: committed.revision,
+            settings: committed.values,
+            history: committed.history,
+            file_differs: vec![
+                "failover.switchover_timeout = 5s in this file; the cluster's is 8s".into(),
+            ],
+        };
+        insta::assert_snapshot!(settings(&view));
     }
 }

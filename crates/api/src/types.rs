@@ -92,8 +92,9 @@ pub struct SyncStatus {
     pub minimum: usize,
     /// `minimum` is `standbys`: commits wait rather than have fewer copies.
     pub strict: bool,
-    /// Where the settings come from: `config` (each agent's `[replication]`) or
-    /// `set-synchronous` (committed at run time).
+    /// Where the settings come from: `settings` (the cluster's committed settings, `pgfm
+    /// show-config`), `config` (each agent's `[replication]`, before the first commit) or
+    /// `set-synchronous` (committed at run time by an agent from before settings were).
     pub source: String,
     /// The committed synchronous set: the only standbys a failover may promote.
     pub committed: Vec<String>,
@@ -353,6 +354,29 @@ pub struct SynchronousRequest {
     /// `minimum` = `standbys`.
     #[serde(default)]
     pub strict: bool,
+}
+
+/// `GET /v1/config` (show-config): the cluster-wide settings in force.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SettingsView {
+    /// The committed revision; 0 before the first coordinator committed any (`settings`
+    /// are then the answering agent's own file's).
+    pub revision: u64,
+    pub settings: pgfm_core::settings::Settings,
+    /// The latest commits, oldest first: who changed which keys, and when.
+    pub history: Vec<pgfm_core::settings::SettingsChange>,
+    /// Keys of the answering agent's own file that differ from `settings`.
+    pub file_differs: Vec<String>,
+}
+
+/// The body of `POST /v1/config` (edit-config): the whole of the new settings, and the
+/// revision they were edited from.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EditSettingsRequest {
+    pub base_revision: u64,
+    pub settings: pgfm_core::settings::Settings,
+    /// Who asked: `user@host` of the CLI.
+    pub by: String,
 }
 
 /// The body of `POST /v1/members` (allow-node).

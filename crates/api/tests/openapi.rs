@@ -18,14 +18,20 @@ fn routes_in(source: &str) -> BTreeSet<(String, String)> {
         let Some((path, rest)) = part.split_once('"') else {
             continue;
         };
+        // `get(a::<A>)` or `get(a::<A>).post(b::<A>)`: up to the end of the line.
         let rest = rest.trim_start_matches(',').trim_start();
-        let method = rest
-            .split('(')
-            .next()
-            .unwrap_or_default()
-            .trim()
-            .to_string();
-        found.insert((path.to_string(), method));
+        let line = rest.lines().next().unwrap_or_default();
+        for (i, call) in line.split(").").enumerate() {
+            let call = if i == 0 {
+                call
+            } else {
+                call.trim_start_matches('.')
+            };
+            let method = call.split('(').next().unwrap_or_default().trim();
+            if ["get", "post", "put", "delete"].contains(&method) {
+                found.insert((path.to_string(), method.to_string()));
+            }
+        }
     }
     found
 }
@@ -189,5 +195,49 @@ fn schemas_match_the_json_the_code_writes() {
     assert_eq!(
         keys(&serde_json::to_value(&set).unwrap()),
         properties(&doc, "SynchronousRequest")
+    );
+    let mut committed = pgfm_core::settings::CommittedSettings::first(Default::default(), "pg1", 0);
+    committed.commit(
+        pgfm_core::settings::Settings {
+            max_lag: 1,
+            ..Default::default()
+        },
+        "dba@host",
+        1,
+    );
+    let view = SettingsView {
+        revision: committed.revision,
+        settings: committed.values.clone(),
+        history: committed.history.clone(),
+        file_differs: vec![],
+    };
+    let json = serde_json::to_value(&view).unwrap();
+    assert_eq!(keys(&json), properties(&doc, "SettingsView"));
+    assert_eq!(keys(&json["settings"]), properties(&doc, "Settings"));
+    assert_eq!(
+        keys(&json["settings"]["lease"]),
+        properties(&doc, "LeaseSettings")
+    );
+    assert_eq!(
+        keys(&json["settings"]["sync"]),
+        properties(&doc, "SyncSettings")
+    );
+    assert_eq!(
+        keys(&json["history"][1]),
+        properties(&doc, "SettingsChange")
+    );
+    assert_eq!(
+        keys(&json["history"][1]["changes"][0]),
+        properties(&doc, "SettingChange")
+    );
+    assert_eq!(json["settings"]["rejoin"], "rewind-or-clone");
+    let edit = EditSettingsRequest {
+        base_revision: 2,
+        settings: view.settings,
+        by: "dba@host".into(),
+    };
+    assert_eq!(
+        keys(&serde_json::to_value(&edit).unwrap()),
+        properties(&doc, "EditSettingsRequest")
     );
 }

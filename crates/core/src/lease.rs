@@ -8,7 +8,7 @@
 //! applied every renewal committed before it led, each no earlier than it was sent.
 
 /// Lease timing, in milliseconds.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct LeaseSettings {
     pub lease_ms: u64,
     pub renew_interval_ms: u64,

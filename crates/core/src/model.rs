@@ -162,9 +162,20 @@ pub enum Command {
         #[serde(default)]
         quorum: usize,
     },
-    /// `pgfm set-synchronous`: the synchronous replication settings of the whole cluster,
-    /// in force from now on instead of each agent's `[replication]` section.
+    /// `pgfm set-synchronous` of an agent from before settings were committed: the
+    /// synchronous replication settings of the whole cluster. Applied to the committed
+    /// settings when there are some (a new revision).
     SetReplication { settings: SyncSettings },
+    /// The cluster-wide settings (issue 15): the first commit (`base_revision` 0) takes the
+    /// bootstrapping coordinator's file; each later one is an edit of `base_revision`, and
+    /// is refused once another edit has committed since (`StaleSettings`).
+    SetSettings {
+        base_revision: u64,
+        settings: crate::settings::Settings,
+        /// Who: the operator's `user@host`, or the node whose file gave the first values.
+        by: String,
+        at_unix_ms: u64,
+    },
     /// `pgfm disallow-node`: the node leaves; its details are forgotten and it may not
     /// register again until `pgfm allow-node`.
     RemoveMember { name: String },
@@ -275,6 +286,17 @@ pub enum CommandError {
          (pgfm disallow-node {0} gives the choice up, if that node is gone for good)"
     )]
     InitdbChosen(String),
+    #[error(
+        "the settings were edited at revision {base}, but revision {current} has been \
+         committed since (pgfm show-config shows it; edit again)"
+    )]
+    StaleSettings { base: u64, current: u64 },
+    #[error(
+        "{0} cannot change while the cluster runs: a primary and the coordinator could time \
+         one renewal with different leases (stop the cluster, change every node's file, \
+         start it again)"
+    )]
+    LeaseLive(String),
 }
 
 /// The data node chosen to initialise an empty cluster (`Command::ChooseInitdb`).
@@ -411,6 +433,10 @@ pub struct ClusterState {
     /// run initdb. Kept afterwards, for the history.
     #[serde(default)]
     pub initdb: Option<InitdbChoice>,
+    /// The cluster-wide settings, once committed (issue 15); None before the first
+    /// coordinator commits its file's, and in the log of an older cluster until then.
+    #[serde(default)]
+    pub settings: Option<crate::settings::CommittedSettings>,
 }
 
 /// What a primary's commits wait for: `count` of the standbys `names` (`FIRST count` when
@@ -477,11 +503,7 @@ pub enum SyncMode {
 
 impl std::fmt::Display for SyncMode {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
-            SyncMode::Off => "off",
-            SyncMode::On => "on",
-            SyncMode::Quorum => "quorum",
-        })
+        f.write_str(self.as_str())
     }
 }
 
@@ -589,6 +611,12 @@ impl ClusterState {
             Command::SetPriority { node, priority } => self.set_priority(node, *priority),
             Command::SetPaused { paused } => self.set_paused(*paused),
             Command::SetReplication { settings } => self.set_replication(settings),
+            Command::SetSettings {
+                base_revision,
+                settings,
+                by,
+                at_unix_ms,
+            } => self.set_settings(*base_revision, settings, by, *at_unix_ms),
             Command::SetSyncSet {
                 node,
                 generation,
@@ -862,7 +890,55 @@ impl ClusterState {
         if let Some(problem) = settings.problem("sync_standbys", "minimum_standbys") {
             return Err(CommandError::BadSettings(problem));
         }
-        self.replication = Some(*settings);
+        match &mut self.settings {
+            Some(committed) => {
+                let mut values = committed.values.clone();
+                values.sync = *settings;
+                committed.commit(values, "pgfm set-synchronous", 0);
+            }
+            None => self.replication = Some(*settings),
+        }
+        Ok(())
+    }
+
+    /// The cluster-wide settings, if they can be used and edit the revision in force. The
+    /// lease's timing is kept as first committed (`settings::LEASE_KEYS`). A run-time
+    /// `set-synchronous` from before is folded into them.
+    fn set_settings(
+        &mut self,
+        base_revision: u64,
+        settings: &crate::settings::Settings,
+        by: &str,
+        at_unix_ms: u64,
+    ) -> Result<(), CommandError> {
+        if let Some(problem) = settings.problem() {
+            return Err(CommandError::BadSettings(problem.to_string()));
+        }
+        let current = self.settings.as_ref().map_or(0, |c| c.revision);
+        if base_revision != current {
+            return Err(CommandError::StaleSettings {
+                base: base_revision,
+                current,
+            });
+        }
+        match &mut self.settings {
+            None => {
+                self.settings = Some(crate::settings::CommittedSettings::first(
+                    settings.clone(),
+                    by,
+                    at_unix_ms,
+                ));
+            }
+            Some(committed) => {
+                let lease = committed.values.lease_changes(settings);
+                if !lease.is_empty() {
+                    let keys: Vec<String> = lease.iter().map(|c| c.to_string()).collect();
+                    return Err(CommandError::LeaseLive(keys.join(", ")));
+                }
+                committed.commit(settings.clone(), by, at_unix_ms);
+            }
+        }
+        self.replication = None;
         Ok(())
     }
 
@@ -1267,6 +1343,11 @@ pub struct NodeReport {
     /// agent that predates it).
     #[serde(default)]
     pub tls_valid_for_s: Option<i64>,
+    /// Cluster-wide keys this agent's file sets to another value than the committed
+    /// settings (`timing.lease = 3s in this file; the cluster's is 2400ms`): the committed
+    /// ones are used, and the operator is told.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub file_differs: Vec<String>,
     /// What the agent is doing or waiting for, or the last probe error.
     pub info: String,
 }
@@ -1314,6 +1395,7 @@ impl NodeReport {
             primary_check: None,
             watchdog: None,
             tls_valid_for_s: None,
+            file_differs: Vec::new(),
             info: String::new(),
         }
     }
@@ -1406,6 +1488,70 @@ mod tests {
     /// catches up with it; settings set at run time are checked; after a promotion under a
     /// synchronous rule the new primary alone is the set (it alone is known to hold every
     /// acknowledged commit), under an asynchronous one the rule stays asynchronous.
+    /// The cluster-wide settings: the first commit, then edits of the revision in force
+    /// only; bad values, a stale edit and a change of the lease's timing are refused and
+    /// change nothing; a `set-synchronous` from before them is folded in, and one after
+    /// them is a new revision.
+    #[test]
+    fn settings_are_committed_by_revision() {
+        use crate::settings::Settings;
+        let set = |base_revision, settings: &Settings| Command::SetSettings {
+            base_revision,
+            settings: settings.clone(),
+            by: "dba@host".into(),
+            at_unix_ms: 7,
+        };
+        let mut state = ClusterState::default();
+        let early = SyncSettings {
+            mode: SyncMode::On,
+            ..SyncSettings::default()
+        };
+        state
+            .apply(&Command::SetReplication { settings: early })
+            .unwrap();
+        let first = Settings {
+            sync: early,
+            ..Settings::default()
+        };
+        assert_eq!(
+            state.apply(&set(1, &first)),
+            Err(CommandError::StaleSettings {
+                base: 1,
+                current: 0
+            })
+        );
+        state.apply(&set(0, &first)).unwrap();
+        assert_eq!(state.replication, None);
+        let committed = state.settings.clone().unwrap();
+        assert_eq!((committed.revision, committed.values.sync), (1, early));
+
+        let mut bad = first.clone();
+        bad.start_attempts = 0;
+        let mut longer = first.clone();
+        longer.lease.lease_ms = 4_000;
+        let mut slower = first.clone();
+        slower.switchover_timeout_ms = 9_000;
+        for (command, expected) in [
+            (set(1, &bad), "failover.start_attempts is 0 (set it to at least 1; the default is 3)"),
+            (set(1, &longer), "timing.lease: 2400ms -> 4s cannot change while the cluster runs: a primary and the coordinator could time one renewal with different leases (stop the cluster, change every node's file, start it again)"),
+            (set(0, &slower), "the settings were edited at revision 0, but revision 1 has been committed since (pgfm show-config shows it; edit again)"),
+        ] {
+            assert_eq!(state.apply(&command).unwrap_err().to_string(), expected);
+            assert_eq!(state.settings.as_ref(), Some(&committed));
+        }
+        state.apply(&set(1, &slower)).unwrap();
+        let off = SyncSettings::default();
+        state
+            .apply(&Command::SetReplication { settings: off })
+            .unwrap();
+        let now = state.settings.unwrap();
+        assert_eq!((now.revision, now.values.sync), (3, off));
+        assert_eq!(now.values.switchover_timeout_ms, 9_000);
+        assert_eq!(now.history[1].by, "dba@host");
+        assert_eq!(now.history[2].by, "pgfm set-synchronous");
+        assert_eq!(state.replication, None);
+    }
+
     #[test]
     fn the_synchronous_rule_and_settings_are_checked() {
         let mut state = ClusterState::default();

@@ -121,6 +121,18 @@ pub enum Refusal {
          {eligible}: every commit would wait forever (lower --minimum, or add standbys)"
     )]
     MinimumTooHigh { minimum: usize, eligible: usize },
+    #[error(
+        "the cluster's settings are not committed yet: its first coordinator commits its \
+         own file's before anything else (pgfm cluster-status shows whether one is elected)"
+    )]
+    SettingsNotCommitted,
+    #[error("nothing to change: the settings are those of revision {0}")]
+    NothingChanged(u64),
+    #[error(
+        "replication.minimum_standbys = {minimum} needs that many promotable standbys and the \
+         cluster has {eligible}: every commit would wait forever (lower it, or add standbys)"
+    )]
+    MinimumUnmet { minimum: usize, eligible: usize },
     /// The state machine refuses the command (`ClusterState::apply`).
     #[error(transparent)]
     Log(#[from] CommandError),
@@ -515,14 +527,15 @@ pub fn check_set_priority(
 /// `pgfm set-synchronous MODE [--standbys N] [--minimum M | --strict]`: the settings to
 /// commit for the whole cluster. Numbers left out keep their value in force; strict stays
 /// strict when only the count changes. Refused when `minimum` could never be met by the
-/// members that may be promoted: every commit would wait forever.
+/// members that may be promoted: every commit would wait forever. Once the cluster's
+/// settings are committed, a new revision of them (`SetSettings`, in their history).
 pub fn check_set_synchronous(
     view: &ClusterView,
     mode: &str,
     standbys: Option<usize>,
     minimum: Option<usize>,
     strict: bool,
-) -> Result<SyncSettings, Refusal> {
+) -> Result<(SyncSettings, Command), Refusal> {
     let current = view.sync_settings();
     let mode = match mode {
         "off" => SyncMode::Off,
@@ -550,8 +563,55 @@ pub fn check_set_synchronous(
     if mode != SyncMode::Off && minimum > eligible {
         return Err(Refusal::MinimumTooHigh { minimum, eligible });
     }
-    accepted(&view.state, Command::SetReplication { settings })?;
-    Ok(settings)
+    let command = match &view.state.settings {
+        Some(committed) => Command::SetSettings {
+            base_revision: committed.revision,
+            settings: crate::settings::Settings {
+                sync: settings,
+                ..committed.values.clone()
+            },
+            by: "pgfm set-synchronous".to_string(),
+            at_unix_ms: view.wall_clock_ms,
+        },
+        None => Command::SetReplication { settings },
+    };
+    Ok((settings, accepted(&view.state, command)?))
+}
+
+/// `pgfm edit-config`: the cluster-wide settings `settings`, edited from revision
+/// `base_revision`, by `by`. Refused, with the key and the fix, when a value cannot be used
+/// (the checks of `check-config`), when another edit committed since, when the lease's
+/// timing would change (`settings::LEASE_KEYS`), when nothing changes, and when
+/// synchronous replication would ask for more standbys than may ever be promoted.
+pub fn check_edit_settings(
+    view: &ClusterView,
+    base_revision: u64,
+    settings: &crate::settings::Settings,
+    by: &str,
+) -> Result<Command, Refusal> {
+    let Some(committed) = &view.state.settings else {
+        return Err(Refusal::SettingsNotCommitted);
+    };
+    if base_revision == committed.revision && *settings == committed.values {
+        return Err(Refusal::NothingChanged(committed.revision));
+    }
+    let sync = settings.sync;
+    let eligible = standing::priority_list(&view.state).len();
+    if sync.mode != SyncMode::Off && sync.minimum > eligible && settings.problem().is_none() {
+        return Err(Refusal::MinimumUnmet {
+            minimum: sync.minimum,
+            eligible,
+        });
+    }
+    accepted(
+        &view.state,
+        Command::SetSettings {
+            base_revision,
+            settings: settings.clone(),
+            by: by.to_string(),
+            at_unix_ms: view.wall_clock_ms,
+        },
+    )
 }
 
 /// `pgfm allow-node NAME ADDRESS`: `NAME` joins the voters (`voters`: name and agent
@@ -1118,7 +1178,7 @@ mod tests {
             fault(&mut v);
             let got = outcome(
                 check_set_synchronous(&v, mode, standbys, minimum, strict),
-                |s| format!("{} {} {}", s.mode, s.standbys, s.minimum),
+                |(s, _)| format!("{} {} {}", s.mode, s.standbys, s.minimum),
             );
             assert_eq!(
                 got, expected,
@@ -1180,6 +1240,80 @@ mod tests {
         };
         check(lenient, ("on", Some(2), None, false), "on 2 1");
         check(lenient, ("quorum", Some(1), None, false), "quorum 1 1");
+    }
+
+    /// `pgfm edit-config`: an edit of the revision in force is committed as it is; every
+    /// refusal names what to do, and `set-synchronous` becomes a revision too.
+    #[test]
+    fn edit_settings() {
+        use crate::settings::Settings;
+        type Edit = fn(&mut Settings);
+        let check = |fault: Fault, base: u64, edit: Edit, expected: &str| {
+            let mut v = lab(3);
+            fault(&mut v);
+            let mut settings = Settings::default();
+            edit(&mut settings);
+            let got = outcome(check_edit_settings(&v, base, &settings, "dba@db1"), |c| {
+                let mut state = v.state.clone();
+                state.apply(&c).unwrap();
+                let committed = state.settings.unwrap();
+                let last = committed.history.last().unwrap();
+                let changes: Vec<String> = last.changes.iter().map(|c| c.to_string()).collect();
+                format!(
+                    "r{} by {}: {}",
+                    committed.revision,
+                    last.by,
+                    changes.join(", ")
+                )
+            });
+            assert_eq!(got, expected);
+        };
+        check(
+            HEALTHY,
+            1,
+            |s| s.auto_failover = false,
+            "r2 by dba@db1: failover.auto_failover: true -> false",
+        );
+        check(
+            HEALTHY,
+            1,
+            |s| {
+                s.sync.mode = SyncMode::Quorum;
+                s.sync.standbys = 2;
+            },
+            "r2 by dba@db1: replication.synchronous: off -> quorum, replication.sync_standbys: 1 -> 2",
+        );
+        check(
+            HEALTHY,
+            1,
+            |_| {},
+            "refused: nothing to change: the settings are those of revision 1",
+        );
+        check(HEALTHY, 0, |s| s.max_lag = 1, "refused: the settings were edited at revision 0, but revision 1 has been committed since (pgfm show-config shows it; edit again)");
+        check(HEALTHY, 1, |s| s.report_ttl_ms = 500, "refused: timing.report_ttl is 500ms, not longer than timing.probe_interval (1s); every agent would flap between up and down (make it at least twice the probe interval)");
+        check(HEALTHY, 1, |s| s.lease.safety_margin_ms = 600, "refused: timing.safety_margin: 800ms -> 600ms cannot change while the cluster runs: a primary and the coordinator could time one renewal with different leases (stop the cluster, change every node's file, start it again)");
+        check(
+            |v| priority(v, "pg3", 0),
+            1,
+            |s| {
+                s.sync.mode = SyncMode::On;
+                s.sync.standbys = 2;
+                s.sync.minimum = 2;
+            },
+            "refused: replication.minimum_standbys = 2 needs that many promotable standbys and the cluster has 1: every commit would wait forever (lower it, or add standbys)",
+        );
+        check(|v| v.state.settings = None, 0, |s| s.max_lag = 1, "refused: the cluster's settings are not committed yet: its first coordinator commits its own file's before anything else (pgfm cluster-status shows whether one is elected)");
+
+        let v = lab(3);
+        let (_, command) = check_set_synchronous(&v, "on", None, None, false).unwrap();
+        let mut state = v.state.clone();
+        state.apply(&command).unwrap();
+        let committed = state.settings.unwrap();
+        assert_eq!(
+            (committed.revision, committed.values.sync.mode),
+            (2, SyncMode::On)
+        );
+        assert_eq!(committed.history[1].by, "pgfm set-synchronous");
     }
 
     #[test]

@@ -120,7 +120,7 @@ pub(crate) fn report(name: &str, seen: Seen) -> NodeReport {
 /// were measured. The settings are pinned here, so that the numbers in the tests do not
 /// move with the defaults.
 pub(crate) fn view(primary: Option<&str>, nodes: &[(&str, Seen)]) -> ClusterView {
-    let mut state = ClusterState::default();
+    let mut state = committed(settings());
     for (name, _) in nodes {
         state.members.insert(name.to_string(), member(name));
     }
@@ -150,6 +150,7 @@ pub(crate) fn view(primary: Option<&str>, nodes: &[(&str, Seen)]) -> ClusterView
         }
     }
     ClusterView {
+        name: "witness".to_string(),
         voters: nodes.iter().map(|(n, _)| n.to_string()).collect(),
         state,
         reports,
@@ -159,6 +160,17 @@ pub(crate) fn view(primary: Option<&str>, nodes: &[(&str, Seen)]) -> ClusterView
         wall_clock_ms: 42,
         measured: BTreeMap::new(),
         switchover_step_ms: Some(RECEIVED_MS),
+    }
+}
+
+/// A state whose cluster-wide settings are committed (as every cluster's are once its
+/// first coordinator ran), so that the tests see no first commit of them.
+fn committed(settings: Settings) -> ClusterState {
+    ClusterState {
+        settings: Some(crate::settings::CommittedSettings::first(
+            settings, "pg1", 0,
+        )),
+        ..ClusterState::default()
     }
 }
 
@@ -182,6 +194,7 @@ fn settings() -> Settings {
         report_ttl_ms: 3_000,
         switchover_timeout_ms: 5_000,
         start_attempts: 3,
+        ..Settings::default()
     }
 }
 
@@ -308,6 +321,12 @@ fn short(action: &Action) -> String {
             command: Command::ChooseInitdb { node, .. },
             ..
         } => format!("choose {node} for initdb"),
+        Action::Propose {
+            command: Command::SetSettings {
+                base_revision, by, ..
+            },
+            ..
+        } => format!("settings on {base_revision} by {by}"),
         Action::Initdb { generation } => format!("initdb g{generation}"),
         Action::Propose {
             command:
@@ -454,7 +473,7 @@ pub(crate) fn lab(data_nodes: usize) -> ClusterView {
         .map(|i| format!("pg{i}"))
         .chain(std::iter::once("witness".to_string()))
         .collect();
-    let mut state = ClusterState::default();
+    let mut state = committed(Settings::default());
     for name in &names {
         state.members.insert(name.clone(), lab_member(name));
     }
@@ -493,6 +512,7 @@ pub(crate) fn lab(data_nodes: usize) -> ClusterView {
         reports.insert(name.clone(), observed);
     }
     ClusterView {
+        name: "witness".to_string(),
         state,
         voters: names,
         reports,

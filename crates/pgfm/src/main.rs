@@ -11,6 +11,8 @@ use pgfm_agent::config::{Config, DEFAULT_CONFIG};
 use pgfm_api::status_text;
 use pgfm_lab::{bench, calm, chaos, demo};
 
+mod settings;
+
 #[derive(Parser)]
 #[command(name = "pgfm", version, about = "PostgreSQL failover manager")]
 struct Cli {
@@ -117,6 +119,34 @@ enum Commands {
         /// Never fewer than --standbys: commits wait rather than have fewer copies.
         #[arg(long)]
         strict: bool,
+    },
+    /// The cluster-wide settings in force ([timing], [failover], [replication]), committed
+    /// in the log: their revision and who changed what. The text can be given back to
+    /// edit-config --file.
+    ShowConfig {
+        #[arg(short, long, default_value = DEFAULT_CONFIG)]
+        config: PathBuf,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Change the cluster-wide settings: every agent applies them without a restart.
+    /// Without --set or --file, opens $EDITOR on them, shows the changes and asks. Checked
+    /// as check-config checks a file; refused (nothing changed) when invalid, when someone
+    /// else changed them since, or for the lease's timing.
+    EditConfig {
+        #[arg(short, long, default_value = DEFAULT_CONFIG)]
+        config: PathBuf,
+        /// KEY=VALUE, such as failover.switchover_timeout=10s (repeat it); the other keys
+        /// keep their values. No question asked.
+        #[arg(long = "set", value_name = "KEY=VALUE", conflicts_with = "file")]
+        sets: Vec<String>,
+        /// A file of [timing], [failover] and [replication] keys (show-config's text); the
+        /// keys it leaves out keep their values. No question asked.
+        #[arg(long)]
+        file: Option<PathBuf>,
+        /// With $EDITOR: commit without asking.
+        #[arg(long)]
+        yes: bool,
     },
     /// Let a node (back) into the cluster: it becomes a voting member.
     AllowNode {
@@ -828,6 +858,20 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 strict,
             };
             refusable(runtime()?.block_on(local_agent(&config)?.set_synchronous(&request)))
+        }
+        Commands::ShowConfig { config, json } => settings::show(&local_agent(&config)?, json),
+        Commands::EditConfig {
+            config,
+            sets,
+            file,
+            yes,
+        } => {
+            let how = match (sets.is_empty(), file) {
+                (false, _) => settings::Edit::Set(sets),
+                (true, Some(file)) => settings::Edit::File(file),
+                (true, None) => settings::Edit::Editor,
+            };
+            settings::edit(&local_agent(&config)?, how, yes)
         }
         Commands::AllowNode {
             config,

@@ -77,6 +77,9 @@ pub const SYNC_CONF: &str = "pgfm-sync.conf";
 
 pub struct Postgres {
     pub settings: PostgresSettings,
+    /// `start_timeout` and `probe_timeout` in force: the settings' at first, then the
+    /// cluster's (`Database::set_timeouts`).
+    timeouts: std::sync::Mutex<(Duration, Duration)>,
     /// Notified when a postmaster this process started exits (it is its parent, so it
     /// learns at once).
     exited: std::sync::Arc<tokio::sync::Notify>,
@@ -111,9 +114,25 @@ pub struct HandOverStop {
 impl Postgres {
     pub fn new(settings: PostgresSettings) -> Postgres {
         Postgres {
+            timeouts: std::sync::Mutex::new((settings.start_timeout, settings.probe_timeout)),
             settings,
             exited: Default::default(),
         }
+    }
+
+    /// How long a start (crash recovery included) may take.
+    pub fn start_timeout(&self) -> Duration {
+        self.timeouts.lock().unwrap_or_else(|e| e.into_inner()).0
+    }
+
+    /// How long a connection to a server may take to answer.
+    pub fn probe_timeout(&self) -> Duration {
+        self.timeouts.lock().unwrap_or_else(|e| e.into_inner()).1
+    }
+
+    /// The cluster's `timing.start_timeout` and `timing.probe_timeout`, from now on.
+    pub fn set_timeouts(&self, start: Duration, probe: Duration) {
+        *self.timeouts.lock().unwrap_or_else(|e| e.into_inner()) = (start, probe);
     }
 
     pub fn data_dir_state(&self) -> Result<DataDirState, String> {
@@ -131,7 +150,7 @@ impl Postgres {
             port: self.settings.port,
             user: self.settings.superuser.clone(),
             passfile: self.settings.passfile.clone(),
-            timeout: self.settings.probe_timeout,
+            timeout: self.probe_timeout(),
             ssl_root: self.settings.ssl.as_ref().map(|f| f.ca.clone()),
         }
     }
@@ -507,7 +526,7 @@ impl Postgres {
             .await
             .map_err(|e| anyhow::anyhow!("connecting to promote: {e}"))?;
         // Invariant 5: the candidate replays everything it received before promoting.
-        let deadline = Instant::now() + self.settings.start_timeout;
+        let deadline = Instant::now() + self.start_timeout();
         loop {
             let row = client
                 .query_one(
@@ -527,7 +546,7 @@ impl Postgres {
             if Instant::now() > deadline {
                 bail!(
                     "replay did not catch up with the WAL received within {:?}",
-                    self.settings.start_timeout
+                    self.start_timeout()
                 );
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
@@ -807,7 +826,7 @@ impl Postgres {
             port: upstream.port,
             user: self.settings.superuser.clone(),
             passfile: self.settings.passfile.clone(),
-            timeout: self.settings.probe_timeout,
+            timeout: self.probe_timeout(),
             ssl_root: self.settings.ssl.as_ref().map(|f| f.ca.clone()),
         }
     }
@@ -854,7 +873,8 @@ impl Postgres {
             exited.notify_one();
             let _ = exited_tx.send(status.map(|s| s.to_string()).unwrap_or_default());
         });
-        let deadline = Instant::now() + s.start_timeout;
+        let start_timeout = self.start_timeout();
+        let deadline = Instant::now() + start_timeout;
         loop {
             if let Ok(status) = exited_rx.try_recv() {
                 bail!(
@@ -869,7 +889,7 @@ impl Postgres {
             if Instant::now() > deadline {
                 bail!(
                     "PostgreSQL did not accept connections within {:?}; see {}",
-                    s.start_timeout,
+                    start_timeout,
                     s.log_file.display()
                 );
             }

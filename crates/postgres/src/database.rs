@@ -36,6 +36,10 @@ pub trait Database: Send + Sync {
     /// Change `synchronous_standby_names` on the running primary and wait until it is in
     /// force: the WAL position from which it holds.
     fn set_sync_standbys<'a>(&'a self, rule: &'a SyncRule) -> Pending<'a, anyhow::Result<Lsn>>;
+    /// How long a start (crash recovery included) and a probe of a server may take from
+    /// now on: the cluster's `timing.start_timeout` and `timing.probe_timeout`, which an
+    /// operator may change while the agent runs.
+    fn set_timeouts(&self, start: Duration, probe: Duration);
     /// Start as the primary, as a standby of an upstream, or as a standby to be promoted;
     /// the postmaster's pid.
     fn start<'a>(&'a self, how: StartAs<'a>) -> Pending<'a, anyhow::Result<u32>>;
@@ -97,6 +101,9 @@ impl Database for Postgres {
     }
     fn prober(&self) -> Box<dyn Probe> {
         Box::new(Prober::new(self.probe_target()))
+    }
+    fn set_timeouts(&self, start: Duration, probe: Duration) {
+        Postgres::set_timeouts(self, start, probe)
     }
     fn wal_position(&self) -> Pending<'_, Result<Option<Lsn>, String>> {
         Box::pin(async move { crate::probe::standby_wal_position(&self.probe_target()).await })

@@ -511,6 +511,8 @@ pub struct PgModel {
     /// PostgreSQL cannot tell apart.
     timelines: BTreeMap<u32, (String, u64)>,
     probe_timeout: Duration,
+    /// The agents' `timing.start_timeout`: how long a promotion waits for replay.
+    start_timeout: Duration,
 }
 
 impl Cluster {
@@ -570,6 +572,7 @@ impl PgModel {
             next_pid: 4000,
             timelines: BTreeMap::new(),
             probe_timeout: Duration::from_secs(2),
+            start_timeout: Duration::from_secs(120),
         }
     }
 
@@ -1856,7 +1859,7 @@ impl SimDatabase {
             .connect_own()
             .await
             .map_err(|e| anyhow::anyhow!("connecting to promote: {e}"))?;
-        let start_timeout = Duration::from_secs(120);
+        let start_timeout = self.model().start_timeout;
         let started = tokio::time::Instant::now();
         loop {
             // Bound first: the lock must be released before an arm locks again.
@@ -2176,6 +2179,13 @@ impl Database for SimDatabase {
     }
     fn exited(&self) -> Pending<'_, ()> {
         Box::pin(self.exited.notified())
+    }
+    /// Every agent of a simulated cluster runs with the same committed settings: the
+    /// model keeps one value for all of them.
+    fn set_timeouts(&self, start: Duration, probe: Duration) {
+        let mut m = self.model();
+        m.start_timeout = start;
+        m.probe_timeout = probe;
     }
     fn prober(&self) -> Box<dyn Probe> {
         Box::new(SimProber {

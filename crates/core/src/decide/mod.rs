@@ -13,7 +13,7 @@
 //!   role, its timeline);
 //! - their tests, beside each topic, share the fixtures of `crate::testing`.
 
-use crate::model::NodeKind;
+use crate::model::{Command, NodeKind};
 
 mod action;
 mod bootstrap;
@@ -69,7 +69,8 @@ pub fn reconcile(cluster: &ClusterView, local: &LocalView, now_ms: u64) -> Decis
 /// never local work.
 pub fn coordinate(cluster: &ClusterView, now_ms: u64) -> Decision {
     let state = &cluster.state;
-    match (&state.primary, &state.switchover) {
+    let mut actions = first_settings(cluster);
+    actions.extend(match (&state.primary, &state.switchover) {
         (None, _) => bootstrap(cluster, now_ms),
         // Invariant 3: until it has applied an entry of its own term, a new coordinator may
         // not have timed every renewal committed before it led: it judges no lease, nor
@@ -77,7 +78,29 @@ pub fn coordinate(cluster: &ClusterView, now_ms: u64) -> Decision {
         (Some(_), _) if cluster.coordinator_since_ms.is_none() => Vec::new(),
         (Some(_), Some(sw)) => switchover(cluster, sw, now_ms),
         (Some(primary), None) => failover(cluster, primary, now_ms),
+    });
+    actions
+}
+
+/// Before anything else, the first coordinator commits the settings it runs with — its
+/// file's — for the whole cluster (issue 15), so that the next coordinator decides by the
+/// same ones. A cluster from before committed settings gets them the same way. Never
+/// forwarded: another coordinator commits its own.
+fn first_settings(cluster: &ClusterView) -> Vec<Action> {
+    if cluster.state.settings.is_some() {
+        return Vec::new();
     }
+    let mut settings = cluster.settings.clone();
+    settings.sync = cluster.sync_settings();
+    vec![Action::Propose {
+        command: Command::SetSettings {
+            base_revision: 0,
+            settings,
+            by: format!("{} (its pgfm.toml, the first coordinator's)", cluster.name),
+            at_unix_ms: cluster.wall_clock_ms,
+        },
+        forward: Forward::Never,
+    }]
 }
 
 /// This node waits, for `reason`.
@@ -93,7 +116,7 @@ fn cluster_hold(reason: String) -> Action {
 #[cfg(test)]
 mod tests {
     use crate::decide::slot_for;
-    use crate::decide::{coordinate, reconcile, Action, Decision};
+    use crate::decide::{coordinate, reconcile, Action, Decision, Forward};
     use crate::model::{DbRole, SyncMode, SyncRule, TimelineFork};
     use crate::testing::*;
     use crate::types::{Lsn, Timeline};
@@ -114,6 +137,55 @@ mod tests {
     /// A data node's own facts are forwarded: its lease given up (`ReleaseLease`), the
     /// timeline it runs on (`SetTimeline`), the synchronous set its PostgreSQL is about to
     /// wait for (`SetSyncSet`) are true whoever commits them.
+    /// The first coordinator commits its file's settings before anything else, in a new
+    /// cluster and in one from before settings were committed, without holding up a
+    /// failover; and with a `set-synchronous` from before them folded in.
+    #[test]
+    fn the_first_coordinator_commits_its_settings() {
+        let mut fresh = view(
+            None,
+            &[("pg1", Stopped(Writable)), ("witness", Stopped(Empty))],
+        );
+        fresh.state.settings = None;
+        fresh.state.replication = Some(crate::model::SyncSettings {
+            mode: SyncMode::On,
+            ..Default::default()
+        });
+        let actions = coordinate(&fresh, NOW_MS);
+        assert_eq!(
+            show(actions.clone()),
+            [
+                "settings on 0 by witness (its pgfm.toml, the first coordinator's)",
+                "bootstrap pg1 g1"
+            ]
+        );
+        let Action::Propose {
+            command: crate::model::Command::SetSettings { settings, .. },
+            forward,
+        } = &actions[0]
+        else {
+            panic!("{actions:?}")
+        };
+        assert_eq!(
+            (settings.sync.mode, *forward),
+            (SyncMode::On, Forward::Never)
+        );
+
+        let mut old = failover_view();
+        old.state.settings = None;
+        assert_eq!(
+            show(coordinate(&old, 3_500)),
+            [
+                "settings on 0 by witness (its pgfm.toml, the first coordinator's)",
+                "promote pg2 g2 from pg1 losing 0"
+            ]
+        );
+        assert_eq!(
+            show(coordinate(&failover_view(), 3_500)),
+            ["promote pg2 g2 from pg1 losing 0"]
+        );
+    }
+
     #[test]
     fn only_a_node_s_own_facts_are_forwarded_never_the_coordinator_s_decisions() {
         fn check(decision: Decision, expected: &[&str]) {

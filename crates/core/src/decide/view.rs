@@ -3,7 +3,6 @@
 
 use std::collections::BTreeMap;
 
-use crate::lease::LeaseSettings;
 use crate::model::{ClusterState, NodeKind, NodeReport, SyncSettings};
 use crate::types::Lsn;
 
@@ -14,71 +13,20 @@ pub struct Observed {
     pub received_at_ms: u64,
 }
 
-/// What a primary does when its PostgreSQL dies under it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum OnCrash {
-    /// Restart in place if it is back within `crash_restart_bound_ms`, else fail over.
-    Restart,
-    /// Give up the lease at once, so that a standby takes over.
-    Failover,
-}
-
-/// How a former primary comes back.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum RejoinMode {
-    Rewind,
-    RewindOrClone,
-    Manual,
-}
-
-/// Settings the engine needs (from the agent's config).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Settings {
-    pub lease: LeaseSettings,
-    /// Synchronous replication from this agent's config (`ClusterState::replication`, once
-    /// set at run time, wins: see `ClusterView::sync_settings`).
-    pub sync: SyncSettings,
-    /// A candidate must be within this many bytes of the best known WAL position.
-    pub max_lag: u64,
-    pub auto_failover: bool,
-    pub on_crash: OnCrash,
-    pub crash_restart_bound_ms: u64,
-    pub rejoin: RejoinMode,
-    /// A report older than this is stale: its agent counts as down.
-    pub report_ttl_ms: u64,
-    /// Invariant 9: a switchover step (the hand-over, the target's replay) that takes longer
-    /// than this is rolled back.
-    pub switchover_timeout_ms: u64,
-    /// A standby whose PostgreSQL fails to start this many times in a row is re-cloned
-    /// (`rejoin = "rewind-or-clone"`) or held for the operator; a primary gives up its lease.
-    pub start_attempts: u32,
-}
-
-impl Default for Settings {
-    fn default() -> Settings {
-        Settings {
-            lease: LeaseSettings::default(),
-            sync: SyncSettings::default(),
-            max_lag: 1024 * 1024,
-            auto_failover: true,
-            on_crash: OnCrash::Restart,
-            crash_restart_bound_ms: 10_000,
-            rejoin: RejoinMode::RewindOrClone,
-            report_ttl_ms: 3_000,
-            switchover_timeout_ms: 5_000,
-            start_attempts: 3,
-        }
-    }
-}
+pub use crate::settings::{OnCrash, RejoinMode, Settings};
 
 /// What this agent knows about the whole cluster.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ClusterView {
+    /// This agent's name.
+    pub name: String,
     pub state: ClusterState,
     /// Names of every voting member of the Raft cluster (the allowed node list).
     pub voters: Vec<String>,
     /// The latest report from each agent, as held by the coordinator.
     pub reports: BTreeMap<String, Observed>,
+    /// The settings in force: the committed ones (`ClusterState::settings`), else this
+    /// agent's file's (`ClusterState::settings_in_force`).
     pub settings: Settings,
     /// When this agent applied the latest lease renewal, release or promotion (monotonic ms).
     pub last_renewal_seen_ms: Option<u64>,
