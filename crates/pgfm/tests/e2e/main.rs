@@ -9,6 +9,7 @@ mod operator;
 mod partitions;
 mod refusals;
 mod safety;
+mod settings;
 mod synchronous;
 
 /// The `pgfm` binary under test.
