@@ -65,6 +65,12 @@ impl Agent {
             let now = self.now_ms();
             let may_renew = {
                 let mut watchdog = lock(&self.watchdog);
+                // The lease's timing changed: the timeout follows, once a feed is allowed
+                // under the new one.
+                if let Some(wanted) = settings.watchdog_timeout_s() {
+                    let may_feed = now < held.feed_until_ms(&settings, wanted);
+                    watchdog.retime(generation, wanted, may_feed, now);
+                }
                 let feed_until = held.feed_until_ms(&settings, watchdog.timeout_s());
                 watchdog.tick(
                     generation,
@@ -122,9 +128,12 @@ impl Agent {
     /// One renewal, sent at `sent_ms`; the lease it buys runs from then.
     async fn renew(self: Arc<Self>, generation: pgfm_core::Generation, sent_ms: u64) {
         let settings = self.settings().lease;
+        // Timed with the lease in force now, and said so: the coordinator counts this
+        // renewal out with the same value, whatever the settings when it applies it.
         let command = Command::RenewLease {
             node: self.config.name.clone(),
             generation,
+            lease_ms: Some(settings.lease_ms),
         };
         // A renewal stuck on an unreachable coordinator (its host powered off: no reset,
         // only silence) must not block the next attempts: after a renew_interval the next

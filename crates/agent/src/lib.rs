@@ -58,10 +58,9 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 /// What the coordinator's lease clock rests on (see `renewal_watch`).
 #[derive(Debug, Default)]
 struct RenewalSeen {
-    /// (generation, renewals, released) as last applied here.
-    lease: (Generation, u64, bool),
-    /// When that changed (monotonic ms; 0: this agent's start).
-    at_ms: u64,
+    /// The lease as last applied here, when (monotonic ms; 0: this agent's start), and
+    /// until when its renewals hold it.
+    clock: pgfm_core::lease::LeaseClock,
     /// The Raft term of the last applied entry taken into account.
     applied_term: u64,
     /// The switchover under way as last applied here, and when it last changed (a step:
@@ -171,24 +170,25 @@ impl Agent {
         // the lease it starts is counted from now — never from the previous generation's
         // last renewal, which would expire the new primary's lease at once.
         let now = self.now_ms();
-        let (last_renewal_seen_ms, switchover_step_ms) = {
+        let settings = settings_in_force(&state, &self.config);
+        let (clock, switchover_step_ms) = {
             let seen = lock(&self.renewal_seen);
-            let lease = (state.generation, state.lease_renewals, state.lease_released);
-            let renewal = pgfm_core::lease::renewal_clock(seen.lease, seen.at_ms, lease, now);
+            let clock = seen.clock.time(&state, now, &settings.lease);
             let step = if seen.switchover == state.switchover {
                 seen.switchover_at_ms
             } else {
                 now
             };
-            (renewal, state.switchover.as_ref().map(|_| step))
+            (clock, state.switchover.as_ref().map(|_| step))
         };
         ClusterView {
             name: self.config.name.clone(),
-            settings: settings_in_force(&state, &self.config),
+            settings,
             state,
             voters: self.raft.voters().into_iter().map(|(n, _)| n).collect(),
             reports: lock(&self.reports).clone(),
-            last_renewal_seen_ms: Some(last_renewal_seen_ms),
+            last_renewal_seen_ms: Some(clock.seen_ms),
+            lease_until_ms: Some(clock.until_ms),
             switchover_step_ms,
             coordinator_since_ms: *lock(&self.coordinator_since),
             wall_clock_ms,
@@ -235,8 +235,8 @@ impl Agent {
         let recent = lock(&self.reports)
             .get(primary)
             .is_some_and(|o| now.saturating_sub(o.received_at_ms) <= late_after);
-        let renewed =
-            now.saturating_sub(lock(&self.renewal_seen).at_ms) < self.renewals_late_after_ms();
+        let renewed = now.saturating_sub(lock(&self.renewal_seen).clock.seen_ms)
+            < self.renewals_late_after_ms();
         if recent && renewed {
             return None;
         }
@@ -481,7 +481,8 @@ impl Agent {
         loop {
             let expires_in = {
                 let seen = lock(&self.renewal_seen);
-                pgfm_core::lease::expired_at_ms(Some(seen.at_ms), &self.settings().lease)
+                seen.clock
+                    .expires_at_ms(&self.settings().lease)
                     .saturating_sub(self.now_ms())
             };
             tokio::select! {
@@ -687,7 +688,7 @@ impl Agent {
         loop {
             let late_in = {
                 let seen = lock(&self.renewal_seen);
-                (seen.at_ms + self.renewals_late_after_ms()).saturating_sub(self.now_ms())
+                (seen.clock.seen_ms + self.renewals_late_after_ms()).saturating_sub(self.now_ms())
             };
             tokio::select! {
                 changed = applied.changed() => if changed.is_err() { return },
@@ -704,7 +705,7 @@ impl Agent {
                 }
                 _ = stop.changed() => return,
             }
-            let (lease, term, shape, switchover) = {
+            let (state, term, shape, switchover) = {
                 let a = applied.borrow_and_update();
                 let s = &a.state;
                 let switchover = s.switchover.clone();
@@ -715,9 +716,8 @@ impl Agent {
                     s.switchover.clone(),
                     s.members.len(),
                 );
-                let lease = (s.generation, s.lease_renewals, s.lease_released);
                 (
-                    lease,
+                    s.clone(),
                     a.last_applied.map_or(0, |l| l.leader_id.term),
                     shape,
                     switchover,
@@ -725,10 +725,11 @@ impl Agent {
             };
             let now = self.now_ms();
             {
+                let lease = settings_in_force(&state, &self.config).lease;
                 let mut seen = lock(&self.renewal_seen);
-                if seen.lease != lease {
-                    seen.lease = lease;
-                    seen.at_ms = now;
+                let clock = seen.clock.time(&state, now, &lease);
+                if clock != seen.clock {
+                    seen.clock = clock;
                     late_told = false;
                 }
                 if seen.switchover != switchover {
@@ -1216,8 +1217,9 @@ pub(crate) async fn open_vip(
 /// start.
 fn count_from_start(agent: &Agent) {
     let state = agent.raft.state();
+    let lease = settings_in_force(&state, &agent.config).lease;
     let mut seen = lock(&agent.renewal_seen);
-    seen.lease = (state.generation, state.lease_renewals, state.lease_released);
+    seen.clock = pgfm_core::lease::LeaseClock::start(&state, 0, &lease);
     seen.switchover = state.switchover.clone();
 }
 

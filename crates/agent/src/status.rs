@@ -168,7 +168,9 @@ fn node_status(view: &ClusterView, now_ms: u64, name: &str, agent_address: &str)
             .map(|w| WatchdogStatus {
                 mode: w.mode,
                 armed: w.armed,
-                timeout_s: view.settings.lease.watchdog_timeout_s(),
+                timeout_s: w
+                    .timeout_s
+                    .or_else(|| view.settings.lease.watchdog_timeout_s()),
                 problem: w.problem.clone(),
             }),
         info,

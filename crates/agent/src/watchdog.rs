@@ -396,6 +396,7 @@ impl HostWatchdog {
             mode: self.mode,
             armed,
             problem,
+            timeout_s: (self.mode != WatchdogMode::Off).then_some(self.timeout_s),
         }
     }
 
@@ -440,6 +441,47 @@ impl HostWatchdog {
         self.mode != WatchdogMode::Required
             || self.driver.is_some()
             || (self.past_first && self.problem.is_none())
+    }
+
+    /// The lease's timing changed (a committed edit of the cluster's settings): the timeout
+    /// it needs is `timeout_s` now. Unarmed, the next arming takes it. Armed, setting it
+    /// restarts the timer, which is a feed: only done while a feed is allowed under the new
+    /// timeout (`may_feed`: a reset after it still comes before the end of the lease). Until
+    /// then the old timeout stays, fed under its own rule (invariant 10).
+    pub(super) fn retime(
+        &mut self,
+        generation: Generation,
+        timeout_s: u64,
+        may_feed: bool,
+        now_ms: u64,
+    ) {
+        if self.mode == WatchdogMode::Off || timeout_s == self.timeout_s {
+            return;
+        }
+        let Some(driver) = self.driver.as_mut() else {
+            tracing::info!(%generation, from = self.timeout_s, to = timeout_s, "watchdog timeout changed (the lease's timing changed)");
+            self.timeout_s = timeout_s;
+            return;
+        };
+        if !may_feed {
+            return;
+        }
+        match driver.arm(timeout_s) {
+            Ok(()) => {
+                tracing::info!(%generation, from = self.timeout_s, to = timeout_s, "armed watchdog's timeout changed (the lease's timing changed)");
+                self.timeout_s = timeout_s;
+            }
+            Err(e) => {
+                if let Some(mut driver) = self.driver.take() {
+                    let _ = driver.disarm();
+                }
+                self.fail(
+                    generation,
+                    format!("changing the timeout to {timeout_s} s failed: {e:#}"),
+                    now_ms,
+                );
+            }
+        }
     }
 
     /// PostgreSQL was fenced in `generation`: it cannot write, the timer has nothing left to
@@ -671,6 +713,25 @@ mod tests {
         assert!(!w.report().armed);
     }
 
+    /// A change of the lease's timing: unarmed, the next arming takes the new timeout;
+    /// armed, it is set only when a feed is allowed under it.
+    #[test]
+    fn a_new_lease_changes_the_timeout_when_a_feed_may_come() {
+        let (mut w, said, _) = fake(WatchdogMode::Required);
+        let g = Generation(1);
+        w.retime(g, 3, false, 0);
+        assert_eq!((take(&said).as_str(), w.timeout_s()), ("", 3));
+        assert!(w.tick(g, true, false, false, true, 50));
+        assert_eq!(take(&said), "arm 3");
+        w.retime(g, 1, false, 100);
+        assert_eq!((take(&said).as_str(), w.timeout_s()), ("", 3));
+        w.retime(g, 1, true, 150);
+        assert_eq!((take(&said).as_str(), w.timeout_s()), ("arm 1", 1));
+        let (mut w, said, _) = fake(WatchdogMode::Off);
+        w.retime(g, 3, true, 0);
+        assert_eq!((take(&said).as_str(), w.timeout_s()), ("", 1));
+    }
+
     /// `required` sends no renewal without an armed watchdog, and says why once; a second
     /// later it tries again. `automatic` goes on unarmed.
     #[test]
@@ -712,7 +773,8 @@ mod tests {
             WatchdogReport {
                 mode: WatchdogMode::Off,
                 armed: false,
-                problem: None
+                problem: None,
+                timeout_s: None,
             }
         );
         let device = DeviceFile(PathBuf::from("/dev/null"));

@@ -14,19 +14,14 @@ fn document() -> Value {
 /// `(path, method)` of every `.route("PATH", METHOD(...))` in a source file.
 fn routes_in(source: &str) -> BTreeSet<(String, String)> {
     let mut found = BTreeSet::new();
+    // rustfmt breaks a long `.route(` over lines: read the code without whitespace.
+    let source: String = source.split_whitespace().collect();
     for part in source.split(".route(\"").skip(1) {
         let Some((path, rest)) = part.split_once('"') else {
             continue;
         };
-        // `get(a::<A>)` or `get(a::<A>).post(b::<A>)`: up to the end of the line.
-        let rest = rest.trim_start_matches(',').trim_start();
-        let line = rest.lines().next().unwrap_or_default();
-        for (i, call) in line.split(").").enumerate() {
-            let call = if i == 0 {
-                call
-            } else {
-                call.trim_start_matches('.')
-            };
+        // `get(a::<A>)` or `get(a::<A>).post(b::<A>)`: the calls up to the next route.
+        for call in rest.trim_start_matches(',').split(").") {
             let method = call.split('(').next().unwrap_or_default().trim();
             if ["get", "post", "put", "delete"].contains(&method) {
                 found.insert((path.to_string(), method.to_string()));

@@ -202,22 +202,72 @@ pub fn may_coordinate(leading_term: Option<u64>, applied_term: u64) -> bool {
     leading_term == Some(applied_term)
 }
 
-/// What the coordinator's lease clock counts from, for the state it judges: when the lease
-/// (generation, renewals, released) it last timed is the state's, the moment it timed it;
-/// otherwise the state holds a change not timed yet (applied a moment ago, a promotion this
-/// agent just committed): now. Never the previous generation's last renewal, which would
-/// expire a new primary's lease at once (invariant 3).
-pub fn renewal_clock(
-    timed: (crate::types::Generation, u64, bool),
-    timed_at_ms: u64,
-    state: (crate::types::Generation, u64, bool),
-    now_ms: u64,
-) -> u64 {
-    if timed == state {
-        timed_at_ms
-    } else {
-        now_ms
+/// The coordinator's clock of the primary's lease (invariant 3): the lease (generation,
+/// renewals, released) it last timed, when it applied it, and until when the renewals
+/// applied so far hold the lease — each for the lease it was timed with
+/// (`Command::RenewLease::lease_ms`), counted from when it was applied here, which is no
+/// earlier than it was sent. So the lease can change while the cluster runs: a primary
+/// and the coordinator count each renewal with the same value. It never ends earlier
+/// than a renewal applied before promised.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct LeaseClock {
+    pub lease: (crate::types::Generation, u64, bool),
+    /// When this agent applied that lease (monotonic ms).
+    pub seen_ms: u64,
+    /// Until when the renewals applied hold the lease, before the drift margin.
+    pub until_ms: u64,
+}
+
+impl LeaseClock {
+    /// The lease of `state`, at this agent's start (`now_ms`): every renewal in it was sent
+    /// before, so the longest lease any of them was timed with is counted from now.
+    pub fn start(state: &crate::model::ClusterState, now_ms: u64, s: &LeaseSettings) -> Self {
+        LeaseClock {
+            lease: Self::of(state),
+            seen_ms: now_ms,
+            until_ms: now_ms + longest(state.lease_timed_after(0), s),
+        }
     }
+
+    fn of(state: &crate::model::ClusterState) -> (crate::types::Generation, u64, bool) {
+        (state.generation, state.lease_renewals, state.lease_released)
+    }
+
+    /// The clock once `state` is taken into account at `now_ms`. Unchanged when its lease
+    /// is the one timed. New renewals of the same lease hold it for the longest lease any of
+    /// them was timed with from now, and never less than before. Anything else (a
+    /// promotion, a release) starts a new lease, counted from now — never from the previous
+    /// generation's last renewal, which would expire a new primary's lease at once.
+    pub fn time(&self, state: &crate::model::ClusterState, now_ms: u64, s: &LeaseSettings) -> Self {
+        let lease = Self::of(state);
+        if lease == self.lease {
+            return *self;
+        }
+        let renewed = lease.0 == self.lease.0 && lease.2 == self.lease.2 && lease.1 > self.lease.1;
+        let until_ms = if renewed {
+            let timed = state.lease_timed_after(self.lease.1).unwrap_or(s.lease_ms);
+            self.until_ms.max(now_ms + timed)
+        } else {
+            now_ms + longest(state.lease_timed_after(0), s)
+        };
+        LeaseClock {
+            lease,
+            seen_ms: now_ms,
+            until_ms,
+        }
+    }
+
+    /// When the primary's lease has surely expired on this clock: `drift_margin` after it
+    /// ends.
+    pub fn expires_at_ms(&self, s: &LeaseSettings) -> u64 {
+        self.until_ms + s.drift_margin_ms
+    }
+}
+
+/// The longer of the lease the renewals said and this agent's: a new lease period, whose
+/// first renewals may not have been seen.
+fn longest(timed: Option<u64>, s: &LeaseSettings) -> u64 {
+    timed.unwrap_or(0).max(s.lease_ms)
 }
 
 /// The coordinator side: when the primary's lease has surely expired on this clock.
@@ -239,12 +289,65 @@ mod tests {
     #[test]
     fn the_lease_clock_belongs_to_the_state_it_judges() {
         use crate::types::Generation;
-        let timed = (Generation(1), 7, false);
-        assert_eq!(renewal_clock(timed, 1_000, timed, 9_000), 1_000);
-        let promoted = (Generation(2), 0, false);
-        assert_eq!(renewal_clock(timed, 1_000, promoted, 9_000), 9_000);
         let s = LeaseSettings::default();
-        assert!(expired_at_ms(Some(renewal_clock(timed, 1_000, promoted, 9_000)), &s) > 9_000);
+        let mut state = primary_state();
+        state.lease_renewals = 7;
+        let timed = LeaseClock::start(&state, 1_000, &s);
+        assert_eq!(timed.time(&state, 9_000, &s), timed);
+        state.generation = Generation(2);
+        state.lease_renewals = 0;
+        let promoted = timed.time(&state, 9_000, &s);
+        assert_eq!(
+            (promoted.seen_ms, promoted.until_ms),
+            (9_000, 9_000 + s.lease_ms)
+        );
+        assert!(promoted.expires_at_ms(&s) > 9_000);
+    }
+
+    /// pg1, primary of generation 1, no renewal yet.
+    fn primary_state() -> crate::model::ClusterState {
+        crate::model::ClusterState {
+            primary: Some("pg1".into()),
+            generation: crate::types::Generation(1),
+            ..Default::default()
+        }
+    }
+
+    fn renew(state: &mut crate::model::ClusterState, lease_ms: u64) {
+        state
+            .apply(&crate::model::Command::RenewLease {
+                node: "pg1".into(),
+                generation: crate::types::Generation(1),
+                lease_ms: Some(lease_ms),
+            })
+            .unwrap();
+    }
+
+    /// Each renewal is counted out with the lease it was timed with; a shorter one never
+    /// ends what a longer one applied before promised, and one the clock did not see
+    /// between two looks still counts.
+    #[test]
+    fn each_renewal_counts_with_its_own_lease() {
+        let s = LeaseSettings::default();
+        let mut state = primary_state();
+        let clock = LeaseClock::start(&state, 0, &s);
+        renew(&mut state, 4_000);
+        let clock = clock.time(&state, 100, &s);
+        assert_eq!(clock.until_ms, 4_100);
+        renew(&mut state, 2_000);
+        let clock = clock.time(&state, 400, &s);
+        assert_eq!(clock.until_ms, 4_100, "the 4 s renewal still holds");
+        renew(&mut state, 2_000);
+        let clock = clock.time(&state, 2_500, &s);
+        assert_eq!(clock.until_ms, 4_500);
+        // Two renewals applied between looks, the first timed with a longer lease.
+        renew(&mut state, 6_000);
+        renew(&mut state, 2_000);
+        let clock = clock.time(&state, 3_000, &s);
+        assert_eq!(clock.until_ms, 9_000);
+        assert_eq!(state.lease_timed_after(0), Some(6_000));
+        assert_eq!(state.lease_timed_after(4), Some(2_000));
+        assert_eq!(state.lease_timed_after(5), None);
     }
 
     /// A leader decides once it has taken into account an entry of the term it leads;
@@ -399,6 +502,59 @@ mod tests {
     }
 
     proptest! {
+        /// The lease changes while the primary renews (each renewal timed with one of
+        /// several leases, as a committed change reaches the primary): whatever commits,
+        /// whatever is acknowledged, and however rarely the coordinator looks, the primary's
+        /// fence deadline is never after the coordinator's expiry.
+        #[test]
+        fn a_lease_changed_at_run_time_never_outlives_the_coordinator_s_count(
+            renewals in proptest::collection::vec(
+                (prop_oneof![Just(2_400u64), Just(4_000), Just(1_600 + 300)], any::<bool>(), any::<bool>(), 0u64..400, 1u64..600),
+                1..60,
+            ),
+            looks in proptest::collection::vec(0u64..1_000, 1..200),
+        ) {
+            let s = LeaseSettings { lease_ms: 2_400, renew_interval_ms: 300, safety_margin_ms: 200, drift_margin_ms: 0 };
+            let mut state = primary_state();
+            let mut clock = LeaseClock::start(&state, 0, &s);
+            let mut held = HeldLease::default();
+            // Renewal k: sent at `sent`, committed (applied by the coordinator) `delay` later
+            // if it commits, acknowledged to the primary if it commits and the answer is not lost.
+            let mut sent = 0;
+            let mut events: Vec<(u64, u64, u64, bool)> = Vec::new(); // (applied at, sent at, lease, acked)
+            let mut last_applied = 0;
+            for (lease, commits, acked, delay, gap) in renewals {
+                sent += gap;
+                if commits {
+                    // Applied in order, each no earlier than sent.
+                    last_applied = last_applied.max(sent + delay);
+                    events.push((last_applied, sent, lease, acked));
+                }
+            }
+            let mut looks = looks.into_iter().scan(0u64, |t, gap| { *t += gap; Some(*t) });
+            let mut next_look = looks.next();
+            for (applied, sent, lease, acked) in events {
+                // The coordinator's stored clock, updated now and then (the renewal watch).
+                while let Some(look) = next_look.filter(|l| *l < applied) {
+                    clock = clock.time(&state, look, &s);
+                    next_look = looks.next();
+                }
+                renew(&mut state, lease);
+                if acked {
+                    let until = sent + lease;
+                    held.valid_until_ms = Some(held.valid_until_ms.map_or(until, |u| u.max(until)));
+                }
+                // What the coordinator judges on now: its stored clock, brought up to date
+                // (`Agent::view`).
+                let judged = clock.time(&state, applied, &s);
+                let fence = held.fence_at_ms(&s);
+                prop_assert!(
+                    held.valid_until_ms.is_none() || fence < judged.expires_at_ms(&s),
+                    "fence at {fence}, expiry {}", judged.expires_at_ms(&s)
+                );
+            }
+        }
+
         /// Whatever happens to renewals, a writable primary is fenced (by the step that
         /// runs every `tick` ms) before any coordinator can count its lease as expired.
         #[test]

@@ -74,6 +74,11 @@ pub enum Command {
     RenewLease {
         node: String,
         generation: Generation,
+        /// The lease this renewal was timed with, from its sending (`timing.lease`, ms): the
+        /// coordinator counts it out with the same value (`lease::LeaseClock`), so that the
+        /// lease can change while the cluster runs. None: an agent from before.
+        #[serde(default)]
+        lease_ms: Option<u64>,
     },
     /// The primary confirms its PostgreSQL is stopped and gives up its lease, so that the
     /// coordinator need not wait for the lease to expire (invariant 3).
@@ -291,12 +296,14 @@ pub enum CommandError {
          committed since (pgfm show-config shows it; edit again)"
     )]
     StaleSettings { base: u64, current: u64 },
-    #[error(
-        "{0} cannot change while the cluster runs: a primary and the coordinator could time \
-         one renewal with different leases (stop the cluster, change every node's file, \
-         start it again)"
-    )]
-    LeaseLive(String),
+}
+
+/// From the `from_renewal`-th renewal of a generation on, the primary timed its renewals
+/// with a lease of `lease_ms`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LeaseTiming {
+    pub from_renewal: u64,
+    pub lease_ms: u64,
 }
 
 /// The data node chosen to initialise an empty cluster (`Command::ChooseInitdb`).
@@ -373,6 +380,10 @@ pub struct ClusterState {
     /// timer whenever it sees this change.
     #[serde(default)]
     pub lease_renewals: u64,
+    /// The leases this generation's renewals were timed with: each change, from the
+    /// renewal that first carried it (`Command::RenewLease::lease_ms`).
+    #[serde(default)]
+    pub lease_timings: Vec<LeaseTiming>,
     /// The primary of this generation confirmed it is stopped and gave up its lease.
     #[serde(default)]
     pub lease_released: bool,
@@ -593,7 +604,11 @@ impl ClusterState {
                 primary,
                 generation,
             } => self.bootstrap(primary, *generation),
-            Command::RenewLease { node, generation } => self.renew_lease(node, *generation),
+            Command::RenewLease {
+                node,
+                generation,
+                lease_ms,
+            } => self.renew_lease(node, *generation, *lease_ms),
             Command::ReleaseLease { node, generation } => self.release_lease(node, *generation),
             Command::RequestSwitchover {
                 from,
@@ -750,16 +765,52 @@ impl ClusterState {
         self.primary = Some(primary.to_string());
         self.generation = generation;
         self.lease_renewals = 0;
+        self.lease_timings.clear();
         self.lease_released = false;
         Ok(())
     }
 
     /// Invariant 2: only the primary of the current generation, still holding its lease,
     /// renews it.
-    fn renew_lease(&mut self, node: &str, generation: Generation) -> Result<(), CommandError> {
+    fn renew_lease(
+        &mut self,
+        node: &str,
+        generation: Generation,
+        lease_ms: Option<u64>,
+    ) -> Result<(), CommandError> {
         self.check_lease_holder(node, generation)?;
         self.lease_renewals += 1;
+        if let Some(lease_ms) = lease_ms {
+            if self.lease_timings.last().map(|t| t.lease_ms) != Some(lease_ms) {
+                self.lease_timings.push(LeaseTiming {
+                    from_renewal: self.lease_renewals,
+                    lease_ms,
+                });
+            }
+        }
         Ok(())
+    }
+
+    /// The longest lease any renewal of this generation after the `after`-th was timed with
+    /// (None: none of them said): what the coordinator must count out from when it applied
+    /// them, having last timed the `after`-th.
+    pub fn lease_timed_after(&self, after: u64) -> Option<u64> {
+        let in_force_at = |n: u64| {
+            self.lease_timings
+                .iter()
+                .rev()
+                .find(|t| t.from_renewal <= n)
+                .map(|t| t.lease_ms)
+        };
+        if after >= self.lease_renewals {
+            return None;
+        }
+        let later = self
+            .lease_timings
+            .iter()
+            .filter(|t| t.from_renewal > after + 1 && t.from_renewal <= self.lease_renewals)
+            .map(|t| t.lease_ms);
+        in_force_at(after + 1).into_iter().chain(later).max()
     }
 
     /// Invariant 3: the primary gives up its lease (its PostgreSQL is stopped), so that a
@@ -902,8 +953,8 @@ impl ClusterState {
     }
 
     /// The cluster-wide settings, if they can be used and edit the revision in force. The
-    /// lease's timing is kept as first committed (`settings::LEASE_KEYS`). A run-time
-    /// `set-synchronous` from before is folded into them.
+    /// lease's timing may change too: each renewal says which lease it was timed with
+    /// (`lease::LeaseClock`). A run-time `set-synchronous` from before is folded into them.
     fn set_settings(
         &mut self,
         base_revision: u64,
@@ -929,14 +980,7 @@ impl ClusterState {
                     at_unix_ms,
                 ));
             }
-            Some(committed) => {
-                let lease = committed.values.lease_changes(settings);
-                if !lease.is_empty() {
-                    let keys: Vec<String> = lease.iter().map(|c| c.to_string()).collect();
-                    return Err(CommandError::LeaseLive(keys.join(", ")));
-                }
-                committed.commit(settings.clone(), by, at_unix_ms);
-            }
+            Some(committed) => committed.commit(settings.clone(), by, at_unix_ms),
         }
         self.replication = None;
         Ok(())
@@ -1127,6 +1171,7 @@ impl ClusterState {
         self.generation = promotion.generation;
         self.history.push(promotion);
         self.lease_renewals = 0;
+        self.lease_timings.clear();
         self.lease_released = false;
         self.switchover = None;
         self.promotion_request = None;
@@ -1237,6 +1282,11 @@ pub struct WatchdogReport {
     /// accepted); None when it can.
     #[serde(default)]
     pub problem: Option<String>,
+    /// The timeout it is armed with, or will be (s): it follows a change of the lease's
+    /// timing once a feed under it is allowed, so it may lag the settings for a renewal.
+    /// None: an agent from before (or mode off).
+    #[serde(default)]
+    pub timeout_s: Option<u64>,
 }
 
 impl WatchdogReport {
@@ -1489,8 +1539,7 @@ mod tests {
     /// synchronous rule the new primary alone is the set (it alone is known to hold every
     /// acknowledged commit), under an asynchronous one the rule stays asynchronous.
     /// The cluster-wide settings: the first commit, then edits of the revision in force
-    /// only; bad values, a stale edit and a change of the lease's timing are refused and
-    /// change nothing; a `set-synchronous` from before them is folded in, and one after
+    /// only; bad values and a stale edit are refused and change nothing; a `set-synchronous` from before them is folded in, and one after
     /// them is a new revision.
     #[test]
     fn settings_are_committed_by_revision() {
@@ -1527,28 +1576,27 @@ mod tests {
 
         let mut bad = first.clone();
         bad.start_attempts = 0;
-        let mut longer = first.clone();
-        longer.lease.lease_ms = 4_000;
         let mut slower = first.clone();
         slower.switchover_timeout_ms = 9_000;
         for (command, expected) in [
             (set(1, &bad), "failover.start_attempts is 0 (set it to at least 1; the default is 3)"),
-            (set(1, &longer), "timing.lease: 2400ms -> 4s cannot change while the cluster runs: a primary and the coordinator could time one renewal with different leases (stop the cluster, change every node's file, start it again)"),
             (set(0, &slower), "the settings were edited at revision 0, but revision 1 has been committed since (pgfm show-config shows it; edit again)"),
         ] {
             assert_eq!(state.apply(&command).unwrap_err().to_string(), expected);
             assert_eq!(state.settings.as_ref(), Some(&committed));
         }
         state.apply(&set(1, &slower)).unwrap();
+        slower.lease.lease_ms = 4_000;
+        state.apply(&set(2, &slower)).unwrap();
         let off = SyncSettings::default();
         state
             .apply(&Command::SetReplication { settings: off })
             .unwrap();
         let now = state.settings.unwrap();
-        assert_eq!((now.revision, now.values.sync), (3, off));
+        assert_eq!((now.revision, now.values.sync), (4, off));
         assert_eq!(now.values.switchover_timeout_ms, 9_000);
         assert_eq!(now.history[1].by, "dba@host");
-        assert_eq!(now.history[2].by, "pgfm set-synchronous");
+        assert_eq!(now.history[3].by, "pgfm set-synchronous");
         assert_eq!(state.replication, None);
     }
 
@@ -1800,6 +1848,7 @@ mod tests {
         let renew = Command::RenewLease {
             node: "pg1".into(),
             generation: Generation(1),
+            lease_ms: None,
         };
         let boot = Command::Bootstrap {
             primary: "pg1".into(),

@@ -129,6 +129,17 @@ pub enum Refusal {
     #[error("nothing to change: the settings are those of revision {0}")]
     NothingChanged(u64),
     #[error(
+        "[timing] leaves the host watchdog of {node} (mode {mode}) no whole second: lease \
+         {lease} - 250 ms - renew_interval {renew} is under 1 s (lengthen the lease, shorten \
+         renew_interval, or set that node's [watchdog] mode = \"off\")"
+    )]
+    NoWatchdogTimeout {
+        node: String,
+        mode: crate::model::WatchdogMode,
+        lease: String,
+        renew: String,
+    },
+    #[error(
         "replication.minimum_standbys = {minimum} needs that many promotable standbys and the \
          cluster has {eligible}: every commit would wait forever (lower it, or add standbys)"
     )]
@@ -580,8 +591,8 @@ pub fn check_set_synchronous(
 
 /// `pgfm edit-config`: the cluster-wide settings `settings`, edited from revision
 /// `base_revision`, by `by`. Refused, with the key and the fix, when a value cannot be used
-/// (the checks of `check-config`), when another edit committed since, when the lease's
-/// timing would change (`settings::LEASE_KEYS`), when nothing changes, and when
+/// (the checks of `check-config`), when another edit committed since, when nothing
+/// changes, when the lease leaves a node's host watchdog no whole second, and when
 /// synchronous replication would ask for more standbys than may ever be promoted.
 pub fn check_edit_settings(
     view: &ClusterView,
@@ -594,6 +605,23 @@ pub fn check_edit_settings(
     };
     if base_revision == committed.revision && *settings == committed.values {
         return Err(Refusal::NothingChanged(committed.revision));
+    }
+    if settings.lease.watchdog_timeout_s().is_none() && settings.problem().is_none() {
+        let watched = view.reports.values().find_map(|o| {
+            o.report
+                .watchdog
+                .as_ref()
+                .filter(|w| w.mode != crate::model::WatchdogMode::Off)
+                .map(|w| (o.report.name.clone(), w.mode))
+        });
+        if let Some((node, mode)) = watched {
+            return Err(Refusal::NoWatchdogTimeout {
+                node,
+                mode,
+                lease: crate::settings::duration(settings.lease.lease_ms),
+                renew: crate::settings::duration(settings.lease.renew_interval_ms),
+            });
+        }
     }
     let sync = settings.sync;
     let eligible = standing::priority_list(&view.state).len();
@@ -1291,7 +1319,27 @@ mod tests {
         );
         check(HEALTHY, 0, |s| s.max_lag = 1, "refused: the settings were edited at revision 0, but revision 1 has been committed since (pgfm show-config shows it; edit again)");
         check(HEALTHY, 1, |s| s.report_ttl_ms = 500, "refused: timing.report_ttl is 500ms, not longer than timing.probe_interval (1s); every agent would flap between up and down (make it at least twice the probe interval)");
-        check(HEALTHY, 1, |s| s.lease.safety_margin_ms = 600, "refused: timing.safety_margin: 800ms -> 600ms cannot change while the cluster runs: a primary and the coordinator could time one renewal with different leases (stop the cluster, change every node's file, start it again)");
+        check(
+            HEALTHY,
+            1,
+            |s| s.lease.lease_ms = 4_000,
+            "r2 by dba@db1: timing.lease: 2400ms -> 4s",
+        );
+        let watched: Fault = |v| {
+            v.reports.get_mut("pg1").unwrap().report.watchdog = Some(crate::model::WatchdogReport {
+                mode: crate::model::WatchdogMode::Required,
+                armed: true,
+                problem: None,
+                timeout_s: None,
+            })
+        };
+        let short: Edit = |s| {
+            s.lease.lease_ms = 2_000;
+            s.lease.safety_margin_ms = 400;
+            s.lease.renew_interval_ms = 800;
+        };
+        check(watched, 1, short, "refused: [timing] leaves the host watchdog of pg1 (mode required) no whole second: lease 2s - 250 ms - renew_interval 800ms is under 1 s (lengthen the lease, shorten renew_interval, or set that node's [watchdog] mode = \"off\")");
+        check(HEALTHY, 1, short, "r2 by dba@db1: timing.lease: 2400ms -> 2s, timing.renew_interval: 300ms -> 800ms, timing.safety_margin: 800ms -> 400ms");
         check(
             |v| priority(v, "pg3", 0),
             1,

@@ -154,17 +154,6 @@ pub fn duration(ms: u64) -> String {
     }
 }
 
-/// Settings a running cluster does not take yet: the lease's timing. A primary times its
-/// lease with the values it renewed under and the coordinator with the values it applied;
-/// changed while the cluster runs, the two could disagree for a renewal, and a primary
-/// could fence late (invariant 2). Change them by stopping the cluster.
-pub const LEASE_KEYS: [&str; 4] = [
-    "timing.lease",
-    "timing.renew_interval",
-    "timing.safety_margin",
-    "timing.drift_margin",
-];
-
 /// Why settings cannot be used: the key, as written in a file, and what is wrong with it
 /// (`check-config` prints `config FILE: KEY MESSAGE`).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -335,14 +324,6 @@ impl Settings {
             );
         }
         None
-    }
-
-    /// Whether going from `self` to `next` changes the lease's timing (`LEASE_KEYS`).
-    pub fn lease_changes(&self, next: &Settings) -> Vec<Change> {
-        next.changes_from(self)
-            .into_iter()
-            .filter(|c| LEASE_KEYS.contains(&c.key.as_str()))
-            .collect()
     }
 }
 

@@ -36,10 +36,14 @@ pub enum Kind {
     /// The host's WAL stream arrives slowly (a congested link, a slow disk): a standby
     /// falls behind while it still counts as streaming.
     SlowLink,
+    /// An operator changes the cluster's lease through the host's agent (`pgfm
+    /// edit-config --set timing.lease=...`), longer or shorter, while the cluster runs; it
+    /// is set back after the duration.
+    LeaseChange,
 }
 
 impl Kind {
-    pub const ALL: [Kind; 11] = [
+    pub const ALL: [Kind; 12] = [
         Kind::HostCrash,
         Kind::AgentCrash,
         Kind::PostmasterCrash,
@@ -51,6 +55,7 @@ impl Kind {
         Kind::Lossy,
         Kind::Stalls,
         Kind::SlowLink,
+        Kind::LeaseChange,
     ];
 
     fn name(self) -> &'static str {
@@ -66,6 +71,7 @@ impl Kind {
             Kind::Lossy => "lossy",
             Kind::Stalls => "stalls",
             Kind::SlowLink => "slow-link",
+            Kind::LeaseChange => "lease-change",
         }
     }
 
@@ -75,6 +81,7 @@ impl Kind {
             Kind::PostmasterCrash => 0,
             Kind::Freeze | Kind::AgentFreeze => rng.range(1_000, 10_001),
             Kind::Lossy | Kind::Stalls => rng.range(2_000, 15_001),
+            Kind::LeaseChange => rng.range(2_000, 20_001),
             _ => rng.range(1_000, 12_001),
         }
     }

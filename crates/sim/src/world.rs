@@ -184,6 +184,8 @@ pub struct World {
     due: BTreeMap<(u64, u64), Due>,
     due_seq: u64,
     token: Arc<str>,
+    /// The lease the run started with, once an operator changed it (`Kind::LeaseChange`).
+    base_lease: Option<pgfm_core::lease::LeaseSettings>,
     vip: Arc<VipTable>,
     dir: PathBuf,
     checker: Checker,
@@ -332,6 +334,7 @@ impl World {
             due: BTreeMap::new(),
             due_seq: 0,
             token: Arc::from("simulated-cluster-token"),
+            base_lease: None,
             vip,
             dir,
             checker: Checker::default(),
@@ -587,6 +590,7 @@ impl World {
                 let every = self.rng.range(20, 100);
                 self.lock_pg().slow_link(&name, Some(every));
             }
+            Kind::LeaseChange => self.edit_lease(i, true),
         }
         let until = self.now_ms + fault.duration_ms;
         self.schedule(until, Due::Undo(fault.kind, i));
@@ -620,6 +624,7 @@ impl World {
             }
             Kind::Stalls => {}
             Kind::SlowLink => self.lock_pg().slow_link(&name, None),
+            Kind::LeaseChange => self.edit_lease(i, false),
             Kind::Lossy => {
                 let mut net = self.net.lock();
                 let normal = NetSettings::default();
@@ -628,6 +633,53 @@ impl World {
                 net.settings.slow_chance = normal.slow_chance;
             }
         }
+    }
+
+    /// An operator's `pgfm edit-config --set timing.lease=...` through node `i`'s agent: a
+    /// lease drawn between the shortest the checks allow and twice the run's (`change`), or
+    /// the run's again. Refused (another edit won, no coordinator), it changes nothing,
+    /// like the command.
+    fn edit_lease(&mut self, i: usize, change: bool) {
+        let Some(committed) = self.nodes[i].state().and_then(|s| s.settings) else {
+            self.trace
+                .say("lease change: no agent, or no settings committed yet");
+            return;
+        };
+        let base = *self.base_lease.get_or_insert(committed.values.lease);
+        let mut settings = committed.values.clone();
+        settings.lease.lease_ms = if change {
+            let floor = (base.safety_margin_ms + pgfm_core::lease::LeaseSettings::MIN_BUDGET_MS)
+                .max(base.safety_margin_ms + 2 * base.renew_interval_ms)
+                .max(
+                    1_000
+                        + pgfm_core::lease::LeaseSettings::WATCHDOG_RESET_MS
+                        + base.renew_interval_ms,
+                );
+            self.rng.range(floor, (2 * base.lease_ms).max(floor + 1))
+        } else {
+            base.lease_ms
+        };
+        self.trace.say(format!(
+            "lease change through {}: revision {}, lease {} ms",
+            self.nodes[i].name(),
+            committed.revision,
+            settings.lease.lease_ms
+        ));
+        let body = pgfm_api::EditSettingsRequest {
+            base_revision: committed.revision,
+            settings,
+            by: "simulated operator".into(),
+        };
+        let request = pgfm_core::transport::Request {
+            method: pgfm_core::transport::Method::Post,
+            address: self.nodes[i].name().to_string(),
+            path: "/v1/config".into(),
+            token: self.token.to_string(),
+            body: serde_json::to_vec(&body).ok(),
+            timeout: std::time::Duration::from_secs(5),
+        };
+        let net = self.net.clone();
+        self.nodes[i].deliver(&net, "operator".into(), request, None);
     }
 
     /// A watchdog whose deadline passed resets its host within `WATCHDOG_RESET_MS`.

@@ -522,6 +522,7 @@ mod tests {
             mode: WatchdogMode::Required,
             armed: false,
             problem: Some("/dev/watchdog: No such file or directory".into()),
+            timeout_s: None,
         });
         check_coordinator(&v, 9_000, &["promote pg3 g2 from pg1 losing 0"]);
     }

@@ -283,6 +283,7 @@ mod tests {
             .apply(&Command::RenewLease {
                 node: "pg1".into(),
                 generation: crate::types::Generation(1),
+                lease_ms: None,
             })
             .unwrap();
         assert!(renewed.apply(command).is_err());
@@ -308,6 +309,7 @@ mod tests {
             .apply(&Command::RenewLease {
                 node: "pg1".into(),
                 generation: crate::types::Generation(1),
+                lease_ms: None,
             })
             .unwrap();
         v.last_renewal_seen_ms = Some(4_400);

@@ -30,6 +30,10 @@ pub struct ClusterView {
     pub settings: Settings,
     /// When this agent applied the latest lease renewal, release or promotion (monotonic ms).
     pub last_renewal_seen_ms: Option<u64>,
+    /// Until when the renewals this agent applied hold the primary's lease, each for the
+    /// lease it was timed with (`lease::LeaseClock`); None: `timing.lease` after
+    /// `last_renewal_seen_ms`.
+    pub lease_until_ms: Option<u64>,
     /// When this agent became a coordinator that has applied an entry of its own term
     /// (monotonic ms); None when it is not.
     pub coordinator_since_ms: Option<u64>,
@@ -63,7 +67,10 @@ impl ClusterView {
     /// When the primary's lease runs out by this agent's count (monotonic ms): `lease +
     /// drift_margin` after the last renewal it applied.
     pub fn lease_expires_at_ms(&self) -> u64 {
-        crate::lease::expired_at_ms(self.last_renewal_seen_ms, &self.settings.lease)
+        match self.lease_until_ms {
+            Some(until) => until + self.settings.lease.drift_margin_ms,
+            None => crate::lease::expired_at_ms(self.last_renewal_seen_ms, &self.settings.lease),
+        }
     }
 
     /// The synchronous replication settings in force: set at run time, else from config.

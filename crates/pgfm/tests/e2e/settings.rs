@@ -69,8 +69,8 @@ fn settings_edited_at_run_time_take_effect_on_every_agent_without_a_restart() {
 
     refused(
         &lab,
-        &["--set", "timing.lease=4s"],
-        "timing.lease: 2400ms -> 4s cannot change while the cluster runs",
+        &["--set", "timing.renew_interval=1s"],
+        "[timing] lease settings do not work: renew_interval (1000 ms) must fit twice into lease - safety_margin (1600 ms)",
         1,
     );
     refused(
@@ -108,7 +108,10 @@ fn settings_edited_at_run_time_take_effect_on_every_agent_without_a_restart() {
     );
 
     // Off, through pg2: every agent has it, none restarted.
-    let output = lab.cli("pg2", &["edit-config", "--set", "failover.auto_failover=false"]);
+    let output = lab.cli(
+        "pg2",
+        &["edit-config", "--set", "failover.auto_failover=false"],
+    );
     assert!(output.status.success(), "{}", text(&output));
     assert!(
         text(&output).contains("failover.auto_failover: true -> false"),
@@ -122,7 +125,10 @@ fn settings_edited_at_run_time_take_effect_on_every_agent_without_a_restart() {
     assert_eq!(history[1]["changes"][0]["key"], "failover.auto_failover");
 
     lab.run_ok(&["lab", "kill", "pg1"]);
-    lab.wait_problem("witness", "automatic failover is off (auto_failover = false)");
+    lab.wait_problem(
+        "witness",
+        "automatic failover is off (auto_failover = false)",
+    );
     let (status, _) = lab.cluster_status("witness").unwrap();
     assert_eq!(status["generation"], 1, "nobody may be promoted: {status}");
     assert_eq!(
@@ -155,4 +161,75 @@ fn settings_edited_at_run_time_take_effect_on_every_agent_without_a_restart() {
     let status = lab.wait_for_primary_change("pg2", 2);
     assert_eq!(status["primary"], "pg2", "{status}");
     wait_revision(&lab, &["pg2", "witness"], 3);
+}
+
+/// The timeout of `node`'s host watchdog, as `cluster-status` shows it.
+fn watchdog_timeout(lab: &Lab, node: &str) -> Option<u64> {
+    let (status, _) = lab.cluster_status("witness").ok()?;
+    pgfm_lab::harness::node(&status, node)["watchdog"]["timeout_s"].as_u64()
+}
+
+/// The lease is lengthened while the cluster runs: the primary's agent takes it at once
+/// (its host watchdog's timeout follows), and when its host dies the coordinator waits for
+/// the new lease before it promotes. Shortened again on the new primary, the watchdog
+/// follows back.
+#[test]
+fn a_lease_changed_at_run_time_is_the_one_a_failover_waits_for() {
+    let lab = Lab::up(PGFM, 2);
+    lab.wait_healthy("witness", SETTLE);
+    assert_eq!(watchdog_timeout(&lab, "pg1"), Some(1));
+    let output = lab.cli("pg2", &["edit-config", "--set", "timing.lease=6s"]);
+    assert!(output.status.success(), "{}", text(&output));
+    wait_revision(&lab, &["pg1", "pg2", "witness"], 2);
+    // (6 s - 250 ms - 300 ms) in whole seconds: armed again with the new timeout.
+    wait_for(
+        "pg1's watchdog to take the new lease",
+        SETTLE,
+        || match watchdog_timeout(&lab, "pg1") {
+            Some(5) => Ok(()),
+            other => Err(format!("{other:?}")),
+        },
+    );
+    lab.wait_healthy("witness", SETTLE);
+
+    let (before, _) = lab.cluster_status("witness").unwrap();
+    let killed = std::time::SystemTime::now();
+    lab.run_ok(&["lab", "kill", "pg1"]);
+    let status = lab.wait_for_primary_change("pg2", 2);
+    let history = lab.client("witness");
+    let promoted = tokio::runtime::Runtime::new()
+        .unwrap()
+        .block_on(history.history())
+        .unwrap()
+        .into_iter()
+        .find(|e| e.generation == 2 && !e.cancelled)
+        .expect("the promotion in the history");
+    let waited = promoted.at_unix_ms as i64
+        - killed
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_millis() as i64;
+    // Its last renewal was sent at most a renew interval (300 ms) before the kill, timed
+    // with 6 s: no promotion before 5.7 s, whatever the machine's load (with the old lease
+    // it came after about 2.8 s).
+    assert!(
+        waited >= 5_700,
+        "promoted {waited} ms after pg1's host died ({}), coordinator {} before: {status}",
+        promoted.reason,
+        before["coordinator"]
+    );
+
+    lab.run_ok(&["lab", "start", "pg1"]);
+    lab.wait_healthy("witness", SETTLE);
+    let output = lab.cli("pg1", &["edit-config", "--set", "timing.lease=2400ms"]);
+    assert!(output.status.success(), "{}", text(&output));
+    wait_revision(&lab, &["pg1", "pg2", "witness"], 3);
+    wait_for(
+        "pg2's watchdog to take the shorter lease",
+        SETTLE,
+        || match watchdog_timeout(&lab, "pg2") {
+            Some(1) => Ok(()),
+            other => Err(format!("{other:?}")),
+        },
+    );
 }
