@@ -725,6 +725,9 @@ pub fn settings_set(current: &Settings, sets: &[String]) -> Result<Settings, Con
         {
             e.message = message.to_string();
         }
+        if e.message.ends_with("expected a duration") {
+            e.message += " (a duration needs its unit: 3s, 2400ms)";
+        }
         e
     })
 }
@@ -1479,17 +1482,19 @@ port = 5432
         let current = Config::parse(Path::new("pg1.toml"), GOOD)
             .unwrap()
             .settings();
+        // The changes made, or the error, in words.
+        let shown = |edited: Result<Settings, ConfigError>| match edited {
+            Ok(s) => s
+                .changes_from(&current)
+                .iter()
+                .map(|c| c.to_string())
+                .collect::<Vec<_>>()
+                .join(", "),
+            Err(e) => e.to_string(),
+        };
         let set = |sets: &[&str]| {
             let sets: Vec<String> = sets.iter().map(|s| s.to_string()).collect();
-            match settings_set(&current, &sets) {
-                Ok(s) => s
-                    .changes_from(&current)
-                    .iter()
-                    .map(|c| c.to_string())
-                    .collect::<Vec<_>>()
-                    .join(", "),
-                Err(e) => e.to_string(),
-            }
+            shown(settings_set(&current, &sets))
         };
         assert_eq!(
             set(&[
@@ -1513,21 +1518,13 @@ port = 5432
         assert_eq!(set(&["timing.report_ttl=500ms"]), "config --set: timing.report_ttl is 500ms, not longer than timing.probe_interval (1s); every agent would flap between up and down (make it at least twice the probe interval)");
         assert_eq!(
             set(&["timing.lease=4000"]),
-            "config --set: invalid type: integer `4000`, expected a duration"
+            "config --set: invalid type: integer `4000`, expected a duration (a duration needs its unit: 3s, 2400ms)"
         );
         assert_eq!(set(&["replication.synchronous=yes"]), "config --set: replication.synchronous is \"yes\" (set it to \"off\", \"on\" or \"quorum\")");
         assert!(set(&["postgres.port=5433"]).starts_with("config --set: postgres.port is not a cluster-wide setting; those are timing.probe_interval, "), "{}", set(&["postgres.port=5433"]));
         assert_eq!(set(&["failover.max_lag"]), "config --set: failover.max_lag is not KEY=VALUE (for example --set failover.switchover_timeout=10s)");
 
-        let file = |text: &str| match settings_with(&current, Path::new("new.toml"), text) {
-            Ok(s) => s
-                .changes_from(&current)
-                .iter()
-                .map(|c| c.to_string())
-                .collect::<Vec<_>>()
-                .join(", "),
-            Err(e) => e.to_string(),
-        };
+        let file = |text: &str| shown(settings_with(&current, Path::new("new.toml"), text));
         assert_eq!(
             file("[failover]\nmax_lag = 0\n"),
             "failover.max_lag: 1048576 -> 0"

@@ -51,9 +51,15 @@ impl Agent {
                 }
                 *held
             };
-            // The lease's timing in force (committed, and not changed while the cluster
-            // runs: `settings::LEASE_KEYS`).
-            let settings = self.settings().lease;
+            // The lease's timing in force (committed). Before this agent's first renewal,
+            // the lease it may hold from before a restart is assumed no longer than the one
+            // its last renewal carried: the coordinator counts that one.
+            let mut settings = self.settings().lease;
+            if held.valid_until_ms.is_none() {
+                if let Some(carried) = self.raft.last_lease_timing() {
+                    settings.lease_ms = settings.lease_ms.min(carried);
+                }
+            }
             let writable = pg.writable();
             let steps = self
                 .engine
@@ -68,7 +74,7 @@ impl Agent {
                 // The lease's timing changed: the timeout follows, once a feed is allowed
                 // under the new one.
                 if let Some(wanted) = settings.watchdog_timeout_s() {
-                    let may_feed = now < held.feed_until_ms(&settings, wanted);
+                    let may_feed = is_primary && now < held.feed_until_ms(&settings, wanted);
                     watchdog.retime(generation, wanted, may_feed, now);
                 }
                 let feed_until = held.feed_until_ms(&settings, watchdog.timeout_s());

@@ -158,7 +158,9 @@ impl Agent {
     /// The cluster-wide settings in force: the committed ones, else this node's file's
     /// (before the first coordinator committed them).
     fn settings(&self) -> Settings {
-        settings_in_force(&self.raft.state(), &self.config)
+        self.raft
+            .settings()
+            .unwrap_or_else(|| self.config.settings())
     }
 
     fn view(&self) -> ClusterView {
@@ -279,8 +281,8 @@ impl Agent {
     /// The cluster-wide keys this node's file sets to other values than the committed
     /// ones: logged once each time they change, and reported for `cluster-status`.
     fn file_differs(&self) -> Vec<String> {
-        let differs = match &self.raft.state().settings {
-            Some(committed) => self.config.differences(&committed.values),
+        let differs = match self.raft.settings() {
+            Some(committed) => self.config.differences(&committed),
             None => Vec::new(),
         };
         let mut logged = lock(&self.file_differs);
@@ -1101,7 +1103,8 @@ pub async fn start(config: Config, token: Arc<str>, platform: Platform) -> anyho
         config.watchdog.mode,
         platform.watchdog,
         // The lease in force as this agent starts: its own log's, once the cluster
-        // committed its settings (the lease's timing never changes afterwards).
+        // committed its settings; a later change is followed by the lease loop
+        // (`HostWatchdog::retime`).
         settings_in_force(&raft.state(), &config)
             .lease
             .watchdog_timeout_s(),

@@ -387,8 +387,11 @@ impl HostWatchdog {
     /// For the node's report, every probe.
     pub(super) fn report(&self) -> WatchdogReport {
         let armed = self.driver.is_some();
-        let problem = if self.mode == WatchdogMode::Off || armed {
+        // Armed, only a problem of its own shows: a timeout the device refused.
+        let problem = if self.mode == WatchdogMode::Off {
             None
+        } else if armed {
+            self.problem.clone()
         } else {
             self.problem.clone().or_else(|| self.device.check().err())
         };
@@ -463,24 +466,46 @@ impl HostWatchdog {
             self.timeout_s = timeout_s;
             return;
         };
-        if !may_feed {
+        if !may_feed || self.failed_at_ms.is_some_and(|at| now_ms < at + 1000) {
             return;
         }
         match driver.arm(timeout_s) {
             Ok(()) => {
                 tracing::info!(%generation, from = self.timeout_s, to = timeout_s, "armed watchdog's timeout changed (the lease's timing changed)");
                 self.timeout_s = timeout_s;
+                self.problem = None;
+                self.failed_at_ms = None;
             }
-            Err(e) => {
-                if let Some(mut driver) = self.driver.take() {
-                    let _ = driver.disarm();
+            // The device refuses the new timeout (beyond its range): armed again with the
+            // one it took, which the feeds go on following (a lease too short for it
+            // resets the host, the safe end); said, and tried again no sooner than a second.
+            Err(e) => match driver.arm(self.timeout_s) {
+                Ok(()) => {
+                    let problem = format!(
+                        "the device refused a {timeout_s} s timeout for the cluster's lease \
+                         ({e:#}); it keeps {} s (choose a lease whose timeout it takes)",
+                        self.timeout_s
+                    );
+                    if self.problem.as_ref() != Some(&problem) {
+                        tracing::error!(%generation, %problem, "watchdog timeout unchanged");
+                    }
+                    self.problem = Some(problem);
+                    self.failed_at_ms = Some(now_ms);
                 }
-                self.fail(
-                    generation,
-                    format!("changing the timeout to {timeout_s} s failed: {e:#}"),
-                    now_ms,
-                );
-            }
+                Err(again) => {
+                    if let Some(mut driver) = self.driver.take() {
+                        let _ = driver.disarm();
+                    }
+                    self.fail(
+                        generation,
+                        format!(
+                            "changing the timeout to {timeout_s} s failed ({e:#}), and so did \
+                             arming it again ({again:#})"
+                        ),
+                        now_ms,
+                    );
+                }
+            },
         }
     }
 
@@ -626,10 +651,18 @@ mod tests {
         fail: Arc<Mutex<bool>>,
     }
 
+    thread_local! {
+        /// The longest timeout the fake device takes (this test's thread).
+        static MAX_TIMEOUT_S: std::cell::Cell<u64> = const { std::cell::Cell::new(u64::MAX) };
+    }
+
     impl Watchdog for Fake {
         fn arm(&mut self, timeout_s: u64) -> anyhow::Result<()> {
             if *self.fail.lock().unwrap() {
                 bail!("no such device");
+            }
+            if timeout_s > MAX_TIMEOUT_S.get() {
+                bail!("invalid argument");
             }
             self.said.lock().unwrap().push(format!("arm {timeout_s}"));
             Ok(())
@@ -727,6 +760,18 @@ mod tests {
         assert_eq!((take(&said).as_str(), w.timeout_s()), ("", 3));
         w.retime(g, 1, true, 150);
         assert_eq!((take(&said).as_str(), w.timeout_s()), ("arm 1", 1));
+        // A timeout the device refuses: armed again with the one it took, and said.
+        MAX_TIMEOUT_S.set(15);
+        w.retime(g, 30, true, 200);
+        assert_eq!((take(&said).as_str(), w.timeout_s()), ("arm 1", 1));
+        assert!(w.report().armed);
+        assert_eq!(w.report().problem.as_deref(), Some("the device refused a 30 s timeout for the cluster's lease (invalid argument); it keeps 1 s (choose a lease whose timeout it takes)"));
+        MAX_TIMEOUT_S.set(u64::MAX);
+        w.retime(g, 30, true, 700);
+        assert_eq!(take(&said), "", "tried again too soon");
+        w.retime(g, 30, true, 1_300);
+        assert_eq!((take(&said).as_str(), w.timeout_s()), ("arm 30", 30));
+        assert_eq!(w.report().problem, None);
         let (mut w, said, _) = fake(WatchdogMode::Off);
         w.retime(g, 3, true, 0);
         assert_eq!((take(&said).as_str(), w.timeout_s()), ("", 1));

@@ -277,6 +277,19 @@ impl EmbeddedRaft {
         (applied.state.primary.clone(), applied.state.generation)
     }
 
+    /// The committed cluster-wide settings (None before the first commit), without
+    /// copying the whole state: the agent's loops read them every tick.
+    pub fn settings(&self) -> Option<pgfm_core::settings::Settings> {
+        let applied = self.inner.applied.borrow();
+        applied.state.settings.as_ref().map(|c| c.values.clone())
+    }
+
+    /// The lease the latest renewal of the current generation was timed with, if it said.
+    pub fn last_lease_timing(&self) -> Option<u64> {
+        let applied = self.inner.applied.borrow();
+        applied.state.lease_timings.last().map(|t| t.lease_ms)
+    }
+
     /// The node holding the current generation's lease (`ClusterState::lease_holder`) and
     /// the generation.
     pub fn lease_holder(&self) -> (Option<String>, pgfm_core::Generation) {

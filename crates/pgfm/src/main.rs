@@ -131,8 +131,8 @@ enum Commands {
     },
     /// Change the cluster-wide settings: every agent applies them without a restart.
     /// Without --set or --file, opens $EDITOR on them, shows the changes and asks. Checked
-    /// as check-config checks a file; refused (nothing changed) when invalid, when someone
-    /// else changed them since, or for the lease's timing.
+    /// as check-config checks a file; refused (nothing changed) when invalid or when someone
+    /// else changed them since. The lease's timing may change too.
     EditConfig {
         #[arg(short, long, default_value = DEFAULT_CONFIG)]
         config: PathBuf,

@@ -45,12 +45,14 @@ pub fn edit(client: &pgfm_api::ApiClient, how: Edit, yes: bool) -> anyhow::Resul
         return Ok(ExitCode::from(1));
     }
     let current = &view.settings;
+    // The editor's file, kept until the edit is committed (or refused: it is not lost).
+    let mut kept = None;
     let (next, ask) = match &how {
-        Edit::Set(sets) => (settings_set(current, sets), yes),
+        Edit::Set(sets) => (settings_set(current, sets), false),
         Edit::File(file) => {
             let text = std::fs::read_to_string(file)
                 .with_context(|| format!("reading {}", file.display()))?;
-            (settings_with(current, file, &text), yes)
+            (settings_with(current, file, &text), false)
         }
         Edit::Editor => match in_editor(current, view.revision)? {
             Edited::Same => {
@@ -65,9 +67,7 @@ pub fn edit(client: &pgfm_api::ApiClient, how: Edit, yes: bool) -> anyhow::Resul
                         file.display()
                     )
                 });
-                if parsed.is_ok() {
-                    let _ = std::fs::remove_file(&file);
-                }
+                kept = Some(file);
                 (parsed, !yes)
             }
         },
@@ -78,6 +78,9 @@ pub fn edit(client: &pgfm_api::ApiClient, how: Edit, yes: bool) -> anyhow::Resul
     };
     let changes = next.changes_from(current);
     if changes.is_empty() {
+        if let Some(file) = &kept {
+            let _ = std::fs::remove_file(file);
+        }
         println!("nothing to change (revision {})", view.revision);
         return Ok(ExitCode::SUCCESS);
     }
@@ -90,6 +93,9 @@ pub fn edit(client: &pgfm_api::ApiClient, how: Edit, yes: bool) -> anyhow::Resul
         println!("  {}: {} -> {}", change.key, change.from, change.to);
     }
     if ask && !confirmed()? {
+        if let Some(file) = &kept {
+            let _ = std::fs::remove_file(file);
+        }
         println!("not changed");
         return Ok(ExitCode::from(1));
     }
@@ -98,7 +104,19 @@ pub fn edit(client: &pgfm_api::ApiClient, how: Edit, yes: bool) -> anyhow::Resul
         settings: next,
         by: who(),
     };
-    super::refusable(runtime.block_on(client.edit_settings(&request)))
+    let answer = runtime.block_on(client.edit_settings(&request));
+    if let Some(file) = &kept {
+        if answer.is_ok() {
+            let _ = std::fs::remove_file(file);
+        } else {
+            eprintln!(
+                "pgfm: your edit is kept in {}: run pgfm edit-config again and make it on the \
+                 settings in force now (--file with it would set every key it holds)",
+                file.display()
+            );
+        }
+    }
+    super::refusable(answer)
 }
 
 /// A value the checks refuse: what and where, and that nothing changed.
@@ -131,7 +149,10 @@ fn in_editor(current: &Settings, revision: u64) -> anyhow::Result<Edited> {
         current.to_toml()
     );
     let dir = std::env::temp_dir();
-    let file = dir.join(format!("pgfm-settings-{}.toml", std::process::id()));
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos());
+    let file = dir.join(format!("pgfm-settings-{}-{nanos}.toml", std::process::id()));
     {
         use std::os::unix::fs::OpenOptionsExt;
         let mut f = std::fs::OpenOptions::new()

@@ -88,6 +88,18 @@ impl Engine for NarrowsEarly {
     }
 }
 
+/// The coordinator counts every renewal with the lease of its own settings, as before issue
+/// 15, not with the lease the renewal was timed with.
+struct IgnoresCarriedLease;
+
+impl Engine for IgnoresCarriedLease {
+    fn coordinate(&self, cluster: &ClusterView, now_ms: u64) -> Vec<Action> {
+        let mut cluster = cluster.clone();
+        cluster.lease_until_ms = None;
+        decide::coordinate(&cluster, now_ms)
+    }
+}
+
 /// A mutation, the runs that expose it, and the first seed found to.
 struct Mutation {
     engine: Arc<dyn Engine>,
@@ -299,6 +311,57 @@ fn a_promotion_without_the_drift_margin_is_caught() {
     no_drift_margin().replay(230);
 }
 
+/// A lease shortened while the cluster runs. The danger is one renewal long: the primary
+/// renewed with the long lease, the coordinator applies the shorter one, and the primary is
+/// cut off before its next renewal (timed with the shorter lease) gets through. So the runs
+/// are that scenario, their moments drawn from the seed: an operator lengthens the lease
+/// (to up to twice 4 s), sets it back after a while, and the primary is cut off from
+/// everyone 0-300 ms after that; the margins thin (safety 200 ms, drift 100 ms), clocks
+/// exact, no host watchdog (it would reset the cut-off primary by the end of its long lease
+/// — after a mutated coordinator promoted).
+fn ignores_carried_lease() -> Mutation {
+    Mutation {
+        engine: Arc::new(IgnoresCarriedLease),
+        configure: |o| {
+            o.drift = 0.0;
+            o.watchdog = "off".into();
+            o.timing = [
+                ("lease", "4s"),
+                ("safety_margin", "200ms"),
+                ("drift_margin", "100ms"),
+                ("probe_interval", "500ms"),
+                ("probe_timeout", "500ms"),
+            ]
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), format!("\"{v}\"")))
+            .collect();
+            let mut rng = pgfm_sim::rng::Rng::new(o.seed);
+            let change_at = 10_000 + rng.range(0, 3_000);
+            let back_after = rng.range(2_000, 6_000);
+            o.script = Some(vec![
+                Fault::new(
+                    change_at,
+                    Kind::LeaseChange,
+                    Target::Coordinator,
+                    back_after,
+                ),
+                Fault::new(
+                    change_at + back_after + rng.range(0, 300),
+                    Kind::Partition,
+                    Target::Primary,
+                    rng.range(10_000, 20_000),
+                ),
+            ]);
+        },
+        budget: 1_000,
+    }
+}
+
+#[test]
+fn a_coordinator_ignoring_the_lease_a_renewal_carries_is_caught() {
+    ignores_carried_lease().replay(2);
+}
+
 #[test]
 fn narrowing_the_synchronous_set_early_is_caught() {
     narrows_early().replay(3);
@@ -307,7 +370,12 @@ fn narrowing_the_synchronous_set_early_is_caught() {
 #[test]
 #[ignore = "a search: run with --ignored --release"]
 fn the_mutations_runs_keep_every_invariant_with_pgfm_s_rules() {
-    for mutation in [no_drift_margin(), decides_on_election(), narrows_early()] {
+    for mutation in [
+        no_drift_margin(),
+        decides_on_election(),
+        narrows_early(),
+        ignores_carried_lease(),
+    ] {
         mutation.sound(300);
     }
 }
@@ -328,6 +396,12 @@ fn search_a_promotion_without_the_drift_margin() {
 #[ignore = "a search: run with --ignored --release"]
 fn search_a_coordinator_deciding_on_election() {
     assert!(decides_on_election().search().is_some());
+}
+
+#[test]
+#[ignore = "a search: run with --ignored --release"]
+fn search_a_coordinator_ignoring_the_lease_a_renewal_carries() {
+    assert!(ignores_carried_lease().search().is_some());
 }
 
 #[test]

@@ -13,7 +13,7 @@
 //!   role, its timeline);
 //! - their tests, beside each topic, share the fixtures of `crate::testing`.
 
-use crate::model::{Command, NodeKind};
+use crate::model::{Command, NodeKind, WatchdogMode};
 
 mod action;
 mod bootstrap;
@@ -92,6 +92,30 @@ fn first_settings(cluster: &ClusterView) -> Vec<Action> {
     }
     let mut settings = cluster.settings.clone();
     settings.sync = cluster.sync_settings();
+    // Invariant 10: the lease must leave a whole second to every host watchdog in use
+    // (each data node's own file was checked so, the coordinator's may be a witness's).
+    if settings.lease.watchdog_timeout_s().is_none() {
+        let watched: Vec<&str> = cluster
+            .reports
+            .values()
+            .filter(|o| {
+                o.report
+                    .watchdog
+                    .as_ref()
+                    .is_some_and(|w| w.mode != WatchdogMode::Off)
+            })
+            .map(|o| o.report.name.as_str())
+            .collect();
+        if !watched.is_empty() {
+            return vec![cluster_hold(format!(
+                "the first settings, from {}'s pgfm.toml, leave the host watchdog of {} no whole \
+                 second (timing.lease - renew_interval - 250 ms is under 1 s): fix [timing] in \
+                 that file and restart its agent",
+                cluster.name,
+                watched.join(", ")
+            ))];
+        }
+    }
     vec![Action::Propose {
         command: Command::SetSettings {
             base_revision: 0,
@@ -183,6 +207,24 @@ mod tests {
         assert_eq!(
             show(coordinate(&failover_view(), 3_500)),
             ["promote pg2 g2 from pg1 losing 0"]
+        );
+
+        // The coordinator's file (a witness's, say) leaves a data node's host watchdog no
+        // whole second: held, with the fix, rather than committed.
+        fresh.state.replication = None;
+        fresh.settings.lease.renew_interval_ms = 1_000;
+        fresh.settings.lease.lease_ms = 2_200;
+        fresh.settings.lease.safety_margin_ms = 200;
+        fresh.reports.get_mut("pg1").unwrap().report.watchdog =
+            Some(crate::model::WatchdogReport {
+                mode: crate::model::WatchdogMode::Required,
+                armed: false,
+                problem: None,
+                timeout_s: None,
+            });
+        assert_eq!(
+            show(coordinate(&fresh, NOW_MS))[0],
+            "cluster hold: the first settings, from witness's pgfm.toml, leave the host watchdog of pg1 no whole second (timing.lease - renew_interval - 250 ms is under 1 s): fix [timing] in that file and restart its agent"
         );
     }
 

@@ -137,6 +137,37 @@ fn settings_edited_at_run_time_take_effect_on_every_agent_without_a_restart() {
         "{status}"
     );
 
+    // Another operator commits while this one is in the editor: this edit is refused as
+    // stale, nothing of it changed, and the text is kept for another try.
+    let other = format!(
+        "{PGFM} edit-config -c {} --set failover.max_lag=2097152 >/dev/null && sed -i \
+         's/^auto_failover = false/auto_failover = true/'",
+        lab.config("pg2").display()
+    );
+    let mut edit = lab
+        .cli_command("witness", &["edit-config"])
+        .env("EDITOR", other)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    edit.stdin.take().unwrap().write_all(b"y\n").unwrap();
+    let output = edit.wait_with_output().unwrap();
+    assert_eq!(output.status.code(), Some(1), "{}", text(&output));
+    assert!(
+        text(&output).contains(
+            "the settings were edited at revision 2, but revision 3 has been committed since"
+        ) && text(&output).contains("your edit is kept in"),
+        "{}",
+        text(&output)
+    );
+    wait_revision(&lab, &["pg2", "witness"], 3);
+    assert_eq!(
+        settings(&lab, "witness")["settings"]["auto_failover"],
+        false
+    );
+
     // Back on through $EDITOR: the diff is shown, the answer is yes.
     let mut edit = lab
         .cli_command("witness", &["edit-config"])
@@ -160,7 +191,7 @@ fn settings_edited_at_run_time_take_effect_on_every_agent_without_a_restart() {
     );
     let status = lab.wait_for_primary_change("pg2", 2);
     assert_eq!(status["primary"], "pg2", "{status}");
-    wait_revision(&lab, &["pg2", "witness"], 3);
+    wait_revision(&lab, &["pg2", "witness"], 4);
 }
 
 /// The timeout of `node`'s host watchdog, as `cluster-status` shows it.
