@@ -83,8 +83,12 @@ impl Agent {
         {
             if let Some(hook) = self.config.hooks.fence.clone() {
                 let now = self.now_ms();
-                if memory.fence_hook_refused_recently(now) {
-                    return Err("the fence hook refused the promotion: retrying shortly".into());
+                // The hook's own words stay in status while promotions wait for its next run.
+                if let Some((why, in_ms)) = memory.fence_hook_refused_recently(now) {
+                    return Err(format!(
+                        "{why}: promotion of {node} aborted; the hook runs again in {} s",
+                        in_ms.div_ceil(1000)
+                    ));
                 }
                 let event = super::hooks::Event {
                     name: "fence",
@@ -93,7 +97,10 @@ impl Agent {
                     generation: *generation,
                 };
                 if let Err(e) = self.run_hook("fence", &hook, &event).await {
-                    outcomes.push(Outcome::FenceHookRefused { at_ms: now });
+                    outcomes.push(Outcome::FenceHookRefused {
+                        at_ms: now,
+                        why: e.to_string(),
+                    });
                     tracing::error!(%generation, "{e}: promotion of {node} aborted");
                     return Err(format!("{e}: promotion of {node} aborted"));
                 }

@@ -676,6 +676,8 @@ impl Agent {
         }
         if memory.watch_db(running, now) {
             tracing::error!(generation = %self.raft.state().generation, "PostgreSQL died without being stopped");
+            // What it left behind is read by a probe of the stopped directory: now.
+            self.probe_now.notify_one();
         }
         running
     }

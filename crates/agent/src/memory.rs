@@ -43,8 +43,8 @@ pub(super) enum Outcome {
     /// quorum failover).
     WalMeasured { node: String, measured: Measured },
     /// The fence hook refused a promotion at `at_ms` (monotonic): the next promotion waits
-    /// `FENCE_HOOK_BACKOFF_MS` before running it again.
-    FenceHookRefused { at_ms: u64 },
+    /// `FENCE_HOOK_BACKOFF_MS` before running it again; `why` is what the hook said.
+    FenceHookRefused { at_ms: u64, why: String },
 }
 
 /// How long a promotion waits after the fence hook refused one.
@@ -71,7 +71,7 @@ pub(super) struct DbWatch {
 
 /// What a decision loop remembers between rounds: the outcomes of its own actions, folded,
 /// and what it saw of its postmaster. Each loop owns one; the decide loop reads the local
-/// fields, the coordinate loop `measured` and `fence_hook_refused_ms`.
+/// fields, the coordinate loop `measured` and `fence_hook_refused`.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub(super) struct Memory {
     /// When the last action on the local PostgreSQL finished (monotonic ms; 0: none yet).
@@ -87,8 +87,8 @@ pub(super) struct Memory {
     pub sync_switch: Option<(Generation, Lsn)>,
     /// WAL positions read from other nodes' PostgreSQL for a quorum failover.
     pub measured: BTreeMap<String, Measured>,
-    /// When the fence hook last refused a promotion (monotonic ms).
-    pub fence_hook_refused_ms: Option<u64>,
+    /// When the fence hook last refused a promotion (monotonic ms), and why.
+    pub fence_hook_refused: Option<(u64, String)>,
     /// As primary: what each standby last confirmed, and since when nothing new
     /// (`pgfm_core::decide::track_replicas`).
     pub replicas: BTreeMap<String, ReplicaProgress>,
@@ -118,7 +118,9 @@ impl Memory {
             Outcome::WalMeasured { node, measured } => {
                 self.measured.insert(node, measured);
             }
-            Outcome::FenceHookRefused { at_ms } => self.fence_hook_refused_ms = Some(at_ms),
+            Outcome::FenceHookRefused { at_ms, why } => {
+                self.fence_hook_refused = Some((at_ms, why))
+            }
         }
     }
 
@@ -161,11 +163,13 @@ impl Memory {
             .map(|(_, e)| e.clone())
     }
 
-    /// Whether the fence hook refused a promotion less than `FENCE_HOOK_BACKOFF_MS` before
-    /// `now_ms`.
-    pub(super) fn fence_hook_refused_recently(&self, now_ms: u64) -> bool {
-        self.fence_hook_refused_ms
-            .is_some_and(|at| now_ms < at + FENCE_HOOK_BACKOFF_MS)
+    /// While the fence hook's last refusal, less than `FENCE_HOOK_BACKOFF_MS` before
+    /// `now_ms`, holds promotions back: what it said, and in how many ms it runs again.
+    pub(super) fn fence_hook_refused_recently(&self, now_ms: u64) -> Option<(&str, u64)> {
+        self.fence_hook_refused
+            .as_ref()
+            .filter(|(at, _)| now_ms < at + FENCE_HOOK_BACKOFF_MS)
+            .map(|(at, why)| (why.as_str(), at + FENCE_HOOK_BACKOFF_MS - now_ms))
     }
 }
 
@@ -339,10 +343,16 @@ mod tests {
     #[test]
     fn a_refused_fence_hook_holds_promotions_back_for_a_while() {
         let mut memory = Memory::default();
-        assert!(!memory.fence_hook_refused_recently(0));
-        memory.fold(Outcome::FenceHookRefused { at_ms: 10_000 });
-        assert!(memory.fence_hook_refused_recently(14_999));
-        assert!(!memory.fence_hook_refused_recently(15_000));
+        assert_eq!(memory.fence_hook_refused_recently(0), None);
+        memory.fold(Outcome::FenceHookRefused {
+            at_ms: 10_000,
+            why: "fence hook exited 1".into(),
+        });
+        assert_eq!(
+            memory.fence_hook_refused_recently(14_999),
+            Some(("fence hook exited 1", 1))
+        );
+        assert_eq!(memory.fence_hook_refused_recently(15_000), None);
     }
 
     #[test]

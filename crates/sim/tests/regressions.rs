@@ -221,3 +221,24 @@ fn the_chosen_node_dying_during_initdb_never_yields_two_primaries() {
         }
     }
 }
+
+/// Found by seed 458 (quorum, every fault): pg1's agent died, its host was reset by the
+/// watchdog and its outbound links cut; pg2 was promoted, and its postmaster crashed while
+/// it waited for its lease before pg_promote. The decide loop saw the database gone but
+/// decided on the report made while it still ran, which never reads whether recovery had
+/// ended: pg2 started as a primary on timeline 1, forking from what pg3 held. Now a
+/// primary's database that just stopped is not started until a probe of the stopped
+/// directory says how (there: to be promoted, on a new timeline).
+#[test]
+fn a_promotion_whose_postmaster_dies_before_pg_promote_ends_on_a_new_timeline() {
+    let mut options = Options::new(458);
+    options.synchronous = "quorum".into();
+    options.script = Some(vec![
+        Fault::new(9_010, Kind::AgentCrash, Target::Node(0), 1_149),
+        Fault::new(11_995, Kind::PartitionOut, Target::Node(0), 7_762),
+        Fault::new(16_515, Kind::PostmasterCrash, Target::Node(1), 0),
+    ]);
+    let report = pgfm_sim::run(options);
+    assert!(report.violations.is_empty(), "{:?}", report.violations);
+    assert_eq!(report.promotions, 1, "faults: {:?}", report.faults);
+}

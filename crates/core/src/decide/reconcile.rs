@@ -170,6 +170,14 @@ fn stopped_primary(cluster: &ClusterView, local: &LocalView, now_ms: u64) -> Vec
         Some(_) if !local.lease_valid => vec![hold(format!(
             "primary of generation {generation}: waiting for the lease before starting"
         ))],
+        // The report was made while PostgreSQL still ran (it just died): whether its
+        // recovery had ended is read only from a stopped directory, and a promotion cut off
+        // by the crash must start a new timeline (simulation seed 458: started as a primary
+        // on the old timeline). Wait for a probe of the stopped directory.
+        Some(_) if local.report.db_up => vec![hold(format!(
+            "primary of generation {generation}: PostgreSQL just stopped; looking at its data \
+             directory before starting it"
+        ))],
         // A promotion cut off before it ended (a crash after it was committed): recovery
         // ends only through the promotion, which starts a new timeline (`running_primary`).
         Some(_) if local.report.recovery_unfinished => {
@@ -516,6 +524,22 @@ mod tests {
             &me,
             NOW_MS,
             &["hold: primary of generation 2: waiting for the lease before starting"],
+        );
+        // Its PostgreSQL, about to be promoted, dies: the report made while it ran says
+        // nothing of the stopped directory (recovery not read): nothing starts until a probe
+        // of the stopped directory says how.
+        {
+            let report = &mut v.reports.get_mut("pg2").unwrap().report;
+            (report.db_up, report.role, report.recovery_unfinished) =
+                (true, Some(DbRole::Standby), false);
+        }
+        let mut died = local(&v, "pg2", false);
+        died.db_running = false;
+        check_local(
+            &v,
+            &died,
+            NOW_MS,
+            &["hold: primary of generation 2: PostgreSQL just stopped; looking at its data directory before starting it"],
         );
         // Up as a standby, it is promoted (a new timeline), once it holds the lease.
         let report = &mut v.reports.get_mut("pg2").unwrap().report;

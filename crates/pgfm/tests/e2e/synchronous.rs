@@ -284,11 +284,17 @@ fn the_mode_changes_at_run_time() {
     lab.expect_health(other, "/sync", 503);
     lab.expect_health("pg1", "/sync", 503);
     let (status, _) = lab.cluster_status("pg1").unwrap();
-    assert_eq!(
-        status["synchronous"]["source"], "set-synchronous",
-        "{status}"
-    );
+    // A revision of the cluster's settings, in their history.
+    assert_eq!(status["synchronous"]["source"], "settings", "{status}");
     assert_eq!(status["synchronous"]["mode"], "on", "{status}");
+    let config = lab.cli("pg2", &["show-config", "--json"]);
+    let config: serde_json::Value = serde_json::from_slice(&config.stdout).unwrap();
+    let last = config["history"].as_array().and_then(|h| h.last()).cloned();
+    assert_eq!(
+        last.as_ref().map(|l| l["by"].clone()),
+        Some("pgfm set-synchronous".into()),
+        "{config}"
+    );
     commit_one(&lab, "pg1").unwrap();
 
     let out = set(&["quorum"]);
