@@ -116,6 +116,20 @@ pub fn edit(client: &pgfm_api::ApiClient, how: Edit, yes: bool) -> anyhow::Resul
             );
         }
     }
+    if let Err(
+        e @ (pgfm_api::ApiError::Unreachable { .. }
+        | pgfm_api::ApiError::Failed { status: 503, .. }),
+    ) = &answer
+    {
+        // No answer in time (the coordinator frozen, say): the change may have been
+        // committed or not; the revision says which.
+        eprintln!(
+            "pgfm: no answer ({e}): revision {} may or may not have been committed; pgfm \
+             show-config shows the revision in force",
+            view.revision + 1
+        );
+        return Ok(ExitCode::from(2));
+    }
     super::refusable(answer)
 }
 
