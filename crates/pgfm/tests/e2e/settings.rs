@@ -209,18 +209,8 @@ fn a_lease_changed_at_run_time_is_the_one_a_failover_waits_for() {
     let lab = Lab::up(PGFM, 2);
     lab.wait_healthy("witness", SETTLE);
     assert_eq!(watchdog_timeout(&lab, "pg1"), Some(1));
-    let output = lab.cli("pg2", &["edit-config", "--set", "timing.lease=6s"]);
-    assert!(output.status.success(), "{}", text(&output));
-    wait_revision(&lab, &["pg1", "pg2", "witness"], 2);
-    // (6 s - 250 ms - 300 ms) in whole seconds: armed again with the new timeout.
-    wait_for(
-        "pg1's watchdog to take the new lease",
-        SETTLE,
-        || match watchdog_timeout(&lab, "pg1") {
-            Some(5) => Ok(()),
-            other => Err(format!("{other:?}")),
-        },
-    );
+    // (6 s - 250 ms - 300 ms) in whole seconds: pg1 armed again with the new timeout.
+    set_lease(&lab, "pg2", "6s", 2, ("pg1", 5));
     lab.wait_healthy("witness", SETTLE);
 
     let (before, _) = lab.cluster_status("witness").unwrap();
@@ -252,14 +242,22 @@ fn a_lease_changed_at_run_time_is_the_one_a_failover_waits_for() {
 
     lab.run_ok(&["lab", "start", "pg1"]);
     lab.wait_healthy("witness", SETTLE);
-    let output = lab.cli("pg1", &["edit-config", "--set", "timing.lease=2400ms"]);
+    set_lease(&lab, "pg1", "2400ms", 3, ("pg2", 1));
+}
+
+/// `edit-config --set timing.lease=LEASE` through `via`, committed as `revision` on every
+/// agent, then the primary's host watchdog armed with the timeout `primary.1`.
+fn set_lease(lab: &Lab, via: &str, lease: &str, revision: u64, primary: (&str, u64)) {
+    let set = format!("timing.lease={lease}");
+    let output = lab.cli(via, &["edit-config", "--set", &set]);
     assert!(output.status.success(), "{}", text(&output));
-    wait_revision(&lab, &["pg1", "pg2", "witness"], 3);
+    wait_revision(lab, &["pg1", "pg2", "witness"], revision);
+    let (node, timeout) = primary;
     wait_for(
-        "pg2's watchdog to take the shorter lease",
+        &format!("{node}'s watchdog to take the {lease} lease"),
         SETTLE,
-        || match watchdog_timeout(&lab, "pg2") {
-            Some(1) => Ok(()),
+        || match watchdog_timeout(lab, node) {
+            Some(t) if t == timeout => Ok(()),
             other => Err(format!("{other:?}")),
         },
     );
