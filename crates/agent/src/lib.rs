@@ -400,8 +400,12 @@ impl Agent {
             ticker
         };
         let mut interval_ms = self.settings().probe_interval_ms;
-        // The start and probe timeouts the database was last given (none yet).
-        let mut timeouts = (0, 0);
+        // The start and probe timeouts the database was last given: its file's at first.
+        let ms = |d: Duration| d.as_millis() as u64;
+        let mut timeouts = (
+            ms(self.config.timing.start_timeout),
+            ms(self.config.timing.probe_timeout),
+        );
         let mut ticker = probe_ticker(interval_ms);
         let mut last_send_error = String::new();
         loop {

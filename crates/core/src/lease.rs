@@ -222,10 +222,17 @@ impl LeaseClock {
     /// The lease of `state`, at this agent's start (`now_ms`): every renewal in it was sent
     /// before, so the longest lease any of them was timed with is counted from now.
     pub fn start(state: &crate::model::ClusterState, now_ms: u64, s: &LeaseSettings) -> Self {
+        Self::new_period(state, now_ms, s)
+    }
+
+    /// A lease period that starts now (this agent's start, a promotion, a release):
+    /// counted for the longest lease any of its renewals was timed with, and never less
+    /// than this agent's.
+    fn new_period(state: &crate::model::ClusterState, now_ms: u64, s: &LeaseSettings) -> Self {
         LeaseClock {
             lease: Self::of(state),
             seen_ms: now_ms,
-            until_ms: now_ms + longest(state.lease_timed_after(0), s),
+            until_ms: now_ms + state.lease_timed_after(0).unwrap_or(0).max(s.lease_ms),
         }
     }
 
@@ -244,16 +251,14 @@ impl LeaseClock {
             return *self;
         }
         let renewed = lease.0 == self.lease.0 && lease.2 == self.lease.2 && lease.1 > self.lease.1;
-        let until_ms = if renewed {
-            let timed = state.lease_timed_after(self.lease.1).unwrap_or(s.lease_ms);
-            self.until_ms.max(now_ms + timed)
-        } else {
-            now_ms + longest(state.lease_timed_after(0), s)
-        };
+        if !renewed {
+            return Self::new_period(state, now_ms, s);
+        }
+        let timed = state.lease_timed_after(self.lease.1).unwrap_or(s.lease_ms);
         LeaseClock {
             lease,
             seen_ms: now_ms,
-            until_ms,
+            until_ms: self.until_ms.max(now_ms + timed),
         }
     }
 
@@ -262,12 +267,6 @@ impl LeaseClock {
     pub fn expires_at_ms(&self, s: &LeaseSettings) -> u64 {
         self.until_ms + s.drift_margin_ms
     }
-}
-
-/// The longer of the lease the renewals said and this agent's: a new lease period, whose
-/// first renewals may not have been seen.
-fn longest(timed: Option<u64>, s: &LeaseSettings) -> u64 {
-    timed.unwrap_or(0).max(s.lease_ms)
 }
 
 /// The coordinator side: when the primary's lease has surely expired on this clock.

@@ -34,6 +34,20 @@ fn wait_revision(lab: &Lab, nodes: &[&str], revision: u64) {
     }
 }
 
+/// `pgfm edit-config` through the witness with `editor` as `$EDITOR`, answered yes.
+fn edit_in_editor(lab: &Lab, editor: &str) -> std::process::Output {
+    let mut edit = lab
+        .cli_command("witness", &["edit-config"])
+        .env("EDITOR", editor)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    edit.stdin.take().unwrap().write_all(b"y\n").unwrap();
+    edit.wait_with_output().unwrap()
+}
+
 /// A refused edit: exit 1, the reason said, and revision `revision` still in force.
 fn refused(lab: &Lab, args: &[&str], says: &str, revision: u64) {
     let mut all = vec!["edit-config"];
@@ -144,16 +158,7 @@ fn settings_edited_at_run_time_take_effect_on_every_agent_without_a_restart() {
          's/^auto_failover = false/auto_failover = true/'",
         lab.config("pg2").display()
     );
-    let mut edit = lab
-        .cli_command("witness", &["edit-config"])
-        .env("EDITOR", other)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    edit.stdin.take().unwrap().write_all(b"y\n").unwrap();
-    let output = edit.wait_with_output().unwrap();
+    let output = edit_in_editor(&lab, &other);
     assert_eq!(output.status.code(), Some(1), "{}", text(&output));
     assert!(
         text(&output).contains(
@@ -169,19 +174,10 @@ fn settings_edited_at_run_time_take_effect_on_every_agent_without_a_restart() {
     );
 
     // Back on through $EDITOR: the diff is shown, the answer is yes.
-    let mut edit = lab
-        .cli_command("witness", &["edit-config"])
-        .env(
-            "EDITOR",
-            "sed -i 's/^auto_failover = false/auto_failover = true/'",
-        )
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    edit.stdin.take().unwrap().write_all(b"y\n").unwrap();
-    let output = edit.wait_with_output().unwrap();
+    let output = edit_in_editor(
+        &lab,
+        "sed -i 's/^auto_failover = false/auto_failover = true/'",
+    );
     assert!(output.status.success(), "{}", text(&output));
     assert!(
         text(&output).contains("failover.auto_failover: false -> true")
