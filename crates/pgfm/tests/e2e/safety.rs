@@ -63,11 +63,33 @@ fn watchdog_fired(lab: &Lab, node: &str) {
     );
 }
 
-fn wait_in_sync(lab: &Lab, standby: &str) {
+/// Wait until `standby` streams everything `primary` wrote, as `primary` itself says (its
+/// walsender streaming, replayed up to its current LSN), and then as the cluster sees it. The
+/// cluster's view alone can be stale: a receiver resumed after a hang still says
+/// "streaming" while it reconnects (CI once: in sync in status, then the switchover's own
+/// check found it 3816 bytes behind and not streaming).
+fn wait_in_sync(lab: &Lab, primary: &str, standby: &str) {
+    let caught_up = format!(
+        "SELECT pg_current_wal_lsn() FROM pg_stat_replication WHERE application_name = \
+         '{standby}' AND state = 'streaming' AND replay_lsn = pg_current_wal_lsn()"
+    );
+    let written: pgfm_core::Lsn = wait_for(
+        &format!("{standby} to stream everything {primary} wrote"),
+        SETTLE,
+        || {
+            let lsn = lab.psql(primary, &caught_up)?;
+            lsn.parse()
+                .map_err(|_| format!("no caught-up walsender for {standby} ({lsn:?})"))
+        },
+    );
+    // In sync as seen from a report of `primary` made after that moment.
     wait_for(&format!("{standby} to stream in sync"), SETTLE, || {
         let (status, _) = lab.cluster_status("witness")?;
+        let reported = pgfm_lab::harness::node(&status, primary)["lsn"]
+            .as_str()
+            .and_then(|l| l.parse::<pgfm_core::Lsn>().ok());
         match pgfm_lab::harness::node(&status, standby)["in_sync"].as_bool() {
-            Some(true) => Ok(()),
+            Some(true) if reported >= Some(written) => Ok(()),
             _ => Err(status.to_string()),
         }
     });
@@ -79,28 +101,19 @@ fn wait_in_sync(lab: &Lab, standby: &str) {
 /// stopped while it reconnects would leave no walsender for a clean shutdown to wait for,
 /// and a stale "in sync" would let the switchover's own check refuse. Returns its pid.
 fn hang_receiver(lab: &Lab, primary: &str, standby: &str) -> i32 {
-    let caught_up = format!(
-        "SELECT count(*) FROM pg_stat_replication WHERE application_name = '{standby}' \
-         AND state = 'streaming' AND replay_lsn = pg_current_wal_lsn()"
-    );
+    wait_in_sync(lab, primary, standby);
     let pid = wait_for(
-        &format!("{standby}'s WAL receiver to stream everything {primary} wrote"),
+        &format!("{standby}'s WAL receiver to stream"),
         SETTLE,
         || {
-            let pid = lab
-                .psql(
-                    standby,
-                    "SELECT pid FROM pg_stat_wal_receiver WHERE status = 'streaming'",
-                )?
-                .parse::<i32>()
-                .map_err(|e| format!("no streaming receiver: {e}"))?;
-            match lab.psql(primary, &caught_up)?.as_str() {
-                "1" => Ok(pid),
-                n => Err(format!("{n} caught-up walsenders for {standby}")),
-            }
+            lab.psql(
+                standby,
+                "SELECT pid FROM pg_stat_wal_receiver WHERE status = 'streaming'",
+            )?
+            .parse::<i32>()
+            .map_err(|e| format!("no streaming receiver: {e}"))
         },
     );
-    wait_in_sync(lab, standby);
     nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(pid),
         nix::sys::signal::Signal::SIGSTOP,
@@ -191,7 +204,7 @@ fn a_switchover_whose_target_hangs_is_rolled_back_in_time() {
     );
 
     // The target streams again: the switchover goes through, nothing lost.
-    wait_in_sync(&lab, "pg2");
+    wait_in_sync(&lab, "pg1", "pg2");
     let output = cli(&lab, &["switchover", "--to", "pg2"]);
     assert!(output.status.success(), "{}", text(&output));
     let status = lab.wait_primary("witness", "pg2", 2, SETTLE);
@@ -299,7 +312,7 @@ fn all_acknowledged_on(lab: &Lab, primary: &str, acked: &[i64]) {
 /// the bench table exists.
 fn writer_on_pg1(lab: &Lab) -> Writer {
     lab.psql("pg1", BENCH_TABLE).unwrap();
-    wait_in_sync(lab, "pg2");
+    wait_in_sync(lab, "pg1", "pg2");
     let writer = Writer::start(lab.writer_config(&["pg1", "pg2"]), 1);
     writer.wait_more(20, "the writer to write on pg1");
     writer
