@@ -54,6 +54,64 @@ impl Agent {
 }
 
 impl Agent {
+    /// `pgfm maintenance NODE on|off`: checked by core (`operator::check_maintenance`) and
+    /// committed; for the primary the same entry starts the switchover away from it.
+    pub(super) async fn change_maintenance(
+        &self,
+        request: pgfm_api::MaintenanceRequest,
+    ) -> Result<pgfm_api::MaintenanceStarted, Refusal> {
+        if let Some(client) = self.coordinator_client().await? {
+            return client.maintenance(&request).await.map_err(forwarded);
+        }
+        let view = self.view();
+        let ask = operator::MaintenanceAsk {
+            node: &request.node,
+            on: request.on,
+            keep_running: request.keep_running,
+            force: request.force,
+            by: &request.by,
+            at_unix_ms: self.clock.wall_clock_ms(),
+        };
+        let plan = operator::check_maintenance(&view, self.now_ms(), &ask).map_err(refused)?;
+        self.commit(plan.command).await?;
+        let node = &request.node;
+        let generation = view.state.generation;
+        if !request.on {
+            tracing::warn!(%generation, %node, by = %request.by, "maintenance ended");
+            return Ok(pgfm_api::MaintenanceStarted {
+                message: format!(
+                    "{node} is out of maintenance: it starts as a standby (rewound if it has \
+                     to be), streams, and takes its place in failover and synchronous \
+                     replication again"
+                ),
+                switchover: None,
+            });
+        }
+        tracing::warn!(%generation, %node, by = %request.by, keep_running = request.keep_running, "maintenance started");
+        let stays = if request.keep_running {
+            "its PostgreSQL keeps running, out of failover and synchronous replication"
+        } else {
+            "its PostgreSQL is stopped once no synchronous rule counts on it, and stays \
+             stopped (agent restarts and reboots included)"
+        };
+        Ok(match plan.handover {
+            Some(operator::Handover { from, to, .. }) => pgfm_api::MaintenanceStarted {
+                message: format!(
+                    "{node} is under maintenance: it hands over to {to} first, then {stays}"
+                ),
+                switchover: Some(pgfm_api::SwitchoverStarted {
+                    from,
+                    to,
+                    generation: generation.0,
+                }),
+            },
+            None => pgfm_api::MaintenanceStarted {
+                message: format!("{node} is under maintenance: {stays}"),
+                switchover: None,
+            },
+        })
+    }
+
     /// `pgfm switchover --cancel`: works in every state of a switchover. Before the
     /// hand-over the primary simply keeps (or takes back) its lease; after it, the old
     /// primary starts again as the primary — its generation never changed, it holds every

@@ -219,6 +219,9 @@ impl Agent {
             Action::StopToRewind { generation, reason } => {
                 self.stop_to_rewind(pg, *generation, reason).await
             }
+            Action::StopForMaintenance { generation, reason } => {
+                self.stop_for_maintenance(pg, *generation, reason).await
+            }
             Action::Rewind {
                 upstream,
                 generation,
@@ -318,12 +321,29 @@ impl Agent {
         let up = self.upstream(state, upstream)?;
         tracing::info!(%generation, %upstream, "starting PostgreSQL as a standby");
         self.set_activity(Some(format!("starting as standby of {upstream}")));
-        let result = pg.start(StartAs::Standby(&up)).await;
+        let result = self.start_unless_held(pg, &up).await;
         self.set_activity(None);
-        let pid = result?;
-        outcomes.push(Outcome::Started);
-        tracing::info!(%generation, %upstream, pid, "PostgreSQL is up as a standby");
+        if result? {
+            outcomes.push(Outcome::Started);
+            tracing::info!(%generation, %upstream, "PostgreSQL is up as a standby");
+        }
         Ok(())
+    }
+
+    /// Start PostgreSQL as a standby of `up`, unless this node went under maintenance
+    /// since the start was decided (a rewind or a clone before it takes a while): it is
+    /// then left stopped, as every decision from now on keeps it (`decide::maintenance`).
+    /// Whether it started.
+    async fn start_unless_held(&self, pg: &dyn Database, up: &Upstream) -> anyhow::Result<bool> {
+        let held = self
+            .raft
+            .maintenance_of(&self.config.name)
+            .filter(|m| m.keeps_stopped());
+        if let Some(m) = held {
+            tracing::warn!(by = %m.by, "under maintenance since this start was decided: PostgreSQL is left stopped");
+            return Ok(false);
+        }
+        pg.start(StartAs::Standby(up)).await.map(|_| true)
     }
 
     /// This node was chosen to initialise the empty cluster: initdb, the roles and
@@ -372,7 +392,7 @@ impl Agent {
             self.set_activity(Some(format!("starting as standby of {upstream}")));
         }
         let result = match cloned {
-            Ok(()) => pg.start(StartAs::Standby(&up)).await.map(|_| ()),
+            Ok(()) => self.start_unless_held(pg, &up).await.map(|_| ()),
             Err(e) => Err(e),
         };
         self.set_activity(None);
@@ -473,6 +493,23 @@ impl Agent {
         Ok(())
     }
 
+    /// Stop the standby cleanly for maintenance; the engine keeps it stopped.
+    async fn stop_for_maintenance(
+        &self,
+        pg: &dyn Database,
+        generation: Generation,
+        reason: &str,
+    ) -> anyhow::Result<()> {
+        tracing::warn!(%generation, %reason, "stopping PostgreSQL for maintenance");
+        self.set_activity(Some("stopping PostgreSQL for maintenance".to_string()));
+        self.expect_db_down();
+        let stopped = pg.stop().await;
+        self.set_activity(None);
+        stopped?;
+        tracing::warn!(%generation, "PostgreSQL stopped for maintenance: it stays stopped until pgfm maintenance off");
+        Ok(())
+    }
+
     /// Rejoin a former primary: `pg_rewind` against the new primary `upstream`, then start
     /// as its standby. A failed rewind is remembered for the generation (the engine then
     /// re-clones or holds, per `rejoin`).
@@ -498,13 +535,15 @@ impl Agent {
         let result = match rewound {
             Ok(()) => {
                 self.set_activity(Some(format!("starting as standby of {upstream}")));
-                pg.start(StartAs::Standby(&up)).await.map(|_| ())
+                self.start_unless_held(pg, &up).await
             }
             Err(e) => Err(e),
         };
         self.set_activity(None);
-        result?;
-        outcomes.extend([Outcome::Started, Outcome::Rejoined]);
+        if result? {
+            outcomes.push(Outcome::Started);
+        }
+        outcomes.push(Outcome::Rejoined);
         tracing::info!(%generation, %upstream, ms = started.elapsed().as_millis() as u64, "rewound and streaming");
         Ok(())
     }

@@ -942,6 +942,13 @@ impl AgentApi for Agent {
         self.start_switchover(request).await
     }
 
+    async fn maintenance(
+        &self,
+        request: pgfm_api::MaintenanceRequest,
+    ) -> Result<pgfm_api::MaintenanceStarted, pgfm_api::Refusal> {
+        self.change_maintenance(request).await
+    }
+
     async fn report(&self, report: NodeReport) -> ReportOutcome {
         if !self.raft.is_coordinator() {
             return ReportOutcome::NotCoordinator(self.raft.coordinator());
@@ -1171,6 +1178,11 @@ impl Running {
     /// The committed primary and generation as applied here, without copying the state.
     pub fn primary(&self) -> (Option<String>, Generation) {
         self.raft.primary()
+    }
+
+    /// `node`'s maintenance as applied here, without copying the state.
+    pub fn maintenance_of(&self, node: &str) -> Option<pgfm_core::model::Maintenance> {
+        self.raft.maintenance_of(node)
     }
 
     /// This agent leads Raft: it is the coordinator.

@@ -59,6 +59,21 @@ pub fn build(ctx: &Context<'_>, view: &ClusterView) -> ClusterStatus {
             }
         }
     }
+    if let Some(m) = state
+        .primary
+        .as_ref()
+        .and_then(|p| state.maintenance.get(p))
+    {
+        if state.switchover.is_none() {
+            let p = state.primary.as_deref().unwrap_or_default();
+            problems.push(format!(
+                "{p} is under maintenance (put there by {}) but still the primary: the \
+                 switchover away from it was cut short (it stopped renewing its lease); pgfm \
+                 switchover finishes it, pgfm maintenance {p} off ends the maintenance",
+                m.by
+            ));
+        }
+    }
     let vip = vip_status(view, ctx.now_ms, &nodes);
     if let Some(vip) = &vip {
         problems.extend(vip_problems(
@@ -128,8 +143,10 @@ fn node_status(view: &ClusterView, now_ms: u64, name: &str, agent_address: &str)
     let member = node.member;
     let report = node.report;
     let (address, agent_port) = split_address(agent_address);
+    let maintenance = view.state.maintenance.get(name);
     let kind = match node.role {
         Role::Primary => NodeKindStatus::Primary,
+        _ if maintenance.is_some() => NodeKindStatus::Maintenance,
         Role::Standby => NodeKindStatus::Standby,
         Role::Idle => NodeKindStatus::Idle,
         Role::Witness => NodeKindStatus::Witness,
@@ -173,6 +190,7 @@ fn node_status(view: &ClusterView, now_ms: u64, name: &str, agent_address: &str)
                     .or_else(|| view.settings.lease.watchdog_timeout_s()),
                 problem: w.problem.clone(),
             }),
+        maintenance: maintenance.cloned(),
         info,
     }
 }

@@ -184,6 +184,14 @@ impl ApiClient {
         self.post_json("/v1/synchronous", request).await
     }
 
+    /// `POST /v1/maintenance`: `pgfm maintenance NODE on|off`.
+    pub async fn maintenance(
+        &self,
+        request: &crate::types::MaintenanceRequest,
+    ) -> Result<crate::types::MaintenanceStarted, ApiError> {
+        self.post_json("/v1/maintenance", request).await
+    }
+
     /// `GET /v1/config`: the cluster-wide settings in force.
     pub async fn settings(&self) -> Result<crate::types::SettingsView, ApiError> {
         self.get("/v1/config").await

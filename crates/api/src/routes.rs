@@ -14,8 +14,9 @@ use pgfm_core::NodeReport;
 
 use crate::types::{
     AgedReport, AllowRequest, ClusterStatus, DisallowRequest, EditSettingsRequest, ErrorBody,
-    Health, HistoryEntry, Message, Metrics, PriorityRequest, PromoteRequest, PromoteStarted,
-    ReportAck, SettingsView, SwitchoverRequest, SwitchoverStarted, SynchronousRequest, WalPosition,
+    Health, HistoryEntry, MaintenanceRequest, MaintenanceStarted, Message, Metrics,
+    PriorityRequest, PromoteRequest, PromoteStarted, ReportAck, SettingsView, SwitchoverRequest,
+    SwitchoverStarted, SynchronousRequest, WalPosition,
 };
 
 /// What happened to a report sent to this agent.
@@ -72,6 +73,12 @@ pub trait AgentApi: Send + Sync + 'static {
         &self,
         request: DisallowRequest,
     ) -> impl Future<Output = Result<String, Refusal>> + Send;
+    /// `pgfm maintenance NODE on|off`; `Err` is a refusal with its reason (nothing was
+    /// changed).
+    fn maintenance(
+        &self,
+        request: MaintenanceRequest,
+    ) -> impl Future<Output = Result<MaintenanceStarted, Refusal>> + Send;
     /// Start a switchover; `Err` is a refusal with its reason (nothing was changed).
     fn switchover(
         &self,
@@ -121,6 +128,7 @@ pub fn router<A: AgentApi>(agent: Arc<A>) -> Router {
             get(show_settings::<A>).post(edit_settings::<A>),
         )
         .route("/v1/pause", post(pause::<A>))
+        .route("/v1/maintenance", post(maintenance::<A>))
         .route("/v1/switchover/cancel", post(cancel_switchover::<A>))
         .route("/v1/stop-cluster", post(stop_cluster::<A>))
         .route("/v1/stop", post(stop_agent::<A>))
@@ -309,6 +317,16 @@ async fn stop_agent<A: AgentApi>(State(agent): State<Arc<A>>) -> Json<Message> {
 async fn cancel_switchover<A: AgentApi>(State(agent): State<Arc<A>>) -> Response {
     match agent.cancel_switchover().await {
         Ok(message) => Json(Message { message }).into_response(),
+        Err(r) => refusal(r),
+    }
+}
+
+async fn maintenance<A: AgentApi>(
+    State(agent): State<Arc<A>>,
+    Json(request): Json<MaintenanceRequest>,
+) -> Response {
+    match agent.maintenance(request).await {
+        Ok(started) => Json(started).into_response(),
         Err(r) => refusal(r),
     }
 }

@@ -11,6 +11,8 @@ fn kind(n: &NodeStatus) -> &'static str {
         NodeKindStatus::Standby => "Standby",
         NodeKindStatus::Witness => "Witness",
         NodeKindStatus::Idle => "Idle",
+        NodeKindStatus::Maintenance => "Maintenance",
+        NodeKindStatus::Unknown => "?",
     }
 }
 
@@ -62,6 +64,7 @@ pub fn render(s: &ClusterStatus) -> String {
     lists(&mut out, s);
     promote_status(&mut out, s);
     idle_nodes(&mut out, s);
+    maintenance(&mut out, s);
     problems(&mut out, s);
     out
 }
@@ -252,6 +255,44 @@ fn idle_nodes(w: &mut String, s: &ClusterStatus) {
             .unwrap_or_else(|| "UNKNOWN".into());
         let line = format!("\t{:<11} {:<22} {:<12} {}", n.name, address(n), lsn, n.info);
         let _ = writeln!(w, "{}", line.trim_end());
+    }
+}
+
+/// The nodes under maintenance, if any: since when, by whom, how to end it.
+fn maintenance(w: &mut String, s: &ClusterStatus) {
+    let under: Vec<(&NodeStatus, &pgfm_core::model::Maintenance)> = s
+        .nodes
+        .iter()
+        .filter_map(|n| n.maintenance.as_ref().map(|m| (n, m)))
+        .collect();
+    if under.is_empty() {
+        return;
+    }
+    let _ = writeln!(w);
+    let _ = writeln!(
+        w,
+        "Maintenance (never promoted, never synchronous; pgfm maintenance NODE off ends it):"
+    );
+    let _ = writeln!(w);
+    for (n, m) in under {
+        let since = std::time::UNIX_EPOCH + std::time::Duration::from_millis(m.since_unix_ms);
+        let postgres = match (m.keep_running, n.db) {
+            (true, _) => "PostgreSQL kept running",
+            (false, DbStatus::Up) => "PostgreSQL stopping",
+            (false, _) => "PostgreSQL stopped",
+        };
+        let _ = writeln!(
+            w,
+            "\t{:<11} since {} by {}: {postgres}{}",
+            n.name,
+            humantime::format_rfc3339_seconds(since),
+            m.by,
+            if m.forced {
+                " (forced past the synchronous minimum: commits wait for it)"
+            } else {
+                ""
+            }
+        );
     }
 }
 
@@ -539,6 +580,7 @@ mod tests {
             vip: None,
             sync_state: None,
             watchdog: None,
+            maintenance: None,
             info: String::new(),
         }
     }
@@ -710,6 +752,33 @@ mod tests {
             waiting_count: 1,
             degraded: false,
         });
+        insta::assert_snapshot!(render(&status));
+    }
+
+    /// A node under maintenance: its kind in the table, and a section saying since when,
+    /// by whom and whether its PostgreSQL is stopped.
+    #[test]
+    fn maintenance_cluster_text() {
+        let mut status = healthy();
+        let pg2 = &mut status.nodes[1];
+        pg2.kind = NodeKindStatus::Maintenance;
+        pg2.db = DbStatus::Down;
+        pg2.lag_bytes = None;
+        pg2.in_sync = None;
+        pg2.info = "under maintenance (put there by dba@db1; pgfm maintenance pg2 off ends it): \
+                    PostgreSQL stays stopped"
+            .into();
+        pg2.maintenance = Some(pgfm_core::model::Maintenance {
+            since_unix_ms: 1_795_629_345_000,
+            by: "dba@db1".into(),
+            keep_running: false,
+            forced: false,
+        });
+        status.priority_list.clear();
+        status.promote_status = crate::PromoteStatus {
+            safe: false,
+            message: "No standby databases were found.".into(),
+        };
         insta::assert_snapshot!(render(&status));
     }
 

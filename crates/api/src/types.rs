@@ -12,6 +12,12 @@ pub enum NodeKindStatus {
     Standby,
     Witness,
     Idle,
+    /// Under maintenance (`pgfm maintenance NODE on`): never promoted, never synchronous;
+    /// its PostgreSQL stopped unless kept running.
+    Maintenance,
+    /// A kind a newer agent knows and this program does not.
+    #[serde(other)]
+    Unknown,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -62,6 +68,10 @@ pub struct NodeStatus {
     /// Data nodes: the host watchdog (null: a witness, or no report).
     #[serde(default)]
     pub watchdog: Option<WatchdogStatus>,
+    /// Under maintenance: since when, who put it there, whether PostgreSQL keeps running
+    /// (null: not under maintenance).
+    #[serde(default)]
+    pub maintenance: Option<pgfm_core::model::Maintenance>,
     /// What the node is doing or waiting for.
     pub info: String,
 }
@@ -164,10 +174,13 @@ impl ClusterStatus {
     /// Whether everything is as it should be: every member up, a primary, a standby in
     /// sync. `cluster-status` exits non-zero otherwise.
     pub fn healthy(&self) -> bool {
-        let all_up = self
-            .nodes
-            .iter()
-            .all(|n| n.agent == Up::Up && n.db != DbStatus::Down && n.kind != NodeKindStatus::Idle);
+        let all_up = self.nodes.iter().all(|n| {
+            // A node under maintenance, stopped as asked, is as it should be.
+            let stopped_as_asked = n.maintenance.as_ref().is_some_and(|m| !m.keep_running);
+            n.agent == Up::Up
+                && (n.db != DbStatus::Down || stopped_as_asked)
+                && n.kind != NodeKindStatus::Idle
+        });
         all_up && self.primary.is_some() && self.promote_status.safe
     }
 
@@ -377,6 +390,32 @@ pub struct EditSettingsRequest {
     pub settings: pgfm_core::settings::Settings,
     /// Who asked: `user@host` of the CLI.
     pub by: String,
+}
+
+/// The body of `POST /v1/maintenance`: `pgfm maintenance NODE on|off`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MaintenanceRequest {
+    pub node: String,
+    /// true: on; false: off.
+    pub on: bool,
+    /// `--keep-running`: PostgreSQL stays up, out of failover and synchronous replication
+    /// only.
+    #[serde(default)]
+    pub keep_running: bool,
+    /// `--force`: even when the primary would be left without a promotable standby in sync,
+    /// or the synchronous minimum could not be met without the node.
+    #[serde(default)]
+    pub force: bool,
+    /// Who asked: `user@host` of the CLI.
+    pub by: String,
+}
+
+/// The answer to an accepted `pgfm maintenance`: committed; for the primary, the switchover
+/// away from it is under way.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MaintenanceStarted {
+    pub message: String,
+    pub switchover: Option<SwitchoverStarted>,
 }
 
 /// The body of `POST /v1/members` (allow-node).

@@ -96,6 +96,12 @@ fn schemas_match_the_json_the_code_writes() {
             timeout_s: Some(1),
             problem: None,
         }),
+        maintenance: Some(pgfm_core::model::Maintenance {
+            since_unix_ms: 1,
+            by: "root@db1".into(),
+            keep_running: false,
+            forced: false,
+        }),
         info: String::new(),
     };
     let status = ClusterStatus {
@@ -142,6 +148,35 @@ fn schemas_match_the_json_the_code_writes() {
         properties(&doc, "WatchdogStatus")
     );
     assert_eq!(json["nodes"][0]["watchdog"]["mode"], "required");
+    assert_eq!(
+        keys(&json["nodes"][0]["maintenance"]),
+        properties(&doc, "Maintenance")
+    );
+    let asked = MaintenanceRequest {
+        node: "pg1".into(),
+        on: true,
+        keep_running: false,
+        force: false,
+        by: "root@db1".into(),
+    };
+    assert_eq!(
+        keys(&serde_json::to_value(&asked).unwrap()),
+        properties(&doc, "MaintenanceRequest")
+    );
+    let begun = MaintenanceStarted {
+        message: String::new(),
+        switchover: Some(SwitchoverStarted {
+            from: "pg1".into(),
+            to: "pg2".into(),
+            generation: 1,
+        }),
+    };
+    let json_begun = serde_json::to_value(&begun).unwrap();
+    assert_eq!(keys(&json_begun), properties(&doc, "MaintenanceStarted"));
+    assert_eq!(
+        keys(&json_begun["switchover"]),
+        properties(&doc, "SwitchoverStarted")
+    );
     assert_eq!(keys(&json["vip"]), properties(&doc, "VipStatus"));
     assert_eq!(keys(&json["synchronous"]), properties(&doc, "SyncStatus"));
     let entry = HistoryEntry {

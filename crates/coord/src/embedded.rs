@@ -284,6 +284,12 @@ impl EmbeddedRaft {
         applied.state.settings.as_ref().map(|c| c.values.clone())
     }
 
+    /// `node`'s maintenance, if it is under maintenance, without copying the whole state.
+    pub fn maintenance_of(&self, node: &str) -> Option<pgfm_core::model::Maintenance> {
+        let applied = self.inner.applied.borrow();
+        applied.state.maintenance.get(node).cloned()
+    }
+
     /// The lease the latest renewal of the current generation was timed with, if it said.
     pub fn last_lease_timing(&self) -> Option<u64> {
         let applied = self.inner.applied.borrow();

@@ -181,6 +181,20 @@ pub enum Command {
         by: String,
         at_unix_ms: u64,
     },
+    /// `pgfm maintenance NODE on`: `node` is never promoted, never a synchronous standby,
+    /// and (unless `keep_running`) its PostgreSQL is stopped and stays stopped. When `node`
+    /// is the primary, `handover` asks it to switch over first, in the same entry: the
+    /// maintenance and its switchover are committed together or not at all, and a
+    /// switchover rolled back ends the maintenance with it.
+    EnterMaintenance {
+        node: String,
+        maintenance: Maintenance,
+        #[serde(default)]
+        handover: Option<MaintenanceHandover>,
+    },
+    /// `pgfm maintenance NODE off`: `node` takes its place again (it starts as a standby,
+    /// rewound if it has to be).
+    LeaveMaintenance { node: String },
     /// `pgfm disallow-node`: the node leaves; its details are forgotten and it may not
     /// register again until `pgfm allow-node`.
     RemoveMember { name: String },
@@ -214,6 +228,36 @@ pub enum Command {
         #[serde(default)]
         lost_at_least: bool,
     },
+}
+
+/// A data node under maintenance (`Command::EnterMaintenance`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Maintenance {
+    pub since_unix_ms: u64,
+    /// Who: the operator's `user@host`.
+    pub by: String,
+    /// `--keep-running`: its PostgreSQL stays up, out of failover and synchronous
+    /// replication only (a restart of PostgreSQL the operator does by hand).
+    pub keep_running: bool,
+    /// `--force` waived the synchronous minimum: the primary's commits keep waiting for this
+    /// node, and it stops all the same (see `decide::reconcile`).
+    #[serde(default)]
+    pub forced: bool,
+}
+
+impl Maintenance {
+    /// Its PostgreSQL is to be stopped and kept stopped (not `keep_running`).
+    pub fn keeps_stopped(&self) -> bool {
+        !self.keep_running
+    }
+}
+
+/// The switchover that starts the maintenance of the primary.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MaintenanceHandover {
+    pub to: String,
+    /// The generation of the primary under maintenance.
+    pub generation: Generation,
 }
 
 /// Where a timeline of the current primary's history ended: the next timeline began at
@@ -296,6 +340,17 @@ pub enum CommandError {
          committed since (pgfm show-config shows it; edit again)"
     )]
     StaleSettings { base: u64, current: u64 },
+    #[error(
+        "{node} is under maintenance (put there by {by}; pgfm maintenance {node} off ends it)"
+    )]
+    InMaintenance { node: String, by: String },
+    #[error("{0} is not under maintenance")]
+    NotInMaintenance(String),
+    #[error(
+        "{0} is the primary: its maintenance starts with a switchover away from it, and none \
+         was asked (generation changed?)"
+    )]
+    MaintenanceOfPrimary(String),
 }
 
 /// From the `from_renewal`-th renewal of a generation on, the primary timed its renewals
@@ -367,6 +422,10 @@ pub struct Switchover {
     /// a failover lets the failover choose (the synchronous set first).
     #[serde(default)]
     pub named: bool,
+    /// It starts the maintenance of `from` (`Command::EnterMaintenance`): rolled back, the
+    /// maintenance ends with it.
+    #[serde(default)]
+    pub maintenance: bool,
 }
 
 /// The committed cluster state: what the cluster intends. Only changed by applying
@@ -448,6 +507,9 @@ pub struct ClusterState {
     /// coordinator commits its file's, and in the log of an older cluster until then.
     #[serde(default)]
     pub settings: Option<crate::settings::CommittedSettings>,
+    /// Data nodes under maintenance (`pgfm maintenance NODE on`), by name.
+    #[serde(default)]
+    pub maintenance: BTreeMap<String, Maintenance>,
 }
 
 /// What a primary's commits wait for: `count` of the standbys `names` (`FIRST count` when
@@ -569,6 +631,26 @@ impl ClusterState {
         self.primary.as_deref().filter(|_| !self.lease_released)
     }
 
+    /// Whether `name` may become the primary: a data member the operator lets be promoted
+    /// (`Member::can_be_promoted`) and not under maintenance.
+    pub fn may_promote(&self, name: &str) -> bool {
+        self.promotable(name).is_ok()
+    }
+
+    /// `name`, if it may become the primary; else why not, in the log's words.
+    pub fn promotable(&self, name: &str) -> Result<&Member, CommandError> {
+        match self.members.get(name) {
+            Some(m) if m.kind != NodeKind::Data => Err(CommandError::NotADataNode(name.into())),
+            Some(m) if !m.can_be_promoted() => Err(CommandError::NotPromotable(name.into())),
+            Some(_) if self.maintenance.contains_key(name) => Err(CommandError::InMaintenance {
+                node: name.into(),
+                by: self.maintenance[name].by.clone(),
+            }),
+            Some(m) => Ok(m),
+            None => Err(CommandError::NotADataNode(name.into())),
+        }
+    }
+
     /// The primary, when it alone is known to hold every acknowledged commit: synchronous
     /// replication committed a set of only the primary (since its promotion, or since it
     /// degraded), so no standby may take over from it without `--force`.
@@ -598,6 +680,12 @@ impl ClusterState {
         match command {
             Command::Register { member } => self.register(member),
             Command::RemoveMember { name } => self.remove_member(name),
+            Command::EnterMaintenance {
+                node,
+                maintenance,
+                handover,
+            } => self.enter_maintenance(node, maintenance, handover.as_ref()),
+            Command::LeaveMaintenance { node } => self.leave_maintenance(node),
             Command::Welcome { name } => self.welcome(name),
             Command::ChooseInitdb { node, at_unix_ms } => self.choose_initdb(node, *at_unix_ms),
             Command::Bootstrap {
@@ -698,6 +786,7 @@ impl ClusterState {
     /// `pgfm disallow-node`: forget the member and keep it out.
     fn remove_member(&mut self, name: &str) -> Result<(), CommandError> {
         self.members.remove(name);
+        self.maintenance.remove(name);
         // A node chosen to initialise the cluster and gone for good: the choice is given up
         // (the way out an operator has); a later round chooses again among the others.
         if self.primary.is_none() && self.initdb.as_ref().is_some_and(|c| c.node == name) {
@@ -725,13 +814,7 @@ impl ClusterState {
         if let Some(chosen) = &self.initdb {
             return Err(CommandError::InitdbChosen(chosen.node.clone()));
         }
-        match self.members.get(node) {
-            Some(m) if m.kind == NodeKind::Data && m.can_be_promoted() => {}
-            Some(m) if m.kind == NodeKind::Data => {
-                return Err(CommandError::NotPromotable(node.to_string()))
-            }
-            _ => return Err(CommandError::NotADataNode(node.to_string())),
-        }
+        self.promotable(node)?;
         self.initdb = Some(InitdbChoice {
             node: node.to_string(),
             at_unix_ms,
@@ -751,6 +834,12 @@ impl ClusterState {
         }
         if let Some(chosen) = self.initdb.as_ref().filter(|c| c.node != primary) {
             return Err(CommandError::InitdbChosen(chosen.node.clone()));
+        }
+        if let Some(m) = self.maintenance.get(primary) {
+            return Err(CommandError::InMaintenance {
+                node: primary.to_string(),
+                by: m.by.clone(),
+            });
         }
         if generation != self.generation.next() {
             return Err(CommandError::WrongGeneration {
@@ -858,16 +947,10 @@ impl ClusterState {
             return Err(CommandError::SwitchoverUnderWay(s.to.clone()));
         }
         self.check_lease_holder(from, generation)?;
-        match self.members.get(to) {
-            Some(m) if m.kind != NodeKind::Data || to == from => {
-                return Err(CommandError::NotADataNode(to.to_string()))
-            }
-            Some(m) if !m.can_be_promoted() => {
-                return Err(CommandError::NotPromotable(to.to_string()))
-            }
-            Some(_) => {}
-            None => return Err(CommandError::NotADataNode(to.to_string())),
+        if to == from {
+            return Err(CommandError::NotADataNode(to.to_string()));
         }
+        self.promotable(to)?;
         self.switchover_seq += 1;
         self.switchover = Some(Switchover {
             from: from.to_string(),
@@ -879,6 +962,7 @@ impl ClusterState {
             unclean: false,
             promotion,
             named,
+            maintenance: false,
         });
         Ok(())
     }
@@ -898,16 +982,10 @@ impl ClusterState {
             });
         }
         if let Some(to) = to {
-            match self.members.get(to) {
-                Some(m) if m.kind != NodeKind::Data => {
-                    return Err(CommandError::NotADataNode(to.clone()))
-                }
-                Some(m) if !m.can_be_promoted() => {
-                    return Err(CommandError::NotPromotable(to.clone()))
-                }
-                Some(_) => {}
-                None => return Err(CommandError::UnknownNode(to.clone())),
+            if !self.members.contains_key(to) {
+                return Err(CommandError::UnknownNode(to.clone()));
             }
+            self.promotable(to)?;
         }
         self.promotion_request = Some(PromotionRequest {
             to: to.cloned(),
@@ -916,6 +994,59 @@ impl ClusterState {
             lease_renewals: None,
         });
         Ok(())
+    }
+
+    /// `pgfm maintenance NODE on`: a data node not under maintenance yet; the primary only
+    /// with the switchover away from it that `handover` asks, begun in the same step.
+    fn enter_maintenance(
+        &mut self,
+        node: &str,
+        maintenance: &Maintenance,
+        handover: Option<&MaintenanceHandover>,
+    ) -> Result<(), CommandError> {
+        match self.members.get(node) {
+            Some(m) if m.kind == NodeKind::Data => {}
+            Some(_) => return Err(CommandError::NotADataNode(node.to_string())),
+            None => return Err(CommandError::UnknownNode(node.to_string())),
+        }
+        if let Some(m) = self.maintenance.get(node) {
+            return Err(CommandError::InMaintenance {
+                node: node.to_string(),
+                by: m.by.clone(),
+            });
+        }
+        if let Some(sw) = self.switchover.as_ref().filter(|sw| sw.to == node) {
+            return Err(CommandError::SwitchoverUnderWay(sw.to.clone()));
+        }
+        let is_primary = self.primary.as_deref() == Some(node);
+        match (is_primary, handover) {
+            (true, None) => return Err(CommandError::MaintenanceOfPrimary(node.to_string())),
+            (true, Some(h)) => {
+                self.request_switchover(node, &h.to, h.generation, false, (false, false))?;
+                if let Some(sw) = self.switchover.as_mut() {
+                    sw.maintenance = true;
+                }
+            }
+            // The primary changed since the request was judged.
+            (false, Some(h)) => {
+                return Err(CommandError::NotLeaseHolder {
+                    node: node.to_string(),
+                    generation: h.generation,
+                })
+            }
+            (false, None) => {}
+        }
+        self.maintenance
+            .insert(node.to_string(), maintenance.clone());
+        Ok(())
+    }
+
+    /// `pgfm maintenance NODE off`.
+    fn leave_maintenance(&mut self, node: &str) -> Result<(), CommandError> {
+        match self.maintenance.remove(node) {
+            Some(_) => Ok(()),
+            None => Err(CommandError::NotInMaintenance(node.to_string())),
+        }
     }
 
     /// `pgfm set-priority`, on a data node.
@@ -1115,6 +1246,14 @@ impl ClusterState {
                 lease_renewals: Some(self.lease_renewals),
             });
         }
+        // The maintenance asked with it did not begin: the operator is told, and the node
+        // serves on. Not when the primary stopped renewing (judged on the lease): it is
+        // dead, frozen or cut off, and should it come back after a failover it must stay
+        // stopped, as its operator asked (`pgfm cluster-status` says so while it is still
+        // the primary).
+        if sw.maintenance && lease_renewals.is_none() {
+            self.maintenance.remove(&sw.from);
+        }
         self.switchover = None;
         self.lease_released = false;
         Ok(())
@@ -1157,16 +1296,7 @@ impl ClusterState {
                 return Err(CommandError::HandOverGone(final_lsn));
             }
         }
-        match self.members.get(node) {
-            Some(m) if m.kind != NodeKind::Data => {
-                return Err(CommandError::NotADataNode(node.clone()))
-            }
-            Some(m) if !m.can_be_promoted() => {
-                return Err(CommandError::NotPromotable(node.clone()))
-            }
-            Some(_) => {}
-            None => return Err(CommandError::NotADataNode(node.clone())),
-        }
+        self.promotable(node)?;
         self.primary = Some(node.clone());
         self.generation = promotion.generation;
         self.history.push(promotion);
@@ -1494,6 +1624,187 @@ mod tests {
         }
         let got = result.map(|()| (state.primary.as_deref(), state.generation.0));
         assert_eq!(got, expected, "applying {commands:?}");
+    }
+
+    /// Maintenance: data nodes only, once at a time; the primary only with the switchover
+    /// away from it, begun in the same step, and a rolled-back switchover ends it; a node
+    /// under maintenance is never the target of a switchover, a promotion or a failover.
+    /// A refused command changes nothing.
+    #[test]
+    fn maintenance_is_checked_against_the_state() {
+        let mut state = ClusterState::default();
+        for (name, kind) in [
+            ("pg1", NodeKind::Data),
+            ("pg2", NodeKind::Data),
+            ("pg3", NodeKind::Data),
+            ("witness", NodeKind::Witness),
+        ] {
+            state
+                .apply(&Command::Register {
+                    member: member(name, kind),
+                })
+                .unwrap();
+        }
+        state
+            .apply(&Command::Bootstrap {
+                primary: "pg1".into(),
+                generation: Generation(1),
+            })
+            .unwrap();
+        let by = |who: &str| Maintenance {
+            since_unix_ms: 7,
+            by: who.into(),
+            keep_running: false,
+            forced: false,
+        };
+        let enter = |node: &str, handover: Option<&str>| Command::EnterMaintenance {
+            node: node.into(),
+            maintenance: by("dba@db1"),
+            handover: handover.map(|to| MaintenanceHandover {
+                to: to.into(),
+                generation: Generation(1),
+            }),
+        };
+        let refused = |state: &ClusterState, command: Command, error: CommandError| {
+            let mut after = state.clone();
+            assert_eq!(after.apply(&command), Err(error), "{command:?}");
+            assert_eq!(&after, state, "{command:?} changed the state");
+        };
+        refused(
+            &state,
+            enter("witness", None),
+            CommandError::NotADataNode("witness".into()),
+        );
+        refused(
+            &state,
+            enter("pg9", None),
+            CommandError::UnknownNode("pg9".into()),
+        );
+        refused(
+            &state,
+            enter("pg1", None),
+            CommandError::MaintenanceOfPrimary("pg1".into()),
+        );
+        refused(
+            &state,
+            enter("pg2", Some("pg3")),
+            CommandError::NotLeaseHolder {
+                node: "pg2".into(),
+                generation: Generation(1),
+            },
+        );
+        refused(
+            &state,
+            Command::LeaveMaintenance { node: "pg2".into() },
+            CommandError::NotInMaintenance("pg2".into()),
+        );
+
+        state.apply(&enter("pg3", None)).unwrap();
+        assert!(!state.may_promote("pg3") && state.may_promote("pg2"));
+        let in_maintenance = CommandError::InMaintenance {
+            node: "pg3".into(),
+            by: "dba@db1".into(),
+        };
+        assert_eq!(
+            in_maintenance.to_string(),
+            "pg3 is under maintenance (put there by dba@db1; pgfm maintenance pg3 off ends it)"
+        );
+        refused(&state, enter("pg3", None), in_maintenance.clone());
+        refused(
+            &state,
+            Command::RequestSwitchover {
+                from: "pg1".into(),
+                to: "pg3".into(),
+                generation: Generation(1),
+                force: false,
+                promotion: false,
+                named: false,
+            },
+            in_maintenance.clone(),
+        );
+        refused(
+            &state,
+            Command::RequestPromotion {
+                to: Some("pg3".into()),
+                force: true,
+                generation: Generation(1),
+            },
+            in_maintenance.clone(),
+        );
+        refused(
+            &state,
+            Command::Promote {
+                node: "pg3".into(),
+                generation: Generation(2),
+                from: Some("pg1".into()),
+                reason: String::new(),
+                lsn: None,
+                lost_bytes: None,
+                at_unix_ms: 0,
+                lease_renewals: None,
+                handover: None,
+                lost_at_least: false,
+            },
+            in_maintenance,
+        );
+
+        // The primary: its switchover begins with it; rolled back, the maintenance ends.
+        let mut primary = state.clone();
+        primary.apply(&enter("pg1", Some("pg2"))).unwrap();
+        let sw = primary.switchover.clone().unwrap();
+        assert_eq!(
+            (sw.from.as_str(), sw.to.as_str(), sw.maintenance),
+            ("pg1", "pg2", true)
+        );
+        assert!(primary.maintenance.contains_key("pg1"));
+        primary
+            .apply(&Command::CancelSwitchover {
+                generation: Generation(1),
+                reason: "rolled back".into(),
+                at_unix_ms: 8,
+                lease_renewals: None,
+            })
+            .unwrap();
+        assert!(!primary.maintenance.contains_key("pg1"));
+        assert!(primary.switchover.is_none());
+        // Cancelled because pg1 stopped renewing its lease (dead, frozen, cut off): the
+        // maintenance stays, so that after a failover pg1 comes back and stays stopped.
+        let mut silent = state.clone();
+        silent.apply(&enter("pg1", Some("pg2"))).unwrap();
+        refused(
+            &silent,
+            enter("pg2", None),
+            CommandError::SwitchoverUnderWay("pg2".into()),
+        );
+        silent
+            .apply(&Command::CancelSwitchover {
+                generation: Generation(1),
+                reason: "pg1 stopped renewing".into(),
+                at_unix_ms: 8,
+                lease_renewals: Some(0),
+            })
+            .unwrap();
+        assert!(silent.maintenance.contains_key("pg1"));
+        // Towards a node under maintenance, nothing begins.
+        refused(
+            &state,
+            enter("pg1", Some("pg3")),
+            CommandError::InMaintenance {
+                node: "pg3".into(),
+                by: "dba@db1".into(),
+            },
+        );
+
+        state
+            .apply(&Command::LeaveMaintenance { node: "pg3".into() })
+            .unwrap();
+        assert!(state.may_promote("pg3"));
+        // A node that leaves the cluster leaves its maintenance behind.
+        state.apply(&enter("pg3", None)).unwrap();
+        state
+            .apply(&Command::RemoveMember { name: "pg3".into() })
+            .unwrap();
+        assert!(state.maintenance.is_empty());
     }
 
     #[test]

@@ -144,6 +144,27 @@ pub enum Refusal {
          cluster has {eligible}: every commit would wait forever (lower it, or add standbys)"
     )]
     MinimumUnmet { minimum: usize, eligible: usize },
+    #[error(
+        "with {node} under maintenance, {primary} would have no promotable standby in sync \
+         with it: should {primary} fail, no standby could take over without losing data \
+         (add --force to accept)"
+    )]
+    MaintenanceLeavesNoStandby { node: String, primary: String },
+    #[error(
+        "replication.minimum_standbys = {minimum}, and with {node} under maintenance only \
+         {eligible} promotable standby(s) remain: every commit would wait for {node} until \
+         pgfm maintenance {node} off (lower the minimum with pgfm edit-config, or add --force \
+         to accept)"
+    )]
+    MaintenanceBelowMinimum {
+        node: String,
+        minimum: usize,
+        eligible: usize,
+    },
+    #[error(
+        "a switchover to {0} is under way: wait for it, or cancel it (pgfm switchover --cancel)"
+    )]
+    SwitchoverToNode(String),
     /// The state machine refuses the command (`ClusterState::apply`).
     #[error(transparent)]
     Log(#[from] CommandError),
@@ -220,6 +241,7 @@ pub fn check_switchover(
     let to = match to {
         Some(to) => {
             known(view, to)?;
+            not_in_maintenance(state, to)?;
             if to == from {
                 return Err(Refusal::AlreadyPrimary(to.to_string()));
             }
@@ -353,6 +375,9 @@ pub fn check_promote(
         return Err(Refusal::NoPrimaryYet);
     };
     let named = to.is_some();
+    if let Some(to) = to {
+        not_in_maintenance(state, to)?;
+    }
     let candidates = Candidates::of(view, now_ms);
     let target = candidates.target(view, to, &from)?;
     if let Some((name, s)) = target {
@@ -711,6 +736,117 @@ pub fn check_disallow(
 }
 
 /// `name` is a voter, else the refusal that lists them.
+/// `pgfm maintenance NODE on|off`, as asked.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MaintenanceAsk<'a> {
+    pub node: &'a str,
+    pub on: bool,
+    pub keep_running: bool,
+    pub force: bool,
+    /// The operator's `user@host`.
+    pub by: &'a str,
+    pub at_unix_ms: u64,
+}
+
+/// What `pgfm maintenance` commits: the command, and for the primary the switchover away
+/// from it that the command begins.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MaintenancePlan {
+    pub command: Command,
+    pub handover: Option<Handover>,
+}
+
+/// `pgfm maintenance NODE on`: a data node out of failover and synchronous replication, its
+/// PostgreSQL stopped (unless `keep_running`); the primary first hands over to the standby
+/// `pgfm switchover` would choose. Refused when the primary (the new one, for the primary's
+/// maintenance) would be left with no promotable standby in sync, or the synchronous
+/// minimum could not be met without the node — unless `force`. `off`: it takes its place
+/// again.
+pub fn check_maintenance(
+    view: &ClusterView,
+    now_ms: u64,
+    ask: &MaintenanceAsk,
+) -> Result<MaintenancePlan, Refusal> {
+    let state = &view.state;
+    let node = ask.node;
+    known(view, node)?;
+    if !ask.on {
+        let command = accepted(
+            state,
+            Command::LeaveMaintenance {
+                node: node.to_string(),
+            },
+        )?;
+        return Ok(MaintenancePlan {
+            command,
+            handover: None,
+        });
+    }
+    not_in_maintenance(state, node)?;
+    if let Some(sw) = state.switchover.as_ref() {
+        if sw.to == node {
+            return Err(Refusal::SwitchoverToNode(node.to_string()));
+        }
+    }
+    let is_primary = state.primary.as_deref() == Some(node);
+    let handover = match is_primary {
+        true => Some(check_switchover(view, now_ms, None)?),
+        false => None,
+    };
+    // Who is the primary during the maintenance, and which standbys it keeps.
+    let primary = handover
+        .as_ref()
+        .map(|h| h.to.clone())
+        .or_else(|| state.primary.clone());
+    if let (Some(primary), false) = (&primary, ask.force) {
+        let others = |name: &&String| *name != node && *name != primary;
+        let in_sync = view
+            .voters
+            .iter()
+            .filter(others)
+            .any(|name| standing::of(view, name, now_ms).promotable_in_sync());
+        if !in_sync {
+            return Err(Refusal::MaintenanceLeavesNoStandby {
+                node: node.to_string(),
+                primary: primary.clone(),
+            });
+        }
+    }
+    let sync = view.sync_settings();
+    let eligible = state
+        .data_members()
+        .filter(|m| m.name != node && Some(&m.name) != primary.as_ref())
+        .filter(|m| state.may_promote(&m.name))
+        .count();
+    let below_minimum = sync.mode != SyncMode::Off && eligible < sync.minimum;
+    if below_minimum && !ask.force {
+        return Err(Refusal::MaintenanceBelowMinimum {
+            node: node.to_string(),
+            minimum: sync.minimum,
+            eligible,
+        });
+    }
+    let command = accepted(
+        state,
+        Command::EnterMaintenance {
+            node: node.to_string(),
+            maintenance: crate::model::Maintenance {
+                since_unix_ms: ask.at_unix_ms,
+                by: ask.by.to_string(),
+                keep_running: ask.keep_running,
+                forced: below_minimum,
+            },
+            handover: handover
+                .as_ref()
+                .map(|h| crate::model::MaintenanceHandover {
+                    to: h.to.clone(),
+                    generation: h.generation,
+                }),
+        },
+    )?;
+    Ok(MaintenancePlan { command, handover })
+}
+
 fn known(view: &ClusterView, name: &str) -> Result<(), Refusal> {
     if view.voters.iter().any(|n| n == name) {
         Ok(())
@@ -719,6 +855,17 @@ fn known(view: &ClusterView, name: &str) -> Result<(), Refusal> {
             name: name.to_string(),
             members: view.voters.clone(),
         })
+    }
+}
+
+/// Refused, in the log's words, when `name` is under maintenance: it may not be promoted.
+fn not_in_maintenance(state: &ClusterState, name: &str) -> Result<(), Refusal> {
+    match state.maintenance.get(name) {
+        Some(m) => Err(Refusal::Log(CommandError::InMaintenance {
+            node: name.to_string(),
+            by: m.by.clone(),
+        })),
+        None => Ok(()),
     }
 }
 
@@ -1448,5 +1595,228 @@ mod tests {
              or add --force",
         );
         check(3, HEALTHY, "pg2", true, "RemoveMember { name: \"pg2\" }");
+    }
+
+    fn show_maintenance(plan: MaintenancePlan) -> String {
+        let handover = plan
+            .handover
+            .map(|h| format!(", {} hands over to {}", h.from, h.to))
+            .unwrap_or_default();
+        match plan.command {
+            Command::EnterMaintenance {
+                node, maintenance, ..
+            } => format!(
+                "{node} enters maintenance{}{handover}",
+                if maintenance.forced { " (forced)" } else { "" }
+            ),
+            Command::LeaveMaintenance { node } => format!("{node} leaves maintenance{handover}"),
+            other => format!("{other:?}"),
+        }
+    }
+
+    fn under_maintenance(v: &mut ClusterView, name: &str) {
+        v.state.maintenance.insert(
+            name.to_string(),
+            crate::model::Maintenance {
+                since_unix_ms: 1,
+                by: "dba@db1".into(),
+                keep_running: false,
+                forced: false,
+            },
+        );
+    }
+
+    // Long: one table, a row per fault and request; it reads best in one piece.
+    #[test]
+    fn maintenance() {
+        let check =
+            |data_nodes: usize, fault: Fault, node: &str, on: bool, force: bool, expected: &str| {
+                let mut v = lab(data_nodes);
+                fault(&mut v);
+                let ask = MaintenanceAsk {
+                    node,
+                    on,
+                    keep_running: false,
+                    force,
+                    by: "dba@db1",
+                    at_unix_ms: 7,
+                };
+                let got = outcome(check_maintenance(&v, NOW, &ask), show_maintenance);
+                assert_eq!(got, expected, "maintenance {node} {on} (force {force})");
+            };
+        check(3, HEALTHY, "pg3", true, false, "pg3 enters maintenance");
+        // The primary hands over first, to the standby a switchover would choose.
+        check(
+            3,
+            |v| behind(v, "pg2", 1_000),
+            "pg1",
+            true,
+            false,
+            "pg1 enters maintenance, pg1 hands over to pg3",
+        );
+        // With two data nodes, either one leaves the primary without a standby.
+        check(
+            2,
+            HEALTHY,
+            "pg1",
+            true,
+            false,
+            "refused: with pg1 under maintenance, pg2 would have no promotable standby in sync \
+             with it: should pg2 fail, no standby could take over without losing data (add \
+             --force to accept)",
+        );
+        check(
+            2,
+            HEALTHY,
+            "pg1",
+            true,
+            true,
+            "pg1 enters maintenance, pg1 hands over to pg2",
+        );
+        check(
+            2,
+            HEALTHY,
+            "pg2",
+            true,
+            false,
+            "refused: with pg2 under maintenance, pg1 would have no promotable standby in sync \
+             with it: should pg1 fail, no standby could take over without losing data (add \
+             --force to accept)",
+        );
+        // The other standby lags: it could not take over without loss either.
+        check(
+            3,
+            |v| behind(v, "pg2", 2_000_000),
+            "pg3",
+            true,
+            false,
+            "refused: with pg3 under maintenance, pg1 would have no promotable standby in sync \
+             with it: should pg1 fail, no standby could take over without losing data (add \
+             --force to accept)",
+        );
+        // The primary with no standby in sync to hand over to: --force does not help.
+        check(
+            2,
+            |v| behind(v, "pg2", 2_000_000),
+            "pg1",
+            true,
+            true,
+            "refused: no standby is in sync with pg1: a switchover now could lose data (No \
+             standby database is in sync with the primary: pg2 is 2000000 bytes behind \
+             (max_lag 1048576). Promoting now could lose data.)",
+        );
+        // The synchronous minimum needs the node.
+        let strict: Fault = |v| {
+            v.settings.sync.mode = SyncMode::On;
+            v.settings.sync.minimum = 2;
+            v.settings.sync.standbys = 2;
+        };
+        check(
+            3,
+            strict,
+            "pg3",
+            true,
+            false,
+            "refused: replication.minimum_standbys = 2, and with pg3 under maintenance only 1 \
+             promotable standby(s) remain: every commit would wait for pg3 until pgfm \
+             maintenance pg3 off (lower the minimum with pgfm edit-config, or add --force to \
+             accept)",
+        );
+        check(
+            3,
+            strict,
+            "pg3",
+            true,
+            true,
+            "pg3 enters maintenance (forced)",
+        );
+        // Not for a witness, an unknown node, twice, or a switchover's target.
+        check(
+            3,
+            HEALTHY,
+            "witness",
+            true,
+            false,
+            "refused: node witness is not a registered data node",
+        );
+        check(
+            3,
+            HEALTHY,
+            "pg7",
+            true,
+            false,
+            "refused: unknown node \"pg7\" (the members are pg1, pg2, pg3, witness)",
+        );
+        check(
+            2,
+            |v| under_maintenance(v, "pg2"),
+            "pg2",
+            true,
+            false,
+            "refused: pg2 is under maintenance (put there by dba@db1; pgfm maintenance pg2 off \
+             ends it)",
+        );
+        check(
+            3,
+            |v| under_maintenance(v, "pg3"),
+            "pg3",
+            true,
+            false,
+            "refused: pg3 is under maintenance (put there by dba@db1; pgfm maintenance pg3 off \
+             ends it)",
+        );
+        check(
+            3,
+            under_way,
+            "pg2",
+            true,
+            false,
+            "refused: a switchover to pg2 is under way: wait for it, or cancel it (pgfm \
+             switchover --cancel)",
+        );
+        check(
+            3,
+            under_way,
+            "pg1",
+            true,
+            false,
+            "refused: a switchover from pg1 to pg2 is already under way",
+        );
+        // Off: only for a node under maintenance.
+        check(
+            3,
+            |v| under_maintenance(v, "pg3"),
+            "pg3",
+            false,
+            false,
+            "pg3 leaves maintenance",
+        );
+        check(
+            3,
+            HEALTHY,
+            "pg3",
+            false,
+            false,
+            "refused: pg3 is not under maintenance",
+        );
+        // A node under maintenance is no switchover's or promotion's target.
+        let mut v = lab(3);
+        under_maintenance(&mut v, "pg3");
+        let refusal = "refused: pg3 is under maintenance (put there by dba@db1; pgfm maintenance \
+                       pg3 off ends it)";
+        assert_eq!(
+            outcome(check_switchover(&v, NOW, Some("pg3")), show_handover),
+            refusal
+        );
+        assert_eq!(
+            outcome(check_promote(&v, NOW, Some("pg3"), true), |p| format!(
+                "{p:?}"
+            )),
+            refusal
+        );
+        assert_eq!(
+            outcome(check_switchover(&v, NOW, None), show_handover),
+            "pg1 hands over to pg2 in generation 1"
+        );
     }
 }

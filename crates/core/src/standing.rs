@@ -121,13 +121,9 @@ pub fn of<'a>(view: &'a ClusterView, name: &str, now_ms: u64) -> Standing<'a> {
 }
 
 /// Whether `name` is on the priority list: a data member the operator lets be promoted,
-/// other than the primary.
+/// not under maintenance, other than the primary.
 pub fn eligible(state: &ClusterState, name: &str) -> bool {
-    state.primary.as_deref() != Some(name)
-        && state
-            .members
-            .get(name)
-            .is_some_and(|m| m.kind == NodeKind::Data && m.can_be_promoted())
+    state.primary.as_deref() != Some(name) && state.may_promote(name)
 }
 
 /// The members that may be promoted, the preferred first (highest priority, then by name).

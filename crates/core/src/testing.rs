@@ -254,6 +254,7 @@ pub(crate) fn switchover_pg1_to_pg2() -> Switchover {
         unclean: false,
         promotion: false,
         named: false,
+        maintenance: false,
     }
 }
 
@@ -388,6 +389,9 @@ fn short(action: &Action) -> String {
         Action::Fence { generation, .. } => format!("fence g{generation}"),
         Action::StopToRewind { generation, reason } => {
             format!("stop to rewind g{generation}: {reason}")
+        }
+        Action::StopForMaintenance { generation, .. } => {
+            format!("stop for maintenance g{generation}")
         }
         Action::Rewind {
             upstream,

@@ -11,6 +11,7 @@ use pgfm_agent::config::{Config, DEFAULT_CONFIG};
 use pgfm_api::status_text;
 use pgfm_lab::{bench, calm, chaos, demo};
 
+mod maintenance;
 mod settings;
 
 #[derive(Parser)]
@@ -91,6 +92,26 @@ enum Commands {
         #[arg(long)]
         to: Option<String>,
         /// Accept a target that lags; the refusal without it says how much could be lost.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Put a data node under maintenance, or end it. On: the node is never promoted and
+    /// never a synchronous standby, and its PostgreSQL is stopped cleanly (after it left
+    /// the synchronous standbys) and stays stopped across agent restarts and reboots; the
+    /// primary first switches over to the best standby in sync. Off: it starts as a
+    /// standby, rewound if it has to be, and takes its place again. Returns when done.
+    /// Exits 1 when refused (nothing changed), 2 on errors.
+    Maintenance {
+        #[arg(short, long, default_value = DEFAULT_CONFIG)]
+        config: PathBuf,
+        node: String,
+        #[arg(value_enum)]
+        state: OnOff,
+        /// Keep PostgreSQL running: out of failover and synchronous replication only.
+        #[arg(long)]
+        keep_running: bool,
+        /// Even when the primary would be left with no promotable standby in sync, or the
+        /// synchronous minimum could not be met without this node (commits then wait for it).
         #[arg(long)]
         force: bool,
     },
@@ -715,89 +736,11 @@ fn cancel_switchover(config: &std::path::Path) -> anyhow::Result<ExitCode> {
     refusable(runtime()?.block_on(client.cancel_switchover()))
 }
 
-/// `pgfm switchover`: ask, then follow the cluster until the old primary streams from the
-/// new one.
-fn switchover(config: &std::path::Path, to: Option<String>) -> anyhow::Result<ExitCode> {
-    let client = local_agent(config)?;
-    let rt = runtime()?;
-    let started_at = std::time::Instant::now();
-    let cancelled_of = |generation: u64| {
-        rt.block_on(client.history())
-            .unwrap_or_default()
-            .iter()
-            .filter(|e| e.cancelled && e.generation == generation)
-            .count()
-    };
-    let before = rt
-        .block_on(client.status())
-        .map(|s| (s.generation, cancelled_of(s.generation)))
-        .ok();
-    let started = match rt.block_on(client.switchover(to)) {
-        Ok(started) => started,
-        Err(pgfm_api::ApiError::Failed {
-            status: 409,
-            message,
-            ..
-        }) => {
-            eprintln!("pgfm: switchover refused, nothing was changed: {message}");
-            return Ok(ExitCode::from(1));
-        }
-        Err(e) => return Err(e.into()),
-    };
-    println!(
-        "Switchover from {} to {} under way (generation {} -> {})...",
-        started.from,
-        started.to,
-        started.generation,
-        started.generation + 1
-    );
-    // Cancellations of this generation from before this switchover are not its own.
-    let cancelled_before = match before {
-        Some((g, n)) if g == started.generation => n,
-        _ => 0,
-    };
-    let deadline = std::time::Instant::now() + Duration::from_secs(120);
-    let mut last = String::new();
-    loop {
-        if let Ok(status) = rt.block_on(client.status()) {
-            let old = status.nodes.iter().find(|n| n.name == started.from);
-            let done = status.generation == started.generation + 1
-                && status.primary.as_deref() == Some(started.to.as_str())
-                && old.is_some_and(|n| {
-                    n.kind == pgfm_api::NodeKindStatus::Standby && n.in_sync == Some(true)
-                });
-            if done {
-                println!(
-                    "Switchover complete in {:.1} s: {} is the primary of generation {}; {} streams from it.",
-                    started_at.elapsed().as_secs_f64(),
-                    started.to,
-                    status.generation,
-                    started.from
-                );
-                return Ok(ExitCode::SUCCESS);
-            }
-            if status.generation == started.generation {
-                // Rolled back or cancelled: the history says why.
-                let cancelled: Vec<pgfm_api::HistoryEntry> = rt
-                    .block_on(client.history())
-                    .unwrap_or_default()
-                    .into_iter()
-                    .filter(|e| e.cancelled && e.generation == started.generation)
-                    .collect();
-                if cancelled.len() > cancelled_before {
-                    if let Some(e) = cancelled.last() {
-                        eprintln!("pgfm: {}", e.reason);
-                    }
-                    return Ok(ExitCode::from(1));
-                }
-            }
-            last = status.problems.join("; ");
-        }
-        if std::time::Instant::now() > deadline {
-            anyhow::bail!("the switchover did not complete within 120 s; last seen: {last}");
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
+/// `pgfm maintenance NODE on|off`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum OnOff {
+    On,
+    Off,
 }
 
 fn main() -> ExitCode {
@@ -837,7 +780,25 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             cancel: true,
             ..
         } => cancel_switchover(&config),
-        Commands::Switchover { config, to, .. } => switchover(&config, to),
+        Commands::Switchover { config, to, .. } => {
+            maintenance::switchover(&local_agent(&config)?, to)
+        }
+        Commands::Maintenance {
+            config,
+            node,
+            state,
+            keep_running,
+            force,
+        } => maintenance::maintenance(
+            &local_agent(&config)?,
+            pgfm_api::MaintenanceRequest {
+                node,
+                on: state == OnOff::On,
+                keep_running,
+                force,
+                by: settings::who(),
+            },
+        ),
         Commands::Promote { config, to, force } => promote(&config, to, force),
         Commands::SetPriority {
             config,

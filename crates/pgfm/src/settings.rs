@@ -210,7 +210,7 @@ fn confirmed() -> anyhow::Result<bool> {
 }
 
 /// `user@host`, for the history.
-fn who() -> String {
+pub(crate) fn who() -> String {
     let uid = nix::unistd::getuid();
     let user = std::env::var("SUDO_USER")
         .ok()

@@ -60,6 +60,8 @@ pub trait Database: Send + Sync {
     fn fence(&self) -> Pending<'_, anyhow::Result<()>>;
     /// Stop (a diverged standby) and mark the directory for a rewind.
     fn stop_to_rewind(&self) -> Pending<'_, anyhow::Result<()>>;
+    /// Stop cleanly (`pg_ctl stop -m fast`): a node going under maintenance.
+    fn stop(&self) -> Pending<'_, anyhow::Result<()>>;
     /// Rewind the stopped data directory onto `upstream`'s timeline.
     fn rewind<'a>(&'a self, upstream: &'a Upstream) -> Pending<'a, anyhow::Result<()>>;
     /// A switchover's stop: clean within `limit`, then immediate; the final WAL position.
@@ -140,6 +142,9 @@ impl Database for Postgres {
     }
     fn stop_to_rewind(&self) -> Pending<'_, anyhow::Result<()>> {
         Box::pin(Postgres::stop_to_rewind(self))
+    }
+    fn stop(&self) -> Pending<'_, anyhow::Result<()>> {
+        Box::pin(Postgres::stop(self, "fast"))
     }
     fn rewind<'a>(&'a self, upstream: &'a Upstream) -> Pending<'a, anyhow::Result<()>> {
         Box::pin(Postgres::rewind(self, upstream))

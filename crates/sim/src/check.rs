@@ -8,7 +8,10 @@
 //! - at most one primary per generation, whichever agent applied it, and each agent's
 //!   generation only grows while it runs;
 //! - the virtual IP on at most one running host (a frozen one included: its kernel still
-//!   answers ARP).
+//!   answers ARP);
+//! - a node under maintenance (`pgfm maintenance NODE on`, not kept running), once its
+//!   PostgreSQL was seen stopped, never runs it again while its agent has it under
+//!   maintenance — across agent restarts and host reboots.
 //!
 //! Liveness (a working primary after a quiet period) is checked at the end of the run by
 //! `world.rs`.
@@ -27,6 +30,8 @@ pub struct Checker {
     primaries: BTreeMap<u64, String>,
     /// Per node: (agent incarnation, last generation seen applied).
     seen: BTreeMap<String, (u64, u64)>,
+    /// Nodes under maintenance seen with their PostgreSQL stopped.
+    stopped_for_maintenance: std::collections::BTreeSet<String>,
 }
 
 impl Checker {
@@ -46,10 +51,11 @@ impl Checker {
         vip: &VipTable,
         trace: &Trace,
     ) {
-        let (writable, found) = {
+        let (writable, running, found) = {
             let mut pg = pg.lock().unwrap_or_else(|p| p.into_inner());
-            (pg.writable_now(), pg.take_violations())
+            (pg.writable_now(), pg.running_now(), pg.take_violations())
         };
+        self.check_maintenance(now_ms, nodes, &running);
         if writable.len() > 1 {
             self.violation(
                 now_ms,
@@ -111,6 +117,38 @@ impl Checker {
         }
         if let Some(last) = self.violations.last() {
             trace.say(format!("VIOLATION {last}"));
+        }
+    }
+
+    /// A node stopped for maintenance stays stopped while its own agent has it under
+    /// maintenance (its agent down: still under it, as its files say).
+    fn check_maintenance(&mut self, now_ms: u64, nodes: &[Node], running: &[String]) {
+        for node in nodes {
+            let name = node.name();
+            if !node.agent_running() {
+                continue;
+            }
+            let held = node.own_maintenance().is_some_and(|m| m.keeps_stopped());
+            let runs = running.iter().any(|r| r == name);
+            match (held, runs) {
+                (false, _) => {
+                    self.stopped_for_maintenance.remove(name);
+                }
+                (true, false) => {
+                    self.stopped_for_maintenance.insert(name.to_string());
+                }
+                (true, true) if self.stopped_for_maintenance.contains(name) => {
+                    self.stopped_for_maintenance.remove(name);
+                    self.violation(
+                        now_ms,
+                        format!(
+                            "{name} is under maintenance and was stopped, but its PostgreSQL \
+                             runs again"
+                        ),
+                    );
+                }
+                (true, true) => {}
+            }
         }
     }
 }

@@ -40,10 +40,14 @@ pub enum Kind {
     /// edit-config --set timing.lease=...`), longer or shorter, while the cluster runs; it
     /// is set back after the duration.
     LeaseChange,
+    /// An operator puts the host's data node under maintenance (`pgfm maintenance NODE on`,
+    /// `--keep-running` and `--force` drawn): a primary is switched away from first. It is
+    /// ended (`off`) after the duration.
+    Maintenance,
 }
 
 impl Kind {
-    pub const ALL: [Kind; 12] = [
+    pub const ALL: [Kind; 13] = [
         Kind::HostCrash,
         Kind::AgentCrash,
         Kind::PostmasterCrash,
@@ -56,6 +60,7 @@ impl Kind {
         Kind::Stalls,
         Kind::SlowLink,
         Kind::LeaseChange,
+        Kind::Maintenance,
     ];
 
     fn name(self) -> &'static str {
@@ -72,6 +77,7 @@ impl Kind {
             Kind::Stalls => "stalls",
             Kind::SlowLink => "slow-link",
             Kind::LeaseChange => "lease-change",
+            Kind::Maintenance => "maintenance",
         }
     }
 

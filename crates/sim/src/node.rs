@@ -307,6 +307,14 @@ impl Node {
         self.process.as_ref().map(|p| p.running.primary())
     }
 
+    /// This node's own maintenance as its agent applied it: None when it is not under
+    /// maintenance, or when no agent runs (`agent_running` tells which).
+    pub fn own_maintenance(&self) -> Option<pgfm_core::model::Maintenance> {
+        self.process
+            .as_ref()
+            .and_then(|p| p.running.maintenance_of(self.name()))
+    }
+
     pub fn is_coordinator(&self) -> bool {
         self.process
             .as_ref()

@@ -671,6 +671,15 @@ impl PgModel {
         }
     }
 
+    /// Servers with a postmaster (starting, recovering or serving), on a host that is up.
+    pub fn running_now(&self) -> Vec<String> {
+        self.servers
+            .values()
+            .filter(|s| s.run.is_some() && self.hosts.up(&s.name))
+            .map(|s| s.name.clone())
+            .collect()
+    }
+
     /// Servers accepting writes right now: running, not in recovery, host up, not frozen.
     pub fn writable_now(&self) -> Vec<String> {
         self.servers
@@ -2229,6 +2238,13 @@ impl Database for SimDatabase {
     }
     fn stop_to_rewind(&self) -> Pending<'_, anyhow::Result<()>> {
         Box::pin(SimDatabase::stop_to_rewind(self))
+    }
+    fn stop(&self) -> Pending<'_, anyhow::Result<()>> {
+        Box::pin(async move {
+            self.stop_fast(Duration::from_secs(60))
+                .await
+                .map_err(anyhow::Error::msg)
+        })
     }
     fn rewind<'a>(&'a self, upstream: &'a Upstream) -> Pending<'a, anyhow::Result<()>> {
         Box::pin(SimDatabase::rewind(self, upstream))

@@ -591,6 +591,7 @@ impl World {
                 self.lock_pg().slow_link(&name, Some(every));
             }
             Kind::LeaseChange => self.edit_lease(i, true),
+            Kind::Maintenance => self.maintenance(i, true),
         }
         let until = self.now_ms + fault.duration_ms;
         self.schedule(until, Due::Undo(fault.kind, i));
@@ -625,6 +626,7 @@ impl World {
             Kind::Stalls => {}
             Kind::SlowLink => self.lock_pg().slow_link(&name, None),
             Kind::LeaseChange => self.edit_lease(i, false),
+            Kind::Maintenance => self.maintenance(i, false),
             Kind::Lossy => {
                 let mut net = self.net.lock();
                 let normal = NetSettings::default();
@@ -680,6 +682,61 @@ impl World {
         };
         let net = self.net.clone();
         self.nodes[i].deliver(&net, "operator".into(), request, None);
+    }
+
+    /// An operator's `pgfm maintenance NODE on|off` for node `i` (a witness too: refused, as
+    /// the command is), through its own agent, or another's while its host is down. On:
+    /// `--keep-running` and `--force` drawn. Off: asked again each second while an agent
+    /// still has the node under maintenance (an operator retries a command that got no
+    /// answer), so that every node is back before the quiet period ends.
+    fn maintenance(&mut self, i: usize, on: bool) {
+        let name = self.nodes[i].name().to_string();
+        let (keep_running, force) = if on {
+            (self.rng.range(0, 3) == 0, self.rng.range(0, 2) == 0)
+        } else {
+            let still = self
+                .nodes
+                .iter()
+                .filter(|n| n.up)
+                .filter_map(|n| n.state())
+                .any(|s| s.maintenance.contains_key(&name));
+            if !still {
+                self.trace
+                    .say(format!("maintenance of {name}: over on every agent"));
+                return;
+            }
+            self.schedule(self.now_ms + 1_000, Due::Undo(Kind::Maintenance, i));
+            (false, false)
+        };
+        let Some(via) = std::iter::once(i)
+            .chain(0..self.nodes.len())
+            .find(|&j| self.nodes[j].up && self.nodes[j].agent_running())
+        else {
+            self.trace.say("maintenance: no agent runs");
+            return;
+        };
+        self.trace.say(format!(
+            "maintenance {name} {} through {} (keep running {keep_running}, force {force})",
+            if on { "on" } else { "off" },
+            self.nodes[via].name()
+        ));
+        let body = pgfm_api::MaintenanceRequest {
+            node: name,
+            on,
+            keep_running,
+            force,
+            by: "simulated operator".into(),
+        };
+        let request = pgfm_core::transport::Request {
+            method: pgfm_core::transport::Method::Post,
+            address: self.nodes[via].name().to_string(),
+            path: "/v1/maintenance".into(),
+            token: self.token.to_string(),
+            body: serde_json::to_vec(&body).ok(),
+            timeout: std::time::Duration::from_secs(5),
+        };
+        let net = self.net.clone();
+        self.nodes[via].deliver(&net, "operator".into(), request, None);
     }
 
     /// A watchdog whose deadline passed resets its host within `WATCHDOG_RESET_MS`.

@@ -242,3 +242,73 @@ fn a_promotion_whose_postmaster_dies_before_pg_promote_ends_on_a_new_timeline() 
     assert!(report.violations.is_empty(), "{:?}", report.violations);
     assert_eq!(report.promotions, 1, "faults: {:?}", report.faults);
 }
+
+/// Found by seed 148 (asynchronous, with the new maintenance fault): pg1, a former primary
+/// back after its agent died and its watchdog reset the host, began a pg_rewind; pg1 was put
+/// under maintenance while it ran, its agent saw it (PostgreSQL stopped), and the rewind's
+/// own start then brought PostgreSQL up. Now a start decided before the maintenance was
+/// applied leaves PostgreSQL stopped (`start_unless_held`).
+#[test]
+fn a_node_put_under_maintenance_during_its_rewind_is_not_started_by_it() {
+    let mut options = Options::new(148);
+    options.script = Some(vec![
+        Fault::new(9_910, Kind::AgentCrash, Target::Primary, 8_677),
+        Fault::new(14_280, Kind::PostmasterCrash, Target::Coordinator, 0),
+        Fault::new(18_625, Kind::Maintenance, Target::Node(0), 5_071),
+    ]);
+    options.trace = true;
+    let report = pgfm_sim::run(options);
+    assert!(report.violations.is_empty(), "{:?}", report.violations);
+    assert!(
+        report
+            .trace
+            .iter()
+            .any(|l| l.contains("maintenance pg1 on")),
+        "the scenario no longer puts pg1 under maintenance: {:?}",
+        report.faults
+    );
+    assert!(
+        report
+            .trace
+            .iter()
+            .any(|l| l.contains("PostgreSQL is left stopped")),
+        "the scenario no longer starts pg1 after its maintenance: {:?}",
+        report.faults
+    );
+}
+
+/// Found by seed 319 (synchronous on): pg1 (primary) was reset by its watchdog (its agent
+/// frozen), then put under maintenance while the coordinator still counted its lease; the
+/// switchover away from it was cut short (it stopped renewing) and nobody found its
+/// database down in time to fail over. Its host booted, and its agent, still the committed
+/// primary, started PostgreSQL under maintenance. Now it stays stopped and gives its lease
+/// up, and a standby is promoted.
+#[test]
+fn a_primary_under_maintenance_that_reboots_stays_down_and_hands_its_lease_on() {
+    let mut options = Options::new(319);
+    options.synchronous = "on".into();
+    options.script = Some(vec![
+        Fault::new(20_505, Kind::AgentFreeze, Target::Node(0), 6_016),
+        Fault::new(22_410, Kind::Maintenance, Target::Primary, 9_126),
+    ]);
+    options.trace = true;
+    let report = pgfm_sim::run(options);
+    assert!(report.violations.is_empty(), "{:?}", report.violations);
+    assert!(
+        report
+            .trace
+            .iter()
+            .any(|l| l.contains("maintenance pg1 on")),
+        "the scenario no longer puts pg1 under maintenance: {:?}",
+        report.faults
+    );
+    assert!(
+        report
+            .trace
+            .iter()
+            .any(|l| l.contains("PostgreSQL stays stopped: giving up the lease")),
+        "the scenario no longer reboots pg1 as the primary under maintenance: {:?}",
+        report.faults
+    );
+    assert_eq!(report.promotions, 1, "faults: {:?}", report.faults);
+}

@@ -48,6 +48,12 @@ pub enum Action {
         generation: Generation,
         reason: String,
     },
+    /// Stop the local standby cleanly (fast) and keep it stopped: the node is under
+    /// maintenance (`ClusterState::maintenance`).
+    StopForMaintenance {
+        generation: Generation,
+        reason: String,
+    },
     /// Rewind the former primary against `upstream`, then start it as a standby.
     Rewind {
         upstream: String,
@@ -164,6 +170,12 @@ impl std::fmt::Display for Action {
             }
             Action::StopToRewind { generation, reason } => {
                 write!(f, "stop to rewind (generation {generation}): {reason}")
+            }
+            Action::StopForMaintenance { generation, reason } => {
+                write!(
+                    f,
+                    "stop for maintenance (generation {generation}): {reason}"
+                )
             }
             Action::Rewind {
                 upstream,

@@ -73,8 +73,14 @@ pub(super) fn bootstrap(cluster: &ClusterView, now_ms: u64) -> Vec<Action> {
     }
 }
 
-/// Make `primary` the first primary (generation 1).
+/// Make `primary` the first primary (generation 1), unless it is under maintenance.
 fn bootstrap_of(primary: &str, cluster: &ClusterView) -> Vec<Action> {
+    if cluster.state.maintenance.contains_key(primary) {
+        return vec![cluster_hold(format!(
+            "{primary}, the node to become the first primary, is under maintenance: pgfm \
+             maintenance {primary} off lets the cluster start"
+        ))];
+    }
     vec![Action::Propose {
         command: Command::Bootstrap {
             primary: primary.to_string(),
@@ -90,7 +96,7 @@ fn choose_initdb(cluster: &ClusterView) -> Vec<Action> {
     let best = cluster
         .state
         .data_members()
-        .filter(|m| m.can_be_promoted())
+        .filter(|m| cluster.state.may_promote(&m.name))
         .min_by(|a, b| b.priority.cmp(&a.priority).then(a.name.cmp(&b.name)));
     match best {
         Some(node) => vec![Action::Propose {

@@ -248,6 +248,12 @@ fn candidate<'a>(
     if !member.can_be_promoted() {
         return Err(format!("{name} is not promotable"));
     }
+    if let Some(m) = state.maintenance.get(name) {
+        return Err(format!(
+            "{name} is under maintenance (put there by {}; pgfm maintenance {name} off ends it)",
+            m.by
+        ));
+    }
     // Synchronous replication: only the committed sync set may hold every commit the old
     // primary acknowledged.
     if !state.sync_set.is_empty() && !state.sync_set.contains(name) && !force {

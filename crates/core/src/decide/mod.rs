@@ -10,7 +10,7 @@
 //! - `view`: what the engine decides on; `action`: what it answers;
 //! - the coordinator's part (`coordinate`): `bootstrap`, `failover`, `switchover`;
 //! - a data node's part (`reconcile`): `vip`, `sync`, and `reconcile` (its PostgreSQL's
-//!   role, its timeline);
+//!   role, its timeline), and `maintenance` (a node put aside by the operator);
 //! - their tests, beside each topic, share the fixtures of `crate::testing`.
 
 use crate::model::{Command, NodeKind, WatchdogMode};
@@ -18,6 +18,7 @@ use crate::model::{Command, NodeKind, WatchdogMode};
 mod action;
 mod bootstrap;
 mod failover;
+mod maintenance;
 mod reconcile;
 mod switchover;
 mod sync;

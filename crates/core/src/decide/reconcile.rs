@@ -1,5 +1,6 @@
 //! A data node brings its own PostgreSQL to the role the committed state gives it.
 
+use super::maintenance::{primary_under_maintenance, under_maintenance};
 use super::switchover::hand_over;
 use super::{hold, Action, ClusterView, Forward, LocalView, OnCrash, RejoinMode};
 use crate::model::{Command, DataDirState, DbRole};
@@ -105,7 +106,7 @@ fn running_primary(cluster: &ClusterView, local: &LocalView) -> Vec<Action> {
 }
 
 /// Give up the lease of `generation` (a standby may take over), saying `why`.
-fn give_up_lease(local: &LocalView, generation: Generation, why: &str) -> Vec<Action> {
+pub(super) fn give_up_lease(local: &LocalView, generation: Generation, why: &str) -> Vec<Action> {
     vec![
         Action::Propose {
             command: Command::ReleaseLease {
@@ -133,6 +134,11 @@ fn stopped_primary(cluster: &ClusterView, local: &LocalView, now_ms: u64) -> Vec
         return vec![hold(format!(
             "gave up the lease of generation {generation}: waiting for a standby to take over"
         ))];
+    }
+    if let Some(m) = state.maintenance.get(&local.name) {
+        if m.keeps_stopped() {
+            return primary_under_maintenance(cluster, local, m);
+        }
     }
     if forced_promotion(cluster) {
         return give_up_lease(
@@ -194,6 +200,9 @@ fn reconcile_standby(
     primary: &str,
     now_ms: u64,
 ) -> Vec<Action> {
+    if let Some(m) = cluster.state.maintenance.get(&local.name) {
+        return under_maintenance(cluster, local, primary, m, now_ms);
+    }
     if local.db_running {
         running_standby(cluster, local, primary)
     } else {
@@ -204,7 +213,11 @@ fn reconcile_standby(
 /// A standby's PostgreSQL runs: fence it if it accepts writes, stop it to be rewound if it
 /// diverged from the primary's timeline, point it at the primary if it streams from
 /// elsewhere.
-fn running_standby(cluster: &ClusterView, local: &LocalView, primary: &str) -> Vec<Action> {
+pub(super) fn running_standby(
+    cluster: &ClusterView,
+    local: &LocalView,
+    primary: &str,
+) -> Vec<Action> {
     let state = &cluster.state;
     let me = &local.report;
     let generation = state.generation;
@@ -441,7 +454,7 @@ fn keeps_lease_after_crash(
 /// No standby may take over from this primary: synchronous replication knows it alone to
 /// hold every acknowledged commit (`ClusterState::sole_holder`). Giving its lease up would
 /// leave the cluster waiting for nobody.
-fn no_taker(cluster: &ClusterView, local: &LocalView) -> bool {
+pub(super) fn no_taker(cluster: &ClusterView, local: &LocalView) -> bool {
     cluster.state.sole_holder() == Some(local.name.as_str())
 }
 

@@ -31,6 +31,11 @@ pub(super) fn switchover(cluster: &ClusterView, sw: &Switchover, now_ms: u64) ->
             lease_renewals: None,
         }, forward: Forward::Never }]
     };
+    // Its target may no longer be promoted (put under maintenance since, say): the log
+    // would refuse the promotion at every step.
+    if let Err(why) = state.promotable(&sw.to) {
+        return cancel(why.to_string());
+    }
     let Some(final_lsn) = sw.final_lsn.filter(|_| state.lease_released) else {
         // The primary renews its lease until it hands over: once the lease has run out it
         // is dead, frozen or cut off, and no hand-over will come. Waiting out the timeout

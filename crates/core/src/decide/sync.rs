@@ -128,13 +128,17 @@ fn desired_sync(
         SyncMode::Quorum => usize::MAX,
     };
     let state = &cluster.state;
-    let candidate = |name: &str| {
+    // Named only to keep `minimum` (commits then wait for it): a node under maintenance,
+    // after every other member — while other standbys are missing, or for good when its
+    // operator waived the minimum (`Maintenance::forced`).
+    let member = |name: &str| {
         name != local.name
             && state
                 .members
                 .get(name)
                 .is_some_and(|m| m.kind == NodeKind::Data && m.can_be_promoted())
     };
+    let candidate = |name: &str| member(name) && state.may_promote(name);
     let stalled = |name: &str| {
         local
             .replicas
@@ -180,9 +184,9 @@ fn desired_sync(
         let mut rest: Vec<&str> = state
             .data_members()
             .map(|m| m.name.as_str())
-            .filter(|n| candidate(n))
+            .filter(|n| member(n))
             .collect();
-        rest.sort_by_key(|n| (std::cmp::Reverse(priority(n)), *n));
+        rest.sort_by_key(|n| (!candidate(n), std::cmp::Reverse(priority(n)), *n));
         others.extend(rest);
         for name in others {
             if names.len() >= sync.minimum {

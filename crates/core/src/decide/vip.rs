@@ -132,7 +132,7 @@ mod tests {
                 let seen = if up { Running(role) } else { Stopped(Writable) };
                 let mut v = view(primary.map(|p| names[p]), &[(names[me], seen), (names[1 - me], Running(DbRole::Standby)), ("witness", Stopped(Empty))]);
                 if handing_over {
-                    v.state.switchover = Some(Switchover { seq: 1, unclean: false, promotion: false, named: false, from: names[me].into(), to: names[1 - me].into(), force: false, generation: v.state.generation, final_lsn: None });
+                    v.state.switchover = Some(Switchover { seq: 1, unclean: false, promotion: false, named: false, maintenance: false, from: names[me].into(), to: names[1 - me].into(), force: false, generation: v.state.generation, final_lsn: None });
                 }
                 v.reports.get_mut(names[me]).unwrap().report.vip = Some(VipReport { address: "10.0.0.100/24".into(), held });
                 let mut local = local(&v, names[me], false);

@@ -5,6 +5,7 @@ mod bootstrap;
 mod cluster;
 mod deploy;
 mod failover;
+mod maintenance;
 mod operator;
 mod partitions;
 mod refusals;

@@ -1,0 +1,266 @@
+//! `pgfm switchover` and `pgfm maintenance NODE on|off`: ask the agent, then follow the
+//! cluster's status until what was asked is done, rolled back, or the deadline passes.
+
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use pgfm_api::{
+    ApiClient, ApiError, ClusterStatus, DbStatus, MaintenanceRequest, NodeKindStatus,
+    SwitchoverStarted,
+};
+use tokio::runtime::Runtime;
+
+/// How long the CLI follows a switchover, or a node leaving or entering maintenance.
+const DEADLINE: Duration = Duration::from_secs(120);
+
+/// How a switchover the CLI followed ended.
+enum Ended {
+    /// `done` held of the status, in this generation.
+    Done(u64),
+    /// Rolled back or cancelled: the history's reason.
+    RolledBack(String),
+}
+
+/// The cancelled switchovers in `generation`'s history (0 when the agent did not answer).
+fn cancelled_in(rt: &Runtime, client: &ApiClient, generation: u64) -> Vec<pgfm_api::HistoryEntry> {
+    rt.block_on(client.history())
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|e| e.cancelled && e.generation == generation)
+        .collect()
+}
+
+/// The cancellations already in the history of the current generation: those after them
+/// are the switchover's about to be asked.
+fn cancelled_before(rt: &Runtime, client: &ApiClient) -> Option<(u64, usize)> {
+    let generation = rt.block_on(client.status()).ok()?.generation;
+    Some((generation, cancelled_in(rt, client, generation).len()))
+}
+
+/// Follow `started` until `done` holds of the status, or it was rolled back (a cancellation
+/// of its generation after the `before` ones).
+fn follow_switchover(
+    rt: &Runtime,
+    client: &ApiClient,
+    started: &SwitchoverStarted,
+    before: Option<(u64, usize)>,
+    done: impl Fn(&ClusterStatus) -> bool,
+) -> anyhow::Result<Ended> {
+    let cancelled_before = match before {
+        Some((g, n)) if g == started.generation => n,
+        _ => 0,
+    };
+    let deadline = Instant::now() + DEADLINE;
+    let mut last = String::new();
+    loop {
+        if let Ok(status) = rt.block_on(client.status()) {
+            if done(&status) {
+                return Ok(Ended::Done(status.generation));
+            }
+            if status.generation == started.generation {
+                let cancelled = cancelled_in(rt, client, started.generation);
+                if cancelled.len() > cancelled_before {
+                    let reason = cancelled.last().map(|e| e.reason.clone());
+                    return Ok(Ended::RolledBack(reason.unwrap_or_default()));
+                }
+            }
+            last = status.problems.join("; ");
+        }
+        if Instant::now() > deadline {
+            anyhow::bail!(
+                "the switchover did not complete within {} s; last seen: {last}",
+                DEADLINE.as_secs()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Whether `started` ended with its target the primary of the next generation and its old
+/// primary as `old` says.
+fn switched(
+    status: &ClusterStatus,
+    started: &SwitchoverStarted,
+    old: impl Fn(&pgfm_api::NodeStatus) -> bool,
+) -> bool {
+    status.generation == started.generation + 1
+        && status.primary.as_deref() == Some(started.to.as_str())
+        && status
+            .nodes
+            .iter()
+            .find(|n| n.name == started.from)
+            .is_some_and(old)
+}
+
+/// `pgfm switchover`: ask, then follow the cluster until the old primary streams from the
+/// new one.
+pub(crate) fn switchover(client: &ApiClient, to: Option<String>) -> anyhow::Result<ExitCode> {
+    let rt = super::runtime()?;
+    let started_at = Instant::now();
+    let before = cancelled_before(&rt, client);
+    let started = match rt.block_on(client.switchover(to)) {
+        Ok(started) => started,
+        Err(ApiError::Failed {
+            status: 409,
+            message,
+            ..
+        }) => {
+            eprintln!("pgfm: switchover refused, nothing was changed: {message}");
+            return Ok(ExitCode::from(1));
+        }
+        Err(e) => return Err(e.into()),
+    };
+    println!(
+        "Switchover from {} to {} under way (generation {} -> {})...",
+        started.from,
+        started.to,
+        started.generation,
+        started.generation + 1
+    );
+    let streams =
+        |n: &pgfm_api::NodeStatus| n.kind == NodeKindStatus::Standby && n.in_sync == Some(true);
+    match follow_switchover(&rt, client, &started, before, |s| {
+        switched(s, &started, streams)
+    })? {
+        Ended::Done(generation) => {
+            println!(
+                "Switchover complete in {:.1} s: {} is the primary of generation {}; {} streams from it.",
+                started_at.elapsed().as_secs_f64(),
+                started.to,
+                generation,
+                started.from
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Ended::RolledBack(reason) => {
+            eprintln!("pgfm: {reason}");
+            Ok(ExitCode::from(1))
+        }
+    }
+}
+
+/// Where `node` stands, once it is where `pgfm maintenance` asked (`on`, `keep_running`):
+/// what to say then. Under maintenance: its PostgreSQL stopped (or, kept running, out of
+/// every synchronous rule), or its agent down (nothing starts it). Out of it: streaming in
+/// sync, the primary, or waiting for the operator (`pgfm resume`).
+fn arrived(status: &ClusterStatus, node: &str, on: bool, keep_running: bool) -> Option<String> {
+    let n = status.nodes.iter().find(|n| n.name == node)?;
+    let up = n.agent == pgfm_api::Up::Up;
+    let synchronous = status.synchronous.as_ref().is_some_and(|s| {
+        s.committed
+            .iter()
+            .chain(&s.waiting_for)
+            .any(|name| name == node)
+    });
+    match (on, keep_running) {
+        (true, _) if n.kind != NodeKindStatus::Maintenance => None,
+        (true, _) if !up => Some(format!(
+            "its agent is down, so whether its PostgreSQL runs is not known: nothing will \
+             start it, and its agent stops it when it is back, until pgfm maintenance {node} off"
+        )),
+        (true, true) if n.db == DbStatus::Up && !synchronous => Some(
+            "PostgreSQL keeps running, out of failover and synchronous replication".to_string(),
+        ),
+        (true, true) if n.db == DbStatus::Down => {
+            Some("its PostgreSQL is down, and pgfm leaves it to you".to_string())
+        }
+        (true, false) if n.db == DbStatus::Down => Some(format!(
+            "PostgreSQL is stopped and stays stopped until pgfm maintenance {node} off"
+        )),
+        (true, _) => None,
+        (false, _) if n.kind == NodeKindStatus::Standby && n.in_sync == Some(true) => {
+            Some("it streams in sync again".to_string())
+        }
+        (false, _) if n.kind == NodeKindStatus::Primary => Some("it is the primary".to_string()),
+        (false, _) if n.info.contains("pgfm resume") => {
+            Some(format!("it waits for you: {}", n.info))
+        }
+        (false, _) => None,
+    }
+}
+
+/// `pgfm maintenance NODE on|off`: ask, then follow the cluster until the node is where
+/// it was asked to be (`arrived`), after the switchover away from it when it was the
+/// primary.
+pub(crate) fn maintenance(
+    client: &ApiClient,
+    request: MaintenanceRequest,
+) -> anyhow::Result<ExitCode> {
+    let rt = super::runtime()?;
+    let started_at = Instant::now();
+    let before = cancelled_before(&rt, client);
+    let node = request.node.clone();
+    let (on, keep_running) = (request.on, request.keep_running);
+    let started = match rt.block_on(client.maintenance(&request)) {
+        Ok(started) => started,
+        Err(ApiError::Failed {
+            status: 409,
+            message,
+            ..
+        }) => {
+            eprintln!("pgfm: maintenance refused, nothing was changed: {message}");
+            return Ok(ExitCode::from(1));
+        }
+        Err(e) => return Err(e.into()),
+    };
+    println!("{}.", started.message);
+    let there = |s: &ClusterStatus| arrived(s, &node, on, keep_running);
+    if let Some(sw) = &started.switchover {
+        println!(
+            "Switchover from {} to {} under way (generation {} -> {})...",
+            sw.from,
+            sw.to,
+            sw.generation,
+            sw.generation + 1
+        );
+        let done = |s: &ClusterStatus| switched(s, sw, |_| true) && there(s).is_some();
+        if let Ended::RolledBack(reason) = follow_switchover(&rt, client, sw, before, done)? {
+            // Rolled back because the primary stopped renewing its lease, the maintenance
+            // stays (`ClusterState::cancel_switchover`).
+            let still = rt.block_on(client.status()).ok().is_some_and(|s| {
+                s.nodes
+                    .iter()
+                    .any(|n| n.name == node && n.maintenance.is_some())
+            });
+            let what = if still {
+                "it stays under maintenance and will stay stopped once it is no longer the \
+                 primary (pgfm cluster-status says what to do)"
+            } else {
+                "it is not under maintenance (the switchover and the maintenance are one step)"
+            };
+            eprintln!("pgfm: {reason}; {node}: {what}");
+            return Ok(ExitCode::from(1));
+        }
+    }
+    let deadline = Instant::now() + DEADLINE;
+    let mut last = String::new();
+    let said = loop {
+        if let Ok(status) = rt.block_on(client.status()) {
+            if let Some(said) = there(&status) {
+                break said;
+            }
+            last = status
+                .nodes
+                .iter()
+                .find(|n| n.name == node)
+                .map(|n| n.info.clone())
+                .unwrap_or_default();
+        }
+        if Instant::now() > deadline {
+            anyhow::bail!(
+                "{node} did not get there within {} s (the change is committed; pgfm \
+                 cluster-status shows where it is); last seen: {last}",
+                DEADLINE.as_secs()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let took = started_at.elapsed().as_secs_f64();
+    let state = if on {
+        "under maintenance"
+    } else {
+        "out of maintenance"
+    };
+    println!("{node} is {state} ({took:.1} s): {said}.");
+    Ok(ExitCode::SUCCESS)
+}
