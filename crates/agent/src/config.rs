@@ -2,7 +2,7 @@
 //! rejected), then validated into a `Config` whose types rule out bad states. Every error
 //! names the file, the key, what is wrong and how to fix it.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::net::SocketAddr;
 use std::os::unix::fs::PermissionsExt;
@@ -75,6 +75,42 @@ struct RawConfig {
     tls: Option<RawTls>,
     #[serde(default)]
     bootstrap: RawBootstrap,
+    #[serde(default)]
+    postgresql: RawPostgresql,
+}
+
+/// `[postgresql.parameters]`: PostgreSQL's own parameters, for the whole cluster.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPostgresql {
+    #[serde(default)]
+    parameters: BTreeMap<String, toml::Value>,
+}
+
+/// The parameters as PostgreSQL reads them: strings as they are, numbers and booleans as
+/// written (`max_connections = 200`, `jit = false`). A table or an array is refused.
+fn parse_parameters(
+    check: &Check,
+    raw: &RawPostgresql,
+) -> Result<BTreeMap<String, String>, ConfigError> {
+    raw.parameters
+        .iter()
+        .map(|(name, value)| {
+            let text = match value {
+                toml::Value::String(s) => s.clone(),
+                toml::Value::Integer(n) => n.to_string(),
+                toml::Value::Float(f) => f.to_string(),
+                toml::Value::Boolean(b) => b.to_string(),
+                _ => {
+                    return Err(check.err(
+                        &format!("{}.{name}", pgfm_core::settings::PARAMETERS),
+                        "is not a string, a number or true/false",
+                    ))
+                }
+            };
+            Ok((name.clone(), text))
+        })
+        .collect()
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -314,6 +350,8 @@ pub struct Config {
     pub vip: Option<VipConfig>,
     /// `[replication]`: synchronous replication.
     pub sync: SyncSettings,
+    /// `[postgresql.parameters]`.
+    pub parameters: BTreeMap<String, String>,
     pub watchdog: WatchdogConfig,
     /// `[tls]`: the files of mutual TLS between agents and from the CLI; None when
     /// `mode = "off"` (plain HTTP).
@@ -550,7 +588,12 @@ fn parse_timing(raw: &RawTiming) -> Timing {
 }
 
 /// The cluster-wide settings a file gives: `[timing]`, `[failover]`, `[replication]`.
-fn cluster_settings(timing: &Timing, failover: &Failover, sync: SyncSettings) -> Settings {
+fn cluster_settings(
+    timing: &Timing,
+    failover: &Failover,
+    sync: SyncSettings,
+    parameters: BTreeMap<String, String>,
+) -> Settings {
     let ms = |d: Duration| d.as_millis() as u64;
     Settings {
         probe_interval_ms: ms(timing.probe_interval),
@@ -566,6 +609,7 @@ fn cluster_settings(timing: &Timing, failover: &Failover, sync: SyncSettings) ->
         rejoin: failover.rejoin,
         switchover_timeout_ms: ms(failover.switchover_timeout),
         start_attempts: failover.start_attempts,
+        parameters,
     }
 }
 
@@ -608,6 +652,12 @@ fn keys_set(raw: &RawConfig) -> BTreeSet<String> {
     set.into_iter()
         .filter(|(_, set)| *set)
         .map(|(key, _)| key.to_string())
+        .chain(
+            raw.postgresql
+                .parameters
+                .keys()
+                .map(|name| format!("{}.{name}", pgfm_core::settings::PARAMETERS)),
+        )
         .collect()
 }
 
@@ -621,6 +671,8 @@ struct RawSettings {
     failover: RawFailover,
     #[serde(default)]
     replication: RawReplication,
+    #[serde(default)]
+    postgresql: RawPostgresql,
 }
 
 /// Settings for the whole cluster written as `[timing]`, `[failover]` and `[replication]`
@@ -634,7 +686,8 @@ pub fn parse_settings(source: &Path, text: &str) -> Result<Settings, ConfigError
     let on_crash = parse_on_crash(&check, raw.failover.on_crash.as_deref())?;
     let sync = parse_replication(&check, &raw.replication)?;
     let failover = parse_failover(&check, &raw.failover, on_crash)?;
-    let settings = cluster_settings(&timing, &failover, sync);
+    let parameters = parse_parameters(&check, &raw.postgresql)?;
+    let settings = cluster_settings(&timing, &failover, sync, parameters);
     match settings.problem() {
         Some(problem) => Err(check.err(&problem.key, problem.message)),
         None => Ok(settings),
@@ -665,10 +718,26 @@ pub fn settings_with(
         if table.contains_key("strict") && !table.contains_key("minimum_standbys") {
             into.remove("minimum_standbys");
         }
-        into.extend(table);
+        merge_into(into, table);
     }
     let merged = toml::to_string(&merged).map_err(|e| check.err("", e.to_string()))?;
     parse_settings(source, &merged)
+}
+
+/// `table`'s keys into `into`, tables merged key by key (`[postgresql.parameters]`: a file
+/// naming one parameter keeps the others). An empty string removes a parameter.
+fn merge_into(into: &mut toml::Table, table: toml::Table) {
+    for (key, value) in table {
+        match (into.get_mut(&key), value) {
+            (Some(toml::Value::Table(inner)), toml::Value::Table(more)) => merge_into(inner, more),
+            (_, toml::Value::String(empty)) if empty.is_empty() => {
+                into.remove(&key);
+            }
+            (_, value) => {
+                into.insert(key, value);
+            }
+        }
+    }
 }
 
 /// `current` with `KEY=VALUE` each (`pgfm edit-config --set`): a duration as `10s`, a word
@@ -692,13 +761,33 @@ pub fn settings_set(current: &Settings, sets: &[String]) -> Result<Settings, Con
             ));
         };
         let (key, value) = (key.trim(), value.trim());
+        let parameter = key
+            .strip_prefix(pgfm_core::settings::PARAMETERS)
+            .and_then(|rest| rest.strip_prefix('.'))
+            .filter(|name| !name.is_empty());
+        if let Some(name) = parameter {
+            // Always a string: PostgreSQL reads `200` and `'200'` alike.
+            if let toml::Value::Table(postgresql) = overlay
+                .entry("postgresql".to_string())
+                .or_insert_with(|| toml::Value::Table(toml::Table::new()))
+            {
+                if let toml::Value::Table(parameters) = postgresql
+                    .entry("parameters".to_string())
+                    .or_insert_with(|| toml::Value::Table(toml::Table::new()))
+                {
+                    parameters.insert(name.to_string(), toml::Value::String(value.to_string()));
+                }
+            }
+            continue;
+        }
         let Some((section, name)) = key.split_once('.').filter(|_| known.contains(&key)) else {
             return Err(check.err(
                 key,
                 format!(
-                    "is not a cluster-wide setting; those are {} (a node's own keys stay in \
-                     its pgfm.toml)",
-                    known.join(", ")
+                    "is not a cluster-wide setting; those are {}, and {}.NAME for a PostgreSQL \
+                     parameter (a node's own keys stay in its pgfm.toml)",
+                    known.join(", "),
+                    pgfm_core::settings::PARAMETERS
                 ),
             ));
         };
@@ -1134,7 +1223,10 @@ impl Config {
         };
         let sync = parse_replication(&check, &raw.replication)?;
         let failover = parse_failover(&check, &raw.failover, on_crash)?;
-        if let Some(problem) = cluster_settings(&timing, &failover, sync).problem() {
+        let parameters = parse_parameters(&check, &raw.postgresql)?;
+        if let Some(problem) =
+            cluster_settings(&timing, &failover, sync, parameters.clone()).problem()
+        {
             return Err(check.err(&problem.key, problem.message));
         }
         let watchdog = parse_watchdog(&check, raw.watchdog, node.kind, &timing.lease)?;
@@ -1157,6 +1249,7 @@ impl Config {
             hooks: parse_hooks(raw.hooks),
             vip,
             sync,
+            parameters,
             watchdog,
             tls,
             bootstrap,
@@ -1167,7 +1260,12 @@ impl Config {
     /// The cluster-wide settings this file gives: the cluster's until its first
     /// coordinator committed them (`ClusterState::settings`).
     pub fn settings(&self) -> Settings {
-        cluster_settings(&self.timing, &self.failover, self.sync)
+        cluster_settings(
+            &self.timing,
+            &self.failover,
+            self.sync,
+            self.parameters.clone(),
+        )
     }
 
     /// The keys this file sets to another value than `committed`'s, each with both values:
@@ -1182,6 +1280,16 @@ impl Config {
             .map(|((key, theirs), (_, ours))| {
                 format!("{key} = {ours} in this file; the cluster's is {theirs}")
             })
+            .chain(self.parameters.iter().filter_map(|(name, ours)| {
+                let key = format!("{}.{name}", pgfm_core::settings::PARAMETERS);
+                match committed.parameters.get(name) {
+                    Some(theirs) if theirs == ours => None,
+                    Some(theirs) => Some(format!(
+                        "{key} = {ours} in this file; the cluster's is {theirs}"
+                    )),
+                    None => Some(format!("{key} = {ours} in this file; the cluster has none")),
+                }
+            }))
             .collect()
     }
 
@@ -1530,7 +1638,37 @@ port = 5432
             "failover.max_lag: 1048576 -> 0"
         );
         assert_eq!(file("[failover]\nmax_lagg = 0\n"), "config new.toml: line 2: unknown field `max_lagg`, expected one of `max_lag`, `auto_failover`, `on_crash`, `crash_restart_bound`, `rejoin`, `switchover_timeout`, `start_attempts`");
-        assert_eq!(file("[postgres]\nport = 1\n"), "config new.toml: line 1: unknown field `postgres`, expected one of `timing`, `failover`, `replication`");
+        assert_eq!(file("[postgres]\nport = 1\n"), "config new.toml: line 1: unknown field `postgres`, expected one of `timing`, `failover`, `replication`, `postgresql`");
+        // PostgreSQL's parameters: set, merged, removed with an empty value, checked.
+        let with_mem =
+            settings_set(&current, &["postgresql.parameters.work_mem=64MB".into()]).unwrap();
+        assert_eq!(
+            shown(Ok(with_mem.clone())),
+            "postgresql.parameters.work_mem: (unset) -> 64MB"
+        );
+        assert_eq!(
+            shown(settings_with(&with_mem, Path::new("new.toml"), "[postgresql.parameters]\nmax_connections = 200\n").inspect(|s| {
+                assert_eq!(s.parameters["work_mem"], "64MB");
+            })),
+            "postgresql.parameters.max_connections: (unset) -> 200, postgresql.parameters.work_mem: (unset) -> 64MB"
+        );
+        let removed = settings_set(&with_mem, &["postgresql.parameters.work_mem=".into()]).unwrap();
+        assert!(removed.parameters.is_empty(), "{:?}", removed.parameters);
+        assert_eq!(
+            set(&["postgresql.parameters.port=5433"]),
+            "config --set: postgresql.parameters.port is set by pgfm: each node's own, set in its [postgres] section"
+        );
+        assert_eq!(
+            set(&["postgresql.parameters.work_mme=1MB"]),
+            "config --set: postgresql.parameters.work_mme is not a parameter PostgreSQL knows (pg_settings lists them; an extension's is written with its prefix, as auto_explain.log_min_duration)"
+        );
+        assert_eq!(
+            file("[postgresql.parameters]\nwork_mem = [1]\n"),
+            "config new.toml: postgresql.parameters.work_mem is not a string, a number or true/false"
+        );
+        // The editor's text with parameters reads back the same.
+        let text = with_mem.to_toml();
+        assert_eq!(parse_settings(Path::new("edit"), &text).unwrap(), with_mem);
         // The editor's text is the whole of the settings: what it leaves out is the default.
         let whole = parse_settings(Path::new("edit"), &current.to_toml()).unwrap();
         assert_eq!(whole, current);

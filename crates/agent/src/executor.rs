@@ -236,6 +236,13 @@ impl Agent {
                 force,
             } => self.hand_over(pg, to, *generation, *seq, *force).await,
             Action::DropSlots { .. } | Action::EnsureSlots { .. } => self.slots(pg, action).await,
+            Action::WriteParameters {
+                parameters,
+                generation,
+            } => {
+                self.write_parameters(pg, state, parameters, *generation)
+                    .await
+            }
             Action::SetSyncStandbys { rule, generation } => {
                 let lsn = self.set_sync_standbys(pg, rule, *generation).await?;
                 outcomes.push(Outcome::SyncSwitched {
@@ -490,6 +497,27 @@ impl Agent {
         self.set_activity(None);
         stopped?;
         tracing::warn!(%generation, "stopped and marked for a rewind");
+        Ok(())
+    }
+
+    /// Write the cluster's PostgreSQL parameters into `pgfm.conf` (a standby's pointing at
+    /// the primary, as at its start) and reload; those that need a restart then show as
+    /// pending.
+    async fn write_parameters(
+        &self,
+        pg: &dyn Database,
+        state: &ClusterState,
+        parameters: &std::collections::BTreeMap<String, String>,
+        generation: Generation,
+    ) -> anyhow::Result<()> {
+        let upstream = match state.primary.as_deref() {
+            Some(p) if p != self.config.name => Some(self.upstream(state, p)?),
+            _ => None,
+        };
+        pg.set_parameters(parameters.clone());
+        pg.write_parameters(upstream.as_ref()).await?;
+        let names: Vec<String> = parameters.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        tracing::warn!(%generation, parameters = %names.join(", "), "PostgreSQL parameters written into pgfm.conf and reloaded");
         Ok(())
     }
 

@@ -614,6 +614,10 @@ impl Agent {
                 start_recloned: memory.starts.recloned,
                 replicas: memory.replicas.clone(),
             };
+            // Every start writes pgfm.conf with the parameters in force.
+            if let Some(pg) = &self.postgres {
+                pg.set_parameters(pgfm_core::decide::node_parameters(&view, &local, now));
+            }
             let actions = self.engine.reconcile(&view, &local, now);
             self.run_local(&view, actions, &mut memory).await;
         }

@@ -191,6 +191,9 @@ fn node_status(view: &ClusterView, now_ms: u64, name: &str, agent_address: &str)
                 problem: w.problem.clone(),
             }),
         maintenance: maintenance.cloned(),
+        pending_restart: report
+            .map(|r| r.pending_restart.clone())
+            .unwrap_or_default(),
         info,
     }
 }
@@ -214,6 +217,14 @@ fn node_info(
         info = match (receiver, &view.state.primary) {
             (Some(status), Some(p)) => format!("{status} from {p}"),
             _ => "not receiving WAL".to_string(),
+        };
+    }
+    if let Some(r) = report.filter(|r| !r.pending_restart.is_empty()) {
+        let pending = format!("pending restart: {}", r.pending_restart.join(", "));
+        info = if info.is_empty() {
+            pending
+        } else {
+            format!("{info}; {pending}")
         };
     }
     info

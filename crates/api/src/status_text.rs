@@ -581,6 +581,7 @@ mod tests {
             sync_state: None,
             watchdog: None,
             maintenance: None,
+            pending_restart: Vec::new(),
             info: String::new(),
         }
     }

@@ -72,6 +72,10 @@ pub struct NodeStatus {
     /// (null: not under maintenance).
     #[serde(default)]
     pub maintenance: Option<pgfm_core::model::Maintenance>,
+    /// PostgreSQL parameters changed that take effect only at a restart
+    /// (`pg_settings.pending_restart`).
+    #[serde(default)]
+    pub pending_restart: Vec<String>,
     /// What the node is doing or waiting for.
     pub info: String,
 }

@@ -102,6 +102,7 @@ fn schemas_match_the_json_the_code_writes() {
             keep_running: false,
             forced: false,
         }),
+        pending_restart: vec!["shared_buffers".into()],
         info: String::new(),
     };
     let status = ClusterStatus {

@@ -6,6 +6,7 @@ pub mod engine;
 pub mod lease;
 pub mod model;
 pub mod operator;
+pub mod parameters;
 pub mod settings;
 pub mod standing;
 #[cfg(test)]

@@ -1528,6 +1528,16 @@ pub struct NodeReport {
     /// ones are used, and the operator is told.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub file_differs: Vec<String>,
+    /// The parameters PostgreSQL holds back until a restart (`pg_settings.pending_restart`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub pending_restart: Vec<String>,
+    /// What its `pgfm.conf` was written with (`parameters::digest` of the parameters);
+    /// None when unknown (PostgreSQL down, an agent from before).
+    #[serde(default)]
+    pub parameters_digest: Option<u64>,
+    /// The hot-standby minimums it runs with (`parameters::HOT_STANDBY_MINIMUMS`).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub hot_standby: BTreeMap<String, i64>,
     /// What the agent is doing or waiting for, or the last probe error.
     pub info: String,
 }
@@ -1548,6 +1558,9 @@ impl NodeReport {
         self.conninfo_upstream = None;
         self.sync = None;
         self.forks.clear();
+        self.pending_restart.clear();
+        self.parameters_digest = None;
+        self.hot_standby.clear();
     }
 
     pub fn new(name: &str, kind: NodeKind) -> NodeReport {
@@ -1576,6 +1589,9 @@ impl NodeReport {
             watchdog: None,
             tls_valid_for_s: None,
             file_differs: Vec::new(),
+            pending_restart: Vec::new(),
+            parameters_digest: None,
+            hot_standby: BTreeMap::new(),
             info: String::new(),
         }
     }

@@ -80,6 +80,10 @@ pub struct Settings {
     /// A standby whose PostgreSQL fails to start this many times in a row is re-cloned
     /// (`rejoin = "rewind-or-clone"`) or held for the operator; a primary gives up its lease.
     pub start_attempts: u32,
+    /// PostgreSQL's own parameters for every data node (`[postgresql.parameters]`), by
+    /// name: each agent writes them into the file it owns and reloads (`parameters`).
+    #[serde(default)]
+    pub parameters: std::collections::BTreeMap<String, String>,
 }
 
 mod defaults {
@@ -110,6 +114,7 @@ impl Default for Settings {
             rejoin: RejoinMode::RewindOrClone,
             switchover_timeout_ms: 5_000,
             start_attempts: 3,
+            parameters: Default::default(),
         }
     }
 }
@@ -143,6 +148,37 @@ impl std::fmt::Display for Value {
             Value::Word(w) => f.write_str(w),
         }
     }
+}
+
+/// The section of PostgreSQL's parameters, as a file writes it.
+pub const PARAMETERS: &str = "postgresql.parameters";
+
+/// A parameter name as a TOML key: bare when it can be, else quoted (an extension's,
+/// `"auto_explain.log_min_duration"`).
+fn toml_key(name: &str) -> String {
+    if name
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+    {
+        name.to_string()
+    } else {
+        toml_string(name)
+    }
+}
+
+/// A TOML basic string.
+fn toml_string(text: &str) -> String {
+    let mut out = String::from("\"");
+    for c in text.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            c if c.is_control() => out.push_str(&format!("\\u{:04X}", c as u32)),
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+    out
 }
 
 /// A duration the way a config file writes it: whole seconds as `"5s"`, else `"2400ms"`.
@@ -212,8 +248,16 @@ impl Settings {
         ]
     }
 
+    /// Every PostgreSQL parameter by its key (`postgresql.parameters.work_mem`), by name.
+    pub fn parameter_entries(&self) -> Vec<(String, String)> {
+        self.parameters
+            .iter()
+            .map(|(name, value)| (format!("{PARAMETERS}.{name}"), value.clone()))
+            .collect()
+    }
+
     /// The settings as the sections of a config file (`pgfm show-config`, the text
-    /// `pgfm edit-config` opens).
+    /// `pgfm edit-config` opens); `[postgresql.parameters]` last, always there.
     pub fn to_toml(&self) -> String {
         let mut out = String::new();
         let mut section = "";
@@ -228,12 +272,17 @@ impl Settings {
             }
             out.push_str(&format!("{name} = {}\n", value.toml()));
         }
+        out.push_str(&format!("\n[{PARAMETERS}]\n"));
+        for (name, value) in &self.parameters {
+            out.push_str(&format!("{} = {}\n", toml_key(name), toml_string(value)));
+        }
         out
     }
 
-    /// What differs from `before`, key by key: `(key, before, now)`.
+    /// What differs from `before`, key by key: `(key, before, now)`; a parameter set or
+    /// removed is `(unset)` on the other side.
     pub fn changes_from(&self, before: &Settings) -> Vec<Change> {
-        before
+        let mut changes: Vec<Change> = before
             .entries()
             .into_iter()
             .zip(self.entries())
@@ -243,7 +292,24 @@ impl Settings {
                 from: old.to_string(),
                 to: new.to_string(),
             })
-            .collect()
+            .collect();
+        let names: std::collections::BTreeSet<&String> = before
+            .parameters
+            .keys()
+            .chain(self.parameters.keys())
+            .collect();
+        let unset = || "(unset)".to_string();
+        for name in names {
+            let (old, new) = (before.parameters.get(name), self.parameters.get(name));
+            if old != new {
+                changes.push(Change {
+                    key: format!("{PARAMETERS}.{name}"),
+                    from: old.cloned().unwrap_or_else(unset),
+                    to: new.cloned().unwrap_or_else(unset),
+                });
+            }
+        }
+        changes
     }
 
     /// The first reason these settings cannot keep the cluster safe or working, if any.
@@ -312,6 +378,12 @@ impl Settings {
                 "is 0 (at least 1; for no synchronous standby set synchronous = \"off\")"
                     .to_string(),
             );
+        }
+        let synchronous = self.sync.mode != SyncMode::Off;
+        for (name, value) in &self.parameters {
+            if let Some(why) = crate::parameters::problem(name, value, synchronous) {
+                return problem(&format!("{PARAMETERS}.{name}"), why);
+            }
         }
         if self.sync.minimum > self.sync.standbys {
             return problem(
@@ -484,7 +556,38 @@ mod tests {
         );
         assert!(text.contains("\n[failover]\nmax_lag = 1048576\n"), "{text}");
         assert!(text.contains("rejoin = \"rewind-or-clone\"\n"), "{text}");
-        assert!(text.ends_with("minimum_standbys = 0\n"), "{text}");
+        assert!(
+            text.ends_with("minimum_standbys = 0\n\n[postgresql.parameters]\n"),
+            "{text}"
+        );
         assert!(text.contains("lease = \"2400ms\"\n"), "{text}");
+        let mut with = Settings::default();
+        with.parameters.insert("work_mem".into(), "64MB".into());
+        with.parameters
+            .insert("auto_explain.log_min_duration".into(), "1s".into());
+        with.parameters
+            .insert("search_path".into(), "\"$user\", public".into());
+        assert!(
+            with.to_toml().ends_with(
+                "[postgresql.parameters]\n\"auto_explain.log_min_duration\" = \"1s\"\n\
+                 search_path = \"\\\"$user\\\", public\"\nwork_mem = \"64MB\"\n"
+            ),
+            "{}",
+            with.to_toml()
+        );
+        let changes: Vec<String> = with
+            .changes_from(&Settings::default())
+            .iter()
+            .map(|c| c.to_string())
+            .collect();
+        assert_eq!(
+            changes[2],
+            "postgresql.parameters.work_mem: (unset) -> 64MB"
+        );
+        with.parameters.insert("port".into(), "1".into());
+        assert_eq!(
+            with.problem().map(|p| p.to_string()).as_deref(),
+            Some("postgresql.parameters.port is set by pgfm: each node's own, set in its [postgres] section")
+        );
     }
 }

@@ -407,6 +407,17 @@ fn short(action: &Action) -> String {
         Action::EnsureSlots { slots, generation } => {
             format!("slots {} g{generation}", slots.join(","))
         }
+        Action::WriteParameters {
+            parameters,
+            generation,
+        } => format!(
+            "write parameters {} g{generation}",
+            parameters
+                .iter()
+                .map(|(k, v)| format!("{k}={v}"))
+                .collect::<Vec<_>>()
+                .join(",")
+        ),
         Action::DropSlots { slots, generation } => {
             format!("drop slots {} g{generation}", slots.join(","))
         }

@@ -74,6 +74,9 @@ pub const MANAGED_CONF: &str = "pgfm.conf";
 /// `synchronous_standby_names`, written by the primary's agent while it runs and removed
 /// at every start (a node starts asynchronous; its agent, as primary, names the standbys).
 pub const SYNC_CONF: &str = "pgfm-sync.conf";
+/// The line of `pgfm.conf` that says which parameters it was written with
+/// (`pgfm_core::parameters::digest`, in hex).
+pub const PARAMETERS_LINE: &str = "# parameters ";
 
 pub struct Postgres {
     pub settings: PostgresSettings,
@@ -83,6 +86,9 @@ pub struct Postgres {
     /// Notified when a postmaster this process started exits (it is its parent, so it
     /// learns at once).
     exited: std::sync::Arc<tokio::sync::Notify>,
+    /// The cluster's PostgreSQL parameters for this node (`Database::set_parameters`),
+    /// written into `pgfm.conf` at every start and by `write_parameters`.
+    parameters: std::sync::Mutex<std::collections::BTreeMap<String, String>>,
 }
 
 /// A replication slot name for a node: lower case, `[a-z0-9_]`.
@@ -117,7 +123,27 @@ impl Postgres {
             timeouts: std::sync::Mutex::new((settings.start_timeout, settings.probe_timeout)),
             settings,
             exited: Default::default(),
+            parameters: Default::default(),
         }
+    }
+
+    /// The parameters `pgfm.conf` is written with from now on.
+    pub fn set_parameters(&self, parameters: std::collections::BTreeMap<String, String>) {
+        *self.parameters.lock().unwrap_or_else(|e| e.into_inner()) = parameters;
+    }
+
+    /// Write `pgfm.conf` again with the parameters in force (its standby settings
+    /// pointing at `upstream`), and have the running server reload it.
+    pub async fn write_parameters(&self, upstream: Option<&Upstream>) -> anyhow::Result<()> {
+        let s = &self.settings;
+        let managed = s.data_dir.join(MANAGED_CONF);
+        s.os_user
+            .write_file(&managed, &self.render_managed_conf(upstream), 0o600)
+            .with_context(|| format!("writing {}", managed.display()))?;
+        if self.running_pid().is_some() {
+            self.reload().await?;
+        }
+        Ok(())
     }
 
     /// How long a start (crash recovery included) may take.
@@ -195,23 +221,42 @@ impl Postgres {
     /// passfile instead.
     pub fn render_managed_conf(&self, upstream: Option<&Upstream>) -> String {
         let s = &self.settings;
+        let parameters = self
+            .parameters
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
         let mut lines = vec![
-            "# Written by the pgfm agent at every start; edits here are lost.".to_string(),
+            format!(
+                "{PARAMETERS_LINE}{:016x}",
+                pgfm_core::parameters::digest(&parameters)
+            ),
+            "# Written by the pgfm agent at every start and when the cluster's".to_string(),
+            "# [postgresql.parameters] change (pgfm edit-config); edits here are lost.".to_string(),
             "# Put your own settings in postgresql.conf.".to_string(),
+            // Defaults an operator may change through [postgresql.parameters] (below).
+            "max_wal_senders = 10".to_string(),
+            "max_replication_slots = 10".to_string(),
+            "wal_keep_size = '512MB'".to_string(),
+            // Retry streaming quickly after a switch of primary (the default waits 5 s).
+            "wal_retrieve_retry_interval = '500ms'".to_string(),
+        ];
+        lines.extend(
+            parameters
+                .iter()
+                .map(|(name, value)| format!("{name} = {}", quote(value))),
+        );
+        lines.extend([
+            // pgfm's own, after the parameters (the last one in a file wins).
             format!("listen_addresses = {}", quote(&s.listen_addresses)),
             format!("port = {}", s.port),
             "wal_level = replica".to_string(),
             "hot_standby = on".to_string(),
             "wal_log_hints = on".to_string(),
-            "max_wal_senders = 10".to_string(),
-            "max_replication_slots = 10".to_string(),
-            "wal_keep_size = '512MB'".to_string(),
             "hot_standby_feedback = on".to_string(),
-            // Retry streaming quickly after a switch of primary (the default waits 5 s).
-            "wal_retrieve_retry_interval = '500ms'".to_string(),
             format!("cluster_name = {}", quote(&s.node_name)),
             format!("include_if_exists = {}", quote(SYNC_CONF)),
-        ];
+        ]);
         if let Some(dir) = &s.socket_dir {
             lines.push(format!(
                 "unix_socket_directories = {}",

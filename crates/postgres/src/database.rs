@@ -62,6 +62,15 @@ pub trait Database: Send + Sync {
     fn stop_to_rewind(&self) -> Pending<'_, anyhow::Result<()>>;
     /// Stop cleanly (`pg_ctl stop -m fast`): a node going under maintenance.
     fn stop(&self) -> Pending<'_, anyhow::Result<()>>;
+    /// The cluster's PostgreSQL parameters for this node, written into `pgfm.conf` at every
+    /// start from now on.
+    fn set_parameters(&self, parameters: std::collections::BTreeMap<String, String>);
+    /// Write `pgfm.conf` again with them (standby settings pointing at `upstream`) and
+    /// have the running server reload.
+    fn write_parameters<'a>(
+        &'a self,
+        upstream: Option<&'a Upstream>,
+    ) -> Pending<'a, anyhow::Result<()>>;
     /// Rewind the stopped data directory onto `upstream`'s timeline.
     fn rewind<'a>(&'a self, upstream: &'a Upstream) -> Pending<'a, anyhow::Result<()>>;
     /// A switchover's stop: clean within `limit`, then immediate; the final WAL position.
@@ -145,6 +154,15 @@ impl Database for Postgres {
     }
     fn stop(&self) -> Pending<'_, anyhow::Result<()>> {
         Box::pin(Postgres::stop(self, "fast"))
+    }
+    fn set_parameters(&self, parameters: std::collections::BTreeMap<String, String>) {
+        Postgres::set_parameters(self, parameters)
+    }
+    fn write_parameters<'a>(
+        &'a self,
+        upstream: Option<&'a Upstream>,
+    ) -> Pending<'a, anyhow::Result<()>> {
+        Box::pin(Postgres::write_parameters(self, upstream))
     }
     fn rewind<'a>(&'a self, upstream: &'a Upstream) -> Pending<'a, anyhow::Result<()>> {
         Box::pin(Postgres::rewind(self, upstream))

@@ -183,6 +183,31 @@ impl Prober {
         report.replayed_lsn = lsn(3)?;
         let timeline: Option<i32> = row.get(4);
         report.timeline = timeline.map(|t| Timeline(t as u32));
+        for row in client
+            .query(
+                SETTINGS_SQL,
+                &[&pgfm_core::parameters::HOT_STANDBY_MINIMUMS.to_vec()],
+            )
+            .await
+            .map_err(|e| describe(&e))?
+        {
+            let name: String = row.get(0);
+            if row.get::<_, bool>(2) {
+                report.pending_restart.push(name.clone());
+            }
+            if let Ok(value) = row.get::<_, String>(1).parse::<i64>() {
+                if pgfm_core::parameters::HOT_STANDBY_MINIMUMS.contains(&name.as_str()) {
+                    report.hot_standby.insert(name, value);
+                }
+            }
+        }
+        // What the agent wrote into pgfm.conf (its first lines say so).
+        if let Ok(row) = client
+            .query_one("SELECT pg_read_file('pgfm.conf', 0, 4096)", &[])
+            .await
+        {
+            report.parameters_digest = parameters_digest(&row.get::<_, String>(0));
+        }
 
         if in_recovery {
             let conninfo: String = client
@@ -245,6 +270,17 @@ impl Prober {
         }
         Ok(())
     }
+}
+
+/// The parameters waiting for a restart, and the hot-standby minimums.
+const SETTINGS_SQL: &str = "SELECT name, setting, pending_restart FROM pg_settings \
+     WHERE pending_restart OR name = ANY($1) ORDER BY name";
+
+/// The digest `pgfm.conf` says it was written with (`# parameters HEX`).
+pub fn parameters_digest(conf: &str) -> Option<u64> {
+    conf.lines()
+        .find_map(|l| l.strip_prefix(crate::control::PARAMETERS_LINE))
+        .and_then(|hex| u64::from_str_radix(hex.trim(), 16).ok())
 }
 
 /// The forks in a timeline history file: one line per earlier timeline, `parent

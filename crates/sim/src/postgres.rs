@@ -513,6 +513,10 @@ pub struct PgModel {
     probe_timeout: Duration,
     /// The agents' `timing.start_timeout`: how long a promotion waits for replay.
     start_timeout: Duration,
+    /// Per node: the parameters its agent set (`Database::set_parameters`), and the digest
+    /// of those its `pgfm.conf` was last written with (at a start, or `write_parameters`).
+    parameters: BTreeMap<String, BTreeMap<String, String>>,
+    parameters_written: BTreeMap<String, u64>,
 }
 
 impl Cluster {
@@ -573,7 +577,16 @@ impl PgModel {
             timelines: BTreeMap::new(),
             probe_timeout: Duration::from_secs(2),
             start_timeout: Duration::from_secs(120),
+            parameters: BTreeMap::new(),
+            parameters_written: BTreeMap::new(),
         }
+    }
+
+    /// `node`'s `pgfm.conf` written with the parameters its agent set.
+    fn write_parameters(&mut self, node: &str) {
+        let digest =
+            pgfm_core::parameters::digest(self.parameters.get(node).unwrap_or(&BTreeMap::new()));
+        self.parameters_written.insert(node.to_string(), digest);
     }
 
     /// Where `node`'s PostgreSQL listens (default: the node's name, port 5432).
@@ -1850,6 +1863,7 @@ impl SimDatabase {
     }
 
     async fn start(&self, how: StartAs<'_>) -> anyhow::Result<u32> {
+        self.model().write_parameters(&self.node);
         let (pid, wait) = self.model().spawn(&self.node, how, &self.exited)?;
         sleep(wait).await;
         loop {
@@ -2239,6 +2253,20 @@ impl Database for SimDatabase {
     fn stop_to_rewind(&self) -> Pending<'_, anyhow::Result<()>> {
         Box::pin(SimDatabase::stop_to_rewind(self))
     }
+    fn set_parameters(&self, parameters: BTreeMap<String, String>) {
+        self.model()
+            .parameters
+            .insert(self.node.clone(), parameters);
+    }
+    fn write_parameters<'a>(
+        &'a self,
+        _upstream: Option<&'a Upstream>,
+    ) -> Pending<'a, anyhow::Result<()>> {
+        Box::pin(async move {
+            self.model().write_parameters(&self.node);
+            Ok(())
+        })
+    }
     fn stop(&self) -> Pending<'_, anyhow::Result<()>> {
         Box::pin(async move {
             self.stop_fast(Duration::from_secs(60))
@@ -2310,6 +2338,7 @@ impl PgModel {
         };
         report.db_up = true;
         report.timeline = Some(Timeline(wal.timeline()));
+        report.parameters_digest = self.parameters_written.get(node).copied();
         if run.in_recovery {
             report.role = Some(DbRole::Standby);
             report.received_lsn = run.received;

@@ -74,6 +74,11 @@ pub enum Action {
         /// `pgfm promote --force`: hand over even when the clean shutdown does not finish.
         force: bool,
     },
+    /// Write `parameters` into the running server's `pgfm.conf` and reload.
+    WriteParameters {
+        parameters: std::collections::BTreeMap<String, String>,
+        generation: Generation,
+    },
     /// Drop the replication slots of departed nodes on the local primary.
     DropSlots {
         slots: Vec<String>,
@@ -194,6 +199,15 @@ impl std::fmt::Display for Action {
                 f,
                 "hand over to {to} (generation {generation}, switchover {seq}{})",
                 if *force { ", forced" } else { "" }
+            ),
+            Action::WriteParameters {
+                parameters,
+                generation,
+            } => write!(
+                f,
+                "write {} PostgreSQL parameter(s) into pgfm.conf and reload (generation \
+                 {generation})",
+                parameters.len()
             ),
             Action::DropSlots { slots, generation } => write!(
                 f,

@@ -10,7 +10,8 @@
 //! - `view`: what the engine decides on; `action`: what it answers;
 //! - the coordinator's part (`coordinate`): `bootstrap`, `failover`, `switchover`;
 //! - a data node's part (`reconcile`): `vip`, `sync`, and `reconcile` (its PostgreSQL's
-//!   role, its timeline), and `maintenance` (a node put aside by the operator);
+//!   role, its timeline), `maintenance` (a node put aside by the operator), `parameters`
+//!   (PostgreSQL's own, in the file the agent owns);
 //! - their tests, beside each topic, share the fixtures of `crate::testing`.
 
 use crate::model::{Command, NodeKind, WatchdogMode};
@@ -19,6 +20,7 @@ mod action;
 mod bootstrap;
 mod failover;
 mod maintenance;
+mod parameters;
 mod reconcile;
 mod switchover;
 mod sync;
@@ -26,6 +28,7 @@ mod view;
 mod vip;
 
 pub use action::{Action, Decision, Forward};
+pub use parameters::node_parameters;
 pub use reconcile::slot_for;
 pub use view::{
     track_replicas, ClusterView, LocalView, Measured, Observed, OnCrash, RejoinMode,
@@ -61,6 +64,7 @@ pub fn reconcile(cluster: &ClusterView, local: &LocalView, now_ms: u64) -> Decis
         actions.extend(manage_sync(cluster, local, now_ms));
         actions.extend(record_timeline(cluster, local));
         actions.extend(reconcile_local(cluster, local, now_ms));
+        actions.extend(parameters::write_parameters(cluster, local, now_ms));
     }
     actions
 }

@@ -7,6 +7,7 @@ mod deploy;
 mod failover;
 mod maintenance;
 mod operator;
+mod parameters;
 mod partitions;
 mod refusals;
 mod safety;

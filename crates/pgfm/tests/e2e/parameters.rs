@@ -1,0 +1,128 @@
+//! End-to-end: PostgreSQL's own parameters set for the whole cluster (issue 15, item 2) —
+//! written by every agent into the file it owns and reloaded, those needing a restart shown
+//! as pending on every node, the hot-standby minimums held in PostgreSQL's order, and the
+//! parameters pgfm owns refused.
+
+use std::time::Duration;
+
+use pgfm_lab::harness::{node, text, wait_for, Lab};
+
+use crate::PGFM;
+
+const SETTLE: Duration = Duration::from_secs(60);
+
+/// `pgfm edit-config --set KEY=VALUE` through the witness, which must succeed.
+fn set(lab: &Lab, key_value: &str) {
+    let output = lab.cli("witness", &["edit-config", "--set", key_value]);
+    assert!(output.status.success(), "{key_value}: {}", text(&output));
+}
+
+/// `SHOW name` on `node`, once it says `value`.
+fn wait_show(lab: &Lab, node_name: &str, name: &str, value: &str) {
+    wait_for(
+        &format!("{node_name} to show {name} = {value}"),
+        SETTLE,
+        || match lab.psql(node_name, &format!("SHOW {name}"))? {
+            v if v == value => Ok(()),
+            other => Err(other),
+        },
+    );
+}
+
+/// Each data node's status says these parameters wait for a restart: `(node, names)`.
+fn wait_pending(lab: &Lab, expected: &[(&str, &[&str])]) {
+    wait_for(&format!("{expected:?} pending restart"), SETTLE, || {
+        let (status, _) = lab.cluster_status("witness")?;
+        for (n, pending) in expected {
+            let shown: Vec<&str> = node(&status, n)["pending_restart"]
+                .as_array()
+                .map(|a| a.iter().filter_map(|v| v.as_str()).collect())
+                .unwrap_or_default();
+            if shown != *pending {
+                return Err(status.to_string());
+            }
+        }
+        Ok(())
+    });
+}
+
+/// The line `name = ...` of `node`'s pgfm.conf.
+fn conf_line(lab: &Lab, node_name: &str, name: &str) -> String {
+    let conf = std::fs::read_to_string(lab.dir.join(node_name).join("data").join("pgfm.conf"))
+        .unwrap_or_default();
+    conf.lines()
+        .find(|l| l.starts_with(&format!("{name} = ")))
+        .unwrap_or_default()
+        .to_string()
+}
+
+#[test]
+fn parameters_set_for_the_cluster_reach_every_node_and_say_what_waits_for_a_restart() {
+    let lab = Lab::up(PGFM, 2);
+    lab.wait_healthy("witness", SETTLE);
+    let started = |n: &str| lab.psql(n, "SELECT pg_postmaster_start_time()").unwrap();
+    let before = (started("pg1"), started("pg2"));
+
+    // A reloadable parameter: applied everywhere, no restart.
+    set(&lab, "postgresql.parameters.work_mem=64MB");
+    wait_show(&lab, "pg1", "work_mem", "64MB");
+    wait_show(&lab, "pg2", "work_mem", "64MB");
+    assert_eq!((started("pg1"), started("pg2")), before);
+
+    // One that needs a restart: pending on every node, the running value unchanged.
+    set(&lab, "postgresql.parameters.shared_buffers=256MB");
+    wait_pending(
+        &lab,
+        &[("pg1", &["shared_buffers"]), ("pg2", &["shared_buffers"])],
+    );
+    assert_eq!(lab.psql("pg1", "SHOW shared_buffers").unwrap(), "128MB");
+    let shown = text(&lab.cli("witness", &["cluster-status"]));
+    assert!(shown.contains("pending restart: shared_buffers"), "{shown}");
+
+    // A hot-standby minimum raised: the standby's file has it (pending there), the
+    // primary's keeps what the standby runs with until the standby runs with more.
+    set(&lab, "postgresql.parameters.max_connections=200");
+    wait_pending(
+        &lab,
+        &[
+            ("pg1", &["shared_buffers"]),
+            ("pg2", &["max_connections", "shared_buffers"]),
+        ],
+    );
+    assert_eq!(
+        conf_line(&lab, "pg2", "max_connections"),
+        "max_connections = '200'"
+    );
+    assert_eq!(
+        conf_line(&lab, "pg1", "max_connections"),
+        "max_connections = '100'"
+    );
+
+    // Refused, nothing changed.
+    let revision = |lab: &Lab| {
+        let output = lab.cli("witness", &["show-config", "--json"]);
+        serde_json::from_slice::<serde_json::Value>(&output.stdout).unwrap()["revision"].clone()
+    };
+    let at = revision(&lab);
+    for (key_value, says) in [
+        (
+            "postgresql.parameters.port=6543",
+            "postgresql.parameters.port is set by pgfm",
+        ),
+        (
+            "postgresql.parameters.work_mme=1MB",
+            "postgresql.parameters.work_mme is not a parameter PostgreSQL knows",
+        ),
+    ] {
+        let output = lab.cli("witness", &["edit-config", "--set", key_value]);
+        assert_eq!(output.status.code(), Some(1), "{}", text(&output));
+        assert!(text(&output).contains(says), "{}", text(&output));
+    }
+    assert_eq!(revision(&lab), at);
+
+    // Taken back: nothing waits for a restart any more.
+    set(&lab, "postgresql.parameters.shared_buffers=");
+    set(&lab, "postgresql.parameters.max_connections=");
+    wait_pending(&lab, &[("pg1", &[]), ("pg2", &[])]);
+    assert_eq!((started("pg1"), started("pg2")), before);
+}
