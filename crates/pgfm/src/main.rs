@@ -115,6 +115,19 @@ enum Commands {
         #[arg(long)]
         force: bool,
     },
+    /// Restart PostgreSQL, one node at a time: the standbys first (each back and streaming
+    /// in sync before the next), then the primary by a switchover to a standby in sync, so
+    /// that writes pause for one switchover. Each node leaves the synchronous standbys
+    /// before it stops. Exits 1 when refused or stopped (saying where), 2 on errors.
+    Restart {
+        #[arg(short, long, default_value = DEFAULT_CONFIG)]
+        config: PathBuf,
+        /// The data nodes to restart (default: all of them).
+        nodes: Vec<String>,
+        /// Only those with a PostgreSQL parameter pending restart.
+        #[arg(long)]
+        pending: bool,
+    },
     /// Change a data node's failover priority, cluster-wide (0 = never promote).
     SetPriority {
         #[arg(short, long, default_value = DEFAULT_CONFIG)]
@@ -783,6 +796,11 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Commands::Switchover { config, to, .. } => {
             maintenance::switchover(&local_agent(&config)?, to)
         }
+        Commands::Restart {
+            config,
+            nodes,
+            pending,
+        } => maintenance::restart(&local_agent(&config)?, nodes, pending),
         Commands::Maintenance {
             config,
             node,

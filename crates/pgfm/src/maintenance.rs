@@ -1,5 +1,6 @@
-//! `pgfm switchover` and `pgfm maintenance NODE on|off`: ask the agent, then follow the
-//! cluster's status until what was asked is done, rolled back, or the deadline passes.
+//! `pgfm switchover`, `pgfm maintenance NODE on|off` and `pgfm restart`: ask the agent,
+//! then follow the cluster's status until what was asked is done, rolled back, or the
+//! deadline passes.
 
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
@@ -187,8 +188,21 @@ pub(crate) fn maintenance(
     request: MaintenanceRequest,
 ) -> anyhow::Result<ExitCode> {
     let rt = super::runtime()?;
+    Ok(match change_maintenance(&rt, client, request)? {
+        true => ExitCode::SUCCESS,
+        false => ExitCode::from(1),
+    })
+}
+
+/// `pgfm maintenance`'s steps, said as they go: whether the node got where it was asked to
+/// be (false: refused, or rolled back, with the reason said).
+fn change_maintenance(
+    rt: &Runtime,
+    client: &ApiClient,
+    request: MaintenanceRequest,
+) -> anyhow::Result<bool> {
     let started_at = Instant::now();
-    let before = cancelled_before(&rt, client);
+    let before = cancelled_before(rt, client);
     let node = request.node.clone();
     let (on, keep_running) = (request.on, request.keep_running);
     let started = match rt.block_on(client.maintenance(&request)) {
@@ -199,7 +213,7 @@ pub(crate) fn maintenance(
             ..
         }) => {
             eprintln!("pgfm: maintenance refused, nothing was changed: {message}");
-            return Ok(ExitCode::from(1));
+            return Ok(false);
         }
         Err(e) => return Err(e.into()),
     };
@@ -214,7 +228,7 @@ pub(crate) fn maintenance(
             sw.generation + 1
         );
         let done = |s: &ClusterStatus| switched(s, sw, |_| true) && there(s).is_some();
-        if let Ended::RolledBack(reason) = follow_switchover(&rt, client, sw, before, done)? {
+        if let Ended::RolledBack(reason) = follow_switchover(rt, client, sw, before, done)? {
             // Rolled back because the primary stopped renewing its lease, the maintenance
             // stays (`ClusterState::cancel_switchover`).
             let still = rt.block_on(client.status()).ok().is_some_and(|s| {
@@ -229,7 +243,7 @@ pub(crate) fn maintenance(
                 "it is not under maintenance (the switchover and the maintenance are one step)"
             };
             eprintln!("pgfm: {reason}; {node}: {what}");
-            return Ok(ExitCode::from(1));
+            return Ok(false);
         }
     }
     let deadline = Instant::now() + DEADLINE;
@@ -262,5 +276,113 @@ pub(crate) fn maintenance(
         "out of maintenance"
     };
     println!("{node} is {state} ({took:.1} s): {said}.");
+    Ok(true)
+}
+
+/// `pgfm restart [NODE ...] [--pending]`: restart PostgreSQL on the data nodes named (all
+/// of them by default; with `--pending`, those with a parameter pending restart), one at
+/// a time — the standbys first, each back and streaming in sync before the next, then the
+/// primary, by a switchover to a standby in sync. Each node is restarted by going under
+/// maintenance and out of it: it leaves the synchronous standbys before it stops (the
+/// synchronous minimum is kept: commits wait rather than have fewer copies), and the
+/// primary hands over first, so writes pause for one switchover only. Stops at the first
+/// step that fails, saying where.
+pub(crate) fn restart(
+    client: &ApiClient,
+    named: Vec<String>,
+    pending: bool,
+) -> anyhow::Result<ExitCode> {
+    let rt = super::runtime()?;
+    let started_at = Instant::now();
+    let status = rt.block_on(client.status())?;
+    let refuse = |why: String| {
+        eprintln!("pgfm: restart refused, nothing was changed: {why}");
+        Ok(ExitCode::from(1))
+    };
+    let Some(primary) = status.primary.clone() else {
+        return refuse("the cluster has no running primary: see pgfm cluster-status".into());
+    };
+    let data: Vec<&pgfm_api::NodeStatus> = status
+        .nodes
+        .iter()
+        .filter(|n| n.pg_port.is_some())
+        .collect();
+    for name in &named {
+        let Some(n) = data.iter().find(|n| n.name == *name) else {
+            let names: Vec<&str> = data.iter().map(|n| n.name.as_str()).collect();
+            return refuse(format!(
+                "{name} is not a data node (they are {})",
+                names.join(", ")
+            ));
+        };
+        if !matches!(n.kind, NodeKindStatus::Primary | NodeKindStatus::Standby) {
+            return refuse(format!(
+                "{name} is not running as the primary or a standby ({:?}: {}); pgfm \
+                 cluster-status says why",
+                n.kind, n.info
+            ));
+        }
+    }
+    let mut chosen: Vec<&pgfm_api::NodeStatus> = data
+        .into_iter()
+        .filter(|n| named.is_empty() || named.contains(&n.name))
+        .filter(|n| matches!(n.kind, NodeKindStatus::Primary | NodeKindStatus::Standby))
+        .filter(|n| !pending || !n.pending_restart.is_empty())
+        .collect();
+    // The standbys first, by name; the primary last.
+    chosen.sort_by_key(|n| (n.name == primary, n.name.clone()));
+    if chosen.is_empty() {
+        println!(
+            "Nothing to restart{}.",
+            if pending {
+                ": no node has a parameter pending restart"
+            } else {
+                ""
+            }
+        );
+        return Ok(ExitCode::SUCCESS);
+    }
+    let names: Vec<String> = chosen.iter().map(|n| n.name.clone()).collect();
+    println!(
+        "Restarting PostgreSQL on {}, in that order.",
+        names.join(", ")
+    );
+    for (i, name) in names.iter().enumerate() {
+        let how = if *name == primary {
+            " (the primary: it switches over first)"
+        } else {
+            ""
+        };
+        println!("== {name} ({} of {}){how}", i + 1, names.len());
+        let step = |on: bool| MaintenanceRequest {
+            node: name.clone(),
+            on,
+            keep_running: false,
+            force: true,
+            by: super::settings::who(),
+        };
+        if !change_maintenance(&rt, client, step(true))? {
+            eprintln!(
+                "pgfm: restart stopped at {name}: {} of {} restarted ({})",
+                i,
+                names.len(),
+                names[..i].join(", ")
+            );
+            return Ok(ExitCode::from(1));
+        }
+        if !change_maintenance(&rt, client, step(false))? {
+            eprintln!(
+                "pgfm: restart stopped at {name}, which is still under maintenance (pgfm \
+                 maintenance {name} off starts it): {i} of {} restarted",
+                names.len()
+            );
+            return Ok(ExitCode::from(1));
+        }
+    }
+    println!(
+        "Restarted {} in {:.1} s.",
+        names.join(", "),
+        started_at.elapsed().as_secs_f64()
+    );
     Ok(ExitCode::SUCCESS)
 }

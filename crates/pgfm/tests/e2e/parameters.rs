@@ -5,7 +5,8 @@
 
 use std::time::Duration;
 
-use pgfm_lab::harness::{node, text, wait_for, Lab};
+use pgfm_lab::harness::{node, text, wait_for, Lab, WaitForWrites};
+use pgfm_lab::writers::{Writer, BENCH_TABLE};
 
 use crate::PGFM;
 
@@ -120,9 +121,44 @@ fn parameters_set_for_the_cluster_reach_every_node_and_say_what_waits_for_a_rest
     }
     assert_eq!(revision(&lab), at);
 
-    // Taken back: nothing waits for a restart any more.
-    set(&lab, "postgresql.parameters.shared_buffers=");
-    set(&lab, "postgresql.parameters.max_connections=");
+    // `pgfm restart --pending` under a writer: pg2 first, then pg1 by a switchover (one
+    // promotion: writes pause for one switchover), nothing acknowledged lost, nothing
+    // pending any more, every node running with the new values.
+    lab.psql("pg1", BENCH_TABLE).unwrap();
+    let writer = Writer::start(lab.writer_config(&["pg1", "pg2"]), 1);
+    writer.wait_more(20, "the writer to write on pg1");
+    let output = lab.cli("witness", &["restart", "--pending"]);
+    let said = text(&output);
+    assert!(output.status.success(), "{said}");
+    assert!(
+        said.contains("Restarting PostgreSQL on pg2, pg1, in that order."),
+        "{said}"
+    );
+    let status = lab.wait_primary("witness", "pg2", 2, SETTLE);
+    assert_eq!(node(&status, "pg1")["kind"], "standby", "{status}");
     wait_pending(&lab, &[("pg1", &[]), ("pg2", &[])]);
-    assert_eq!((started("pg1"), started("pg2")), before);
+    writer.wait_more(20, "the writer to write on pg2");
+    let acked = writer.finish();
+    for n in ["pg1", "pg2"] {
+        assert_eq!(lab.psql(n, "SHOW shared_buffers").unwrap(), "256MB", "{n}");
+        assert_eq!(lab.psql(n, "SHOW max_connections").unwrap(), "200", "{n}");
+    }
+    let present: std::collections::BTreeSet<i64> = lab
+        .psql("pg2", "SELECT id FROM bench")
+        .unwrap()
+        .lines()
+        .filter_map(|l| l.trim().parse().ok())
+        .collect();
+    let lost: Vec<i64> = acked
+        .iter()
+        .map(|(id, _)| *id)
+        .filter(|id| !present.contains(id))
+        .collect();
+    assert!(lost.is_empty(), "acknowledged writes lost: {lost:?}");
+    assert!(acked.len() > 40, "{} writes", acked.len());
+    let nothing = text(&lab.cli("witness", &["restart", "--pending"]));
+    assert!(
+        nothing.contains("Nothing to restart: no node has a parameter pending restart"),
+        "{nothing}"
+    );
 }
