@@ -670,6 +670,113 @@ async fn one_switchover(
 }
 
 #[derive(Debug, Args)]
+pub struct RestartBench {
+    /// Rolling restarts of every data node, one after the other.
+    #[arg(long, default_value = "5")]
+    runs: usize,
+    /// Data nodes (and a witness).
+    #[arg(long, default_value = "3")]
+    data_nodes: usize,
+    /// Where to build the lab (removed at the end).
+    #[arg(long, default_value = "/tmp/pgfm-bench")]
+    dir: std::path::PathBuf,
+}
+
+#[derive(Debug, Clone, Serialize)]
+struct RestartRun {
+    run: usize,
+    /// The longest pause of the writer's acknowledgements during the restart.
+    downtime_ms: u64,
+    command_ms: u64,
+    promotions: u64,
+}
+
+/// `pgfm bench restart`: N rolling restarts (`pgfm restart`, every data node, the primary
+/// by a switchover) under the neutral writer; the longest write pause of each, then the
+/// writes acknowledged and lost, and moments with two writers, over all of them.
+pub fn restart(args: RestartBench) -> anyhow::Result<std::process::ExitCode> {
+    let rt = crate::runtime()?;
+    let cores = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1);
+    println!(
+        "pgfm bench restart: {} rolling restart(s) of every data node (pgfm restart); lab of {} data nodes + witness on this machine ({cores} cores), default settings, asynchronous; writer: one INSERT per transaction every 10 ms, multi-host, target_session_attrs=read-write",
+        args.runs, args.data_nodes
+    );
+    let exe = std::env::current_exe().context("finding the pgfm binary")?;
+    let (driver, _) = LabDriver::up(&exe, &args.dir, args.data_nodes, &[], false)?;
+    let config = driver.dir.join("witness").join("pgfm.toml");
+    let outcome = rt.block_on(async {
+        create_bench_table(&driver, "pg1").await?;
+        let (writer, watch) = start_load(&driver, 1)?;
+        let mut runs = Vec::new();
+        for run in 1..=args.runs {
+            let before = driver
+                .wait("a healthy cluster", Duration::from_secs(90), healthy)
+                .await?;
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            let started = Instant::now();
+            let output = tokio::process::Command::new(&exe)
+                .args(["restart", "-c"])
+                .arg(&config)
+                .output()
+                .await
+                .context("running pgfm restart")?;
+            let command_ms = started.elapsed().as_millis() as u64;
+            if !output.status.success() {
+                bail!(
+                    "pgfm restart failed: {}{}",
+                    String::from_utf8_lossy(&output.stdout),
+                    String::from_utf8_lossy(&output.stderr)
+                );
+            }
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            let after = driver.status().await?;
+            let result = RestartRun {
+                run,
+                downtime_ms: longest_gap(&writer.acknowledged(), started).as_millis() as u64,
+                command_ms,
+                promotions: after.generation - before.generation,
+            };
+            println!(
+                "  run {run}: write downtime {} ms, command {} ms, {} promotion(s)",
+                result.downtime_ms, result.command_ms, result.promotions
+            );
+            runs.push(result);
+        }
+        let ids: Vec<i64> = writer.finish().iter().map(|(id, _)| *id).collect();
+        let two_writers = overlaps(&watch.finish()).len();
+        let primary = driver
+            .status()
+            .await?
+            .primary
+            .context("no primary at the end")?;
+        let lost = ids.len() - kept_ids(&driver, &primary, &ids).await?.len();
+        anyhow::Ok((runs, ids.len(), lost, two_writers))
+    });
+    let (runs, acknowledged, lost, two_writers) = match outcome {
+        Ok(found) => found,
+        Err(e) => return Err(driver.kept_for_inspection(e)),
+    };
+    driver.down()?;
+    let mut downtimes: Vec<u64> = runs.iter().map(|r| r.downtime_ms).collect();
+    let mut commands: Vec<u64> = runs.iter().map(|r| r.command_ms).collect();
+    println!();
+    println!(
+        "restart: {} runs, write downtime median {} ms, max {} ms; command median {} ms; {acknowledged} writes acknowledged, {lost} lost; {two_writers} two-writer moments",
+        runs.len(),
+        median(&mut downtimes).unwrap_or(0),
+        downtimes.iter().max().unwrap_or(&0),
+        median(&mut commands).unwrap_or(0),
+    );
+    Ok(if lost > 0 || two_writers > 0 {
+        std::process::ExitCode::from(1)
+    } else {
+        std::process::ExitCode::SUCCESS
+    })
+}
+
+#[derive(Debug, Args)]
 pub struct BootstrapBench {
     /// Clusters formed, one after the other.
     #[arg(long, default_value = "5")]

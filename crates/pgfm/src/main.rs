@@ -322,6 +322,8 @@ enum BenchCommand {
     Failover(bench::FailoverBench),
     /// Switchovers back and forth.
     Switchover(bench::SwitchoverBench),
+    /// Rolling restarts of every data node (pgfm restart) under the writer.
+    Restart(bench::RestartBench),
     /// Clusters formed from empty data directories: from the agents' start to every
     /// standby streaming.
     Bootstrap(bench::BootstrapBench),
@@ -886,6 +888,9 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Commands::Bench {
             command: BenchCommand::Bootstrap(args),
         } => bench::bootstrap(args),
+        Commands::Bench {
+            command: BenchCommand::Restart(args),
+        } => bench::restart(args),
         Commands::Bench {
             command: BenchCommand::Chaos(args),
         } => chaos::chaos(args),
