@@ -112,6 +112,37 @@ impl Agent {
         })
     }
 
+    /// `pgfm reinit NODE`: checked by core (`operator::check_reinit`) and committed; the
+    /// node's own agent stops it, moves its data directory aside and clones it afresh.
+    pub(super) async fn start_reinit(
+        &self,
+        request: pgfm_api::ReinitRequest,
+    ) -> Result<String, Refusal> {
+        if let Some(client) = self.coordinator_client().await? {
+            return client
+                .reinit(&request)
+                .await
+                .map(|m| m.message)
+                .map_err(forwarded);
+        }
+        let view = self.view();
+        let command = operator::check_reinit(
+            &view,
+            &request.node,
+            &request.by,
+            self.clock.wall_clock_ms(),
+        )
+        .map_err(refused)?;
+        self.commit(command).await?;
+        let node = &request.node;
+        tracing::warn!(generation = %view.state.generation, %node, by = %request.by, "re-clone requested");
+        Ok(format!(
+            "{node} is re-cloned: it leaves the synchronous standbys, stops, its data directory \
+             is moved aside (data_dir.pgfm-old, replacing an older copy there), and it is \
+             cloned afresh from the primary"
+        ))
+    }
+
     /// `pgfm switchover --cancel`: works in every state of a switchover. Before the
     /// hand-over the primary simply keeps (or takes back) its lease; after it, the old
     /// primary starts again as the primary — its generation never changed, it holds every

@@ -219,7 +219,12 @@ impl Agent {
             Action::StopToRewind { generation, reason } => {
                 self.stop_to_rewind(pg, *generation, reason).await
             }
-            Action::StopForMaintenance { generation, reason } => {
+            Action::MoveAside { generation, reason } => {
+                pg.move_aside()?;
+                tracing::warn!(%generation, %reason, "data directory moved aside (data_dir.pgfm-old): the empty one is cloned next");
+                Ok(())
+            }
+            Action::StopCleanly { generation, reason } => {
                 self.stop_for_maintenance(pg, *generation, reason).await
             }
             Action::Rewind {

@@ -953,6 +953,10 @@ impl AgentApi for Agent {
         self.change_maintenance(request).await
     }
 
+    async fn reinit(&self, request: pgfm_api::ReinitRequest) -> Result<String, pgfm_api::Refusal> {
+        self.start_reinit(request).await
+    }
+
     async fn report(&self, report: NodeReport) -> ReportOutcome {
         if !self.raft.is_coordinator() {
             return ReportOutcome::NotCoordinator(self.raft.coordinator());

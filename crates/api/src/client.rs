@@ -192,6 +192,11 @@ impl ApiClient {
         self.post_json("/v1/maintenance", request).await
     }
 
+    /// `POST /v1/reinit`: `pgfm reinit NODE`.
+    pub async fn reinit(&self, request: &crate::types::ReinitRequest) -> Result<Message, ApiError> {
+        self.post_json("/v1/reinit", request).await
+    }
+
     /// `GET /v1/config`: the cluster-wide settings in force.
     pub async fn settings(&self) -> Result<crate::types::SettingsView, ApiError> {
         self.get("/v1/config").await

@@ -15,8 +15,8 @@ use pgfm_core::NodeReport;
 use crate::types::{
     AgedReport, AllowRequest, ClusterStatus, DisallowRequest, EditSettingsRequest, ErrorBody,
     Health, HistoryEntry, MaintenanceRequest, MaintenanceStarted, Message, Metrics,
-    PriorityRequest, PromoteRequest, PromoteStarted, ReportAck, SettingsView, SwitchoverRequest,
-    SwitchoverStarted, SynchronousRequest, WalPosition,
+    PriorityRequest, PromoteRequest, PromoteStarted, ReinitRequest, ReportAck, SettingsView,
+    SwitchoverRequest, SwitchoverStarted, SynchronousRequest, WalPosition,
 };
 
 /// What happened to a report sent to this agent.
@@ -79,6 +79,11 @@ pub trait AgentApi: Send + Sync + 'static {
         &self,
         request: MaintenanceRequest,
     ) -> impl Future<Output = Result<MaintenanceStarted, Refusal>> + Send;
+    /// `pgfm reinit NODE`; `Err` is a refusal with its reason (nothing was changed).
+    fn reinit(
+        &self,
+        request: ReinitRequest,
+    ) -> impl Future<Output = Result<String, Refusal>> + Send;
     /// Start a switchover; `Err` is a refusal with its reason (nothing was changed).
     fn switchover(
         &self,
@@ -129,6 +134,7 @@ pub fn router<A: AgentApi>(agent: Arc<A>) -> Router {
         )
         .route("/v1/pause", post(pause::<A>))
         .route("/v1/maintenance", post(maintenance::<A>))
+        .route("/v1/reinit", post(reinit::<A>))
         .route("/v1/switchover/cancel", post(cancel_switchover::<A>))
         .route("/v1/stop-cluster", post(stop_cluster::<A>))
         .route("/v1/stop", post(stop_agent::<A>))
@@ -327,6 +333,16 @@ async fn maintenance<A: AgentApi>(
 ) -> Response {
     match agent.maintenance(request).await {
         Ok(started) => Json(started).into_response(),
+        Err(r) => refusal(r),
+    }
+}
+
+async fn reinit<A: AgentApi>(
+    State(agent): State<Arc<A>>,
+    Json(request): Json<ReinitRequest>,
+) -> Response {
+    match agent.reinit(request).await {
+        Ok(message) => Json(Message { message }).into_response(),
         Err(r) => refusal(r),
     }
 }

@@ -422,6 +422,14 @@ pub struct MaintenanceStarted {
     pub switchover: Option<SwitchoverStarted>,
 }
 
+/// The body of `POST /v1/reinit`: `pgfm reinit NODE`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReinitRequest {
+    pub node: String,
+    /// Who asked: `user@host` of the CLI.
+    pub by: String,
+}
+
 /// The body of `POST /v1/members` (allow-node).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AllowRequest {

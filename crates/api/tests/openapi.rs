@@ -172,6 +172,14 @@ fn schemas_match_the_json_the_code_writes() {
             generation: 1,
         }),
     };
+    let reinit = ReinitRequest {
+        node: "pg2".into(),
+        by: "root@db1".into(),
+    };
+    assert_eq!(
+        keys(&serde_json::to_value(&reinit).unwrap()),
+        properties(&doc, "ReinitRequest")
+    );
     let json_begun = serde_json::to_value(&begun).unwrap();
     assert_eq!(keys(&json_begun), properties(&doc, "MaintenanceStarted"));
     assert_eq!(

@@ -195,6 +195,16 @@ pub enum Command {
     /// `pgfm maintenance NODE off`: `node` takes its place again (it starts as a standby,
     /// rewound if it has to be).
     LeaveMaintenance { node: String },
+    /// `pgfm reinit NODE`: the standby `node` is re-cloned — stopped once no synchronous
+    /// rule counts on it, its data directory moved aside, cloned afresh from the primary.
+    RequestReinit {
+        node: String,
+        by: String,
+        at_unix_ms: u64,
+    },
+    /// `node`'s data directory was moved aside for its reinit: from here on it is cloned as
+    /// any empty one is.
+    ReinitDone { node: String },
     /// `pgfm disallow-node`: the node leaves; its details are forgotten and it may not
     /// register again until `pgfm allow-node`.
     RemoveMember { name: String },
@@ -250,6 +260,14 @@ impl Maintenance {
     pub fn keeps_stopped(&self) -> bool {
         !self.keep_running
     }
+}
+
+/// A standby to be re-cloned (`Command::RequestReinit`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Reinit {
+    pub since_unix_ms: u64,
+    /// Who: the operator's `user@host`.
+    pub by: String,
 }
 
 /// The switchover that starts the maintenance of the primary.
@@ -351,6 +369,15 @@ pub enum CommandError {
          was asked (generation changed?)"
     )]
     MaintenanceOfPrimary(String),
+    #[error(
+        "{0} is the primary: switch over first (pgfm switchover), then re-clone it as a \
+         standby"
+    )]
+    ReinitOfPrimary(String),
+    #[error("a re-clone of {node} is under way (asked by {by})")]
+    ReinitUnderWay { node: String, by: String },
+    #[error("no re-clone of {0} is under way")]
+    NoReinit(String),
 }
 
 /// From the `from_renewal`-th renewal of a generation on, the primary timed its renewals
@@ -510,6 +537,10 @@ pub struct ClusterState {
     /// Data nodes under maintenance (`pgfm maintenance NODE on`), by name.
     #[serde(default)]
     pub maintenance: BTreeMap<String, Maintenance>,
+    /// Standbys to be re-cloned (`pgfm reinit NODE`), by name, until their data directory
+    /// was moved aside.
+    #[serde(default)]
+    pub reinit: BTreeMap<String, Reinit>,
 }
 
 /// What a primary's commits wait for: `count` of the standbys `names` (`FIRST count` when
@@ -646,6 +677,10 @@ impl ClusterState {
                 node: name.into(),
                 by: self.maintenance[name].by.clone(),
             }),
+            Some(_) if self.reinit.contains_key(name) => Err(CommandError::ReinitUnderWay {
+                node: name.into(),
+                by: self.reinit[name].by.clone(),
+            }),
             Some(m) => Ok(m),
             None => Err(CommandError::NotADataNode(name.into())),
         }
@@ -686,6 +721,15 @@ impl ClusterState {
                 handover,
             } => self.enter_maintenance(node, maintenance, handover.as_ref()),
             Command::LeaveMaintenance { node } => self.leave_maintenance(node),
+            Command::RequestReinit {
+                node,
+                by,
+                at_unix_ms,
+            } => self.request_reinit(node, by, *at_unix_ms),
+            Command::ReinitDone { node } => match self.reinit.remove(node) {
+                Some(_) => Ok(()),
+                None => Err(CommandError::NoReinit(node.clone())),
+            },
             Command::Welcome { name } => self.welcome(name),
             Command::ChooseInitdb { node, at_unix_ms } => self.choose_initdb(node, *at_unix_ms),
             Command::Bootstrap {
@@ -787,6 +831,7 @@ impl ClusterState {
     fn remove_member(&mut self, name: &str) -> Result<(), CommandError> {
         self.members.remove(name);
         self.maintenance.remove(name);
+        self.reinit.remove(name);
         // A node chosen to initialise the cluster and gone for good: the choice is given up
         // (the way out an operator has); a later round chooses again among the others.
         if self.primary.is_none() && self.initdb.as_ref().is_some_and(|c| c.node == name) {
@@ -1038,6 +1083,44 @@ impl ClusterState {
         }
         self.maintenance
             .insert(node.to_string(), maintenance.clone());
+        Ok(())
+    }
+
+    /// `pgfm reinit NODE`: a data node other than the primary, not under maintenance (its
+    /// PostgreSQL is kept stopped: end it first), not being re-cloned already.
+    fn request_reinit(
+        &mut self,
+        node: &str,
+        by: &str,
+        at_unix_ms: u64,
+    ) -> Result<(), CommandError> {
+        match self.members.get(node) {
+            Some(m) if m.kind == NodeKind::Data => {}
+            Some(_) => return Err(CommandError::NotADataNode(node.to_string())),
+            None => return Err(CommandError::UnknownNode(node.to_string())),
+        }
+        if self.primary.as_deref() == Some(node) {
+            return Err(CommandError::ReinitOfPrimary(node.to_string()));
+        }
+        if let Some(m) = self.maintenance.get(node) {
+            return Err(CommandError::InMaintenance {
+                node: node.to_string(),
+                by: m.by.clone(),
+            });
+        }
+        if let Some(r) = self.reinit.get(node) {
+            return Err(CommandError::ReinitUnderWay {
+                node: node.to_string(),
+                by: r.by.clone(),
+            });
+        }
+        self.reinit.insert(
+            node.to_string(),
+            Reinit {
+                since_unix_ms: at_unix_ms,
+                by: by.to_string(),
+            },
+        );
         Ok(())
     }
 

@@ -847,6 +847,25 @@ pub fn check_maintenance(
     Ok(MaintenancePlan { command, handover })
 }
 
+/// `pgfm reinit NODE`: a standby re-cloned from the primary, its data directory kept
+/// aside; refused for the primary, a witness, a node under maintenance or being re-cloned.
+pub fn check_reinit(
+    view: &ClusterView,
+    node: &str,
+    by: &str,
+    at_unix_ms: u64,
+) -> Result<Command, Refusal> {
+    known(view, node)?;
+    accepted(
+        &view.state,
+        Command::RequestReinit {
+            node: node.to_string(),
+            by: by.to_string(),
+            at_unix_ms,
+        },
+    )
+}
+
 fn known(view: &ClusterView, name: &str) -> Result<(), Refusal> {
     if view.voters.iter().any(|n| n == name) {
         Ok(())
@@ -1817,6 +1836,56 @@ mod tests {
         assert_eq!(
             outcome(check_switchover(&v, NOW, None), show_handover),
             "pg1 hands over to pg2 in generation 1"
+        );
+    }
+
+    #[test]
+    fn reinit() {
+        let check = |fault: Fault, node: &str, expected: &str| {
+            let mut v = lab(2);
+            fault(&mut v);
+            let got = outcome(check_reinit(&v, node, "dba@db1", 7), |c| format!("{c:?}"));
+            assert_eq!(got, expected, "reinit {node}");
+        };
+        check(
+            HEALTHY,
+            "pg2",
+            "RequestReinit { node: \"pg2\", by: \"dba@db1\", at_unix_ms: 7 }",
+        );
+        check(
+            HEALTHY,
+            "pg1",
+            "refused: pg1 is the primary: switch over first (pgfm switchover), then re-clone it \
+             as a standby",
+        );
+        check(
+            HEALTHY,
+            "witness",
+            "refused: node witness is not a registered data node",
+        );
+        check(
+            HEALTHY,
+            "pg9",
+            "refused: unknown node \"pg9\" (the members are pg1, pg2, witness)",
+        );
+        check(
+            |v| under_maintenance(v, "pg2"),
+            "pg2",
+            "refused: pg2 is under maintenance (put there by dba@db1; pgfm maintenance pg2 off \
+             ends it)",
+        );
+        check(
+            |v| {
+                v.state.reinit.insert(
+                    "pg2".into(),
+                    crate::model::Reinit {
+                        since_unix_ms: 1,
+                        by: "ops@db2".into(),
+                    },
+                );
+            },
+            "pg2",
+            "refused: a re-clone of pg2 is under way (asked by ops@db2)",
         );
     }
 }

@@ -390,9 +390,10 @@ fn short(action: &Action) -> String {
         Action::StopToRewind { generation, reason } => {
             format!("stop to rewind g{generation}: {reason}")
         }
-        Action::StopForMaintenance { generation, .. } => {
-            format!("stop for maintenance g{generation}")
+        Action::StopCleanly { generation, .. } => {
+            format!("stop g{generation}")
         }
+        Action::MoveAside { generation, .. } => format!("move aside g{generation}"),
         Action::Rewind {
             upstream,
             generation,

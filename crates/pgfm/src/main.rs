@@ -128,6 +128,14 @@ enum Commands {
         #[arg(long)]
         pending: bool,
     },
+    /// Re-clone a standby from the primary: it leaves the synchronous standbys, stops, its
+    /// data directory is moved aside (data_dir.pgfm-old), and it is cloned afresh. Refused
+    /// for the primary. Returns once it streams in sync. Exits 1 when refused, 2 on errors.
+    Reinit {
+        #[arg(short, long, default_value = DEFAULT_CONFIG)]
+        config: PathBuf,
+        node: String,
+    },
     /// Change a data node's failover priority, cluster-wide (0 = never promote).
     SetPriority {
         #[arg(short, long, default_value = DEFAULT_CONFIG)]
@@ -798,6 +806,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Commands::Switchover { config, to, .. } => {
             maintenance::switchover(&local_agent(&config)?, to)
         }
+        Commands::Reinit { config, node } => maintenance::reinit(&local_agent(&config)?, node),
         Commands::Restart {
             config,
             nodes,

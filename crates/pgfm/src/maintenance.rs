@@ -1,4 +1,5 @@
-//! `pgfm switchover`, `pgfm maintenance NODE on|off` and `pgfm restart`: ask the agent,
+//! `pgfm switchover`, `pgfm maintenance NODE on|off`, `pgfm restart` and `pgfm reinit`:
+//! ask the agent,
 //! then follow the cluster's status until what was asked is done, rolled back, or the
 //! deadline passes.
 
@@ -382,6 +383,68 @@ pub(crate) fn restart(
     println!(
         "Restarted {} in {:.1} s.",
         names.join(", "),
+        started_at.elapsed().as_secs_f64()
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+/// How long `pgfm reinit` follows a re-clone: a base backup of a large database takes a
+/// while.
+const REINIT_DEADLINE: Duration = Duration::from_secs(3600);
+
+/// `pgfm reinit NODE`: ask, then follow the node, saying each step it reports, until it
+/// streams in sync from the primary again.
+pub(crate) fn reinit(client: &ApiClient, node: String) -> anyhow::Result<ExitCode> {
+    let rt = super::runtime()?;
+    let started_at = Instant::now();
+    let request = pgfm_api::ReinitRequest {
+        node: node.clone(),
+        by: super::settings::who(),
+    };
+    match rt.block_on(client.reinit(&request)) {
+        Ok(m) => println!("{}.", m.message),
+        Err(ApiError::Failed {
+            status: 409,
+            message,
+            ..
+        }) => {
+            eprintln!("pgfm: reinit refused, nothing was changed: {message}");
+            return Ok(ExitCode::from(1));
+        }
+        Err(e) => return Err(e.into()),
+    }
+    let deadline = Instant::now() + REINIT_DEADLINE;
+    let mut said = String::new();
+    // Seen on its way (stopping, stopped, cloning), then streaming in sync again: the
+    // status right after the request may still show it as it was.
+    let mut left = false;
+    loop {
+        if let Ok(status) = rt.block_on(client.status()) {
+            if let Some(n) = status.nodes.iter().find(|n| n.name == node) {
+                let cloning = n.info.contains("re-clone") || n.info.contains("cloning");
+                left |= cloning || n.db == DbStatus::Down;
+                let back = n.kind == NodeKindStatus::Standby && n.in_sync == Some(true);
+                if left && back && !cloning {
+                    break;
+                }
+                if !n.info.is_empty() && n.info != said {
+                    println!("  {}: {}", node, n.info);
+                    said = n.info.clone();
+                }
+            }
+        }
+        if Instant::now() > deadline {
+            anyhow::bail!(
+                "{node} was not streaming in sync within {} s (the re-clone is asked; pgfm \
+                 cluster-status shows where it is); last seen: {said}",
+                REINIT_DEADLINE.as_secs()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    println!(
+        "{node} is re-cloned and streams in sync ({:.1} s); its old data directory is kept \
+         aside as data_dir.pgfm-old.",
         started_at.elapsed().as_secs_f64()
     );
     Ok(ExitCode::SUCCESS)

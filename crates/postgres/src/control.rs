@@ -833,7 +833,23 @@ impl Postgres {
     /// Refused, changing nothing, when the file system cannot hold the old copy and a new
     /// one of about the same size.
     pub async fn reclone(&self, upstream: &Upstream) -> anyhow::Result<()> {
+        self.move_aside()?;
+        self.clone_from(upstream).await
+    }
+
+    /// Move the stopped data directory aside, as `data_dir.pgfm-old` (the previous copy
+    /// there is removed), leaving no data directory: the next clone fills a new one.
+    /// Refused, changing nothing, when PostgreSQL runs, or when the file system cannot
+    /// hold the old copy and a new one of about the same size.
+    pub fn move_aside(&self) -> anyhow::Result<()> {
         let s = &self.settings;
+        if let Some(pid) = self.running_pid() {
+            bail!(
+                "a postmaster (pid {pid}) is running on {}: stop it before moving the \
+                 directory aside",
+                s.data_dir.display()
+            );
+        }
         let aside = PathBuf::from(format!("{}.pgfm-old", s.data_dir.display()));
         let needed = datadir::size_on_disk(&s.data_dir);
         let parent = s.data_dir.parent().unwrap_or(Path::new("/"));
@@ -862,7 +878,7 @@ impl Postgres {
         }
         std::fs::rename(&s.data_dir, &aside)
             .with_context(|| format!("moving {} aside", s.data_dir.display()))?;
-        self.clone_from(upstream).await
+        Ok(())
     }
 
     fn target_of(&self, upstream: &Upstream) -> Target {

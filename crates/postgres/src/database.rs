@@ -49,6 +49,8 @@ pub trait Database: Send + Sync {
     fn initialise<'a>(&'a self, plan: &'a InitdbPlan) -> Pending<'a, anyhow::Result<()>>;
     /// Fill the empty data directory with a base backup of `upstream`.
     fn clone_from<'a>(&'a self, upstream: &'a Upstream) -> Pending<'a, anyhow::Result<()>>;
+    /// Move the stopped data directory aside (`Postgres::move_aside`).
+    fn move_aside(&self) -> anyhow::Result<()>;
     /// Move the data directory aside and clone afresh from `upstream`.
     fn reclone<'a>(&'a self, upstream: &'a Upstream) -> Pending<'a, anyhow::Result<()>>;
     /// Promote the running standby once it replayed all it received, to timeline
@@ -139,6 +141,9 @@ impl Database for Postgres {
     }
     fn reclone<'a>(&'a self, upstream: &'a Upstream) -> Pending<'a, anyhow::Result<()>> {
         Box::pin(Postgres::reclone(self, upstream))
+    }
+    fn move_aside(&self) -> anyhow::Result<()> {
+        Postgres::move_aside(self)
     }
     fn promote(&self, at_least: Timeline) -> Pending<'_, anyhow::Result<()>> {
         Box::pin(Postgres::promote(self, at_least))

@@ -2125,21 +2125,25 @@ impl SimDatabase {
     }
 
     async fn reclone(&self, upstream: &Upstream) -> anyhow::Result<()> {
-        {
-            let mut m = self.model();
-            let s = m.server_mut(&self.node)?;
-            if let Some(run) = &s.run {
-                // Production would move the directory from under the running postmaster;
-                // the agent never asks that, and the model cannot represent it.
-                bail!(
-                    "a postmaster (pid {}) is running on {}: stop it before re-cloning",
-                    run.pid,
-                    s.path()
-                );
-            }
-            s.dir = DataDir::default();
-        }
+        self.move_aside()?;
         self.clone_from(upstream).await
+    }
+
+    /// As `Postgres::move_aside`: no data directory left.
+    fn move_aside(&self) -> anyhow::Result<()> {
+        let mut m = self.model();
+        let s = m.server_mut(&self.node)?;
+        if let Some(run) = &s.run {
+            // Production refuses to move the directory from under a running postmaster.
+            bail!(
+                "a postmaster (pid {}) is running on {}: stop it before moving the directory \
+                 aside",
+                run.pid,
+                s.path()
+            );
+        }
+        s.dir = DataDir::default();
+        Ok(())
     }
 
     async fn slots(&self, slots: &[String], create: bool) -> anyhow::Result<()> {
@@ -2237,6 +2241,9 @@ impl Database for SimDatabase {
     }
     fn clone_from<'a>(&'a self, upstream: &'a Upstream) -> Pending<'a, anyhow::Result<()>> {
         Box::pin(SimDatabase::clone_from(self, upstream))
+    }
+    fn move_aside(&self) -> anyhow::Result<()> {
+        SimDatabase::move_aside(self)
     }
     fn reclone<'a>(&'a self, upstream: &'a Upstream) -> Pending<'a, anyhow::Result<()>> {
         Box::pin(SimDatabase::reclone(self, upstream))

@@ -48,9 +48,15 @@ pub enum Action {
         generation: Generation,
         reason: String,
     },
-    /// Stop the local standby cleanly (fast) and keep it stopped: the node is under
-    /// maintenance (`ClusterState::maintenance`).
-    StopForMaintenance {
+    /// Stop the local standby cleanly (fast); the engine keeps it stopped: the node is under
+    /// maintenance (`ClusterState::maintenance`) or to be re-cloned (`ClusterState::reinit`).
+    StopCleanly {
+        generation: Generation,
+        reason: String,
+    },
+    /// Move the stopped data directory aside (`data_dir.pgfm-old`): `pgfm reinit`; the
+    /// empty directory is cloned next.
+    MoveAside {
         generation: Generation,
         reason: String,
     },
@@ -176,11 +182,12 @@ impl std::fmt::Display for Action {
             Action::StopToRewind { generation, reason } => {
                 write!(f, "stop to rewind (generation {generation}): {reason}")
             }
-            Action::StopForMaintenance { generation, reason } => {
-                write!(
-                    f,
-                    "stop for maintenance (generation {generation}): {reason}"
-                )
+            Action::MoveAside { generation, reason } => write!(
+                f,
+                "move the data directory aside (generation {generation}): {reason}"
+            ),
+            Action::StopCleanly { generation, reason } => {
+                write!(f, "stop cleanly (generation {generation}): {reason}")
             }
             Action::Rewind {
                 upstream,

@@ -254,6 +254,9 @@ fn candidate<'a>(
             m.by
         ));
     }
+    if let Some(r) = state.reinit.get(name) {
+        return Err(format!("{name} is being re-cloned (asked by {})", r.by));
+    }
     // Synchronous replication: only the committed sync set may hold every commit the old
     // primary acknowledged.
     if !state.sync_set.is_empty() && !state.sync_set.contains(name) && !force {

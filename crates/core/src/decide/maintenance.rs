@@ -1,8 +1,10 @@
-//! Node maintenance (`pgfm maintenance NODE on|off`, `ClusterState::maintenance`): a node
-//! under maintenance is never promoted (`ClusterState::may_promote`, which the failover,
-//! the switchover and the priority list go by) and never a synchronous standby
-//! (`sync::desired_sync`); here, what the node itself does — leave the synchronous
-//! standbys, then stop its PostgreSQL and keep it stopped.
+//! A node the operator puts aside. Maintenance (`pgfm maintenance NODE on|off`,
+//! `ClusterState::maintenance`): a node under maintenance is never promoted
+//! (`ClusterState::may_promote`, which the failover, the switchover and the priority list
+//! go by) and never a synchronous standby (`sync::desired_sync`); here, what the node
+//! itself does — leave the synchronous standbys, then stop its PostgreSQL and keep it
+//! stopped. A re-clone (`pgfm reinit NODE`, `ClusterState::reinit`): the same stop, then
+//! the data directory moved aside; the empty one is cloned as any is.
 
 use super::reconcile::{give_up_lease, no_taker, running_standby};
 use super::{hold, Action, ClusterView, LocalView};
@@ -48,7 +50,7 @@ pub(super) fn under_maintenance(
             ))];
         }
     }
-    vec![Action::StopForMaintenance {
+    vec![Action::StopCleanly {
         generation,
         reason: why,
     }]
@@ -80,6 +82,52 @@ pub(super) fn primary_under_maintenance(
         cluster.state.generation,
         &format!("{why}: PostgreSQL stays stopped"),
     )
+}
+
+/// A standby to be re-cloned (`pgfm reinit`): stopped cleanly once no synchronous rule
+/// counts on it (a writable one fenced first), its data directory moved aside, and then,
+/// the directory gone, the reinit is over: `stopped_standby` clones it as any empty one.
+pub(super) fn reinit(
+    cluster: &ClusterView,
+    local: &LocalView,
+    primary: &str,
+    reinit: &crate::model::Reinit,
+    now_ms: u64,
+) -> Vec<Action> {
+    let generation = cluster.state.generation;
+    let name = &local.name;
+    let why = format!("re-clone asked by {}", reinit.by);
+    if local.db_running {
+        if local.writable {
+            return running_standby(cluster, local, primary);
+        }
+        if let Some(rule) = counted_on(cluster, name, primary, now_ms) {
+            return vec![hold(format!(
+                "{why}: waiting to leave the synchronous standbys ({rule}) before PostgreSQL \
+                 stops"
+            ))];
+        }
+        return vec![Action::StopCleanly {
+            generation,
+            reason: why,
+        }];
+    }
+    match local.report.data_dir {
+        Some(crate::model::DataDirState::Empty) => vec![
+            Action::Propose {
+                command: crate::model::Command::ReinitDone { node: name.clone() },
+                forward: super::Forward::ToCoordinator,
+            },
+            hold(format!(
+                "{why}: the data directory was moved aside; cloning from {primary} next"
+            )),
+        ],
+        // Unreadable: moving it aside is what the operator asked, and what fixes it.
+        _ => vec![Action::MoveAside {
+            generation,
+            reason: why,
+        }],
+    }
 }
 
 /// The synchronous rule that still counts on `name`, if one does: the committed set, or
@@ -151,7 +199,7 @@ mod tests {
             &[&format!("hold: {WHY}: waiting to leave the synchronous standbys (committed: ANY 1 (pg2,pg3)) before PostgreSQL stops")],
         );
         v.state.sync_set = ["pg2".to_string()].into();
-        check(&v, "pg3", false, &["stop for maintenance g1"]);
+        check(&v, "pg3", false, &["stop g1"]);
         // Stopped: it stays so, whatever its directory says.
         let mut stopped = v.clone();
         stopped.reports.get_mut("pg3").unwrap().report = report("pg3", Stopped(Recovering));
@@ -180,13 +228,13 @@ mod tests {
     fn how_a_node_under_maintenance_stops_or_keeps_running() {
         let mut v = primary_with(&["pg2", "pg3"]);
         under(&mut v, "pg3", false, false);
-        check(&v, "pg3", false, &["stop for maintenance g1"]);
+        check(&v, "pg3", false, &["stop g1"]);
 
         v.settings.sync.mode = SyncMode::On;
         v.state.sync_set = ["pg3".to_string()].into();
         v.state.sync_quorum = 1;
         under(&mut v, "pg3", false, true);
-        check(&v, "pg3", false, &["stop for maintenance g1"]);
+        check(&v, "pg3", false, &["stop g1"]);
 
         under(&mut v, "pg3", true, false);
         check(&v, "pg3", false, &[]);
@@ -238,6 +286,45 @@ mod tests {
             false,
             &[&format!("hold: {why}: PostgreSQL stays stopped, and no standby may take over (only pg1 is known to hold every acknowledged commit): end the maintenance to serve again")],
         );
+    }
+
+    /// A re-clone: out of the synchronous standbys first, stopped, moved aside, then over
+    /// (the empty directory is cloned as any).
+    #[test]
+    fn a_standby_to_re_clone_stops_moves_its_directory_aside_then_is_cloned() {
+        let mut v = primary_with(&["pg2", "pg3"]);
+        v.state.reinit.insert(
+            "pg3".into(),
+            crate::model::Reinit {
+                since_unix_ms: 1,
+                by: "dba@db1".into(),
+            },
+        );
+        v.state.sync_set = ["pg3".to_string()].into();
+        v.state.sync_quorum = 1;
+        check(
+            &v,
+            "pg3",
+            false,
+            &["hold: re-clone asked by dba@db1: waiting to leave the synchronous standbys (committed: FIRST 1 (pg3)) before PostgreSQL stops"],
+        );
+        v.state.sync_set.clear();
+        v.state.sync_quorum = 0;
+        check(&v, "pg3", false, &["stop g1"]);
+        v.reports.get_mut("pg3").unwrap().report = report("pg3", Stopped(Recovering));
+        check(&v, "pg3", false, &["move aside g1"]);
+        v.reports.get_mut("pg3").unwrap().report = report("pg3", Stopped(Empty));
+        check(
+            &v,
+            "pg3",
+            false,
+            &[
+                "propose ReinitDone { node: \"pg3\" }",
+                "hold: re-clone asked by dba@db1: the data directory was moved aside; cloning from pg1 next",
+            ],
+        );
+        v.state.reinit.clear();
+        check(&v, "pg3", false, &["clone pg1 g1"]);
     }
 
     /// Never promoted, whatever else it has for it; never named by the primary's

@@ -1,6 +1,6 @@
 //! A data node brings its own PostgreSQL to the role the committed state gives it.
 
-use super::maintenance::{primary_under_maintenance, under_maintenance};
+use super::maintenance::{primary_under_maintenance, reinit, under_maintenance};
 use super::switchover::hand_over;
 use super::{hold, Action, ClusterView, Forward, LocalView, OnCrash, RejoinMode};
 use crate::model::{Command, DataDirState, DbRole};
@@ -202,6 +202,9 @@ fn reconcile_standby(
 ) -> Vec<Action> {
     if let Some(m) = cluster.state.maintenance.get(&local.name) {
         return under_maintenance(cluster, local, primary, m, now_ms);
+    }
+    if let Some(r) = cluster.state.reinit.get(&local.name) {
+        return reinit(cluster, local, primary, r, now_ms);
     }
     if local.db_running {
         running_standby(cluster, local, primary)

@@ -10,6 +10,7 @@ mod operator;
 mod parameters;
 mod partitions;
 mod refusals;
+mod reinit;
 mod safety;
 mod settings;
 mod synchronous;
