@@ -418,6 +418,27 @@ impl Lab {
         }
     }
 
+    /// Every id the writer saw acknowledged is in `primary`'s bench table now: nothing
+    /// acknowledged was lost.
+    pub fn all_acknowledged_on(&self, primary: &str, acked: &[i64]) {
+        let present: std::collections::BTreeSet<i64> = self
+            .psql(primary, "SELECT id FROM bench")
+            .unwrap()
+            .lines()
+            .filter_map(|l| l.trim().parse().ok())
+            .collect();
+        let lost: Vec<i64> = acked
+            .iter()
+            .copied()
+            .filter(|id| !present.contains(id))
+            .collect();
+        assert!(
+            lost.is_empty(),
+            "{} acknowledged writes are not on {primary}: {lost:?}",
+            lost.len()
+        );
+    }
+
     /// `node`'s agent log so far.
     pub fn log(&self, node: &str) -> String {
         std::fs::read_to_string(self.dir.join(node).join("agent.log")).unwrap_or_default()

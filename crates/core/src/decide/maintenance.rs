@@ -24,26 +24,42 @@ pub(super) fn under_maintenance(
     maintenance: &crate::model::Maintenance,
     now_ms: u64,
 ) -> Vec<Action> {
-    let generation = cluster.state.generation;
-    let name = &local.name;
-    let why = format!(
+    let why = maintenance_why(maintenance, &local.name);
+    match (local.db_running, maintenance.keep_running) {
+        (false, false) => vec![hold(format!("{why}: PostgreSQL stays stopped"))],
+        (false, true) => vec![hold(format!(
+            "{why}, kept running: PostgreSQL is down, and left to its operator (start it, or \
+             end the maintenance)"
+        ))],
+        (true, true) => running_standby(cluster, local, primary),
+        (true, false) => stop_once_free(cluster, local, primary, why, maintenance.forced, now_ms),
+    }
+}
+
+/// "under maintenance (put there by dba@db1; pgfm maintenance pg3 off ends it)".
+fn maintenance_why(maintenance: &crate::model::Maintenance, name: &str) -> String {
+    format!(
         "under maintenance (put there by {}; pgfm maintenance {name} off ends it)",
         maintenance.by
-    );
-    match (local.db_running, maintenance.keep_running) {
-        (false, false) => return vec![hold(format!("{why}: PostgreSQL stays stopped"))],
-        (false, true) => {
-            return vec![hold(format!(
-                "{why}, kept running: PostgreSQL is down, and left to its operator (start it, \
-                 or end the maintenance)"
-            ))]
-        }
-        (true, true) => return running_standby(cluster, local, primary),
-        (true, false) if local.writable => return running_standby(cluster, local, primary),
-        (true, false) => {}
+    )
+}
+
+/// The running standby `local`, to be stopped (for `why`): fenced first if it takes
+/// writes; else stopped cleanly once no synchronous rule counts on it (`counted_on`), or
+/// at once when `forced`.
+fn stop_once_free(
+    cluster: &ClusterView,
+    local: &LocalView,
+    primary: &str,
+    why: String,
+    forced: bool,
+    now_ms: u64,
+) -> Vec<Action> {
+    if local.writable {
+        return running_standby(cluster, local, primary);
     }
-    if !maintenance.forced {
-        if let Some(rule) = counted_on(cluster, name, primary, now_ms) {
+    if !forced {
+        if let Some(rule) = counted_on(cluster, &local.name, primary, now_ms) {
             return vec![hold(format!(
                 "{why}: waiting to leave the synchronous standbys ({rule}) before PostgreSQL \
                  stops"
@@ -51,7 +67,7 @@ pub(super) fn under_maintenance(
         }
     }
     vec![Action::StopCleanly {
-        generation,
+        generation: cluster.state.generation,
         reason: why,
     }]
 }
@@ -67,10 +83,7 @@ pub(super) fn primary_under_maintenance(
     maintenance: &crate::model::Maintenance,
 ) -> Vec<Action> {
     let name = &local.name;
-    let why = format!(
-        "under maintenance (put there by {}; pgfm maintenance {name} off ends it)",
-        maintenance.by
-    );
+    let why = maintenance_why(maintenance, name);
     if no_taker(cluster, local) {
         return vec![hold(format!(
             "{why}: PostgreSQL stays stopped, and no standby may take over (only {name} is \
@@ -98,19 +111,7 @@ pub(super) fn reinit(
     let name = &local.name;
     let why = format!("re-clone asked by {}", reinit.by);
     if local.db_running {
-        if local.writable {
-            return running_standby(cluster, local, primary);
-        }
-        if let Some(rule) = counted_on(cluster, name, primary, now_ms) {
-            return vec![hold(format!(
-                "{why}: waiting to leave the synchronous standbys ({rule}) before PostgreSQL \
-                 stops"
-            ))];
-        }
-        return vec![Action::StopCleanly {
-            generation,
-            reason: why,
-        }];
+        return stop_once_free(cluster, local, primary, why, false, now_ms);
     }
     match local.report.data_dir {
         Some(crate::model::DataDirState::Empty) => vec![

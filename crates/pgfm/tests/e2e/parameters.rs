@@ -143,18 +143,8 @@ fn parameters_set_for_the_cluster_reach_every_node_and_say_what_waits_for_a_rest
         assert_eq!(lab.psql(n, "SHOW shared_buffers").unwrap(), "256MB", "{n}");
         assert_eq!(lab.psql(n, "SHOW max_connections").unwrap(), "200", "{n}");
     }
-    let present: std::collections::BTreeSet<i64> = lab
-        .psql("pg2", "SELECT id FROM bench")
-        .unwrap()
-        .lines()
-        .filter_map(|l| l.trim().parse().ok())
-        .collect();
-    let lost: Vec<i64> = acked
-        .iter()
-        .map(|(id, _)| *id)
-        .filter(|id| !present.contains(id))
-        .collect();
-    assert!(lost.is_empty(), "acknowledged writes lost: {lost:?}");
+    let ids: Vec<i64> = acked.iter().map(|(id, _)| *id).collect();
+    lab.all_acknowledged_on("pg2", &ids);
     assert!(acked.len() > 40, "{} writes", acked.len());
     let nothing = text(&lab.cli("witness", &["restart", "--pending"]));
     assert!(

@@ -288,26 +288,6 @@ fn a_former_primary_whose_rewind_fails_is_recloned() {
     assert_eq!(status["generation"], 2, "{status}");
 }
 
-/// Every id the writer saw acknowledged is on `primary` now: nothing acknowledged was lost.
-fn all_acknowledged_on(lab: &Lab, primary: &str, acked: &[i64]) {
-    let present: std::collections::BTreeSet<i64> = lab
-        .psql(primary, "SELECT id FROM bench")
-        .unwrap()
-        .lines()
-        .filter_map(|l| l.trim().parse().ok())
-        .collect();
-    let lost: Vec<i64> = acked
-        .iter()
-        .copied()
-        .filter(|id| !present.contains(id))
-        .collect();
-    assert!(
-        lost.is_empty(),
-        "{} acknowledged writes are not on {primary}: {lost:?}",
-        lost.len()
-    );
-}
-
 /// A writer with one session on pg1 (it reconnects to whichever node takes writes), after
 /// the bench table exists.
 fn writer_on_pg1(lab: &Lab) -> Writer {
@@ -347,7 +327,7 @@ fn a_frozen_primary_host_is_reset_by_its_watchdog_before_the_failover() {
         .into_iter()
         .filter(|(_, at)| *at < freezing || *at > frozen)
         .collect();
-    all_acknowledged_on(&lab, "pg2", &ids(&outside_freeze));
+    lab.all_acknowledged_on("pg2", &ids(&outside_freeze));
     assert!(watch.finish() > 0, "the watch saw no writable primary");
     watchdog_fired(&lab, "pg1");
 
@@ -505,7 +485,7 @@ fn a_stalled_disk_on_the_primary_host_never_makes_two_writers() {
     let primary = status["primary"].as_str().expect("a primary").to_string();
     writer.wait_more(20, "the writer to write after the stall");
     let acked = ids(&writer.finish());
-    all_acknowledged_on(&lab, &primary, &acked);
+    lab.all_acknowledged_on(&primary, &acked);
     assert!(watch.finish() > 0, "the watch saw no writable primary");
 }
 
