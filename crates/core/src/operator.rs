@@ -517,7 +517,9 @@ impl<'a> Candidates<'a> {
     ) -> Result<(), Refusal> {
         let lag = self.behind(s);
         let lagging = if self.alive {
-            s.in_sync != Some(true)
+            // Not streaming but with all the primary last reported (its primary just died,
+            // say): the hand-over waits for it to replay the final record, or rolls back.
+            s.in_sync != Some(true) && lag != Some(0)
         } else {
             lag.is_some_and(|lag| lag > view.settings.max_lag)
         };
@@ -1221,6 +1223,15 @@ mod tests {
             Some("pg2"),
             true,
             "pg1 hands over to pg2 in generation 1 (forced)",
+        );
+        // Not streaming, but with everything the primary last reported (CI: the primary's
+        // host had just died): nothing to lose, the hand-over waits for its replay.
+        check(
+            2,
+            |v| not_streaming(v, "pg2"),
+            Some("pg2"),
+            false,
+            "pg1 hands over to pg2 in generation 1",
         );
         check(
             2,
