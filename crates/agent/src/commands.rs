@@ -112,6 +112,41 @@ impl Agent {
         })
     }
 
+    /// `pgfm set-tag NODE KEY=VALUE ...`: parsed and checked by core
+    /// (`operator::check_tags`) and committed in one entry.
+    pub(super) async fn change_tags(
+        &self,
+        request: pgfm_api::TagsRequest,
+    ) -> Result<String, Refusal> {
+        if let Some(client) = self.coordinator_client().await? {
+            return client
+                .set_tags(&request)
+                .await
+                .map(|m| m.message)
+                .map_err(forwarded);
+        }
+        let tags = request
+            .tags
+            .iter()
+            .map(|t| pgfm_core::tags::Tag::parse(t))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(Refusal::Refused)?;
+        if tags.is_empty() {
+            return Err(Refusal::Refused(
+                "no tag given: pgfm set-tag NODE KEY=VALUE ...".to_string(),
+            ));
+        }
+        let view = self.view();
+        let command =
+            operator::check_tags(&view, self.now_ms(), &request.node, &tags, request.force)
+                .map_err(refused)?;
+        self.commit(command).await?;
+        let node = &request.node;
+        let change = request.tags.join(" ");
+        tracing::warn!(generation = %view.state.generation, %node, by = %request.by, tags = %change, "tags changed");
+        Ok(format!("{node}: {change} committed"))
+    }
+
     /// `pgfm reinit NODE`: checked by core (`operator::check_reinit`) and committed; the
     /// node's own agent stops it, moves its data directory aside and clones it afresh.
     pub(super) async fn start_reinit(

@@ -153,6 +153,7 @@ impl Agent {
                 name: name.to_string(),
                 host: host.clone(),
                 port,
+                with_slot: pgfm_core::decide::slot_of(state, &self.config.name, name).is_some(),
             }),
             _ => anyhow::bail!("upstream {name} has no PostgreSQL address"),
         }
@@ -393,7 +394,12 @@ impl Agent {
     ) -> anyhow::Result<()> {
         let started = Instant::now();
         let up = self.upstream(state, upstream)?;
-        tracing::info!(%generation, %upstream, "{}", if fresh { "cloning the empty data directory" } else { "rewind failed: moving the data directory aside and cloning afresh" });
+        let what = if fresh {
+            "cloning the empty data directory"
+        } else {
+            "rewind failed: moving the data directory aside and cloning afresh"
+        };
+        tracing::info!(%generation, "{what}: cloning from {upstream}");
         self.set_activity(Some(format!("cloning from {upstream} (pg_basebackup)")));
         let cloned = if fresh {
             pg.clone_from(&up).await

@@ -57,6 +57,16 @@ impl Agent {
                     ),
                 }
             }
+            HealthCheck::Replica { .. } if state.tags_of(&self.config.name).noloadbalance => {
+                answer(
+                    false,
+                    format!(
+                        "tagged noloadbalance: no reads sent here (pgfm set-tag {} \
+                         noloadbalance=false)",
+                        self.config.name
+                    ),
+                )
+            }
             HealthCheck::Replica { .. } | HealthCheck::Synchronous { .. } if !streaming_standby => {
                 answer(false, "not a streaming standby".into())
             }

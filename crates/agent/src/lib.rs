@@ -953,6 +953,10 @@ impl AgentApi for Agent {
         self.change_maintenance(request).await
     }
 
+    async fn set_tags(&self, request: pgfm_api::TagsRequest) -> Result<String, pgfm_api::Refusal> {
+        self.change_tags(request).await
+    }
+
     async fn reinit(&self, request: pgfm_api::ReinitRequest) -> Result<String, pgfm_api::Refusal> {
         self.start_reinit(request).await
     }

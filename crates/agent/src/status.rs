@@ -194,8 +194,27 @@ fn node_status(view: &ClusterView, now_ms: u64, name: &str, agent_address: &str)
         pending_restart: report
             .map(|r| r.pending_restart.clone())
             .unwrap_or_default(),
+        tags: view.state.tags_of(name).list(),
+        upstream: upstream_of(view, report),
         info,
     }
+}
+
+/// The member a standby streams from now: the one at the address of its
+/// `primary_conninfo`, while its WAL receiver streams.
+fn upstream_of(view: &ClusterView, report: Option<&pgfm_core::NodeReport>) -> Option<String> {
+    let report = report.filter(|r| r.receiver.as_deref() == Some("streaming"))?;
+    let at = report.conninfo_upstream.as_deref()?;
+    view.state
+        .members
+        .values()
+        .find(|m| {
+            m.pg_host
+                .as_ref()
+                .zip(m.pg_port)
+                .is_some_and(|(h, p)| format!("{h}:{p}") == at)
+        })
+        .map(|m| m.name.clone())
 }
 
 /// The Info column: what the agent reported, or why there is no report, or for a
@@ -214,8 +233,9 @@ fn node_info(
         };
     } else if info.is_empty() && kind == NodeKindStatus::Standby {
         let receiver = report.and_then(|r| r.receiver.clone());
-        info = match (receiver, &view.state.primary) {
-            (Some(status), Some(p)) => format!("{status} from {p}"),
+        let from = upstream_of(view, report).or_else(|| view.state.primary.clone());
+        info = match (receiver, from) {
+            (Some(status), Some(from)) => format!("{status} from {from}"),
             _ => "not receiving WAL".to_string(),
         };
     }

@@ -192,6 +192,11 @@ impl ApiClient {
         self.post_json("/v1/maintenance", request).await
     }
 
+    /// `POST /v1/tags`: `pgfm set-tag NODE KEY=VALUE ...`.
+    pub async fn set_tags(&self, request: &crate::types::TagsRequest) -> Result<Message, ApiError> {
+        self.post_json("/v1/tags", request).await
+    }
+
     /// `POST /v1/reinit`: `pgfm reinit NODE`.
     pub async fn reinit(&self, request: &crate::types::ReinitRequest) -> Result<Message, ApiError> {
         self.post_json("/v1/reinit", request).await

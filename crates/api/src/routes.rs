@@ -16,7 +16,7 @@ use crate::types::{
     AgedReport, AllowRequest, ClusterStatus, DisallowRequest, EditSettingsRequest, ErrorBody,
     Health, HistoryEntry, MaintenanceRequest, MaintenanceStarted, Message, Metrics,
     PriorityRequest, PromoteRequest, PromoteStarted, ReinitRequest, ReportAck, SettingsView,
-    SwitchoverRequest, SwitchoverStarted, SynchronousRequest, WalPosition,
+    SwitchoverRequest, SwitchoverStarted, SynchronousRequest, TagsRequest, WalPosition,
 };
 
 /// What happened to a report sent to this agent.
@@ -79,6 +79,12 @@ pub trait AgentApi: Send + Sync + 'static {
         &self,
         request: MaintenanceRequest,
     ) -> impl Future<Output = Result<MaintenanceStarted, Refusal>> + Send;
+    /// `pgfm set-tag NODE KEY=VALUE ...`; `Err` is a refusal with its reason (nothing was
+    /// changed).
+    fn set_tags(
+        &self,
+        request: TagsRequest,
+    ) -> impl Future<Output = Result<String, Refusal>> + Send;
     /// `pgfm reinit NODE`; `Err` is a refusal with its reason (nothing was changed).
     fn reinit(
         &self,
@@ -135,6 +141,7 @@ pub fn router<A: AgentApi>(agent: Arc<A>) -> Router {
         .route("/v1/pause", post(pause::<A>))
         .route("/v1/maintenance", post(maintenance::<A>))
         .route("/v1/reinit", post(reinit::<A>))
+        .route("/v1/tags", post(set_tags::<A>))
         .route("/v1/switchover/cancel", post(cancel_switchover::<A>))
         .route("/v1/stop-cluster", post(stop_cluster::<A>))
         .route("/v1/stop", post(stop_agent::<A>))
@@ -333,6 +340,16 @@ async fn maintenance<A: AgentApi>(
 ) -> Response {
     match agent.maintenance(request).await {
         Ok(started) => Json(started).into_response(),
+        Err(r) => refusal(r),
+    }
+}
+
+async fn set_tags<A: AgentApi>(
+    State(agent): State<Arc<A>>,
+    Json(request): Json<TagsRequest>,
+) -> Response {
+    match agent.set_tags(request).await {
+        Ok(message) => Json(Message { message }).into_response(),
         Err(r) => refusal(r),
     }
 }

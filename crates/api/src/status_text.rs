@@ -65,6 +65,7 @@ pub fn render(s: &ClusterStatus) -> String {
     promote_status(&mut out, s);
     idle_nodes(&mut out, s);
     maintenance(&mut out, s);
+    tags(&mut out, s);
     problems(&mut out, s);
     out
 }
@@ -293,6 +294,26 @@ fn maintenance(w: &mut String, s: &ClusterStatus) {
                 ""
             }
         );
+    }
+}
+
+/// The tagged nodes, if any, and where each standby that cascades streams from now.
+fn tags(w: &mut String, s: &ClusterStatus) {
+    let tagged: Vec<&NodeStatus> = s.nodes.iter().filter(|n| !n.tags.is_empty()).collect();
+    if tagged.is_empty() {
+        return;
+    }
+    let _ = writeln!(w);
+    let _ = writeln!(w, "Tags (pgfm set-tag NODE KEY=VALUE changes them):");
+    let _ = writeln!(w);
+    for n in tagged {
+        let streams = match &n.upstream {
+            Some(up) if n.tags.iter().any(|t| t.starts_with("replicate_from=")) => {
+                format!("; streams from {up}")
+            }
+            _ => String::new(),
+        };
+        let _ = writeln!(w, "\t{:<11} {}{streams}", n.name, n.tags.join(", "));
     }
 }
 
@@ -582,6 +603,8 @@ mod tests {
             watchdog: None,
             maintenance: None,
             pending_restart: Vec::new(),
+            tags: Vec::new(),
+            upstream: None,
             info: String::new(),
         }
     }

@@ -76,6 +76,13 @@ pub struct NodeStatus {
     /// (`pg_settings.pending_restart`).
     #[serde(default)]
     pub pending_restart: Vec<String>,
+    /// Data nodes: the tags set (`pgfm set-tag`), as `set-tag` takes them (`nofailover`,
+    /// `replicate_from=pg2`).
+    #[serde(default)]
+    pub tags: Vec<String>,
+    /// A standby: the node it streams from now (null: not streaming, or a primary).
+    #[serde(default)]
+    pub upstream: Option<String>,
     /// What the node is doing or waiting for.
     pub info: String,
 }
@@ -420,6 +427,20 @@ pub struct MaintenanceRequest {
 pub struct MaintenanceStarted {
     pub message: String,
     pub switchover: Option<SwitchoverStarted>,
+}
+
+/// The body of `POST /v1/tags`: `pgfm set-tag NODE KEY=VALUE ...`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TagsRequest {
+    pub node: String,
+    /// `KEY=VALUE` as typed (`pgfm_core::tags::Tag::parse`), changed together.
+    pub tags: Vec<String>,
+    /// `--force`: even when the primary would be left without a promotable standby in sync,
+    /// or fewer standbys could be synchronous than the minimum.
+    #[serde(default)]
+    pub force: bool,
+    /// Who asked: `user@host` of the CLI.
+    pub by: String,
 }
 
 /// The body of `POST /v1/reinit`: `pgfm reinit NODE`.

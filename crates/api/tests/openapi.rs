@@ -103,6 +103,8 @@ fn schemas_match_the_json_the_code_writes() {
             forced: false,
         }),
         pending_restart: vec!["shared_buffers".into()],
+        tags: vec!["replicate_from=pg2".into()],
+        upstream: Some("pg2".into()),
         info: String::new(),
     };
     let status = ClusterStatus {
@@ -172,6 +174,16 @@ fn schemas_match_the_json_the_code_writes() {
             generation: 1,
         }),
     };
+    let tagged = TagsRequest {
+        node: "pg3".into(),
+        tags: vec!["nosync=true".into()],
+        force: false,
+        by: "root@db1".into(),
+    };
+    assert_eq!(
+        keys(&serde_json::to_value(&tagged).unwrap()),
+        properties(&doc, "TagsRequest")
+    );
     let reinit = ReinitRequest {
         node: "pg2".into(),
         by: "root@db1".into(),

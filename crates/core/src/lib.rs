@@ -9,6 +9,7 @@ pub mod operator;
 pub mod parameters;
 pub mod settings;
 pub mod standing;
+pub mod tags;
 #[cfg(test)]
 pub(crate) mod testing;
 pub mod transport;

@@ -205,6 +205,12 @@ pub enum Command {
     /// `node`'s data directory was moved aside for its reinit: from here on it is cloned as
     /// any empty one is.
     ReinitDone { node: String },
+    /// `pgfm set-tag NODE KEY=VALUE ...`: a data node's tags (`crate::tags`), changed
+    /// together or not at all.
+    SetTags {
+        node: String,
+        tags: Vec<crate::tags::Tag>,
+    },
     /// `pgfm disallow-node`: the node leaves; its details are forgotten and it may not
     /// register again until `pgfm allow-node`.
     RemoveMember { name: String },
@@ -378,6 +384,10 @@ pub enum CommandError {
     ReinitUnderWay { node: String, by: String },
     #[error("no re-clone of {0} is under way")]
     NoReinit(String),
+    #[error("{0} is tagged nofailover (pgfm set-tag {0} nofailover=false lets it be promoted)")]
+    NoFailover(String),
+    #[error("replicate_from would make a loop: {0}")]
+    ReplicationLoop(String),
 }
 
 /// From the `from_renewal`-th renewal of a generation on, the primary timed its renewals
@@ -541,6 +551,9 @@ pub struct ClusterState {
     /// was moved aside.
     #[serde(default)]
     pub reinit: BTreeMap<String, Reinit>,
+    /// Data nodes' tags (`pgfm set-tag`), by name; a node with none is not listed.
+    #[serde(default)]
+    pub tags: BTreeMap<String, crate::tags::Tags>,
 }
 
 /// What a primary's commits wait for: `count` of the standbys `names` (`FIRST count` when
@@ -662,8 +675,35 @@ impl ClusterState {
         self.primary.as_deref().filter(|_| !self.lease_released)
     }
 
+    /// `name`'s tags (none set: the defaults).
+    pub fn tags_of(&self, name: &str) -> &crate::tags::Tags {
+        static NONE: crate::tags::Tags = crate::tags::Tags {
+            nofailover: false,
+            nosync: false,
+            noloadbalance: false,
+            replicate_from: None,
+            clonefrom: false,
+        };
+        self.tags.get(name).unwrap_or(&NONE)
+    }
+
+    /// Whether `name` may be named a synchronous standby: a data member the operator lets
+    /// be promoted (a failover promotes only from the synchronous standbys), not tagged
+    /// `nofailover`, `nosync` or `replicate_from` (PostgreSQL counts only the primary's own
+    /// walsenders). Under maintenance it may still be named, to keep the minimum.
+    pub fn may_be_synchronous(&self, name: &str) -> bool {
+        let tags = self.tags_of(name);
+        !tags.never_sync()
+            && !tags.nofailover
+            && self
+                .members
+                .get(name)
+                .is_some_and(|m| m.kind == NodeKind::Data && m.can_be_promoted())
+    }
+
     /// Whether `name` may become the primary: a data member the operator lets be promoted
-    /// (`Member::can_be_promoted`) and not under maintenance.
+    /// (`Member::can_be_promoted`), not tagged `nofailover`, not under maintenance or being
+    /// re-cloned.
     pub fn may_promote(&self, name: &str) -> bool {
         self.promotable(name).is_ok()
     }
@@ -681,6 +721,7 @@ impl ClusterState {
                 node: name.into(),
                 by: self.reinit[name].by.clone(),
             }),
+            Some(_) if self.tags_of(name).nofailover => Err(CommandError::NoFailover(name.into())),
             Some(m) => Ok(m),
             None => Err(CommandError::NotADataNode(name.into())),
         }
@@ -730,6 +771,7 @@ impl ClusterState {
                 Some(_) => Ok(()),
                 None => Err(CommandError::NoReinit(node.clone())),
             },
+            Command::SetTags { node, tags } => self.set_tags(node, tags),
             Command::Welcome { name } => self.welcome(name),
             Command::ChooseInitdb { node, at_unix_ms } => self.choose_initdb(node, *at_unix_ms),
             Command::Bootstrap {
@@ -832,6 +874,7 @@ impl ClusterState {
         self.members.remove(name);
         self.maintenance.remove(name);
         self.reinit.remove(name);
+        self.tags.remove(name);
         // A node chosen to initialise the cluster and gone for good: the choice is given up
         // (the way out an operator has); a later round chooses again among the others.
         if self.primary.is_none() && self.initdb.as_ref().is_some_and(|c| c.node == name) {
@@ -1121,6 +1164,57 @@ impl ClusterState {
                 by: by.to_string(),
             },
         );
+        Ok(())
+    }
+
+    /// `pgfm set-tag NODE KEY=VALUE ...`: `nofailover` is refused for the target of the
+    /// switchover under way; `replicate_from` must name another data node and make no loop.
+    fn set_tags(&mut self, node: &str, tags: &[crate::tags::Tag]) -> Result<(), CommandError> {
+        let mut all = self.tags.clone();
+        for tag in tags {
+            self.check_tag(&all, node, tag)?;
+            let changed = tag.applied_to(all.get(node).unwrap_or(&Default::default()));
+            if changed.is_empty() {
+                all.remove(node);
+            } else {
+                all.insert(node.to_string(), changed);
+            }
+        }
+        self.tags = all;
+        Ok(())
+    }
+
+    /// Whether `tag` may be set on `node`, with the tags `all`.
+    fn check_tag(
+        &self,
+        all: &BTreeMap<String, crate::tags::Tags>,
+        node: &str,
+        tag: &crate::tags::Tag,
+    ) -> Result<(), CommandError> {
+        use crate::tags::Tag;
+        match self.members.get(node) {
+            Some(m) if m.kind == NodeKind::Data => {}
+            Some(_) => return Err(CommandError::NotADataNode(node.to_string())),
+            None => return Err(CommandError::UnknownNode(node.to_string())),
+        }
+        match tag {
+            Tag::Nofailover(true) => {
+                if let Some(sw) = self.switchover.as_ref().filter(|sw| sw.to == node) {
+                    return Err(CommandError::SwitchoverUnderWay(sw.to.clone()));
+                }
+            }
+            Tag::ReplicateFrom(Some(upstream)) => {
+                match self.members.get(upstream) {
+                    Some(m) if m.kind == NodeKind::Data => {}
+                    Some(_) => return Err(CommandError::NotADataNode(upstream.clone())),
+                    None => return Err(CommandError::UnknownNode(upstream.clone())),
+                }
+                if let Some(path) = crate::tags::replication_loop(all, node, upstream) {
+                    return Err(CommandError::ReplicationLoop(path));
+                }
+            }
+            _ => {}
+        }
         Ok(())
     }
 
@@ -1565,6 +1659,9 @@ pub struct NodeReport {
     /// The `host:port` in this standby's `primary_conninfo`.
     #[serde(default)]
     pub conninfo_upstream: Option<String>,
+    /// This standby's `primary_slot_name` (None: none).
+    #[serde(default)]
+    pub conninfo_slot: Option<String>,
     /// Whether this agent could connect to the committed primary's PostgreSQL at its last
     /// probe (None: not tried, e.g. on the primary itself).
     #[serde(default)]
@@ -1639,6 +1736,7 @@ impl NodeReport {
         self.replicas.clear();
         self.slots.clear();
         self.conninfo_upstream = None;
+        self.conninfo_slot = None;
         self.sync = None;
         self.forks.clear();
         self.pending_restart.clear();
@@ -1661,6 +1759,7 @@ impl NodeReport {
             replicas: Vec::new(),
             slots: Vec::new(),
             conninfo_upstream: None,
+            conninfo_slot: None,
             sees_primary: None,
             primary_checked: None,
             recovery_unfinished: false,

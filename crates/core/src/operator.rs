@@ -165,6 +165,29 @@ pub enum Refusal {
         "a switchover to {0} is under way: wait for it, or cancel it (pgfm switchover --cancel)"
     )]
     SwitchoverToNode(String),
+    #[error(
+        "with {change} on {node}, {primary} would have no promotable standby in sync with \
+         it: should {primary} fail, no standby could take over without losing data (add \
+         --force to accept)"
+    )]
+    TagLeavesNoStandby {
+        node: String,
+        change: String,
+        primary: String,
+    },
+    #[error(
+        "replication.minimum_standbys = {minimum}, and with {change} on {node} only \
+         {eligible} standby(s) could be synchronous: every commit would wait for one that \
+         cannot be (lower the minimum with pgfm edit-config, or add --force to accept)"
+    )]
+    TagBelowMinimum {
+        node: String,
+        change: String,
+        minimum: usize,
+        eligible: usize,
+    },
+    #[error("nothing to change: {node} already has {change}")]
+    TagUnchanged { node: String, change: String },
     /// The state machine refuses the command (`ClusterState::apply`).
     #[error(transparent)]
     Log(#[from] CommandError),
@@ -597,7 +620,7 @@ pub fn check_set_synchronous(
     if let Some(problem) = settings.problem("--standbys", "--minimum") {
         return Err(Refusal::BadSettings(problem));
     }
-    let eligible = standing::priority_list(&view.state).len();
+    let eligible = standing::synchronous_candidates(&view.state);
     if mode != SyncMode::Off && minimum > eligible {
         return Err(Refusal::MinimumTooHigh { minimum, eligible });
     }
@@ -651,7 +674,7 @@ pub fn check_edit_settings(
         }
     }
     let sync = settings.sync;
-    let eligible = standing::priority_list(&view.state).len();
+    let eligible = standing::synchronous_candidates(&view.state);
     if sync.mode != SyncMode::Off && sync.minimum > eligible && settings.problem().is_none() {
         return Err(Refusal::MinimumUnmet {
             minimum: sync.minimum,
@@ -818,7 +841,7 @@ pub fn check_maintenance(
     let eligible = state
         .data_members()
         .filter(|m| m.name != node && Some(&m.name) != primary.as_ref())
-        .filter(|m| state.may_promote(&m.name))
+        .filter(|m| state.may_promote(&m.name) && state.may_be_synchronous(&m.name))
         .count();
     let below_minimum = sync.mode != SyncMode::Off && eligible < sync.minimum;
     if below_minimum && !ask.force {
@@ -847,6 +870,66 @@ pub fn check_maintenance(
         },
     )?;
     Ok(MaintenancePlan { command, handover })
+}
+
+/// `pgfm set-tag NODE KEY=VALUE ...`: the tags changed together. Refused, unless `force`,
+/// when the primary would keep no promotable standby in sync, or fewer standbys could be
+/// synchronous than `minimum_standbys`; refused when nothing changes.
+pub fn check_tags(
+    view: &ClusterView,
+    now_ms: u64,
+    node: &str,
+    tags: &[crate::tags::Tag],
+    force: bool,
+) -> Result<Command, Refusal> {
+    let state = &view.state;
+    known(view, node)?;
+    let command = Command::SetTags {
+        node: node.to_string(),
+        tags: tags.to_vec(),
+    };
+    let mut after = state.clone();
+    after.apply(&command)?;
+    let change = tags
+        .iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join(" ");
+    if after.tags_of(node) == state.tags_of(node) {
+        return Err(Refusal::TagUnchanged {
+            node: node.to_string(),
+            change,
+        });
+    }
+    if force {
+        return Ok(command);
+    }
+    if let Some(primary) = state.primary.as_deref() {
+        let in_sync = |s: &ClusterState| {
+            view.voters.iter().filter(|n| *n != primary).any(|name| {
+                s.may_promote(name) && standing::of(view, name, now_ms).promotable_in_sync()
+            })
+        };
+        if in_sync(state) && !in_sync(&after) {
+            return Err(Refusal::TagLeavesNoStandby {
+                node: node.to_string(),
+                change,
+                primary: primary.to_string(),
+            });
+        }
+    }
+    let sync = view.sync_settings();
+    let eligible = standing::synchronous_candidates(&after);
+    let before = standing::synchronous_candidates(state);
+    if sync.mode != SyncMode::Off && eligible < sync.minimum && eligible < before {
+        return Err(Refusal::TagBelowMinimum {
+            node: node.to_string(),
+            change,
+            minimum: sync.minimum,
+            eligible,
+        });
+    }
+    Ok(command)
 }
 
 /// `pgfm reinit NODE`: a standby re-cloned from the primary, its data directory kept
@@ -1897,6 +1980,129 @@ mod tests {
             },
             "pg2",
             "refused: a re-clone of pg2 is under way (asked by ops@db2)",
+        );
+    }
+
+    #[test]
+    fn set_tags() {
+        use crate::tags::Tag;
+        let check = |fault: Fault, node: &str, tags: &[&str], force: bool, expected: &str| {
+            let mut v = lab(3);
+            fault(&mut v);
+            let tags: Vec<Tag> = tags.iter().map(|t| Tag::parse(t).unwrap()).collect();
+            let before = v.state.clone();
+            let got = outcome(check_tags(&v, NOW, node, &tags, force), |c| {
+                let mut after = v.state.clone();
+                after.apply(&c).unwrap();
+                format!("{:?}", after.tags_of(node).list())
+            });
+            assert_eq!(got, expected, "set-tag {node} {tags:?}");
+            assert_eq!(v.state, before, "a check changes nothing");
+        };
+        fn sync_on(v: &mut ClusterView) {
+            v.settings.sync = crate::model::SyncSettings {
+                mode: SyncMode::On,
+                standbys: 1,
+                minimum: 1,
+            }
+        }
+        let pg2_tagged: Fault = |v| crate::testing::tag(v, "pg2", "replicate_from=pg3");
+        check(
+            HEALTHY,
+            "pg3",
+            &["replicate_from=pg2", "nosync=true"],
+            false,
+            "[\"nosync\", \"replicate_from=pg2\"]",
+        );
+        check(
+            HEALTHY,
+            "pg1",
+            &["nofailover=true"],
+            false,
+            "[\"nofailover\"]",
+        );
+        check(HEALTHY, "pg2", &["clonefrom=on"], false, "[\"clonefrom\"]");
+        check(
+            HEALTHY,
+            "pg2",
+            &["nofailover=false"],
+            false,
+            "refused: nothing to change: pg2 already has nofailover=false",
+        );
+        check(
+            HEALTHY,
+            "witness",
+            &["nosync=true"],
+            false,
+            "refused: node witness is not a registered data node",
+        );
+        check(
+            HEALTHY,
+            "pg9",
+            &["nosync=true"],
+            false,
+            "refused: unknown node \"pg9\" (the members are pg1, pg2, pg3, witness)",
+        );
+        check(
+            HEALTHY,
+            "pg3",
+            &["replicate_from=pg3"],
+            false,
+            "refused: replicate_from would make a loop: pg3 -> pg3",
+        );
+        check(
+            HEALTHY,
+            "pg3",
+            &["replicate_from=witness"],
+            false,
+            "refused: node witness is not a registered data node",
+        );
+        check(
+            pg2_tagged,
+            "pg3",
+            &["replicate_from=pg2"],
+            false,
+            "refused: replicate_from would make a loop: pg3 -> pg2 -> pg3",
+        );
+        // pg2 may not be promoted: pg3 is the one standby that may take over.
+        let pg2_kept: Fault = |v| crate::testing::tag(v, "pg2", "nofailover=true");
+        check(
+            pg2_kept,
+            "pg3",
+            &["nofailover=true"],
+            false,
+            "refused: with nofailover=true on pg3, pg1 would have no promotable standby in \
+             sync with it: should pg1 fail, no standby could take over without losing data \
+             (add --force to accept)",
+        );
+        check(
+            pg2_kept,
+            "pg3",
+            &["nofailover=true"],
+            true,
+            "[\"nofailover\"]",
+        );
+        check(
+            |v| {
+                sync_on(v);
+                crate::testing::tag(v, "pg2", "nosync=true");
+            },
+            "pg3",
+            &["nosync=true"],
+            false,
+            "refused: replication.minimum_standbys = 1, and with nosync=true on pg3 only 0 \
+             standby(s) could be synchronous: every commit would wait for one that cannot be \
+             (lower the minimum with pgfm edit-config, or add --force to accept)",
+        );
+        check(sync_on, "pg3", &["nosync=true"], false, "[\"nosync\"]");
+        check(
+            |v| {
+                v.state.switchover = Some(crate::testing::switchover_pg1_to_pg2());
+            },
+            "pg2",
+            &["nofailover=true"],
+            false,
+            "refused: a switchover to pg2 is already under way",
         );
     }
 }

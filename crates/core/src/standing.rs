@@ -136,6 +136,15 @@ pub fn priority_list(state: &ClusterState) -> Vec<&Member> {
     list
 }
 
+/// How many members could be synchronous standbys: on the priority list, and not tagged
+/// out of synchronous replication (`ClusterState::may_be_synchronous`).
+pub fn synchronous_candidates(state: &ClusterState) -> usize {
+    priority_list(state)
+        .iter()
+        .filter(|m| state.may_be_synchronous(&m.name))
+        .count()
+}
+
 /// Whether promoting a standby now would lose nothing, and why (`cluster-status`'s
 /// "Promote Status", and the reason a switchover is refused).
 #[derive(Debug, Clone, PartialEq, Eq)]

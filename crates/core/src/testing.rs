@@ -101,6 +101,7 @@ pub(crate) fn report(name: &str, seen: Seen) -> NodeReport {
                     r.received_lsn = Some(POSITION);
                     r.replayed_lsn = Some(POSITION);
                     r.conninfo_upstream = Some(format!("{}:{}", PG_ADDRESS.0, PG_ADDRESS.1));
+                    r.conninfo_slot = Some(crate::decide::slot_for(name));
                 }
             }
         }
@@ -587,4 +588,14 @@ pub(crate) fn priority(v: &mut ClusterView, name: &str, priority: u32) {
     if let Some(m) = v.state.members.get_mut(name) {
         m.priority = priority;
     }
+}
+
+/// `pgfm set-tag name KEY=VALUE`, applied as the log applies it.
+pub(crate) fn tag(v: &mut ClusterView, name: &str, tag: &str) {
+    let tag = crate::tags::Tag::parse(tag).expect("a valid tag");
+    let command = crate::model::Command::SetTags {
+        node: name.into(),
+        tags: vec![tag],
+    };
+    v.state.apply(&command).expect("the tag applies");
 }

@@ -172,6 +172,13 @@ impl Lab {
         self.cli_command(via, args).output().expect("running pgfm")
     }
 
+    /// `cli`, which must succeed: what it printed.
+    pub fn cli_ok(&self, via: &str, args: &[&str]) -> String {
+        let output = self.cli(via, args);
+        assert!(output.status.success(), "{args:?}: {}", text(&output));
+        text(&output)
+    }
+
     /// `n` rows committed in table `kept` on `primary`, and replayed on `standby`.
     pub fn committed_rows(&self, primary: &str, standby: &str, n: u32) {
         self.psql(

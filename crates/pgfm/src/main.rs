@@ -136,6 +136,23 @@ enum Commands {
         config: PathBuf,
         node: String,
     },
+    /// Change a data node's tags, cluster-wide, together: nofailover (never promoted),
+    /// nosync (never a synchronous standby), noloadbalance (/replica answers 503),
+    /// replicate_from=NODE (stream from that standby while it streams; empty: from the
+    /// primary), clonefrom (a preferred source for clones). Flags take true or false.
+    /// Exits 1 when refused (nothing changed), 2 on errors.
+    SetTag {
+        #[arg(short, long, default_value = DEFAULT_CONFIG)]
+        config: PathBuf,
+        node: String,
+        /// KEY=VALUE, one or more.
+        #[arg(required = true)]
+        tags: Vec<String>,
+        /// Even when the primary would be left without a promotable standby in sync, or
+        /// fewer standbys could be synchronous than replication.minimum_standbys.
+        #[arg(long)]
+        force: bool,
+    },
     /// Change a data node's failover priority, cluster-wide (0 = never promote).
     SetPriority {
         #[arg(short, long, default_value = DEFAULT_CONFIG)]
@@ -829,6 +846,20 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             },
         ),
         Commands::Promote { config, to, force } => promote(&config, to, force),
+        Commands::SetTag {
+            config,
+            node,
+            tags,
+            force,
+        } => {
+            let request = pgfm_api::TagsRequest {
+                node,
+                tags,
+                force,
+                by: settings::who(),
+            };
+            refusable(runtime()?.block_on(local_agent(&config)?.set_tags(&request)))
+        }
         Commands::SetPriority {
             config,
             node,

@@ -44,6 +44,10 @@ pub struct Upstream {
     pub name: String,
     pub host: String,
     pub port: u16,
+    /// Stream (and clone) with this node's own replication slot on it
+    /// (`pgfm_core::decide::slot_of`): from the primary, unless the node is a cascading
+    /// standby.
+    pub with_slot: bool,
 }
 
 /// How PostgreSQL is started.
@@ -284,10 +288,12 @@ impl Postgres {
             }
             conninfo.extend(self.ssl_conninfo());
             lines.push(format!("primary_conninfo = {}", quote(&conninfo.join(" "))));
-            lines.push(format!(
-                "primary_slot_name = {}",
-                quote(&slot_name(&s.node_name))
-            ));
+            if up.with_slot {
+                lines.push(format!(
+                    "primary_slot_name = {}",
+                    quote(&slot_name(&s.node_name))
+                ));
+            }
             lines.push("recovery_target_timeline = 'latest'".to_string());
         }
         lines.join("\n") + "\n"
@@ -988,21 +994,22 @@ impl Postgres {
         Ok(())
     }
 
-    /// Make sure `upstream` has this node's replication slot, then fill the empty data
-    /// directory with a base backup of it. Idempotent: the slot is created only when absent
-    /// and pg_basebackup removes what it wrote when it fails.
+    /// Make sure `upstream` has this node's replication slot (when it streams with one),
+    /// then fill the empty data directory with a base backup of it. Idempotent: the slot is
+    /// created only when absent and pg_basebackup removes what it wrote when it fails.
     pub async fn clone_from(&self, upstream: &Upstream) -> anyhow::Result<()> {
         let s = &self.settings;
         let slot = slot_name(&s.node_name);
-        let client = probe::connect(&self.target_of(upstream))
-            .await
-            .map_err(|e| {
-                anyhow::anyhow!("connecting to {} to create slot {slot}: {e}", upstream.name)
-            })?;
-        create_slot(&client, &slot)
-            .await
-            .with_context(|| format!("on {}", upstream.name))?;
-        drop(client);
+        if upstream.with_slot {
+            let client = probe::connect(&self.target_of(upstream))
+                .await
+                .map_err(|e| {
+                    anyhow::anyhow!("connecting to {} to create slot {slot}: {e}", upstream.name)
+                })?;
+            create_slot(&client, &slot)
+                .await
+                .with_context(|| format!("on {}", upstream.name))?;
+        }
 
         s.os_user
             .make_private_dir(&s.data_dir)
@@ -1011,10 +1018,13 @@ impl Postgres {
         cmd.arg("-D")
             .arg(&s.data_dir)
             .args(["-h", &upstream.host, "-p", &upstream.port.to_string()])
-            .args(["-U", &s.replication_user, "-S", &slot])
+            .args(["-U", &s.replication_user])
             .args(["-X", "stream", "-c", "fast", "--no-password"])
             .env("PGAPPNAME", &s.node_name)
             .stdin(Stdio::null());
+        if upstream.with_slot {
+            cmd.args(["-S", &slot]);
+        }
         if let Some(pf) = &s.passfile {
             cmd.env("PGPASSFILE", pf);
         }
@@ -1090,6 +1100,7 @@ mod tests {
             name: "pg1".into(),
             host: "10.0.0.11".into(),
             port: 5432,
+            with_slot: true,
         };
         let files = crate::ssl::SslFiles {
             ca: "/etc/pgfm/ca.crt".into(),

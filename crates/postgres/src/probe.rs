@@ -121,7 +121,8 @@ const ROLE_SQL: &str = "SELECT pg_is_in_recovery(), \
                WHERE name ~ '^[0-9A-F]{24}$')) \
           ELSE ('x' || substr(pg_walfile_name(pg_current_wal_lsn()), 1, 8))::bit(32)::int END";
 const RECEIVER_SQL: &str = "SELECT status, received_tli FROM pg_stat_wal_receiver";
-const CONNINFO_SQL: &str = "SELECT current_setting('primary_conninfo')";
+const CONNINFO_SQL: &str =
+    "SELECT current_setting('primary_conninfo'), current_setting('primary_slot_name')";
 const SLOTS_SQL: &str =
     "SELECT slot_name::text FROM pg_replication_slots WHERE slot_type = 'physical' ORDER BY 1";
 const SENDERS_SQL: &str = "SELECT application_name, coalesce(state, ''), \
@@ -210,12 +211,14 @@ impl Prober {
         }
 
         if in_recovery {
-            let conninfo: String = client
+            let row = client
                 .query_one(CONNINFO_SQL, &[])
                 .await
-                .map_err(|e| describe(&e))?
-                .get(0);
+                .map_err(|e| describe(&e))?;
+            let conninfo: String = row.get(0);
+            let slot: String = row.get(1);
             report.conninfo_upstream = conninfo_host_port(&conninfo);
+            report.conninfo_slot = Some(slot).filter(|s| !s.is_empty());
             if let Some(row) = client
                 .query_opt(RECEIVER_SQL, &[])
                 .await

@@ -58,6 +58,7 @@ fn node(base: &Path, name: &str, bin_dir: &Path, os_user: &OsUser, passfile: &Pa
         name: name.to_string(),
         host: "127.0.0.1".into(),
         port,
+        with_slot: true,
     };
     Node { pg, upstream }
 }

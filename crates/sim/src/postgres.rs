@@ -1134,8 +1134,13 @@ impl PgModel {
         let (Some(ur), Some(uc), Some(sw)) = (us.run.as_ref(), &us.dir.cluster, s.dir.wal()) else {
             return Err((format!("{at}: {REFUSED}"), RETRY_MS));
         };
-        let slot = slot_name(node);
-        if !uc.slots.contains(&slot) {
+        // No slot: "" (a cascading standby streams without one).
+        let slot = if conninfo.with_slot {
+            slot_name(node)
+        } else {
+            String::new()
+        };
+        if conninfo.with_slot && !uc.slots.contains(&slot) {
             return Err((
                 format!(
                     "could not start WAL streaming: ERROR:  replication slot \"{slot}\" does not exist"
@@ -1146,7 +1151,7 @@ impl PgModel {
         if let Some(busy) = self
             .links
             .iter()
-            .find(|l| l.upstream == upstream && l.slot == slot && l.sender)
+            .find(|l| l.upstream == upstream && l.slot == slot && l.sender && !slot.is_empty())
         {
             return Err((
                 format!(
@@ -2109,10 +2114,10 @@ impl SimDatabase {
     /// As `Postgres::clone_from`: this node's slot on `upstream`, then pg_basebackup.
     async fn clone_from(&self, upstream: &Upstream) -> anyhow::Result<()> {
         let slot = slot_name(&self.node);
-        let source_pid = self.connect_to(upstream).await.map_err(|e| {
-            anyhow::anyhow!("connecting to {} to create slot {slot}: {e}", upstream.name)
-        })?;
-        {
+        if upstream.with_slot {
+            let source_pid = self.connect_to(upstream).await.map_err(|e| {
+                anyhow::anyhow!("connecting to {} to create slot {slot}: {e}", upstream.name)
+            })?;
             let mut m = self.model();
             let source = m.node_at(&upstream.host).unwrap_or_default();
             m.create_slots(&source, source_pid, std::slice::from_ref(&slot))
@@ -2354,6 +2359,11 @@ impl PgModel {
                 .upstream
                 .as_ref()
                 .map(|u| format!("{}:{}", u.host, u.port));
+            report.conninfo_slot = run
+                .upstream
+                .as_ref()
+                .filter(|u| u.with_slot)
+                .map(|_| slot_name(node));
             let receiving = self.links.iter().any(|l| l.standby == node && l.receiver);
             report.receiver = receiving.then(|| "streaming".to_string());
             return Ok(());
@@ -2539,6 +2549,7 @@ mod tests {
             name: node.to_string(),
             host: node.to_string(),
             port: 5432,
+            with_slot: true,
         }
     }
 

@@ -31,7 +31,7 @@ pub(super) fn under_maintenance(
             "{why}, kept running: PostgreSQL is down, and left to its operator (start it, or \
              end the maintenance)"
         ))],
-        (true, true) => running_standby(cluster, local, primary),
+        (true, true) => running_standby(cluster, local, primary, now_ms),
         (true, false) => stop_once_free(cluster, local, primary, why, maintenance.forced, now_ms),
     }
 }
@@ -56,7 +56,7 @@ fn stop_once_free(
     now_ms: u64,
 ) -> Vec<Action> {
     if local.writable {
-        return running_standby(cluster, local, primary);
+        return running_standby(cluster, local, primary, now_ms);
     }
     if !forced {
         if let Some(rule) = counted_on(cluster, &local.name, primary, now_ms) {

@@ -11,7 +11,8 @@
 //! - the coordinator's part (`coordinate`): `bootstrap`, `failover`, `switchover`;
 //! - a data node's part (`reconcile`): `vip`, `sync`, and `reconcile` (its PostgreSQL's
 //!   role, its timeline), `maintenance` (a node put aside by the operator), `parameters`
-//!   (PostgreSQL's own, in the file the agent owns);
+//!   (PostgreSQL's own, in the file the agent owns), `upstream` (where a standby streams
+//!   and is cloned from, by its tags);
 //! - their tests, beside each topic, share the fixtures of `crate::testing`.
 
 use crate::model::{Command, NodeKind, WatchdogMode};
@@ -24,12 +25,14 @@ mod parameters;
 mod reconcile;
 mod switchover;
 mod sync;
+mod upstream;
 mod view;
 mod vip;
 
 pub use action::{Action, Decision, Forward};
 pub use parameters::node_parameters;
 pub use reconcile::slot_for;
+pub use upstream::slot_of;
 pub use view::{
     track_replicas, ClusterView, LocalView, Measured, Observed, OnCrash, RejoinMode,
     ReplicaProgress, Settings,

@@ -2,6 +2,7 @@
 
 use super::maintenance::{primary_under_maintenance, reinit, under_maintenance};
 use super::switchover::hand_over;
+use super::upstream::{clone_source, slot_of, stream_source};
 use super::{hold, Action, ClusterView, Forward, LocalView, OnCrash, RejoinMode};
 use crate::model::{Command, DataDirState, DbRole};
 use crate::types::Generation;
@@ -62,7 +63,7 @@ fn reconcile_primary(cluster: &ClusterView, local: &LocalView, now_ms: u64) -> V
 
 /// The committed primary's PostgreSQL runs: promote it while it is still a standby (once
 /// this node holds the lease), else keep its replication slots — one for each other data
-/// node, none for a departed one.
+/// node, none for a departed one or a cascading standby.
 fn running_primary(cluster: &ClusterView, local: &LocalView) -> Vec<Action> {
     let state = &cluster.state;
     let me = &local.report;
@@ -77,9 +78,12 @@ fn running_primary(cluster: &ClusterView, local: &LocalView) -> Vec<Action> {
         return vec![Action::Promote { generation }];
     }
     if me.db_up && me.role == Some(DbRole::Primary) {
+        // A cascading standby streams elsewhere, with no slot: one here would hold WAL for
+        // it forever (`upstream::slot_of`).
+        let cascading = |name: &str| state.tags_of(name).replicate_from.is_some();
         let missing: Vec<String> = state
             .data_members()
-            .filter(|m| m.name != local.name)
+            .filter(|m| m.name != local.name && !cascading(&m.name))
             .map(|m| slot_for(&m.name))
             .filter(|slot| !me.slots.contains(slot))
             .collect();
@@ -89,15 +93,21 @@ fn running_primary(cluster: &ClusterView, local: &LocalView) -> Vec<Action> {
                 generation,
             }];
         }
-        let departed: Vec<String> = state
+        let unused: Vec<String> = state
             .departed
             .iter()
             .map(|n| slot_for(n))
+            .chain(
+                state
+                    .data_members()
+                    .filter(|m| m.name != local.name && cascading(&m.name))
+                    .map(|m| slot_for(&m.name)),
+            )
             .filter(|slot| me.slots.contains(slot))
             .collect();
-        if !departed.is_empty() {
+        if !unused.is_empty() {
             return vec![Action::DropSlots {
-                slots: departed,
+                slots: unused,
                 generation,
             }];
         }
@@ -207,19 +217,20 @@ fn reconcile_standby(
         return reinit(cluster, local, primary, r, now_ms);
     }
     if local.db_running {
-        running_standby(cluster, local, primary)
+        running_standby(cluster, local, primary, now_ms)
     } else {
         stopped_standby(cluster, local, primary, now_ms)
     }
 }
 
 /// A standby's PostgreSQL runs: fence it if it accepts writes, stop it to be rewound if it
-/// diverged from the primary's timeline, point it at the primary if it streams from
-/// elsewhere.
+/// diverged from the primary's timeline, point it at where it should stream from (the
+/// primary, or its `replicate_from` standby) if it streams from elsewhere.
 pub(super) fn running_standby(
     cluster: &ClusterView,
     local: &LocalView,
     primary: &str,
+    now_ms: u64,
 ) -> Vec<Action> {
     let state = &cluster.state;
     let me = &local.report;
@@ -241,17 +252,19 @@ pub(super) fn running_standby(
             reason: format!("diverged from primary {primary}: this standby {why}"),
         }];
     }
+    let source = stream_source(cluster, &local.name, primary, now_ms);
     let wanted = state
         .members
-        .get(primary)
+        .get(source)
         .and_then(|m| Some(format!("{}:{}", m.pg_host.as_ref()?, m.pg_port?)));
+    let slot = slot_of(state, &local.name, source);
     if me.db_up
         && me.role == Some(DbRole::Standby)
         && wanted.is_some()
-        && me.conninfo_upstream != wanted
+        && (me.conninfo_upstream != wanted || me.conninfo_slot != slot)
     {
         return vec![Action::Follow {
-            upstream: primary.to_string(),
+            upstream: source.to_string(),
             generation,
         }];
     }
@@ -267,20 +280,25 @@ fn stopped_standby(
     now_ms: u64,
 ) -> Vec<Action> {
     let generation = cluster.state.generation;
-    let upstream = primary.to_string();
+    let upstream = stream_source(cluster, &local.name, primary, now_ms).to_string();
     // The primary accepts connections: it can be cloned, rewound against, streamed from.
     let primary_up = cluster
         .fresh_report(primary, now_ms)
         .is_some_and(|r| r.db_up && r.role == Some(DbRole::Primary));
+    let clone_from = clone_source(cluster, &local.name, primary, now_ms)
+        .or(primary_up.then_some(primary))
+        .map(str::to_string);
     match local.report.data_dir {
         None => vec![hold("data_dir could not be read".to_string())],
-        Some(DataDirState::Empty) if primary_up => vec![Action::Clone {
-            upstream,
-            generation,
-        }],
-        Some(DataDirState::Empty) => vec![hold(format!(
-            "empty data_dir: waiting for primary {primary} to accept connections"
-        ))],
+        Some(DataDirState::Empty) => match clone_from {
+            Some(upstream) => vec![Action::Clone {
+                upstream,
+                generation,
+            }],
+            None => vec![hold(format!(
+                "empty data_dir: waiting for primary {primary} to accept connections"
+            ))],
+        },
         Some(DataDirState::Primary) | Some(DataDirState::FencedPrimary) => {
             former_primary(cluster, local, primary, primary_up)
         }

@@ -5,7 +5,7 @@ use std::collections::BTreeSet;
 
 use super::reconcile::not_serving;
 use super::{Action, ClusterView, Forward, LocalView};
-use crate::model::{Command, DbRole, NodeKind, SyncMode, SyncRule};
+use crate::model::{Command, DbRole, SyncMode, SyncRule};
 
 /// Synchronous replication on the serving primary, one step per decision. The committed
 /// rule must hold for every commit acknowledged under PostgreSQL's setting, old and new: it
@@ -131,13 +131,7 @@ fn desired_sync(
     // Named only to keep `minimum` (commits then wait for it): a node under maintenance,
     // after every other member — while other standbys are missing, or for good when its
     // operator waived the minimum (`Maintenance::forced`).
-    let member = |name: &str| {
-        name != local.name
-            && state
-                .members
-                .get(name)
-                .is_some_and(|m| m.kind == NodeKind::Data && m.can_be_promoted())
-    };
+    let member = |name: &str| name != local.name && state.may_be_synchronous(name);
     let candidate = |name: &str| member(name) && state.may_promote(name);
     let stalled = |name: &str| {
         local
@@ -270,6 +264,35 @@ mod tests {
         check_local(&v, &me(&v), 10_000, &[]);
         v.reports.get_mut("pg1").unwrap().report.replicas = vec![streaming("pg2", 960_000)];
         check_local(&v, &me(&v), 10_000, &["commit sync FIRST 1 (pg2) g1"]);
+    }
+
+    /// A standby tagged `nosync`, `nofailover` or `replicate_from` is never named, not even
+    /// to keep the minimum (commits would wait for one that cannot confirm them, or a
+    /// failover would have no standby to promote).
+    #[test]
+    fn a_tagged_standby_is_never_a_synchronous_one() {
+        let mut v = primary_with(&["pg2", "pg3"]);
+        v.settings.sync.mode = SyncMode::On;
+        v.settings.sync.minimum = 1;
+        {
+            let r = &mut v.reports.get_mut("pg1").unwrap().report;
+            r.slots = vec![slot_for("pg2"), slot_for("pg3")];
+            r.replicas = vec![streaming("pg2", 900_000), streaming("pg3", 900_000)];
+            r.sync = Some(SyncRule::default());
+        }
+        check(&v, "pg1", false, &["commit sync FIRST 1 (pg2) g1"]);
+        tag(&mut v, "pg2", "nosync=true");
+        check(&v, "pg1", false, &["commit sync FIRST 1 (pg3) g1"]);
+        tag(&mut v, "pg3", "nofailover=true");
+        check(&v, "pg1", false, &["commit sync FIRST 1 (pg1) g1"]);
+        tag(&mut v, "pg3", "nofailover=false");
+        tag(&mut v, "pg3", "replicate_from=pg2");
+        check(
+            &v,
+            "pg1",
+            false,
+            &["commit sync FIRST 1 (pg1) g1", "drop slots pg3 g1"],
+        );
     }
 
     /// A standby whose walsender still says streaming but that confirms nothing it was sent

@@ -14,6 +14,7 @@ mod reinit;
 mod safety;
 mod settings;
 mod synchronous;
+mod tags;
 
 /// The `pgfm` binary under test.
 pub const PGFM: &str = env!("CARGO_BIN_EXE_pgfm");
