@@ -470,7 +470,7 @@ impl Agent {
     ) -> anyhow::Result<()> {
         let up = self.upstream(state, upstream)?;
         pg.follow(&up).await?;
-        tracing::info!(%generation, %upstream, "now following the new primary (reloaded, no restart)");
+        tracing::info!(%generation, "now streaming from {upstream} (reloaded, no restart)");
         Ok(())
     }
 
@@ -636,7 +636,7 @@ impl Agent {
         match action {
             Action::DropSlots { slots, generation } => {
                 pg.drop_slots(slots).await?;
-                tracing::info!(%generation, slots = %slots.join(","), "replication slots of departed nodes dropped");
+                tracing::info!(%generation, slots = %slots.join(","), "replication slots no node streams with dropped (departed or cascading nodes)");
             }
             Action::EnsureSlots { slots, generation } => {
                 pg.ensure_slots(slots).await?;

@@ -1828,6 +1828,74 @@ mod tests {
     /// away from it, begun in the same step, and a rolled-back switchover ends it; a node
     /// under maintenance is never the target of a switchover, a promotion or a failover.
     /// A refused command changes nothing.
+    /// Tags change together or not at all: one bad tag of several refuses them all; a
+    /// `nofailover` node is never the target of a switchover or a promotion; a member that
+    /// leaves takes its tags with it.
+    #[test]
+    fn tags_are_checked_against_the_state() {
+        use crate::tags::Tag;
+        let mut state = ClusterState::default();
+        for (name, kind) in [
+            ("pg1", NodeKind::Data),
+            ("pg2", NodeKind::Data),
+            ("pg3", NodeKind::Data),
+            ("witness", NodeKind::Witness),
+        ] {
+            state
+                .apply(&Command::Register {
+                    member: member(name, kind),
+                })
+                .unwrap();
+        }
+        state
+            .apply(&Command::Bootstrap {
+                primary: "pg1".into(),
+                generation: Generation(1),
+            })
+            .unwrap();
+        let set = |node: &str, tags: &[&str]| Command::SetTags {
+            node: node.into(),
+            tags: tags.iter().map(|t| Tag::parse(t).unwrap()).collect(),
+        };
+        state.apply(&set("pg2", &["replicate_from=pg3"])).unwrap();
+        let before = state.clone();
+        assert_eq!(
+            state.apply(&set("pg3", &["nosync=true", "replicate_from=pg2"])),
+            Err(CommandError::ReplicationLoop("pg3 -> pg2 -> pg3".into()))
+        );
+        assert_eq!(state, before, "a refused command changed the state");
+        assert_eq!(
+            state.apply(&set("witness", &["nosync=true"])),
+            Err(CommandError::NotADataNode("witness".into()))
+        );
+        assert_eq!(
+            state.apply(&set("pg3", &["replicate_from=pg9"])),
+            Err(CommandError::UnknownNode("pg9".into()))
+        );
+        assert_eq!(state, before, "a refused command changed the state");
+
+        state.apply(&set("pg3", &["nofailover=true"])).unwrap();
+        assert!(!state.may_promote("pg3") && !state.may_be_synchronous("pg3"));
+        assert!(state.may_promote("pg2") && !state.may_be_synchronous("pg2"));
+        assert_eq!(
+            state.apply(&Command::RequestSwitchover {
+                from: "pg1".into(),
+                to: "pg3".into(),
+                generation: Generation(1),
+                force: false,
+                promotion: false,
+                named: false,
+            }),
+            Err(CommandError::NoFailover("pg3".into()))
+        );
+        state.apply(&set("pg3", &["nofailover=false"])).unwrap();
+        assert!(!state.tags.contains_key("pg3"), "no tag left: no entry");
+        state
+            .apply(&Command::RemoveMember { name: "pg2".into() })
+            .unwrap();
+        assert!(state.tags.is_empty());
+    }
+
     #[test]
     fn maintenance_is_checked_against_the_state() {
         let mut state = ClusterState::default();

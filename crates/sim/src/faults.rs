@@ -44,10 +44,14 @@ pub enum Kind {
     /// `--keep-running` and `--force` drawn): a primary is switched away from first. It is
     /// ended (`off`) after the duration.
     Maintenance,
+    /// An operator tags the host's data node (`pgfm set-tag NODE ...`): `replicate_from`
+    /// another data node, `nosync`, `nofailover` or `clonefrom`, `--force` drawn. Its tags
+    /// are cleared after the duration.
+    Tags,
 }
 
 impl Kind {
-    pub const ALL: [Kind; 13] = [
+    pub const ALL: [Kind; 14] = [
         Kind::HostCrash,
         Kind::AgentCrash,
         Kind::PostmasterCrash,
@@ -61,6 +65,7 @@ impl Kind {
         Kind::SlowLink,
         Kind::LeaseChange,
         Kind::Maintenance,
+        Kind::Tags,
     ];
 
     fn name(self) -> &'static str {
@@ -78,6 +83,7 @@ impl Kind {
             Kind::SlowLink => "slow-link",
             Kind::LeaseChange => "lease-change",
             Kind::Maintenance => "maintenance",
+            Kind::Tags => "tags",
         }
     }
 

@@ -592,6 +592,7 @@ impl World {
             }
             Kind::LeaseChange => self.edit_lease(i, true),
             Kind::Maintenance => self.maintenance(i, true),
+            Kind::Tags => self.tags(i, true),
         }
         let until = self.now_ms + fault.duration_ms;
         self.schedule(until, Due::Undo(fault.kind, i));
@@ -627,6 +628,7 @@ impl World {
             Kind::SlowLink => self.lock_pg().slow_link(&name, None),
             Kind::LeaseChange => self.edit_lease(i, false),
             Kind::Maintenance => self.maintenance(i, false),
+            Kind::Tags => self.tags(i, false),
             Kind::Lossy => {
                 let mut net = self.net.lock();
                 let normal = NetSettings::default();
@@ -672,16 +674,22 @@ impl World {
             settings,
             by: "simulated operator".into(),
         };
+        self.ask(i, "/v1/config", &body);
+    }
+
+    /// An operator's command: `body` posted to `path` of node `via`'s agent. Its answer
+    /// (or refusal) is not awaited, as an operator's command whose answer is lost.
+    fn ask(&mut self, via: usize, path: &str, body: &impl serde::Serialize) {
         let request = pgfm_core::transport::Request {
             method: pgfm_core::transport::Method::Post,
-            address: self.nodes[i].name().to_string(),
-            path: "/v1/config".into(),
+            address: self.nodes[via].name().to_string(),
+            path: path.into(),
             token: self.token.to_string(),
-            body: serde_json::to_vec(&body).ok(),
+            body: serde_json::to_vec(body).ok(),
             timeout: std::time::Duration::from_secs(5),
         };
         let net = self.net.clone();
-        self.nodes[i].deliver(&net, "operator".into(), request, None);
+        self.nodes[via].deliver(&net, "operator".into(), request, None);
     }
 
     /// An operator's `pgfm maintenance NODE on|off` for node `i` (a witness too: refused, as
@@ -727,16 +735,73 @@ impl World {
             force,
             by: "simulated operator".into(),
         };
-        let request = pgfm_core::transport::Request {
-            method: pgfm_core::transport::Method::Post,
-            address: self.nodes[via].name().to_string(),
-            path: "/v1/maintenance".into(),
-            token: self.token.to_string(),
-            body: serde_json::to_vec(&body).ok(),
-            timeout: std::time::Duration::from_secs(5),
+        self.ask(via, "/v1/maintenance", &body);
+    }
+
+    /// An operator's `pgfm set-tag NODE ...` for node `i` (a witness too: refused, as the
+    /// command is), through its own agent or another's. Set: one tag drawn (`replicate_from`
+    /// another data node, `nosync`, `nofailover`, `clonefrom`), `--force` drawn. Cleared:
+    /// every tag off, asked again each second while an agent still sees one (an operator
+    /// retries a command that got no answer), so that none outlives the faults.
+    fn tags(&mut self, i: usize, set: bool) {
+        let name = self.nodes[i].name().to_string();
+        let (tags, force) = if set {
+            let others: Vec<String> = self
+                .nodes
+                .iter()
+                .map(|n| n.name().to_string())
+                .filter(|n| *n != name && n != "witness")
+                .collect();
+            let tag = match self.rng.range(0, 4) {
+                0 => match self.rng.pick(&others) {
+                    Some(upstream) => format!("replicate_from={upstream}"),
+                    None => "nosync=true".to_string(),
+                },
+                1 => "nosync=true".to_string(),
+                2 => "nofailover=true".to_string(),
+                _ => "clonefrom=true".to_string(),
+            };
+            (vec![tag], self.rng.range(0, 2) == 0)
+        } else {
+            let still = self
+                .nodes
+                .iter()
+                .filter(|n| n.up)
+                .filter_map(|n| n.state())
+                .any(|s| s.tags.contains_key(&name));
+            if !still {
+                self.trace
+                    .say(format!("tags of {name}: cleared on every agent"));
+                return;
+            }
+            self.schedule(self.now_ms + 1_000, Due::Undo(Kind::Tags, i));
+            let off = [
+                "nofailover=false",
+                "nosync=false",
+                "replicate_from=",
+                "clonefrom=false",
+            ];
+            (off.map(str::to_string).to_vec(), true)
         };
-        let net = self.net.clone();
-        self.nodes[via].deliver(&net, "operator".into(), request, None);
+        let Some(via) = std::iter::once(i)
+            .chain(0..self.nodes.len())
+            .find(|&j| self.nodes[j].up && self.nodes[j].agent_running())
+        else {
+            self.trace.say("set-tag: no agent runs");
+            return;
+        };
+        self.trace.say(format!(
+            "set-tag {name} {} through {} (force {force})",
+            tags.join(" "),
+            self.nodes[via].name()
+        ));
+        let body = pgfm_api::TagsRequest {
+            node: name,
+            tags,
+            force,
+            by: "simulated operator".into(),
+        };
+        self.ask(via, "/v1/tags", &body);
     }
 
     /// A watchdog whose deadline passed resets its host within `WATCHDOG_RESET_MS`.

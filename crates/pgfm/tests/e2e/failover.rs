@@ -271,7 +271,7 @@ fn the_other_standbys_follow_the_new_primary_without_restart() {
         "{other} was restarted to follow"
     );
     assert!(
-        lab.log(other).contains("now following the new primary"),
+        lab.log(other).contains("now streaming from"),
         "{}",
         lab.log(other)
     );
