@@ -112,6 +112,29 @@ impl Agent {
         })
     }
 
+    /// `pgfm reload [NODE ...]`: checked by core (`operator::check_reload`) and committed;
+    /// each node's agent reloads its PostgreSQL.
+    pub(super) async fn request_reload(
+        &self,
+        request: pgfm_api::ReloadRequest,
+    ) -> Result<pgfm_api::ReloadStarted, Refusal> {
+        if let Some(client) = self.coordinator_client().await? {
+            return client.reload(&request).await.map_err(forwarded);
+        }
+        let view = self.view();
+        let (command, asked) = operator::check_reload(&view, &request.nodes).map_err(refused)?;
+        self.commit(command).await?;
+        let nodes: Vec<&str> = asked.keys().map(String::as_str).collect();
+        tracing::warn!(generation = %view.state.generation, nodes = %nodes.join(","), by = %request.by, "reload asked");
+        Ok(pgfm_api::ReloadStarted {
+            message: format!(
+                "reload of {} committed: each agent reloads its PostgreSQL",
+                nodes.join(", ")
+            ),
+            asked,
+        })
+    }
+
     /// `pgfm set-tag NODE KEY=VALUE ...`: parsed and checked by core
     /// (`operator::check_tags`) and committed in one entry.
     pub(super) async fn change_tags(

@@ -244,10 +244,25 @@ impl Agent {
             Action::DropSlots { .. } | Action::EnsureSlots { .. } => self.slots(pg, action).await,
             Action::WriteParameters {
                 parameters,
+                upstream,
                 generation,
             } => {
-                self.write_parameters(pg, state, parameters, *generation)
-                    .await
+                pg.set_parameters(parameters.clone());
+                self.rewrite_conf(pg, state, upstream.as_deref()).await?;
+                let names: Vec<String> =
+                    parameters.iter().map(|(k, v)| format!("{k}={v}")).collect();
+                tracing::warn!(%generation, parameters = %names.join(", "), "PostgreSQL parameters written into pgfm.conf and reloaded");
+                Ok(())
+            }
+            Action::Reload {
+                count,
+                upstream,
+                generation,
+            } => {
+                self.rewrite_conf(pg, state, upstream.as_deref()).await?;
+                outcomes.push(Outcome::Reloaded { count: *count });
+                tracing::warn!(%generation, count, "PostgreSQL's configuration reloaded (pgfm reload)");
+                Ok(())
             }
             Action::SetSyncStandbys { rule, generation } => {
                 let lsn = self.set_sync_standbys(pg, rule, *generation).await?;
@@ -511,25 +526,20 @@ impl Agent {
         Ok(())
     }
 
-    /// Write the cluster's PostgreSQL parameters into `pgfm.conf` (a standby's pointing at
-    /// the primary, as at its start) and reload; those that need a restart then show as
-    /// pending.
-    async fn write_parameters(
+    /// Write `pgfm.conf` again with the parameters in force (a standby's pointing at
+    /// `upstream`, where it streams from) and reload; those that need a restart then show
+    /// as pending.
+    async fn rewrite_conf(
         &self,
         pg: &dyn Database,
         state: &ClusterState,
-        parameters: &std::collections::BTreeMap<String, String>,
-        generation: Generation,
+        upstream: Option<&str>,
     ) -> anyhow::Result<()> {
-        let upstream = match state.primary.as_deref() {
-            Some(p) if p != self.config.name => Some(self.upstream(state, p)?),
-            _ => None,
+        let upstream = match upstream {
+            Some(name) => Some(self.upstream(state, name)?),
+            None => None,
         };
-        pg.set_parameters(parameters.clone());
-        pg.write_parameters(upstream.as_ref()).await?;
-        let names: Vec<String> = parameters.iter().map(|(k, v)| format!("{k}={v}")).collect();
-        tracing::warn!(%generation, parameters = %names.join(", "), "PostgreSQL parameters written into pgfm.conf and reloaded");
-        Ok(())
+        pg.write_parameters(upstream.as_ref()).await
     }
 
     /// Stop the standby cleanly for maintenance; the engine keeps it stopped.

@@ -132,6 +132,8 @@ pub struct Agent {
     /// `synchronous_standby_names`, and in which generation: the decide loop's
     /// `Memory::sync_switch`, copied here after each action for the probe loop's report.
     sync_switch: Mutex<Option<(Generation, pgfm_core::Lsn)>>,
+    /// The reloads this agent carried out (`Memory::reloaded`), copied the same way.
+    reloaded: Mutex<u64>,
     /// The host watchdog (data nodes; its mode is off on a witness), armed by the lease
     /// loop while this node holds the lease.
     watchdog: Mutex<watchdog::HostWatchdog>,
@@ -322,6 +324,7 @@ impl Agent {
         report.sync_switch_lsn = lock(&self.sync_switch)
             .filter(|(g, _)| *g == generation)
             .map(|(_, lsn)| lsn);
+        report.reloaded = *lock(&self.reloaded);
         let mut problem = None;
         if let (Some(pg), Some(prober)) = (&self.postgres, prober.as_mut()) {
             match pg.data_dir_state() {
@@ -612,6 +615,7 @@ impl Agent {
                 start_failures: memory.starts.failures,
                 start_error: memory.starts.last_error.clone(),
                 start_recloned: memory.starts.recloned,
+                reloaded: memory.reloaded,
                 replicas: memory.replicas.clone(),
             };
             // Every start writes pgfm.conf with the parameters in force.
@@ -637,6 +641,7 @@ impl Agent {
                 memory.fold(outcome);
             }
             *lock(&self.sync_switch) = memory.sync_switch;
+            *lock(&self.reloaded) = memory.reloaded;
             if done.acted {
                 // The next decision waits for a probe made after this action.
                 memory.fold(Outcome::Acted {
@@ -953,6 +958,13 @@ impl AgentApi for Agent {
         self.change_maintenance(request).await
     }
 
+    async fn reload(
+        &self,
+        request: pgfm_api::ReloadRequest,
+    ) -> Result<pgfm_api::ReloadStarted, pgfm_api::Refusal> {
+        self.request_reload(request).await
+    }
+
     async fn set_tags(&self, request: pgfm_api::TagsRequest) -> Result<String, pgfm_api::Refusal> {
         self.change_tags(request).await
     }
@@ -1160,6 +1172,7 @@ pub async fn start(config: Config, token: Arc<str>, platform: Platform) -> anyho
         tls_expiry: Mutex::new(None),
         file_differs: Mutex::new(Vec::new()),
         sync_switch: Mutex::new(None),
+        reloaded: Mutex::new(0),
         shutdown: tokio::sync::Notify::new(),
         watchdog: Mutex::new(host_watchdog),
     });

@@ -42,6 +42,8 @@ pub(super) enum Outcome {
     /// `node`'s PostgreSQL said where its WAL is (the coordinator's question, before a
     /// quorum failover).
     WalMeasured { node: String, measured: Measured },
+    /// The `count`-th reload asked of this node (`pgfm reload`) was carried out.
+    Reloaded { count: u64 },
     /// The fence hook refused a promotion at `at_ms` (monotonic): the next promotion waits
     /// `FENCE_HOOK_BACKOFF_MS` before running it again; `why` is what the hook said.
     FenceHookRefused { at_ms: u64, why: String },
@@ -85,6 +87,8 @@ pub(super) struct Memory {
     /// Where the WAL was when this agent, as primary, last changed
     /// `synchronous_standby_names`, and in which generation.
     pub sync_switch: Option<(Generation, Lsn)>,
+    /// The reloads asked of this node (`pgfm reload`) carried out since the agent started.
+    pub reloaded: u64,
     /// WAL positions read from other nodes' PostgreSQL for a quorum failover.
     pub measured: BTreeMap<String, Measured>,
     /// When the fence hook last refused a promotion (monotonic ms), and why.
@@ -115,6 +119,7 @@ impl Memory {
             Outcome::SyncSwitched { generation, lsn } => {
                 self.sync_switch = Some((generation, lsn));
             }
+            Outcome::Reloaded { count } => self.reloaded = self.reloaded.max(count),
             Outcome::WalMeasured { node, measured } => {
                 self.measured.insert(node, measured);
             }

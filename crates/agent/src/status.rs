@@ -196,6 +196,7 @@ fn node_status(view: &ClusterView, now_ms: u64, name: &str, agent_address: &str)
             .unwrap_or_default(),
         tags: view.state.tags_of(name).list(),
         upstream: upstream_of(view, report),
+        reloaded: report.map_or(0, |r| r.reloaded),
         info,
     }
 }

@@ -197,6 +197,14 @@ impl ApiClient {
         self.post_json("/v1/tags", request).await
     }
 
+    /// `POST /v1/reload`: `pgfm reload [NODE ...]`.
+    pub async fn reload(
+        &self,
+        request: &crate::types::ReloadRequest,
+    ) -> Result<crate::types::ReloadStarted, ApiError> {
+        self.post_json("/v1/reload", request).await
+    }
+
     /// `POST /v1/reinit`: `pgfm reinit NODE`.
     pub async fn reinit(&self, request: &crate::types::ReinitRequest) -> Result<Message, ApiError> {
         self.post_json("/v1/reinit", request).await

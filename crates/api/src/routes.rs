@@ -15,8 +15,9 @@ use pgfm_core::NodeReport;
 use crate::types::{
     AgedReport, AllowRequest, ClusterStatus, DisallowRequest, EditSettingsRequest, ErrorBody,
     Health, HistoryEntry, MaintenanceRequest, MaintenanceStarted, Message, Metrics,
-    PriorityRequest, PromoteRequest, PromoteStarted, ReinitRequest, ReportAck, SettingsView,
-    SwitchoverRequest, SwitchoverStarted, SynchronousRequest, TagsRequest, WalPosition,
+    PriorityRequest, PromoteRequest, PromoteStarted, ReinitRequest, ReloadRequest, ReloadStarted,
+    ReportAck, SettingsView, SwitchoverRequest, SwitchoverStarted, SynchronousRequest, TagsRequest,
+    WalPosition,
 };
 
 /// What happened to a report sent to this agent.
@@ -85,6 +86,12 @@ pub trait AgentApi: Send + Sync + 'static {
         &self,
         request: TagsRequest,
     ) -> impl Future<Output = Result<String, Refusal>> + Send;
+    /// `pgfm reload [NODE ...]`; `Err` is a refusal with its reason (nothing was
+    /// changed).
+    fn reload(
+        &self,
+        request: ReloadRequest,
+    ) -> impl Future<Output = Result<ReloadStarted, Refusal>> + Send;
     /// `pgfm reinit NODE`; `Err` is a refusal with its reason (nothing was changed).
     fn reinit(
         &self,
@@ -142,6 +149,7 @@ pub fn router<A: AgentApi>(agent: Arc<A>) -> Router {
         .route("/v1/maintenance", post(maintenance::<A>))
         .route("/v1/reinit", post(reinit::<A>))
         .route("/v1/tags", post(set_tags::<A>))
+        .route("/v1/reload", post(reload::<A>))
         .route("/v1/switchover/cancel", post(cancel_switchover::<A>))
         .route("/v1/stop-cluster", post(stop_cluster::<A>))
         .route("/v1/stop", post(stop_agent::<A>))
@@ -350,6 +358,16 @@ async fn set_tags<A: AgentApi>(
 ) -> Response {
     match agent.set_tags(request).await {
         Ok(message) => Json(Message { message }).into_response(),
+        Err(r) => refusal(r),
+    }
+}
+
+async fn reload<A: AgentApi>(
+    State(agent): State<Arc<A>>,
+    Json(request): Json<ReloadRequest>,
+) -> Response {
+    match agent.reload(request).await {
+        Ok(started) => Json(started).into_response(),
         Err(r) => refusal(r),
     }
 }

@@ -605,6 +605,7 @@ mod tests {
             pending_restart: Vec::new(),
             tags: Vec::new(),
             upstream: None,
+            reloaded: 0,
             info: String::new(),
         }
     }

@@ -83,6 +83,10 @@ pub struct NodeStatus {
     /// A standby: the node it streams from now (null: not streaming, or a primary).
     #[serde(default)]
     pub upstream: Option<String>,
+    /// Data nodes: how many reloads asked by `pgfm reload` its agent has carried out since
+    /// it started.
+    #[serde(default)]
+    pub reloaded: u64,
     /// What the node is doing or waiting for.
     pub info: String,
 }
@@ -441,6 +445,24 @@ pub struct TagsRequest {
     pub force: bool,
     /// Who asked: `user@host` of the CLI.
     pub by: String,
+}
+
+/// The body of `POST /v1/reload`: `pgfm reload [NODE ...]`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReloadRequest {
+    /// The data nodes to reload (empty: every one).
+    #[serde(default)]
+    pub nodes: Vec<String>,
+    /// Who asked: `user@host` of the CLI.
+    pub by: String,
+}
+
+/// The answer to an accepted `pgfm reload`: the count each node's reloads reach once it
+/// has carried this one out (`NodeStatus::reloaded`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReloadStarted {
+    pub message: String,
+    pub asked: std::collections::BTreeMap<String, u64>,
 }
 
 /// The body of `POST /v1/reinit`: `pgfm reinit NODE`.

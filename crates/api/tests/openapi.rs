@@ -105,6 +105,7 @@ fn schemas_match_the_json_the_code_writes() {
         pending_restart: vec!["shared_buffers".into()],
         tags: vec!["replicate_from=pg2".into()],
         upstream: Some("pg2".into()),
+        reloaded: 1,
         info: String::new(),
     };
     let status = ClusterStatus {
@@ -183,6 +184,22 @@ fn schemas_match_the_json_the_code_writes() {
     assert_eq!(
         keys(&serde_json::to_value(&tagged).unwrap()),
         properties(&doc, "TagsRequest")
+    );
+    let reload = ReloadRequest {
+        nodes: vec!["pg1".into()],
+        by: "root@db1".into(),
+    };
+    assert_eq!(
+        keys(&serde_json::to_value(&reload).unwrap()),
+        properties(&doc, "ReloadRequest")
+    );
+    let reloading = ReloadStarted {
+        message: String::new(),
+        asked: [("pg1".to_string(), 1)].into(),
+    };
+    assert_eq!(
+        keys(&serde_json::to_value(&reloading).unwrap()),
+        properties(&doc, "ReloadStarted")
     );
     let reinit = ReinitRequest {
         node: "pg2".into(),

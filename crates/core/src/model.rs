@@ -205,6 +205,9 @@ pub enum Command {
     /// `node`'s data directory was moved aside for its reinit: from here on it is cloned as
     /// any empty one is.
     ReinitDone { node: String },
+    /// `pgfm reload [NODE ...]`: each data node in `nodes` reloads PostgreSQL's
+    /// configuration (`ClusterState::reloads` counts them).
+    RequestReload { nodes: Vec<String> },
     /// `pgfm set-tag NODE KEY=VALUE ...`: a data node's tags (`crate::tags`), changed
     /// together or not at all.
     SetTags {
@@ -554,6 +557,10 @@ pub struct ClusterState {
     /// Data nodes' tags (`pgfm set-tag`), by name; a node with none is not listed.
     #[serde(default)]
     pub tags: BTreeMap<String, crate::tags::Tags>,
+    /// How many reloads of PostgreSQL's configuration were asked of each data node (`pgfm
+    /// reload`); its agent carries out each new one while PostgreSQL runs.
+    #[serde(default)]
+    pub reloads: BTreeMap<String, u64>,
 }
 
 /// What a primary's commits wait for: `count` of the standbys `names` (`FIRST count` when
@@ -772,6 +779,7 @@ impl ClusterState {
                 None => Err(CommandError::NoReinit(node.clone())),
             },
             Command::SetTags { node, tags } => self.set_tags(node, tags),
+            Command::RequestReload { nodes } => self.request_reload(nodes),
             Command::Welcome { name } => self.welcome(name),
             Command::ChooseInitdb { node, at_unix_ms } => self.choose_initdb(node, *at_unix_ms),
             Command::Bootstrap {
@@ -875,6 +883,7 @@ impl ClusterState {
         self.maintenance.remove(name);
         self.reinit.remove(name);
         self.tags.remove(name);
+        self.reloads.remove(name);
         // A node chosen to initialise the cluster and gone for good: the choice is given up
         // (the way out an operator has); a later round chooses again among the others.
         if self.primary.is_none() && self.initdb.as_ref().is_some_and(|c| c.node == name) {
@@ -1164,6 +1173,21 @@ impl ClusterState {
                 by: by.to_string(),
             },
         );
+        Ok(())
+    }
+
+    /// `pgfm reload NODE ...`: every one a data node, or none is asked.
+    fn request_reload(&mut self, nodes: &[String]) -> Result<(), CommandError> {
+        for node in nodes {
+            match self.members.get(node) {
+                Some(m) if m.kind == NodeKind::Data => {}
+                Some(_) => return Err(CommandError::NotADataNode(node.to_string())),
+                None => return Err(CommandError::UnknownNode(node.to_string())),
+            }
+        }
+        for node in nodes {
+            *self.reloads.entry(node.clone()).or_default() += 1;
+        }
         Ok(())
     }
 
@@ -1662,6 +1686,10 @@ pub struct NodeReport {
     /// This standby's `primary_slot_name` (None: none).
     #[serde(default)]
     pub conninfo_slot: Option<String>,
+    /// How many of the reloads asked of this node (`ClusterState::reloads`) its agent has
+    /// carried out since it started.
+    #[serde(default)]
+    pub reloaded: u64,
     /// Whether this agent could connect to the committed primary's PostgreSQL at its last
     /// probe (None: not tried, e.g. on the primary itself).
     #[serde(default)]
@@ -1760,6 +1788,7 @@ impl NodeReport {
             slots: Vec::new(),
             conninfo_upstream: None,
             conninfo_slot: None,
+            reloaded: 0,
             sees_primary: None,
             primary_checked: None,
             recovery_unfinished: false,

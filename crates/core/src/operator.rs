@@ -7,6 +7,7 @@
 //! Every check ends by applying its command to a copy of the state, so that a request the
 //! log would refuse is refused here, with the log's own words, before anything is proposed.
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 
 use crate::decide::ClusterView;
@@ -930,6 +931,37 @@ pub fn check_tags(
         });
     }
     Ok(command)
+}
+
+/// `pgfm reload [NODE ...]`: the data nodes named (none: every one) reload PostgreSQL's
+/// configuration; the command, and the count each node's reload will reach.
+pub fn check_reload(
+    view: &ClusterView,
+    nodes: &[String],
+) -> Result<(Command, BTreeMap<String, u64>), Refusal> {
+    let state = &view.state;
+    for node in nodes {
+        known(view, node)?;
+    }
+    let nodes: Vec<String> = if nodes.is_empty() {
+        state.data_members().map(|m| m.name.clone()).collect()
+    } else {
+        nodes.to_vec()
+    };
+    let command = accepted(
+        state,
+        Command::RequestReload {
+            nodes: nodes.clone(),
+        },
+    )?;
+    let counts = nodes
+        .into_iter()
+        .map(|n| {
+            let count = state.reloads.get(&n).copied().unwrap_or(0) + 1;
+            (n, count)
+        })
+        .collect();
+    Ok((command, counts))
 }
 
 /// `pgfm reinit NODE`: a standby re-cloned from the primary, its data directory kept

@@ -282,6 +282,7 @@ pub(crate) fn local(cluster: &ClusterView, me: &str, coordinator: bool) -> Local
         start_failures: 0,
         start_error: None,
         start_recloned: false,
+        reloaded: 0,
         replicas: Default::default(),
     }
 }
@@ -409,9 +410,13 @@ fn short(action: &Action) -> String {
         Action::EnsureSlots { slots, generation } => {
             format!("slots {} g{generation}", slots.join(","))
         }
+        Action::Reload {
+            count, generation, ..
+        } => format!("reload #{count} g{generation}"),
         Action::WriteParameters {
             parameters,
             generation,
+            ..
         } => format!(
             "write parameters {} g{generation}",
             parameters

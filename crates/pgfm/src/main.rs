@@ -136,6 +136,14 @@ enum Commands {
         config: PathBuf,
         node: String,
     },
+    /// Reload PostgreSQL's configuration (postgresql.conf, pg_hba.conf, pgfm.conf) on data
+    /// nodes: the ones named, or every one. Committed; returns once each has reloaded,
+    /// saying what waits for a restart. Exits 1 when refused, 2 on errors.
+    Reload {
+        #[arg(short, long, default_value = DEFAULT_CONFIG)]
+        config: PathBuf,
+        nodes: Vec<String>,
+    },
     /// Change a data node's tags, cluster-wide, together: nofailover (never promoted),
     /// nosync (never a synchronous standby), noloadbalance (/replica answers 503),
     /// replicate_from=NODE (stream from that standby while it streams; empty: from the
@@ -824,6 +832,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             maintenance::switchover(&local_agent(&config)?, to)
         }
         Commands::Reinit { config, node } => maintenance::reinit(&local_agent(&config)?, node),
+        Commands::Reload { config, nodes } => maintenance::reload(&local_agent(&config)?, nodes),
         Commands::Restart {
             config,
             nodes,

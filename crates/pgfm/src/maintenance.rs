@@ -1,4 +1,5 @@
-//! `pgfm switchover`, `pgfm maintenance NODE on|off`, `pgfm restart` and `pgfm reinit`:
+//! `pgfm switchover`, `pgfm maintenance NODE on|off`, `pgfm restart`, `pgfm reinit` and
+//! `pgfm reload`:
 //! ask the agent,
 //! then follow the cluster's status until what was asked is done, rolled back, or the
 //! deadline passes.
@@ -447,5 +448,76 @@ pub(crate) fn reinit(client: &ApiClient, node: String) -> anyhow::Result<ExitCod
          aside as data_dir.pgfm-old.",
         started_at.elapsed().as_secs_f64()
     );
+    Ok(ExitCode::SUCCESS)
+}
+
+/// How long `pgfm reload` waits for the agents to carry it out.
+const RELOAD_DEADLINE: Duration = Duration::from_secs(30);
+
+/// `pgfm reload [NODE ...]`: ask (committed), then wait until each node's agent has
+/// reloaded its PostgreSQL, saying what still waits for a restart. A node whose PostgreSQL
+/// is down is named (it reads its configuration when it starts); one not done by the
+/// deadline too, and the exit is 2.
+pub(crate) fn reload(client: &ApiClient, nodes: Vec<String>) -> anyhow::Result<ExitCode> {
+    let rt = super::runtime()?;
+    let request = pgfm_api::ReloadRequest {
+        nodes,
+        by: super::settings::who(),
+    };
+    let started = match rt.block_on(client.reload(&request)) {
+        Ok(started) => started,
+        Err(ApiError::Failed {
+            status: 409,
+            message,
+            ..
+        }) => {
+            eprintln!("pgfm: reload refused, nothing was changed: {message}");
+            return Ok(ExitCode::from(1));
+        }
+        Err(e) => return Err(e.into()),
+    };
+    println!("{}.", started.message);
+    let deadline = Instant::now() + RELOAD_DEADLINE;
+    let mut waiting = started.asked.clone();
+    while !waiting.is_empty() {
+        if let Ok(status) = rt.block_on(client.status()) {
+            waiting.retain(|name, asked| {
+                let Some(n) = status.nodes.iter().find(|n| n.name == *name) else {
+                    println!("{name}: no longer a member");
+                    return false;
+                };
+                if n.reloaded >= *asked {
+                    let pending = match n.pending_restart.as_slice() {
+                        [] => String::new(),
+                        names => format!(" (pending restart: {})", names.join(", ")),
+                    };
+                    println!("{name}: reloaded{pending}");
+                    return false;
+                }
+                if n.db != DbStatus::Up {
+                    println!(
+                        "{name}: PostgreSQL is not running: it reads its configuration when it \
+                         starts"
+                    );
+                    return false;
+                }
+                true
+            });
+        }
+        if waiting.is_empty() {
+            break;
+        }
+        if Instant::now() >= deadline {
+            let names: Vec<&str> = waiting.keys().map(String::as_str).collect();
+            eprintln!(
+                "pgfm: {} did not reload within {} s (is its agent running? pgfm cluster-status \
+                 shows it); the reload stays asked and is carried out when it can be",
+                names.join(", "),
+                RELOAD_DEADLINE.as_secs()
+            );
+            return Ok(ExitCode::from(2));
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
     Ok(ExitCode::SUCCESS)
 }

@@ -83,6 +83,16 @@ pub enum Action {
     /// Write `parameters` into the running server's `pgfm.conf` and reload.
     WriteParameters {
         parameters: std::collections::BTreeMap<String, String>,
+        /// Where the standby settings point: where it streams from now (None: the primary).
+        upstream: Option<String>,
+        generation: Generation,
+    },
+    /// `pgfm reload`: write `pgfm.conf` again and have PostgreSQL reload its
+    /// configuration; the `count`-th reload asked of this node.
+    Reload {
+        count: u64,
+        /// As `WriteParameters`.
+        upstream: Option<String>,
         generation: Generation,
     },
     /// Drop the replication slots of departed nodes on the local primary.
@@ -210,11 +220,19 @@ impl std::fmt::Display for Action {
             Action::WriteParameters {
                 parameters,
                 generation,
+                ..
             } => write!(
                 f,
                 "write {} PostgreSQL parameter(s) into pgfm.conf and reload (generation \
                  {generation})",
                 parameters.len()
+            ),
+            Action::Reload {
+                count, generation, ..
+            } => write!(
+                f,
+                "reload PostgreSQL's configuration, as asked by pgfm reload (#{count}, \
+                 generation {generation})"
             ),
             Action::DropSlots { slots, generation } => write!(
                 f,

@@ -68,6 +68,7 @@ pub fn reconcile(cluster: &ClusterView, local: &LocalView, now_ms: u64) -> Decis
         actions.extend(record_timeline(cluster, local));
         actions.extend(reconcile_local(cluster, local, now_ms));
         actions.extend(parameters::write_parameters(cluster, local, now_ms));
+        actions.extend(parameters::reload(cluster, local, now_ms));
     }
     actions
 }

@@ -7,6 +7,7 @@
 
 use std::collections::BTreeMap;
 
+use super::upstream::stream_source;
 use super::{Action, ClusterView, LocalView};
 use crate::model::DbRole;
 use crate::parameters::{digest, for_node, Running};
@@ -72,8 +73,37 @@ pub(super) fn write_parameters(
     }
     vec![Action::WriteParameters {
         parameters: wanted,
+        upstream: upstream_now(cluster, local, now_ms),
         generation: cluster.state.generation,
     }]
+}
+
+/// `pgfm reload`: a reload asked of this node that it has not carried out, while its
+/// PostgreSQL runs (one that starts later reads its configuration anyway, and is reloaded
+/// then all the same). Not while it hands over (it is stopping).
+pub(super) fn reload(cluster: &ClusterView, local: &LocalView, now_ms: u64) -> Vec<Action> {
+    let asked = cluster.state.reloads.get(&local.name).copied().unwrap_or(0);
+    let handing_over = cluster
+        .state
+        .switchover
+        .as_ref()
+        .is_some_and(|s| s.from == local.name);
+    if asked <= local.reloaded || !(local.db_running && local.report.db_up) || handing_over {
+        return Vec::new();
+    }
+    vec![Action::Reload {
+        count: asked,
+        upstream: upstream_now(cluster, local, now_ms),
+        generation: cluster.state.generation,
+    }]
+}
+
+/// Where a standby's rewritten `pgfm.conf` points: where it streams from now (None on the
+/// primary, or with none).
+fn upstream_now(cluster: &ClusterView, local: &LocalView, now_ms: u64) -> Option<String> {
+    let primary = cluster.state.primary.as_deref()?;
+    (primary != local.name)
+        .then(|| stream_source(cluster, &local.name, primary, now_ms).to_string())
 }
 
 #[cfg(test)]
@@ -137,5 +167,35 @@ mod tests {
         let mut stopped = stopped;
         stopped.settings.parameters = wanted;
         check(&stopped, "pg1", false, &["start primary g1"]);
+    }
+
+    /// `pgfm reload`: each reload asked of a node is carried out once, while its
+    /// PostgreSQL runs; a cascading standby's file keeps pointing at its upstream.
+    #[test]
+    fn a_reload_asked_is_carried_out_once_while_postgres_runs() {
+        let mut v = primary_with(&["pg2", "pg3"]);
+        v.state
+            .apply(&crate::model::Command::RequestReload {
+                nodes: vec!["pg2".into(), "pg3".into()],
+            })
+            .unwrap();
+        v.reports.get_mut("pg2").unwrap().report.receiver = Some("streaming".into());
+        assert!(super::reload(&v, &local(&v, "pg1", false), NOW_MS).is_empty());
+        check(&v, "pg2", false, &["reload #1 g1"]);
+        let mut me = local(&v, "pg2", false);
+        me.reloaded = 1;
+        check_local(&v, &me, NOW_MS, &[]);
+        me.db_running = false;
+        me.reloaded = 0;
+        me.report.db_up = false;
+        assert!(super::reload(&v, &me, NOW_MS).is_empty());
+        tag(&mut v, "pg3", "replicate_from=pg2");
+        let pg3 = local(&v, "pg3", false);
+        match super::reload(&v, &pg3, NOW_MS).as_slice() {
+            [crate::decide::Action::Reload { upstream, .. }] => {
+                assert_eq!(upstream.as_deref(), Some("pg2"))
+            }
+            other => panic!("{other:?}"),
+        }
     }
 }

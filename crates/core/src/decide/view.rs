@@ -106,6 +106,9 @@ pub struct LocalView {
     pub start_error: Option<String>,
     /// A re-clone was tried in this streak of failed starts: another would not help.
     pub start_recloned: bool,
+    /// How many of the reloads asked of this node (`ClusterState::reloads`) it carried out
+    /// since its agent started.
+    pub reloaded: u64,
     /// On a primary: since when each streaming standby has confirmed nothing new while WAL
     /// waited for it (`track_replicas`).
     pub replicas: BTreeMap<String, ReplicaProgress>,

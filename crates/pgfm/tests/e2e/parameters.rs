@@ -151,4 +151,34 @@ fn parameters_set_for_the_cluster_reach_every_node_and_say_what_waits_for_a_rest
         nothing.contains("Nothing to restart: no node has a parameter pending restart"),
         "{nothing}"
     );
+
+    // `pgfm reload`: a setting edited by hand in pg1's postgresql.conf takes effect on
+    // pg1 alone; an unknown node and the witness are refused.
+    let conf = lab.dir.join("pg1").join("data").join("postgresql.conf");
+    let mut text_conf = std::fs::read_to_string(&conf).unwrap();
+    text_conf.push_str("\nlog_min_duration_statement = 1234\n");
+    std::fs::write(&conf, text_conf).unwrap();
+    for (who, says) in [
+        ("pg9", "unknown node \"pg9\""),
+        ("witness", "node witness is not a registered data node"),
+    ] {
+        let output = lab.cli("witness", &["reload", who]);
+        assert_eq!(output.status.code(), Some(1), "{}", text(&output));
+        assert!(text(&output).contains(says), "{}", text(&output));
+    }
+    let said = lab.cli_ok("pg2", &["reload", "pg1"]);
+    assert!(said.contains("pg1: reloaded"), "{said}");
+    assert_eq!(
+        lab.psql("pg1", "SHOW log_min_duration_statement").unwrap(),
+        "1234ms"
+    );
+    assert_eq!(
+        lab.psql("pg2", "SHOW log_min_duration_statement").unwrap(),
+        "-1"
+    );
+    let said = lab.cli_ok("witness", &["reload"]);
+    assert!(
+        said.contains("pg1: reloaded") && said.contains("pg2: reloaded"),
+        "{said}"
+    );
 }
