@@ -112,6 +112,41 @@ impl Agent {
         })
     }
 
+    /// `pgfm switchover --at TIME`: checked by core (`operator::check_schedule_switchover`)
+    /// and committed; the coordinator starts it when the time comes.
+    pub(super) async fn schedule(
+        &self,
+        request: pgfm_api::ScheduleRequest,
+    ) -> Result<String, Refusal> {
+        if let Some(client) = self.coordinator_client().await? {
+            return client
+                .schedule_switchover(&request)
+                .await
+                .map(|m| m.message)
+                .map_err(forwarded);
+        }
+        let view = self.view();
+        let scheduled = pgfm_core::model::ScheduledSwitchover {
+            at_unix_ms: request.at_unix_ms,
+            to: request.to.clone(),
+            by: request.by.clone(),
+        };
+        let command = operator::check_schedule_switchover(&view, scheduled).map_err(refused)?;
+        self.commit(command).await?;
+        let at = pgfm_core::types::utc(request.at_unix_ms);
+        let to = request
+            .to
+            .as_deref()
+            .unwrap_or("the standby pgfm switchover chooses then");
+        tracing::warn!(generation = %view.state.generation, %at, %to, by = %request.by, "switchover scheduled");
+        Ok(format!(
+            "switchover to {to} scheduled at {at}: the coordinator starts it then, if the \
+             cluster allows it (else it waits up to {} s, then drops it, saying why); pgfm \
+             switchover --cancel cancels it",
+            pgfm_core::decide::SCHEDULE_GRACE_MS / 1000
+        ))
+    }
+
     /// `pgfm reload [NODE ...]`: checked by core (`operator::check_reload`) and committed;
     /// each node's agent reloads its PostgreSQL.
     pub(super) async fn request_reload(
@@ -216,6 +251,12 @@ impl Agent {
                 .map_err(forwarded);
         }
         let state = self.raft.state();
+        let at = self.clock.wall_clock_ms();
+        if let Some(command) = operator::cancel_scheduled_command(&state, "the operator", at) {
+            self.commit(command).await?;
+            tracing::warn!(generation = %state.generation, "scheduled switchover cancelled by the operator");
+            return Ok("the scheduled switchover is cancelled".to_string());
+        }
         let sw = operator::check_cancel_switchover(&state)
             .map_err(refused)?
             .clone();

@@ -958,6 +958,13 @@ impl AgentApi for Agent {
         self.change_maintenance(request).await
     }
 
+    async fn schedule_switchover(
+        &self,
+        request: pgfm_api::ScheduleRequest,
+    ) -> Result<String, pgfm_api::Refusal> {
+        self.schedule(request).await
+    }
+
     async fn reload(
         &self,
         request: pgfm_api::ReloadRequest,

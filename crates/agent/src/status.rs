@@ -106,6 +106,7 @@ pub fn build(ctx: &Context<'_>, view: &ClusterView) -> ClusterStatus {
         },
         vip,
         synchronous: sync_status(view, primary_report),
+        scheduled_switchover: state.scheduled_switchover.clone(),
         problems,
         tls: ctx.tls,
     }

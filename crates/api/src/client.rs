@@ -197,6 +197,14 @@ impl ApiClient {
         self.post_json("/v1/tags", request).await
     }
 
+    /// `POST /v1/switchover/schedule`: `pgfm switchover --at TIME`.
+    pub async fn schedule_switchover(
+        &self,
+        request: &crate::types::ScheduleRequest,
+    ) -> Result<Message, ApiError> {
+        self.post_json("/v1/switchover/schedule", request).await
+    }
+
     /// `POST /v1/reload`: `pgfm reload [NODE ...]`.
     pub async fn reload(
         &self,

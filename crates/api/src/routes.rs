@@ -16,8 +16,8 @@ use crate::types::{
     AgedReport, AllowRequest, ClusterStatus, DisallowRequest, EditSettingsRequest, ErrorBody,
     Health, HistoryEntry, MaintenanceRequest, MaintenanceStarted, Message, Metrics,
     PriorityRequest, PromoteRequest, PromoteStarted, ReinitRequest, ReloadRequest, ReloadStarted,
-    ReportAck, SettingsView, SwitchoverRequest, SwitchoverStarted, SynchronousRequest, TagsRequest,
-    WalPosition,
+    ReportAck, ScheduleRequest, SettingsView, SwitchoverRequest, SwitchoverStarted,
+    SynchronousRequest, TagsRequest, WalPosition,
 };
 
 /// What happened to a report sent to this agent.
@@ -86,6 +86,12 @@ pub trait AgentApi: Send + Sync + 'static {
         &self,
         request: TagsRequest,
     ) -> impl Future<Output = Result<String, Refusal>> + Send;
+    /// `pgfm switchover --at TIME`; `Err` is a refusal with its reason (nothing was
+    /// changed).
+    fn schedule_switchover(
+        &self,
+        request: ScheduleRequest,
+    ) -> impl Future<Output = Result<String, Refusal>> + Send;
     /// `pgfm reload [NODE ...]`; `Err` is a refusal with its reason (nothing was
     /// changed).
     fn reload(
@@ -151,6 +157,7 @@ pub fn router<A: AgentApi>(agent: Arc<A>) -> Router {
         .route("/v1/tags", post(set_tags::<A>))
         .route("/v1/reload", post(reload::<A>))
         .route("/v1/switchover/cancel", post(cancel_switchover::<A>))
+        .route("/v1/switchover/schedule", post(schedule_switchover::<A>))
         .route("/v1/stop-cluster", post(stop_cluster::<A>))
         .route("/v1/stop", post(stop_agent::<A>))
         .route("/v1/members", post(allow::<A>))
@@ -357,6 +364,16 @@ async fn set_tags<A: AgentApi>(
     Json(request): Json<TagsRequest>,
 ) -> Response {
     match agent.set_tags(request).await {
+        Ok(message) => Json(Message { message }).into_response(),
+        Err(r) => refusal(r),
+    }
+}
+
+async fn schedule_switchover<A: AgentApi>(
+    State(agent): State<Arc<A>>,
+    Json(request): Json<ScheduleRequest>,
+) -> Response {
+    match agent.schedule_switchover(request).await {
         Ok(message) => Json(Message { message }).into_response(),
         Err(r) => refusal(r),
     }

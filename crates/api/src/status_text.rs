@@ -66,6 +66,7 @@ pub fn render(s: &ClusterStatus) -> String {
     idle_nodes(&mut out, s);
     maintenance(&mut out, s);
     tags(&mut out, s);
+    scheduled(&mut out, s);
     problems(&mut out, s);
     out
 }
@@ -315,6 +316,23 @@ fn tags(w: &mut String, s: &ClusterStatus) {
         };
         let _ = writeln!(w, "\t{:<11} {}{streams}", n.name, n.tags.join(", "));
     }
+}
+
+/// The switchover scheduled, if any.
+fn scheduled(w: &mut String, s: &ClusterStatus) {
+    let Some(sw) = &s.scheduled_switchover else {
+        return;
+    };
+    let _ = writeln!(w);
+    let _ = writeln!(
+        w,
+        "Scheduled switchover: at {} to {} (asked by {}; pgfm switchover --cancel cancels it)",
+        pgfm_core::types::utc(sw.at_unix_ms),
+        sw.to
+            .as_deref()
+            .unwrap_or("the standby in sync chosen then"),
+        sw.by
+    );
 }
 
 /// The problems, if any.
@@ -639,6 +657,7 @@ mod tests {
             vip: None,
             synchronous: None,
             problems: vec![],
+            scheduled_switchover: None,
             tls: true,
         }
     }

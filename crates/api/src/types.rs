@@ -178,6 +178,9 @@ pub struct ClusterStatus {
     /// Synchronous replication, when the answering agent has it on (null: asynchronous).
     #[serde(default)]
     pub synchronous: Option<SyncStatus>,
+    /// A switchover asked for later (`pgfm switchover --at TIME`; null: none).
+    #[serde(default)]
+    pub scheduled_switchover: Option<pgfm_core::model::ScheduledSwitchover>,
     /// Things an operator should look at (bootstrap refused, a node in the wrong role, ...).
     pub problems: Vec<String>,
     /// The answering agent serves HTTPS with mutual TLS (false: `[tls] mode = "off"`).
@@ -249,6 +252,17 @@ pub struct Message {
 pub struct SwitchoverRequest {
     /// The standby to hand over to; the most advanced in-sync standby when absent.
     pub to: Option<String>,
+}
+
+/// The body of `POST /v1/switchover/schedule`: `pgfm switchover [--to NODE] --at TIME`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ScheduleRequest {
+    /// The standby to hand over to; the one `pgfm switchover` would choose then when absent.
+    pub to: Option<String>,
+    /// When (ms since the epoch, UTC).
+    pub at_unix_ms: u64,
+    /// Who asked: `user@host` of the CLI.
+    pub by: String,
 }
 
 /// The answer to an accepted switchover: it is under way (committed in the Raft log).

@@ -141,6 +141,11 @@ fn schemas_match_the_json_the_code_writes() {
             degraded: false,
         }),
         problems: vec![],
+        scheduled_switchover: Some(pgfm_core::model::ScheduledSwitchover {
+            at_unix_ms: 1,
+            to: Some("pg2".into()),
+            by: "root@db1".into(),
+        }),
         tls: true,
     };
     let doc = document();
@@ -184,6 +189,19 @@ fn schemas_match_the_json_the_code_writes() {
     assert_eq!(
         keys(&serde_json::to_value(&tagged).unwrap()),
         properties(&doc, "TagsRequest")
+    );
+    assert_eq!(
+        keys(&json["scheduled_switchover"]),
+        properties(&doc, "ScheduledSwitchover")
+    );
+    let schedule = ScheduleRequest {
+        to: None,
+        at_unix_ms: 1,
+        by: "root@db1".into(),
+    };
+    assert_eq!(
+        keys(&serde_json::to_value(&schedule).unwrap()),
+        properties(&doc, "ScheduleRequest")
     );
     let reload = ReloadRequest {
         nodes: vec!["pg1".into()],

@@ -205,6 +205,15 @@ pub enum Command {
     /// `node`'s data directory was moved aside for its reinit: from here on it is cloned as
     /// any empty one is.
     ReinitDone { node: String },
+    /// `pgfm switchover --at TIME`: a switchover the coordinator starts at that time, as
+    /// `pgfm switchover` would (`decide::switchover::scheduled`).
+    ScheduleSwitchover { scheduled: ScheduledSwitchover },
+    /// The scheduled switchover's time came and it may start: the switchover from the
+    /// primary of `generation` to `to` is requested and the schedule ends, together.
+    StartScheduledSwitchover { to: String, generation: Generation },
+    /// The scheduled switchover is dropped: `pgfm switchover --cancel`, or it could not start
+    /// in time (`reason`). Kept in the history as a cancelled switchover.
+    DropScheduledSwitchover { reason: String, at_unix_ms: u64 },
     /// `pgfm reload [NODE ...]`: each data node in `nodes` reloads PostgreSQL's
     /// configuration (`ClusterState::reloads` counts them).
     RequestReload { nodes: Vec<String> },
@@ -269,6 +278,17 @@ impl Maintenance {
     pub fn keeps_stopped(&self) -> bool {
         !self.keep_running
     }
+}
+
+/// A switchover asked for later (`pgfm switchover --at TIME`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ScheduledSwitchover {
+    /// When the coordinator starts it (wall clock, ms since the epoch).
+    pub at_unix_ms: u64,
+    /// The standby named (None: the one `pgfm switchover` would choose then).
+    pub to: Option<String>,
+    /// Who: the operator's `user@host`.
+    pub by: String,
 }
 
 /// A standby to be re-cloned (`Command::RequestReinit`).
@@ -391,6 +411,13 @@ pub enum CommandError {
     NoFailover(String),
     #[error("replicate_from would make a loop: {0}")]
     ReplicationLoop(String),
+    #[error(
+        "a switchover is already scheduled, at {} (pgfm switchover --cancel cancels it)",
+        crate::types::utc(*at_unix_ms)
+    )]
+    SwitchoverScheduled { at_unix_ms: u64 },
+    #[error("no switchover is scheduled")]
+    NoScheduledSwitchover,
 }
 
 /// From the `from_renewal`-th renewal of a generation on, the primary timed its renewals
@@ -561,6 +588,10 @@ pub struct ClusterState {
     /// reload`); its agent carries out each new one while PostgreSQL runs.
     #[serde(default)]
     pub reloads: BTreeMap<String, u64>,
+    /// A switchover asked for later (`pgfm switchover --at TIME`), until it starts or is
+    /// dropped.
+    #[serde(default)]
+    pub scheduled_switchover: Option<ScheduledSwitchover>,
 }
 
 /// What a primary's commits wait for: `count` of the standbys `names` (`FIRST count` when
@@ -780,6 +811,13 @@ impl ClusterState {
             },
             Command::SetTags { node, tags } => self.set_tags(node, tags),
             Command::RequestReload { nodes } => self.request_reload(nodes),
+            Command::ScheduleSwitchover { scheduled } => self.schedule_switchover(scheduled),
+            Command::StartScheduledSwitchover { to, generation } => {
+                self.start_scheduled_switchover(to, *generation)
+            }
+            Command::DropScheduledSwitchover { reason, at_unix_ms } => {
+                self.drop_scheduled_switchover(reason, *at_unix_ms)
+            }
             Command::Welcome { name } => self.welcome(name),
             Command::ChooseInitdb { node, at_unix_ms } => self.choose_initdb(node, *at_unix_ms),
             Command::Bootstrap {
@@ -1173,6 +1211,59 @@ impl ClusterState {
                 by: by.to_string(),
             },
         );
+        Ok(())
+    }
+
+    /// `pgfm switchover --at TIME`: one at a time; a standby named must be one that may be
+    /// promoted.
+    fn schedule_switchover(&mut self, scheduled: &ScheduledSwitchover) -> Result<(), CommandError> {
+        if let Some(s) = &self.scheduled_switchover {
+            return Err(CommandError::SwitchoverScheduled {
+                at_unix_ms: s.at_unix_ms,
+            });
+        }
+        if let Some(to) = &scheduled.to {
+            self.promotable(to)?;
+        }
+        self.scheduled_switchover = Some(scheduled.clone());
+        Ok(())
+    }
+
+    /// The scheduled switchover starts: requested as `pgfm switchover` would, and no longer
+    /// scheduled — both or neither, so that it never starts twice.
+    fn start_scheduled_switchover(
+        &mut self,
+        to: &str,
+        generation: Generation,
+    ) -> Result<(), CommandError> {
+        if self.scheduled_switchover.is_none() {
+            return Err(CommandError::NoScheduledSwitchover);
+        }
+        let from = self.primary.clone().unwrap_or_default();
+        self.request_switchover(&from, to, generation, false, (false, false))?;
+        self.scheduled_switchover = None;
+        Ok(())
+    }
+
+    /// The scheduled switchover is dropped, kept in the history with `reason`.
+    fn drop_scheduled_switchover(
+        &mut self,
+        reason: &str,
+        at_unix_ms: u64,
+    ) -> Result<(), CommandError> {
+        let Some(s) = self.scheduled_switchover.take() else {
+            return Err(CommandError::NoScheduledSwitchover);
+        };
+        self.cancelled_switchovers.push(CancelledSwitchover {
+            generation: self.generation,
+            at_unix_ms,
+            from: self.primary.clone().unwrap_or_default(),
+            to: s
+                .to
+                .unwrap_or_else(|| "the standby chosen then".to_string()),
+            reason: reason.to_string(),
+            failover_instead: false,
+        });
         Ok(())
     }
 

@@ -187,6 +187,12 @@ pub enum Refusal {
         minimum: usize,
         eligible: usize,
     },
+    #[error(
+        "{} is in the past (now {}): give a later time, or run pgfm switchover now",
+        crate::types::utc(*at_unix_ms),
+        crate::types::utc(*now_unix_ms)
+    )]
+    ScheduleInThePast { at_unix_ms: u64, now_unix_ms: u64 },
     #[error("nothing to change: {node} already has {change}")]
     TagUnchanged { node: String, change: String },
     /// The state machine refuses the command (`ClusterState::apply`).
@@ -328,6 +334,46 @@ pub fn check_cancel_switchover(state: &ClusterState) -> Result<&Switchover, Refu
         }),
         (None, _) => Err(Refusal::NoSwitchover),
     }
+}
+
+/// `pgfm switchover [--to NODE] --at TIME`: refused for a time already past, a standby
+/// that may not be promoted, and while another is scheduled. Whether the cluster allows it
+/// is judged when the time comes (`decide::switchover::scheduled`).
+pub fn check_schedule_switchover(
+    view: &ClusterView,
+    scheduled: crate::model::ScheduledSwitchover,
+) -> Result<Command, Refusal> {
+    if scheduled.at_unix_ms < view.wall_clock_ms {
+        return Err(Refusal::ScheduleInThePast {
+            at_unix_ms: scheduled.at_unix_ms,
+            now_unix_ms: view.wall_clock_ms,
+        });
+    }
+    if let Some(to) = &scheduled.to {
+        known(view, to)?;
+    }
+    accepted(&view.state, Command::ScheduleSwitchover { scheduled })
+}
+
+/// `pgfm switchover --cancel` with no switchover under way but one scheduled: the command
+/// dropping it, stamped for the history.
+pub fn cancel_scheduled_command(
+    state: &ClusterState,
+    by: &str,
+    at_unix_ms: u64,
+) -> Option<Command> {
+    let s = state
+        .scheduled_switchover
+        .as_ref()
+        .filter(|_| state.switchover.is_none())?;
+    Some(Command::DropScheduledSwitchover {
+        reason: format!(
+            "pgfm switchover --cancel by {by}: the switchover scheduled at {} by {} cancelled",
+            crate::types::utc(s.at_unix_ms),
+            s.by
+        ),
+        at_unix_ms,
+    })
 }
 
 /// The command cancelling `sw`, stamped for the history.

@@ -119,6 +119,13 @@ impl fmt::Display for Generation {
     }
 }
 
+/// A wall-clock time (ms since the epoch) as the operator reads it: RFC 3339, UTC, to the
+/// second (`2026-12-02T03:00:00Z`).
+pub fn utc(unix_ms: u64) -> String {
+    let at = std::time::UNIX_EPOCH + std::time::Duration::from_millis(unix_ms);
+    humantime::format_rfc3339_seconds(at).to_string()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

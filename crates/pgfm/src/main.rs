@@ -78,9 +78,15 @@ enum Commands {
         #[arg(long, conflicts_with = "cancel")]
         to: Option<String>,
         /// Cancel the switchover under way: the old primary stays, or starts again as, the
-        /// primary (nothing is lost: its generation never changed).
+        /// primary (nothing is lost: its generation never changed). With none under way,
+        /// cancel the scheduled one.
         #[arg(long)]
         cancel: bool,
+        /// Schedule it instead: the coordinator starts it at TIME, UTC (2026-12-24T03:00:00Z,
+        /// or "2026-12-24 03:00:00"), or after a delay (+30m). Shown in cluster-status until
+        /// it starts; cancelled by --cancel.
+        #[arg(long, conflicts_with = "cancel", value_name = "TIME")]
+        at: Option<String>,
     },
     /// Operator failover (EFM's promote): fences the old primary first (a hand-over when it
     /// runs, its lease expiring when it does not); works with automatic failover off.
@@ -828,6 +834,12 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             cancel: true,
             ..
         } => cancel_switchover(&config),
+        Commands::Switchover {
+            config,
+            to,
+            at: Some(at),
+            ..
+        } => maintenance::schedule_switchover(&local_agent(&config)?, to, &at),
         Commands::Switchover { config, to, .. } => {
             maintenance::switchover(&local_agent(&config)?, to)
         }

@@ -521,3 +521,66 @@ pub(crate) fn reload(client: &ApiClient, nodes: Vec<String>) -> anyhow::Result<E
     }
     Ok(ExitCode::SUCCESS)
 }
+
+/// `--at TIME` as typed: an RFC 3339 time, UTC (`2026-12-24T03:00:00Z`, `2026-12-24
+/// 03:00:00`), or a delay from now (`+30m`); ms since the epoch.
+fn parse_at(text: &str, now: std::time::SystemTime) -> Result<u64, String> {
+    let text = text.trim();
+    let at = match text.strip_prefix('+') {
+        Some(delay) => humantime::parse_duration(delay.trim())
+            .map(|d| now + d)
+            .map_err(|e| format!("--at {text:?}: {e} (a delay is like +30m or +2h)"))?,
+        None => humantime::parse_rfc3339_weak(text).map_err(|e| {
+            format!(
+                "--at {text:?}: {e} (give a UTC time like 2026-12-24T03:00:00Z, or a delay like \
+                 +30m)"
+            )
+        })?,
+    };
+    at.duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .map_err(|_| format!("--at {text:?} is before 1970"))
+}
+
+/// `pgfm switchover [--to NODE] --at TIME`: scheduled (committed); the coordinator starts
+/// it then. Exits 1 when refused or the time cannot be read.
+pub(crate) fn schedule_switchover(
+    client: &ApiClient,
+    to: Option<String>,
+    at: &str,
+) -> anyhow::Result<ExitCode> {
+    let at_unix_ms = match parse_at(at, std::time::SystemTime::now()) {
+        Ok(ms) => ms,
+        Err(e) => {
+            eprintln!("pgfm: {e}");
+            return Ok(ExitCode::from(1));
+        }
+    };
+    let request = pgfm_api::ScheduleRequest {
+        to,
+        at_unix_ms,
+        by: super::settings::who(),
+    };
+    super::refusable(super::runtime()?.block_on(client.schedule_switchover(&request)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_at;
+    use std::time::{Duration, UNIX_EPOCH};
+
+    #[test]
+    fn a_time_is_read_as_utc_or_a_delay_and_a_bad_one_says_what_to_give() {
+        let now = UNIX_EPOCH + Duration::from_secs(1_800_000_000);
+        assert_eq!(parse_at("+30m", now), Ok(1_800_001_800_000));
+        assert_eq!(parse_at("2027-01-15T08:00:00Z", now), Ok(1_800_000_000_000));
+        assert_eq!(parse_at("2027-01-15 08:00:00", now), Ok(1_800_000_000_000));
+        let bad = parse_at("tomorrow", now).unwrap_err();
+        assert!(
+            bad.contains("give a UTC time like 2026-12-24T03:00:00Z"),
+            "{bad}"
+        );
+        let bad = parse_at("+soon", now).unwrap_err();
+        assert!(bad.contains("a delay is like +30m"), "{bad}");
+    }
+}

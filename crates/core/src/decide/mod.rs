@@ -32,6 +32,7 @@ mod vip;
 pub use action::{Action, Decision, Forward};
 pub use parameters::node_parameters;
 pub use reconcile::slot_for;
+pub use switchover::SCHEDULE_GRACE_MS;
 pub use upstream::slot_of;
 pub use view::{
     track_replicas, ClusterView, LocalView, Measured, Observed, OnCrash, RejoinMode,
@@ -86,7 +87,11 @@ pub fn coordinate(cluster: &ClusterView, now_ms: u64) -> Decision {
         // the steps of a switchover.
         (Some(_), _) if cluster.coordinator_since_ms.is_none() => Vec::new(),
         (Some(_), Some(sw)) => switchover(cluster, sw, now_ms),
-        (Some(primary), None) => failover(cluster, primary, now_ms),
+        (Some(primary), None) => {
+            let mut actions = failover(cluster, primary, now_ms);
+            actions.extend(switchover::scheduled(cluster, now_ms));
+            actions
+        }
     });
     actions
 }

@@ -174,6 +174,51 @@ pub(super) fn hand_over(cluster: &ClusterView, local: &LocalView, sw: &Switchove
     }]
 }
 
+/// How long past its time a scheduled switchover waits for the cluster to allow it (a
+/// standby catching up after a batch job) before it is dropped, with the reason.
+pub const SCHEDULE_GRACE_MS: u64 = 60_000;
+
+/// `pgfm switchover --at TIME`: once the time has come (by the coordinator's wall clock) and
+/// no switchover is under way, start it as `pgfm switchover` would, by the same check
+/// (`operator::check_switchover`); while that refuses, wait up to `SCHEDULE_GRACE_MS`, then
+/// drop it, saying why.
+pub(super) fn scheduled(cluster: &ClusterView, now_ms: u64) -> Vec<Action> {
+    let state = &cluster.state;
+    let Some(s) = &state.scheduled_switchover else {
+        return Vec::new();
+    };
+    let wall = cluster.wall_clock_ms;
+    if wall < s.at_unix_ms || state.switchover.is_some() {
+        return Vec::new();
+    }
+    let due = crate::types::utc(s.at_unix_ms);
+    match crate::operator::check_switchover(cluster, now_ms, s.to.as_deref()) {
+        Ok(handover) => vec![Action::Propose {
+            command: Command::StartScheduledSwitchover {
+                to: handover.to,
+                generation: handover.generation,
+            },
+            forward: Forward::Never,
+        }],
+        Err(refusal) if wall < s.at_unix_ms + SCHEDULE_GRACE_MS => vec![cluster_hold(format!(
+            "the switchover scheduled at {due} waits: {refusal} (dropped {} s past its time)",
+            SCHEDULE_GRACE_MS / 1000
+        ))],
+        Err(refusal) => vec![Action::Propose {
+            command: Command::DropScheduledSwitchover {
+                reason: format!(
+                    "the switchover scheduled at {due} by {} did not start: {refusal} (still \
+                     so {} s past its time)",
+                    s.by,
+                    SCHEDULE_GRACE_MS / 1000
+                ),
+                at_unix_ms: wall,
+            },
+            forward: Forward::Never,
+        }],
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -321,5 +366,71 @@ mod tests {
         v.reports.get_mut("pg1").unwrap().received_at_ms = 4_400;
         assert_eq!(v.state.promotion_asked(), None);
         check_coordinator(&v, 4_400, &[]);
+    }
+
+    /// `pgfm switchover --at TIME`: nothing before its time; then started as `pgfm
+    /// switchover` would; while the cluster refuses it, held, then dropped with the reason
+    /// `SCHEDULE_GRACE_MS` past its time; it starts once only (the log refuses a second).
+    #[test]
+    fn a_scheduled_switchover_starts_at_its_time_or_is_dropped_saying_why() {
+        use crate::model::ScheduledSwitchover;
+        use crate::testing::{behind, lab};
+        let mut v = lab(2);
+        v.state
+            .apply(&Command::ScheduleSwitchover {
+                scheduled: ScheduledSwitchover {
+                    at_unix_ms: 60_000,
+                    to: None,
+                    by: "dba@db1".into(),
+                },
+            })
+            .unwrap();
+        v.wall_clock_ms = 59_999;
+        assert!(scheduled(&v, NOW).is_empty());
+        v.wall_clock_ms = 60_000;
+        let start = scheduled(&v, NOW);
+        assert_eq!(
+            show(start.clone()),
+            ["propose StartScheduledSwitchover { to: \"pg2\", generation: Generation(1) }"]
+        );
+        let Action::Propose { command, .. } = &start[0] else {
+            unreachable!()
+        };
+        let mut after = v.state.clone();
+        after.apply(command).unwrap();
+        assert_eq!(
+            after.switchover.as_ref().map(|s| s.to.as_str()),
+            Some("pg2")
+        );
+        assert!(after.scheduled_switchover.is_none());
+        assert!(after.apply(command).is_err(), "started twice");
+
+        behind(&mut v, "pg2", 100_000_000);
+        assert_eq!(
+            show(scheduled(&v, NOW)),
+            [
+                "cluster hold: the switchover scheduled at 1970-01-01T00:01:00Z waits: no \
+              standby is in sync with pg1: a switchover now could lose data (No standby \
+              database is in sync with the primary: pg2 is 100000000 bytes behind (max_lag \
+              1048576). Promoting now could lose data.) (dropped 60 s past its time)"
+            ]
+        );
+        v.wall_clock_ms = 60_000 + SCHEDULE_GRACE_MS;
+        let dropped = scheduled(&v, NOW);
+        let Action::Propose { command, .. } = &dropped[0] else {
+            panic!("{dropped:?}")
+        };
+        let mut after = v.state.clone();
+        after.apply(command).unwrap();
+        assert!(after.scheduled_switchover.is_none() && after.switchover.is_none());
+        let kept = after.cancelled_switchovers.last().unwrap();
+        assert!(
+            kept.reason.starts_with(
+                "the switchover scheduled at 1970-01-01T00:01:00Z by dba@db1 did not start: no \
+                 standby is in sync with pg1"
+            ),
+            "{}",
+            kept.reason
+        );
     }
 }

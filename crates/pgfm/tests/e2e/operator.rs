@@ -596,3 +596,55 @@ fn stop_cluster_stops_every_agent_and_keeps_the_databases() {
     assert!(output.status.success(), "{}", text(&output));
     assert_eq!(lab.cluster_status("pg1").unwrap().0["paused"], false);
 }
+
+/// `pgfm switchover --at TIME` (issue 15, item 3): shown in status until it starts or is
+/// cancelled; a time past, a time that cannot be read and a second schedule are refused,
+/// changing nothing; `--cancel` drops it (kept in the history); one due in two seconds
+/// starts as `pgfm switchover` would.
+#[test]
+fn a_scheduled_switchover_is_shown_cancelled_or_started_at_its_time() {
+    let lab = Lab::up(PGFM, 2);
+    lab.wait_healthy("witness", SETTLE);
+    let said = lab.cli_ok("pg1", &["switchover", "--to", "pg2", "--at", "+1h"]);
+    assert!(said.contains("switchover to pg2 scheduled at"), "{said}");
+    let (status, _) = lab.cluster_status("witness").unwrap();
+    assert_eq!(status["scheduled_switchover"]["to"], "pg2", "{status}");
+    let text_status = text(&lab.cli("witness", &["cluster-status"]));
+    assert!(
+        text_status.contains("Scheduled switchover: at ")
+            && text_status.contains("to pg2 (asked by"),
+        "{text_status}"
+    );
+    for (at, says) in [
+        ("+2h", "a switchover is already scheduled, at "),
+        (
+            "2000-01-01T00:00:00Z",
+            "2000-01-01T00:00:00Z is in the past",
+        ),
+        ("tomorrow", "give a UTC time like 2026-12-24T03:00:00Z"),
+    ] {
+        let output = lab.cli("pg2", &["switchover", "--at", at]);
+        assert_eq!(output.status.code(), Some(1), "{at}: {}", text(&output));
+        assert!(text(&output).contains(says), "{at}: {}", text(&output));
+    }
+    let (after, _) = lab.cluster_status("witness").unwrap();
+    assert_eq!(
+        after["scheduled_switchover"],
+        status["scheduled_switchover"]
+    );
+
+    let said = lab.cli_ok("witness", &["switchover", "--cancel"]);
+    assert!(
+        said.contains("the scheduled switchover is cancelled"),
+        "{said}"
+    );
+    let (status, _) = lab.cluster_status("witness").unwrap();
+    assert!(status["scheduled_switchover"].is_null(), "{status}");
+    let history = text(&lab.cli("witness", &["history"]));
+    assert!(history.contains("cancelled"), "{history}");
+
+    lab.cli_ok("witness", &["switchover", "--at", "+2s"]);
+    let status = lab.wait_primary("witness", "pg2", 2, SETTLE);
+    assert!(status["scheduled_switchover"].is_null(), "{status}");
+    assert_eq!(node(&status, "pg1")["kind"], "standby", "{status}");
+}
