@@ -126,12 +126,13 @@ impl Agent {
                 .map_err(forwarded);
         }
         let view = self.view();
-        let scheduled = pgfm_core::model::ScheduledSwitchover {
-            at_unix_ms: request.at_unix_ms,
-            to: request.to.clone(),
-            by: request.by.clone(),
-        };
-        let command = operator::check_schedule_switchover(&view, scheduled).map_err(refused)?;
+        let command = operator::check_schedule_switchover(
+            &view,
+            request.at_unix_ms,
+            request.to.as_deref(),
+            &request.by,
+        )
+        .map_err(refused)?;
         self.commit(command).await?;
         let at = pgfm_core::types::utc(request.at_unix_ms);
         let to = request
@@ -152,7 +153,7 @@ impl Agent {
     pub(super) async fn request_reload(
         &self,
         request: pgfm_api::ReloadRequest,
-    ) -> Result<pgfm_api::ReloadStarted, Refusal> {
+    ) -> Result<pgfm_api::NodesAsked, Refusal> {
         if let Some(client) = self.coordinator_client().await? {
             return client.reload(&request).await.map_err(forwarded);
         }
@@ -161,12 +162,32 @@ impl Agent {
         self.commit(command).await?;
         let nodes: Vec<&str> = asked.keys().map(String::as_str).collect();
         tracing::warn!(generation = %view.state.generation, nodes = %nodes.join(","), by = %request.by, "reload asked");
-        Ok(pgfm_api::ReloadStarted {
+        Ok(pgfm_api::NodesAsked {
             message: format!(
                 "reload of {} committed: each agent reloads its PostgreSQL",
                 nodes.join(", ")
             ),
             asked,
+        })
+    }
+
+    /// `pgfm restart --in-place`, one node: checked by core (`operator::check_restart`) and
+    /// committed; the node's agent stops PostgreSQL cleanly and starts it again.
+    pub(super) async fn request_restart(
+        &self,
+        request: pgfm_api::RestartRequest,
+    ) -> Result<pgfm_api::NodesAsked, Refusal> {
+        if let Some(client) = self.coordinator_client().await? {
+            return client.restart(&request).await.map_err(forwarded);
+        }
+        let view = self.view();
+        let (command, count) = operator::check_restart(&view, &request.node).map_err(refused)?;
+        self.commit(command).await?;
+        let node = &request.node;
+        tracing::warn!(generation = %view.state.generation, %node, by = %request.by, "restart in place asked");
+        Ok(pgfm_api::NodesAsked {
+            message: format!("restart of {node} in place committed: its agent restarts PostgreSQL"),
+            asked: [(node.clone(), count)].into(),
         })
     }
 

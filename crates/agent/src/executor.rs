@@ -254,6 +254,15 @@ impl Agent {
                 tracing::warn!(%generation, parameters = %names.join(", "), "PostgreSQL parameters written into pgfm.conf and reloaded");
                 Ok(())
             }
+            Action::RestartInPlace { count, generation } => {
+                tracing::warn!(%generation, count, "stopping PostgreSQL to restart it in place (pgfm restart --in-place); it starts again next");
+                self.set_activity(Some("stopping PostgreSQL to restart it".to_string()));
+                self.expect_db_down();
+                let stopped = pg.stop().await;
+                self.set_activity(None);
+                outcomes.push(Outcome::Restarted { count: *count });
+                stopped
+            }
             Action::Reload {
                 count,
                 upstream,

@@ -132,8 +132,9 @@ pub struct Agent {
     /// `synchronous_standby_names`, and in which generation: the decide loop's
     /// `Memory::sync_switch`, copied here after each action for the probe loop's report.
     sync_switch: Mutex<Option<(Generation, pgfm_core::Lsn)>>,
-    /// The reloads this agent carried out (`Memory::reloaded`), copied the same way.
-    reloaded: Mutex<u64>,
+    /// The operator's requests this agent carried out (`Memory::carried_out`), copied the
+    /// same way.
+    carried_out: Mutex<memory::CarriedOut>,
     /// The host watchdog (data nodes; its mode is off on a witness), armed by the lease
     /// loop while this node holds the lease.
     watchdog: Mutex<watchdog::HostWatchdog>,
@@ -324,7 +325,9 @@ impl Agent {
         report.sync_switch_lsn = lock(&self.sync_switch)
             .filter(|(g, _)| *g == generation)
             .map(|(_, lsn)| lsn);
-        report.reloaded = *lock(&self.reloaded);
+        let done = *lock(&self.carried_out);
+        report.reloaded = done.reloaded;
+        report.restarted = done.restarted;
         let mut problem = None;
         if let (Some(pg), Some(prober)) = (&self.postgres, prober.as_mut()) {
             match pg.data_dir_state() {
@@ -548,7 +551,11 @@ impl Agent {
     /// The decide loop: register, then reconcile this node's own PostgreSQL, every 200 ms
     /// and at once on news.
     async fn decide_loop(self: Arc<Self>, mut stop: watch::Receiver<bool>) {
-        let mut memory = Memory::default();
+        let mut memory = Memory {
+            carried_out: memory::CarriedOut::load(&self.config.state_dir),
+            ..Memory::default()
+        };
+        *lock(&self.carried_out) = memory.carried_out;
         let mut ticker = tokio::time::interval(Duration::from_millis(200));
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let me = self.me();
@@ -615,7 +622,8 @@ impl Agent {
                 start_failures: memory.starts.failures,
                 start_error: memory.starts.last_error.clone(),
                 start_recloned: memory.starts.recloned,
-                reloaded: memory.reloaded,
+                reloaded: memory.carried_out.reloaded,
+                restarted: memory.carried_out.restarted,
                 replicas: memory.replicas.clone(),
             };
             // Every start writes pgfm.conf with the parameters in force.
@@ -637,11 +645,17 @@ impl Agent {
         for action in actions {
             let done = self.execute(view, action, memory).await;
             self.take_resume(memory);
+            let carried_out = memory.carried_out;
             for outcome in done.outcomes {
                 memory.fold(outcome);
             }
             *lock(&self.sync_switch) = memory.sync_switch;
-            *lock(&self.reloaded) = memory.reloaded;
+            *lock(&self.carried_out) = memory.carried_out;
+            if memory.carried_out != carried_out {
+                if let Err(e) = memory.carried_out.save(&self.config.state_dir) {
+                    tracing::error!(error = %e, "keeping the reloads and restarts carried out in state_dir failed: an agent started again would do the last ones again");
+                }
+            }
             if done.acted {
                 // The next decision waits for a probe made after this action.
                 memory.fold(Outcome::Acted {
@@ -968,12 +982,19 @@ impl AgentApi for Agent {
     async fn reload(
         &self,
         request: pgfm_api::ReloadRequest,
-    ) -> Result<pgfm_api::ReloadStarted, pgfm_api::Refusal> {
+    ) -> Result<pgfm_api::NodesAsked, pgfm_api::Refusal> {
         self.request_reload(request).await
     }
 
     async fn set_tags(&self, request: pgfm_api::TagsRequest) -> Result<String, pgfm_api::Refusal> {
         self.change_tags(request).await
+    }
+
+    async fn restart(
+        &self,
+        request: pgfm_api::RestartRequest,
+    ) -> Result<pgfm_api::NodesAsked, pgfm_api::Refusal> {
+        self.request_restart(request).await
     }
 
     async fn reinit(&self, request: pgfm_api::ReinitRequest) -> Result<String, pgfm_api::Refusal> {
@@ -1179,7 +1200,7 @@ pub async fn start(config: Config, token: Arc<str>, platform: Platform) -> anyho
         tls_expiry: Mutex::new(None),
         file_differs: Mutex::new(Vec::new()),
         sync_switch: Mutex::new(None),
-        reloaded: Mutex::new(0),
+        carried_out: Mutex::new(Default::default()),
         shutdown: tokio::sync::Notify::new(),
         watchdog: Mutex::new(host_watchdog),
     });

@@ -44,6 +44,9 @@ pub(super) enum Outcome {
     WalMeasured { node: String, measured: Measured },
     /// The `count`-th reload asked of this node (`pgfm reload`) was carried out.
     Reloaded { count: u64 },
+    /// The `count`-th restart in place asked of this node was carried out (PostgreSQL
+    /// stopped; the engine starts it again).
+    Restarted { count: u64 },
     /// The fence hook refused a promotion at `at_ms` (monotonic): the next promotion waits
     /// `FENCE_HOOK_BACKOFF_MS` before running it again; `why` is what the hook said.
     FenceHookRefused { at_ms: u64, why: String },
@@ -59,6 +62,42 @@ pub(super) struct StartRecord {
     pub last_error: Option<String>,
     /// A re-clone was tried during this streak.
     pub recloned: bool,
+}
+
+/// How many of the reloads and restarts in place asked of this node (`pgfm reload`,
+/// `pgfm restart --in-place`) its agent carried out. Kept in the state directory
+/// (`CARRIED_OUT_FILE`): an agent that starts again must not restart its PostgreSQL again
+/// for a restart done before.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub(super) struct CarriedOut {
+    pub reloaded: u64,
+    pub restarted: u64,
+}
+
+/// Where `CarriedOut` is kept, in the agent's state directory.
+pub(super) const CARRIED_OUT_FILE: &str = "carried-out.json";
+
+impl CarriedOut {
+    /// What an agent before this one carried out (none: nothing, or a file it cannot read,
+    /// said in the log).
+    pub(super) fn load(state_dir: &std::path::Path) -> CarriedOut {
+        let path = state_dir.join(CARRIED_OUT_FILE);
+        match std::fs::read(&path) {
+            Ok(bytes) => serde_json::from_slice(&bytes).unwrap_or_else(|e| {
+                tracing::error!(path = %path.display(), error = %e, "unreadable: the operator's reloads and restarts asked before are carried out again");
+                CarriedOut::default()
+            }),
+            Err(_) => CarriedOut::default(),
+        }
+    }
+
+    /// Keep it for the next agent (written aside, then renamed).
+    pub(super) fn save(&self, state_dir: &std::path::Path) -> std::io::Result<()> {
+        let path = state_dir.join(CARRIED_OUT_FILE);
+        let aside = state_dir.join(format!("{CARRIED_OUT_FILE}.new"));
+        std::fs::write(&aside, serde_json::to_vec(self).unwrap_or_default())?;
+        std::fs::rename(&aside, &path)
+    }
 }
 
 /// Whether the local postmaster died on its own (a crash) or was stopped by the agent.
@@ -87,8 +126,8 @@ pub(super) struct Memory {
     /// Where the WAL was when this agent, as primary, last changed
     /// `synchronous_standby_names`, and in which generation.
     pub sync_switch: Option<(Generation, Lsn)>,
-    /// The reloads asked of this node (`pgfm reload`) carried out since the agent started.
-    pub reloaded: u64,
+    /// The operator's requests to this node carried out since the agent started.
+    pub carried_out: CarriedOut,
     /// WAL positions read from other nodes' PostgreSQL for a quorum failover.
     pub measured: BTreeMap<String, Measured>,
     /// When the fence hook last refused a promotion (monotonic ms), and why.
@@ -119,7 +158,12 @@ impl Memory {
             Outcome::SyncSwitched { generation, lsn } => {
                 self.sync_switch = Some((generation, lsn));
             }
-            Outcome::Reloaded { count } => self.reloaded = self.reloaded.max(count),
+            Outcome::Reloaded { count } => {
+                self.carried_out.reloaded = self.carried_out.reloaded.max(count)
+            }
+            Outcome::Restarted { count } => {
+                self.carried_out.restarted = self.carried_out.restarted.max(count)
+            }
             Outcome::WalMeasured { node, measured } => {
                 self.measured.insert(node, measured);
             }

@@ -198,6 +198,7 @@ fn node_status(view: &ClusterView, now_ms: u64, name: &str, agent_address: &str)
         tags: view.state.tags_of(name).list(),
         upstream: upstream_of(view, report),
         reloaded: report.map_or(0, |r| r.reloaded),
+        restarted: report.map_or(0, |r| r.restarted),
         info,
     }
 }

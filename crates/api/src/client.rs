@@ -209,8 +209,16 @@ impl ApiClient {
     pub async fn reload(
         &self,
         request: &crate::types::ReloadRequest,
-    ) -> Result<crate::types::ReloadStarted, ApiError> {
+    ) -> Result<crate::types::NodesAsked, ApiError> {
         self.post_json("/v1/reload", request).await
+    }
+
+    /// `POST /v1/restart`: `pgfm restart --in-place`, one node.
+    pub async fn restart(
+        &self,
+        request: &crate::types::RestartRequest,
+    ) -> Result<crate::types::NodesAsked, ApiError> {
+        self.post_json("/v1/restart", request).await
     }
 
     /// `POST /v1/reinit`: `pgfm reinit NODE`.

@@ -14,9 +14,9 @@ use pgfm_core::NodeReport;
 
 use crate::types::{
     AgedReport, AllowRequest, ClusterStatus, DisallowRequest, EditSettingsRequest, ErrorBody,
-    Health, HistoryEntry, MaintenanceRequest, MaintenanceStarted, Message, Metrics,
-    PriorityRequest, PromoteRequest, PromoteStarted, ReinitRequest, ReloadRequest, ReloadStarted,
-    ReportAck, ScheduleRequest, SettingsView, SwitchoverRequest, SwitchoverStarted,
+    Health, HistoryEntry, MaintenanceRequest, MaintenanceStarted, Message, Metrics, NodesAsked,
+    PriorityRequest, PromoteRequest, PromoteStarted, ReinitRequest, ReloadRequest, ReportAck,
+    RestartRequest, ScheduleRequest, SettingsView, SwitchoverRequest, SwitchoverStarted,
     SynchronousRequest, TagsRequest, WalPosition,
 };
 
@@ -97,7 +97,13 @@ pub trait AgentApi: Send + Sync + 'static {
     fn reload(
         &self,
         request: ReloadRequest,
-    ) -> impl Future<Output = Result<ReloadStarted, Refusal>> + Send;
+    ) -> impl Future<Output = Result<NodesAsked, Refusal>> + Send;
+    /// `pgfm restart --in-place` of one node; `Err` is a refusal with its reason (nothing
+    /// was changed).
+    fn restart(
+        &self,
+        request: RestartRequest,
+    ) -> impl Future<Output = Result<NodesAsked, Refusal>> + Send;
     /// `pgfm reinit NODE`; `Err` is a refusal with its reason (nothing was changed).
     fn reinit(
         &self,
@@ -156,6 +162,7 @@ pub fn router<A: AgentApi>(agent: Arc<A>) -> Router {
         .route("/v1/reinit", post(reinit::<A>))
         .route("/v1/tags", post(set_tags::<A>))
         .route("/v1/reload", post(reload::<A>))
+        .route("/v1/restart", post(restart::<A>))
         .route("/v1/switchover/cancel", post(cancel_switchover::<A>))
         .route("/v1/switchover/schedule", post(schedule_switchover::<A>))
         .route("/v1/stop-cluster", post(stop_cluster::<A>))
@@ -385,6 +392,16 @@ async fn reload<A: AgentApi>(
 ) -> Response {
     match agent.reload(request).await {
         Ok(started) => Json(started).into_response(),
+        Err(r) => refusal(r),
+    }
+}
+
+async fn restart<A: AgentApi>(
+    State(agent): State<Arc<A>>,
+    Json(request): Json<RestartRequest>,
+) -> Response {
+    match agent.restart(request).await {
+        Ok(asked) => Json(asked).into_response(),
         Err(r) => refusal(r),
     }
 }

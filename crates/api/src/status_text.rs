@@ -624,6 +624,7 @@ mod tests {
             tags: Vec::new(),
             upstream: None,
             reloaded: 0,
+            restarted: 0,
             info: String::new(),
         }
     }

@@ -87,6 +87,10 @@ pub struct NodeStatus {
     /// it started.
     #[serde(default)]
     pub reloaded: u64,
+    /// Data nodes: how many restarts in place (`pgfm restart --in-place`) its agent has
+    /// carried out since it started.
+    #[serde(default)]
+    pub restarted: u64,
     /// What the node is doing or waiting for.
     pub info: String,
 }
@@ -471,12 +475,21 @@ pub struct ReloadRequest {
     pub by: String,
 }
 
-/// The answer to an accepted `pgfm reload`: the count each node's reloads reach once it
-/// has carried this one out (`NodeStatus::reloaded`).
+/// The answer to an accepted `pgfm reload` or `pgfm restart --in-place`: the count each
+/// node's reloads (`NodeStatus::reloaded`) or restarts (`NodeStatus::restarted`) reach once
+/// it has carried this one out.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ReloadStarted {
+pub struct NodesAsked {
     pub message: String,
     pub asked: std::collections::BTreeMap<String, u64>,
+}
+
+/// The body of `POST /v1/restart`: `pgfm restart --in-place`, for one node.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RestartRequest {
+    pub node: String,
+    /// Who asked: `user@host` of the CLI.
+    pub by: String,
 }
 
 /// The body of `POST /v1/reinit`: `pgfm reinit NODE`.

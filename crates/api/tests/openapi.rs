@@ -106,6 +106,7 @@ fn schemas_match_the_json_the_code_writes() {
         tags: vec!["replicate_from=pg2".into()],
         upstream: Some("pg2".into()),
         reloaded: 1,
+        restarted: 0,
         info: String::new(),
     };
     let status = ClusterStatus {
@@ -145,6 +146,7 @@ fn schemas_match_the_json_the_code_writes() {
             at_unix_ms: 1,
             to: Some("pg2".into()),
             by: "root@db1".into(),
+            generation: pgfm_core::Generation(1),
         }),
         tls: true,
     };
@@ -211,13 +213,21 @@ fn schemas_match_the_json_the_code_writes() {
         keys(&serde_json::to_value(&reload).unwrap()),
         properties(&doc, "ReloadRequest")
     );
-    let reloading = ReloadStarted {
+    let reloading = NodesAsked {
         message: String::new(),
         asked: [("pg1".to_string(), 1)].into(),
     };
     assert_eq!(
         keys(&serde_json::to_value(&reloading).unwrap()),
-        properties(&doc, "ReloadStarted")
+        properties(&doc, "NodesAsked")
+    );
+    let restart = RestartRequest {
+        node: "pg1".into(),
+        by: "root@db1".into(),
+    };
+    assert_eq!(
+        keys(&serde_json::to_value(&restart).unwrap()),
+        properties(&doc, "RestartRequest")
     );
     let reinit = ReinitRequest {
         node: "pg2".into(),

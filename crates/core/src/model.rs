@@ -210,13 +210,27 @@ pub enum Command {
     ScheduleSwitchover { scheduled: ScheduledSwitchover },
     /// The scheduled switchover's time came and it may start: the switchover from the
     /// primary of `generation` to `to` is requested and the schedule ends, together.
-    StartScheduledSwitchover { to: String, generation: Generation },
+    StartScheduledSwitchover {
+        to: String,
+        generation: Generation,
+        /// Which schedule (`ScheduledSwitchover::at_unix_ms`): a decision about one that was
+        /// cancelled and replaced must not start the next.
+        scheduled_at_unix_ms: u64,
+    },
     /// The scheduled switchover is dropped: `pgfm switchover --cancel`, or it could not start
     /// in time (`reason`). Kept in the history as a cancelled switchover.
-    DropScheduledSwitchover { reason: String, at_unix_ms: u64 },
+    DropScheduledSwitchover {
+        reason: String,
+        at_unix_ms: u64,
+        /// Which schedule, as for `StartScheduledSwitchover`.
+        scheduled_at_unix_ms: u64,
+    },
     /// `pgfm reload [NODE ...]`: each data node in `nodes` reloads PostgreSQL's
     /// configuration (`ClusterState::reloads` counts them).
     RequestReload { nodes: Vec<String> },
+    /// `pgfm restart --in-place`: `node`'s PostgreSQL is restarted where it runs, the
+    /// primary too (no switchover: writes pause for the restart).
+    RequestRestart { node: String },
     /// `pgfm set-tag NODE KEY=VALUE ...`: a data node's tags (`crate::tags`), changed
     /// together or not at all.
     SetTags {
@@ -289,6 +303,10 @@ pub struct ScheduledSwitchover {
     pub to: Option<String>,
     /// Who: the operator's `user@host`.
     pub by: String,
+    /// The generation it was asked in: a failover or switchover since drops it (it was
+    /// asked of another primary).
+    #[serde(default)]
+    pub generation: Generation,
 }
 
 /// A standby to be re-cloned (`Command::RequestReinit`).
@@ -588,6 +606,11 @@ pub struct ClusterState {
     /// reload`); its agent carries out each new one while PostgreSQL runs.
     #[serde(default)]
     pub reloads: BTreeMap<String, u64>,
+    /// How many restarts in place were asked of each data node (`pgfm restart
+    /// --in-place`); its agent stops PostgreSQL cleanly for each new one, and starts it
+    /// again as it starts any.
+    #[serde(default)]
+    pub restarts: BTreeMap<String, u64>,
     /// A switchover asked for later (`pgfm switchover --at TIME`), until it starts or is
     /// dropped.
     #[serde(default)]
@@ -811,13 +834,18 @@ impl ClusterState {
             },
             Command::SetTags { node, tags } => self.set_tags(node, tags),
             Command::RequestReload { nodes } => self.request_reload(nodes),
+            Command::RequestRestart { node } => self.request_restart(node),
             Command::ScheduleSwitchover { scheduled } => self.schedule_switchover(scheduled),
-            Command::StartScheduledSwitchover { to, generation } => {
-                self.start_scheduled_switchover(to, *generation)
-            }
-            Command::DropScheduledSwitchover { reason, at_unix_ms } => {
-                self.drop_scheduled_switchover(reason, *at_unix_ms)
-            }
+            Command::StartScheduledSwitchover {
+                to,
+                generation,
+                scheduled_at_unix_ms,
+            } => self.start_scheduled_switchover(to, *generation, *scheduled_at_unix_ms),
+            Command::DropScheduledSwitchover {
+                reason,
+                at_unix_ms,
+                scheduled_at_unix_ms,
+            } => self.drop_scheduled_switchover(reason, *at_unix_ms, *scheduled_at_unix_ms),
             Command::Welcome { name } => self.welcome(name),
             Command::ChooseInitdb { node, at_unix_ms } => self.choose_initdb(node, *at_unix_ms),
             Command::Bootstrap {
@@ -922,6 +950,7 @@ impl ClusterState {
         self.reinit.remove(name);
         self.tags.remove(name);
         self.reloads.remove(name);
+        self.restarts.remove(name);
         // A node chosen to initialise the cluster and gone for good: the choice is given up
         // (the way out an operator has); a later round chooses again among the others.
         if self.primary.is_none() && self.initdb.as_ref().is_some_and(|c| c.node == name) {
@@ -1222,6 +1251,12 @@ impl ClusterState {
                 at_unix_ms: s.at_unix_ms,
             });
         }
+        if scheduled.generation != self.generation {
+            return Err(CommandError::WrongGeneration {
+                proposed: scheduled.generation,
+                expected: self.generation,
+            });
+        }
         if let Some(to) = &scheduled.to {
             self.promotable(to)?;
         }
@@ -1235,14 +1270,21 @@ impl ClusterState {
         &mut self,
         to: &str,
         generation: Generation,
+        scheduled_at_unix_ms: u64,
     ) -> Result<(), CommandError> {
-        if self.scheduled_switchover.is_none() {
-            return Err(CommandError::NoScheduledSwitchover);
-        }
+        self.scheduled(scheduled_at_unix_ms)?;
         let from = self.primary.clone().unwrap_or_default();
         self.request_switchover(&from, to, generation, false, (false, false))?;
         self.scheduled_switchover = None;
         Ok(())
+    }
+
+    /// The switchover scheduled at `at_unix_ms`, if it is the one scheduled.
+    fn scheduled(&self, at_unix_ms: u64) -> Result<&ScheduledSwitchover, CommandError> {
+        self.scheduled_switchover
+            .as_ref()
+            .filter(|s| s.at_unix_ms == at_unix_ms)
+            .ok_or(CommandError::NoScheduledSwitchover)
     }
 
     /// The scheduled switchover is dropped, kept in the history with `reason`.
@@ -1250,7 +1292,9 @@ impl ClusterState {
         &mut self,
         reason: &str,
         at_unix_ms: u64,
+        scheduled_at_unix_ms: u64,
     ) -> Result<(), CommandError> {
+        self.scheduled(scheduled_at_unix_ms)?;
         let Some(s) = self.scheduled_switchover.take() else {
             return Err(CommandError::NoScheduledSwitchover);
         };
@@ -1264,6 +1308,23 @@ impl ClusterState {
             reason: reason.to_string(),
             failover_instead: false,
         });
+        Ok(())
+    }
+
+    /// `pgfm restart --in-place`: a data node not under maintenance (it would stay stopped).
+    fn request_restart(&mut self, node: &str) -> Result<(), CommandError> {
+        match self.members.get(node) {
+            Some(m) if m.kind == NodeKind::Data => {}
+            Some(_) => return Err(CommandError::NotADataNode(node.to_string())),
+            None => return Err(CommandError::UnknownNode(node.to_string())),
+        }
+        if let Some(m) = self.maintenance.get(node) {
+            return Err(CommandError::InMaintenance {
+                node: node.to_string(),
+                by: m.by.clone(),
+            });
+        }
+        *self.restarts.entry(node.to_string()).or_default() += 1;
         Ok(())
     }
 
@@ -1781,6 +1842,10 @@ pub struct NodeReport {
     /// carried out since it started.
     #[serde(default)]
     pub reloaded: u64,
+    /// How many of the restarts in place asked of this node (`ClusterState::restarts`) its
+    /// agent has carried out since it started.
+    #[serde(default)]
+    pub restarted: u64,
     /// Whether this agent could connect to the committed primary's PostgreSQL at its last
     /// probe (None: not tried, e.g. on the primary itself).
     #[serde(default)]
@@ -1880,6 +1945,7 @@ impl NodeReport {
             conninfo_upstream: None,
             conninfo_slot: None,
             reloaded: 0,
+            restarted: 0,
             sees_primary: None,
             primary_checked: None,
             recovery_unfinished: false,

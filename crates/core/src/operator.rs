@@ -341,8 +341,16 @@ pub fn check_cancel_switchover(state: &ClusterState) -> Result<&Switchover, Refu
 /// is judged when the time comes (`decide::switchover::scheduled`).
 pub fn check_schedule_switchover(
     view: &ClusterView,
-    scheduled: crate::model::ScheduledSwitchover,
+    at_unix_ms: u64,
+    to: Option<&str>,
+    by: &str,
 ) -> Result<Command, Refusal> {
+    let scheduled = crate::model::ScheduledSwitchover {
+        at_unix_ms,
+        to: to.map(str::to_string),
+        by: by.to_string(),
+        generation: view.state.generation,
+    };
     if scheduled.at_unix_ms < view.wall_clock_ms {
         return Err(Refusal::ScheduleInThePast {
             at_unix_ms: scheduled.at_unix_ms,
@@ -373,6 +381,7 @@ pub fn cancel_scheduled_command(
             s.by
         ),
         at_unix_ms,
+        scheduled_at_unix_ms: s.at_unix_ms,
     })
 }
 
@@ -1008,6 +1017,22 @@ pub fn check_reload(
         })
         .collect();
     Ok((command, counts))
+}
+
+/// `pgfm restart --in-place` of `node`: its PostgreSQL stopped cleanly and started again
+/// where it runs; the command, and the count its restarts will reach.
+pub fn check_restart(view: &ClusterView, node: &str) -> Result<(Command, u64), Refusal> {
+    known(view, node)?;
+    let command = accepted(
+        &view.state,
+        Command::RequestRestart {
+            node: node.to_string(),
+        },
+    )?;
+    Ok((
+        command,
+        view.state.restarts.get(node).copied().unwrap_or(0) + 1,
+    ))
 }
 
 /// `pgfm reinit NODE`: a standby re-cloned from the primary, its data directory kept

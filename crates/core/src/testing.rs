@@ -283,6 +283,7 @@ pub(crate) fn local(cluster: &ClusterView, me: &str, coordinator: bool) -> Local
         start_error: None,
         start_recloned: false,
         reloaded: 0,
+        restarted: 0,
         replicas: Default::default(),
     }
 }
@@ -413,6 +414,9 @@ fn short(action: &Action) -> String {
         Action::Reload {
             count, generation, ..
         } => format!("reload #{count} g{generation}"),
+        Action::RestartInPlace { count, generation } => {
+            format!("restart in place #{count} g{generation}")
+        }
         Action::WriteParameters {
             parameters,
             generation,

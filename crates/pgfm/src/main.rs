@@ -133,6 +133,10 @@ enum Commands {
         /// Only those with a PostgreSQL parameter pending restart.
         #[arg(long)]
         pending: bool,
+        /// Restart the primary where it runs instead of switching over first: writes pause
+        /// for the whole restart, and no standby in sync is needed.
+        #[arg(long)]
+        in_place: bool,
     },
     /// Re-clone a standby from the primary: it leaves the synchronous standbys, stops, its
     /// data directory is moved aside (data_dir.pgfm-old), and it is cloned afresh. Refused
@@ -849,7 +853,8 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             config,
             nodes,
             pending,
-        } => maintenance::restart(&local_agent(&config)?, nodes, pending),
+            in_place,
+        } => maintenance::restart(&local_agent(&config)?, nodes, pending, in_place),
         Commands::Maintenance {
             config,
             node,

@@ -293,6 +293,7 @@ pub(crate) fn restart(
     client: &ApiClient,
     named: Vec<String>,
     pending: bool,
+    in_place: bool,
 ) -> anyhow::Result<ExitCode> {
     let rt = super::runtime()?;
     let started_at = Instant::now();
@@ -350,12 +351,23 @@ pub(crate) fn restart(
         names.join(", ")
     );
     for (i, name) in names.iter().enumerate() {
-        let how = if *name == primary {
-            " (the primary: it switches over first)"
-        } else {
-            ""
+        let how = match (*name == primary, in_place) {
+            (true, false) => " (the primary: it switches over first)",
+            (true, true) => " (the primary, in place: writes pause for the restart)",
+            _ => "",
         };
         println!("== {name} ({} of {}){how}", i + 1, names.len());
+        if *name == primary && in_place {
+            if !restart_in_place(&rt, client, name, status.generation)? {
+                eprintln!(
+                    "pgfm: restart stopped at {name}: {i} of {} restarted ({})",
+                    names.len(),
+                    names[..i].join(", ")
+                );
+                return Ok(ExitCode::from(1));
+            }
+            continue;
+        }
         let step = |on: bool| MaintenanceRequest {
             node: name.clone(),
             on,
@@ -387,6 +399,66 @@ pub(crate) fn restart(
         started_at.elapsed().as_secs_f64()
     );
     Ok(ExitCode::SUCCESS)
+}
+
+/// `pgfm restart --in-place` of the primary `name` of `generation`: asked (committed), then
+/// followed until it runs as the primary again after its restart, in the same generation.
+/// False, having said why, when refused or not back by the deadline.
+fn restart_in_place(
+    rt: &Runtime,
+    client: &ApiClient,
+    name: &str,
+    generation: u64,
+) -> anyhow::Result<bool> {
+    let request = pgfm_api::RestartRequest {
+        node: name.to_string(),
+        by: super::settings::who(),
+    };
+    let asked = match rt.block_on(client.restart(&request)) {
+        Ok(asked) => asked,
+        Err(ApiError::Failed {
+            status: 409,
+            message,
+            ..
+        }) => {
+            eprintln!("pgfm: restart of {name} refused, nothing was changed: {message}");
+            return Ok(false);
+        }
+        Err(e) => return Err(e.into()),
+    };
+    let count = asked.asked.get(name).copied().unwrap_or(u64::MAX);
+    let deadline = Instant::now() + DEADLINE;
+    let mut last = String::new();
+    loop {
+        if let Ok(status) = rt.block_on(client.status()) {
+            if status.generation != generation {
+                eprintln!(
+                    "pgfm: the cluster failed over during the restart of {name} (generation {}, \
+                     primary {}): see pgfm history",
+                    status.generation,
+                    status.primary.as_deref().unwrap_or("none")
+                );
+                return Ok(false);
+            }
+            if let Some(n) = status.nodes.iter().find(|n| n.name == name) {
+                if n.restarted >= count && n.kind == NodeKindStatus::Primary && n.db == DbStatus::Up
+                {
+                    println!("{name} restarted in place, the primary of generation {generation}");
+                    return Ok(true);
+                }
+                last = n.info.clone();
+            }
+        }
+        if Instant::now() >= deadline {
+            eprintln!(
+                "pgfm: {name} is not back as the primary within {} s (last: {last}); the \
+                 restart stays asked: pgfm cluster-status shows where it is",
+                DEADLINE.as_secs()
+            );
+            return Ok(false);
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
 }
 
 /// How long `pgfm reinit` follows a re-clone: a base backup of a large database takes a

@@ -294,8 +294,11 @@ impl Postgres {
                     quote(&slot_name(&s.node_name))
                 ));
             }
-            lines.push("recovery_target_timeline = 'latest'".to_string());
         }
+        // The default since PostgreSQL 12, written whatever the role: a restart-only
+        // parameter left out of a promoted standby's rewritten file would show as "pending
+        // restart" on the primary.
+        lines.push("recovery_target_timeline = 'latest'".to_string());
         lines.join("\n") + "\n"
     }
 

@@ -87,6 +87,9 @@ pub enum Action {
         upstream: Option<String>,
         generation: Generation,
     },
+    /// `pgfm restart --in-place`: stop PostgreSQL cleanly (it is started again as any
+    /// stopped one is); the `count`-th restart asked of this node.
+    RestartInPlace { count: u64, generation: Generation },
     /// `pgfm reload`: write `pgfm.conf` again and have PostgreSQL reload its
     /// configuration; the `count`-th reload asked of this node.
     Reload {
@@ -226,6 +229,11 @@ impl std::fmt::Display for Action {
                 "write {} PostgreSQL parameter(s) into pgfm.conf and reload (generation \
                  {generation})",
                 parameters.len()
+            ),
+            Action::RestartInPlace { count, generation } => write!(
+                f,
+                "stop PostgreSQL cleanly to restart it in place, as asked by pgfm restart \
+                 --in-place (#{count}, generation {generation})"
             ),
             Action::Reload {
                 count, generation, ..

@@ -245,17 +245,13 @@ fn candidate<'a>(
     let state = &cluster.state;
     let settings = &cluster.settings;
     let name = member.name.as_str();
+    // The log's own rule (`ClusterState::promotable`): what it would refuse is never
+    // chosen — a `nofailover` node chosen first would stall every failover round.
     if !member.can_be_promoted() {
         return Err(format!("{name} is not promotable"));
     }
-    if let Some(m) = state.maintenance.get(name) {
-        return Err(format!(
-            "{name} is under maintenance (put there by {}; pgfm maintenance {name} off ends it)",
-            m.by
-        ));
-    }
-    if let Some(r) = state.reinit.get(name) {
-        return Err(format!("{name} is being re-cloned (asked by {})", r.by));
+    if let Err(why) = state.promotable(name) {
+        return Err(why.to_string());
     }
     // Synchronous replication: only the committed sync set may hold every commit the old
     // primary acknowledged.
@@ -867,5 +863,15 @@ mod tests {
                 prop_assert_eq!(generations, expected, "one promotion per generation, in order");
             }
         }
+    }
+
+    /// A standby tagged `nofailover` is never the one chosen, even first by position,
+    /// priority and name: the log would refuse it, round after round (review of issue 15).
+    #[test]
+    fn a_nofailover_standby_is_passed_over() {
+        let mut v = failover_view();
+        priority(&mut v, "pg3", PRIORITY);
+        tag(&mut v, "pg2", "nofailover=true");
+        check_coordinator(&v, 10_000, &["promote pg3 g2 from pg1 losing 0"]);
     }
 }

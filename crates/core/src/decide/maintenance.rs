@@ -145,6 +145,24 @@ fn counted_on(cluster: &ClusterView, name: &str, primary: &str, now_ms: u64) -> 
         .map(|rule| format!("{primary} waits for {rule}"))
 }
 
+/// `pgfm restart --in-place`: a restart asked of this running node that it has not carried
+/// out: it stops cleanly, and the engine starts it again as it starts any stopped node (the
+/// primary while it holds the lease, invariant 4). Not while it hands over.
+pub(super) fn restart_in_place(cluster: &ClusterView, local: &LocalView) -> Option<Action> {
+    let state = &cluster.state;
+    let asked = state.restarts.get(&local.name).copied().unwrap_or(0);
+    let handing_over = state
+        .switchover
+        .as_ref()
+        .is_some_and(|s| s.from == local.name);
+    (asked > local.restarted && local.db_running && local.report.db_up && !handing_over).then(
+        || Action::RestartInPlace {
+            count: asked,
+            generation: state.generation,
+        },
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use crate::decide::coordinate;
@@ -363,5 +381,55 @@ mod tests {
         check(&v, "pg1", false, &["commit sync FIRST 1 (pg2) g1"]);
         v.settings.sync.minimum = 0;
         check(&v, "pg1", false, &["commit sync FIRST 1 (pg1) g1"]);
+    }
+
+    /// `pgfm restart --in-place`: a running node stops cleanly once for each restart asked,
+    /// never twice for one (its agent carried it out), never while stopped or handing over,
+    /// and never under maintenance (refused when asked).
+    #[test]
+    fn a_restart_in_place_is_carried_out_once_while_postgres_runs() {
+        use crate::model::{Command, CommandError};
+        let mut v = primary_with(&["pg2", "pg3"]);
+        v.state
+            .apply(&Command::RequestRestart { node: "pg1".into() })
+            .unwrap();
+        v.reports.get_mut("pg1").unwrap().report.slots = vec![
+            crate::decide::slot_for("pg2"),
+            crate::decide::slot_for("pg3"),
+        ];
+        check(&v, "pg1", false, &["restart in place #1 g1"]);
+        let mut pg1 = local(&v, "pg1", false);
+        pg1.restarted = 1;
+        check_local(&v, &pg1, NOW_MS, &[]);
+        // Stopped for it: started again as the primary, not stopped again.
+        let mut stopped = v.clone();
+        stopped.reports.get_mut("pg1").unwrap().report =
+            report("pg1", Stopped(crate::model::DataDirState::Primary));
+        let pg1 = local(&stopped, "pg1", false);
+        assert!(super::restart_in_place(&stopped, &pg1).is_none());
+        // Not while it hands over: the switchover stops it anyway.
+        v.state
+            .apply(&Command::RequestSwitchover {
+                from: "pg1".into(),
+                to: "pg2".into(),
+                generation: v.state.generation,
+                force: false,
+                promotion: false,
+                named: false,
+            })
+            .unwrap();
+        assert!(super::restart_in_place(&v, &local(&v, "pg1", false)).is_none());
+        under(&mut v, "pg3", false, false);
+        assert!(matches!(
+            v.state
+                .apply(&Command::RequestRestart { node: "pg3".into() }),
+            Err(CommandError::InMaintenance { .. })
+        ));
+        assert!(matches!(
+            v.state.apply(&Command::RequestRestart {
+                node: "witness".into()
+            }),
+            Err(CommandError::NotADataNode(_))
+        ));
     }
 }

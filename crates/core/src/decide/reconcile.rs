@@ -1,6 +1,6 @@
 //! A data node brings its own PostgreSQL to the role the committed state gives it.
 
-use super::maintenance::{primary_under_maintenance, reinit, under_maintenance};
+use super::maintenance::{primary_under_maintenance, reinit, restart_in_place, under_maintenance};
 use super::switchover::hand_over;
 use super::upstream::{clone_source, slot_of, stream_source};
 use super::{hold, Action, ClusterView, Forward, LocalView, OnCrash, RejoinMode};
@@ -112,7 +112,7 @@ fn running_primary(cluster: &ClusterView, local: &LocalView) -> Vec<Action> {
             }];
         }
     }
-    Vec::new()
+    restart_in_place(cluster, local).into_iter().collect()
 }
 
 /// Give up the lease of `generation` (a standby may take over), saying `why`.
@@ -268,7 +268,7 @@ pub(super) fn running_standby(
             generation,
         }];
     }
-    Vec::new()
+    restart_in_place(cluster, local).into_iter().collect()
 }
 
 /// A standby's PostgreSQL is not running: by its data directory, clone it (empty), rejoin

@@ -188,34 +188,54 @@ pub(super) fn scheduled(cluster: &ClusterView, now_ms: u64) -> Vec<Action> {
         return Vec::new();
     };
     let wall = cluster.wall_clock_ms;
-    if wall < s.at_unix_ms || state.switchover.is_some() {
+    let due = crate::types::utc(s.at_unix_ms);
+    let drop = |why: String| {
+        vec![Action::Propose {
+            command: Command::DropScheduledSwitchover {
+                reason: format!(
+                    "the switchover scheduled at {due} by {} did not start: {why}",
+                    s.by
+                ),
+                at_unix_ms: wall,
+                scheduled_at_unix_ms: s.at_unix_ms,
+            },
+            forward: Forward::Never,
+        }]
+    };
+    // Asked of another primary: a failover or a switchover came first.
+    if s.generation != state.generation {
+        return drop(format!(
+            "the primary changed since it was asked (generation {} then, {} now)",
+            s.generation, state.generation
+        ));
+    }
+    if wall < s.at_unix_ms {
         return Vec::new();
     }
-    let due = crate::types::utc(s.at_unix_ms);
+    let late = wall >= s.at_unix_ms + SCHEDULE_GRACE_MS;
+    let grace = SCHEDULE_GRACE_MS / 1000;
+    if let Some(sw) = &state.switchover {
+        return match late {
+            true => drop(format!(
+                "a switchover from {} to {} was under way until {grace} s past its time",
+                sw.from, sw.to
+            )),
+            false => Vec::new(),
+        };
+    }
     match crate::operator::check_switchover(cluster, now_ms, s.to.as_deref()) {
         Ok(handover) => vec![Action::Propose {
             command: Command::StartScheduledSwitchover {
                 to: handover.to,
                 generation: handover.generation,
+                scheduled_at_unix_ms: s.at_unix_ms,
             },
             forward: Forward::Never,
         }],
-        Err(refusal) if wall < s.at_unix_ms + SCHEDULE_GRACE_MS => vec![cluster_hold(format!(
-            "the switchover scheduled at {due} waits: {refusal} (dropped {} s past its time)",
-            SCHEDULE_GRACE_MS / 1000
+        Err(refusal) if !late => vec![cluster_hold(format!(
+            "the switchover scheduled at {due} waits: {refusal} (dropped {grace} s past its time)"
         ))],
-        Err(refusal) => vec![Action::Propose {
-            command: Command::DropScheduledSwitchover {
-                reason: format!(
-                    "the switchover scheduled at {due} by {} did not start: {refusal} (still \
-                     so {} s past its time)",
-                    s.by,
-                    SCHEDULE_GRACE_MS / 1000
-                ),
-                at_unix_ms: wall,
-            },
-            forward: Forward::Never,
-        }],
+        Err(refusal) => drop(format!("{refusal} (still so {grace} s past its time)")),
     }
 }
 
@@ -382,6 +402,7 @@ mod tests {
                     at_unix_ms: 60_000,
                     to: None,
                     by: "dba@db1".into(),
+                    generation: crate::types::Generation(1),
                 },
             })
             .unwrap();
@@ -391,7 +412,10 @@ mod tests {
         let start = scheduled(&v, NOW);
         assert_eq!(
             show(start.clone()),
-            ["propose StartScheduledSwitchover { to: \"pg2\", generation: Generation(1) }"]
+            [
+                "propose StartScheduledSwitchover { to: \"pg2\", generation: Generation(1), \
+              scheduled_at_unix_ms: 60000 }"
+            ]
         );
         let Action::Propose { command, .. } = &start[0] else {
             unreachable!()

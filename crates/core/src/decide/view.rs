@@ -109,6 +109,8 @@ pub struct LocalView {
     /// How many of the reloads asked of this node (`ClusterState::reloads`) it carried out
     /// since its agent started.
     pub reloaded: u64,
+    /// The same for the restarts in place (`ClusterState::restarts`).
+    pub restarted: u64,
     /// On a primary: since when each streaming standby has confirmed nothing new while WAL
     /// waited for it (`track_replicas`).
     pub replicas: BTreeMap<String, ReplicaProgress>,

@@ -181,4 +181,25 @@ fn parameters_set_for_the_cluster_reach_every_node_and_say_what_waits_for_a_rest
         said.contains("pg1: reloaded") && said.contains("pg2: reloaded"),
         "{said}"
     );
+
+    // `pgfm restart --pending --in-place`: the standby as before, the primary where it runs
+    // (no switchover: the same primary and generation), nothing pending after.
+    set(&lab, "postgresql.parameters.shared_buffers=192MB");
+    wait_pending(
+        &lab,
+        &[("pg1", &["shared_buffers"]), ("pg2", &["shared_buffers"])],
+    );
+    let primary_started = started("pg2");
+    let said = lab.cli_ok("witness", &["restart", "--pending", "--in-place"]);
+    assert!(
+        said.contains("pg2 restarted in place, the primary of generation 2"),
+        "{said}"
+    );
+    let status = lab.wait_primary("witness", "pg2", 2, SETTLE);
+    assert_eq!(status["generation"], 2, "{status}");
+    wait_pending(&lab, &[("pg1", &[]), ("pg2", &[])]);
+    assert_ne!(started("pg2"), primary_started);
+    for n in ["pg1", "pg2"] {
+        assert_eq!(lab.psql(n, "SHOW shared_buffers").unwrap(), "192MB", "{n}");
+    }
 }
