@@ -430,6 +430,11 @@ pub enum CommandError {
     #[error("replicate_from would make a loop: {0}")]
     ReplicationLoop(String),
     #[error(
+        "{0} may not be a synchronous standby (tagged nosync, nofailover or replicate_from, \
+         or not promotable)"
+    )]
+    NeverSynchronous(String),
+    #[error(
         "a switchover is already scheduled, at {} (pgfm switchover --cancel cancels it)",
         crate::types::utc(*at_unix_ms)
     )]
@@ -949,8 +954,9 @@ impl ClusterState {
         self.maintenance.remove(name);
         self.reinit.remove(name);
         self.tags.remove(name);
-        self.reloads.remove(name);
-        self.restarts.remove(name);
+        // `reloads` and `restarts` are kept: a node that joins again with the same state
+        // directory remembers having carried out that many, and would pass over new ones
+        // counted from zero.
         // A node chosen to initialise the cluster and gone for good: the choice is given up
         // (the way out an operator has); a later round chooses again among the others.
         if self.primary.is_none() && self.initdb.as_ref().is_some_and(|c| c.node == name) {
@@ -1487,6 +1493,15 @@ impl ClusterState {
                 .is_none_or(|member| member.kind != NodeKind::Data)
         }) {
             return Err(CommandError::NotADataNode(bad.clone()));
+        }
+        // Named anew only if it may be (a decision made before a tag changed); one named
+        // already may stay while it is taken out, and the primary itself may be named (the
+        // sole holder of every commit).
+        if let Some(bad) = members
+            .iter()
+            .find(|m| *m != node && !self.sync_set.contains(*m) && !self.may_be_synchronous(m))
+        {
+            return Err(CommandError::NeverSynchronous(bad.clone()));
         }
         if quorum > members.len() || (quorum == 0 && !members.is_empty()) {
             return Err(CommandError::BadSettings(format!(
@@ -2074,7 +2089,23 @@ mod tests {
             }),
             Err(CommandError::NoFailover("pg3".into()))
         );
+        // Not named a synchronous standby anew (a decision made before the tag).
+        let sync = |members: &[&str]| Command::SetSyncSet {
+            node: "pg1".into(),
+            generation: Generation(1),
+            members: members.iter().map(|m| m.to_string()).collect(),
+            quorum: 1,
+        };
+        assert_eq!(
+            state.apply(&sync(&["pg3"])),
+            Err(CommandError::NeverSynchronous("pg3".into()))
+        );
+        state.apply(&sync(&["pg1"])).unwrap();
         state.apply(&set("pg3", &["nofailover=false"])).unwrap();
+        state.apply(&sync(&["pg3"])).unwrap();
+        state.apply(&set("pg3", &["nosync=true"])).unwrap();
+        state.apply(&sync(&["pg3"])).unwrap();
+        state.apply(&set("pg3", &["nosync=false"])).unwrap();
         assert!(!state.tags.contains_key("pg3"), "no tag left: no entry");
         state
             .apply(&Command::RemoveMember { name: "pg2".into() })

@@ -178,8 +178,10 @@ pub enum Refusal {
     },
     #[error(
         "replication.minimum_standbys = {minimum}, and with {change} on {node} only \
-         {eligible} standby(s) could be synchronous: every commit would wait for one that \
-         cannot be (lower the minimum with pgfm edit-config, or add --force to accept)"
+         {eligible} standby(s) could be synchronous: below the minimum, the primary would \
+         acknowledge commits that fewer standbys hold (none: it alone, and a failover would \
+         promote no standby until one may be synchronous again); lower the minimum with pgfm \
+         edit-config, or add --force to accept"
     )]
     TagBelowMinimum {
         node: String,
@@ -2194,8 +2196,10 @@ mod tests {
             &["nosync=true"],
             false,
             "refused: replication.minimum_standbys = 1, and with nosync=true on pg3 only 0 \
-             standby(s) could be synchronous: every commit would wait for one that cannot be \
-             (lower the minimum with pgfm edit-config, or add --force to accept)",
+             standby(s) could be synchronous: below the minimum, the primary would acknowledge \
+             commits that fewer standbys hold (none: it alone, and a failover would promote no \
+             standby until one may be synchronous again); lower the minimum with pgfm \
+             edit-config, or add --force to accept",
         );
         check(sync_on, "pg3", &["nosync=true"], false, "[\"nosync\"]");
         check(

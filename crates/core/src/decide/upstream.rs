@@ -31,13 +31,23 @@ pub(super) fn stream_source<'a>(
 }
 
 /// Where `node`'s empty data directory is cloned from: a standby tagged `clonefrom` that
-/// streams (the first by name), else None (the primary).
+/// streams (the first by name), else None (the primary). A node that will stream from the
+/// primary is cloned from a standby only once the primary keeps its slot: the WAL after
+/// the standby's copy is then still there on the primary when the clone starts streaming.
 pub(super) fn clone_source<'a>(
     cluster: &'a ClusterView,
     node: &str,
     primary: &str,
     now_ms: u64,
 ) -> Option<&'a str> {
+    let slot_kept = |slot: String| {
+        cluster
+            .fresh_report(primary, now_ms)
+            .is_some_and(|r| r.slots.contains(&slot))
+    };
+    if !slot_of(&cluster.state, node, primary).is_none_or(slot_kept) {
+        return None;
+    }
     cluster
         .state
         .tags
@@ -109,6 +119,13 @@ mod tests {
         let mut v = lab(3);
         assert_eq!(clone_source(&v, "pg3", "pg1", NOW_MS), None);
         tag(&mut v, "pg2", "clonefrom=true");
+        // Not before the primary keeps pg3's slot (unless pg3 will not stream from it).
+        v.reports.get_mut("pg1").unwrap().report.slots = vec![];
+        assert_eq!(clone_source(&v, "pg3", "pg1", NOW_MS), None);
+        tag(&mut v, "pg3", "replicate_from=pg2");
+        assert_eq!(clone_source(&v, "pg3", "pg1", NOW_MS), Some("pg2"));
+        tag(&mut v, "pg3", "replicate_from=");
+        v.reports.get_mut("pg1").unwrap().report.slots = vec![slot_for("pg3")];
         assert_eq!(clone_source(&v, "pg3", "pg1", NOW_MS), Some("pg2"));
         assert_eq!(clone_source(&v, "pg2", "pg1", NOW_MS), None);
         not_streaming(&mut v, "pg2");
