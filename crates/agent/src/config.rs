@@ -18,7 +18,6 @@ use pgfm_core::settings::Settings;
 use pgfm_core::types::valid_name;
 use pgfm_core::NodeKind;
 use pgfm_core::{SyncMode, SyncSettings, WatchdogMode};
-use pgfm_net::VipSpec;
 use pgfm_postgres::binaries;
 use pgfm_postgres::OsUser;
 pub use pgfm_tls::TlsFiles;
@@ -319,10 +318,15 @@ pub struct BootstrapConfig {
     pub pg_hba: Vec<String>,
 }
 
-/// The virtual IP that follows the primary (EFM's `virtual.ip`).
+/// The virtual IP that follows the primary (EFM's `virtual.ip`): this node's part. The
+/// address is the cluster's (`Settings::vip_address`, committed); a file's `address` is
+/// what the first bootstrap commits.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct VipConfig {
-    pub spec: VipSpec,
+    /// `ADDRESS/PREFIX` as this file writes it (checked), if it does.
+    pub address: Option<String>,
+    /// Where this node carries the address.
+    pub interface: String,
     /// Before promoting, check that no other host answers for the address (EFM's
     /// `check.vip.before.promotion`).
     pub check_before_promotion: bool,
@@ -348,6 +352,9 @@ pub struct Config {
     pub failover: Failover,
     pub hooks: Hooks,
     pub vip: Option<VipConfig>,
+    /// `vip.address`, the cluster's virtual IP as this file gives it (a witness's file
+    /// too): what the first bootstrap commits.
+    pub vip_address: Option<String>,
     /// `[replication]`: synchronous replication.
     pub sync: SyncSettings,
     /// `[postgresql.parameters]`.
@@ -593,6 +600,7 @@ fn cluster_settings(
     failover: &Failover,
     sync: SyncSettings,
     parameters: BTreeMap<String, String>,
+    vip_address: Option<String>,
 ) -> Settings {
     let ms = |d: Duration| d.as_millis() as u64;
     Settings {
@@ -610,6 +618,7 @@ fn cluster_settings(
         switchover_timeout_ms: ms(failover.switchover_timeout),
         start_attempts: failover.start_attempts,
         parameters,
+        vip_address,
     }
 }
 
@@ -641,6 +650,10 @@ fn keys_set(raw: &RawConfig) -> BTreeSet<String> {
             f.switchover_timeout.is_some(),
         ),
         ("failover.start_attempts", f.start_attempts.is_some()),
+        (
+            "vip.address",
+            raw.vip.as_ref().is_some_and(|v| v.address.is_some()),
+        ),
         ("replication.synchronous", r.synchronous.is_some()),
         ("replication.sync_standbys", r.sync_standbys.is_some()),
         // `strict` is a way to write the minimum.
@@ -673,6 +686,15 @@ struct RawSettings {
     replication: RawReplication,
     #[serde(default)]
     postgresql: RawPostgresql,
+    #[serde(default)]
+    vip: RawVipSettings,
+}
+
+/// `[vip]` as `pgfm edit-config` takes it: the address alone (the interface is a node's).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawVipSettings {
+    address: Option<String>,
 }
 
 /// Settings for the whole cluster written as `[timing]`, `[failover]` and `[replication]`
@@ -687,7 +709,8 @@ pub fn parse_settings(source: &Path, text: &str) -> Result<Settings, ConfigError
     let sync = parse_replication(&check, &raw.replication)?;
     let failover = parse_failover(&check, &raw.failover, on_crash)?;
     let parameters = parse_parameters(&check, &raw.postgresql)?;
-    let settings = cluster_settings(&timing, &failover, sync, parameters);
+    let vip_address = raw.vip.address.filter(|a| !a.is_empty());
+    let settings = cluster_settings(&timing, &failover, sync, parameters, vip_address);
     match settings.problem() {
         Some(problem) => Err(check.err(&problem.key, problem.message)),
         None => Ok(settings),
@@ -1079,44 +1102,17 @@ fn parse_bootstrap(check: &Check, raw: RawBootstrap) -> Result<BootstrapConfig, 
 }
 
 fn parse_vip(check: &Check, raw: RawVip) -> Result<VipConfig, ConfigError> {
-    let text = check.required(
-        raw.address,
-        "vip.address",
-        "write the address with its prefix, such as \"10.0.0.100/24\"",
-    )?;
-    let bad = |why: &str| {
-        check.err(
-            "vip.address",
-            format!("{text:?} {why} (write it as ADDRESS/PREFIX, such as \"10.0.0.100/24\")"),
-        )
-    };
-    let (address, prefix) = text.split_once('/').ok_or_else(|| bad("has no prefix"))?;
-    let address: std::net::IpAddr = address
-        .trim()
-        .parse()
-        .map_err(|_| bad("is not an IP address"))?;
-    let std::net::IpAddr::V4(address) = address else {
-        return Err(bad(
-            "is IPv6; pgfm moves IPv4 virtual IPs only (announced with ARP)",
-        ));
-    };
-    let prefix: u8 = prefix
-        .trim()
-        .parse()
-        .ok()
-        .filter(|p| (1..=32).contains(p))
-        .ok_or_else(|| bad("has a prefix outside 1..32"))?;
+    if let Some(text) = &raw.address {
+        pgfm_core::settings::vip_address(text).map_err(|why| check.err("vip.address", why))?;
+    }
     let interface = check.required(
         raw.interface,
         "vip.interface",
         "name the interface that carries the cluster's network, such as \"eth0\"",
     )?;
     Ok(VipConfig {
-        spec: VipSpec {
-            address,
-            prefix,
-            interface,
-        },
+        address: raw.address,
+        interface,
         check_before_promotion: raw.check_before_promotion.unwrap_or(true),
         check_timeout: raw.check_timeout.unwrap_or(Duration::from_secs(5)),
     })
@@ -1210,22 +1206,44 @@ impl Config {
         )?;
         let timing = parse_timing(&raw.timing);
         let on_crash = parse_on_crash(&check, raw.failover.on_crash.as_deref())?;
-        let vip = match raw.vip {
-            None => None,
-            Some(_) if node.kind == NodeKind::Witness => {
-                return Err(check.err(
-                    "vip",
-                    "is set on a witness, which never carries the virtual IP (remove the \
-                     section)",
-                ))
+        // A witness may name the cluster's address (it may be the agent that forms the
+        // cluster and commits it), never carry it.
+        let (vip, vip_address) = match raw.vip {
+            None => (None, None),
+            Some(v) if node.kind == NodeKind::Witness => {
+                if v.interface.is_some()
+                    || v.check_before_promotion.is_some()
+                    || v.check_timeout.is_some()
+                {
+                    return Err(check.err(
+                        "vip",
+                        "sets a node's keys on a witness, which never carries the virtual IP \
+                         (keep address alone, the cluster's, or remove the section)",
+                    ));
+                }
+                if let Some(text) = &v.address {
+                    pgfm_core::settings::vip_address(text)
+                        .map_err(|why| check.err("vip.address", why))?;
+                }
+                (None, v.address)
             }
-            Some(v) => Some(parse_vip(&check, v)?),
+            Some(v) => {
+                let vip = parse_vip(&check, v)?;
+                let address = vip.address.clone();
+                (Some(vip), address)
+            }
         };
         let sync = parse_replication(&check, &raw.replication)?;
         let failover = parse_failover(&check, &raw.failover, on_crash)?;
         let parameters = parse_parameters(&check, &raw.postgresql)?;
-        if let Some(problem) =
-            cluster_settings(&timing, &failover, sync, parameters.clone()).problem()
+        if let Some(problem) = cluster_settings(
+            &timing,
+            &failover,
+            sync,
+            parameters.clone(),
+            vip_address.clone(),
+        )
+        .problem()
         {
             return Err(check.err(&problem.key, problem.message));
         }
@@ -1248,6 +1266,7 @@ impl Config {
             failover,
             hooks: parse_hooks(raw.hooks),
             vip,
+            vip_address,
             sync,
             parameters,
             watchdog,
@@ -1265,6 +1284,7 @@ impl Config {
             &self.failover,
             self.sync,
             self.parameters.clone(),
+            self.vip_address.clone(),
         )
     }
 
@@ -1638,7 +1658,35 @@ port = 5432
             "failover.max_lag: 1048576 -> 0"
         );
         assert_eq!(file("[failover]\nmax_lagg = 0\n"), "config new.toml: line 2: unknown field `max_lagg`, expected one of `max_lag`, `auto_failover`, `on_crash`, `crash_restart_bound`, `rejoin`, `switchover_timeout`, `start_attempts`");
-        assert_eq!(file("[postgres]\nport = 1\n"), "config new.toml: line 1: unknown field `postgres`, expected one of `timing`, `failover`, `replication`, `postgresql`");
+        assert_eq!(file("[postgres]\nport = 1\n"), "config new.toml: line 1: unknown field `postgres`, expected one of `timing`, `failover`, `replication`, `postgresql`, `vip`");
+        // The virtual IP's address is the cluster's; its interface is a node's.
+        assert_eq!(
+            set(&["vip.address=10.0.0.100/24"]),
+            "vip.address: (none) -> 10.0.0.100/24"
+        );
+        assert_eq!(
+            set(&["vip.address=10.0.0.100"]),
+            "config --set: vip.address \"10.0.0.100\" has no prefix (write it as ADDRESS/PREFIX, such as \"10.0.0.100/24\")"
+        );
+        assert!(
+            set(&["vip.interface=eth0"])
+                .starts_with("config --set: vip.interface is not a cluster-wide setting"),
+            "{}",
+            set(&["vip.interface=eth0"])
+        );
+        let with_vip = settings_set(&current, &["vip.address=10.0.0.100/24".into()]).unwrap();
+        assert_eq!(
+            parse_settings(Path::new("edit"), &with_vip.to_toml()).unwrap(),
+            with_vip
+        );
+        assert_eq!(
+            shown(
+                settings_set(&with_vip, &["vip.address=".into()]).inspect(|s| {
+                    assert_eq!(s.vip_address, None);
+                })
+            ),
+            ""
+        );
         // PostgreSQL's parameters: set, merged, removed with an empty value, checked.
         let with_mem =
             settings_set(&current, &["postgresql.parameters.work_mem=64MB".into()]).unwrap();
@@ -1741,6 +1789,22 @@ port = 5432
                 Err(e) => e.to_string(),
             };
             assert_eq!(got, expected, "{section}");
+        }
+        // A witness names the cluster's virtual IP (it may form the cluster and commit it),
+        // never an interface to carry it on.
+        for (section, expected) in [
+            ("address = \"10.0.0.100/24\"", "ok"),
+            ("address = \"10.0.0.100/24\"\ninterface = \"eth0\"", "config witness.toml: vip sets a node's keys on a witness, which never carries the virtual IP (keep address alone, the cluster's, or remove the section)"),
+            ("address = \"10.0.0.100\"", "config witness.toml: vip.address \"10.0.0.100\" has no prefix (write it as ADDRESS/PREFIX, such as \"10.0.0.100/24\")"),
+        ] {
+            let text = format!("{witness}\n[vip]\n{section}\n");
+            match Config::parse(Path::new("witness.toml"), &text) {
+                Ok(config) => {
+                    assert_eq!(expected, "ok", "{section}");
+                    assert_eq!(config.settings().vip_address.as_deref(), Some("10.0.0.100/24"));
+                }
+                Err(e) => assert_eq!(e.to_string(), expected, "{section}"),
+            }
         }
     }
 

@@ -81,8 +81,15 @@ pub struct Agent {
     token: Arc<str>,
     raft: EmbeddedRaft,
     postgres: Option<Arc<dyn Database>>,
-    /// The virtual IP, when this data node has one configured.
-    vip: Option<Arc<dyn pgfm_net::VirtualIp>>,
+    /// This data node's interface for the virtual IP, when its file has `[vip]`, opened at
+    /// start (for the file's address, if any).
+    vip_base: Option<Arc<dyn pgfm_net::VirtualIp>>,
+    /// The virtual IP it carries: `vip_base` moved to the cluster's `vip.address`
+    /// (`Agent::follow_vip_address`); None while the cluster has none.
+    vip: Mutex<Option<Arc<dyn pgfm_net::VirtualIp>>>,
+    /// The cluster's address this node was found unable to carry (no `[vip]` in its
+    /// file), said once in the log.
+    vip_unplaced: Mutex<Option<String>>,
     clock: Arc<dyn Clock>,
     /// The rules it applies (`pgfm_core::engine::Rules`).
     engine: Arc<dyn pgfm_core::engine::Engine>,
@@ -572,6 +579,7 @@ impl Agent {
                 } => {}
                 _ = stop.changed() => return,
             }
+            self.follow_vip_address().await;
             let now = self.now_ms();
             // Priority and promotable come from the config only at the first registration;
             // afterwards `pgfm set-priority` owns them.
@@ -1179,7 +1187,9 @@ pub async fn start(config: Config, token: Arc<str>, platform: Platform) -> anyho
         token: token.clone(),
         raft: raft.clone(),
         postgres: platform.database,
-        vip: platform.vip,
+        vip_base: platform.vip,
+        vip: Mutex::new(None),
+        vip_unplaced: Mutex::new(None),
         clock: platform.clock,
         engine: platform.engine,
         transport: platform.transport,
@@ -1281,9 +1291,24 @@ pub(crate) async fn open_vip(
     let Some(v) = &config.vip else {
         return Ok(None);
     };
-    let vip = pgfm_net::Vip::open(v.spec.clone())
+    // The file's address until the cluster's is known (`Agent::follow_vip_address`).
+    let (address, prefix) = v
+        .address
+        .as_deref()
+        .and_then(|a| pgfm_core::settings::vip_address(a).ok())
+        .unwrap_or((std::net::Ipv4Addr::UNSPECIFIED, 32));
+    let spec = pgfm_net::VipSpec {
+        address,
+        prefix,
+        interface: v.interface.clone(),
+    };
+    let what = match &v.address {
+        Some(_) => spec.to_string(),
+        None => format!("on {}", v.interface),
+    };
+    let vip = pgfm_net::Vip::open(spec)
         .await
-        .with_context(|| format!("config {}: [vip] {}", config.file.display(), v.spec))?;
+        .with_context(|| format!("config {}: [vip] {what}", config.file.display()))?;
     Ok(Some(Arc::new(vip)))
 }
 

@@ -7,12 +7,75 @@ use tokio::time::Instant;
 
 use pgfm_core::{Generation, VipReport};
 
-use super::Agent;
+use std::sync::Arc;
+
+use pgfm_net::VirtualIp;
+
+use pgfm_coord::Coordinator;
+
+use super::{lock, settings_in_force, Agent};
 
 impl Agent {
+    /// The virtual IP this node carries now, if any.
+    fn vip(&self) -> Option<Arc<dyn VirtualIp>> {
+        lock(&self.vip).clone()
+    }
+
+    /// Carry the cluster's `vip.address` (committed; the file's before the first commit):
+    /// when it changed, the old address is removed from this host first, and the new one is
+    /// taken as any is (`TakeVip` on the primary). A node whose file has no `[vip]`
+    /// interface cannot carry it: said once in the log.
+    pub(super) async fn follow_vip_address(&self) {
+        let state = self.raft.state();
+        let settings = settings_in_force(&state, &self.config);
+        let wanted = settings
+            .vip_address
+            .as_deref()
+            .and_then(|a| pgfm_core::settings::vip_address(a).ok());
+        let Some(base) = &self.vip_base else {
+            if let (Some(address), Some(_)) = (&settings.vip_address, &self.postgres) {
+                let mut warned = lock(&self.vip_unplaced);
+                if warned.as_deref() != Some(address.as_str()) {
+                    tracing::warn!(vip = %address, file = %self.config.file.display(), "the cluster has a virtual IP, but this node's file has no [vip] interface: this node never carries it (add [vip] interface = \"...\")");
+                    *warned = Some(address.clone());
+                }
+            }
+            return;
+        };
+        let current = self.vip();
+        let now = current
+            .as_ref()
+            .map(|v| (v.spec().address, v.spec().prefix));
+        if now == wanted {
+            return;
+        }
+        let generation = state.generation;
+        if let Some(old) = current {
+            match old.release().await {
+                Ok(true) => {
+                    tracing::warn!(%generation, vip = %old.spec(), "virtual IP removed: the cluster's vip.address changed")
+                }
+                Ok(false) => {}
+                Err(e) => {
+                    // Kept, to be removed at the next try: never two addresses held.
+                    tracing::error!(%generation, vip = %old.spec(), error = %e, "removing the old virtual IP failed; trying again");
+                    return;
+                }
+            }
+        }
+        let moved = wanted.map(|(address, prefix)| base.moved_to(address, prefix));
+        match &moved {
+            Some(vip) => {
+                tracing::info!(%generation, vip = %vip.spec(), "the virtual IP this node carries when primary")
+            }
+            None => tracing::info!(%generation, "the cluster has no virtual IP"),
+        }
+        *lock(&self.vip) = moved;
+    }
+
     /// What the report says about the VIP (None: no VIP configured here).
     pub(super) async fn vip_report(&self) -> Option<VipReport> {
-        let vip = self.vip.as_ref()?;
+        let vip = self.vip()?;
         let spec = vip.spec();
         let held = match vip.held().await {
             Ok(held) => held,
@@ -29,7 +92,9 @@ impl Agent {
 
     /// Add the VIP and announce it (gratuitous ARP).
     pub(super) async fn take_vip(&self, generation: Generation) -> anyhow::Result<()> {
-        let Some(vip) = &self.vip else { return Ok(()) };
+        let Some(vip) = self.vip() else {
+            return Ok(());
+        };
         if vip.acquire().await? {
             tracing::warn!(%generation, vip = %vip.spec(), "virtual IP added and announced (gratuitous ARP)");
             // Repeat the announcement, as keepalived does, for caches that missed it.
@@ -49,7 +114,7 @@ impl Agent {
     /// Remove the VIP if it is here; `why` goes to the log. Never fails: a failure is
     /// logged, and the caller goes on with what it must do (fence, hand over, stop).
     pub(super) async fn release_vip(&self, generation: Generation, why: &str) {
-        let Some(vip) = &self.vip else { return };
+        let Some(vip) = self.vip() else { return };
         match vip.release().await {
             Ok(true) => {
                 tracing::warn!(%generation, vip = %vip.spec(), "virtual IP removed: {why}")
@@ -64,7 +129,7 @@ impl Agent {
     /// Before a promotion (EFM's `check.vip.before.promotion`): wait until no other host
     /// answers for the VIP, at most `vip.check_timeout`.
     pub(super) async fn wait_vip_free(&self, generation: Generation) -> anyhow::Result<()> {
-        let (Some(vip), Some(config)) = (&self.vip, &self.config.vip) else {
+        let (Some(vip), Some(config)) = (self.vip(), &self.config.vip) else {
             return Ok(());
         };
         if !config.check_before_promotion {

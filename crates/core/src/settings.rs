@@ -84,6 +84,10 @@ pub struct Settings {
     /// name: each agent writes them into the file it owns and reloads (`parameters`).
     #[serde(default)]
     pub parameters: std::collections::BTreeMap<String, String>,
+    /// The virtual IP that follows the primary, `ADDRESS/PREFIX` (`[vip] address`); None:
+    /// no VIP. Each data node carries it on the interface its own file names.
+    #[serde(default)]
+    pub vip_address: Option<String>,
 }
 
 mod defaults {
@@ -115,18 +119,21 @@ impl Default for Settings {
             switchover_timeout_ms: 5_000,
             start_attempts: 3,
             parameters: Default::default(),
+            vip_address: None,
         }
     }
 }
 
 /// One setting's value, as the operator writes it in a file.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Value {
     /// A duration: `"2400ms"`, `"5s"`.
     Ms(u64),
     Count(u64),
     Flag(bool),
     Word(&'static str),
+    /// Free text, such as an address; empty: none.
+    Text(String),
 }
 
 impl Value {
@@ -135,6 +142,7 @@ impl Value {
         match self {
             Value::Ms(_) | Value::Word(_) => format!("\"{self}\""),
             Value::Count(_) | Value::Flag(_) => self.to_string(),
+            Value::Text(text) => toml_string(text),
         }
     }
 }
@@ -146,6 +154,8 @@ impl std::fmt::Display for Value {
             Value::Count(n) => write!(f, "{n}"),
             Value::Flag(b) => write!(f, "{b}"),
             Value::Word(w) => f.write_str(w),
+            Value::Text(text) if text.is_empty() => f.write_str("(none)"),
+            Value::Text(text) => f.write_str(text),
         }
     }
 }
@@ -244,6 +254,10 @@ impl Settings {
             (
                 "replication.minimum_standbys",
                 Value::Count(s.minimum as u64),
+            ),
+            (
+                "vip.address",
+                Value::Text(self.vip_address.clone().unwrap_or_default()),
             ),
         ]
     }
@@ -385,6 +399,11 @@ impl Settings {
                 return problem(&format!("{PARAMETERS}.{name}"), why);
             }
         }
+        if let Some(address) = &self.vip_address {
+            if let Err(why) = vip_address(address) {
+                return problem("vip.address", why);
+            }
+        }
         if self.sync.minimum > self.sync.standbys {
             return problem(
                 "replication.minimum_standbys",
@@ -397,6 +416,30 @@ impl Settings {
         }
         None
     }
+}
+
+/// A virtual IP written `ADDRESS/PREFIX` (`"10.0.0.100/24"`), or why it cannot be one.
+pub fn vip_address(text: &str) -> Result<(std::net::Ipv4Addr, u8), String> {
+    let bad = |why: &str| {
+        format!("{text:?} {why} (write it as ADDRESS/PREFIX, such as \"10.0.0.100/24\")")
+    };
+    let (address, prefix) = text.split_once('/').ok_or_else(|| bad("has no prefix"))?;
+    let address: std::net::IpAddr = address
+        .trim()
+        .parse()
+        .map_err(|_| bad("is not an IP address"))?;
+    let std::net::IpAddr::V4(address) = address else {
+        return Err(bad(
+            "is IPv6; pgfm moves IPv4 virtual IPs only (announced with ARP)",
+        ));
+    };
+    let prefix: u8 = prefix
+        .trim()
+        .parse()
+        .ok()
+        .filter(|p| (1..=32).contains(p))
+        .ok_or_else(|| bad("has a prefix outside 1..32"))?;
+    Ok((address, prefix))
 }
 
 impl SyncMode {
@@ -557,7 +600,9 @@ mod tests {
         assert!(text.contains("\n[failover]\nmax_lag = 1048576\n"), "{text}");
         assert!(text.contains("rejoin = \"rewind-or-clone\"\n"), "{text}");
         assert!(
-            text.ends_with("minimum_standbys = 0\n\n[postgresql.parameters]\n"),
+            text.ends_with(
+                "minimum_standbys = 0\n\n[vip]\naddress = \"\"\n\n[postgresql.parameters]\n"
+            ),
             "{text}"
         );
         assert!(text.contains("lease = \"2400ms\"\n"), "{text}");

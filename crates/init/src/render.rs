@@ -88,15 +88,6 @@ pub fn node_config(spec: &ClusterSpec, node: &NodeSpec) -> String {
              [watchdog]\n\
              mode = \"automatic\""
         );
-        if spec.synchronous {
-            let _ = writeln!(
-                text,
-                "\n# Every commit waits for one standby, which a failover then promotes: no \
-                 acknowledged\n# write is lost.\n\
-                 [replication]\n\
-                 synchronous = \"on\""
-            );
-        }
         if let Some(vip) = &spec.vip {
             let _ = writeln!(
                 text,
@@ -108,6 +99,26 @@ pub fn node_config(spec: &ClusterSpec, node: &NodeSpec) -> String {
                 vip.interface
             );
         }
+    } else if let Some(vip) = &spec.vip {
+        // The address is the cluster's (committed by the agent that forms the cluster,
+        // which may be this one); a witness never carries it, so it has no interface.
+        let _ = writeln!(
+            text,
+            "\n# The address clients use (it follows the primary; a witness never carries it).\n\
+             [vip]\n\
+             address = \"{vip}\""
+        );
+    }
+    // Cluster-wide, so in every node's file: the agent that forms the cluster (a witness
+    // too) commits its own file's value.
+    if spec.synchronous {
+        let _ = writeln!(
+            text,
+            "\n# Every commit waits for one standby, which a failover then promotes: no \
+             acknowledged\n# write is lost.\n\
+             [replication]\n\
+             synchronous = \"on\""
+        );
     }
     text
 }

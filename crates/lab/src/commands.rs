@@ -1805,7 +1805,7 @@ pub(crate) mod tests {
         assert_eq!(pg.socket_dir, Some(node_dir.clone()));
         assert_eq!(pg.passfile, Some(node_dir.join("pgpass")));
         assert_eq!(pg.log_file, node_dir.join("postgres.log"));
-        assert_eq!(config.vip.unwrap().spec.interface, "eth0");
+        assert_eq!(config.vip.unwrap().interface, "eth0");
         assert_eq!(config.sync.mode, pgfm_core::SyncMode::On);
         assert_eq!(config.watchdog.mode, pgfm_core::WatchdogMode::Required);
         assert_eq!(config.watchdog.device, node_dir.join("watchdog"));

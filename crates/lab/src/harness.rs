@@ -622,6 +622,16 @@ impl NetnsLab {
     pub fn vip_holders(&self, nodes: &[&str]) -> Vec<String> {
         vip_holders(&self.ns, nodes)
     }
+
+    /// Whether `node`'s interface has `address` (`ADDRESS/PREFIX`), up or not.
+    pub fn carries(&self, node: &str, address: &str) -> bool {
+        crate::netns::carries(&self.ns, node, address).unwrap_or(false)
+    }
+
+    /// The VIP the lab configured, `ADDRESS/PREFIX`.
+    pub fn vip(&self) -> &str {
+        &self.ns.vip
+    }
 }
 
 /// The nodes among `nodes` whose kernel carries the VIP with their link up, asked of the

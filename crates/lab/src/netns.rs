@@ -156,6 +156,11 @@ pub fn set_link(lab: &NetnsLab, node: &str, up: bool) -> anyhow::Result<()> {
 
 /// Whether `node`'s `eth0` has the VIP configured (whatever the state of its link).
 fn vip_configured(lab: &NetnsLab, node: &str) -> anyhow::Result<bool> {
+    carries(lab, node, &lab.vip)
+}
+
+/// Whether `node`'s interface has `address` (`ADDRESS/PREFIX`), asked of its kernel.
+pub fn carries(lab: &NetnsLab, node: &str, address: &str) -> anyhow::Result<bool> {
     let ns = namespace(&lab.prefix, node);
     let output = Command::new("ip")
         .args(["-n", &ns, "-o", "-4", "addr", "show", "dev", INTERFACE])
@@ -167,7 +172,7 @@ fn vip_configured(lab: &NetnsLab, node: &str) -> anyhow::Result<bool> {
             String::from_utf8_lossy(&output.stderr).trim()
         );
     }
-    let needle = format!(" {} ", lab.vip);
+    let needle = format!(" {address} ");
     Ok(String::from_utf8_lossy(&output.stdout).contains(&needle))
 }
 

@@ -109,6 +109,8 @@ pub trait VirtualIp: Send + Sync {
         probes: u32,
         wait: Duration,
     ) -> Pending<'_, Result<Option<Mac>, VipError>>;
+    /// The same interface, for another address (the cluster's `vip.address` changed).
+    fn moved_to(&self, address: Ipv4Addr, prefix: u8) -> std::sync::Arc<dyn VirtualIp>;
 }
 
 impl VirtualIp for Vip {
@@ -133,6 +135,12 @@ impl VirtualIp for Vip {
         wait: Duration,
     ) -> Pending<'_, Result<Option<Mac>, VipError>> {
         Box::pin(Vip::who_answers(self, probes, wait))
+    }
+    fn moved_to(&self, address: Ipv4Addr, prefix: u8) -> std::sync::Arc<dyn VirtualIp> {
+        let mut moved = self.clone();
+        moved.spec.address = address;
+        moved.spec.prefix = prefix;
+        std::sync::Arc::new(moved)
     }
 }
 

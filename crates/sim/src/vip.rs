@@ -49,18 +49,23 @@ impl VipTable {
         Arc::new(SimVip {
             table: self.clone(),
             host: host.to_string(),
+            spec: self.spec.clone(),
         })
     }
 }
 
+/// One host's handle. The table models one address: a handle moved to another address
+/// (`moved_to`) is still counted in it, which the simulation, never changing the address,
+/// does not need to tell apart.
 struct SimVip {
     table: Arc<VipTable>,
     host: String,
+    spec: VipSpec,
 }
 
 impl VirtualIp for SimVip {
     fn spec(&self) -> &VipSpec {
-        &self.table.spec
+        &self.spec
     }
     fn held(&self) -> Pending<'_, Result<bool, VipError>> {
         Box::pin(async move { Ok(self.table.holders().contains(&self.host)) })
@@ -91,6 +96,16 @@ impl VirtualIp for SimVip {
                 let n = h.bytes().fold(0u8, |a, b| a.wrapping_add(b));
                 Mac([0x02, 0, 0, 0, 0, n])
             }))
+        })
+    }
+    fn moved_to(&self, address: std::net::Ipv4Addr, prefix: u8) -> Arc<dyn VirtualIp> {
+        let mut spec = self.spec.clone();
+        spec.address = address;
+        spec.prefix = prefix;
+        Arc::new(SimVip {
+            table: self.table.clone(),
+            host: self.host.clone(),
+            spec,
         })
     }
 }

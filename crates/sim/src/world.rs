@@ -995,6 +995,9 @@ fn node_config(
             log = node_dir.join("postgres.log").display(),
             watchdog = options.watchdog,
         ));
+    } else {
+        // The cluster's address, which the witness commits when it forms the cluster.
+        text.push_str("[vip]\naddress = \"10.77.0.100/24\"\n\n");
     }
     text.push_str(&format!(
         "[replication]\nsynchronous = \"{}\"\n",

@@ -155,8 +155,8 @@ pub(super) fn restart_in_place(cluster: &ClusterView, local: &LocalView) -> Opti
         .switchover
         .as_ref()
         .is_some_and(|s| s.from == local.name);
-    (asked > local.restarted && local.db_running && local.report.db_up && !handing_over).then(
-        || Action::RestartInPlace {
+    (asked > local.restarted && local.db_running && local.report.db_up && !handing_over).then_some(
+        Action::RestartInPlace {
             count: asked,
             generation: state.generation,
         },

@@ -222,6 +222,42 @@ fn the_vip_follows_failover_and_switchover_and_leaves_with_a_stopped_agent() {
     assert_eq!(node(&status, "pg1")["vip"], true, "{status}");
     assert_eq!(node(&status, "pg2")["vip"], false, "{status}");
 
+    // The cluster's vip.address changed (edit-config, no restart): the primary drops the
+    // old address and carries the new one; the standby carries neither.
+    let old = lab.vip().to_string();
+    let (host, prefix) = old.rsplit_once('/').unwrap();
+    let (net, last) = host.rsplit_once('.').unwrap();
+    let moved = format!("{net}.{}/{prefix}", last.parse::<u8>().unwrap() + 1);
+    let output = crate::pgfm()
+        .args([
+            "edit-config",
+            "--set",
+            &format!("vip.address={moved}"),
+            "-c",
+        ])
+        .arg(lab.config("witness"))
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{}", text(&output));
+    wait_for(&format!("pg1 to carry {moved} alone"), SETTLE, || {
+        let carried = (
+            lab.carries("pg1", &moved),
+            lab.carries("pg1", &old),
+            lab.carries("pg2", &moved),
+        );
+        if carried == (true, false, false) {
+            Ok(())
+        } else {
+            Err(format!("pg1 new, pg1 old, pg2 new: {carried:?}"))
+        }
+    });
+    wait_for("the status to show the new address", SETTLE, || {
+        let (status, _) = lab.cluster_status("witness")?;
+        (status["vip"]["address"] == moved.as_str())
+            .then_some(())
+            .ok_or(format!("{}", status["vip"]))
+    });
+
     // A clean stop of the primary's agent takes the VIP away with it.
     let pid = lab.lab_node("pg1").agent_pid.unwrap() as i32;
     nix::sys::signal::kill(
@@ -229,6 +265,11 @@ fn the_vip_follows_failover_and_switchover_and_leaves_with_a_stopped_agent() {
         nix::sys::signal::Signal::SIGTERM,
     )
     .unwrap();
+    wait_for(&format!("pg1 to drop {moved}"), SETTLE, || {
+        (!lab.carries("pg1", &moved))
+            .then_some(())
+            .ok_or("still there".to_string())
+    });
     wait_vip_on(&lab, &[]);
 
     let seen = vips.finish();
@@ -240,8 +281,8 @@ fn the_vip_follows_failover_and_switchover_and_leaves_with_a_stopped_agent() {
     let added = |n: &str| lab.log(n).matches("virtual IP added").count();
     assert_eq!(
         (added("pg1"), added("pg2")),
-        (2, 1),
-        "each promotion adds it once"
+        (3, 1),
+        "each promotion adds it once, and the moved address once"
     );
     assert!(lab
         .log("pg1")
