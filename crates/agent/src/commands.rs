@@ -191,6 +191,67 @@ impl Agent {
         })
     }
 
+    /// `pgfm restart ... --at TIME`: checked by core (`operator::check_schedule_restart`)
+    /// and committed; the coordinator carries it out when the time comes.
+    pub(super) async fn schedule_restart_at(
+        &self,
+        request: pgfm_api::ScheduleRestartRequest,
+    ) -> Result<String, Refusal> {
+        if let Some(client) = self.coordinator_client().await? {
+            return client
+                .schedule_restart(&request)
+                .await
+                .map(|m| m.message)
+                .map_err(forwarded);
+        }
+        let view = self.view();
+        let scheduled = pgfm_core::model::ScheduledRestart {
+            at_unix_ms: request.at_unix_ms,
+            nodes: request.nodes.clone(),
+            pending: request.pending,
+            in_place: request.in_place,
+            by: request.by.clone(),
+            done: Vec::new(),
+            step: None,
+            progress_unix_ms: request.at_unix_ms,
+        };
+        let command = operator::check_schedule_restart(&view, scheduled).map_err(refused)?;
+        self.commit(command).await?;
+        let at = pgfm_core::types::utc(request.at_unix_ms);
+        tracing::warn!(generation = %view.state.generation, %at, nodes = ?request.nodes, pending = request.pending, in_place = request.in_place, by = %request.by, "restart scheduled");
+        Ok(format!(
+            "restart scheduled at {at}: the coordinator restarts each node then, one at a time \
+             (pgfm cluster-status shows how far it got; a node not back within {} s stops it); \
+             pgfm restart --cancel cancels it",
+            pgfm_core::decide::restart_step_limit_ms(&view.settings) / 1000
+        ))
+    }
+
+    /// `pgfm restart --cancel`: the scheduled restart ends (the node it was at out of
+    /// maintenance).
+    pub(super) async fn cancel_scheduled_restart(
+        &self,
+        request: pgfm_api::CancelRequest,
+    ) -> Result<String, Refusal> {
+        if let Some(client) = self.coordinator_client().await? {
+            return client
+                .cancel_restart(&request)
+                .await
+                .map(|m| m.message)
+                .map_err(forwarded);
+        }
+        let state = self.raft.state();
+        let at = self.clock.wall_clock_ms();
+        let Some(command) = operator::cancel_scheduled_restart(&state, &request.by, at) else {
+            return Err(refused(operator::Refusal::Log(
+                pgfm_core::model::CommandError::NoScheduledRestart,
+            )));
+        };
+        self.commit(command).await?;
+        tracing::warn!(generation = %state.generation, by = %request.by, "scheduled restart cancelled");
+        Ok("the scheduled restart is cancelled".to_string())
+    }
+
     /// `pgfm set-tag NODE KEY=VALUE ...`: parsed and checked by core
     /// (`operator::check_tags`) and committed in one entry.
     pub(super) async fn change_tags(

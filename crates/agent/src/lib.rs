@@ -1005,6 +1005,20 @@ impl AgentApi for Agent {
         self.request_restart(request).await
     }
 
+    async fn schedule_restart(
+        &self,
+        request: pgfm_api::ScheduleRestartRequest,
+    ) -> Result<String, pgfm_api::Refusal> {
+        self.schedule_restart_at(request).await
+    }
+
+    async fn cancel_restart(
+        &self,
+        request: pgfm_api::CancelRequest,
+    ) -> Result<String, pgfm_api::Refusal> {
+        self.cancel_scheduled_restart(request).await
+    }
+
     async fn reinit(&self, request: pgfm_api::ReinitRequest) -> Result<String, pgfm_api::Refusal> {
         self.start_reinit(request).await
     }

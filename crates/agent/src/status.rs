@@ -107,6 +107,7 @@ pub fn build(ctx: &Context<'_>, view: &ClusterView) -> ClusterStatus {
         vip,
         synchronous: sync_status(view, primary_report),
         scheduled_switchover: state.scheduled_switchover.clone(),
+        scheduled_restart: state.scheduled_restart.clone(),
         problems,
         tls: ctx.tls,
     }

@@ -221,6 +221,22 @@ impl ApiClient {
         self.post_json("/v1/restart", request).await
     }
 
+    /// `POST /v1/restart/schedule`: `pgfm restart ... --at TIME`.
+    pub async fn schedule_restart(
+        &self,
+        request: &crate::types::ScheduleRestartRequest,
+    ) -> Result<Message, ApiError> {
+        self.post_json("/v1/restart/schedule", request).await
+    }
+
+    /// `POST /v1/restart/cancel`: `pgfm restart --cancel`.
+    pub async fn cancel_restart(
+        &self,
+        request: &crate::types::CancelRequest,
+    ) -> Result<Message, ApiError> {
+        self.post_json("/v1/restart/cancel", request).await
+    }
+
     /// `POST /v1/reinit`: `pgfm reinit NODE`.
     pub async fn reinit(&self, request: &crate::types::ReinitRequest) -> Result<Message, ApiError> {
         self.post_json("/v1/reinit", request).await

@@ -13,11 +13,11 @@ use axum::{Json, Router};
 use pgfm_core::NodeReport;
 
 use crate::types::{
-    AgedReport, AllowRequest, ClusterStatus, DisallowRequest, EditSettingsRequest, ErrorBody,
-    Health, HistoryEntry, MaintenanceRequest, MaintenanceStarted, Message, Metrics, NodesAsked,
-    PriorityRequest, PromoteRequest, PromoteStarted, ReinitRequest, ReloadRequest, ReportAck,
-    RestartRequest, ScheduleRequest, SettingsView, SwitchoverRequest, SwitchoverStarted,
-    SynchronousRequest, TagsRequest, WalPosition,
+    AgedReport, AllowRequest, CancelRequest, ClusterStatus, DisallowRequest, EditSettingsRequest,
+    ErrorBody, Health, HistoryEntry, MaintenanceRequest, MaintenanceStarted, Message, Metrics,
+    NodesAsked, PriorityRequest, PromoteRequest, PromoteStarted, ReinitRequest, ReloadRequest,
+    ReportAck, RestartRequest, ScheduleRequest, ScheduleRestartRequest, SettingsView,
+    SwitchoverRequest, SwitchoverStarted, SynchronousRequest, TagsRequest, WalPosition,
 };
 
 /// What happened to a report sent to this agent.
@@ -104,6 +104,17 @@ pub trait AgentApi: Send + Sync + 'static {
         &self,
         request: RestartRequest,
     ) -> impl Future<Output = Result<NodesAsked, Refusal>> + Send;
+    /// `pgfm restart ... --at TIME`; `Err` is a refusal with its reason (nothing was
+    /// changed).
+    fn schedule_restart(
+        &self,
+        request: ScheduleRestartRequest,
+    ) -> impl Future<Output = Result<String, Refusal>> + Send;
+    /// `pgfm restart --cancel`; `Err` when none is scheduled.
+    fn cancel_restart(
+        &self,
+        request: CancelRequest,
+    ) -> impl Future<Output = Result<String, Refusal>> + Send;
     /// `pgfm reinit NODE`; `Err` is a refusal with its reason (nothing was changed).
     fn reinit(
         &self,
@@ -163,6 +174,8 @@ pub fn router<A: AgentApi>(agent: Arc<A>) -> Router {
         .route("/v1/tags", post(set_tags::<A>))
         .route("/v1/reload", post(reload::<A>))
         .route("/v1/restart", post(restart::<A>))
+        .route("/v1/restart/schedule", post(schedule_restart::<A>))
+        .route("/v1/restart/cancel", post(cancel_restart::<A>))
         .route("/v1/switchover/cancel", post(cancel_switchover::<A>))
         .route("/v1/switchover/schedule", post(schedule_switchover::<A>))
         .route("/v1/stop-cluster", post(stop_cluster::<A>))
@@ -402,6 +415,26 @@ async fn restart<A: AgentApi>(
 ) -> Response {
     match agent.restart(request).await {
         Ok(asked) => Json(asked).into_response(),
+        Err(r) => refusal(r),
+    }
+}
+
+async fn schedule_restart<A: AgentApi>(
+    State(agent): State<Arc<A>>,
+    Json(request): Json<ScheduleRestartRequest>,
+) -> Response {
+    match agent.schedule_restart(request).await {
+        Ok(message) => Json(Message { message }).into_response(),
+        Err(r) => refusal(r),
+    }
+}
+
+async fn cancel_restart<A: AgentApi>(
+    State(agent): State<Arc<A>>,
+    Json(request): Json<CancelRequest>,
+) -> Response {
+    match agent.cancel_restart(request).await {
+        Ok(message) => Json(Message { message }).into_response(),
         Err(r) => refusal(r),
     }
 }

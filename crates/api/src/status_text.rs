@@ -67,6 +67,7 @@ pub fn render(s: &ClusterStatus) -> String {
     maintenance(&mut out, s);
     tags(&mut out, s);
     scheduled(&mut out, s);
+    scheduled_restart(&mut out, s);
     problems(&mut out, s);
     out
 }
@@ -332,6 +333,48 @@ fn scheduled(w: &mut String, s: &ClusterStatus) {
             .as_deref()
             .unwrap_or("the standby in sync chosen then"),
         sw.by
+    );
+}
+
+/// The rolling restart scheduled, if any, and how far it got.
+fn scheduled_restart(w: &mut String, s: &ClusterStatus) {
+    let Some(r) = &s.scheduled_restart else {
+        return;
+    };
+    let nodes = match r.nodes.is_empty() {
+        true => "every data node".to_string(),
+        false => r.nodes.join(", "),
+    };
+    let how = match (r.pending, r.in_place) {
+        (true, true) => " with a parameter pending restart, the primary in place",
+        (true, false) => " with a parameter pending restart",
+        (false, true) => ", the primary in place",
+        (false, false) => "",
+    };
+    let at = match (&r.step, r.done.is_empty()) {
+        (Some(step), _) => format!(
+            "; restarting {} now ({}), done: {}",
+            step.node,
+            match step.phase {
+                pgfm_core::model::RestartPhase::Stopping => "stopping",
+                pgfm_core::model::RestartPhase::Starting => "starting",
+                pgfm_core::model::RestartPhase::InPlace { .. } => "in place",
+            },
+            if r.done.is_empty() {
+                "none".to_string()
+            } else {
+                r.done.join(", ")
+            }
+        ),
+        (None, false) => format!("; done: {}", r.done.join(", ")),
+        (None, true) => String::new(),
+    };
+    let _ = writeln!(w);
+    let _ = writeln!(
+        w,
+        "Scheduled restart: at {} of {nodes}{how} (asked by {}; pgfm restart --cancel cancels          it){at}",
+        pgfm_core::types::utc(r.at_unix_ms),
+        r.by
     );
 }
 
@@ -659,6 +702,7 @@ mod tests {
             synchronous: None,
             problems: vec![],
             scheduled_switchover: None,
+            scheduled_restart: None,
             tls: true,
         }
     }

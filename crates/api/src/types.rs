@@ -185,6 +185,10 @@ pub struct ClusterStatus {
     /// A switchover asked for later (`pgfm switchover --at TIME`; null: none).
     #[serde(default)]
     pub scheduled_switchover: Option<pgfm_core::model::ScheduledSwitchover>,
+    /// A rolling restart asked for later (pgfm restart --at TIME), with how far it got;
+    /// null: none.
+    #[serde(default)]
+    pub scheduled_restart: Option<pgfm_core::model::ScheduledRestart>,
     /// Things an operator should look at (bootstrap refused, a node in the wrong role, ...).
     pub problems: Vec<String>,
     /// The answering agent serves HTTPS with mutual TLS (false: `[tls] mode = "off"`).
@@ -488,6 +492,27 @@ pub struct NodesAsked {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RestartRequest {
     pub node: String,
+    /// Who asked: `user@host` of the CLI.
+    pub by: String,
+}
+
+/// The body of `POST /v1/restart/schedule`: `pgfm restart [NODE ...] [--pending]
+/// [--in-place] --at TIME`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ScheduleRestartRequest {
+    /// The data nodes (empty: every one).
+    pub nodes: Vec<String>,
+    pub pending: bool,
+    pub in_place: bool,
+    /// When (ms since the epoch, UTC).
+    pub at_unix_ms: u64,
+    /// Who asked: `user@host` of the CLI.
+    pub by: String,
+}
+
+/// The body of `POST /v1/restart/cancel`: `pgfm restart --cancel`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CancelRequest {
     /// Who asked: `user@host` of the CLI.
     pub by: String,
 }

@@ -148,6 +148,19 @@ fn schemas_match_the_json_the_code_writes() {
             by: "root@db1".into(),
             generation: pgfm_core::Generation(1),
         }),
+        scheduled_restart: Some(pgfm_core::model::ScheduledRestart {
+            at_unix_ms: 1,
+            nodes: vec![],
+            pending: true,
+            in_place: false,
+            by: "root@db1".into(),
+            done: vec!["pg3".into()],
+            step: Some(pgfm_core::model::RestartStep {
+                node: "pg2".into(),
+                phase: pgfm_core::model::RestartPhase::Stopping,
+            }),
+            progress_unix_ms: 2,
+        }),
         tls: true,
     };
     let doc = document();
@@ -204,6 +217,32 @@ fn schemas_match_the_json_the_code_writes() {
     assert_eq!(
         keys(&serde_json::to_value(&schedule).unwrap()),
         properties(&doc, "ScheduleRequest")
+    );
+    assert_eq!(
+        keys(&json["scheduled_restart"]),
+        properties(&doc, "ScheduledRestart")
+    );
+    assert_eq!(
+        keys(&json["scheduled_restart"]["step"]),
+        properties(&doc, "RestartStep")
+    );
+    let schedule_restart = ScheduleRestartRequest {
+        nodes: vec!["pg1".into()],
+        pending: false,
+        in_place: false,
+        at_unix_ms: 1,
+        by: "root@db1".into(),
+    };
+    assert_eq!(
+        keys(&serde_json::to_value(&schedule_restart).unwrap()),
+        properties(&doc, "ScheduleRestartRequest")
+    );
+    let cancel = CancelRequest {
+        by: "root@db1".into(),
+    };
+    assert_eq!(
+        keys(&serde_json::to_value(&cancel).unwrap()),
+        properties(&doc, "CancelRequest")
     );
     let reload = ReloadRequest {
         nodes: vec!["pg1".into()],

@@ -208,6 +208,18 @@ pub enum Command {
     /// `pgfm switchover --at TIME`: a switchover the coordinator starts at that time, as
     /// `pgfm switchover` would (`decide::switchover::scheduled`).
     ScheduleSwitchover { scheduled: ScheduledSwitchover },
+    /// `pgfm restart ... --at TIME`: a rolling restart the coordinator carries out then.
+    ScheduleRestart { scheduled: ScheduledRestart },
+    /// The scheduled restart (the one at `scheduled_at_unix_ms`) moves on: `with`, the
+    /// command of the step (maintenance on or off, a restart in place), is applied first,
+    /// and nothing changes if it is refused.
+    AdvanceScheduledRestart {
+        scheduled_at_unix_ms: u64,
+        advance: RestartAdvance,
+        with: Option<Box<Command>>,
+        /// Wall-clock time of the decision.
+        at_unix_ms: u64,
+    },
     /// The scheduled switchover's time came and it may start: the switchover from the
     /// primary of `generation` to `to` is requested and the schedule ends, together.
     StartScheduledSwitchover {
@@ -292,6 +304,63 @@ impl Maintenance {
     pub fn keeps_stopped(&self) -> bool {
         !self.keep_running
     }
+}
+
+/// A rolling restart asked for later (`pgfm restart [NODE ...] [--pending] [--in-place]
+/// --at TIME`): the coordinator restarts each node as `pgfm restart` does — a maintenance
+/// on then off, the standbys one at a time, the primary last (a switchover first, or in
+/// place) — each back before the next (`decide::restart`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ScheduledRestart {
+    /// When it starts (ms since the epoch, UTC).
+    pub at_unix_ms: u64,
+    /// The data nodes asked (empty: every one).
+    pub nodes: Vec<String>,
+    /// Only those with a PostgreSQL parameter pending restart, when their turn comes.
+    pub pending: bool,
+    /// The primary restarted where it runs (no switchover).
+    pub in_place: bool,
+    /// Who: the operator's `user@host`.
+    pub by: String,
+    /// The nodes done (restarted, or passed over), in order.
+    #[serde(default)]
+    pub done: Vec<String>,
+    /// The node being restarted, if one is.
+    #[serde(default)]
+    pub step: Option<RestartStep>,
+    /// When it last moved on (ms since the epoch): a step, or the wait for one, that
+    /// takes longer than `decide::restart::step_limit_ms` ends it.
+    #[serde(default)]
+    pub progress_unix_ms: u64,
+}
+
+/// The node a scheduled restart is at, and how far.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RestartStep {
+    pub node: String,
+    pub phase: RestartPhase,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RestartPhase {
+    /// Put under maintenance (the primary hands over first): waiting for it to stop.
+    Stopping,
+    /// Out of maintenance again: waiting for it to stream.
+    Starting,
+    /// The primary restarted in place: waiting for the `count`-th restart asked of it.
+    InPlace { count: u64 },
+}
+
+/// How a scheduled restart moves on.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum RestartAdvance {
+    /// A node's step begins or changes phase.
+    Step(RestartStep),
+    /// `node` is done (restarted, or passed over: `why`).
+    Done { node: String, why: Option<String> },
+    /// It ends: every node done (`reason` None), or stopped for `reason`.
+    End { reason: Option<String> },
 }
 
 /// A switchover asked for later (`pgfm switchover --at TIME`).
@@ -441,6 +510,13 @@ pub enum CommandError {
     SwitchoverScheduled { at_unix_ms: u64 },
     #[error("no switchover is scheduled")]
     NoScheduledSwitchover,
+    #[error(
+        "a restart is already scheduled, at {} (pgfm restart --cancel cancels it)",
+        crate::types::utc(*at_unix_ms)
+    )]
+    RestartScheduled { at_unix_ms: u64 },
+    #[error("no restart is scheduled")]
+    NoScheduledRestart,
 }
 
 /// From the `from_renewal`-th renewal of a generation on, the primary timed its renewals
@@ -620,6 +696,9 @@ pub struct ClusterState {
     /// dropped.
     #[serde(default)]
     pub scheduled_switchover: Option<ScheduledSwitchover>,
+    /// A rolling restart asked for later (`pgfm restart --at TIME`), until it ends.
+    #[serde(default)]
+    pub scheduled_restart: Option<ScheduledRestart>,
 }
 
 /// What a primary's commits wait for: `count` of the standbys `names` (`FIRST count` when
@@ -841,6 +920,18 @@ impl ClusterState {
             Command::RequestReload { nodes } => self.request_reload(nodes),
             Command::RequestRestart { node } => self.request_restart(node),
             Command::ScheduleSwitchover { scheduled } => self.schedule_switchover(scheduled),
+            Command::ScheduleRestart { scheduled } => self.schedule_restart(scheduled),
+            Command::AdvanceScheduledRestart {
+                scheduled_at_unix_ms,
+                advance,
+                with,
+                at_unix_ms,
+            } => self.advance_scheduled_restart(
+                *scheduled_at_unix_ms,
+                advance,
+                with.as_deref(),
+                *at_unix_ms,
+            ),
             Command::StartScheduledSwitchover {
                 to,
                 generation,
@@ -1251,6 +1342,65 @@ impl ClusterState {
 
     /// `pgfm switchover --at TIME`: one at a time; a standby named must be one that may be
     /// promoted.
+    /// `pgfm restart --at TIME`: one at a time, of data nodes.
+    fn schedule_restart(&mut self, scheduled: &ScheduledRestart) -> Result<(), CommandError> {
+        for node in &scheduled.nodes {
+            match self.members.get(node) {
+                Some(m) if m.kind == NodeKind::Data => {}
+                Some(_) => return Err(CommandError::NotADataNode(node.clone())),
+                None => return Err(CommandError::UnknownNode(node.clone())),
+            }
+        }
+        if let Some(s) = &self.scheduled_restart {
+            return Err(CommandError::RestartScheduled {
+                at_unix_ms: s.at_unix_ms,
+            });
+        }
+        self.scheduled_restart = Some(ScheduledRestart {
+            done: Vec::new(),
+            step: None,
+            progress_unix_ms: scheduled.at_unix_ms,
+            ..scheduled.clone()
+        });
+        Ok(())
+    }
+
+    /// The scheduled restart at `scheduled_at_unix_ms` moves on; `with` first, all or
+    /// nothing.
+    fn advance_scheduled_restart(
+        &mut self,
+        scheduled_at_unix_ms: u64,
+        advance: &RestartAdvance,
+        with: Option<&Command>,
+        at_unix_ms: u64,
+    ) -> Result<(), CommandError> {
+        let Some(s) = self
+            .scheduled_restart
+            .as_ref()
+            .filter(|s| s.at_unix_ms == scheduled_at_unix_ms)
+        else {
+            return Err(CommandError::NoScheduledRestart);
+        };
+        let mut next = s.clone();
+        if let Some(with) = with {
+            self.apply(with)?;
+        }
+        next.progress_unix_ms = at_unix_ms;
+        match advance {
+            RestartAdvance::Step(step) => next.step = Some(step.clone()),
+            RestartAdvance::Done { node, .. } => {
+                next.step = None;
+                next.done.push(node.clone());
+            }
+            RestartAdvance::End { .. } => {
+                self.scheduled_restart = None;
+                return Ok(());
+            }
+        }
+        self.scheduled_restart = Some(next);
+        Ok(())
+    }
+
     fn schedule_switchover(&mut self, scheduled: &ScheduledSwitchover) -> Result<(), CommandError> {
         if let Some(s) = &self.scheduled_switchover {
             return Err(CommandError::SwitchoverScheduled {

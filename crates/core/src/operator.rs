@@ -365,6 +365,52 @@ pub fn check_schedule_switchover(
     accepted(&view.state, Command::ScheduleSwitchover { scheduled })
 }
 
+/// `pgfm restart [NODE ...] [--pending] [--in-place] --at TIME`: refused for a time already
+/// past, a node that is not a data node, and while another restart is scheduled. Each
+/// node's turn is judged when it comes (`decide::restart`).
+pub fn check_schedule_restart(
+    view: &ClusterView,
+    scheduled: crate::model::ScheduledRestart,
+) -> Result<Command, Refusal> {
+    if scheduled.at_unix_ms < view.wall_clock_ms {
+        return Err(Refusal::ScheduleInThePast {
+            at_unix_ms: scheduled.at_unix_ms,
+            now_unix_ms: view.wall_clock_ms,
+        });
+    }
+    for node in &scheduled.nodes {
+        known(view, node)?;
+    }
+    accepted(&view.state, Command::ScheduleRestart { scheduled })
+}
+
+/// `pgfm restart --cancel`: the scheduled restart ends; the node it was at, if under
+/// maintenance for it, comes out of it.
+pub fn cancel_scheduled_restart(
+    state: &ClusterState,
+    by: &str,
+    at_unix_ms: u64,
+) -> Option<Command> {
+    let s = state.scheduled_restart.as_ref()?;
+    let with = s
+        .step
+        .as_ref()
+        .filter(|step| state.maintenance.contains_key(&step.node))
+        .map(|step| {
+            Box::new(Command::LeaveMaintenance {
+                node: step.node.clone(),
+            })
+        });
+    Some(Command::AdvanceScheduledRestart {
+        scheduled_at_unix_ms: s.at_unix_ms,
+        advance: crate::model::RestartAdvance::End {
+            reason: Some(format!("cancelled by {by}")),
+        },
+        with,
+        at_unix_ms,
+    })
+}
+
 /// `pgfm switchover --cancel` with no switchover under way but one scheduled: the command
 /// dropping it, stamped for the history.
 pub fn cancel_scheduled_command(

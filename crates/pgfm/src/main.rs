@@ -137,6 +137,15 @@ enum Commands {
         /// for the whole restart, and no standby in sync is needed.
         #[arg(long)]
         in_place: bool,
+        /// Schedule it instead: the coordinator carries it out at TIME, UTC
+        /// (2026-12-24T03:00:00Z, or "2026-12-24 03:00:00"), or after a delay (+30m), the
+        /// same way, node by node; --pending is judged for each node when its turn comes.
+        /// Shown in cluster-status with how far it got; cancelled by --cancel.
+        #[arg(long, value_name = "TIME", conflicts_with = "cancel")]
+        at: Option<String>,
+        /// Cancel the scheduled restart (the node it is at comes out of maintenance).
+        #[arg(long, conflicts_with_all = ["pending", "in_place", "nodes"])]
+        cancel: bool,
     },
     /// Re-clone a standby from the primary: it leaves the synchronous standbys, stops, its
     /// data directory is moved aside (data_dir.pgfm-old), and it is cloned afresh. Refused
@@ -851,9 +860,33 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Commands::Reload { config, nodes } => maintenance::reload(&local_agent(&config)?, nodes),
         Commands::Restart {
             config,
+            cancel: true,
+            ..
+        } => maintenance::cancel_restart(&local_agent(&config)?),
+        Commands::Restart {
+            config,
             nodes,
             pending,
             in_place,
+            at: Some(at),
+            ..
+        } => maintenance::schedule_restart(
+            &local_agent(&config)?,
+            pgfm_api::ScheduleRestartRequest {
+                nodes,
+                pending,
+                in_place,
+                at_unix_ms: 0,
+                by: settings::who(),
+            },
+            &at,
+        ),
+        Commands::Restart {
+            config,
+            nodes,
+            pending,
+            in_place,
+            ..
         } => maintenance::restart(&local_agent(&config)?, nodes, pending, in_place),
         Commands::Maintenance {
             config,

@@ -636,6 +636,31 @@ pub(crate) fn schedule_switchover(
     super::refusable(super::runtime()?.block_on(client.schedule_switchover(&request)))
 }
 
+/// `pgfm restart [NODE ...] [--pending] [--in-place] --at TIME`: committed; the
+/// coordinator carries it out then.
+pub(crate) fn schedule_restart(
+    client: &ApiClient,
+    mut request: pgfm_api::ScheduleRestartRequest,
+    at: &str,
+) -> anyhow::Result<ExitCode> {
+    request.at_unix_ms = match parse_at(at, std::time::SystemTime::now()) {
+        Ok(ms) => ms,
+        Err(e) => {
+            eprintln!("pgfm: {e}");
+            return Ok(ExitCode::from(1));
+        }
+    };
+    super::refusable(super::runtime()?.block_on(client.schedule_restart(&request)))
+}
+
+/// `pgfm restart --cancel`.
+pub(crate) fn cancel_restart(client: &ApiClient) -> anyhow::Result<ExitCode> {
+    let request = pgfm_api::CancelRequest {
+        by: super::settings::who(),
+    };
+    super::refusable(super::runtime()?.block_on(client.cancel_restart(&request)))
+}
+
 #[cfg(test)]
 mod tests {
     use super::parse_at;

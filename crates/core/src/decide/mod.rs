@@ -23,6 +23,7 @@ mod failover;
 mod maintenance;
 mod parameters;
 mod reconcile;
+mod restart;
 mod switchover;
 mod sync;
 mod upstream;
@@ -32,6 +33,7 @@ mod vip;
 pub use action::{Action, Decision, Forward};
 pub use parameters::node_parameters;
 pub use reconcile::slot_for;
+pub use restart::{remaining as restart_remaining, step_limit_ms as restart_step_limit_ms};
 pub use switchover::SCHEDULE_GRACE_MS;
 pub use upstream::slot_of;
 pub use view::{
@@ -90,6 +92,10 @@ pub fn coordinate(cluster: &ClusterView, now_ms: u64) -> Decision {
         (Some(primary), None) => {
             let mut actions = failover(cluster, primary, now_ms);
             actions.extend(switchover::scheduled(cluster, now_ms));
+            // Not while a failover is being judged: its step would take a standby away.
+            if actions.is_empty() {
+                actions.extend(restart::scheduled_restart(cluster, now_ms));
+            }
             actions
         }
     });

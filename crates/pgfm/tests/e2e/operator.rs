@@ -648,3 +648,76 @@ fn a_scheduled_switchover_is_shown_cancelled_or_started_at_its_time() {
     assert!(status["scheduled_switchover"].is_null(), "{status}");
     assert_eq!(node(&status, "pg1")["kind"], "standby", "{status}");
 }
+
+/// `pgfm restart --at TIME`: committed and shown, refused for a past time, a node that is
+/// not a data node or a second schedule (nothing changed), cancelled; at its time the
+/// coordinator restarts the standby, then the primary by a switchover, and the schedule
+/// ends.
+#[test]
+fn a_scheduled_restart_is_shown_cancelled_or_carried_out_at_its_time() {
+    let lab = Lab::up(PGFM, 2);
+    lab.wait_healthy("witness", SETTLE);
+    let started = |n: &str| lab.psql(n, "SELECT pg_postmaster_start_time()").unwrap();
+    let said = lab.cli_ok("pg1", &["restart", "--pending", "--at", "+1h"]);
+    assert!(said.contains("restart scheduled at"), "{said}");
+    let (status, _) = lab.cluster_status("witness").unwrap();
+    assert_eq!(status["scheduled_restart"]["pending"], true, "{status}");
+    let text_status = text(&lab.cli("witness", &["cluster-status"]));
+    assert!(
+        text_status.contains("Scheduled restart: at ")
+            && text_status.contains("of every data node with a parameter pending restart"),
+        "{text_status}"
+    );
+    for (args, says) in [
+        (vec!["--at", "+2h"], "a restart is already scheduled, at "),
+        (
+            vec!["--at", "2000-01-01T00:00:00Z"],
+            "2000-01-01T00:00:00Z is in the past",
+        ),
+        (vec!["pg9", "--at", "+2h"], "unknown node \"pg9\""),
+        (
+            vec!["witness", "--at", "+2h"],
+            "node witness is not a registered data node",
+        ),
+    ] {
+        let output = lab.cli("pg2", &[&["restart"], args.as_slice()].concat());
+        assert_eq!(output.status.code(), Some(1), "{args:?}: {}", text(&output));
+        assert!(text(&output).contains(says), "{args:?}: {}", text(&output));
+    }
+    let (after, _) = lab.cluster_status("witness").unwrap();
+    assert_eq!(after["scheduled_restart"], status["scheduled_restart"]);
+    let said = lab.cli_ok("witness", &["restart", "--cancel"]);
+    assert!(
+        said.contains("the scheduled restart is cancelled"),
+        "{said}"
+    );
+    let output = lab.cli("witness", &["restart", "--cancel"]);
+    assert_eq!(output.status.code(), Some(1), "{}", text(&output));
+    assert!(
+        text(&output).contains("no restart is scheduled"),
+        "{}",
+        text(&output)
+    );
+
+    // Carried out: pg2, then pg1 by a switchover; the schedule ends.
+    let before = (started("pg1"), started("pg2"));
+    lab.cli_ok("witness", &["restart", "--at", "+2s"]);
+    let status = lab.wait_primary("witness", "pg2", 2, SETTLE);
+    assert_eq!(node(&status, "pg1")["kind"], "standby", "{status}");
+    let status = wait_for("the scheduled restart to end", SETTLE, || {
+        let (status, _) = lab.cluster_status("witness")?;
+        let streams = node(&status, "pg1")["info"]
+            .as_str()
+            .is_some_and(|i| i.starts_with("streaming"));
+        (status["scheduled_restart"].is_null() && streams)
+            .then_some(status.clone())
+            .ok_or(format!("{status}"))
+    });
+    assert!(
+        status["problems"].as_array().unwrap().is_empty(),
+        "{status}"
+    );
+    assert_ne!(started("pg1"), before.0);
+    assert_ne!(started("pg2"), before.1);
+    assert!(lab.log("witness").contains("AdvanceScheduledRestart"));
+}
