@@ -212,6 +212,7 @@ impl Agent {
             in_place: request.in_place,
             by: request.by.clone(),
             done: Vec::new(),
+            passed_over: Vec::new(),
             step: None,
             progress_unix_ms: request.at_unix_ms,
         };

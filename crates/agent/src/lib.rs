@@ -90,6 +90,9 @@ pub struct Agent {
     /// The cluster's address this node was found unable to carry (no `[vip]` in its
     /// file), said once in the log.
     vip_unplaced: Mutex<Option<String>>,
+    /// Whether the file's own address was checked for at start (a previous agent may have
+    /// left it on this host, and the cluster's may since have moved).
+    vip_stale_checked: std::sync::atomic::AtomicBool,
     clock: Arc<dyn Clock>,
     /// The rules it applies (`pgfm_core::engine::Rules`).
     engine: Arc<dyn pgfm_core::engine::Engine>,
@@ -1204,6 +1207,7 @@ pub async fn start(config: Config, token: Arc<str>, platform: Platform) -> anyho
         vip_base: platform.vip,
         vip: Mutex::new(None),
         vip_unplaced: Mutex::new(None),
+        vip_stale_checked: std::sync::atomic::AtomicBool::new(false),
         clock: platform.clock,
         engine: platform.engine,
         transport: platform.transport,

@@ -108,6 +108,7 @@ pub fn build(ctx: &Context<'_>, view: &ClusterView) -> ClusterStatus {
         synchronous: sync_status(view, primary_report),
         scheduled_switchover: state.scheduled_switchover.clone(),
         scheduled_restart: state.scheduled_restart.clone(),
+        last_restart: state.restart_ended.clone(),
         problems,
         tls: ctx.tls,
     }

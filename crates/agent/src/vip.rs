@@ -27,7 +27,20 @@ impl Agent {
     /// interface cannot carry it: said once in the log.
     pub(super) async fn follow_vip_address(&self) {
         let state = self.raft.state();
-        let settings = settings_in_force(&state, &self.config);
+        let mut settings = settings_in_force(&state, &self.config);
+        // A cluster whose settings were committed before vip.address was (an upgrade):
+        // none committed and none ever changed — this node's file's address, until an
+        // operator commits one (`file_differs` warns meanwhile).
+        let never_committed = state.settings.as_ref().is_some_and(|c| {
+            c.values.vip_address.is_none()
+                && !c
+                    .history
+                    .iter()
+                    .any(|h| h.changes.iter().any(|ch| ch.key == "vip.address"))
+        });
+        if never_committed {
+            settings.vip_address = self.config.vip_address.clone();
+        }
         let wanted = settings
             .vip_address
             .as_deref()
@@ -42,6 +55,21 @@ impl Agent {
             }
             return;
         };
+        let generation = state.generation;
+        // At start: an address of the file's left on this host by an agent before this one
+        // (killed without its stop path), while the cluster's is another now.
+        if !self
+            .vip_stale_checked
+            .swap(true, std::sync::atomic::Ordering::Relaxed)
+        {
+            let spec = base.spec();
+            let file = (spec.address, spec.prefix);
+            if !spec.address.is_unspecified() && Some(file) != wanted {
+                if let Ok(true) = base.release().await {
+                    tracing::warn!(%generation, vip = %spec, "an old virtual IP, no longer the cluster's, removed from this host");
+                }
+            }
+        }
         let current = self.vip();
         let now = current
             .as_ref()
@@ -49,7 +77,6 @@ impl Agent {
         if now == wanted {
             return;
         }
-        let generation = state.generation;
         if let Some(old) = current {
             match old.release().await {
                 Ok(true) => {

@@ -336,8 +336,34 @@ fn scheduled(w: &mut String, s: &ClusterStatus) {
     );
 }
 
-/// The rolling restart scheduled, if any, and how far it got.
+/// The rolling restart scheduled, if any, and how far it got; else how the last one
+/// ended.
 fn scheduled_restart(w: &mut String, s: &ClusterStatus) {
+    if let (None, Some(e)) = (&s.scheduled_restart, &s.last_restart) {
+        let list = |v: &[String]| match v.is_empty() {
+            true => "none".to_string(),
+            false => v.join(", "),
+        };
+        let passed: Vec<String> = e
+            .passed_over
+            .iter()
+            .map(|(n, why)| format!("{n} ({why})"))
+            .collect();
+        let _ = writeln!(w);
+        let _ = writeln!(
+            w,
+            "Last scheduled restart (at {}, asked by {}): {} at {}; restarted: {}; passed over: {}",
+            pgfm_core::types::utc(e.scheduled_at_unix_ms),
+            e.by,
+            match &e.stopped {
+                None => "finished".to_string(),
+                Some(why) => format!("ended early, {why}"),
+            },
+            pgfm_core::types::utc(e.at_unix_ms),
+            list(&e.restarted),
+            list(&passed)
+        );
+    }
     let Some(r) = &s.scheduled_restart else {
         return;
     };
@@ -372,7 +398,7 @@ fn scheduled_restart(w: &mut String, s: &ClusterStatus) {
     let _ = writeln!(w);
     let _ = writeln!(
         w,
-        "Scheduled restart: at {} of {nodes}{how} (asked by {}; pgfm restart --cancel cancels          it){at}",
+        "Scheduled restart: at {} of {nodes}{how} (asked by {}; pgfm restart --cancel cancels it){at}",
         pgfm_core::types::utc(r.at_unix_ms),
         r.by
     );
@@ -703,6 +729,7 @@ mod tests {
             problems: vec![],
             scheduled_switchover: None,
             scheduled_restart: None,
+            last_restart: None,
             tls: true,
         }
     }

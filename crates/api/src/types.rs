@@ -189,6 +189,9 @@ pub struct ClusterStatus {
     /// null: none.
     #[serde(default)]
     pub scheduled_restart: Option<pgfm_core::model::ScheduledRestart>,
+    /// How the last scheduled restart ended (until another is scheduled); null: none.
+    #[serde(default)]
+    pub last_restart: Option<pgfm_core::model::RestartEnded>,
     /// Things an operator should look at (bootstrap refused, a node in the wrong role, ...).
     pub problems: Vec<String>,
     /// The answering agent serves HTTPS with mutual TLS (false: `[tls] mode = "off"`).

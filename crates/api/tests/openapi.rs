@@ -155,11 +155,20 @@ fn schemas_match_the_json_the_code_writes() {
             in_place: false,
             by: "root@db1".into(),
             done: vec!["pg3".into()],
+            passed_over: Vec::new(),
             step: Some(pgfm_core::model::RestartStep {
                 node: "pg2".into(),
                 phase: pgfm_core::model::RestartPhase::Stopping,
             }),
             progress_unix_ms: 2,
+        }),
+        last_restart: Some(pgfm_core::model::RestartEnded {
+            scheduled_at_unix_ms: 1,
+            by: "root@db1".into(),
+            at_unix_ms: 3,
+            restarted: vec!["pg2".into()],
+            passed_over: vec![("pg3".into(), "no parameter pending restart".into())],
+            stopped: None,
         }),
         tls: true,
     };
@@ -225,6 +234,10 @@ fn schemas_match_the_json_the_code_writes() {
     assert_eq!(
         keys(&json["scheduled_restart"]["step"]),
         properties(&doc, "RestartStep")
+    );
+    assert_eq!(
+        keys(&json["last_restart"]),
+        properties(&doc, "RestartEnded")
     );
     let schedule_restart = ScheduleRestartRequest {
         nodes: vec!["pg1".into()],

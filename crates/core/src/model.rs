@@ -325,6 +325,9 @@ pub struct ScheduledRestart {
     /// The nodes done (restarted, or passed over), in order.
     #[serde(default)]
     pub done: Vec<String>,
+    /// Those of `done` passed over, each with why.
+    #[serde(default)]
+    pub passed_over: Vec<(String, String)>,
     /// The node being restarted, if one is.
     #[serde(default)]
     pub step: Option<RestartStep>,
@@ -332,6 +335,42 @@ pub struct ScheduledRestart {
     /// takes longer than `decide::restart::step_limit_ms` ends it.
     #[serde(default)]
     pub progress_unix_ms: u64,
+}
+
+impl ScheduledRestart {
+    /// Who a node's maintenance is said to be put there by, for this restart: the
+    /// restart takes out of maintenance only what it put there.
+    pub fn maintenance_by(&self) -> String {
+        format!(
+            "pgfm restart at {} (asked by {})",
+            crate::types::utc(self.at_unix_ms),
+            self.by
+        )
+    }
+
+    /// Whether `node` is under maintenance for this restart (not by an operator).
+    pub fn owns_maintenance(&self, state: &ClusterState, node: &str) -> bool {
+        state
+            .maintenance
+            .get(node)
+            .is_some_and(|m| m.by == self.maintenance_by())
+    }
+}
+
+/// A scheduled restart that ended: what it did, and why it stopped if it did not finish.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RestartEnded {
+    /// When it was scheduled for, and by whom.
+    pub scheduled_at_unix_ms: u64,
+    pub by: String,
+    /// When it ended.
+    pub at_unix_ms: u64,
+    /// The nodes restarted, in order.
+    pub restarted: Vec<String>,
+    /// The nodes passed over, each with why.
+    pub passed_over: Vec<(String, String)>,
+    /// Why it stopped before the end; None: it finished.
+    pub stopped: Option<String>,
 }
 
 /// The node a scheduled restart is at, and how far.
@@ -699,6 +738,9 @@ pub struct ClusterState {
     /// A rolling restart asked for later (`pgfm restart --at TIME`), until it ends.
     #[serde(default)]
     pub scheduled_restart: Option<ScheduledRestart>,
+    /// How the last scheduled restart ended, until another is scheduled.
+    #[serde(default)]
+    pub restart_ended: Option<RestartEnded>,
 }
 
 /// What a primary's commits wait for: `count` of the standbys `names` (`FIRST count` when
@@ -1356,8 +1398,10 @@ impl ClusterState {
                 at_unix_ms: s.at_unix_ms,
             });
         }
+        self.restart_ended = None;
         self.scheduled_restart = Some(ScheduledRestart {
             done: Vec::new(),
+            passed_over: Vec::new(),
             step: None,
             progress_unix_ms: scheduled.at_unix_ms,
             ..scheduled.clone()
@@ -1381,6 +1425,23 @@ impl ClusterState {
         else {
             return Err(CommandError::NoScheduledRestart);
         };
+        // Judged on the step it names (invariant 3): a late duplicate of a decision already
+        // applied is refused.
+        let stale = match advance {
+            RestartAdvance::Done { node, .. } => {
+                s.done.contains(node) || s.step.as_ref().is_some_and(|st| st.node != *node)
+            }
+            RestartAdvance::Step(step) => {
+                s.done.contains(&step.node)
+                    || s.step
+                        .as_ref()
+                        .is_some_and(|st| st.node != step.node || *st == *step)
+            }
+            RestartAdvance::End { .. } => false,
+        };
+        if stale {
+            return Err(CommandError::NoScheduledRestart);
+        }
         let mut next = s.clone();
         if let Some(with) = with {
             self.apply(with)?;
@@ -1388,11 +1449,27 @@ impl ClusterState {
         next.progress_unix_ms = at_unix_ms;
         match advance {
             RestartAdvance::Step(step) => next.step = Some(step.clone()),
-            RestartAdvance::Done { node, .. } => {
+            RestartAdvance::Done { node, why } => {
                 next.step = None;
                 next.done.push(node.clone());
+                if let Some(why) = why {
+                    next.passed_over.push((node.clone(), why.clone()));
+                }
             }
-            RestartAdvance::End { .. } => {
+            RestartAdvance::End { reason } => {
+                self.restart_ended = Some(RestartEnded {
+                    scheduled_at_unix_ms: next.at_unix_ms,
+                    by: next.by.clone(),
+                    at_unix_ms,
+                    restarted: next
+                        .done
+                        .iter()
+                        .filter(|n| !next.passed_over.iter().any(|(p, _)| p == *n))
+                        .cloned()
+                        .collect(),
+                    passed_over: next.passed_over.clone(),
+                    stopped: reason.clone(),
+                });
                 self.scheduled_restart = None;
                 return Ok(());
             }

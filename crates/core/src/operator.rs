@@ -395,7 +395,7 @@ pub fn cancel_scheduled_restart(
     let with = s
         .step
         .as_ref()
-        .filter(|step| state.maintenance.contains_key(&step.node))
+        .filter(|step| s.owns_maintenance(state, &step.node))
         .map(|step| {
             Box::new(Command::LeaveMaintenance {
                 node: step.node.clone(),

@@ -48,10 +48,14 @@ pub enum Kind {
     /// another data node, `nosync`, `nofailover` or `clonefrom`, `--force` drawn. Its tags
     /// are cleared after the duration.
     Tags,
+    /// An operator schedules a rolling restart through the host's agent (`pgfm restart
+    /// [NODE] --at +1..4s`, the host's node alone or every one, `--pending` and
+    /// `--in-place` drawn); it is cancelled after the duration if it has not ended.
+    Restart,
 }
 
 impl Kind {
-    pub const ALL: [Kind; 14] = [
+    pub const ALL: [Kind; 15] = [
         Kind::HostCrash,
         Kind::AgentCrash,
         Kind::PostmasterCrash,
@@ -66,6 +70,7 @@ impl Kind {
         Kind::LeaseChange,
         Kind::Maintenance,
         Kind::Tags,
+        Kind::Restart,
     ];
 
     fn name(self) -> &'static str {
@@ -84,6 +89,7 @@ impl Kind {
             Kind::LeaseChange => "lease-change",
             Kind::Maintenance => "maintenance",
             Kind::Tags => "tags",
+            Kind::Restart => "restart",
         }
     }
 
@@ -94,6 +100,7 @@ impl Kind {
             Kind::Freeze | Kind::AgentFreeze => rng.range(1_000, 10_001),
             Kind::Lossy | Kind::Stalls => rng.range(2_000, 15_001),
             Kind::LeaseChange => rng.range(2_000, 20_001),
+            Kind::Restart => rng.range(5_000, 30_001),
             _ => rng.range(1_000, 12_001),
         }
     }

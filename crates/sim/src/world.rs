@@ -199,6 +199,9 @@ pub struct World {
 /// happen on these boundaries (each agent's own timers fire at their exact times).
 const QUANTUM_MS: u64 = 5;
 
+/// The wall clock at the simulation's start (ms since the epoch), every run the same.
+const WALL_BASE_MS: u64 = 1_800_000_000_000;
+
 /// Warm-up before the first fault: the cluster forms, clones and streams.
 const WARM_UP_MS: u64 = 8_000;
 
@@ -385,7 +388,7 @@ impl World {
             token: &self.token,
             vip: &self.vip,
             seed: self.options.seed,
-            wall_base_ms: 1_800_000_000_000,
+            wall_base_ms: WALL_BASE_MS,
         };
         let started = self.nodes[i].start_agent(&env);
         trace::set_current("");
@@ -593,6 +596,7 @@ impl World {
             Kind::LeaseChange => self.edit_lease(i, true),
             Kind::Maintenance => self.maintenance(i, true),
             Kind::Tags => self.tags(i, true),
+            Kind::Restart => self.restart(i, true),
         }
         let until = self.now_ms + fault.duration_ms;
         self.schedule(until, Due::Undo(fault.kind, i));
@@ -629,6 +633,7 @@ impl World {
             Kind::LeaseChange => self.edit_lease(i, false),
             Kind::Maintenance => self.maintenance(i, false),
             Kind::Tags => self.tags(i, false),
+            Kind::Restart => self.restart(i, false),
             Kind::Lossy => {
                 let mut net = self.net.lock();
                 let normal = NetSettings::default();
@@ -736,6 +741,63 @@ impl World {
             by: "simulated operator".into(),
         };
         self.ask(via, "/v1/maintenance", &body);
+    }
+
+    /// An operator's `pgfm restart [NODE] --at TIME` through node `i`'s agent (or another's):
+    /// node `i`'s data node alone or every one, `--pending` and `--in-place` drawn, 1 to 4 s
+    /// ahead. Undone: `pgfm restart --cancel`, asked again each second while an agent still
+    /// sees it scheduled, so that none outlives the faults.
+    fn restart(&mut self, i: usize, schedule: bool) {
+        let name = self.nodes[i].name().to_string();
+        let Some(via) = std::iter::once(i)
+            .chain(0..self.nodes.len())
+            .find(|&j| self.nodes[j].up && self.nodes[j].agent_running())
+        else {
+            self.trace.say("restart: no agent runs");
+            return;
+        };
+        if !schedule {
+            let still = self
+                .nodes
+                .iter()
+                .filter(|n| n.up)
+                .filter_map(|n| n.state())
+                .any(|s| s.scheduled_restart.is_some());
+            if !still {
+                self.trace.say("scheduled restart: over on every agent");
+                return;
+            }
+            self.schedule(self.now_ms + 1_000, Due::Undo(Kind::Restart, i));
+            self.trace.say(format!(
+                "restart --cancel through {}",
+                self.nodes[via].name()
+            ));
+            let body = pgfm_api::CancelRequest {
+                by: "simulated operator".into(),
+            };
+            self.ask(via, "/v1/restart/cancel", &body);
+            return;
+        }
+        let nodes = match self.rng.range(0, 2) == 0 && name != "witness" {
+            true => vec![name],
+            false => Vec::new(),
+        };
+        let body = pgfm_api::ScheduleRestartRequest {
+            nodes,
+            pending: self.rng.range(0, 3) == 0,
+            in_place: self.rng.range(0, 2) == 0,
+            at_unix_ms: WALL_BASE_MS + self.now_ms + self.rng.range(1_000, 4_001),
+            by: "simulated operator".into(),
+        };
+        self.trace.say(format!(
+            "restart {:?} --at +{} ms (pending {}, in place {}) through {}",
+            body.nodes,
+            body.at_unix_ms - WALL_BASE_MS - self.now_ms,
+            body.pending,
+            body.in_place,
+            self.nodes[via].name()
+        ));
+        self.ask(via, "/v1/restart/schedule", &body);
     }
 
     /// An operator's `pgfm set-tag NODE ...` for node `i` (a witness too: refused, as the

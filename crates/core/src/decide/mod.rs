@@ -91,11 +91,18 @@ pub fn coordinate(cluster: &ClusterView, now_ms: u64) -> Decision {
         (Some(_), Some(sw)) => switchover(cluster, sw, now_ms),
         (Some(primary), None) => {
             let mut actions = failover(cluster, primary, now_ms);
+            // While a failover is being judged no restart step begins (it would take a
+            // standby away), and one under way ends (its node may be the one to promote).
+            let failing_over = actions.first().map(|a| match a {
+                Action::ClusterHold { reason } => reason.clone(),
+                _ => "a failover is under way".to_string(),
+            });
             actions.extend(switchover::scheduled(cluster, now_ms));
-            // Not while a failover is being judged: its step would take a standby away.
-            if actions.is_empty() {
-                actions.extend(restart::scheduled_restart(cluster, now_ms));
-            }
+            actions.extend(restart::scheduled_restart(
+                cluster,
+                now_ms,
+                failing_over.as_deref(),
+            ));
             actions
         }
     });

@@ -11,6 +11,7 @@ use super::{cluster_hold, Action, ClusterView, Forward};
 use crate::model::{Command, DbRole, RestartAdvance, RestartPhase, RestartStep, ScheduledRestart};
 use crate::operator::{check_maintenance, check_restart, MaintenanceAsk};
 use crate::settings::Settings;
+use crate::standing;
 
 /// How long one node's restart, or the wait before it, may take: a start (crash recovery
 /// included), a switchover, and a minute for the rest.
@@ -19,8 +20,15 @@ pub fn step_limit_ms(settings: &Settings) -> u64 {
 }
 
 /// The coordinator's next move for the scheduled restart, if any (only while no switchover
-/// is under way: the primary's hand-over is a step of its own).
-pub(super) fn scheduled_restart(cluster: &ClusterView, now_ms: u64) -> Vec<Action> {
+/// is under way: the primary's hand-over is a step of its own). `failing_over`: the
+/// primary's lease is being judged (`decide::failover` said something): no step begins,
+/// and a node under maintenance for the restart comes out of it at once, so that it may
+/// be promoted.
+pub(super) fn scheduled_restart(
+    cluster: &ClusterView,
+    now_ms: u64,
+    failing_over: Option<&str>,
+) -> Vec<Action> {
     let state = &cluster.state;
     let Some(s) = &state.scheduled_restart else {
         return Vec::new();
@@ -43,37 +51,56 @@ pub(super) fn scheduled_restart(cluster: &ClusterView, now_ms: u64) -> Vec<Actio
     let limit = step_limit_ms(&cluster.settings);
     let late = wall > s.progress_unix_ms + limit;
     let due = crate::types::utc(s.at_unix_ms);
+    // Out of the maintenance it put the node under, never an operator's.
+    let leave = |node: &str| {
+        s.owns_maintenance(state, node)
+            .then(|| Command::LeaveMaintenance {
+                node: node.to_string(),
+            })
+    };
+    let stop = |why: String, node: Option<&str>| {
+        let with = node.and_then(leave);
+        let out = match with.is_some() {
+            true => format!("; {} is taken out of maintenance", node.unwrap_or_default()),
+            false => String::new(),
+        };
+        advance(
+            RestartAdvance::End {
+                reason: Some(format!("{why}{out}")),
+            },
+            with,
+        )
+    };
+    if let Some(why) = failing_over {
+        let at = s.step.as_ref().map(|step| step.node.as_str());
+        if at.is_some_and(|node| s.owns_maintenance(state, node)) || late {
+            return stop(format!("stopped: the primary is in trouble ({why})"), at);
+        }
+        return Vec::new();
+    }
     if let Some(step) = &s.step {
         let node = step.node.as_str();
         let report = cluster.fresh_report(node, now_ms);
-        let in_maintenance = state.maintenance.contains_key(node);
-        let leave = || {
-            in_maintenance.then(|| Command::LeaveMaintenance {
-                node: node.to_string(),
-            })
-        };
         let (done, waiting) = match &step.phase {
             RestartPhase::Stopping => {
                 let stopped =
                     state.primary.as_deref() != Some(node) && report.is_some_and(|r| !r.db_up);
-                if stopped || !in_maintenance {
+                if stopped || !state.maintenance.contains_key(node) {
                     // Stopped (or taken out of maintenance by the operator): it starts.
                     let starting = RestartStep {
                         node: node.to_string(),
                         phase: RestartPhase::Starting,
                     };
-                    return advance(RestartAdvance::Step(starting), leave());
+                    return advance(RestartAdvance::Step(starting), leave(node));
                 }
                 (false, "to stop")
             }
-            RestartPhase::Starting => {
-                let streams = report.is_some_and(|r| {
-                    r.db_up
-                        && r.role == Some(DbRole::Standby)
-                        && r.receiver.as_deref() == Some("streaming")
-                });
-                (streams, "to stream again")
-            }
+            // Back as `pgfm restart` waits for it: streaming, within `max_lag` (the next
+            // node leaves only once this one could take over).
+            RestartPhase::Starting => (
+                standing::of(cluster, node, now_ms).in_sync == Some(true),
+                "to stream in sync again",
+            ),
             RestartPhase::InPlace { count } => {
                 let back = report.is_some_and(|r| {
                     r.restarted >= *count && r.db_up && r.role == Some(DbRole::Primary)
@@ -91,21 +118,12 @@ pub(super) fn scheduled_restart(cluster: &ClusterView, now_ms: u64) -> Vec<Actio
             );
         }
         if late {
-            let reason = format!(
-                "the restart scheduled at {due} by {} stopped: {node} did not come back within \
-                 {} s (waiting for it {waiting}); {}",
-                s.by,
-                limit / 1000,
-                match in_maintenance {
-                    true => "it is taken out of maintenance",
-                    false => "see pgfm cluster-status",
-                }
-            );
-            return advance(
-                RestartAdvance::End {
-                    reason: Some(reason),
-                },
-                leave(),
+            return stop(
+                format!(
+                    "stopped: {node} did not come back within {} s (waiting for it {waiting})",
+                    limit / 1000
+                ),
+                Some(node),
             );
         }
         return vec![cluster_hold(format!(
@@ -117,37 +135,52 @@ pub(super) fn scheduled_restart(cluster: &ClusterView, now_ms: u64) -> Vec<Actio
     let Some(node) = remaining(cluster, s).into_iter().next() else {
         return advance(RestartAdvance::End { reason: None }, None);
     };
-    let done = |why: &str| {
+    let pass_over = |why: String| {
         advance(
             RestartAdvance::Done {
                 node: node.clone(),
-                why: Some(why.to_string()),
+                why: Some(why),
             },
             None,
         )
     };
-    if state.maintenance.contains_key(&node) {
-        return done("under maintenance: left alone");
-    }
-    if s.pending {
-        let Some(report) = cluster.fresh_report(&node, now_ms) else {
-            return vec![cluster_hold(format!(
-                "the restart scheduled at {due}: no fresh report from {node} to tell whether a \
-                 parameter waits for its restart"
-            ))];
-        };
-        if report.pending_restart.is_empty() {
-            return done("no parameter pending restart");
-        }
+    if let Some(m) = state.maintenance.get(&node) {
+        return pass_over(format!("under maintenance (by {}): left alone", m.by));
     }
     let primary = state.primary.as_deref() == Some(node.as_str());
-    let by = format!("pgfm restart at {due} (asked by {})", s.by);
+    // As `pgfm restart`: only a running primary or standby is restarted (a stopped one
+    // starts with its parameters anyway).
+    let Some(report) = cluster.fresh_report(&node, now_ms) else {
+        return match late {
+            true => pass_over("its agent did not report: not restarted".to_string()),
+            false => vec![cluster_hold(format!(
+                "the restart scheduled at {due}: waiting for a report from {node}"
+            ))],
+        };
+    };
+    let role = match primary {
+        true => DbRole::Primary,
+        false => DbRole::Standby,
+    };
+    if !(report.db_up && report.role == Some(role)) {
+        return pass_over(format!(
+            "not running as the {}: not restarted",
+            match primary {
+                true => "primary",
+                false => "standby",
+            }
+        ));
+    }
+    if s.pending && report.pending_restart.is_empty() {
+        return pass_over("no parameter pending restart".to_string());
+    }
     let begun = if primary && s.in_place {
         check_restart(cluster, &node).map(|(command, count)| {
             let phase = RestartPhase::InPlace { count };
             (command, phase)
         })
     } else {
+        let by = s.maintenance_by();
         let ask = MaintenanceAsk {
             node: &node,
             on: true,
@@ -168,15 +201,11 @@ pub(super) fn scheduled_restart(cluster: &ClusterView, now_ms: u64) -> Vec<Actio
             }),
             Some(command),
         ),
-        Err(refusal) if late => advance(
-            RestartAdvance::End {
-                reason: Some(format!(
-                    "the restart scheduled at {due} by {} stopped before {node}: {refusal} \
-                     (still so after {} s)",
-                    s.by,
-                    limit / 1000
-                )),
-            },
+        Err(refusal) if late => stop(
+            format!(
+                "stopped before {node}: {refusal} (still so after {} s)",
+                limit / 1000
+            ),
             None,
         ),
         Err(refusal) => vec![cluster_hold(format!(
@@ -219,6 +248,7 @@ mod tests {
                     in_place,
                     by: "dba@db1".into(),
                     done: Vec::new(),
+                    passed_over: Vec::new(),
                     step: None,
                     progress_unix_ms: 0,
                 },
@@ -321,5 +351,70 @@ mod tests {
         let cancel = crate::operator::cancel_scheduled_restart(&v.state, "dba@db1", 3_000).unwrap();
         v.state.apply(&cancel).unwrap();
         assert!(v.state.maintenance.is_empty() && v.state.scheduled_restart.is_none());
+    }
+
+    /// The review's cases: a failover judged ends a step under way (its node out of
+    /// maintenance, to be promotable); an operator's own maintenance is never ended by the
+    /// restart; a node not running is passed over, not stopped and waited for; a late
+    /// duplicate of a step already applied is refused by the log; how it ended is kept.
+    #[test]
+    fn a_scheduled_restart_yields_to_a_failover_and_to_the_operator() {
+        let mut v = primary_with(&["pg2", "pg3"]);
+        for n in ["pg2", "pg3"] {
+            streaming(&mut v, n, true);
+        }
+        v.wall_clock_ms = 2_000;
+        schedule(&mut v, false, false);
+        let before = v.clone();
+        let actions = coordinate(&v, NOW_MS);
+        let [Action::Propose { command, .. }] = actions.as_slice() else {
+            panic!("{actions:?}");
+        };
+        v.state.apply(command).unwrap();
+        assert!(v.state.apply(command).is_err(), "a duplicate is refused");
+        // pg1's host dies: the step ends, pg2 out of maintenance.
+        let mut failing = expired(v.clone());
+        let ended = coordinate(&failing, NOW);
+        let end = ended
+            .iter()
+            .find_map(|a| match a {
+                Action::Propose {
+                    command: c @ Command::AdvanceScheduledRestart { .. },
+                    ..
+                } => Some(c.clone()),
+                _ => None,
+            })
+            .expect("the restart ends");
+        failing.state.apply(&end).unwrap();
+        assert!(failing.state.maintenance.is_empty());
+        let ended = failing.state.restart_ended.as_ref().unwrap();
+        assert!(
+            ended
+                .stopped
+                .as_deref()
+                .unwrap()
+                .contains("the primary is in trouble"),
+            "{ended:?}"
+        );
+
+        // The operator puts pg2 under maintenance by hand mid-step: never ended by it.
+        v.state.maintenance.get_mut("pg2").unwrap().by = "dba@db1".into();
+        v.wall_clock_ms += super::step_limit_ms(&v.settings) + 1;
+        assert!(
+            matches!(step(&mut v, NOW_MS), RestartAdvance::End { reason: Some(r) } if !r.contains("out of maintenance"))
+        );
+        assert!(
+            v.state.maintenance.contains_key("pg2"),
+            "the operator's maintenance stays"
+        );
+
+        // A standby not running is passed over.
+        let mut v = before;
+        v.wall_clock_ms = 2_000;
+        streaming(&mut v, "pg2", false);
+        assert!(
+            matches!(step(&mut v, NOW_MS), RestartAdvance::Done { node, why: Some(w) } if node == "pg2" && w.contains("not running"))
+        );
+        assert!(v.state.maintenance.is_empty());
     }
 }

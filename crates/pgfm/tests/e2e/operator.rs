@@ -719,5 +719,17 @@ fn a_scheduled_restart_is_shown_cancelled_or_carried_out_at_its_time() {
     );
     assert_ne!(started("pg1"), before.0);
     assert_ne!(started("pg2"), before.1);
-    assert!(lab.log("witness").contains("AdvanceScheduledRestart"));
+    assert_eq!(
+        status["last_restart"]["restarted"],
+        serde_json::json!(["pg2", "pg1"]),
+        "{status}"
+    );
+    assert!(status["last_restart"]["stopped"].is_null(), "{status}");
+    let shown = text(&lab.cli("witness", &["cluster-status"]));
+    assert!(
+        shown.contains("Last scheduled restart (at ")
+            && shown.contains("finished at ")
+            && shown.contains("restarted: pg2, pg1; passed over: none"),
+        "{shown}"
+    );
 }
