@@ -707,12 +707,7 @@ impl World {
         let (keep_running, force) = if on {
             (self.rng.range(0, 3) == 0, self.rng.range(0, 2) == 0)
         } else {
-            let still = self
-                .nodes
-                .iter()
-                .filter(|n| n.up)
-                .filter_map(|n| n.state())
-                .any(|s| s.maintenance.contains_key(&name));
+            let still = self.any_agent_sees(|s| s.maintenance.contains_key(&name));
             if !still {
                 self.trace
                     .say(format!("maintenance of {name}: over on every agent"));
@@ -721,10 +716,7 @@ impl World {
             self.schedule(self.now_ms + 1_000, Due::Undo(Kind::Maintenance, i));
             (false, false)
         };
-        let Some(via) = std::iter::once(i)
-            .chain(0..self.nodes.len())
-            .find(|&j| self.nodes[j].up && self.nodes[j].agent_running())
-        else {
+        let Some(via) = self.agent_for(i) else {
             self.trace.say("maintenance: no agent runs");
             return;
         };
@@ -743,26 +735,36 @@ impl World {
         self.ask(via, "/v1/maintenance", &body);
     }
 
+    /// Whether an agent that runs sees `f` hold in its cluster state (an operator's change
+    /// still in force somewhere).
+    fn any_agent_sees(&self, f: impl Fn(&pgfm_core::ClusterState) -> bool) -> bool {
+        self.nodes
+            .iter()
+            .filter(|n| n.up)
+            .filter_map(|n| n.state())
+            .any(|s| f(&s))
+    }
+
+    /// Whose agent an operator's command on node `i` goes through: its own, else the first
+    /// that runs.
+    fn agent_for(&self, i: usize) -> Option<usize> {
+        std::iter::once(i)
+            .chain(0..self.nodes.len())
+            .find(|&j| self.nodes[j].up && self.nodes[j].agent_running())
+    }
+
     /// An operator's `pgfm restart [NODE] --at TIME` through node `i`'s agent (or another's):
     /// node `i`'s data node alone or every one, `--pending` and `--in-place` drawn, 1 to 4 s
     /// ahead. Undone: `pgfm restart --cancel`, asked again each second while an agent still
     /// sees it scheduled, so that none outlives the faults.
     fn restart(&mut self, i: usize, schedule: bool) {
         let name = self.nodes[i].name().to_string();
-        let Some(via) = std::iter::once(i)
-            .chain(0..self.nodes.len())
-            .find(|&j| self.nodes[j].up && self.nodes[j].agent_running())
-        else {
+        let Some(via) = self.agent_for(i) else {
             self.trace.say("restart: no agent runs");
             return;
         };
         if !schedule {
-            let still = self
-                .nodes
-                .iter()
-                .filter(|n| n.up)
-                .filter_map(|n| n.state())
-                .any(|s| s.scheduled_restart.is_some());
+            let still = self.any_agent_sees(|s| s.scheduled_restart.is_some());
             if !still {
                 self.trace.say("scheduled restart: over on every agent");
                 return;
@@ -825,12 +827,7 @@ impl World {
             };
             (vec![tag], self.rng.range(0, 2) == 0)
         } else {
-            let still = self
-                .nodes
-                .iter()
-                .filter(|n| n.up)
-                .filter_map(|n| n.state())
-                .any(|s| s.tags.contains_key(&name));
+            let still = self.any_agent_sees(|s| s.tags.contains_key(&name));
             if !still {
                 self.trace
                     .say(format!("tags of {name}: cleared on every agent"));
@@ -845,10 +842,7 @@ impl World {
             ];
             (off.map(str::to_string).to_vec(), true)
         };
-        let Some(via) = std::iter::once(i)
-            .chain(0..self.nodes.len())
-            .find(|&j| self.nodes[j].up && self.nodes[j].agent_running())
-        else {
+        let Some(via) = self.agent_for(i) else {
             self.trace.say("set-tag: no agent runs");
             return;
         };
