@@ -1101,7 +1101,9 @@ fn parse_bootstrap(check: &Check, raw: RawBootstrap) -> Result<BootstrapConfig, 
     })
 }
 
-fn parse_vip(check: &Check, raw: RawVip) -> Result<VipConfig, ConfigError> {
+fn parse_vip(check: &Check, mut raw: RawVip) -> Result<VipConfig, ConfigError> {
+    // `address = ""`, as show-config prints none: no address in this file.
+    raw.address = raw.address.filter(|a| !a.is_empty());
     if let Some(text) = &raw.address {
         pgfm_core::settings::vip_address(text).map_err(|why| check.err("vip.address", why))?;
     }
@@ -1210,7 +1212,8 @@ impl Config {
         // cluster and commits it), never carry it.
         let (vip, vip_address) = match raw.vip {
             None => (None, None),
-            Some(v) if node.kind == NodeKind::Witness => {
+            Some(mut v) if node.kind == NodeKind::Witness => {
+                v.address = v.address.filter(|a| !a.is_empty());
                 if v.interface.is_some()
                     || v.check_before_promotion.is_some()
                     || v.check_timeout.is_some()
@@ -1794,11 +1797,15 @@ port = 5432
         // never an interface to carry it on.
         for (section, expected) in [
             ("address = \"10.0.0.100/24\"", "ok"),
+            ("address = \"\"", "none"),
             ("address = \"10.0.0.100/24\"\ninterface = \"eth0\"", "config witness.toml: vip sets a node's keys on a witness, which never carries the virtual IP (keep address alone, the cluster's, or remove the section)"),
             ("address = \"10.0.0.100\"", "config witness.toml: vip.address \"10.0.0.100\" has no prefix (write it as ADDRESS/PREFIX, such as \"10.0.0.100/24\")"),
         ] {
             let text = format!("{witness}\n[vip]\n{section}\n");
             match Config::parse(Path::new("witness.toml"), &text) {
+                Ok(config) if expected == "none" => {
+                    assert_eq!(config.settings().vip_address, None, "{section}");
+                }
                 Ok(config) => {
                     assert_eq!(expected, "ok", "{section}");
                     assert_eq!(config.settings().vip_address.as_deref(), Some("10.0.0.100/24"));

@@ -147,8 +147,16 @@ fn a_cascading_standby_keeps_streaming_across_a_failover_of_the_primary_and_of_i
     lab.run_ok(&["lab", "kill", "pg2"]);
     lab.wait_for_primary_change("pg1", 3);
     lab.psql("pg1", "INSERT INTO kept VALUES (1002)").unwrap();
-    let status = wait_streaming_from(&lab, "pg3", "pg1");
-    assert_eq!(node(&status, "pg3")["timeline"], 3, "{status}");
+    wait_streaming_from(&lab, "pg3", "pg1");
+    // Its timeline is read from its WAL segments: timeline 3's first one arrives a moment
+    // after it streams.
+    wait_for("pg3 on timeline 3", SETTLE, || {
+        let (status, _) = lab.cluster_status("witness")?;
+        match node(&status, "pg3")["timeline"].as_u64() {
+            Some(3) => Ok(()),
+            other => Err(format!("timeline {other:?}")),
+        }
+    });
     assert_eq!(lab.psql("pg3", "SELECT count(*) FROM kept").unwrap(), "102");
 
     // Its upstream back: pg3 cascades from it again.
