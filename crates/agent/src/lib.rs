@@ -582,7 +582,6 @@ impl Agent {
                 } => {}
                 _ = stop.changed() => return,
             }
-            self.follow_vip_address().await;
             let now = self.now_ms();
             // Priority and promotable come from the config only at the first registration;
             // afterwards `pgfm set-priority` owns them.
@@ -601,6 +600,7 @@ impl Agent {
             }
             let db_running = self.watch_db(&mut memory, now);
             let view = self.view();
+            self.follow_vip_address(&view).await;
             let Some((report, probed_ms)) = view
                 .reports
                 .get(&me.name)

@@ -11,9 +11,9 @@ use std::sync::Arc;
 
 use pgfm_net::VirtualIp;
 
-use pgfm_coord::Coordinator;
+use pgfm_core::decide::ClusterView;
 
-use super::{lock, settings_in_force, Agent};
+use super::{lock, Agent};
 
 impl Agent {
     /// The virtual IP this node carries now, if any.
@@ -25,9 +25,9 @@ impl Agent {
     /// when it changed, the old address is removed from this host first, and the new one is
     /// taken as any is (`TakeVip` on the primary). A node whose file has no `[vip]`
     /// interface cannot carry it: said once in the log.
-    pub(super) async fn follow_vip_address(&self) {
-        let state = self.raft.state();
-        let mut settings = settings_in_force(&state, &self.config);
+    pub(super) async fn follow_vip_address(&self, view: &ClusterView) {
+        let state = &view.state;
+        let mut address = view.settings.vip_address.clone();
         // A cluster whose settings were committed before vip.address was (an upgrade):
         // none committed and none ever changed — this node's file's address, until an
         // operator commits one (`file_differs` warns meanwhile).
@@ -39,14 +39,13 @@ impl Agent {
                     .any(|h| h.changes.iter().any(|ch| ch.key == "vip.address"))
         });
         if never_committed {
-            settings.vip_address = self.config.vip_address.clone();
+            address = self.config.vip_address.clone();
         }
-        let wanted = settings
-            .vip_address
+        let wanted = address
             .as_deref()
             .and_then(|a| pgfm_core::settings::vip_address(a).ok());
         let Some(base) = &self.vip_base else {
-            if let (Some(address), Some(_)) = (&settings.vip_address, &self.postgres) {
+            if let (Some(address), Some(_)) = (&address, &self.postgres) {
                 let mut warned = lock(&self.vip_unplaced);
                 if warned.as_deref() != Some(address.as_str()) {
                     tracing::warn!(vip = %address, file = %self.config.file.display(), "the cluster has a virtual IP, but this node's file has no [vip] interface: this node never carries it (add [vip] interface = \"...\")");

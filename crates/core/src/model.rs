@@ -2252,16 +2252,8 @@ mod tests {
         assert_eq!(got, expected, "applying {commands:?}");
     }
 
-    /// Maintenance: data nodes only, once at a time; the primary only with the switchover
-    /// away from it, begun in the same step, and a rolled-back switchover ends it; a node
-    /// under maintenance is never the target of a switchover, a promotion or a failover.
-    /// A refused command changes nothing.
-    /// Tags change together or not at all: one bad tag of several refuses them all; a
-    /// `nofailover` node is never the target of a switchover or a promotion; a member that
-    /// leaves takes its tags with it.
-    #[test]
-    fn tags_are_checked_against_the_state() {
-        use crate::tags::Tag;
+    /// pg1, pg2, pg3 and a witness registered, pg1 the primary of generation 1.
+    fn formed() -> ClusterState {
         let mut state = ClusterState::default();
         for (name, kind) in [
             ("pg1", NodeKind::Data),
@@ -2281,6 +2273,20 @@ mod tests {
                 generation: Generation(1),
             })
             .unwrap();
+        state
+    }
+
+    /// Maintenance: data nodes only, once at a time; the primary only with the switchover
+    /// away from it, begun in the same step, and a rolled-back switchover ends it; a node
+    /// under maintenance is never the target of a switchover, a promotion or a failover.
+    /// A refused command changes nothing.
+    /// Tags change together or not at all: one bad tag of several refuses them all; a
+    /// `nofailover` node is never the target of a switchover or a promotion; a member that
+    /// leaves takes its tags with it.
+    #[test]
+    fn tags_are_checked_against_the_state() {
+        use crate::tags::Tag;
+        let mut state = formed();
         let set = |node: &str, tags: &[&str]| Command::SetTags {
             node: node.into(),
             tags: tags.iter().map(|t| Tag::parse(t).unwrap()).collect(),
@@ -2342,25 +2348,7 @@ mod tests {
 
     #[test]
     fn maintenance_is_checked_against_the_state() {
-        let mut state = ClusterState::default();
-        for (name, kind) in [
-            ("pg1", NodeKind::Data),
-            ("pg2", NodeKind::Data),
-            ("pg3", NodeKind::Data),
-            ("witness", NodeKind::Witness),
-        ] {
-            state
-                .apply(&Command::Register {
-                    member: member(name, kind),
-                })
-                .unwrap();
-        }
-        state
-            .apply(&Command::Bootstrap {
-                primary: "pg1".into(),
-                generation: Generation(1),
-            })
-            .unwrap();
+        let mut state = formed();
         let by = |who: &str| Maintenance {
             since_unix_ms: 7,
             by: who.into(),
